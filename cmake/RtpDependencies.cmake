@@ -1,0 +1,24 @@
+# Finds every external dependency once, so that the subdirectories only link targets.
+# libtorch: from PyPI's torch wheel (torch.utils.cmake_prefix_path) unless CMAKE_PREFIX_PATH already finds one.
+if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
+  # The python3 on PATH is the one pip installed torch into (FindPython3 may pick the system one).
+  find_program(RTP_PYTHON3 NAMES python3 python)
+  if(RTP_PYTHON3)
+    execute_process(COMMAND ${RTP_PYTHON3} -c "import torch;print(torch.utils.cmake_prefix_path)"
+                    OUTPUT_VARIABLE _rtp_torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+    if(_rtp_torch_prefix)
+      list(APPEND CMAKE_PREFIX_PATH ${_rtp_torch_prefix})
+    endif()
+  endif()
+endif()
+find_package(Torch REQUIRED)
+# TorchConfig adds its flags to CMAKE_CXX_FLAGS globally; targets get them through the Torch target instead.
+find_package(yaml-cpp REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)
+find_package(cxxopts REQUIRED)
+set(HDF5_PREFER_PARALLEL OFF)
+find_package(HDF5 REQUIRED COMPONENTS C)
+find_package(Threads REQUIRED)
+# ICU: NFC normalisation and Unicode general categories for the tokenizer's pre-tokenizer regex.
+find_package(ICU REQUIRED COMPONENTS uc i18n)
+set(RTP_CORE_EXTRA_LIBS ICU::uc ICU::i18n)

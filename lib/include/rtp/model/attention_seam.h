@@ -1,0 +1,36 @@
+#pragma once
+// The one place where a layer's attention is computed. The model prepares q, k, v (normalised, RoPE applied)
+// and hands them here; dense SDPA is the default, later the sparse forward replaces it per head.
+#include <torch/types.h>
+
+#include <memory>
+
+namespace rtp::model {
+
+struct LayerAttentionInputs {
+  int64_t layer = 0;
+  // [B, Hq, T, D] and [B, Hkv, T, D]: after q_norm/k_norm, before RoPE (indexers and head profiling use these).
+  torch::Tensor q_pre_rope, k_pre_rope;
+  // [B, Hq, T, D], [B, Hkv, T, D], [B, Hkv, T, D]: what attention uses.
+  torch::Tensor q, k, v;
+  double scale = 1.0;
+};
+
+class AttentionSeam {
+ public:
+  virtual ~AttentionSeam() = default;
+  // Returns [B, Hq, T, D]: causal attention of q over k/v (GQA: query head h reads KV head h / group size).
+  virtual torch::Tensor attend(const LayerAttentionInputs& in) = 0;
+};
+
+// Causal GQA attention through torch's scaled_dot_product_attention.
+class DenseAttention : public AttentionSeam {
+ public:
+  torch::Tensor attend(const LayerAttentionInputs& in) override;
+};
+
+// Reference causal attention with explicit probabilities: softmax(q k^T * scale + causal mask), fp32.
+// Returns probabilities [B, Hq, T, T]; used by tests and by the small-model paths that need them whole.
+torch::Tensor causal_attention_probs(const torch::Tensor& q, const torch::Tensor& k, double scale);
+
+}  // namespace rtp::model

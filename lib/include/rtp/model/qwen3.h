@@ -1,0 +1,65 @@
+#pragma once
+// Qwen3 and Qwen3-MoE causal language models in libtorch, numerically following Hugging Face transformers.
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rtp/model/attention_seam.h"
+#include "rtp/model/model_config.h"
+
+namespace rtp::model {
+
+// Called once per layer during forward with that layer's attention inputs (for head profiling, indexer
+// training): lets callers capture pre-RoPE q/k, or compute attention statistics, without the model knowing.
+using AttentionObserver = std::function<void(const LayerAttentionInputs&)>;
+
+struct ForwardOptions {
+  AttentionSeam* attention = nullptr;  // nullptr: dense SDPA
+  AttentionObserver observer;          // optional
+  int64_t position_offset = 0;         // first position id (for continuing a sequence)
+  bool return_hidden = false;          // stop before the LM head and return the final normed hidden states
+  int64_t stop_after_layer = -1;       // >= 0: run only layers [0, stop_after_layer] (profiling cheap prefixes)
+};
+
+class Qwen3ModelImpl;
+
+class Qwen3Model {
+ public:
+  explicit Qwen3Model(const ModelConfig& config);
+  ~Qwen3Model();
+  Qwen3Model(Qwen3Model&&) noexcept;
+  Qwen3Model& operator=(Qwen3Model&&) noexcept;
+
+  const ModelConfig& config() const;
+  // The torch module holding every parameter under its Hugging Face name (model.layers.0.self_attn.q_proj...).
+  torch::nn::Module& module();
+  // Parameters keyed by Hugging Face names.
+  std::vector<std::pair<std::string, torch::Tensor>> named_parameters() const;
+
+  void to(torch::Device device, torch::ScalarType dtype);
+  torch::Device device() const;
+  torch::ScalarType dtype() const;
+
+  // input_ids int64 [B, T] -> logits [B, T, V] (float32), or hidden states with return_hidden.
+  torch::Tensor forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+
+  // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale tests.
+  void init_random(uint64_t seed, double std = 0.02);
+
+ private:
+  std::unique_ptr<Qwen3ModelImpl> impl_;
+};
+
+// Loads a Hugging Face checkpoint directory (config.json + *.safetensors [+ model.safetensors.index.json]).
+// Every tensor the config needs must be present with the shape the config implies; tensors are converted to
+// `dtype` and placed on `device`.
+Qwen3Model load_qwen3(const std::string& dir, torch::Device device, torch::ScalarType dtype);
+
+// Writes config.json and model.safetensors (atomically) in Hugging Face layout.
+void save_qwen3(const Qwen3Model& model, const std::string& dir, torch::ScalarType dtype = torch::kFloat32);
+
+}  // namespace rtp::model

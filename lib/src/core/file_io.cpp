@@ -1,0 +1,81 @@
+#include "rtp/core/file_io.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "rtp/core/error.h"
+
+namespace rtp {
+
+namespace fs = std::filesystem;
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  RTP_CHECK(in.good(), "cannot open '", path, "' for reading: ", std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  const std::string text = read_text_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    RTP_THROW("'", path, "' is not valid JSON: ", e.what());
+  }
+}
+
+std::string temporary_path_for(const std::string& path) {
+  std::random_device rd;
+  std::ostringstream ss;
+  ss << path << ".tmp." << ::getpid() << "." << std::hex << rd();
+  return ss.str();
+}
+
+void commit_temporary(const std::string& tmp, const std::string& path) {
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp);
+    RTP_THROW("cannot rename '", tmp, "' to '", path, "': ", ec.message());
+  }
+}
+
+void write_file_atomic(const std::string& path, const std::string& contents) {
+  const std::string tmp = temporary_path_for(path);
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    RTP_CHECK(out.good(), "cannot open '", tmp, "' for writing (destination '", path, "'): ", std::strerror(errno));
+    out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
+    out.flush();
+    if (!out.good()) {
+      out.close();
+      fs::remove(tmp);
+      RTP_THROW("writing '", path, "' failed after ", contents.size(), " bytes (disk full?)");
+    }
+  }
+  commit_temporary(tmp, path);
+}
+
+void write_json_atomic(const std::string& path, const nlohmann::json& value, int indent) {
+  write_file_atomic(path, value.dump(indent) + "\n");
+}
+
+bool file_exists(const std::string& path) { return fs::is_regular_file(path); }
+bool directory_exists(const std::string& path) { return fs::is_directory(path); }
+
+void make_directories(const std::string& path) {
+  std::error_code ec;
+  fs::create_directories(path, ec);
+  RTP_CHECK(!ec, "cannot create directory '", path, "': ", ec.message());
+}
+
+}  // namespace rtp
