@@ -1,0 +1,155 @@
+#pragma once
+// The sparse-attention contract shared by the CPU references, the CUDA kernels, the torch ops and the model's
+// reference sparse forward. Torch-free, plain pointers, POD parameter structs. Everything below is normative:
+// the CPU references implement it with plain loops and the CUDA kernels implement the same functions.
+//
+// ---------------------------------------------------------------------------------------------------------
+// Layout (batch 1). q [Hq, T, D], k/v [Hkv, T, D], o [Hq, T, D]; element (h, t, d) lives at
+// h*head_stride + t*row_stride + d (the d stride is 1). GQA: G = Hq / Hkv, query head h reads KV head h / G.
+// Scale = 1/sqrt(D) unless set. Causal. D is 64 or 128 on the GPU (any D on the CPU).
+//
+// Head kinds (per KV head, shared by the G query heads of its group):
+//   DENSE      key j visible to query i iff j <= i
+//   STREAMING  key j visible to query i iff j <= i and (j < sink or j > i - window)
+//              (so `window` keys i-window+1..i, the query itself included, plus the first `sink` keys)
+//   RETRIEVAL  key j visible to query i iff j <= i and block(j) is in the selected list of
+//              (retrieval slot of the KV head, block(i)); block(x) = x / block_size.
+// Retrieval slots: the RETRIEVAL KV heads numbered 0.. in ascending KV-head order (Hkv_ret of them).
+// Block size: block_q = block_k = block_size, 64 (default) or 128. T need not be a multiple of it.
+//
+// Selected lists: counts int32 [Hkv_ret, n_blocks] and indices int32 [Hkv_ret, n_blocks, max_blocks],
+// n_blocks = ceil(T / block_size); list (r, b) holds counts[r, b] key-block indices, ascending and unique,
+// all <= b; entries past the count are unspecified. Every list holds block 0 (the sinks) and the
+// `local_blocks` blocks max(0, b-local_blocks+1) .. b (default local_blocks = 1: the diagonal block).
+//
+// ---------------------------------------------------------------------------------------------------------
+// Prefill block selection (select_blocks_*). Inputs index_q [Hkv_ret, G, T, 16] and index_k [Hkv_ret, T, 16].
+// Token index score s(i, j) = index_q[h, i] . index_k[j] / sqrt(16).
+// For retrieval slot r, query head h of its group, query block b, key block c <= b (keys j in c with j < T,
+// n_c of them; the diagonal block c = b counts all its keys, not only the causal ones):
+//   qbar[h, b]   = mean over the query tokens i < T of block b of index_q[h, i]          (pooled query)
+//   u[h, b, j]   = qbar[h, b] . index_k[j] / sqrt(16)                                      (one dot per key)
+//   L[h, b, c]   = max( max_{j in c} u[h,b,j] ,  mean_{j in c} u[h,b,j] + log(n_c) )
+//                  (both terms are lower bounds of log sum_{j in c} exp(u): the first is tight for a block
+//                   holding one needle, the second for a flat block; no exp per token is needed)
+//   P_h[b, c]    = softmax over c in [0, b] of L[h, b, c]
+//   P[b, c]      = mean over the G query heads of the group of P_h[b, c]
+// Top-p: F = forced blocks (block 0 and the local blocks), m = top_p - sum_{c in F} P[b, c].
+// If m > 0, sort the other blocks c <= b by P descending (ties: lower index first) and take the shortest
+// prefix whose mass reaches m; cap the prefix at max_blocks - |F| blocks. The list is F plus that prefix,
+// written in ascending order. max_blocks must be >= |F| (the launchers check it); max_blocks = n_blocks
+// never cuts. The CUDA version finds the same set by bisection on a probability threshold (sort-free);
+// it can differ from the CPU only on exact ties and where float summation order moves a block across
+// the threshold.
+// Cost: G * n_blocks * T / 2 dot products of 16 (tensor cores on the GPU) and G * n_blocks^2 / 2 exps:
+// pooling by the block size divides the exps by the block size relative to token-level top-p.
+//
+// ---------------------------------------------------------------------------------------------------------
+// Decode (sparse_decode_*): one new query token per sequence at position t = kv_len - 1, KV length kv_len
+// (the new token's k/v/index_k already written to the caches).
+//   Full caches: the DENSE and RETRIEVAL KV heads, numbered 0.. in ascending KV-head order ("full slot"),
+//                k_full/v_full [Hfull, cap_full, D], token j at row j.
+//   Ring caches: the STREAMING KV heads, numbered 0.. in ascending KV-head order ("ring slot"),
+//                k_ring/v_ring [Hstr, sink + window, D]. Slot s < sink holds token s; token j >= sink lives
+//                in slot sink + (j - sink) % window. After token t is written the ring holds tokens
+//                0..min(sink,kv_len)-1 and max(sink, t-window+1)..t: exactly the keys STREAMING makes
+//                visible to query t.
+//   Retrieval selection (token granularity, sort-free): index_q [Hkv_ret, G, 16], index_k [Hkv_ret, cap, 16].
+//     p_h(j) = softmax over j in [0, t] of index_q[h] . index_k[j] / sqrt(16);  P(j) = mean_h p_h(j).
+//     Forced tokens F: j < keep_first or j > t - keep_last (defaults 64 and 64).
+//     bin(P) = min(NB-1, floor(-kDecodeBinsPerOctave * log2(P))) (P = 0 goes to bin NB-1), NB = kDecodeBins.
+//     b* = the smallest bin such that sum_F P + sum_{j not in F, bin(P_j) <= b*} P_j >= top_p
+//          (NB-1 if none). Selected = F plus every j with bin(P_j) <= b*. This over-selects by at most
+//          one bin (a factor 2^(1/8) of probability) and needs no sort: one histogram pass.
+//   Attention of query head h is softmax(q_h k_j^T * scale) v over the selected / visible keys.
+//   GPU: split-K over keys (each thread block a chunk of keys for all G query heads of a KV head,
+//   partial (m, l, acc) per chunk, then a combine kernel).
+// ---------------------------------------------------------------------------------------------------------
+#include <cstdint>
+
+namespace rtp::kernels {
+
+enum class HeadKind : int32_t { DENSE = 0, STREAMING = 1, RETRIEVAL = 2 };
+enum class DType : int32_t { F32 = 0, BF16 = 1 };
+
+constexpr int kIndexDim = 16;
+constexpr int kMaxKvHeads = 64;
+constexpr int kDecodeBins = 512;
+constexpr int kDecodeBinsPerOctave = 8;
+
+// The visibility rule above for a non-retrieval head (DENSE / STREAMING); RETRIEVAL adds the block lists.
+inline bool visible_by_kind(HeadKind kind, int64_t i, int64_t j, int64_t sink, int64_t window) {
+  if (j > i) return false;
+  if (kind == HeadKind::STREAMING) return j < sink || j > i - window;
+  return true;
+}
+
+// Whether key block c is forced into the list of query block b.
+inline bool is_forced_block(int64_t b, int64_t c, int64_t local_blocks) { return c == 0 || (c <= b && c > b - local_blocks); }
+
+struct BlockSelectParams {
+  // index_q [Hkv_ret, G, T, 16], index_k [Hkv_ret, T, 16], contiguous. CPU: F32 only. CUDA: F32 or BF16.
+  const void* index_q = nullptr;
+  const void* index_k = nullptr;
+  DType index_dtype = DType::F32;
+  int32_t* counts = nullptr;   // [Hkv_ret, n_blocks]
+  int32_t* indices = nullptr;  // [Hkv_ret, n_blocks, max_blocks]
+  float* block_probs = nullptr;  // optional (CPU only): P [Hkv_ret, n_blocks, n_blocks] (0 above diagonal)
+  int num_ret_heads = 0;       // Hkv_ret
+  int group_size = 0;          // G
+  int64_t seq_len = 0;         // T
+  int block_size = 64;         // 64 or 128
+  int local_blocks = 1;
+  int max_blocks = 0;          // list capacity; n_blocks never cuts
+  float top_p = 0.9f;
+};
+
+struct SparseAttentionParams {
+  // CPU: F32 in and out. CUDA: BF16 in and out (fp32 accumulation).
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  DType dtype = DType::F32;
+  int64_t q_head_stride = 0, q_row_stride = 0;  // 0: contiguous defaults (T*D, D)
+  int64_t k_head_stride = 0, k_row_stride = 0;
+  int64_t v_head_stride = 0, v_row_stride = 0;
+  int64_t o_head_stride = 0, o_row_stride = 0;
+  int num_q_heads = 0, num_kv_heads = 0;
+  int64_t seq_len = 0;
+  int head_dim = 128;
+  float scale = 0.f;  // 0: 1/sqrt(D)
+  // HOST pointer (for the CUDA launcher too): kind per KV head [Hkv].
+  const HeadKind* head_kind = nullptr;
+  int64_t sink = 4, window = 8192;
+  int block_size = 64;
+  // Retrieval lists (device pointers for CUDA), layout above. May be null when no head is RETRIEVAL.
+  const int32_t* block_counts = nullptr;
+  const int32_t* block_indices = nullptr;
+  int max_blocks = 0;
+};
+
+struct SparseDecodeParams {
+  // CPU: F32. CUDA: BF16 for q, caches and o; index_q/index_k F32 or BF16 (index_dtype).
+  const void* q = nullptr;       // [Hq, D]
+  void* o = nullptr;             // [Hq, D]
+  DType dtype = DType::F32;
+  const void* k_full = nullptr;  // [Hfull, cap_full, D]
+  const void* v_full = nullptr;
+  int64_t cap_full = 0;
+  const void* k_ring = nullptr;  // [Hstr, sink + window, D]
+  const void* v_ring = nullptr;
+  const void* index_q = nullptr;  // [Hkv_ret, G, 16]
+  const void* index_k = nullptr;  // [Hkv_ret, cap_full, 16]
+  DType index_dtype = DType::F32;
+  int num_q_heads = 0, num_kv_heads = 0, head_dim = 128;
+  int64_t kv_len = 0;  // t + 1
+  float scale = 0.f;
+  const HeadKind* head_kind = nullptr;  // HOST pointer [Hkv]
+  int64_t sink = 4, window = 8192;
+  float top_p = 0.9f;
+  int64_t keep_first = 64, keep_last = 64;
+  int32_t* selected_count = nullptr;  // optional [Hkv_ret]: how many tokens each retrieval head attended
+};
+
+}  // namespace rtp::kernels
