@@ -11,6 +11,10 @@ if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
     endif()
   endif()
 endif()
+# Torch's CMake config otherwise probes the local GPU to pick architectures (and fails where there is none).
+if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(TORCH_CUDA_ARCH_LIST "9.0a")
+endif()
 find_package(Torch REQUIRED)
 # TorchConfig adds its flags to CMAKE_CXX_FLAGS globally; targets get them through the Torch target instead.
 find_package(yaml-cpp REQUIRED)
