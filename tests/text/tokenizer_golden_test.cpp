@@ -51,7 +51,7 @@ TEST(TokenizerGolden, AgreesWithHuggingFace) {
   std::ifstream in(RTP_SOURCE_DIR "/data/fixtures/tokenizer/golden.jsonl");
   ASSERT_TRUE(in.good()) << "missing data/fixtures/tokenizer/golden.jsonl";
   std::string line;
-  int total = 0, enc_ok = 0, dec_ok = 0, skip_ok = 0, lineno = 0;
+  int total = 0, decodes = 0, enc_ok = 0, dec_ok = 0, skip_ok = 0, lineno = 0;
   nlohmann::json meta;
   while (std::getline(in, line)) {
     ++lineno;
@@ -61,16 +61,19 @@ TEST(TokenizerGolden, AgreesWithHuggingFace) {
       meta = j["meta"];
       continue;
     }
-    ++total;
-    const std::string text = j["text"];
     const auto want = j["ids"].get<std::vector<int32_t>>();
-    const auto got = tok.encode(text);
-    if (got == want) {
-      ++enc_ok;
-    } else {
-      ADD_FAILURE() << "line " << lineno << ": encode(" << nlohmann::json(text).dump() << ")\n  got  "
-                    << show(got) << "\n  want " << show(want);
+    if (j.contains("text")) {
+      ++total;
+      const std::string text = j["text"];
+      const auto got = tok.encode(text);
+      if (got == want) {
+        ++enc_ok;
+      } else {
+        ADD_FAILURE() << "line " << lineno << ": encode(" << nlohmann::json(text).dump() << ")\n  got  "
+                      << show(got) << "\n  want " << show(want);
+      }
     }
+    ++decodes;
     const std::string dec = tok.decode(want);
     if (dec == j["decoded"].get<std::string>()) {
       ++dec_ok;
@@ -87,12 +90,12 @@ TEST(TokenizerGolden, AgreesWithHuggingFace) {
     }
   }
   std::cout << "[golden] tokenizers " << meta.value("tokenizers_version", "?") << ": encode agreement " << enc_ok
-            << "/" << total << ", decode " << dec_ok << "/" << total << ", decode(skip_special) " << skip_ok
-            << "/" << total << "\n";
+            << "/" << total << ", decode " << dec_ok << "/" << decodes << ", decode(skip_special) " << skip_ok
+            << "/" << decodes << "\n";
   EXPECT_GT(total, 300);
   EXPECT_EQ(enc_ok, total);
-  EXPECT_EQ(dec_ok, total);
-  EXPECT_EQ(skip_ok, total);
+  EXPECT_EQ(dec_ok, decodes);
+  EXPECT_EQ(skip_ok, decodes);
   if (meta.contains("vocab_size_with_added")) EXPECT_EQ(tok.vocab_size(), meta["vocab_size_with_added"].get<int64_t>());
 }
 

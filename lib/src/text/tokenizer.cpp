@@ -2,6 +2,7 @@
 
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
+#include <unicode/uniset.h>
 #include <unicode/stringpiece.h>
 #include <unicode/uchar.h>
 
@@ -47,30 +48,61 @@ struct AsciiClasses {
 };
 const AsciiClasses kAscii;
 
-// \p{L}, \p{N} by general category; \s is the Unicode White_Space property (what Oniguruma uses: U+00A0,
-// U+0085, U+2028, U+3000 are spaces; U+001C..U+001F, U+200B, U+180E are not).
-inline bool is_white_space(char32_t c) {
-  if (c < 128) return (kAscii.cls[c] & kWS) != 0;
-  return u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_WHITE_SPACE);
+}  // namespace
+
+// Generated tables (unicode_tables.cpp): how tokenizers' Oniguruma classifies non-ASCII code points for the
+// Split regex. They come from probing tokenizers itself (scripts/gen_tokenizer_golden.py --tables) because its
+// Oniguruma carries Unicode 16 data while the system ICU may be older (ICU 72 = Unicode 15.0), and a letter
+// that ICU does not know yet would split words differently.
+namespace detail {
+struct CodeRange {
+  char32_t lo, hi;
+};
+extern const CodeRange kLetterRanges[];
+extern const std::size_t kLetterRangesCount;
+extern const CodeRange kNumberRanges[];
+extern const std::size_t kNumberRangesCount;
+extern const CodeRange kSpaceRanges[];
+extern const std::size_t kSpaceRangesCount;
+}  // namespace detail
+
+namespace {
+
+bool in_ranges(const detail::CodeRange* r, std::size_t n, char32_t c) {
+  const detail::CodeRange* end = r + n;
+  const detail::CodeRange* it =
+      std::upper_bound(r, end, c, [](char32_t x, const detail::CodeRange& cr) { return x < cr.lo; });
+  return it != r && c <= (it - 1)->hi;
+}
+
+uint8_t classify_slow(char32_t c) {
+  if (c < 128) return kAscii.cls[c];
+  if (in_ranges(detail::kLetterRanges, detail::kLetterRangesCount, c)) return kL;
+  if (in_ranges(detail::kNumberRanges, detail::kNumberRangesCount, c)) return kN;
+  if (in_ranges(detail::kSpaceRanges, detail::kSpaceRangesCount, c)) return kWS;
+  return 0;
+}
+
+// \p{L} -> kL, \p{N} -> kN, \s -> kWS (Unicode White_Space: U+00A0, U+0085, U+2028, U+3000 are spaces;
+// U+001C..U+001F, U+200B, U+180E are not). A flat table for the BMP, binary search above it.
+struct BmpClasses {
+  std::vector<uint8_t> cls;
+  BmpClasses() : cls(0x10000) {
+    for (char32_t c = 0; c < 0x10000; ++c) cls[c] = classify_slow(c);
+  }
+};
+const BmpClasses& bmp_classes() {
+  static const BmpClasses t;
+  return t;
 }
 
 inline uint8_t classify(char32_t c) {
   if (c < 128) return kAscii.cls[c];
-  switch (u_charType(static_cast<UChar32>(c))) {
-    case U_UPPERCASE_LETTER:
-    case U_LOWERCASE_LETTER:
-    case U_TITLECASE_LETTER:
-    case U_MODIFIER_LETTER:
-    case U_OTHER_LETTER:
-      return kL;
-    case U_DECIMAL_DIGIT_NUMBER:
-    case U_LETTER_NUMBER:
-    case U_OTHER_NUMBER:
-      return kN;
-    default:
-      return is_white_space(c) ? kWS : 0;
-  }
+  if (c < 0x10000) return bmp_classes().cls[c];
+  return classify_slow(c);
 }
+
+inline bool is_white_space(char32_t c) { return (classify(c) & kWS) != 0; }
 
 // Rust regex's Unicode \w (used by HF for single_word): Alphabetic, marks, Nd, Pc, Join_Control.
 inline bool is_word_char(char32_t c) {
@@ -245,6 +277,28 @@ struct Tokenizer::Impl {
 
 namespace {
 
+// HF's NFC is the crate unicode-normalization-alignments 0.1.12, whose tables are Unicode 9.0: characters
+// assigned later have no decomposition, combine with nothing and have combining class 0. ICU's NFC filtered
+// to [:age=9.0:] (characters assigned in 9.0 or before; the others pass through and act as boundaries) is
+// exactly that, since Unicode's stability policy freezes decompositions and combining classes once assigned.
+const icu::Normalizer2& hf_nfc() {
+  struct Holder {
+    std::unique_ptr<icu::UnicodeSet> set;
+    std::unique_ptr<icu::FilteredNormalizer2> norm;
+    Holder() {
+      UErrorCode st = U_ZERO_ERROR;
+      const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(st);
+      RTP_CHECK(U_SUCCESS(st) && nfc, "ICU: cannot get the NFC normalizer: ", u_errorName(st));
+      set = std::make_unique<icu::UnicodeSet>(icu::UnicodeString("[:age=9.0:]"), st);
+      RTP_CHECK(U_SUCCESS(st), "ICU: cannot build [:age=9.0:]: ", u_errorName(st));
+      set->freeze();
+      norm = std::make_unique<icu::FilteredNormalizer2>(*nfc, *set);
+    }
+  };
+  static const Holder h;
+  return *h.norm;
+}
+
 [[noreturn]] void unsupported(const std::string& origin, const std::string& what, const json& value) {
   std::string dumped = value.dump();
   if (dumped.size() > 300) dumped = dumped.substr(0, 300) + "...";
@@ -277,9 +331,7 @@ void Tokenizer::Impl::load(const json& j) {
       for (const auto& x : n.at("normalizers")) ok = ok && is_nfc(x);
     }
     if (!ok) unsupported(origin, "normalizer", n);
-    UErrorCode st = U_ZERO_ERROR;
-    nfc = icu::Normalizer2::getNFCInstance(st);
-    RTP_CHECK(U_SUCCESS(st) && nfc, "ICU: cannot get the NFC normalizer: ", u_errorName(st));
+    nfc = &hf_nfc();
   }
 
   // Pre-tokenizer: Sequence[Split(Qwen pattern, Isolated), ByteLevel(no prefix space, no regex)].
