@@ -1,0 +1,79 @@
+// Runs the built rtpurbo-tokenize on tiny JSONL files (encode, decode, and the line-numbered errors).
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "rtp/core/file_io.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kTool = RTP_BINARY_DIR "/bin/rtpurbo-tokenize";
+const std::string kSmall = RTP_SOURCE_DIR "/data/fixtures/tokenizer/small_tokenizer.json";
+
+struct ToolResult {
+  int rc;
+  std::string err;
+};
+
+class TokenizeCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(rtp::file_exists(kTool)) << kTool << " is missing: build the rtpurbo-tokenize target first";
+    dir_ = fs::temp_directory_path() / ("rtp_tokenize_cli_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  ToolResult run(const std::string& args) const {
+    const std::string err = path("stderr.txt");
+    const int status = std::system((kTool + " --tokenizer " + kSmall + " " + args + " 2>" + err).c_str());
+    return ToolResult{WEXITSTATUS(status), rtp::read_text_file(err)};
+  }
+  fs::path dir_;
+};
+
+TEST_F(TokenizeCli, EncodesAndDecodes) {
+  rtp::write_file_atomic(path("in.jsonl"), "{\"text\": \"abc\"}\n\n{\"text\": \"<s> hello\", \"other\": 1}\n");
+  ToolResult r = run("--input " + path("in.jsonl") + " --output " + path("out.jsonl"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(rtp::read_text_file(path("out.jsonl")),
+            "{\"text\":\"abc\",\"ids\":[97,256]}\n{\"text\":\"<s> hello\",\"ids\":[264,32,262]}\n");
+
+  rtp::write_file_atomic(path("ids.jsonl"), "{\"ids\": [97, 256]}\n{\"ids\": [264, 32, 262]}\n");
+  r = run("--decode --input " + path("ids.jsonl") + " --output " + path("dec.jsonl"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(rtp::read_text_file(path("dec.jsonl")),
+            "{\"ids\":[97,256],\"text\":\"abc\"}\n{\"ids\":[264,32,262],\"text\":\"<s> hello\"}\n");
+  r = run("--decode --skip-special --input " + path("ids.jsonl") + " --output " + path("dec2.jsonl"));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(rtp::read_text_file(path("dec2.jsonl")).find("\"text\":\" hello\""), std::string::npos);
+}
+
+TEST_F(TokenizeCli, ErrorsNameTheLine) {
+  rtp::write_file_atomic(path("bad_json.jsonl"), "{\"text\": \"ok\"}\n{\"text\": \n");
+  ToolResult r = run("--input " + path("bad_json.jsonl") + " --output " + path("o1.jsonl"));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("bad_json.jsonl:2: not valid JSON"), std::string::npos) << r.err;
+  EXPECT_FALSE(rtp::file_exists(path("o1.jsonl")));  // nothing half-written
+
+  rtp::write_file_atomic(path("no_key.jsonl"), "{\"txt\": \"ok\"}\n");
+  r = run("--input " + path("no_key.jsonl") + " --output " + path("o2.jsonl"));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("no_key.jsonl:1: missing key \"text\""), std::string::npos) << r.err;
+
+  rtp::write_file_atomic(path("bad_utf8.jsonl"), "{\"text\": \"a\"}\n{\"text\": \"a\xff\"}\n");
+  r = run("--input " + path("bad_utf8.jsonl") + " --output " + path("o3.jsonl"));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("bad_utf8.jsonl:2: invalid UTF-8 at byte offset 11"), std::string::npos) << r.err;
+
+  r = run("--bogus-flag");
+  EXPECT_EQ(r.rc, 2);
+}
+
+}  // namespace
