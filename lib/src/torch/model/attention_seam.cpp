@@ -1,0 +1,23 @@
+#include "rtp/model/attention_seam.h"
+
+#include <torch/torch.h>
+
+namespace rtp::model {
+
+torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
+  return at::scaled_dot_product_attention(in.q, in.k, in.v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                          /*is_causal=*/true, in.scale, /*enable_gqa=*/true);
+}
+
+torch::Tensor causal_attention_probs(const torch::Tensor& q, const torch::Tensor& k, double scale) {
+  const int64_t group = q.size(1) / k.size(1);
+  auto kk = group == 1 ? k : k.repeat_interleave(group, 1);
+  auto scores = torch::matmul(q.to(torch::kFloat32), kk.to(torch::kFloat32).transpose(-1, -2)) * scale;
+  const int64_t tq = q.size(2), tk = k.size(2);
+  // Queries are the last tq positions of the tk keys (tq == tk for a full prefill).
+  auto mask = torch::ones({tq, tk}, torch::TensorOptions(torch::kBool).device(q.device())).triu(tk - tq + 1);
+  scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  return torch::softmax(scores, -1);
+}
+
+}  // namespace rtp::model

@@ -1,0 +1,188 @@
+#include "rtp/model/qwen3.h"
+
+#include <torch/torch.h>
+
+#include <unordered_map>
+
+#include "rtp/core/error.h"
+#include "rtp/model/parameter_layout.h"
+#include "rtp/model/rope.h"
+
+namespace rtp::model {
+
+namespace F = torch::nn::functional;
+
+class Qwen3ModelImpl {
+ public:
+  explicit Qwen3ModelImpl(const ModelConfig& c) : cfg(c), root(std::make_shared<torch::nn::Module>("Qwen3Model")) {
+    for (const auto& spec : parameter_layout(cfg)) {
+      auto t = torch::empty(spec.shape, torch::kFloat32);
+      if (spec.is_norm) t.fill_(1.0);
+      else t.zero_();
+      // torch module names cannot hold dots; HF names stay the public key.
+      std::string module_name = spec.name;
+      std::replace(module_name.begin(), module_name.end(), '.', '_');
+      t = root->register_parameter(module_name, t);
+      order.push_back(spec.name);
+      by_name.emplace(spec.name, t);
+    }
+  }
+
+  const torch::Tensor& p(const std::string& name) const {
+    auto it = by_name.find(name);
+    RTP_CHECK(it != by_name.end(), "internal: model has no parameter '", name, "'");
+    return it->second;
+  }
+
+  torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) const {
+    // As HF: normalise in fp32, cast back, then scale.
+    auto xf = x.to(torch::kFloat32);
+    auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + cfg.rms_norm_eps);
+    return weight * normed.to(x.dtype());
+  }
+
+  torch::Tensor linear(const torch::Tensor& x, const std::string& base, bool bias) const {
+    return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias")) : at::linear(x, p(base + ".weight"));
+  }
+
+  torch::Tensor dense_mlp(const torch::Tensor& x, const std::string& pre) const {
+    auto gate = at::linear(x, p(pre + "gate_proj.weight"));
+    auto up = at::linear(x, p(pre + "up_proj.weight"));
+    return at::linear(torch::silu(gate) * up, p(pre + "down_proj.weight"));
+  }
+
+  torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
+    const auto shape = x.sizes().vec();
+    auto flat = x.reshape({-1, cfg.hidden_size});
+    auto router_logits = at::linear(flat, p(pre + "gate.weight"));
+    auto probs = torch::softmax(router_logits, -1, torch::kFloat32);
+    auto [top_w, top_i] = torch::topk(probs, cfg.num_experts_per_tok, -1);
+    if (cfg.norm_topk_prob) top_w = top_w / top_w.sum(-1, true);
+    top_w = top_w.to(router_logits.dtype());
+
+    const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
+    const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
+    auto out = torch::zeros_like(flat);
+    // Group the (token, slot) pairs by expert with one sort instead of a mask per expert.
+    auto flat_experts = top_i.reshape(-1);
+    auto order = torch::argsort(flat_experts);
+    auto sorted_experts = flat_experts.index_select(0, order);
+    auto counts = torch::bincount(sorted_experts, {}, cfg.num_experts).to(torch::kCPU);
+    auto token_of_slot = torch::div(order, cfg.num_experts_per_tok, "floor");
+    auto weight_of_slot = top_w.reshape(-1).index_select(0, order);
+    const int64_t* cnt = counts.data_ptr<int64_t>();
+    int64_t begin = 0;
+    for (int64_t e = 0; e < cfg.num_experts; ++e) {
+      const int64_t n = cnt[e];
+      if (n == 0) continue;
+      auto tokens = token_of_slot.narrow(0, begin, n);
+      auto h = flat.index_select(0, tokens);
+      auto gu = at::linear(h, gate_up[e]).chunk(2, -1);
+      auto y = at::linear(torch::silu(gu[0]) * gu[1], down[e]);
+      y = y * weight_of_slot.narrow(0, begin, n).unsqueeze(-1);
+      out.index_add_(0, tokens, y.to(out.dtype()));
+      begin += n;
+    }
+    return out.reshape(shape);
+  }
+
+  torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
+    RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
+              ids.sizes(), " ", ids.scalar_type());
+    auto ids_dev = ids.to(device());
+    const int64_t B = ids.size(0), T = ids.size(1);
+    const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, D = cfg.head_dim;
+    if (T > 0) {
+      auto [mn, mx] = torch::aminmax(ids_dev);
+      RTP_CHECK(mn.item<int64_t>() >= 0 && mx.item<int64_t>() < cfg.vocab_size, "input_ids must lie in [0, ",
+                cfg.vocab_size, "), found values in [", mn.item<int64_t>(), ", ", mx.item<int64_t>(), "]");
+    }
+    DenseAttention dense;
+    AttentionSeam* attention = o.attention ? o.attention : &dense;
+    auto rope = rope_tables(cfg, o.position_offset, T, device());
+    auto x = F::embedding(ids_dev, p("model.embed_tokens.weight"));
+    const int64_t last = o.stop_after_layer >= 0 ? std::min(o.stop_after_layer, cfg.num_hidden_layers - 1)
+                                                 : cfg.num_hidden_layers - 1;
+    for (int64_t i = 0; i <= last; ++i) {
+      const std::string pre = "model.layers." + std::to_string(i) + ".";
+      auto h = rms_norm(x, p(pre + "input_layernorm.weight"));
+      auto q = linear(h, pre + "self_attn.q_proj", cfg.attention_bias).view({B, T, Hq, D});
+      auto k = linear(h, pre + "self_attn.k_proj", cfg.attention_bias).view({B, T, Hkv, D});
+      auto v = linear(h, pre + "self_attn.v_proj", cfg.attention_bias).view({B, T, Hkv, D}).transpose(1, 2);
+      q = rms_norm(q, p(pre + "self_attn.q_norm.weight")).transpose(1, 2);
+      k = rms_norm(k, p(pre + "self_attn.k_norm.weight")).transpose(1, 2);
+      LayerAttentionInputs in;
+      in.layer = i;
+      in.q_pre_rope = q;
+      in.k_pre_rope = k;
+      in.q = apply_rope(q, rope);
+      in.k = apply_rope(k, rope);
+      in.v = v;
+      in.scale = 1.0 / std::sqrt(static_cast<double>(D));
+      if (o.observer) o.observer(in);
+      auto a = attention->attend(in);
+      a = a.transpose(1, 2).reshape({B, T, Hq * D});
+      x = x + linear(a, pre + "self_attn.o_proj", cfg.attention_bias);
+      h = rms_norm(x, p(pre + "post_attention_layernorm.weight"));
+      x = x + (cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(h, pre + "mlp."));
+    }
+    if (o.stop_after_layer >= 0 && last < cfg.num_hidden_layers - 1) return x;
+    x = rms_norm(x, p("model.norm.weight"));
+    if (o.return_hidden) return x;
+    const auto& head = cfg.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight");
+    return at::linear(x, head).to(torch::kFloat32);
+  }
+
+  torch::Device device() const { return p("model.embed_tokens.weight").device(); }
+  torch::ScalarType dtype() const { return p("model.embed_tokens.weight").scalar_type(); }
+
+  ModelConfig cfg;
+  std::shared_ptr<torch::nn::Module> root;
+  std::vector<std::string> order;
+  std::unordered_map<std::string, torch::Tensor> by_name;
+};
+
+Qwen3Model::Qwen3Model(const ModelConfig& config) : impl_(std::make_unique<Qwen3ModelImpl>(config)) {}
+Qwen3Model::~Qwen3Model() = default;
+Qwen3Model::Qwen3Model(Qwen3Model&&) noexcept = default;
+Qwen3Model& Qwen3Model::operator=(Qwen3Model&&) noexcept = default;
+
+const ModelConfig& Qwen3Model::config() const { return impl_->cfg; }
+torch::nn::Module& Qwen3Model::module() { return *impl_->root; }
+
+std::vector<std::pair<std::string, torch::Tensor>> Qwen3Model::named_parameters() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  out.reserve(impl_->order.size());
+  for (const auto& n : impl_->order) out.emplace_back(n, impl_->by_name.at(n));
+  return out;
+}
+
+void Qwen3Model::to(torch::Device device, torch::ScalarType dtype) {
+  // Module::to swaps each parameter's data in place (set_data), so the name map keeps pointing at them.
+  impl_->root->to(device, dtype);
+}
+
+torch::Device Qwen3Model::device() const { return impl_->device(); }
+torch::ScalarType Qwen3Model::dtype() const { return impl_->dtype(); }
+
+torch::Tensor Qwen3Model::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {
+  return impl_->forward(input_ids, options);
+}
+
+void Qwen3Model::init_random(uint64_t seed, double std) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (const auto& spec : parameter_layout(impl_->cfg)) {
+    auto& t = impl_->by_name.at(spec.name);
+    if (spec.is_norm) {
+      t.fill_(1.0);
+    } else if (spec.is_bias) {
+      t.zero_();
+    } else {
+      auto r = at::normal(0.0, std, spec.shape, gen, torch::TensorOptions(torch::kFloat32));
+      t.copy_(r);
+    }
+  }
+}
+
+}  // namespace rtp::model
