@@ -1,0 +1,267 @@
+// Prefill block selection on the GPU (definition in sparse_attention_params.h):
+//   1. pool:    qbar[r][b][h] = mean of index_q over the query block (bf16 for the tensor cores)
+//   2. logits:  L[row = (b, h)][c] = max(max_j u, mean_j u + log n_c), u = qbar . index_k[j] / 4, one
+//               mma.sync m16n8k16 per 16 rows x 8 keys (the index dimension is exactly one k-step);
+//               rows are processed in chunks of query blocks so the logit workspace stays bounded
+//   3. top-p:   one thread block per (r, b): per-head softmax over blocks, mean over heads, forced blocks,
+//               threshold bisection on P (sort-free), capped count, ascending compaction.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "cuda_common.cuh"
+#include "rtp/kernels/sparse_attention.h"
+
+namespace rtp::kernels {
+namespace {
+using namespace cuda_detail;
+
+template <typename T>
+__global__ void to_bf16_kernel(const T* in, __nv_bfloat16* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16(to_float(in[i]));
+}
+
+// qbar [R][nb][G][16] bf16 (row = b*G + h); one thread per (r, b, h, d).
+template <typename T>
+__global__ void pool_kernel(const T* iq, __nv_bfloat16* qbar, int R, int G, int64_t T_, int B, int nb) {
+  const int64_t n = int64_t(R) * nb * G * kIndexDim;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+    const int d = idx % kIndexDim;
+    const int h = (idx / kIndexDim) % G;
+    const int64_t b = (idx / (kIndexDim * G)) % nb;
+    const int r = int(idx / (int64_t(kIndexDim) * G * nb));
+    const int64_t i0 = b * B, i1 = min(T_, i0 + B);
+    const T* src = iq + ((int64_t(r) * G + h) * T_) * kIndexDim + d;
+    float acc = 0.f;
+    for (int64_t i = i0; i < i1; ++i) acc += to_float(src[i * kIndexDim]);
+    qbar[idx] = __float2bfloat16(acc / float(i1 - i0));
+  }
+}
+
+// Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows.
+// B = block size (64 or 128 keys, processed as 64-key halves).
+__global__ void __launch_bounds__(256) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
+                                                     int G, int64_t T_, int B, int nb, int64_t row0, int64_t nrows,
+                                                     int64_t rows_total) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int64_t wrow = row0 + int64_t(blockIdx.x) * 128 + warp * 16;  // first global row of this warp
+  if (wrow >= row0 + nrows) return;
+  // A fragment: rows wrow + g (+8), dims 2t4.. (+8)
+  uint32_t af[4];
+  {
+    const int64_t ra = min(wrow + g, rows_total - 1), rb = min(wrow + g + 8, rows_total - 1);
+    const uint32_t* pa = reinterpret_cast<const uint32_t*>(qbar + ra * kIndexDim);
+    const uint32_t* pb = reinterpret_cast<const uint32_t*>(qbar + rb * kIndexDim);
+    af[0] = pa[t4];
+    af[1] = pb[t4];
+    af[2] = pa[t4 + 4];
+    af[3] = pb[t4 + 4];
+  }
+  const int64_t rlast = min(wrow + 15, row0 + nrows - 1);
+  const int64_t bmax = rlast / G;  // last query block among the warp's rows
+  const int64_t b_r0 = (wrow + g) / G, b_r1 = (wrow + g + 8) / G;
+  const int64_t lr0 = wrow + g - row0, lr1 = wrow + g + 8 - row0;
+  for (int64_t c = 0; c <= bmax; ++c) {
+    float mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
+    const int64_t k0 = c * B;
+    const int64_t nvalid = min(T_, k0 + B) - k0;
+    for (int half = 0; half < B / 64; ++half) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int64_t key = k0 + half * 64 + nt * 8 + g;
+        const uint32_t* pk = reinterpret_cast<const uint32_t*>(ik + min(key, T_ - 1) * kIndexDim);
+        const uint32_t b0 = __ldg(pk + t4), b1 = __ldg(pk + t4 + 4);
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_bf16_16816(d, af, b0, b1);
+        const int64_t kc = k0 + half * 64 + nt * 8 + 2 * t4;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool ok = kc + (e & 1) < T_;
+          const float u = d[e] * 0.25f;
+          if (e < 2) {
+            mx0 = ok ? fmaxf(mx0, u) : mx0;
+            sm0 += ok ? u : 0.f;
+          } else {
+            mx1 = ok ? fmaxf(mx1, u) : mx1;
+            sm1 += ok ? u : 0.f;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+      sm0 += __shfl_xor_sync(0xffffffffu, sm0, o);
+      sm1 += __shfl_xor_sync(0xffffffffu, sm1, o);
+    }
+    if (t4 == 0) {
+      const float ln = logf(float(nvalid));
+      if (lr0 < nrows && c <= b_r0) L[lr0 * nb + c] = fmaxf(mx0, sm0 / float(nvalid) + ln);
+      if (lr1 < nrows && c <= b_r1) L[lr1 * nb + c] = fmaxf(mx1, sm1 / float(nvalid) + ln);
+    }
+  }
+}
+
+__device__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int w = 0; w < nw; ++w) s += red[w];
+  return s;
+}
+__device__ float block_max(float v, float* red) {
+  v = warp_max(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = -INFINITY;
+  for (int w = 0; w < nw; ++w) s = fmaxf(s, red[w]);
+  return s;
+}
+
+// One thread block per query block b in [b0, b0 + nbc) of slot r. Dynamic smem: P[nb] floats.
+__global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int nb,
+                                                   int64_t b0, int local_blocks, int max_blocks, float top_p) {
+  extern __shared__ float P[];
+  __shared__ float red[32];
+  __shared__ int wcount[32];
+  const int64_t b = b0 + blockIdx.x;
+  const int n = int(b) + 1;
+  const int tid = threadIdx.x;
+  for (int c = tid; c < n; c += blockDim.x) P[c] = 0.f;
+  for (int h = 0; h < G; ++h) {
+    const float* row = L + (int64_t(blockIdx.x) * G + h) * nb;
+    float mx = -INFINITY;
+    for (int c = tid; c < n; c += blockDim.x) mx = fmaxf(mx, row[c]);
+    mx = block_max(mx, red);
+    float z = 0.f;
+    for (int c = tid; c < n; c += blockDim.x) z += __expf(row[c] - mx);
+    z = block_sum(z, red);
+    const float w = 1.f / (z * float(G));
+    for (int c = tid; c < n; c += blockDim.x) P[c] += __expf(row[c] - mx) * w;
+  }
+  __syncthreads();
+  auto forced = [&](int c) { return c == 0 || (c <= b && c > b - local_blocks); };
+  float fm = 0.f, pmax = 0.f;
+  int nforced = 0;
+  for (int c = tid; c < n; c += blockDim.x) {
+    if (forced(c)) fm += P[c], ++nforced;
+    else pmax = fmaxf(pmax, P[c]);
+  }
+  fm = block_sum(fm, red);
+  nforced = int(block_sum(float(nforced), red));
+  pmax = block_max(pmax, red);
+  const float m = top_p - fm;
+  // threshold: selected non-forced = {P >= tau}; tau = +inf selects none
+  float tau = INFINITY;
+  if (m > 0.f && n > nforced) {
+    // largest tau (as float bits) with S(tau) >= m; S(0) = all non-forced mass (if < m, take all)
+    uint32_t lo = 0, hi = __float_as_uint(pmax) + 1;
+    while (hi - lo > 1) {
+      const uint32_t mid = lo + (hi - lo) / 2;
+      const float tm = __uint_as_float(mid);
+      float s = 0.f;
+      for (int c = tid; c < n; c += blockDim.x)
+        if (!forced(c) && P[c] >= tm) s += P[c];
+      s = block_sum(s, red);
+      if (s >= m) lo = mid;
+      else hi = mid;
+    }
+    // cap: smallest tau >= lo with count(P >= tau) <= cap
+    const int cap = max_blocks - nforced;
+    auto count_at = [&](uint32_t bits) {
+      const float tm = __uint_as_float(bits);
+      float s = 0.f;
+      for (int c = tid; c < n; c += blockDim.x)
+        if (!forced(c) && P[c] >= tm) s += 1.f;
+      return int(block_sum(s, red));
+    };
+    if (count_at(lo) > cap) {
+      uint32_t l2 = lo, h2 = __float_as_uint(pmax) + 1;  // count(l2) > cap, count(h2) = 0 <= cap
+      while (h2 - l2 > 1) {
+        const uint32_t mid = l2 + (h2 - l2) / 2;
+        if (count_at(mid) > cap) l2 = mid;
+        else h2 = mid;
+      }
+      lo = h2;
+    }
+    tau = __uint_as_float(lo);
+  }
+  // ascending compaction
+  int32_t* out = indices + b * max_blocks;
+  int base = 0;
+  const int warp = tid / 32, lane = tid % 32, nw = blockDim.x / 32;
+  for (int c0 = 0; c0 < n; c0 += blockDim.x) {
+    const int c = c0 + tid;
+    const bool keep = c < n && (forced(c) || P[c] >= tau);
+    const unsigned bal = __ballot_sync(0xffffffffu, keep);
+    __syncthreads();
+    if (lane == 0) wcount[warp] = __popc(bal);
+    __syncthreads();
+    int off = base;
+    for (int w = 0; w < warp; ++w) off += wcount[w];
+    off += __popc(bal & ((1u << lane) - 1u));
+    if (keep && off < max_blocks) out[off] = c;
+    for (int w = 0; w < nw; ++w) base += wcount[w];
+  }
+  if (tid == 0) counts[b] = min(base, max_blocks);
+}
+
+}  // namespace
+
+cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) {
+  if (*check_block_select_params(p)) return cudaErrorInvalidValue;
+  const int R = p.num_ret_heads, G = p.group_size, B = p.block_size;
+  const int64_t T = p.seq_len;
+  const int nb = int((T + B - 1) / B);
+  if (size_t(nb) * sizeof(float) > 200 * 1024) return cudaErrorInvalidValue;  // P must fit in shared memory
+  __nv_bfloat16 *qbar = nullptr, *ikb = nullptr;
+  float* L = nullptr;
+  // Query-block chunk so that the logit workspace stays under ~512 MB.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(512) << 20) / (int64_t(G) * nb * 4)));
+  cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nb * G * kIndexDim * 2, stream);
+  if (e == cudaSuccess) e = cudaMallocAsync(&L, size_t(chunk) * G * nb * 4, stream);
+  if (e == cudaSuccess && p.index_dtype == DType::F32) e = cudaMallocAsync(&ikb, size_t(R) * T * kIndexDim * 2, stream);
+  if (e == cudaSuccess) {
+    const int64_t nq = int64_t(R) * nb * G * kIndexDim;
+    const int pool_blocks = int(std::min<int64_t>((nq + 255) / 256, 65535));
+    const __nv_bfloat16* ik = static_cast<const __nv_bfloat16*>(p.index_k);
+    if (p.index_dtype == DType::F32) {
+      pool_kernel<float><<<pool_blocks, 256, 0, stream>>>(static_cast<const float*>(p.index_q), qbar, R, G, T, B, nb);
+      to_bf16_kernel<float><<<1024, 256, 0, stream>>>(static_cast<const float*>(p.index_k), ikb, int64_t(R) * T * kIndexDim);
+      ik = ikb;
+    } else {
+      pool_kernel<__nv_bfloat16><<<pool_blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.index_q), qbar,
+                                                                  R, G, T, B, nb);
+    }
+    e = cudaGetLastError();
+    const size_t smem = size_t(nb) * sizeof(float);
+    if (e == cudaSuccess && smem > 48 * 1024)
+      e = cudaFuncSetAttribute(topp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    for (int r = 0; r < R && e == cudaSuccess; ++r) {
+      for (int64_t b0 = 0; b0 < nb && e == cudaSuccess; b0 += chunk) {
+        const int64_t nbc = std::min<int64_t>(chunk, nb - b0);
+        const int64_t nrows = nbc * G;
+        logits_kernel<<<unsigned((nrows + 127) / 128), 256, 0, stream>>>(
+            qbar + int64_t(r) * nb * G * kIndexDim, ik + int64_t(r) * T * kIndexDim, L, G, T, B, nb, b0 * G, nrows,
+            int64_t(nb) * G);
+        topp_kernel<<<unsigned(nbc), 256, smem, stream>>>(L, p.counts + int64_t(r) * nb,
+                                                         p.indices + int64_t(r) * nb * p.max_blocks, G, nb, b0,
+                                                         p.local_blocks, p.max_blocks, p.top_p);
+        e = cudaGetLastError();
+      }
+    }
+  }
+  if (qbar) cudaFreeAsync(qbar, stream);
+  if (L) cudaFreeAsync(L, stream);
+  if (ikb) cudaFreeAsync(ikb, stream);
+  return e;
+}
+
+}  // namespace rtp::kernels

@@ -1,0 +1,425 @@
+// Sparse decode on the GPU (definition in sparse_attention_params.h). Four launches:
+//   1. stats:   per (retrieval slot, key chunk) and query head of the group: max and sum of exp of the
+//               index scores (split over the sequence)
+//   2. hist:    combine the chunk stats, P(j) = mean_h p_h(j), per-token bin (uint16, 0xFFFF = forced) and a
+//               histogram of P per bin (shared-memory histogram, then global atomics)
+//   3. attend:  split-K attention: each thread block a chunk of keys of one KV head for all G query heads;
+//               retrieval heads find the cut bin b* from the histogram (one warp scan) and skip tokens with
+//               bin > b*; streaming heads read the valid ring slots; dense heads every token
+//   4. combine: per query head, merge the chunk partials (m, l, acc)
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cuda_common.cuh"
+#include "rtp/kernels/sparse_attention.h"
+
+namespace rtp::kernels {
+namespace {
+using namespace cuda_detail;
+
+constexpr int kStatChunk = 4096;   // tokens per stats / hist thread block
+constexpr int kAttnThreads = 128;  // 4 warps
+constexpr int kMaxG = 16;
+constexpr uint16_t kForced = 0xFFFF;
+
+struct DecodeArgs {
+  int G, D;
+  int64_t L, cap, ring, sink, window, keep_first, keep_last;
+  float scale;
+  float top_p;
+  int8_t kind[kMaxKvHeads];
+  int8_t slot[kMaxKvHeads];  // full slot / ring slot
+  int8_t rslot[kMaxKvHeads];  // retrieval slot
+  int nsplit[kMaxKvHeads];
+  int chunk[kMaxKvHeads];
+  int max_split;
+};
+
+template <typename IT>
+__device__ __forceinline__ void load_index_row(const IT* p, float* out) {
+#pragma unroll
+  for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(p[d]);
+}
+
+// grid (nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)).
+template <typename IT>
+__global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, int G, int64_t L,
+                                                    int64_t cap, int nchunks) {
+  __shared__ float q[kMaxG][kIndexDim];
+  __shared__ float red[kMaxG][8];
+  const int r = blockIdx.y, tid = threadIdx.x;
+  for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
+  __syncthreads();
+  float mx[kMaxG], sm[kMaxG];
+#pragma unroll
+  for (int h = 0; h < kMaxG; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
+  const int64_t j0 = int64_t(blockIdx.x) * kStatChunk, j1 = min(L, j0 + kStatChunk);
+  for (int64_t j = j0 + tid; j < j1; j += blockDim.x) {
+    float k[kIndexDim];
+    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k);
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h) {
+      if (h >= G) break;
+      float s = 0.f;
+#pragma unroll
+      for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[d], s);
+      const float nm = fmaxf(mx[h], s);
+      sm[h] = sm[h] * __expf(mx[h] - nm) + __expf(s - nm);
+      mx[h] = nm;
+    }
+  }
+  const int warp = tid / 32, lane = tid % 32;
+  for (int h = 0; h < G; ++h) {
+    float m = warp_max(mx[h]);
+    float s = (mx[h] == -INFINITY) ? 0.f : sm[h] * __expf(mx[h] - m);
+    s = warp_sum(s);
+    if (lane == 0) red[h][warp] = m, red[h][warp] = m;
+    __syncthreads();
+    float gm = -INFINITY;
+    for (int w = 0; w < 8; ++w) gm = fmaxf(gm, red[h][w]);
+    __syncthreads();
+    if (lane == 0) red[h][warp] = (m == -INFINITY) ? 0.f : s * __expf(m - gm);
+    __syncthreads();
+    if (tid == 0) {
+      float gs = 0.f;
+      for (int w = 0; w < 8; ++w) gs += red[h][w];
+      stats[(int64_t(r) * nchunks + blockIdx.x) * G + h] = make_float2(gm, gs);
+    }
+    __syncthreads();
+  }
+}
+
+// grid (nchunks, R); hist[r][kDecodeBins] and forced[r] must be zeroed.
+template <typename IT>
+__global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
+                                                   float* hist, float* forced_mass, int G, int64_t L, int64_t cap,
+                                                   int nchunks, int64_t keep_first, int64_t keep_last) {
+  __shared__ float q[kMaxG][kIndexDim];
+  __shared__ float gm[kMaxG], ginv[kMaxG];
+  __shared__ float sh[kDecodeBins];
+  __shared__ float sforced;
+  const int r = blockIdx.y, tid = threadIdx.x;
+  for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
+  for (int i = tid; i < kDecodeBins; i += blockDim.x) sh[i] = 0.f;
+  if (tid == 0) sforced = 0.f;
+  if (tid < G) {
+    float m = -INFINITY;
+    for (int c = 0; c < nchunks; ++c) m = fmaxf(m, stats[(int64_t(r) * nchunks + c) * G + tid].x);
+    float s = 0.f;
+    for (int c = 0; c < nchunks; ++c) {
+      const float2 st = stats[(int64_t(r) * nchunks + c) * G + tid];
+      if (st.x != -INFINITY) s += st.y * __expf(st.x - m);
+    }
+    gm[tid] = m;
+    ginv[tid] = 1.f / (s * float(G));
+  }
+  __syncthreads();
+  const int64_t t = L - 1;
+  const int64_t j0 = int64_t(blockIdx.x) * kStatChunk, j1 = min(L, j0 + kStatChunk);
+  float fsum = 0.f;
+  for (int64_t j = j0 + tid; j < j1; j += blockDim.x) {
+    float k[kIndexDim];
+    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k);
+    float P = 0.f;
+    for (int h = 0; h < G; ++h) {
+      float s = 0.f;
+#pragma unroll
+      for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[d], s);
+      P += __expf(s - gm[h]) * ginv[h];
+    }
+    const bool f = j < keep_first || j > t - keep_last;
+    int bin = kDecodeBins - 1;
+    if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
+    if (f) {
+      fsum += P;
+      bins[int64_t(r) * cap + j] = kForced;
+    } else {
+      atomicAdd(&sh[bin], P);
+      bins[int64_t(r) * cap + j] = uint16_t(bin);
+    }
+  }
+  fsum = warp_sum(fsum);
+  if (tid % 32 == 0) atomicAdd(&sforced, fsum);
+  __syncthreads();
+  for (int i = tid; i < kDecodeBins; i += blockDim.x)
+    if (sh[i] != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], sh[i]);
+  if (tid == 0) atomicAdd(&forced_mass[r], sforced);
+}
+
+// grid (max_split, Hkv); block 128 threads. Each lane group of LPK = D/8 lanes handles one key at a time
+// with 8 dims per lane (16-byte loads). part_acc [Hq][max_split][D], part_ml [Hq][max_split].
+template <int D, int GM>
+__global__ void __launch_bounds__(kAttnThreads) attend_kernel(const DecodeArgs a, const __nv_bfloat16* q,
+                                                              const __nv_bfloat16* kf, const __nv_bfloat16* vf,
+                                                              const __nv_bfloat16* kr, const __nv_bfloat16* vr,
+                                                              const uint16_t* bins, const float* hist,
+                                                              const float* forced_mass, float* part_acc,
+                                                              float2* part_ml, int32_t* selected_count) {
+  constexpr int LPK = D / 8;          // lanes per key
+  constexpr int KPW = 32 / LPK;       // keys per warp step
+  constexpr int NW = kAttnThreads / 32;
+  const int kvh = blockIdx.y, split = blockIdx.x;
+  if (split >= a.nsplit[kvh]) return;
+  const int kind = a.kind[kvh];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int sub = lane / LPK, dl = lane % LPK;  // key slot within warp step, dim group
+  const int G = a.G;
+  __shared__ int s_bstar;
+  __shared__ float s_m[NW * KPW][GM], s_l[NW * KPW][GM];
+  __shared__ float s_acc[GM][D];
+
+  const __nv_bfloat16 *K, *V;
+  int64_t nkeys;
+  const uint16_t* mybins = nullptr;
+  if (kind == int(HeadKind::STREAMING)) {
+    K = kr + int64_t(a.slot[kvh]) * a.ring * D;
+    V = vr + int64_t(a.slot[kvh]) * a.ring * D;
+    const int64_t nsink = min(a.sink, a.L);
+    nkeys = nsink + min(a.window, max(int64_t(0), a.L - a.sink));
+  } else {
+    K = kf + int64_t(a.slot[kvh]) * a.cap * D;
+    V = vf + int64_t(a.slot[kvh]) * a.cap * D;
+    nkeys = a.L;
+  }
+  if (kind == int(HeadKind::RETRIEVAL)) {
+    const int rs = a.rslot[kvh];
+    mybins = bins + int64_t(rs) * a.cap;
+    if (warp == 0) {
+      // b* = smallest bin with forced + cumulative >= top_p; -1 if forced alone reaches it.
+      const float* hh = hist + int64_t(rs) * kDecodeBins;
+      float acc = forced_mass[rs];
+      int bstar = acc >= a.top_p ? -1 : kDecodeBins - 1;
+      for (int base = 0; base < kDecodeBins && bstar == kDecodeBins - 1 && acc < a.top_p; base += 32) {
+        float v = hh[base + lane];
+        // inclusive scan
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const float n = __shfl_up_sync(0xffffffffu, v, o);
+          if (lane >= o) v += n;
+        }
+        const unsigned hit = __ballot_sync(0xffffffffu, acc + v >= a.top_p);
+        if (hit) bstar = base + __ffs(hit) - 1;
+        acc += __shfl_sync(0xffffffffu, v, 31);
+      }
+      if (lane == 0) s_bstar = bstar;
+    }
+    __syncthreads();
+  }
+  const int bstar = kind == int(HeadKind::RETRIEVAL) ? s_bstar : 0;
+  const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
+
+  // this lane's 8 dims of every query head of the group
+  float qv[GM][8];
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    if (h < G) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(q + (int64_t(kvh) * G + h) * D + dl * 8);
+      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) qv[h][i] = __bfloat162float(e[i]) * a.scale;
+    }
+  }
+  float m[GM], l[GM], acc[GM][8];
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[h][i] = 0.f;
+  }
+  int nsel = 0;
+  const unsigned gmask = LPK == 32 ? 0xffffffffu : (((1u << LPK) - 1u) << (sub * LPK));
+  // process 32 candidate keys per warp iteration; selected ones are compacted by ballot
+  for (int64_t jb = k0 + int64_t(warp) * 32; jb < k1; jb += 32 * NW) {
+    const int64_t jc = jb + lane;
+    bool sel = jc < k1;
+    if (sel && mybins) {
+      const uint16_t bn = mybins[jc];
+      sel = bn == kForced || int(bn) <= bstar;
+    }
+    unsigned bal = __ballot_sync(0xffffffffu, sel);
+    nsel += __popc(bal);
+    while (bal) {
+      // take up to KPW keys
+      int64_t myj = -1;
+      unsigned b2 = bal;
+      for (int s = 0; s < KPW; ++s) {
+        if (!b2) break;
+        const int bit = __ffs(b2) - 1;
+        if (s == sub) myj = jb + bit;
+        b2 &= b2 - 1;
+      }
+      bal = b2;
+      if (myj < 0) continue;  // whole lane group idle; other groups proceed (no warp-wide sync below)
+      int64_t row = myj;
+      if (kind == int(HeadKind::STREAMING)) {
+        const int64_t nsink = min(a.sink, a.L);
+        row = myj < nsink ? myj : a.sink + (myj - nsink);
+      }
+      const uint4 kraw = *reinterpret_cast<const uint4*>(K + row * D + dl * 8);
+      const uint4 vraw = *reinterpret_cast<const uint4*>(V + row * D + dl * 8);
+      const __nv_bfloat16* ke = reinterpret_cast<const __nv_bfloat16*>(&kraw);
+      const __nv_bfloat16* ve = reinterpret_cast<const __nv_bfloat16*>(&vraw);
+      float kx[8], vx[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) kx[i] = __bfloat162float(ke[i]), vx[i] = __bfloat162float(ve[i]);
+#pragma unroll
+      for (int h = 0; h < GM; ++h) {
+        if (h < G) {
+          float s = 0.f;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) s = fmaf(qv[h][i], kx[i], s);
+#pragma unroll
+          for (int o = LPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(gmask, s, o);
+          const float nm = fmaxf(m[h], s);
+          const float al = __expf(m[h] - nm), p = __expf(s - nm);
+          m[h] = nm;
+          l[h] = l[h] * al + p;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[h][i] = fmaf(acc[h][i], al, p * vx[i]);
+        }
+      }
+    }
+  }
+  // merge the NW*KPW lane groups of the thread block
+  const int grp = warp * KPW + sub;
+  if (dl == 0)
+    for (int h = 0; h < G; ++h) s_m[grp][h] = m[h], s_l[grp][h] = l[h];
+  for (int i = tid; i < GM * D; i += kAttnThreads) (&s_acc[0][0])[i] = 0.f;
+  __syncthreads();
+  for (int h = 0; h < G; ++h) {
+    float M = -INFINITY;
+    for (int gi = 0; gi < NW * KPW; ++gi) M = fmaxf(M, s_m[gi][h]);
+    const float w = m[h] == -INFINITY ? 0.f : __expf(m[h] - M);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) atomicAdd(&s_acc[h][dl * 8 + i], acc[h][i] * w);
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += kAttnThreads) {
+    const int h = i / D, d = i % D;
+    part_acc[((int64_t(kvh) * G + h) * a.max_split + split) * D + d] = s_acc[h][d];
+  }
+  if (tid < G) {
+    float M = -INFINITY, Lsum = 0.f;
+    for (int gi = 0; gi < NW * KPW; ++gi) M = fmaxf(M, s_m[gi][tid]);
+    for (int gi = 0; gi < NW * KPW; ++gi)
+      if (s_m[gi][tid] != -INFINITY) Lsum += s_l[gi][tid] * __expf(s_m[gi][tid] - M);
+    part_ml[(int64_t(kvh) * G + tid) * a.max_split + split] = make_float2(M, Lsum);
+  }
+  if (selected_count && kind == int(HeadKind::RETRIEVAL) && lane == 0) atomicAdd(&selected_count[a.rslot[kvh]], nsel);
+}
+
+// grid Hq, block D threads.
+__global__ void combine_kernel(const DecodeArgs a, const float* part_acc, const float2* part_ml, __nv_bfloat16* o) {
+  const int h = blockIdx.x, d = threadIdx.x;
+  const int ns = a.nsplit[h / a.G];
+  float M = -INFINITY;
+  for (int s = 0; s < ns; ++s) M = fmaxf(M, part_ml[int64_t(h) * a.max_split + s].x);
+  float Lsum = 0.f, acc = 0.f;
+  for (int s = 0; s < ns; ++s) {
+    const float2 ml = part_ml[int64_t(h) * a.max_split + s];
+    if (ml.x == -INFINITY) continue;
+    const float w = __expf(ml.x - M);
+    Lsum += ml.y * w;
+    acc += part_acc[(int64_t(h) * a.max_split + s) * a.D + d] * w;
+  }
+  o[int64_t(h) * a.D + d] = __float2bfloat16(Lsum > 0.f ? acc / Lsum : 0.f);
+}
+
+}  // namespace
+
+cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream) {
+  if (*check_sparse_decode_params(p, true)) return cudaErrorInvalidValue;
+  DecodeArgs a{};
+  a.G = p.num_q_heads / p.num_kv_heads;
+  a.D = p.head_dim;
+  a.L = p.kv_len;
+  a.cap = p.cap_full;
+  a.ring = p.sink + p.window;
+  a.sink = p.sink;
+  a.window = p.window;
+  a.keep_first = p.keep_first;
+  a.keep_last = p.keep_last;
+  a.scale = p.scale > 0 ? p.scale : 1.f / std::sqrt(float(p.head_dim));
+  a.top_p = p.top_p;
+  int nfull = 0, nstr = 0, R = 0;
+  a.max_split = 1;
+  for (int g = 0; g < p.num_kv_heads; ++g) {
+    const HeadKind k = p.head_kind[g];
+    a.kind[g] = int8_t(k);
+    a.rslot[g] = int8_t(k == HeadKind::RETRIEVAL ? R++ : -1);
+    a.slot[g] = int8_t(k == HeadKind::STREAMING ? nstr++ : nfull++);
+    int64_t nkeys;
+    int chunk;
+    if (k == HeadKind::STREAMING) {
+      nkeys = std::min(p.sink, p.kv_len) + std::min(p.window, std::max<int64_t>(0, p.kv_len - p.sink));
+      chunk = 512;
+    } else {
+      nkeys = p.kv_len;
+      chunk = k == HeadKind::RETRIEVAL ? 2048 : 512;
+    }
+    a.chunk[g] = chunk;
+    a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + chunk - 1) / chunk));
+    a.max_split = std::max(a.max_split, a.nsplit[g]);
+  }
+  const int Hq = p.num_q_heads;
+  const int nchunks = int((p.kv_len + kStatChunk - 1) / kStatChunk);
+  // one workspace: part_acc | part_ml | stats | hist | forced | bins
+  const size_t n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
+  const size_t n_ml = size_t(Hq) * a.max_split * 8;
+  const size_t n_stats = size_t(std::max(R, 1)) * nchunks * a.G * 8;
+  const size_t n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 1) * 4;
+  const size_t n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
+  auto al = [](size_t x) { return (x + 255) / 256 * 256; };
+  const size_t total = al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins);
+  char* ws = nullptr;
+  cudaError_t e = cudaMallocAsync(&ws, total, stream);
+  if (e != cudaSuccess) return e;
+  float* part_acc = reinterpret_cast<float*>(ws);
+  float2* part_ml = reinterpret_cast<float2*>(ws + al(n_acc));
+  float2* stats = reinterpret_cast<float2*>(ws + al(n_acc) + al(n_ml));
+  float* hist = reinterpret_cast<float*>(ws + al(n_acc) + al(n_ml) + al(n_stats));
+  float* forced = hist + size_t(std::max(R, 1)) * kDecodeBins;
+  uint16_t* bins = reinterpret_cast<uint16_t*>(ws + al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist));
+  if (R > 0) {
+    e = cudaMemsetAsync(hist, 0, n_hist, stream);
+    if (p.selected_count && e == cudaSuccess) e = cudaMemsetAsync(p.selected_count, 0, size_t(R) * 4, stream);
+    const dim3 g(nchunks, R);
+    if (e == cudaSuccess) {
+      if (p.index_dtype == DType::BF16) {
+        auto iq = static_cast<const __nv_bfloat16*>(p.index_q);
+        auto ik = static_cast<const __nv_bfloat16*>(p.index_k);
+        stats_kernel<<<g, 256, 0, stream>>>(iq, ik, stats, a.G, p.kv_len, p.cap_full, nchunks);
+        hist_kernel<<<g, 256, 0, stream>>>(iq, ik, stats, bins, hist, forced, a.G, p.kv_len, p.cap_full, nchunks,
+                                           p.keep_first, p.keep_last);
+      } else {
+        auto iq = static_cast<const float*>(p.index_q);
+        auto ik = static_cast<const float*>(p.index_k);
+        stats_kernel<<<g, 256, 0, stream>>>(iq, ik, stats, a.G, p.kv_len, p.cap_full, nchunks);
+        hist_kernel<<<g, 256, 0, stream>>>(iq, ik, stats, bins, hist, forced, a.G, p.kv_len, p.cap_full, nchunks,
+                                           p.keep_first, p.keep_last);
+      }
+      e = cudaGetLastError();
+    }
+  }
+  if (e == cudaSuccess) {
+    const dim3 g(a.max_split, p.num_kv_heads);
+    auto qb = static_cast<const __nv_bfloat16*>(p.q);
+    auto kf = static_cast<const __nv_bfloat16*>(p.k_full);
+    auto vf = static_cast<const __nv_bfloat16*>(p.v_full);
+    auto kr = static_cast<const __nv_bfloat16*>(p.k_ring);
+    auto vr = static_cast<const __nv_bfloat16*>(p.v_ring);
+    auto kern = p.head_dim == 128 ? (a.G <= 8 ? attend_kernel<128, 8> : attend_kernel<128, 16>)
+                                  : (a.G <= 8 ? attend_kernel<64, 8> : attend_kernel<64, 16>);
+    kern<<<g, kAttnThreads, 0, stream>>>(a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml,
+                                         p.selected_count);
+    combine_kernel<<<Hq, p.head_dim, 0, stream>>>(a, part_acc, part_ml, static_cast<__nv_bfloat16*>(p.o));
+    e = cudaGetLastError();
+  }
+  cudaError_t e2 = cudaFreeAsync(ws, stream);
+  return e != cudaSuccess ? e : e2;
+}
+
+}  // namespace rtp::kernels

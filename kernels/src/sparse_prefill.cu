@@ -1,0 +1,312 @@
+// Block-sparse causal prefill attention, FA2-style: mma.sync m16n8k16 bf16 with fp32 accumulation, ldmatrix,
+// cp.async double buffering of 64-key K/V tiles, online softmax in registers.
+// One thread block = 8 warps = 128 query rows = (128 / block_size) query heads of one GQA group times one
+// query block, so every K/V tile it loads serves all its heads. Streaming, dense and retrieval KV heads run
+// in the same launch: each thread block derives its own list of key tiles from its head's kind.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_common.cuh"
+#include "rtp/kernels/sparse_attention.h"
+
+namespace rtp::kernels {
+namespace {
+using namespace cuda_detail;
+
+constexpr int kRows = 128;   // query rows per thread block
+constexpr int kTileK = 64;   // keys per tile
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+
+struct PrefillArgs {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  __nv_bfloat16* o;
+  int64_t qhs, qrs, khs, krs, vhs, vrs, ohs, ors;
+  int64_t T;
+  int G, heads_per_cta, chunks_per_kv, nb;
+  float scale_log2;
+  int64_t sink, window;
+  const int32_t* counts;
+  const int32_t* indices;
+  int max_blocks;
+  int8_t kind[kMaxKvHeads];
+  int8_t slot[kMaxKvHeads];
+};
+
+__device__ __forceinline__ int64_t i64min(int64_t x, int64_t y) { return x < y ? x : y; }
+__device__ __forceinline__ int64_t i64max(int64_t x, int64_t y) { return x > y ? x : y; }
+
+// Swizzled offset (in 16-byte chunks) of chunk c of row r in a [rows][D] bf16 tile.
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+  return r * (D / 8) + (c ^ (r & 7));
+}
+
+template <int D>
+__device__ __forceinline__ void load_tile(uint32_t sbase, const __nv_bfloat16* g, int64_t row_stride, int64_t row0,
+                                          int nrows, int64_t T, int tid) {
+  constexpr int CPR = D / 8;  // chunks per row
+  for (int idx = tid; idx < nrows * CPR; idx += kThreads) {
+    const int r = idx / CPR, c = idx % CPR;
+    const int64_t row = row0 + r;
+    const bool ok = row < T;
+    const __nv_bfloat16* src = g + (ok ? row : 0) * row_stride + c * 8;
+    cp_async16(sbase + swz<D>(r, c) * 16, src, ok ? 16 : 0);
+  }
+}
+
+template <int D, int BS>
+__global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_kernel(const PrefillArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem);
+  __nv_bfloat16* sK = sQ + kRows * D;        // 2 stages
+  __nv_bfloat16* sV = sK + 2 * kTileK * D;   // 2 stages
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
+  const int kvh = blockIdx.y / a.chunks_per_kv;
+  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  const int kind = a.kind[kvh];
+  const int64_t q0 = int64_t(b) * BS;
+  const int64_t qlast = i64min(a.T, q0 + BS) - 1;
+
+  // ---- the key tiles of this thread block ----
+  int ntiles = 0;
+  int64_t sink_tiles = 0, win_t0 = 0;
+  const int32_t* list = nullptr;
+  constexpr int TPB = BS / kTileK;  // tiles per block
+  const int64_t last_tile = qlast / kTileK;
+  if (kind == int(HeadKind::DENSE)) {
+    ntiles = int(last_tile + 1);
+  } else if (kind == int(HeadKind::STREAMING)) {
+    sink_tiles = i64min((a.sink + kTileK - 1) / kTileK, last_tile + 1);
+    win_t0 = i64max(sink_tiles, i64max(0, q0 - a.window + 1) / kTileK);
+    ntiles = int(sink_tiles + (last_tile + 1 - win_t0));
+  } else {
+    const int64_t li = int64_t(a.slot[kvh]) * a.nb + b;
+    list = a.indices + li * a.max_blocks;
+    ntiles = a.counts[li] * TPB;
+  }
+  auto tile_start = [&](int n) -> int64_t {
+    if (kind == int(HeadKind::DENSE)) return int64_t(n) * kTileK;
+    if (kind == int(HeadKind::STREAMING)) return (n < sink_tiles ? n : win_t0 + (n - sink_tiles)) * kTileK;
+    return int64_t(__ldg(list + n / TPB)) * BS + (n % TPB) * kTileK;
+  };
+
+  // ---- load Q (rows r -> head hl = r / BS, token q0 + r % BS) ----
+  const int hp0 = hchunk * a.heads_per_cta;
+  const uint32_t sQa = smem_u32(sQ), sKa = smem_u32(sK), sVa = smem_u32(sV);
+  for (int hl = 0; hl < a.heads_per_cta; ++hl) {
+    const int hh = min(hp0 + hl, a.G - 1);
+    const __nv_bfloat16* qg = a.q + int64_t(kvh * a.G + hh) * a.qhs;
+    constexpr int CPR = D / 8;
+    for (int idx = tid; idx < BS * CPR; idx += kThreads) {
+      const int r = idx / CPR, c = idx % CPR;
+      const int64_t row = q0 + r;
+      const bool ok = row < a.T;
+      cp_async16(sQa + swz<D>(hl * BS + r, c) * 16, qg + (ok ? row : 0) * a.qrs + c * 8, ok ? 16 : 0);
+    }
+  }
+  cp_async_commit();
+  const __nv_bfloat16* kg = a.k + int64_t(kvh) * a.khs;
+  const __nv_bfloat16* vg = a.v + int64_t(kvh) * a.vhs;
+  if (ntiles > 0) {
+    const int64_t s0 = tile_start(0);
+    load_tile<D>(sKa, kg, a.krs, s0, kTileK, a.T, tid);
+    load_tile<D>(sVa, vg, a.vrs, s0, kTileK, a.T, tid);
+  }
+  cp_async_commit();
+
+  const int g = lane / 4, t4 = lane % 4;
+  const int wrow0 = warp * 16;
+  // query token of this thread's two rows
+  const int64_t tok0 = q0 + (wrow0 + g) % BS, tok1 = q0 + (wrow0 + g + 8) % BS;
+
+  float oacc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  for (int n = 0; n < ntiles; ++n) {
+    const int stage = n & 1;
+    if (n + 1 < ntiles) {
+      const int64_t s1 = tile_start(n + 1);
+      load_tile<D>(sKa + (stage ^ 1) * kTileK * D * 2, kg, a.krs, s1, kTileK, a.T, tid);
+      load_tile<D>(sVa + (stage ^ 1) * kTileK * D * 2, vg, a.vrs, s1, kTileK, a.T, tid);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int64_t ks = tile_start(n);
+    const uint32_t kbase = sKa + stage * kTileK * D * 2;
+    const uint32_t vbase = sVa + stage * kTileK * D * 2;
+
+    // S = Q K^T (16 rows x 64 keys per warp)
+    float s[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t af[4];
+      {
+        const int r = wrow0 + (lane % 8) + ((lane / 8) % 2) * 8;
+        const int c = kk * 2 + lane / 16;
+        ldmatrix_x4(sQa + swz<D>(r, c) * 16, af[0], af[1], af[2], af[3]);
+      }
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        const int r = np * 16 + (lane % 8) + (lane / 16) * 8;
+        const int c = kk * 2 + (lane / 8) % 2;
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4(kbase + swz<D>(r, c) * 16, b0, b1, b2, b3);
+        mma_bf16_16816(s[2 * np], af, b0, b1);
+        mma_bf16_16816(s[2 * np + 1], af, b2, b3);
+      }
+    }
+
+    // masking: only tiles that are not fully visible to every row of the block
+    const int64_t kend = ks + kTileK - 1;
+    bool full = kend <= q0 && kend < a.T;
+    if (kind == int(HeadKind::STREAMING)) full = full && (kend < a.sink || ks > qlast - a.window);
+    if (!full) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = ks + j * 8 + 2 * t4 + (e & 1);
+          const int64_t tok = e < 2 ? tok0 : tok1;
+          bool vis = key <= tok && key < a.T;
+          if (kind == int(HeadKind::STREAMING)) vis = vis && (key < a.sink || key > tok - a.window);
+          if (!vis) s[j][e] = -INFINITY;
+        }
+    }
+
+    // online softmax (log2 domain)
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]) * a.scale_log2);
+      mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]) * a.scale_log2);
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float ref0 = mx0 == -INFINITY ? 0.f : mx0;
+    const float ref1 = mx1 == -INFINITY ? 0.f : mx1;
+    const float alpha0 = exp2f(m0 - ref0), alpha1 = exp2f(m1 - ref1);
+    m0 = mx0;
+    m1 = mx1;
+    l0 *= alpha0;
+    l1 *= alpha1;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      oacc[i][0] *= alpha0;
+      oacc[i][1] *= alpha0;
+      oacc[i][2] *= alpha1;
+      oacc[i][3] *= alpha1;
+    }
+    uint32_t pf[4][4];  // P as A fragments, one per 16-key chunk
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float p0 = exp2f(fmaf(s[j][0], a.scale_log2, -ref0));
+      const float p1 = exp2f(fmaf(s[j][1], a.scale_log2, -ref0));
+      const float p2 = exp2f(fmaf(s[j][2], a.scale_log2, -ref1));
+      const float p3 = exp2f(fmaf(s[j][3], a.scale_log2, -ref1));
+      l0 += p0 + p1;
+      l1 += p2 + p3;
+      pf[j / 2][(j % 2) * 2 + 0] = pack_bf16(p0, p1);
+      pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(p2, p3);
+    }
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        const int r = kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        const int c = dp * 2 + lane / 16;
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(vbase + swz<D>(r, c) * 16, b0, b1, b2, b3);
+        mma_bf16_16816(oacc[2 * dp], pf[kk], b0, b1);
+        mma_bf16_16816(oacc[2 * dp + 1], pf[kk], b2, b3);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  // ---- epilogue ----
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  const int hl0 = (wrow0 + g) / BS, hl1 = (wrow0 + g + 8) / BS;
+  const bool ok0 = tok0 < a.T && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
+  const bool ok1 = tok1 < a.T && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
+  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + tok0 * a.ors;
+  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + tok1 * a.ors;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    const int d = i * 8 + 2 * t4;
+    if (ok0) *reinterpret_cast<uint32_t*>(o0 + d) = pack_bf16(oacc[i][0] * inv0, oacc[i][1] * inv0);
+    if (ok1) *reinterpret_cast<uint32_t*>(o1 + d) = pack_bf16(oacc[i][2] * inv1, oacc[i][3] * inv1);
+  }
+}
+
+}  // namespace
+
+cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t stream) {
+  if (*check_sparse_attention_params(p, true)) return cudaErrorInvalidValue;
+  const int64_t T = p.seq_len, D = p.head_dim;
+  PrefillArgs a{};
+  a.q = static_cast<const __nv_bfloat16*>(p.q);
+  a.k = static_cast<const __nv_bfloat16*>(p.k);
+  a.v = static_cast<const __nv_bfloat16*>(p.v);
+  a.o = static_cast<__nv_bfloat16*>(p.o);
+  a.qhs = p.q_head_stride ? p.q_head_stride : T * D;
+  a.khs = p.k_head_stride ? p.k_head_stride : T * D;
+  a.vhs = p.v_head_stride ? p.v_head_stride : T * D;
+  a.ohs = p.o_head_stride ? p.o_head_stride : T * D;
+  a.qrs = p.q_row_stride ? p.q_row_stride : D;
+  a.krs = p.k_row_stride ? p.k_row_stride : D;
+  a.vrs = p.v_row_stride ? p.v_row_stride : D;
+  a.ors = p.o_row_stride ? p.o_row_stride : D;
+  // 16-byte cp.async needs 16-byte aligned rows
+  for (int64_t s : {a.qrs, a.krs, a.vrs, a.ors, a.qhs, a.khs, a.vhs, a.ohs})
+    if (s % 8) return cudaErrorInvalidValue;
+  a.T = T;
+  a.G = p.num_q_heads / p.num_kv_heads;
+  a.heads_per_cta = kRows / p.block_size;
+  a.chunks_per_kv = (a.G + a.heads_per_cta - 1) / a.heads_per_cta;
+  a.nb = int((T + p.block_size - 1) / p.block_size);
+  const float scale = p.scale > 0 ? p.scale : 1.f / std::sqrt(float(D));
+  a.scale_log2 = scale * 1.4426950408889634f;
+  a.sink = p.sink;
+  a.window = p.window;
+  a.counts = p.block_counts;
+  a.indices = p.block_indices;
+  a.max_blocks = p.max_blocks;
+  for (int g = 0, r = 0; g < p.num_kv_heads; ++g) {
+    a.kind[g] = int8_t(p.head_kind[g]);
+    a.slot[g] = int8_t(p.head_kind[g] == HeadKind::RETRIEVAL ? r++ : -1);
+  }
+  const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
+  const size_t smem = size_t(kRows * D + 4 * kTileK * D) * sizeof(__nv_bfloat16);
+  void (*kern)(PrefillArgs) = nullptr;
+  if (D == 128 && p.block_size == 64) kern = sparse_prefill_kernel<128, 64>;
+  else if (D == 128) kern = sparse_prefill_kernel<128, 128>;
+  else if (p.block_size == 64) kern = sparse_prefill_kernel<64, 64>;
+  else kern = sparse_prefill_kernel<64, 128>;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess) return e;
+  kern<<<grid, kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace rtp::kernels

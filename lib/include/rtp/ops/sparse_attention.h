@@ -1,0 +1,45 @@
+#pragma once
+// Torch-facing sparse attention ops: check shapes, dtypes and devices, then dispatch the CPU reference
+// (float32 CPU tensors) or the CUDA kernels (bf16 CUDA tensors; index tensors bf16 or float32).
+// Semantics: rtp/kernels/sparse_attention_params.h.
+#include <torch/types.h>
+
+#include <vector>
+
+#include "rtp/kernels/sparse_attention_params.h"
+
+namespace rtp::ops {
+
+struct SparseConfig {
+  int64_t sink = 4, window = 8192;
+  int block_size = 64;
+  int local_blocks = 1;
+  float top_p = 0.9f;
+  int64_t keep_first = 64, keep_last = 64;  // decode
+};
+
+struct BlockLists {
+  torch::Tensor counts;   // int32 [Hkv_ret, n_blocks]
+  torch::Tensor indices;  // int32 [Hkv_ret, n_blocks, max_blocks]
+};
+
+// index_q [Hkv_ret, G, T, 16], index_k [Hkv_ret, T, 16]. max_blocks <= 0: n_blocks (never cuts).
+BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& index_k, const SparseConfig& cfg,
+                         int64_t max_blocks = 0);
+
+// q [Hq, T, D], k/v [Hkv, T, D]; kinds one per KV head. Returns o [Hq, T, D].
+torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const std::vector<kernels::HeadKind>& kinds, const BlockLists& lists,
+                               const SparseConfig& cfg);
+
+struct DecodeInputs {
+  torch::Tensor q;                 // [Hq, D]
+  torch::Tensor k_full, v_full;    // [Hfull, cap, D]
+  torch::Tensor k_ring, v_ring;    // [Hstr, sink + window, D]
+  torch::Tensor index_q, index_k;  // [Hkv_ret, G, 16], [Hkv_ret, cap, 16]
+  int64_t kv_len = 0;
+};
+torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<kernels::HeadKind>& kinds,
+                            const SparseConfig& cfg, torch::Tensor* selected_count = nullptr);
+
+}  // namespace rtp::ops

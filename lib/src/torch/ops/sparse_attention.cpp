@@ -1,0 +1,193 @@
+#include "rtp/ops/sparse_attention.h"
+
+#include <algorithm>
+
+#include "rtp/core/error.h"
+#include "rtp/kernels/build_info.h"
+#include "rtp/kernels/sparse_attention.h"
+
+#ifdef RTPURBO_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace rtp::ops {
+namespace k = rtp::kernels;
+
+namespace {
+
+void check_3d(const torch::Tensor& t, const char* name) {
+  RTP_CHECK(t.defined() && t.dim() == 3, name, ": expected a 3-d tensor, found ",
+            t.defined() ? t.dim() : -1, " dims");
+}
+
+bool on_cuda(const torch::Tensor& t, const char* op) {
+  if (!t.is_cuda()) return false;
+#ifndef RTPURBO_WITH_CUDA
+  RTP_THROW(op, ": a CUDA tensor was given but this build has no CUDA kernels (built without CUDA)");
+#endif
+  return true;
+}
+
+#ifdef RTPURBO_WITH_CUDA
+void check_cuda(cudaError_t e, const char* op) {
+  RTP_CHECK(e == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(e));
+}
+#endif
+
+}  // namespace
+
+BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& index_k, const SparseConfig& cfg,
+                         int64_t max_blocks) {
+  RTP_CHECK(index_q.dim() == 4 && index_q.size(3) == k::kIndexDim, "select_blocks: index_q must be [R, G, T, 16], found ",
+            index_q.sizes());
+  check_3d(index_k, "select_blocks: index_k");
+  RTP_CHECK(index_k.size(0) == index_q.size(0) && index_k.size(1) == index_q.size(2) && index_k.size(2) == k::kIndexDim,
+            "select_blocks: index_k must be [R, T, 16] matching index_q ", index_q.sizes(), ", found ", index_k.sizes());
+  RTP_CHECK(index_q.device() == index_k.device(), "select_blocks: index_q and index_k on different devices");
+  const int64_t T = index_q.size(2), nb = (T + cfg.block_size - 1) / cfg.block_size;
+  if (max_blocks <= 0) max_blocks = nb;
+  const bool cuda = on_cuda(index_q, "select_blocks");
+  torch::Tensor iq = index_q.contiguous(), ik = index_k.contiguous();
+  if (!cuda) iq = iq.to(torch::kFloat32), ik = ik.to(torch::kFloat32);
+  else if (iq.scalar_type() != torch::kBFloat16) iq = iq.to(torch::kFloat32), ik = ik.to(torch::kFloat32);
+  else ik = ik.to(torch::kBFloat16);
+  auto opts = torch::TensorOptions().dtype(torch::kInt32).device(index_q.device());
+  BlockLists out{torch::zeros({index_q.size(0), nb}, opts), torch::zeros({index_q.size(0), nb, max_blocks}, opts)};
+  k::BlockSelectParams p;
+  p.index_q = iq.data_ptr();
+  p.index_k = ik.data_ptr();
+  p.index_dtype = iq.scalar_type() == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
+  p.counts = out.counts.data_ptr<int32_t>();
+  p.indices = out.indices.data_ptr<int32_t>();
+  p.num_ret_heads = int(index_q.size(0));
+  p.group_size = int(index_q.size(1));
+  p.seq_len = T;
+  p.block_size = cfg.block_size;
+  p.local_blocks = cfg.local_blocks;
+  p.max_blocks = int(max_blocks);
+  p.top_p = cfg.top_p;
+  const char* err = k::check_block_select_params(p);
+  RTP_CHECK(!*err, "select_blocks: ", err);
+  if (cuda) {
+#ifdef RTPURBO_WITH_CUDA
+    check_cuda(k::select_blocks_cuda(p, c10::cuda::getCurrentCUDAStream()), "select_blocks");
+#endif
+  } else {
+    k::select_blocks_cpu(p);
+  }
+  return out;
+}
+
+torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, const torch::Tensor& v,
+                               const std::vector<k::HeadKind>& kinds, const BlockLists& lists,
+                               const SparseConfig& cfg) {
+  check_3d(q, "sparse_attention: q");
+  check_3d(kk, "sparse_attention: k");
+  check_3d(v, "sparse_attention: v");
+  RTP_CHECK(kk.sizes() == v.sizes(), "sparse_attention: k and v shapes differ: ", kk.sizes(), " vs ", v.sizes());
+  RTP_CHECK(q.size(1) == kk.size(1) && q.size(2) == kk.size(2), "sparse_attention: q ", q.sizes(), " and k ",
+            kk.sizes(), " disagree on T or D");
+  RTP_CHECK(int64_t(kinds.size()) == kk.size(0), "sparse_attention: expected one kind per KV head (", kk.size(0),
+            "), found ", kinds.size());
+  const bool cuda = on_cuda(q, "sparse_attention");
+  RTP_CHECK(kk.device() == q.device() && v.device() == q.device(), "sparse_attention: q/k/v on different devices");
+  const auto dt = cuda ? torch::kBFloat16 : torch::kFloat32;
+  torch::Tensor qc = q.to(dt).contiguous(), kc = kk.to(dt).contiguous(), vc = v.to(dt).contiguous();
+  torch::Tensor o = torch::empty_like(qc);
+  const int nret = int(std::count(kinds.begin(), kinds.end(), k::HeadKind::RETRIEVAL));
+  k::SparseAttentionParams p;
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.o = o.data_ptr();
+  p.dtype = cuda ? k::DType::BF16 : k::DType::F32;
+  p.num_q_heads = int(q.size(0));
+  p.num_kv_heads = int(kk.size(0));
+  p.seq_len = q.size(1);
+  p.head_dim = int(q.size(2));
+  p.head_kind = kinds.data();
+  p.sink = cfg.sink;
+  p.window = cfg.window;
+  p.block_size = cfg.block_size;
+  torch::Tensor counts, indices;
+  if (nret > 0) {
+    const int64_t nb = (p.seq_len + cfg.block_size - 1) / cfg.block_size;
+    RTP_CHECK(lists.counts.defined() && lists.counts.dim() == 2 && lists.counts.size(0) == nret &&
+                  lists.counts.size(1) == nb,
+              "sparse_attention: counts must be [", nret, ", ", nb, "]");
+    RTP_CHECK(lists.indices.defined() && lists.indices.dim() == 3 && lists.indices.size(0) == nret &&
+                  lists.indices.size(1) == nb,
+              "sparse_attention: indices must be [", nret, ", ", nb, ", max_blocks]");
+    counts = lists.counts.to(q.device(), torch::kInt32).contiguous();
+    indices = lists.indices.to(q.device(), torch::kInt32).contiguous();
+    p.block_counts = counts.data_ptr<int32_t>();
+    p.block_indices = indices.data_ptr<int32_t>();
+    p.max_blocks = int(indices.size(2));
+  }
+  const char* err = k::check_sparse_attention_params(p, cuda);
+  RTP_CHECK(!*err, "sparse_attention: ", err);
+  if (cuda) {
+#ifdef RTPURBO_WITH_CUDA
+    check_cuda(k::sparse_attention_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_attention");
+#endif
+  } else {
+    k::sparse_attention_cpu(p);
+  }
+  return o;
+}
+
+torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKind>& kinds, const SparseConfig& cfg,
+                            torch::Tensor* selected_count) {
+  RTP_CHECK(in.q.defined() && in.q.dim() == 2, "sparse_decode: q must be [Hq, D]");
+  const bool cuda = on_cuda(in.q, "sparse_decode");
+  const auto dt = cuda ? torch::kBFloat16 : torch::kFloat32;
+  auto prep = [&](const torch::Tensor& t, torch::ScalarType s) {
+    return t.defined() ? t.to(in.q.device(), s).contiguous() : t;
+  };
+  const auto idt = cuda && in.index_q.defined() && in.index_q.scalar_type() == torch::kBFloat16 ? torch::kBFloat16
+                                                                                               : torch::kFloat32;
+  torch::Tensor q = prep(in.q, dt), kf = prep(in.k_full, dt), vf = prep(in.v_full, dt), kr = prep(in.k_ring, dt),
+                vr = prep(in.v_ring, dt), iq = prep(in.index_q, idt), ik = prep(in.index_k, idt);
+  torch::Tensor o = torch::empty_like(q);
+  const int nret = int(std::count(kinds.begin(), kinds.end(), k::HeadKind::RETRIEVAL));
+  torch::Tensor sel = torch::zeros({std::max(nret, 1)}, torch::TensorOptions().dtype(torch::kInt32).device(q.device()));
+  k::SparseDecodeParams p;
+  p.q = q.data_ptr();
+  p.o = o.data_ptr();
+  p.dtype = cuda ? k::DType::BF16 : k::DType::F32;
+  if (kf.defined()) {
+    RTP_CHECK(kf.dim() == 3 && vf.sizes() == kf.sizes(), "sparse_decode: k_full/v_full must be [Hfull, cap, D]");
+    p.k_full = kf.data_ptr(), p.v_full = vf.data_ptr(), p.cap_full = kf.size(1);
+  }
+  if (kr.defined()) {
+    RTP_CHECK(kr.dim() == 3 && vr.sizes() == kr.sizes() && kr.size(1) == cfg.sink + cfg.window,
+              "sparse_decode: k_ring/v_ring must be [Hstr, sink + window, D]");
+    p.k_ring = kr.data_ptr(), p.v_ring = vr.data_ptr();
+  }
+  if (iq.defined()) p.index_q = iq.data_ptr(), p.index_k = ik.data_ptr();
+  p.index_dtype = idt == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
+  p.num_q_heads = int(q.size(0));
+  p.num_kv_heads = int(kinds.size());
+  p.head_dim = int(q.size(1));
+  p.kv_len = in.kv_len;
+  p.head_kind = kinds.data();
+  p.sink = cfg.sink;
+  p.window = cfg.window;
+  p.top_p = cfg.top_p;
+  p.keep_first = cfg.keep_first;
+  p.keep_last = cfg.keep_last;
+  p.selected_count = sel.data_ptr<int32_t>();
+  const char* err = k::check_sparse_decode_params(p, cuda);
+  RTP_CHECK(!*err, "sparse_decode: ", err);
+  if (cuda) {
+#ifdef RTPURBO_WITH_CUDA
+    check_cuda(k::sparse_decode_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_decode");
+#endif
+  } else {
+    k::sparse_decode_cpu(p);
+  }
+  if (selected_count) *selected_count = sel;
+  return o;
+}
+
+}  // namespace rtp::ops
