@@ -1,0 +1,18 @@
+#pragma once
+#include <cstdint>
+
+namespace rtp::sparse {
+
+// The sparse-attention knobs stored in rtpurbo.json and read by the sparse forward.
+struct SparseSettings {
+  int64_t sink = 4;            // streaming heads: first tokens always kept
+  int64_t window = 8192;       // streaming heads: recent tokens kept (the query itself included)
+  int64_t block_size = 64;     // prefill selection granularity (key and query blocks)
+  int64_t local_blocks = 1;    // retrieval heads: blocks ending at the diagonal always kept
+  double top_p = 0.9;          // retrieval heads: indexer probability mass to keep
+  int64_t indexer_dim = 16;
+  int64_t dense_below = 0;     // prompts shorter than this run dense everywhere (RTP-LLM seqlen_threshold)
+  bool post_rope_indexer = false;  // indexer on post-RoPE q/k instead of pre-RoPE
+};
+
+}  // namespace rtp::sparse
