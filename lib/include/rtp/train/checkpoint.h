@@ -1,0 +1,51 @@
+#pragma once
+// Training checkpoints: everything needed to continue a run exactly.
+//   <out_dir>/checkpoints/step-00000300/
+//       model.safetensors      parameters under their Hugging Face names, in the training dtype (exact)
+//       optimizer.safetensors  AdamW moments: "<param>.exp_avg", "<param>.exp_avg_sq"
+//       state.json             {"format": "rtpurbo-train-checkpoint", "version": 1, "step", "data_cursor",
+//                               "seed", "adam_steps": {param: n}, "config": {field: text}, "config_yaml"}
+//   <out_dir>/checkpoints/latest   "step-00000300"
+// A checkpoint directory is written under a temporary name and renamed into place, and `latest` is replaced
+// atomically after that, so a crash leaves the previous checkpoint intact and `latest` pointing at a whole one.
+#include <torch/optim/adamw.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "rtp/train/recipe.h"
+
+namespace rtp::train {
+
+constexpr const char* kCheckpointFormat = "rtpurbo-train-checkpoint";
+constexpr int kCheckpointVersion = 1;
+
+struct CheckpointState {
+  int64_t step = 0;         // optimizer steps completed
+  int64_t data_cursor = 0;  // training samples consumed (index into the training stream)
+  uint64_t seed = 0;
+  TrainConfig config;       // the config of the run that wrote it
+};
+
+using NamedParams = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// Writes <out_dir>/checkpoints/step-<step>/ and updates `latest`; keeps the newest `keep` checkpoints.
+// Returns the checkpoint directory.
+std::string save_checkpoint(const std::string& out_dir, const NamedParams& params, torch::optim::AdamW& optimizer,
+                            const CheckpointState& state, int64_t keep);
+
+// The directory `latest` points to, if any.
+std::optional<std::string> latest_checkpoint(const std::string& out_dir);
+
+// Copies parameters (same names and shapes required) and AdamW state from `dir` into `params`/`optimizer`;
+// returns the state. Errors name the checkpoint and what is missing or mismatched.
+CheckpointState load_checkpoint(const std::string& dir, const NamedParams& params, torch::optim::AdamW& optimizer);
+
+// Fields that may differ between the run that wrote a checkpoint and the run that resumes it (logging, where
+// to stop, device): anything else differing would not continue the same run and is an error.
+const std::vector<std::string>& resume_tolerant_fields();
+
+}  // namespace rtp::train

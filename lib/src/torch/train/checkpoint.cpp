@@ -1,0 +1,136 @@
+#include "rtp/train/checkpoint.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "rtp/core/error.h"
+#include "rtp/core/file_io.h"
+#include "rtp/torch/tensor_io.h"
+
+namespace rtp::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+}  // namespace
+
+const std::vector<std::string>& resume_tolerant_fields() {
+  static const std::vector<std::string> f = {"resume",     "stop_at_step", "log_every",        "save_every",
+                                             "eval_every", "eval_samples", "keep_checkpoints", "device",
+                                             "out_dir"};
+  return f;
+}
+
+std::string save_checkpoint(const std::string& out_dir, const NamedParams& params, torch::optim::AdamW& optimizer,
+                            const CheckpointState& state, int64_t keep) {
+  const std::string root = out_dir + "/checkpoints";
+  make_directories(root);
+  const std::string final_dir = root + "/" + step_name(state.step);
+  const std::string tmp_dir = temporary_path_for(final_dir);
+  make_directories(tmp_dir);
+
+  NamedParams model_tensors, opt_tensors;
+  nlohmann::json adam_steps = nlohmann::json::object();
+  auto& st = optimizer.state();
+  for (const auto& [name, p] : params) {
+    model_tensors.emplace_back(name, p.detach());
+    auto it = st.find(p.unsafeGetTensorImpl());
+    if (it == st.end()) continue;  // no step taken for this parameter yet
+    auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
+    opt_tensors.emplace_back(name + ".exp_avg", s.exp_avg());
+    opt_tensors.emplace_back(name + ".exp_avg_sq", s.exp_avg_sq());
+    adam_steps[name] = s.step();
+  }
+  save_tensors(tmp_dir + "/model.safetensors", model_tensors, {{"format", "pt"}});
+  save_tensors(tmp_dir + "/optimizer.safetensors", opt_tensors);
+
+  const auto& reg = train_config_registry();
+  nlohmann::json cfg = nlohmann::json::object();
+  for (const auto& f : reg.fields()) cfg[f.name] = f.get(state.config);
+  nlohmann::json j = {{"format", kCheckpointFormat},     {"version", kCheckpointVersion},
+                      {"step", state.step},              {"data_cursor", state.data_cursor},
+                      {"seed", state.seed},              {"adam_steps", adam_steps},
+                      {"config", cfg},                   {"config_yaml", reg.to_yaml(state.config, false)}};
+  write_json_atomic(tmp_dir + "/state.json", j);
+
+  std::error_code ec;
+  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);
+  commit_temporary(tmp_dir, final_dir);
+  write_file_atomic(root + "/latest", step_name(state.step) + "\n");
+
+  // Prune: keep the newest `keep` step-* directories (never the one just written).
+  std::vector<std::string> dirs;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp.") == std::string::npos) dirs.push_back(n);
+  }
+  std::sort(dirs.begin(), dirs.end());
+  for (size_t i = 0; i + static_cast<size_t>(std::max<int64_t>(keep, 1)) < dirs.size(); ++i)
+    if (dirs[i] != step_name(state.step)) fs::remove_all(root + "/" + dirs[i], ec);
+  return final_dir;
+}
+
+std::optional<std::string> latest_checkpoint(const std::string& out_dir) {
+  const std::string root = out_dir + "/checkpoints";
+  if (!file_exists(root + "/latest")) return std::nullopt;
+  std::string name = read_text_file(root + "/latest");
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ' || name.back() == '\r')) name.pop_back();
+  const std::string dir = root + "/" + name;
+  RTP_CHECK(directory_exists(dir), "'", root, "/latest' names '", name, "', which does not exist");
+  return dir;
+}
+
+CheckpointState load_checkpoint(const std::string& dir, const NamedParams& params, torch::optim::AdamW& optimizer) {
+  const nlohmann::json j = read_json_file(dir + "/state.json");
+  RTP_CHECK(j.value("format", "") == kCheckpointFormat, "'", dir, "/state.json': expected format '",
+            kCheckpointFormat, "', found '", j.value("format", ""), "'");
+  RTP_CHECK(j.value("version", 0) == kCheckpointVersion, "'", dir, "/state.json': expected version ",
+            kCheckpointVersion, ", found ", j.value("version", 0));
+  CheckpointState state;
+  state.step = j.at("step").get<int64_t>();
+  state.data_cursor = j.at("data_cursor").get<int64_t>();
+  state.seed = j.at("seed").get<uint64_t>();
+  const auto& reg = train_config_registry();
+  for (const auto& [k, v] : j.at("config").items()) {
+    // Fields added after the checkpoint was written keep their defaults; unknown ones (removed) are ignored.
+    if (const auto* f = reg.find(k)) f->set(state.config, v.get<std::string>(), str_cat("checkpoint '", dir, "'"));
+  }
+
+  std::unordered_map<std::string, torch::Tensor> model_t, opt_t;
+  for (auto& [n, t] : read_all_tensors(dir + "/model.safetensors")) model_t.emplace(n, t);
+  for (auto& [n, t] : read_all_tensors(dir + "/optimizer.safetensors")) opt_t.emplace(n, t);
+  const nlohmann::json& adam_steps = j.at("adam_steps");
+
+  torch::NoGradGuard no_grad;
+  auto& st = optimizer.state();
+  for (const auto& [name, p] : params) {
+    auto it = model_t.find(name);
+    RTP_CHECK(it != model_t.end(), "checkpoint '", dir, "/model.safetensors' lacks parameter '", name, "'");
+    RTP_CHECK(it->second.sizes() == p.sizes(), "checkpoint '", dir, "': parameter '", name, "' has shape ",
+              it->second.sizes(), ", the model expects ", p.sizes());
+    p.copy_(it->second);
+    if (!adam_steps.contains(name)) continue;
+    auto a = opt_t.find(name + ".exp_avg");
+    auto b = opt_t.find(name + ".exp_avg_sq");
+    RTP_CHECK(a != opt_t.end() && b != opt_t.end(), "checkpoint '", dir, "/optimizer.safetensors' lacks the AdamW ",
+              "moments of '", name, "'");
+    auto s = std::make_unique<torch::optim::AdamWParamState>();
+    s->step(adam_steps.at(name).get<int64_t>());
+    s->exp_avg(a->second.to(p.device(), p.scalar_type()).contiguous());
+    s->exp_avg_sq(b->second.to(p.device(), p.scalar_type()).contiguous());
+    st[p.unsafeGetTensorImpl()] = std::move(s);
+  }
+  return state;
+}
+
+}  // namespace rtp::train

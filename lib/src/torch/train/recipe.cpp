@@ -1,0 +1,65 @@
+#include "rtp/train/recipe.h"
+
+#include "rtp/core/error.h"
+#include "rtp/data/toy_task.h"
+#include "rtp/train/toy_data.h"
+
+namespace rtp::train {
+
+const TrainConfigRegistry& train_config_registry() {
+  static const TrainConfigRegistry registry = [] {
+    TrainConfigRegistry r("train config");
+#define RTP_TC_FIELD(group, type, name, def, check, help) r.add(group, #name, &TrainConfig::name, check, help);
+    RTP_TRAIN_CONFIG_FIELDS(RTP_TC_FIELD)
+#undef RTP_TC_FIELD
+    return r;
+  }();
+  return registry;
+}
+
+TrainConfig load_train_config(const std::string& recipe_path,
+                              const std::vector<std::pair<std::string, std::string>>& overrides) {
+  const auto& reg = train_config_registry();
+  TrainConfig c;
+  if (!recipe_path.empty()) reg.apply_yaml_file(c, recipe_path);
+  reg.apply_overrides(c, overrides);
+  validate(c, recipe_path.empty() ? std::string("config") : str_cat("recipe '", recipe_path, "' + command line"));
+  return c;
+}
+
+void validate(const TrainConfig& c, const std::string& origin) {
+  const std::string w = origin + ": ";
+  RTP_CHECK(c.warmup_steps <= c.steps || c.steps == 0, w, "warmup_steps (", c.warmup_steps, ") must be <= steps (",
+            c.steps, ")");
+  if (c.stage == "pretrain" && c.model_dir.empty()) {
+    RTP_CHECK(c.num_attention_heads % c.num_key_value_heads == 0, w, "num_attention_heads (", c.num_attention_heads,
+              ") must be a multiple of num_key_value_heads (", c.num_key_value_heads, ")");
+    RTP_CHECK(c.head_dim % 2 == 0, w, "head_dim (", c.head_dim, ") must be even (RoPE rotates pairs)");
+    RTP_CHECK(c.max_position_embeddings >= c.seq_len, w, "max_position_embeddings (", c.max_position_embeddings,
+              ") must be >= seq_len (", c.seq_len, ")");
+  }
+  if (c.data == "toy") {
+    const data::ToyTaskConfig t = toy_task_config(c);
+    t.validate(origin);
+    RTP_CHECK(c.seq_len >= t.min_seq_len(), w, "seq_len (", c.seq_len, ") is too short for the toy task: ",
+              c.toy_needles, " toy_needles, ", c.toy_queries, " toy_queries and ", c.toy_spans, " toy_spans of ",
+              c.toy_span_len, " need at least ", t.min_seq_len(), " tokens");
+    if (c.curriculum_start_len > 0)
+      RTP_CHECK(c.curriculum_start_len >= t.min_seq_len() && c.curriculum_start_len <= c.seq_len, w,
+                "curriculum_start_len (", c.curriculum_start_len, ") must be in [", t.min_seq_len(),
+                " (the toy task's shortest sequence), seq_len (", c.seq_len, ")]");
+  } else {
+    RTP_CHECK(!c.data_files.empty(), w, "data is 'files' but data_files is empty: give comma-separated paths");
+    RTP_CHECK(c.stage != "pretrain", w, "stage 'pretrain' trains on the toy task only: set data to toy");
+  }
+  if (c.stage == "indexer")
+    RTP_CHECK(!c.model_dir.empty(), w, "stage 'indexer' needs model_dir (the model whose indexer is trained)");
+}
+
+std::string dump_config(const TrainConfig& c, bool with_help) {
+  return train_config_registry().to_yaml(c, with_help);
+}
+
+bool operator==(const TrainConfig& a, const TrainConfig& b) { return train_config_registry().equal(a, b); }
+
+}  // namespace rtp::train

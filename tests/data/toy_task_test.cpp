@@ -1,0 +1,166 @@
+#include "rtp/data/toy_task.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <set>
+
+#include "rtp/core/error.h"
+
+using namespace rtp::data;
+
+namespace {
+ToyTaskConfig small_config() {
+  ToyTaskConfig c;  // defaults: vocab 512, 16 needles, 8 queries, 2 spans of 32
+  return c;
+}
+}  // namespace
+
+TEST(ToyTask, SameSeedSameIdsDifferentSeedDifferentIds) {
+  ToyTask task(small_config());
+  const auto a = task.generate(1024, 42);
+  const auto b = task.generate(1024, 42);
+  const auto c = task.generate(1024, 43);
+  EXPECT_EQ(a.ids, b.ids);
+  EXPECT_EQ(a.answer_positions, b.answer_positions);
+  EXPECT_NE(a.ids, c.ids);
+  // A second task object with the same world seed shares the chain; a different world seed does not.
+  ToyTask same(small_config());
+  EXPECT_EQ(same.generate(1024, 42).ids, a.ids);
+  ToyTaskConfig other = small_config();
+  other.world_seed = 8;
+  EXPECT_NE(ToyTask(other).generate(1024, 42).ids, a.ids);
+}
+
+TEST(ToyTask, SampleSeedsAreStreamsAndIndices) {
+  EXPECT_EQ(sample_seed(1, 0, 5), sample_seed(1, 0, 5));
+  EXPECT_NE(sample_seed(1, 0, 5), sample_seed(1, 0, 6));
+  EXPECT_NE(sample_seed(1, 0, 5), sample_seed(1, 1, 5));
+  EXPECT_NE(sample_seed(1, 0, 5), sample_seed(2, 0, 5));
+  ToyTask task(small_config());
+  const auto many = task.generate_many(512, 9, 0, 10, 3);
+  ASSERT_EQ(many.size(), 3u);
+  EXPECT_EQ(many[2].ids, task.generate(512, sample_seed(9, 0, 12)).ids);
+}
+
+TEST(ToyTask, StructureIsValid) {
+  const ToyTaskConfig cfg = small_config();
+  ToyTask task(cfg);
+  for (int64_t T : {cfg.min_seq_len(), int64_t{400}, int64_t{1024}, int64_t{4096}}) {
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      const auto s = task.generate(T, seed);
+      ASSERT_EQ(static_cast<int64_t>(s.ids.size()), T);
+      EXPECT_EQ(s.ids[0], kBos);
+      for (int64_t id : s.ids) ASSERT_TRUE(id >= 0 && id < cfg.vocab_size);
+      // Needles: KEY key VAL value at their positions; distinct keys.
+      ASSERT_EQ(static_cast<int64_t>(s.needles.size()), cfg.num_needles);
+      std::set<std::vector<int64_t>> keys;
+      for (const auto& n : s.needles) {
+        EXPECT_TRUE(keys.insert(n.key).second);
+        ASSERT_EQ(s.ids[n.position], kKey);
+        for (int64_t i = 0; i < cfg.key_len; ++i) {
+          EXPECT_EQ(s.ids[n.position + 1 + i], n.key[i]);
+          EXPECT_GE(n.key[i], cfg.key_begin());
+          EXPECT_LT(n.key[i], cfg.value_begin());
+        }
+        ASSERT_EQ(s.ids[n.position + 1 + cfg.key_len], kVal);
+        for (int64_t i = 0; i < cfg.value_len; ++i) {
+          EXPECT_EQ(s.ids[n.position + 2 + cfg.key_len + i], n.value[i]);
+          EXPECT_GE(n.value[i], cfg.value_begin());
+        }
+      }
+      // Keys and special tokens appear only where the structure puts them.
+      int64_t n_key_tokens = 0;
+      for (int64_t id : s.ids) n_key_tokens += id == kKey;
+      EXPECT_EQ(n_key_tokens, cfg.num_needles);
+      // Queries: the last M * query_len tokens; distinct needles; answers equal the needle's value.
+      ASSERT_EQ(static_cast<int64_t>(s.queries.size()), cfg.num_queries);
+      EXPECT_EQ(s.queries.front().position, T - cfg.num_queries * cfg.query_len());
+      std::set<int64_t> asked;
+      size_t ap = 0;
+      for (const auto& q : s.queries) {
+        EXPECT_TRUE(asked.insert(q.needle).second);
+        const auto& n = s.needles[q.needle];
+        ASSERT_EQ(s.ids[q.position], kQuery);
+        for (int64_t i = 0; i < cfg.key_len; ++i) EXPECT_EQ(s.ids[q.position + 1 + i], n.key[i]);
+        ASSERT_EQ(q.ans_position, q.position + 1 + cfg.key_len);
+        ASSERT_EQ(s.ids[q.ans_position], kAns);
+        for (int64_t i = 0; i < cfg.value_len; ++i) {
+          ASSERT_LT(ap, s.answer_positions.size());
+          const int64_t p = s.answer_positions[ap++];
+          EXPECT_EQ(p, q.ans_position + i);
+          EXPECT_EQ(s.ids[p + 1], n.value[i]);  // position p predicts answer token i
+        }
+      }
+      EXPECT_EQ(ap, s.answer_positions.size());
+      // Spans: copies equal their sources, lie in the haystack, contain only filler.
+      for (const auto& sp : s.spans) {
+        EXPECT_GE(sp.copy, sp.source + sp.length);
+        for (int64_t i = 0; i < sp.length; ++i) {
+          EXPECT_EQ(s.ids[sp.copy + i], s.ids[sp.source + i]);
+          EXPECT_GE(s.ids[sp.source + i], cfg.filler_begin());
+          EXPECT_LT(s.ids[sp.source + i], cfg.key_begin());
+        }
+      }
+      if (T >= 1024) EXPECT_EQ(static_cast<int64_t>(s.spans.size()), cfg.num_spans);
+    }
+  }
+}
+
+TEST(ToyTask, HaystackFollowsTheMarkovChain) {
+  ToyTask task(small_config());
+  const auto s = task.generate(2048, 3);
+  int64_t checked = 0;
+  std::set<int64_t> span_edges;
+  for (const auto& sp : s.spans) span_edges.insert({sp.copy, sp.copy + sp.length});
+  for (size_t i = 1; i + 1 < s.ids.size(); ++i) {
+    const int64_t a = s.ids[i], b = s.ids[i + 1];
+    const auto& c = task.config();
+    const bool filler = a >= c.filler_begin() && a < c.key_begin() && b >= c.filler_begin() && b < c.key_begin();
+    if (!filler || span_edges.count(static_cast<int64_t>(i + 1))) continue;
+    const auto& next = task.successors(a);
+    // Transitions inside filler runs follow the chain (needle insertions break runs, never chain edges).
+    bool ok = std::find(next.begin(), next.end(), b) != next.end();
+    if (!ok) {
+      // A needle between them or a copied span's edge is the only exception.
+      bool near_span = false;
+      for (const auto& sp : s.spans) near_span |= (int64_t)i + 1 == sp.copy || (int64_t)i + 1 == sp.copy + sp.length;
+      EXPECT_TRUE(near_span) << "at position " << i;
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 1000);
+}
+
+TEST(ToyTask, ValidationNamesTheFields) {
+  ToyTaskConfig c = small_config();
+  c.num_queries = 20;
+  try {
+    ToyTask t(c);
+    FAIL();
+  } catch (const rtp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("toy_queries"), std::string::npos) << e.what();
+  }
+  c = small_config();
+  c.vocab_size = 300;
+  EXPECT_THROW(ToyTask{c}, rtp::Error);
+  ToyTask ok(small_config());
+  EXPECT_THROW(ok.generate(100, 1), rtp::Error);  // too short
+}
+
+TEST(ToyTask, BatchAndLossConvention) {
+  ToyTask task(small_config());
+  const auto samples = task.generate_many(384, 1, 0, 0, 3);
+  const auto b = make_batch(samples, 5.0);
+  ASSERT_EQ(b.input_ids.sizes(), (std::vector<int64_t>{3, 384}));
+  EXPECT_EQ(b.targets[1][10].item<int64_t>(), samples[1].ids[11]);
+  EXPECT_EQ(b.targets[1][383].item<int64_t>(), -100);
+  EXPECT_EQ(b.loss_weights[1][383].item<float>(), 0.0f);
+  const int64_t p = samples[2].answer_positions[0];
+  EXPECT_EQ(b.loss_weights[2][p].item<float>(), 5.0f);
+  EXPECT_TRUE(b.answer_mask[2][p].item<bool>());
+  EXPECT_EQ(b.answer_mask.sum().item<int64_t>(), 3 * 8 * 3);
+  // Uniform logits: every target's CE is log(V), so the weighted mean is log(V) too.
+  auto logits = torch::zeros({3, 384, 512});
+  EXPECT_NEAR(weighted_lm_loss(logits, b).item<double>(), std::log(512.0), 1e-5);
+}

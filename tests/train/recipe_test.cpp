@@ -1,0 +1,167 @@
+#include "rtp/train/recipe.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "rtp/core/error.h"
+#include "rtp/core/file_io.h"
+
+using namespace rtp::train;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string temp_recipe(const std::string& name, const std::string& text) {
+  const std::string dir = (fs::temp_directory_path() / "rtp_recipe_test").string();
+  fs::create_directories(dir);
+  const std::string path = dir + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+// The error message of load_train_config, or "" if it loaded.
+std::string load_error(const std::string& path, const std::vector<std::pair<std::string, std::string>>& ov = {}) {
+  try {
+    load_train_config(path, ov);
+  } catch (const rtp::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& piece) { return s.find(piece) != std::string::npos; }
+
+}  // namespace
+
+TEST(Recipe, DefaultsAreValidAndRegistryIsComplete) {
+  TrainConfig c;
+  EXPECT_NO_THROW(validate(c, "defaults"));
+  const auto& reg = train_config_registry();
+  EXPECT_GE(reg.fields().size(), 50u);
+  for (const char* k : {"stage", "seq_len", "batch_size", "steps", "lr", "warmup_steps", "min_lr_ratio",
+                        "weight_decay", "grad_clip", "seed", "device", "dtype", "out_dir", "log_every", "save_every",
+                        "eval_every", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                        "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "model_dir", "data",
+                        "indexer_dim", "top_p", "sink", "window", "block_size", "retrieval_fraction", "kv_budget",
+                        "heads_file", "kl_query_samples", "kl_chunk"})
+    EXPECT_NE(reg.find(k), nullptr) << k;
+  EXPECT_EQ(c.indexer_dim, 16);
+  EXPECT_DOUBLE_EQ(c.top_p, 0.9);
+  EXPECT_EQ(c.sink, 4);
+  EXPECT_EQ(c.block_size, 64);
+  EXPECT_EQ(reg.find("seq-len"), reg.find("seq_len"));  // kebab-case
+}
+
+TEST(Recipe, LoadsValues) {
+  const auto p = temp_recipe("ok.yaml", "stage: pretrain\nseq_len: 512\nlr: 2e-3\nresume: true\nout_dir: 'a b'\n");
+  const TrainConfig c = load_train_config(p);
+  EXPECT_EQ(c.seq_len, 512);
+  EXPECT_DOUBLE_EQ(c.lr, 2e-3);
+  EXPECT_TRUE(c.resume);
+  EXPECT_EQ(c.out_dir, "a b");
+}
+
+TEST(Recipe, UnknownKeyNamesKeyAndFile) {
+  const auto p = temp_recipe("unknown.yaml", "seq_len: 512\nseqlen: 1024\n");
+  const std::string e = load_error(p);
+  EXPECT_TRUE(contains(e, "'seqlen'")) << e;
+  EXPECT_TRUE(contains(e, p)) << e;
+  EXPECT_TRUE(contains(e, "line 2")) << e;
+  EXPECT_TRUE(contains(e, "did you mean 'seq_len'")) << e;
+}
+
+TEST(Recipe, BadEnumNamesChoices) {
+  const auto p = temp_recipe("enum.yaml", "stage: finetune\n");
+  const std::string e = load_error(p);
+  EXPECT_TRUE(contains(e, "'stage'") && contains(e, "'finetune'") && contains(e, "one of pretrain, indexer") &&
+              contains(e, p))
+      << e;
+}
+
+TEST(Recipe, OutOfRange) {
+  const auto p = temp_recipe("range.yaml", "top_p: 1.5\n");
+  const std::string e = load_error(p);
+  EXPECT_TRUE(contains(e, "'top_p'") && contains(e, "'1.5'") && contains(e, "a number in (0, 1]") && contains(e, p))
+      << e;
+  const auto q = temp_recipe("range2.yaml", "batch_size: 0\n");
+  const std::string e2 = load_error(q);
+  EXPECT_TRUE(contains(e2, "'batch_size'") && contains(e2, "an integer in [1, 1048576]")) << e2;
+}
+
+TEST(Recipe, WrongType) {
+  for (const char* text : {"seq_len: 1.5\n", "seq_len: many\n", "lr: fast\n", "resume: maybe\n", "seq_len:\n",
+                           "seq_len: [1, 2]\n"}) {
+    const auto p = temp_recipe("type.yaml", text);
+    const std::string e = load_error(p);
+    EXPECT_FALSE(e.empty()) << text;
+    EXPECT_TRUE(contains(e, p)) << e;
+    const std::string key = std::string(text).substr(0, std::string(text).find(':'));
+    EXPECT_TRUE(contains(e, "'" + key + "'")) << e;
+  }
+  EXPECT_TRUE(contains(load_error(temp_recipe("t.yaml", "seq_len: many\n")), "expected an integer")) << "";
+}
+
+TEST(Recipe, NotYamlOrNotAMapping) {
+  EXPECT_TRUE(contains(load_error(temp_recipe("bad.yaml", "a: [1,\n")), "not valid YAML"));
+  EXPECT_TRUE(contains(load_error(temp_recipe("seq.yaml", "- 1\n- 2\n")), "mapping"));
+  EXPECT_TRUE(contains(load_error(temp_recipe("dup.yaml", "lr: 1e-3\nlr: 2e-3\n")), "twice"));
+  EXPECT_TRUE(contains(load_error("/nonexistent/recipe.yaml"), "does not exist"));
+}
+
+TEST(Recipe, CrossFieldValidationNamesKeys) {
+  const auto p = temp_recipe("cross.yaml", "num_attention_heads: 6\nnum_key_value_heads: 4\n");
+  const std::string e = load_error(p);
+  EXPECT_TRUE(contains(e, "num_attention_heads") && contains(e, "num_key_value_heads") && contains(e, p)) << e;
+  const std::string e2 = load_error(temp_recipe("short.yaml", "seq_len: 64\n"));
+  EXPECT_TRUE(contains(e2, "seq_len") && contains(e2, "toy_needles")) << e2;
+}
+
+TEST(Recipe, CliOverridesRecipeInOrder) {
+  const auto p = temp_recipe("cli.yaml", "seq_len: 512\nlr: 2e-3\nbatch_size: 4\n");
+  const TrainConfig c = load_train_config(p, {{"seq-len", "768"}, {"lr", "5e-4"}, {"lr", "7e-4"}});
+  EXPECT_EQ(c.seq_len, 768);      // CLI beats recipe, kebab-case accepted
+  EXPECT_DOUBLE_EQ(c.lr, 7e-4);   // the last override wins
+  EXPECT_EQ(c.batch_size, 4);     // recipe beats default
+  EXPECT_EQ(c.steps, TrainConfig{}.steps);
+  const std::string e = load_error(p, {{"sq_len", "5"}});
+  EXPECT_TRUE(contains(e, "command line") && contains(e, "'sq_len'")) << e;
+  const std::string e2 = load_error(p, {{"lr", "-1"}});
+  EXPECT_TRUE(contains(e2, "command line") && contains(e2, "'lr'") && contains(e2, "'-1'")) << e2;
+}
+
+TEST(Recipe, DumpConfigRoundTrips) {
+  const auto p = temp_recipe("rt.yaml", "seq_len: 640\nlr: 0.0003\nout_dir: \"odd: name # x\"\nheads_file: ''\n"
+                                        "rope_theta: 1000000\nmin_lr_ratio: 0.123456789012345\nresume: yes\n");
+  const TrainConfig a = load_train_config(p, {{"weight_decay", "0.01"}, {"device", "cpu"}});
+  const std::string dumped = dump_config(a);
+  const TrainConfig b = load_train_config(temp_recipe("dumped.yaml", dumped));
+  EXPECT_TRUE(a == b) << dumped;
+  EXPECT_EQ(dump_config(b), dumped);
+  EXPECT_EQ(b.out_dir, "odd: name # x");
+  EXPECT_DOUBLE_EQ(b.min_lr_ratio, 0.123456789012345);
+  // Without comments too.
+  EXPECT_TRUE(load_train_config(temp_recipe("d2.yaml", dump_config(a, false))) == a);
+  TrainConfig d;
+  d.seq_len = 1000;
+  EXPECT_FALSE(d == a);
+}
+
+TEST(Recipe, EveryRecipeInTheRepositoryLoadsAndValidates) {
+  const fs::path dir = fs::path(RTP_SOURCE_DIR) / "recipes";
+  ASSERT_TRUE(fs::is_directory(dir)) << dir;
+  int n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    const auto ext = e.path().extension().string();
+    if (!e.is_regular_file() || (ext != ".yaml" && ext != ".yml")) continue;
+    SCOPED_TRACE(e.path().string());
+    EXPECT_NO_THROW({
+      const TrainConfig c = load_train_config(e.path().string());
+      // The dump of every recipe reloads to the same config.
+      EXPECT_TRUE(load_train_config(temp_recipe("again.yaml", dump_config(c))) == c);
+    });
+    ++n;
+  }
+  EXPECT_GE(n, 2);
+}
