@@ -5,6 +5,8 @@
 // visibility mask and calls SDPA; on CUDA it dispatches to the kernels where available.
 #include <torch/types.h>
 
+#include <vector>
+
 #include "rtp/model/attention_seam.h"
 #include "rtp/sparse/head_map.h"
 #include "rtp/sparse/indexer.h"
@@ -17,6 +19,8 @@ struct SparseStats {
   double causal_pairs = 0;       // what dense causal attention would touch
   double true_mass_kept = 0;     // retrieval heads: sum over queries of true attention mass on visible keys
   double true_mass_queries = 0;  // number of (retrieval query head, query) terms in true_mass_kept
+  // Per (layer, KV head): attended and causal pairs summed over the group's query heads (density maps).
+  std::vector<std::vector<double>> head_attended, head_causal;
   double attention_fraction() const { return causal_pairs > 0 ? attended_pairs / causal_pairs : 0; }
   double recall() const { return true_mass_queries > 0 ? true_mass_kept / true_mass_queries : 0; }
 };

@@ -96,6 +96,8 @@ using rtp::config::range;
   X("indexer", double, kv_budget, 0, range(0, 1),                                                                    \
     "0: use retrieval_fraction; else the KV-memory fraction retrieval heads may use")                               \
   X("indexer", std::string, heads_file, "", any(), "head profile (HDF5) from rtpurbo-identify-heads")                \
+  X("indexer", bool, heads_random, false, any(),                                                                    \
+    "baseline: train on as many KV heads as heads_file selects, drawn at random with the seed")                     \
   X("indexer", int64_t, kl_query_samples, 256, at_least(1), "queries sampled per sequence for the KL loss")          \
   X("indexer", int64_t, kl_chunk, 1024, at_least(1), "keys per chunk when computing the KL (bounds memory)")
 // clang-format on
