@@ -47,7 +47,7 @@ torch::Tensor build_mask(const std::vector<HeadKind>& kinds, int64_t G, int64_t 
       auto bm = torch::zeros({nb, nb}, torch::kBool);
       for (int64_t b = 0; b < nb; ++b)
         for (int n = 0; n < counts[r][b].item<int>(); ++n) bm[b][idx[r][b][n].item<int>()] = true;
-      auto bi = (ar / c.block_size);
+      auto bi = torch::floor_divide(ar, c.block_size);
       m = m & bm.index({bi.view({T, 1}), bi.view({1, T})});
       ++r;
     }
