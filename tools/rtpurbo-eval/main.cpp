@@ -1,20 +1,54 @@
 // rtpurbo-eval: evaluate a model (dense or converted) on a task.
 #include <cxxopts.hpp>
 #include <iostream>
+#include <sstream>
 
 #include "main_guard.h"
 #include "rtp/eval/logits_task.h"
+#include "rtp/eval/toy_eval.h"
 #include "rtp/torch/run_context.h"
+
+namespace {
+
+std::vector<int64_t> parse_lengths(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || v <= 0)
+      throw rtp::Error("--lengths: expected comma-separated positive integers, found '" + s + "'");
+    out.push_back(v);
+  }
+  if (out.empty()) throw rtp::Error("--lengths is empty");
+  return out;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   return rtp::tools::run_guarded("rtpurbo-eval", [&]() -> int {
     cxxopts::Options opts("rtpurbo-eval", "Evaluate a Qwen3 / converted RTPurbo model on a task.");
     // clang-format off
     opts.add_options()
-      ("task", "task: logits", cxxopts::value<std::string>()->default_value("logits"))
+      ("task", "task: logits or toy", cxxopts::value<std::string>()->default_value("logits"))
       ("model", "model directory (Hugging Face layout or converted)", cxxopts::value<std::string>())
       ("input", "logits: safetensors with int64 input_ids [B, T]", cxxopts::value<std::string>())
       ("out", "logits: output safetensors (float32 logits [B, T, V])", cxxopts::value<std::string>())
+      ("samples", "toy: held-out sequences per length", cxxopts::value<int64_t>()->default_value("16"))
+      ("seq-len", "toy: one sequence length (default: the task's training length)", cxxopts::value<int64_t>())
+      ("lengths", "toy: comma-separated sequence lengths (accuracy against length)", cxxopts::value<std::string>())
+      ("out-dir", "toy: where eval.json and report.html go", cxxopts::value<std::string>()->default_value("runs/eval-toy"))
+      ("random-heads-indexer", "toy: indexer checkpoint trained on random heads (same count and budget)",
+       cxxopts::value<std::string>())
+      ("batch-size", "toy: sequences per forward", cxxopts::value<int64_t>()->default_value("4"))
+      ("no-recall", "toy: skip measuring indexer recall (faster)")
       ("device", "cpu, cuda, cuda:N or auto", cxxopts::value<std::string>()->default_value("cpu"))
       ("dtype", "float32, bfloat16 or float16", cxxopts::value<std::string>()->default_value("float32"))
       ("seed", "random seed", cxxopts::value<uint64_t>()->default_value("1234"))
@@ -43,6 +77,21 @@ int main(int argc, char** argv) {
       std::cerr << "wrote " << o.output_path << "\n";
       return 0;
     }
-    throw rtp::Error("unknown --task '" + task + "': expected one of logits");
+    if (task == "toy") {
+      rtp::eval::ToyEvalOptions o;
+      o.model_dir = need("model");
+      o.samples = args["samples"].as<int64_t>();
+      if (args.count("seq-len") && args.count("lengths"))
+        throw rtp::Error("give --seq-len or --lengths, not both");
+      if (args.count("seq-len")) o.lengths = {args["seq-len"].as<int64_t>()};
+      if (args.count("lengths")) o.lengths = parse_lengths(args["lengths"].as<std::string>());
+      o.out_dir = args["out-dir"].as<std::string>();
+      if (args.count("random-heads-indexer")) o.random_heads_indexer = args["random-heads-indexer"].as<std::string>();
+      o.batch_size = args["batch-size"].as<int64_t>();
+      o.measure_recall = args.count("no-recall") == 0;
+      rtp::eval::run_toy_eval(o, ctx);
+      return 0;
+    }
+    throw rtp::Error("unknown --task '" + task + "': expected one of logits, toy");
   });
 }

@@ -1,0 +1,375 @@
+#include "rtp/eval/toy_eval.h"
+
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "rtp/core/error.h"
+#include "rtp/core/file_io.h"
+#include "rtp/data/toy_task.h"
+#include "rtp/eval/report.h"
+#include "rtp/sparse/converted_model.h"
+#include "rtp/sparse/headwise_config.h"
+#include "rtp/sparse/indexer_checkpoint.h"
+#include "rtp/sparse/sparse_attention.h"
+#include "rtp/train/recipe.h"
+#include "rtp/train/toy_data.h"
+
+namespace rtp::eval {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return fmt(u ? "%.2f " : "%.0f ", b) + units[u];
+}
+
+// The toy task the model was trained on. The only place that knows where that description lives: the
+// pretrain stage writes rtpurbo_toy_task.json (its TrainConfig data fields) next to the model, and export
+// copies it into the converted directory. Without it: the task's defaults with the model's vocabulary.
+struct ToyTaskInfo {
+  data::ToyTaskConfig config;
+  int64_t seq_len = 1024;
+  std::string source;
+};
+ToyTaskInfo toy_task_for(const std::string& model_dir, int64_t vocab_size) {
+  ToyTaskInfo info;
+  const std::string path = model_dir + "/rtpurbo_toy_task.json";
+  train::TrainConfig tc;
+  if (file_exists(path)) {
+    const json j = read_json_file(path);
+    RTP_CHECK(j.is_object() && j.contains("train_config") && j["train_config"].is_object(), "'", path,
+              "': expected {\"train_config\": {...}} (written by rtpurbo-train --stage pretrain)");
+    const auto& reg = train::train_config_registry();
+    for (auto it = j["train_config"].begin(); it != j["train_config"].end(); ++it) {
+      const std::string text = it->is_string() ? it->get<std::string>() : it->dump();
+      reg.set(tc, it.key(), text, path);
+    }
+    info.source = path;
+  } else {
+    info.source = "toy task defaults (no rtpurbo_toy_task.json in '" + model_dir + "')";
+  }
+  tc.vocab_size = vocab_size;
+  info.config = train::toy_task_config(tc);
+  info.seq_len = tc.seq_len;
+  return info;
+}
+
+// The picture rtpurbo-identify-heads wrote next to the profile: heads.svg for heads.h5 (or heads.h5.svg).
+std::string find_heads_svg(const std::string& heads_source, const std::string& model_dir, std::string* where) {
+  if (heads_source.empty()) return "";
+  std::vector<fs::path> candidates;
+  for (const fs::path& base : {fs::path(heads_source), fs::path(model_dir) / heads_source}) {
+    fs::path p = base;
+    candidates.push_back(p.replace_extension(".svg"));
+    candidates.push_back(fs::path(base.string() + ".svg"));
+  }
+  for (const auto& c : candidates) {
+    if (file_exists(c.string())) {
+      std::string svg = read_text_file(c.string());
+      if (svg.find("<svg") != std::string::npos && svg.rfind("</svg>") != std::string::npos) {
+        *where = c.string();
+        return svg;
+      }
+    }
+  }
+  return "";
+}
+
+struct RunStats {
+  data::ToyAccuracy acc;
+  sparse::SparseStats stats;
+};
+
+RunStats run_sparse(model::Qwen3Model& model, const std::vector<data::ToySample>& samples,
+                    const sparse::HeadMap& heads, const sparse::SparseSettings& settings,
+                    const sparse::Indexer* indexer, bool measure_recall, int64_t batch_size) {
+  sparse::SparseAttention attention(heads, settings, indexer);
+  attention.set_measure_recall(measure_recall);
+  model::ForwardOptions fo;
+  fo.attention = &attention;
+  RunStats r;
+  r.acc = data::toy_accuracy(model, samples, fo, batch_size);
+  r.stats = attention.stats();
+  return r;
+}
+
+json density_json(const sparse::SparseStats& s) {
+  json rows = json::array();
+  for (size_t l = 0; l < s.head_attended.size(); ++l) {
+    json row = json::array();
+    for (size_t g = 0; g < s.head_attended[l].size(); ++g)
+      row.push_back(s.head_causal[l][g] > 0 ? s.head_attended[l][g] / s.head_causal[l][g] : 0.0);
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+}  // namespace
+
+sparse::HeadMap random_head_map(const sparse::HeadMap& like, uint64_t seed) {
+  like.validate("head map");
+  sparse::HeadMap m = sparse::HeadMap::all_streaming(like.num_layers, like.num_kv_heads, like.group_size);
+  const int64_t n = like.num_layers * like.num_kv_heads, k = like.count_retrieval();
+  std::vector<int64_t> slots(n);
+  for (int64_t i = 0; i < n; ++i) slots[i] = i;
+  std::mt19937_64 rng(seed);
+  for (int64_t i = 0; i < k; ++i) {  // partial Fisher-Yates
+    const double u = static_cast<double>(rng() >> 11) * (1.0 / 9007199254740992.0);
+    const int64_t j = i + static_cast<int64_t>(u * static_cast<double>(n - i));
+    std::swap(slots[i], slots[j]);
+    m.retrieval[slots[i] / like.num_kv_heads][slots[i] % like.num_kv_heads] = 1;
+  }
+  return m;
+}
+
+KvBytes kv_cache_bytes(const sparse::HeadMap& heads, int64_t head_dim, int64_t indexer_dim, int64_t sink,
+                       int64_t window, int64_t length, int64_t elem_bytes) {
+  KvBytes b;
+  const double per_token = 2.0 * head_dim * elem_bytes;  // K and V
+  const double streaming_tokens = static_cast<double>(std::min(length, sink + window));
+  for (int64_t l = 0; l < heads.num_layers; ++l)
+    for (int64_t g = 0; g < heads.num_kv_heads; ++g) {
+      b.dense += length * per_token;
+      b.sparse += heads.is_retrieval(l, g)
+                      ? length * per_token + static_cast<double>(length) * indexer_dim * elem_bytes
+                      : streaming_tokens * per_token;
+    }
+  return b;
+}
+
+ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
+  RTP_CHECK(o.samples >= 1, "--samples must be >= 1, found ", o.samples);
+  RTP_CHECK(o.batch_size >= 1, "batch size must be >= 1, found ", o.batch_size);
+  auto log = [&](const std::string& s) {
+    if (!o.quiet) std::cerr << s << "\n";
+  };
+  sparse::ConvertedModel cm = sparse::load_converted(o.model_dir, ctx.device, ctx.dtype);
+  const auto& cfg = cm.model.config();
+  const sparse::Indexer* indexer = cm.indexer.heads().num_layers > 0 ? &cm.indexer : nullptr;
+  sparse::RtpurboManifest manifest;
+  if (sparse::is_converted_model_dir(o.model_dir)) manifest = sparse::read_manifest(o.model_dir + "/rtpurbo.json");
+
+  const ToyTaskInfo task_info = toy_task_for(o.model_dir, cfg.vocab_size);
+  const data::ToyTask task(task_info.config);
+  std::vector<int64_t> lengths = o.lengths;
+  if (lengths.empty()) lengths.push_back(task_info.seq_len);
+  for (auto T : lengths)
+    RTP_CHECK(T >= task_info.config.min_seq_len(), "length ", T, " is shorter than the toy task needs (",
+              task_info.config.min_seq_len(), " tokens)");
+
+  // Random-heads baseline: an indexer trained by the caller for a random map with the same number of heads.
+  std::unique_ptr<sparse::IndexerCheckpoint> random_ck;
+  std::string random_note;
+  if (!o.random_heads_indexer.empty()) {
+    random_ck = std::make_unique<sparse::IndexerCheckpoint>(
+        sparse::load_indexer_checkpoint(o.random_heads_indexer, ctx.device, ctx.dtype));
+    sparse::check_heads_fit_model(random_ck->heads, cfg, "'" + o.random_heads_indexer + "' head map");
+    RTP_CHECK(random_ck->heads.count_retrieval() == cm.heads.count_retrieval(), "'", o.random_heads_indexer,
+              "' has ", random_ck->heads.count_retrieval(), " retrieval KV heads, but the model under test has ",
+              cm.heads.count_retrieval(), ": the random baseline must use the same number");
+    if (random_ck->heads.retrieval == cm.heads.retrieval)
+      random_note = "warning: the random-heads indexer's head map equals the identified one";
+  } else {
+    random_note =
+        "random_heads omitted: no --random-heads-indexer given (train an indexer on random_head_map() heads with "
+        "the same budget and pass its checkpoint)";
+  }
+  sparse::SparseSettings random_settings = cm.settings;
+  if (random_ck) random_settings.indexer_dim = random_ck->indexer.dim();
+
+  const int64_t elem_bytes = static_cast<int64_t>(c10::elementSize(ctx.dtype));
+  ToyEvalResult res;
+  json dense_by = json::array(), sparse_by = json::array(), random_by = json::array();
+  data::ToyAccuracy dense_all, sparse_all, random_all;
+  double att = 0, caus = 0, kept = 0, nq = 0, ratt = 0, rcaus = 0, rkept = 0, rnq = 0;
+  sparse::SparseStats last_stats;
+  for (int64_t T : lengths) {
+    const auto samples = task.generate_many(T, ctx.seed, train::kEvalStream, 0, o.samples);
+    log(str_cat("toy eval: length ", T, ", ", o.samples, " samples: dense"));
+    const data::ToyAccuracy dense = data::toy_accuracy(cm.model, samples, {}, o.batch_size);
+    log(str_cat("toy eval: length ", T, ": sparse"));
+    RunStats sp = run_sparse(cm.model, samples, cm.heads, cm.settings, indexer, o.measure_recall, o.batch_size);
+    ToyEvalLength L;
+    L.length = T;
+    L.dense_accuracy = dense.accuracy();
+    L.sparse_accuracy = sp.acc.accuracy();
+    L.attention_fraction = sp.stats.attention_fraction();
+    L.indexer_recall = sp.stats.recall();
+    const KvBytes kv = kv_cache_bytes(cm.heads, cfg.head_dim, indexer ? cm.settings.indexer_dim : 0, cm.settings.sink,
+                                      cm.settings.window, T, elem_bytes);
+    L.sparse_kv_bytes = kv.sparse;
+    L.dense_kv_bytes = kv.dense;
+    auto add = [](data::ToyAccuracy& a, const data::ToyAccuracy& b) {
+      a.queries += b.queries;
+      a.correct += b.correct;
+      a.answer_tokens += b.answer_tokens;
+      a.correct_tokens += b.correct_tokens;
+    };
+    add(dense_all, dense);
+    add(sparse_all, sp.acc);
+    att += sp.stats.attended_pairs;
+    caus += sp.stats.causal_pairs;
+    kept += sp.stats.true_mass_kept;
+    nq += sp.stats.true_mass_queries;
+    last_stats = sp.stats;
+    dense_by.push_back({{"length", T}, {"accuracy", dense.accuracy()}, {"token_accuracy", dense.token_accuracy()},
+                        {"queries", dense.queries}});
+    sparse_by.push_back({{"length", T},
+                         {"accuracy", sp.acc.accuracy()},
+                         {"token_accuracy", sp.acc.token_accuracy()},
+                         {"queries", sp.acc.queries},
+                         {"attention_fraction", L.attention_fraction},
+                         {"indexer_recall", o.measure_recall ? json(L.indexer_recall) : json(nullptr)},
+                         {"kv_bytes", kv.sparse},
+                         {"dense_kv_bytes", kv.dense}});
+    if (random_ck) {
+      log(str_cat("toy eval: length ", T, ": random heads"));
+      RunStats rs = run_sparse(cm.model, samples, random_ck->heads, random_settings, &random_ck->indexer,
+                               o.measure_recall, o.batch_size);
+      L.random_accuracy = rs.acc.accuracy();
+      L.random_attention_fraction = rs.stats.attention_fraction();
+      L.random_recall = rs.stats.recall();
+      add(random_all, rs.acc);
+      ratt += rs.stats.attended_pairs;
+      rcaus += rs.stats.causal_pairs;
+      rkept += rs.stats.true_mass_kept;
+      rnq += rs.stats.true_mass_queries;
+      random_by.push_back({{"length", T},
+                           {"accuracy", rs.acc.accuracy()},
+                           {"token_accuracy", rs.acc.token_accuracy()},
+                           {"attention_fraction", L.random_attention_fraction},
+                           {"indexer_recall", o.measure_recall ? json(L.random_recall) : json(nullptr)}});
+    }
+    res.by_length.push_back(L);
+  }
+  res.dense_accuracy = dense_all.accuracy();
+  res.sparse_accuracy = sparse_all.accuracy();
+  res.random_accuracy = random_ck ? random_all.accuracy() : -1;
+  res.attention_fraction = caus > 0 ? att / caus : 0;
+  res.indexer_recall = nq > 0 ? kept / nq : 0;
+  res.sparse_kv_bytes = res.by_length.back().sparse_kv_bytes;
+  res.dense_kv_bytes = res.by_length.back().dense_kv_bytes;
+  const int64_t longest = res.by_length.back().length;
+
+  json j;
+  j["task"] = "toy";
+  j["model"] = o.model_dir;
+  j["toy_task"] = task_info.source;
+  j["toy_task_description"] = task.describe();
+  j["dtype"] = dtype_name(ctx.dtype);
+  j["device"] = ctx.device.str();
+  j["samples"] = o.samples;
+  j["seed"] = ctx.seed;
+  j["lengths"] = lengths;
+  j["head_map"] = sparse::head_map_to_json(cm.heads);
+  j["settings"] = sparse::settings_to_json(cm.settings);
+  j["has_indexer"] = indexer != nullptr;
+  j["kv_note"] = str_cat("KV bytes for one sequence at length ", longest, ", ", elem_bytes,
+                         " bytes per value: retrieval KV heads keep every token (K, V and indexer keys), streaming "
+                         "KV heads sink + window tokens; dense keeps every token for every KV head");
+  j["dense"] = {{"accuracy", res.dense_accuracy},
+                {"token_accuracy", dense_all.token_accuracy()},
+                {"kv_bytes", res.dense_kv_bytes},
+                {"by_length", dense_by}};
+  j["sparse"] = {{"accuracy", res.sparse_accuracy},
+                 {"token_accuracy", sparse_all.token_accuracy()},
+                 {"attention_fraction", res.attention_fraction},
+                 {"indexer_recall", o.measure_recall ? json(res.indexer_recall) : json(nullptr)},
+                 {"kv_bytes", res.sparse_kv_bytes},
+                 {"dense_kv_bytes", res.dense_kv_bytes},
+                 {"kv_ratio_dense_over_sparse", res.sparse_kv_bytes > 0 ? res.dense_kv_bytes / res.sparse_kv_bytes : 0},
+                 {"density_length", longest},
+                 {"density", density_json(last_stats)},
+                 {"by_length", sparse_by}};
+  if (!o.measure_recall) j["sparse"]["indexer_recall_note"] = "not measured (--no-recall)";
+  if (!indexer) j["sparse"]["indexer_note"] = "no indexer: retrieval heads attend densely";
+  if (random_ck) {
+    j["random_heads"] = {{"accuracy", res.random_accuracy},
+                         {"token_accuracy", random_all.token_accuracy()},
+                         {"attention_fraction", rcaus > 0 ? ratt / rcaus : 0},
+                         {"indexer_recall", o.measure_recall ? json(rnq > 0 ? rkept / rnq : 0) : json(nullptr)},
+                         {"indexer", o.random_heads_indexer},
+                         {"head_map", sparse::head_map_to_json(random_ck->heads)},
+                         {"by_length", random_by}};
+    if (!random_note.empty()) j["random_heads_note"] = random_note;
+  } else {
+    j["random_heads"] = nullptr;
+    j["random_heads_note"] = random_note;
+  }
+
+  make_directories(o.out_dir);
+  res.eval_json_path = o.out_dir + "/eval.json";
+  write_json_atomic(res.eval_json_path, j);
+
+  ReportData rd;
+  rd.title = "RTPurbo toy evaluation";
+  rd.model_dir = o.model_dir;
+  rd.heads = cm.heads;
+  rd.heads_svg = find_heads_svg(manifest.heads_source, o.model_dir, &rd.heads_svg_source);
+  for (const auto& row : j["sparse"]["density"]) rd.density.push_back(row.get<std::vector<double>>());
+  rd.density_length = longest;
+  rd.lengths = lengths;
+  AccuracySeries ds{"dense", {}}, ss{"sparse", {}}, rs{"random heads", {}};
+  for (const auto& L : res.by_length) {
+    ds.accuracy.push_back(L.dense_accuracy);
+    ss.accuracy.push_back(L.sparse_accuracy);
+    rs.accuracy.push_back(L.random_accuracy);
+  }
+  rd.series = {ds, ss};
+  if (random_ck) rd.series.push_back(rs);
+  rd.summary = {
+      {"dense accuracy", fmt("%.4f", res.dense_accuracy)},
+      {"sparse accuracy", fmt("%.4f", res.sparse_accuracy)},
+      {"random-heads accuracy", random_ck ? fmt("%.4f", res.random_accuracy) : std::string("not evaluated")},
+      {"attention fraction (sparse / dense causal pairs)", fmt("%.4f", res.attention_fraction)},
+      {"indexer recall (true mass kept, retrieval heads)",
+       o.measure_recall ? fmt("%.4f", res.indexer_recall) : std::string("not measured")},
+      {str_cat("KV cache at ", longest, " tokens: dense"), human_bytes(res.dense_kv_bytes)},
+      {str_cat("KV cache at ", longest, " tokens: sparse"), human_bytes(res.sparse_kv_bytes)},
+      {"retrieval KV heads", str_cat(cm.heads.count_retrieval(), " of ", cm.heads.num_layers * cm.heads.num_kv_heads)},
+      {"settings", str_cat("sink ", cm.settings.sink, ", window ", cm.settings.window, ", top-p ", cm.settings.top_p,
+                           ", block ", cm.settings.block_size, ", indexer dim ", cm.settings.indexer_dim,
+                           ", dense below ", cm.settings.dense_below)},
+      {"samples per length", str_cat(o.samples, " (seed ", ctx.seed, ")")}};
+  rd.notes.push_back(j["kv_note"].get<std::string>());
+  if (!random_note.empty()) rd.notes.push_back(random_note);
+  res.report_path = o.out_dir + "/report.html";
+  write_report_html(rd, res.report_path);
+
+  if (!o.quiet) {
+    std::printf("%-8s %10s %10s %10s %10s %10s %12s %12s\n", "length", "dense", "sparse", "random", "attn_frac",
+                "recall", "kv_dense", "kv_sparse");
+    for (const auto& L : res.by_length)
+      std::printf("%-8lld %10.4f %10.4f %10s %10.4f %10s %12s %12s\n", static_cast<long long>(L.length),
+                  L.dense_accuracy, L.sparse_accuracy,
+                  L.random_accuracy >= 0 ? fmt("%.4f", L.random_accuracy).c_str() : "-", L.attention_fraction,
+                  o.measure_recall ? fmt("%.4f", L.indexer_recall).c_str() : "-", human_bytes(L.dense_kv_bytes).c_str(),
+                  human_bytes(L.sparse_kv_bytes).c_str());
+    std::printf("%-8s %10.4f %10.4f %10s %10.4f %10s\n", "all", res.dense_accuracy, res.sparse_accuracy,
+                random_ck ? fmt("%.4f", res.random_accuracy).c_str() : "-", res.attention_fraction,
+                o.measure_recall ? fmt("%.4f", res.indexer_recall).c_str() : "-");
+    std::printf("eval.json: %s\nreport: %s\n", res.eval_json_path.c_str(), res.report_path.c_str());
+  }
+  return res;
+}
+
+}  // namespace rtp::eval
