@@ -2,7 +2,6 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
-#include <filesystem>
 
 #include "rtp/core/file_io.h"
 #include "rtp/model/qwen3.h"
@@ -11,13 +10,12 @@
 #include "rtp/train/stages.h"
 
 using namespace rtp::train;
-namespace fs = std::filesystem;
 
 namespace {
 
 TrainConfig tiny(const std::string& name, std::vector<std::pair<std::string, std::string>> more = {}) {
-  const std::string out = (fs::temp_directory_path() / "rtp_pretrain_test" / name).string();
-  fs::remove_all(out);
+  const std::string out = "/tmp/rtp_pretrain_test/" + name;
+  remove_directory_tree(out);
   std::vector<std::pair<std::string, std::string>> ov = {{"device", "cpu"}, {"out_dir", out}, {"log_every", "1000"}};
   ov.insert(ov.end(), more.begin(), more.end());
   return load_train_config(std::string(RTP_SOURCE_DIR) + "/recipes/toy-pretrain-smoke.yaml", ov);

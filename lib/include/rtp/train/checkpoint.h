@@ -44,6 +44,9 @@ std::optional<std::string> latest_checkpoint(const std::string& out_dir);
 // returns the state. Errors name the checkpoint and what is missing or mismatched.
 CheckpointState load_checkpoint(const std::string& dir, const NamedParams& params, torch::optim::AdamW& optimizer);
 
+// rm -r (nothing if absent); throws naming the path on failure.
+void remove_directory_tree(const std::string& path);
+
 // Fields that may differ between the run that wrote a checkpoint and the run that resumes it (logging, where
 // to stop, device): anything else differing would not continue the same run and is an error.
 const std::vector<std::string>& resume_tolerant_fields();

@@ -2,9 +2,14 @@
 
 #include <torch/torch.h>
 
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
-#include <filesystem>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -14,7 +19,37 @@
 
 namespace rtp::train {
 
-namespace fs = std::filesystem;
+namespace {
+
+// Names in a directory (not . and ..), and whether each is a directory. POSIX rather than std::filesystem:
+// libtorch.so exports its own std::filesystem symbols, and calls resolved to them have crashed (remove_all).
+std::vector<std::pair<std::string, bool>> list_dir(const std::string& dir) {
+  std::vector<std::pair<std::string, bool>> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n == "." || n == "..") continue;
+    struct stat st {};
+    const bool is_dir = ::lstat((dir + "/" + n).c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    out.emplace_back(n, is_dir);
+  }
+  ::closedir(d);
+  return out;
+}
+
+}  // namespace
+
+void remove_directory_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    for (const auto& [n, is_dir] : list_dir(path)) remove_directory_tree(path + "/" + n);
+    RTP_CHECK(::rmdir(path.c_str()) == 0, "cannot remove directory '", path, "': ", std::strerror(errno));
+  } else {
+    RTP_CHECK(::unlink(path.c_str()) == 0, "cannot remove '", path, "': ", std::strerror(errno));
+  }
+}
 
 namespace {
 std::string step_name(int64_t step) {
@@ -63,20 +98,17 @@ std::string save_checkpoint(const std::string& out_dir, const NamedParams& param
                       {"config", cfg},                   {"config_yaml", reg.to_yaml(state.config, false)}};
   write_json_atomic(tmp_dir + "/state.json", j);
 
-  std::error_code ec;
-  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);
+  remove_directory_tree(final_dir);
   commit_temporary(tmp_dir, final_dir);
   write_file_atomic(root + "/latest", step_name(state.step) + "\n");
 
   // Prune: keep the newest `keep` step-* directories (never the one just written).
   std::vector<std::string> dirs;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const std::string n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp.") == std::string::npos) dirs.push_back(n);
-  }
+  for (const auto& [n, is_dir] : list_dir(root))
+    if (is_dir && n.rfind("step-", 0) == 0 && n.find(".tmp.") == std::string::npos) dirs.push_back(n);
   std::sort(dirs.begin(), dirs.end());
   for (size_t i = 0; i + static_cast<size_t>(std::max<int64_t>(keep, 1)) < dirs.size(); ++i)
-    if (dirs[i] != step_name(state.step)) fs::remove_all(root + "/" + dirs[i], ec);
+    if (dirs[i] != step_name(state.step)) remove_directory_tree(root + "/" + dirs[i]);
   return final_dir;
 }
 
