@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model_fixtures.h"
+#include "rtp/heads/head_profile.h"
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/model/qwen3.h"
@@ -336,6 +337,43 @@ TEST(ExportTool, WritesADirectoryFromAnIndexerCheckpoint) {
   EXPECT_NE(std::system(cmd2.c_str()), 0);
   EXPECT_FALSE(fs::exists(bad));
   EXPECT_NE(rtp::read_text_file(bad + ".log").find("--top-p"), std::string::npos);
+}
+
+TEST(ExportTool, TakesTheHeadMapFromAnHdf5HeadProfile) {
+  const std::string tool = std::string(RTP_BINARY_DIR) + "/bin/rtpurbo-export";
+  if (!fs::exists(tool)) GTEST_SKIP() << "build rtpurbo-export first (" << tool << ")";
+  rtp::heads::HeadProfile p;
+  p.num_layers = 3;
+  p.num_q_heads = 4;
+  p.num_kv_heads = 2;
+  p.retrieval.assign(12, 0.5f);
+  p.long_range.assign(12, 0.1f);
+  p.kv_retrieval.assign(6, 0.5f);
+  p.kv_long_range.assign(6, 0.1f);
+  p.selected_kv = {0, 1, 0, 0, 1, 0};  // tiny_heads()
+  p.selected_q = {0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0};
+  const std::string h5 = scratch("profile") + ".h5";
+  rtp::heads::save_head_profile(p, h5);
+  const std::string base = rtp::testing::model_fixture_dir("qwen3-tiny");
+  const std::string ck = scratch("h5-ck") + ".safetensors";
+  const std::string out = scratch("h5-out");
+  auto ix = random_indexer(tiny_heads(), 8, 8);
+  rtp::sparse::save_indexer_checkpoint(ck, ix, tiny_settings());
+  const std::string cmd =
+      tool + " --model " + base + " --heads " + h5 + " --indexer " + ck + " --out " + out + " > " + out + ".log 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << rtp::read_text_file(out + ".log");
+  auto cm = rtp::sparse::load_converted(out, torch::kCPU, torch::kFloat32);
+  EXPECT_EQ(cm.heads.retrieval, tiny_heads().retrieval);
+  EXPECT_EQ(rtp::read_json_file(out + "/rtpurbo.json")["heads_source"], h5);
+  // a profile that selects other heads than the indexer was trained for is refused
+  p.selected_kv = {1, 1, 0, 0, 1, 0};
+  p.selected_q = {1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0};
+  rtp::heads::save_head_profile(p, h5);
+  const std::string out2 = scratch("h5-out2");
+  const std::string cmd2 =
+      tool + " --model " + base + " --heads " + h5 + " --indexer " + ck + " --out " + out2 + " > " + out2 + ".log 2>&1";
+  EXPECT_NE(std::system(cmd2.c_str()), 0);
+  EXPECT_NE(rtp::read_text_file(out2 + ".log").find("different head map"), std::string::npos);
 }
 
 }  // namespace
