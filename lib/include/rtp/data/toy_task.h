@@ -44,6 +44,10 @@ struct ToyTaskConfig {
   int64_t num_spans = 2;
   int64_t span_len = 32;
   int64_t markov_branching = 4;  // successors per filler token in the haystack's Markov chain
+  // Layout of needles and queries. false: "KEY k.. VAL v.." / "QUERY k.. ANS v..". true: "KEY VAL k.. v.." /
+  // "QUERY ANS k.. v..": the value follows its key directly, so one induction step (find the earlier copy of
+  // the key, copy what followed it) answers a query. Same lengths either way.
+  bool adjacent = false;
   uint64_t world_seed = 7;
 
   int64_t filler_begin() const { return kNumSpecial; }
@@ -64,7 +68,8 @@ struct ToyNeedle {
 struct ToyQuery {
   int64_t position = 0;  // of its QUERY token
   int64_t needle = 0;    // index into ToySample::needles
-  int64_t ans_position = 0;  // of its ANS token; answer token i is ids[ans_position + 1 + i]
+  int64_t ans_position = 0;  // predicts the first answer token: ANS (or the last key token when adjacent);
+                             // answer token i is ids[ans_position + 1 + i]
 };
 struct ToySpan {
   int64_t source = 0, copy = 0, length = 0;  // ids[copy + i] == ids[source + i] for i < length

@@ -73,6 +73,7 @@ using rtp::config::range;
   X("data", int64_t, toy_spans, 2, range(0, 4096), "toy task: spans copied verbatim later (induction)")             \
   X("data", int64_t, toy_span_len, 32, range(2, 1 << 20), "toy task: tokens per copied span")                       \
   X("data", int64_t, toy_markov_branching, 4, range(1, 1 << 16), "toy task: successors per filler token")           \
+  X("data", bool, toy_adjacent, false, any(), "toy task: value right after its key (KEY VAL k v): one induction step")\
   X("data", double, answer_loss_weight, 5.0, range(0, 1e6), "loss weight of answer tokens (others weigh 1)")        \
   /* optimizer */                                                                                                    \
   X("optim", int64_t, steps, 1000, at_least(0), "optimizer steps")                                                   \

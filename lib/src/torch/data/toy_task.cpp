@@ -189,8 +189,9 @@ ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
       auto& nd = out.needles[next_needle++];
       nd.position = static_cast<int64_t>(ids.size());
       ids.push_back(kKey);
+      if (c.adjacent) ids.push_back(kVal);
       ids.insert(ids.end(), nd.key.begin(), nd.key.end());
-      ids.push_back(kVal);
+      if (!c.adjacent) ids.push_back(kVal);
       ids.insert(ids.end(), nd.value.begin(), nd.value.end());
     }
     if (i < filler_len) ids.push_back(filler[static_cast<size_t>(i)]);
@@ -212,9 +213,14 @@ ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
     q.position = static_cast<int64_t>(ids.size());
     q.needle = order[static_cast<size_t>(i)];
     ids.push_back(kQuery);
+    if (c.adjacent) ids.push_back(kAns);
     ids.insert(ids.end(), nd.key.begin(), nd.key.end());
-    q.ans_position = static_cast<int64_t>(ids.size());
-    ids.push_back(kAns);
+    if (c.adjacent) {
+      q.ans_position = static_cast<int64_t>(ids.size()) - 1;
+    } else {
+      q.ans_position = static_cast<int64_t>(ids.size());
+      ids.push_back(kAns);
+    }
     ids.insert(ids.end(), nd.value.begin(), nd.value.end());
     for (int64_t t = 0; t < c.value_len; ++t) out.answer_positions.push_back(q.ans_position + t);
     out.queries.push_back(q);
