@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
-# The main job on the shipped default. Until the toy model lands this is a smoke run of the model:
-# HF-parity logits of the tiny Qwen3-MoE fixture through rtpurbo-eval.
+# The main job on the shipped default: convert the toy model (data/toy-model) end to end on this machine's CPU.
+#   1. identify retrieval heads            -> out/default/heads.h5 (+ heads.svg)
+#   2. train the indexer (stage 1)         -> out/default/indexer/indexer.safetensors
+#   3. the random-heads baseline indexer   -> out/default/indexer-random/indexer.safetensors
+#   4. export the converted model          -> out/default/converted/
+#   5. evaluate dense vs sparse vs random  -> out/default/eval/eval.json + report.html
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD_DIR=${BUILD_DIR:-build}
+BIN=${BUILD_DIR:-build}/bin
 OUT=${OUT_DIR:-out/default}
+MODEL=${MODEL_DIR:-data/toy-model}
+DEVICE=${DEVICE:-cpu}
+SAMPLES=${SAMPLES:-32}
 mkdir -p "$OUT"
-fx=data/fixtures/models/qwen3-moe-tiny
-"$BUILD_DIR/bin/rtpurbo-eval" --task logits --model "$fx" --input "$fx/reference.safetensors" --out "$OUT/logits.safetensors"
-echo "default run: logits written to $OUT/logits.safetensors"
+start=$(date +%s)
+echo "== 1/5 identify heads ($MODEL)"
+"$BIN/rtpurbo-identify-heads" --model "$MODEL" --out "$OUT/heads.h5" --calibration toy --retrieval-fraction 0.15 \
+  --seq-len 1024 --window 128 --num-sequences 8 --device "$DEVICE"
+echo "== 2/5 train the indexer"
+"$BIN/rtpurbo-train" --recipe recipes/toy-indexer.yaml --model_dir "$MODEL" --heads_file "$OUT/heads.h5" \
+  --out_dir "$OUT/indexer" --device "$DEVICE"
+echo "== 3/5 train the random-heads baseline indexer (same count, same budget)"
+"$BIN/rtpurbo-train" --recipe recipes/toy-indexer.yaml --model_dir "$MODEL" --heads_file "$OUT/heads.h5" \
+  --heads_random --out_dir "$OUT/indexer-random" --device "$DEVICE"
+echo "== 4/5 export"
+"$BIN/rtpurbo-export" --model "$MODEL" --heads "$OUT/heads.h5" --indexer "$OUT/indexer/indexer.safetensors" \
+  --out "$OUT/converted"
+echo "== 5/5 evaluate"
+"$BIN/rtpurbo-eval" --task toy --model "$OUT/converted" --samples "$SAMPLES" --lengths 512,1024 \
+  --random-heads-indexer "$OUT/indexer-random/indexer.safetensors" --out-dir "$OUT/eval" --device "$DEVICE"
+echo "default run: $(( $(date +%s) - start )) s; eval.json and report.html in $OUT/eval"
