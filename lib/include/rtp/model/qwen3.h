@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "rtp/model/attention_seam.h"
+#include "rtp/model/kv_cache.h"
 #include "rtp/model/model_config.h"
 
 namespace rtp::model {
@@ -23,6 +24,9 @@ struct ForwardOptions {
   int64_t position_offset = 0;         // first position id (for continuing a sequence)
   bool return_hidden = false;          // stop before the LM head and return the final normed hidden states
   int64_t stop_after_layer = -1;       // >= 0: run only layers [0, stop_after_layer] (profiling cheap prefixes)
+  // Continue a sequence: positions start at cache->length(), attention covers cached + new tokens, and the new
+  // k/v are appended. Dense attention only (the seam receives q of the new tokens and k/v of all tokens).
+  KVCache* cache = nullptr;
 };
 
 class Qwen3ModelImpl;
@@ -53,6 +57,12 @@ class Qwen3Model {
  private:
   std::unique_ptr<Qwen3ModelImpl> impl_;
 };
+
+// Greedy decoding: prefills `prompt` (int64 [B, P]) in chunks of `prefill_chunk` tokens through a KV cache, then
+// appends the argmax token until `max_new_tokens` or, per sequence, a token in `stop_ids` (later positions of a
+// stopped sequence repeat its stop token). Returns int64 [B, P + generated].
+torch::Tensor generate_greedy(Qwen3Model& model, const torch::Tensor& prompt, int64_t max_new_tokens,
+                              const std::vector<int64_t>& stop_ids = {}, int64_t prefill_chunk = 4096);
 
 // Loads a Hugging Face checkpoint directory (config.json + *.safetensors [+ model.safetensors.index.json]).
 // Every tensor the config needs must be present with the shape the config implies; tensors are converted to

@@ -5,6 +5,13 @@
 namespace rtp::model {
 
 torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
+  const int64_t tq = in.q.size(2), tk = in.k.size(2);
+  if (tq != tk) {
+    // Queries are the last tq of tk positions (chunked prefill / decode): bottom-right aligned causal mask.
+    auto i = torch::arange(tq, torch::TensorOptions(torch::kInt64).device(in.q.device())).unsqueeze(1) + (tk - tq);
+    auto j = torch::arange(tk, torch::TensorOptions(torch::kInt64).device(in.q.device())).unsqueeze(0);
+    return at::scaled_dot_product_attention(in.q, in.k, in.v, j <= i, 0.0, false, in.scale, true);
+  }
   return at::scaled_dot_product_attention(in.q, in.k, in.v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                           /*is_causal=*/true, in.scale, /*enable_gqa=*/true);
 }

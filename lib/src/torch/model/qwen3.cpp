@@ -99,7 +99,10 @@ class Qwen3ModelImpl {
     }
     DenseAttention dense;
     AttentionSeam* attention = o.attention ? o.attention : &dense;
-    auto rope = rope_tables(cfg, o.position_offset, T, device());
+    const int64_t first_position = o.cache ? o.cache->length() : o.position_offset;
+    RTP_CHECK(!o.cache || o.cache->num_layers() == cfg.num_hidden_layers, "KV cache has ", o.cache ? o.cache->num_layers() : 0,
+              " layers, the model ", cfg.num_hidden_layers);
+    auto rope = rope_tables(cfg, first_position, T, device());
     auto x = F::embedding(ids_dev, p("model.embed_tokens.weight"));
     const int64_t last = o.stop_after_layer >= 0 ? std::min(o.stop_after_layer, cfg.num_hidden_layers - 1)
                                                  : cfg.num_hidden_layers - 1;
@@ -118,6 +121,7 @@ class Qwen3ModelImpl {
       in.q = apply_rope(q, rope);
       in.k = apply_rope(k, rope);
       in.v = v;
+      if (o.cache) std::tie(in.k, in.v) = o.cache->append(i, in.k, in.v);
       in.scale = 1.0 / std::sqrt(static_cast<double>(D));
       if (o.observer) o.observer(in);
       auto a = attention->attend(in);
@@ -126,6 +130,7 @@ class Qwen3ModelImpl {
       h = rms_norm(x, p(pre + "post_attention_layernorm.weight"));
       x = x + (cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(h, pre + "mlp."));
     }
+    if (o.cache) o.cache->advance(T);
     if (o.stop_after_layer >= 0 && last < cfg.num_hidden_layers - 1) return x;
     x = rms_norm(x, p("model.norm.weight"));
     if (o.return_hidden) return x;

@@ -1,0 +1,76 @@
+// KV cache, chunked prefill and greedy generation against references made by HF transformers.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "model/model_fixtures.h"
+#include "rtp/model/qwen3.h"
+#include "rtp/torch/tensor_io.h"
+
+namespace {
+
+class Generation : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Generation, GreedyTokensMatchTransformers) {
+  const std::string dir = rtp::testing::model_fixture_dir(GetParam());
+  torch::Tensor prompt, expected;
+  for (auto& [n, t] : rtp::read_all_tensors(dir + "/generation.safetensors")) {
+    if (n == "prompt_ids") prompt = t;
+    if (n == "output_ids") expected = t;
+  }
+  ASSERT_TRUE(prompt.defined() && expected.defined());
+  auto model = rtp::model::load_qwen3(dir, torch::kCPU, torch::kFloat32);
+  const int64_t new_tokens = expected.size(1) - prompt.size(1);
+  for (int64_t chunk : {int64_t(4096), int64_t(5)}) {
+    auto out = rtp::model::generate_greedy(model, prompt, new_tokens, {}, chunk);
+    EXPECT_TRUE(torch::equal(out, expected)) << "prefill chunk " << chunk << "\nours " << out << "\nHF " << expected;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Generation, ::testing::ValuesIn(rtp::testing::model_fixture_names()),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (auto& c : s)
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return s;
+                         });
+
+TEST(KVCache, ChunkedPrefillEqualsOneShot) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-moe-tiny"), torch::kCPU, torch::kFloat32);
+  auto ids = torch::randint(0, model.config().vocab_size, {2, 45}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  auto whole = model.forward(ids);
+  for (int64_t chunk : {1, 7, 16}) {
+    rtp::model::KVCache cache(model.config().num_hidden_layers);
+    rtp::model::ForwardOptions o;
+    o.cache = &cache;
+    std::vector<torch::Tensor> parts;
+    for (int64_t c = 0; c < ids.size(1); c += chunk)
+      parts.push_back(model.forward(ids.narrow(1, c, std::min(chunk, ids.size(1) - c)), o));
+    auto chunked = torch::cat(parts, 1);
+    EXPECT_LE((chunked - whole).abs().max().item<double>(), 1e-4) << "chunk " << chunk;
+    EXPECT_EQ(cache.length(), ids.size(1));
+    // k and v of every layer: [B, Hkv, T, D] floats.
+    const auto& c = model.config();
+    EXPECT_EQ(cache.bytes(), 2 * c.num_hidden_layers * 2 * c.num_key_value_heads * ids.size(1) * c.head_dim * 4);
+  }
+}
+
+TEST(Generation, StopTokenEndsASequence) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  auto prompt = torch::randint(0, model.config().vocab_size, {1, 9}, torch::kInt64);
+  auto free_run = rtp::model::generate_greedy(model, prompt, 12);
+  const int64_t stop = free_run[0][9 + 3].item<int64_t>();  // the 4th generated token
+  auto stopped = rtp::model::generate_greedy(model, prompt, 12, {stop});
+  // Generation ends at the first occurrence of the stop token, which is kept.
+  int64_t first = -1;
+  for (int64_t t = 9; t < free_run.size(1); ++t)
+    if (free_run[0][t].item<int64_t>() == stop) {
+      first = t;
+      break;
+    }
+  ASSERT_GE(first, 9);
+  EXPECT_EQ(stopped.size(1), first + 1);
+  EXPECT_TRUE(torch::equal(stopped, free_run.narrow(1, 0, first + 1)));
+}
+
+}  // namespace
