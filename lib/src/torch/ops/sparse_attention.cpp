@@ -45,7 +45,8 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
             "select_blocks: index_k must be [R, T, 16] matching index_q ", index_q.sizes(), ", found ", index_k.sizes());
   RTP_CHECK(index_q.device() == index_k.device(), "select_blocks: index_q and index_k on different devices");
   const int64_t T = index_q.size(2), nb = (T + cfg.block_size - 1) / cfg.block_size;
-  if (max_blocks <= 0) max_blocks = nb;
+  // n_blocks never cuts; short sequences (one or two blocks) still need room for the forced blocks.
+  if (max_blocks <= 0) max_blocks = std::max<int64_t>(nb, cfg.local_blocks + 1);
   const bool cuda = on_cuda(index_q, "select_blocks");
   torch::Tensor iq = index_q.contiguous(), ik = index_k.contiguous();
   if (!cuda) iq = iq.to(torch::kFloat32), ik = ik.to(torch::kFloat32);
