@@ -5,6 +5,7 @@
 
 #include "main_guard.h"
 #include "rtp/eval/logits_task.h"
+#include "rtp/eval/ruler_eval.h"
 #include "rtp/eval/toy_eval.h"
 #include "rtp/torch/run_context.h"
 
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
     cxxopts::Options opts("rtpurbo-eval", "Evaluate a Qwen3 / converted RTPurbo model on a task.");
     // clang-format off
     opts.add_options()
-      ("task", "task: logits or toy", cxxopts::value<std::string>()->default_value("logits"))
+      ("task", "task: logits, toy or ruler", cxxopts::value<std::string>()->default_value("logits"))
       ("model", "model directory (Hugging Face layout or converted)", cxxopts::value<std::string>())
       ("input", "logits: safetensors with int64 input_ids [B, T]", cxxopts::value<std::string>())
       ("out", "logits: output safetensors (float32 logits [B, T, V])", cxxopts::value<std::string>())
@@ -52,6 +53,13 @@ int main(int argc, char** argv) {
       ("device", "cpu, cuda, cuda:N or auto", cxxopts::value<std::string>()->default_value("cpu"))
       ("dtype", "float32, bfloat16 or float16", cxxopts::value<std::string>()->default_value("float32"))
       ("seed", "random seed", cxxopts::value<uint64_t>()->default_value("1234"))
+      ("tasks", "ruler: comma-separated tasks, e.g. ruler:niah_single_1,ruler:vt", cxxopts::value<std::string>())
+      ("tokenizer", "ruler: tokenizer.json or its directory (default: the model's)", cxxopts::value<std::string>())
+      ("essay", "ruler: plain-text haystack for the essay tasks", cxxopts::value<std::string>())
+      ("dense", "ruler: evaluate the dense model only")
+      ("sparse", "ruler: evaluate the sparse model only")
+      ("both", "ruler: dense and sparse (the default)")
+      ("dump-prompts", "ruler: write the prompts and answers as JSONL here", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
     auto args = opts.parse(argc, argv);
@@ -92,6 +100,23 @@ int main(int argc, char** argv) {
       rtp::eval::run_toy_eval(o, ctx);
       return 0;
     }
-    throw rtp::Error("unknown --task '" + task + "': expected one of logits, toy");
+    if (task == "ruler") {
+      rtp::eval::RulerEvalOptions o;
+      if (args.count("model")) o.model_dir = args["model"].as<std::string>();
+      if (args.count("tokenizer")) o.tokenizer = args["tokenizer"].as<std::string>();
+      o.tasks = rtp::eval::parse_ruler_tasks(need("tasks"));
+      o.lengths = parse_lengths(need("lengths"));
+      o.samples = args["samples"].as<int64_t>();
+      if (args.count("essay")) o.essay_file = args["essay"].as<std::string>();
+      if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
+      if (args.count("out-dir") && !args["out-dir"].has_default()) o.out_dir = args["out-dir"].as<std::string>();
+      o.dense = !args.count("sparse") || args.count("both");
+      o.sparse = !args.count("dense") || args.count("both");
+      if (o.model_dir.empty() && o.dump_prompts.empty())
+        throw rtp::Error("--task ruler needs --model (to evaluate) or --dump-prompts (to write the prompts)");
+      rtp::eval::run_ruler_eval(o, ctx);
+      return 0;
+    }
+    throw rtp::Error("unknown --task '" + task + "': expected one of logits, toy, ruler");
   });
 }

@@ -35,7 +35,15 @@ uint64_t task_seed(const std::string& task, uint64_t seed, int64_t index) {
   return mix(mix(seed ^ h) + static_cast<uint64_t>(index));
 }
 
-const char* kNoise = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+
+// The noise haystack in single sentences (cycled), so that the fitted size moves in steps of a few tokens.
+std::vector<std::string> noise_units(int64_t n) {
+  static const std::vector<std::string> sentences = {"The grass is green.", "The sky is blue.", "The sun is yellow.",
+                                                     "Here we go.", "There and back again."};
+  std::vector<std::string> u;
+  for (int64_t i = 0; i < n; ++i) u.push_back(sentences[i % sentences.size()]);
+  return u;
+}
 
 // Our own small lists: adjective-noun keys only need to be distinct and word-like.
 const std::vector<std::string> kAdjectives = {
@@ -182,8 +190,7 @@ Builder niah_builder(const std::string& task, const NiahSpec& s, const RulerOpti
     for (int i = 0; i < s.q; ++i) answers.insert(answers.end(), values[i].begin(), values[i].end());
     std::vector<std::string> units;
     if (s.hay == Hay::NOISE) {
-      units.assign(n, kNoise);
-      units = insert_at_random(units, needles, r, false);
+      units = insert_at_random(noise_units(n), needles, r, false);
     } else if (s.hay == Hay::NEEDLE) {
       for (int64_t i = 0; i < n; ++i)
         units.push_back("One of the special magic " + type_v + " for " + draw(s.key, r) + " is: " + draw(s.value, r) + ".");
@@ -226,7 +233,7 @@ Builder vt_builder(uint64_t seed) {
     const std::string value = std::to_string(10000 + r.below(90000));
     std::vector<std::string> chain{"VAR " + names[0] + " = " + value + "."};
     for (int i = 1; i < 5; ++i) chain.push_back("VAR " + names[i] + " = VAR " + names[i - 1] + ".");
-    auto units = insert_at_random(std::vector<std::string>(n, kNoise), chain, r, true);
+    auto units = insert_at_random(noise_units(n), chain, r, true);
     Built b;
     b.prompt = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n" +
                padding(pad) + join(units, " ") + "\nQuestion: Find all variables that are assigned the value " + value +

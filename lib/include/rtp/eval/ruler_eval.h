@@ -1,0 +1,29 @@
+#pragma once
+// `rtpurbo-eval --task ruler`: RULER-style prompts (rtp/text/ruler.h) at exact lengths, greedy generation with the
+// dense and/or sparse model, string-match scoring; results JSON, and the prompts as JSONL for other tools.
+#include <string>
+#include <vector>
+
+#include "rtp/torch/run_context.h"
+
+namespace rtp::eval {
+
+struct RulerEvalOptions {
+  std::string model_dir;        // empty: only write prompts (--dump-prompts)
+  std::string tokenizer;        // tokenizer.json or its directory; default: the model's
+  std::vector<std::string> tasks;  // names without the "ruler:" prefix
+  std::vector<int64_t> lengths;
+  int64_t samples = 4;
+  std::string essay_file;       // haystack for the essay tasks
+  bool dense = true, sparse = true;
+  std::string out_dir = "runs/eval-ruler";
+  std::string dump_prompts;     // JSONL path, or empty
+  int64_t prefill_chunk = 4096;
+};
+
+// "ruler:niah_single_1,ruler:vt" -> {"niah_single_1", "vt"}; unknown names are errors listing the valid ones.
+std::vector<std::string> parse_ruler_tasks(const std::string& spec);
+
+void run_ruler_eval(const RulerEvalOptions& options, const RunContext& ctx);
+
+}  // namespace rtp::eval

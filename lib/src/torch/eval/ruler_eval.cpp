@@ -1,0 +1,160 @@
+#include "rtp/eval/ruler_eval.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "rtp/core/error.h"
+#include "rtp/core/file_io.h"
+#include "rtp/sparse/converted_model.h"
+#include "rtp/sparse/sparse_cache.h"
+#include "rtp/text/ruler.h"
+
+namespace rtp::eval {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::vector<std::string> parse_ruler_tasks(const std::string& spec) {
+  std::vector<std::string> out;
+  std::stringstream ss(spec);
+  const auto& valid = text::ruler::task_names();
+  for (std::string item; std::getline(ss, item, ',');) {
+    if (item.rfind("ruler:", 0) == 0) item = item.substr(6);
+    if (item.empty()) continue;
+    if (std::find(valid.begin(), valid.end(), item) == valid.end()) {
+      std::string list;
+      for (const auto& v : valid) list += (list.empty() ? "ruler:" : ", ruler:") + v;
+      RTP_THROW("unknown task '", item, "' in --tasks: expected ", list);
+    }
+    out.push_back(item);
+  }
+  RTP_CHECK(!out.empty(), "--tasks is empty: expected e.g. ruler:niah_single_1,ruler:vt");
+  return out;
+}
+
+namespace {
+
+struct Generated {
+  std::vector<int32_t> tokens;
+  double prefill_s = 0, decode_s = 0;
+  int64_t kv_bytes = 0;
+};
+
+std::vector<int32_t> tail_tokens(const torch::Tensor& out, int64_t from) {
+  std::vector<int32_t> t;
+  for (int64_t i = from; i < out.size(1); ++i) t.push_back(static_cast<int32_t>(out[0][i].item<int64_t>()));
+  return t;
+}
+
+Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int64_t n, int64_t chunk) {
+  Generated g;
+  auto t0 = std::chrono::steady_clock::now();
+  auto out = model::generate_greedy(m, prompt, n, {}, chunk);
+  g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  g.tokens = tail_tokens(out, prompt.size(1));
+  const auto& c = m.config();
+  g.kv_bytes = c.num_hidden_layers * c.num_key_value_heads * out.size(1) * 2 * c.head_dim *
+               static_cast<int64_t>(torch::elementSize(m.dtype()));
+  return g;
+}
+
+Generated generate_sparse(sparse::ConvertedModel& cm, const torch::Tensor& prompt, int64_t n) {
+  Generated g;
+  torch::NoGradGuard no_grad;
+  sparse::SparseCache cache(cm.model.config(), cm.heads, cm.settings, cm.indexer.named_parameters().empty() ? nullptr : &cm.indexer,
+                            prompt.size(1) + n, cm.model.device(), cm.model.dtype());
+  auto t0 = std::chrono::steady_clock::now();
+  auto logits = cm.model.forward(prompt.to(cm.model.device()), cache.options());
+  auto t1 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < n; ++i) {
+    auto next = logits.select(1, logits.size(1) - 1).argmax(-1);
+    g.tokens.push_back(static_cast<int32_t>(next.item<int64_t>()));
+    if (i + 1 < n) logits = cm.model.forward(next.view({1, 1}), cache.options());
+  }
+  g.prefill_s = std::chrono::duration<double>(t1 - t0).count();
+  g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  g.kv_bytes = cache.bytes();
+  return g;
+}
+
+}  // namespace
+
+void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
+  RTP_CHECK(!o.lengths.empty() && o.samples > 0, "ruler eval needs --lengths and a positive --samples");
+  std::string tok_path = o.tokenizer.empty() ? o.model_dir : o.tokenizer;
+  RTP_CHECK(!tok_path.empty(), "ruler eval needs --tokenizer DIR (or --model DIR holding tokenizer.json)");
+  auto tok = text::Tokenizer::from_file(tok_path);
+  text::ruler::RulerOptions ro;
+  ro.seed = ctx.seed;
+  if (!o.essay_file.empty()) ro.essay_text = read_text_file(o.essay_file);
+
+  std::unique_ptr<sparse::ConvertedModel> cm;
+  if (!o.model_dir.empty()) {
+    RTP_CHECK(sparse::is_converted_model_dir(o.model_dir) || !o.sparse, "'", o.model_dir, "' is not a converted model ",
+              "(no rtpurbo.json): evaluate it with --dense, or convert it with rtpurbo-export first");
+    if (sparse::is_converted_model_dir(o.model_dir)) {
+      cm = std::make_unique<sparse::ConvertedModel>(sparse::load_converted(o.model_dir, ctx.device, ctx.dtype));
+    } else {
+      cm = std::make_unique<sparse::ConvertedModel>(sparse::ConvertedModel{
+          model::load_qwen3(o.model_dir, ctx.device, ctx.dtype), sparse::HeadMap{}, sparse::SparseSettings{}, sparse::Indexer{}});
+    }
+    RTP_CHECK(cm->model.config().vocab_size >= tok.vocab_size(), "model '", o.model_dir, "' has vocab_size ",
+              cm->model.config().vocab_size, " but the tokenizer '", tok_path, "' has ", tok.vocab_size(),
+              " tokens: they do not belong together");
+  }
+  std::string dump;
+  json results = json::array();
+  for (const auto& task : o.tasks)
+    for (int64_t len : o.lengths) {
+      ro.max_seq_length = len;
+      json row = {{"task", task}, {"length", len}};
+      double dense_sum = 0, sparse_sum = 0;
+      for (int64_t i = 0; i < o.samples; ++i) {
+        auto s = text::ruler::generate_sample(task, tok, ro, i);
+        std::cerr << "ruler " << task << " @" << len << ": sample " << i + 1 << "/" << o.samples << "\n";
+        if (!o.dump_prompts.empty())
+          dump += json({{"task", task}, {"length", len}, {"index", i}, {"input", s.prompt}, {"outputs", s.answers},
+                        {"tokens_to_generate", s.tokens_to_generate}}).dump() + "\n";
+        if (!cm) continue;
+        auto ids = torch::tensor(std::vector<int64_t>(s.prompt_ids.begin(), s.prompt_ids.end())).view({1, -1});
+        if (o.dense) {
+          auto g = generate_dense(cm->model, ids, s.tokens_to_generate, o.prefill_chunk);
+          dense_sum += text::ruler::score(s, tok.decode(g.tokens, true));
+          row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.decode_s;
+          row["dense_kv_bytes"] = g.kv_bytes;
+        }
+        if (o.sparse) {
+          auto g = generate_sparse(*cm, ids, s.tokens_to_generate);
+          sparse_sum += text::ruler::score(s, tok.decode(g.tokens, true));
+          row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
+          row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
+          row["sparse_kv_bytes"] = g.kv_bytes;
+        }
+      }
+      if (cm && o.dense) row["dense_accuracy"] = dense_sum / o.samples;
+      if (cm && o.sparse) row["sparse_accuracy"] = sparse_sum / o.samples;
+      results.push_back(row);
+    }
+  if (!o.dump_prompts.empty()) {
+    write_file_atomic(o.dump_prompts, dump);
+    std::cerr << "wrote prompts to " << o.dump_prompts << "\n";
+  }
+  if (cm) {
+    make_directories(o.out_dir);
+    const std::string path = (fs::path(o.out_dir) / "ruler.json").string();
+    write_json_atomic(path, {{"model", o.model_dir}, {"seed", ctx.seed}, {"samples", o.samples}, {"results", results}});
+    std::cout << "task               length   dense   sparse\n";
+    for (const auto& r : results)
+      std::printf("%-18s %6lld  %6s  %6s\n", r["task"].get<std::string>().c_str(), static_cast<long long>(r["length"].get<int64_t>()),
+                  r.contains("dense_accuracy") ? std::to_string(r["dense_accuracy"].get<double>()).substr(0, 5).c_str() : "-",
+                  r.contains("sparse_accuracy") ? std::to_string(r["sparse_accuracy"].get<double>()).substr(0, 5).c_str() : "-");
+    std::cout << "results: " << path << "\n";
+  }
+}
+
+}  // namespace rtp::eval

@@ -1,0 +1,61 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "rtp/core/error.h"
+#include "rtp/eval/ruler_eval.h"
+
+namespace {
+
+const char* kTokenizer = RTP_SOURCE_DIR "/../shared/data/qwen3-tokenizer/tokenizer.json";
+
+TEST(RulerEval, TaskListParsing) {
+  EXPECT_EQ(rtp::eval::parse_ruler_tasks("ruler:niah_single_1,vt"), (std::vector<std::string>{"niah_single_1", "vt"}));
+  try {
+    rtp::eval::parse_ruler_tasks("ruler:needle");
+    FAIL();
+  } catch (const rtp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ruler:niah_multiquery"), std::string::npos) << e.what();
+  }
+}
+
+TEST(RulerEval, DumpPromptsWritesOneLinePerSample) {
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  rtp::eval::RulerEvalOptions o;
+  o.tokenizer = kTokenizer;
+  o.tasks = {"niah_single_1", "fwe"};
+  o.lengths = {1024, 2048};
+  o.samples = 2;
+  o.dump_prompts = std::string(RTP_BINARY_DIR) + "/tmp-ruler-prompts.jsonl";
+  rtp::RunContext ctx;
+  rtp::eval::run_ruler_eval(o, ctx);
+  std::ifstream in(o.dump_prompts);
+  int lines = 0;
+  for (std::string line; std::getline(in, line); ++lines) {
+    auto j = nlohmann::json::parse(line);
+    EXPECT_TRUE(j.contains("input") && j.contains("outputs") && j.contains("tokens_to_generate"));
+  }
+  EXPECT_EQ(lines, 2 * 2 * 2);
+}
+
+TEST(RulerEval, ModelAndTokenizerMustBelongTogether) {
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  rtp::eval::RulerEvalOptions o;
+  o.model_dir = std::string(RTP_SOURCE_DIR) + "/data/fixtures/models/qwen3-tiny";  // vocab 256
+  o.tokenizer = kTokenizer;
+  o.tasks = {"vt"};
+  o.lengths = {1024};
+  o.dense = true;
+  o.sparse = false;
+  rtp::RunContext ctx;
+  try {
+    rtp::eval::run_ruler_eval(o, ctx);
+    FAIL();
+  } catch (const rtp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("do not belong together"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
