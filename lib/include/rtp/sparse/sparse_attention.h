@@ -38,6 +38,9 @@ class SparseAttention : public model::AttentionSeam {
   const SparseStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
   bool use_kernels = true;  // CUDA: use the CUDA kernels when built with them
+  // Count attended pairs per head. It needs the [Hq, T, T] visibility mask, which the CUDA kernel path otherwise
+  // never builds: turn it off for long sequences (the mask of a 32K-token layer with 32 heads is 32 GB).
+  bool collect_stats = true;
 
  private:
   HeadMap heads_;

@@ -94,32 +94,36 @@ torch::Tensor SparseAttention::attend(const model::LayerAttentionInputs& in) {
     one.v = in.v.narrow(0, b, 1);
     one.q_pre_rope = in.q_pre_rope.narrow(0, b, 1);
     one.k_pre_rope = in.k_pre_rope.narrow(0, b, 1);
-    auto mask = layer_mask(one);  // [Hq, T, T]
-    auto per_head = mask.sum({1, 2}).to(torch::kFloat64).cpu();
-    const double causal_pairs = static_cast<double>(T) * (T + 1) / 2;
-    auto ph = per_head.accessor<double, 1>();
-    for (int64_t h = 0; h < Hq; ++h) {
-      stats_.head_attended[layer][h / G] += ph[h];
-      stats_.head_causal[layer][h / G] += causal_pairs;
-      stats_.attended_pairs += ph[h];
-    }
-    stats_.causal_pairs += causal_pairs * Hq;
-    if (measure_recall_) {
-      const auto ret = heads_.retrieval_heads(layer);
-      torch::NoGradGuard no_grad;
-      for (int64_t g : ret) {
-        auto qh = one.q.narrow(1, g * G, G);
-        auto kh = one.k.narrow(1, g, 1);
-        auto probs = model::causal_attention_probs(qh, kh, in.scale)[0];  // [G, T, T]
-        auto kept = (probs * mask.narrow(0, g * G, G).to(probs.dtype())).sum(-1);  // [G, T]
-        stats_.true_mass_kept += kept.sum().item<double>();
-        stats_.true_mass_queries += static_cast<double>(G * T);
-      }
-    }
-    // CUDA kernels where they apply; the masked SDPA reference otherwise (same visibility rule).
     const bool kernel_ok = use_kernels && kernels::built_with_cuda() && one.q.is_cuda() &&
                            one.q.scalar_type() == torch::kBFloat16 && (one.q.size(3) == 64 || one.q.size(3) == 128) &&
                            settings_.dense_below <= T && indexer_ != nullptr && !settings_.post_rope_indexer;
+    // The mask is needed by the reference path and by the statistics; the kernels never need it.
+    torch::Tensor mask;
+    if (!kernel_ok || collect_stats || measure_recall_) mask = layer_mask(one);  // [Hq, T, T]
+    if (collect_stats || measure_recall_) {
+      auto per_head = mask.sum({1, 2}).to(torch::kFloat64).cpu();
+      const double causal_pairs = static_cast<double>(T) * (T + 1) / 2;
+      auto ph = per_head.accessor<double, 1>();
+      for (int64_t h = 0; h < Hq; ++h) {
+        stats_.head_attended[layer][h / G] += ph[h];
+        stats_.head_causal[layer][h / G] += causal_pairs;
+        stats_.attended_pairs += ph[h];
+      }
+      stats_.causal_pairs += causal_pairs * Hq;
+      if (measure_recall_) {
+        const auto ret = heads_.retrieval_heads(layer);
+        torch::NoGradGuard no_grad;
+        for (int64_t g : ret) {
+          auto qh = one.q.narrow(1, g * G, G);
+          auto kh = one.k.narrow(1, g, 1);
+          auto probs = model::causal_attention_probs(qh, kh, in.scale)[0];  // [G, T, T]
+          auto kept = (probs * mask.narrow(0, g * G, G).to(probs.dtype())).sum(-1);  // [G, T]
+          stats_.true_mass_kept += kept.sum().item<double>();
+          stats_.true_mass_queries += static_cast<double>(G * T);
+        }
+      }
+    }
+    // CUDA kernels where they apply; the masked SDPA reference otherwise (same visibility rule).
     if (kernel_ok) {
       std::vector<kernels::HeadKind> kinds(Hkv, kernels::HeadKind::STREAMING);
       for (int64_t g : heads_.retrieval_heads(layer)) kinds[g] = kernels::HeadKind::RETRIEVAL;
