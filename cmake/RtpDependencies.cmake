@@ -26,3 +26,13 @@ find_package(Threads REQUIRED)
 # ICU: NFC normalisation and Unicode general categories for the tokenizer's pre-tokenizer regex.
 find_package(ICU REQUIRED COMPONENTS uc i18n)
 set(RTP_CORE_EXTRA_LIBS ICU::uc ICU::i18n)
+# Gloo headers (Debian's libgloo-dev): the PyPI libtorch ships ProcessGroupGloo.hpp but not the gloo headers it
+# includes. With them, distributed training runs over c10d ProcessGroupGloo (CPU, and GPU tensors via copies).
+find_path(RTP_GLOO_INCLUDE_DIR gloo/algorithm.h)
+if(RTP_GLOO_INCLUDE_DIR)
+  set(RTPURBO_WITH_GLOO ON)
+  message(STATUS "rtpurbo: distributed training over c10d Gloo (gloo headers in ${RTP_GLOO_INCLUDE_DIR})")
+else()
+  set(RTPURBO_WITH_GLOO OFF)
+  message(STATUS "rtpurbo: no gloo headers (apt-get install libgloo-dev): single-process training only")
+endif()

@@ -3,7 +3,7 @@
 # Fresh Debian 12: apt packages for the C++ dependencies, libtorch from PyPI's torch==2.11.0 (CUDA 13 build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PACKAGES="cmake ninja-build g++ python3-pip libyaml-cpp-dev libcxxopts-dev libhdf5-dev libgtest-dev nlohmann-json3-dev libicu-dev"
+APT_PACKAGES="cmake ninja-build g++ python3-pip libyaml-cpp-dev libcxxopts-dev libhdf5-dev libgtest-dev nlohmann-json3-dev libicu-dev libgloo-dev"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

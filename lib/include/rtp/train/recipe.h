@@ -37,6 +37,8 @@ using rtp::config::range;
   X("run", int64_t, eval_every, 250, at_least(0), "toy exact-match accuracy every N steps (0: only at the end)")     \
   X("run", int64_t, eval_samples, 64, at_least(1), "held-out toy sequences per evaluation")                         \
   X("run", int64_t, keep_checkpoints, 2, at_least(1), "how many of the newest checkpoints to keep")                  \
+  X("run", int64_t, dist_timeout_s, 300, at_least(1),                                                              \
+    "distributed runs: a rendezvous or collective that waits longer than this ends the job, naming the rank")      \
   X("run", std::string, save_dtype, "bfloat16", one_of({"float32", "bfloat16", "float16"}),                         \
     "dtype of the final Hugging Face checkpoint (out_dir/model)")                                                    \
   /* model */                                                                                                        \

@@ -10,6 +10,7 @@
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/data/toy_task.h"
+#include "rtp/dist/distributed.h"
 #include "rtp/model/qwen3.h"
 #include "rtp/sparse/indexer_checkpoint.h"
 #include "rtp/sparse/indexer_training.h"
@@ -70,8 +71,10 @@ struct StepLoss {
   double recall = 0;
 };
 
+// `first_row`: the global index of this rank's first sequence, so that query positions do not depend on how the
+// global batch is split over ranks.
 StepLoss indexer_loss(const sparse::Indexer& indexer, const std::vector<LayerCapture>& caps, const TrainConfig& cfg,
-                      uint64_t position_seed, bool want_recall) {
+                      uint64_t position_seed, bool want_recall, int64_t first_row) {
   const auto& heads = indexer.heads();
   const int64_t G = heads.group_size;
   torch::Tensor total;
@@ -84,7 +87,8 @@ StepLoss indexer_loss(const sparse::Indexer& indexer, const std::vector<LayerCap
     const int64_t B = c.q.size(0), T = c.q.size(2);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t first = std::min<int64_t>(T - 1, std::max<int64_t>(1, cfg.block_size));
-      auto pos = sample_positions(T, first, cfg.kl_query_samples, position_seed + 7919 * b + 104729 * l, c.q.device());
+      auto pos = sample_positions(T, first, cfg.kl_query_samples, position_seed + 7919 * (first_row + b) + 104729 * l,
+                                  c.q.device());
       auto iq = indexer.index_queries(l, c.q_index.narrow(0, b, 1).index_select(2, pos))[0];  // [n, G, Nq, d]
       auto ik = indexer.index_keys(l, c.k_index.narrow(0, b, 1))[0];                          // [n, T, d]
       for (size_t r = 0; r < ret.size(); ++r) {
@@ -123,18 +127,29 @@ std::string fmt(const char* f, double v) {
 
 void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   validate(cfg, "indexer");
+  const dist::DistEnv env = dist::read_dist_env();
+  dist::Distributed world(env, std::chrono::seconds(cfg.dist_timeout_s));
+  ctx.rank = env.rank;
+  ctx.world_size = env.world_size;
+  if (ctx.device.is_cuda() && env.distributed()) ctx.device = torch::Device(torch::kCUDA, env.local_rank);
+  RTP_CHECK(cfg.batch_size % env.world_size == 0, "batch_size=", cfg.batch_size, " is the global batch and must be a ",
+            "multiple of WORLD_SIZE=", env.world_size);
+  const int64_t local_batch = cfg.batch_size / env.world_size;
+  const bool lead = env.rank == 0;
   RTP_CHECK(!cfg.model_dir.empty(), "stage 'indexer' needs model_dir (the frozen model whose indexer is trained)");
   RTP_CHECK(cfg.data == "toy", "stage 'indexer' currently trains on the toy task (data: toy); data '", cfg.data,
             "' needs the text loader of the RULER issue");
-  make_directories(cfg.out_dir);
+  if (lead) make_directories(cfg.out_dir);
   if (ctx.device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
-  std::cerr << "indexer: seed " << cfg.seed << ", device " << ctx.device << ", model " << cfg.model_dir << "\n";
+  if (lead)
+    std::cerr << "indexer: seed " << cfg.seed << ", device " << ctx.device << ", model " << cfg.model_dir << ", "
+              << env.world_size << " rank(s) (" << env.source << "), " << local_batch << " sequences per rank\n";
 
   auto model = model::load_qwen3(cfg.model_dir, ctx.device, ctx.dtype);
   for (auto& kv : model.named_parameters()) kv.second.requires_grad_(false);
   const auto& mc = model.config();
   const sparse::HeadMap heads = resolve_training_heads(cfg, mc, ctx);
-  std::cerr << "indexer: " << heads.count_retrieval() << " of " << heads.num_layers * heads.num_kv_heads
+  if (lead) std::cerr << "indexer: " << heads.count_retrieval() << " of " << heads.num_layers * heads.num_kv_heads
             << " KV heads are retrieval heads" << (cfg.heads_random ? " (random baseline)" : "") << "\n";
   const bool post_rope = cfg.indexer_position == "post_rope";
   sparse::SparseSettings settings;
@@ -162,6 +177,11 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   }
   indexer.to(ctx.device, torch::kFloat32);
   NamedParams params = indexer.named_parameters();
+  {
+    std::vector<torch::Tensor> ps;
+    for (auto& kv : params) ps.push_back(kv.second);
+    world.broadcast(ps);  // identical already (same calibration data); made certain
+  }
   for (auto& kv : params) kv.second.requires_grad_(true);
   std::vector<torch::Tensor> trainable;
   for (auto& kv : params) trainable.push_back(kv.second);
@@ -176,8 +196,8 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
       auto st = load_checkpoint(*dir, params, optimizer);
       step = st.step;
       cursor = st.data_cursor;
-      std::cerr << "indexer: resumed from " << *dir << " at step " << step << "\n";
-    } else {
+      if (lead) std::cerr << "indexer: resumed from " << *dir << " at step " << step << "\n";
+    } else if (lead) {
       std::cerr << "indexer: --resume given but " << cfg.out_dir << " has no checkpoint; starting at step 0\n";
     }
   }
@@ -188,17 +208,32 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   for (; step < stop; ++step) {
     const double lr = lr_at_step(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-    auto samples = training_samples(task, cfg, kTrainStream, cursor, cfg.batch_size);
+    // Each rank reads its own slice of the global batch: samples cursor + rank * local_batch, ...
+    auto samples = training_samples(task, cfg, kTrainStream, cursor + env.rank * local_batch, local_batch);
     cursor += cfg.batch_size;
     auto caps = capture_layers(model, heads, data::stack_ids(samples), post_rope);
     const bool log_now = (step + 1) % cfg.log_every == 0 || step + 1 == cfg.steps || step == 0;
-    auto res = indexer_loss(indexer, caps, cfg, static_cast<uint64_t>(cfg.seed) * 1000003ULL + step, log_now);
+    auto res = indexer_loss(indexer, caps, cfg, static_cast<uint64_t>(cfg.seed) * 1000003ULL + step, log_now,
+                            env.rank * local_batch);
     optimizer.zero_grad();
     res.loss.backward();
+    if (env.distributed()) {
+      // Every rank's loss is the mean over its equal share of the global batch: the mean of the gradients is the
+      // gradient of the global mean.
+      std::vector<torch::Tensor> grads;
+      for (auto& p : trainable) grads.push_back(p.grad());
+      world.allreduce_mean(grads);
+    }
     if (cfg.grad_clip > 0) torch::nn::utils::clip_grad_norm_(trainable, cfg.grad_clip);
     optimizer.step();
     tokens_since += cfg.batch_size * cfg.seq_len;
-    if (log_now) {
+    if (log_now && env.distributed()) {
+      const double loss = world.allreduce_mean(res.loss.item<double>());
+      const double recall = world.allreduce_mean(res.recall);
+      res.loss = torch::tensor(loss);
+      res.recall = recall;
+    }
+    if (log_now && lead) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::cerr << "indexer step " << step + 1 << "/" << cfg.steps << "  kl " << fmt("%.4f", res.loss.item<double>())
                 << "  recall@p" << cfg.top_p << " " << fmt("%.3f", res.recall) << "  lr " << fmt("%.2e", lr)
@@ -206,7 +241,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
       t0 = std::chrono::steady_clock::now();
       tokens_since = 0;
     }
-    if (cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps) {
+    if (lead && cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps) {
       CheckpointState st;
       st.step = step + 1;
       st.data_cursor = cursor;
@@ -216,6 +251,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     }
   }
   if (step < cfg.steps) {
+    if (!lead) return;
     CheckpointState st;
     st.step = step;
     st.data_cursor = cursor;
@@ -226,6 +262,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     return;
   }
 
+  if (!lead) return;
   // Block-level check on held-out sequences: the selection the sparse forward will really use.
   {
     torch::NoGradGuard no_grad;

@@ -1,0 +1,171 @@
+#include "rtp/dist/distributed.h"
+
+#include <torch/torch.h>
+
+#include <cstdlib>
+
+#include "rtp/core/error.h"
+
+#ifdef RTPURBO_WITH_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+
+namespace rtp::dist {
+
+namespace {
+
+// c10 errors carry a C++ backtrace in what(); users need the message.
+std::string message_of(const std::exception& e) {
+  if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+const char* env_or_null(const char* name) {
+  const char* v = std::getenv(name);
+  return (v && *v) ? v : nullptr;
+}
+
+int env_int(const char* name, const char* value, int lo, int hi) {
+  char* end = nullptr;
+  const long v = std::strtol(value, &end, 10);
+  RTP_CHECK(end && *end == '\0' && v >= lo && v <= hi, "environment variable ", name, "='", value,
+            "' must be an integer in [", lo, ", ", hi, "]");
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+DistEnv read_dist_env() {
+  DistEnv e;
+  const char* rank = env_or_null("RANK");
+  const char* world = env_or_null("WORLD_SIZE");
+  if (rank || world) {
+    RTP_CHECK(rank && world, "torchrun environment incomplete: RANK and WORLD_SIZE must both be set (found ",
+              rank ? "RANK" : "WORLD_SIZE", " only)");
+    e.source = "torchrun";
+    e.world_size = env_int("WORLD_SIZE", world, 1, 1 << 20);
+    e.rank = env_int("RANK", rank, 0, e.world_size - 1);
+    if (const char* lr = env_or_null("LOCAL_RANK")) e.local_rank = env_int("LOCAL_RANK", lr, 0, 1 << 20);
+  } else if (const char* procid = env_or_null("SLURM_PROCID")) {
+    const char* ntasks = env_or_null("SLURM_NTASKS");
+    RTP_CHECK(ntasks, "SLURM_PROCID is set but SLURM_NTASKS is not");
+    e.source = "slurm";
+    e.world_size = env_int("SLURM_NTASKS", ntasks, 1, 1 << 20);
+    e.rank = env_int("SLURM_PROCID", procid, 0, e.world_size - 1);
+    if (const char* lid = env_or_null("SLURM_LOCALID")) e.local_rank = env_int("SLURM_LOCALID", lid, 0, 1 << 20);
+  } else {
+    e.source = "single";
+    return e;
+  }
+  if (e.world_size > 1) {
+    const char* addr = env_or_null("MASTER_ADDR");
+    const char* port = env_or_null("MASTER_PORT");
+    RTP_CHECK(addr, "WORLD_SIZE=", e.world_size, " (", e.source, ") but MASTER_ADDR is not set: give the address of ",
+              "rank 0 (torchrun sets it; under SLURM export it, e.g. the first host of SLURM_JOB_NODELIST)");
+    RTP_CHECK(port, "WORLD_SIZE=", e.world_size, " but MASTER_PORT is not set: give a free TCP port on rank 0's host");
+    e.master_addr = addr;
+    e.master_port = env_int("MASTER_PORT", port, 1, 65535);
+  }
+  return e;
+}
+
+#ifdef RTPURBO_WITH_GLOO
+class ProcessGroup {
+ public:
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+bool distributed_available() { return true; }
+#else
+class ProcessGroup {};
+bool distributed_available() { return false; }
+#endif
+
+Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout) : env_(env), timeout_(timeout) {
+  if (!env.distributed()) return;
+#ifdef RTPURBO_WITH_GLOO
+  pg_ = std::make_unique<ProcessGroup>();
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<uint16_t>(env.master_port);
+  so.isServer = env.rank == 0;
+  so.numWorkers = env.world_size;
+  so.timeout = timeout;
+  try {
+    pg_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    pg_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(pg_->store, env.rank, env.world_size, opts);
+  } catch (const std::exception& e) {
+    RTP_THROW("rank ", env.rank, " of ", env.world_size, ": rendezvous at ", env.master_addr, ":", env.master_port,
+              " failed within ", timeout.count() / 1000, " s (did every rank start, with the same WORLD_SIZE?): ", message_of(e));
+  }
+#else
+  RTP_THROW("WORLD_SIZE=", env.world_size, " but this build has no process-group backend: install libgloo-dev and "
+            "rebuild (scripts/setup.sh does both)");
+#endif
+}
+
+Distributed::~Distributed() = default;
+
+#ifdef RTPURBO_WITH_GLOO
+namespace {
+template <typename F>
+void collective(const DistEnv& env, std::chrono::milliseconds timeout, const char* what, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    RTP_THROW("rank ", env.rank, " of ", env.world_size, ": ", what, " failed or timed out after ", timeout.count() / 1000,
+              " s; another rank probably died or hangs (", message_of(e), ")");
+  }
+}
+}  // namespace
+#endif
+
+void Distributed::allreduce_mean(const std::vector<torch::Tensor>& tensors) {
+  if (!env_.distributed() || tensors.empty()) return;
+#ifdef RTPURBO_WITH_GLOO
+  std::vector<torch::Tensor> flat_parts;
+  for (const auto& t : tensors) flat_parts.push_back(t.detach().reshape(-1).to(torch::kCPU, torch::kFloat32));
+  std::vector<at::Tensor> bucket{torch::cat(flat_parts)};
+  collective(env_, timeout_, "allreduce", [&] { pg_->pg->allreduce(bucket)->wait(timeout_); });
+  bucket[0].div_(env_.world_size);
+  int64_t offset = 0;
+  torch::NoGradGuard no_grad;
+  for (const auto& t : tensors) {
+    const int64_t n = t.numel();
+    t.copy_(bucket[0].narrow(0, offset, n).view(t.sizes()));
+    offset += n;
+  }
+#endif
+}
+
+double Distributed::allreduce_mean(double value) {
+  if (!env_.distributed()) return value;
+  auto t = torch::tensor({value}, torch::kFloat64);
+  allreduce_mean(std::vector<torch::Tensor>{t});
+  return t.item<double>();
+}
+
+void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
+  if (!env_.distributed()) return;
+#ifdef RTPURBO_WITH_GLOO
+  for (const auto& t : tensors) {
+    std::vector<at::Tensor> one{t.detach().to(torch::kCPU).contiguous()};
+    c10d::BroadcastOptions bo;
+    bo.rootRank = root;
+    collective(env_, timeout_, "broadcast", [&] { pg_->pg->broadcast(one, bo)->wait(timeout_); });
+    torch::NoGradGuard no_grad;
+    t.copy_(one[0]);
+  }
+#endif
+}
+
+void Distributed::barrier() {
+  if (!env_.distributed()) return;
+#ifdef RTPURBO_WITH_GLOO
+  collective(env_, timeout_, "barrier", [&] { pg_->pg->barrier()->wait(timeout_); });
+#endif
+}
+
+}  // namespace rtp::dist
