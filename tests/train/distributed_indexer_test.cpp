@@ -12,6 +12,7 @@
 #include "rtp/core/file_io.h"
 #include "rtp/dist/distributed.h"
 #include "rtp/torch/tensor_io.h"
+#include "rtp/train/checkpoint.h"
 
 namespace {
 
@@ -36,6 +37,7 @@ int free_port() {
 class DistributedIndexer : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    rtp::train::remove_directory_tree(kDir);  // runs of an earlier invocation would be resumed or compared
     rtp::make_directories(kDir);
     std::ofstream(kDir + "/recipe.yaml") << "stage: indexer\ndevice: cpu\nseed: 5\nmodel_dir: " << kModel
                                          << "\nheads_file: " << kDir << "/heads.h5\n"
