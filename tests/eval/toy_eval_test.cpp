@@ -23,14 +23,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using rtp::sparse::HeadMap;
 
-int rm_entry(const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }
-void rm_tree(const std::string& p) {
-  struct stat st;
-  if (::lstat(p.c_str(), &st) == 0) ::nftw(p.c_str(), rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 std::string scratch(const std::string& name) {
   const std::string d = std::string(RTP_BINARY_DIR) + "/tmp-toy-eval-test/" + name;
-  rm_tree(d);
+  rtp::remove_tree(d);
   fs::create_directories(fs::path(d).parent_path());
   return d;
 }

@@ -1,5 +1,7 @@
 #include "rtp/core/file_io.h"
 
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -76,6 +78,19 @@ void make_directories(const std::string& path) {
   std::error_code ec;
   fs::create_directories(path, ec);
   RTP_CHECK(!ec, "cannot create directory '", path, "': ", ec.message());
+}
+
+namespace {
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
+  return ::remove(path) == 0 ? 0 : -1;
+}
+}  // namespace
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  const int rc = S_ISDIR(st.st_mode) ? ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) : ::remove(path.c_str());
+  RTP_CHECK(rc == 0, "cannot remove '", path, "': ", std::strerror(errno));
 }
 
 }  // namespace rtp

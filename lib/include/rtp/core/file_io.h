@@ -20,5 +20,8 @@ void commit_temporary(const std::string& tmp, const std::string& path);
 bool file_exists(const std::string& path);
 bool directory_exists(const std::string& path);
 void make_directories(const std::string& path);
+// Removes a file or a directory tree (symlinks are removed, not followed); nothing if absent. POSIX nftw:
+// std::filesystem::remove_all crashes in programs linked with the PyPI libtorch (it exports its own copy).
+void remove_tree(const std::string& path);
 
 }  // namespace rtp

@@ -38,18 +38,6 @@ const char* const kTokenizerFiles[] = {"tokenizer.json",    "tokenizer_config.js
 // Small metadata files always copied (the toy task description lets evaluation regenerate the task).
 const char* const kCopiedFiles[] = {"rtpurbo_toy_task.json", "train_recipe.yaml"};
 
-// std::filesystem::remove_all crashes in programs linked with this libtorch; POSIX nftw instead.
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
-void remove_tree(const std::string& path) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0) return;
-  if (!S_ISDIR(st.st_mode)) {
-    ::remove(path.c_str());
-    return;
-  }
-  ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 std::string real_path(const std::string& p) {
   char buf[PATH_MAX];
   RTP_CHECK(::realpath(p.c_str(), buf) != nullptr, "cannot resolve '", p, "'");
@@ -266,7 +254,11 @@ void export_converted(const ExportOptions& o, const RtpurboManifest& provenance,
     write_json_atomic(tmp + "/" + kManifestName, manifest_to_json(m));
     commit_directory(tmp, out);
   } catch (...) {
-    remove_tree(tmp);
+    try {
+      remove_tree(tmp);
+    } catch (...) {
+      // The export's own error is the one to report.
+    }
     throw;
   }
 }

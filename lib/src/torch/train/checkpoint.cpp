@@ -40,16 +40,7 @@ std::vector<std::pair<std::string, bool>> list_dir(const std::string& dir) {
 
 }  // namespace
 
-void remove_directory_tree(const std::string& path) {
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return;
-  if (S_ISDIR(st.st_mode)) {
-    for (const auto& [n, is_dir] : list_dir(path)) remove_directory_tree(path + "/" + n);
-    RTP_CHECK(::rmdir(path.c_str()) == 0, "cannot remove directory '", path, "': ", std::strerror(errno));
-  } else {
-    RTP_CHECK(::unlink(path.c_str()) == 0, "cannot remove '", path, "': ", std::strerror(errno));
-  }
-}
+void remove_directory_tree(const std::string& path) { remove_tree(path); }
 
 namespace {
 std::string step_name(int64_t step) {
