@@ -1,6 +1,8 @@
 // Head selection on hand-made scores, the HDF5 head profile (round trip, errors) and the SVG heatmap.
 #include <dirent.h>
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <hdf5.h>
 
 #include <fstream>
@@ -29,15 +31,7 @@ std::string tmp_dir() {
   return d;
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const rtp::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using rtp::testing::error_of;
 
 TEST(HeadSelection, AggregateMaxAndMean) {
   EXPECT_EQ(rtp::heads::aggregate_to_kv(kRetrieval, 2, 4, 2, Aggregation::kMax),

@@ -2,6 +2,8 @@
 // with headwise_config, and the rtpurbo-export tool.
 #include <ftw.h>
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -34,15 +36,7 @@ std::string scratch(const std::string& name) {
   return d;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const rtp::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using rtp::testing::error_of;
 
 // qwen3-tiny: 3 layers, 4 query heads, 2 KV heads (group 2), head_dim 32.
 HeadMap tiny_heads() {

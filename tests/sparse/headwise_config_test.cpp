@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include "rtp/core/error.h"
 #include "rtp/model/model_config.h"
 #include "rtp/sparse/converted_model.h"
@@ -30,15 +32,7 @@ HeadMap sample_map() {
   return m;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const rtp::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using rtp::testing::error_of;
 
 TEST(HeadwiseConfig, WritesOneFlagPerQueryHeadAndSettings) {
   rtp::sparse::SparseSettings s;
