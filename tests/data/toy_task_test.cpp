@@ -132,6 +132,39 @@ TEST(ToyTask, HaystackFollowsTheMarkovChain) {
   EXPECT_GT(checked, 1000);
 }
 
+// Fraction of filler runs' pairs (ids[i], ids[i + d]) whose second token is a chain successor of the first.
+static double chain_fraction(const ToyTask& task, const ToySample& s, int64_t d) {
+  const auto& c = task.config();
+  auto is_filler = [&](int64_t t) { return t >= c.filler_begin() && t < c.key_begin(); };
+  int64_t total = 0, hits = 0;
+  for (size_t i = 1; i + d < s.ids.size(); ++i) {
+    bool run = true;
+    for (int64_t k = 0; k <= d; ++k) run &= is_filler(s.ids[i + k]);
+    if (!run) continue;
+    const auto& next = task.successors(s.ids[i]);
+    hits += std::find(next.begin(), next.end(), s.ids[i + d]) != next.end();
+    ++total;
+  }
+  EXPECT_GT(total, 1000);
+  return static_cast<double>(hits) / static_cast<double>(std::max<int64_t>(total, 1));
+}
+
+TEST(ToyTask, MarkovLagTwoChainsEveryOtherToken) {
+  ToyTaskConfig cfg = small_config();
+  cfg.markov_lag = 2;
+  ToyTask task(cfg);
+  const auto s = task.generate(4096, 11);
+  // Lag-2 pairs follow the chain except where a needle or a copied span's edge interrupts a run; lag-1 pairs
+  // match only by chance (4 successors of 248 fillers: ~1.6%).
+  EXPECT_GT(chain_fraction(task, s, 2), 0.97);
+  EXPECT_LT(chain_fraction(task, s, 1), 0.1);
+  // The default lag 1 is the other way round.
+  ToyTask lag1(small_config());
+  const auto s1 = lag1.generate(4096, 11);
+  EXPECT_GT(chain_fraction(lag1, s1, 1), 0.97);
+  EXPECT_LT(chain_fraction(lag1, s1, 2), 0.2);
+}
+
 TEST(ToyTask, ValidationNamesTheFields) {
   ToyTaskConfig c = small_config();
   c.num_queries = 20;

@@ -44,6 +44,10 @@ struct ToyTaskConfig {
   int64_t num_spans = 2;
   int64_t span_len = 32;
   int64_t markov_branching = 4;  // successors per filler token in the haystack's Markov chain
+  // The filler token at i is drawn from the successors of the one at i - markov_lag. With lag 2 the haystack can
+  // only be predicted by looking one token back, so a previous-token head pays off from the first steps; it is
+  // the first half of the induction circuit that answers queries, which otherwise has no reason to form early.
+  int64_t markov_lag = 1;
   // Layout of needles and queries. false: "KEY k.. VAL v.." / "QUERY k.. ANS v..". true: "KEY VAL k.. v.." /
   // "QUERY ANS k.. v..": the value follows its key directly, so one induction step (find the earlier copy of
   // the key, copy what followed it) answers a query. Same lengths either way.

@@ -28,6 +28,8 @@ using rtp::config::range;
   X("run", std::string, device, "auto", any(), "cpu, cuda, cuda:N or auto (CUDA when available)")                   \
   X("run", std::string, dtype, "float32", one_of({"float32", "bfloat16", "float16"}),                               \
     "parameter/compute dtype of the trained weights (float32 recommended: AdamW state follows it)")                 \
+  X("run", std::string, autocast, "none", one_of({"none", "bfloat16"}),                                              \
+    "pretrain: run forward and loss under bf16 autocast (fp32 weights and AdamW state; flash attention on GPU)")    \
   X("run", std::string, out_dir, "runs/train", any(), "where checkpoints, log.jsonl and the final model go")         \
   X("run", bool, resume, false, any(), "continue from the latest checkpoint in out_dir (same data order and losses)")\
   X("run", int64_t, stop_at_step, 0, at_least(0),                                                                  \
@@ -75,6 +77,7 @@ using rtp::config::range;
   X("data", int64_t, toy_spans, 2, range(0, 4096), "toy task: spans copied verbatim later (induction)")             \
   X("data", int64_t, toy_span_len, 32, range(2, 1 << 20), "toy task: tokens per copied span")                       \
   X("data", int64_t, toy_markov_branching, 4, range(1, 1 << 16), "toy task: successors per filler token")           \
+  X("data", int64_t, toy_markov_lag, 1, range(1, 64), "toy task: filler token i follows the chain from token i-lag")\
   X("data", bool, toy_adjacent, false, any(), "toy task: value right after its key (KEY VAL k v): one induction step")\
   X("data", double, answer_loss_weight, 5.0, range(0, 1e6), "loss weight of answer tokens (others weigh 1)")        \
   /* optimizer */                                                                                                    \

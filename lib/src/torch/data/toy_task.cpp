@@ -67,6 +67,7 @@ void ToyTaskConfig::validate(const std::string& origin) const {
             num_values, "^", value_len, ") must be >= 2 * toy_needles (", 2 * num_needles, ")");
   RTP_CHECK(num_spans >= 0 && (num_spans == 0 || span_len >= 2), where, "toy_span_len must be >= 2; got ", span_len);
   RTP_CHECK(markov_branching >= 1, where, "toy_markov_branching must be >= 1; got ", markov_branching);
+  RTP_CHECK(markov_lag >= 1, where, "toy_markov_lag must be >= 1; got ", markov_lag);
 }
 
 ToyTask::ToyTask(const ToyTaskConfig& config) : config_(config) {
@@ -108,7 +109,8 @@ std::string ToyTask::describe() const {
   return str_cat("toy task: vocab ", c.vocab_size, " (filler ", c.num_filler, ", keys ", c.num_keys, ", values ",
                  c.num_values, "), ", c.num_needles, " needles (key ", c.key_len, " + value ", c.value_len,
                  " tokens), ", c.num_queries, " queries, ", c.num_spans, " spans of ", c.span_len,
-                 ", Markov branching ", c.markov_branching, ", world seed ", c.world_seed);
+                 ", Markov branching ", c.markov_branching,
+                 c.markov_lag > 1 ? str_cat(" at lag ", c.markov_lag) : std::string(), ", world seed ", c.world_seed);
 }
 
 ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
@@ -120,16 +122,20 @@ ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
   const int64_t body_len = seq_len - 1 - c.num_queries * c.query_len();
   const int64_t filler_len = body_len - c.num_needles * c.needle_len();
 
-  // 1. The haystack: a walk on the world's Markov chain.
+  // 1. The haystack: a walk on the world's Markov chain, each token following the one markov_lag back (the
+  //    first markov_lag tokens are uniform).
   std::vector<int64_t> filler(static_cast<size_t>(filler_len));
-  int64_t tok = c.filler_begin() + uniform_int(rng, c.num_filler);
-  for (int64_t i = 0; i < filler_len; ++i) {
-    filler[static_cast<size_t>(i)] = tok;
-    const auto& cdf = cdf_[static_cast<size_t>(tok - c.filler_begin())];
+  auto follow = [&](int64_t from) {
+    const auto& cdf = cdf_[static_cast<size_t>(from - c.filler_begin())];
     const double u = uniform01(rng);
     const size_t j = static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
-    tok = next_[static_cast<size_t>(tok - c.filler_begin())][std::min(j, cdf.size() - 1)];
-  }
+    return next_[static_cast<size_t>(from - c.filler_begin())][std::min(j, cdf.size() - 1)];
+  };
+  const auto lag = static_cast<size_t>(c.markov_lag);
+  for (size_t i = 0; i < filler.size(); ++i)
+    filler[i] = i < lag ? c.filler_begin() + uniform_int(rng, c.num_filler) : follow(filler[i - lag]);
+  // One draw past the end keeps lag-1 samples identical to those the shipped model was trained and evaluated on.
+  if (!filler.empty()) (void)follow(filler[filler.size() >= lag ? filler.size() - lag : 0]);
 
   // 2. Needle insertion points (a needle at point k goes right before filler[k]): uniform depths.
   std::vector<int64_t> points(static_cast<size_t>(c.num_needles));

@@ -1,5 +1,6 @@
 #include "rtp/train/stages.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -58,6 +59,33 @@ std::string fmt(const char* f, double v) {
   std::snprintf(buf, sizeof(buf), f, v);
   return buf;
 }
+
+// bf16 autocast for the duration of a forward pass: matmuls and attention in bf16 (flash attention instead of
+// SDPA's fp32 fallback), parameters and their gradients stay fp32. Restores the previous state on exit.
+class AutocastScope {
+ public:
+  AutocastScope(const torch::Device& device, bool enable) : type_(device.type()), enable_(enable) {
+    if (!enable_) return;
+    was_enabled_ = at::autocast::is_autocast_enabled(type_);
+    previous_dtype_ = at::autocast::get_autocast_dtype(type_);
+    at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+    at::autocast::set_autocast_enabled(type_, true);
+  }
+  ~AutocastScope() {
+    if (!enable_) return;
+    at::autocast::set_autocast_enabled(type_, was_enabled_);
+    at::autocast::set_autocast_dtype(type_, previous_dtype_);
+    at::autocast::clear_cache();  // the cached bf16 weight copies are stale after the optimizer step
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  at::DeviceType type_;
+  bool enable_;
+  bool was_enabled_ = false;
+  at::ScalarType previous_dtype_ = at::kBFloat16;
+};
 
 }  // namespace
 
@@ -154,8 +182,12 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
     const double lr = lr_at_step(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     optimizer.zero_grad();
-    const torch::Tensor logits = model.forward(batch.input_ids.to(ctx.device));
-    const torch::Tensor loss = data::weighted_lm_loss(logits, batch);
+    torch::Tensor logits, loss;
+    {
+      const AutocastScope amp(ctx.device, cfg.autocast == "bfloat16");
+      logits = model.forward(batch.input_ids.to(ctx.device));
+      loss = data::weighted_lm_loss(logits.to(torch::kFloat32), batch);
+    }
     loss.backward();
     double grad_norm = -1;
     if (cfg.grad_clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(all_params, cfg.grad_clip);

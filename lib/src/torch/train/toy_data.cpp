@@ -17,6 +17,7 @@ data::ToyTaskConfig toy_task_config(const TrainConfig& c) {
   t.num_spans = c.toy_spans;
   t.span_len = c.toy_span_len;
   t.markov_branching = c.toy_markov_branching;
+  t.markov_lag = c.toy_markov_lag;
   t.adjacent = c.toy_adjacent;
   t.world_seed = static_cast<uint64_t>(c.toy_world_seed);
   return t;
