@@ -17,6 +17,7 @@ V[a]="$L2 --autocast bfloat16 --steps ${STEPS:-4000}"
 V[b]="$L2 --steps ${FP32_STEPS:-3000}"
 V[c]="$L2 --autocast bfloat16 --steps ${STEPS:-4000} --toy_spans 4 --toy_span_len 24 --curriculum_start_len 512"
 V[d]="$L2 --autocast bfloat16 --steps ${STEPS:-4000} --lr 2e-3 --warmup_steps 200"
+for v in "${!V[@]}"; do [[ " ${VARIANTS:-a b c d} " == *" $v "* ]] || unset "V[$v]"; done
 i=0
 for v in $(echo "${!V[@]}" | tr ' ' '\n' | sort); do
   CUDA_VISIBLE_DEVICES=$((i % NGPU)) timeout ${PRETRAIN_SECONDS:-470} ./build-gpu/bin/rtpurbo-train \
