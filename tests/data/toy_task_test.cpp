@@ -165,6 +165,42 @@ TEST(ToyTask, MarkovLagTwoChainsEveryOtherToken) {
   EXPECT_LT(chain_fraction(lag1, s1, 2), 0.2);
 }
 
+TEST(ToyTask, RandomSpansAreCopiedAndAvoidNeedleKeys) {
+  ToyTaskConfig cfg = small_config();
+  cfg.random_spans = true;
+  cfg.num_spans = 4;
+  cfg.key_len = 1;
+  ToyTask task(cfg);
+  int64_t non_filler = 0, chained = 0, pairs = 0;
+  for (uint64_t seed = 0; seed < 8; ++seed) {
+    const auto s = task.generate(2048, seed);
+    ASSERT_EQ(static_cast<int64_t>(s.spans.size()), cfg.num_spans);
+    std::set<int64_t> keys;
+    for (const auto& nd : s.needles) keys.insert(nd.key.begin(), nd.key.end());
+    for (const auto& sp : s.spans) {
+      for (int64_t i = 0; i < sp.length; ++i) {
+        const int64_t t = s.ids[static_cast<size_t>(sp.source + i)];
+        EXPECT_EQ(s.ids[static_cast<size_t>(sp.copy + i)], t);
+        EXPECT_EQ(keys.count(t), 0u) << "a needle key inside a span: a query would match twice";
+        EXPECT_GE(t, cfg.filler_begin());
+        EXPECT_LT(t, cfg.value_begin() + cfg.num_values);
+        non_filler += t >= cfg.key_begin();
+        if (i + 1 < sp.length && t < cfg.key_begin()) {
+          const int64_t u = s.ids[static_cast<size_t>(sp.source + i + 1)];
+          if (u < cfg.key_begin()) {
+            const auto& next = task.successors(t);
+            chained += std::find(next.begin(), next.end(), u) != next.end();
+            ++pairs;
+          }
+        }
+      }
+    }
+  }
+  // Uniform over ~488 tokens: about half are keys or values, and filler pairs follow the chain only by chance.
+  EXPECT_GT(non_filler, 8 * 4 * 32 / 4);
+  EXPECT_LT(static_cast<double>(chained) / static_cast<double>(std::max<int64_t>(pairs, 1)), 0.1);
+}
+
 TEST(ToyTask, ValidationNamesTheFields) {
   ToyTaskConfig c = small_config();
   c.num_queries = 20;

@@ -48,6 +48,12 @@ struct ToyTaskConfig {
   // only be predicted by looking one token back, so a previous-token head pays off from the first steps; it is
   // the first half of the induction circuit that answers queries, which otherwise has no reason to form early.
   int64_t markov_lag = 1;
+  // Spans of uniformly random tokens (filler, values, and keys no needle of the sample uses) instead of haystack
+  // pieces. A copy of a random span can only be predicted by induction (find the earlier occurrence of the
+  // current token, copy what followed it): a dense signal for the circuit that answers queries, which the sparse
+  // queries alone give too weakly to learn in a few thousand steps. Needle keys stay out so that a query's key
+  // occurs exactly once before it.
+  bool random_spans = false;
   // Layout of needles and queries. false: "KEY k.. VAL v.." / "QUERY k.. ANS v..". true: "KEY VAL k.. v.." /
   // "QUERY ANS k.. v..": the value follows its key directly, so one induction step (find the earlier copy of
   // the key, copy what followed it) answers a query. Same lengths either way.

@@ -110,7 +110,8 @@ std::string ToyTask::describe() const {
                  c.num_values, "), ", c.num_needles, " needles (key ", c.key_len, " + value ", c.value_len,
                  " tokens), ", c.num_queries, " queries, ", c.num_spans, " spans of ", c.span_len,
                  ", Markov branching ", c.markov_branching,
-                 c.markov_lag > 1 ? str_cat(" at lag ", c.markov_lag) : std::string(), ", world seed ", c.world_seed);
+                 c.markov_lag > 1 ? str_cat(" at lag ", c.markov_lag) : std::string(),
+                 c.random_spans ? ", random-token spans" : "", ", world seed ", c.world_seed);
 }
 
 ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
@@ -183,6 +184,18 @@ ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
   for (auto& nd : out.needles) {
     nd.key = draw_distinct(c.key_begin(), c.num_keys, c.key_len, seen_keys);
     nd.value = draw_distinct(c.value_begin(), c.num_values, c.value_len, seen_values);
+  }
+
+  if (c.random_spans && !fspans.empty()) {
+    std::set<int64_t> needle_key_tokens;
+    for (const auto& nd : out.needles) needle_key_tokens.insert(nd.key.begin(), nd.key.end());
+    std::vector<int64_t> pool;
+    for (int64_t t = c.filler_begin(); t < c.value_begin() + c.num_values; ++t)
+      if (!needle_key_tokens.count(t)) pool.push_back(t);
+    for (const auto& f : fspans)
+      for (int64_t i = 0; i < S; ++i)
+        filler[static_cast<size_t>(f.source + i)] = filler[static_cast<size_t>(f.copy + i)] =
+            pool[static_cast<size_t>(uniform_int(rng, static_cast<int64_t>(pool.size())))];
   }
 
   // 5. Assemble BOS + filler with needles inserted.

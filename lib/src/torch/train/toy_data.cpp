@@ -18,6 +18,7 @@ data::ToyTaskConfig toy_task_config(const TrainConfig& c) {
   t.span_len = c.toy_span_len;
   t.markov_branching = c.toy_markov_branching;
   t.markov_lag = c.toy_markov_lag;
+  t.random_spans = c.toy_random_spans;
   t.adjacent = c.toy_adjacent;
   t.world_seed = static_cast<uint64_t>(c.toy_world_seed);
   return t;
