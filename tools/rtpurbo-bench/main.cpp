@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   return tools::run_guarded("rtpurbo-bench", [&]() -> int {
     cxxopts::Options opts("rtpurbo-bench", "sparse attention vs FlashAttention-2 and cuDNN (one layer)");
     opts.add_options()("lengths", "prefill lengths", cxxopts::value<std::vector<int64_t>>()->default_value("32768,131072,262144,1048576"))(
-        "decode-lengths", "decode KV lengths", cxxopts::value<std::vector<int64_t>>()->default_value("131072,1048576"))(
+        "decode-lengths", "decode KV lengths", cxxopts::value<std::vector<int64_t>>()->default_value("32768,131072,1048576"))(
         "baseline-max", "largest length at which the dense baselines are run; above it they are extrapolated as N^2",
         cxxopts::value<int64_t>()->default_value("262144"))("reps", "timed repetitions", cxxopts::value<int>()->default_value("5"))(
         "out", "JSON output directory", cxxopts::value<std::string>()->default_value("bench/results"))(
