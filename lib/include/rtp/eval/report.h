@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "rtp/eval/html.h"  // html_escape and the plot shared with the RULER report
 #include "rtp/sparse/head_map.h"
 
 namespace rtp::eval {
@@ -35,8 +36,6 @@ struct ReportData {
   std::vector<std::string> notes;  // free-text lines under the summary
 };
 
-// Escapes &, <, >, " and ' for HTML text and attribute values.
-std::string html_escape(const std::string& s);
 // An SVG document reduced to its <svg ...>...</svg> element (prolog, DOCTYPE and comments before it dropped).
 std::string strip_svg_prolog(const std::string& svg);
 

@@ -9,13 +9,9 @@
 
 namespace rtp::eval {
 
-namespace {
+using html::fmt;
 
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
+namespace {
 
 // White (0) -> deep blue (1), readable text colour chosen by luminance.
 std::string ramp(double v) {
@@ -28,25 +24,7 @@ std::string ramp(double v) {
   return buf;
 }
 
-const char* const kSeriesColours[] = {"#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd"};
-
 }  // namespace
-
-std::string html_escape(const std::string& s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 std::string strip_svg_prolog(const std::string& svg) {
   const size_t begin = svg.find("<svg");
@@ -117,53 +95,17 @@ std::string render_density_svg(const std::vector<std::vector<double>>& d, const 
 }
 
 std::string render_accuracy_svg(const std::vector<int64_t>& lengths, const std::vector<AccuracySeries>& series) {
-  const int left = 50, top = 20, pw = 420, ph = 220, w = left + pw + 150, ht = top + ph + 50;
-  std::string s = str_cat("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"accuracy\" width=\"", w, "\" height=\"",
-                          ht, "\" viewBox=\"0 0 ", w, " ", ht, "\" font-family=\"sans-serif\" font-size=\"11\">");
-  s += str_cat("<rect x=\"", left, "\" y=\"", top, "\" width=\"", pw, "\" height=\"", ph,
-               "\" fill=\"none\" stroke=\"#333\"/>");
-  for (int i = 0; i <= 4; ++i) {  // y grid: 0, 0.25, ..., 1
-    const double y = top + ph - ph * i / 4.0;
-    s += str_cat("<line x1=\"", left, "\" x2=\"", left + pw, "\" y1=\"", y, "\" y2=\"", y,
-                 "\" stroke=\"#ddd\"/><text x=\"", left - 6, "\" y=\"", y + 4, "\" text-anchor=\"end\">",
-                 fmt("%.2f", i / 4.0), "</text>");
-  }
-  const size_t n = lengths.size();
-  auto xat = [&](size_t i) { return n <= 1 ? left + pw / 2.0 : left + 20 + (pw - 40) * double(i) / double(n - 1); };
-  auto yat = [&](double a) { return top + ph - ph * std::clamp(a, 0.0, 1.0); };
-  for (size_t i = 0; i < n; ++i)
-    s += str_cat("<text x=\"", xat(i), "\" y=\"", top + ph + 16, "\" text-anchor=\"middle\">", lengths[i], "</text>");
-  s += str_cat("<text x=\"", left + pw / 2, "\" y=\"", top + ph + 36, "\" text-anchor=\"middle\">sequence length (tokens)</text>");
-  s += str_cat("<text x=\"12\" y=\"", top + ph / 2, "\" transform=\"rotate(-90 12 ", top + ph / 2,
-               ")\" text-anchor=\"middle\">exact-match accuracy</text>");
-  for (size_t k = 0; k < series.size(); ++k) {
-    const auto& se = series[k];
-    const char* col = kSeriesColours[k % (sizeof kSeriesColours / sizeof *kSeriesColours)];
-    std::string pts;
-    for (size_t i = 0; i < n && i < se.accuracy.size(); ++i)
-      pts += str_cat(i ? " " : "", fmt("%.1f", xat(i)), ",", fmt("%.1f", yat(se.accuracy[i])));
-    s += str_cat("<g class=\"series\"><polyline fill=\"none\" stroke=\"", col, "\" stroke-width=\"2\"",
-                 k == 2 ? " stroke-dasharray=\"5,3\"" : "", " points=\"", pts, "\"/>");
-    for (size_t i = 0; i < n && i < se.accuracy.size(); ++i)
-      s += str_cat("<circle cx=\"", fmt("%.1f", xat(i)), "\" cy=\"", fmt("%.1f", yat(se.accuracy[i])),
-                   "\" r=\"3.5\" fill=\"", col, "\"><title>", html_escape(se.name), " at ", lengths[i], ": ",
-                   fmt("%.4f", se.accuracy[i]), "</title></circle>");
-    const int ly = top + 14 + static_cast<int>(k) * 18;
-    s += str_cat("<line x1=\"", left + pw + 12, "\" x2=\"", left + pw + 36, "\" y1=\"", ly - 4, "\" y2=\"", ly - 4,
-                 "\" stroke=\"", col, "\" stroke-width=\"2\"/><text x=\"", left + pw + 42, "\" y=\"", ly, "\">",
-                 html_escape(se.name), "</text></g>");
-  }
-  s += "</svg>";
-  return s;
+  html::LinePlot p;
+  p.css_class = "accuracy";
+  p.lengths = lengths;
+  p.y_label = "exact-match accuracy";
+  // The third series is the random-heads baseline: dashed, so that it reads as a reference, not a result.
+  for (size_t k = 0; k < series.size(); ++k) p.series.push_back({series[k].name, series[k].accuracy, "", k == 2});
+  return html::render_line_plot_svg(p);
 }
 
 std::string render_report_html(const ReportData& d) {
-  std::string h;
-  h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + html_escape(d.title) +
-       "</title>\n<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-       "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
-       "th{background:#f3f3f3}section{margin-bottom:2.5em}.note{color:#555;font-size:0.9em}</style></head><body>\n";
-  h += "<h1>" + html_escape(d.title) + "</h1>\n";
+  std::string h = html::page_begin(d.title);
   if (!d.model_dir.empty()) h += "<p>Model: <code>" + html_escape(d.model_dir) + "</code></p>\n";
 
   h += "<section id=\"summary\"><h2>Summary</h2>\n<table>";
@@ -207,7 +149,7 @@ std::string render_report_html(const ReportData& d) {
       h += "<td>" + (i < se.accuracy.size() ? fmt("%.4f", se.accuracy[i]) : std::string("-")) + "</td>";
     h += "</tr>";
   }
-  h += "</table>\n</section>\n</body></html>\n";
+  h += "</table>\n</section>\n" + html::page_end();
   return h;
 }
 

@@ -10,6 +10,7 @@
 
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
+#include "rtp/eval/ruler_report.h"
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/sparse_cache.h"
 #include "rtp/text/ruler.h"
@@ -86,6 +87,10 @@ Generated generate_sparse(sparse::ConvertedModel& cm, const torch::Tensor& promp
 
 void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   RTP_CHECK(!o.lengths.empty() && o.samples > 0, "ruler eval needs --lengths and a positive --samples");
+  // Without either model ruler.json would hold no scores (and its report nothing to plot). rtpurbo-eval gets here
+  // with --dense --sparse together: each means "only this one".
+  RTP_CHECK(o.model_dir.empty() || o.dense || o.sparse, "ruler eval has neither the dense nor the sparse model to ",
+            "evaluate: expected one of --dense (only), --sparse (only) or --both");
   std::string tok_path = o.tokenizer.empty() ? o.model_dir : o.tokenizer;
   RTP_CHECK(!tok_path.empty(), "ruler eval needs --tokenizer DIR (or --model DIR holding tokenizer.json)");
   auto tok = text::Tokenizer::from_file(tok_path);
@@ -147,13 +152,16 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   if (cm) {
     make_directories(o.out_dir);
     const std::string path = (fs::path(o.out_dir) / "ruler.json").string();
-    write_json_atomic(path, {{"model", o.model_dir}, {"seed", ctx.seed}, {"samples", o.samples}, {"results", results}});
+    const json doc = {{"model", o.model_dir}, {"seed", ctx.seed}, {"samples", o.samples}, {"results", results}};
+    write_json_atomic(path, doc);
+    const std::string report = (fs::path(o.out_dir) / "report.html").string();
+    write_file_atomic(report, render_ruler_report_html(doc, path));
     std::cout << "task               length   dense   sparse\n";
     for (const auto& r : results)
       std::printf("%-18s %6lld  %6s  %6s\n", r["task"].get<std::string>().c_str(), static_cast<long long>(r["length"].get<int64_t>()),
                   r.contains("dense_accuracy") ? std::to_string(r["dense_accuracy"].get<double>()).substr(0, 5).c_str() : "-",
                   r.contains("sparse_accuracy") ? std::to_string(r["sparse_accuracy"].get<double>()).substr(0, 5).c_str() : "-");
-    std::cout << "results: " << path << "\n";
+    std::cout << "results: " << path << "\nreport: " << report << "\n";
   }
 }
 
