@@ -20,7 +20,7 @@ namespace rtp::kernels {
 namespace {
 using namespace cuda_detail;
 
-constexpr int kStatChunk = 4096;   // tokens per stats / hist thread block
+constexpr int kStatChunk = 2048;  // tokens per stats / hist thread block (64 blocks per retrieval head at 128K)
 constexpr int kAttnThreads = 128;  // 4 warps
 constexpr int kMaxG = 16;
 constexpr uint16_t kForced = 0xFFFF;
@@ -397,9 +397,20 @@ __global__ void combine_kernel(const DecodeArgs a, const float* part_acc, const 
 
 }  // namespace
 
-cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream) {
-  if (*check_sparse_decode_params(p, true)) return cudaErrorInvalidValue;
+namespace {
+
+// The launch geometry and the workspace layout of one decode call.
+struct DecodePlan {
   DecodeArgs a{};
+  int R = 0, nchunks = 0;
+  size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0;
+  static size_t al(size_t x) { return (x + 255) / 256 * 256; }
+  size_t total() const { return al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins); }
+};
+
+DecodePlan plan_decode(const SparseDecodeParams& p) {
+  DecodePlan plan;
+  DecodeArgs& a = plan.a;
   a.G = p.num_q_heads / p.num_kv_heads;
   a.D = p.head_dim;
   a.L = p.kv_len;
@@ -432,17 +443,38 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     a.max_split = std::max(a.max_split, a.nsplit[g]);
   }
   const int Hq = p.num_q_heads;
-  const int nchunks = int((p.kv_len + kStatChunk - 1) / kStatChunk);
+  plan.R = R;
+  plan.nchunks = int((p.kv_len + kStatChunk - 1) / kStatChunk);
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
-  const size_t n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
-  const size_t n_ml = size_t(Hq) * a.max_split * 8;
-  const size_t n_stats = size_t(std::max(R, 1)) * nchunks * a.G * 8;
-  const size_t n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 1) * 4;
-  const size_t n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
-  auto al = [](size_t x) { return (x + 255) / 256 * 256; };
-  const size_t total = al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins);
-  char* ws = nullptr;
-  cudaError_t e = cudaMallocAsync(&ws, total, stream);
+  plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
+  plan.n_ml = size_t(Hq) * a.max_split * 8;
+  plan.n_stats = size_t(std::max(R, 1)) * plan.nchunks * a.G * 8;
+  plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 1) * 4;
+  plan.n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
+  return plan;
+}
+
+}  // namespace
+
+size_t sparse_decode_workspace_bytes(const SparseDecodeParams& p) {
+  if (*check_sparse_decode_params(p, true)) return 0;
+  return plan_decode(p).total();
+}
+
+cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream) {
+  if (*check_sparse_decode_params(p, true)) return cudaErrorInvalidValue;
+  const DecodePlan plan = plan_decode(p);
+  const DecodeArgs& a = plan.a;
+  const int R = plan.R, nchunks = plan.nchunks, Hq = p.num_q_heads;
+  const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
+  auto al = DecodePlan::al;
+  const size_t total = plan.total();
+  // A caller-owned workspace (e.g. from the framework's caching allocator) avoids an allocation per token: with
+  // the default pool's release threshold, cudaMallocAsync/cudaFreeAsync went to the driver on every call.
+  char* ws = static_cast<char*>(p.workspace);
+  const bool own = ws == nullptr;
+  if (!own && p.workspace_bytes < total) return cudaErrorInvalidValue;
+  cudaError_t e = own ? cudaMallocAsync(&ws, total, stream) : cudaSuccess;
   if (e != cudaSuccess) return e;
   float* part_acc = reinterpret_cast<float*>(ws);
   float2* part_ml = reinterpret_cast<float2*>(ws + al(n_acc));
@@ -484,7 +516,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     combine_kernel<<<Hq, p.head_dim, 0, stream>>>(a, part_acc, part_ml, static_cast<__nv_bfloat16*>(p.o));
     e = cudaGetLastError();
   }
-  cudaError_t e2 = cudaFreeAsync(ws, stream);
+  const cudaError_t e2 = own ? cudaFreeAsync(ws, stream) : cudaSuccess;
   return e != cudaSuccess ? e : e2;
 }
 

@@ -317,6 +317,7 @@ int main(int argc, char** argv) {
       auto iqd = pl.iq[0].select(1, L - 1).unsqueeze(0).contiguous();  // [1, G, 16]
       auto od = torch::empty_like(qd);
       auto sel = torch::zeros({1}, torch::TensorOptions().device(torch::kCUDA).dtype(torch::kInt32));
+      torch::Tensor ws;  // decode scratch, allocated once per length (as a serving loop would)
       auto dec = [&](bool with_ret) {
         HeadKind kA[4] = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::STREAMING, HeadKind::STREAMING};
         HeadKind kB[4] = {HeadKind::STREAMING, HeadKind::STREAMING, HeadKind::STREAMING, HeadKind::STREAMING};
@@ -328,6 +329,10 @@ int main(int argc, char** argv) {
         p.num_q_heads = int(Hq), p.num_kv_heads = int(Hkv), p.head_dim = int(D), p.kv_len = L;
         p.head_kind = with_ret ? kA : kB, p.sink = sink, p.window = window, p.top_p = 0.9f;
         p.selected_count = sel.data_ptr<int32_t>();
+        const size_t need = kernels::sparse_decode_workspace_bytes(p);
+        if (!ws.defined() || static_cast<size_t>(ws.numel()) < need)
+          ws = torch::empty({static_cast<int64_t>(need)}, torch::TensorOptions().device(torch::kCUDA).dtype(torch::kUInt8));
+        p.workspace = ws.data_ptr(), p.workspace_bytes = static_cast<size_t>(ws.numel());
         ck(kernels::sparse_decode_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_decode_cuda");
       };
       const double tA = time_ms([&] { dec(true); }, 5, 50), tB = time_ms([&] { dec(false); }, 5, 50);

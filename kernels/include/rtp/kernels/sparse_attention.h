@@ -31,6 +31,8 @@ double selection_recall_cpu(const BlockSelectParams& p, int64_t query_stride);
 cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream);
 cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t stream);
 cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream);
+// Scratch bytes sparse_decode_cuda needs for these parameters (0 if they are invalid).
+size_t sparse_decode_workspace_bytes(const SparseDecodeParams& p);
 #endif
 
 }  // namespace rtp::kernels

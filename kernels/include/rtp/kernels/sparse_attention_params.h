@@ -150,6 +150,10 @@ struct SparseDecodeParams {
   float top_p = 0.9f;
   int64_t keep_first = 64, keep_last = 64;
   int32_t* selected_count = nullptr;  // optional [Hkv_ret]: how many tokens each retrieval head attended
+  // CUDA: optional device scratch of at least sparse_decode_workspace_bytes(params) bytes; null: the call
+  // allocates and frees its own (stream-ordered, slower per token).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 }  // namespace rtp::kernels

@@ -182,6 +182,9 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
   RTP_CHECK(!*err, "sparse_decode: ", err);
   if (cuda) {
 #ifdef RTPURBO_WITH_CUDA
+    const auto ws = torch::empty({static_cast<int64_t>(k::sparse_decode_workspace_bytes(p))},
+                                 q.options().dtype(torch::kUInt8));  // caching allocator: no driver call per token
+    p.workspace = ws.data_ptr(), p.workspace_bytes = static_cast<size_t>(ws.numel());
     check_cuda(k::sparse_decode_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_decode");
 #endif
   } else {
