@@ -433,10 +433,10 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
     int chunk;
     if (k == HeadKind::STREAMING) {
       nkeys = std::min(p.sink, p.kv_len) + std::min(p.window, std::max<int64_t>(0, p.kv_len - p.sink));
-      chunk = 256;  // ~33 thread blocks per streaming head at window 8192: the whole layer fills the GPU
+      chunk = 128;  // two 64-key tiles per thread block, ~65 blocks per streaming head at window 8192
     } else {
       nkeys = p.kv_len;
-      chunk = k == HeadKind::RETRIEVAL ? 2048 : 512;
+      chunk = k == HeadKind::RETRIEVAL ? 2048 : 256;
     }
     a.chunk[g] = chunk;
     a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + chunk - 1) / chunk));

@@ -3,6 +3,8 @@
 // bench/results/ and prints a table. Retrieval structure is planted in q/k and in the indexer inputs so that
 // the real selection runs at the paper's density (calibrated per length by bisection on the sharpness).
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #include <torch/torch.h>
@@ -128,6 +130,24 @@ std::string commit_id() {
 
 // Times fn(k, v) with native GQA K/V; if the backend rejects it, with K/V repeated to the query heads.
 // Returns NaN when the backend fails either way.
+// Median ms of fn replayed from a CUDA graph: what a decode loop that captures its step pays, without the host
+// launch overhead that dominates kernels of tens of microseconds. NaN (and a note) if fn cannot be captured.
+double time_graph_ms(const char* name, const std::function<void()>& fn, int reps, std::string* note) {
+  try {
+    c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool());
+    fn();
+    ck(cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream().stream()), "sync");
+    at::cuda::CUDAGraph graph;
+    graph.capture_begin();
+    fn();
+    graph.capture_end();
+    return time_ms([&] { graph.replay(); }, 3, reps);
+  } catch (const std::exception& e) {
+    *note += std::string(name) + " graph capture failed: " + std::string(e.what()).substr(0, 160) + "; ";
+    return NAN;
+  }
+}
+
 double time_baseline(const char* name, const torch::Tensor& k4, const torch::Tensor& v4, int64_t G,
                      const std::function<void(const torch::Tensor&, const torch::Tensor&)>& fn, int warm, int reps,
                      std::string* note) {
@@ -344,13 +364,25 @@ int main(int argc, char** argv) {
         at::_scaled_dot_product_flash_attention(q4, kk, vv, 0.0, false); }, 5, 50, &note);
       const double tc = time_baseline("cudnn", kd, vd, G, [&](const torch::Tensor& kk, const torch::Tensor& vv) {
         at::_scaled_dot_product_cudnn_attention(q4, kk, vv, std::nullopt, false, 0.0, false); }, 5, 50, &note);
-      json R{{"L", L}, {"sparse_us", ts * 1e3}, {"layer_with_retrieval_us", tA * 1e3}, {"streaming_only_us", tB * 1e3},
+      // The same calls replayed from CUDA graphs (native GQA for the baselines).
+      const double gA = time_graph_ms("sparse", [&] { dec(true); }, 50, &note);
+      const double gB = time_graph_ms("sparse", [&] { dec(false); }, 50, &note);
+      const double gs = wA * gA + (1 - wA) * gB;
+      const double gf = time_graph_ms("fa2", [&] { at::_scaled_dot_product_flash_attention(q4, kd, vd, 0.0, false); },
+                                      50, &note);
+      const double gc = time_graph_ms("cudnn", [&] {
+        at::_scaled_dot_product_cudnn_attention(q4, kd, vd, std::nullopt, false, 0.0, false); }, 50, &note);
+      json R{{"L", L}, {"sparse_us", ts * 1e3},
+             {"graph_sparse_us", gs * 1e3}, {"graph_layer_with_retrieval_us", gA * 1e3},
+             {"graph_streaming_only_us", gB * 1e3}, {"graph_fa2_us", gf * 1e3}, {"graph_cudnn_us", gc * 1e3},
+             {"graph_speedup_vs_fa2", gf / gs}, {"graph_speedup_vs_cudnn", gc / gs}, {"layer_with_retrieval_us", tA * 1e3}, {"streaming_only_us", tB * 1e3},
              {"fa2_us", tf * 1e3}, {"cudnn_us", tc * 1e3}, {"speedup_vs_fa2", tf / ts}, {"speedup_vs_cudnn", tc / ts},
              {"retrieval_selected_tokens", sel.cpu()[0].item<int>()}, {"baseline_note", note}};
       J["decode"].push_back(R);
-      char line[256];
-      std::snprintf(line, sizeof line, "%8ld %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx %8d", long(L), ts * 1e3, tA * 1e3,
-                    tf * 1e3, tc * 1e3, tf / ts, tc / ts, sel.cpu()[0].item<int>());
+      char line[320];
+      std::snprintf(line, sizeof line, "%8ld %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx %8d | %8.1f %8.1f %8.1f %6.2fx %6.2fx",
+                    long(L), ts * 1e3, tA * 1e3, tf * 1e3, tc * 1e3, tf / ts, tc / ts, sel.cpu()[0].item<int>(),
+                    gs * 1e3, gf * 1e3, gc * 1e3, gf / gs, gc / gs);
       drows.push_back(line);
       std::printf("%s\n", line);
     }
@@ -365,8 +397,9 @@ int main(int argc, char** argv) {
     std::printf("prefill (ms per layer; * = baseline extrapolated as N^2)\n%8s %9s %9s %8s %10s %9s %7s %7s %6s %7s %5s %5s %5s\n", "N",
                 "sparse", "select", "attnA", "FA2", "cuDNN", "vsFA2", "vsCUDNN", "TF/s", "selpct", "dens", "rIdx", "rAtt");
     for (auto& r : rows) std::printf("%s\n", r.c_str());
-    std::printf("decode (us per layer)\n%8s %8s %8s %8s %8s %7s %7s %8s\n", "L", "sparse", "withRet", "FA2", "cuDNN", "vsFA2",
-                "vsCUDNN", "selTok");
+    std::printf("decode (us per layer; right of | replayed from CUDA graphs)\n%8s %8s %8s %8s %8s %7s %7s %8s | %8s %8s %8s %7s %7s\n",
+                "L", "sparse", "withRet", "FA2", "cuDNN", "vsFA2", "vsCUDNN", "selTok", "g.sparse", "g.FA2", "g.cuDNN",
+                "vsFA2", "vsCUDNN");
     for (auto& r : drows) std::printf("%s\n", r.c_str());
     std::printf("wrote %s\n", path.c_str());
     return 0;
