@@ -35,7 +35,7 @@ TEST(SparseCache, RingBufferDecodeEqualsMaskedForward) {
   st.sink = 2;
   st.window = 8;
   st.top_p = 1.0;
-  const int64_t T = 40, P = 10;
+  const int64_t T = 40;
   auto ids = torch::randint(0, s.model.config().vocab_size, {1, T}, torch::kInt64);
   torch::NoGradGuard no_grad;
   rtp::sparse::SparseAttention whole(s.heads, st, &s.indexer);
@@ -43,16 +43,19 @@ TEST(SparseCache, RingBufferDecodeEqualsMaskedForward) {
   o.attention = &whole;
   auto ref = s.model.forward(ids, o);
 
-  rtp::sparse::SparseCache cache(s.model.config(), s.heads, st, &s.indexer, T, torch::kCPU, torch::kFloat32);
-  auto first = s.model.forward(ids.narrow(1, 0, P), cache.options());
-  EXPECT_LE((first - ref.narrow(1, 0, P)).abs().max().item<double>(), 1e-5);
-  for (int64_t t = P; t < T; ++t) {
-    auto step = s.model.forward(ids.narrow(1, t, 1), cache.options());
-    EXPECT_LE((step[0][0] - ref[0][t]).abs().max().item<double>(), 1e-4) << "position " << t;
+  // Prompts shorter than the sink, exactly sink + window, and long enough that the ring has wrapped twice.
+  for (const int64_t P : {int64_t{1}, int64_t{10}, int64_t{29}}) {
+    rtp::sparse::SparseCache cache(s.model.config(), s.heads, st, &s.indexer, T, torch::kCPU, torch::kFloat32);
+    auto first = s.model.forward(ids.narrow(1, 0, P), cache.options());
+    EXPECT_LE((first - ref.narrow(1, 0, P)).abs().max().item<double>(), 1e-5) << "prompt " << P;
+    for (int64_t t = P; t < T; ++t) {
+      auto step = s.model.forward(ids.narrow(1, t, 1), cache.options());
+      EXPECT_LE((step[0][0] - ref[0][t]).abs().max().item<double>(), 1e-4) << "prompt " << P << ", position " << t;
+    }
+    EXPECT_EQ(cache.length(), T);
+    // The retrieval head attended every token at the last step (top_p 1 keeps all).
+    EXPECT_EQ(cache.last_selected()[1][0].item<int32_t>(), T);
   }
-  EXPECT_EQ(cache.length(), T);
-  // The retrieval head attended every token at the last step (top_p 1 keeps all).
-  EXPECT_EQ(cache.last_selected()[1][0].item<int32_t>(), T);
 }
 
 TEST(SparseCache, TopPSelectsFewerTokensAndMemoryIsExact) {

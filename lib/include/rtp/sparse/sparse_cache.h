@@ -34,6 +34,7 @@ class SparseCache : public model::AttentionSeam {
 
  private:
   void write_token(int64_t layer, int64_t position, const model::LayerAttentionInputs& in, int64_t row);
+  void write_prompt(int64_t layer, const model::LayerAttentionInputs& in, int64_t T);
 
   model::ModelConfig config_;
   HeadMap heads_;

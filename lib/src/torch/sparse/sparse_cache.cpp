@@ -67,6 +67,37 @@ void SparseCache::write_token(int64_t layer, int64_t position, const model::Laye
   }
 }
 
+void SparseCache::write_prompt(int64_t layer, const model::LayerAttentionInputs& in, int64_t T) {
+  // One copy per head instead of one per (token, head): a 32K-token prompt in a 48-layer model would otherwise
+  // issue millions of row copies. Streaming heads keep the sink and the last `window` tokens, each in the slot
+  // write_token would have left it in.
+  const int64_t sink = std::min(settings_.sink, T);
+  const int64_t first = std::max(settings_.sink, T - settings_.window);
+  torch::Tensor slots, rows;
+  if (first < T) {
+    rows = torch::arange(first, T, torch::TensorOptions().dtype(torch::kInt64));
+    slots = (settings_.sink + (rows - settings_.sink).remainder(settings_.window)).to(in.k.device());
+    rows = rows.to(in.k.device());
+  }
+  int64_t r = 0, s = 0;
+  for (int64_t g = 0; g < config_.num_key_value_heads; ++g) {
+    const auto k = in.k[0][g], v = in.v[0][g];  // [T, D]
+    if (kinds_[layer][g] == kernels::HeadKind::RETRIEVAL) {
+      full_k_[layer][r].narrow(0, 0, T).copy_(k);
+      full_v_[layer][r].narrow(0, 0, T).copy_(v);
+      ++r;
+    } else {
+      ring_k_[layer][s].narrow(0, 0, sink).copy_(k.narrow(0, 0, sink));
+      ring_v_[layer][s].narrow(0, 0, sink).copy_(v.narrow(0, 0, sink));
+      if (slots.defined()) {
+        ring_k_[layer][s].index_copy_(0, slots, k.index_select(0, rows).to(ring_k_[layer].scalar_type()));
+        ring_v_[layer][s].index_copy_(0, slots, v.index_select(0, rows).to(ring_v_[layer].scalar_type()));
+      }
+      ++s;
+    }
+  }
+}
+
 torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
   RTP_CHECK(in.q.size(0) == 1, "sparse cache: one sequence at a time, found batch ", in.q.size(0));
   const int64_t l = in.layer, T = in.q.size(2);
@@ -79,7 +110,7 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
   torch::Tensor out;
   if (start == 0) {
     out = prefill_.attend(in);
-    for (int64_t t = 0; t < T; ++t) write_token(l, t, in, t);
+    write_prompt(l, in, T);
     if (has_ret) index_k_[l].narrow(1, 0, T).copy_(indexer_->index_keys(l, ksrc)[0]);
   } else {
     RTP_CHECK(T == 1, "sparse cache: after the prompt, tokens come one at a time (found ", T, ")");
