@@ -1,6 +1,6 @@
 #pragma once
-// Data-parallel plumbing over c10d: the torchrun / SLURM environment, rendezvous through TCPStore, a Gloo
-// process group, and the few collectives training needs. A world of one needs none of it.
+// Data-parallel plumbing over c10d: the torchrun / SLURM environment, rendezvous through TCPStore, a process group
+// (NCCL for GPU ranks, Gloo on CPU), and the few collectives training needs. A world of one needs none of it.
 #include <torch/types.h>
 
 #include <chrono>
@@ -27,8 +27,9 @@ class ProcessGroup;
 
 class Distributed {
  public:
-  // Rendezvous (rank 0 hosts the TCPStore) and the process group; collectives give up after `timeout`.
-  Distributed(const DistEnv& env, std::chrono::milliseconds timeout);
+  // Rendezvous (rank 0 hosts the TCPStore) and the process group; collectives give up after `timeout`. A CUDA
+  // `device` (the rank's GPU, cuda:LOCAL_RANK) selects ProcessGroupNCCL where the build has it; else Gloo.
+  Distributed(const DistEnv& env, std::chrono::milliseconds timeout, torch::Device device = torch::kCPU);
   ~Distributed();
   int rank() const { return env_.rank; }
   int world_size() const { return env_.world_size; }

@@ -10,6 +10,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
+#ifdef RTPURBO_WITH_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 namespace rtp::dist {
 
@@ -74,7 +78,9 @@ DistEnv read_dist_env() {
 class ProcessGroup {
  public:
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> pg;  // ProcessGroupNCCL on GPUs (when built with NCCL), else ProcessGroupGloo
+  bool nccl = false;
+  torch::Device device = torch::kCPU;  // where collective buffers live: the rank's GPU for NCCL, else the CPU
 };
 bool distributed_available() { return true; }
 #else
@@ -82,10 +88,26 @@ class ProcessGroup {};
 bool distributed_available() { return false; }
 #endif
 
-Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout) : env_(env), timeout_(timeout) {
+Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout, torch::Device device)
+    : env_(env), timeout_(timeout) {
   if (!env.distributed()) return;
 #ifdef RTPURBO_WITH_GLOO
   pg_ = std::make_unique<ProcessGroup>();
+#ifdef RTPURBO_WITH_NCCL
+  if (device.is_cuda()) {
+    const int n = static_cast<int>(c10::cuda::device_count());
+    RTP_CHECK(device.has_index() && device.index() < n, "rank ", env.rank, ": LOCAL_RANK=", env.local_rank,
+              " needs GPU ", device.index(), " but ", n, " CUDA device(s) are visible (one rank per GPU: lower ",
+              "--nproc-per-node or check CUDA_VISIBLE_DEVICES)");
+    c10::cuda::set_device(device.index());
+    pg_->nccl = true;
+    pg_->device = device;
+  }
+#else
+  if (device.is_cuda() && env.rank == 0)
+    std::cerr << "distributed: this build has no NCCL (nccl.h not found at configure time); GPU gradients are "
+                 "averaged over Gloo through host memory\n";
+#endif
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
   so.isServer = env.rank == 0;
@@ -93,9 +115,18 @@ Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout) 
   so.timeout = timeout;
   try {
     pg_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
-    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    pg_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(pg_->store, env.rank, env.world_size, opts);
+#ifdef RTPURBO_WITH_NCCL
+    if (pg_->nccl) {
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      pg_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(pg_->store, env.rank, env.world_size, opts);
+    }
+#endif
+    if (!pg_->nccl) {
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      pg_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(pg_->store, env.rank, env.world_size, opts);
+    }
   } catch (const std::exception& e) {
     RTP_THROW("rank ", env.rank, " of ", env.world_size, ": rendezvous at ", env.master_addr, ":", env.master_port,
               " failed within ", timeout.count() / 1000, " s (did every rank start, with the same WORLD_SIZE?): ", message_of(e));
@@ -126,7 +157,8 @@ void Distributed::allreduce_mean(const std::vector<torch::Tensor>& tensors) {
   if (!env_.distributed() || tensors.empty()) return;
 #ifdef RTPURBO_WITH_GLOO
   std::vector<torch::Tensor> flat_parts;
-  for (const auto& t : tensors) flat_parts.push_back(t.detach().reshape(-1).to(torch::kCPU, torch::kFloat32));
+  // One fp32 bucket on the backend's device (the GPU itself for NCCL: no host round trip).
+  for (const auto& t : tensors) flat_parts.push_back(t.detach().reshape(-1).to(pg_->device, torch::kFloat32));
   std::vector<at::Tensor> bucket{torch::cat(flat_parts)};
   collective(env_, timeout_, "allreduce", [&] { pg_->pg->allreduce(bucket)->wait(timeout_); });
   bucket[0].div_(env_.world_size);
@@ -142,7 +174,11 @@ void Distributed::allreduce_mean(const std::vector<torch::Tensor>& tensors) {
 
 double Distributed::allreduce_mean(double value) {
   if (!env_.distributed()) return value;
+#ifdef RTPURBO_WITH_GLOO
+  auto t = torch::tensor({value}, torch::TensorOptions(torch::kFloat64).device(pg_->device));
+#else
   auto t = torch::tensor({value}, torch::kFloat64);
+#endif
   allreduce_mean(std::vector<torch::Tensor>{t});
   return t.item<double>();
 }
@@ -151,7 +187,7 @@ void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root)
   if (!env_.distributed()) return;
 #ifdef RTPURBO_WITH_GLOO
   for (const auto& t : tensors) {
-    std::vector<at::Tensor> one{t.detach().to(torch::kCPU).contiguous()};
+    std::vector<at::Tensor> one{t.detach().to(pg_->device).contiguous()};
     c10d::BroadcastOptions bo;
     bo.rootRank = root;
     collective(env_, timeout_, "broadcast", [&] { pg_->pg->broadcast(one, bo)->wait(timeout_); });
@@ -164,7 +200,9 @@ void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root)
 void Distributed::barrier() {
   if (!env_.distributed()) return;
 #ifdef RTPURBO_WITH_GLOO
-  collective(env_, timeout_, "barrier", [&] { pg_->pg->barrier()->wait(timeout_); });
+  c10d::BarrierOptions bo;
+  if (pg_->nccl) bo.device_ids = {static_cast<int64_t>(pg_->device.index())};
+  collective(env_, timeout_, "barrier", [&] { pg_->pg->barrier(bo)->wait(timeout_); });
 #endif
 }
 

@@ -128,10 +128,10 @@ std::string fmt(const char* f, double v) {
 void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   validate(cfg, "indexer");
   const dist::DistEnv env = dist::read_dist_env();
-  dist::Distributed world(env, std::chrono::seconds(cfg.dist_timeout_s));
+  if (ctx.device.is_cuda() && env.distributed()) ctx.device = torch::Device(torch::kCUDA, env.local_rank);
+  dist::Distributed world(env, std::chrono::seconds(cfg.dist_timeout_s), ctx.device);
   ctx.rank = env.rank;
   ctx.world_size = env.world_size;
-  if (ctx.device.is_cuda() && env.distributed()) ctx.device = torch::Device(torch::kCUDA, env.local_rank);
   RTP_CHECK(cfg.batch_size % env.world_size == 0, "batch_size=", cfg.batch_size, " is the global batch and must be a ",
             "multiple of WORLD_SIZE=", env.world_size);
   const int64_t local_batch = cfg.batch_size / env.world_size;
