@@ -6,9 +6,13 @@
 
 #include "rtp/core/error.h"
 
+// A process-group backend: Gloo (CPU ranks; GPU ranks through host copies) and/or NCCL (GPU ranks).
+#if defined(RTPURBO_WITH_GLOO) || defined(RTPURBO_WITH_NCCL)
+#define RTP_HAS_C10D 1
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
 #ifdef RTPURBO_WITH_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
 #ifdef RTPURBO_WITH_NCCL
 #include <c10/cuda/CUDAFunctions.h>
@@ -74,7 +78,7 @@ DistEnv read_dist_env() {
   return e;
 }
 
-#ifdef RTPURBO_WITH_GLOO
+#ifdef RTP_HAS_C10D
 class ProcessGroup {
  public:
   c10::intrusive_ptr<c10d::Store> store;
@@ -91,7 +95,7 @@ bool distributed_available() { return false; }
 Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout, torch::Device device)
     : env_(env), timeout_(timeout) {
   if (!env.distributed()) return;
-#ifdef RTPURBO_WITH_GLOO
+#ifdef RTP_HAS_C10D
   pg_ = std::make_unique<ProcessGroup>();
 #ifdef RTPURBO_WITH_NCCL
   if (device.is_cuda()) {
@@ -108,6 +112,10 @@ Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout, 
     std::cerr << "distributed: this build has no NCCL (nccl.h not found at configure time); GPU gradients are "
                  "averaged over Gloo through host memory\n";
 #endif
+#ifndef RTPURBO_WITH_GLOO
+  RTP_CHECK(pg_->nccl, "rank ", env.rank, ": WORLD_SIZE=", env.world_size, " on the CPU needs the Gloo backend, which ",
+            "this build lacks: install libgloo-dev and rebuild (scripts/setup.sh does both), or train on GPUs (NCCL)");
+#endif
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
   so.isServer = env.rank == 0;
@@ -122,11 +130,13 @@ Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout, 
       pg_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(pg_->store, env.rank, env.world_size, opts);
     }
 #endif
+#ifdef RTPURBO_WITH_GLOO
     if (!pg_->nccl) {
       auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       pg_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(pg_->store, env.rank, env.world_size, opts);
     }
+#endif
   } catch (const std::exception& e) {
     RTP_THROW("rank ", env.rank, " of ", env.world_size, ": rendezvous at ", env.master_addr, ":", env.master_port,
               " failed within ", timeout.count() / 1000, " s (did every rank start, with the same WORLD_SIZE?): ", message_of(e));
@@ -139,7 +149,7 @@ Distributed::Distributed(const DistEnv& env, std::chrono::milliseconds timeout, 
 
 Distributed::~Distributed() = default;
 
-#ifdef RTPURBO_WITH_GLOO
+#ifdef RTP_HAS_C10D
 namespace {
 template <typename F>
 void collective(const DistEnv& env, std::chrono::milliseconds timeout, const char* what, F&& f) {
@@ -155,7 +165,7 @@ void collective(const DistEnv& env, std::chrono::milliseconds timeout, const cha
 
 void Distributed::allreduce_mean(const std::vector<torch::Tensor>& tensors) {
   if (!env_.distributed() || tensors.empty()) return;
-#ifdef RTPURBO_WITH_GLOO
+#ifdef RTP_HAS_C10D
   std::vector<torch::Tensor> flat_parts;
   // One fp32 bucket on the backend's device (the GPU itself for NCCL: no host round trip).
   for (const auto& t : tensors) flat_parts.push_back(t.detach().reshape(-1).to(pg_->device, torch::kFloat32));
@@ -174,7 +184,7 @@ void Distributed::allreduce_mean(const std::vector<torch::Tensor>& tensors) {
 
 double Distributed::allreduce_mean(double value) {
   if (!env_.distributed()) return value;
-#ifdef RTPURBO_WITH_GLOO
+#ifdef RTP_HAS_C10D
   auto t = torch::tensor({value}, torch::TensorOptions(torch::kFloat64).device(pg_->device));
 #else
   auto t = torch::tensor({value}, torch::kFloat64);
@@ -185,7 +195,7 @@ double Distributed::allreduce_mean(double value) {
 
 void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
   if (!env_.distributed()) return;
-#ifdef RTPURBO_WITH_GLOO
+#ifdef RTP_HAS_C10D
   for (const auto& t : tensors) {
     std::vector<at::Tensor> one{t.detach().to(pg_->device).contiguous()};
     c10d::BroadcastOptions bo;
@@ -199,7 +209,7 @@ void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root)
 
 void Distributed::barrier() {
   if (!env_.distributed()) return;
-#ifdef RTPURBO_WITH_GLOO
+#ifdef RTP_HAS_C10D
   c10d::BarrierOptions bo;
   if (pg_->nccl) bo.device_ids = {static_cast<int64_t>(pg_->device.index())};
   collective(env_, timeout_, "barrier", [&] { pg_->pg->barrier(bo)->wait(timeout_); });
