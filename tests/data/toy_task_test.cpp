@@ -229,6 +229,22 @@ TEST(ToyTask, BatchAndLossConvention) {
   EXPECT_EQ(b.loss_weights[2][p].item<float>(), 5.0f);
   EXPECT_TRUE(b.answer_mask[2][p].item<bool>());
   EXPECT_EQ(b.answer_mask.sum().item<int64_t>(), 3 * 8 * 3);
+  // copy_mask: every target inside a span copy except its first token, and it equals the token after the same
+  // offset in the source (what an induction head predicts). At 1024 tokens the spans find room between needles.
+  const auto long_samples = task.generate_many(1024, 1, 0, 0, 3);
+  const auto lb = make_batch(long_samples, 5.0);
+  int64_t copies = 0;
+  for (size_t s = 0; s < long_samples.size(); ++s)
+    for (const auto& sp : long_samples[s].spans) {
+      copies += sp.length - 1;
+      EXPECT_FALSE(lb.copy_mask[static_cast<int64_t>(s)][sp.copy - 1].item<bool>());
+      for (int64_t i = 1; i < sp.length; ++i) {
+        ASSERT_TRUE(lb.copy_mask[static_cast<int64_t>(s)][sp.copy + i - 1].item<bool>());
+        EXPECT_EQ(lb.targets[static_cast<int64_t>(s)][sp.copy + i - 1].item<int64_t>(), long_samples[s].ids[sp.source + i]);
+      }
+    }
+  EXPECT_GT(copies, 0);
+  EXPECT_EQ(lb.copy_mask.sum().item<int64_t>(), copies);
   // Uniform logits: every target's CE is log(V), so the weighted mean is log(V) too.
   auto logits = torch::zeros({3, 384, 512});
   EXPECT_NEAR(weighted_lm_loss(logits, b).item<double>(), std::log(512.0), 1e-5);

@@ -132,6 +132,8 @@ struct ToyBatch {
   torch::Tensor targets;       // int64 [B, T], -100 where there is no target
   torch::Tensor loss_weights;  // float32 [B, T], 0 where there is no target
   torch::Tensor answer_mask;   // bool [B, T]: position predicts an answer token
+  torch::Tensor copy_mask;     // bool [B, T]: position predicts a token of a span copy from the token before it
+                               // (only induction can: the copy's first token is not included)
 };
 // All samples must have the same length.
 ToyBatch make_batch(const std::vector<ToySample>& samples, double answer_loss_weight = 1.0);

@@ -281,8 +281,13 @@ ToyBatch make_batch(const std::vector<ToySample>& samples, double answer_loss_we
   batch.loss_weights = torch::ones({B, T}, torch::kFloat32);
   batch.loss_weights.select(1, T - 1).zero_();
   batch.answer_mask = torch::zeros({B, T}, torch::kBool);
+  batch.copy_mask = torch::zeros({B, T}, torch::kBool);
   auto w = batch.loss_weights.accessor<float, 2>();
   auto m = batch.answer_mask.accessor<bool, 2>();
+  auto cm = batch.copy_mask.accessor<bool, 2>();
+  for (int64_t b = 0; b < B; ++b)
+    for (const auto& sp : samples[static_cast<size_t>(b)].spans)
+      for (int64_t i = 1; i < sp.length; ++i) cm[b][sp.copy + i - 1] = true;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t p : samples[static_cast<size_t>(b)].answer_positions) {
       w[b][p] = static_cast<float>(answer_loss_weight);

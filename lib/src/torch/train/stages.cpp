@@ -213,15 +213,23 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
     if (done % cfg.log_every == 0 || done == cfg.steps || do_eval) {
       torch::NoGradGuard ng;
       // The answer tokens' own cross-entropy: the number that says whether retrieval is being learned.
-      const auto m = batch.answer_mask.to(logits.device()).reshape({-1});
       const auto V = logits.size(-1);
-      const auto ce = torch::nn::functional::cross_entropy(
-          logits.detach().reshape({-1, V}).index({m}), batch.targets.to(logits.device()).reshape({-1}).index({m}));
+      const auto flat_logits = logits.detach().reshape({-1, V});
+      const auto flat_targets = batch.targets.to(logits.device()).reshape({-1});
+      auto masked_ce = [&](const torch::Tensor& mask) {
+        const auto m = mask.to(logits.device()).reshape({-1});
+        return torch::nn::functional::cross_entropy(flat_logits.index({m}), flat_targets.index({m}));
+      };
+      const auto ce = masked_ce(batch.answer_mask);
+      // Span copies: the induction circuit's own signal, which answering queries builds on.
+      const bool has_copies = batch.copy_mask.any().item<bool>();
+      const double copy_ce = has_copies ? masked_ce(batch.copy_mask).item<double>() : -1;
       const auto now = std::chrono::steady_clock::now();
       const double secs = std::chrono::duration<double>(now - t_last).count();
       std::string msg = str_cat("step ", done, "/", cfg.steps, "  loss ", fmt("%.4f", loss_v), "  answer_ce ",
                                 fmt("%.4f", ce.item<double>()), "  lr ", fmt("%.3e", lr), "  len ", T, "  tok/s ",
                                 fmt("%.0f", static_cast<double>(tokens_since) / std::max(secs, 1e-9)));
+      if (has_copies) msg += str_cat("  copy_ce ", fmt("%.4f", copy_ce));
       if (grad_norm >= 0) msg += str_cat("  gnorm ", fmt("%.3f", grad_norm));
       if (do_eval) msg += str_cat("  toy_acc ", fmt("%.4f", last_acc));
       std::cerr << msg << "\n";
