@@ -203,3 +203,32 @@ TEST(RulerReport, MissingFieldsAreErrorsNamingThem) {
 }
 
 }  // namespace
+
+// Per-layer figures, when ruler.json has them: one row per layer at the longest length, mean over tasks, with a
+// bar as wide as the fraction; absent without them; a bad entry is an error naming it.
+TEST(RulerReport, PerLayerSectionAtTheLongestLength) {
+  json j = sample();
+  EXPECT_EQ(section(rtp::eval::render_ruler_report_html(j), "layers"), "");
+  for (auto& r : j["results"]) {
+    const bool first = r["task"] == "niah_single_1";
+    r["sparse_attended_fraction_per_layer"] = first ? json{0.25, 0.5} : json{0.75, 1.0};
+    r["sparse_kv_bytes_per_layer"] = first ? json{131072, 1048576} : json{131072, 3145728};
+  }
+  const std::string s = section(rtp::eval::render_ruler_report_html(j), "layers");
+  ASSERT_NE(s, "");
+  EXPECT_NE(s.find("Per layer at 4096 tokens"), std::string::npos) << s;
+  // Means over the two tasks: layer 0 fraction 0.5, KV 0.125 MiB; layer 1 fraction 0.75, KV 2 MiB (the report's
+  // unit is MiB: the largest figure, 4 MiB of dense KV at 4096, picks it).
+  EXPECT_NE(s.find("<tr><td>0</td><td>0.500</td>"), std::string::npos) << s;
+  EXPECT_NE(s.find("<tr><td>1</td><td>0.750</td>"), std::string::npos) << s;
+  EXPECT_NE(s.find("width=\"60.0\""), std::string::npos) << s;
+  EXPECT_NE(s.find("width=\"90.0\""), std::string::npos) << s;
+  EXPECT_NE(s.find("<td>0.12</td>"), std::string::npos) << s;
+  EXPECT_NE(s.find("<td>2.00</td>"), std::string::npos) << s;
+  EXPECT_EQ(count(s, "<tr><td>"), 2u);
+
+  j["results"][0]["sparse_attended_fraction_per_layer"] = json{0.25, 1.5};
+  const std::string e = error_of([&] { rtp::eval::render_ruler_report_html(j); });
+  EXPECT_NE(e.find("'sparse_attended_fraction_per_layer'[1] is 1.5: expected a number in [0, 1]"), std::string::npos)
+      << e;
+}

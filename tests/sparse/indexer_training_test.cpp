@@ -195,6 +195,43 @@ TEST(SparseAttention, RetrievalHeadAttendsItsSelectedBlocksOnly) {
   EXPECT_TRUE(torch::allclose(out[0][1].to(torch::kFloat64), ref, 1e-5, 1e-5));
 }
 
+// The pair counts the kernel path reports (from the rule and the block lists, no mask) equal the visibility
+// mask's sums, for streaming and retrieval heads, ragged lengths, sinks older than the window, and dense prompts.
+TEST(SparseAttention, PairCountsWithoutTheMaskEqualTheMask) {
+  torch::manual_seed(9);
+  const int64_t Hq = 4, Hkv = 2, D = 32, d = 16;
+  auto heads = rtp::sparse::HeadMap::all_streaming(1, Hkv, Hq / Hkv);
+  heads.retrieval[0][1] = 1;
+  rtp::sparse::Indexer indexer(heads, D, d);
+  indexer.q_proj(0).normal_();
+  indexer.k_proj(0).normal_();
+  for (const int64_t T : {int64_t{37}, int64_t{300}, int64_t{701}}) {
+    rtp::sparse::SparseSettings st;
+    st.block_size = 64;
+    st.top_p = 0.6;
+    st.sink = 3;
+    st.window = 50;
+    st.dense_below = 64;
+    rtp::sparse::SparseAttention attn(heads, st, &indexer);
+    rtp::model::LayerAttentionInputs in;
+    in.q = torch::randn({1, Hq, T, D});
+    in.k = torch::randn({1, Hkv, T, D});
+    in.v = torch::randn({1, Hkv, T, D});
+    in.q_pre_rope = torch::randn({1, Hq, T, D});
+    in.k_pre_rope = torch::randn({1, Hkv, T, D});
+    in.scale = 0.2;
+    const auto mask = attn.layer_mask(in);
+    const bool dense = T < st.dense_below;
+    const auto lists = attn.reference_lists(in);
+    const auto pairs = attn.kv_head_pairs(0, T, dense ? nullptr : &lists);
+    for (int64_t g = 0; g < Hkv; ++g) {
+      const double from_mask = mask[g * (Hq / Hkv)].sum().item<double>();
+      EXPECT_EQ(pairs[static_cast<size_t>(g)], from_mask) << "T " << T << ", KV head " << g;
+    }
+    if (!dense) EXPECT_LT(pairs[1], T * (T + 1) / 2.0) << "top-p 0.6 should drop blocks at T " << T;
+  }
+}
+
 TEST(RandomHeads, SameCountDeterministicAndSeedDependent) {
   auto a = rtp::train::random_head_map(4, 4, 2, 3, 11);
   auto b = rtp::train::random_head_map(4, 4, 2, 3, 11);

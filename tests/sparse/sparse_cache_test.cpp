@@ -77,6 +77,20 @@ TEST(SparseCache, TopPSelectsFewerTokensAndMemoryIsExact) {
   // 3 layers x 2 KV heads, D 32, fp32: 1 retrieval head keeps T x (2*32 + 16), 5 streaming heads keep 10 x 2*32.
   EXPECT_EQ(cache.bytes(), (T * (2 * 32 + 16) + 5 * 10 * 2 * 32) * 4);
   EXPECT_EQ(cache.dense_bytes(), 6 * T * 2 * 32 * 4);
+  // Per layer: layer 1 holds the retrieval head.
+  EXPECT_EQ(cache.layer_bytes(0), 2 * 10 * 2 * 32 * 4);
+  EXPECT_EQ(cache.layer_bytes(1), (T * (2 * 32 + 16) + 10 * 2 * 32) * 4);
+  EXPECT_EQ(cache.layer_bytes(2), 2 * 10 * 2 * 32 * 4);
+  // The prompt's prefill pairs: streaming heads min(i + 1, 10) per query (no sink older than the window here
+  // beyond the 2 sinks: min(i+1, 8) + min(2, max(0, i+1-8))), the retrieval head fewer than causal.
+  const auto& ps = cache.prefill_stats();
+  const int64_t P = T - 1;
+  double stream = 0;
+  for (int64_t i = 0; i < P; ++i) stream += std::min<int64_t>(i + 1, 8) + std::min<int64_t>(2, std::max<int64_t>(0, i + 1 - 8));
+  const int64_t G = s.model.config().group_size();
+  EXPECT_EQ(ps.head_attended[0][0], stream * G);
+  EXPECT_EQ(ps.head_causal[1][1], P * (P + 1) / 2.0 * G);
+  EXPECT_LT(ps.head_attended[1][1], ps.head_causal[1][1]);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "rtp/model/attention_seam.h"
+#include "rtp/ops/sparse_attention.h"
 #include "rtp/sparse/head_map.h"
 #include "rtp/sparse/indexer.h"
 #include "rtp/sparse/sparse_settings.h"
@@ -33,13 +34,17 @@ class SparseAttention : public model::AttentionSeam {
 
   // Visibility mask [Hq, T, T] (true = attended) of one layer for a batch-1 input; used by attend() and tests.
   torch::Tensor layer_mask(const model::LayerAttentionInputs& in) const;
+  // Attended (query, key) pairs per KV head of `layer` at length T, counted from the rule and the retrieval heads'
+  // block lists (in retrieval-head order; may be null when the layer has none or T < dense_below) without a mask.
+  std::vector<double> kv_head_pairs(int64_t layer, int64_t T, const ops::BlockLists* lists) const;
+  // The retrieval heads' block lists the reference path uses (float32 indexer on the CPU), for one sequence.
+  ops::BlockLists reference_lists(const model::LayerAttentionInputs& in) const;
 
   void set_measure_recall(bool on) { measure_recall_ = on; }
   const SparseStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
   bool use_kernels = true;  // CUDA: use the CUDA kernels when built with them
-  // Count attended pairs per head. It needs the [Hq, T, T] visibility mask, which the CUDA kernel path otherwise
-  // never builds: turn it off for long sequences (the mask of a 32K-token layer with 32 heads is 32 GB).
+  // Count attended pairs per head (from the block lists on the kernel path: no mask is built for them).
   bool collect_stats = true;
 
  private:

@@ -29,6 +29,9 @@ class SparseCache : public model::AttentionSeam {
   // min(length, sink + window) x 2 D, times the element size. dense_bytes(): 2 D x length for every KV head.
   int64_t bytes() const;
   int64_t dense_bytes() const;
+  int64_t layer_bytes(int64_t layer) const;
+  // Attended and causal (query, key) pairs of the prompt's sparse prefill, per layer and KV head.
+  const SparseStats& prefill_stats() const { return prefill_.stats(); }
   // Tokens each retrieval KV head attended at the last decode step, per layer (for reports).
   const std::vector<torch::Tensor>& last_selected() const { return last_selected_; }
 

@@ -44,6 +44,8 @@ struct Generated {
   std::vector<int32_t> tokens;
   double prefill_s = 0, decode_s = 0;
   int64_t kv_bytes = 0;
+  std::vector<double> layer_fraction;   // sparse: the prompt prefill's attended / causal pairs per layer
+  std::vector<int64_t> layer_kv_bytes;  // sparse: cache bytes per layer
 };
 
 std::vector<int32_t> tail_tokens(const torch::Tensor& out, int64_t from) {
@@ -80,6 +82,14 @@ Generated generate_sparse(sparse::ConvertedModel& cm, const torch::Tensor& promp
   g.prefill_s = std::chrono::duration<double>(t1 - t0).count();
   g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   g.kv_bytes = cache.bytes();
+  const auto& st = cache.prefill_stats();
+  for (int64_t l = 0; l < cm.model.config().num_hidden_layers; ++l) {
+    g.layer_kv_bytes.push_back(cache.layer_bytes(l));
+    double att = 0, causal = 0;
+    if (static_cast<size_t>(l) < st.head_attended.size())
+      for (size_t h = 0; h < st.head_attended[l].size(); ++h) att += st.head_attended[l][h], causal += st.head_causal[l][h];
+    g.layer_fraction.push_back(causal > 0 ? att / causal : 1.0);
+  }
   return g;
 }
 
@@ -139,6 +149,8 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
           row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
           row["sparse_kv_bytes"] = g.kv_bytes;
+          row["sparse_kv_bytes_per_layer"] = g.layer_kv_bytes;
+          row["sparse_attended_fraction_per_layer"] = g.layer_fraction;
         }
       }
       if (cm && o.dense) row["dense_accuracy"] = dense_sum / o.samples;

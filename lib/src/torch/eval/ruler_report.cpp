@@ -21,6 +21,8 @@ namespace {
 struct Row {
   double dense_accuracy = 0, dense_time_s = 0, dense_kv_bytes = 0;
   double sparse_accuracy = 0, sparse_prefill_s = 0, sparse_decode_s = 0, sparse_kv_bytes = 0;
+  // Optional, per layer (last sample): the prompt prefill's attended / causal pairs and the cache's bytes.
+  std::vector<double> sparse_layer_fraction, sparse_layer_kv_bytes;
 };
 
 struct RulerResults {
@@ -105,6 +107,19 @@ RulerResults parse(const json& j, const std::string& source) {
       x.sparse_prefill_s = number(row, "sparse_prefill_s", where, "seconds of sparse prefill (>= 0)", 0, inf);
       x.sparse_decode_s = number(row, "sparse_decode_s", where, "seconds of sparse decode (>= 0)", 0, inf);
       x.sparse_kv_bytes = number(row, "sparse_kv_bytes", where, "the sparse KV cache in bytes (>= 0)", 0, inf);
+      auto per_layer = [&](const char* key, double hi, std::vector<double>& out) {
+        if (!row.contains(key)) return;
+        const json& a = row[key];
+        RTP_CHECK(a.is_array() && !a.empty(), where, ": '", key, "' is ", a.dump().substr(0, 80),
+                  ": expected a non-empty array with one number per layer");
+        for (size_t i = 0; i < a.size(); ++i) {
+          RTP_CHECK(a[i].is_number() && a[i].get<double>() >= 0 && a[i].get<double>() <= hi, where, ": '", key, "'[",
+                    i, "] is ", a[i].dump(), ": expected a number in [0, ", hi, "]");
+          out.push_back(a[i].get<double>());
+        }
+      };
+      per_layer("sparse_attended_fraction_per_layer", 1.0, x.sparse_layer_fraction);
+      per_layer("sparse_kv_bytes_per_layer", inf, x.sparse_layer_kv_bytes);
     }
     RTP_CHECK(r.rows.emplace(std::make_pair(task, length), x).second, where,
               " repeats an earlier row: expected one row per task and length");
@@ -263,13 +278,48 @@ std::string time_section(const RulerResults& r) {
   return h;
 }
 
+// Per layer at the longest length, mean over tasks: how much of the causal attention the prefill touched and what
+// the cache holds. Absent when ruler.json has no per-layer figures (older files, dense-only runs).
+std::string layers_section(const RulerResults& r) {
+  if (!r.sparse || r.lengths.empty()) return "";
+  const int64_t L = r.lengths.back();
+  size_t layers = 0;
+  for (const auto& t : r.tasks) layers = std::max(layers, r.at(t, L).sparse_layer_fraction.size());
+  if (layers == 0) return "";
+  std::vector<double> frac(layers, 0.0), bytes(layers, 0.0);
+  std::vector<int> n(layers, 0);
+  for (const auto& t : r.tasks) {
+    const Row& x = r.at(t, L);
+    for (size_t l = 0; l < x.sparse_layer_fraction.size() && l < layers; ++l) {
+      frac[l] += x.sparse_layer_fraction[l];
+      bytes[l] += l < x.sparse_layer_kv_bytes.size() ? x.sparse_layer_kv_bytes[l] : 0.0;
+      ++n[l];
+    }
+  }
+  const auto [scale, unit] = kv_unit(r);
+  std::string h = str_cat("<section id=\"layers\"><h2>Per layer at ", L, " tokens</h2>\n<p>Attended fraction: (query, "
+                          "key) pairs the sparse prefill of the prompt attended over those of dense causal attention; "
+                          "KV: bytes the sparse cache holds. Mean over tasks of the last sample.</p>\n");
+  h += str_cat("<table><tr><th>layer</th><th>attended fraction</th><th></th><th>sparse KV (", unit, ")</th></tr>");
+  for (size_t l = 0; l < layers; ++l) {
+    const double f = n[l] ? frac[l] / n[l] : 0.0;
+    const double b = n[l] ? bytes[l] / n[l] / scale : 0.0;
+    h += "<tr>" + td(std::to_string(l)) + td(fmt("%.3f", f)) +
+         td(str_cat("<svg width=\"120\" height=\"10\"><rect class=\"bar\" width=\"", fmt("%.1f", 120 * f),
+                    "\" height=\"10\" fill=\"", html::series_colour(1), "\"/></svg>")) +
+         td(fmt("%.2f", b)) + "</tr>";
+  }
+  h += "</table>\n</section>\n";
+  return h;
+}
+
 }  // namespace
 
 std::string render_ruler_report_html(const json& j, const std::string& source) {
   const RulerResults r = parse(j, source);
   std::string h = html::page_begin("RTPurbo RULER evaluation");
   h += "<p>Model: <code>" + html_escape(r.model) + "</code>; results: <code>" + html_escape(source) + "</code></p>\n";
-  h += summary_section(r) + accuracy_section(r) + memory_section(r) + time_section(r);
+  h += summary_section(r) + accuracy_section(r) + memory_section(r) + layers_section(r) + time_section(r);
   h += html::page_end();
   return h;
 }

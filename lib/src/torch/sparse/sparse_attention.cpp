@@ -31,7 +31,59 @@ torch::Tensor causal_mask(int64_t T, torch::Device device) {
   return torch::ones({T, T}, torch::TensorOptions(torch::kBool).device(device)).tril();
 }
 
+// Pairs (i, j) of streaming_mask: per query the last `window` keys, plus the sinks older than the window.
+double streaming_pairs(int64_t T, int64_t sink, int64_t window) {
+  double n = 0;
+  for (int64_t i = 0; i < T; ++i)
+    n += static_cast<double>(std::min(i + 1, window) + std::min(sink, std::max<int64_t>(0, i + 1 - window)));
+  return n;
+}
+
+// Causal pairs of retrieval slot r's block lists: a full rows x cols rectangle below the diagonal block, the
+// lower triangle inside it (the last block may be short).
+double block_list_pairs(const ops::BlockLists& lists, int64_t r, int64_t T, int64_t B) {
+  const auto counts = lists.counts.to(torch::kCPU).contiguous();
+  const auto indices = lists.indices.to(torch::kCPU).contiguous();
+  const auto cnt = counts.accessor<int32_t, 2>();
+  const auto idx = indices.accessor<int32_t, 3>();
+  auto extent = [&](int64_t b) { return std::min((b + 1) * B, T) - b * B; };
+  double n = 0;
+  for (int64_t b = 0; b < counts.size(1); ++b) {
+    const double rows = static_cast<double>(extent(b));
+    for (int32_t c = 0; c < cnt[r][b]; ++c) {
+      const int64_t kb = idx[r][b][c];
+      if (kb < b) n += rows * static_cast<double>(extent(kb));
+      else if (kb == b) n += rows * (rows + 1) / 2;
+    }
+  }
+  return n;
+}
+
 }  // namespace
+
+std::vector<double> SparseAttention::kv_head_pairs(int64_t layer, int64_t T, const ops::BlockLists* lists) const {
+  const double causal = static_cast<double>(T) * static_cast<double>(T + 1) / 2;
+  const bool dense_prompt = T < settings_.dense_below;
+  const double stream = dense_prompt ? causal : streaming_pairs(T, settings_.sink, settings_.window);
+  std::vector<double> pairs(static_cast<size_t>(heads_.num_kv_heads), stream);
+  const auto ret = heads_.retrieval_heads(layer);
+  for (size_t r = 0; r < ret.size(); ++r) {
+    const bool listed = !dense_prompt && indexer_ != nullptr;
+    RTP_CHECK(!listed || lists != nullptr, "kv_head_pairs: layer ", layer, " needs the retrieval heads' block lists");
+    pairs[static_cast<size_t>(ret[r])] =
+        listed ? block_list_pairs(*lists, static_cast<int64_t>(r), T, settings_.block_size) : causal;
+  }
+  return pairs;
+}
+
+ops::BlockLists SparseAttention::reference_lists(const model::LayerAttentionInputs& in) const {
+  const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
+  const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
+  torch::NoGradGuard no_grad;
+  auto iq = indexer_->index_queries(in.layer, qsrc)[0].to(torch::kFloat32).contiguous();  // [n, G, T, dim]
+  auto ik = indexer_->index_keys(in.layer, ksrc)[0].to(torch::kFloat32).contiguous();     // [n, T, dim]
+  return ops::select_blocks(iq.cpu(), ik.cpu(), to_ops_config(settings_));
+}
 
 SparseAttention::SparseAttention(HeadMap heads, SparseSettings settings, const Indexer* indexer)
     : heads_(std::move(heads)), settings_(settings), indexer_(indexer) {
@@ -55,12 +107,7 @@ torch::Tensor SparseAttention::layer_mask(const model::LayerAttentionInputs& in)
     if (indexer_ == nullptr) {
       for (int64_t g : ret) kv_masks[g] = causal;
     } else {
-      const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
-      const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
-      torch::NoGradGuard no_grad;
-      auto iq = indexer_->index_queries(layer, qsrc)[0].to(torch::kFloat32).contiguous();  // [n, G, T, dim]
-      auto ik = indexer_->index_keys(layer, ksrc)[0].to(torch::kFloat32).contiguous();     // [n, T, dim]
-      auto lists = ops::select_blocks(iq.cpu(), ik.cpu(), to_ops_config(settings_));
+      auto lists = reference_lists(in);
       const int64_t nb = lists.counts.size(1), B = settings_.block_size;
       auto counts = lists.counts.accessor<int32_t, 2>();
       auto idx = lists.indices.accessor<int32_t, 3>();
@@ -97,17 +144,31 @@ torch::Tensor SparseAttention::attend(const model::LayerAttentionInputs& in) {
     const bool kernel_ok = use_kernels && kernels::built_with_cuda() && one.q.is_cuda() &&
                            one.q.scalar_type() == torch::kBFloat16 && (one.q.size(3) == 64 || one.q.size(3) == 128) &&
                            settings_.dense_below <= T && indexer_ != nullptr && !settings_.post_rope_indexer;
-    // The mask is needed by the reference path and by the statistics; the kernels never need it.
+    // The [Hq, T, T] mask is needed by the reference path and by recall; the kernels and the pair counts never
+    // need it (at 32K tokens and 32 heads it would be 32 GB).
     torch::Tensor mask;
-    if (!kernel_ok || collect_stats || measure_recall_) mask = layer_mask(one);  // [Hq, T, T]
+    if (!kernel_ok || measure_recall_) mask = layer_mask(one);  // [Hq, T, T]
+    const bool listed = !heads_.retrieval_heads(layer).empty() && T >= settings_.dense_below && indexer_ != nullptr;
+    ops::BlockLists lists;
+    if (kernel_ok && listed) {
+      auto iq = indexer_->index_queries(layer, one.q_pre_rope)[0].to(torch::kBFloat16).contiguous();
+      auto ik = indexer_->index_keys(layer, one.k_pre_rope)[0].to(torch::kBFloat16).contiguous();
+      lists = ops::select_blocks(iq, ik, to_ops_config(settings_));
+    }
     if (collect_stats || measure_recall_) {
-      auto per_head = mask.sum({1, 2}).to(torch::kFloat64).cpu();
       const double causal_pairs = static_cast<double>(T) * (T + 1) / 2;
-      auto ph = per_head.accessor<double, 1>();
-      for (int64_t h = 0; h < Hq; ++h) {
-        stats_.head_attended[layer][h / G] += ph[h];
-        stats_.head_causal[layer][h / G] += causal_pairs;
-        stats_.attended_pairs += ph[h];
+      std::vector<double> per_kv;
+      if (mask.defined()) {
+        auto per_head = mask.sum({1, 2}).to(torch::kFloat64).cpu();
+        per_kv.assign(static_cast<size_t>(Hkv), 0.0);
+        for (int64_t h = 0; h < Hq; ++h) per_kv[static_cast<size_t>(h / G)] += per_head[h].item<double>() / G;
+      } else {
+        per_kv = kv_head_pairs(layer, T, listed ? &lists : nullptr);
+      }
+      for (int64_t g = 0; g < Hkv; ++g) {
+        stats_.head_attended[layer][g] += per_kv[static_cast<size_t>(g)] * G;
+        stats_.head_causal[layer][g] += causal_pairs * G;
+        stats_.attended_pairs += per_kv[static_cast<size_t>(g)] * G;
       }
       stats_.causal_pairs += causal_pairs * Hq;
       if (measure_recall_) {
@@ -127,12 +188,6 @@ torch::Tensor SparseAttention::attend(const model::LayerAttentionInputs& in) {
     if (kernel_ok) {
       std::vector<kernels::HeadKind> kinds(Hkv, kernels::HeadKind::STREAMING);
       for (int64_t g : heads_.retrieval_heads(layer)) kinds[g] = kernels::HeadKind::RETRIEVAL;
-      ops::BlockLists lists;
-      if (!heads_.retrieval_heads(layer).empty()) {
-        auto iq = indexer_->index_queries(layer, one.q_pre_rope)[0].to(torch::kBFloat16).contiguous();
-        auto ik = indexer_->index_keys(layer, one.k_pre_rope)[0].to(torch::kBFloat16).contiguous();
-        lists = ops::select_blocks(iq, ik, to_ops_config(settings_));
-      }
       auto o = ops::sparse_attention(one.q[0].contiguous(), one.k[0].contiguous(), one.v[0].contiguous(), kinds, lists,
                                      to_ops_config(settings_));
       outs.push_back(o.unsqueeze(0));

@@ -142,14 +142,20 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
   return out;
 }
 
-int64_t SparseCache::bytes() const {
+int64_t SparseCache::layer_bytes(int64_t layer) const {
+  RTP_CHECK(layer >= 0 && layer < static_cast<int64_t>(kinds_.size()), "sparse cache: no layer ", layer);
   int64_t n = 0;
   const int64_t D = config_.head_dim;
-  for (size_t l = 0; l < kinds_.size(); ++l)
-    for (auto k : kinds_[l])
-      n += k == kernels::HeadKind::RETRIEVAL ? length_ * (2 * D + settings_.indexer_dim)
-                                             : std::min(length_, settings_.sink + settings_.window) * 2 * D;
+  for (auto k : kinds_[static_cast<size_t>(layer)])
+    n += k == kernels::HeadKind::RETRIEVAL ? length_ * (2 * D + settings_.indexer_dim)
+                                           : std::min(length_, settings_.sink + settings_.window) * 2 * D;
   return n * element_size_;
+}
+
+int64_t SparseCache::bytes() const {
+  int64_t n = 0;
+  for (int64_t l = 0; l < static_cast<int64_t>(kinds_.size()); ++l) n += layer_bytes(l);
+  return n;
 }
 
 int64_t SparseCache::dense_bytes() const {
