@@ -1,6 +1,8 @@
 #include "rtp/data/toy_task.h"
 
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <torch/torch.h>
 
 #include <set>
@@ -199,6 +201,21 @@ TEST(ToyTask, RandomSpansAreCopiedAndAvoidNeedleKeys) {
   // Uniform over ~488 tokens: about half are keys or values, and filler pairs follow the chain only by chance.
   EXPECT_GT(non_filler, 8 * 4 * 32 / 4);
   EXPECT_LT(static_cast<double>(chained) / static_cast<double>(std::max<int64_t>(pairs, 1)), 0.1);
+}
+
+TEST(ToyTask, BranchingZeroIsAUniformHaystack) {
+  ToyTaskConfig cfg = small_config();
+  cfg.markov_branching = 0;
+  cfg.num_spans = 0;
+  ToyTask task(cfg);
+  std::vector<int64_t> seen(static_cast<size_t>(cfg.num_filler), 0);
+  int64_t n = 0;
+  for (uint64_t seed = 0; seed < 40; ++seed)
+    for (int64_t t : task.generate(2048, seed).ids)
+      if (t >= cfg.filler_begin() && t < cfg.key_begin()) ++seen[static_cast<size_t>(t - cfg.filler_begin())], ++n;
+  // ~75K draws over 248 tokens: ~300 each; a chain with 4 successors would leave most counts far off.
+  const double mean = static_cast<double>(n) / cfg.num_filler;
+  for (int64_t c : seen) EXPECT_NEAR(static_cast<double>(c), mean, 5 * std::sqrt(mean));
 }
 
 TEST(ToyTask, ValidationNamesTheFields) {

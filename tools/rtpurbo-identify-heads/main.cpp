@@ -220,8 +220,13 @@ int main(int argc, char** argv) {
     s.aggregation = rtp::heads::aggregation_name(rule.aggregation);
     s.per_query_head = rule.per_query_head;
     s.dtype = rtp::dtype_name(ctx.dtype);
-    rtp::heads::save_head_profile(p, out_path);
     const std::string svg = args.count("svg") ? args["svg"].as<std::string>() : svg_path_for(out_path);
+    // Like the other tools' output directories: create what is missing (HDF5 would only say it cannot create the file).
+    for (const std::string& f : {out_path, svg}) {
+      const auto slash = f.find_last_of('/');
+      if (slash != std::string::npos && slash > 0) rtp::make_directories(f.substr(0, slash));
+    }
+    rtp::heads::save_head_profile(p, out_path);
     rtp::heads::write_heatmap_svg(p, svg);
 
     // Report: per-layer summary (stderr), then the top heads (stdout).

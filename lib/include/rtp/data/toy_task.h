@@ -43,7 +43,7 @@ struct ToyTaskConfig {
   int64_t num_queries = 8;  // <= num_needles: every query asks a different needle
   int64_t num_spans = 2;
   int64_t span_len = 32;
-  int64_t markov_branching = 4;  // successors per filler token in the haystack's Markov chain
+  int64_t markov_branching = 4;  // successors per filler token in the haystack's Markov chain; 0: i.i.d. uniform
   // The filler token at i is drawn from the successors of the one at i - markov_lag. With lag 2 the haystack can
   // only be predicted by looking one token back, so a previous-token head pays off from the first steps; it is
   // the first half of the induction circuit that answers queries, which otherwise has no reason to form early.

@@ -76,7 +76,7 @@ using rtp::config::range;
   X("data", int64_t, toy_queries, 8, range(1, 4096), "toy task: QUERY..ANS.. queries at the end of a sequence")     \
   X("data", int64_t, toy_spans, 2, range(0, 4096), "toy task: spans copied verbatim later (induction)")             \
   X("data", int64_t, toy_span_len, 32, range(2, 1 << 20), "toy task: tokens per copied span")                       \
-  X("data", int64_t, toy_markov_branching, 4, range(1, 1 << 16), "toy task: successors per filler token")           \
+  X("data", int64_t, toy_markov_branching, 4, range(0, 1 << 16), "toy task: successors per filler token (0: uniform)")\
   X("data", int64_t, toy_markov_lag, 1, range(1, 64), "toy task: filler token i follows the chain from token i-lag")\
   X("data", bool, toy_random_spans, false, any(), "toy task: spans of random tokens (induction-only) not haystack")\
   X("data", bool, toy_adjacent, false, any(), "toy task: value right after its key (KEY VAL k v): one induction step")\

@@ -66,7 +66,8 @@ void ToyTaskConfig::validate(const std::string& origin) const {
   RTP_CHECK(saturating_pow(num_values, value_len) >= 2 * num_needles, where, "toy_num_values^toy_value_len (",
             num_values, "^", value_len, ") must be >= 2 * toy_needles (", 2 * num_needles, ")");
   RTP_CHECK(num_spans >= 0 && (num_spans == 0 || span_len >= 2), where, "toy_span_len must be >= 2; got ", span_len);
-  RTP_CHECK(markov_branching >= 1, where, "toy_markov_branching must be >= 1; got ", markov_branching);
+  RTP_CHECK(markov_branching >= 0, where, "toy_markov_branching must be >= 0 (0: uniform haystack); got ",
+            markov_branching);
   RTP_CHECK(markov_lag >= 1, where, "toy_markov_lag must be >= 1; got ", markov_lag);
 }
 
@@ -89,7 +90,7 @@ ToyTask::ToyTask(const ToyTaskConfig& config) : config_(config) {
       cdf.push_back(total);
     }
     for (double& c : cdf) c /= total;
-    cdf.back() = 1.0;
+    if (!cdf.empty()) cdf.back() = 1.0;  // branching 0 (uniform haystack) has no chain
   }
 }
 
@@ -127,6 +128,7 @@ ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
   //    first markov_lag tokens are uniform).
   std::vector<int64_t> filler(static_cast<size_t>(filler_len));
   auto follow = [&](int64_t from) {
+    if (c.markov_branching == 0) return c.filler_begin() + uniform_int(rng, c.num_filler);
     const auto& cdf = cdf_[static_cast<size_t>(from - c.filler_begin())];
     const double u = uniform01(rng);
     const size_t j = static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
