@@ -8,7 +8,12 @@
 #include <vector>
 
 #include "main_guard.h"
+#include <torch/torch.h>
+
+#include "rtp/data/toy_task.h"
+#include "rtp/torch/tensor_io.h"
 #include "rtp/train/recipe.h"
+#include "rtp/train/toy_data.h"
 #include "rtp/train/stages.h"
 
 namespace {
@@ -33,7 +38,9 @@ int run(int argc, char** argv) {
                            "Every config field below is also a recipe key; flags override the recipe.\n"
                            "Boolean fields are flags (--resume) or --key=false.");
   options.add_options()("recipe", "YAML recipe (keys are the fields below)", cxxopts::value<std::string>())(
-      "dump-config", "print the merged config as YAML and exit")("h,help", "this help");
+      "dump-config", "print the merged config as YAML and exit")(
+      "dump-data", "toy data: write the training batches of the first `steps` steps (input_ids, answer_mask, "
+      "copy_mask) to this safetensors file and exit", cxxopts::value<std::string>())("h,help", "this help");
   for (const auto& f : reg.fields()) {
     const std::string help = rtp::str_cat(f.help, " [", f.expected(), "; default ",
                                           f.default_text.empty() ? "\"\"" : f.default_text, "]");
@@ -66,6 +73,30 @@ int run(int argc, char** argv) {
   const rtp::train::TrainConfig cfg = rtp::train::load_train_config(recipe, overrides);
   if (result.count("dump-config")) {
     std::cout << rtp::train::dump_config(cfg);
+    return 0;
+  }
+  if (result.count("dump-data")) {
+    // Exactly the sequences the pretrain stage trains on (same task, seed, stream and cursor), for inspection or
+    // for training another implementation on the same data.
+    RTP_CHECK(cfg.data == "toy", "--dump-data writes toy-task batches; data is '", cfg.data, "'");
+    const rtp::data::ToyTask task(rtp::train::toy_task_config(cfg));
+    std::vector<torch::Tensor> ids, answers, copies;
+    for (int64_t step = 0; step < cfg.steps; ++step) {
+      const int64_t T = rtp::train::seq_len_at_step(cfg, step);
+      RTP_CHECK(T == cfg.seq_len, "--dump-data needs one sequence length: set curriculum_start_len 0");
+      const auto samples = task.generate_many(T, static_cast<uint64_t>(cfg.seed), rtp::train::kTrainStream,
+                                              static_cast<uint64_t>(step * cfg.batch_size), cfg.batch_size);
+      const auto batch = rtp::data::make_batch(samples, cfg.answer_loss_weight);
+      ids.push_back(batch.input_ids);
+      answers.push_back(batch.answer_mask.to(torch::kUInt8));
+      copies.push_back(batch.copy_mask.to(torch::kUInt8));
+    }
+    const std::string path = result["dump-data"].as<std::string>();
+    rtp::save_tensors(path, {{"input_ids", torch::cat(ids)}, {"answer_mask", torch::cat(answers)},
+                             {"copy_mask", torch::cat(copies)}},
+                      {{"batch_size", std::to_string(cfg.batch_size)}, {"steps", std::to_string(cfg.steps)}});
+    std::cerr << "wrote " << cfg.steps << " batches of " << cfg.batch_size << " x " << cfg.seq_len << " to " << path
+              << "\n";
     return 0;
   }
   rtp::RunContext ctx = rtp::train::make_run_context(cfg);
