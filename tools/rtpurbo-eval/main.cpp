@@ -56,8 +56,8 @@ int main(int argc, char** argv) {
       ("tasks", "ruler: comma-separated tasks, e.g. ruler:niah_single_1,ruler:vt", cxxopts::value<std::string>())
       ("tokenizer", "ruler: tokenizer.json or its directory (default: the model's)", cxxopts::value<std::string>())
       ("essay", "ruler: plain-text haystack for the essay tasks", cxxopts::value<std::string>())
-      ("dense", "ruler: evaluate the dense model only")
-      ("sparse", "ruler: evaluate the sparse model only")
+      ("dense", "ruler: evaluate the dense model (alone unless --sparse is given too)")
+      ("sparse", "ruler: evaluate the sparse model (alone unless --dense is given too)")
       ("both", "ruler: dense and sparse (the default)")
       ("dump-prompts", "ruler: write the prompts and answers as JSONL here", cxxopts::value<std::string>())
       ("h,help", "print this help");
@@ -110,8 +110,10 @@ int main(int argc, char** argv) {
       if (args.count("essay")) o.essay_file = args["essay"].as<std::string>();
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
       if (args.count("out-dir") && !args["out-dir"].has_default()) o.out_dir = args["out-dir"].as<std::string>();
-      o.dense = !args.count("sparse") || args.count("both");
-      o.sparse = !args.count("dense") || args.count("both");
+      // --dense and --sparse each select a model; neither (or --both) selects both.
+      const bool d = args.count("dense") > 0, sp = args.count("sparse") > 0;
+      o.dense = d || !sp || args.count("both");
+      o.sparse = sp || !d || args.count("both");
       if (o.model_dir.empty() && o.dump_prompts.empty())
         throw rtp::Error("--task ruler needs --model (to evaluate) or --dump-prompts (to write the prompts)");
       rtp::eval::run_ruler_eval(o, ctx);

@@ -11,6 +11,7 @@
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/data/toy_task.h"
+#include "rtp/eval/html.h"
 #include "rtp/eval/report.h"
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/headwise_config.h"
@@ -24,13 +25,9 @@ namespace rtp::eval {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
+using html::fmt;
 
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
+namespace {
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
