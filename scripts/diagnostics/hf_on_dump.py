@@ -3,13 +3,13 @@
 # the C++ diagnostic's flags (2 layers, hidden 128, 4/2 heads x 32, vocab 512, AdamW 0.9/0.95, wd 0.1, lr 1e-3
 # after 50 warm-up steps, clip 1):
 #   rtpurbo-train --recipe recipes/toy-pretrain.yaml <the same shape and data flags> --steps 900 --dump-data d.st
-#   python3 scripts/diagnostics/hf_on_dump.py d.st
+#   python3 scripts/diagnostics/hf_on_dump.py d.st [VOCAB_SIZE (default 512)]
 import torch, sys, time
 from safetensors.torch import load_file
 from transformers import Qwen3Config, Qwen3ForCausalLM
 torch.manual_seed(0); torch.set_num_threads(1)
 d = load_file(sys.argv[1]); X = d["input_ids"]; CM = d["copy_mask"].bool(); B = 32
-V, T = 512, X.shape[1]
+V, T = int(sys.argv[2]) if len(sys.argv) > 2 else 512, X.shape[1]
 cfg = Qwen3Config(vocab_size=V, hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=32, max_position_embeddings=1024, rope_theta=10000.0,
                   tie_word_embeddings=False, initializer_range=0.02, attn_implementation="sdpa")
