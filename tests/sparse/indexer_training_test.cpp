@@ -14,6 +14,18 @@ namespace {
 
 using rtp::sparse::KlInputs;
 
+// One sequence of random attention inputs, pre-RoPE q/k drawn independently (what the indexer reads).
+rtp::model::LayerAttentionInputs random_layer_inputs(int64_t Hq, int64_t Hkv, int64_t T, int64_t D, double scale) {
+  rtp::model::LayerAttentionInputs in;
+  in.q = torch::randn({1, Hq, T, D});
+  in.k = torch::randn({1, Hkv, T, D});
+  in.v = torch::randn({1, Hkv, T, D});
+  in.q_pre_rope = torch::randn({1, Hq, T, D});
+  in.k_pre_rope = torch::randn({1, Hkv, T, D});
+  in.scale = scale;
+  return in;
+}
+
 KlInputs random_kl_inputs(int64_t G, int64_t Nq, int64_t T, int64_t D, int64_t d, int64_t chunk) {
   KlInputs in;
   in.q = torch::randn({G, Nq, D}) * 2;
@@ -165,13 +177,7 @@ TEST(SparseAttention, RetrievalHeadAttendsItsSelectedBlocksOnly) {
   indexer.q_proj(0).normal_();
   indexer.k_proj(0).normal_();
   rtp::sparse::SparseAttention attn(heads, st, &indexer);
-  rtp::model::LayerAttentionInputs in;
-  in.q = torch::randn({1, Hq, T, D});
-  in.k = torch::randn({1, Hkv, T, D});
-  in.v = torch::randn({1, Hkv, T, D});
-  in.q_pre_rope = torch::randn({1, Hq, T, D});
-  in.k_pre_rope = torch::randn({1, Hkv, T, D});
-  in.scale = 0.25;
+  const auto in = random_layer_inputs(Hq, Hkv, T, D, 0.25);
   auto mask = attn.layer_mask(in);  // [Hq, T, T]
   const int64_t nb = (T + B - 1) / B;
   bool some_block_dropped = false;
@@ -213,13 +219,7 @@ TEST(SparseAttention, PairCountsWithoutTheMaskEqualTheMask) {
     st.window = 50;
     st.dense_below = 64;
     rtp::sparse::SparseAttention attn(heads, st, &indexer);
-    rtp::model::LayerAttentionInputs in;
-    in.q = torch::randn({1, Hq, T, D});
-    in.k = torch::randn({1, Hkv, T, D});
-    in.v = torch::randn({1, Hkv, T, D});
-    in.q_pre_rope = torch::randn({1, Hq, T, D});
-    in.k_pre_rope = torch::randn({1, Hkv, T, D});
-    in.scale = 0.2;
+    const auto in = random_layer_inputs(Hq, Hkv, T, D, 0.2);
     const auto mask = attn.layer_mask(in);
     const bool dense = T < st.dense_below;
     const auto lists = attn.reference_lists(in);

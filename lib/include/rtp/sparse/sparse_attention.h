@@ -26,6 +26,9 @@ struct SparseStats {
   double recall() const { return true_mass_queries > 0 ? true_mass_kept / true_mass_queries : 0; }
 };
 
+// The kernels' view of the settings (prefill, selection and decode share it).
+ops::SparseConfig to_ops_config(const SparseSettings& settings);
+
 class SparseAttention : public model::AttentionSeam {
  public:
   SparseAttention(HeadMap heads, SparseSettings settings, const Indexer* indexer);

@@ -8,8 +8,6 @@
 
 namespace rtp::sparse {
 
-namespace {
-
 ops::SparseConfig to_ops_config(const SparseSettings& s) {
   ops::SparseConfig c;
   c.sink = s.sink;
@@ -19,6 +17,8 @@ ops::SparseConfig to_ops_config(const SparseSettings& s) {
   c.top_p = static_cast<float>(s.top_p);
   return c;
 }
+
+namespace {
 
 // [T, T] bool: j <= i and (j < sink or j > i - window).
 torch::Tensor streaming_mask(int64_t T, int64_t sink, int64_t window, torch::Device device) {

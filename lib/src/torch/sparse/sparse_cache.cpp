@@ -129,13 +129,7 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
       d.k_ring = ring_k_[l];
       d.v_ring = ring_v_[l];
     }
-    ops::SparseConfig cfg;
-    cfg.sink = settings_.sink;
-    cfg.window = settings_.window;
-    cfg.block_size = static_cast<int>(settings_.block_size);
-    cfg.local_blocks = static_cast<int>(settings_.local_blocks);
-    cfg.top_p = static_cast<float>(settings_.top_p);
-    auto o = ops::sparse_decode(d, kinds_[l], cfg, &last_selected_[l]);
+    auto o = ops::sparse_decode(d, kinds_[l], to_ops_config(settings_), &last_selected_[l]);
     out = o.to(in.q.scalar_type()).unsqueeze(1).unsqueeze(0);  // [1, Hq, 1, D]
   }
   if (l == config_.num_hidden_layers - 1) length_ += T;
