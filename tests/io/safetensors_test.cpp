@@ -14,12 +14,14 @@
 
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using rtp::io::DType;
 using rtp::io::SafetensorsDir;
 using rtp::io::SafetensorsFile;
 using rtp::io::TensorToWrite;
+using rtp::testing::error_of;
 
 namespace {
 
@@ -71,17 +73,6 @@ void expect_open_error(const std::string& path, const std::vector<std::string>& 
     const std::string msg = e.what();
     for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing '" << p << "' in: " << msg;
   }
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const rtp::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "did not throw rtp::Error";
-  return "";
 }
 
 std::vector<std::string> list_dir(const std::string& dir) {
