@@ -104,7 +104,8 @@ TEST(ToyTask, StructureIsValid) {
           EXPECT_LT(s.ids[sp.source + i], cfg.key_begin());
         }
       }
-      if (T >= 1024) EXPECT_EQ(static_cast<int64_t>(s.spans.size()), cfg.num_spans);
+      // Spans are laid out before the needles, so every span always finds room.
+      EXPECT_EQ(static_cast<int64_t>(s.spans.size()), cfg.num_spans);
     }
   }
 }
@@ -265,4 +266,29 @@ TEST(ToyTask, BatchAndLossConvention) {
   // Uniform logits: every target's CE is log(V), so the weighted mean is log(V) too.
   auto logits = torch::zeros({3, 384, 512});
   EXPECT_NEAR(weighted_lm_loss(logits, b).item<double>(), std::log(512.0), 1e-5);
+}
+
+// Short, copy-dense sequences (the first phase of recipes/toy-pretrain.yaml): a third of the tokens are span
+// copies, and every span must be placed, with no needle inside a span's source or copy.
+TEST(ToyTask, ShortCopyDenseSequencesPlaceEverySpan) {
+  ToyTaskConfig cfg = small_config();
+  cfg.num_needles = 6;
+  cfg.num_queries = 6;
+  cfg.key_len = 1;
+  cfg.value_len = 1;
+  cfg.num_spans = 3;
+  cfg.span_len = 24;
+  cfg.random_spans = true;
+  cfg.adjacent = true;
+  ToyTask task(cfg);
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    const auto s = task.generate(256, seed);
+    ASSERT_EQ(static_cast<int64_t>(s.spans.size()), cfg.num_spans) << "seed " << seed;
+    for (const auto& sp : s.spans)
+      for (const auto& nd : s.needles) {
+        const int64_t a = nd.position, b = nd.position + cfg.needle_len();  // needle occupies [a, b)
+        EXPECT_FALSE(a < sp.source + sp.length && sp.source < b) << "needle inside a span source, seed " << seed;
+        EXPECT_FALSE(a < sp.copy + sp.length && sp.copy < b) << "needle inside a span copy, seed " << seed;
+      }
+  }
 }

@@ -137,40 +137,49 @@ ToySample ToyTask::generate(int64_t seq_len, uint64_t seed) const {
   const auto lag = static_cast<size_t>(c.markov_lag);
   for (size_t i = 0; i < filler.size(); ++i)
     filler[i] = i < lag ? c.filler_begin() + uniform_int(rng, c.num_filler) : follow(filler[i - lag]);
-  // One draw past the end keeps lag-1 samples identical to those the shipped model was trained and evaluated on.
-  if (!filler.empty()) (void)follow(filler[filler.size() >= lag ? filler.size() - lag : 0]);
 
-  // 2. Needle insertion points (a needle at point k goes right before filler[k]): uniform depths.
-  std::vector<int64_t> points(static_cast<size_t>(c.num_needles));
-  for (auto& p : points) p = uniform_int(rng, filler_len + 1);
-  std::sort(points.begin(), points.end());
-
-  // 3. Spans copied verbatim later, in filler coordinates; no needle may split a span and spans do not overlap
-  //    (each copy must stay equal to its source). A span that finds no room after 64 tries is left out.
+  // 2. Spans copied verbatim later, in filler coordinates, placed before the needles so that needles can be
+  //    kept out of them (a needle inside a span would break the copy). The 2 * num_spans intervals (sources and
+  //    copies) are laid out without overlap by drawing the free filler between them (sorted uniform gaps), then
+  //    paired at random, the earlier of a pair being the source: every span always fits, since min_seq_len()
+  //    reserves the room, and copy distances range from adjacent to the whole haystack.
   struct FillerSpan {
     int64_t source, copy;
   };
   std::vector<FillerSpan> fspans;
   const int64_t S = c.span_len;
-  auto splits = [&](int64_t a) {  // some point strictly inside (a, a + S)
-    auto it = std::upper_bound(points.begin(), points.end(), a);
-    return it != points.end() && *it < a + S;
-  };
-  auto overlaps = [&](int64_t a) {
-    for (const auto& f : fspans)
-      if ((a < f.source + S && f.source < a + S) || (a < f.copy + S && f.copy < a + S)) return true;
-    return false;
-  };
-  for (int64_t s = 0; s < c.num_spans && filler_len >= 2 * S; ++s) {
-    for (int tries = 0; tries < 64; ++tries) {
-      const int64_t src = uniform_int(rng, filler_len - 2 * S + 1);
-      const int64_t dst = src + S + uniform_int(rng, filler_len - S - (src + S) + 1);
-      if (splits(src) || splits(dst) || overlaps(src) || overlaps(dst)) continue;
+  const int64_t n_iv = 2 * c.num_spans;
+  if (n_iv > 0) {
+    const int64_t free_len = filler_len - n_iv * S;
+    RTP_CHECK(free_len >= 0, "toy task: internal error: no room for ", c.num_spans, " spans of ", S);
+    std::vector<int64_t> gaps(static_cast<size_t>(n_iv));
+    for (auto& g : gaps) g = uniform_int(rng, free_len + 1);
+    std::sort(gaps.begin(), gaps.end());
+    std::vector<int64_t> starts(static_cast<size_t>(n_iv));
+    for (int64_t i = 0; i < n_iv; ++i) starts[static_cast<size_t>(i)] = gaps[static_cast<size_t>(i)] + i * S;
+    for (int64_t i = n_iv - 1; i > 0; --i)  // Fisher-Yates: random pairing
+      std::swap(starts[static_cast<size_t>(i)], starts[static_cast<size_t>(uniform_int(rng, i + 1))]);
+    for (int64_t i = 0; i < n_iv; i += 2) {
+      const int64_t src = std::min(starts[static_cast<size_t>(i)], starts[static_cast<size_t>(i + 1)]);
+      const int64_t dst = std::max(starts[static_cast<size_t>(i)], starts[static_cast<size_t>(i + 1)]);
       std::copy(filler.begin() + src, filler.begin() + src + S, filler.begin() + dst);
       fspans.push_back({src, dst});
-      break;
     }
+    // Listed in order of source position.
+    std::sort(fspans.begin(), fspans.end(), [](const FillerSpan& x, const FillerSpan& y) { return x.source < y.source; });
   }
+
+  // 3. Needle insertion points (a needle at point k goes right before filler[k]): uniform over the points that
+  //    do not fall strictly inside a span's source or copy.
+  std::vector<char> inside(static_cast<size_t>(filler_len + 1), 0);
+  for (const auto& f : fspans)
+    for (int64_t i = 1; i < S; ++i) inside[static_cast<size_t>(f.source + i)] = inside[static_cast<size_t>(f.copy + i)] = 1;
+  std::vector<int64_t> allowed;
+  for (int64_t k = 0; k <= filler_len; ++k)
+    if (!inside[static_cast<size_t>(k)]) allowed.push_back(k);
+  std::vector<int64_t> points(static_cast<size_t>(c.num_needles));
+  for (auto& p : points) p = allowed[static_cast<size_t>(uniform_int(rng, static_cast<int64_t>(allowed.size())))];
+  std::sort(points.begin(), points.end());
 
   // 4. Distinct keys and distinct values for the needles.
   auto draw_distinct = [&](int64_t begin, int64_t n, int64_t len, std::set<std::vector<int64_t>>& seen) {
