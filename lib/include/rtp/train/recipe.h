@@ -30,6 +30,8 @@ using rtp::config::range;
     "parameter/compute dtype of the trained weights (float32 recommended: AdamW state follows it)")                 \
   X("run", std::string, autocast, "none", one_of({"none", "bfloat16"}),                                              \
     "pretrain: run forward and loss under bf16 autocast (fp32 weights and AdamW state; flash attention on GPU)")    \
+  X("run", std::string, sdpa_backend, "auto", one_of({"auto", "math", "flash", "efficient", "cudnn"}),              \
+    "pretrain on CUDA: the only scaled-dot-product-attention backend allowed (auto: PyTorch chooses)")              \
   X("run", std::string, out_dir, "runs/train", any(), "where checkpoints, log.jsonl and the final model go")         \
   X("run", bool, resume, false, any(), "continue from the latest checkpoint in out_dir (same data order and losses)")\
   X("run", int64_t, stop_at_step, 0, at_least(0),                                                                  \

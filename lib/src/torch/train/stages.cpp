@@ -96,6 +96,14 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
   // TF32 tensor cores for fp32 matmuls on GPU: ~8x the fp32 rate, and a 10-bit mantissa is plenty for training a
   // toy model (parameters and optimizer state stay fp32).
   if (ctx.device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
+  if (ctx.device.is_cuda() && cfg.sdpa_backend != "auto") {
+    auto& g = at::globalContext();
+    g.setSDPUseFlash(cfg.sdpa_backend == "flash");
+    g.setSDPUseMemEfficient(cfg.sdpa_backend == "efficient");
+    g.setSDPUseMath(cfg.sdpa_backend == "math");
+    g.setSDPUseCuDNN(cfg.sdpa_backend == "cudnn");
+    std::cerr << "SDPA backend restricted to " << cfg.sdpa_backend << "\n";
+  }
   make_directories(cfg.out_dir);
 
   model::Qwen3Model model = [&] {
