@@ -48,6 +48,14 @@ struct DecodeArgs {
   int max_split;
 };
 
+// Programmatic dependent launch (Hopper): a kernel launched with the attribute may start once every block of the
+// kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
+// visible. Without the attribute both are no-ops. Every kernel here triggers at its start and waits before it
+// touches what the previous one writes (or before it writes what the previous one reads), so the wait chain
+// stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes.
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 // vec: the row is 16-byte aligned (always, for torch allocations), so it is read in 16-byte loads; the scalar
 // path (16 separate loads of 2 or 4 bytes) kept the stats pass latency-bound.
 template <typename IT>
@@ -77,6 +85,7 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
   __shared__ float q[GM][kIndexDim];
   __shared__ float2 red[8][GM];
   const int r = blockIdx.y, tid = threadIdx.x;
+  pdl_trigger();
   if (blockIdx.x == 0) {
     for (int i = tid; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
     if (tid == 0) {
@@ -142,6 +151,8 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
   __shared__ float sh[kDecodeBins];
   __shared__ float sforced;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  pdl_trigger();
+  pdl_wait();  // stats, and hist zeroed by stats_kernel
   for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
   for (int i = tid; i < kDecodeBins; i += blockDim.x) sh[i] = 0.f;
   if (tid == 0) sforced = 0.f;
@@ -482,6 +493,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
 
   const int kvh = blockIdx.y, split = blockIdx.x;
   if (split >= a.nsplit[kvh]) return;
+  pdl_trigger();
   const int kind = a.kind[kvh];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int G = a.G;
@@ -502,6 +514,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const bool ret = kind == int(HeadKind::RETRIEVAL);
   int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
   if (ret) {
+    pdl_wait();  // hist, forced mass and bins come from hist_kernel
     const int rs = a.rslot[kvh];
     if (warp == 0) {
       const int b = find_bstar(hist + int64_t(rs) * kDecodeBins, forced_mass[rs], a.top_p, lane);
@@ -653,6 +666,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     __syncthreads();  // the next iteration's load overwrites this stage
   }
   cp_async_wait<0>();
+  if (!ret) pdl_wait();  // before writing partials the previous kernel may still read (retrieval waited above)
 
   // Merge the warps: per row the block max, each warp's O rescaled into its own slice of the (now free) tile
   // buffer, then summed per (row, dim) in a fixed order.
@@ -715,6 +729,8 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
   __shared__ float ls[SG];
   __shared__ float wmax[8];
   const int h = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  pdl_trigger();
+  pdl_wait();  // part_acc / part_ml come from attend
   const int ns = a.nsplit[h / a.G];
   const float2* ml = part_ml + int64_t(h) * a.max_split;
   float M = -INFINITY;
@@ -759,13 +775,38 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
 
 namespace {
 
+bool env_is(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e && std::string(e) == value;
+}
+
 // RTP_DECODE_ATTEND=v2 selects the CUDA-core attend of the version before (a fallback while the mma path is new).
 bool use_v2_attend() {
-  static const bool v2 = [] {
-    const char* e = std::getenv("RTP_DECODE_ATTEND");
-    return e && std::string(e) == "v2";
-  }();
+  static const bool v2 = env_is("RTP_DECODE_ATTEND", "v2");
   return v2;
+}
+// RTP_DECODE_PDL=0 launches every kernel in plain stream order.
+bool use_pdl() {
+  static const bool on = !env_is("RTP_DECODE_PDL", "0");
+  return on;
+}
+
+// Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
+// a call: its inputs (q, caches, indexer) come from the caller's kernels, which do not trigger early.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
 }
 
 // The launch geometry and the workspace layout of one decode call.
@@ -833,16 +874,15 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
 }
 
 template <int D>
-cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, const DecodeArgs& a, const __nv_bfloat16* q,
+cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
                               const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
                               const __nv_bfloat16* vr, const uint16_t* bins, const float* hist, const float* forced,
                               float* part_acc, float2* part_ml, int32_t* selected_count) {
   static const cudaError_t attr = cudaFuncSetAttribute(attend_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                        int(mma_smem_bytes(D)));
   if (attr != cudaSuccess) return attr;
-  attend_mma_kernel<D><<<grid, kMmaThreads, mma_smem_bytes(D), stream>>>(a, q, kf, vf, kr, vr, bins, hist, forced,
-                                                                       part_acc, part_ml, selected_count);
-  return cudaGetLastError();
+  return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
+                  bins, hist, forced, part_acc, part_ml, selected_count);
 }
 
 }  // namespace
@@ -857,6 +897,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   const DecodePlan plan = plan_decode(p);
   const DecodeArgs& a = plan.a;
   const int R = plan.R, nchunks = plan.nchunks;
+  const bool pdl = use_pdl();
   const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
   auto al = DecodePlan::al;
   const size_t total = plan.total();
@@ -878,16 +919,18 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     const bool vec = reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0;
     auto launch = [&](auto* iq, auto* ik) {
       using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
-      (a.G <= 8 ? stats_kernel<IT, 8> : stats_kernel<IT, kMaxG>)<<<g, 256, 0, stream>>>(
-          iq, ik, stats, hist, forced, p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec);
-      hist_kernel<<<g, 256, 0, stream>>>(iq, ik, stats, bins, hist, forced, a.G, p.kv_len, p.cap_full, nchunks,
-                                         plan.stat_chunk, p.keep_first, p.keep_last, vec);
+      cudaError_t err = launch_k(a.G <= 8 ? stats_kernel<IT, 8> : stats_kernel<IT, kMaxG>, g, dim3(256), 0, stream,
+                                 false, iq, ik, stats, hist, forced, p.selected_count, a.G, p.kv_len, p.cap_full,
+                                 nchunks, plan.stat_chunk, vec);
+      if (err == cudaSuccess)
+        err = launch_k(hist_kernel<IT>, g, dim3(256), 0, stream, pdl, iq, ik, stats, bins, hist, forced, a.G, p.kv_len,
+                       p.cap_full, nchunks, plan.stat_chunk, p.keep_first, p.keep_last, vec);
+      return err;
     };
     if (p.index_dtype == DType::BF16)
-      launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k));
+      e = launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k));
     else
-      launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
-    e = cudaGetLastError();
+      e = launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
   }
   if (e == cudaSuccess) {
     const dim3 g(a.max_split, p.num_kv_heads);
@@ -905,13 +948,12 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       e = cudaGetLastError();
     } else {
       e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
-          g, stream, a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml, p.selected_count);
+          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml, p.selected_count);
     }
     if (e == cudaSuccess) {
       auto out = static_cast<__nv_bfloat16*>(p.o);
-      if (p.head_dim == 128) combine_kernel<128><<<p.num_q_heads, 256, 0, stream>>>(a, part_acc, part_ml, out);
-      else combine_kernel<64><<<p.num_q_heads, 256, 0, stream>>>(a, part_acc, part_ml, out);
-      e = cudaGetLastError();
+      e = launch_k(p.head_dim == 128 ? combine_kernel<128> : combine_kernel<64>, dim3(p.num_q_heads), dim3(256), 0,
+                   stream, pdl, a, static_cast<const float*>(part_acc), static_cast<const float2*>(part_ml), out);
     }
   }
   const cudaError_t e2 = own ? cudaFreeAsync(ws, stream) : cudaSuccess;
