@@ -873,14 +873,23 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   return plan;
 }
 
+constexpr int kMaxDevices = 64;
+
 template <int D>
 cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
                               const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
                               const __nv_bfloat16* vr, const uint16_t* bins, const float* hist, const float* forced,
                               float* part_acc, float2* part_ml, int32_t* selected_count) {
-  static const cudaError_t attr = cudaFuncSetAttribute(attend_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       int(mma_smem_bytes(D)));
-  if (attr != cudaSuccess) return attr;
+  // The shared-memory opt-in is per device; done once per device (FlashAttention sets it on every launch).
+  static bool done[kMaxDevices] = {};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev >= kMaxDevices || !done[dev]) {
+    e = cudaFuncSetAttribute(attend_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(mma_smem_bytes(D)));
+    if (e != cudaSuccess) return e;
+    if (dev < kMaxDevices) done[dev] = true;
+  }
   return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
                   bins, hist, forced, part_acc, part_ml, selected_count);
 }
