@@ -860,9 +860,9 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   }
   const int Hq = p.num_q_heads;
   plan.R = R;
-  // Stats/hist chunks: at least 512 tokens (2 per thread), at most ~256 chunks (every hist block merges all of
-  // them per head).
-  plan.stat_chunk = int(std::max<int64_t>(512, ((p.kv_len + 255) / 256 + 255) / 256 * 256));
+  // Stats/hist chunks: at least 512 tokens (2 per thread), at most ~512 chunks (every hist block merges all of
+  // them per head, 16 loads per lane): 256 blocks at 128K, 512 at 1M (~4 blocks per SM keep enough loads in flight).
+  plan.stat_chunk = int(std::max<int64_t>(512, ((p.kv_len + 511) / 512 + 255) / 256 * 256));
   plan.nchunks = int((p.kv_len + plan.stat_chunk - 1) / plan.stat_chunk);
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
