@@ -1,15 +1,20 @@
-// Sparse decode on the GPU (definition in sparse_attention_params.h). Four launches:
+// Sparse decode on the GPU (definition in sparse_attention_params.h). Launches:
 //   1. stats:   per (retrieval slot, key chunk) and query head of the group: max and sum of exp of the
-//               index scores (split over the sequence)
+//               index scores (split over the sequence); block 0 of each slot also zeroes its histogram and
+//               selected count (no memset nodes)
 //   2. hist:    combine the chunk stats, P(j) = mean_h p_h(j), per-token bin (uint16, 0xFFFF = forced) and a
 //               histogram of P per bin (shared-memory histogram, then global atomics)
-//   3. attend:  split-K attention: each thread block a chunk of keys of one KV head for all G query heads;
-//               retrieval heads find the cut bin b* from the histogram (one warp scan) and skip tokens with
-//               bin > b*; streaming heads read the valid ring slots; dense heads every token
+//   3. attend:  split-K attention: each thread block a chunk of keys of one KV head for all G query heads
+//               (tensor cores, G rows padded to 16); retrieval heads find the cut bin b* from the histogram
+//               and compact the chunk's kept tokens first; streaming heads read the valid ring slots; dense
+//               heads every token
 //   4. combine: per query head, merge the chunk partials (m, l, acc)
+// Launches 1-2 exist only when a KV head is RETRIEVAL.
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -20,9 +25,14 @@ namespace rtp::kernels {
 namespace {
 using namespace cuda_detail;
 
-constexpr int kStatChunk = 2048;  // tokens per stats / hist thread block (64 blocks per retrieval head at 128K)
 constexpr int kAttnThreads = 128;  // 4 warps
 constexpr int kMaxG = 16;
+// mma attend: each warp owns 16 keys of a 64-key tile; two tile stages in flight per block.
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = kMmaWarps * 32;
+constexpr int kMmaTile = kMmaWarps * 16;
+constexpr int kMmaStages = 2;
+constexpr int kRetChunkMax = 2048;  // candidates per retrieval block (the compacted list lives in shared memory)
 constexpr uint16_t kForced = 0xFFFF;
 
 struct DecodeArgs {
@@ -38,29 +48,60 @@ struct DecodeArgs {
   int max_split;
 };
 
+// Programmatic dependent launch (Hopper): a kernel launched with the attribute may start once every block of the
+// kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
+// visible. Without the attribute both are no-ops. Every kernel here triggers at its start and waits before it
+// touches what the previous one writes (or before it writes what the previous one reads), so the wait chain
+// stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes.
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+// vec: the row is 16-byte aligned (always, for torch allocations), so it is read in 16-byte loads; the scalar
+// path (16 separate loads of 2 or 4 bytes) kept the stats pass latency-bound.
 template <typename IT>
-__device__ __forceinline__ void load_index_row(const IT* p, float* out) {
+__device__ __forceinline__ void load_index_row(const IT* p, float* out, bool vec) {
+  if (vec) {
+    constexpr int N = kIndexDim * sizeof(IT) / 16;
+    uint4 raw[N];
 #pragma unroll
-  for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(p[d]);
+    for (int i = 0; i < N; ++i) raw[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
+    const IT* e = reinterpret_cast<const IT*>(raw);
+#pragma unroll
+    for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(e[d]);
+  } else {
+#pragma unroll
+    for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(p[d]);
+  }
 }
 
 // grid (nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)).
 // GM >= G bounds the unrolled per-head state (GM 16 for every G spilled 570 bytes of registers).
+// Block (0, r) zeroes hist[r], forced[r] and selected_count[r]: the hist and attend launches that accumulate into
+// them run after this one on the stream, and a memset node per call cost as much as a small kernel.
 template <typename IT, int GM>
-__global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, int G, int64_t L,
-                                                    int64_t cap, int nchunks) {
+__global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, float* hist,
+                                                    float* forced_mass, int32_t* selected_count, int G, int64_t L,
+                                                    int64_t cap, int nchunks, int chunk, bool vec) {
   __shared__ float q[GM][kIndexDim];
-  __shared__ float red[GM][8];
+  __shared__ float2 red[8][GM];
   const int r = blockIdx.y, tid = threadIdx.x;
+  pdl_trigger();
+  if (blockIdx.x == 0) {
+    for (int i = tid; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
+    if (tid == 0) {
+      forced_mass[r] = 0.f;
+      if (selected_count) selected_count[r] = 0;
+    }
+  }
   for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
   __syncthreads();
   float mx[GM], sm[GM];
 #pragma unroll
   for (int h = 0; h < GM; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
-  const int64_t j0 = int64_t(blockIdx.x) * kStatChunk, j1 = min(L, j0 + kStatChunk);
+  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   for (int64_t j = j0 + tid; j < j1; j += blockDim.x) {
     float k[kIndexDim];
-    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k);
+    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k, vec);
 #pragma unroll
     for (int h = 0; h < GM; ++h) {
       if (h >= G) break;
@@ -72,60 +113,69 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
       mx[h] = nm;
     }
   }
+  // All heads reduced with one barrier (the version before paid four per head).
   const int warp = tid / 32, lane = tid % 32;
 #pragma unroll
   for (int h = 0; h < GM; ++h) {
-    if (h >= G) break;  // G is the same in every thread: the barriers below stay uniform
-    float m = warp_max(mx[h]);
-    float s = (mx[h] == -INFINITY) ? 0.f : sm[h] * __expf(mx[h] - m);
-    s = warp_sum(s);
-    if (lane == 0) red[h][warp] = m;
-    __syncthreads();
+    if (h >= G) break;
+    const float m = warp_max(mx[h]);
+    const float s = warp_sum(mx[h] == -INFINITY ? 0.f : sm[h] * __expf(mx[h] - m));
+    if (lane == 0) red[warp][h] = make_float2(m, s);
+  }
+  __syncthreads();
+  if (tid < G) {
     float gm = -INFINITY;
-    for (int w = 0; w < 8; ++w) gm = fmaxf(gm, red[h][w]);
-    __syncthreads();
-    if (lane == 0) red[h][warp] = (m == -INFINITY) ? 0.f : s * __expf(m - gm);
-    __syncthreads();
-    if (tid == 0) {
-      float gs = 0.f;
-      for (int w = 0; w < 8; ++w) gs += red[h][w];
-      stats[(int64_t(r) * nchunks + blockIdx.x) * G + h] = make_float2(gm, gs);
-    }
-    __syncthreads();
+    for (int w = 0; w < 8; ++w) gm = fmaxf(gm, red[w][tid].x);
+    float gs = 0.f;
+    for (int w = 0; w < 8; ++w)
+      if (red[w][tid].x != -INFINITY) gs += red[w][tid].y * __expf(red[w][tid].x - gm);
+    stats[(int64_t(r) * nchunks + blockIdx.x) * G + tid] = make_float2(gm, gs);
   }
 }
 
-// grid (nchunks, R); hist[r][kDecodeBins] and forced[r] must be zeroed.
+// Merges two (max, sum exp(x - max)) pairs.
+__device__ __forceinline__ float2 merge_ms(float2 a, float2 b) {
+  const float m = fmaxf(a.x, b.x);
+  if (m == -INFINITY) return make_float2(m, 0.f);
+  return make_float2(m, (a.x == -INFINITY ? 0.f : a.y * __expf(a.x - m)) + (b.x == -INFINITY ? 0.f : b.y * __expf(b.x - m)));
+}
+
+// grid (nchunks, R); hist[r][kDecodeBins] and forced[r] zeroed by stats_kernel.
 template <typename IT>
 __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
                                                    float* hist, float* forced_mass, int G, int64_t L, int64_t cap,
-                                                   int nchunks, int64_t keep_first, int64_t keep_last) {
+                                                   int nchunks, int chunk, int64_t keep_first, int64_t keep_last,
+                                                   bool vec) {
   __shared__ float q[kMaxG][kIndexDim];
   __shared__ float gm[kMaxG], ginv[kMaxG];
   __shared__ float sh[kDecodeBins];
   __shared__ float sforced;
-  const int r = blockIdx.y, tid = threadIdx.x;
+  const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  pdl_trigger();
+  pdl_wait();  // stats, and hist zeroed by stats_kernel
   for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
   for (int i = tid; i < kDecodeBins; i += blockDim.x) sh[i] = 0.f;
   if (tid == 0) sforced = 0.f;
-  if (tid < G) {
-    float m = -INFINITY;
-    for (int c = 0; c < nchunks; ++c) m = fmaxf(m, stats[(int64_t(r) * nchunks + c) * G + tid].x);
-    float s = 0.f;
-    for (int c = 0; c < nchunks; ++c) {
-      const float2 st = stats[(int64_t(r) * nchunks + c) * G + tid];
-      if (st.x != -INFINITY) s += st.y * __expf(st.x - m);
+  // One warp per head merges the chunk stats (one thread per head read them all serially before: ~nchunks
+  // dependent L2 round trips in every block).
+  for (int h = warp; h < G; h += 8) {
+    float2 acc = make_float2(-INFINITY, 0.f);
+    for (int c = lane; c < nchunks; c += 32) acc = merge_ms(acc, stats[(int64_t(r) * nchunks + c) * G + h]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+      acc = merge_ms(acc, make_float2(__shfl_xor_sync(0xffffffffu, acc.x, o), __shfl_xor_sync(0xffffffffu, acc.y, o)));
+    if (lane == 0) {
+      gm[h] = acc.x;
+      ginv[h] = 1.f / (acc.y * float(G));
     }
-    gm[tid] = m;
-    ginv[tid] = 1.f / (s * float(G));
   }
   __syncthreads();
   const int64_t t = L - 1;
-  const int64_t j0 = int64_t(blockIdx.x) * kStatChunk, j1 = min(L, j0 + kStatChunk);
+  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   float fsum = 0.f;
   for (int64_t j = j0 + tid; j < j1; j += blockDim.x) {
     float k[kIndexDim];
-    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k);
+    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k, vec);
     float P = 0.f;
     for (int h = 0; h < G; ++h) {
       float s = 0.f;
@@ -145,13 +195,14 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
     }
   }
   fsum = warp_sum(fsum);
-  if (tid % 32 == 0) atomicAdd(&sforced, fsum);
+  if (lane == 0) atomicAdd(&sforced, fsum);
   __syncthreads();
   for (int i = tid; i < kDecodeBins; i += blockDim.x)
     if (sh[i] != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], sh[i]);
   if (tid == 0) atomicAdd(&forced_mass[r], sforced);
 }
 
+// The attend before attend_mma_kernel (RTP_DECODE_ATTEND=v2 selects it): CUDA-core math, one tile at a time.
 // grid (max_split, Hkv); block kAttnThreads. Each thread block takes a range of candidate keys of one KV head for
 // all G query heads of its group and walks it in tiles of TK keys:
 //   select  candidates are tested 128 at a time (retrieval: bin <= b* or forced; others: all) and the chosen rows
@@ -164,7 +215,7 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
 // chain per lane group) and was 3x slower than FlashAttention-2 on the streaming heads.
 // part_acc [Hq][max_split][D], part_ml [Hq][max_split].
 template <int D, int GM, int TK>
-__global__ void __launch_bounds__(kAttnThreads) attend_kernel(const __grid_constant__ DecodeArgs a,
+__global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_constant__ DecodeArgs a,
                                                               const __nv_bfloat16* q, const __nv_bfloat16* kf,
                                                               const __nv_bfloat16* vf, const __nv_bfloat16* kr,
                                                               const __nv_bfloat16* vr, const uint16_t* bins,
@@ -378,31 +429,391 @@ __global__ void __launch_bounds__(kAttnThreads) attend_kernel(const __grid_const
     atomicAdd(&selected_count[a.rslot[kvh]], int(nsel));
 }
 
-// grid Hq, block D threads.
-__global__ void combine_kernel(const DecodeArgs a, const float* part_acc, const float2* part_ml, __nv_bfloat16* o) {
-  const int h = blockIdx.x, d = threadIdx.x;
-  const int ns = a.nsplit[h / a.G];
-  float M = -INFINITY;
-  for (int s = 0; s < ns; ++s) M = fmaxf(M, part_ml[int64_t(h) * a.max_split + s].x);
-  float Lsum = 0.f, acc = 0.f;
-  for (int s = 0; s < ns; ++s) {
-    const float2 ml = part_ml[int64_t(h) * a.max_split + s];
-    if (ml.x == -INFINITY) continue;
-    const float w = __expf(ml.x - M);
-    Lsum += ml.y * w;
-    acc += part_acc[(int64_t(h) * a.max_split + s) * a.D + d] * w;
+// b* = smallest bin whose cumulative mass, with the forced mass, reaches top_p; -1 if the forced mass alone
+// does; kDecodeBins - 1 if none. Called by one full warp; every lane returns b*.
+__device__ __forceinline__ int find_bstar(const float* hh, float forced, float top_p, int lane) {
+  float acc = forced;
+  int bstar = acc >= top_p ? -1 : kDecodeBins - 1;
+  for (int base = 0; base < kDecodeBins && bstar == kDecodeBins - 1 && acc < top_p; base += 32) {
+    float v = hh[base + lane];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {  // inclusive scan
+      const float n = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += n;
+    }
+    const unsigned hit = __ballot_sync(0xffffffffu, acc + v >= top_p);
+    if (hit) bstar = base + __ffs(hit) - 1;
+    acc += __shfl_sync(0xffffffffu, v, 31);
   }
-  o[int64_t(h) * a.D + d] = __float2bfloat16(Lsum > 0.f ? acc / Lsum : 0.f);
+  return bstar;
+}
+
+// ex2.approx: exp2(-inf) = +0, which the masking relies on.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t ld_bf16x2(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Offset (in elements) of the 16-byte chunk c of tile row r: the chunk index is XORed with r % 8 so that the 8
+// row addresses of an ldmatrix (same logical chunk, consecutive rows) fall in 8 distinct bank groups without
+// padding (padding cost 6% more shared memory and the third block per SM).
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+  return r * D + ((c ^ (r & 7)) << 3);
+}
+
+// grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D).
+// Each thread block takes a chunk of candidate keys of one KV head for all G query heads (rows of a 16-row mma
+// tile, rows >= G zero) and walks it in 64-key tiles, the next tile's cp.async in flight during this tile's math:
+//   select  (retrieval only) the chunk's bins are tested against b* and the kept offsets compacted into a
+//           shared list once, before any K/V load; streaming and dense chunks are contiguous rows
+//   per warp 16 keys of the tile: S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers
+//           (rows are quads of lanes), O += P V (P re-packed from the S accumulators, V by ldmatrix.trans)
+//   merge   the 4 warps' (m, l, O) through shared memory into one partial per (query head, chunk)
+// Scores are kept in log2 units (scale * log2 e folded in, exp2); part_ml gets m back in natural-log units, the
+// unit the combine kernel shares with attend_v2_kernel.
+template <int D>
+__global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
+    const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
+    const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const float* hist,
+    const float* forced_mass, float* part_acc, float2* part_ml, int32_t* selected_count) {
+  constexpr int NW = kMmaWarps, NT = kMmaThreads, TK = kMmaTile, CPR = D / 8;
+  constexpr int KS = D / 16;  // k-steps of Q K^T
+  constexpr int NO = D / 8;   // n-tiles of O
+  constexpr int CAND = kRetChunkMax / NT;  // candidates per thread in the select step
+  extern __shared__ __align__(128) unsigned char smem[];
+  __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);  // [stage][K, V][TK][D], swizzled rows
+  uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * TK * D * 2);  // [kRetChunkMax]
+  __shared__ int warp_cnt[NW];
+  __shared__ int s_bstar;
+  __shared__ float2 wml[NW][16];
+
+  const int kvh = blockIdx.y, split = blockIdx.x;
+  if (split >= a.nsplit[kvh]) return;
+  pdl_trigger();
+  const int kind = a.kind[kvh];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int G = a.G;
+  const __nv_bfloat16 *K, *V;
+  int64_t nkeys;
+  if (kind == int(HeadKind::STREAMING)) {
+    // Valid ring slots are exactly 0 .. nkeys-1 (sinks, then the filled part of the window, in any order:
+    // the softmax does not care which token sits in which slot).
+    K = kr + int64_t(a.slot[kvh]) * a.ring * D;
+    V = vr + int64_t(a.slot[kvh]) * a.ring * D;
+    nkeys = min(a.sink, a.L) + min(a.window, max(int64_t(0), a.L - a.sink));
+  } else {
+    K = kf + int64_t(a.slot[kvh]) * a.cap * D;
+    V = vf + int64_t(a.slot[kvh]) * a.cap * D;
+    nkeys = a.L;
+  }
+  const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
+  const bool ret = kind == int(HeadKind::RETRIEVAL);
+  int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
+  if (ret) {
+    pdl_wait();  // hist, forced mass and bins come from hist_kernel
+    const int rs = a.rslot[kvh];
+    if (warp == 0) {
+      const int b = find_bstar(hist + int64_t(rs) * kDecodeBins, forced_mass[rs], a.top_p, lane);
+      if (lane == 0) s_bstar = b;
+    }
+    __syncthreads();
+    const int bstar = s_bstar;
+    const uint16_t* mb = bins + int64_t(rs) * a.cap + k0;
+    // Each thread tests CAND consecutive candidates; a block scan of the counts gives ordered offsets.
+    uint32_t keep = 0;
+#pragma unroll
+    for (int i = 0; i < CAND; ++i) {
+      const int c = tid * CAND + i;
+      if (c < n) {
+        const uint16_t bn = mb[c];
+        if (bn == kForced || int(bn) <= bstar) keep |= 1u << i;
+      }
+    }
+    const int cnt = __popc(keep);
+    int incl = cnt;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    if (lane == 31) warp_cnt[warp] = incl;
+    __syncthreads();
+    int before = incl - cnt, total = 0;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      before += w < warp ? warp_cnt[w] : 0;
+      total += warp_cnt[w];
+    }
+    while (keep) {
+      const int i = __ffs(keep) - 1;
+      keep &= keep - 1;
+      list[before++] = uint16_t(tid * CAND + i);
+    }
+    n = total;
+    __syncthreads();
+    if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
+  }
+  const int ntiles = (n + TK - 1) / TK;
+
+  auto load_tile = [&](int t, int st) {
+    __nv_bfloat16* Ks = kvs + st * 2 * TK * D;
+    __nv_bfloat16* Vs = Ks + TK * D;
+#pragma unroll
+    for (int it = 0; it < TK * CPR / NT; ++it) {
+      const int c = tid + it * NT, r = c / CPR, cc = c % CPR, i = t * TK + r;
+      const bool valid = i < n;
+      const int64_t row = valid ? k0 + (ret ? int(list[i]) : i) : 0;
+      const int off = swz<D>(r, cc);
+      cp_async16(smem_u32(Ks + off), K + row * D + cc * 8, valid ? 16 : 0);
+      cp_async16(smem_u32(Vs + off), V + row * D + cc * 8, valid ? 16 : 0);
+    }
+  };
+
+  const int g = lane >> 2, q4 = lane & 3;
+  // Q as mma A fragments for the whole block (rows g and g + 8, zero past G); loaded while tile 0 is in flight.
+  if (ntiles > 0) load_tile(0, 0);
+  cp_async_commit();
+  uint32_t qa[KS][4];
+  {
+    const __nv_bfloat16* q0 = q + (int64_t(kvh) * G + g) * D;
+    const __nv_bfloat16* q1 = q0 + 8 * D;
+    const bool r0 = g < G, r1 = g + 8 < G;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      const int c = kk * 16 + q4 * 2;
+      qa[kk][0] = r0 ? ld_bf16x2(q0 + c) : 0u;
+      qa[kk][1] = r1 ? ld_bf16x2(q1 + c) : 0u;
+      qa[kk][2] = r0 ? ld_bf16x2(q0 + c + 8) : 0u;
+      qa[kk][3] = r1 ? ld_bf16x2(q1 + c + 8) : 0u;
+    }
+  }
+  const float sl2 = a.scale * 1.4426950408889634f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g, g + 8 (l: this thread's columns only)
+  float o[NO][4];
+#pragma unroll
+  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: lane supplies row rr of matrix mi
+
+  for (int t = 0; t < ntiles; ++t) {
+    if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const __nv_bfloat16* Ks = kvs + (t & 1) * 2 * TK * D;
+    const __nv_bfloat16* Vs = Ks + TK * D;
+    const int kb = warp * 16, nv = n - t * TK - kb;  // this warp's first tile row, its valid keys
+    if (nv > 0) {
+      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      {
+        // matrices: (keys 0-7, dims lo), (keys 0-7, dims hi), (keys 8-15, lo), (keys 8-15, hi) = b0,b1 of key
+        // n-tile 0, then of n-tile 1
+        const int key = kb + ((mi >> 1) << 3) + rr;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+          uint32_t b0, b1, b2, b3;
+          ldmatrix_x4(smem_u32(Ks + swz<D>(key, kk * 2 + (mi & 1))), b0, b1, b2, b3);
+          mma_bf16_16816(s[0], qa[kk], b0, b1);
+          mma_bf16_16816(s[1], qa[kk], b2, b3);
+        }
+      }
+      float x0 = -INFINITY, x1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool ok = nt * 8 + q4 * 2 + (e & 1) < nv;
+          s[nt][e] = ok ? s[nt][e] * sl2 : -INFINITY;
+          if (e < 2) x0 = fmaxf(x0, s[nt][e]);
+          else x1 = fmaxf(x1, s[nt][e]);
+        }
+      x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 1));
+      x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, 2));
+      x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 1));
+      x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 2));
+      // nv > 0: every row has a finite score in this tile, so the new maxima are finite.
+      const float n0 = fmaxf(m0, x0), n1 = fmaxf(m1, x1);
+      const float al0 = fast_exp2(m0 - n0), al1 = fast_exp2(m1 - n1);
+      m0 = n0, m1 = n1;
+      float ps0 = 0.f, ps1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        s[nt][0] = fast_exp2(s[nt][0] - n0), s[nt][1] = fast_exp2(s[nt][1] - n0);
+        s[nt][2] = fast_exp2(s[nt][2] - n1), s[nt][3] = fast_exp2(s[nt][3] - n1);
+        ps0 += s[nt][0] + s[nt][1];
+        ps1 += s[nt][2] + s[nt][3];
+      }
+      l0 = l0 * al0 + ps0;
+      l1 = l1 * al1 + ps1;
+#pragma unroll
+      for (int i = 0; i < NO; ++i) o[i][0] *= al0, o[i][1] *= al0, o[i][2] *= al1, o[i][3] *= al1;
+      const uint32_t pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
+                              pack_bf16(s[1][2], s[1][3])};
+      // matrices (trans): (keys 0-7, dims lo), (keys 8-15, lo), (keys 0-7, hi), (keys 8-15, hi) = b0,b1 of dim
+      // n-tile 2*dp, then of 2*dp + 1. Rows past n are zero-filled and their p is 0.
+      const int key = kb + ((mi & 1) << 3) + rr;
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(smem_u32(Vs + swz<D>(key, dp * 2 + (mi >> 1))), b0, b1, b2, b3);
+        mma_bf16_16816(o[2 * dp], pa, b0, b1);
+        mma_bf16_16816(o[2 * dp + 1], pa, b2, b3);
+      }
+    }
+    __syncthreads();  // the next iteration's load overwrites this stage
+  }
+  cp_async_wait<0>();
+  if (!ret) pdl_wait();  // before writing partials the previous kernel may still read (retrieval waited above)
+
+  // Merge the warps: per row the block max, each warp's O rescaled into its own slice of the (now free) tile
+  // buffer, then summed per (row, dim) in a fixed order.
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  if (q4 == 0) {
+    wml[warp][g] = make_float2(m0, l0);
+    wml[warp][g + 8] = make_float2(m1, l1);
+  }
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem);  // [NW][G][D]; fits: NW * 16 * D * 4 <= stages * 2 * TK * D * 2
+  {
+    float M0 = -INFINITY, M1 = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M0 = fmaxf(M0, wml[w][g].x), M1 = fmaxf(M1, wml[w][g + 8].x);
+    const float f0 = m0 == -INFINITY ? 0.f : fast_exp2(m0 - M0), f1 = m1 == -INFINITY ? 0.f : fast_exp2(m1 - M1);
+#pragma unroll
+    for (int i = 0; i < NO; ++i) {
+      const int d = i * 8 + q4 * 2;
+      if (g < G) *reinterpret_cast<float2*>(&red[(warp * G + g) * D + d]) = make_float2(o[i][0] * f0, o[i][1] * f0);
+      if (g + 8 < G)
+        *reinterpret_cast<float2*>(&red[(warp * G + g + 8) * D + d]) = make_float2(o[i][2] * f1, o[i][3] * f1);
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D / 4; i += NT) {
+    const int h = i / (D / 4), d = (i % (D / 4)) * 4;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float4 v = *reinterpret_cast<const float4*>(&red[(w * G + h) * D + d]);
+      acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+    }
+    *reinterpret_cast<float4*>(part_acc + ((int64_t(kvh) * G + h) * a.max_split + split) * D + d) = acc;
+  }
+  if (tid < G) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, wml[w][tid].x);
+    float Ls = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w)
+      if (wml[w][tid].x != -INFINITY) Ls += wml[w][tid].y * fast_exp2(wml[w][tid].x - M);
+    part_ml[(int64_t(kvh) * G + tid) * a.max_split + split] = make_float2(M * 0.6931471805599453f, Ls);
+  }
+}
+
+constexpr size_t mma_smem_bytes(int D) { return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + kRetChunkMax * 2; }
+
+// grid Hq, block 256: threads are (split group, 4 dims); each group walks every SG-th split, then the groups are
+// summed in shared memory. One thread per dim walking all splits (the version before) was a serial chain of
+// nsplit L2 round trips: 65 for a streaming head, 1024 for a retrieval head at 1M.
+template <int D>
+__global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ DecodeArgs a, const float* part_acc,
+                                                      const float2* part_ml, __nv_bfloat16* o) {
+  constexpr int COLS = D / 4, SG = 256 / COLS;
+  __shared__ float4 accs[SG][COLS];
+  __shared__ float ls[SG];
+  __shared__ float wmax[8];
+  const int h = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  pdl_trigger();
+  pdl_wait();  // part_acc / part_ml come from attend
+  const int ns = a.nsplit[h / a.G];
+  const float2* ml = part_ml + int64_t(h) * a.max_split;
+  float M = -INFINITY;
+  for (int s = tid; s < ns; s += 256) M = fmaxf(M, ml[s].x);
+  M = warp_max(M);
+  if (lane == 0) wmax[warp] = M;
+  __syncthreads();
+  M = wmax[0];
+#pragma unroll
+  for (int w = 1; w < 8; ++w) M = fmaxf(M, wmax[w]);
+  const int col = tid % COLS, grp = tid / COLS;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  float l = 0.f;
+  for (int s = grp; s < ns; s += SG) {
+    const float2 m = ml[s];
+    if (m.x == -INFINITY) continue;
+    const float w = __expf(m.x - M);
+    l += m.y * w;
+    const float4 v = *reinterpret_cast<const float4*>(part_acc + (int64_t(h) * a.max_split + s) * D + col * 4);
+    acc.x = fmaf(v.x, w, acc.x), acc.y = fmaf(v.y, w, acc.y), acc.z = fmaf(v.z, w, acc.z), acc.w = fmaf(v.w, w, acc.w);
+  }
+  accs[grp][col] = acc;
+  if (col == 0) ls[grp] = l;
+  __syncthreads();
+  if (tid < COLS) {
+    float4 r = make_float4(0.f, 0.f, 0.f, 0.f);
+    float L = 0.f;
+#pragma unroll
+    for (int g = 0; g < SG; ++g) {
+      const float4 v = accs[g][tid];
+      r.x += v.x, r.y += v.y, r.z += v.z, r.w += v.w;
+      L += ls[g];
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(o + int64_t(h) * D + tid * 4);
+    dst[0] = __floats2bfloat162_rn(r.x * inv, r.y * inv);
+    dst[1] = __floats2bfloat162_rn(r.z * inv, r.w * inv);
+  }
 }
 
 }  // namespace
 
 namespace {
 
+bool env_is(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e && std::string(e) == value;
+}
+
+// RTP_DECODE_ATTEND=v2 selects the CUDA-core attend of the version before (a fallback while the mma path is new).
+bool use_v2_attend() {
+  static const bool v2 = env_is("RTP_DECODE_ATTEND", "v2");
+  return v2;
+}
+// RTP_DECODE_PDL=0 launches every kernel in plain stream order.
+bool use_pdl() {
+  static const bool on = !env_is("RTP_DECODE_PDL", "0");
+  return on;
+}
+
+// Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
+// a call: its inputs (q, caches, indexer) come from the caller's kernels, which do not trigger early.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
+}
+
 // The launch geometry and the workspace layout of one decode call.
 struct DecodePlan {
   DecodeArgs a{};
-  int R = 0, nchunks = 0;
+  int R = 0, nchunks = 0, stat_chunk = 0;
+  bool v2 = false;
   size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0;
   static size_t al(size_t x) { return (x + 255) / 256 * 256; }
   size_t total() const { return al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins); }
@@ -410,6 +821,7 @@ struct DecodePlan {
 
 DecodePlan plan_decode(const SparseDecodeParams& p) {
   DecodePlan plan;
+  plan.v2 = use_v2_attend();
   DecodeArgs& a = plan.a;
   a.G = p.num_q_heads / p.num_kv_heads;
   a.D = p.head_dim;
@@ -430,21 +842,28 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
     a.rslot[g] = int8_t(k == HeadKind::RETRIEVAL ? R++ : -1);
     a.slot[g] = int8_t(k == HeadKind::STREAMING ? nstr++ : nfull++);
     int64_t nkeys;
-    int chunk;
+    int64_t chunk;
     if (k == HeadKind::STREAMING) {
       nkeys = std::min(p.sink, p.kv_len) + std::min(p.window, std::max<int64_t>(0, p.kv_len - p.sink));
-      chunk = 128;  // two 64-key tiles per thread block, ~65 blocks per streaming head at window 8192
+      // ~128 keys (two tiles) per block, split evenly: 8196 keys are 65 chunks of 127, not 64 of 128 and one of 4.
+      chunk = 128;
+      if (!plan.v2) chunk = (nkeys + (nkeys + 127) / 128 - 1) / ((nkeys + 127) / 128);
     } else {
       nkeys = p.kv_len;
-      chunk = k == HeadKind::RETRIEVAL ? 2048 : 256;
+      // Retrieval blocks keep a few percent of their candidates: 1024 candidates give ~130 blocks at 128K; past
+      // 256K 2048 (the shared list's size) keeps the partials the combine reads in check.
+      chunk = k == HeadKind::RETRIEVAL ? (plan.v2 || p.kv_len > 262144 ? kRetChunkMax : 1024) : 256;
     }
-    a.chunk[g] = chunk;
-    a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + chunk - 1) / chunk));
+    a.chunk[g] = int(std::max<int64_t>(1, chunk));
+    a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
     a.max_split = std::max(a.max_split, a.nsplit[g]);
   }
   const int Hq = p.num_q_heads;
   plan.R = R;
-  plan.nchunks = int((p.kv_len + kStatChunk - 1) / kStatChunk);
+  // Stats/hist chunks: at least 512 tokens (2 per thread), at most ~512 chunks (every hist block merges all of
+  // them per head, 16 loads per lane): 256 blocks at 128K, 512 at 1M (~4 blocks per SM keep enough loads in flight).
+  plan.stat_chunk = int(std::max<int64_t>(512, ((p.kv_len + 511) / 512 + 255) / 256 * 256));
+  plan.nchunks = int((p.kv_len + plan.stat_chunk - 1) / plan.stat_chunk);
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
   plan.n_ml = size_t(Hq) * a.max_split * 8;
@@ -452,6 +871,27 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 1) * 4;
   plan.n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
   return plan;
+}
+
+constexpr int kMaxDevices = 64;
+
+template <int D>
+cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
+                              const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
+                              const __nv_bfloat16* vr, const uint16_t* bins, const float* hist, const float* forced,
+                              float* part_acc, float2* part_ml, int32_t* selected_count) {
+  // The shared-memory opt-in is per device; done once per device (FlashAttention sets it on every launch).
+  static bool done[kMaxDevices] = {};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev >= kMaxDevices || !done[dev]) {
+    e = cudaFuncSetAttribute(attend_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(mma_smem_bytes(D)));
+    if (e != cudaSuccess) return e;
+    if (dev < kMaxDevices) done[dev] = true;
+  }
+  return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
+                  bins, hist, forced, part_acc, part_ml, selected_count);
 }
 
 }  // namespace
@@ -465,7 +905,8 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   if (*check_sparse_decode_params(p, true)) return cudaErrorInvalidValue;
   const DecodePlan plan = plan_decode(p);
   const DecodeArgs& a = plan.a;
-  const int R = plan.R, nchunks = plan.nchunks, Hq = p.num_q_heads;
+  const int R = plan.R, nchunks = plan.nchunks;
+  const bool pdl = use_pdl();
   const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
   auto al = DecodePlan::al;
   const size_t total = plan.total();
@@ -483,23 +924,22 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   float* forced = hist + size_t(std::max(R, 1)) * kDecodeBins;
   uint16_t* bins = reinterpret_cast<uint16_t*>(ws + al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist));
   if (R > 0) {
-    e = cudaMemsetAsync(hist, 0, n_hist, stream);
-    if (p.selected_count && e == cudaSuccess) e = cudaMemsetAsync(p.selected_count, 0, size_t(R) * 4, stream);
     const dim3 g(nchunks, R);
-    if (e == cudaSuccess) {
-      auto launch = [&](auto* iq, auto* ik) {
-        using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
-        (a.G <= 8 ? stats_kernel<IT, 8> : stats_kernel<IT, kMaxG>)<<<g, 256, 0, stream>>>(iq, ik, stats, a.G,
-                                                                                        p.kv_len, p.cap_full, nchunks);
-        hist_kernel<<<g, 256, 0, stream>>>(iq, ik, stats, bins, hist, forced, a.G, p.kv_len, p.cap_full, nchunks,
-                                           p.keep_first, p.keep_last);
-      };
-      if (p.index_dtype == DType::BF16)
-        launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k));
-      else
-        launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
-      e = cudaGetLastError();
-    }
+    const bool vec = reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0;
+    auto launch = [&](auto* iq, auto* ik) {
+      using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
+      cudaError_t err = launch_k(a.G <= 8 ? stats_kernel<IT, 8> : stats_kernel<IT, kMaxG>, g, dim3(256), 0, stream,
+                                 false, iq, ik, stats, hist, forced, p.selected_count, a.G, p.kv_len, p.cap_full,
+                                 nchunks, plan.stat_chunk, vec);
+      if (err == cudaSuccess)
+        err = launch_k(hist_kernel<IT>, g, dim3(256), 0, stream, pdl, iq, ik, stats, bins, hist, forced, a.G, p.kv_len,
+                       p.cap_full, nchunks, plan.stat_chunk, p.keep_first, p.keep_last, vec);
+      return err;
+    };
+    if (p.index_dtype == DType::BF16)
+      e = launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k));
+    else
+      e = launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
   }
   if (e == cudaSuccess) {
     const dim3 g(a.max_split, p.num_kv_heads);
@@ -508,13 +948,22 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     auto vf = static_cast<const __nv_bfloat16*>(p.v_full);
     auto kr = static_cast<const __nv_bfloat16*>(p.k_ring);
     auto vr = static_cast<const __nv_bfloat16*>(p.v_ring);
-    // 64-key tiles; 32 with 16 query heads per KV head (shared memory stays under the 48 KB static limit).
-    auto kern = p.head_dim == 128 ? (a.G <= 8 ? attend_kernel<128, 8, 64> : attend_kernel<128, 16, 32>)
-                                  : (a.G <= 8 ? attend_kernel<64, 8, 64> : attend_kernel<64, 16, 32>);
-    kern<<<g, kAttnThreads, 0, stream>>>(a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml,
-                                         p.selected_count);
-    combine_kernel<<<Hq, p.head_dim, 0, stream>>>(a, part_acc, part_ml, static_cast<__nv_bfloat16*>(p.o));
-    e = cudaGetLastError();
+    if (plan.v2) {
+      // 64-key tiles; 32 with 16 query heads per KV head (shared memory stays under the 48 KB static limit).
+      auto kern = p.head_dim == 128 ? (a.G <= 8 ? attend_v2_kernel<128, 8, 64> : attend_v2_kernel<128, 16, 32>)
+                                    : (a.G <= 8 ? attend_v2_kernel<64, 8, 64> : attend_v2_kernel<64, 16, 32>);
+      kern<<<g, kAttnThreads, 0, stream>>>(a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml,
+                                           p.selected_count);
+      e = cudaGetLastError();
+    } else {
+      e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
+          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml, p.selected_count);
+    }
+    if (e == cudaSuccess) {
+      auto out = static_cast<__nv_bfloat16*>(p.o);
+      e = launch_k(p.head_dim == 128 ? combine_kernel<128> : combine_kernel<64>, dim3(p.num_q_heads), dim3(256), 0,
+                   stream, pdl, a, static_cast<const float*>(part_acc), static_cast<const float2*>(part_ml), out);
+    }
   }
   const cudaError_t e2 = own ? cudaFreeAsync(ws, stream) : cudaSuccess;
   return e != cudaSuccess ? e : e2;

@@ -163,3 +163,44 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
     }
   }
 }
+
+// The model's shape: G = 8 query heads per KV head (16 too), a window longer than one attend chunk, a KV length
+// that is no multiple of the tiles, and more than one retrieval block (split-K with partial last chunks).
+TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(4);
+  for (int64_t G : {8, 16}) {
+    for (int64_t D : {128, 64}) {
+      const int64_t Hkv = 4, Hq = Hkv * G, L = 9000 + 13, cap = 9100, sink = 4, window = 2500;
+      std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::DENSE, HeadKind::STREAMING};
+      SparseConfig c;
+      c.sink = sink;
+      c.window = window;
+      for (float top_p : {1.0f, 0.9f}) {
+        c.top_p = top_p;
+        DecodeInputs in;
+        in.q = torch::randn({Hq, D}).to(torch::kBFloat16).to(torch::kFloat32);
+        in.k_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
+        in.v_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
+        in.k_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
+        in.v_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
+        in.index_q = torch::randn({1, G, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 2;
+        in.index_k = torch::randn({1, cap, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 2;
+        in.kv_len = L;
+        torch::Tensor sc, sg;
+        auto ref = sparse_decode(in, kinds, c, &sc);
+        DecodeInputs ig = in;
+        for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
+        auto out = sparse_decode(ig, kinds, c, &sg);
+        torch::cuda::synchronize();
+        const int ncpu = sc[0].item<int>(), ngpu = sg.cpu()[0].item<int>();
+        const double e = rel_err(out.cpu(), ref);
+        std::printf("decode G=%ld D=%ld top_p=%.1f: err %.3e, selected cpu %d gpu %d of %ld\n", G, D, top_p, e, ncpu,
+                    ngpu, L);
+        EXPECT_FALSE(out.isnan().any().item<bool>());
+        EXPECT_NEAR(ngpu, ncpu, 0.02 * ncpu + 2);
+        EXPECT_LT(e, top_p == 1.0f ? 8e-3 : 3e-2);
+      }
+    }
+  }
+}
