@@ -3,6 +3,9 @@
 //   2. logits:  L[row = (b, h)][c] = max(max_j u, mean_j u + log n_c), u = qbar . index_k[j] / 4, one
 //               mma.sync m16n8k16 per 16 rows x 8 keys (the index dimension is exactly one k-step);
 //               rows are processed in chunks of query blocks so the logit workspace stays bounded
+// Chunked prefill (q_offset > 0, a multiple of the block size): index_q holds the chunk's queries, so its
+// blocks are the query blocks qb0 = q_offset / B onwards; rows and lists are indexed locally from qb0 and the
+// block numbers that rule causality and the forced blocks are absolute.
 //   3. top-p:   one thread block per (r, b): per-head softmax over blocks, mean over heads, forced blocks,
 //               threshold bisection on P (sort-free), capped count, ascending compaction.
 #include <cuda_bf16.h>
@@ -43,7 +46,7 @@ __global__ void pool_kernel(const T* iq, __nv_bfloat16* qbar, int R, int G, int6
 // B = block size (64 or 128 keys, processed as 64-key halves).
 __global__ void __launch_bounds__(256) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
                                                      int G, int64_t T_, int B, int nb, int64_t row0, int64_t nrows,
-                                                     int64_t rows_total) {
+                                                     int64_t rows_total, int64_t qb0) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int64_t wrow = row0 + int64_t(blockIdx.x) * 128 + warp * 16;  // first global row of this warp
   if (wrow >= row0 + nrows) return;
@@ -59,8 +62,8 @@ __global__ void __launch_bounds__(256) logits_kernel(const __nv_bfloat16* qbar, 
     af[3] = pb[t4 + 4];
   }
   const int64_t rlast = min(wrow + 15, row0 + nrows - 1);
-  const int64_t bmax = rlast / G;  // last query block among the warp's rows
-  const int64_t b_r0 = (wrow + g) / G, b_r1 = (wrow + g + 8) / G;
+  const int64_t bmax = qb0 + rlast / G;  // last (absolute) query block among the warp's rows
+  const int64_t b_r0 = qb0 + (wrow + g) / G, b_r1 = qb0 + (wrow + g + 8) / G;
   const int64_t lr0 = wrow + g - row0, lr1 = wrow + g + 8 - row0;
   for (int64_t c = 0; c <= bmax; ++c) {
     float mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
@@ -125,13 +128,16 @@ __device__ float block_max(float v, float* red) {
   return s;
 }
 
-// One thread block per query block b in [b0, b0 + nbc) of slot r. Dynamic smem: P[nb] floats.
+// One thread block per (local) query block lb in [b0, b0 + nbc) of slot r, absolute block b = qb0 + lb.
+// Dynamic smem: P[nb] floats.
 __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int nb,
-                                                   int64_t b0, int local_blocks, int max_blocks, float top_p) {
+                                                   int64_t b0, int64_t qb0, int local_blocks, int max_blocks,
+                                                   float top_p) {
   extern __shared__ float P[];
   __shared__ float red[32];
   __shared__ int wcount[32];
-  const int64_t b = b0 + blockIdx.x;
+  const int64_t lb = b0 + blockIdx.x;
+  const int64_t b = qb0 + lb;
   const int n = int(b) + 1;
   const int tid = threadIdx.x;
   for (int c = tid; c < n; c += blockDim.x) P[c] = 0.f;
@@ -194,7 +200,7 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
     tau = __uint_as_float(lo);
   }
   // ascending compaction
-  int32_t* out = indices + b * max_blocks;
+  int32_t* out = indices + lb * max_blocks;
   int base = 0;
   const int warp = tid / 32, lane = tid % 32, nw = blockDim.x / 32;
   for (int c0 = 0; c0 < n; c0 += blockDim.x) {
@@ -210,7 +216,7 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
     if (keep && off < max_blocks) out[off] = c;
     for (int w = 0; w < nw; ++w) base += wcount[w];
   }
-  if (tid == 0) counts[b] = min(base, max_blocks);
+  if (tid == 0) counts[lb] = min(base, max_blocks);
 }
 
 }  // namespace
@@ -218,41 +224,42 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
 cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) {
   if (*check_block_select_params(p)) return cudaErrorInvalidValue;
   const int R = p.num_ret_heads, G = p.group_size, B = p.block_size;
-  const int64_t T = p.seq_len;
-  const int nb = int((T + B - 1) / B);
+  const int64_t T = p.seq_len, Tq = T - p.q_offset, qb0 = p.q_offset / B;
+  const int nb = int((T + B - 1) / B);      // key blocks (the length of a row of logits)
+  const int nqb = int((Tq + B - 1) / B);    // query blocks of this call
   if (size_t(nb) * sizeof(float) > 200 * 1024) return cudaErrorInvalidValue;  // P must fit in shared memory
   __nv_bfloat16 *qbar = nullptr, *ikb = nullptr;
   float* L = nullptr;
   // Query-block chunk so that the logit workspace stays under ~512 MB.
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(512) << 20) / (int64_t(G) * nb * 4)));
-  cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nb * G * kIndexDim * 2, stream);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nqb, (int64_t(512) << 20) / (int64_t(G) * nb * 4)));
+  cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nqb * G * kIndexDim * 2, stream);
   if (e == cudaSuccess) e = cudaMallocAsync(&L, size_t(chunk) * G * nb * 4, stream);
   if (e == cudaSuccess && p.index_dtype == DType::F32) e = cudaMallocAsync(&ikb, size_t(R) * T * kIndexDim * 2, stream);
   if (e == cudaSuccess) {
-    const int64_t nq = int64_t(R) * nb * G * kIndexDim;
+    const int64_t nq = int64_t(R) * nqb * G * kIndexDim;
     const int pool_blocks = int(std::min<int64_t>((nq + 255) / 256, 65535));
     const __nv_bfloat16* ik = static_cast<const __nv_bfloat16*>(p.index_k);
     if (p.index_dtype == DType::F32) {
-      pool_kernel<float><<<pool_blocks, 256, 0, stream>>>(static_cast<const float*>(p.index_q), qbar, R, G, T, B, nb);
+      pool_kernel<float><<<pool_blocks, 256, 0, stream>>>(static_cast<const float*>(p.index_q), qbar, R, G, Tq, B, nqb);
       to_bf16_kernel<float><<<1024, 256, 0, stream>>>(static_cast<const float*>(p.index_k), ikb, int64_t(R) * T * kIndexDim);
       ik = ikb;
     } else {
       pool_kernel<__nv_bfloat16><<<pool_blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.index_q), qbar,
-                                                                  R, G, T, B, nb);
+                                                                  R, G, Tq, B, nqb);
     }
     e = cudaGetLastError();
     const size_t smem = size_t(nb) * sizeof(float);
     if (e == cudaSuccess && smem > 48 * 1024)
       e = cudaFuncSetAttribute(topp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     for (int r = 0; r < R && e == cudaSuccess; ++r) {
-      for (int64_t b0 = 0; b0 < nb && e == cudaSuccess; b0 += chunk) {
-        const int64_t nbc = std::min<int64_t>(chunk, nb - b0);
+      for (int64_t b0 = 0; b0 < nqb && e == cudaSuccess; b0 += chunk) {
+        const int64_t nbc = std::min<int64_t>(chunk, nqb - b0);
         const int64_t nrows = nbc * G;
         logits_kernel<<<unsigned((nrows + 127) / 128), 256, 0, stream>>>(
-            qbar + int64_t(r) * nb * G * kIndexDim, ik + int64_t(r) * T * kIndexDim, L, G, T, B, nb, b0 * G, nrows,
-            int64_t(nb) * G);
-        topp_kernel<<<unsigned(nbc), 256, smem, stream>>>(L, p.counts + int64_t(r) * nb,
-                                                         p.indices + int64_t(r) * nb * p.max_blocks, G, nb, b0,
+            qbar + int64_t(r) * nqb * G * kIndexDim, ik + int64_t(r) * T * kIndexDim, L, G, T, B, nb, b0 * G, nrows,
+            int64_t(nqb) * G, qb0);
+        topp_kernel<<<unsigned(nbc), 256, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
+                                                         p.indices + int64_t(r) * nqb * p.max_blocks, G, nb, b0, qb0,
                                                          p.local_blocks, p.max_blocks, p.top_p);
         e = cudaGetLastError();
       }

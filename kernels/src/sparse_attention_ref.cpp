@@ -21,17 +21,18 @@ int count_kind(const HeadKind* kinds, int n, HeadKind k) {
 }
 
 // Block probabilities P[b, c] (c <= b) of one retrieval slot; exactly the definition in the header.
+// b is the absolute query block; index_q rows are positions q_offset.. (Tq of them).
 void block_probs_one(const BlockSelectParams& p, int r, int64_t b, std::vector<double>& P) {
   const float* iq = static_cast<const float*>(p.index_q);
   const float* ik = static_cast<const float*>(p.index_k);
-  const int64_t T = p.seq_len, B = p.block_size;
+  const int64_t T = p.seq_len, B = p.block_size, Tq = T - p.q_offset;
   const int G = p.group_size;
-  const int64_t q0 = b * B, q1 = std::min(T, q0 + B);
+  const int64_t q0 = b * B - p.q_offset, q1 = std::min(Tq, q0 + B);
   P.assign(b + 1, 0.0);
   std::vector<double> L(b + 1);
   for (int h = 0; h < G; ++h) {
     double qbar[kIndexDim] = {0};
-    const float* qh = iq + ((int64_t)r * G + h) * T * kIndexDim;
+    const float* qh = iq + ((int64_t)r * G + h) * Tq * kIndexDim;
     for (int64_t i = q0; i < q1; ++i)
       for (int d = 0; d < kIndexDim; ++d) qbar[d] += qh[i * kIndexDim + d];
     for (int d = 0; d < kIndexDim; ++d) qbar[d] /= double(q1 - q0);
@@ -68,6 +69,9 @@ const char* check_block_select_params(const BlockSelectParams& p) {
   if (p.local_blocks < 1) return "local_blocks must be >= 1";
   if (p.max_blocks < p.local_blocks + 1) return "max_blocks must hold the forced blocks (local_blocks + 1)";
   if (!(p.top_p > 0.f && p.top_p <= 1.f)) return "top_p must be in (0, 1]";
+  if (p.q_offset < 0 || p.q_offset >= p.seq_len) return "q_offset must be in [0, seq_len)";
+  if (p.q_offset % p.block_size)
+    return "q_offset must be a multiple of block_size (a query block split across chunks would pool other queries)";
   return "";
 }
 
@@ -81,9 +85,19 @@ const char* check_sparse_attention_params(const SparseAttentionParams& p, bool c
   if (cuda && p.dtype != DType::BF16) return "the CUDA kernel takes bf16";
   if (!cuda && p.dtype != DType::F32) return "the CPU reference takes float32";
   if (p.sink < 0 || p.window < 1) return "need sink >= 0 and window >= 1";
+  if (p.q_offset < 0 || p.q_offset >= p.seq_len) return "q_offset must be in [0, seq_len)";
   if (count_kind(p.head_kind, p.num_kv_heads, HeadKind::RETRIEVAL) > 0) {
     if (!p.block_counts || !p.block_indices) return "RETRIEVAL heads need block_counts and block_indices";
     if (p.max_blocks < 1) return "max_blocks must be >= 1";
+    if (p.q_offset % p.block_size) return "with RETRIEVAL heads q_offset must be a multiple of block_size";
+  }
+  if (p.stream_key_skip < 0) return "stream_key_skip must be >= 0";
+  if (p.stream_key_skip > 0) {
+    if (count_kind(p.head_kind, p.num_kv_heads, HeadKind::STREAMING) != p.num_kv_heads)
+      return "stream_key_skip > 0 needs every KV head to be STREAMING";
+    const int64_t S = std::min(p.sink, p.seq_len);
+    if (S + p.stream_key_skip > std::max(S, p.q_offset - p.window + 1))
+      return "stream_key_skip leaves out tokens inside the first query's window (need sink + skip <= q_offset - window + 1)";
   }
   return "";
 }
@@ -110,14 +124,15 @@ const char* check_sparse_decode_params(const SparseDecodeParams& p, bool cuda) {
 
 void select_blocks_cpu(const BlockSelectParams& p) {
   if (*check_block_select_params(p) || p.index_dtype != DType::F32) return;
-  const int64_t nb = ceil_div(p.seq_len, p.block_size);
+  const int64_t nb = ceil_div(p.seq_len, p.block_size), b0 = p.q_offset / p.block_size, nqb = nb - b0;
   std::vector<double> P;
   std::vector<int64_t> order;
   for (int r = 0; r < p.num_ret_heads; ++r) {
-    for (int64_t b = 0; b < nb; ++b) {
+    for (int64_t b = b0; b < nb; ++b) {
+      const int64_t li = (int64_t)r * nqb + (b - b0);  // the list of absolute query block b
       block_probs_one(p, r, b, P);
       if (p.block_probs) {
-        float* row = p.block_probs + ((int64_t)r * nb + b) * nb;
+        float* row = p.block_probs + li * nb;
         for (int64_t c = 0; c < nb; ++c) row[c] = c <= b ? float(P[c]) : 0.f;
       }
       std::vector<char> keep(b + 1, 0);
@@ -138,11 +153,11 @@ void select_blocks_cpu(const BlockSelectParams& p) {
           acc += P[order[n]];
         }
       }
-      int32_t* out = p.indices + ((int64_t)r * nb + b) * p.max_blocks;
+      int32_t* out = p.indices + li * p.max_blocks;
       int cnt = 0;
       for (int64_t c = 0; c <= b; ++c)
         if (keep[c]) out[cnt++] = int32_t(c);
-      p.counts[(int64_t)r * nb + b] = cnt;
+      p.counts[li] = cnt;
     }
   }
 }
@@ -150,19 +165,20 @@ void select_blocks_cpu(const BlockSelectParams& p) {
 double selection_recall_cpu(const BlockSelectParams& p, int64_t query_stride) {
   const float* iq = fptr(p.index_q);
   const float* ik = fptr(p.index_k);
-  const int64_t T = p.seq_len, B = p.block_size, nb = ceil_div(T, B);
+  const int64_t T = p.seq_len, B = p.block_size, nb = ceil_div(T, B), Tq = T - p.q_offset, b0 = p.q_offset / B;
+  const int64_t nqb = nb - b0;
   double total = 0;
   int64_t n = 0;
   std::vector<double> s(T);
   std::vector<char> sel(nb);
   for (int r = 0; r < p.num_ret_heads; ++r)
     for (int h = 0; h < p.group_size; ++h)
-      for (int64_t i = 0; i < T; i += std::max<int64_t>(1, query_stride)) {
-        const int64_t b = i / B;
+      for (int64_t i = p.q_offset; i < T; i += std::max<int64_t>(1, query_stride)) {
+        const int64_t li = (int64_t)r * nqb + i / B - b0;
         std::fill(sel.begin(), sel.end(), 0);
-        const int32_t* lst = p.indices + ((int64_t)r * nb + b) * p.max_blocks;
-        for (int k = 0; k < p.counts[(int64_t)r * nb + b]; ++k) sel[lst[k]] = 1;
-        const float* q = iq + (((int64_t)r * p.group_size + h) * T + i) * kIndexDim;
+        const int32_t* lst = p.indices + li * p.max_blocks;
+        for (int k = 0; k < p.counts[li]; ++k) sel[lst[k]] = 1;
+        const float* q = iq + (((int64_t)r * p.group_size + h) * Tq + i - p.q_offset) * kIndexDim;
         double mx = -1e300;
         for (int64_t j = 0; j <= i; ++j) {
           double u = 0;
@@ -185,50 +201,58 @@ double selection_recall_cpu(const BlockSelectParams& p, int64_t query_stride) {
 void sparse_attention_cpu(const SparseAttentionParams& p) {
   if (*check_sparse_attention_params(p, false)) return;
   const int64_t T = p.seq_len, D = p.head_dim, B = p.block_size, nb = ceil_div(T, B);
+  const int64_t Tq = T - p.q_offset, nqb = ceil_div(Tq, B), b0 = p.q_offset / B;
+  // Key rows and the token each holds (identity unless STREAMING rows skip tokens after the sinks).
+  const int64_t S = std::min(p.sink, T), krows = T - p.stream_key_skip;
+  auto key_pos = [&](int64_t row) { return row < S ? row : row + p.stream_key_skip; };
   const int G = p.num_q_heads / p.num_kv_heads;
   const double scale = p.scale > 0 ? p.scale : 1.0 / std::sqrt(double(D));
-  auto hs = [&](int64_t s) { return s ? s : T * D; };
+  auto qhs = [&](int64_t s) { return s ? s : Tq * D; };
+  auto khs = [&](int64_t s) { return s ? s : krows * D; };
   auto rs = [&](int64_t s) { return s ? s : D; };
   std::vector<int> slot(p.num_kv_heads, -1);
   for (int g = 0, r = 0; g < p.num_kv_heads; ++g)
     if (p.head_kind[g] == HeadKind::RETRIEVAL) slot[g] = r++;
-  std::vector<double> s(T), acc(D);
+  std::vector<double> s(krows), acc(D);
   std::vector<char> sel(nb);
   for (int h = 0; h < p.num_q_heads; ++h) {
     const int g = h / G;
     const HeadKind kind = p.head_kind[g];
-    const float* q = fptr(p.q) + h * hs(p.q_head_stride);
-    const float* k = fptr(p.k) + g * hs(p.k_head_stride);
-    const float* v = fptr(p.v) + g * hs(p.v_head_stride);
-    float* o = static_cast<float*>(p.o) + h * hs(p.o_head_stride);
-    for (int64_t i = 0; i < T; ++i) {
+    const float* q = fptr(p.q) + h * qhs(p.q_head_stride);
+    const float* k = fptr(p.k) + g * khs(p.k_head_stride);
+    const float* v = fptr(p.v) + g * khs(p.v_head_stride);
+    float* o = static_cast<float*>(p.o) + h * qhs(p.o_head_stride);
+    for (int64_t iq = 0; iq < Tq; ++iq) {
+      const int64_t i = p.q_offset + iq;  // the query's position
       if (kind == HeadKind::RETRIEVAL) {
         std::fill(sel.begin(), sel.end(), 0);
-        const int64_t b = i / B;
-        const int32_t* lst = p.block_indices + ((int64_t)slot[g] * nb + b) * p.max_blocks;
-        for (int n = 0; n < p.block_counts[(int64_t)slot[g] * nb + b]; ++n) sel[lst[n]] = 1;
+        const int64_t li = (int64_t)slot[g] * nqb + i / B - b0;
+        const int32_t* lst = p.block_indices + li * p.max_blocks;
+        for (int n = 0; n < p.block_counts[li]; ++n) sel[lst[n]] = 1;
       }
       double mx = -1e300;
-      for (int64_t j = 0; j <= i; ++j) {
-        const bool vis = kind == HeadKind::RETRIEVAL ? bool(sel[j / B]) : visible_by_kind(kind, i, j, p.sink, p.window);
+      for (int64_t row = 0; row < krows; ++row) {
+        const int64_t j = key_pos(row);
+        const bool vis = j <= i && (kind == HeadKind::RETRIEVAL ? bool(sel[j / B])
+                                                                : visible_by_kind(kind, i, j, p.sink, p.window));
         if (!vis) {
-          s[j] = -1e300;
+          s[row] = -1e300;
           continue;
         }
         double d = 0;
-        for (int64_t e = 0; e < D; ++e) d += double(q[i * rs(p.q_row_stride) + e]) * k[j * rs(p.k_row_stride) + e];
-        s[j] = d * scale;
-        mx = std::max(mx, s[j]);
+        for (int64_t e = 0; e < D; ++e) d += double(q[iq * rs(p.q_row_stride) + e]) * k[row * rs(p.k_row_stride) + e];
+        s[row] = d * scale;
+        mx = std::max(mx, s[row]);
       }
       std::fill(acc.begin(), acc.end(), 0.0);
       double z = 0;
-      for (int64_t j = 0; j <= i; ++j) {
-        if (s[j] <= -1e299) continue;
-        const double e = std::exp(s[j] - mx);
+      for (int64_t row = 0; row < krows; ++row) {
+        if (s[row] <= -1e299) continue;
+        const double e = std::exp(s[row] - mx);
         z += e;
-        for (int64_t d = 0; d < D; ++d) acc[d] += e * v[j * rs(p.v_row_stride) + d];
+        for (int64_t d = 0; d < D; ++d) acc[d] += e * v[row * rs(p.v_row_stride) + d];
       }
-      for (int64_t d = 0; d < D; ++d) o[i * rs(p.o_row_stride) + d] = z > 0 ? float(acc[d] / z) : 0.f;
+      for (int64_t d = 0; d < D; ++d) o[iq * rs(p.o_row_stride) + d] = z > 0 ? float(acc[d] / z) : 0.f;
     }
   }
 }

@@ -3,6 +3,8 @@
 // One thread block = 8 warps = 128 query rows = (128 / block_size) query heads of one GQA group times one
 // query block, so every K/V tile it loads serves all its heads. Streaming, dense and retrieval KV heads run
 // in the same launch: each thread block derives its own list of key tiles from its head's kind.
+// Chunked prefill: query rows are positions q_off.., key tiles are 64 key *rows*, and each key's position comes
+// from its row (streaming rows may skip tokens after the sinks), so the masks work in positions throughout.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -26,8 +28,9 @@ struct PrefillArgs {
   const __nv_bfloat16* v;
   __nv_bfloat16* o;
   int64_t qhs, qrs, khs, krs, vhs, vrs, ohs, ors;
-  int64_t T;
-  int G, heads_per_cta, chunks_per_kv, nb;
+  int64_t Tq, q_off;  // query rows, position of row 0
+  int64_t S, skip, krows;  // key row r >= S holds position r + skip; krows rows
+  int G, heads_per_cta, chunks_per_kv, nb;  // nb: query blocks of this call
   float scale_log2;
   int64_t sink, window;
   const int32_t* counts;
@@ -48,12 +51,12 @@ __device__ __forceinline__ int swz(int r, int c) {
 
 template <int D>
 __device__ __forceinline__ void load_tile(uint32_t sbase, const __nv_bfloat16* g, int64_t row_stride, int64_t row0,
-                                          int nrows, int64_t T, int tid) {
+                                          int nrows, int64_t rows_total, int tid) {
   constexpr int CPR = D / 8;  // chunks per row
   for (int idx = tid; idx < nrows * CPR; idx += kThreads) {
     const int r = idx / CPR, c = idx % CPR;
     const int64_t row = row0 + r;
-    const bool ok = row < T;
+    const bool ok = row < rows_total;
     const __nv_bfloat16* src = g + (ok ? row : 0) * row_stride + c * 8;
     cp_async16(sbase + swz<D>(r, c) * 16, src, ok ? 16 : 0);
   }
@@ -70,20 +73,26 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
   const int kvh = blockIdx.y / a.chunks_per_kv;
   const int hchunk = blockIdx.y % a.chunks_per_kv;
   const int kind = a.kind[kvh];
-  const int64_t q0 = int64_t(b) * BS;
-  const int64_t qlast = i64min(a.T, q0 + BS) - 1;
+  const int64_t r0 = int64_t(b) * BS;  // first query row of the block
+  const int64_t q0 = a.q_off + r0;     // its position
+  const int64_t qlast = a.q_off + i64min(a.Tq, r0 + BS) - 1;
+  // skip is 0 unless every head is streaming (the launcher checks), so this is the identity for other kinds.
+  auto pos_of = [&](int64_t row) { return row < a.S ? row : row + a.skip; };
+  // Only for positions that are sinks or at/after the first window: the skipped ones have no row.
+  auto row_of = [&](int64_t pos) { return pos < a.S ? pos : pos - a.skip; };
 
   // ---- the key tiles of this thread block ----
   int ntiles = 0;
   int64_t sink_tiles = 0, win_t0 = 0;
   const int32_t* list = nullptr;
   constexpr int TPB = BS / kTileK;  // tiles per block
-  const int64_t last_tile = qlast / kTileK;
+  const int64_t last_tile = row_of(qlast) / kTileK;
   if (kind == int(HeadKind::DENSE)) {
     ntiles = int(last_tile + 1);
   } else if (kind == int(HeadKind::STREAMING)) {
-    sink_tiles = i64min((a.sink + kTileK - 1) / kTileK, last_tile + 1);
-    win_t0 = i64max(sink_tiles, i64max(0, q0 - a.window + 1) / kTileK);
+    sink_tiles = i64min((a.S + kTileK - 1) / kTileK, last_tile + 1);
+    // the launcher's check puts the first window position at or after the skipped tokens
+    win_t0 = i64max(sink_tiles, row_of(i64max(0, q0 - a.window + 1)) / kTileK);
     ntiles = int(sink_tiles + (last_tile + 1 - win_t0));
   } else {
     const int64_t li = int64_t(a.slot[kvh]) * a.nb + b;
@@ -105,8 +114,8 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
     constexpr int CPR = D / 8;
     for (int idx = tid; idx < BS * CPR; idx += kThreads) {
       const int r = idx / CPR, c = idx % CPR;
-      const int64_t row = q0 + r;
-      const bool ok = row < a.T;
+      const int64_t row = r0 + r;
+      const bool ok = row < a.Tq;
       cp_async16(sQa + swz<D>(hl * BS + r, c) * 16, qg + (ok ? row : 0) * a.qrs + c * 8, ok ? 16 : 0);
     }
   }
@@ -115,15 +124,16 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
   const __nv_bfloat16* vg = a.v + int64_t(kvh) * a.vhs;
   if (ntiles > 0) {
     const int64_t s0 = tile_start(0);
-    load_tile<D>(sKa, kg, a.krs, s0, kTileK, a.T, tid);
-    load_tile<D>(sVa, vg, a.vrs, s0, kTileK, a.T, tid);
+    load_tile<D>(sKa, kg, a.krs, s0, kTileK, a.krows, tid);
+    load_tile<D>(sVa, vg, a.vrs, s0, kTileK, a.krows, tid);
   }
   cp_async_commit();
 
   const int g = lane / 4, t4 = lane % 4;
   const int wrow0 = warp * 16;
-  // query token of this thread's two rows
-  const int64_t tok0 = q0 + (wrow0 + g) % BS, tok1 = q0 + (wrow0 + g + 8) % BS;
+  // query rows of this thread and their positions
+  const int64_t lrow0 = r0 + (wrow0 + g) % BS, lrow1 = r0 + (wrow0 + g + 8) % BS;
+  const int64_t tok0 = a.q_off + lrow0, tok1 = a.q_off + lrow1;
 
   float oacc[D / 8][4];
 #pragma unroll
@@ -134,8 +144,8 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
     const int stage = n & 1;
     if (n + 1 < ntiles) {
       const int64_t s1 = tile_start(n + 1);
-      load_tile<D>(sKa + (stage ^ 1) * kTileK * D * 2, kg, a.krs, s1, kTileK, a.T, tid);
-      load_tile<D>(sVa + (stage ^ 1) * kTileK * D * 2, vg, a.vrs, s1, kTileK, a.T, tid);
+      load_tile<D>(sKa + (stage ^ 1) * kTileK * D * 2, kg, a.krs, s1, kTileK, a.krows, tid);
+      load_tile<D>(sVa + (stage ^ 1) * kTileK * D * 2, vg, a.vrs, s1, kTileK, a.krows, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -171,16 +181,20 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
 
     // masking: only tiles that are not fully visible to every row of the block
     const int64_t kend = ks + kTileK - 1;
-    bool full = kend <= q0 && kend < a.T;
-    if (kind == int(HeadKind::STREAMING)) full = full && (kend < a.sink || ks > qlast - a.window);
+    // a tile straddling the sinks and the skipped tokens holds non-consecutive positions: always masked
+    const bool consecutive = a.skip == 0 || kend < a.S || ks >= a.S;
+    const int64_t p0 = pos_of(ks), p1 = pos_of(kend);
+    bool full = consecutive && p1 <= q0 && kend < a.krows;
+    if (kind == int(HeadKind::STREAMING)) full = full && (p1 < a.sink || p0 > qlast - a.window);
     if (!full) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int64_t key = ks + j * 8 + 2 * t4 + (e & 1);
+          const int64_t krow = ks + j * 8 + 2 * t4 + (e & 1);
+          const int64_t key = pos_of(krow);
           const int64_t tok = e < 2 ? tok0 : tok1;
-          bool vis = key <= tok && key < a.T;
+          bool vis = key <= tok && krow < a.krows;
           if (kind == int(HeadKind::STREAMING)) vis = vis && (key < a.sink || key > tok - a.window);
           if (!vis) s[j][e] = -INFINITY;
         }
@@ -247,10 +261,10 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
   const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
   const int hl0 = (wrow0 + g) / BS, hl1 = (wrow0 + g + 8) / BS;
-  const bool ok0 = tok0 < a.T && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
-  const bool ok1 = tok1 < a.T && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
-  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + tok0 * a.ors;
-  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + tok1 * a.ors;
+  const bool ok0 = lrow0 < a.Tq && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
+  const bool ok1 = lrow1 < a.Tq && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
+  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + lrow0 * a.ors;
+  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + lrow1 * a.ors;
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) {
     const int d = i * 8 + 2 * t4;
@@ -263,16 +277,16 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
 
 cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t stream) {
   if (*check_sparse_attention_params(p, true)) return cudaErrorInvalidValue;
-  const int64_t T = p.seq_len, D = p.head_dim;
+  const int64_t T = p.seq_len, D = p.head_dim, Tq = T - p.q_offset, krows = T - p.stream_key_skip;
   PrefillArgs a{};
   a.q = static_cast<const __nv_bfloat16*>(p.q);
   a.k = static_cast<const __nv_bfloat16*>(p.k);
   a.v = static_cast<const __nv_bfloat16*>(p.v);
   a.o = static_cast<__nv_bfloat16*>(p.o);
-  a.qhs = p.q_head_stride ? p.q_head_stride : T * D;
-  a.khs = p.k_head_stride ? p.k_head_stride : T * D;
-  a.vhs = p.v_head_stride ? p.v_head_stride : T * D;
-  a.ohs = p.o_head_stride ? p.o_head_stride : T * D;
+  a.qhs = p.q_head_stride ? p.q_head_stride : Tq * D;
+  a.khs = p.k_head_stride ? p.k_head_stride : krows * D;
+  a.vhs = p.v_head_stride ? p.v_head_stride : krows * D;
+  a.ohs = p.o_head_stride ? p.o_head_stride : Tq * D;
   a.qrs = p.q_row_stride ? p.q_row_stride : D;
   a.krs = p.k_row_stride ? p.k_row_stride : D;
   a.vrs = p.v_row_stride ? p.v_row_stride : D;
@@ -280,11 +294,15 @@ cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t s
   // 16-byte cp.async needs 16-byte aligned rows
   for (int64_t s : {a.qrs, a.krs, a.vrs, a.ors, a.qhs, a.khs, a.vhs, a.ohs})
     if (s % 8) return cudaErrorInvalidValue;
-  a.T = T;
+  a.Tq = Tq;
+  a.q_off = p.q_offset;
+  a.S = std::min<int64_t>(p.sink, T);
+  a.skip = p.stream_key_skip;
+  a.krows = krows;
   a.G = p.num_q_heads / p.num_kv_heads;
   a.heads_per_cta = kRows / p.block_size;
   a.chunks_per_kv = (a.G + a.heads_per_cta - 1) / a.heads_per_cta;
-  a.nb = int((T + p.block_size - 1) / p.block_size);
+  a.nb = int((Tq + p.block_size - 1) / p.block_size);
   const float scale = p.scale > 0 ? p.scale : 1.f / std::sqrt(float(D));
   a.scale_log2 = scale * 1.4426950408889634f;
   a.sink = p.sink;

@@ -204,3 +204,138 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
     }
   }
 }
+
+namespace {
+
+// Rows of the lists for query blocks [b0, b0 + n).
+BlockLists list_rows(const BlockLists& l, int64_t b0, int64_t n) {
+  return {l.counts.narrow(1, b0, n).contiguous(), l.indices.narrow(1, b0, n).contiguous()};
+}
+
+}  // namespace
+
+// Chunked prefill: queries [q0, q1) over keys [0, q1) (read in place from a larger cache-like tensor) against the
+// CPU reference with the same offsets; the naive-bf16 yardstick uses the whole prompt's mask cut to the chunk.
+TEST(SparseAttentionGpu, ChunkedPrefillMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(4);
+  struct Case { int64_t T, D; int B; int64_t Hq, Hkv; };
+  for (auto cs : {Case{1000, 128, 64, 8, 4}, Case{777, 64, 128, 6, 3}}) {
+    std::vector<HeadKind> kinds;
+    for (int64_t g = 0; g < cs.Hkv; ++g) kinds.push_back(g % 3 == 0 ? HeadKind::STREAMING : g % 3 == 1 ? HeadKind::RETRIEVAL : HeadKind::DENSE);
+    const int64_t R = std::count(kinds.begin(), kinds.end(), HeadKind::RETRIEVAL), G = cs.Hq / cs.Hkv;
+    SparseConfig c;
+    c.sink = 5;
+    c.window = 150;
+    c.block_size = cs.B;
+    c.top_p = 0.7f;
+    const int64_t cap = cs.T + 3 * 64;  // the keys live in the first rows of a longer "cache"
+    auto q = torch::randn({cs.Hq, cs.T, cs.D}).to(torch::kBFloat16);
+    auto kcache = torch::randn({cs.Hkv, cap, cs.D}).to(torch::kBFloat16), vcache = torch::randn({cs.Hkv, cap, cs.D}).to(torch::kBFloat16);
+    auto iq = torch::randn({R, G, cs.T, 16}) * 2, ik = torch::randn({R, cs.T, 16}) * 2;
+    BlockLists lists = select_blocks(iq, ik, c);
+    auto mask = build_mask(kinds, G, cs.T, c, lists);
+    const int64_t B = cs.B;
+    for (auto [q0, q1] : {std::pair<int64_t, int64_t>{0, 3 * B}, {3 * B, 3 * B + 1}, {4 * B, cs.T - 11}, {5 * B, cs.T}}) {
+      const int64_t nqb = (q1 - q0 + B - 1) / B;
+      BlockLists cl = list_rows(lists, q0 / B, nqb);
+      auto qc = q.narrow(1, q0, q1 - q0);
+      auto ref = sparse_attention(qc.to(torch::kFloat32), kcache.narrow(1, 0, q1).to(torch::kFloat32),
+                                  vcache.narrow(1, 0, q1).to(torch::kFloat32), kinds, cl, c, q0);
+      auto kg = kcache.cuda(), vg = vcache.cuda();
+      auto out = sparse_attention(qc.cuda(), kg.narrow(1, 0, q1), vg.narrow(1, 0, q1), kinds, cl, c, q0);
+      torch::cuda::synchronize();
+      ASSERT_FALSE(out.isnan().any().item<bool>());
+      auto m = mask.narrow(1, q0, q1 - q0).narrow(2, 0, q1).cuda();
+      auto naive = naive_bf16(qc.cuda(), kg.narrow(1, 0, q1), vg.narrow(1, 0, q1), m);
+      const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
+      std::printf("chunked prefill T=%ld D=%ld B=%d chunk [%ld, %ld): kernel err %.3e, naive bf16 err %.3e\n", cs.T, cs.D,
+                  cs.B, q0, q1, e_k, e_n);
+      EXPECT_LE(e_k, 2 * e_n + 1e-4);
+    }
+  }
+}
+
+// Streaming heads served from a ring: keys are [sinks, tokens from the chunk's first window on], the skipped
+// positions in between; chunk starts at arbitrary positions, windows smaller and larger than the chunk.
+TEST(SparseAttentionGpu, StreamingChunkWithSkippedKeysMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(5);
+  const int64_t Hq = 8, Hkv = 2, T = 1500;
+  std::vector<HeadKind> kinds(Hkv, HeadKind::STREAMING);
+  for (int64_t D : {128, 64})
+    for (int64_t window : {100, 700})
+      for (auto [q0, q1] : {std::pair<int64_t, int64_t>{333, 901}, {1001, 1500}, {3, 70}}) {
+        SparseConfig c;
+        c.sink = 7;
+        c.window = window;
+        const int64_t S = std::min<int64_t>(c.sink, q1), h0 = std::max<int64_t>(S, q0 - window + 1), skip = h0 - S;
+        auto pos = torch::cat({torch::arange(S), torch::arange(h0, q1)});  // token of each key row
+        auto q = torch::randn({Hq, q1 - q0, D}).to(torch::kBFloat16);
+        auto k = torch::randn({Hkv, T, D}).to(torch::kBFloat16), v = torch::randn({Hkv, T, D}).to(torch::kBFloat16);
+        auto kr = k.index_select(1, pos), vr = v.index_select(1, pos);
+        auto ref = sparse_attention(q.to(torch::kFloat32), kr.to(torch::kFloat32), vr.to(torch::kFloat32), kinds, {}, c,
+                                    q0, skip);
+        auto out = sparse_attention(q.cuda(), kr.cuda(), vr.cuda(), kinds, {}, c, q0, skip);
+        torch::cuda::synchronize();
+        ASSERT_FALSE(out.isnan().any().item<bool>());
+        auto i = torch::arange(q0, q1).view({-1, 1}), j = pos.view({1, -1});
+        auto m = ((j <= i) & ((j < c.sink) | (j > i - window))).unsqueeze(0).expand({Hq, -1, -1}).contiguous().cuda();
+        auto naive = naive_bf16(q.cuda(), kr.cuda(), vr.cuda(), m);
+        const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
+        std::printf("streaming chunk D=%ld window=%ld [%ld, %ld) skip %ld: kernel err %.3e, naive bf16 err %.3e\n", D,
+                    window, q0, q1, skip, e_k, e_n);
+        EXPECT_LE(e_k, 2 * e_n + 1e-4);
+      }
+}
+
+// Selection for a chunk of query blocks on the GPU against the CPU reference with the same offset, and against
+// the GPU's own one-shot lists of those blocks (the chunks end at a block boundary or at the prompt end).
+TEST(SparseAttentionGpu, ChunkedSelectionMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(6);
+  for (int B : {64, 128}) {
+    const int64_t R = 2, G = 4, T = 64 * 37 + 11;
+    SparseConfig c;
+    c.block_size = B;
+    c.local_blocks = 2;
+    auto iq = (torch::randn({R, G, T, 16}) * 1.5).to(torch::kBFloat16).to(torch::kFloat32);
+    auto ik = (torch::randn({R, T, 16}) * 1.5).to(torch::kBFloat16).to(torch::kFloat32);
+    auto whole = select_blocks(iq.cuda(), ik.cuda(), c);
+    auto wc = whole.counts.cpu(), wi = whole.indices.cpu();
+    for (auto [q0, q1] : {std::pair<int64_t, int64_t>{int64_t(B) * 5, int64_t(B) * 11}, {int64_t(B) * 11, T}}) {
+      auto cq = iq.narrow(2, q0, q1 - q0).contiguous(), ck = ik.narrow(1, 0, q1).contiguous();
+      auto cpu = select_blocks(cq, ck, c, 0, q0);
+      auto gpu = select_blocks(cq.cuda(), ck.cuda(), c, 0, q0);
+      auto gc = gpu.counts.cpu(), gi = gpu.indices.cpu();
+      const int64_t nqb = cpu.counts.size(1);
+      ASSERT_EQ(gc.size(1), nqb);
+      double inter = 0, uni = 0, inter_w = 0, uni_w = 0;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t m = 0; m < nqb; ++m) {
+          const int64_t b = q0 / B + m;
+          std::set<int> a, bb, w;
+          for (int n = 0; n < cpu.counts[r][m].item<int>(); ++n) a.insert(cpu.indices[r][m][n].item<int>());
+          for (int n = 0; n < wc[r][b].item<int>(); ++n) w.insert(wi[r][b][n].item<int>());
+          int prev = -1;
+          for (int n = 0; n < gc[r][m].item<int>(); ++n) {
+            const int x = gi[r][m][n].item<int>();
+            EXPECT_GT(x, prev);
+            EXPECT_LE(x, b);
+            prev = x;
+            bb.insert(x);
+          }
+          EXPECT_TRUE(bb.count(0) && bb.count(int(b)) && bb.count(int(b) - 1)) << "block " << b;
+          for (int x : a) inter += bb.count(x);
+          uni += a.size() + bb.size();
+          for (int x : w) inter_w += bb.count(x);
+          uni_w += w.size() + bb.size();
+        }
+      const double jacc = inter / (uni - inter), jacc_w = inter_w / (uni_w - inter_w);
+      std::printf("chunked selection B=%d [%ld, %ld): Jaccard(cpu, gpu) = %.4f, Jaccard(gpu one-shot, gpu chunk) = %.4f\n",
+                  B, q0, q1, jacc, jacc_w);
+      EXPECT_GT(jacc, 0.97);
+      EXPECT_GT(jacc_w, 0.99);
+    }
+  }
+}

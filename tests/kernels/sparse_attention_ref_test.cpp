@@ -275,3 +275,196 @@ TEST(SparseDecodeCpu, RetrievalSelectionCoversTopP) {
   // over-selection bounded by one bin: every extra token has P >= 2^(-1/8) x the smallest needed one
   EXPECT_LT(cnt, L);
 }
+
+namespace {
+
+// Rows [r0, r1) of a [H, T, D] array as a [H, r1 - r0, D] array.
+std::vector<float> rows_of(const std::vector<float>& x, int H, int T, int D, int r0, int r1) {
+  std::vector<float> out(size_t(H) * (r1 - r0) * D);
+  for (int h = 0; h < H; ++h)
+    std::copy_n(&x[(size_t(h) * T + r0) * D], size_t(r1 - r0) * D, &out[size_t(h) * (r1 - r0) * D]);
+  return out;
+}
+
+double max_abs_diff_rows(const std::vector<float>& chunk, const std::vector<float>& whole, int H, int T, int D, int r0,
+                         int r1) {
+  double err = 0;
+  for (int h = 0; h < H; ++h)
+    for (int i = r0; i < r1; ++i)
+      for (int d = 0; d < D; ++d)
+        err = std::max(err, double(std::fabs(chunk[(size_t(h) * (r1 - r0) + i - r0) * D + d] -
+                                             whole[(size_t(h) * T + i) * D + d])));
+  return err;
+}
+
+}  // namespace
+
+// A chunk of queries at positions [q0, q1) over keys [0, q1) must give exactly the rows [q0, q1) of the one-shot
+// call; checked against the independent masked dense (whole T x T masks), with chunk boundaries at block
+// multiples (required by the retrieval head) and ragged chunk ends.
+TEST(SparseAttentionCpu, ChunkedQueriesEqualOneShot) {
+  const int Hq = 6, Hkv = 3, D = 24, T = 64 * 5 + 37, B = 64, nb = (T + B - 1) / B;
+  const int64_t sink = 3, window = 50;
+  auto q = randn(size_t(Hq) * T * D, 31), k = randn(size_t(Hkv) * T * D, 32), v = randn(size_t(Hkv) * T * D, 33);
+  const HeadKind kinds[3] = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::DENSE};
+  std::mt19937 rng(9);
+  std::vector<int32_t> counts(nb), idx(size_t(nb) * nb);
+  for (int b = 0; b < nb; ++b) {
+    int c = 0;
+    for (int kb = 0; kb <= b; ++kb)
+      if (kb == 0 || kb == b || rng() % 3 == 0) idx[size_t(b) * nb + c++] = kb;
+    counts[b] = c;
+  }
+  std::vector<std::vector<char>> mask(3, std::vector<char>(size_t(T) * T, 0));
+  for (int i = 0; i < T; ++i)
+    for (int j = 0; j <= i; ++j) {
+      const int32_t* l = idx.data() + size_t(i / B) * nb;
+      mask[0][size_t(i) * T + j] = std::find(l, l + counts[i / B], j / B) != l + counts[i / B];
+      mask[1][size_t(i) * T + j] = j < sink || j > i - window;
+      mask[2][size_t(i) * T + j] = 1;
+    }
+  const auto ref = masked_dense(q, k, v, Hq, Hkv, T, D, mask);
+  for (const std::vector<int>& cuts : {std::vector<int>{0, 64, 128, 320, T}, std::vector<int>{0, 192, 201, T},
+                                       std::vector<int>{0, 256, 300, 301, T}}) {
+    for (size_t n = 0; n + 1 < cuts.size(); ++n) {
+      const int q0 = cuts[n], q1 = cuts[n + 1];
+      auto qc = rows_of(q, Hq, T, D, q0, q1), kc = rows_of(k, Hkv, T, D, 0, q1), vc = rows_of(v, Hkv, T, D, 0, q1);
+      std::vector<float> o(qc.size(), NAN);
+      SparseAttentionParams p;
+      p.q = qc.data(), p.k = kc.data(), p.v = vc.data(), p.o = o.data();
+      p.num_q_heads = Hq, p.num_kv_heads = Hkv, p.seq_len = q1, p.head_dim = D, p.head_kind = kinds;
+      p.sink = sink, p.window = window, p.q_offset = q0;
+      // the lists of the chunk's query blocks: rows q0/B.. of the whole prompt's lists
+      p.block_counts = counts.data() + q0 / B;
+      p.block_indices = idx.data() + size_t(q0 / B) * nb;
+      p.max_blocks = nb;
+      if (q0 % B) {
+        EXPECT_STRNE(check_sparse_attention_params(p, false), "") << "unaligned q_offset " << q0 << " accepted";
+        continue;
+      }
+      ASSERT_STREQ(check_sparse_attention_params(p, false), "");
+      sparse_attention_cpu(p);
+      EXPECT_LT(max_abs_diff_rows(o, ref, Hq, T, D, q0, q1), 1e-5) << "chunk [" << q0 << ", " << q1 << ")";
+    }
+  }
+}
+
+// Streaming heads served from a ring: the call sees the sinks, then only the tokens from the first query's
+// window on (stream_key_skip leaves out the rest), for windows smaller and larger than the chunk and chunk
+// boundaries at arbitrary positions.
+TEST(SparseAttentionCpu, StreamingChunksWithSkippedKeysEqualOneShot) {
+  const int Hq = 4, Hkv = 2, D = 20, T = 257;
+  auto q = randn(size_t(Hq) * T * D, 41), k = randn(size_t(Hkv) * T * D, 42), v = randn(size_t(Hkv) * T * D, 43);
+  const HeadKind kinds[2] = {HeadKind::STREAMING, HeadKind::STREAMING};
+  for (int64_t sink : {0, 4}) {
+    for (int64_t window : {1, 13, 70, 400}) {
+      std::vector<std::vector<char>> mask(2, std::vector<char>(size_t(T) * T, 0));
+      for (int i = 0; i < T; ++i)
+        for (int j = 0; j <= i; ++j) mask[0][size_t(i) * T + j] = mask[1][size_t(i) * T + j] = j < sink || j > i - window;
+      const auto ref = masked_dense(q, k, v, Hq, Hkv, T, D, mask);
+      const std::vector<int> cuts = {0, 3, 5, 41, 42, 99, 180, T};
+      for (size_t n = 0; n + 1 < cuts.size(); ++n) {
+        const int q0 = cuts[n], q1 = cuts[n + 1];
+        const int64_t S = std::min<int64_t>(sink, q1);
+        const int64_t h0 = std::max<int64_t>(S, q0 - window + 1);  // first non-sink token any query here sees
+        const int64_t skip = h0 - S;
+        // key rows: tokens [0, S) then [h0, q1)
+        std::vector<float> kc(size_t(Hkv) * (q1 - skip) * D), vc(kc.size());
+        for (int g = 0; g < Hkv; ++g)
+          for (int64_t r = 0; r < q1 - skip; ++r) {
+            const int64_t j = r < S ? r : r + skip;
+            std::copy_n(&k[(size_t(g) * T + j) * D], D, &kc[(size_t(g) * (q1 - skip) + r) * D]);
+            std::copy_n(&v[(size_t(g) * T + j) * D], D, &vc[(size_t(g) * (q1 - skip) + r) * D]);
+          }
+        auto qc = rows_of(q, Hq, T, D, q0, q1);
+        std::vector<float> o(qc.size(), NAN);
+        SparseAttentionParams p;
+        p.q = qc.data(), p.k = kc.data(), p.v = vc.data(), p.o = o.data();
+        p.num_q_heads = Hq, p.num_kv_heads = Hkv, p.seq_len = q1, p.head_dim = D, p.head_kind = kinds;
+        p.sink = sink, p.window = window, p.q_offset = q0, p.stream_key_skip = skip;
+        ASSERT_STREQ(check_sparse_attention_params(p, false), "");
+        sparse_attention_cpu(p);
+        EXPECT_LT(max_abs_diff_rows(o, ref, Hq, T, D, q0, q1), 1e-5)
+            << "sink " << sink << " window " << window << " chunk [" << q0 << ", " << q1 << ") skip " << skip;
+        // one token more left out would hide a key the first query needs
+        p.stream_key_skip = skip + 1;
+        EXPECT_STRNE(check_sparse_attention_params(p, false), "") << "skip " << skip + 1 << " accepted";
+      }
+    }
+  }
+}
+
+// Selection for a chunk of query blocks over all keys so far equals the one-shot selection of those blocks when
+// the chunk ends at a block boundary or at the prompt's end.
+TEST(SelectBlocksCpu, ChunkedSelectionEqualsOneShot) {
+  const int R = 2, G = 3, T = 64 * 9 + 17;
+  for (int B : {64, 128}) {
+    const int nb = (T + B - 1) / B;
+    auto iq = randn(size_t(R) * G * T * kIndexDim, 51, 1.5f);
+    auto ik = randn(size_t(R) * T * kIndexDim, 52, 1.5f);
+    BlockSelectParams p;
+    p.num_ret_heads = R, p.group_size = G, p.block_size = B, p.local_blocks = 2, p.top_p = 0.8f;
+    p.max_blocks = nb;
+    std::vector<int32_t> counts(R * nb), idx(size_t(R) * nb * nb);
+    std::vector<float> probs(size_t(R) * nb * nb);
+    p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
+    p.block_probs = probs.data(), p.seq_len = T;
+    select_blocks_cpu(p);
+    for (auto [q0, q1] : {std::pair<int, int>{0, 3 * B}, {B, 4 * B}, {2 * B, T}, {(nb - 1) * B, T}}) {
+      const int nqb = (q1 - q0 + B - 1) / B, nbk = (q1 + B - 1) / B;
+      // the chunk's index queries [R, G, q1 - q0, 16] and the keys so far [R, q1, 16]
+      std::vector<float> cq(size_t(R) * G * (q1 - q0) * kIndexDim), ck(size_t(R) * q1 * kIndexDim);
+      for (int r = 0; r < R; ++r) {
+        for (int h = 0; h < G; ++h)
+          std::copy_n(&iq[((size_t(r) * G + h) * T + q0) * kIndexDim], size_t(q1 - q0) * kIndexDim,
+                      &cq[(size_t(r) * G + h) * (q1 - q0) * kIndexDim]);
+        std::copy_n(&ik[size_t(r) * T * kIndexDim], size_t(q1) * kIndexDim, &ck[size_t(r) * q1 * kIndexDim]);
+      }
+      std::vector<int32_t> cc(R * nqb, -1), ci(size_t(R) * nqb * nb, -1);
+      std::vector<float> cp(size_t(R) * nqb * nbk);
+      BlockSelectParams c = p;
+      c.index_q = cq.data(), c.index_k = ck.data(), c.counts = cc.data(), c.indices = ci.data();
+      c.block_probs = cp.data(), c.seq_len = q1, c.q_offset = q0;
+      ASSERT_STREQ(check_block_select_params(c), "");
+      select_blocks_cpu(c);
+      for (int r = 0; r < R; ++r)
+        for (int m = 0; m < nqb; ++m) {
+          const int b = q0 / B + m;
+          ASSERT_EQ(cc[r * nqb + m], counts[r * nb + b]) << "B " << B << " chunk [" << q0 << ", " << q1 << ") block " << b;
+          for (int n = 0; n < cc[r * nqb + m]; ++n)
+            EXPECT_EQ(ci[(size_t(r) * nqb + m) * nb + n], idx[(size_t(r) * nb + b) * nb + n]);
+          for (int cb = 0; cb < nbk; ++cb)
+            EXPECT_NEAR(cp[(size_t(r) * nqb + m) * nbk + cb], probs[(size_t(r) * nb + b) * nb + cb], 1e-6);
+        }
+      const double brute_recall = [&] {
+        // recall over the chunk's queries from the whole prompt's lists, computed by brute force here
+        double tot = 0;
+        int64_t n = 0;
+        for (int r = 0; r < R; ++r)
+          for (int h = 0; h < G; ++h)
+            for (int i = q0; i < q1; i += 5) {
+              const int b = i / B;
+              const int32_t* l = idx.data() + (size_t(r) * nb + b) * nb;
+              std::vector<double> s(i + 1);
+              double mx = -1e300, z = 0, kept = 0;
+              for (int j = 0; j <= i; ++j) {
+                double u = 0;
+                for (int d = 0; d < kIndexDim; ++d)
+                  u += double(iq[((size_t(r) * G + h) * T + i) * kIndexDim + d]) * ik[(size_t(r) * T + j) * kIndexDim + d];
+                s[j] = u / 4, mx = std::max(mx, s[j]);
+              }
+              for (int j = 0; j <= i; ++j) {
+                z += std::exp(s[j] - mx);
+                if (std::find(l, l + counts[r * nb + b], j / B) != l + counts[r * nb + b]) kept += std::exp(s[j] - mx);
+              }
+              tot += kept / z, ++n;
+            }
+        return tot / n;
+      }();
+      EXPECT_NEAR(selection_recall_cpu(c, 5), brute_recall, 1e-9);
+    }
+    BlockSelectParams bad = p;
+    bad.q_offset = B / 2;
+    EXPECT_STRNE(check_block_select_params(bad), "");
+  }
+}

@@ -94,3 +94,109 @@ TEST(SparseCache, TopPSelectsFewerTokensAndMemoryIsExact) {
 }
 
 }  // namespace
+
+namespace {
+
+Setup make_two_retrieval_setup() {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  const auto& c = model.config();
+  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  heads.retrieval[1][1] = 1;
+  heads.retrieval[2][0] = 1;
+  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+  torch::manual_seed(12);
+  for (int64_t l : {1, 2}) {
+    indexer.q_proj(l).normal_(0, 0.5);
+    indexer.k_proj(l).normal_(0, 0.5);
+  }
+  return {std::move(model), heads, indexer};
+}
+
+}  // namespace
+
+// A prompt prefilled in chunks must give the logits of the one-shot prefill (the masked sparse forward over the
+// whole prompt), leave the caches in the same state (decode steps after it agree) and count the same attended
+// pairs. Windows smaller than a chunk (the ring wraps inside one chunk), between chunk sizes, and larger than
+// the prompt; retrieval heads whose top-p drops blocks; a ragged last chunk.
+// Decode steps are compared for streaming-only head maps (pass 2): decode's token-level top-p for retrieval
+// heads is a step function of the index scores (bins; even top_p 1 stops at the bin where the mass reaches 1 in
+// floating point), so the ~1e-7 differences of a chunked prefill's activations can move a token across a bin
+// edge; two one-shot caches decoding the same tokens interleaved differ there as well.
+TEST(SparseCache, ChunkedPrefillEqualsOneShot) {
+  auto s = make_two_retrieval_setup();
+  const int64_t P = 64 * 5 + 29, decode = 4;
+  auto ids = torch::randint(0, s.model.config().vocab_size, {1, P + decode}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  const auto& c = s.model.config();
+  const auto stream_only = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  for (const int pass : {1, 2})
+  for (const int64_t window : {int64_t{40}, int64_t{150}, int64_t{1000}}) {
+    const auto& heads = pass == 1 ? s.heads : stream_only;
+    const double top_p = 0.6;
+    rtp::sparse::SparseSettings st;
+    st.sink = 3;
+    st.window = window;
+    st.top_p = top_p;
+    rtp::sparse::SparseCache one(s.model.config(), heads, st, &s.indexer, P + decode, torch::kCPU, torch::kFloat32);
+    std::vector<torch::Tensor> ref{s.model.forward(ids.narrow(1, 0, P), one.options())};
+    for (int64_t t = P; t < P + decode; ++t) ref.push_back(s.model.forward(ids.narrow(1, t, 1), one.options()));
+    const auto& os = one.prefill_stats();
+    // the retrieval heads really drop blocks, and the window really hides keys
+    if (pass == 1) {
+      ASSERT_LT(os.head_attended[1][1], 0.9 * os.head_causal[1][1]);
+      ASSERT_LT(os.head_attended[2][0], 0.9 * os.head_causal[2][0]);
+    }
+    if (window < P) ASSERT_LT(os.head_attended[0][0], 0.9 * os.head_causal[0][0]);
+    for (const int64_t chunk : {int64_t{64}, int64_t{128}, int64_t{192}}) {
+      rtp::sparse::SparseCache cache(s.model.config(), heads, st, &s.indexer, P + decode, torch::kCPU, torch::kFloat32);
+      cache.begin_prompt(P);
+      std::vector<torch::Tensor> parts;
+      for (int64_t c = 0; c < P; c += chunk)
+        parts.push_back(s.model.forward(ids.narrow(1, c, std::min(chunk, P - c)), cache.options()));
+      const auto where =
+          "pass " + std::to_string(pass) + ", window " + std::to_string(window) + ", chunk " + std::to_string(chunk);
+      EXPECT_LE((torch::cat(parts, 1) - ref[0]).abs().max().item<double>(), 1e-4) << where;
+      for (int64_t t = 0; t < (pass == 2 ? decode : 0); ++t) {
+        auto step = s.model.forward(ids.narrow(1, P + t, 1), cache.options());
+        EXPECT_LE((step - ref[1 + t]).abs().max().item<double>(), 1e-4) << where << ", decode step " << t;
+      }
+      EXPECT_EQ(cache.length(), P + (pass == 2 ? decode : 0));
+      const auto& cs = cache.prefill_stats();
+      for (size_t l = 0; l < os.head_attended.size(); ++l)
+        for (size_t g = 0; g < os.head_attended[l].size(); ++g) {
+          EXPECT_NEAR(cs.head_attended[l][g], os.head_attended[l][g], 1e-6 * os.head_causal[l][g])
+              << where << ", layer " << l << " head " << g;
+          EXPECT_DOUBLE_EQ(cs.head_causal[l][g], os.head_causal[l][g]);
+        }
+      EXPECT_NEAR(cs.attention_fraction(), os.attention_fraction(), 1e-9) << where;
+    }
+  }
+}
+
+TEST(SparseCache, PrefillChunkedHelperAndChunkErrors) {
+  auto s = make_two_retrieval_setup();
+  rtp::sparse::SparseSettings st;
+  st.sink = 2;
+  st.window = 30;
+  st.top_p = 0.6;
+  const int64_t P = 200;
+  auto ids = torch::randint(0, s.model.config().vocab_size, {1, P}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  rtp::sparse::SparseCache one(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
+  auto whole = s.model.forward(ids, one.options());
+  rtp::sparse::SparseCache cache(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
+  auto last = rtp::sparse::prefill_chunked(s.model, cache, ids, 128);
+  ASSERT_EQ(last.size(1), P - 128);
+  EXPECT_LE((last - whole.narrow(1, 128, P - 128)).abs().max().item<double>(), 1e-4);
+  EXPECT_EQ(cache.length(), P);
+  // chunks that split a query block are refused, by the helper and by the cache itself
+  rtp::sparse::SparseCache bad(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
+  EXPECT_THROW(rtp::sparse::prefill_chunked(s.model, bad, ids, 100), std::exception);
+  rtp::sparse::SparseCache bad2(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
+  bad2.begin_prompt(P);
+  EXPECT_THROW(s.model.forward(ids.narrow(1, 0, 100), bad2.options()), std::exception);
+  // a chunk running past the announced prompt
+  rtp::sparse::SparseCache bad3(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
+  bad3.begin_prompt(64);
+  EXPECT_THROW(s.model.forward(ids.narrow(1, 0, 128), bad3.options()), std::exception);
+}

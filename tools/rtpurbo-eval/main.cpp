@@ -60,6 +60,8 @@ int main(int argc, char** argv) {
       ("sparse", "ruler: evaluate the sparse model (alone unless --dense is given too)")
       ("both", "ruler: dense and sparse (the default)")
       ("dump-prompts", "ruler: write the prompts and answers as JSONL here", cxxopts::value<std::string>())
+      ("prefill-chunk", "ruler: prefill prompts in chunks of N tokens, dense and sparse (sparse: a multiple of the "
+       "block size; 0: one forward)", cxxopts::value<int64_t>()->default_value("4096"))
       ("h,help", "print this help");
     // clang-format on
     auto args = opts.parse(argc, argv);
@@ -109,6 +111,9 @@ int main(int argc, char** argv) {
       o.samples = args["samples"].as<int64_t>();
       if (args.count("essay")) o.essay_file = args["essay"].as<std::string>();
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
+      o.prefill_chunk = args["prefill-chunk"].as<int64_t>();
+      if (o.prefill_chunk < 0) throw rtp::Error("--prefill-chunk must be >= 0 (0: one forward), found " +
+                                                std::to_string(o.prefill_chunk));
       if (args.count("out-dir") && !args["out-dir"].has_default()) o.out_dir = args["out-dir"].as<std::string>();
       // --dense and --sparse each select a model; neither (or --both) selects both.
       const bool d = args.count("dense") > 0, sp = args.count("sparse") > 0;

@@ -4,7 +4,7 @@
 // the CPU references implement it with plain loops and the CUDA kernels implement the same functions.
 //
 // ---------------------------------------------------------------------------------------------------------
-// Layout (batch 1). q [Hq, T, D], k/v [Hkv, T, D], o [Hq, T, D]; element (h, t, d) lives at
+// Layout (batch 1; one-shot, q_offset = 0; chunked calls below). q [Hq, T, D], k/v [Hkv, T, D], o [Hq, T, D]; element (h, t, d) lives at
 // h*head_stride + t*row_stride + d (the d stride is 1). GQA: G = Hq / Hkv, query head h reads KV head h / G.
 // Scale = 1/sqrt(D) unless set. Causal. D is 64 or 128 on the GPU (any D on the CPU).
 //
@@ -43,6 +43,30 @@
 // the threshold.
 // Cost: G * n_blocks * T / 2 dot products of 16 (tensor cores on the GPU) and G * n_blocks^2 / 2 exps:
 // pooling by the block size divides the exps by the block size relative to token-level top-p.
+//
+// ---------------------------------------------------------------------------------------------------------
+// Chunked prefill (q_offset > 0). A long prompt is prefilled in chunks so that no call needs an N x N tensor or
+// the whole prompt's activations; a chunk's results equal those of one call over the whole prompt.
+//   Positions: seq_len = T is the number of keys, tokens 0..T-1 (the cached prefix and the chunk); the queries
+//   are the last Tq = T - q_offset of them: query row i is the token at position q_offset + i. Every rule above
+//   holds with i, j, b, c the absolute positions and blocks. q and o are [Hq, Tq, D].
+//   Attention: key rows are absolute positions (row j = token j, k/v [Hkv, T, D]), except that STREAMING heads
+//   may leave out tokens no query of the call can see (stream_key_skip = s > 0): rows 0..S-1 hold tokens
+//   0..S-1, S = min(sink, T), and row r >= S holds token r + s, so k/v are [Hkv, T - s, D]. The tokens left out,
+//   S..S+s-1, must be older than the window of the first query: S + s <= max(S, q_offset - window + 1). This
+//   is what lets a ring of sink + window tokens serve a chunk longer than the window: the caller attends to
+//   [sinks, ring tokens q_offset-window+1..q_offset-1, the chunk's own k/v] and writes the chunk to the ring
+//   only afterwards (writing it first would overwrite keys its first queries still need). s > 0 requires
+//   every KV head to be STREAMING.
+//   Block lists: with RETRIEVAL heads q_offset must be a multiple of block_size; the lists then cover the
+//   chunk's query blocks only: counts [Hkv_ret, nqb], indices [Hkv_ret, nqb, max_blocks], nqb = ceil(Tq / B),
+//   list (r, m) belonging to query block q_offset / B + m and holding absolute key-block indices.
+//   Selection (select_blocks_*, q_offset > 0): index_q [Hkv_ret, G, Tq, 16] holds the chunk's queries,
+//   index_k [Hkv_ret, T, 16] every key so far; the lists of query blocks q_offset/B .. n_blocks-1 are computed
+//   exactly as above over T tokens (block_probs [Hkv_ret, nqb, n_blocks]). They equal the lists of one call
+//   over a longer prompt of P >= T tokens when the chunk ends at a block boundary or at the prompt's end
+//   (T % B == 0 or T == P): otherwise the chunk's last query block would pool fewer queries and its diagonal
+//   block fewer keys. q_offset must be a multiple of block_size for the same reason.
 //
 // ---------------------------------------------------------------------------------------------------------
 // Decode (sparse_decode_*): one new query token per sequence at position t = kv_len - 1, KV length kv_len
@@ -102,6 +126,7 @@ struct BlockSelectParams {
   int local_blocks = 1;
   int max_blocks = 0;          // list capacity; n_blocks never cuts
   float top_p = 0.9f;
+  int64_t q_offset = 0;        // chunked prefill: index_q holds tokens q_offset..seq_len-1 (a multiple of block_size)
 };
 
 struct SparseAttentionParams {
@@ -111,7 +136,8 @@ struct SparseAttentionParams {
   const void* v = nullptr;
   void* o = nullptr;
   DType dtype = DType::F32;
-  int64_t q_head_stride = 0, q_row_stride = 0;  // 0: contiguous defaults (T*D, D)
+  int64_t q_head_stride = 0, q_row_stride = 0;  // 0: contiguous defaults (rows*D, D): Tq rows for q/o,
+                                                // T - stream_key_skip for k/v
   int64_t k_head_stride = 0, k_row_stride = 0;
   int64_t v_head_stride = 0, v_row_stride = 0;
   int64_t o_head_stride = 0, o_row_stride = 0;
@@ -127,6 +153,10 @@ struct SparseAttentionParams {
   const int32_t* block_counts = nullptr;
   const int32_t* block_indices = nullptr;
   int max_blocks = 0;
+  // Chunked prefill (section above): queries are tokens q_offset..seq_len-1; STREAMING key rows skip
+  // stream_key_skip tokens after the sinks.
+  int64_t q_offset = 0;
+  int64_t stream_key_skip = 0;
 };
 
 struct SparseDecodeParams {

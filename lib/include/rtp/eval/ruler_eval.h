@@ -18,6 +18,7 @@ struct RulerEvalOptions {
   bool dense = true, sparse = true;
   std::string out_dir = "runs/eval-ruler";
   std::string dump_prompts;     // JSONL path, or empty
+  // Prompt tokens per prefill forward, dense and sparse (sparse: a multiple of the block size); <= 0: one forward.
   int64_t prefill_chunk = 4096;
 };
 

@@ -23,14 +23,18 @@ struct BlockLists {
   torch::Tensor indices;  // int32 [Hkv_ret, n_blocks, max_blocks]
 };
 
-// index_q [Hkv_ret, G, T, 16], index_k [Hkv_ret, T, 16]. max_blocks <= 0: n_blocks (never cuts).
+// index_q [Hkv_ret, G, Tq, 16], index_k [Hkv_ret, T, 16], T = q_offset + Tq (q_offset > 0: a chunk of queries
+// after the cached ones, a multiple of block_size). Lists for the query blocks q_offset / block_size ..
+// n_blocks - 1. max_blocks <= 0: n_blocks (never cuts).
 BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& index_k, const SparseConfig& cfg,
-                         int64_t max_blocks = 0);
+                         int64_t max_blocks = 0, int64_t q_offset = 0);
 
-// q [Hq, T, D], k/v [Hkv, T, D]; kinds one per KV head. Returns o [Hq, T, D].
+// q [Hq, Tq, D] (positions q_offset..), k/v [Hkv, T - stream_key_skip, D] with T = q_offset + Tq; kinds one per
+// KV head; lists from select_blocks with the same q_offset. Returns o [Hq, Tq, D]. k/v may be strided views
+// (a cache's first T rows): they are read in place when the dtype already matches.
 torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const std::vector<kernels::HeadKind>& kinds, const BlockLists& lists,
-                               const SparseConfig& cfg);
+                               const SparseConfig& cfg, int64_t q_offset = 0, int64_t stream_key_skip = 0);
 
 struct DecodeInputs {
   torch::Tensor q;                 // [Hq, D]

@@ -4,6 +4,15 @@
 // kernels/include/rtp/kernels/sparse_attention_params.h). The first forward (the prompt) runs the sparse prefill
 // and fills the caches; every later forward is one token, decoded through rtp::ops::sparse_decode (token-level
 // top-p for retrieval heads, the ring for streaming heads).
+//
+// Chunked prefill (begin_prompt, prefill_chunked): the prompt comes in several forwards; each chunk's queries
+// attend to the cached prompt tokens before them and to the chunk's own, with the rules of a one-shot prefill
+// (same lists, same windows), so the results equal one forward over the whole prompt while no step holds more
+// than chunk x (tokens so far) scores. Retrieval heads write the chunk's k/v/index keys to the full caches and
+// then select and attend. Streaming heads attend to [sinks, the ring's tokens from the chunk's first window on,
+// the chunk's own k/v] and write the chunk to the ring only afterwards: a chunk longer than the window would
+// otherwise overwrite ring slots its first queries still need (query q0 needs token q0 - window + 1, and
+// writing tokens up to q0 + n - 1 reuses that slot as soon as n >= 1 and the ring has wrapped).
 #include <torch/types.h>
 
 #include <vector>
@@ -22,22 +31,32 @@ class SparseCache : public model::AttentionSeam {
 
   torch::Tensor attend(const model::LayerAttentionInputs& in) override;
 
+  // Announces a prompt of `tokens` tokens that will come in several forwards (chunks) through options(); every
+  // chunk but the last must end at a multiple of block_size (a retrieval query block is selected from all its
+  // queries at once). Call it on an empty cache. Without it the first forward is the whole prompt.
+  void begin_prompt(int64_t tokens);
+
   // Forward options that continue the cached sequence through this cache.
   model::ForwardOptions options();
   int64_t length() const { return length_; }
+  const SparseSettings& settings() const { return settings_; }
   // Bytes the caches hold for length() tokens: retrieval heads length x (2 D + index_dim), streaming heads
   // min(length, sink + window) x 2 D, times the element size. dense_bytes(): 2 D x length for every KV head.
   int64_t bytes() const;
   int64_t dense_bytes() const;
   int64_t layer_bytes(int64_t layer) const;
   // Attended and causal (query, key) pairs of the prompt's sparse prefill, per layer and KV head.
-  const SparseStats& prefill_stats() const { return prefill_.stats(); }
+  const SparseStats& prefill_stats() const { return chunked_ ? chunk_stats_ : prefill_.stats(); }
   // Tokens each retrieval KV head attended at the last decode step, per layer (for reports).
   const std::vector<torch::Tensor>& last_selected() const { return last_selected_; }
 
  private:
   void write_token(int64_t layer, int64_t position, const model::LayerAttentionInputs& in, int64_t row);
-  void write_prompt(int64_t layer, const model::LayerAttentionInputs& in, int64_t T);
+  // The k/v (and index keys) of positions start..start+T-1, rows 0..T-1 of `in`, into the full caches / the ring.
+  void write_full(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T);
+  void write_ring(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T);
+  torch::Tensor attend_chunk(const model::LayerAttentionInputs& in, int64_t start);
+  void add_chunk_stats(int64_t layer, int64_t start, int64_t T, const ops::BlockLists* lists);
 
   model::ModelConfig config_;
   HeadMap heads_;
@@ -50,6 +69,15 @@ class SparseCache : public model::AttentionSeam {
   std::vector<torch::Tensor> last_selected_;
   int64_t length_ = 0;
   int64_t element_size_ = 4;
+  int64_t prompt_length_ = 0;  // begin_prompt's; 0: the first forward is the prompt
+  bool chunked_ = false;       // the prompt went through attend_chunk
+  SparseStats chunk_stats_;
 };
+
+// Prefills `prompt` (int64 [1, P]) through an empty `cache` in chunks of `chunk` tokens (a multiple of the
+// block size; chunk <= 0 or >= P, or P below the settings' dense_below: one forward). Returns the logits of
+// the last chunk [1, n, V]: the last position's are the next-token logits.
+torch::Tensor prefill_chunked(model::Qwen3Model& model, SparseCache& cache, const torch::Tensor& prompt,
+                              int64_t chunk);
 
 }  // namespace rtp::sparse

@@ -66,13 +66,13 @@ Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int6
   return g;
 }
 
-Generated generate_sparse(sparse::ConvertedModel& cm, const torch::Tensor& prompt, int64_t n) {
+Generated generate_sparse(sparse::ConvertedModel& cm, const torch::Tensor& prompt, int64_t n, int64_t chunk) {
   Generated g;
   torch::NoGradGuard no_grad;
   sparse::SparseCache cache(cm.model.config(), cm.heads, cm.settings, cm.indexer.named_parameters().empty() ? nullptr : &cm.indexer,
                             prompt.size(1) + n, cm.model.device(), cm.model.dtype());
   auto t0 = std::chrono::steady_clock::now();
-  auto logits = cm.model.forward(prompt.to(cm.model.device()), cache.options());
+  auto logits = sparse::prefill_chunked(cm.model, cache, prompt, chunk);
   auto t1 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < n; ++i) {
     auto next = logits.select(1, logits.size(1) - 1).argmax(-1);
@@ -138,13 +138,14 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
         if (!cm) continue;
         auto ids = torch::tensor(std::vector<int64_t>(s.prompt_ids.begin(), s.prompt_ids.end())).view({1, -1});
         if (o.dense) {
-          auto g = generate_dense(cm->model, ids, s.tokens_to_generate, o.prefill_chunk);
+          auto g = generate_dense(cm->model, ids, s.tokens_to_generate,
+                                  o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1));
           dense_sum += text::ruler::score(s, tok.decode(g.tokens, true));
           row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.decode_s;
           row["dense_kv_bytes"] = g.kv_bytes;
         }
         if (o.sparse) {
-          auto g = generate_sparse(*cm, ids, s.tokens_to_generate);
+          auto g = generate_sparse(*cm, ids, s.tokens_to_generate, o.prefill_chunk);
           sparse_sum += text::ruler::score(s, tok.decode(g.tokens, true));
           row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
           row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;

@@ -37,14 +37,17 @@ void check_cuda(cudaError_t e, const char* op) {
 }  // namespace
 
 BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& index_k, const SparseConfig& cfg,
-                         int64_t max_blocks) {
-  RTP_CHECK(index_q.dim() == 4 && index_q.size(3) == k::kIndexDim, "select_blocks: index_q must be [R, G, T, 16], found ",
+                         int64_t max_blocks, int64_t q_offset) {
+  RTP_CHECK(index_q.dim() == 4 && index_q.size(3) == k::kIndexDim, "select_blocks: index_q must be [R, G, Tq, 16], found ",
             index_q.sizes());
   check_3d(index_k, "select_blocks: index_k");
-  RTP_CHECK(index_k.size(0) == index_q.size(0) && index_k.size(1) == index_q.size(2) && index_k.size(2) == k::kIndexDim,
-            "select_blocks: index_k must be [R, T, 16] matching index_q ", index_q.sizes(), ", found ", index_k.sizes());
+  RTP_CHECK(index_k.size(0) == index_q.size(0) && index_k.size(1) == q_offset + index_q.size(2) &&
+                index_k.size(2) == k::kIndexDim,
+            "select_blocks: index_k must be [R, q_offset + Tq, 16] = [", index_q.size(0), ", ", q_offset + index_q.size(2),
+            ", 16] for index_q ", index_q.sizes(), " and q_offset ", q_offset, ", found ", index_k.sizes());
   RTP_CHECK(index_q.device() == index_k.device(), "select_blocks: index_q and index_k on different devices");
-  const int64_t T = index_q.size(2), nb = (T + cfg.block_size - 1) / cfg.block_size;
+  const int64_t T = index_k.size(1), nb = (T + cfg.block_size - 1) / cfg.block_size;
+  const int64_t nqb = (index_q.size(2) + cfg.block_size - 1) / cfg.block_size;
   // n_blocks never cuts; short sequences (one or two blocks) still need room for the forced blocks.
   if (max_blocks <= 0) max_blocks = std::max<int64_t>(nb, cfg.local_blocks + 1);
   const bool cuda = on_cuda(index_q, "select_blocks");
@@ -53,7 +56,7 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   else if (iq.scalar_type() != torch::kBFloat16) iq = iq.to(torch::kFloat32), ik = ik.to(torch::kFloat32);
   else ik = ik.to(torch::kBFloat16);
   auto opts = torch::TensorOptions().dtype(torch::kInt32).device(index_q.device());
-  BlockLists out{torch::zeros({index_q.size(0), nb}, opts), torch::zeros({index_q.size(0), nb, max_blocks}, opts)};
+  BlockLists out{torch::zeros({index_q.size(0), nqb}, opts), torch::zeros({index_q.size(0), nqb, max_blocks}, opts)};
   k::BlockSelectParams p;
   p.index_q = iq.data_ptr();
   p.index_k = ik.data_ptr();
@@ -67,6 +70,7 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   p.local_blocks = cfg.local_blocks;
   p.max_blocks = int(max_blocks);
   p.top_p = cfg.top_p;
+  p.q_offset = q_offset;
   const char* err = k::check_block_select_params(p);
   RTP_CHECK(!*err, "select_blocks: ", err);
   if (cuda) {
@@ -81,20 +85,31 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
 
 torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, const torch::Tensor& v,
                                const std::vector<k::HeadKind>& kinds, const BlockLists& lists,
-                               const SparseConfig& cfg) {
+                               const SparseConfig& cfg, int64_t q_offset, int64_t stream_key_skip) {
   check_3d(q, "sparse_attention: q");
   check_3d(kk, "sparse_attention: k");
   check_3d(v, "sparse_attention: v");
   RTP_CHECK(kk.sizes() == v.sizes(), "sparse_attention: k and v shapes differ: ", kk.sizes(), " vs ", v.sizes());
-  RTP_CHECK(q.size(1) == kk.size(1) && q.size(2) == kk.size(2), "sparse_attention: q ", q.sizes(), " and k ",
-            kk.sizes(), " disagree on T or D");
+  RTP_CHECK(q_offset >= 0 && stream_key_skip >= 0, "sparse_attention: q_offset and stream_key_skip must be >= 0, found ",
+            q_offset, " and ", stream_key_skip);
+  RTP_CHECK(q.size(2) == kk.size(2) && q_offset + q.size(1) - stream_key_skip == kk.size(1), "sparse_attention: q ",
+            q.sizes(), " at q_offset ", q_offset, " needs k with q_offset + Tq - stream_key_skip = ",
+            q_offset + q.size(1) - stream_key_skip, " rows of ", q.size(2), ", found k ", kk.sizes());
   RTP_CHECK(int64_t(kinds.size()) == kk.size(0), "sparse_attention: expected one kind per KV head (", kk.size(0),
             "), found ", kinds.size());
   const bool cuda = on_cuda(q, "sparse_attention");
   RTP_CHECK(kk.device() == q.device() && v.device() == q.device(), "sparse_attention: q/k/v on different devices");
   const auto dt = cuda ? torch::kBFloat16 : torch::kFloat32;
-  torch::Tensor qc = q.to(dt).contiguous(), kc = kk.to(dt).contiguous(), vc = v.to(dt).contiguous();
-  torch::Tensor o = torch::empty_like(qc);
+  // Views are read in place (a chunk reads the first T rows of a cache sized for the whole sequence: copying
+  // them per chunk would cost O(T^2 / chunk)); the kernel needs unit d-stride and, on the GPU, 16-byte rows.
+  auto prep = [&](const torch::Tensor& t) {
+    torch::Tensor x = t.to(dt);
+    const bool ok = x.stride(2) == 1 && x.stride(0) > 0 && x.stride(1) > 0 &&
+                    (!cuda || (x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0));
+    return ok ? x : x.contiguous();
+  };
+  torch::Tensor qc = prep(q), kc = prep(kk), vc = prep(v);
+  torch::Tensor o = torch::empty({q.size(0), q.size(1), q.size(2)}, qc.options());
   const int nret = int(std::count(kinds.begin(), kinds.end(), k::HeadKind::RETRIEVAL));
   k::SparseAttentionParams p;
   p.q = qc.data_ptr();
@@ -102,9 +117,14 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   p.v = vc.data_ptr();
   p.o = o.data_ptr();
   p.dtype = cuda ? k::DType::BF16 : k::DType::F32;
+  p.q_head_stride = qc.stride(0), p.q_row_stride = qc.stride(1);
+  p.k_head_stride = kc.stride(0), p.k_row_stride = kc.stride(1);
+  p.v_head_stride = vc.stride(0), p.v_row_stride = vc.stride(1);
   p.num_q_heads = int(q.size(0));
   p.num_kv_heads = int(kk.size(0));
-  p.seq_len = q.size(1);
+  p.seq_len = q_offset + q.size(1);
+  p.q_offset = q_offset;
+  p.stream_key_skip = stream_key_skip;
   p.head_dim = int(q.size(2));
   p.head_kind = kinds.data();
   p.sink = cfg.sink;
@@ -112,10 +132,11 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   p.block_size = cfg.block_size;
   torch::Tensor counts, indices;
   if (nret > 0) {
-    const int64_t nb = (p.seq_len + cfg.block_size - 1) / cfg.block_size;
+    const int64_t nb = (q.size(1) + cfg.block_size - 1) / cfg.block_size;  // the call's query blocks
     RTP_CHECK(lists.counts.defined() && lists.counts.dim() == 2 && lists.counts.size(0) == nret &&
                   lists.counts.size(1) == nb,
-              "sparse_attention: counts must be [", nret, ", ", nb, "]");
+              "sparse_attention: counts must be [", nret, ", ", nb, "], found ",
+              lists.counts.defined() ? lists.counts.sizes() : torch::IntArrayRef{});
     RTP_CHECK(lists.indices.defined() && lists.indices.dim() == 3 && lists.indices.size(0) == nret &&
                   lists.indices.size(1) == nb,
               "sparse_attention: indices must be [", nret, ", ", nb, ", max_blocks]");

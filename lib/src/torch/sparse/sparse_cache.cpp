@@ -2,7 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #include "rtp/core/error.h"
+#include "rtp/kernels/build_info.h"
 #include "rtp/ops/sparse_attention.h"
 
 namespace rtp::sparse {
@@ -67,35 +70,164 @@ void SparseCache::write_token(int64_t layer, int64_t position, const model::Laye
   }
 }
 
-void SparseCache::write_prompt(int64_t layer, const model::LayerAttentionInputs& in, int64_t T) {
+void SparseCache::write_full(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T) {
   // One copy per head instead of one per (token, head): a 32K-token prompt in a 48-layer model would otherwise
-  // issue millions of row copies. Streaming heads keep the sink and the last `window` tokens, each in the slot
-  // write_token would have left it in.
-  const int64_t sink = std::min(settings_.sink, T);
-  const int64_t first = std::max(settings_.sink, T - settings_.window);
-  torch::Tensor slots, rows;
-  if (first < T) {
-    rows = torch::arange(first, T, torch::TensorOptions().dtype(torch::kInt64));
-    slots = (settings_.sink + (rows - settings_.sink).remainder(settings_.window)).to(in.k.device());
-    rows = rows.to(in.k.device());
-  }
-  int64_t r = 0, s = 0;
+  // issue millions of row copies.
+  int64_t r = 0;
   for (int64_t g = 0; g < config_.num_key_value_heads; ++g) {
-    const auto k = in.k[0][g], v = in.v[0][g];  // [T, D]
-    if (kinds_[layer][g] == kernels::HeadKind::RETRIEVAL) {
-      full_k_[layer][r].narrow(0, 0, T).copy_(k);
-      full_v_[layer][r].narrow(0, 0, T).copy_(v);
-      ++r;
-    } else {
-      ring_k_[layer][s].narrow(0, 0, sink).copy_(k.narrow(0, 0, sink));
-      ring_v_[layer][s].narrow(0, 0, sink).copy_(v.narrow(0, 0, sink));
-      if (slots.defined()) {
-        ring_k_[layer][s].index_copy_(0, slots, k.index_select(0, rows).to(ring_k_[layer].scalar_type()));
-        ring_v_[layer][s].index_copy_(0, slots, v.index_select(0, rows).to(ring_v_[layer].scalar_type()));
-      }
-      ++s;
-    }
+    if (kinds_[layer][g] != kernels::HeadKind::RETRIEVAL) continue;
+    full_k_[layer][r].narrow(0, start, T).copy_(in.k[0][g]);
+    full_v_[layer][r].narrow(0, start, T).copy_(in.v[0][g]);
+    ++r;
   }
+}
+
+void SparseCache::write_ring(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T) {
+  // Streaming heads keep the sinks and the last `window` tokens, each in the slot write_token would have left it
+  // in; tokens of the range that a later token of the same range overwrites are not written at all (index_copy_
+  // with repeated slots has no defined winner).
+  const int64_t sink = settings_.sink, W = settings_.window, end = start + T;
+  const int64_t sink_end = std::min(sink, end);
+  const int64_t first = std::max({sink, start, end - W});
+  torch::Tensor slots, rows;
+  if (first < end) {
+    auto pos = torch::arange(first, end, torch::TensorOptions().dtype(torch::kInt64));
+    slots = (sink + (pos - sink).remainder(W)).to(in.k.device());
+    rows = (pos - start).to(in.k.device());
+  }
+  int64_t s = 0;
+  for (int64_t g = 0; g < config_.num_key_value_heads; ++g) {
+    if (kinds_[layer][g] == kernels::HeadKind::RETRIEVAL) continue;
+    const auto k = in.k[0][g], v = in.v[0][g];  // [T, D]
+    if (start < sink_end) {
+      ring_k_[layer][s].narrow(0, start, sink_end - start).copy_(k.narrow(0, 0, sink_end - start));
+      ring_v_[layer][s].narrow(0, start, sink_end - start).copy_(v.narrow(0, 0, sink_end - start));
+    }
+    if (slots.defined()) {
+      ring_k_[layer][s].index_copy_(0, slots, k.index_select(0, rows).to(ring_k_[layer].scalar_type()));
+      ring_v_[layer][s].index_copy_(0, slots, v.index_select(0, rows).to(ring_v_[layer].scalar_type()));
+    }
+    ++s;
+  }
+}
+
+void SparseCache::begin_prompt(int64_t tokens) {
+  RTP_CHECK(length_ == 0, "sparse cache: begin_prompt on a cache that already holds ", length_, " tokens");
+  RTP_CHECK(tokens > 0 && tokens <= capacity_, "sparse cache: a prompt of ", tokens,
+            " tokens does not fit the capacity ", capacity_);
+  prompt_length_ = tokens;
+}
+
+// Pairs one chunk's queries attend, per KV head, into chunk_stats_ (the same quantities SparseAttention counts
+// for a one-shot prefill, summed over the chunks).
+void SparseCache::add_chunk_stats(int64_t layer, int64_t start, int64_t T, const ops::BlockLists* lists) {
+  const int64_t Hkv = config_.num_key_value_heads, G = config_.group_size(), B = settings_.block_size;
+  const int64_t end = start + T;
+  if (chunk_stats_.head_attended.empty()) {
+    chunk_stats_.head_attended.assign(config_.num_hidden_layers, std::vector<double>(Hkv, 0.0));
+    chunk_stats_.head_causal.assign(config_.num_hidden_layers, std::vector<double>(Hkv, 0.0));
+  }
+  const double causal = (static_cast<double>(end) * (end + 1) - static_cast<double>(start) * (start + 1)) / 2;
+  double stream = 0;
+  for (int64_t i = start; i < end; ++i)
+    stream += static_cast<double>(std::min(i + 1, settings_.window) +
+                                  std::min(settings_.sink, std::max<int64_t>(0, i + 1 - settings_.window)));
+  torch::Tensor counts, indices;
+  if (lists) counts = lists->counts.cpu(), indices = lists->indices.cpu();
+  int64_t r = 0;
+  for (int64_t g = 0; g < Hkv; ++g) {
+    double pairs = stream;
+    if (kinds_[layer][g] == kernels::HeadKind::RETRIEVAL) {
+      pairs = 0;
+      const auto cnt = counts.accessor<int32_t, 2>();
+      const auto idx = indices.accessor<int32_t, 3>();
+      for (int64_t m = 0; m < cnt.size(1); ++m) {
+        const int64_t b = start / B + m;  // start is a multiple of B here
+        const double rows = static_cast<double>(std::min((b + 1) * B, end) - b * B);
+        for (int32_t n = 0; n < cnt[r][m]; ++n) {
+          const int64_t kb = idx[r][m][n];
+          pairs += kb < b ? rows * static_cast<double>(B) : rows * (rows + 1) / 2;
+        }
+      }
+      ++r;
+    }
+    chunk_stats_.head_attended[layer][g] += pairs * G;
+    chunk_stats_.head_causal[layer][g] += causal * G;
+    chunk_stats_.attended_pairs += pairs * G;
+  }
+  chunk_stats_.causal_pairs += causal * Hkv * G;
+}
+
+torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, int64_t start) {
+  const int64_t l = in.layer, T = in.q.size(2), end = start + T;
+  const int64_t Hkv = in.k.size(1), G = in.q.size(1) / Hkv;
+  RTP_CHECK(end == prompt_length_ || end % settings_.block_size == 0, "sparse cache: prompt chunk [", start, ", ", end,
+            ") of a ", prompt_length_, "-token prompt must end at a multiple of block_size (", settings_.block_size,
+            ") or at the prompt's end: a retrieval query block is selected from all its queries at once");
+  const auto cfg = to_ops_config(settings_);
+  const auto dev = in.q.device();
+  const auto q = in.q[0];  // [Hq, T, D]
+  auto out = torch::empty_like(q);
+  std::vector<int64_t> ret_kv, str_kv, ret_q, str_q;
+  for (int64_t g = 0; g < Hkv; ++g) {
+    const bool r = kinds_[l][g] == kernels::HeadKind::RETRIEVAL;
+    (r ? ret_kv : str_kv).push_back(g);
+    for (int64_t h = g * G; h < (g + 1) * G; ++h) (r ? ret_q : str_q).push_back(h);
+  }
+  auto index = [&](const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64).to(dev); };
+  // The CUDA kernels take D of 64 or 128 only; elsewhere the chunk runs on the CPU reference (tiny test models).
+  const bool on_host = q.is_cuda() && !(kernels::built_with_cuda() && (q.size(2) == 64 || q.size(2) == 128));
+  auto attention = [&](const torch::Tensor& qq, const torch::Tensor& kk, const torch::Tensor& vv,
+                       const std::vector<kernels::HeadKind>& kinds, const ops::BlockLists& bl, int64_t skip) {
+    if (!on_host) return ops::sparse_attention(qq, kk, vv, kinds, bl, cfg, start, skip);
+    auto host = [](const torch::Tensor& t) { return t.to(torch::kCPU, torch::kFloat32); };
+    ops::BlockLists hl{bl.counts.defined() ? bl.counts.cpu() : bl.counts, bl.indices.defined() ? bl.indices.cpu() : bl.indices};
+    return ops::sparse_attention(host(qq), host(kk), host(vv), kinds, hl, cfg, start, skip).to(dev);
+  };
+  ops::BlockLists lists;
+  if (!ret_kv.empty()) {
+    // The chunk's own keys first: its queries attend to them.
+    write_full(l, in, start, T);
+    const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
+    const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
+    index_k_[l].narrow(1, start, T).copy_(indexer_->index_keys(l, ksrc)[0]);
+    // The one-shot prefill selects from bf16 index vectors on the GPU and float32 ones on the CPU: the same here.
+    const auto idt = q.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+    auto iq = indexer_->index_queries(l, qsrc)[0].to(idt).contiguous();  // [n_ret, G, T, dim]
+    auto ik = index_k_[l].narrow(1, 0, end).to(idt).contiguous();        // [n_ret, end, dim]
+    lists = ops::select_blocks(iq, ik, cfg, 0, start);
+    std::vector<kernels::HeadKind> kinds(ret_kv.size(), kernels::HeadKind::RETRIEVAL);
+    const auto qi = index(ret_q);
+    auto o = attention(q.index_select(0, qi), full_k_[l].narrow(1, 0, end), full_v_[l].narrow(1, 0, end), kinds, lists, 0);
+    out.index_copy_(0, qi, o.to(out.scalar_type()));
+  }
+  if (!str_kv.empty()) {
+    // Keys: the ring's sinks, its tokens from the first query's window on, then the chunk's own (header comment).
+    const int64_t sink = settings_.sink, W = settings_.window;
+    const auto ki = index(str_kv);
+    std::vector<torch::Tensor> ks, vs;
+    int64_t skip = 0;
+    if (start <= sink) {
+      ks.push_back(ring_k_[l].narrow(1, 0, start)), vs.push_back(ring_v_[l].narrow(1, 0, start));
+    } else {
+      const int64_t h0 = std::max(sink, start - W + 1);
+      skip = h0 - sink;
+      ks.push_back(ring_k_[l].narrow(1, 0, sink)), vs.push_back(ring_v_[l].narrow(1, 0, sink));
+      if (h0 < start) {
+        auto slots = (sink + (torch::arange(h0, start, torch::kInt64) - sink).remainder(W)).to(dev);
+        ks.push_back(ring_k_[l].index_select(1, slots)), vs.push_back(ring_v_[l].index_select(1, slots));
+      }
+    }
+    ks.push_back(in.k[0].index_select(0, ki).to(ring_k_[l].scalar_type()));
+    vs.push_back(in.v[0].index_select(0, ki).to(ring_v_[l].scalar_type()));
+    std::vector<kernels::HeadKind> kinds(str_kv.size(), kernels::HeadKind::STREAMING);
+    const auto qi = index(str_q);
+    auto o = attention(q.index_select(0, qi), torch::cat(ks, 1), torch::cat(vs, 1), kinds, {}, skip);
+    out.index_copy_(0, qi, o.to(out.scalar_type()));
+    write_ring(l, in, start, T);
+  }
+  add_chunk_stats(l, start, T, ret_kv.empty() ? nullptr : &lists);
+  return out.unsqueeze(0);
 }
 
 torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
@@ -107,10 +239,20 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
   const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
   const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
   const bool has_ret = full_k_[l].defined();
+  const bool in_prompt = start < prompt_length_;
   torch::Tensor out;
-  if (start == 0) {
+  if (in_prompt && !(start == 0 && T == prompt_length_)) {
+    RTP_CHECK(start + T <= prompt_length_, "sparse cache: a prompt chunk [", start, ", ", start + T,
+              ") runs past the announced prompt of ", prompt_length_, " tokens");
+    RTP_CHECK(prompt_length_ >= settings_.dense_below, "sparse cache: a ", prompt_length_,
+              "-token prompt is below dense_below (", settings_.dense_below,
+              ") and runs dense: it cannot be chunked (the streaming rings do not hold the keys dense attention needs)");
+    chunked_ = true;
+    out = attend_chunk(in, start);
+  } else if (start == 0) {
     out = prefill_.attend(in);
-    write_prompt(l, in, T);
+    write_full(l, in, 0, T);
+    write_ring(l, in, 0, T);
     if (has_ret) index_k_[l].narrow(1, 0, T).copy_(indexer_->index_keys(l, ksrc)[0]);
   } else {
     RTP_CHECK(T == 1, "sparse cache: after the prompt, tokens come one at a time (found ", T, ")");
@@ -154,6 +296,26 @@ int64_t SparseCache::bytes() const {
 
 int64_t SparseCache::dense_bytes() const {
   return config_.num_hidden_layers * config_.num_key_value_heads * length_ * 2 * config_.head_dim * element_size_;
+}
+
+}  // namespace rtp::sparse
+
+namespace rtp::sparse {
+
+torch::Tensor prefill_chunked(model::Qwen3Model& model, SparseCache& cache, const torch::Tensor& prompt,
+                              int64_t chunk) {
+  RTP_CHECK(prompt.dim() == 2 && prompt.size(0) == 1 && prompt.size(1) > 0, "prefill_chunked: prompt must be [1, P] ",
+            "with P > 0, found ", prompt.sizes());
+  RTP_CHECK(cache.length() == 0, "prefill_chunked: the cache already holds ", cache.length(), " tokens");
+  const int64_t P = prompt.size(1), B = cache.settings().block_size;
+  const auto ids = prompt.to(model.device());
+  if (chunk <= 0 || chunk >= P || P < cache.settings().dense_below) return model.forward(ids, cache.options());
+  RTP_CHECK(chunk % B == 0, "prefill_chunked: the chunk size (", chunk, ") must be a multiple of the block size (", B,
+            "): a retrieval query block is selected from all its queries at once");
+  cache.begin_prompt(P);
+  torch::Tensor logits;
+  for (int64_t c = 0; c < P; c += chunk) logits = model.forward(ids.narrow(1, c, std::min(chunk, P - c)), cache.options());
+  return logits;
 }
 
 }  // namespace rtp::sparse
