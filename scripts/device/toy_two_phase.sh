@@ -16,20 +16,22 @@ if [ ! -x build-gpu/bin/rtpurbo-train ]; then
 fi
 NGPU=$(nvidia-smi -L | wc -l)
 declare -A V
-V[a]="|"
-V[b]="--steps 2500|--steps 1000"
-V[c]="--lr 2e-3|"
-V[d]="--vocab_size 1024 --toy_num_filler 760|--vocab_size 1024 --toy_num_filler 760"
-V[e]="|--toy_needles 32 --toy_queries 28"
-V[f]="--toy_spans 2 --toy_span_len 32|"
-V[g]="|--toy_spans 2 --toy_span_len 16 --toy_random_spans=false"
-V[h]="--answer_loss_weight 1|"
-for v in "${!V[@]}"; do [[ " ${VARIANTS:-a b d e f g} " == *" $v "* ]] || unset "V[$v]"; done
+# Sweep 2 (2026-11-28): phase 1 with a constant learning rate and more steps; HF-script-like data (one long span
+# of uniform tokens in a uniform haystack) against the recipe's; lr 1e-3 and 2e-3.
+C="--min_lr_ratio 1"
+H="--toy_markov_branching 0 --toy_spans 1 --toy_needles 4 --toy_queries 4 --answer_loss_weight 1"
+V[a]="$C --steps 4000|"
+V[b]="$C --steps 4000 --lr 2e-3|"
+V[c]="$C --steps 4000 $H --toy_span_len 96|"
+V[d]="$C --steps 4000 $H --toy_span_len 96 --lr 2e-3|"
+V[e]="$C --steps 5000 $H --toy_span_len 64 --seq_len 160 --toy_needles 1 --toy_queries 1|"
+V[f]="$C --steps 5000 $H --toy_span_len 64 --seq_len 160 --toy_needles 1 --toy_queries 1 --lr 2e-3|"
+for v in "${!V[@]}"; do [[ " ${VARIANTS:-a b c d e f} " == *" $v "* ]] || unset "V[$v]"; done
 run_variant() {  # name, gpu
   local v=$1 gpu=$2 p1=${V[$1]%%|*} p2=${V[$1]#*|}
   # Step counts that end inside the call (a run killed by timeout leaves no model): 3 runs per H200.
   [[ "$p1" == *--steps* ]] || p1="--steps ${PHASE1_STEPS:-1500} $p1"
-  [[ "$p2" == *--steps* ]] || p2="--steps ${PHASE2_STEPS:-1200} $p2"
+  [[ "$p2" == *--steps* ]] || p2="--steps ${PHASE2_STEPS:-1200} --min_lr_ratio ${PHASE2_MIN_LR:-0.3} $p2"
   local t0=$(date +%s)
   CUDA_VISIBLE_DEVICES=$gpu timeout ${PHASE1_SECONDS:-150} ./build-gpu/bin/rtpurbo-train \
     --recipe recipes/toy-pretrain-short.yaml $p1 --out_dir runs/$v-1 > runs/$v.log 2>&1
