@@ -53,7 +53,8 @@ struct DecodeArgs {
 // kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
 // visible. Without the attribute both are no-ops. Every kernel here triggers at its start and waits before it
 // touches what the previous one writes (or before it writes what the previous one reads), so the wait chain
-// stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes.
+// stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes (see the
+// end of attend_mma_kernel for why its streaming blocks need no wait at all).
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
@@ -730,7 +731,11 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     __syncthreads();  // the next iteration's load overwrites this stage
   }
   cp_async_wait<0>();
-  if (!ret) pdl_wait();  // before writing partials the previous kernel may still read (retrieval waited above)
+  // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
+  // anything they touch, and the partials they write were last read by the previous call's combine, which
+  // finished before this call's stats_kernel (launched without PDL) started. Waiting here held their slots (68 KB
+  // of shared memory each) until the retrieval passes ended. The chain stays transitive through the retrieval
+  // blocks: the attend is launched with PDL only when a retrieval head exists, and its blocks wait above.
 
   // Merge the warps: per row the block max, each warp's O rescaled into its own slice of the (now free) tile
   // buffer, then summed per (row, dim) in a fixed order.
@@ -872,6 +877,24 @@ bool use_pdl() {
   static const bool on = !env_is("RTP_DECODE_PDL", "0");
   return on;
 }
+// Tuning knobs for device sweeps (the split sizes were chosen without a profile): RTP_DECODE_STR_KEYS = target keys
+// per streaming block (default 128), RTP_DECODE_RET_CAND = candidates per retrieval block (default 1024 up to
+// 256K, 2048 past it; at most kRetChunkMax). Unset or unparsable: the default. Read once per process.
+int env_int(const char* name, int lo, int hi) {
+  const char* e = std::getenv(name);
+  if (!e) return 0;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  return (end != e && v >= lo && v <= hi) ? int(v) : 0;
+}
+int str_keys_knob() {
+  static const int v = env_int("RTP_DECODE_STR_KEYS", 16, 8192);
+  return v;
+}
+int ret_cand_knob() {
+  static const int v = env_int("RTP_DECODE_RET_CAND", 128, kRetChunkMax);
+  return v;
+}
 
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
 // a call: its inputs (q, caches, indexer) come from the caller's kernels, which do not trigger early.
@@ -929,12 +952,17 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
       nkeys = std::min(p.sink, p.kv_len) + std::min(p.window, std::max<int64_t>(0, p.kv_len - p.sink));
       // ~128 keys (two tiles) per block, split evenly: 8196 keys are 65 chunks of 127, not 64 of 128 and one of 4.
       chunk = 128;
-      if (!plan.v2) chunk = (nkeys + (nkeys + 127) / 128 - 1) / ((nkeys + 127) / 128);
+      if (!plan.v2) {
+        const int64_t target = str_keys_knob() > 0 ? str_keys_knob() : 128;
+        const int64_t nb = std::max<int64_t>(1, (nkeys + target - 1) / target);
+        chunk = (nkeys + nb - 1) / nb;
+      }
     } else {
       nkeys = p.kv_len;
       // Retrieval blocks keep a few percent of their candidates: 1024 candidates give ~130 blocks at 128K; past
       // 256K 2048 (the shared list's size) keeps the partials the combine reads in check.
       chunk = k == HeadKind::RETRIEVAL ? (plan.v2 || p.kv_len > 262144 ? kRetChunkMax : 1024) : 256;
+      if (k == HeadKind::RETRIEVAL && !plan.v2 && ret_cand_knob() > 0) chunk = ret_cand_knob();
     }
     a.chunk[g] = int(std::max<int64_t>(1, chunk));
     a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
