@@ -313,13 +313,18 @@ void sparse_decode_cpu(const SparseDecodeParams& p) {
           else hist[bin[j]] += P[j];
         }
         int bstar = kDecodeBins - 1;
-        double acc = forced;
-        if (acc >= p.top_p) bstar = -1;
-        else
-          for (int bb = 0; bb < kDecodeBins; ++bb) {
-            acc += hist[bb];
-            if (acc >= p.top_p) { bstar = bb; break; }
-          }
+        if (p.top_p < 1.f) {
+          double Z = forced;
+          for (int bb = 0; bb < kDecodeBins; ++bb) Z += hist[bb];
+          const double need = double(p.top_p) * Z;
+          double acc = forced;
+          if (acc >= need) bstar = -1;
+          else
+            for (int bb = 0; bb < kDecodeBins; ++bb) {
+              acc += hist[bb];
+              if (acc >= need) { bstar = bb; break; }
+            }
+        }
         int32_t cnt = 0;
         for (int64_t j = 0; j < L; ++j) {
           sel[j] = (j < p.keep_first || j > t - p.keep_last || bin[j] <= bstar);

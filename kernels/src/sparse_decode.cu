@@ -3,11 +3,12 @@
 //               index scores (split over the sequence); block 0 of each slot also zeroes its histogram and
 //               selected count (no memset nodes)
 //   2. hist:    combine the chunk stats, P(j) = mean_h p_h(j), per-token bin (uint16, 0xFFFF = forced) and a
-//               histogram of P per bin (shared-memory histogram, then global atomics)
+//               histogram of P per bin (shared-memory histogram, then global atomics); the block that finishes
+//               last finds the cut bin b* from the whole histogram (one parallel scan, instead of every attend
+//               block walking the 512 bins in a serial chain of L2 loads)
 //   3. attend:  split-K attention: each thread block a chunk of keys of one KV head for all G query heads
-//               (tensor cores, G rows padded to 16); retrieval heads find the cut bin b* from the histogram
-//               and compact the chunk's kept tokens first; streaming heads read the valid ring slots; dense
-//               heads every token
+//               (tensor cores, G rows padded to 16); retrieval heads read b* and compact the chunk's kept
+//               tokens first; streaming heads read the valid ring slots; dense heads every token
 //   4. combine: per query head, merge the chunk partials (m, l, acc)
 // Launches 1-2 exist only when a KV head is RETRIEVAL.
 #include <cuda_bf16.h>
@@ -52,7 +53,8 @@ struct DecodeArgs {
 // kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
 // visible. Without the attribute both are no-ops. Every kernel here triggers at its start and waits before it
 // touches what the previous one writes (or before it writes what the previous one reads), so the wait chain
-// stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes.
+// stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes (see the
+// end of attend_mma_kernel for why its streaming blocks need no wait at all).
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
@@ -74,13 +76,18 @@ __device__ __forceinline__ void load_index_row(const IT* p, float* out, bool vec
   }
 }
 
+// Index rows per thread per step of the stats and hist loops (2 tokens per thread at 128K: one round).
+constexpr int kRows = 2;
+
 // grid (nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)).
 // GM >= G bounds the unrolled per-head state (GM 16 for every G spilled 570 bytes of registers).
-// Block (0, r) zeroes hist[r], forced[r] and selected_count[r]: the hist and attend launches that accumulate into
-// them run after this one on the stream, and a memset node per call cost as much as a small kernel.
+// Block (0, r) zeroes hist[r], forced[r], done[r] and selected_count[r]: the hist and attend launches that
+// accumulate into them wait for this one (it is the call's first kernel, launched without PDL, so nothing of the
+// call before can still be reading them), and a memset node per call cost as much as a small kernel.
 template <typename IT, int GM>
 __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, float* hist,
-                                                    float* forced_mass, int32_t* selected_count, int G, int64_t L,
+                                                    float* forced_mass, uint32_t* done, int32_t* selected_count,
+                                                    int G, int64_t L,
                                                     int64_t cap, int nchunks, int chunk, bool vec) {
   __shared__ float q[GM][kIndexDim];
   __shared__ float2 red[8][GM];
@@ -90,6 +97,7 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
     for (int i = tid; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
     if (tid == 0) {
       forced_mass[r] = 0.f;
+      done[r] = 0u;
       if (selected_count) selected_count[r] = 0;
     }
   }
@@ -99,18 +107,27 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
 #pragma unroll
   for (int h = 0; h < GM; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
-  for (int64_t j = j0 + tid; j < j1; j += blockDim.x) {
-    float k[kIndexDim];
-    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k, vec);
+  // kRows rows per thread loaded before any is used (one DRAM round trip per kRows rows, not per row).
+  for (int64_t jb = j0 + tid; jb < j1; jb += kRows * blockDim.x) {
+    float k[kRows][kIndexDim];
 #pragma unroll
-    for (int h = 0; h < GM; ++h) {
-      if (h >= G) break;
-      float s = 0.f;
+    for (int u = 0; u < kRows; ++u) {
+      const int64_t j = jb + u * blockDim.x;
+      if (j < j1) load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k[u], vec);
+    }
 #pragma unroll
-      for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[d], s);
-      const float nm = fmaxf(mx[h], s);
-      sm[h] = sm[h] * __expf(mx[h] - nm) + __expf(s - nm);
-      mx[h] = nm;
+    for (int u = 0; u < kRows; ++u) {
+      if (jb + u * blockDim.x >= j1) break;
+#pragma unroll
+      for (int h = 0; h < GM; ++h) {
+        if (h >= G) break;
+        float s = 0.f;
+#pragma unroll
+        for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[u][d], s);
+        const float nm = fmaxf(mx[h], s);
+        sm[h] = sm[h] * __expf(mx[h] - nm) + __expf(s - nm);
+        mx[h] = nm;
+      }
     }
   }
   // All heads reduced with one barrier (the version before paid four per head).
@@ -140,27 +157,100 @@ __device__ __forceinline__ float2 merge_ms(float2 a, float2 b) {
   return make_float2(m, (a.x == -INFINITY ? 0.f : a.y * __expf(a.x - m)) + (b.x == -INFINITY ? 0.f : b.y * __expf(b.x - m)));
 }
 
-// grid (nchunks, R); hist[r][kDecodeBins] and forced[r] zeroed by stats_kernel.
+// b* of the spec (sparse_attention_params.h) from the complete histogram hh[kDecodeBins] of one retrieval slot
+// and its forced mass; called by all 256 threads of a block, returns b* in every thread. Z, the total mass, is
+// summed here (1 up to rounding) and the cut is taken at top_p * Z; top_p >= 1 selects every bin.
+__device__ int cut_bin(const float* hh, float forced, float top_p) {
+  constexpr int PER = kDecodeBins / 256;  // consecutive bins per thread
+  static_assert(kDecodeBins % 256 == 0, "bins per thread");
+  __shared__ float wsum[8];
+  __shared__ int s_b;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  float v[PER];
+  float mine = 0.f;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) mine += (v[i] = __ldcg(hh + tid * PER + i));  // L2: the other blocks' atomics
+  float incl = mine;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float n = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += n;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  if (tid == 0) s_b = kDecodeBins - 1;
+  __syncthreads();
+  float before = forced, Z = forced;
+#pragma unroll
+  for (int w = 0; w < 8; ++w) {
+    before += w < warp ? wsum[w] : 0.f;
+    Z += wsum[w];
+  }
+  before += incl - mine;
+  if (top_p < 1.f) {
+    const float need = top_p * Z;
+    if (forced >= need) {
+      if (tid == 0) s_b = -1;
+    } else {
+      float acc = before;
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        acc += v[i];
+        if (acc >= need) {
+          atomicMin(&s_b, tid * PER + i);
+          break;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  return s_b;
+}
+
+// grid (nchunks, R); hist[r][kDecodeBins], forced[r] and done[r] zeroed by stats_kernel. The last block of slot r
+// to finish (ticket done[r]) writes bstar_out[r].
 template <typename IT>
 __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
-                                                   float* hist, float* forced_mass, int G, int64_t L, int64_t cap,
-                                                   int nchunks, int chunk, int64_t keep_first, int64_t keep_last,
-                                                   bool vec) {
+                                                   float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
+                                                   int G, int64_t L, int64_t cap, int nchunks, int chunk,
+                                                   int64_t keep_first, int64_t keep_last, float top_p, bool vec) {
   __shared__ float q[kMaxG][kIndexDim];
   __shared__ float gm[kMaxG], ginv[kMaxG];
   __shared__ float sh[kDecodeBins];
   __shared__ float sforced;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   pdl_trigger();
-  pdl_wait();  // stats, and hist zeroed by stats_kernel
+  // The query and this thread's first index rows are the caller's data: loaded before the wait, so with PDL
+  // they arrive while stats_kernel is still running.
   for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
   for (int i = tid; i < kDecodeBins; i += blockDim.x) sh[i] = 0.f;
+  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
+  float k[kRows][kIndexDim];
+  auto load_rows = [&](int64_t jb) {
+#pragma unroll
+    for (int u = 0; u < kRows; ++u) {
+      const int64_t j = jb + u * blockDim.x;
+      if (j < j1) load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k[u], vec);
+    }
+  };
+  load_rows(j0 + tid);
+  pdl_wait();  // stats, and hist zeroed by stats_kernel
   if (tid == 0) sforced = 0.f;
   // One warp per head merges the chunk stats (one thread per head read them all serially before: ~nchunks
-  // dependent L2 round trips in every block).
+  // dependent L2 round trips in every block). Each lane issues its loads in batches of MB before merging: the
+  // rolled loop was one L2 round trip per 32 chunks (8 at 128K) on the path to every hist block's first token.
+  constexpr int MB = 8;
   for (int h = warp; h < G; h += 8) {
     float2 acc = make_float2(-INFINITY, 0.f);
-    for (int c = lane; c < nchunks; c += 32) acc = merge_ms(acc, stats[(int64_t(r) * nchunks + c) * G + h]);
+    for (int c0 = lane; c0 < nchunks; c0 += 32 * MB) {
+      float2 v[MB];
+#pragma unroll
+      for (int u = 0; u < MB; ++u) {
+        const int c = c0 + 32 * u;
+        v[u] = c < nchunks ? stats[(int64_t(r) * nchunks + c) * G + h] : make_float2(-INFINITY, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < MB; ++u) acc = merge_ms(acc, v[u]);
+    }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
       acc = merge_ms(acc, make_float2(__shfl_xor_sync(0xffffffffu, acc.x, o), __shfl_xor_sync(0xffffffffu, acc.y, o)));
@@ -171,27 +261,30 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
   }
   __syncthreads();
   const int64_t t = L - 1;
-  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   float fsum = 0.f;
-  for (int64_t j = j0 + tid; j < j1; j += blockDim.x) {
-    float k[kIndexDim];
-    load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k, vec);
-    float P = 0.f;
-    for (int h = 0; h < G; ++h) {
-      float s = 0.f;
+  for (int64_t jb = j0 + tid; jb < j1; jb += kRows * blockDim.x) {
+    if (jb != j0 + tid) load_rows(jb);  // the first rows were loaded before the wait
 #pragma unroll
-      for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[d], s);
-      P += __expf(s - gm[h]) * ginv[h];
-    }
-    const bool f = j < keep_first || j > t - keep_last;
-    int bin = kDecodeBins - 1;
-    if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
-    if (f) {
-      fsum += P;
-      bins[int64_t(r) * cap + j] = kForced;
-    } else {
-      atomicAdd(&sh[bin], P);
-      bins[int64_t(r) * cap + j] = uint16_t(bin);
+    for (int u = 0; u < kRows; ++u) {
+      const int64_t j = jb + u * blockDim.x;
+      if (j >= j1) break;
+      float P = 0.f;
+      for (int h = 0; h < G; ++h) {
+        float s = 0.f;
+#pragma unroll
+        for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[u][d], s);
+        P += __expf(s - gm[h]) * ginv[h];
+      }
+      const bool f = j < keep_first || j > t - keep_last;
+      int bin = kDecodeBins - 1;
+      if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
+      if (f) {
+        fsum += P;
+        bins[int64_t(r) * cap + j] = kForced;
+      } else {
+        atomicAdd(&sh[bin], P);
+        bins[int64_t(r) * cap + j] = uint16_t(bin);
+      }
     }
   }
   fsum = warp_sum(fsum);
@@ -200,6 +293,17 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
   for (int i = tid; i < kDecodeBins; i += blockDim.x)
     if (sh[i] != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], sh[i]);
   if (tid == 0) atomicAdd(&forced_mass[r], sforced);
+  // Last-block handoff: every thread's atomics are ordered before the ticket, so the block that draws the last
+  // ticket sees the complete histogram.
+  __threadfence();
+  __syncthreads();
+  __shared__ bool s_last;
+  if (tid == 0) s_last = atomicAdd(&done[r], 1u) == unsigned(nchunks - 1);
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int b = cut_bin(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), top_p);
+  if (tid == 0) bstar_out[r] = b;
 }
 
 // The attend before attend_mma_kernel (RTP_DECODE_ATTEND=v2 selects it): CUDA-core math, one tile at a time.
@@ -219,8 +323,8 @@ __global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_co
                                                               const __nv_bfloat16* q, const __nv_bfloat16* kf,
                                                               const __nv_bfloat16* vf, const __nv_bfloat16* kr,
                                                               const __nv_bfloat16* vr, const uint16_t* bins,
-                                                              const float* hist, const float* forced_mass,
-                                                              float* part_acc, float2* part_ml,
+                                                              const int32_t* bstar_in, float* part_acc,
+                                                              float2* part_ml,
                                                               int32_t* selected_count) {
   constexpr int NT = kAttnThreads;
   constexpr int NW = NT / 32;
@@ -263,24 +367,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_co
   if (kind == int(HeadKind::RETRIEVAL)) {
     const int rs = a.rslot[kvh];
     mybins = bins + int64_t(rs) * a.cap;
-    if (warp == 0) {
-      // b* = smallest bin with forced + cumulative >= top_p; -1 if forced alone reaches it.
-      const float* hh = hist + int64_t(rs) * kDecodeBins;
-      float acc = forced_mass[rs];
-      int bstar = acc >= a.top_p ? -1 : kDecodeBins - 1;
-      for (int base = 0; base < kDecodeBins && bstar == kDecodeBins - 1 && acc < a.top_p; base += 32) {
-        float v = hh[base + lane];
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {  // inclusive scan
-          const float n = __shfl_up_sync(0xffffffffu, v, o);
-          if (lane >= o) v += n;
-        }
-        const unsigned hit = __ballot_sync(0xffffffffu, acc + v >= a.top_p);
-        if (hit) bstar = base + __ffs(hit) - 1;
-        acc += __shfl_sync(0xffffffffu, v, 31);
-      }
-      if (lane == 0) s_bstar = bstar;
-    }
+    if (tid == 0) s_bstar = bstar_in[rs];  // from hist_kernel (this launch is stream-ordered after it)
   }
   for (int i = tid; i < GM * D; i += NT) {
     const int h = i / D;
@@ -429,25 +516,6 @@ __global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_co
     atomicAdd(&selected_count[a.rslot[kvh]], int(nsel));
 }
 
-// b* = smallest bin whose cumulative mass, with the forced mass, reaches top_p; -1 if the forced mass alone
-// does; kDecodeBins - 1 if none. Called by one full warp; every lane returns b*.
-__device__ __forceinline__ int find_bstar(const float* hh, float forced, float top_p, int lane) {
-  float acc = forced;
-  int bstar = acc >= top_p ? -1 : kDecodeBins - 1;
-  for (int base = 0; base < kDecodeBins && bstar == kDecodeBins - 1 && acc < top_p; base += 32) {
-    float v = hh[base + lane];
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {  // inclusive scan
-      const float n = __shfl_up_sync(0xffffffffu, v, o);
-      if (lane >= o) v += n;
-    }
-    const unsigned hit = __ballot_sync(0xffffffffu, acc + v >= top_p);
-    if (hit) bstar = base + __ffs(hit) - 1;
-    acc += __shfl_sync(0xffffffffu, v, 31);
-  }
-  return bstar;
-}
-
 // ex2.approx: exp2(-inf) = +0, which the masking relies on.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -478,8 +546,8 @@ __device__ __forceinline__ int swz(int r, int c) {
 template <int D>
 __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
-    const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const float* hist,
-    const float* forced_mass, float* part_acc, float2* part_ml, int32_t* selected_count) {
+    const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar_in,
+    float* part_acc, float2* part_ml, int32_t* selected_count) {
   constexpr int NW = kMmaWarps, NT = kMmaThreads, TK = kMmaTile, CPR = D / 8;
   constexpr int KS = D / 16;  // k-steps of Q K^T
   constexpr int NO = D / 8;   // n-tiles of O
@@ -514,12 +582,9 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const bool ret = kind == int(HeadKind::RETRIEVAL);
   int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
   if (ret) {
-    pdl_wait();  // hist, forced mass and bins come from hist_kernel
+    pdl_wait();  // b* and bins come from hist_kernel
     const int rs = a.rslot[kvh];
-    if (warp == 0) {
-      const int b = find_bstar(hist + int64_t(rs) * kDecodeBins, forced_mass[rs], a.top_p, lane);
-      if (lane == 0) s_bstar = b;
-    }
+    if (tid == 0) s_bstar = bstar_in[rs];
     __syncthreads();
     const int bstar = s_bstar;
     const uint16_t* mb = bins + int64_t(rs) * a.cap + k0;
@@ -666,7 +731,11 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     __syncthreads();  // the next iteration's load overwrites this stage
   }
   cp_async_wait<0>();
-  if (!ret) pdl_wait();  // before writing partials the previous kernel may still read (retrieval waited above)
+  // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
+  // anything they touch, and the partials they write were last read by the previous call's combine, which
+  // finished before this call's stats_kernel (launched without PDL) started. Waiting here held their slots (68 KB
+  // of shared memory each) until the retrieval passes ended. The chain stays transitive through the retrieval
+  // blocks: the attend is launched with PDL only when a retrieval head exists, and its blocks wait above.
 
   // Merge the warps: per row the block max, each warp's O rescaled into its own slice of the (now free) tile
   // buffer, then summed per (row, dim) in a fixed order.
@@ -744,13 +813,31 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
   const int col = tid % COLS, grp = tid / COLS;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   float l = 0.f;
-  for (int s = grp; s < ns; s += SG) {
-    const float2 m = ml[s];
-    if (m.x == -INFINITY) continue;
-    const float w = __expf(m.x - M);
-    l += m.y * w;
-    const float4 v = *reinterpret_cast<const float4*>(part_acc + (int64_t(h) * a.max_split + s) * D + col * 4);
-    acc.x = fmaf(v.x, w, acc.x), acc.y = fmaf(v.y, w, acc.y), acc.z = fmaf(v.z, w, acc.z), acc.w = fmaf(v.w, w, acc.w);
+  // Loads of U splits are issued before any is used: the rolled loop (with its skip of empty splits) was a chain
+  // of ~ns / SG L2 round trips per group (9 for a streaming head, 16 for a retrieval head at 128K). An empty split
+  // (m = -inf) has acc = 0 and gets weight 0.
+  constexpr int U = 8;
+  for (int s0 = grp; s0 < ns; s0 += SG * U) {
+    float2 m[U];
+    float4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int s = s0 + u * SG;
+      if (s < ns) {
+        m[u] = ml[s];
+        v[u] = *reinterpret_cast<const float4*>(part_acc + (int64_t(h) * a.max_split + s) * D + col * 4);
+      } else {
+        m[u] = make_float2(-INFINITY, 0.f);
+        v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const float w = m[u].x == -INFINITY ? 0.f : __expf(m[u].x - M);
+      l = fmaf(m[u].y, w, l);
+      acc.x = fmaf(v[u].x, w, acc.x), acc.y = fmaf(v[u].y, w, acc.y);
+      acc.z = fmaf(v[u].z, w, acc.z), acc.w = fmaf(v[u].w, w, acc.w);
+    }
   }
   accs[grp][col] = acc;
   if (col == 0) ls[grp] = l;
@@ -789,6 +876,24 @@ bool use_v2_attend() {
 bool use_pdl() {
   static const bool on = !env_is("RTP_DECODE_PDL", "0");
   return on;
+}
+// Tuning knobs for device sweeps (the split sizes were chosen without a profile): RTP_DECODE_STR_KEYS = target keys
+// per streaming block (default 128), RTP_DECODE_RET_CAND = candidates per retrieval block (default 1024 up to
+// 256K, 2048 past it; at most kRetChunkMax). Unset or unparsable: the default. Read once per process.
+int env_int(const char* name, int lo, int hi) {
+  const char* e = std::getenv(name);
+  if (!e) return 0;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  return (end != e && v >= lo && v <= hi) ? int(v) : 0;
+}
+int str_keys_knob() {
+  static const int v = env_int("RTP_DECODE_STR_KEYS", 16, 8192);
+  return v;
+}
+int ret_cand_knob() {
+  static const int v = env_int("RTP_DECODE_RET_CAND", 128, kRetChunkMax);
+  return v;
 }
 
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
@@ -847,12 +952,17 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
       nkeys = std::min(p.sink, p.kv_len) + std::min(p.window, std::max<int64_t>(0, p.kv_len - p.sink));
       // ~128 keys (two tiles) per block, split evenly: 8196 keys are 65 chunks of 127, not 64 of 128 and one of 4.
       chunk = 128;
-      if (!plan.v2) chunk = (nkeys + (nkeys + 127) / 128 - 1) / ((nkeys + 127) / 128);
+      if (!plan.v2) {
+        const int64_t target = str_keys_knob() > 0 ? str_keys_knob() : 128;
+        const int64_t nb = std::max<int64_t>(1, (nkeys + target - 1) / target);
+        chunk = (nkeys + nb - 1) / nb;
+      }
     } else {
       nkeys = p.kv_len;
       // Retrieval blocks keep a few percent of their candidates: 1024 candidates give ~130 blocks at 128K; past
       // 256K 2048 (the shared list's size) keeps the partials the combine reads in check.
       chunk = k == HeadKind::RETRIEVAL ? (plan.v2 || p.kv_len > 262144 ? kRetChunkMax : 1024) : 256;
+      if (k == HeadKind::RETRIEVAL && !plan.v2 && ret_cand_knob() > 0) chunk = ret_cand_knob();
     }
     a.chunk[g] = int(std::max<int64_t>(1, chunk));
     a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
@@ -868,7 +978,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
   plan.n_ml = size_t(Hq) * a.max_split * 8;
   plan.n_stats = size_t(std::max(R, 1)) * plan.nchunks * a.G * 8;
-  plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 1) * 4;
+  plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 3) * 4;  // hist, then forced, b*, done per slot
   plan.n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
   return plan;
 }
@@ -878,7 +988,7 @@ constexpr int kMaxDevices = 64;
 template <int D>
 cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
                               const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
-                              const __nv_bfloat16* vr, const uint16_t* bins, const float* hist, const float* forced,
+                              const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar,
                               float* part_acc, float2* part_ml, int32_t* selected_count) {
   // The shared-memory opt-in is per device; done once per device (FlashAttention sets it on every launch).
   static bool done[kMaxDevices] = {};
@@ -891,7 +1001,7 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
     if (dev < kMaxDevices) done[dev] = true;
   }
   return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
-                  bins, hist, forced, part_acc, part_ml, selected_count);
+                  bins, bstar, part_acc, part_ml, selected_count);
 }
 
 }  // namespace
@@ -921,7 +1031,10 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   float2* part_ml = reinterpret_cast<float2*>(ws + al(n_acc));
   float2* stats = reinterpret_cast<float2*>(ws + al(n_acc) + al(n_ml));
   float* hist = reinterpret_cast<float*>(ws + al(n_acc) + al(n_ml) + al(n_stats));
-  float* forced = hist + size_t(std::max(R, 1)) * kDecodeBins;
+  const size_t nr = size_t(std::max(R, 1));
+  float* forced = hist + nr * kDecodeBins;
+  int32_t* bstar = reinterpret_cast<int32_t*>(forced + nr);
+  uint32_t* done = reinterpret_cast<uint32_t*>(bstar + nr);
   uint16_t* bins = reinterpret_cast<uint16_t*>(ws + al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist));
   if (R > 0) {
     const dim3 g(nchunks, R);
@@ -929,11 +1042,11 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     auto launch = [&](auto* iq, auto* ik) {
       using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
       cudaError_t err = launch_k(a.G <= 8 ? stats_kernel<IT, 8> : stats_kernel<IT, kMaxG>, g, dim3(256), 0, stream,
-                                 false, iq, ik, stats, hist, forced, p.selected_count, a.G, p.kv_len, p.cap_full,
+                                 false, iq, ik, stats, hist, forced, done, p.selected_count, a.G, p.kv_len, p.cap_full,
                                  nchunks, plan.stat_chunk, vec);
       if (err == cudaSuccess)
-        err = launch_k(hist_kernel<IT>, g, dim3(256), 0, stream, pdl, iq, ik, stats, bins, hist, forced, a.G, p.kv_len,
-                       p.cap_full, nchunks, plan.stat_chunk, p.keep_first, p.keep_last, vec);
+        err = launch_k(hist_kernel<IT>, g, dim3(256), 0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar,
+                       a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, p.keep_first, p.keep_last, p.top_p, vec);
       return err;
     };
     if (p.index_dtype == DType::BF16)
@@ -952,12 +1065,12 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       // 64-key tiles; 32 with 16 query heads per KV head (shared memory stays under the 48 KB static limit).
       auto kern = p.head_dim == 128 ? (a.G <= 8 ? attend_v2_kernel<128, 8, 64> : attend_v2_kernel<128, 16, 32>)
                                     : (a.G <= 8 ? attend_v2_kernel<64, 8, 64> : attend_v2_kernel<64, 16, 32>);
-      kern<<<g, kAttnThreads, 0, stream>>>(a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml,
+      kern<<<g, kAttnThreads, 0, stream>>>(a, qb, kf, vf, kr, vr, bins, bstar, part_acc, part_ml,
                                            p.selected_count);
       e = cudaGetLastError();
     } else {
       e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
-          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, hist, forced, part_acc, part_ml, p.selected_count);
+          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, part_acc, part_ml, p.selected_count);
     }
     if (e == cudaSuccess) {
       auto out = static_cast<__nv_bfloat16*>(p.o);

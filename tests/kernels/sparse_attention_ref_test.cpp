@@ -276,6 +276,24 @@ TEST(SparseDecodeCpu, RetrievalSelectionCoversTopP) {
   EXPECT_LT(cnt, L);
 }
 
+// top_p = 1 keeps every token by definition, however sharp the index scores (tail masses far below the rounding
+// error of the total must not end the cumulative sum early).
+TEST(SparseDecodeCpu, RetrievalTopPOneSelectsAll) {
+  const int Hq = 4, Hkv = 1, D = 16, L = 3000, G = 4;
+  auto q = randn(size_t(Hq) * D, 31), k = randn(size_t(L) * D, 32), v = randn(size_t(L) * D, 33);
+  auto iq = randn(size_t(G) * kIndexDim, 34, 3.f), ik = randn(size_t(L) * kIndexDim, 35, 3.f);
+  const HeadKind kinds[1] = {HeadKind::RETRIEVAL};
+  std::vector<float> o(size_t(Hq) * D);
+  int32_t cnt = 0;
+  SparseDecodeParams pd;
+  pd.q = q.data(), pd.o = o.data(), pd.k_full = k.data(), pd.v_full = v.data(), pd.cap_full = L;
+  pd.index_q = iq.data(), pd.index_k = ik.data();
+  pd.num_q_heads = Hq, pd.num_kv_heads = Hkv, pd.head_dim = D, pd.kv_len = L, pd.head_kind = kinds;
+  pd.top_p = 1.0f, pd.selected_count = &cnt;
+  sparse_decode_cpu(pd);
+  EXPECT_EQ(cnt, L);
+}
+
 namespace {
 
 // Rows [r0, r1) of a [H, T, D] array as a [H, r1 - r0, D] array.

@@ -82,9 +82,13 @@
 //     p_h(j) = softmax over j in [0, t] of index_q[h] . index_k[j] / sqrt(16);  P(j) = mean_h p_h(j).
 //     Forced tokens F: j < keep_first or j > t - keep_last (defaults 64 and 64).
 //     bin(P) = min(NB-1, floor(-kDecodeBinsPerOctave * log2(P))) (P = 0 goes to bin NB-1), NB = kDecodeBins.
-//     b* = the smallest bin such that sum_F P + sum_{j not in F, bin(P_j) <= b*} P_j >= top_p
-//          (NB-1 if none). Selected = F plus every j with bin(P_j) <= b*. This over-selects by at most
-//          one bin (a factor 2^(1/8) of probability) and needs no sort: one histogram pass.
+//     Z = sum_j P_j (1 up to rounding). b* = the smallest bin such that
+//          sum_F P + sum_{j not in F, bin(P_j) <= b*} P_j >= top_p * Z   (-1 if sum_F P alone reaches it,
+//          NB-1 if none), and b* = NB-1 whenever top_p >= 1. Selected = F plus every j with bin(P_j) <= b*.
+//          This over-selects by at most one bin (a factor 2^(1/8) of probability) and needs no sort: one
+//          histogram pass. Comparing with top_p * Z rather than top_p keeps the cut independent of how far the
+//          computed masses sum from 1 (single-precision exp on the GPU summed to 1 + ~1e-6, so top_p = 1 cut
+//          off the tail tokens whose mass was below that error); top_p >= 1 means every token, by definition.
 //   Attention of query head h is softmax(q_h k_j^T * scale) v over the selected / visible keys.
 //   GPU: split-K over keys (each thread block a chunk of keys for all G query heads of a KV head,
 //   partial (m, l, acc) per chunk, then a combine kernel).
