@@ -11,12 +11,12 @@ BIN=${BUILD_DIR:-build}/bin
 OUT=${OUT_DIR:-out/default}
 MODEL=${MODEL_DIR:-data/toy-model}
 DEVICE=${DEVICE:-cpu}
-SAMPLES=${SAMPLES:-32}
+SAMPLES=${SAMPLES:-64}
 mkdir -p "$OUT"
 start=$(date +%s)
 echo "== 1/5 identify heads ($MODEL)"
 "$BIN/rtpurbo-identify-heads" --model "$MODEL" --out "$OUT/heads.h5" --calibration toy --retrieval-fraction 0.15 \
-  --seq-len 1024 --window 128 --num-sequences 8 --device "$DEVICE"
+  --seq-len 1024 --window 96 --num-sequences 8 --device "$DEVICE"
 echo "== 2/5 train the indexer"
 "$BIN/rtpurbo-train" --recipe recipes/toy-indexer.yaml --model_dir "$MODEL" --heads_file "$OUT/heads.h5" \
   --out_dir "$OUT/indexer" --device "$DEVICE"
@@ -27,6 +27,6 @@ echo "== 4/5 export"
 "$BIN/rtpurbo-export" --model "$MODEL" --heads "$OUT/heads.h5" --indexer "$OUT/indexer/indexer.safetensors" \
   --out "$OUT/converted"
 echo "== 5/5 evaluate"
-"$BIN/rtpurbo-eval" --task toy --model "$OUT/converted" --samples "$SAMPLES" --lengths 512,1024 \
+"$BIN/rtpurbo-eval" --task toy --model "$OUT/converted" --samples "$SAMPLES" --lengths 768,1024 \
   --random-heads-indexer "$OUT/indexer-random/indexer.safetensors" --out-dir "$OUT/eval" --device "$DEVICE"
 echo "default run: $(( $(date +%s) - start )) s; eval.json and report.html in $OUT/eval"
