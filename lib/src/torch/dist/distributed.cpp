@@ -84,7 +84,20 @@ class ProcessGroup {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> pg;  // ProcessGroupNCCL on GPUs (when built with NCCL), else ProcessGroupGloo
   bool nccl = false;
+  bool failed = false;  // a collective failed or timed out: peers may be gone, so abort rather than shut down
   torch::Device device = torch::kCPU;  // where collective buffers live: the rank's GPU for NCCL, else the CPU
+  // NCCL communicators must be shut down before exit (else a resource-leak warning, and a hang risk when a peer is
+  // gone); errors are swallowed since this runs in a destructor, possibly while another error unwinds.
+  ~ProcessGroup() {
+    if (!pg) return;
+    try {
+      if (failed)
+        pg->abort();
+      else
+        pg->shutdown();
+    } catch (...) {
+    }
+  }
 };
 bool distributed_available() { return true; }
 #else
@@ -152,10 +165,11 @@ Distributed::~Distributed() = default;
 #ifdef RTP_HAS_C10D
 namespace {
 template <typename F>
-void collective(const DistEnv& env, std::chrono::milliseconds timeout, const char* what, F&& f) {
+void collective(ProcessGroup& pg, const DistEnv& env, std::chrono::milliseconds timeout, const char* what, F&& f) {
   try {
     f();
   } catch (const std::exception& e) {
+    pg.failed = true;
     RTP_THROW("rank ", env.rank, " of ", env.world_size, ": ", what, " failed or timed out after ", timeout.count() / 1000,
               " s; another rank probably died or hangs (", message_of(e), ")");
   }
@@ -170,7 +184,7 @@ void Distributed::allreduce_mean(const std::vector<torch::Tensor>& tensors) {
   // One fp32 bucket on the backend's device (the GPU itself for NCCL: no host round trip).
   for (const auto& t : tensors) flat_parts.push_back(t.detach().reshape(-1).to(pg_->device, torch::kFloat32));
   std::vector<at::Tensor> bucket{torch::cat(flat_parts)};
-  collective(env_, timeout_, "allreduce", [&] { pg_->pg->allreduce(bucket)->wait(timeout_); });
+  collective(*pg_, env_, timeout_, "allreduce", [&] { pg_->pg->allreduce(bucket)->wait(timeout_); });
   bucket[0].div_(env_.world_size);
   int64_t offset = 0;
   torch::NoGradGuard no_grad;
@@ -200,7 +214,7 @@ void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root)
     std::vector<at::Tensor> one{t.detach().to(pg_->device).contiguous()};
     c10d::BroadcastOptions bo;
     bo.rootRank = root;
-    collective(env_, timeout_, "broadcast", [&] { pg_->pg->broadcast(one, bo)->wait(timeout_); });
+    collective(*pg_, env_, timeout_, "broadcast", [&] { pg_->pg->broadcast(one, bo)->wait(timeout_); });
     torch::NoGradGuard no_grad;
     t.copy_(one[0]);
   }
@@ -212,7 +226,7 @@ void Distributed::barrier() {
 #ifdef RTP_HAS_C10D
   c10d::BarrierOptions bo;
   if (pg_->nccl) bo.device_ids = {static_cast<int64_t>(pg_->device.index())};
-  collective(env_, timeout_, "barrier", [&] { pg_->pg->barrier(bo)->wait(timeout_); });
+  collective(*pg_, env_, timeout_, "barrier", [&] { pg_->pg->barrier(bo)->wait(timeout_); });
 #endif
 }
 
