@@ -1,10 +1,14 @@
 // Decoding through the sparse cache (ring buffers for streaming heads, full caches + index keys for retrieval
 // heads) against the masked sparse forward over the whole sequence.
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <iostream>
 #include <torch/torch.h>
 
 #include "model/model_fixtures.h"
 #include "rtp/model/qwen3.h"
+#include "rtp/kernels/sparse_attention_params.h"
 #include "rtp/sparse/sparse_cache.h"
 
 namespace {
@@ -63,17 +67,63 @@ TEST(SparseCache, TopPSelectsFewerTokensAndMemoryIsExact) {
   rtp::sparse::SparseSettings st;
   st.sink = 2;
   st.window = 8;
-  st.top_p = 0.5;
-  const int64_t T = 300;
+  st.top_p = 0.9;
+  // 1000 tokens: the 128 forced ones (first and last 64) carry well under top_p of the index mass, so the
+  // histogram rule has to choose among the rest.
+  const int64_t T = 1000;
+  torch::manual_seed(11);
   auto ids = torch::randint(0, s.model.config().vocab_size, {1, T}, torch::kInt64);
   rtp::sparse::SparseCache cache(s.model.config(), s.heads, st, &s.indexer, T, torch::kCPU, torch::kFloat32);
   torch::NoGradGuard no_grad;
-  s.model.forward(ids.narrow(1, 0, T - 1), cache.options());
-  auto last = s.model.forward(ids.narrow(1, T - 1, 1), cache.options());
+  // The pre-RoPE q/k of layer 1 (the retrieval head's layer), captured for an independent count below.
+  std::vector<torch::Tensor> k_pre;
+  torch::Tensor q_last;
+  auto opts = cache.options();
+  opts.observer = [&](const rtp::model::LayerAttentionInputs& in) {
+    if (in.layer != 1) return;
+    k_pre.push_back(in.k_pre_rope.clone());
+    q_last = in.q_pre_rope.clone();
+  };
+  s.model.forward(ids.narrow(1, 0, T - 1), opts);
+  auto last = s.model.forward(ids.narrow(1, T - 1, 1), opts);
   EXPECT_TRUE(torch::isfinite(last).all().item<bool>());
   const int64_t sel = cache.last_selected()[1][0].item<int32_t>();
-  EXPECT_LT(sel, T) << "top-p 0.5 kept every token";
-  EXPECT_GE(sel, 64 + 64) << "keep_first + keep_last tokens are always kept";
+  // The decode selection rule of sparse_attention_params.h in double precision with torch ops: P = mean over the
+  // group of softmax(index_q . index_k / 4); forced first/last 64; bins of -8 log2 P; the first bin whose running
+  // mass (forced first) reaches top_p of the total.
+  const auto iq = s.indexer.index_queries(1, q_last)[0].select(2, 0).to(torch::kFloat64);      // [1, G, 16]
+  const auto ik = s.indexer.index_keys(1, torch::cat(k_pre, 2))[0].to(torch::kFloat64);        // [1, T, 16]
+  const auto pv = torch::softmax(torch::matmul(iq[0], ik[0].t()) / 4.0, -1).mean(0).contiguous();  // [T]
+  const double* pp = pv.data_ptr<double>();
+  std::vector<double> hist(rtp::kernels::kDecodeBins, 0.0);
+  std::vector<int> bin(T);
+  double forced = 0, total = 0;
+  auto is_forced = [&](int64_t j) { return j < 64 || j > (T - 1) - 64; };
+  for (int64_t j = 0; j < T; ++j) {
+    bin[j] = pp[j] > 0 ? int(std::min<double>(rtp::kernels::kDecodeBins - 1,
+                                              std::max(0.0, std::floor(-rtp::kernels::kDecodeBinsPerOctave * std::log2(pp[j])))))
+                       : rtp::kernels::kDecodeBins - 1;
+    (is_forced(j) ? forced : hist[bin[j]]) += pp[j];
+    total += pp[j];
+  }
+  int bstar = rtp::kernels::kDecodeBins - 1;
+  double acc = forced;
+  if (acc >= st.top_p * total) {
+    bstar = -1;
+  } else {
+    for (int b = 0; b < rtp::kernels::kDecodeBins; ++b)
+      if ((acc += hist[b]) >= st.top_p * total) {
+        bstar = b;
+        break;
+      }
+  }
+  int64_t expected = 0;
+  for (int64_t j = 0; j < T; ++j) expected += is_forced(j) || bin[j] <= bstar;
+  std::cout << "top-p " << st.top_p << " selected " << sel << " of " << T << " tokens (independent count " << expected
+            << ")\n";
+  EXPECT_NEAR(sel, expected, 2) << "decode selection differs from the rule computed here";
+  EXPECT_LT(sel, T - 100) << "top-p kept (nearly) every token";
+  EXPECT_GT(sel, 64 + 64 + 20) << "top-p kept (nearly) only the forced keep_first + keep_last tokens";
   // 3 layers x 2 KV heads, D 32, fp32: 1 retrieval head keeps T x (2*32 + 16), 5 streaming heads keep 10 x 2*32.
   EXPECT_EQ(cache.bytes(), (T * (2 * 32 + 16) + 5 * 10 * 2 * 32) * 4);
   EXPECT_EQ(cache.dense_bytes(), 6 * T * 2 * 32 * 4);

@@ -186,7 +186,18 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
               "sparse_decode: k_ring/v_ring must be [Hstr, sink + window, D]");
     p.k_ring = kr.data_ptr(), p.v_ring = vr.data_ptr();
   }
-  if (iq.defined()) p.index_q = iq.data_ptr(), p.index_k = ik.data_ptr();
+  if (iq.defined()) {
+    // The kernels read 16 index dims per (retrieval head, group member) and per cached token: a wrongly shaped
+    // tensor would be read past its end, so the shapes are checked here, not trusted.
+    const int64_t G = q.size(0) / std::max<int64_t>(1, static_cast<int64_t>(kinds.size()));
+    RTP_CHECK(iq.dim() == 3 && iq.size(0) == nret && iq.size(1) == G && iq.size(2) == k::kIndexDim,
+              "sparse_decode: index_q must be [retrieval KV heads (", nret, "), group size (", G, "), ", k::kIndexDim,
+              "], found ", iq.sizes());
+    RTP_CHECK(ik.defined() && ik.dim() == 3 && ik.size(0) == nret && ik.size(1) >= in.kv_len && ik.size(2) == k::kIndexDim,
+              "sparse_decode: index_k must be [retrieval KV heads (", nret, "), capacity >= kv_len (", in.kv_len, "), ",
+              k::kIndexDim, "], found ", ik.defined() ? ik.sizes() : torch::IntArrayRef{});
+    p.index_q = iq.data_ptr(), p.index_k = ik.data_ptr();
+  }
   p.index_dtype = idt == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
   p.num_q_heads = int(q.size(0));
   p.num_kv_heads = int(kinds.size());

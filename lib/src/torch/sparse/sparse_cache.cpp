@@ -264,7 +264,7 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
       index_k_[l].narrow(1, start, 1).copy_(indexer_->index_keys(l, ksrc)[0]);
       d.k_full = full_k_[l];
       d.v_full = full_v_[l];
-      d.index_q = indexer_->index_queries(l, qsrc)[0].select(3, 0);  // [n, G, dim]
+      d.index_q = indexer_->index_queries(l, qsrc)[0].select(2, 0);  // [n, G, T=1, dim] -> [n, G, dim]
       d.index_k = index_k_[l];
     }
     if (ring_k_[l].defined()) {
