@@ -23,7 +23,8 @@ def ref():
     return o, q.grad, k.grad, v.grad
 R = ref()
 def run(backend, gqa, dtype):
-    q = q0.to(dtype).requires_grad_(); k = k0.to(dtype).requires_grad_(); v = v0.to(dtype).requires_grad_()
+    # clone: .to() of a tensor already in dtype returns it, and its .grad would accumulate across runs
+    q = q0.to(dtype).clone().requires_grad_(); k = k0.to(dtype).clone().requires_grad_(); v = v0.to(dtype).clone().requires_grad_()
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if not gqa:
         kt = kt.repeat_interleave(Hq // Hkv, 1); vt = vt.repeat_interleave(Hq // Hkv, 1)
