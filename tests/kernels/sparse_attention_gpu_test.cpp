@@ -56,6 +56,39 @@ torch::Tensor build_mask(const std::vector<HeadKind>& kinds, int64_t G, int64_t 
   return torch::stack(ms);
 }
 
+// Random bf16-representable decode inputs (held in float32 for the CPU reference): two full and two ring caches,
+// n_ret retrieval heads whose index vectors are scaled by index_scale (sharper index probabilities).
+DecodeInputs random_decode_inputs(int64_t Hq, int64_t G, int64_t D, int64_t cap, int64_t ring, int64_t n_ret,
+                                  double index_scale, int64_t kv_len) {
+  auto r = [](std::vector<int64_t> shape) { return torch::randn(shape).to(torch::kBFloat16).to(torch::kFloat32); };
+  DecodeInputs in;
+  in.q = r({Hq, D});
+  in.k_full = r({2, cap, D});
+  in.v_full = r({2, cap, D});
+  in.k_ring = r({2, ring, D});
+  in.v_ring = r({2, ring, D});
+  in.index_q = r({n_ret, G, 16}) * index_scale;
+  in.index_k = r({n_ret, cap, 16}) * index_scale;
+  in.kv_len = kv_len;
+  return in;
+}
+
+struct DecodeRun {
+  torch::Tensor ref, out;              // CPU reference and GPU outputs [Hq, D]
+  torch::Tensor selected_cpu, selected_gpu;  // int32 [n_ret] on the host
+};
+
+// The same inputs through the CPU reference and the CUDA kernels.
+DecodeRun decode_cpu_and_gpu(const DecodeInputs& in, const std::vector<HeadKind>& kinds, const SparseConfig& c) {
+  DecodeRun run;
+  run.ref = sparse_decode(in, kinds, c, &run.selected_cpu);
+  DecodeInputs ig = in;
+  for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
+  run.out = sparse_decode(ig, kinds, c, &run.selected_gpu).cpu();
+  run.selected_gpu = run.selected_gpu.cpu();
+  return run;
+}
+
 }  // namespace
 
 TEST(SparseAttentionGpu, PrefillMatchesReference) {
@@ -138,24 +171,11 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
     c.window = window;
     for (float top_p : {1.0f, 0.9f}) {
       c.top_p = top_p;
-      DecodeInputs in;
-      in.q = torch::randn({Hq, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.k_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.v_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.k_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.v_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.index_q = torch::randn({1, G, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 2;
-      in.index_k = torch::randn({1, cap, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 2;
-      in.kv_len = L;
-      torch::Tensor sc, sg;
-      auto ref = sparse_decode(in, kinds, c, &sc);
-      DecodeInputs ig = in;
-      for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
-      auto out = sparse_decode(ig, kinds, c, &sg);
-      torch::cuda::synchronize();
-      const int ncpu = sc[0].item<int>(), ngpu = sg.cpu()[0].item<int>();
+      const auto run = decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c);
+      const auto& out = run.out;
+      const int ncpu = run.selected_cpu[0].item<int>(), ngpu = run.selected_gpu[0].item<int>();
       // naive bf16 error for the dense head (head group 2) as the yardstick
-      const double e = rel_err(out.cpu(), ref);
+      const double e = rel_err(out, run.ref);
       std::printf("decode D=%ld top_p=%.1f: err %.3e, selected cpu %d gpu %d of %ld\n", D, top_p, e, ncpu, ngpu, L);
       EXPECT_FALSE(out.isnan().any().item<bool>());
       EXPECT_NEAR(ngpu, ncpu, 0.02 * ncpu + 2);
@@ -178,23 +198,10 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
       c.window = window;
       for (float top_p : {1.0f, 0.9f}) {
         c.top_p = top_p;
-        DecodeInputs in;
-        in.q = torch::randn({Hq, D}).to(torch::kBFloat16).to(torch::kFloat32);
-        in.k_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
-        in.v_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
-        in.k_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
-        in.v_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
-        in.index_q = torch::randn({1, G, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 2;
-        in.index_k = torch::randn({1, cap, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 2;
-        in.kv_len = L;
-        torch::Tensor sc, sg;
-        auto ref = sparse_decode(in, kinds, c, &sc);
-        DecodeInputs ig = in;
-        for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
-        auto out = sparse_decode(ig, kinds, c, &sg);
-        torch::cuda::synchronize();
-        const int ncpu = sc[0].item<int>(), ngpu = sg.cpu()[0].item<int>();
-        const double e = rel_err(out.cpu(), ref);
+        const auto run = decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c);
+        const auto& out = run.out;
+        const int ncpu = run.selected_cpu[0].item<int>(), ngpu = run.selected_gpu[0].item<int>();
+        const double e = rel_err(out, run.ref);
         std::printf("decode G=%ld D=%ld top_p=%.1f: err %.3e, selected cpu %d gpu %d of %ld\n", G, D, top_p, e, ncpu,
                     ngpu, L);
         EXPECT_FALSE(out.isnan().any().item<bool>());
@@ -222,23 +229,11 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
       c.window = window;
       c.top_p = top_p;
       const int64_t cap = L + 5;
-      DecodeInputs in;
-      in.q = torch::randn({Hq, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.k_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.v_full = torch::randn({2, cap, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.k_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.v_ring = torch::randn({2, sink + window, D}).to(torch::kBFloat16).to(torch::kFloat32);
-      in.index_q = torch::randn({2, G, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 3;
-      in.index_k = torch::randn({2, cap, 16}).to(torch::kBFloat16).to(torch::kFloat32) * 3;
-      in.kv_len = L;
-      torch::Tensor sc, sg;
-      auto ref = sparse_decode(in, kinds, c, &sc);
-      DecodeInputs ig = in;
-      for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
-      auto out = sparse_decode(ig, kinds, c, &sg);
-      torch::cuda::synchronize();
-      auto sgc = sg.cpu();
-      const double e = rel_err(out.cpu(), ref);
+      const auto run = decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c);
+      const auto& out = run.out;
+      const auto& sc = run.selected_cpu;
+      const auto& sgc = run.selected_gpu;
+      const double e = rel_err(out, run.ref);
       for (int r = 0; r < 2; ++r) {
         const int ncpu = sc[r].item<int>(), ngpu = sgc[r].item<int>();
         std::printf("decode L=%ld top_p=%.3f head %d: err %.3e, selected cpu %d gpu %d of %ld\n", L, top_p, r, e, ncpu,
