@@ -236,19 +236,31 @@ TEST(SparseDecodeCpu, StreamingAndDenseMatchLastPrefillRow) {
   }
 }
 
-TEST(SparseDecodeCpu, RetrievalSelectionCoversTopP) {
-  const int Hq = 4, Hkv = 1, D = 16, L = 700, G = 4;
-  auto q = randn(size_t(Hq) * D, 21), k = randn(size_t(L) * D, 22), v = randn(size_t(L) * D, 23);
-  auto iq = randn(size_t(G) * kIndexDim, 24, 1.f), ik = randn(size_t(L) * kIndexDim, 25, 1.5f);
+// One retrieval KV head (G = 4 query heads, D = 16) decoding at kv_len L on random inputs; seeds seed..seed+4,
+// index vectors scaled by index_scale (query) and key_scale (keys). Returns the CPU decode's selected count and
+// fills iq / ik with the index vectors it used.
+int32_t decode_one_retrieval_head(int L, uint32_t seed, float index_scale, float key_scale, float top_p, int keep,
+                                  std::vector<float>& iq, std::vector<float>& ik) {
+  const int Hq = 4, D = 16, G = 4;
+  auto q = randn(size_t(Hq) * D, seed), k = randn(size_t(L) * D, seed + 1), v = randn(size_t(L) * D, seed + 2);
+  iq = randn(size_t(G) * kIndexDim, seed + 3, index_scale);
+  ik = randn(size_t(L) * kIndexDim, seed + 4, key_scale);
   const HeadKind kinds[1] = {HeadKind::RETRIEVAL};
   std::vector<float> o(size_t(Hq) * D);
   int32_t cnt = 0;
   SparseDecodeParams pd;
   pd.q = q.data(), pd.o = o.data(), pd.k_full = k.data(), pd.v_full = v.data(), pd.cap_full = L;
   pd.index_q = iq.data(), pd.index_k = ik.data();
-  pd.num_q_heads = Hq, pd.num_kv_heads = Hkv, pd.head_dim = D, pd.kv_len = L, pd.head_kind = kinds;
-  pd.keep_first = 16, pd.keep_last = 16, pd.top_p = 0.9f, pd.selected_count = &cnt;
+  pd.num_q_heads = Hq, pd.num_kv_heads = 1, pd.head_dim = D, pd.kv_len = L, pd.head_kind = kinds;
+  pd.keep_first = keep, pd.keep_last = keep, pd.top_p = top_p, pd.selected_count = &cnt;
   sparse_decode_cpu(pd);
+  return cnt;
+}
+
+TEST(SparseDecodeCpu, RetrievalSelectionCoversTopP) {
+  const int L = 700, G = 4;
+  std::vector<float> iq, ik;
+  const int32_t cnt = decode_one_retrieval_head(L, 21, 1.f, 1.5f, 0.9f, 16, iq, ik);
   // brute force: sort tokens by P; the exact top-p set over the non-forced tokens needs n tokens
   std::vector<double> P(L, 0);
   for (int h = 0; h < G; ++h) {
@@ -279,18 +291,10 @@ TEST(SparseDecodeCpu, RetrievalSelectionCoversTopP) {
 // top_p = 1 keeps every token by definition, however sharp the index scores (tail masses far below the rounding
 // error of the total must not end the cumulative sum early).
 TEST(SparseDecodeCpu, RetrievalTopPOneSelectsAll) {
-  const int Hq = 4, Hkv = 1, D = 16, L = 3000, G = 4;
-  auto q = randn(size_t(Hq) * D, 31), k = randn(size_t(L) * D, 32), v = randn(size_t(L) * D, 33);
-  auto iq = randn(size_t(G) * kIndexDim, 34, 3.f), ik = randn(size_t(L) * kIndexDim, 35, 3.f);
-  const HeadKind kinds[1] = {HeadKind::RETRIEVAL};
-  std::vector<float> o(size_t(Hq) * D);
-  int32_t cnt = 0;
-  SparseDecodeParams pd;
-  pd.q = q.data(), pd.o = o.data(), pd.k_full = k.data(), pd.v_full = v.data(), pd.cap_full = L;
-  pd.index_q = iq.data(), pd.index_k = ik.data();
-  pd.num_q_heads = Hq, pd.num_kv_heads = Hkv, pd.head_dim = D, pd.kv_len = L, pd.head_kind = kinds;
-  pd.top_p = 1.0f, pd.selected_count = &cnt;
-  sparse_decode_cpu(pd);
+  const int L = 3000;
+  std::vector<float> iq, ik;
+  // keep_first / keep_last 64 (the defaults)
+  const int32_t cnt = decode_one_retrieval_head(L, 31, 3.f, 3.f, 1.0f, 64, iq, ik);
   EXPECT_EQ(cnt, L);
 }
 
