@@ -170,12 +170,7 @@ __device__ int cut_bin(const float* hh, float forced, float top_p) {
   float mine = 0.f;
 #pragma unroll
   for (int i = 0; i < PER; ++i) mine += (v[i] = __ldcg(hh + tid * PER + i));  // L2: the other blocks' atomics
-  float incl = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const float n = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += n;
-  }
+  const float incl = warp_inclusive_scan(mine);
   if (lane == 31) wsum[warp] = incl;
   if (tid == 0) s_b = kDecodeBins - 1;
   __syncthreads();
@@ -599,12 +594,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
       }
     }
     const int cnt = __popc(keep);
-    int incl = cnt;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += v;
-    }
+    const int incl = warp_inclusive_scan(cnt);
     if (lane == 31) warp_cnt[warp] = incl;
     __syncthreads();
     int before = incl - cnt, total = 0;
