@@ -111,6 +111,12 @@ const char* check_sparse_decode_params(const SparseDecodeParams& p, bool cuda) {
   if (cuda && p.head_dim != 64 && p.head_dim != 128) return "head_dim must be 64 or 128 on the GPU";
   if (cuda && p.dtype != DType::BF16) return "the CUDA kernel takes bf16";
   if (!cuda && (p.dtype != DType::F32 || p.index_dtype != DType::F32)) return "the CPU reference takes float32";
+  const DecodeTuning& tu = p.tuning;
+  if (tu.streaming_keys_per_block != 0 && (tu.streaming_keys_per_block < 16 || tu.streaming_keys_per_block > 8192))
+    return "tuning.streaming_keys_per_block must be 0 (default) or in [16, 8192]";
+  if (tu.retrieval_candidates_per_block != 0 &&
+      (tu.retrieval_candidates_per_block < 128 || tu.retrieval_candidates_per_block > 2048))
+    return "tuning.retrieval_candidates_per_block must be 0 (default) or in [128, 2048]";
   const int nfull = count_kind(p.head_kind, p.num_kv_heads, HeadKind::DENSE) +
                     count_kind(p.head_kind, p.num_kv_heads, HeadKind::RETRIEVAL);
   const int nret = count_kind(p.head_kind, p.num_kv_heads, HeadKind::RETRIEVAL);

@@ -14,8 +14,6 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -852,40 +850,6 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
 
 namespace {
 
-bool env_is(const char* name, const char* value) {
-  const char* e = std::getenv(name);
-  return e && std::string(e) == value;
-}
-
-// RTP_DECODE_ATTEND=v2 selects the CUDA-core attend of the version before (a fallback while the mma path is new).
-bool use_v2_attend() {
-  static const bool v2 = env_is("RTP_DECODE_ATTEND", "v2");
-  return v2;
-}
-// RTP_DECODE_PDL=0 launches every kernel in plain stream order.
-bool use_pdl() {
-  static const bool on = !env_is("RTP_DECODE_PDL", "0");
-  return on;
-}
-// Tuning knobs for device sweeps (the split sizes were chosen without a profile): RTP_DECODE_STR_KEYS = target keys
-// per streaming block (default 128), RTP_DECODE_RET_CAND = candidates per retrieval block (default 1024 up to
-// 256K, 2048 past it; at most kRetChunkMax). Unset or unparsable: the default. Read once per process.
-int env_int(const char* name, int lo, int hi) {
-  const char* e = std::getenv(name);
-  if (!e) return 0;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  return (end != e && v >= lo && v <= hi) ? int(v) : 0;
-}
-int str_keys_knob() {
-  static const int v = env_int("RTP_DECODE_STR_KEYS", 16, 8192);
-  return v;
-}
-int ret_cand_knob() {
-  static const int v = env_int("RTP_DECODE_RET_CAND", 128, kRetChunkMax);
-  return v;
-}
-
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
 // a call: its inputs (q, caches, indexer) come from the caller's kernels, which do not trigger early.
 template <typename... KArgs, typename... Args>
@@ -916,7 +880,7 @@ struct DecodePlan {
 
 DecodePlan plan_decode(const SparseDecodeParams& p) {
   DecodePlan plan;
-  plan.v2 = use_v2_attend();
+  plan.v2 = p.tuning.v2_attend;
   DecodeArgs& a = plan.a;
   a.G = p.num_q_heads / p.num_kv_heads;
   a.D = p.head_dim;
@@ -943,7 +907,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
       // ~128 keys (two tiles) per block, split evenly: 8196 keys are 65 chunks of 127, not 64 of 128 and one of 4.
       chunk = 128;
       if (!plan.v2) {
-        const int64_t target = str_keys_knob() > 0 ? str_keys_knob() : 128;
+        const int64_t target = p.tuning.streaming_keys_per_block > 0 ? p.tuning.streaming_keys_per_block : 128;
         const int64_t nb = std::max<int64_t>(1, (nkeys + target - 1) / target);
         chunk = (nkeys + nb - 1) / nb;
       }
@@ -952,7 +916,8 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
       // Retrieval blocks keep a few percent of their candidates: 1024 candidates give ~130 blocks at 128K; past
       // 256K 2048 (the shared list's size) keeps the partials the combine reads in check.
       chunk = k == HeadKind::RETRIEVAL ? (plan.v2 || p.kv_len > 262144 ? kRetChunkMax : 1024) : 256;
-      if (k == HeadKind::RETRIEVAL && !plan.v2 && ret_cand_knob() > 0) chunk = ret_cand_knob();
+      if (k == HeadKind::RETRIEVAL && !plan.v2 && p.tuning.retrieval_candidates_per_block > 0)
+        chunk = p.tuning.retrieval_candidates_per_block;
     }
     a.chunk[g] = int(std::max<int64_t>(1, chunk));
     a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
@@ -1006,7 +971,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   const DecodePlan plan = plan_decode(p);
   const DecodeArgs& a = plan.a;
   const int R = plan.R, nchunks = plan.nchunks;
-  const bool pdl = use_pdl();
+  const bool pdl = p.tuning.programmatic_launch;
   const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
   auto al = DecodePlan::al;
   const size_t total = plan.total();

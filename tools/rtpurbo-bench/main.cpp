@@ -180,7 +180,15 @@ int main(int argc, char** argv) {
         "decode-kept", "decode: fraction of tokens the retrieval head should keep (planted sharpness calibrated to it)",
         cxxopts::value<double>()->default_value("0.03"))(
         "decode-kappa", "decode: fixed planted sharpness instead of calibrating (10 = the bench before, ~15% kept at 128K)",
-        cxxopts::value<double>()->default_value("0"))("help", "help");
+        cxxopts::value<double>()->default_value("0"))(
+        "decode-attend-v2", "decode: the CUDA-core attend of the version before the mma one",
+        cxxopts::value<bool>()->default_value("false"))(
+        "decode-no-pdl", "decode: plain stream order instead of programmatic dependent launch",
+        cxxopts::value<bool>()->default_value("false"))(
+        "decode-streaming-keys", "decode: target keys per streaming-head block (0: the default, 128)",
+        cxxopts::value<int>()->default_value("0"))(
+        "decode-retrieval-candidates", "decode: candidates per retrieval-head block (0: the default, 1024 / 2048 past 256K)",
+        cxxopts::value<int>()->default_value("0"))("help", "help");
     auto args = opts.parse(argc, argv);
     if (args.count("help")) {
       std::printf("%s\n", opts.help().c_str());
@@ -334,6 +342,11 @@ int main(int argc, char** argv) {
     // decode
     std::vector<std::string> drows;
     const double kept_target = args["decode-kept"].as<double>(), kappa_fixed = args["decode-kappa"].as<double>();
+    kernels::DecodeTuning tuning;
+    tuning.v2_attend = args["decode-attend-v2"].as<bool>();
+    tuning.programmatic_launch = !args["decode-no-pdl"].as<bool>();
+    tuning.streaming_keys_per_block = args["decode-streaming-keys"].as<int>();
+    tuning.retrieval_candidates_per_block = args["decode-retrieval-candidates"].as<int>();
     for (int64_t L : args["decode-lengths"].as<std::vector<int64_t>>()) {
       double dkappa = kappa_fixed > 0 ? kappa_fixed : 10.0;
       Planted pl = plant_index(L, G, B, dkappa, 9);
@@ -355,6 +368,9 @@ int main(int argc, char** argv) {
         p.num_q_heads = int(Hq), p.num_kv_heads = int(Hkv), p.head_dim = int(D), p.kv_len = L;
         p.head_kind = with_ret ? kA : kB, p.sink = sink, p.window = window, p.top_p = 0.9f;
         p.selected_count = sel.data_ptr<int32_t>();
+        p.tuning = tuning;
+        const char* bad = kernels::check_sparse_decode_params(p, true);
+        RTP_CHECK(!*bad, "decode parameters: ", bad, " (--decode-streaming-keys, --decode-retrieval-candidates)");
         const size_t need = kernels::sparse_decode_workspace_bytes(p);
         if (!ws.defined() || static_cast<size_t>(ws.numel()) < need)
           ws = torch::empty({static_cast<int64_t>(need)}, torch::TensorOptions().device(torch::kCUDA).dtype(torch::kUInt8));

@@ -163,6 +163,15 @@ struct SparseAttentionParams {
   int64_t stream_key_skip = 0;
 };
 
+// CUDA decode launch choices that are not part of the semantics (the output is the same up to rounding): for
+// device sweeps and as fallbacks while a kernel version is new. Defaults are the tuned ones.
+struct DecodeTuning {
+  bool v2_attend = false;               // the CUDA-core attend of the version before the mma one
+  bool programmatic_launch = true;      // programmatic dependent launch between the call's kernels
+  int streaming_keys_per_block = 0;     // 0: 128 (split evenly); else this target, in [16, 8192]
+  int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
+};
+
 struct SparseDecodeParams {
   // CPU: F32. CUDA: BF16 for q, caches and o; index_q/index_k F32 or BF16 (index_dtype).
   const void* q = nullptr;       // [Hq, D]
@@ -188,6 +197,7 @@ struct SparseDecodeParams {
   // allocates and frees its own (stream-ordered, slower per token).
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  DecodeTuning tuning;  // CUDA only
 };
 
 }  // namespace rtp::kernels
