@@ -116,6 +116,8 @@ TEST(Recipe, CrossFieldValidationNamesKeys) {
   EXPECT_TRUE(contains(e, "num_attention_heads") && contains(e, "num_key_value_heads") && contains(e, p)) << e;
   const std::string e2 = load_error(temp_recipe("short.yaml", "seq_len: 64\n"));
   EXPECT_TRUE(contains(e2, "seq_len") && contains(e2, "toy_needles")) << e2;
+  const std::string e3 = load_error(temp_recipe("random.yaml", "model_init: random\n"));
+  EXPECT_TRUE(contains(e3, "model_init") && contains(e3, "model_dir")) << e3;
 }
 
 TEST(Recipe, CliOverridesRecipeInOrder) {

@@ -33,7 +33,10 @@ class Qwen3ModelImpl;
 
 class Qwen3Model {
  public:
-  explicit Qwen3Model(const ModelConfig& config);
+  // Parameters allocated on `device` in `dtype` (norms ones, the rest zeros): a full-size model is built where it
+  // runs, never staged through host memory.
+  explicit Qwen3Model(const ModelConfig& config, torch::Device device = torch::kCPU,
+                      torch::ScalarType dtype = torch::kFloat32);
   ~Qwen3Model();
   Qwen3Model(Qwen3Model&&) noexcept;
   Qwen3Model& operator=(Qwen3Model&&) noexcept;
@@ -51,7 +54,9 @@ class Qwen3Model {
   // input_ids int64 [B, T] -> logits [B, T, V] (float32), or hidden states with return_hidden.
   torch::Tensor forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
 
-  // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale tests.
+  // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.
+  // On CPU the draw is float32 from a CPU generator (the committed toy model depends on it); on a GPU the
+  // weights are drawn in place on the device from a generator of that device seeded with `seed`.
   void init_random(uint64_t seed, double std = 0.02);
 
  private:
@@ -68,6 +73,11 @@ torch::Tensor generate_greedy(Qwen3Model& model, const torch::Tensor& prompt, in
 // Every tensor the config needs must be present with the shape the config implies; tensors are converted to
 // `dtype` and placed on `device`.
 Qwen3Model load_qwen3(const std::string& dir, torch::Device device, torch::ScalarType dtype);
+
+// The architecture of `dir`/config.json with random weights (Qwen3Model::init_random), built on `device`: speed and
+// memory runs of a full-size model without its weights. Only config.json is read.
+Qwen3Model random_qwen3(const std::string& dir, torch::Device device, torch::ScalarType dtype, uint64_t seed,
+                        double std = 0.02);
 
 // Writes config.json and model.safetensors (atomically) in Hugging Face layout.
 void save_qwen3(const Qwen3Model& model, const std::string& dir, torch::ScalarType dtype = torch::kFloat32);

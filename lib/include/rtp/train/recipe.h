@@ -48,6 +48,9 @@ using rtp::config::range;
   /* model */                                                                                                        \
   X("model", std::string, model_dir, "", any(),                                                                      \
     "Hugging Face checkpoint dir; empty (pretrain only): a fresh model from the architecture fields below")          \
+  X("model", std::string, model_init, "load", one_of({"load", "random"}),                                            \
+    "load: the weights in model_dir; random: only model_dir/config.json, weights drawn from normal(0, init_std) "   \
+    "on the device (speed and memory runs of a full-size model whose weights are not at hand)")                     \
   X("model", int64_t, vocab_size, 512, range(16, 1 << 22), "toy architecture: vocabulary size")                      \
   X("model", int64_t, hidden_size, 256, range(8, 1 << 16), "toy architecture: model width")                          \
   X("model", int64_t, intermediate_size, 768, range(8, 1 << 18), "toy architecture: MLP width")                      \
@@ -106,7 +109,8 @@ using rtp::config::range;
     "0: use retrieval_fraction; else the KV-memory fraction retrieval heads may use")                               \
   X("indexer", std::string, heads_file, "", any(), "head profile (HDF5) from rtpurbo-identify-heads")                \
   X("indexer", bool, heads_random, false, any(),                                                                    \
-    "baseline: train on as many KV heads as heads_file selects, drawn at random with the seed")                     \
+    "baseline: train on as many KV heads as heads_file selects (without heads_file: retrieval_fraction of all "    \
+    "KV heads), drawn at random with the seed")                                                                      \
   X("indexer", int64_t, kl_query_samples, 256, at_least(1), "queries sampled per sequence for the KL loss")          \
   X("indexer", int64_t, kl_chunk, 1024, at_least(1), "keys per chunk when computing the KL (bounds memory)")
 // clang-format on

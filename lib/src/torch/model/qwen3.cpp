@@ -1,5 +1,6 @@
 #include "rtp/model/qwen3.h"
 
+#include <ATen/Context.h>
 #include <torch/torch.h>
 
 #include <unordered_map>
@@ -14,9 +15,11 @@ namespace F = torch::nn::functional;
 
 class Qwen3ModelImpl {
  public:
-  explicit Qwen3ModelImpl(const ModelConfig& c) : cfg(c), root(std::make_shared<torch::nn::Module>("Qwen3Model")) {
+  Qwen3ModelImpl(const ModelConfig& c, torch::Device device, torch::ScalarType dtype)
+      : cfg(c), root(std::make_shared<torch::nn::Module>("Qwen3Model")) {
+    const auto options = torch::TensorOptions(dtype).device(device);
     for (const auto& spec : parameter_layout(cfg)) {
-      auto t = torch::empty(spec.shape, torch::kFloat32);
+      auto t = torch::empty(spec.shape, options);
       if (spec.is_norm) t.fill_(1.0);
       else t.zero_();
       // torch module names cannot hold dots; HF names stay the public key.
@@ -147,7 +150,8 @@ class Qwen3ModelImpl {
   std::unordered_map<std::string, torch::Tensor> by_name;
 };
 
-Qwen3Model::Qwen3Model(const ModelConfig& config) : impl_(std::make_unique<Qwen3ModelImpl>(config)) {}
+Qwen3Model::Qwen3Model(const ModelConfig& config, torch::Device device, torch::ScalarType dtype)
+    : impl_(std::make_unique<Qwen3ModelImpl>(config, device, dtype)) {}
 Qwen3Model::~Qwen3Model() = default;
 Qwen3Model::Qwen3Model(Qwen3Model&&) noexcept = default;
 Qwen3Model& Qwen3Model::operator=(Qwen3Model&&) noexcept = default;
@@ -176,16 +180,26 @@ torch::Tensor Qwen3Model::forward(const torch::Tensor& input_ids, const ForwardO
 
 void Qwen3Model::init_random(uint64_t seed, double std) {
   torch::NoGradGuard no_grad;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const bool on_host = impl_->device().is_cpu();
+  at::Generator gen;
+  if (on_host) {
+    gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  } else {
+    // A private copy of the device's generator type, so that the process-wide default generator is untouched.
+    gen = at::globalContext().defaultGenerator(impl_->device()).clone();
+    gen.set_current_seed(seed);
+  }
   for (const auto& spec : parameter_layout(impl_->cfg)) {
     auto& t = impl_->by_name.at(spec.name);
     if (spec.is_norm) {
       t.fill_(1.0);
     } else if (spec.is_bias) {
       t.zero_();
-    } else {
+    } else if (on_host) {
       auto r = at::normal(0.0, std, spec.shape, gen, torch::TensorOptions(torch::kFloat32));
       t.copy_(r);
+    } else {
+      t.normal_(0.0, std, gen);
     }
   }
 }

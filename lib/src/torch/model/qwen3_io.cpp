@@ -50,7 +50,9 @@ Qwen3Model load_qwen3(const std::string& dir, torch::Device device, torch::Scala
   RTP_CHECK(file_exists(config_path), "'", dir, "' has no config.json (expected a Hugging Face checkpoint directory)");
   ModelConfig cfg = load_model_config(config_path);
   io::SafetensorsDir weights(dir);
-  Qwen3Model model(cfg);
+  // Built where it runs, filled one tensor at a time: host memory holds one tensor, not the model (a 30B
+  // checkpoint is 120 GB in float32).
+  Qwen3Model model(cfg, device, dtype);
   {
     torch::NoGradGuard no_grad;
     auto params = model.named_parameters();
@@ -65,7 +67,16 @@ Qwen3Model load_qwen3(const std::string& dir, torch::Device device, torch::Scala
       by_name.at(spec.name).copy_(t);
     }
   }
-  model.to(device, dtype);
+  return model;
+}
+
+Qwen3Model random_qwen3(const std::string& dir, torch::Device device, torch::ScalarType dtype, uint64_t seed,
+                        double std) {
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  RTP_CHECK(file_exists(config_path), "model_init random: '", config_path, "' does not exist (expected the "
+            "config.json of the architecture to build)");
+  Qwen3Model model(load_model_config(config_path), device, dtype);
+  model.init_random(seed, std);
   return model;
 }
 

@@ -1,6 +1,7 @@
 #include "rtp/train/indexer_heads.h"
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "rtp/core/error.h"
@@ -25,17 +26,25 @@ sparse::HeadMap random_head_map(int64_t layers, int64_t kv_heads, int64_t group_
 }
 
 sparse::HeadMap resolve_training_heads(const TrainConfig& cfg, const model::ModelConfig& mc, const RunContext& ctx) {
+  // Seeded apart from the run seed's other uses.
+  const uint64_t draw_seed = ctx.seed * 6364136223846793005ULL + 1442695040888963407ULL;
+  if (cfg.heads_file.empty() && cfg.heads_random) {
+    // No profile (a model with random weights has nothing to profile): retrieval_fraction of all KV heads.
+    const int64_t all = mc.num_hidden_layers * mc.num_key_value_heads;
+    const auto count = std::max<int64_t>(1, static_cast<int64_t>(std::llround(cfg.retrieval_fraction * all)));
+    return random_head_map(mc.num_hidden_layers, mc.num_key_value_heads,
+                           mc.num_attention_heads / mc.num_key_value_heads, count, draw_seed);
+  }
   RTP_CHECK(!cfg.heads_file.empty(), "stage 'indexer' needs heads_file (the HDF5 profile written by "
-            "rtpurbo-identify-heads)");
+            "rtpurbo-identify-heads), or heads_random: true to train on retrieval_fraction of the KV heads drawn "
+            "at random");
   auto profile = heads::load_head_profile(cfg.heads_file);
   auto map = heads::head_map_from_profile(profile);
   RTP_CHECK(map.num_layers == mc.num_hidden_layers && map.num_kv_heads == mc.num_key_value_heads, "'", cfg.heads_file,
             "' profiles ", map.num_layers, " layers x ", map.num_kv_heads, " KV heads, but the model '", cfg.model_dir,
             "' has ", mc.num_hidden_layers, " x ", mc.num_key_value_heads, " (profile of another model?)");
   if (!cfg.heads_random) return map;
-  // Seeded apart from the run seed's other uses.
-  return random_head_map(map.num_layers, map.num_kv_heads, map.group_size, map.count_retrieval(),
-                         ctx.seed * 6364136223846793005ULL + 1442695040888963407ULL);
+  return random_head_map(map.num_layers, map.num_kv_heads, map.group_size, map.count_retrieval(), draw_seed);
 }
 
 }  // namespace rtp::train

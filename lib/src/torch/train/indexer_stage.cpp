@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -20,22 +21,45 @@
 #include "rtp/train/lr_schedule.h"
 #include "rtp/train/stages.h"
 #include "rtp/train/toy_data.h"
+#include "rtp/torch/device_memory.h"
+#include "rtp/torch/run_context.h"
 
 namespace rtp::train {
 
 namespace {
 
 constexpr uint64_t kCalibrationStream = 2;
+// Token rows per sequence the SVD initialisation reads: its second moments need no more, and at 32K tokens the
+// whole q of every retrieval layer would not fit next to a 30B model.
+constexpr int64_t kCalibrationRows = 4096;
 
+// What one layer holding retrieval heads hands to the loss, per sequence of the batch. Only the query rows the
+// KL samples are kept (the teacher needs every key, but only Nq queries), so a 32K-token step keeps megabytes of
+// queries per layer instead of the whole [H, T, D].
 struct LayerCapture {
-  torch::Tensor q_index, k_index;  // what the indexer reads (pre- or post-RoPE)
-  torch::Tensor q, k;              // what attention reads (post-RoPE): the teacher
+  std::vector<torch::Tensor> positions;   // int64 [n]: the kept query rows (sorted)
+  std::vector<torch::Tensor> q_index, q;  // [Hq, n, D]: what the indexer reads (pre- or post-RoPE); the teacher's
+  std::vector<torch::Tensor> k_index, k;  // [Hkv, T, D] (or [Hkv, n, D] when keys are subsampled too)
   double scale = 1.0;
 };
 
-// Runs the frozen model up to the last layer holding a retrieval head and keeps the q/k of those layers.
+// Query positions: uniform over [first, T) without replacement, a pure function of (seed, step, row, layer).
+torch::Tensor sample_positions(int64_t T, int64_t first, int64_t count, uint64_t seed, torch::Device device) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t span = T - first;
+  auto perm = torch::randperm(span, gen, torch::TensorOptions(torch::kInt64));
+  auto pos = perm.narrow(0, 0, std::min(count, span)) + first;
+  return std::get<0>(torch::sort(pos)).to(device);
+}
+
+// (sequence b of the batch, layer) -> the query rows to keep; an undefined tensor keeps them all.
+using RowSampler = std::function<torch::Tensor(int64_t b, int64_t layer, int64_t T, torch::Device device)>;
+
+// Runs the frozen model up to the last layer holding a retrieval head and keeps, for those layers, the sampled
+// query rows and the keys (all of them, or the same rows with `subsample_keys`).
 std::vector<LayerCapture> capture_layers(model::Qwen3Model& model, const sparse::HeadMap& heads,
-                                         const torch::Tensor& ids, bool post_rope) {
+                                         const torch::Tensor& ids, bool post_rope, const RowSampler& rows,
+                                         bool subsample_keys) {
   std::vector<LayerCapture> caps(heads.num_layers);
   int64_t last = -1;
   for (int64_t l = 0; l < heads.num_layers; ++l)
@@ -46,55 +70,55 @@ std::vector<LayerCapture> capture_layers(model::Qwen3Model& model, const sparse:
   o.observer = [&](const model::LayerAttentionInputs& in) {
     if (heads.retrieval_heads(in.layer).empty()) return;
     auto& c = caps[in.layer];
-    c.q_index = post_rope ? in.q : in.q_pre_rope;
-    c.k_index = post_rope ? in.k : in.k_pre_rope;
-    c.q = in.q;
-    c.k = in.k;
+    const auto& qi = post_rope ? in.q : in.q_pre_rope;
+    const auto& ki = post_rope ? in.k : in.k_pre_rope;
+    const int64_t T = in.q.size(2);
     c.scale = in.scale;
+    for (int64_t b = 0; b < in.q.size(0); ++b) {
+      auto pos = rows(b, in.layer, T, in.q.device());
+      auto keep = [&](const torch::Tensor& t) { return pos.defined() ? t[b].index_select(1, pos) : t[b]; };
+      c.positions.push_back(pos);
+      c.q_index.push_back(keep(qi));
+      c.q.push_back(keep(in.q));
+      c.k_index.push_back(subsample_keys ? keep(ki) : ki[b]);
+      c.k.push_back(subsample_keys ? keep(in.k) : in.k[b]);
+    }
   };
   torch::NoGradGuard no_grad;
   model.forward(ids, o);
   return caps;
 }
 
-// Query positions for the KL: uniform over [first, T) without replacement, a pure function of (seed, step, row).
-torch::Tensor sample_positions(int64_t T, int64_t first, int64_t count, uint64_t seed, torch::Device device) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  const int64_t span = T - first;
-  auto perm = torch::randperm(span, gen, torch::TensorOptions(torch::kInt64));
-  auto pos = perm.narrow(0, 0, std::min(count, span)) + first;
-  return std::get<0>(torch::sort(pos)).to(device);
-}
-
 struct StepLoss {
-  torch::Tensor loss;
+  double loss = 0;
   double recall = 0;
 };
 
-// `first_row`: the global index of this rank's first sequence, so that query positions do not depend on how the
-// global batch is split over ranks.
-StepLoss indexer_loss(const sparse::Indexer& indexer, const std::vector<LayerCapture>& caps, const TrainConfig& cfg,
-                      uint64_t position_seed, bool want_recall, int64_t first_row) {
+// The mean KL over every (sequence, retrieval KV head) of the batch; its gradient is accumulated into the
+// indexer's .grad one (sequence, layer) at a time, so that only one layer's [G, Nq, T] student graph is alive at
+// once (at 32K tokens the graphs of all layers together would take gigabytes).
+StepLoss indexer_loss_backward(const sparse::Indexer& indexer, const std::vector<LayerCapture>& caps,
+                               const TrainConfig& cfg, bool want_recall) {
   const auto& heads = indexer.heads();
   const int64_t G = heads.group_size;
-  torch::Tensor total;
-  double recall = 0;
   int64_t terms = 0;
+  for (int64_t l = 0; l < heads.num_layers; ++l)
+    terms += static_cast<int64_t>(heads.retrieval_heads(l).size() * caps[l].q.size());
+  RTP_CHECK(terms > 0, "the head map selects no retrieval head: nothing to train");
+  StepLoss out;
   for (int64_t l = 0; l < heads.num_layers; ++l) {
     const auto ret = heads.retrieval_heads(l);
     if (ret.empty()) continue;
     const auto& c = caps[l];
-    const int64_t B = c.q.size(0), T = c.q.size(2);
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t first = std::min<int64_t>(T - 1, std::max<int64_t>(1, cfg.block_size));
-      auto pos = sample_positions(T, first, cfg.kl_query_samples, position_seed + 7919 * (first_row + b) + 104729 * l,
-                                  c.q.device());
-      auto iq = indexer.index_queries(l, c.q_index.narrow(0, b, 1).index_select(2, pos))[0];  // [n, G, Nq, d]
-      auto ik = indexer.index_keys(l, c.k_index.narrow(0, b, 1))[0];                          // [n, T, d]
+    for (size_t b = 0; b < c.q.size(); ++b) {
+      const auto& pos = c.positions[b];
+      auto iq = indexer.index_queries(l, c.q_index[b].unsqueeze(0))[0];  // [n, G, Nq, d]
+      auto ik = indexer.index_keys(l, c.k_index[b].unsqueeze(0))[0];     // [n, T, d]
+      torch::Tensor layer_loss;
       for (size_t r = 0; r < ret.size(); ++r) {
         const int64_t g = ret[r];
         sparse::KlInputs in;
-        in.q = c.q[b].narrow(0, g * G, G).index_select(1, pos);
+        in.q = c.q[b].narrow(0, g * G, G);
         in.k = c.k[b][g];
         in.index_q = iq[r];
         in.index_k = ik[r];
@@ -102,14 +126,16 @@ StepLoss indexer_loss(const sparse::Indexer& indexer, const std::vector<LayerCap
         in.scale = c.scale;
         in.key_chunk = cfg.kl_chunk;
         auto res = sparse::indexer_kl(in, want_recall ? cfg.top_p : 0.0);
-        total = total.defined() ? total + res.loss : res.loss;
-        recall += res.recall;
-        ++terms;
+        layer_loss = layer_loss.defined() ? layer_loss + res.loss : res.loss;
+        out.recall += res.recall;
       }
+      layer_loss = layer_loss / static_cast<double>(terms);
+      layer_loss.backward();
+      out.loss += layer_loss.item<double>();
     }
   }
-  RTP_CHECK(terms > 0, "the head map selects no retrieval head: nothing to train");
-  return {total / static_cast<double>(terms), recall / static_cast<double>(terms)};
+  out.recall /= static_cast<double>(terms);
+  return out;
 }
 
 std::vector<data::ToySample> training_samples(const data::ToyTask& task, const TrainConfig& cfg, uint64_t stream,
@@ -145,8 +171,20 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     std::cerr << "indexer: seed " << cfg.seed << ", device " << ctx.device << ", model " << cfg.model_dir << ", "
               << env.world_size << " rank(s) (" << env.source << "), " << local_batch << " sequences per rank\n";
 
-  auto model = model::load_qwen3(cfg.model_dir, ctx.device, ctx.dtype);
+  auto model = cfg.model_init == "random"
+                   ? model::random_qwen3(cfg.model_dir, ctx.device, ctx.dtype, ctx.seed, cfg.init_std)
+                   : model::load_qwen3(cfg.model_dir, ctx.device, ctx.dtype);
   for (auto& kv : model.named_parameters()) kv.second.requires_grad_(false);
+  if (lead) {
+    int64_t n = 0, bytes = 0;
+    for (auto& kv : model.named_parameters()) {
+      n += kv.second.numel();
+      bytes += kv.second.numel() * static_cast<int64_t>(kv.second.element_size());
+    }
+    std::cerr << "indexer: frozen model " << fmt("%.2f", n / 1e9) << "B parameters, " << fmt("%.1f", bytes / 1e9)
+              << " GB " << dtype_name(ctx.dtype) << " on " << ctx.device
+              << (cfg.model_init == "random" ? " (model_init random: weights drawn, not loaded)" : "") << "\n";
+  }
   const auto& mc = model.config();
   const sparse::HeadMap heads = resolve_training_heads(cfg, mc, ctx);
   if (lead) std::cerr << "indexer: " << heads.count_retrieval() << " of " << heads.num_layers * heads.num_kv_heads
@@ -165,13 +203,17 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   {
     // Principal-subspace initialisation from one calibration batch (its own data stream).
     auto calib = training_samples(task, cfg, kCalibrationStream, 0, cfg.batch_size);
-    auto caps = capture_layers(model, heads, data::stack_ids(calib), post_rope);
+    const RowSampler calib_rows = [&](int64_t b, int64_t, int64_t T, torch::Device dev) {
+      if (T <= kCalibrationRows) return torch::Tensor();
+      return sample_positions(T, 0, kCalibrationRows, ctx.seed * 2654435761ULL + 7919 * b, dev);
+    };
+    auto caps = capture_layers(model, heads, data::stack_ids(calib), post_rope, calib_rows, /*subsample_keys=*/true);
     std::vector<torch::Tensor> qs(heads.num_layers), ks(heads.num_layers);
     for (int64_t l = 0; l < heads.num_layers; ++l) {
-      if (!caps[l].q_index.defined()) continue;
-      // [B, H, T, D] -> [H, B*T, D]
-      qs[l] = caps[l].q_index.transpose(0, 1).reshape({mc.num_attention_heads, -1, mc.head_dim});
-      ks[l] = caps[l].k_index.transpose(0, 1).reshape({mc.num_key_value_heads, -1, mc.head_dim});
+      if (caps[l].q_index.empty()) continue;
+      // per sequence [H, n, D] -> [H, B*n, D]
+      qs[l] = torch::cat(caps[l].q_index, 1);
+      ks[l] = torch::cat(caps[l].k_index, 1);
     }
     sparse::init_indexer_svd(indexer, qs, ks);
   }
@@ -203,7 +245,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   }
 
   auto t0 = std::chrono::steady_clock::now();
-  int64_t tokens_since = 0;
+  int64_t tokens_since = 0, steps_since = 0;
   const int64_t stop = cfg.stop_at_step > 0 ? std::min(cfg.stop_at_step, cfg.steps) : cfg.steps;
   for (; step < stop; ++step) {
     const double lr = lr_at_step(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio);
@@ -211,12 +253,19 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     // Each rank reads its own slice of the global batch: samples cursor + rank * local_batch, ...
     auto samples = training_samples(task, cfg, kTrainStream, cursor + env.rank * local_batch, local_batch);
     cursor += cfg.batch_size;
-    auto caps = capture_layers(model, heads, data::stack_ids(samples), post_rope);
+    // Query rows depend on the global index of the sequence, not on how the global batch is split over ranks.
+    const uint64_t position_seed = static_cast<uint64_t>(cfg.seed) * 1000003ULL + step;
+    const int64_t first_row = env.rank * local_batch;
+    const RowSampler kl_rows = [&](int64_t b, int64_t l, int64_t T, torch::Device dev) {
+      const int64_t first = std::min<int64_t>(T - 1, std::max<int64_t>(1, cfg.block_size));
+      return sample_positions(T, first, cfg.kl_query_samples, position_seed + 7919 * (first_row + b) + 104729 * l,
+                              dev);
+    };
+    auto caps = capture_layers(model, heads, data::stack_ids(samples), post_rope, kl_rows, /*subsample_keys=*/false);
     const bool log_now = (step + 1) % cfg.log_every == 0 || step + 1 == cfg.steps || step == 0;
-    auto res = indexer_loss(indexer, caps, cfg, static_cast<uint64_t>(cfg.seed) * 1000003ULL + step, log_now,
-                            env.rank * local_batch);
     optimizer.zero_grad();
-    res.loss.backward();
+    auto res = indexer_loss_backward(indexer, caps, cfg, log_now);
+    caps.clear();
     if (env.distributed()) {
       // Every rank's loss is the mean over its equal share of the global batch: the mean of the gradients is the
       // gradient of the global mean.
@@ -227,19 +276,26 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     if (cfg.grad_clip > 0) torch::nn::utils::clip_grad_norm_(trainable, cfg.grad_clip);
     optimizer.step();
     tokens_since += cfg.batch_size * cfg.seq_len;
+    ++steps_since;
     if (log_now && env.distributed()) {
-      const double loss = world.allreduce_mean(res.loss.item<double>());
-      const double recall = world.allreduce_mean(res.recall);
-      res.loss = torch::tensor(loss);
-      res.recall = recall;
+      res.loss = world.allreduce_mean(res.loss);
+      res.recall = world.allreduce_mean(res.recall);
     }
     if (log_now && lead) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::cerr << "indexer step " << step + 1 << "/" << cfg.steps << "  kl " << fmt("%.4f", res.loss.item<double>())
+      std::cerr << "indexer step " << step + 1 << "/" << cfg.steps << "  kl " << fmt("%.4f", res.loss)
                 << "  recall@p" << cfg.top_p << " " << fmt("%.3f", res.recall) << "  lr " << fmt("%.2e", lr)
-                << "  tok/s " << fmt("%.0f", tokens_since / std::max(secs, 1e-9)) << "\n";
+                << "  tok/s " << fmt("%.0f", tokens_since / std::max(secs, 1e-9)) << "  s/step "
+                << fmt("%.3f", secs / std::max<int64_t>(steps_since, 1));
+      if (ctx.device.is_cuda()) {
+        const DeviceMemory mem = device_memory(ctx.device);
+        std::cerr << "  peak GPU mem " << fmt("%.1f", mem.peak_allocated / 1e9) << " GB (reserved "
+                  << fmt("%.1f", mem.peak_reserved / 1e9) << " of " << fmt("%.1f", mem.total / 1e9) << ")";
+      }
+      std::cerr << "\n";
       t0 = std::chrono::steady_clock::now();
       tokens_since = 0;
+      steps_since = 0;
     }
     if (lead && cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps) {
       CheckpointState st;

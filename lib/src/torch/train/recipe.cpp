@@ -54,6 +54,9 @@ void validate(const TrainConfig& c, const std::string& origin) {
   }
   if (c.stage == "indexer")
     RTP_CHECK(!c.model_dir.empty(), w, "stage 'indexer' needs model_dir (the model whose indexer is trained)");
+  if (c.model_init == "random")
+    RTP_CHECK(!c.model_dir.empty(), w, "model_init 'random' builds the architecture of model_dir/config.json: set "
+              "model_dir (for the toy architecture fields, leave model_dir empty and model_init 'load')");
 }
 
 std::string dump_config(const TrainConfig& c, bool with_help) {
