@@ -12,6 +12,15 @@ torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
     auto j = torch::arange(tk, torch::TensorOptions(torch::kInt64).device(in.q.device())).unsqueeze(0);
     return at::scaled_dot_product_attention(in.q, in.k, in.v, j <= i, 0.0, false, in.scale, true);
   }
+  const int64_t group = in.q.size(1) / in.k.size(1);
+  if (in.q.is_cuda() && group > 1) {
+    // The fused GPU kernels that never form the [T, T] scores (flash, memory-efficient, cuDNN) do not all accept
+    // enable_gqa; without them SDPA falls back to the math path, which at 32K tokens needs 32 x 32K x 32K floats.
+    // Expanding k/v costs [Hq, T, D] once per layer.
+    auto k = in.k.repeat_interleave(group, 1), v = in.v.repeat_interleave(group, 1);
+    return at::scaled_dot_product_attention(in.q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
+                                            in.scale);
+  }
   return at::scaled_dot_product_attention(in.q, in.k, in.v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                           /*is_causal=*/true, in.scale, /*enable_gqa=*/true);
 }
