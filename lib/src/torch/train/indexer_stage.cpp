@@ -32,6 +32,7 @@ constexpr uint64_t kCalibrationStream = 2;
 // Token rows per sequence the SVD initialisation reads: its second moments need no more, and at 32K tokens the
 // whole q of every retrieval layer would not fit next to a 30B model.
 constexpr int64_t kCalibrationRows = 4096;
+constexpr int64_t kHeldOutCheckMaxLen = 8192;
 
 // What one layer holding retrieval heads hands to the loss, per sequence of the batch. Only the query rows the
 // KL samples are kept (the teacher needs every key, but only Nq queries), so a 32K-token step keeps megabytes of
@@ -319,8 +320,12 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   }
 
   if (!lead) return;
-  // Block-level check on held-out sequences: the selection the sparse forward will really use.
-  {
+  // Block-level check on held-out sequences: the selection the sparse forward will really use. Its recall needs
+  // each head's dense [T, T] probabilities, so long sequences skip it (rtpurbo-eval measures them in chunks).
+  if (cfg.seq_len > kHeldOutCheckMaxLen) {
+    std::cerr << "indexer: held-out block-selection check skipped: seq_len " << cfg.seq_len << " > "
+              << kHeldOutCheckMaxLen << " (it forms dense [T, T] attention per head)\n";
+  } else {
     torch::NoGradGuard no_grad;
     sparse::SparseAttention sparse_attn(heads, settings, &indexer);
     sparse_attn.set_measure_recall(true);
