@@ -321,7 +321,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
 
   if (!lead) return;
   // Block-level check on held-out sequences: the selection the sparse forward will really use. Its recall needs
-  // each head's dense [T, T] probabilities, so long sequences skip it (rtpurbo-eval measures them in chunks).
+  // each head's dense [T, T] probabilities, so long sequences skip it.
   if (cfg.seq_len > kHeldOutCheckMaxLen) {
     std::cerr << "indexer: held-out block-selection check skipped: seq_len " << cfg.seq_len << " > "
               << kHeldOutCheckMaxLen << " (it forms dense [T, T] attention per head)\n";
