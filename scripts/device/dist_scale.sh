@@ -56,5 +56,6 @@ else
   run q30b-g4-b4 4 $BIG --batch_size 4 --steps ${STEPS30:-20}
   run q30b-g1-b1 1 $BIG --batch_size 1 --steps 4
   run q30b-g4-b8 4 $BIG --batch_size 8 --steps 4
+  run q30b-g1-b2 1 $BIG --batch_size 2 --steps 3
   grep -h -E "frozen model|retrieval heads|held-out|error" "$OUT"/q30b-*.log | sort | uniq -c
 fi

@@ -90,6 +90,35 @@ TEST_F(DistributedIndexer, ResumeReproducesTheUninterruptedRun) {
   EXPECT_EQ(max_diff("full", "part"), 0.0);
 }
 
+TEST_F(DistributedIndexer, MicroBatchesAccumulateToTheWholeBatchGradient) {
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir whole > whole.log 2>&1"), 0)
+      << read(kDir + "/whole.log");
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir micro --micro_batch 1 > micro.log 2>&1"), 0)
+      << read(kDir + "/micro.log");
+  const double d = max_diff("whole", "micro");
+  std::cout << "max |indexer(batch of 4) - indexer(4 micro-batches of 1)| = " << d << "\n";
+  EXPECT_LE(d, 1e-5);
+}
+
+// A full-size run without weights or a head profile: the architecture of config.json drawn at random, 34% of the
+// KV heads drawn as retrieval heads.
+TEST_F(DistributedIndexer, RandomModelAndRandomHeadsNeedOnlyAConfig) {
+  const std::string cfg_only = kDir + "/config-only";
+  rtp::make_directories(cfg_only);
+  std::ofstream(cfg_only + "/config.json") << read(kModel + "/config.json");
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rnd --model_dir " + cfg_only +
+               " --model_init random --heads_file '' --heads_random --retrieval_fraction 0.34 --steps 2 "
+               "> rnd.log 2>&1"), 0)
+      << read(kDir + "/rnd.log");
+  const std::string log = read(kDir + "/rnd.log");
+  EXPECT_NE(log.find("model_init random"), std::string::npos) << log;
+  EXPECT_NE(log.find("retrieval heads (random baseline)"), std::string::npos) << log;
+  EXPECT_TRUE(rtp::file_exists(kDir + "/rnd/indexer.safetensors"));
+  EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rnd2 --model_dir " + kDir +
+               "/nowhere --model_init random > rnd2.log 2>&1"), 0);
+  EXPECT_NE(read(kDir + "/rnd2.log").find("config.json"), std::string::npos) << read(kDir + "/rnd2.log");
+}
+
 TEST_F(DistributedIndexer, BadEnvironmentAndMissingRankAreClearErrors) {
   EXPECT_NE(sh("WORLD_SIZE=2 RANK=0 " + kBin + "rtpurbo-train --recipe recipe.yaml --out_dir bad > bad.log 2>&1"), 0);
   EXPECT_NE(read(kDir + "/bad.log").find("MASTER_ADDR is not set"), std::string::npos) << read(kDir + "/bad.log");

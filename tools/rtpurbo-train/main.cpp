@@ -64,7 +64,8 @@ int run(int argc, char** argv) {
       RTP_THROW("command line: unknown option '", u, "'", rtp::config::did_you_mean(key, reg.names()),
                 " (rtpurbo-train --help lists every key)");
     }
-    RTP_THROW("command line: unexpected argument '", u, "' (options are --key value; see rtpurbo-train --help)");
+    RTP_THROW("command line: unexpected argument '", u, "' (options are --key value, booleans --key or --key=false; see "
+              "rtpurbo-train --help)");
   }
   std::vector<std::pair<std::string, std::string>> overrides;
   for (const auto& kv : result.arguments())

@@ -95,6 +95,9 @@ using rtp::config::range;
   X("optim", double, beta1, 0.9, range(0, 1, "[)"), "AdamW beta1")                                                   \
   X("optim", double, beta2, 0.95, range(0, 1, "[)"), "AdamW beta2")                                                  \
   X("optim", double, adam_eps, 1e-8, above(0), "AdamW epsilon")                                                      \
+  X("optim", int64_t, micro_batch, 0, at_least(0),                                                                \
+    "indexer stage: sequences per forward pass (0: a rank's whole batch at once); gradients accumulate over "      \
+    "micro-batches, so only one micro-batch's activations are alive (full-size models at long lengths)")            \
   X("optim", double, grad_clip, 1.0, at_least(0), "clip the global gradient norm to this (0: off)")                 \
   /* indexer stage (stage 1), read by run_indexer_stage */                                                           \
   X("indexer", int64_t, indexer_dim, 16, range(1, 4096), "indexer projection width")                                \

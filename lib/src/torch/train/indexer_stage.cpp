@@ -58,14 +58,15 @@ using RowSampler = std::function<torch::Tensor(int64_t b, int64_t layer, int64_t
 
 // Runs the frozen model up to the last layer holding a retrieval head and keeps, for those layers, the sampled
 // query rows and the keys (all of them, or the same rows with `subsample_keys`).
-std::vector<LayerCapture> capture_layers(model::Qwen3Model& model, const sparse::HeadMap& heads,
-                                         const torch::Tensor& ids, bool post_rope, const RowSampler& rows,
-                                         bool subsample_keys) {
-  std::vector<LayerCapture> caps(heads.num_layers);
+// `ids` holds sequences first_b, first_b + 1, ... of the batch (a micro-batch); results are appended to `caps`.
+void capture_layers(model::Qwen3Model& model, const sparse::HeadMap& heads, const torch::Tensor& ids,
+                    int64_t first_b, bool post_rope, const RowSampler& rows, bool subsample_keys,
+                    std::vector<LayerCapture>& caps) {
+  caps.resize(heads.num_layers);
   int64_t last = -1;
   for (int64_t l = 0; l < heads.num_layers; ++l)
     if (!heads.retrieval_heads(l).empty()) last = l;
-  if (last < 0) return caps;
+  if (last < 0) return;
   model::ForwardOptions o;
   o.stop_after_layer = last;
   o.observer = [&](const model::LayerAttentionInputs& in) {
@@ -76,7 +77,7 @@ std::vector<LayerCapture> capture_layers(model::Qwen3Model& model, const sparse:
     const int64_t T = in.q.size(2);
     c.scale = in.scale;
     for (int64_t b = 0; b < in.q.size(0); ++b) {
-      auto pos = rows(b, in.layer, T, in.q.device());
+      auto pos = rows(first_b + b, in.layer, T, in.q.device());
       auto keep = [&](const torch::Tensor& t) { return pos.defined() ? t[b].index_select(1, pos) : t[b]; };
       c.positions.push_back(pos);
       c.q_index.push_back(keep(qi));
@@ -87,7 +88,11 @@ std::vector<LayerCapture> capture_layers(model::Qwen3Model& model, const sparse:
   };
   torch::NoGradGuard no_grad;
   model.forward(ids, o);
-  return caps;
+}
+
+// Sequences per forward pass: the whole batch, or micro_batch.
+int64_t micro_batch_size(const TrainConfig& cfg, int64_t batch) {
+  return cfg.micro_batch > 0 ? std::min(cfg.micro_batch, batch) : batch;
 }
 
 struct StepLoss {
@@ -98,14 +103,12 @@ struct StepLoss {
 // The mean KL over every (sequence, retrieval KV head) of the batch; its gradient is accumulated into the
 // indexer's .grad one (sequence, layer) at a time, so that only one layer's [G, Nq, T] student graph is alive at
 // once (at 32K tokens the graphs of all layers together would take gigabytes).
+// `terms`: the (sequence, retrieval KV head) pairs of the whole per-rank batch, of which `caps` may hold a
+// micro-batch; the returned loss is this part's share of the mean, the recall a sum over its terms.
 StepLoss indexer_loss_backward(const sparse::Indexer& indexer, const std::vector<LayerCapture>& caps,
-                               const TrainConfig& cfg, bool want_recall) {
+                               const TrainConfig& cfg, bool want_recall, int64_t terms) {
   const auto& heads = indexer.heads();
   const int64_t G = heads.group_size;
-  int64_t terms = 0;
-  for (int64_t l = 0; l < heads.num_layers; ++l)
-    terms += static_cast<int64_t>(heads.retrieval_heads(l).size() * caps[l].q.size());
-  RTP_CHECK(terms > 0, "the head map selects no retrieval head: nothing to train");
   StepLoss out;
   for (int64_t l = 0; l < heads.num_layers; ++l) {
     const auto ret = heads.retrieval_heads(l);
@@ -135,7 +138,6 @@ StepLoss indexer_loss_backward(const sparse::Indexer& indexer, const std::vector
       out.loss += layer_loss.item<double>();
     }
   }
-  out.recall /= static_cast<double>(terms);
   return out;
 }
 
@@ -170,7 +172,9 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   if (ctx.device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
   if (lead)
     std::cerr << "indexer: seed " << cfg.seed << ", device " << ctx.device << ", model " << cfg.model_dir << ", "
-              << env.world_size << " rank(s) (" << env.source << "), " << local_batch << " sequences per rank\n";
+              << env.world_size << " rank(s) (" << env.source << "), " << local_batch << " sequences per rank"
+              << (cfg.micro_batch > 0 && cfg.micro_batch < local_batch
+                      ? str_cat(" in micro-batches of ", cfg.micro_batch) : std::string()) << "\n";
 
   auto model = cfg.model_init == "random"
                    ? model::random_qwen3(cfg.model_dir, ctx.device, ctx.dtype, ctx.seed, cfg.init_std)
@@ -188,6 +192,8 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   }
   const auto& mc = model.config();
   const sparse::HeadMap heads = resolve_training_heads(cfg, mc, ctx);
+  const int64_t retrieval_per_sequence = heads.count_retrieval();
+  RTP_CHECK(retrieval_per_sequence > 0, "the head map selects no retrieval head: nothing to train");
   if (lead) std::cerr << "indexer: " << heads.count_retrieval() << " of " << heads.num_layers * heads.num_kv_heads
             << " KV heads are retrieval heads" << (cfg.heads_random ? " (random baseline)" : "") << "\n";
   const bool post_rope = cfg.indexer_position == "post_rope";
@@ -208,7 +214,12 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
       if (T <= kCalibrationRows) return torch::Tensor();
       return sample_positions(T, 0, kCalibrationRows, ctx.seed * 2654435761ULL + 7919 * b, dev);
     };
-    auto caps = capture_layers(model, heads, data::stack_ids(calib), post_rope, calib_rows, /*subsample_keys=*/true);
+    std::vector<LayerCapture> caps;
+    const auto calib_ids = data::stack_ids(calib);
+    const int64_t mb = micro_batch_size(cfg, calib_ids.size(0));
+    for (int64_t b = 0; b < calib_ids.size(0); b += mb)
+      capture_layers(model, heads, calib_ids.narrow(0, b, std::min(mb, calib_ids.size(0) - b)), b, post_rope,
+                     calib_rows, /*subsample_keys=*/true, caps);
     std::vector<torch::Tensor> qs(heads.num_layers), ks(heads.num_layers);
     for (int64_t l = 0; l < heads.num_layers; ++l) {
       if (caps[l].q_index.empty()) continue;
@@ -262,11 +273,21 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
       return sample_positions(T, first, cfg.kl_query_samples, position_seed + 7919 * (first_row + b) + 104729 * l,
                               dev);
     };
-    auto caps = capture_layers(model, heads, data::stack_ids(samples), post_rope, kl_rows, /*subsample_keys=*/false);
     const bool log_now = (step + 1) % cfg.log_every == 0 || step + 1 == cfg.steps || step == 0;
     optimizer.zero_grad();
-    auto res = indexer_loss_backward(indexer, caps, cfg, log_now);
-    caps.clear();
+    // Gradients accumulate over micro-batches: only one micro-batch's captures are alive at a time.
+    const auto ids = data::stack_ids(samples);
+    const int64_t mb = micro_batch_size(cfg, local_batch);
+    StepLoss res;
+    for (int64_t b = 0; b < local_batch; b += mb) {
+      std::vector<LayerCapture> caps;
+      capture_layers(model, heads, ids.narrow(0, b, std::min(mb, local_batch - b)), b, post_rope, kl_rows,
+                     /*subsample_keys=*/false, caps);
+      const StepLoss part = indexer_loss_backward(indexer, caps, cfg, log_now, local_batch * retrieval_per_sequence);
+      res.loss += part.loss;
+      res.recall += part.recall;
+    }
+    res.recall /= static_cast<double>(local_batch * retrieval_per_sequence);
     if (env.distributed()) {
       // Every rank's loss is the mean over its equal share of the global batch: the mean of the gradients is the
       // gradient of the global mean.

@@ -54,6 +54,8 @@ void validate(const TrainConfig& c, const std::string& origin) {
   }
   if (c.stage == "indexer")
     RTP_CHECK(!c.model_dir.empty(), w, "stage 'indexer' needs model_dir (the model whose indexer is trained)");
+  RTP_CHECK(c.micro_batch == 0 || c.stage == "indexer", w, "micro_batch is read by stage 'indexer' only (stage '",
+            c.stage, "' runs its whole batch at once): remove it or set it to 0");
   if (c.model_init == "random")
     RTP_CHECK(!c.model_dir.empty(), w, "model_init 'random' builds the architecture of model_dir/config.json: set "
               "model_dir (for the toy architecture fields, leave model_dir empty and model_init 'load')");
