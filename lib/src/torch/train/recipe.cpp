@@ -54,6 +54,9 @@ void validate(const TrainConfig& c, const std::string& origin) {
   }
   if (c.stage == "indexer")
     RTP_CHECK(!c.model_dir.empty(), w, "stage 'indexer' needs model_dir (the model whose indexer is trained)");
+  RTP_CHECK((c.query_sub_blocks & (c.query_sub_blocks - 1)) == 0 && c.query_sub_blocks <= c.block_size, w,
+            "query_sub_blocks (", c.query_sub_blocks, ") must be a power of two <= block_size (", c.block_size,
+            "): equal sub-blocks tile a query block");
 }
 
 std::string dump_config(const TrainConfig& c, bool with_help) {
