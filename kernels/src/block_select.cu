@@ -1,13 +1,17 @@
 // Prefill block selection on the GPU (definition in sparse_attention_params.h):
-//   1. pool:    qbar[r][b][h] = mean of index_q over the query block (bf16 for the tensor cores)
-//   2. logits:  L[row = (b, h)][c] = max(max_j u, mean_j u + log n_c), u = qbar . index_k[j] / 4, one
+//   1. pool:    qbar[r][b][s][h] = mean of index_q over sub-block s of the query block (bf16 for the tensor
+//               cores); S = query_sub_blocks sub-blocks, S = 1 the whole block
+//   2. logits:  L[row = (b, s, h)][c] = max(max_j u, mean_j u + log n_c), u = qbar . index_k[j] / 4, one
 //               mma.sync m16n8k16 per 16 rows x 8 keys (the index dimension is exactly one k-step);
 //               rows are processed in chunks of query blocks so the logit workspace stays bounded
 // Chunked prefill (q_offset > 0, a multiple of the block size): index_q holds the chunk's queries, so its
 // blocks are the query blocks qb0 = q_offset / B onwards; rows and lists are indexed locally from qb0 and the
 // block numbers that rule causality and the forced blocks are absolute.
-//   3. top-p:   one thread block per (r, b): per-head softmax over blocks, mean over heads, forced blocks,
-//               threshold bisection on P (sort-free), capped count, ascending compaction.
+//   3. top-p:   one thread block per (r, b): per-row softmax over blocks, mean over the non-empty sub-blocks
+//               and the heads, forced blocks, threshold bisection on P (sort-free), capped count, ascending
+//               compaction.
+// The logits kernel sees the S sub-blocks of a query block as S * G rows of that block (as if the group had
+// S * G heads), so its row -> query block mapping and causality are those of S = 1 with G replaced by S * G.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -25,25 +29,28 @@ __global__ void to_bf16_kernel(const T* in, __nv_bfloat16* out, int64_t n) {
     out[i] = __float2bfloat16(to_float(in[i]));
 }
 
-// qbar [R][nb][G][16] bf16 (row = b*G + h); one thread per (r, b, h, d).
+// qbar [R][nb][S][G][16] bf16 (row = (b*S + s)*G + h); one thread per (r, b, s, h, d). A sub-block with no
+// token < T (the tail of the last block) gets 0 instead of 0/0: its logits are computed but never read.
 template <typename T>
-__global__ void pool_kernel(const T* iq, __nv_bfloat16* qbar, int R, int G, int64_t T_, int B, int nb) {
-  const int64_t n = int64_t(R) * nb * G * kIndexDim;
+__global__ void pool_kernel(const T* iq, __nv_bfloat16* qbar, int R, int G, int S, int64_t T_, int B, int nb) {
+  const int64_t n = int64_t(R) * nb * S * G * kIndexDim;
+  const int sb = B / S;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int d = idx % kIndexDim;
     const int h = (idx / kIndexDim) % G;
-    const int64_t b = (idx / (kIndexDim * G)) % nb;
-    const int r = int(idx / (int64_t(kIndexDim) * G * nb));
-    const int64_t i0 = b * B, i1 = min(T_, i0 + B);
+    const int s = (idx / (int64_t(kIndexDim) * G)) % S;
+    const int64_t b = (idx / (int64_t(kIndexDim) * G * S)) % nb;
+    const int r = int(idx / (int64_t(kIndexDim) * G * S * nb));
+    const int64_t i0 = b * B + int64_t(s) * sb, i1 = min(T_, i0 + sb);
     const T* src = iq + ((int64_t(r) * G + h) * T_) * kIndexDim + d;
     float acc = 0.f;
     for (int64_t i = i0; i < i1; ++i) acc += to_float(src[i * kIndexDim]);
-    qbar[idx] = __float2bfloat16(acc / float(i1 - i0));
+    qbar[idx] = __float2bfloat16(i1 > i0 ? acc / float(i1 - i0) : 0.f);
   }
 }
 
 // Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows.
-// B = block size (64 or 128 keys, processed as 64-key halves).
+// B = block size (64 or 128 keys, processed as 64-key halves). G = rows per query block (S * group size).
 __global__ void __launch_bounds__(256) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
                                                      int G, int64_t T_, int B, int nb, int64_t row0, int64_t nrows,
                                                      int64_t rows_total, int64_t qb0) {
@@ -129,10 +136,11 @@ __device__ float block_max(float v, float* red) {
 }
 
 // One thread block per (local) query block lb in [b0, b0 + nbc) of slot r, absolute block b = qb0 + lb.
-// Dynamic smem: P[nb] floats.
-__global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int nb,
-                                                   int64_t b0, int64_t qb0, int local_blocks, int max_blocks,
-                                                   float top_p) {
+// L holds S * G rows per query block, sub-block-major; only the first ns sub-blocks (those with a token < T,
+// Tq = the call's query count) are averaged. Dynamic smem: P[nb] floats.
+__global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int S,
+                                                   int B, int64_t Tq, int nb, int64_t b0, int64_t qb0,
+                                                   int local_blocks, int max_blocks, float top_p) {
   extern __shared__ float P[];
   __shared__ float red[32];
   __shared__ int wcount[32];
@@ -141,15 +149,18 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
   const int n = int(b) + 1;
   const int tid = threadIdx.x;
   for (int c = tid; c < n; c += blockDim.x) P[c] = 0.f;
-  for (int h = 0; h < G; ++h) {
-    const float* row = L + (int64_t(blockIdx.x) * G + h) * nb;
+  const int sb = B / S;
+  const int ns = int((min(Tq, (lb + 1) * B) - lb * B + sb - 1) / sb);
+  // rows (s, h) with s < ns are the first ns * G rows of the block; S = 1 is the one-pooled-query loop over h.
+  for (int h = 0; h < ns * G; ++h) {
+    const float* row = L + (int64_t(blockIdx.x) * S * G + h) * nb;
     float mx = -INFINITY;
     for (int c = tid; c < n; c += blockDim.x) mx = fmaxf(mx, row[c]);
     mx = block_max(mx, red);
     float z = 0.f;
     for (int c = tid; c < n; c += blockDim.x) z += __expf(row[c] - mx);
     z = block_sum(z, red);
-    const float w = 1.f / (z * float(G));
+    const float w = 1.f / (z * float(ns * G));
     for (int c = tid; c < n; c += blockDim.x) P[c] += __expf(row[c] - mx) * w;
   }
   __syncthreads();
@@ -223,7 +234,8 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
 
 cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) {
   if (*check_block_select_params(p)) return cudaErrorInvalidValue;
-  const int R = p.num_ret_heads, G = p.group_size, B = p.block_size;
+  const int R = p.num_ret_heads, G = p.group_size, B = p.block_size, S = p.query_sub_blocks;
+  const int GS = G * S;  // logit rows per query block
   const int64_t T = p.seq_len, Tq = T - p.q_offset, qb0 = p.q_offset / B;
   const int nb = int((T + B - 1) / B);      // key blocks (the length of a row of logits)
   const int nqb = int((Tq + B - 1) / B);    // query blocks of this call
@@ -231,21 +243,22 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
   __nv_bfloat16 *qbar = nullptr, *ikb = nullptr;
   float* L = nullptr;
   // Query-block chunk so that the logit workspace stays under ~512 MB.
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nqb, (int64_t(512) << 20) / (int64_t(G) * nb * 4)));
-  cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nqb * G * kIndexDim * 2, stream);
-  if (e == cudaSuccess) e = cudaMallocAsync(&L, size_t(chunk) * G * nb * 4, stream);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nqb, (int64_t(512) << 20) / (int64_t(GS) * nb * 4)));
+  cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nqb * GS * kIndexDim * 2, stream);
+  if (e == cudaSuccess) e = cudaMallocAsync(&L, size_t(chunk) * GS * nb * 4, stream);
   if (e == cudaSuccess && p.index_dtype == DType::F32) e = cudaMallocAsync(&ikb, size_t(R) * T * kIndexDim * 2, stream);
   if (e == cudaSuccess) {
-    const int64_t nq = int64_t(R) * nqb * G * kIndexDim;
+    const int64_t nq = int64_t(R) * nqb * GS * kIndexDim;
     const int pool_blocks = int(std::min<int64_t>((nq + 255) / 256, 65535));
     const __nv_bfloat16* ik = static_cast<const __nv_bfloat16*>(p.index_k);
     if (p.index_dtype == DType::F32) {
-      pool_kernel<float><<<pool_blocks, 256, 0, stream>>>(static_cast<const float*>(p.index_q), qbar, R, G, Tq, B, nqb);
+      pool_kernel<float><<<pool_blocks, 256, 0, stream>>>(static_cast<const float*>(p.index_q), qbar, R, G, S, Tq, B,
+                                                          nqb);
       to_bf16_kernel<float><<<1024, 256, 0, stream>>>(static_cast<const float*>(p.index_k), ikb, int64_t(R) * T * kIndexDim);
       ik = ikb;
     } else {
       pool_kernel<__nv_bfloat16><<<pool_blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.index_q), qbar,
-                                                                  R, G, Tq, B, nqb);
+                                                                  R, G, S, Tq, B, nqb);
     }
     e = cudaGetLastError();
     const size_t smem = size_t(nb) * sizeof(float);
@@ -254,13 +267,13 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
     for (int r = 0; r < R && e == cudaSuccess; ++r) {
       for (int64_t b0 = 0; b0 < nqb && e == cudaSuccess; b0 += chunk) {
         const int64_t nbc = std::min<int64_t>(chunk, nqb - b0);
-        const int64_t nrows = nbc * G;
+        const int64_t nrows = nbc * GS;
         logits_kernel<<<unsigned((nrows + 127) / 128), 256, 0, stream>>>(
-            qbar + int64_t(r) * nqb * G * kIndexDim, ik + int64_t(r) * T * kIndexDim, L, G, T, B, nb, b0 * G, nrows,
-            int64_t(nqb) * G, qb0);
+            qbar + int64_t(r) * nqb * GS * kIndexDim, ik + int64_t(r) * T * kIndexDim, L, GS, T, B, nb, b0 * GS,
+            nrows, int64_t(nqb) * GS, qb0);
         topp_kernel<<<unsigned(nbc), 256, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
-                                                         p.indices + int64_t(r) * nqb * p.max_blocks, G, nb, b0, qb0,
-                                                         p.local_blocks, p.max_blocks, p.top_p);
+                                                         p.indices + int64_t(r) * nqb * p.max_blocks, G, S, B, Tq, nb,
+                                                         b0, qb0, p.local_blocks, p.max_blocks, p.top_p);
         e = cudaGetLastError();
       }
     }

@@ -28,33 +28,39 @@ void block_probs_one(const BlockSelectParams& p, int r, int64_t b, std::vector<d
   const int64_t T = p.seq_len, B = p.block_size, Tq = T - p.q_offset;
   const int G = p.group_size;
   const int64_t q0 = b * B - p.q_offset, q1 = std::min(Tq, q0 + B);
+  const int64_t sb = B / p.query_sub_blocks;             // tokens per sub-block
+  const int64_t nsub = (q1 - q0 + sb - 1) / sb;           // sub-blocks holding at least one token < T
   P.assign(b + 1, 0.0);
   std::vector<double> L(b + 1);
   for (int h = 0; h < G; ++h) {
-    double qbar[kIndexDim] = {0};
     const float* qh = iq + ((int64_t)r * G + h) * Tq * kIndexDim;
-    for (int64_t i = q0; i < q1; ++i)
-      for (int d = 0; d < kIndexDim; ++d) qbar[d] += qh[i * kIndexDim + d];
-    for (int d = 0; d < kIndexDim; ++d) qbar[d] /= double(q1 - q0);
-    const float* kr = ik + (int64_t)r * T * kIndexDim;
-    double lmax = -std::numeric_limits<double>::infinity();
-    for (int64_t c = 0; c <= b; ++c) {
-      const int64_t k0 = c * B, k1 = std::min(T, k0 + B);
-      double mx = -std::numeric_limits<double>::infinity(), sum = 0;
-      for (int64_t j = k0; j < k1; ++j) {
-        double u = 0;
-        for (int d = 0; d < kIndexDim; ++d) u += qbar[d] * kr[j * kIndexDim + d];
-        u *= 0.25;  // 1/sqrt(16)
-        mx = std::max(mx, u);
-        sum += u;
+    for (int64_t s = 0; s < nsub; ++s) {
+      const int64_t s0 = q0 + s * sb, s1 = std::min(q1, s0 + sb);
+      double qbar[kIndexDim] = {0};
+      for (int64_t i = s0; i < s1; ++i)
+        for (int d = 0; d < kIndexDim; ++d) qbar[d] += qh[i * kIndexDim + d];
+      for (int d = 0; d < kIndexDim; ++d) qbar[d] /= double(s1 - s0);
+      const float* kr = ik + (int64_t)r * T * kIndexDim;
+      double lmax = -std::numeric_limits<double>::infinity();
+      for (int64_t c = 0; c <= b; ++c) {
+        const int64_t k0 = c * B, k1 = std::min(T, k0 + B);
+        double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+        for (int64_t j = k0; j < k1; ++j) {
+          double u = 0;
+          for (int d = 0; d < kIndexDim; ++d) u += qbar[d] * kr[j * kIndexDim + d];
+          u *= 0.25;  // 1/sqrt(16)
+          mx = std::max(mx, u);
+          sum += u;
+        }
+        const double n = double(k1 - k0);
+        L[c] = std::max(mx, sum / n + std::log(n));
+        lmax = std::max(lmax, L[c]);
       }
-      const double n = double(k1 - k0);
-      L[c] = std::max(mx, sum / n + std::log(n));
-      lmax = std::max(lmax, L[c]);
+      double z = 0;
+      for (int64_t c = 0; c <= b; ++c) z += std::exp(L[c] - lmax);
+      // G * nsub is exact in double, so nsub = 1 divides by G exactly as a single pooled query did.
+      for (int64_t c = 0; c <= b; ++c) P[c] += std::exp(L[c] - lmax) / z / (double(G) * double(nsub));
     }
-    double z = 0;
-    for (int64_t c = 0; c <= b; ++c) z += std::exp(L[c] - lmax);
-    for (int64_t c = 0; c <= b; ++c) P[c] += std::exp(L[c] - lmax) / z / G;
   }
 }
 
@@ -72,6 +78,8 @@ const char* check_block_select_params(const BlockSelectParams& p) {
   if (p.q_offset < 0 || p.q_offset >= p.seq_len) return "q_offset must be in [0, seq_len)";
   if (p.q_offset % p.block_size)
     return "q_offset must be a multiple of block_size (a query block split across chunks would pool other queries)";
+  if (p.query_sub_blocks < 1 || p.query_sub_blocks > p.block_size || (p.query_sub_blocks & (p.query_sub_blocks - 1)))
+    return "query_sub_blocks must be a power of two in [1, block_size] (sub-blocks of equal size tile a query block)";
   return "";
 }
 

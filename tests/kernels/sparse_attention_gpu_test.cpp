@@ -160,6 +160,52 @@ TEST(SparseAttentionGpu, SelectionMatchesReference) {
   }
 }
 
+// Query sub-blocks on the GPU against the CPU reference: the logits kernel sees S * G rows per query block and
+// the top-p kernel averages only the non-empty sub-blocks (T leaves the last block with 11 or 75 queries, so
+// with S = B most of its sub-blocks are empty). Also a chunk (q_offset > 0) with S > 1.
+TEST(SparseAttentionGpu, SelectBlocksWithQuerySubBlocksMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(12);
+  // |cpu & gpu| / |cpu | gpu| over all lists, after checking the GPU lists are ascending, causal and hold 0 and b.
+  auto jaccard = [](const BlockLists& cpu, const BlockLists& gpu, int64_t b0) {
+    auto cc = cpu.counts.cpu(), ci = cpu.indices.cpu(), gc = gpu.counts.cpu(), gi = gpu.indices.cpu();
+    double inter = 0, uni = 0;
+    for (int64_t r = 0; r < cc.size(0); ++r)
+      for (int64_t m = 0; m < cc.size(1); ++m) {
+        std::set<int> a, g;
+        for (int n = 0; n < cc[r][m].item<int>(); ++n) a.insert(ci[r][m][n].item<int>());
+        for (int n = 0; n < gc[r][m].item<int>(); ++n) {
+          const int x = gi[r][m][n].item<int>();
+          EXPECT_TRUE(g.empty() || x > *g.rbegin());
+          EXPECT_LE(x, b0 + m);
+          g.insert(x);
+        }
+        EXPECT_TRUE(g.count(0) && g.count(int(b0 + m)));
+        for (int x : a) inter += g.count(x);
+        uni += a.size() + g.size();
+      }
+    return inter / (uni - inter);
+  };
+  for (int B : {64, 128}) {
+    const int64_t R = 2, G = 4, T = 64 * 37 + 11;
+    auto iq = (torch::randn({R, G, T, 16}) * 1.5).to(torch::kBFloat16).to(torch::kFloat32);
+    auto ik = (torch::randn({R, T, 16}) * 1.5).to(torch::kBFloat16).to(torch::kFloat32);
+    for (int S : {2, 8, B}) {
+      SparseConfig c;
+      c.block_size = B;
+      c.local_blocks = 2;
+      c.query_sub_blocks = S;
+      const double whole = jaccard(select_blocks(iq, ik, c), select_blocks(iq.cuda(), ik.cuda(), c), 0);
+      const int64_t q0 = 10 * B;  // a chunk: the queries from block 10 on, every key
+      auto cq = iq.narrow(2, q0, T - q0).contiguous();
+      const double chunk = jaccard(select_blocks(cq, ik, c, 0, q0), select_blocks(cq.cuda(), ik.cuda(), c, 0, q0), 10);
+      std::printf("selection B=%d S=%d: Jaccard(cpu, gpu) = %.4f, chunk %.4f\n", B, S, whole, chunk);
+      EXPECT_GT(whole, 0.97);
+      EXPECT_GT(chunk, 0.97);
+    }
+  }
+}
+
 TEST(SparseAttentionGpu, DecodeMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   torch::manual_seed(3);

@@ -115,6 +115,194 @@ TEST(SelectBlocksCpu, MatchesBruteForceSubsetSearch) {
   }
 }
 
+namespace {
+
+// Block probabilities with query sub-blocks, written independently of the reference: every query token is
+// assigned to its (block, sub-block) first, the sub-block's pooled query is the mean of its tokens, the block
+// logits come from a full row of per-key scores, and P_h is the mean of the sub-blocks' softmaxes.
+// Returns P [R][nb][nb] (zero above the diagonal).
+std::vector<double> brute_subblock_probs(const std::vector<float>& iq, const std::vector<float>& ik, int R, int G,
+                                         int T, int B, int S) {
+  const int nb = (T + B - 1) / B, sub = B / S;
+  std::vector<double> P(size_t(R) * nb * nb, 0.0);
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < G; ++h) {
+      // sums[b][s][d] and counts[b][s] over the tokens of each sub-block
+      std::vector<double> sums(size_t(nb) * S * kIndexDim, 0.0);
+      std::vector<int> cnt(size_t(nb) * S, 0);
+      for (int i = 0; i < T; ++i) {
+        const int slot = (i / B) * S + (i % B) / sub;
+        ++cnt[slot];
+        for (int d = 0; d < kIndexDim; ++d) sums[size_t(slot) * kIndexDim + d] += iq[((size_t(r) * G + h) * T + i) * kIndexDim + d];
+      }
+      for (int b = 0; b < nb; ++b) {
+        int live = 0;
+        for (int s = 0; s < S; ++s) live += cnt[b * S + s] > 0;
+        for (int s = 0; s < S; ++s) {
+          const int slot = b * S + s;
+          if (!cnt[slot]) continue;
+          std::vector<double> u(T);
+          for (int j = 0; j < T; ++j) {
+            double dot = 0;
+            for (int d = 0; d < kIndexDim; ++d)
+              dot += sums[size_t(slot) * kIndexDim + d] / cnt[slot] * ik[(size_t(r) * T + j) * kIndexDim + d];
+            u[j] = dot / std::sqrt(double(kIndexDim));
+          }
+          std::vector<double> L(b + 1);
+          for (int c = 0; c <= b; ++c) {
+            const int j0 = c * B, j1 = std::min(T, j0 + B);
+            const double mx = *std::max_element(u.begin() + j0, u.begin() + j1);
+            double mean = 0;
+            for (int j = j0; j < j1; ++j) mean += u[j] / (j1 - j0);
+            L[c] = std::max(mx, mean + std::log(double(j1 - j0)));
+          }
+          const double top = *std::max_element(L.begin(), L.end());
+          double z = 0;
+          for (double l : L) z += std::exp(l - top);
+          for (int c = 0; c <= b; ++c) P[(size_t(r) * nb + b) * nb + c] += std::exp(L[c] - top) / z / live / G;
+        }
+      }
+    }
+  return P;
+}
+
+// Top-p over one row of P by repeated arg-max (the definition's order: higher P first, lower index on ties).
+std::vector<int32_t> brute_topp_list(const double* P, int b, int local_blocks, double top_p) {
+  std::vector<char> keep(b + 1, 0);
+  double m = top_p;
+  for (int c = 0; c <= b; ++c)
+    if (is_forced_block(b, c, local_blocks)) keep[c] = 1, m -= P[c];
+  for (double acc = 0; acc < m;) {
+    int best = -1;
+    for (int c = 0; c <= b; ++c)
+      if (!keep[c] && (best < 0 || P[c] > P[best])) best = c;
+    if (best < 0) break;
+    keep[best] = 1, acc += P[best];
+  }
+  std::vector<int32_t> out;
+  for (int c = 0; c <= b; ++c)
+    if (keep[c]) out.push_back(c);
+  return out;
+}
+
+}  // namespace
+
+TEST(SelectBlocksCpu, QuerySubBlocksMatchBruteForce) {
+  const int R = 2, G = 3;
+  for (int B : {64, 128}) {
+    const int T = B * 5 + 37;  // odd: the last block holds 37 queries, so some of its sub-blocks are empty
+    const int nb = (T + B - 1) / B;
+    auto iq = randn(size_t(R) * G * T * kIndexDim, 70 + B, 1.5f);
+    auto ik = randn(size_t(R) * T * kIndexDim, 71 + B, 1.5f);
+    for (int S : {1, 2, 4, 8, 16, B}) {
+      std::vector<int32_t> counts(R * nb), idx(size_t(R) * nb * nb);
+      std::vector<float> probs(size_t(R) * nb * nb);
+      BlockSelectParams p;
+      p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
+      p.block_probs = probs.data();
+      p.num_ret_heads = R, p.group_size = G, p.seq_len = T, p.block_size = B, p.local_blocks = 1 + S % 3;
+      p.max_blocks = nb, p.top_p = 0.8f, p.query_sub_blocks = S;
+      ASSERT_STREQ(check_block_select_params(p), "");
+      select_blocks_cpu(p);
+      const auto P = brute_subblock_probs(iq, ik, R, G, T, B, S);
+      for (int r = 0; r < R; ++r)
+        for (int b = 0; b < nb; ++b) {
+          const size_t row = (size_t(r) * nb + b) * nb;
+          for (int c = 0; c < nb; ++c) EXPECT_NEAR(probs[row + c], P[row + c], 1e-6) << "S " << S << " b " << b << " c " << c;
+          const auto want = brute_topp_list(&P[row], b, p.local_blocks, p.top_p);
+          ASSERT_EQ(counts[r * nb + b], int(want.size())) << "B " << B << " S " << S << " r " << r << " b " << b;
+          for (size_t n = 0; n < want.size(); ++n) EXPECT_EQ(idx[row + n], want[n]);
+        }
+    }
+  }
+}
+
+// S = block_size pools nothing: P_h is the mean over the block's query tokens of each token's own block softmax.
+TEST(SelectBlocksCpu, QuerySubBlocksEqualToBlockSizeArePerToken) {
+  const int G = 2, B = 64, T = 64 * 3 + 5, nb = 4;
+  auto iq = randn(size_t(G) * T * kIndexDim, 81, 1.5f);
+  auto ik = randn(size_t(T) * kIndexDim, 82, 1.5f);
+  std::vector<int32_t> counts(nb), idx(size_t(nb) * nb);
+  std::vector<float> probs(size_t(nb) * nb);
+  BlockSelectParams p;
+  p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
+  p.block_probs = probs.data(), p.num_ret_heads = 1, p.group_size = G, p.seq_len = T, p.max_blocks = nb;
+  p.query_sub_blocks = B;
+  select_blocks_cpu(p);
+  for (int b = 0; b < nb; ++b) {
+    const int i0 = b * B, i1 = std::min(T, i0 + B);
+    std::vector<double> want(b + 1, 0.0);
+    for (int h = 0; h < G; ++h)
+      for (int i = i0; i < i1; ++i) {
+        std::vector<double> L(b + 1);
+        for (int c = 0; c <= b; ++c) {
+          double mx = -INFINITY, sum = 0;
+          const int j1 = std::min(T, c * B + B);
+          for (int j = c * B; j < j1; ++j) {
+            double u = 0;
+            for (int d = 0; d < kIndexDim; ++d) u += double(iq[(size_t(h) * T + i) * kIndexDim + d]) * ik[size_t(j) * kIndexDim + d];
+            mx = std::max(mx, u / 4), sum += u / 4;
+          }
+          L[c] = std::max(mx, sum / (j1 - c * B) + std::log(double(j1 - c * B)));
+        }
+        double z = 0;
+        for (double l : L) z += std::exp(l);
+        for (int c = 0; c <= b; ++c) want[c] += std::exp(L[c]) / z / (G * (i1 - i0));
+      }
+    for (int c = 0; c <= b; ++c) EXPECT_NEAR(probs[b * nb + c], want[c], 1e-6) << "b " << b << " c " << c;
+  }
+}
+
+// Half of every query block looks at key block 2, the other half at key block 5, along opposite directions:
+// the block's mean query cancels and matches neither, two sub-blocks find both.
+TEST(SelectBlocksCpu, QuerySubBlocksRecoverQueriesLookingApart) {
+  const int G = 1, B = 64, T = 64 * 12, nb = 12;
+  auto iq = randn(size_t(G) * T * kIndexDim, 91, 0.3f);
+  auto ik = randn(size_t(T) * kIndexDim, 92, 0.3f);
+  for (int i = 0; i < T; ++i) iq[size_t(i) * kIndexDim + 3] += (i % B < B / 2) ? 8.f : -8.f;
+  for (int j = 2 * B + 7; j < 2 * B + 10; ++j) ik[size_t(j) * kIndexDim + 3] += 8.f;
+  for (int j = 5 * B + 20; j < 5 * B + 23; ++j) ik[size_t(j) * kIndexDim + 3] -= 8.f;
+  std::vector<int32_t> counts(nb), idx(size_t(nb) * nb);
+  BlockSelectParams p;
+  p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
+  p.num_ret_heads = 1, p.group_size = G, p.seq_len = T, p.max_blocks = nb, p.top_p = 0.9f;
+  select_blocks_cpu(p);
+  const double pooled = selection_recall_cpu(p, 3);
+  int pooled_blocks = 0;
+  for (int b = 7; b < nb; ++b) pooled_blocks += counts[b];
+  p.query_sub_blocks = 2;
+  select_blocks_cpu(p);
+  const double split = selection_recall_cpu(p, 3);
+  int split_blocks = 0;
+  for (int b = 7; b < nb; ++b) {
+    const int32_t* l = idx.data() + size_t(b) * nb;
+    EXPECT_TRUE(std::find(l, l + counts[b], 2) != l + counts[b]) << "block " << b;
+    EXPECT_TRUE(std::find(l, l + counts[b], 5) != l + counts[b]) << "block " << b;
+    split_blocks += counts[b];
+  }
+  // The cancelled mean query sees flat blocks, so top-p needs most of them to reach the mass; the split
+  // needs the two targets plus the forced blocks.
+  EXPECT_GT(split, 0.85);
+  EXPECT_LE(split_blocks, 4 * (nb - 7));
+  EXPECT_GT(pooled_blocks, 2 * split_blocks) << "pooled recall " << pooled << ", split recall " << split;
+}
+
+TEST(SelectBlocksCpu, QuerySubBlocksMustTileTheBlock) {
+  std::vector<float> q(kIndexDim * 64), k(kIndexDim * 64);
+  std::vector<int32_t> c(1), ix(2);
+  BlockSelectParams p;
+  p.index_q = q.data(), p.index_k = k.data(), p.counts = c.data(), p.indices = ix.data();
+  p.num_ret_heads = 1, p.group_size = 1, p.seq_len = 64, p.max_blocks = 2;
+  for (int S : {1, 2, 32, 64}) {
+    p.query_sub_blocks = S;
+    EXPECT_STREQ(check_block_select_params(p), "") << S;
+  }
+  for (int S : {0, -1, 3, 48, 128}) {
+    p.query_sub_blocks = S;
+    EXPECT_STRNE(check_block_select_params(p), "") << S;
+  }
+}
+
 TEST(SelectBlocksCpu, PooledEstimateFindsPlantedNeedle) {
   // One key block holds keys aligned with the queries: the true token-level mass concentrates there and the
   // pooled estimate must find it (recall of the true indexer mass close to 1).
@@ -420,13 +608,13 @@ TEST(SparseAttentionCpu, StreamingChunksWithSkippedKeysEqualOneShot) {
 // the chunk ends at a block boundary or at the prompt's end.
 TEST(SelectBlocksCpu, ChunkedSelectionEqualsOneShot) {
   const int R = 2, G = 3, T = 64 * 9 + 17;
-  for (int B : {64, 128}) {
+  for (auto [B, S] : {std::pair<int, int>{64, 1}, {128, 1}, {64, 4}, {128, 8}}) {
     const int nb = (T + B - 1) / B;
     auto iq = randn(size_t(R) * G * T * kIndexDim, 51, 1.5f);
     auto ik = randn(size_t(R) * T * kIndexDim, 52, 1.5f);
     BlockSelectParams p;
     p.num_ret_heads = R, p.group_size = G, p.block_size = B, p.local_blocks = 2, p.top_p = 0.8f;
-    p.max_blocks = nb;
+    p.max_blocks = nb, p.query_sub_blocks = S;
     std::vector<int32_t> counts(R * nb), idx(size_t(R) * nb * nb);
     std::vector<float> probs(size_t(R) * nb * nb);
     p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();

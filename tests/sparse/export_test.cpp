@@ -62,6 +62,7 @@ rtp::sparse::SparseSettings tiny_settings() {
   s.top_p = 0.85;
   s.indexer_dim = 8;
   s.dense_below = 5;
+  s.query_sub_blocks = 4;
   return s;
 }
 
@@ -84,6 +85,7 @@ void expect_same_settings(const rtp::sparse::SparseSettings& a, const rtp::spars
   EXPECT_EQ(a.indexer_dim, b.indexer_dim);
   EXPECT_EQ(a.dense_below, b.dense_below);
   EXPECT_EQ(a.post_rope_indexer, b.post_rope_indexer);
+  EXPECT_EQ(a.query_sub_blocks, b.query_sub_blocks);
 }
 
 torch::Tensor dense_logits(rtp::model::Qwen3Model& m, const torch::Tensor& ids) {

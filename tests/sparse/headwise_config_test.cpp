@@ -115,6 +115,7 @@ TEST(RtpurboJson, ManifestRoundTrip) {
   m.settings.indexer_dim = 8;
   m.settings.dense_below = 33;
   m.settings.post_rope_indexer = true;
+  m.settings.query_sub_blocks = 8;
   m.has_indexer = true;
   m.base_model = "/base";
   m.heads_source = "heads.h5";
@@ -132,6 +133,7 @@ TEST(RtpurboJson, ManifestRoundTrip) {
   EXPECT_EQ(back.settings.indexer_dim, 8);
   EXPECT_EQ(back.settings.dense_below, 33);
   EXPECT_TRUE(back.settings.post_rope_indexer);
+  EXPECT_EQ(back.settings.query_sub_blocks, 8);
   EXPECT_TRUE(back.has_indexer);
   EXPECT_EQ(back.indexer_file, "indexer.safetensors");
   EXPECT_EQ(back.base_model, "/base");
@@ -163,6 +165,13 @@ TEST(RtpurboJson, SettingsRejectUnknownKeysAndBadValues) {
             std::string::npos);
   auto d = rtp::sparse::settings_from_json(json::object(), "s");
   EXPECT_EQ(d.window, rtp::sparse::SparseSettings{}.window);
+  EXPECT_EQ(d.query_sub_blocks, 1);  // files written before sub-blocks: one pooled query per block
+  for (int bad : {0, 3, 128}) {
+    const std::string msg = error_of([&] { rtp::sparse::settings_from_json({{"query_sub_blocks", bad}}, "s"); });
+    EXPECT_NE(msg.find("query_sub_blocks"), std::string::npos) << bad << ": " << msg;
+    EXPECT_NE(msg.find("found " + std::to_string(bad)), std::string::npos) << msg;
+  }
+  EXPECT_EQ(rtp::sparse::settings_from_json({{"query_sub_blocks", 64}}, "s").query_sub_blocks, 64);
 }
 
 TEST(RtpurboJson, HeadMapJsonErrors) {

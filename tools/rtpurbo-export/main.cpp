@@ -60,6 +60,9 @@ int main(int argc, char** argv) {
       ("block-size", "prefill selection block size", cxxopts::value<int64_t>())
       ("local-blocks", "retrieval heads: diagonal blocks always kept", cxxopts::value<int64_t>())
       ("dense-below", "prompts shorter than this run dense (RTP-LLM seqlen_threshold)", cxxopts::value<int64_t>())
+      ("query-sub-blocks", "retrieval heads: pooled queries per query block in prefill selection, a power of two "
+       "<= block size (default 1; more costs selection time, helps heads whose queries look at many places)",
+       cxxopts::value<int64_t>())
       ("h,help", "print this help");
     // clang-format on
     auto args = opts.parse(argc, argv);
@@ -94,10 +97,15 @@ int main(int argc, char** argv) {
     if (args.count("block-size")) settings.block_size = args["block-size"].as<int64_t>();
     if (args.count("local-blocks")) settings.local_blocks = args["local-blocks"].as<int64_t>();
     if (args.count("dense-below")) settings.dense_below = args["dense-below"].as<int64_t>();
+    if (args.count("query-sub-blocks")) settings.query_sub_blocks = args["query-sub-blocks"].as<int64_t>();
     RTP_CHECK(settings.top_p > 0 && settings.top_p <= 1, "--top-p must be in (0, 1], found ", settings.top_p);
     RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.block_size >= 1 && settings.dense_below >= 0 &&
                   settings.local_blocks >= 0,
               "--window and --block-size must be >= 1, --sink, --local-blocks and --dense-below >= 0");
+    RTP_CHECK(settings.query_sub_blocks >= 1 && (settings.query_sub_blocks & (settings.query_sub_blocks - 1)) == 0 &&
+                  settings.query_sub_blocks <= settings.block_size,
+              "--query-sub-blocks must be a power of two in [1, block size ", settings.block_size, "], found ",
+              settings.query_sub_blocks);
 
     rtp::sparse::RtpurboManifest provenance;
     provenance.heads_source = heads_path;

@@ -27,13 +27,21 @@
 // Token index score s(i, j) = index_q[h, i] . index_k[j] / sqrt(16).
 // For retrieval slot r, query head h of its group, query block b, key block c <= b (keys j in c with j < T,
 // n_c of them; the diagonal block c = b counts all its keys, not only the causal ones):
-//   qbar[h, b]   = mean over the query tokens i < T of block b of index_q[h, i]          (pooled query)
-//   u[h, b, j]   = qbar[h, b] . index_k[j] / sqrt(16)                                      (one dot per key)
-//   L[h, b, c]   = max( max_{j in c} u[h,b,j] ,  mean_{j in c} u[h,b,j] + log(n_c) )
+// Query sub-blocks: S = query_sub_blocks, a power of two in [1, block_size] (default 1). Query block b splits
+// into S sub-blocks of B / S consecutive tokens, sub-block s holding positions b*B + s*B/S .. b*B + (s+1)*B/S - 1;
+// only its tokens i < T count, and a sub-block with none (the tail of the last block) is left out.
+//   qbar[h, b, s] = mean over the query tokens i < T of sub-block s of block b of index_q[h, i]  (pooled query)
+//   u[h, b, s, j] = qbar[h, b, s] . index_k[j] / sqrt(16)                                   (one dot per key)
+//   L[h, b, s, c] = max( max_{j in c} u[h,b,s,j] ,  mean_{j in c} u[h,b,s,j] + log(n_c) )
 //                  (both terms are lower bounds of log sum_{j in c} exp(u): the first is tight for a block
 //                   holding one needle, the second for a flat block; no exp per token is needed)
-//   P_h[b, c]    = softmax over c in [0, b] of L[h, b, c]
+//   P_h[b, c]    = mean over the non-empty sub-blocks s of block b of (softmax over c in [0, b] of L[h, b, s, c])
 //   P[b, c]      = mean over the G query heads of the group of P_h[b, c]
+// Why sub-blocks: one mean query per block is a superposition when the block's queries look at different
+// places (an induction head copying a span of random tokens); it matches none of them and top-p misses mass.
+// Averaging the sub-blocks' distributions keeps each place's mass. S = 1 is one pooled query per block;
+// S = block_size pools nothing (one distribution per query token). The diagonal block still counts all its
+// keys for every sub-block (the same L as S = 1 when S = 1).
 // Top-p: F = forced blocks (block 0 and the local blocks), m = top_p - sum_{c in F} P[b, c].
 // If m > 0, sort the other blocks c <= b by P descending (ties: lower index first) and take the shortest
 // prefix whose mass reaches m; cap the prefix at max_blocks - |F| blocks. The list is F plus that prefix,
@@ -41,8 +49,9 @@
 // never cuts. The CUDA version finds the same set by bisection on a probability threshold (sort-free);
 // it can differ from the CPU only on exact ties and where float summation order moves a block across
 // the threshold.
-// Cost: G * n_blocks * T / 2 dot products of 16 (tensor cores on the GPU) and G * n_blocks^2 / 2 exps:
-// pooling by the block size divides the exps by the block size relative to token-level top-p.
+// Cost: S * G * n_blocks * T / 2 dot products of 16 (tensor cores on the GPU) and S * G * n_blocks^2 / 2 exps:
+// pooling by the block size divides the exps by block_size / S relative to token-level top-p. The logits pass
+// grows linearly in S, which is why S = 1 stays the default for large models.
 //
 // ---------------------------------------------------------------------------------------------------------
 // Chunked prefill (q_offset > 0). A long prompt is prefilled in chunks so that no call needs an N x N tensor or
@@ -131,6 +140,7 @@ struct BlockSelectParams {
   int max_blocks = 0;          // list capacity; n_blocks never cuts
   float top_p = 0.9f;
   int64_t q_offset = 0;        // chunked prefill: index_q holds tokens q_offset..seq_len-1 (a multiple of block_size)
+  int query_sub_blocks = 1;    // S: pooled queries per query block, a power of two in [1, block_size]
 };
 
 struct SparseAttentionParams {

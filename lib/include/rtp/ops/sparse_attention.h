@@ -15,6 +15,7 @@ struct SparseConfig {
   int block_size = 64;
   int local_blocks = 1;
   float top_p = 0.9f;
+  int query_sub_blocks = 1;  // prefill selection: pooled queries per query block (sparse_attention_params.h)
   int64_t keep_first = 64, keep_last = 64;  // decode
 };
 

@@ -107,6 +107,8 @@ using rtp::config::range;
   X("indexer", int64_t, sink, 4, at_least(0), "streaming heads: first tokens always attended")                      \
   X("indexer", int64_t, window, 8192, at_least(1), "streaming heads: sliding window")                               \
   X("indexer", int64_t, block_size, 64, range(1, 1 << 16), "prefill selection block size")                          \
+  X("indexer", int64_t, query_sub_blocks, 1, range(1, 1 << 16),                                                      \
+    "prefill selection: pooled queries per query block (power of two <= block_size)")                               \
   X("indexer", double, retrieval_fraction, 0.15, range(0, 1), "fraction of KV heads kept as retrieval heads")       \
   X("indexer", double, kv_budget, 0, range(0, 1),                                                                    \
     "0: use retrieval_fraction; else the KV-memory fraction retrieval heads may use")                               \

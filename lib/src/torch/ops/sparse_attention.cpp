@@ -71,6 +71,10 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   p.max_blocks = int(max_blocks);
   p.top_p = cfg.top_p;
   p.q_offset = q_offset;
+  p.query_sub_blocks = cfg.query_sub_blocks;
+  const int S = cfg.query_sub_blocks;
+  RTP_CHECK(S >= 1 && S <= cfg.block_size && (S & (S - 1)) == 0, "select_blocks: query_sub_blocks must be a power of ",
+            "two in [1, block_size = ", cfg.block_size, "], found ", S);
   const char* err = k::check_block_select_params(p);
   RTP_CHECK(!*err, "select_blocks: ", err);
   if (cuda) {

@@ -180,13 +180,15 @@ HeadMap head_map_from_json(const json& j, const std::string& origin) {
 json settings_to_json(const SparseSettings& s) {
   return {{"sink", s.sink},           {"window", s.window},           {"block_size", s.block_size},
           {"local_blocks", s.local_blocks}, {"top_p", s.top_p},       {"indexer_dim", s.indexer_dim},
-          {"dense_below", s.dense_below},   {"post_rope_indexer", s.post_rope_indexer}};
+          {"dense_below", s.dense_below},   {"post_rope_indexer", s.post_rope_indexer},
+          {"query_sub_blocks", s.query_sub_blocks}};
 }
 
 SparseSettings settings_from_json(const json& j, const std::string& origin) {
   RTP_CHECK(j.is_object(), "'", origin, "': \"settings\" must be an object, found ", j.type_name());
   static const std::set<std::string> known = {"sink",        "window",      "block_size",  "local_blocks",
-                                              "top_p",       "indexer_dim", "dense_below", "post_rope_indexer"};
+                                              "top_p",       "indexer_dim", "dense_below", "post_rope_indexer",
+                                              "query_sub_blocks"};
   for (auto it = j.begin(); it != j.end(); ++it)
     RTP_CHECK(known.count(it.key()), "'", origin, "': unknown settings key \"", it.key(), "\"");
   SparseSettings s;
@@ -196,6 +198,11 @@ SparseSettings settings_from_json(const json& j, const std::string& origin) {
   s.local_blocks = get_int(j, "local_blocks", s.local_blocks, 0, origin);
   s.indexer_dim = get_int(j, "indexer_dim", s.indexer_dim, 1, origin);
   s.dense_below = get_int(j, "dense_below", s.dense_below, 0, origin);
+  // Files written before sub-blocks existed have no key: one pooled query per block, what they were made with.
+  s.query_sub_blocks = get_int(j, "query_sub_blocks", s.query_sub_blocks, 1, origin);
+  RTP_CHECK((s.query_sub_blocks & (s.query_sub_blocks - 1)) == 0 && s.query_sub_blocks <= s.block_size, "'", origin,
+            "': \"query_sub_blocks\" must be a power of two <= block_size (", s.block_size, "), found ",
+            s.query_sub_blocks);
   if (auto it = j.find("top_p"); it != j.end()) {
     RTP_CHECK(it->is_number() && it->get<double>() > 0 && it->get<double>() <= 1, "'", origin,
               "': \"top_p\" must be a number in (0, 1], found ", it->dump());

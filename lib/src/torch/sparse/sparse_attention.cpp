@@ -15,6 +15,7 @@ ops::SparseConfig to_ops_config(const SparseSettings& s) {
   c.block_size = static_cast<int>(s.block_size);
   c.local_blocks = static_cast<int>(s.local_blocks);
   c.top_p = static_cast<float>(s.top_p);
+  c.query_sub_blocks = static_cast<int>(s.query_sub_blocks);
   return c;
 }
 

@@ -202,6 +202,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   settings.window = cfg.window;
   settings.block_size = cfg.block_size;
   settings.top_p = cfg.top_p;
+  settings.query_sub_blocks = cfg.query_sub_blocks;
   settings.indexer_dim = cfg.indexer_dim;
   settings.post_rope_indexer = post_rope;
 

@@ -59,6 +59,9 @@ void validate(const TrainConfig& c, const std::string& origin) {
   if (c.model_init == "random")
     RTP_CHECK(!c.model_dir.empty(), w, "model_init 'random' builds the architecture of model_dir/config.json: set "
               "model_dir (for the toy architecture fields, leave model_dir empty and model_init 'load')");
+  RTP_CHECK((c.query_sub_blocks & (c.query_sub_blocks - 1)) == 0 && c.query_sub_blocks <= c.block_size, w,
+            "query_sub_blocks (", c.query_sub_blocks, ") must be a power of two <= block_size (", c.block_size,
+            "): equal sub-blocks tile a query block");
 }
 
 std::string dump_config(const TrainConfig& c, bool with_help) {
