@@ -74,15 +74,17 @@ __device__ __forceinline__ void load_index_row(const IT* p, float* out, bool vec
   }
 }
 
-// Index rows per thread per step of the stats and hist loops (2 tokens per thread at 128K: one round).
-constexpr int kRows = 2;
+// Index rows per thread per step of the stats and hist loops (ROWS, a template argument): 2 is one DRAM round trip
+// for two rows, 1 keeps the stats kernel at ~61 registers instead of ~85 (twice the resident blocks). Which wins
+// depends on the length; DecodeTuning::index_rows_per_thread picks, the default is kDefaultRows.
+constexpr int kDefaultRows = 2;
 
 // grid (nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)).
 // GM >= G bounds the unrolled per-head state (GM 16 for every G spilled 570 bytes of registers).
 // Block (0, r) zeroes hist[r], forced[r], done[r] and selected_count[r]: the hist and attend launches that
 // accumulate into them wait for this one (it is the call's first kernel, launched without PDL, so nothing of the
 // call before can still be reading them), and a memset node per call cost as much as a small kernel.
-template <typename IT, int GM>
+template <typename IT, int GM, int kRows>
 __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, float* hist,
                                                     float* forced_mass, uint32_t* done, int32_t* selected_count,
                                                     int G, int64_t L,
@@ -201,7 +203,7 @@ __device__ int cut_bin(const float* hh, float forced, float top_p) {
 
 // grid (nchunks, R); hist[r][kDecodeBins], forced[r] and done[r] zeroed by stats_kernel. The last block of slot r
 // to finish (ticket done[r]) writes bstar_out[r].
-template <typename IT>
+template <typename IT, int kRows>
 __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
                                                    float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
                                                    int G, int64_t L, int64_t cap, int nchunks, int chunk,
@@ -927,7 +929,9 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   plan.R = R;
   // Stats/hist chunks: at least 512 tokens (2 per thread), at most ~512 chunks (every hist block merges all of
   // them per head, 16 loads per lane): 256 blocks at 128K, 512 at 1M (~4 blocks per SM keep enough loads in flight).
-  plan.stat_chunk = int(std::max<int64_t>(512, ((p.kv_len + 511) / 512 + 255) / 256 * 256));
+  plan.stat_chunk = p.tuning.index_tokens_per_block > 0
+                        ? p.tuning.index_tokens_per_block
+                        : int(std::max<int64_t>(512, ((p.kv_len + 511) / 512 + 255) / 256 * 256));
   plan.nchunks = int((p.kv_len + plan.stat_chunk - 1) / plan.stat_chunk);
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
@@ -996,12 +1000,15 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     const bool vec = reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0;
     auto launch = [&](auto* iq, auto* ik) {
       using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
-      cudaError_t err = launch_k(a.G <= 8 ? stats_kernel<IT, 8> : stats_kernel<IT, kMaxG>, g, dim3(256), 0, stream,
-                                 false, iq, ik, stats, hist, forced, done, p.selected_count, a.G, p.kv_len, p.cap_full,
-                                 nchunks, plan.stat_chunk, vec);
+      const bool one_row = (p.tuning.index_rows_per_thread > 0 ? p.tuning.index_rows_per_thread : kDefaultRows) == 1;
+      auto stats_k = a.G <= 8 ? (one_row ? stats_kernel<IT, 8, 1> : stats_kernel<IT, 8, 2>)
+                              : (one_row ? stats_kernel<IT, kMaxG, 1> : stats_kernel<IT, kMaxG, 2>);
+      cudaError_t err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done,
+                                 p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec);
       if (err == cudaSuccess)
-        err = launch_k(hist_kernel<IT>, g, dim3(256), 0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar,
-                       a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, p.keep_first, p.keep_last, p.top_p, vec);
+        err = launch_k(one_row ? hist_kernel<IT, 1> : hist_kernel<IT, 2>, g, dim3(256), 0, stream, pdl, iq, ik, stats,
+                       bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk,
+                       p.keep_first, p.keep_last, p.top_p, vec);
       return err;
     };
     if (p.index_dtype == DType::BF16)

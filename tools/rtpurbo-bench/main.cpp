@@ -188,6 +188,10 @@ int main(int argc, char** argv) {
         "decode-streaming-keys", "decode: target keys per streaming-head block (0: the default, 128)",
         cxxopts::value<int>()->default_value("0"))(
         "decode-retrieval-candidates", "decode: candidates per retrieval-head block (0: the default, 1024 / 2048 past 256K)",
+        cxxopts::value<int>()->default_value("0"))(
+        "decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 2; or 1)",
+        cxxopts::value<int>()->default_value("0"))(
+        "decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
         cxxopts::value<int>()->default_value("0"))("help", "help");
     auto args = opts.parse(argc, argv);
     if (args.count("help")) {
@@ -347,6 +351,8 @@ int main(int argc, char** argv) {
     tuning.programmatic_launch = !args["decode-no-pdl"].as<bool>();
     tuning.streaming_keys_per_block = args["decode-streaming-keys"].as<int>();
     tuning.retrieval_candidates_per_block = args["decode-retrieval-candidates"].as<int>();
+    tuning.index_rows_per_thread = args["decode-index-rows"].as<int>();
+    tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
     for (int64_t L : args["decode-lengths"].as<std::vector<int64_t>>()) {
       double dkappa = kappa_fixed > 0 ? kappa_fixed : 10.0;
       Planted pl = plant_index(L, G, B, dkappa, 9);
