@@ -77,7 +77,7 @@ __device__ __forceinline__ void load_index_row(const IT* p, float* out, bool vec
 // Index rows per thread per step of the stats and hist loops (ROWS, a template argument): 2 is one DRAM round trip
 // for two rows, 1 keeps the stats kernel at ~61 registers instead of ~85 (twice the resident blocks). Which wins
 // depends on the length; DecodeTuning::index_rows_per_thread picks, the default is kDefaultRows.
-constexpr int kDefaultRows = 2;
+constexpr int kDefaultRows = 1;
 
 // grid (nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)).
 // GM >= G bounds the unrolled per-head state (GM 16 for every G spilled 570 bytes of registers).

@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("0"))(
         "decode-retrieval-candidates", "decode: candidates per retrieval-head block (0: the default, 1024 / 2048 past 256K)",
         cxxopts::value<int>()->default_value("0"))(
-        "decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 2; or 1)",
+        "decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 1; or 2)",
         cxxopts::value<int>()->default_value("0"))(
         "decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
         cxxopts::value<int>()->default_value("0"))("help", "help");
