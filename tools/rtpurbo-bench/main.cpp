@@ -427,7 +427,7 @@ int main(int argc, char** argv) {
              {"decode_kappa", dkappa}, {"retrieval_kept_fraction", kept_frac}, {"retrieval_kept_target", kappa_fixed > 0 ? NAN : kept_target}};
       J["decode"].push_back(R);
       char line[400];
-      std::snprintf(line, sizeof line, "%8ld %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx %8d %5.1f%% | %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx",
+      std::snprintf(line, sizeof line, "%8ld %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx %8d %5.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx",
                     long(L), ts * 1e3, tA * 1e3, tf * 1e3, tc * 1e3, tf / ts, tc / ts, sel.cpu()[0].item<int>(),
                     100 * kept_frac, gs * 1e3, gA * 1e3, gB * 1e3, gf * 1e3, gc * 1e3, gf / gs, gc / gs);
       drows.push_back(line);
@@ -444,8 +444,8 @@ int main(int argc, char** argv) {
     std::printf("prefill (ms per layer; * = baseline extrapolated as N^2)\n%8s %9s %9s %8s %10s %9s %7s %7s %6s %7s %5s %5s %5s\n", "N",
                 "sparse", "select", "attnA", "FA2", "cuDNN", "vsFA2", "vsCUDNN", "TF/s", "selpct", "dens", "rIdx", "rAtt");
     for (auto& r : rows) std::printf("%s\n", r.c_str());
-    // Right of |, every column but the last two is a time in us (g.cuDNN sits right before the speedups and was
-    // once read as one); the speedups are g.FA2 / g.sparse and g.cuDNN / g.sparse.
+    // Right of |, every column but the last two is a time in us; the speedups are g.FA2 / g.sparse and
+    // g.cuDNN / g.sparse (the row format once had one time column too few, so g.cuDNN printed as a speedup).
     std::printf("decode (us per layer; right of | replayed from CUDA graphs; kept = retrieval head's selected fraction)\n"
                 "%8s %8s %8s %8s %8s %7s %7s %8s %6s | %8s %8s %8s %8s %8s %7s %7s\n",
                 "L", "sparse", "withRet", "FA2", "cuDNN", "vsFA2", "vsCUDNN", "selTok", "kept", "g.sparse", "g.withRet",

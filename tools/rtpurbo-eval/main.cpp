@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
        cxxopts::value<std::string>())
       ("batch-size", "toy: sequences per forward", cxxopts::value<int64_t>()->default_value("4"))
       ("no-recall", "toy: skip measuring indexer recall (faster)")
+      ("token-recall-top-p", "toy: top-p of the indexer's token-level recall (no block pooling) at the longest "
+       "length; 0: skip", cxxopts::value<double>()->default_value("0.9"))
       ("device", "cpu, cuda, cuda:N or auto", cxxopts::value<std::string>()->default_value("cpu"))
       ("dtype", "float32, bfloat16 or float16", cxxopts::value<std::string>()->default_value("float32"))
       ("seed", "random seed", cxxopts::value<uint64_t>()->default_value("1234"))
@@ -99,6 +101,9 @@ int main(int argc, char** argv) {
       if (args.count("random-heads-indexer")) o.random_heads_indexer = args["random-heads-indexer"].as<std::string>();
       o.batch_size = args["batch-size"].as<int64_t>();
       o.measure_recall = args.count("no-recall") == 0;
+      o.token_recall_top_p = args["token-recall-top-p"].as<double>();
+      RTP_CHECK(o.token_recall_top_p >= 0 && o.token_recall_top_p <= 1, "--token-recall-top-p must be in [0, 1], "
+                "found ", o.token_recall_top_p);
       rtp::eval::run_toy_eval(o, ctx);
       return 0;
     }

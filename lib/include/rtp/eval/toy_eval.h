@@ -43,6 +43,7 @@ struct ToyEvalOptions {
   std::string random_heads_indexer;  // indexer checkpoint trained on random heads; empty: omit random_heads
   int64_t batch_size = 4;          // sequences per forward
   bool measure_recall = true;      // indexer_recall needs the true attention (slower)
+  double token_recall_top_p = 0.9;  // > 0: also the indexer's token-level recall at this top-p (without pooling)
   bool quiet = false;              // no progress / table on stdout / stderr
 };
 
@@ -58,6 +59,7 @@ struct ToyEvalResult {
   std::vector<ToyEvalLength> by_length;
   double dense_accuracy = 0, sparse_accuracy = 0, random_accuracy = -1;
   double attention_fraction = 0, indexer_recall = 0;
+  double token_recall = -1;  // -1: not measured
   double sparse_kv_bytes = 0, dense_kv_bytes = 0;  // at the longest length
   std::string eval_json_path, report_path;
 };
