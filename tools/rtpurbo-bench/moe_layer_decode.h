@@ -4,6 +4,7 @@
 // o projection and residual, post-attention RMSNorm, router softmax and top-8 of 128 experts (indices read on the
 // host, as the model's expert loop does), 8 SwiGLU expert MLPs, weighted sum. RoPE (elementwise on 5K values) is
 // left out. A whole-layer decode step is this plus the same layer's attention, timed apart by the bench.
+// run_device_routed() is the same step without the host round trip (CUDA-graph capturable).
 #include <torch/torch.h>
 
 #include <cmath>
@@ -55,6 +56,29 @@ class MoeLayerDecode {
     // q, k, v would go to the attention and the cache; kept alive so that nothing is optimised away.
     (void)q, (void)k, (void)v;
     return x2 + out;
+  }
+
+  // The same step with the routing kept on the GPU (no host sync, so a CUDA graph can hold it): the 8 chosen
+  // experts' weights gathered by index_select and applied with batched matrix products. The gather copies
+  // them once more, so this reads ~2x the expert weights of run(); what it removes is the host round trip and
+  // the launch gaps after it.
+  torch::Tensor run_device_routed(const torch::Tensor& x, const torch::Tensor& attn) const {
+    auto h = rms(x, norm_);
+    auto q = rms(at::linear(h, wq_).view({s_.q_heads, s_.head_dim}), head_norm_);
+    auto k = rms(at::linear(h, wk_).view({s_.kv_heads, s_.head_dim}), head_norm_);
+    auto v = at::linear(h, wv_);
+    auto x2 = x + at::linear(attn, wo_);
+    auto h2 = rms(x2, norm_);
+    auto probs = torch::softmax(at::linear(h2, router_), -1, torch::kFloat32);
+    auto [top_w, top_i] = torch::topk(probs, s_.active, -1);
+    top_w = (top_w / top_w.sum(-1, true)).to(torch::kBFloat16);
+    auto e = top_i[0];
+    auto hv = h2.expand({s_.active, s_.hidden}).unsqueeze(-1);                          // [8, H, 1]
+    auto gu = torch::bmm(gate_up_.index_select(0, e), hv).squeeze(-1).chunk(2, -1);  // [8, I] x 2
+    auto act = (torch::silu(gu[0]) * gu[1]).unsqueeze(-1);                            // [8, I, 1]
+    auto y = torch::bmm(down_.index_select(0, e), act).squeeze(-1);                    // [8, H]
+    (void)q, (void)k, (void)v;
+    return x2 + (y * top_w[0].unsqueeze(-1)).sum(0, true);
   }
 
   // Weight bytes one token reads: the DRAM floor of the step.
