@@ -138,6 +138,41 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
   EXPECT_TRUE(j2["random_heads"].is_null());
   EXPECT_NE(j2["random_heads_note"].get<std::string>().find("omitted"), std::string::npos);
 
+  // the token-level recall is reported, in [0, 1], for the random indexer
+  const double tok = j2["sparse"]["indexer_token_recall"].get<double>();
+  EXPECT_GE(tok, 0.0);
+  EXPECT_LE(tok, 1.0 + 1e-9);
+  EXPECT_EQ(j2["sparse"]["indexer_token_recall_top_p"].get<double>(), 0.9);
+
+  // An indexer that reproduces the teacher's logits exactly (post-RoPE, identity projections, dim = head_dim, so
+  // index score q.k / sqrt(16) = true logit q.k * scale): its top-p token set holds at least top_p of the true mass.
+  {
+    rtp::sparse::Indexer exact(heads, 16, 16);
+    torch::NoGradGuard g;
+    for (int64_t l = 0; l < heads.num_layers; ++l) {
+      if (!exact.q_proj(l).defined()) continue;
+      const int64_t n = static_cast<int64_t>(heads.retrieval_heads(l).size());
+      exact.q_proj(l).copy_(torch::eye(16).repeat({n * heads.group_size, 1}));
+      exact.k_proj(l).copy_(torch::eye(16).repeat({n, 1}));
+    }
+    rtp::sparse::SparseSettings se = s;
+    se.post_rope_indexer = true;
+    const std::string out_exact = scratch("conv-exact"), eval_exact = scratch("eval-exact");
+    rtp::sparse::export_converted({base, out_exact, false}, prov, heads, se, exact);
+    rtp::eval::ToyEvalOptions oe = o;
+    oe.model_dir = out_exact;
+    oe.out_dir = eval_exact;
+    oe.random_heads_indexer.clear();
+    for (double p : {0.5, 0.9}) {
+      oe.token_recall_top_p = p;
+      const auto re = rtp::eval::run_toy_eval(oe, ctx);
+      std::cout << "exact indexer, top-p " << p << ": token recall " << re.token_recall << "\n";
+      EXPECT_GE(re.token_recall, p - 1e-5) << "top-p " << p;
+      EXPECT_LE(re.token_recall, 1.0 + 1e-6);
+      EXPECT_LT(re.token_recall, p + 0.25) << "top-p " << p << ": a set barely over p must not hold nearly all mass";
+    }
+  }
+
   // a random-heads indexer with a different number of heads is refused
   HeadMap more = rnd;
   for (auto& row : more.retrieval) row.assign(row.size(), 1);
