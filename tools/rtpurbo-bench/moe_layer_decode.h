@@ -37,25 +37,15 @@ class MoeLayerDecode {
 
   // x [1, hidden]: the residual stream; attn [1, q_heads * head_dim]: stands in for the attention's output.
   torch::Tensor run(const torch::Tensor& x, const torch::Tensor& attn) const {
-    auto h = rms(x, norm_);
-    auto q = rms(at::linear(h, wq_).view({s_.q_heads, s_.head_dim}), head_norm_);
-    auto k = rms(at::linear(h, wk_).view({s_.kv_heads, s_.head_dim}), head_norm_);
-    auto v = at::linear(h, wv_);
-    auto x2 = x + at::linear(attn, wo_);
-    auto h2 = rms(x2, norm_);
-    auto probs = torch::softmax(at::linear(h2, router_), -1, torch::kFloat32);
-    auto [top_w, top_i] = torch::topk(probs, s_.active, -1);
-    top_w = (top_w / top_w.sum(-1, true)).to(torch::kBFloat16);
-    auto idx = top_i.cpu();  // the model's expert loop needs the indices on the host: a sync per layer
-    auto out = torch::zeros_like(x2);
+    const Routed r = attention_and_router(x, attn);
+    auto idx = r.experts.cpu();  // the model's expert loop needs the indices on the host: a sync per layer
+    auto out = torch::zeros_like(r.x2);
     for (int64_t a = 0; a < s_.active; ++a) {
       const int64_t e = idx[0][a].item<int64_t>();
-      auto gu = at::linear(h2, gate_up_[e]).chunk(2, -1);
-      out = out + at::linear(torch::silu(gu[0]) * gu[1], down_[e]) * top_w.narrow(1, a, 1);
+      auto gu = at::linear(r.h2, gate_up_[e]).chunk(2, -1);
+      out = out + at::linear(torch::silu(gu[0]) * gu[1], down_[e]) * r.weights.narrow(1, a, 1);
     }
-    // q, k, v would go to the attention and the cache; kept alive so that nothing is optimised away.
-    (void)q, (void)k, (void)v;
-    return x2 + out;
+    return r.x2 + out;
   }
 
   // The same step with the routing kept on the GPU (no host sync, so a CUDA graph can hold it): the 8 chosen
@@ -63,22 +53,13 @@ class MoeLayerDecode {
   // them once more, so this reads ~2x the expert weights of run(); what it removes is the host round trip and
   // the launch gaps after it.
   torch::Tensor run_device_routed(const torch::Tensor& x, const torch::Tensor& attn) const {
-    auto h = rms(x, norm_);
-    auto q = rms(at::linear(h, wq_).view({s_.q_heads, s_.head_dim}), head_norm_);
-    auto k = rms(at::linear(h, wk_).view({s_.kv_heads, s_.head_dim}), head_norm_);
-    auto v = at::linear(h, wv_);
-    auto x2 = x + at::linear(attn, wo_);
-    auto h2 = rms(x2, norm_);
-    auto probs = torch::softmax(at::linear(h2, router_), -1, torch::kFloat32);
-    auto [top_w, top_i] = torch::topk(probs, s_.active, -1);
-    top_w = (top_w / top_w.sum(-1, true)).to(torch::kBFloat16);
-    auto e = top_i[0];
-    auto hv = h2.expand({s_.active, s_.hidden}).unsqueeze(-1);                          // [8, H, 1]
+    const Routed r = attention_and_router(x, attn);
+    auto e = r.experts[0];
+    auto hv = r.h2.expand({s_.active, s_.hidden}).unsqueeze(-1);                         // [8, H, 1]
     auto gu = torch::bmm(gate_up_.index_select(0, e), hv).squeeze(-1).chunk(2, -1);  // [8, I] x 2
     auto act = (torch::silu(gu[0]) * gu[1]).unsqueeze(-1);                            // [8, I, 1]
     auto y = torch::bmm(down_.index_select(0, e), act).squeeze(-1);                    // [8, H]
-    (void)q, (void)k, (void)v;
-    return x2 + (y * top_w[0].unsqueeze(-1)).sum(0, true);
+    return r.x2 + (y * r.weights[0].unsqueeze(-1)).sum(0, true);
   }
 
   // Weight bytes one token reads: the DRAM floor of the step.
@@ -89,6 +70,29 @@ class MoeLayerDecode {
   }
 
  private:
+  struct Routed {
+    torch::Tensor x2, h2;               // residual after the attention block; its post-attention RMSNorm
+    torch::Tensor experts, weights;     // top-k expert ids [1, k] and their renormalised weights (bf16)
+  };
+
+  // Everything before the experts: projections and norms around the attention, the router and its top-k.
+  Routed attention_and_router(const torch::Tensor& x, const torch::Tensor& attn) const {
+    auto h = rms(x, norm_);
+    // q, k, v would go to the attention and the cache; computed so that the step pays for them.
+    auto q = rms(at::linear(h, wq_).view({s_.q_heads, s_.head_dim}), head_norm_);
+    auto k = rms(at::linear(h, wk_).view({s_.kv_heads, s_.head_dim}), head_norm_);
+    auto v = at::linear(h, wv_);
+    (void)q, (void)k, (void)v;
+    Routed r;
+    r.x2 = x + at::linear(attn, wo_);
+    r.h2 = rms(r.x2, norm_);
+    auto probs = torch::softmax(at::linear(r.h2, router_), -1, torch::kFloat32);
+    auto [top_w, top_i] = torch::topk(probs, s_.active, -1);
+    r.experts = top_i;
+    r.weights = (top_w / top_w.sum(-1, true)).to(torch::kBFloat16);
+    return r;
+  }
+
   static torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w) {
     auto xf = x.to(torch::kFloat32);
     return w * (xf * torch::rsqrt(xf.pow(2).mean(-1, true) + 1e-6)).to(x.dtype());
