@@ -206,6 +206,21 @@ TEST(SparseAttentionGpu, SelectBlocksWithQuerySubBlocksMatchesReference) {
   }
 }
 
+namespace {
+
+// The GPU decode against the CPU reference: no NaN, the retrieval selection within 2% (+2) of the reference's
+// count, and the output error (relative to the float64 reference) under the bound for its top_p.
+void expect_decode_close(const DecodeRun& run, float top_p, int64_t L, const std::string& label) {
+  const int ncpu = run.selected_cpu[0].item<int>(), ngpu = run.selected_gpu[0].item<int>();
+  const double e = rel_err(run.out, run.ref);
+  std::printf("%s top_p=%.1f: err %.3e, selected cpu %d gpu %d of %ld\n", label.c_str(), top_p, e, ncpu, ngpu, L);
+  EXPECT_FALSE(run.out.isnan().any().item<bool>()) << label;
+  EXPECT_NEAR(ngpu, ncpu, 0.02 * ncpu + 2) << label;
+  EXPECT_LT(e, top_p == 1.0f ? 8e-3 : 3e-2) << label;
+}
+
+}  // namespace
+
 TEST(SparseAttentionGpu, DecodeMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   torch::manual_seed(3);
@@ -217,15 +232,8 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
     c.window = window;
     for (float top_p : {1.0f, 0.9f}) {
       c.top_p = top_p;
-      const auto run = decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c);
-      const auto& out = run.out;
-      const int ncpu = run.selected_cpu[0].item<int>(), ngpu = run.selected_gpu[0].item<int>();
-      // naive bf16 error for the dense head (head group 2) as the yardstick
-      const double e = rel_err(out, run.ref);
-      std::printf("decode D=%ld top_p=%.1f: err %.3e, selected cpu %d gpu %d of %ld\n", D, top_p, e, ncpu, ngpu, L);
-      EXPECT_FALSE(out.isnan().any().item<bool>());
-      EXPECT_NEAR(ngpu, ncpu, 0.02 * ncpu + 2);
-      EXPECT_LT(e, top_p == 1.0f ? 8e-3 : 3e-2);
+      expect_decode_close(decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c),
+                          top_p, L, "decode D=" + std::to_string(D));
     }
   }
 }
@@ -244,15 +252,9 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
       c.window = window;
       for (float top_p : {1.0f, 0.9f}) {
         c.top_p = top_p;
-        const auto run = decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c);
-        const auto& out = run.out;
-        const int ncpu = run.selected_cpu[0].item<int>(), ngpu = run.selected_gpu[0].item<int>();
-        const double e = rel_err(out, run.ref);
-        std::printf("decode G=%ld D=%ld top_p=%.1f: err %.3e, selected cpu %d gpu %d of %ld\n", G, D, top_p, e, ncpu,
-                    ngpu, L);
-        EXPECT_FALSE(out.isnan().any().item<bool>());
-        EXPECT_NEAR(ngpu, ncpu, 0.02 * ncpu + 2);
-        EXPECT_LT(e, top_p == 1.0f ? 8e-3 : 3e-2);
+        expect_decode_close(
+            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c), top_p, L,
+            "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
       }
     }
   }
