@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "cuda_common.cuh"
+#include "sparse_prefill_common.cuh"
 #include "rtp/kernels/sparse_attention.h"
 
 namespace rtp::kernels {
@@ -18,30 +19,9 @@ namespace {
 using namespace cuda_detail;
 
 constexpr int kRows = 128;   // query rows per thread block
-constexpr int kTileK = 64;   // keys per tile
+constexpr int kTileK = kKeyTileRows;  // keys per tile
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-
-struct PrefillArgs {
-  const __nv_bfloat16* q;
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
-  __nv_bfloat16* o;
-  int64_t qhs, qrs, khs, krs, vhs, vrs, ohs, ors;
-  int64_t Tq, q_off;  // query rows, position of row 0
-  int64_t S, skip, krows;  // key row r >= S holds position r + skip; krows rows
-  int G, heads_per_cta, chunks_per_kv, nb;  // nb: query blocks of this call
-  float scale_log2;
-  int64_t sink, window;
-  const int32_t* counts;
-  const int32_t* indices;
-  int max_blocks;
-  int8_t kind[kMaxKvHeads];
-  int8_t slot[kMaxKvHeads];
-};
-
-__device__ __forceinline__ int64_t i64min(int64_t x, int64_t y) { return x < y ? x : y; }
-__device__ __forceinline__ int64_t i64max(int64_t x, int64_t y) { return x > y ? x : y; }
 
 // Swizzled offset (in 16-byte chunks) of chunk c of row r in a [rows][D] bf16 tile.
 template <int D>
@@ -72,38 +52,10 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
   const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
   const int kvh = blockIdx.y / a.chunks_per_kv;
   const int hchunk = blockIdx.y % a.chunks_per_kv;
-  const int kind = a.kind[kvh];
+  const PrefillBlock blk(a, kvh, b);
   const int64_t r0 = int64_t(b) * BS;  // first query row of the block
-  const int64_t q0 = a.q_off + r0;     // its position
-  const int64_t qlast = a.q_off + i64min(a.Tq, r0 + BS) - 1;
-  // skip is 0 unless every head is streaming (the launcher checks), so this is the identity for other kinds.
-  auto pos_of = [&](int64_t row) { return row < a.S ? row : row + a.skip; };
-  // Only for positions that are sinks or at/after the first window: the skipped ones have no row.
-  auto row_of = [&](int64_t pos) { return pos < a.S ? pos : pos - a.skip; };
-
-  // ---- the key tiles of this thread block ----
-  int ntiles = 0;
-  int64_t sink_tiles = 0, win_t0 = 0;
-  const int32_t* list = nullptr;
-  constexpr int TPB = BS / kTileK;  // tiles per block
-  const int64_t last_tile = row_of(qlast) / kTileK;
-  if (kind == int(HeadKind::DENSE)) {
-    ntiles = int(last_tile + 1);
-  } else if (kind == int(HeadKind::STREAMING)) {
-    sink_tiles = i64min((a.S + kTileK - 1) / kTileK, last_tile + 1);
-    // the launcher's check puts the first window position at or after the skipped tokens
-    win_t0 = i64max(sink_tiles, row_of(i64max(0, q0 - a.window + 1)) / kTileK);
-    ntiles = int(sink_tiles + (last_tile + 1 - win_t0));
-  } else {
-    const int64_t li = int64_t(a.slot[kvh]) * a.nb + b;
-    list = a.indices + li * a.max_blocks;
-    ntiles = a.counts[li] * TPB;
-  }
-  auto tile_start = [&](int n) -> int64_t {
-    if (kind == int(HeadKind::DENSE)) return int64_t(n) * kTileK;
-    if (kind == int(HeadKind::STREAMING)) return (n < sink_tiles ? n : win_t0 + (n - sink_tiles)) * kTileK;
-    return int64_t(__ldg(list + n / TPB)) * BS + (n % TPB) * kTileK;
-  };
+  const int ntiles = blk.count;
+  auto tile_start = [&](int n) { return blk.start(n); };
 
   // ---- load Q (rows r -> head hl = r / BS, token q0 + r % BS) ----
   const int hp0 = hchunk * a.heads_per_cta;
@@ -180,24 +132,12 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
     }
 
     // masking: only tiles that are not fully visible to every row of the block
-    const int64_t kend = ks + kTileK - 1;
-    // a tile straddling the sinks and the skipped tokens holds non-consecutive positions: always masked
-    const bool consecutive = a.skip == 0 || kend < a.S || ks >= a.S;
-    const int64_t p0 = pos_of(ks), p1 = pos_of(kend);
-    bool full = consecutive && p1 <= q0 && kend < a.krows;
-    if (kind == int(HeadKind::STREAMING)) full = full && (p1 < a.sink || p0 > qlast - a.window);
-    if (!full) {
+    if (!blk.fully_visible(a, ks)) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t krow = ks + j * 8 + 2 * t4 + (e & 1);
-          const int64_t key = pos_of(krow);
-          const int64_t tok = e < 2 ? tok0 : tok1;
-          bool vis = key <= tok && krow < a.krows;
-          if (kind == int(HeadKind::STREAMING)) vis = vis && (key < a.sink || key > tok - a.window);
-          if (!vis) s[j][e] = -INFINITY;
-        }
+        for (int e = 0; e < 4; ++e)
+          if (!blk.visible(a, ks + j * 8 + 2 * t4 + (e & 1), e < 2 ? tok0 : tok1)) s[j][e] = -INFINITY;
     }
 
     // online softmax (log2 domain)
@@ -277,46 +217,15 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
 
 cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t stream) {
   if (*check_sparse_attention_params(p, true)) return cudaErrorInvalidValue;
-  const int64_t T = p.seq_len, D = p.head_dim, Tq = T - p.q_offset, krows = T - p.stream_key_skip;
-  PrefillArgs a{};
-  a.q = static_cast<const __nv_bfloat16*>(p.q);
-  a.k = static_cast<const __nv_bfloat16*>(p.k);
-  a.v = static_cast<const __nv_bfloat16*>(p.v);
-  a.o = static_cast<__nv_bfloat16*>(p.o);
-  a.qhs = p.q_head_stride ? p.q_head_stride : Tq * D;
-  a.khs = p.k_head_stride ? p.k_head_stride : krows * D;
-  a.vhs = p.v_head_stride ? p.v_head_stride : krows * D;
-  a.ohs = p.o_head_stride ? p.o_head_stride : Tq * D;
-  a.qrs = p.q_row_stride ? p.q_row_stride : D;
-  a.krs = p.k_row_stride ? p.k_row_stride : D;
-  a.vrs = p.v_row_stride ? p.v_row_stride : D;
-  a.ors = p.o_row_stride ? p.o_row_stride : D;
-  // 16-byte cp.async needs 16-byte aligned rows
-  for (int64_t s : {a.qrs, a.krs, a.vrs, a.ors, a.qhs, a.khs, a.vhs, a.ohs})
-    if (s % 8) return cudaErrorInvalidValue;
-  a.Tq = Tq;
-  a.q_off = p.q_offset;
-  a.S = std::min<int64_t>(p.sink, T);
-  a.skip = p.stream_key_skip;
-  a.krows = krows;
-  a.G = p.num_q_heads / p.num_kv_heads;
-  a.heads_per_cta = kRows / p.block_size;
-  a.chunks_per_kv = (a.G + a.heads_per_cta - 1) / a.heads_per_cta;
-  a.nb = int((Tq + p.block_size - 1) / p.block_size);
-  const float scale = p.scale > 0 ? p.scale : 1.f / std::sqrt(float(D));
-  a.scale_log2 = scale * 1.4426950408889634f;
-  a.sink = p.sink;
-  a.window = p.window;
-  a.counts = p.block_counts;
-  a.indices = p.block_indices;
-  a.max_blocks = p.max_blocks;
-  for (int g = 0, r = 0; g < p.num_kv_heads; ++g) {
-    a.kind[g] = int8_t(p.head_kind[g]);
-    a.slot[g] = int8_t(p.head_kind[g] == HeadKind::RETRIEVAL ? r++ : -1);
-  }
+  if (p.prefill_kernel != PrefillKernel::MMA_SYNC && prefill_wgmma_available())
+    return cuda_detail::launch_prefill_wgmma(p, stream);
+  if (p.prefill_kernel == PrefillKernel::WGMMA) return cudaErrorInvalidDeviceFunction;
+  const int64_t D = p.head_dim;
+  cuda_detail::PrefillArgs a;
+  if (!cuda_detail::make_prefill_args(p, kRows, &a)) return cudaErrorInvalidValue;
   const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
   const size_t smem = size_t(kRows * D + 4 * kTileK * D) * sizeof(__nv_bfloat16);
-  void (*kern)(PrefillArgs) = nullptr;
+  void (*kern)(cuda_detail::PrefillArgs) = nullptr;
   if (D == 128 && p.block_size == 64) kern = sparse_prefill_kernel<128, 64>;
   else if (D == 128) kern = sparse_prefill_kernel<128, 128>;
   else if (p.block_size == 64) kern = sparse_prefill_kernel<64, 64>;

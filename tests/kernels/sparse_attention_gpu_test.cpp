@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "rtp/kernels/build_info.h"
+#include "rtp/kernels/sparse_attention.h"
 #include "rtp/ops/sparse_attention.h"
 
 using rtp::kernels::HeadKind;
@@ -15,6 +16,17 @@ using namespace rtp::ops;
 namespace {
 
 bool have_gpu() { return rtp::kernels::built_with_cuda() && torch::cuda::is_available(); }
+
+// Every prefill test runs each CUDA prefill kernel this device can run (wgmma only on an sm_90a build on Hopper).
+std::vector<rtp::kernels::PrefillKernel> prefill_kernels() {
+  std::vector<rtp::kernels::PrefillKernel> ks{rtp::kernels::PrefillKernel::MMA_SYNC};
+#ifdef RTPURBO_WITH_CUDA
+  if (rtp::kernels::prefill_wgmma_available()) ks.push_back(rtp::kernels::PrefillKernel::WGMMA);
+  else std::printf("note: the wgmma prefill kernel cannot run here (needs an sm_90a build on a 9.0 device)\n");
+#endif
+  return ks;
+}
+const char* kernel_name(rtp::kernels::PrefillKernel k) { return k == rtp::kernels::PrefillKernel::WGMMA ? "wgmma" : "mma.sync"; }
 
 double rel_err(const torch::Tensor& a, const torch::Tensor& ref) {
   auto d = (a.to(torch::kFloat64).cpu() - ref.to(torch::kFloat64).cpu());
@@ -110,14 +122,18 @@ TEST(SparseAttentionGpu, PrefillMatchesReference) {
     auto iq = torch::randn({R, G, cs.T, 16}) * 2, ik = torch::randn({R, cs.T, 16}) * 2;
     BlockLists lists = select_blocks(iq, ik, c);  // CPU lists shared by both paths
     auto ref = sparse_attention(q.to(torch::kFloat32), k.to(torch::kFloat32), v.to(torch::kFloat32), kinds, lists, c);
-    auto out = sparse_attention(q.cuda(), k.cuda(), v.cuda(), kinds, lists, c);
-    torch::cuda::synchronize();
-    ASSERT_FALSE(out.isnan().any().item<bool>());
     auto mask = build_mask(kinds, G, cs.T, c, lists).cuda();
     auto naive = naive_bf16(q.cuda(), k.cuda(), v.cuda(), mask);
-    const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
-    std::printf("prefill T=%ld D=%ld B=%d: kernel err %.3e, naive bf16 err %.3e\n", cs.T, cs.D, cs.B, e_k, e_n);
-    EXPECT_LE(e_k, 2 * e_n + 1e-4);
+    for (auto kern : prefill_kernels()) {
+      c.prefill_kernel = kern;
+      auto out = sparse_attention(q.cuda(), k.cuda(), v.cuda(), kinds, lists, c);
+      torch::cuda::synchronize();
+      ASSERT_FALSE(out.isnan().any().item<bool>());
+      const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
+      std::printf("prefill %s T=%ld D=%ld B=%d: kernel err %.3e, naive bf16 err %.3e\n", kernel_name(kern), cs.T, cs.D,
+                  cs.B, e_k, e_n);
+      EXPECT_LE(e_k, 2 * e_n + 1e-4) << kernel_name(kern);
+    }
   }
 }
 
@@ -338,15 +354,18 @@ TEST(SparseAttentionGpu, ChunkedPrefillMatchesReference) {
       auto ref = sparse_attention(qc.to(torch::kFloat32), kcache.narrow(1, 0, q1).to(torch::kFloat32),
                                   vcache.narrow(1, 0, q1).to(torch::kFloat32), kinds, cl, c, q0);
       auto kg = kcache.cuda(), vg = vcache.cuda();
-      auto out = sparse_attention(qc.cuda(), kg.narrow(1, 0, q1), vg.narrow(1, 0, q1), kinds, cl, c, q0);
-      torch::cuda::synchronize();
-      ASSERT_FALSE(out.isnan().any().item<bool>());
       auto m = mask.narrow(1, q0, q1 - q0).narrow(2, 0, q1).cuda();
       auto naive = naive_bf16(qc.cuda(), kg.narrow(1, 0, q1), vg.narrow(1, 0, q1), m);
-      const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
-      std::printf("chunked prefill T=%ld D=%ld B=%d chunk [%ld, %ld): kernel err %.3e, naive bf16 err %.3e\n", cs.T, cs.D,
-                  cs.B, q0, q1, e_k, e_n);
-      EXPECT_LE(e_k, 2 * e_n + 1e-4);
+      for (auto kern : prefill_kernels()) {
+        c.prefill_kernel = kern;
+        auto out = sparse_attention(qc.cuda(), kg.narrow(1, 0, q1), vg.narrow(1, 0, q1), kinds, cl, c, q0);
+        torch::cuda::synchronize();
+        ASSERT_FALSE(out.isnan().any().item<bool>());
+        const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
+        std::printf("chunked prefill %s T=%ld D=%ld B=%d chunk [%ld, %ld): kernel err %.3e, naive bf16 err %.3e\n",
+                    kernel_name(kern), cs.T, cs.D, cs.B, q0, q1, e_k, e_n);
+        EXPECT_LE(e_k, 2 * e_n + 1e-4) << kernel_name(kern);
+      }
     }
   }
 }
@@ -371,16 +390,19 @@ TEST(SparseAttentionGpu, StreamingChunkWithSkippedKeysMatchesReference) {
         auto kr = k.index_select(1, pos), vr = v.index_select(1, pos);
         auto ref = sparse_attention(q.to(torch::kFloat32), kr.to(torch::kFloat32), vr.to(torch::kFloat32), kinds, {}, c,
                                     q0, skip);
-        auto out = sparse_attention(q.cuda(), kr.cuda(), vr.cuda(), kinds, {}, c, q0, skip);
-        torch::cuda::synchronize();
-        ASSERT_FALSE(out.isnan().any().item<bool>());
         auto i = torch::arange(q0, q1).view({-1, 1}), j = pos.view({1, -1});
         auto m = ((j <= i) & ((j < c.sink) | (j > i - window))).unsqueeze(0).expand({Hq, -1, -1}).contiguous().cuda();
         auto naive = naive_bf16(q.cuda(), kr.cuda(), vr.cuda(), m);
-        const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
-        std::printf("streaming chunk D=%ld window=%ld [%ld, %ld) skip %ld: kernel err %.3e, naive bf16 err %.3e\n", D,
-                    window, q0, q1, skip, e_k, e_n);
-        EXPECT_LE(e_k, 2 * e_n + 1e-4);
+        for (auto kern : prefill_kernels()) {
+          c.prefill_kernel = kern;
+          auto out = sparse_attention(q.cuda(), kr.cuda(), vr.cuda(), kinds, {}, c, q0, skip);
+          torch::cuda::synchronize();
+          ASSERT_FALSE(out.isnan().any().item<bool>());
+          const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
+          std::printf("streaming chunk %s D=%ld window=%ld [%ld, %ld) skip %ld: kernel err %.3e, naive bf16 err %.3e\n",
+                      kernel_name(kern), D, window, q0, q1, skip, e_k, e_n);
+          EXPECT_LE(e_k, 2 * e_n + 1e-4) << kernel_name(kern);
+        }
       }
 }
 

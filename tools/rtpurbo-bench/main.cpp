@@ -193,7 +193,9 @@ int main(int argc, char** argv) {
         "decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 1; or 2)",
         cxxopts::value<int>()->default_value("0"))(
         "decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
-        cxxopts::value<int>()->default_value("0"))("help", "help");
+        cxxopts::value<int>()->default_value("0"))(
+        "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma or mma_sync",
+        cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
     if (args.count("help")) {
       std::printf("%s\n", opts.help().c_str());
@@ -210,6 +212,14 @@ int main(int argc, char** argv) {
     const int B = 64;
     const double wA = args["ret-fraction"].as<double>() * Hkv;  // weight of the layer with one retrieval KV head
     RTP_CHECK(wA >= 0 && wA <= 1, "ret-fraction * 4 must be in [0, 1]");
+    const std::string pk_name = args["prefill-kernel"].as<std::string>();
+    RTP_CHECK(pk_name == "auto" || pk_name == "wgmma" || pk_name == "mma_sync",
+              "--prefill-kernel: expected auto, wgmma or mma_sync, got '" + pk_name + "'");
+    const bool wgmma_ok = kernels::prefill_wgmma_available();
+    RTP_CHECK(pk_name != "wgmma" || wgmma_ok, "--prefill-kernel wgmma: this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");
+    const kernels::PrefillKernel prefill_kernel = pk_name == "mma_sync" ? kernels::PrefillKernel::MMA_SYNC
+                                                  : wgmma_ok             ? kernels::PrefillKernel::WGMMA
+                                                                         : kernels::PrefillKernel::MMA_SYNC;
     const int reps = args["reps"].as<int>();
     const int64_t bmax = args["baseline-max"].as<int64_t>();
     json J;
@@ -217,6 +227,7 @@ int main(int argc, char** argv) {
     J["driver"] = drv;
     J["commit"] = commit_id();
     J["command"] = cmd;
+    J["prefill_kernel"] = prefill_kernel == kernels::PrefillKernel::WGMMA ? "wgmma" : "mma_sync";
     J["shape"] = {{"Hq", Hq}, {"Hkv", Hkv}, {"D", D}, {"window", window}, {"sink", sink}, {"block", B}, {"top_p", 0.9},
                   {"retrieval_kv_heads_per_layer", wA}};
     auto bf = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
@@ -252,7 +263,7 @@ int main(int argc, char** argv) {
       auto o = torch::empty_like(q);
       HeadKind kindsA[4] = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::STREAMING, HeadKind::STREAMING};
       HeadKind kindsB[4] = {HeadKind::STREAMING, HeadKind::STREAMING, HeadKind::STREAMING, HeadKind::STREAMING};
-      auto attn = [&](const HeadKind* kinds) {
+      auto attn = [&](const HeadKind* kinds, kernels::PrefillKernel kern) {
         kernels::SparseAttentionParams p;
         p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr(), p.o = o.data_ptr();
         p.dtype = kernels::DType::BF16;
@@ -260,11 +271,15 @@ int main(int argc, char** argv) {
         p.head_kind = kinds, p.sink = sink, p.window = window, p.block_size = B;
         p.block_counts = lists.counts.data_ptr<int32_t>(), p.block_indices = lists.indices.data_ptr<int32_t>();
         p.max_blocks = max_blocks;
+        p.prefill_kernel = kern;
         ck(kernels::sparse_attention_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_attention_cuda");
       };
       const double t_sel = time_ms([&] { lists = run_select(pl, N, G, B, max_blocks); }, 1, reps);
-      const double tA = time_ms([&] { attn(kindsA); }, 1, reps);
-      const double tB = time_ms([&] { attn(kindsB); }, 1, reps);
+      const double tA = time_ms([&] { attn(kindsA, prefill_kernel); }, 1, reps);
+      const double tB = time_ms([&] { attn(kindsB, prefill_kernel); }, 1, reps);
+      if (prefill_kernel == kernels::PrefillKernel::WGMMA)  // the mma.sync kernel on the same layers, for the record
+        R["mma_sync_attn_ms"] = {{"with_retrieval", time_ms([&] { attn(kindsA, kernels::PrefillKernel::MMA_SYNC); }, 1, reps)},
+                                 {"streaming_only", time_ms([&] { attn(kindsB, kernels::PrefillKernel::MMA_SYNC); }, 1, reps)}};
       const double t_sparse = wA * (tA + t_sel) + (1 - wA) * tB;
       // work actually done (useful pairs x 4 D per query head)
       double pairs_str = 0;

@@ -108,6 +108,9 @@ namespace rtp::kernels {
 
 enum class HeadKind : int32_t { DENSE = 0, STREAMING = 1, RETRIEVAL = 2 };
 enum class DType : int32_t { F32 = 0, BF16 = 1 };
+// Which CUDA prefill attention kernel runs: AUTO = wgmma (Hopper warpgroup MMA) on a compute-capability 9.0
+// device when the build has sm_90a code, else the mma.sync kernel; WGMMA where it cannot run is an error.
+enum class PrefillKernel : int32_t { AUTO = 0, MMA_SYNC = 1, WGMMA = 2 };
 
 constexpr int kIndexDim = 16;
 constexpr int kMaxKvHeads = 64;
@@ -171,6 +174,7 @@ struct SparseAttentionParams {
   // stream_key_skip tokens after the sinks.
   int64_t q_offset = 0;
   int64_t stream_key_skip = 0;
+  PrefillKernel prefill_kernel = PrefillKernel::AUTO;  // CUDA only
 };
 
 // CUDA decode launch choices that are not part of the semantics (the output is the same up to rounding): for

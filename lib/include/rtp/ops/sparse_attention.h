@@ -17,6 +17,7 @@ struct SparseConfig {
   float top_p = 0.9f;
   int query_sub_blocks = 1;  // prefill selection: pooled queries per query block (sparse_attention_params.h)
   int64_t keep_first = 64, keep_last = 64;  // decode
+  kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::AUTO;  // CUDA prefill attention kernel
 };
 
 struct BlockLists {

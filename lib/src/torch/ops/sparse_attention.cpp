@@ -129,6 +129,7 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   p.seq_len = q_offset + q.size(1);
   p.q_offset = q_offset;
   p.stream_key_skip = stream_key_skip;
+  p.prefill_kernel = cfg.prefill_kernel;
   p.head_dim = int(q.size(2));
   p.head_kind = kinds.data();
   p.sink = cfg.sink;

@@ -1,0 +1,266 @@
+// Block-sparse causal prefill attention on Hopper warpgroup MMA (wgmma): the same contract and the same key
+// tiles as the mma.sync kernel (sparse_prefill.cu), with the two matrix products issued as asynchronous
+// warpgroup instructions that read Q, K and V straight from shared memory.
+// Thread block = 2 warpgroups = 128 query rows (the query heads of one GQA group that share a query block,
+// as in the mma.sync kernel), each warpgroup the M = 64 rows of its wgmmas. One step = 128 keys = two 64-row
+// key tiles, which need not be adjacent (two selected blocks of 64): S = Q K^T is m64n128 over D/16
+// k-steps, P stays in registers (the accumulator layout is the A-operand layout) and O += P V is m64nD over
+// the 128 keys. Tiles live in shared memory as [D/64][rows][64] with the 128-byte swizzle the descriptors
+// name, filled by cp.async two steps deep.
+#include <cuda_bf16.h>
+
+#include "cuda_common.cuh"
+#include "sparse_prefill_common.cuh"
+#include "wgmma.cuh"
+
+namespace rtp::kernels::cuda_detail {
+namespace {
+
+constexpr int kWgRows = 64;  // wgmma M
+constexpr int kWarpgroups = 2;
+constexpr int kRowsPerCta = kWgRows * kWarpgroups;
+constexpr int kThreadsPerCta = 128 * kWarpgroups;
+constexpr int kStepKeys = 2 * kKeyTileRows;
+
+// Byte offset of 16-byte chunk c (of D / 8) of row r in a [D/64][ROWS][64] bf16 tile, 128-byte swizzle.
+template <int ROWS>
+__device__ __forceinline__ uint32_t sw128(int r, int c) {
+  return uint32_t((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+template <int D>
+struct SmemLayout {  // byte offsets from a 1024-byte aligned base
+  static constexpr uint32_t q_bytes = kRowsPerCta * D * 2;
+  static constexpr uint32_t step_bytes = kStepKeys * D * 2;
+  static constexpr uint32_t k = q_bytes;              // 2 stages
+  static constexpr uint32_t v = k + 2 * step_bytes;   // 2 stages
+  static constexpr uint32_t total = v + 2 * step_bytes;
+};
+
+// 64 key rows from row0 into rows 64u.. of a step tile; rows past the end (or of a missing tile) read as zero.
+template <int D>
+__device__ __forceinline__ void load_key_tile(uint32_t tile, const __nv_bfloat16* g, int64_t row_stride, int64_t row0,
+                                              bool exists, int64_t rows_total, int u, int tid) {
+  constexpr int CPR = D / 8;
+#pragma unroll
+  for (int idx = tid; idx < kKeyTileRows * CPR; idx += kThreadsPerCta) {
+    const int r = idx / CPR, c = idx % CPR;
+    const int64_t row = row0 + r;
+    const bool ok = exists && row < rows_total;
+    cp_async16(tile + sw128<kStepKeys>(u * kKeyTileRows + r, c), g + (ok ? row : 0) * row_stride + c * 8, ok ? 16 : 0);
+  }
+}
+
+template <int D, int BS>
+__global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel(const PrefillArgs a) {
+#ifdef RTP_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  using L = SmemLayout<D>;
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
+  const int kvh = blockIdx.y / a.chunks_per_kv;
+  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  const PrefillBlock blk(a, kvh, b);
+  const int64_t r0 = int64_t(b) * BS;
+  const int nsteps = (blk.count + 1) / 2;
+
+  // ---- Q: row r -> query head hl = r / BS of the chunk, token r0 + r % BS ----
+  const int hp0 = hchunk * a.heads_per_cta;
+  for (int hl = 0; hl < a.heads_per_cta; ++hl) {
+    const int hh = min(hp0 + hl, a.G - 1);
+    const __nv_bfloat16* qg = a.q + int64_t(kvh * a.G + hh) * a.qhs;
+    constexpr int CPR = D / 8;
+    for (int idx = tid; idx < BS * CPR; idx += kThreadsPerCta) {
+      const int r = idx / CPR, c = idx % CPR;
+      const int64_t row = r0 + r;
+      const bool ok = row < a.Tq;
+      cp_async16(sQ + sw128<kRowsPerCta>(hl * BS + r, c), qg + (ok ? row : 0) * a.qrs + c * 8, ok ? 16 : 0);
+    }
+  }
+  cp_async_commit();
+  const __nv_bfloat16* kg = a.k + int64_t(kvh) * a.khs;
+  const __nv_bfloat16* vg = a.v + int64_t(kvh) * a.vhs;
+  auto load_step = [&](int n, int stage) {
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int t = 2 * n + u;
+      const bool exists = t < blk.count;
+      const int64_t s0 = exists ? blk.start(t) : 0;
+      load_key_tile<D>(sK + stage * L::step_bytes, kg, a.krs, s0, exists, a.krows, u, tid);
+      load_key_tile<D>(sV + stage * L::step_bytes, vg, a.vrs, s0, exists, a.krows, u, tid);
+    }
+  };
+  if (nsteps > 0) load_step(0, 0);
+  cp_async_commit();
+
+  // accumulator layout (per warpgroup): rows 16 * warp + g and + 8; element 4j + e at column 8j + 2 t4 + (e & 1)
+  const int g = lane / 4, t4 = lane % 4;
+  const int row0 = wg * kWgRows + warp * 16 + g, row1 = row0 + 8;  // rows of the thread block
+  const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
+  const int64_t tok0 = a.q_off + lrow0, tok1 = a.q_off + lrow1;
+
+  float o[D / 2];
+  float s[kStepKeys / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kStepKeys / 2; ++i) s[i] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  for (int n = 0; n < nsteps; ++n) {
+    const int stage = n & 1;
+    if (n + 1 < nsteps) {
+      load_step(n + 1, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async_smem();
+    __syncthreads();
+    const uint32_t kt = sK + stage * L::step_bytes, vt = sV + stage * L::step_bytes;
+
+    // S = Q K^T: K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled rows
+    fence_registers(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint64_t da = smem_desc_sw128(sQ + (kk / 4) * kRowsPerCta * 128 + wg * kWgRows * 128 + (kk % 4) * 32, 16, 1024);
+      const uint64_t db = smem_desc_sw128(kt + (kk / 4) * kStepKeys * 128 + (kk % 4) * 32, 16, 1024);
+      wgmma_m64n128k16_ss(s, da, db, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(s);
+
+    // masks: per 64-key tile, only where some key is hidden from some row of the block
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int t = 2 * n + u;
+      if (t >= blk.count) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[4 * (8 * u + j) + e] = -INFINITY;
+        continue;
+      }
+      const int64_t ks = blk.start(t);
+      if (blk.fully_visible(a, ks)) continue;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (!blk.visible(a, ks + j * 8 + 2 * t4 + (e & 1), e < 2 ? tok0 : tok1)) s[4 * (8 * u + j) + e] = -INFINITY;
+    }
+
+    // online softmax (log2 domain); a row's 4 threads hold its 128 scores
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int j = 0; j < kStepKeys / 8; ++j) {
+      mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]) * a.scale_log2);
+      mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]) * a.scale_log2);
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float ref0 = mx0 == -INFINITY ? 0.f : mx0;
+    const float ref1 = mx1 == -INFINITY ? 0.f : mx1;
+    const float alpha0 = exp2f(m0 - ref0), alpha1 = exp2f(m1 - ref1);
+    m0 = mx0;
+    m1 = mx1;
+    l0 *= alpha0;
+    l1 *= alpha1;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[4 * i + 0] *= alpha0;
+      o[4 * i + 1] *= alpha0;
+      o[4 * i + 2] *= alpha1;
+      o[4 * i + 3] *= alpha1;
+    }
+    uint32_t pf[kStepKeys / 16][4];  // P as A fragments, one per 16 keys
+#pragma unroll
+    for (int j = 0; j < kStepKeys / 8; ++j) {
+      const float p0 = exp2f(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
+      const float p1 = exp2f(fmaf(s[4 * j + 1], a.scale_log2, -ref0));
+      const float p2 = exp2f(fmaf(s[4 * j + 2], a.scale_log2, -ref1));
+      const float p3 = exp2f(fmaf(s[4 * j + 3], a.scale_log2, -ref1));
+      l0 += p0 + p1;
+      l1 += p2 + p3;
+      pf[j / 2][(j % 2) * 2 + 0] = pack_bf16(p0, p1);
+      pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(p2, p3);
+    }
+
+    // O += P V: V is N-major (D contiguous); 16 keys = 16 swizzled rows = 2048 bytes; the D/64 halves are
+    // kStepKeys rows apart (leading byte offset), 8-row groups 1024 bytes (stride byte offset)
+    fence_registers(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kStepKeys / 16; ++kk) {
+      const uint64_t dv = smem_desc_sw128(vt + kk * 16 * 128, kStepKeys * 128, 1024);
+      if constexpr (D == 128) wgmma_m64n128k16_rs_tb(o, pf[kk], dv);
+      else wgmma_m64n64k16_rs_tb(o, pf[kk], dv);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(o);
+    __syncthreads();  // both warpgroups are done with this stage before it is refilled
+  }
+  cp_async_wait<0>();
+
+  // ---- epilogue ----
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  const int hl0 = row0 / BS, hl1 = row1 / BS;
+  const bool ok0 = lrow0 < a.Tq && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
+  const bool ok1 = lrow1 < a.Tq && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
+  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + lrow0 * a.ors;
+  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + lrow1 * a.ors;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    const int d = i * 8 + 2 * t4;
+    if (ok0) *reinterpret_cast<uint32_t*>(o0 + d) = pack_bf16(o[4 * i + 0] * inv0, o[4 * i + 1] * inv0);
+    if (ok1) *reinterpret_cast<uint32_t*>(o1 + d) = pack_bf16(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
+  }
+#endif  // RTP_HAVE_WGMMA
+}
+
+}  // namespace
+
+cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, cudaStream_t stream) {
+  PrefillArgs a;
+  if (!make_prefill_args(p, kRowsPerCta, &a)) return cudaErrorInvalidValue;
+  const int D = p.head_dim;
+  void (*kern)(PrefillArgs) = nullptr;
+  if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_kernel<128, 64>;
+  else if (D == 128) kern = sparse_prefill_wgmma_kernel<128, 128>;
+  else if (p.block_size == 64) kern = sparse_prefill_wgmma_kernel<64, 64>;
+  else kern = sparse_prefill_wgmma_kernel<64, 128>;
+  const size_t smem = (D == 128 ? SmemLayout<128>::total : SmemLayout<64>::total) + 1024;  // + alignment slack
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess) return e;
+  const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
+  kern<<<grid, kThreadsPerCta, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace rtp::kernels::cuda_detail
+
+namespace rtp::kernels {
+bool prefill_wgmma_available() {
+#ifdef RTPURBO_HAVE_SM90A
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+  return major == 9 && minor == 0;  // sm_90a code runs on exactly compute capability 9.0
+#else
+  return false;
+#endif
+}
+}  // namespace rtp::kernels
