@@ -6,7 +6,7 @@
 // key tiles, which need not be adjacent (two selected blocks of 64): S = Q K^T is m64n128 over D/16
 // k-steps, P stays in registers (the accumulator layout is the A-operand layout) and O += P V is m64nD over
 // the 128 keys. Tiles live in shared memory as [D/64][rows][64] with the 128-byte swizzle the descriptors
-// name, filled by cp.async two steps deep.
+// name, in three stages filled by cp.async one step ahead.
 #include <cuda_bf16.h>
 
 #include "cuda_common.cuh"
@@ -28,14 +28,33 @@ __device__ __forceinline__ uint32_t sw128(int r, int c) {
   return uint32_t((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
 }
 
+constexpr int kStages = 3;
+
 template <int D>
 struct SmemLayout {  // byte offsets from a 1024-byte aligned base
   static constexpr uint32_t q_bytes = kRowsPerCta * D * 2;
   static constexpr uint32_t step_bytes = kStepKeys * D * 2;
-  static constexpr uint32_t k = q_bytes;              // 2 stages
-  static constexpr uint32_t v = k + 2 * step_bytes;   // 2 stages
-  static constexpr uint32_t total = v + 2 * step_bytes;
+  static constexpr uint32_t k = q_bytes;
+  static constexpr uint32_t v = k + kStages * step_bytes;
+  static constexpr uint32_t total = v + kStages * step_bytes;
 };
+static_assert(SmemLayout<128>::total + 1024 <= 232448, "shared memory per block on sm_90");
+
+#ifdef RTP_HAVE_WGMMA
+// Issues O += P V (committed as one group, not waited for). V is N-major (D contiguous): 16 keys = 16 swizzled
+// rows = 2048 bytes per k-step; the D/64 halves are kStepKeys rows apart (leading byte offset), 8-row groups
+// 1024 bytes (stride byte offset).
+template <int D>
+__device__ __forceinline__ void pv_product(float (&o)[D / 2], const uint32_t (&pf)[kStepKeys / 16][4], uint32_t vt) {
+#pragma unroll
+  for (int kk = 0; kk < kStepKeys / 16; ++kk) {
+    const uint64_t dv = smem_desc_sw128(vt + kk * 16 * 128, kStepKeys * 128, 1024);
+    if constexpr (D == 128) wgmma_m64n128k16_rs_tb(o, pf[kk], dv);
+    else wgmma_m64n64k16_rs_tb(o, pf[kk], dv);
+  }
+  wgmma_commit();
+}
+#endif
 
 // 64 key rows from row0 into rows 64u.. of a step tile; rows past the end (or of a missing tile) read as zero.
 template <int D>
@@ -109,21 +128,25 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
   for (int i = 0; i < kStepKeys / 2; ++i) s[i] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
+  // Software pipeline per warpgroup: step n issues S_n = Q K_n and then O += P_{n-1} V_{n-1}, so the second
+  // product runs on the tensor cores while this warpgroup masks and exponentiates S_n. P_{n-1} and O belong to
+  // the in-flight product until its wait; the softmax works in place on S_n in fp32 meanwhile.
+  uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
+  int stage = 0;                   // of step n; three stages: n + 1 loads while n and V_{n-1} are read
   for (int n = 0; n < nsteps; ++n) {
-    const int stage = n & 1;
-    if (n + 1 < nsteps) {
-      load_step(n + 1, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<0>();
     fence_proxy_async_smem();
-    __syncthreads();
-    const uint32_t kt = sK + stage * L::step_bytes, vt = sV + stage * L::step_bytes;
+    __syncthreads();  // step n landed; every warpgroup is past its product with V_{n-2}, whose stage is next
+    const int next = stage == kStages - 1 ? 0 : stage + 1, prev = stage == 0 ? kStages - 1 : stage - 1;
+    if (n + 1 < nsteps) {
+      load_step(n + 1, next);
+      cp_async_commit();
+    }
+    const uint32_t kt = sK + stage * L::step_bytes;
 
     // S = Q K^T: K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled rows
     fence_registers(s);
+    fence_registers(o);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -132,7 +155,12 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
       wgmma_m64n128k16_ss(s, da, db, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    if (n > 0) {
+      pv_product<D>(o, pf, sV + prev * L::step_bytes);
+      wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
+    } else {
+      wgmma_wait<0>();
+    }
     fence_registers(s);
 
     // masks: per 64-key tile, only where some key is hidden from some row of the block
@@ -171,8 +199,22 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
     const float alpha0 = exp2f(m0 - ref0), alpha1 = exp2f(m1 - ref1);
     m0 = mx0;
     m1 = mx1;
-    l0 *= alpha0;
-    l1 *= alpha1;
+    float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+    for (int j = 0; j < kStepKeys / 8; ++j) {
+      s[4 * j + 0] = exp2f(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
+      s[4 * j + 1] = exp2f(fmaf(s[4 * j + 1], a.scale_log2, -ref0));
+      s[4 * j + 2] = exp2f(fmaf(s[4 * j + 2], a.scale_log2, -ref1));
+      s[4 * j + 3] = exp2f(fmaf(s[4 * j + 3], a.scale_log2, -ref1));
+      sum0 += s[4 * j + 0] + s[4 * j + 1];
+      sum1 += s[4 * j + 2] + s[4 * j + 3];
+    }
+    l0 = l0 * alpha0 + sum0;
+    l1 = l1 * alpha1 + sum1;
+    if (n > 0) {
+      wgmma_wait<0>();  // P_{n-1} V_{n-1} done: O and the P fragments are free
+      fence_registers(o);
+    }
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) {
       o[4 * i + 0] *= alpha0;
@@ -180,33 +222,19 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
       o[4 * i + 2] *= alpha1;
       o[4 * i + 3] *= alpha1;
     }
-    uint32_t pf[kStepKeys / 16][4];  // P as A fragments, one per 16 keys
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
-      const float p0 = exp2f(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
-      const float p1 = exp2f(fmaf(s[4 * j + 1], a.scale_log2, -ref0));
-      const float p2 = exp2f(fmaf(s[4 * j + 2], a.scale_log2, -ref1));
-      const float p3 = exp2f(fmaf(s[4 * j + 3], a.scale_log2, -ref1));
-      l0 += p0 + p1;
-      l1 += p2 + p3;
-      pf[j / 2][(j % 2) * 2 + 0] = pack_bf16(p0, p1);
-      pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(p2, p3);
+      pf[j / 2][(j % 2) * 2 + 0] = pack_bf16(s[4 * j + 0], s[4 * j + 1]);
+      pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(s[4 * j + 2], s[4 * j + 3]);
     }
-
-    // O += P V: V is N-major (D contiguous); 16 keys = 16 swizzled rows = 2048 bytes; the D/64 halves are
-    // kStepKeys rows apart (leading byte offset), 8-row groups 1024 bytes (stride byte offset)
+    stage = next;
+  }
+  if (nsteps > 0) {  // the last step's P V
     fence_registers(o);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kStepKeys / 16; ++kk) {
-      const uint64_t dv = smem_desc_sw128(vt + kk * 16 * 128, kStepKeys * 128, 1024);
-      if constexpr (D == 128) wgmma_m64n128k16_rs_tb(o, pf[kk], dv);
-      else wgmma_m64n64k16_rs_tb(o, pf[kk], dv);
-    }
-    wgmma_commit();
+    pv_product<D>(o, pf, sV + (stage == 0 ? kStages - 1 : stage - 1) * L::step_bytes);
     wgmma_wait<0>();
     fence_registers(o);
-    __syncthreads();  // both warpgroups are done with this stage before it is refilled
   }
   cp_async_wait<0>();
 
