@@ -130,21 +130,25 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
 
   // Software pipeline per warpgroup: step n issues S_n = Q K_n and then O += P_{n-1} V_{n-1}, so the second
   // product runs on the tensor cores while this warpgroup masks and exponentiates S_n. P_{n-1} and O belong to
-  // the in-flight product until its wait; the softmax works in place on S_n in fp32 meanwhile.
+  // the in-flight product until its wait; the softmax works in place on S_n in fp32 meanwhile. Step 0 is
+  // peeled so that every wait is unconditional: ptxas serializes all wgmmas of the kernel when it cannot prove
+  // that an accumulator is read only after its wait.
   uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
   int stage = 0;                   // of step n; three stages: n + 1 loads while n and V_{n-1} are read
-  for (int n = 0; n < nsteps; ++n) {
+
+  // Step n's tiles have landed and every warpgroup is past its product with V_{n-2}, whose stage is refilled.
+  auto begin_step = [&](int n) {
     cp_async_wait<0>();
     fence_proxy_async_smem();
-    __syncthreads();  // step n landed; every warpgroup is past its product with V_{n-2}, whose stage is next
-    const int next = stage == kStages - 1 ? 0 : stage + 1, prev = stage == 0 ? kStages - 1 : stage - 1;
+    __syncthreads();
     if (n + 1 < nsteps) {
-      load_step(n + 1, next);
+      load_step(n + 1, stage == kStages - 1 ? 0 : stage + 1);
       cp_async_commit();
     }
+  };
+  // S = Q K^T: K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled rows
+  auto issue_qk = [&]() {
     const uint32_t kt = sK + stage * L::step_bytes;
-
-    // S = Q K^T: K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled rows
     fence_registers(s);
     fence_registers(o);
     wgmma_fence();
@@ -155,17 +159,13 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
       wgmma_m64n128k16_ss(s, da, db, kk > 0);
     }
     wgmma_commit();
-    if (n > 0) {
-      pv_product<D>(o, pf, sV + prev * L::step_bytes);
-      wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-    } else {
-      wgmma_wait<0>();
-    }
+  };
+  // Masks S_n, exponentiates it in place against the new running maxima, updates the row sums; returns the
+  // factors by which O must be rescaled.
+  auto softmax_in_place = [&](int n, float& alpha0, float& alpha1) {
     fence_registers(s);
-
-    // masks: per 64-key tile, only where some key is hidden from some row of the block
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < 2; ++u) {  // per 64-key tile, only where some key is hidden from some row of the block
       const int t = 2 * n + u;
       if (t >= blk.count) {
 #pragma unroll
@@ -182,8 +182,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
         for (int e = 0; e < 4; ++e)
           if (!blk.visible(a, ks + j * 8 + 2 * t4 + (e & 1), e < 2 ? tok0 : tok1)) s[4 * (8 * u + j) + e] = -INFINITY;
     }
-
-    // online softmax (log2 domain); a row's 4 threads hold its 128 scores
+    // log2 domain; a row's 4 threads hold its 128 scores
     float mx0 = m0, mx1 = m1;
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
@@ -196,7 +195,8 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
     const float ref0 = mx0 == -INFINITY ? 0.f : mx0;
     const float ref1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float alpha0 = exp2f(m0 - ref0), alpha1 = exp2f(m1 - ref1);
+    alpha0 = exp2f(m0 - ref0);
+    alpha1 = exp2f(m1 - ref1);
     m0 = mx0;
     m1 = mx1;
     float sum0 = 0.f, sum1 = 0.f;
@@ -211,10 +211,10 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
     }
     l0 = l0 * alpha0 + sum0;
     l1 = l1 * alpha1 + sum1;
-    if (n > 0) {
-      wgmma_wait<0>();  // P_{n-1} V_{n-1} done: O and the P fragments are free
-      fence_registers(o);
-    }
+  };
+  // After the wait for P_{n-1} V_{n-1}: O to the new maxima, P_n into the A fragments.
+  auto rescale_and_pack = [&](float alpha0, float alpha1) {
+    fence_registers(o);
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) {
       o[4 * i + 0] *= alpha0;
@@ -227,12 +227,29 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
       pf[j / 2][(j % 2) * 2 + 0] = pack_bf16(s[4 * j + 0], s[4 * j + 1]);
       pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(s[4 * j + 2], s[4 * j + 3]);
     }
-    stage = next;
-  }
-  if (nsteps > 0) {  // the last step's P V
-    fence_registers(o);
+  };
+
+  if (nsteps > 0) {
+    float alpha0, alpha1;
+    begin_step(0);
+    issue_qk();
+    wgmma_wait<0>();
+    softmax_in_place(0, alpha0, alpha1);
+    rescale_and_pack(alpha0, alpha1);
+    for (int n = 1; n < nsteps; ++n) {
+      const int prev = stage;
+      stage = stage == kStages - 1 ? 0 : stage + 1;
+      begin_step(n);
+      issue_qk();
+      pv_product<D>(o, pf, sV + prev * L::step_bytes);
+      wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
+      softmax_in_place(n, alpha0, alpha1);
+      wgmma_wait<0>();
+      rescale_and_pack(alpha0, alpha1);
+    }
+    fence_registers(o);  // the last step's P V
     wgmma_fence();
-    pv_product<D>(o, pf, sV + (stage == 0 ? kStages - 1 : stage - 1) * L::step_bytes);
+    pv_product<D>(o, pf, sV + stage * L::step_bytes);
     wgmma_wait<0>();
     fence_registers(o);
   }
