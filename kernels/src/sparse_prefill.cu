@@ -217,12 +217,14 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
 
 cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t stream) {
   if (*check_sparse_attention_params(p, true)) return cudaErrorInvalidValue;
-  if (p.prefill_kernel != PrefillKernel::MMA_SYNC && prefill_wgmma_available())
-    return cuda_detail::launch_prefill_wgmma(p, stream);
-  if (p.prefill_kernel == PrefillKernel::WGMMA) return cudaErrorInvalidDeviceFunction;
   const int64_t D = p.head_dim;
   cuda_detail::PrefillArgs a;
   if (!cuda_detail::make_prefill_args(p, kRows, &a)) return cudaErrorInvalidValue;
+  if (p.prefill_kernel == PrefillKernel::WGMMA || (p.prefill_kernel == PrefillKernel::AUTO && prefill_wgmma_available() &&
+                                                   cuda_detail::prefill_wgmma_strides_ok(a))) {
+    if (!prefill_wgmma_available()) return cudaErrorInvalidDeviceFunction;
+    return cuda_detail::launch_prefill_wgmma(p, stream);
+  }
   const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
   const size_t smem = size_t(kRows * D + 4 * kTileK * D) * sizeof(__nv_bfloat16);
   void (*kern)(cuda_detail::PrefillArgs) = nullptr;

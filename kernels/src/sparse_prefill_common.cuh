@@ -90,14 +90,14 @@ struct PrefillBlock {
   int count;          // tiles
   int64_t sink_tiles = 0, win_t0 = 0;
   const int32_t* list = nullptr;
-  int tiles_per_block;
+  int tpb_shift;  // log2 of the key tiles per block (1 or 2 tiles)
 
   __device__ PrefillBlock(const PrefillArgs& a, int kvh, int b) {
     kind = a.kind[kvh];
     const int64_t r0 = int64_t(b) * a.block_size;
     q0 = a.q_off + r0;
     qlast = a.q_off + i64min(a.Tq, r0 + a.block_size) - 1;
-    tiles_per_block = a.block_size / kKeyTileRows;
+    tpb_shift = a.block_size > kKeyTileRows ? 1 : 0;
     const int64_t last_tile = row_of(a, qlast) / kKeyTileRows;
     if (kind == int(HeadKind::DENSE)) {
       count = int(last_tile + 1);
@@ -109,7 +109,7 @@ struct PrefillBlock {
     } else {
       const int64_t li = int64_t(a.slot[kvh]) * a.nb + b;
       list = a.indices + li * a.max_blocks;
-      count = a.counts[li] * tiles_per_block;
+      count = a.counts[li] << tpb_shift;
     }
   }
   __device__ static int64_t pos_of(const PrefillArgs& a, int64_t row) { return row < a.S ? row : row + a.skip; }
@@ -120,7 +120,8 @@ struct PrefillBlock {
   __device__ int64_t start(int n) const {
     if (kind == int(HeadKind::DENSE)) return int64_t(n) * kKeyTileRows;
     if (kind == int(HeadKind::STREAMING)) return (n < sink_tiles ? n : win_t0 + (n - sink_tiles)) * kKeyTileRows;
-    return int64_t(__ldg(list + n / tiles_per_block)) * (tiles_per_block * kKeyTileRows) + (n % tiles_per_block) * kKeyTileRows;
+    return int64_t(__ldg(list + (n >> tpb_shift))) * (int64_t(kKeyTileRows) << tpb_shift) +
+           (n & ((1 << tpb_shift) - 1)) * kKeyTileRows;
   }
   // Whether every key of the tile starting at row ks is visible to every query of the block (no masking needed).
   __device__ bool fully_visible(const PrefillArgs& a, int64_t ks) const {
@@ -140,6 +141,9 @@ struct PrefillBlock {
     return vis;
   }
 };
+
+// The wgmma kernel keeps a thread's offsets inside a key tile in 32 bits.
+inline bool prefill_wgmma_strides_ok(const PrefillArgs& a) { return a.krs < (int64_t(1) << 24) && a.vrs < (int64_t(1) << 24); }
 
 #ifdef RTPURBO_WITH_CUDA
 // The wgmma kernel (sm_90a builds on a compute-capability 9.0 device); launched by sparse_attention_cuda.

@@ -56,19 +56,43 @@ __device__ __forceinline__ void pv_product(float (&o)[D / 2], const uint32_t (&p
 }
 #endif
 
-// 64 key rows from row0 into rows 64u.. of a step tile; rows past the end (or of a missing tile) read as zero.
+// Per-thread part of a 64-row key tile load: each thread copies the same 16-byte chunk column c of rows
+// r0, r0 + kRowStep, ... of every tile, so its shared-memory offsets (the swizzle depends on row % 8, which
+// the row step keeps) and its global offsets within a tile are fixed for the whole kernel.
 template <int D>
-__device__ __forceinline__ void load_key_tile(uint32_t tile, const __nv_bfloat16* g, int64_t row_stride, int64_t row0,
-                                              bool exists, int64_t rows_total, int u, int tid) {
-  constexpr int CPR = D / 8;
-#pragma unroll
-  for (int idx = tid; idx < kKeyTileRows * CPR; idx += kThreadsPerCta) {
-    const int r = idx / CPR, c = idx % CPR;
-    const int64_t row = row0 + r;
-    const bool ok = exists && row < rows_total;
-    cp_async16(tile + sw128<kStepKeys>(u * kKeyTileRows + r, c), g + (ok ? row : 0) * row_stride + c * 8, ok ? 16 : 0);
+struct TileLoader {
+  static constexpr int kChunksPerRow = D / 8;
+  static constexpr int kRowStep = kThreadsPerCta / kChunksPerRow;  // rows apart of one thread's chunks
+  static constexpr int kPerThread = kKeyTileRows / kRowStep;
+  uint32_t smem_off;  // of the thread's first chunk in rows 0.. of a step tile
+  uint32_t goff_k, goff_v;  // elements from a tile's first row (row strides < 2^24: the launcher checks)
+  int r0;
+  __device__ TileLoader(int tid, int64_t krs, int64_t vrs) {
+    const int c = tid % kChunksPerRow;
+    r0 = tid / kChunksPerRow;
+    smem_off = sw128<kStepKeys>(r0, c);
+    goff_k = uint32_t(r0 * krs + c * 8);
+    goff_v = uint32_t(r0 * vrs + c * 8);
   }
-}
+  // 64 rows from row0 into rows 64u.. of a step tile; rows past rows_total (all rows of a missing tile) are
+  // zero-filled.
+  __device__ __forceinline__ void load(uint32_t tile, const __nv_bfloat16* g, int64_t rs, uint32_t goff, int64_t row0,
+                                       bool exists, int64_t rows_total, int u) const {
+    const __nv_bfloat16* src = g + (exists ? row0 : 0) * rs + goff;
+    const uint32_t dst = tile + smem_off + u * kKeyTileRows * 128;
+    const uint32_t step = uint32_t(kRowStep * rs);
+    if (exists && row0 + kKeyTileRows <= rows_total) {
+#pragma unroll
+      for (int k = 0; k < kPerThread; ++k) cp_async16(dst + k * kRowStep * 128, src + k * step, 16);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kPerThread; ++k) {
+        const bool ok = exists && row0 + r0 + k * kRowStep < rows_total;
+        cp_async16(dst + k * kRowStep * 128, ok ? src + k * step : g, ok ? 16 : 0);
+      }
+    }
+  }
+};
 
 template <int D, int BS>
 __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel(const PrefillArgs a) {
@@ -101,14 +125,15 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
   cp_async_commit();
   const __nv_bfloat16* kg = a.k + int64_t(kvh) * a.khs;
   const __nv_bfloat16* vg = a.v + int64_t(kvh) * a.vhs;
+  const TileLoader<D> loader(tid, a.krs, a.vrs);
   auto load_step = [&](int n, int stage) {
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       const int t = 2 * n + u;
       const bool exists = t < blk.count;
       const int64_t s0 = exists ? blk.start(t) : 0;
-      load_key_tile<D>(sK + stage * L::step_bytes, kg, a.krs, s0, exists, a.krows, u, tid);
-      load_key_tile<D>(sV + stage * L::step_bytes, vg, a.vrs, s0, exists, a.krows, u, tid);
+      loader.load(sK + stage * L::step_bytes, kg, a.krs, loader.goff_k, s0, exists, a.krows, u);
+      loader.load(sV + stage * L::step_bytes, vg, a.vrs, loader.goff_v, s0, exists, a.krows, u);
     }
   };
   if (nsteps > 0) load_step(0, 0);
@@ -280,6 +305,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
 cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, cudaStream_t stream) {
   PrefillArgs a;
   if (!make_prefill_args(p, kRowsPerCta, &a)) return cudaErrorInvalidValue;
+  if (!prefill_wgmma_strides_ok(a)) return cudaErrorInvalidValue;
   const int D = p.head_dim;
   void (*kern)(PrefillArgs) = nullptr;
   if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_kernel<128, 64>;
