@@ -220,17 +220,17 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
     const float ref0 = mx0 == -INFINITY ? 0.f : mx0;
     const float ref1 = mx1 == -INFINITY ? 0.f : mx1;
-    alpha0 = exp2f(m0 - ref0);
-    alpha1 = exp2f(m1 - ref1);
+    alpha0 = fast_exp2(m0 - ref0);
+    alpha1 = fast_exp2(m1 - ref1);
     m0 = mx0;
     m1 = mx1;
     float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
-      s[4 * j + 0] = exp2f(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
-      s[4 * j + 1] = exp2f(fmaf(s[4 * j + 1], a.scale_log2, -ref0));
-      s[4 * j + 2] = exp2f(fmaf(s[4 * j + 2], a.scale_log2, -ref1));
-      s[4 * j + 3] = exp2f(fmaf(s[4 * j + 3], a.scale_log2, -ref1));
+      s[4 * j + 0] = fast_exp2(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
+      s[4 * j + 1] = fast_exp2(fmaf(s[4 * j + 1], a.scale_log2, -ref0));
+      s[4 * j + 2] = fast_exp2(fmaf(s[4 * j + 2], a.scale_log2, -ref1));
+      s[4 * j + 3] = fast_exp2(fmaf(s[4 * j + 3], a.scale_log2, -ref1));
       sum0 += s[4 * j + 0] + s[4 * j + 1];
       sum1 += s[4 * j + 2] + s[4 * j + 3];
     }

@@ -13,8 +13,10 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -
 [ -n "$NCU" ] || { echo "ncu not found"; exit 0; }
 source .devdeps/prelude.sh
 SECTIONS="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
-timeout 240 "$NCU" --clock-control none -k regex:"${1:-sparse_prefill_wgmma_kernel}" -c 2 $SECTIONS --csv --page details \
+METRICS='--metrics regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$,regex:^sm__pipe_tensor_op_.*cycles_active\.avg\.pct_of_peak_sustained_active$'
+timeout 240 "$NCU" --clock-control none -k regex:"${1:-sparse_prefill_wgmma_kernel}" -c 2 $SECTIONS $METRICS --csv --page details \
   build-gpu-k/rtpurbo-bench --out /tmp/ncu-bench --lengths 32768 --decode-lengths 32768 --reps 1 \
   > "$OUT/ncu-prefill-attn.csv" 2> "$OUT/ncu-prefill-attn.err"
 echo "ncu: rc $?, $(wc -l < "$OUT/ncu-prefill-attn.csv") lines"; tail -3 "$OUT/ncu-prefill-attn.err"
+grep -E '"(smsp__average_warps_issue_stalled|sm__pipe_tensor)' "$OUT/ncu-prefill-attn.csv" | awk -F'","' '$NF+0 > 0.05 {print $(NF-2)" = "$NF}' | sort -u | head -40
 grep -E '"(Duration|Compute \(SM\) Throughput|Issue Slots Busy|Issued Warp Per Scheduler|No Eligible|Warp Cycles Per Issued Instruction|Stall [A-Za-z ]*|Executed Ipc Active|L2 Cache Throughput|L1/TEX Cache Throughput|DRAM Throughput|Achieved Occupancy|Registers Per Thread)"' "$OUT/ncu-prefill-attn.csv" | awk -F'","' '{print $(NF-2)" = "$NF}' | head -60
