@@ -220,10 +220,10 @@ cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t s
   const int64_t D = p.head_dim;
   cuda_detail::PrefillArgs a;
   if (!cuda_detail::make_prefill_args(p, kRows, &a)) return cudaErrorInvalidValue;
-  if (p.prefill_kernel == PrefillKernel::WGMMA || (p.prefill_kernel == PrefillKernel::AUTO && prefill_wgmma_available() &&
-                                                   cuda_detail::prefill_wgmma_strides_ok(a))) {
-    if (!prefill_wgmma_available()) return cudaErrorInvalidDeviceFunction;
-    return cuda_detail::launch_prefill_wgmma(p, stream);
+  if (p.prefill_kernel == PrefillKernel::WGMMA && !prefill_wgmma_available()) return cudaErrorInvalidDeviceFunction;
+  if (p.prefill_kernel == PrefillKernel::WGMMA || (p.prefill_kernel == PrefillKernel::AUTO && prefill_wgmma_available())) {
+    const cudaError_t e = cuda_detail::launch_prefill_wgmma(p, stream);
+    if (e != cudaErrorNotSupported || p.prefill_kernel == PrefillKernel::WGMMA) return e;
   }
   const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
   const size_t smem = size_t(kRows * D + 4 * kTileK * D) * sizeof(__nv_bfloat16);

@@ -142,11 +142,9 @@ struct PrefillBlock {
   }
 };
 
-// The wgmma kernel keeps a thread's offsets inside a key tile in 32 bits.
-inline bool prefill_wgmma_strides_ok(const PrefillArgs& a) { return a.krs < (int64_t(1) << 24) && a.vrs < (int64_t(1) << 24); }
-
 #ifdef RTPURBO_WITH_CUDA
 // The wgmma kernel (sm_90a builds on a compute-capability 9.0 device); launched by sparse_attention_cuda.
+// cudaErrorNotSupported: the K/V layout cannot be described to the TMA unit (the mma.sync kernel can run it).
 cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, cudaStream_t stream);
 #endif
 

@@ -6,11 +6,14 @@
 // key tiles, which need not be adjacent (two selected blocks of 64): S = Q K^T is m64n128 over D/16
 // k-steps, P stays in registers (the accumulator layout is the A-operand layout) and O += P V is m64nD over
 // the 128 keys. Tiles live in shared memory as [D/64][rows][64] with the 128-byte swizzle the descriptors
-// name, in three stages filled by cp.async one step ahead.
+// name, in three stages filled by the TMA unit one step ahead.
+#include <cuda.h>
 #include <cuda_bf16.h>
+#include <cudaTypedefs.h>
 
 #include "cuda_common.cuh"
 #include "sparse_prefill_common.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace rtp::kernels::cuda_detail {
@@ -56,46 +59,10 @@ __device__ __forceinline__ void pv_product(float (&o)[D / 2], const uint32_t (&p
 }
 #endif
 
-// Per-thread part of a 64-row key tile load: each thread copies the same 16-byte chunk column c of rows
-// r0, r0 + kRowStep, ... of every tile, so its shared-memory offsets (the swizzle depends on row % 8, which
-// the row step keeps) and its global offsets within a tile are fixed for the whole kernel.
-template <int D>
-struct TileLoader {
-  static constexpr int kChunksPerRow = D / 8;
-  static constexpr int kRowStep = kThreadsPerCta / kChunksPerRow;  // rows apart of one thread's chunks
-  static constexpr int kPerThread = kKeyTileRows / kRowStep;
-  uint32_t smem_off;  // of the thread's first chunk in rows 0.. of a step tile
-  uint32_t goff_k, goff_v;  // elements from a tile's first row (row strides < 2^24: the launcher checks)
-  int r0;
-  __device__ TileLoader(int tid, int64_t krs, int64_t vrs) {
-    const int c = tid % kChunksPerRow;
-    r0 = tid / kChunksPerRow;
-    smem_off = sw128<kStepKeys>(r0, c);
-    goff_k = uint32_t(r0 * krs + c * 8);
-    goff_v = uint32_t(r0 * vrs + c * 8);
-  }
-  // 64 rows from row0 into rows 64u.. of a step tile; rows past rows_total (all rows of a missing tile) are
-  // zero-filled.
-  __device__ __forceinline__ void load(uint32_t tile, const __nv_bfloat16* g, int64_t rs, uint32_t goff, int64_t row0,
-                                       bool exists, int64_t rows_total, int u) const {
-    const __nv_bfloat16* src = g + (exists ? row0 : 0) * rs + goff;
-    const uint32_t dst = tile + smem_off + u * kKeyTileRows * 128;
-    const uint32_t step = uint32_t(kRowStep * rs);
-    if (exists && row0 + kKeyTileRows <= rows_total) {
-#pragma unroll
-      for (int k = 0; k < kPerThread; ++k) cp_async16(dst + k * kRowStep * 128, src + k * step, 16);
-    } else {
-#pragma unroll
-      for (int k = 0; k < kPerThread; ++k) {
-        const bool ok = exists && row0 + r0 + k * kRowStep < rows_total;
-        cp_async16(dst + k * kRowStep * 128, ok ? src + k * step : g, ok ? 16 : 0);
-      }
-    }
-  }
-};
-
 template <int D, int BS>
-__global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel(const PrefillArgs a) {
+__global__ void __launch_bounds__(kThreadsPerCta, 1)
+    sparse_prefill_wgmma_kernel(const PrefillArgs a, const __grid_constant__ CUtensorMap tm_k,
+                                const __grid_constant__ CUtensorMap tm_v) {
 #ifdef RTP_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
   using L = SmemLayout<D>;
@@ -125,19 +92,33 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
   cp_async_commit();
   const __nv_bfloat16* kg = a.k + int64_t(kvh) * a.khs;
   const __nv_bfloat16* vg = a.v + int64_t(kvh) * a.vhs;
-  const TileLoader<D> loader(tid, a.krs, a.vrs);
-  auto load_step = [&](int n, int stage) {
+  // K/V tiles by TMA: thread 0 issues a step's boxes (64 rows x 64 dims each) and the step's stage barrier
+  // completes when all their bytes have landed. A missing second tile loads rows 0.. (finite values under a
+  // fully masked score block); rows past the end are zero-filled by the TMA unit.
+  __shared__ __align__(8) uint64_t full_bar[kStages];
+  const uint32_t bar0 = smem_u32(full_bar);
+  constexpr uint32_t kStepTxBytes = 2 * L::step_bytes;  // K and V
+  auto load_step = [&](int n, int st) {
+    const uint32_t bar = bar0 + 8 * st;
+    mbarrier_arrive_expect_tx(bar, kStepTxBytes);
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       const int t = 2 * n + u;
-      const bool exists = t < blk.count;
-      const int64_t s0 = exists ? blk.start(t) : 0;
-      loader.load(sK + stage * L::step_bytes, kg, a.krs, loader.goff_k, s0, exists, a.krows, u);
-      loader.load(sV + stage * L::step_bytes, vg, a.vrs, loader.goff_v, s0, exists, a.krows, u);
+      const int row0 = t < blk.count ? int(blk.start(t)) : 0;
+#pragma unroll
+      for (int h = 0; h < D / 64; ++h) {
+        const uint32_t off = st * L::step_bytes + h * kStepKeys * 128 + u * kKeyTileRows * 128;
+        tma_load_3d(sK + off, &tm_k, h * 64, row0, kvh, bar);
+        tma_load_3d(sV + off, &tm_v, h * 64, row0, kvh, bar);
+      }
     }
   };
-  if (nsteps > 0) load_step(0, 0);
-  cp_async_commit();
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) mbarrier_init(bar0 + 8 * st, 1);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (tid == 0 && nsteps > 0) load_step(0, 0);
 
   // accumulator layout (per warpgroup): rows 16 * warp + g and + 8; element 4j + e at column 8j + 2 t4 + (e & 1)
   const int g = lane / 4, t4 = lane % 4;
@@ -163,13 +144,13 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
 
   // Step n's tiles have landed and every warpgroup is past its product with V_{n-2}, whose stage is refilled.
   auto begin_step = [&](int n) {
-    cp_async_wait<0>();
-    fence_proxy_async_smem();
-    __syncthreads();
-    if (n + 1 < nsteps) {
-      load_step(n + 1, stage == kStages - 1 ? 0 : stage + 1);
-      cp_async_commit();
+    if (n == 0) {  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
     }
+    __syncthreads();
+    if (tid == 0 && n + 1 < nsteps) load_step(n + 1, stage == kStages - 1 ? 0 : stage + 1);
+    mbarrier_wait(bar0 + 8 * stage, uint32_t(n / kStages) & 1u);
   };
   // S = Q K^T: K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled rows
   auto issue_qk = [&]() {
@@ -302,12 +283,41 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1) sparse_prefill_wgmma_kernel
 
 }  // namespace
 
+namespace {
+// Tensor map of a [heads, rows, D] bf16 tensor with the given strides (elements), read in boxes of 64 rows x 64
+// dims with the 128-byte swizzle the kernel's shared-memory layout uses. False where the TMA unit cannot
+// address it (alignment, sizes) or the driver lacks the entry point.
+bool encode_kv_map(CUtensorMap* map, const void* base, int64_t heads, int64_t rows, int64_t D, int64_t row_stride,
+                   int64_t head_stride) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode || reinterpret_cast<uintptr_t>(base) % 16 || rows >= (int64_t(1) << 31) || heads >= (int64_t(1) << 31))
+    return false;
+  const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(rows), cuuint64_t(heads)};
+  const cuuint64_t strides[2] = {cuuint64_t(row_stride * 2), cuuint64_t(head_stride * 2)};  // bytes, dims 1..2
+  const cuuint32_t box[3] = {64, cuuint32_t(kKeyTileRows), 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+}  // namespace
+
 cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, cudaStream_t stream) {
   PrefillArgs a;
   if (!make_prefill_args(p, kRowsPerCta, &a)) return cudaErrorInvalidValue;
-  if (!prefill_wgmma_strides_ok(a)) return cudaErrorInvalidValue;
+  CUtensorMap tm_k, tm_v;
+  if (!encode_kv_map(&tm_k, a.k, p.num_kv_heads, a.krows, p.head_dim, a.krs, a.khs) ||
+      !encode_kv_map(&tm_v, a.v, p.num_kv_heads, a.krows, p.head_dim, a.vrs, a.vhs))
+    return cudaErrorNotSupported;
   const int D = p.head_dim;
-  void (*kern)(PrefillArgs) = nullptr;
+  void (*kern)(PrefillArgs, CUtensorMap, CUtensorMap) = nullptr;
   if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_kernel<128, 64>;
   else if (D == 128) kern = sparse_prefill_wgmma_kernel<128, 128>;
   else if (p.block_size == 64) kern = sparse_prefill_wgmma_kernel<64, 64>;
@@ -316,7 +326,7 @@ cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, cudaStream_t st
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
   const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
-  kern<<<grid, kThreadsPerCta, smem, stream>>>(a);
+  kern<<<grid, kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
   return cudaGetLastError();
 }
 
