@@ -95,9 +95,8 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   // K/V tiles by TMA: thread 0 issues a step's boxes (64 rows x 64 dims each) and the step's stage barrier
   // completes when all their bytes have landed. A missing second tile loads rows 0.. (finite values under a
   // fully masked score block); rows past the end are zero-filled by the TMA unit.
-  __shared__ __align__(8) uint64_t full_bar[kStages];   // a stage's tiles have landed
-  __shared__ __align__(8) uint64_t empty_bar[kStages];  // every thread is done reading a stage
-  const uint32_t bar0 = smem_u32(full_bar), empty0 = smem_u32(empty_bar);
+  __shared__ __align__(8) uint64_t full_bar[kStages];
+  const uint32_t bar0 = smem_u32(full_bar);
   constexpr uint32_t kStepTxBytes = 2 * L::step_bytes;  // K and V
   auto load_step = [&](int n, int st) {
     const uint32_t bar = bar0 + 8 * st;
@@ -115,10 +114,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
     }
   };
   if (tid == 0) {
-    for (int st = 0; st < kStages; ++st) {
-      mbarrier_init(bar0 + 8 * st, 1);
-      mbarrier_init(empty0 + 8 * st, kThreadsPerCta);
-    }
+    for (int st = 0; st < kStages; ++st) mbarrier_init(bar0 + 8 * st, 1);
     fence_mbarrier_init();
   }
   __syncthreads();
@@ -146,21 +142,14 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
   int stage = 0;                   // of step n; three stages: n + 1 loads while n and V_{n-1} are read
 
-  // Step n: thread 0 first refills the stage of step n-2 (released by every thread), then all wait for n.
-  // No block-wide barrier per step: the two warpgroups drift apart (one's softmax then overlaps the other's
-  // products); thread 0 refills a stage once every thread has released its previous use.
+  // Step n's tiles have landed and every warpgroup is past its product with V_{n-2}, whose stage is refilled.
   auto begin_step = [&](int n) {
     if (n == 0) {  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
       cp_async_wait<0>();
       fence_proxy_async_smem();
-      __syncthreads();
     }
-    if (tid == 0 && n + 1 < nsteps) {
-      const int st = stage == kStages - 1 ? 0 : stage + 1;
-      if (n + 1 >= kStages) mbarrier_wait(empty0 + 8 * st, uint32_t((n + 1) / kStages - 1) & 1u);
-      load_step(n + 1, st);
-    }
-    __syncwarp();
+    __syncthreads();
+    if (tid == 0 && n + 1 < nsteps) load_step(n + 1, stage == kStages - 1 ? 0 : stage + 1);
     mbarrier_wait(bar0 + 8 * stage, uint32_t(n / kStages) & 1u);
   };
   // S = Q K^T: K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled rows
@@ -262,7 +251,6 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
       wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
       softmax_in_place(n, alpha0, alpha1);
       wgmma_wait<0>();
-      mbarrier_arrive(empty0 + 8 * prev);  // step n-1's K and V are no longer read
       rescale_and_pack(alpha0, alpha1);
     }
     fence_registers(o);  // the last step's P V
