@@ -90,8 +90,6 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
     }
   }
   cp_async_commit();
-  const __nv_bfloat16* kg = a.k + int64_t(kvh) * a.khs;
-  const __nv_bfloat16* vg = a.v + int64_t(kvh) * a.vhs;
   // K/V tiles by TMA: thread 0 issues a step's boxes (64 rows x 64 dims each) and the step's stage barrier
   // completes when all their bytes have landed. A missing second tile loads rows 0.. (finite values under a
   // fully masked score block); rows past the end are zero-filled by the TMA unit.
@@ -142,7 +140,8 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
   int stage = 0;                   // of step n; three stages: n + 1 loads while n and V_{n-1} are read
 
-  // Step n's tiles have landed and every warpgroup is past its product with V_{n-2}, whose stage is refilled.
+  // After the block barrier every warpgroup is past its product with V_{n-2}: thread 0 refills that stage with
+  // step n + 1, then all wait for step n's bytes.
   auto begin_step = [&](int n) {
     if (n == 0) {  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
       cp_async_wait<0>();

@@ -105,11 +105,13 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   RTP_CHECK(kk.device() == q.device() && v.device() == q.device(), "sparse_attention: q/k/v on different devices");
   const auto dt = cuda ? torch::kBFloat16 : torch::kFloat32;
   // Views are read in place (a chunk reads the first T rows of a cache sized for the whole sequence: copying
-  // them per chunk would cost O(T^2 / chunk)); the kernel needs unit d-stride and, on the GPU, 16-byte rows.
+  // them per chunk would cost O(T^2 / chunk)); the kernel needs unit d-stride and, on the GPU, 16-byte rows
+  // starting at a 16-byte aligned address (the vector and TMA loads).
   auto prep = [&](const torch::Tensor& t) {
     torch::Tensor x = t.to(dt);
     const bool ok = x.stride(2) == 1 && x.stride(0) > 0 && x.stride(1) > 0 &&
-                    (!cuda || (x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0));
+                    (!cuda || (x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0 &&
+                               reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0));
     return ok ? x : x.contiguous();
   };
   torch::Tensor qc = prep(q), kc = prep(kk), vc = prep(v);
