@@ -11,11 +11,20 @@ if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
     endif()
   endif()
 endif()
-# Torch's CMake config otherwise probes the local GPU to pick architectures (and fails where there is none).
+# The CUDA architectures: Torch's CMake config turns TORCH_CUDA_ARCH_LIST into the -gencode flags of every CUDA
+# source and sets CMAKE_CUDA_ARCHITECTURES to OFF, so this list is the one that counts. Without it Torch probes the
+# local GPU (and fails where there is none). Default: Hopper with its arch-specific instructions (9.0a: the wgmma
+# and TMA prefill kernel) and Ampere as the portable target, with PTX for later GPUs.
 if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
-  set(TORCH_CUDA_ARCH_LIST "9.0a")
+  set(TORCH_CUDA_ARCH_LIST "8.0+PTX;9.0a")
 endif()
 find_package(Torch REQUIRED)
+# Whether the build has sm_90a code (the wgmma prefill kernel is empty otherwise and its launcher never picks it).
+if("${TORCH_CUDA_ARCH_LIST};$ENV{TORCH_CUDA_ARCH_LIST}" MATCHES "9\\.0a")
+  set(RTPURBO_HAVE_SM90A ON)
+else()
+  set(RTPURBO_HAVE_SM90A OFF)
+endif()
 # TorchConfig adds its flags to CMAKE_CXX_FLAGS globally; targets get them through the Torch target instead.
 find_package(yaml-cpp REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)

@@ -53,8 +53,18 @@ struct DecodeArgs {
 // touches what the previous one writes (or before it writes what the previous one reads), so the wait chain
 // stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes (see the
 // end of attend_mma_kernel for why its streaming blocks need no wait at all).
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+// Programmatic dependent launch exists from sm_90 on; the launcher uses plain stream order on older GPUs, where
+// these compile to nothing.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // vec: the row is 16-byte aligned (always, for torch allocations), so it is read in 16-byte loads; the scalar
 // path (16 separate loads of 2 or 4 bytes) kept the stats pass latency-bound.
@@ -979,7 +989,10 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   const DecodePlan plan = plan_decode(p);
   const DecodeArgs& a = plan.a;
   const int R = plan.R, nchunks = plan.nchunks;
-  const bool pdl = p.tuning.programmatic_launch;
+  int dev = 0, cc_major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    cc_major = 0;
+  const bool pdl = p.tuning.programmatic_launch && cc_major >= 9;  // the launch attribute needs Hopper or later
   const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
   auto al = DecodePlan::al;
   const size_t total = plan.total();

@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-out/device}
 start=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DRTPURBO_BUILD_TESTS=ON > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
 ninja -C build-gpu -j16 rtpurbo-identify-heads rtpurbo-train rtpurbo-export rtpurbo-eval qwen3_parity_gpu_test sparse_cache_test > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
 echo "built after $(( $(date +%s) - start )) s"
 DEVICE=cuda BUILD_DIR=build-gpu OUT_DIR=out/cuda bash scripts/run-default.sh 2>&1 | tee "$OUT/default-cuda.log" | grep -vE "^indexer step|^sequence"

@@ -11,7 +11,7 @@ python3 scripts/diagnostics/sdpa_grad_check.py > "$OUT/sdpa.txt" 2>&1; cat "$OUT
 rm -f /tmp/toy_done
 ( OUT=/tmp/kout BENCH_AFTER=/tmp/toy_done bash scripts/device/kernels_bench.sh "$@" > /tmp/kout/all.log 2>&1 ) &
 kpid=$!
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a > runs/cmake.log 2>&1 || tail -20 runs/cmake.log
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a > runs/cmake.log 2>&1 || tail -20 runs/cmake.log
 ninja -C build-gpu -j16 rtpurbo-train > runs/build.log 2>&1 || { grep -E "error|FAILED" -A3 runs/build.log | head -30; }
 echo "trainer built after $(( $(date +%s) - start )) s"
 declare -A V

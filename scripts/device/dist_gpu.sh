@@ -6,7 +6,7 @@
 set -uo pipefail
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a > "$OUT/cmake.log" 2>&1 || exit 1
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a > "$OUT/cmake.log" 2>&1 || exit 1
 grep -E "NCCL|Gloo|gloo" "$OUT/cmake.log"
 ninja -C build-gpu -j"$(nproc)" rtpurbo-train > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$OUT/build.log" | head -30; exit 1; }
 rm -f "$OUT/build.log"

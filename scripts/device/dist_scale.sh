@@ -9,7 +9,7 @@ set -uo pipefail
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
 if [ ! -x build-gpu/bin/rtpurbo-train ] || [ -n "${REBUILD:-}" ]; then
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a \
     -DRTPURBO_BUILD_TESTS=OFF > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
   ninja -C build-gpu -j"$(nproc)" rtpurbo-train > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$OUT/build.log" | head -30; exit 1; }
 fi

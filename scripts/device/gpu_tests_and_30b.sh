@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
 start=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DRTPURBO_BUILD_TESTS=ON \
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON \
   > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
 GPU_TESTS=$(cd tests && ls */*_gpu_test.cpp | xargs -n1 basename | sed 's/\.cpp$//')
 ninja -C build-gpu -j"$(nproc)" rtpurbo-train sparse_cache_test $GPU_TESTS > "$OUT/build.log" 2>&1 \

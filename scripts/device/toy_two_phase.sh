@@ -11,7 +11,7 @@ set -uo pipefail
 OUT=${OUT:-out/device}
 mkdir -p "$OUT" runs
 if [ ! -x build-gpu/bin/rtpurbo-train ]; then
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a > runs/cmake.log 2>&1 || { tail -20 runs/cmake.log; exit 1; }
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a > runs/cmake.log 2>&1 || { tail -20 runs/cmake.log; exit 1; }
   ninja -C build-gpu -j"$(nproc)" rtpurbo-train > runs/build.log 2>&1 || { grep -E "error|FAILED" -A3 runs/build.log | head -30; exit 1; }
 fi
 NGPU=$(nvidia-smi -L | wc -l)
