@@ -1,4 +1,5 @@
-// Block-sparse causal prefill attention, FA2-style: mma.sync m16n8k16 bf16 with fp32 accumulation, ldmatrix,
+// Block-sparse causal prefill attention, FA2-style (the kernel for GPUs other than Hopper, where
+// sparse_prefill_wgmma.cu runs): mma.sync m16n8k16 bf16 with fp32 accumulation, ldmatrix,
 // cp.async double buffering of 64-key K/V tiles, online softmax in registers.
 // One thread block = 8 warps = 128 query rows = (128 / block_size) query heads of one GQA group times one
 // query block, so every K/V tile it loads serves all its heads. Streaming, dense and retrieval KV heads run
