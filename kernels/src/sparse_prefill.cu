@@ -61,17 +61,7 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
   // ---- load Q (rows r -> head hl = r / BS, token q0 + r % BS) ----
   const int hp0 = hchunk * a.heads_per_cta;
   const uint32_t sQa = smem_u32(sQ), sKa = smem_u32(sK), sVa = smem_u32(sV);
-  for (int hl = 0; hl < a.heads_per_cta; ++hl) {
-    const int hh = min(hp0 + hl, a.G - 1);
-    const __nv_bfloat16* qg = a.q + int64_t(kvh * a.G + hh) * a.qhs;
-    constexpr int CPR = D / 8;
-    for (int idx = tid; idx < BS * CPR; idx += kThreads) {
-      const int r = idx / CPR, c = idx % CPR;
-      const int64_t row = r0 + r;
-      const bool ok = row < a.Tq;
-      cp_async16(sQa + swz<D>(hl * BS + r, c) * 16, qg + (ok ? row : 0) * a.qrs + c * 8, ok ? 16 : 0);
-    }
-  }
+  load_q_rows<D, BS, kThreads>(a, kvh, hp0, r0, tid, [&](int r, int c) { return sQa + swz<D>(r, c) * 16; });
   cp_async_commit();
   const __nv_bfloat16* kg = a.k + int64_t(kvh) * a.khs;
   const __nv_bfloat16* vg = a.v + int64_t(kvh) * a.vhs;
@@ -148,15 +138,8 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
       mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]) * a.scale_log2);
       mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]) * a.scale_log2);
     }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float ref0 = mx0 == -INFINITY ? 0.f : mx0;
-    const float ref1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float alpha0 = exp2f(m0 - ref0), alpha1 = exp2f(m1 - ref1);
-    m0 = mx0;
-    m1 = mx1;
+    float ref0, ref1, alpha0, alpha1;
+    online_row_max(m0, m1, mx0, mx1, ref0, ref1, alpha0, alpha1, [](float x) { return exp2f(x); });
     l0 *= alpha0;
     l1 *= alpha1;
 #pragma unroll
@@ -196,22 +179,7 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
   cp_async_wait<0>();
 
   // ---- epilogue ----
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-  const int hl0 = (wrow0 + g) / BS, hl1 = (wrow0 + g + 8) / BS;
-  const bool ok0 = lrow0 < a.Tq && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
-  const bool ok1 = lrow1 < a.Tq && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
-  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + lrow0 * a.ors;
-  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + lrow1 * a.ors;
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) {
-    const int d = i * 8 + 2 * t4;
-    if (ok0) *reinterpret_cast<uint32_t*>(o0 + d) = pack_bf16(oacc[i][0] * inv0, oacc[i][1] * inv0);
-    if (ok1) *reinterpret_cast<uint32_t*>(o1 + d) = pack_bf16(oacc[i][2] * inv1, oacc[i][3] * inv1);
-  }
+  store_o_rows<D, BS>(a, kvh, hp0, wrow0 + g, lrow0, lrow1, t4, l0, l1, [&](int i, int e) { return oacc[i][e]; });
 }
 
 }  // namespace
@@ -221,9 +189,10 @@ cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t s
   const int64_t D = p.head_dim;
   cuda_detail::PrefillArgs a;
   if (!cuda_detail::make_prefill_args(p, kRows, &a)) return cudaErrorInvalidValue;
-  if (p.prefill_kernel == PrefillKernel::WGMMA && !prefill_wgmma_available()) return cudaErrorInvalidDeviceFunction;
-  if (p.prefill_kernel == PrefillKernel::WGMMA || (p.prefill_kernel == PrefillKernel::AUTO && prefill_wgmma_available())) {
-    const cudaError_t e = cuda_detail::launch_prefill_wgmma(p, stream);
+  const bool wgmma = p.prefill_kernel != PrefillKernel::MMA_SYNC && prefill_wgmma_available();
+  if (p.prefill_kernel == PrefillKernel::WGMMA && !wgmma) return cudaErrorInvalidDeviceFunction;
+  if (wgmma) {
+    const cudaError_t e = cuda_detail::launch_prefill_wgmma(p, a, stream);  // 128 rows per block too
     if (e != cudaErrorNotSupported || p.prefill_kernel == PrefillKernel::WGMMA) return e;
   }
   const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);

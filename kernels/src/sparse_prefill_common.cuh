@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cuda_common.cuh"
 #include "rtp/kernels/sparse_attention.h"
 
 namespace rtp::kernels::cuda_detail {
@@ -142,10 +143,71 @@ struct PrefillBlock {
   }
 };
 
+// Q of a thread block by cp.async (the caller commits): row r = hl * BS + i of shared memory holds query row
+// r0 + i of query head hp0 + hl of the KV head's group; rows past the end read as zero. smem_byte(r, c) places
+// 16-byte chunk c of row r (the kernel's swizzle).
+template <int D, int BS, int THREADS, typename SmemByte>
+__device__ __forceinline__ void load_q_rows(const PrefillArgs& a, int kvh, int hp0, int64_t r0, int tid, SmemByte smem_byte) {
+  constexpr int CPR = D / 8;
+  for (int hl = 0; hl < a.heads_per_cta; ++hl) {
+    const int hh = min(hp0 + hl, a.G - 1);
+    const __nv_bfloat16* qg = a.q + int64_t(kvh * a.G + hh) * a.qhs;
+    for (int idx = tid; idx < BS * CPR; idx += THREADS) {
+      const int r = idx / CPR, c = idx % CPR;
+      const int64_t row = r0 + r;
+      const bool ok = row < a.Tq;
+      cp_async16(smem_byte(hl * BS + r, c), qg + (ok ? row : 0) * a.qrs + c * 8, ok ? 16 : 0);
+    }
+  }
+}
+
+// Online softmax, one thread's two rows (log2 domain): mx0/mx1 hold this thread's maxima including the running
+// m0/m1; the four threads of a row agree on the new maxima. ref: what the step's scores are exponentiated
+// against (0 for a row without a visible key yet, so exp2 stays finite); alpha: the factor for the row's earlier
+// sum and output.
+template <typename Exp2>
+__device__ __forceinline__ void online_row_max(float& m0, float& m1, float mx0, float mx1, float& ref0, float& ref1,
+                                               float& alpha0, float& alpha1, Exp2 exp2) {
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  ref0 = mx0 == -INFINITY ? 0.f : mx0;
+  ref1 = mx1 == -INFINITY ? 0.f : mx1;
+  alpha0 = exp2(m0 - ref0);
+  alpha1 = exp2(m1 - ref1);
+  m0 = mx0;
+  m1 = mx1;
+}
+
+// Epilogue for one thread's two rows of the block (thread-block rows row0 and row0 + 8, query rows lrow0/lrow1):
+// sums the row's quad, normalises and writes bf16 pairs. acc(i, e): the accumulator element of columns
+// 8i + 2 t4 + (e & 1), row0 for e < 2 and row0 + 8 for e >= 2 (the mma m16n8 / wgmma layout).
+template <int D, int BS, typename Acc>
+__device__ __forceinline__ void store_o_rows(const PrefillArgs& a, int kvh, int hp0, int row0, int64_t lrow0, int64_t lrow1,
+                                             int t4, float l0, float l1, Acc acc) {
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  const int hl0 = row0 / BS, hl1 = (row0 + 8) / BS;
+  const bool ok0 = lrow0 < a.Tq && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
+  const bool ok1 = lrow1 < a.Tq && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
+  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + lrow0 * a.ors;
+  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + lrow1 * a.ors;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    const int d = i * 8 + 2 * t4;
+    if (ok0) *reinterpret_cast<uint32_t*>(o0 + d) = pack_bf16(acc(i, 0) * inv0, acc(i, 1) * inv0);
+    if (ok1) *reinterpret_cast<uint32_t*>(o1 + d) = pack_bf16(acc(i, 2) * inv1, acc(i, 3) * inv1);
+  }
+}
+
 #ifdef RTPURBO_WITH_CUDA
 // The wgmma kernel (sm_90a builds on a compute-capability 9.0 device); launched by sparse_attention_cuda.
 // cudaErrorNotSupported: the K/V layout cannot be described to the TMA unit (the mma.sync kernel can run it).
-cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, cudaStream_t stream);
+cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillArgs& a, cudaStream_t stream);
 #endif
 
 }  // namespace rtp::kernels::cuda_detail

@@ -78,17 +78,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
 
   // ---- Q: row r -> query head hl = r / BS of the chunk, token r0 + r % BS ----
   const int hp0 = hchunk * a.heads_per_cta;
-  for (int hl = 0; hl < a.heads_per_cta; ++hl) {
-    const int hh = min(hp0 + hl, a.G - 1);
-    const __nv_bfloat16* qg = a.q + int64_t(kvh * a.G + hh) * a.qhs;
-    constexpr int CPR = D / 8;
-    for (int idx = tid; idx < BS * CPR; idx += kThreadsPerCta) {
-      const int r = idx / CPR, c = idx % CPR;
-      const int64_t row = r0 + r;
-      const bool ok = row < a.Tq;
-      cp_async16(sQ + sw128<kRowsPerCta>(hl * BS + r, c), qg + (ok ? row : 0) * a.qrs + c * 8, ok ? 16 : 0);
-    }
-  }
+  load_q_rows<D, BS, kThreadsPerCta>(a, kvh, hp0, r0, tid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
   cp_async_commit();
   // K/V tiles by TMA: thread 0 issues a step's boxes (64 rows x 64 dims each) and the step's stage barrier
   // completes when all their bytes have landed. A missing second tile loads rows 0.. (finite values under a
@@ -194,16 +184,8 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
       mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]) * a.scale_log2);
       mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]) * a.scale_log2);
     }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float ref0 = mx0 == -INFINITY ? 0.f : mx0;
-    const float ref1 = mx1 == -INFINITY ? 0.f : mx1;
-    alpha0 = fast_exp2(m0 - ref0);
-    alpha1 = fast_exp2(m1 - ref1);
-    m0 = mx0;
-    m1 = mx1;
+    float ref0, ref1;
+    online_row_max(m0, m1, mx0, mx1, ref0, ref1, alpha0, alpha1, [](float x) { return fast_exp2(x); });
     float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
@@ -261,28 +243,10 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   cp_async_wait<0>();
 
   // ---- epilogue ----
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-  const int hl0 = row0 / BS, hl1 = row1 / BS;
-  const bool ok0 = lrow0 < a.Tq && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
-  const bool ok1 = lrow1 < a.Tq && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
-  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + lrow0 * a.ors;
-  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + lrow1 * a.ors;
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) {
-    const int d = i * 8 + 2 * t4;
-    if (ok0) *reinterpret_cast<uint32_t*>(o0 + d) = pack_bf16(o[4 * i + 0] * inv0, o[4 * i + 1] * inv0);
-    if (ok1) *reinterpret_cast<uint32_t*>(o1 + d) = pack_bf16(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
-  }
+  store_o_rows<D, BS>(a, kvh, hp0, row0, lrow0, lrow1, t4, l0, l1, [&](int i, int e) { return o[4 * i + e]; });
 #endif  // RTP_HAVE_WGMMA
 }
 
-}  // namespace
-
-namespace {
 // Tensor map of a [heads, rows, D] bf16 tensor with the given strides (elements), read in boxes of 64 rows x 64
 // dims with the 128-byte swizzle the kernel's shared-memory layout uses. False where the TMA unit cannot
 // address it (alignment, sizes) or the driver lacks the entry point.
@@ -308,9 +272,8 @@ bool encode_kv_map(CUtensorMap* map, const void* base, int64_t heads, int64_t ro
 }
 }  // namespace
 
-cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, cudaStream_t stream) {
-  PrefillArgs a;
-  if (!make_prefill_args(p, kRowsPerCta, &a)) return cudaErrorInvalidValue;
+cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillArgs& a, cudaStream_t stream) {
+  if (a.heads_per_cta * p.block_size != kRowsPerCta) return cudaErrorInvalidValue;  // args made for another block shape
   CUtensorMap tm_k, tm_v;
   if (!encode_kv_map(&tm_k, a.k, p.num_kv_heads, a.krows, p.head_dim, a.krs, a.khs) ||
       !encode_kv_map(&tm_v, a.v, p.num_kv_heads, a.krows, p.head_dim, a.vrs, a.vhs))
