@@ -45,7 +45,21 @@ struct DecodeArgs {
   int nsplit[kMaxKvHeads];
   int chunk[kMaxKvHeads];
   int max_split;
+  unsigned long long* timeline;  // DecodeTuning::timeline
 };
+
+// Timeline probe (DecodeTuning::timeline): thread 0 of every block stamps its start and end.
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void probe_start(unsigned long long* tl, int phase) {
+  if (tl && threadIdx.x == 0) atomicMin(tl + 2 * phase, global_ns());
+}
+__device__ __forceinline__ void probe_end(unsigned long long* tl, int phase) {
+  if (tl && threadIdx.x == 0) atomicMax(tl + 2 * phase + 1, global_ns());
+}
 
 // Programmatic dependent launch (Hopper): a kernel launched with the attribute may start once every block of the
 // kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
@@ -98,10 +112,12 @@ template <typename IT, int GM, int kRows>
 __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, float* hist,
                                                     float* forced_mass, uint32_t* done, int32_t* selected_count,
                                                     int G, int64_t L,
-                                                    int64_t cap, int nchunks, int chunk, bool vec) {
+                                                    int64_t cap, int nchunks, int chunk, bool vec,
+                                                    unsigned long long* tl) {
   __shared__ float q[GM][kIndexDim];
   __shared__ float2 red[8][GM];
   const int r = blockIdx.y, tid = threadIdx.x;
+  probe_start(tl, kPhaseStats);
   pdl_trigger();
   if (blockIdx.x == 0) {
     for (int i = tid; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
@@ -158,6 +174,7 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
       if (red[w][tid].x != -INFINITY) gs += red[w][tid].y * __expf(red[w][tid].x - gm);
     stats[(int64_t(r) * nchunks + blockIdx.x) * G + tid] = make_float2(gm, gs);
   }
+  probe_end(tl, kPhaseStats);
 }
 
 // Merges two (max, sum exp(x - max)) pairs.
@@ -217,12 +234,14 @@ template <typename IT, int kRows>
 __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
                                                    float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
                                                    int G, int64_t L, int64_t cap, int nchunks, int chunk,
-                                                   int64_t keep_first, int64_t keep_last, float top_p, bool vec) {
+                                                   int64_t keep_first, int64_t keep_last, float top_p, bool vec,
+                                                   unsigned long long* tl) {
   __shared__ float q[kMaxG][kIndexDim];
   __shared__ float gm[kMaxG], ginv[kMaxG];
   __shared__ float sh[kDecodeBins];
   __shared__ float sforced;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  probe_start(tl, kPhaseHist);
   pdl_trigger();
   // The query and this thread's first index rows are the caller's data: loaded before the wait, so with PDL
   // they arrive while stats_kernel is still running.
@@ -305,10 +324,14 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
   __shared__ bool s_last;
   if (tid == 0) s_last = atomicAdd(&done[r], 1u) == unsigned(nchunks - 1);
   __syncthreads();
-  if (!s_last) return;
+  if (!s_last) {
+    probe_end(tl, kPhaseHist);
+    return;
+  }
   __threadfence();
   const int b = cut_bin(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), top_p);
   if (tid == 0) bstar_out[r] = b;
+  probe_end(tl, kPhaseHist);
 }
 
 // The attend before attend_mma_kernel (RTP_DECODE_ATTEND=v2 selects it): CUDA-core math, one tile at a time.
@@ -568,6 +591,8 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   if (split >= a.nsplit[kvh]) return;
   pdl_trigger();
   const int kind = a.kind[kvh];
+  const int phase = kind == int(HeadKind::RETRIEVAL) ? kPhaseAttendRetrieval : kPhaseAttendOther;
+  probe_start(a.timeline, phase);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int G = a.G;
   const __nv_bfloat16 *K, *V;
@@ -783,6 +808,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
       if (wml[w][tid].x != -INFINITY) Ls += wml[w][tid].y * fast_exp2(wml[w][tid].x - M);
     part_ml[(int64_t(kvh) * G + tid) * a.max_split + split] = make_float2(M * 0.6931471805599453f, Ls);
   }
+  probe_end(a.timeline, phase);
 }
 
 constexpr size_t mma_smem_bytes(int D) { return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + kRetChunkMax * 2; }
@@ -802,6 +828,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
   __shared__ float ls[SG];
   __shared__ float wmax[8];
   const int h = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  probe_start(a.timeline, kPhaseCombine);
   pdl_trigger();
   pdl_wait();  // part_acc / part_ml come from attend
   const int ns = a.nsplit[h / a.G];
@@ -860,6 +887,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
     dst[0] = __floats2bfloat162_rn(r.x * inv, r.y * inv);
     dst[1] = __floats2bfloat162_rn(r.z * inv, r.w * inv);
   }
+  probe_end(a.timeline, kPhaseCombine);
 }
 
 }  // namespace
@@ -909,6 +937,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   a.keep_last = p.keep_last;
   a.scale = p.scale > 0 ? p.scale : 1.f / std::sqrt(float(p.head_dim));
   a.top_p = p.top_p;
+  a.timeline = p.tuning.timeline;
   int nfull = 0, nstr = 0, R = 0;
   a.max_split = 1;
   for (int g = 0; g < p.num_kv_heads; ++g) {
@@ -1021,11 +1050,11 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       auto stats_k = a.G <= 8 ? (one_row ? stats_kernel<IT, 8, 1> : stats_kernel<IT, 8, 2>)
                               : (one_row ? stats_kernel<IT, kMaxG, 1> : stats_kernel<IT, kMaxG, 2>);
       cudaError_t err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done,
-                                 p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec);
+                                 p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec, a.timeline);
       if (err == cudaSuccess)
         err = launch_k(one_row ? hist_kernel<IT, 1> : hist_kernel<IT, 2>, g, dim3(256), 0, stream, pdl, iq, ik, stats,
                        bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk,
-                       p.keep_first, p.keep_last, p.top_p, vec);
+                       p.keep_first, p.keep_last, p.top_p, vec, a.timeline);
       return err;
     };
     if (p.index_dtype == DType::BF16)

@@ -166,6 +166,64 @@ double time_baseline(const char* name, const torch::Tensor& k4, const torch::Ten
   }
 }
 
+// When each phase of a decode call runs: call(with_retrieval, timeline) is captured in a CUDA graph after a copy
+// that resets the probe, replayed 30 times; per phase the median first-block start and last-block end in us after
+// the call's first block started. Returns {"with_retrieval": {...}, "streaming_only": {...}, "line": text}.
+json decode_timeline(const std::function<void(bool, unsigned long long*)>& call) {
+  constexpr int P = kernels::kDecodePhases;
+  const char* names[P] = {"stats", "hist", "attend_other", "attend_retrieval", "combine"};
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto init = torch::zeros({2 * P}, i64);
+  for (int ph = 0; ph < P; ++ph) init[2 * ph] = int64_t(-1);  // UINT64_MAX: atomicMin starts
+  init = init.cuda();
+  auto tl = torch::empty_like(init);
+  json out;
+  std::string line = "timeline (us from the call's first block, median of 30 graph replays):";
+  for (bool with_ret : {true, false}) {
+    c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool());
+    auto step = [&] {
+      tl.copy_(init);
+      call(with_ret, reinterpret_cast<unsigned long long*>(tl.data_ptr<int64_t>()));
+    };
+    step();
+    ck(cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream().stream()), "sync");
+    at::cuda::CUDAGraph graph;
+    graph.capture_begin();
+    step();
+    graph.capture_end();
+    std::vector<std::vector<double>> st(P), en(P);
+    for (int rep = 0; rep < 30; ++rep) {
+      graph.replay();
+      auto h = tl.cpu();
+      const auto* v = reinterpret_cast<const uint64_t*>(h.data_ptr<int64_t>());
+      uint64_t t0 = UINT64_MAX;
+      for (int ph = 0; ph < P; ++ph) t0 = std::min(t0, v[2 * ph]);
+      for (int ph = 0; ph < P; ++ph)
+        if (v[2 * ph] != UINT64_MAX) {
+          st[ph].push_back((v[2 * ph] - t0) * 1e-3);
+          en[ph].push_back((v[2 * ph + 1] - t0) * 1e-3);
+        }
+    }
+    auto median = [](std::vector<double> x) {
+      std::sort(x.begin(), x.end());
+      return x[x.size() / 2];
+    };
+    json J;
+    line += with_ret ? "\n  layer with a retrieval head:" : "\n  streaming-only layer:      ";
+    for (int ph = 0; ph < P; ++ph) {
+      if (st[ph].empty()) continue;
+      const double a = median(st[ph]), b = median(en[ph]);
+      J[names[ph]] = {{"start_us", a}, {"end_us", b}};
+      char buf[96];
+      std::snprintf(buf, sizeof buf, " %s %.1f-%.1f", names[ph], a, b);
+      line += buf;
+    }
+    out[with_ret ? "with_retrieval" : "streaming_only"] = J;
+  }
+  out["line"] = line;
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,6 +252,8 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("0"))(
         "decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
         cxxopts::value<int>()->default_value("0"))(
+        "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
+        cxxopts::value<bool>()->default_value("false"))(
         "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
@@ -450,6 +510,15 @@ int main(int argc, char** argv) {
       const double gA = time_graph_ms("sparse", [&] { dec(true); }, 50, &note);
       const double gB = time_graph_ms("sparse", [&] { dec(false); }, 50, &note);
       const double gs = wA * gA + (1 - wA) * gB;
+      json timeline;
+      if (args["decode-timeline"].as<bool>()) {
+        timeline = decode_timeline([&](bool with_ret, unsigned long long* tl) {
+          tuning.timeline = tl;
+          dec(with_ret);
+          tuning.timeline = nullptr;
+        });
+        std::printf("%s\n", timeline["line"].get<std::string>().c_str());
+      }
       const double gf = time_graph_ms("fa2", [&] { at::_scaled_dot_product_flash_attention(q4, kd, vd, 0.0, false); },
                                       50, &note);
       const double gc = time_graph_ms("cudnn", [&] {
@@ -468,6 +537,7 @@ int main(int argc, char** argv) {
              {"graph_whole_layer_cudnn_us", (g_rest + gc) * 1e3},
              {"graph_whole_layer_speedup_vs_fa2", (g_rest + gf) / (g_rest + gs)},
              {"graph_whole_layer_speedup_vs_cudnn", (g_rest + gc) / (g_rest + gs)}};
+      if (!timeline.is_null()) R["timeline"] = timeline;
       J["decode"].push_back(R);
       char line[400];
       std::snprintf(line, sizeof line, "%8ld %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx %8d %5.1f%% | %8.1f %8.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx",
