@@ -11,6 +11,7 @@
 //               tokens first; streaming heads read the valid ring slots; dense heads every token
 //   4. combine: per query head, merge the chunk partials (m, l, acc)
 // Launches 1-2 exist only when a KV head is RETRIEVAL.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -23,6 +24,7 @@
 namespace rtp::kernels {
 namespace {
 using namespace cuda_detail;
+namespace cg = cooperative_groups;
 
 constexpr int kAttnThreads = 128;  // 4 warps
 constexpr int kMaxG = 16;
@@ -46,6 +48,8 @@ struct DecodeArgs {
   int chunk[kMaxKvHeads];
   int max_split;
   unsigned long long* timeline;  // DecodeTuning::timeline
+  bool fused_retrieval;  // retrieval heads run in retrieval_decode_kernel (attend_mma_kernel skips them)
+  int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
 
 // Timeline probe (DecodeTuning::timeline): thread 0 of every block stamps its start and end.
@@ -185,12 +189,14 @@ __device__ __forceinline__ float2 merge_ms(float2 a, float2 b) {
 }
 
 // b* of the spec (sparse_attention_params.h) from the complete histogram hh[kDecodeBins] of one retrieval slot
-// and its forced mass; called by all 256 threads of a block, returns b* in every thread. Z, the total mass, is
+// and its forced mass; called by all NT threads of a block, returns b* in every thread. Z, the total mass, is
 // summed here (1 up to rounding) and the cut is taken at top_p * Z; top_p >= 1 selects every bin.
+template <int NT>
 __device__ int cut_bin(const float* hh, float forced, float top_p) {
-  constexpr int PER = kDecodeBins / 256;  // consecutive bins per thread
-  static_assert(kDecodeBins % 256 == 0, "bins per thread");
-  __shared__ float wsum[8];
+  constexpr int PER = kDecodeBins / NT;  // consecutive bins per thread
+  constexpr int NW = NT / 32;
+  static_assert(kDecodeBins % NT == 0, "bins per thread");
+  __shared__ float wsum[NW];
   __shared__ int s_b;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   float v[PER];
@@ -203,7 +209,7 @@ __device__ int cut_bin(const float* hh, float forced, float top_p) {
   __syncthreads();
   float before = forced, Z = forced;
 #pragma unroll
-  for (int w = 0; w < 8; ++w) {
+  for (int w = 0; w < NW; ++w) {
     before += w < warp ? wsum[w] : 0.f;
     Z += wsum[w];
   }
@@ -329,7 +335,7 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
     return;
   }
   __threadfence();
-  const int b = cut_bin(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), top_p);
+  const int b = cut_bin<256>(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), top_p);
   if (tid == 0) bstar_out[r] = b;
   probe_end(tl, kPhaseHist);
 }
@@ -544,13 +550,6 @@ __global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_co
     atomicAdd(&selected_count[a.rslot[kvh]], int(nsel));
 }
 
-// ex2.approx: exp2(-inf) = +0, which the masking relies on.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 __device__ __forceinline__ uint32_t ld_bf16x2(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // Offset (in elements) of the 16-byte chunk c of tile row r: the chunk index is XORed with r % 8 so that the 8
@@ -561,133 +560,96 @@ __device__ __forceinline__ int swz(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
-// grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D).
-// Each thread block takes a chunk of candidate keys of one KV head for all G query heads (rows of a 16-row mma
-// tile, rows >= G zero) and walks it in 64-key tiles, the next tile's cp.async in flight during this tile's math:
-//   select  (retrieval only) the chunk's bins are tested against b* and the kept offsets compacted into a
-//           shared list once, before any K/V load; streaming and dense chunks are contiguous rows
-//   per warp 16 keys of the tile: S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers
-//           (rows are quads of lanes), O += P V (P re-packed from the S accumulators, V by ldmatrix.trans)
-//   merge   the 4 warps' (m, l, O) through shared memory into one partial per (query head, chunk)
-// Scores are kept in log2 units (scale * log2 e folded in, exp2); part_ml gets m back in natural-log units, the
-// unit the combine kernel shares with attend_v2_kernel.
+// The mma attend's running state per thread: rows g and g + 8 of the 16-row tile (query heads, zero past G);
+// l holds this thread's columns only until write_partial reduces the quad.
 template <int D>
-__global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
-    const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
-    const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar_in,
-    float* part_acc, float2* part_ml, int32_t* selected_count) {
-  constexpr int NW = kMmaWarps, NT = kMmaThreads, TK = kMmaTile, CPR = D / 8;
-  constexpr int KS = D / 16;  // k-steps of Q K^T
-  constexpr int NO = D / 8;   // n-tiles of O
-  constexpr int CAND = kRetChunkMax / NT;  // candidates per thread in the select step
-  extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);  // [stage][K, V][TK][D], swizzled rows
-  uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * TK * D * 2);  // [kRetChunkMax]
-  __shared__ int warp_cnt[NW];
-  __shared__ int s_bstar;
-  __shared__ float2 wml[NW][16];
+struct MmaAttendState {
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  float o[D / 8][4];
+};
 
-  const int kvh = blockIdx.y, split = blockIdx.x;
-  if (split >= a.nsplit[kvh]) return;
-  pdl_trigger();
-  const int kind = a.kind[kvh];
-  const int phase = kind == int(HeadKind::RETRIEVAL) ? kPhaseAttendRetrieval : kPhaseAttendOther;
-  probe_start(a.timeline, phase);
+// Q of one KV head's G query heads as mma A fragments (rows g and g + 8, zero past G).
+template <int D>
+__device__ __forceinline__ void load_q_fragments(const __nv_bfloat16* qh, int G, uint32_t (&qa)[D / 16][4]) {
+  const int lane = threadIdx.x % 32, g = lane >> 2, q4 = lane & 3;
+  const __nv_bfloat16* q0 = qh + int64_t(g) * D;
+  const __nv_bfloat16* q1 = q0 + 8 * D;
+  const bool r0 = g < G, r1 = g + 8 < G;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int c = kk * 16 + q4 * 2;
+    qa[kk][0] = r0 ? ld_bf16x2(q0 + c) : 0u;
+    qa[kk][1] = r1 ? ld_bf16x2(q1 + c) : 0u;
+    qa[kk][2] = r0 ? ld_bf16x2(q0 + c + 8) : 0u;
+    qa[kk][3] = r1 ? ld_bf16x2(q1 + c + 8) : 0u;
+  }
+}
+
+// Compacts the kept candidates (bin <= b* or forced) among mb[0 .. n) into list, in order; n <= NT * CAND.
+// Each thread tests CAND consecutive candidates, a block scan of the counts gives the offsets. Called by every
+// thread of the block; returns the count in every thread.
+template <int NT, int CAND>
+__device__ __forceinline__ int compact_kept(const uint16_t* mb, int n, int bstar, uint16_t* list, int* warp_cnt) {
+  static_assert(CAND <= 32, "one bit per candidate");
+  constexpr int NW = NT / 32;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  uint32_t keep = 0;
+#pragma unroll
+  for (int i = 0; i < CAND; ++i) {
+    const int c = tid * CAND + i;
+    if (c < n) {
+      const uint16_t bn = mb[c];
+      if (bn == kForced || int(bn) <= bstar) keep |= 1u << i;
+    }
+  }
+  const int cnt = __popc(keep);
+  const int incl = warp_inclusive_scan(cnt);
+  if (lane == 31) warp_cnt[warp] = incl;
+  __syncthreads();
+  int before = incl - cnt, total = 0;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) {
+    before += w < warp ? warp_cnt[w] : 0;
+    total += warp_cnt[w];
+  }
+  while (keep) {
+    const int i = __ffs(keep) - 1;
+    keep &= keep - 1;
+    list[before++] = uint16_t(tid * CAND + i);
+  }
+  __syncthreads();  // the list is complete; warp_cnt may be reused
+  return total;
+}
+
+// Attends the G query heads (qa) to n key rows, row i = k0 + (list ? list[i] : i), in 64-key tiles with the next
+// tile's cp.async in flight during this tile's math (kvs: the two tile stages). Per warp 16 keys of a tile:
+// S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers (rows are quads of lanes), O += P V (P
+// re-packed from the S accumulators, V by ldmatrix.trans). Scores are in log2 units (sl2 = scale * log2 e).
+// Called by every thread of a kMmaThreads block; st carries over between calls (several candidate segments).
+template <int D>
+__device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0,
+                                            const uint16_t* list, int n, const uint32_t (&qa)[D / 16][4], float sl2,
+                                            __nv_bfloat16* kvs, MmaAttendState<D>& st) {
+  constexpr int NT = kMmaThreads, TK = kMmaTile, CPR = D / 8, KS = D / 16, NO = D / 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int G = a.G;
-  const __nv_bfloat16 *K, *V;
-  int64_t nkeys;
-  if (kind == int(HeadKind::STREAMING)) {
-    // Valid ring slots are exactly 0 .. nkeys-1 (sinks, then the filled part of the window, in any order:
-    // the softmax does not care which token sits in which slot).
-    K = kr + int64_t(a.slot[kvh]) * a.ring * D;
-    V = vr + int64_t(a.slot[kvh]) * a.ring * D;
-    nkeys = min(a.sink, a.L) + min(a.window, max(int64_t(0), a.L - a.sink));
-  } else {
-    K = kf + int64_t(a.slot[kvh]) * a.cap * D;
-    V = vf + int64_t(a.slot[kvh]) * a.cap * D;
-    nkeys = a.L;
-  }
-  const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
-  const bool ret = kind == int(HeadKind::RETRIEVAL);
-  int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
-  if (ret) {
-    pdl_wait();  // b* and bins come from hist_kernel
-    const int rs = a.rslot[kvh];
-    if (tid == 0) s_bstar = bstar_in[rs];
-    __syncthreads();
-    const int bstar = s_bstar;
-    const uint16_t* mb = bins + int64_t(rs) * a.cap + k0;
-    // Each thread tests CAND consecutive candidates; a block scan of the counts gives ordered offsets.
-    uint32_t keep = 0;
-#pragma unroll
-    for (int i = 0; i < CAND; ++i) {
-      const int c = tid * CAND + i;
-      if (c < n) {
-        const uint16_t bn = mb[c];
-        if (bn == kForced || int(bn) <= bstar) keep |= 1u << i;
-      }
-    }
-    const int cnt = __popc(keep);
-    const int incl = warp_inclusive_scan(cnt);
-    if (lane == 31) warp_cnt[warp] = incl;
-    __syncthreads();
-    int before = incl - cnt, total = 0;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) {
-      before += w < warp ? warp_cnt[w] : 0;
-      total += warp_cnt[w];
-    }
-    while (keep) {
-      const int i = __ffs(keep) - 1;
-      keep &= keep - 1;
-      list[before++] = uint16_t(tid * CAND + i);
-    }
-    n = total;
-    __syncthreads();
-    if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
-  }
   const int ntiles = (n + TK - 1) / TK;
-
-  auto load_tile = [&](int t, int st) {
-    __nv_bfloat16* Ks = kvs + st * 2 * TK * D;
+  auto load_tile = [&](int t, int stage) {
+    __nv_bfloat16* Ks = kvs + stage * 2 * TK * D;
     __nv_bfloat16* Vs = Ks + TK * D;
 #pragma unroll
     for (int it = 0; it < TK * CPR / NT; ++it) {
       const int c = tid + it * NT, r = c / CPR, cc = c % CPR, i = t * TK + r;
       const bool valid = i < n;
-      const int64_t row = valid ? k0 + (ret ? int(list[i]) : i) : 0;
+      const int64_t row = valid ? k0 + (list ? int(list[i]) : i) : 0;
       const int off = swz<D>(r, cc);
       cp_async16(smem_u32(Ks + off), K + row * D + cc * 8, valid ? 16 : 0);
       cp_async16(smem_u32(Vs + off), V + row * D + cc * 8, valid ? 16 : 0);
     }
   };
-
-  const int g = lane >> 2, q4 = lane & 3;
-  // Q as mma A fragments for the whole block (rows g and g + 8, zero past G); loaded while tile 0 is in flight.
   if (ntiles > 0) load_tile(0, 0);
   cp_async_commit();
-  uint32_t qa[KS][4];
-  {
-    const __nv_bfloat16* q0 = q + (int64_t(kvh) * G + g) * D;
-    const __nv_bfloat16* q1 = q0 + 8 * D;
-    const bool r0 = g < G, r1 = g + 8 < G;
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-      const int c = kk * 16 + q4 * 2;
-      qa[kk][0] = r0 ? ld_bf16x2(q0 + c) : 0u;
-      qa[kk][1] = r1 ? ld_bf16x2(q1 + c) : 0u;
-      qa[kk][2] = r0 ? ld_bf16x2(q0 + c + 8) : 0u;
-      qa[kk][3] = r1 ? ld_bf16x2(q1 + c + 8) : 0u;
-    }
-  }
-  const float sl2 = a.scale * 1.4426950408889634f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g, g + 8 (l: this thread's columns only)
-  float o[NO][4];
-#pragma unroll
-  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  const int g = lane >> 2, q4 = lane & 3;
   const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: lane supplies row rr of matrix mi
-
   for (int t = 0; t < ntiles; ++t) {
     if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
     cp_async_commit();
@@ -725,9 +687,9 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
       x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 1));
       x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, 2));
       // nv > 0: every row has a finite score in this tile, so the new maxima are finite.
-      const float n0 = fmaxf(m0, x0), n1 = fmaxf(m1, x1);
-      const float al0 = fast_exp2(m0 - n0), al1 = fast_exp2(m1 - n1);
-      m0 = n0, m1 = n1;
+      const float n0 = fmaxf(st.m0, x0), n1 = fmaxf(st.m1, x1);
+      const float al0 = fast_exp2(st.m0 - n0), al1 = fast_exp2(st.m1 - n1);
+      st.m0 = n0, st.m1 = n1;
       float ps0 = 0.f, ps1 = 0.f;
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
@@ -736,10 +698,10 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
         ps0 += s[nt][0] + s[nt][1];
         ps1 += s[nt][2] + s[nt][3];
       }
-      l0 = l0 * al0 + ps0;
-      l1 = l1 * al1 + ps1;
+      st.l0 = st.l0 * al0 + ps0;
+      st.l1 = st.l1 * al1 + ps1;
 #pragma unroll
-      for (int i = 0; i < NO; ++i) o[i][0] *= al0, o[i][1] *= al0, o[i][2] *= al1, o[i][3] *= al1;
+      for (int i = 0; i < NO; ++i) st.o[i][0] *= al0, st.o[i][1] *= al0, st.o[i][2] *= al1, st.o[i][3] *= al1;
       const uint32_t pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
                               pack_bf16(s[1][2], s[1][3])};
       // matrices (trans): (keys 0-7, dims lo), (keys 8-15, lo), (keys 0-7, hi), (keys 8-15, hi) = b0,b1 of dim
@@ -749,42 +711,47 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b0, b1, b2, b3;
         ldmatrix_x4_trans(smem_u32(Vs + swz<D>(key, dp * 2 + (mi >> 1))), b0, b1, b2, b3);
-        mma_bf16_16816(o[2 * dp], pa, b0, b1);
-        mma_bf16_16816(o[2 * dp + 1], pa, b2, b3);
+        mma_bf16_16816(st.o[2 * dp], pa, b0, b1);
+        mma_bf16_16816(st.o[2 * dp + 1], pa, b2, b3);
       }
     }
     __syncthreads();  // the next iteration's load overwrites this stage
   }
   cp_async_wait<0>();
-  // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
-  // anything they touch, and the partials they write were last read by the previous call's combine, which
-  // finished before this call's stats_kernel (launched without PDL) started. Waiting here held their slots (68 KB
-  // of shared memory each) until the retrieval passes ended. The chain stays transitive through the retrieval
-  // blocks: the attend is launched with PDL only when a retrieval head exists, and its blocks wait above.
+  (void)g;
+}
 
-  // Merge the warps: per row the block max, each warp's O rescaled into its own slice of the (now free) tile
-  // buffer, then summed per (row, dim) in a fixed order.
+// Merges the 4 warps' (m, l, O) into one partial per (query head, split): per row the block max, each warp's O
+// rescaled into its own slice of the (now free) tile buffer smem, then summed per (row, dim) in a fixed order.
+// part_ml gets m back in natural-log units, the unit the combine kernel shares with attend_v2_kernel.
+template <int D>
+__device__ __forceinline__ void write_partial(MmaAttendState<D>& st, float* red, float2 (*wml)[16], int G, int kvh,
+                                              int split, int max_split, float* part_acc, float2* part_ml) {
+  constexpr int NW = kMmaWarps, NT = kMmaThreads, NO = D / 8;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
+  float l0 = st.l0, l1 = st.l1;
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
   if (q4 == 0) {
-    wml[warp][g] = make_float2(m0, l0);
-    wml[warp][g + 8] = make_float2(m1, l1);
+    wml[warp][g] = make_float2(st.m0, l0);
+    wml[warp][g + 8] = make_float2(st.m1, l1);
   }
   __syncthreads();
-  float* red = reinterpret_cast<float*>(smem);  // [NW][G][D]; fits: NW * 16 * D * 4 <= stages * 2 * TK * D * 2
   {
     float M0 = -INFINITY, M1 = -INFINITY;
 #pragma unroll
     for (int w = 0; w < NW; ++w) M0 = fmaxf(M0, wml[w][g].x), M1 = fmaxf(M1, wml[w][g + 8].x);
-    const float f0 = m0 == -INFINITY ? 0.f : fast_exp2(m0 - M0), f1 = m1 == -INFINITY ? 0.f : fast_exp2(m1 - M1);
+    const float f0 = st.m0 == -INFINITY ? 0.f : fast_exp2(st.m0 - M0);
+    const float f1 = st.m1 == -INFINITY ? 0.f : fast_exp2(st.m1 - M1);
 #pragma unroll
     for (int i = 0; i < NO; ++i) {
       const int d = i * 8 + q4 * 2;
-      if (g < G) *reinterpret_cast<float2*>(&red[(warp * G + g) * D + d]) = make_float2(o[i][0] * f0, o[i][1] * f0);
+      if (g < G)
+        *reinterpret_cast<float2*>(&red[(warp * G + g) * D + d]) = make_float2(st.o[i][0] * f0, st.o[i][1] * f0);
       if (g + 8 < G)
-        *reinterpret_cast<float2*>(&red[(warp * G + g + 8) * D + d]) = make_float2(o[i][2] * f1, o[i][3] * f1);
+        *reinterpret_cast<float2*>(&red[(warp * G + g + 8) * D + d]) = make_float2(st.o[i][2] * f1, st.o[i][3] * f1);
     }
   }
   __syncthreads();
@@ -796,7 +763,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
       const float4 v = *reinterpret_cast<const float4*>(&red[(w * G + h) * D + d]);
       acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
     }
-    *reinterpret_cast<float4*>(part_acc + ((int64_t(kvh) * G + h) * a.max_split + split) * D + d) = acc;
+    *reinterpret_cast<float4*>(part_acc + ((int64_t(kvh) * G + h) * max_split + split) * D + d) = acc;
   }
   if (tid < G) {
     float M = -INFINITY;
@@ -806,12 +773,299 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
 #pragma unroll
     for (int w = 0; w < NW; ++w)
       if (wml[w][tid].x != -INFINITY) Ls += wml[w][tid].y * fast_exp2(wml[w][tid].x - M);
-    part_ml[(int64_t(kvh) * G + tid) * a.max_split + split] = make_float2(M * 0.6931471805599453f, Ls);
+    part_ml[(int64_t(kvh) * G + tid) * max_split + split] = make_float2(M * 0.6931471805599453f, Ls);
   }
+}
+
+// Shared memory of the mma attend kernels: two stages of K and V tiles, then the compacted candidate list.
+constexpr size_t mma_smem_bytes(int D, int list_len = kRetChunkMax) {
+  return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + size_t(list_len) * 2;
+}
+
+// grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D).
+// Each thread block takes a chunk of candidate keys of one KV head for all G query heads and attends it
+// (attend_rows). Retrieval chunks (unfused path) first wait for hist_kernel, test their bins against b* and
+// compact the kept offsets once, before any K/V load; streaming and dense chunks are contiguous rows. With the
+// fused retrieval kernel (a.fused_retrieval) the retrieval heads' blocks exit at once.
+template <int D>
+__global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
+    const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
+    const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar_in,
+    float* part_acc, float2* part_ml, int32_t* selected_count) {
+  constexpr int CAND = kRetChunkMax / kMmaThreads;  // candidates per thread in the select step
+  extern __shared__ __align__(128) unsigned char smem[];
+  __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);  // [stage][K, V][TK][D], swizzled rows
+  uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * kMmaTile * D * 2);  // [kRetChunkMax]
+  __shared__ int warp_cnt[kMmaWarps];
+  __shared__ int s_bstar;
+  __shared__ float2 wml[kMmaWarps][16];
+
+  const int kvh = blockIdx.y, split = blockIdx.x;
+  const int kind = a.kind[kvh];
+  const bool ret = kind == int(HeadKind::RETRIEVAL);
+  if (split >= a.nsplit[kvh] || (ret && a.fused_retrieval)) return;
+  pdl_trigger();
+  const int phase = ret ? kPhaseAttendRetrieval : kPhaseAttendOther;
+  probe_start(a.timeline, phase);
+  const int tid = threadIdx.x;
+  const int G = a.G;
+  const __nv_bfloat16 *K, *V;
+  int64_t nkeys;
+  if (kind == int(HeadKind::STREAMING)) {
+    // Valid ring slots are exactly 0 .. nkeys-1 (sinks, then the filled part of the window, in any order:
+    // the softmax does not care which token sits in which slot).
+    K = kr + int64_t(a.slot[kvh]) * a.ring * D;
+    V = vr + int64_t(a.slot[kvh]) * a.ring * D;
+    nkeys = min(a.sink, a.L) + min(a.window, max(int64_t(0), a.L - a.sink));
+  } else {
+    K = kf + int64_t(a.slot[kvh]) * a.cap * D;
+    V = vf + int64_t(a.slot[kvh]) * a.cap * D;
+    nkeys = a.L;
+  }
+  const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
+  int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
+  if (ret) {
+    pdl_wait();  // b* and bins come from hist_kernel
+    const int rs = a.rslot[kvh];
+    if (tid == 0) s_bstar = bstar_in[rs];
+    __syncthreads();
+    n = compact_kept<kMmaThreads, CAND>(bins + int64_t(rs) * a.cap + k0, n, s_bstar, list, warp_cnt);
+    if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
+  }
+  uint32_t qa[D / 16][4];
+  load_q_fragments<D>(q + int64_t(kvh) * G * D, G, qa);
+  MmaAttendState<D> st;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
+  attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
+  // Streaming and dense blocks of the unfused path never wait for the previous kernel (hist_kernel): it neither
+  // reads nor writes anything they touch, and the partials they write were last read by the previous call's
+  // combine, which finished before this call's stats_kernel (launched without PDL) started. Waiting here held
+  // their slots (68 KB of shared memory each) until the retrieval passes ended. The chain stays transitive
+  // through the retrieval blocks: the attend is launched with PDL only when a retrieval head exists, and its
+  // blocks wait above. On the fused path no retrieval block runs here, so the streaming and dense blocks wait
+  // for the fused kernel at their end instead (below): the combine after them then sees its partials too.
+  write_partial<D>(st, reinterpret_cast<float*>(smem), wml, G, kvh, split, a.max_split, part_acc, part_ml);
+  if (a.fused_retrieval) pdl_wait();
   probe_end(a.timeline, phase);
 }
 
-constexpr size_t mma_smem_bytes(int D) { return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + kRetChunkMax * 2; }
+// Rows of index keys each thread loads ahead in the fused kernel's passes (one DRAM round trip for ROWS rows).
+constexpr int kFusedRows = 4;
+constexpr int kFusedList = 4096;  // candidates compacted per step of the fused kernel's attend phase
+constexpr int kFusedTokensPerBlock = 1024;  // the fused grid's target chunk (fewer blocks when it would not fit)
+
+// Raw 16-byte words of one index row (bf16: 2, f32: 4), converted only when used.
+template <typename IT>
+struct IndexRow {
+  static constexpr int N = kIndexDim * sizeof(IT) / 16;
+  uint4 w[N];
+};
+template <typename IT>
+__device__ __forceinline__ void load_index_raw(const IT* p, IndexRow<IT>& r) {
+#pragma unroll
+  for (int i = 0; i < IndexRow<IT>::N; ++i) r.w[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
+}
+template <typename IT>
+__device__ __forceinline__ void index_row_floats(const IndexRow<IT>& r, float* out) {
+  const IT* e = reinterpret_cast<const IT*>(r.w);
+#pragma unroll
+  for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(e[d]);
+}
+
+// One retrieval slot's whole decode in one cooperative launch (grid (nb, R), block kMmaThreads, dynamic shared
+// memory mma_smem_bytes(D, kFusedList)); block b owns the tokens [b * chunk, (b + 1) * chunk):
+//   A  index scores of its tokens for the G heads, per head max and sum of exp -> stats   | grid barrier
+//   B  every block merges all stats, P(j) = mean_h p_h(j), the bins of its tokens and their histogram
+//      (shared, then global atomics)                                                    | grid barrier
+//   C  every block finds b* from the complete histogram (the same cut_bin as the last hist block of the
+//      unfused path, so the same b*)
+//   D  its kept tokens (bin <= b* or forced) compacted kFusedList candidates at a time and attended on tensor
+//      cores (attend_rows), one partial per (query head, block) for the combine
+// Against stats -> hist -> attend as three launches this drops two kernel boundaries, the last-block ticket and
+// the serial b* step of the chain a retrieval layer waits on (timeline at 128K: 27.7 us for the layer, of which
+// the retrieval chain stats 0-5.2, hist to 14.9, attend to 23.7). Index keys are read from DRAM once (phase B
+// re-reads them from L2). Requires every block to be resident (cooperative launch; the launcher sizes nb).
+template <typename IT, int D, int GM>
+__global__ void __launch_bounds__(kMmaThreads, 2) retrieval_decode_kernel(
+    const __grid_constant__ DecodeArgs a, const IT* iq, const IT* ik, const __nv_bfloat16* q, const __nv_bfloat16* kf,
+    const __nv_bfloat16* vf, float2* stats, float* hist, float* forced_mass, uint16_t* bins, float* part_acc,
+    float2* part_ml, int32_t* selected_count) {
+  constexpr int NT = kMmaThreads, NW = kMmaWarps, R4 = kFusedRows;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);
+  uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * kMmaTile * D * 2);  // [kFusedList]
+  __shared__ float qi[GM][kIndexDim];
+  __shared__ float2 red[NW][GM];
+  __shared__ float gm[GM], ginv[GM];
+  __shared__ float sh[kDecodeBins];
+  __shared__ float sforced;
+  __shared__ int warp_cnt[NW];
+  __shared__ float2 wml[NW][16];
+  cg::grid_group grid = cg::this_grid();
+  const int r = blockIdx.y, nb = gridDim.x, b = blockIdx.x;
+  const int kvh = a.ret_kvh[r];
+  const int G = a.G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  probe_start(a.timeline, kPhaseStats);
+  pdl_trigger();  // the streaming/dense attend may start beside this grid (it waits for it at its end)
+  if (b == 0) {
+    if (tid == 0) {
+      forced_mass[r] = 0.f;
+      if (selected_count) selected_count[r] = 0;
+    }
+    for (int i = tid; i < kDecodeBins; i += NT) hist[int64_t(r) * kDecodeBins + i] = 0.f;
+  }
+  for (int i = tid; i < G * kIndexDim; i += NT) qi[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
+  for (int i = tid; i < kDecodeBins; i += NT) sh[i] = 0.f;
+  if (tid == 0) sforced = 0.f;
+  __syncthreads();
+  const int64_t chunk = a.chunk[kvh], j0 = int64_t(b) * chunk, j1 = min(a.L, j0 + chunk);
+  const IT* ikr = ik + int64_t(r) * a.cap * kIndexDim;
+
+  // A: per head max and sum of exp over this block's tokens. The running max moves rarely, so a token costs one
+  // exp per head (the rescale only when the max grows).
+  {
+    float mx[GM], sm[GM];
+#pragma unroll
+    for (int h = 0; h < GM; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
+    for (int64_t jb = j0 + tid; jb < j1; jb += R4 * NT) {
+      IndexRow<IT> raw[R4];
+#pragma unroll
+      for (int u = 0; u < R4; ++u)
+        if (jb + u * NT < j1) load_index_raw(ikr + (jb + u * NT) * kIndexDim, raw[u]);
+#pragma unroll
+      for (int u = 0; u < R4; ++u) {
+        if (jb + u * NT >= j1) break;
+        float k[kIndexDim];
+        index_row_floats(raw[u], k);
+#pragma unroll
+        for (int h = 0; h < GM; ++h) {
+          if (h >= G) break;
+          float s = 0.f;
+#pragma unroll
+          for (int d = 0; d < kIndexDim; ++d) s = fmaf(qi[h][d], k[d], s);
+          if (s > mx[h]) {
+            sm[h] = sm[h] * __expf(mx[h] - s) + 1.f;
+            mx[h] = s;
+          } else {
+            sm[h] += __expf(s - mx[h]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      if (h >= G) break;
+      const float m = warp_max(mx[h]);
+      const float s = warp_sum(mx[h] == -INFINITY ? 0.f : sm[h] * __expf(mx[h] - m));
+      if (lane == 0) red[warp][h] = make_float2(m, s);
+    }
+    __syncthreads();
+    if (tid < G) {
+      float2 acc = red[0][tid];
+#pragma unroll
+      for (int w = 1; w < NW; ++w) acc = merge_ms(acc, red[w][tid]);
+      stats[(int64_t(r) * nb + b) * G + tid] = acc;
+    }
+  }
+  probe_end(a.timeline, kPhaseStats);
+  grid.sync();
+
+  // B: the global (max, sum) per head, then P, bin and histogram of this block's tokens.
+  probe_start(a.timeline, kPhaseHist);
+  {
+    constexpr int MB = 8;
+    for (int h = warp; h < G; h += NW) {
+      float2 acc = make_float2(-INFINITY, 0.f);
+      for (int c0 = lane; c0 < nb; c0 += 32 * MB) {
+        float2 v[MB];
+#pragma unroll
+        for (int u = 0; u < MB; ++u) {
+          const int c = c0 + 32 * u;
+          v[u] = c < nb ? __ldcg(&stats[(int64_t(r) * nb + c) * G + h]) : make_float2(-INFINITY, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < MB; ++u) acc = merge_ms(acc, v[u]);
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+        acc = merge_ms(acc, make_float2(__shfl_xor_sync(0xffffffffu, acc.x, o), __shfl_xor_sync(0xffffffffu, acc.y, o)));
+      if (lane == 0) {
+        gm[h] = acc.x;
+        ginv[h] = 1.f / (acc.y * float(G));
+      }
+    }
+    __syncthreads();
+    const int64_t t = a.L - 1;
+    uint16_t* binr = bins + int64_t(r) * a.cap;
+    float fsum = 0.f;
+    for (int64_t jb = j0 + tid; jb < j1; jb += R4 * NT) {
+      IndexRow<IT> raw[R4];
+#pragma unroll
+      for (int u = 0; u < R4; ++u)
+        if (jb + u * NT < j1) load_index_raw(ikr + (jb + u * NT) * kIndexDim, raw[u]);
+#pragma unroll
+      for (int u = 0; u < R4; ++u) {
+        const int64_t j = jb + u * NT;
+        if (j >= j1) break;
+        float k[kIndexDim];
+        index_row_floats(raw[u], k);
+        float P = 0.f;
+#pragma unroll
+        for (int h = 0; h < GM; ++h) {
+          if (h >= G) break;
+          float s = 0.f;
+#pragma unroll
+          for (int d = 0; d < kIndexDim; ++d) s = fmaf(qi[h][d], k[d], s);
+          P += __expf(s - gm[h]) * ginv[h];
+        }
+        const bool f = j < a.keep_first || j > t - a.keep_last;
+        int bin = kDecodeBins - 1;
+        if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
+        if (f) {
+          fsum += P;
+          binr[j] = kForced;
+        } else {
+          atomicAdd(&sh[bin], P);
+          binr[j] = uint16_t(bin);
+        }
+      }
+    }
+    fsum = warp_sum(fsum);
+    if (lane == 0) atomicAdd(&sforced, fsum);
+    __syncthreads();
+    for (int i = tid; i < kDecodeBins; i += NT)
+      if (sh[i] != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], sh[i]);
+    if (tid == 0) atomicAdd(&forced_mass[r], sforced);
+  }
+  grid.sync();
+
+  // C: b*, the same in every block.
+  const int bstar = cut_bin<NT>(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), a.top_p);
+  probe_end(a.timeline, kPhaseHist);
+
+  // D: attend this block's kept tokens.
+  probe_start(a.timeline, kPhaseAttendRetrieval);
+  const __nv_bfloat16* K = kf + int64_t(a.slot[kvh]) * a.cap * D;
+  const __nv_bfloat16* V = vf + int64_t(a.slot[kvh]) * a.cap * D;
+  uint32_t qa[D / 16][4];
+  load_q_fragments<D>(q + int64_t(kvh) * G * D, G, qa);
+  MmaAttendState<D> st;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
+  const float sl2 = a.scale * 1.4426950408889634f;
+  int kept = 0;
+  for (int64_t c0 = j0; c0 < j1; c0 += kFusedList) {
+    const int n = compact_kept<NT, kFusedList / NT>(bins + int64_t(r) * a.cap + c0, int(min(int64_t(kFusedList), j1 - c0)),
+                                                   bstar, list, warp_cnt);
+    kept += n;
+    attend_rows<D>(K, V, c0, list, n, qa, sl2, kvs, st);
+  }
+  if (selected_count && tid == 0) atomicAdd(&selected_count[r], kept);
+  write_partial<D>(st, reinterpret_cast<float*>(smem), wml, G, kvh, b, a.max_split, part_acc, part_ml);
+  probe_end(a.timeline, kPhaseAttendRetrieval);
+}
+
 
 // grid (Hq, D / kCombineDims), block 256: a block merges kCombineDims dims of one query head; threads are (split
 // group, 4 dims); each group walks every SG-th split, then the groups are summed in shared memory. One thread per
@@ -897,34 +1151,52 @@ namespace {
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
 // a call: its inputs (q, caches, indexer) come from the caller's kernels, which do not trigger early.
 template <typename... KArgs, typename... Args>
-cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
-                     Args... args) {
+cudaError_t launch_k_ex(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                        bool cooperative, Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (pdl) {
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cooperative) {
+    attr[na].id = cudaLaunchAttributeCooperative;
+    attr[na++].val.cooperative = 1;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = na;
   return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
+}
+
+// cooperative: every block resident at once (the grid barriers of retrieval_decode_kernel).
+template <typename... KArgs, typename... Args>
+cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     Args... args) {
+  return launch_k_ex(kern, grid, block, smem, stream, pdl, false, args...);
 }
 
 // The launch geometry and the workspace layout of one decode call.
 struct DecodePlan {
   DecodeArgs a{};
   int R = 0, nchunks = 0, stat_chunk = 0;
-  bool v2 = false;
+  bool v2 = false, fused = false;
+  int attend_splits = 1;  // grid x of attend_mma_kernel: the most splits of a head it runs (0: no such head)
   size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0;
   static size_t al(size_t x) { return (x + 255) / 256 * 256; }
   size_t total() const { return al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins); }
 };
 
-DecodePlan plan_decode(const SparseDecodeParams& p) {
+// fused: retrieval heads through retrieval_decode_kernel with at most max_fused_blocks blocks per slot (its
+// grid must be resident at once); 0 = no device limit (the workspace bound).
+DecodePlan plan_decode(const SparseDecodeParams& p, bool fused, int max_fused_blocks = 0) {
   DecodePlan plan;
   plan.v2 = p.tuning.v2_attend;
+  plan.fused = fused;
   DecodeArgs& a = plan.a;
   a.G = p.num_q_heads / p.num_kv_heads;
   a.D = p.head_dim;
@@ -938,11 +1210,14 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   a.scale = p.scale > 0 ? p.scale : 1.f / std::sqrt(float(p.head_dim));
   a.top_p = p.top_p;
   a.timeline = p.tuning.timeline;
+  a.fused_retrieval = fused;
   int nfull = 0, nstr = 0, R = 0;
   a.max_split = 1;
+  plan.attend_splits = 0;
   for (int g = 0; g < p.num_kv_heads; ++g) {
     const HeadKind k = p.head_kind[g];
     a.kind[g] = int8_t(k);
+    if (k == HeadKind::RETRIEVAL) a.ret_kvh[R] = int8_t(g);
     a.rslot[g] = int8_t(k == HeadKind::RETRIEVAL ? R++ : -1);
     a.slot[g] = int8_t(k == HeadKind::STREAMING ? nstr++ : nfull++);
     int64_t nkeys;
@@ -963,10 +1238,17 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
       chunk = k == HeadKind::RETRIEVAL ? (plan.v2 || p.kv_len > 262144 ? kRetChunkMax : 1024) : 256;
       if (k == HeadKind::RETRIEVAL && !plan.v2 && p.tuning.retrieval_candidates_per_block > 0)
         chunk = p.tuning.retrieval_candidates_per_block;
+      if (k == HeadKind::RETRIEVAL && fused) {
+        const int64_t per = p.tuning.fused_tokens_per_block > 0 ? p.tuning.fused_tokens_per_block : kFusedTokensPerBlock;
+        int64_t nb = std::max<int64_t>(1, (nkeys + per - 1) / per);
+        if (max_fused_blocks > 0) nb = std::min<int64_t>(nb, max_fused_blocks);
+        chunk = (nkeys + nb - 1) / nb;
+      }
     }
     a.chunk[g] = int(std::max<int64_t>(1, chunk));
     a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
     a.max_split = std::max(a.max_split, a.nsplit[g]);
+    if (!(fused && k == HeadKind::RETRIEVAL)) plan.attend_splits = std::max(plan.attend_splits, a.nsplit[g]);
   }
   const int Hq = p.num_q_heads;
   plan.R = R;
@@ -979,7 +1261,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
   plan.n_ml = size_t(Hq) * a.max_split * 8;
-  plan.n_stats = size_t(std::max(R, 1)) * plan.nchunks * a.G * 8;
+  plan.n_stats = size_t(std::max(R, 1)) * std::max(plan.nchunks, fused ? a.max_split : 0) * a.G * 8;
   plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 3) * 4;  // hist, then forced, b*, done per slot
   plan.n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
   return plan;
@@ -1006,22 +1288,65 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
                   bins, bstar, part_acc, part_ml, selected_count);
 }
 
+// The fused retrieval kernel for (index dtype, D, G).
+template <typename IT>
+auto fused_kernel_for(int D, int G) {
+  return D == 128 ? (G <= 8 ? retrieval_decode_kernel<IT, 128, 8> : retrieval_decode_kernel<IT, 128, kMaxG>)
+                  : (G <= 8 ? retrieval_decode_kernel<IT, 64, 8> : retrieval_decode_kernel<IT, 64, kMaxG>);
+}
+
+// Fused-kernel blocks this device runs at once, 0 where it cannot launch cooperative grids. At most 2 per SM
+// (of the 3 its shared memory allows), so the streaming and dense heads' attend finds room beside it. Asked once
+// per (device, kernel); also sets the kernel's shared-memory opt-in.
+template <typename Kern>
+int fused_resident_blocks(Kern kern, int dev) {
+  static int cached[kMaxDevices] = {};  // blocks + 1; 0 = not asked yet
+  if (dev < kMaxDevices && cached[dev]) return cached[dev] - 1;
+  int coop = 0, sms = 0, per_sm = 0;
+  const size_t smem = mma_smem_bytes(128, kFusedList);  // the D = 128 size for both D: one bound, simpler
+  if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kMmaThreads, smem) != cudaSuccess)
+    coop = 0;
+  const int blocks = coop ? std::min(per_sm, 2) * sms : 0;
+  if (dev < kMaxDevices) cached[dev] = blocks + 1;
+  return blocks;
+}
+
+// Largest workspace any launch choice for p needs (fused or not; the fused grid only ever shrinks).
+size_t workspace_bound(const SparseDecodeParams& p) {
+  return std::max(plan_decode(p, false).total(), plan_decode(p, true).total());
+}
+
 }  // namespace
 
 size_t sparse_decode_workspace_bytes(const SparseDecodeParams& p) {
   if (*check_sparse_decode_params(p, true)) return 0;
-  return plan_decode(p).total();
+  return workspace_bound(p);
 }
 
 cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream) {
   if (*check_sparse_decode_params(p, true)) return cudaErrorInvalidValue;
-  const DecodePlan plan = plan_decode(p);
-  const DecodeArgs& a = plan.a;
-  const int R = plan.R, nchunks = plan.nchunks;
   int dev = 0, cc_major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
     cc_major = 0;
   const bool pdl = p.tuning.programmatic_launch && cc_major >= 9;  // the launch attribute needs Hopper or later
+  const bool bf16_index = p.index_dtype == DType::BF16;
+  const int G = p.num_q_heads / p.num_kv_heads;
+  int R = 0;
+  for (int g = 0; g < p.num_kv_heads; ++g) R += p.head_kind[g] == HeadKind::RETRIEVAL;
+  // The fused retrieval kernel needs 16-byte aligned index rows and a cooperative grid of at least one block per slot.
+  int fused_blocks = 0;
+  if (R > 0 && p.tuning.fused_retrieval && !p.tuning.v2_attend && reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0) {
+    fused_blocks = bf16_index ? fused_resident_blocks(fused_kernel_for<__nv_bfloat16>(p.head_dim, G), dev)
+                              : fused_resident_blocks(fused_kernel_for<float>(p.head_dim, G), dev);
+    fused_blocks /= R;
+  }
+  const bool fused = fused_blocks > 0;
+  const DecodePlan plan = plan_decode(p, fused, fused_blocks);
+  const DecodeArgs& a = plan.a;
+  const int nchunks = plan.nchunks;
   const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
   auto al = DecodePlan::al;
   const size_t total = plan.total();
@@ -1041,7 +1366,26 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   int32_t* bstar = reinterpret_cast<int32_t*>(forced + nr);
   uint32_t* done = reinterpret_cast<uint32_t*>(bstar + nr);
   uint16_t* bins = reinterpret_cast<uint16_t*>(ws + al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist));
-  if (R > 0) {
+  auto qb = static_cast<const __nv_bfloat16*>(p.q);
+  auto kf = static_cast<const __nv_bfloat16*>(p.k_full);
+  auto vf = static_cast<const __nv_bfloat16*>(p.v_full);
+  auto kr = static_cast<const __nv_bfloat16*>(p.k_ring);
+  auto vr = static_cast<const __nv_bfloat16*>(p.v_ring);
+  if (fused) {
+    // The call's first kernel (no PDL): its blocks trigger at once, so the streaming and dense attend below
+    // starts beside it.
+    int nb = 1;
+    for (int g = 0; g < p.num_kv_heads; ++g)
+      if (p.head_kind[g] == HeadKind::RETRIEVAL) nb = a.nsplit[g];
+    auto launch = [&](auto* iq, auto* ik) {
+      using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
+      return launch_k_ex(fused_kernel_for<IT>(p.head_dim, G), dim3(nb, R), dim3(kMmaThreads),
+                         mma_smem_bytes(p.head_dim, kFusedList), stream, false, true, a, iq, ik, qb, kf, vf, stats,
+                         hist, forced, bins, part_acc, part_ml, p.selected_count);
+    };
+    e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
+                   : launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
+  } else if (R > 0) {
     const dim3 g(nchunks, R);
     const bool vec = reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0;
     auto launch = [&](auto* iq, auto* ik) {
@@ -1057,19 +1401,12 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
                        p.keep_first, p.keep_last, p.top_p, vec, a.timeline);
       return err;
     };
-    if (p.index_dtype == DType::BF16)
-      e = launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k));
-    else
-      e = launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
+    e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
+                   : launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
   }
-  if (e == cudaSuccess) {
-    const dim3 g(a.max_split, p.num_kv_heads);
-    auto qb = static_cast<const __nv_bfloat16*>(p.q);
-    auto kf = static_cast<const __nv_bfloat16*>(p.k_full);
-    auto vf = static_cast<const __nv_bfloat16*>(p.v_full);
-    auto kr = static_cast<const __nv_bfloat16*>(p.k_ring);
-    auto vr = static_cast<const __nv_bfloat16*>(p.v_ring);
+  if (e == cudaSuccess && plan.attend_splits > 0) {
     if (plan.v2) {
+      const dim3 g(a.max_split, p.num_kv_heads);
       // 64-key tiles; 32 with 16 query heads per KV head (shared memory stays under the 48 KB static limit).
       auto kern = p.head_dim == 128 ? (a.G <= 8 ? attend_v2_kernel<128, 8, 64> : attend_v2_kernel<128, 16, 32>)
                                     : (a.G <= 8 ? attend_v2_kernel<64, 8, 64> : attend_v2_kernel<64, 16, 32>);
@@ -1077,14 +1414,16 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
                                            p.selected_count);
       e = cudaGetLastError();
     } else {
+      const dim3 g(plan.attend_splits, p.num_kv_heads);
       e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
           g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, part_acc, part_ml, p.selected_count);
     }
-    if (e == cudaSuccess) {
-      auto out = static_cast<__nv_bfloat16*>(p.o);
-      e = launch_k(p.head_dim == 128 ? combine_kernel<128> : combine_kernel<64>,
-                   dim3(p.num_q_heads, p.head_dim / kCombineDims), dim3(256), 0, stream, pdl, a, static_cast<const float*>(part_acc), static_cast<const float2*>(part_ml), out);
-    }
+  }
+  if (e == cudaSuccess) {
+    auto out = static_cast<__nv_bfloat16*>(p.o);
+    e = launch_k(p.head_dim == 128 ? combine_kernel<128> : combine_kernel<64>,
+                 dim3(p.num_q_heads, p.head_dim / kCombineDims), dim3(256), 0, stream, pdl, a,
+                 static_cast<const float*>(part_acc), static_cast<const float2*>(part_ml), out);
   }
   const cudaError_t e2 = own ? cudaFreeAsync(ws, stream) : cudaSuccess;
   return e != cudaSuccess ? e : e2;

@@ -90,12 +90,15 @@ struct DecodeRun {
   torch::Tensor selected_cpu, selected_gpu;  // int32 [n_ret] on the host
 };
 
-// The same inputs through the CPU reference and the CUDA kernels.
-DecodeRun decode_cpu_and_gpu(const DecodeInputs& in, const std::vector<HeadKind>& kinds, const SparseConfig& c) {
+// The same inputs through the CPU reference and the CUDA kernels; fused: the retrieval heads through the
+// one cooperative kernel (the default) or through the stats -> hist -> attend launches.
+DecodeRun decode_cpu_and_gpu(const DecodeInputs& in, const std::vector<HeadKind>& kinds, SparseConfig c,
+                             bool fused = true) {
   DecodeRun run;
   run.ref = sparse_decode(in, kinds, c, &run.selected_cpu);
   DecodeInputs ig = in;
   for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
+  c.decode_tuning.fused_retrieval = fused;
   run.out = sparse_decode(ig, kinds, c, &run.selected_gpu).cpu();
   run.selected_gpu = run.selected_gpu.cpu();
   return run;
@@ -246,11 +249,13 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
     SparseConfig c;
     c.sink = sink;
     c.window = window;
-    for (float top_p : {1.0f, 0.9f}) {
-      c.top_p = top_p;
-      expect_decode_close(decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c),
-                          top_p, L, "decode D=" + std::to_string(D));
-    }
+    for (float top_p : {1.0f, 0.9f})
+      for (bool fused : {true, false}) {
+        c.top_p = top_p;
+        expect_decode_close(
+            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, fused), top_p,
+            L, std::string(fused ? "fused " : "unfused ") + "decode D=" + std::to_string(D));
+      }
   }
 }
 
@@ -266,12 +271,13 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
       SparseConfig c;
       c.sink = sink;
       c.window = window;
-      for (float top_p : {1.0f, 0.9f}) {
-        c.top_p = top_p;
-        expect_decode_close(
-            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c), top_p, L,
-            "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
-      }
+      for (float top_p : {1.0f, 0.9f})
+        for (bool fused : {true, false}) {
+          c.top_p = top_p;
+          expect_decode_close(
+              decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, fused),
+              top_p, L, std::string(fused ? "fused " : "unfused ") + "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
+        }
     }
   }
 }
@@ -287,21 +293,24 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
   const int64_t G = 4, D = 128, Hkv = 4, Hq = Hkv * G, sink = 4, window = 700;
   std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::RETRIEVAL};
   for (int64_t L : {300, 1000 + 3, 4096, 20000 + 11, 70000 + 1}) {
-    for (float top_p : {1.0f, 0.999f}) {
+    for (float top_p : {1.0f, 0.999f})
+    for (int path = 0; path < 3; ++path) {  // fused, fused with several list segments per block, unfused
       SparseConfig c;
       c.sink = sink;
       c.window = window;
       c.top_p = top_p;
+      if (path == 1) c.decode_tuning.fused_tokens_per_block = 9000;  // > the 4096-candidate list: 3 segments
       const int64_t cap = L + 5;
-      const auto run = decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c);
+      const auto run =
+          decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, path < 2);
       const auto& out = run.out;
       const auto& sc = run.selected_cpu;
       const auto& sgc = run.selected_gpu;
       const double e = rel_err(out, run.ref);
       for (int r = 0; r < 2; ++r) {
         const int ncpu = sc[r].item<int>(), ngpu = sgc[r].item<int>();
-        std::printf("decode L=%ld top_p=%.3f head %d: err %.3e, selected cpu %d gpu %d of %ld\n", L, top_p, r, e, ncpu,
-                    ngpu, L);
+        std::printf("decode (%s) L=%ld top_p=%.3f head %d: err %.3e, selected cpu %d gpu %d of %ld\n",
+                    path == 0 ? "fused" : path == 1 ? "fused, 9000 per block" : "unfused", L, top_p, r, e, ncpu, ngpu, L);
         if (top_p == 1.0f) {
           EXPECT_EQ(ncpu, L);
           EXPECT_EQ(ngpu, L);

@@ -186,6 +186,10 @@ struct DecodeTuning {
   int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
   int index_rows_per_thread = 0;  // stats/hist passes: 0 the default (1); 1 or 2 index rows loaded per thread per step
   int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
+  // Retrieval heads in one cooperative kernel (index stats, histogram, b* and attend with grid barriers) instead
+  // of the stats -> hist -> attend launches; falls back to those where cooperative launch is unavailable.
+  bool fused_retrieval = true;
+  int fused_tokens_per_block = 0;  // fused kernel: 0: 1024 (fewer blocks where the grid would not be resident); else this, in [256, 1 << 20]
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
   // sets the starts to UINT64_MAX and the ends to 0 before the call. Null (the default): no probe.

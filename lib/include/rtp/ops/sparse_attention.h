@@ -18,6 +18,7 @@ struct SparseConfig {
   int query_sub_blocks = 1;  // prefill selection: pooled queries per query block (sparse_attention_params.h)
   int64_t keep_first = 64, keep_last = 64;  // decode
   kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::AUTO;  // CUDA prefill attention kernel
+  kernels::DecodeTuning decode_tuning{};  // CUDA decode launch choices (same results up to rounding)
 };
 
 struct BlockLists {

@@ -216,6 +216,7 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
   p.top_p = cfg.top_p;
   p.keep_first = cfg.keep_first;
   p.keep_last = cfg.keep_last;
+  p.tuning = cfg.decode_tuning;
   p.selected_count = sel.data_ptr<int32_t>();
   const char* err = k::check_sparse_decode_params(p, cuda);
   RTP_CHECK(!*err, "sparse_decode: ", err);
