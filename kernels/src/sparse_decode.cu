@@ -560,6 +560,10 @@ __device__ __forceinline__ int swz(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
+// Barrier of the kMmaThreads threads that run the mma attend (named barrier 1): the whole block in
+// attend_mma_kernel, the first kMmaThreads threads of retrieval_decode_kernel once its other warps have left.
+__device__ __forceinline__ void mma_threads_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kMmaThreads) : "memory"); }
+
 // The mma attend's running state per thread: rows g and g + 8 of the 16-row tile (query heads, zero past G);
 // l holds this thread's columns only until write_partial reduces the quad.
 template <int D>
@@ -605,7 +609,7 @@ __device__ __forceinline__ int compact_kept(const uint16_t* mb, int n, int bstar
   const int cnt = __popc(keep);
   const int incl = warp_inclusive_scan(cnt);
   if (lane == 31) warp_cnt[warp] = incl;
-  __syncthreads();
+  mma_threads_sync();
   int before = incl - cnt, total = 0;
 #pragma unroll
   for (int w = 0; w < NW; ++w) {
@@ -617,7 +621,7 @@ __device__ __forceinline__ int compact_kept(const uint16_t* mb, int n, int bstar
     keep &= keep - 1;
     list[before++] = uint16_t(tid * CAND + i);
   }
-  __syncthreads();  // the list is complete; warp_cnt may be reused
+  mma_threads_sync();  // the list is complete; warp_cnt may be reused
   return total;
 }
 
@@ -654,7 +658,7 @@ __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_b
     if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
-    __syncthreads();
+    mma_threads_sync();
     const __nv_bfloat16* Ks = kvs + (t & 1) * 2 * TK * D;
     const __nv_bfloat16* Vs = Ks + TK * D;
     const int kb = warp * 16, nv = n - t * TK - kb;  // this warp's first tile row, its valid keys
@@ -715,7 +719,7 @@ __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_b
         mma_bf16_16816(st.o[2 * dp + 1], pa, b2, b3);
       }
     }
-    __syncthreads();  // the next iteration's load overwrites this stage
+    mma_threads_sync();  // the next iteration's load overwrites this stage
   }
   cp_async_wait<0>();
   (void)g;
@@ -738,7 +742,7 @@ __device__ __forceinline__ void write_partial(MmaAttendState<D>& st, float* red,
     wml[warp][g] = make_float2(st.m0, l0);
     wml[warp][g + 8] = make_float2(st.m1, l1);
   }
-  __syncthreads();
+  mma_threads_sync();
   {
     float M0 = -INFINITY, M1 = -INFINITY;
 #pragma unroll
@@ -754,7 +758,7 @@ __device__ __forceinline__ void write_partial(MmaAttendState<D>& st, float* red,
         *reinterpret_cast<float2*>(&red[(warp * G + g + 8) * D + d]) = make_float2(st.o[i][2] * f1, st.o[i][3] * f1);
     }
   }
-  __syncthreads();
+  mma_threads_sync();
   for (int i = tid; i < G * D / 4; i += NT) {
     const int h = i / (D / 4), d = (i % (D / 4)) * 4;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -873,8 +877,9 @@ __device__ __forceinline__ void index_row_floats(const IndexRow<IT>& r, float* o
   for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(e[d]);
 }
 
-// One retrieval slot's whole decode in one cooperative launch (grid (nb, R), block kMmaThreads, dynamic shared
-// memory mma_smem_bytes(D, kFusedList)); block b owns the tokens [b * chunk, (b + 1) * chunk):
+// One retrieval slot's whole decode in one cooperative launch (grid (nb, R), block NT = 128 or 256 threads for the
+// selection phases, of which the first 128 run the attend; dynamic shared memory mma_smem_bytes(D, kFusedList));
+// block b owns the tokens [b * chunk, (b + 1) * chunk):
 //   A  index scores of its tokens for the G heads, per head max and sum of exp -> stats   | grid barrier
 //   B  every block merges all stats, P(j) = mean_h p_h(j), the bins of its tokens and their histogram
 //      (shared, then global atomics)                                                    | grid barrier
@@ -886,12 +891,13 @@ __device__ __forceinline__ void index_row_floats(const IndexRow<IT>& r, float* o
 // the serial b* step of the chain a retrieval layer waits on (timeline at 128K: 27.7 us for the layer, of which
 // the retrieval chain stats 0-5.2, hist to 14.9, attend to 23.7). Index keys are read from DRAM once (phase B
 // re-reads them from L2). Requires every block to be resident (cooperative launch; the launcher sizes nb).
-template <typename IT, int D, int GM>
-__global__ void __launch_bounds__(kMmaThreads, 2) retrieval_decode_kernel(
+template <typename IT, int D, int GM, int NT>
+__global__ void __launch_bounds__(NT, NT == kMmaThreads ? 2 : 1) retrieval_decode_kernel(
     const __grid_constant__ DecodeArgs a, const IT* iq, const IT* ik, const __nv_bfloat16* q, const __nv_bfloat16* kf,
     const __nv_bfloat16* vf, float2* stats, float* hist, float* forced_mass, uint16_t* bins, float* part_acc,
     float2* part_ml, int32_t* selected_count) {
-  constexpr int NT = kMmaThreads, NW = kMmaWarps, R4 = kFusedRows;
+  constexpr int NW = NT / 32, R4 = kFusedRows;
+  static_assert(NT % kMmaThreads == 0, "the attend runs on the first kMmaThreads threads");
   extern __shared__ __align__(128) unsigned char smem[];
   __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);
   uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * kMmaTile * D * 2);  // [kFusedList]
@@ -900,8 +906,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) retrieval_decode_kernel(
   __shared__ float gm[GM], ginv[GM];
   __shared__ float sh[kDecodeBins];
   __shared__ float sforced;
-  __shared__ int warp_cnt[NW];
-  __shared__ float2 wml[NW][16];
+  __shared__ int warp_cnt[kMmaWarps];
+  __shared__ float2 wml[kMmaWarps][16];
   cg::grid_group grid = cg::this_grid();
   const int r = blockIdx.y, nb = gridDim.x, b = blockIdx.x;
   const int kvh = a.ret_kvh[r];
@@ -1043,6 +1049,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) retrieval_decode_kernel(
   // C: b*, the same in every block.
   const int bstar = cut_bin<NT>(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), a.top_p);
   probe_end(a.timeline, kPhaseHist);
+  if (tid >= kMmaThreads) return;  // the attend is the first four warps' (no grid barrier after this)
 
   // D: attend this block's kept tokens.
   probe_start(a.timeline, kPhaseAttendRetrieval);
@@ -1056,7 +1063,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) retrieval_decode_kernel(
   const float sl2 = a.scale * 1.4426950408889634f;
   int kept = 0;
   for (int64_t c0 = j0; c0 < j1; c0 += kFusedList) {
-    const int n = compact_kept<NT, kFusedList / NT>(bins + int64_t(r) * a.cap + c0, int(min(int64_t(kFusedList), j1 - c0)),
+    const int n = compact_kept<kMmaThreads, kFusedList / kMmaThreads>(bins + int64_t(r) * a.cap + c0, int(min(int64_t(kFusedList), j1 - c0)),
                                                    bstar, list, warp_cnt);
     kept += n;
     attend_rows<D>(K, V, c0, list, n, qa, sl2, kvs, st);
@@ -1289,27 +1296,28 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
 }
 
 // The fused retrieval kernel for (index dtype, D, G).
-template <typename IT>
+template <typename IT, int NT>
 auto fused_kernel_for(int D, int G) {
-  return D == 128 ? (G <= 8 ? retrieval_decode_kernel<IT, 128, 8> : retrieval_decode_kernel<IT, 128, kMaxG>)
-                  : (G <= 8 ? retrieval_decode_kernel<IT, 64, 8> : retrieval_decode_kernel<IT, 64, kMaxG>);
+  return D == 128 ? (G <= 8 ? retrieval_decode_kernel<IT, 128, 8, NT> : retrieval_decode_kernel<IT, 128, kMaxG, NT>)
+                  : (G <= 8 ? retrieval_decode_kernel<IT, 64, 8, NT> : retrieval_decode_kernel<IT, 64, kMaxG, NT>);
 }
 
 // Fused-kernel blocks this device runs at once, 0 where it cannot launch cooperative grids. At most 2 per SM
 // (of the 3 its shared memory allows), so the streaming and dense heads' attend finds room beside it. Asked once
 // per (device, kernel); also sets the kernel's shared-memory opt-in.
-template <typename Kern>
-int fused_resident_blocks(Kern kern, int dev) {
-  static int cached[kMaxDevices] = {};  // blocks + 1; 0 = not asked yet
+template <typename IT, int D, int GM, int NT>
+int fused_resident_blocks(int dev) {
+  static int cached[kMaxDevices] = {};  // per kernel (this template's arguments): blocks + 1; 0 = not asked yet
   if (dev < kMaxDevices && cached[dev]) return cached[dev] - 1;
+  auto kern = retrieval_decode_kernel<IT, D, GM, NT>;
   int coop = 0, sms = 0, per_sm = 0;
   const size_t smem = mma_smem_bytes(128, kFusedList);  // the D = 128 size for both D: one bound, simpler
   if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
       cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kMmaThreads, smem) != cudaSuccess)
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NT, smem) != cudaSuccess)
     coop = 0;
-  const int blocks = coop ? std::min(per_sm, 2) * sms : 0;
+  const int blocks = coop ? std::min(per_sm, NT == kMmaThreads ? 2 : 1) * sms : 0;
   if (dev < kMaxDevices) cached[dev] = blocks + 1;
   return blocks;
 }
@@ -1338,9 +1346,17 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   for (int g = 0; g < p.num_kv_heads; ++g) R += p.head_kind[g] == HeadKind::RETRIEVAL;
   // The fused retrieval kernel needs 16-byte aligned index rows and a cooperative grid of at least one block per slot.
   int fused_blocks = 0;
+  const int fused_threads = p.tuning.fused_select_threads > 0 ? p.tuning.fused_select_threads : 256;
   if (R > 0 && p.tuning.fused_retrieval && !p.tuning.v2_attend && reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0) {
-    fused_blocks = bf16_index ? fused_resident_blocks(fused_kernel_for<__nv_bfloat16>(p.head_dim, G), dev)
-                              : fused_resident_blocks(fused_kernel_for<float>(p.head_dim, G), dev);
+    auto blocks = [&](auto tag) {
+      using IT = decltype(tag);
+      if (fused_threads == 256)
+        return p.head_dim == 128 ? (G <= 8 ? fused_resident_blocks<IT, 128, 8, 256>(dev) : fused_resident_blocks<IT, 128, kMaxG, 256>(dev))
+                                 : (G <= 8 ? fused_resident_blocks<IT, 64, 8, 256>(dev) : fused_resident_blocks<IT, 64, kMaxG, 256>(dev));
+      return p.head_dim == 128 ? (G <= 8 ? fused_resident_blocks<IT, 128, 8, 128>(dev) : fused_resident_blocks<IT, 128, kMaxG, 128>(dev))
+                               : (G <= 8 ? fused_resident_blocks<IT, 64, 8, 128>(dev) : fused_resident_blocks<IT, 64, kMaxG, 128>(dev));
+    };
+    fused_blocks = bf16_index ? blocks(__nv_bfloat16{}) : blocks(float{});
     fused_blocks /= R;
   }
   const bool fused = fused_blocks > 0;
@@ -1379,9 +1395,9 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       if (p.head_kind[g] == HeadKind::RETRIEVAL) nb = a.nsplit[g];
     auto launch = [&](auto* iq, auto* ik) {
       using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
-      return launch_k_ex(fused_kernel_for<IT>(p.head_dim, G), dim3(nb, R), dim3(kMmaThreads),
-                         mma_smem_bytes(p.head_dim, kFusedList), stream, false, true, a, iq, ik, qb, kf, vf, stats,
-                         hist, forced, bins, part_acc, part_ml, p.selected_count);
+      return launch_k_ex(fused_threads == 256 ? fused_kernel_for<IT, 256>(p.head_dim, G) : fused_kernel_for<IT, 128>(p.head_dim, G),
+                         dim3(nb, R), dim3(fused_threads), mma_smem_bytes(p.head_dim, kFusedList), stream, false, true,
+                         a, iq, ik, qb, kf, vf, stats, hist, forced, bins, part_acc, part_ml, p.selected_count);
     };
     e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
                    : launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));

@@ -299,7 +299,10 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
       c.sink = sink;
       c.window = window;
       c.top_p = top_p;
-      if (path == 1) c.decode_tuning.fused_tokens_per_block = 9000;  // > the 4096-candidate list: 3 segments
+      if (path == 1) {  // > the 4096-candidate list: 3 segments; and the 128-thread selection phases
+        c.decode_tuning.fused_tokens_per_block = 9000;
+        c.decode_tuning.fused_select_threads = 128;
+      }
       const int64_t cap = L + 5;
       const auto run =
           decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, path < 2);

@@ -258,6 +258,8 @@ int main(int argc, char** argv) {
         cxxopts::value<bool>()->default_value("false"))(
         "decode-fused-tokens", "decode: tokens per block of the fused retrieval kernel (0: the default, 1024)",
         cxxopts::value<int>()->default_value("0"))(
+        "decode-fused-threads", "decode: threads per block in the fused kernel's selection phases, 128 or 256 (0: the default, 256)",
+        cxxopts::value<int>()->default_value("0"))(
         "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
@@ -435,6 +437,7 @@ int main(int argc, char** argv) {
     tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
     tuning.fused_retrieval = !args["decode-unfused"].as<bool>();
     tuning.fused_tokens_per_block = args["decode-fused-tokens"].as<int>();
+    tuning.fused_select_threads = args["decode-fused-threads"].as<int>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
     // every KV length, so timed once; a whole-layer decode step is this plus the layer's attention.
     const bench::MoeLayerDecode layer_rest(bench::MoeLayerShape{}, 11);

@@ -189,6 +189,7 @@ struct DecodeTuning {
   // Retrieval heads in one cooperative kernel (index stats, histogram, b* and attend with grid barriers) instead
   // of the stats -> hist -> attend launches; falls back to those where cooperative launch is unavailable.
   bool fused_retrieval = true;
+  int fused_select_threads = 0;  // fused kernel: threads per block in its selection phases, 128 or 256 (0: 256)
   int fused_tokens_per_block = 0;  // fused kernel: 0: 1024 (fewer blocks where the grid would not be resident); else this, in [256, 1 << 20]
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
