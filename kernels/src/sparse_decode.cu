@@ -49,6 +49,7 @@ struct DecodeArgs {
   int max_split;
   unsigned long long* timeline;  // DecodeTuning::timeline
   bool fused_retrieval;  // retrieval heads run in retrieval_decode_kernel (attend_mma_kernel skips them)
+  bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
 
@@ -63,6 +64,14 @@ __device__ __forceinline__ void probe_start(unsigned long long* tl, int phase) {
 }
 __device__ __forceinline__ void probe_end(unsigned long long* tl, int phase) {
   if (tl && threadIdx.x == 0) atomicMax(tl + 2 * phase + 1, global_ns());
+}
+// A point inside a phase: when the first and the last block passed it.
+__device__ __forceinline__ void probe_point(unsigned long long* tl, int phase) {
+  if (tl && threadIdx.x == 0) {
+    const unsigned long long t = global_ns();
+    atomicMin(tl + 2 * phase, t);
+    atomicMax(tl + 2 * phase + 1, t);
+  }
 }
 
 // Programmatic dependent launch (Hopper): a kernel launched with the attribute may start once every block of the
@@ -160,6 +169,7 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
       }
     }
   }
+  probe_point(tl, kPhaseStatsRows);
   // All heads reduced with one barrier (the version before paid four per head).
   const int warp = tid / 32, lane = tid % 32;
 #pragma unroll
@@ -241,7 +251,7 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
                                                    float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
                                                    int G, int64_t L, int64_t cap, int nchunks, int chunk,
                                                    int64_t keep_first, int64_t keep_last, float top_p, bool vec,
-                                                   unsigned long long* tl) {
+                                                   bool cut_here, unsigned long long* tl) {
   __shared__ float q[kMaxG][kIndexDim];
   __shared__ float gm[kMaxG], ginv[kMaxG];
   __shared__ float sh[kDecodeBins];
@@ -290,6 +300,7 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
     }
   }
   __syncthreads();
+  probe_point(tl, kPhaseHistMerged);
   const int64_t t = L - 1;
   float fsum = 0.f;
   for (int64_t jb = j0 + tid; jb < j1; jb += kRows * blockDim.x) {
@@ -323,6 +334,11 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
   for (int i = tid; i < kDecodeBins; i += blockDim.x)
     if (sh[i] != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], sh[i]);
   if (tid == 0) atomicAdd(&forced_mass[r], sforced);
+  probe_point(tl, kPhaseHistBinned);
+  if (!cut_here) {  // the attend's retrieval blocks find b* themselves once this grid has finished
+    probe_end(tl, kPhaseHist);
+    return;
+  }
   // Last-block handoff: every thread's atomics are ordered before the ticket, so the block that draws the last
   // ticket sees the complete histogram.
   __threadfence();
@@ -795,7 +811,7 @@ template <int D>
 __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
     const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar_in,
-    float* part_acc, float2* part_ml, int32_t* selected_count) {
+    const float* hist, const float* forced_mass, float* part_acc, float2* part_ml, int32_t* selected_count) {
   constexpr int CAND = kRetChunkMax / kMmaThreads;  // candidates per thread in the select step
   extern __shared__ __align__(128) unsigned char smem[];
   __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);  // [stage][K, V][TK][D], swizzled rows
@@ -829,11 +845,17 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
   int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
   if (ret) {
-    pdl_wait();  // b* and bins come from hist_kernel
+    pdl_wait();  // b* (or the histogram) and bins come from hist_kernel
     const int rs = a.rslot[kvh];
-    if (tid == 0) s_bstar = bstar_in[rs];
-    __syncthreads();
-    n = compact_kept<kMmaThreads, CAND>(bins + int64_t(rs) * a.cap + k0, n, s_bstar, list, warp_cnt);
+    int bstar;
+    if (a.bstar_in_attend) {
+      bstar = cut_bin<kMmaThreads>(hist + int64_t(rs) * kDecodeBins, __ldcg(&forced_mass[rs]), a.top_p);
+    } else {
+      if (tid == 0) s_bstar = bstar_in[rs];
+      __syncthreads();
+      bstar = s_bstar;
+    }
+    n = compact_kept<kMmaThreads, CAND>(bins + int64_t(rs) * a.cap + k0, n, bstar, list, warp_cnt);
     if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
   }
   uint32_t qa[D / 16][4];
@@ -1218,6 +1240,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p, bool fused, int max_fused_bl
   a.top_p = p.top_p;
   a.timeline = p.tuning.timeline;
   a.fused_retrieval = fused;
+  a.bstar_in_attend = !fused && !plan.v2 && p.tuning.bstar_in_attend;
   int nfull = 0, nstr = 0, R = 0;
   a.max_split = 1;
   plan.attend_splits = 0;
@@ -1280,7 +1303,8 @@ template <int D>
 cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
                               const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
                               const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar,
-                              float* part_acc, float2* part_ml, int32_t* selected_count) {
+                              const float* hist, const float* forced, float* part_acc, float2* part_ml,
+                              int32_t* selected_count) {
   // The shared-memory opt-in is per device; done once per device (FlashAttention sets it on every launch).
   static bool done[kMaxDevices] = {};
   int dev = 0;
@@ -1292,7 +1316,7 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
     if (dev < kMaxDevices) done[dev] = true;
   }
   return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
-                  bins, bstar, part_acc, part_ml, selected_count);
+                  bins, bstar, hist, forced, part_acc, part_ml, selected_count);
 }
 
 // The fused retrieval kernel for (index dtype, D, G).
@@ -1414,7 +1438,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       if (err == cudaSuccess)
         err = launch_k(one_row ? hist_kernel<IT, 1> : hist_kernel<IT, 2>, g, dim3(256), 0, stream, pdl, iq, ik, stats,
                        bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk,
-                       p.keep_first, p.keep_last, p.top_p, vec, a.timeline);
+                       p.keep_first, p.keep_last, p.top_p, vec, !a.bstar_in_attend, a.timeline);
       return err;
     };
     e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
@@ -1432,7 +1456,8 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     } else {
       const dim3 g(plan.attend_splits, p.num_kv_heads);
       e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
-          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, part_acc, part_ml, p.selected_count);
+          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, hist, forced, part_acc, part_ml,
+          p.selected_count);
     }
   }
   if (e == cudaSuccess) {

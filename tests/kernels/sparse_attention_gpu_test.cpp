@@ -294,11 +294,13 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
   std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::RETRIEVAL};
   for (int64_t L : {300, 1000 + 3, 4096, 20000 + 11, 70000 + 1}) {
     for (float top_p : {1.0f, 0.999f})
-    for (int path = 0; path < 3; ++path) {  // fused, fused with several list segments per block, unfused
+    // fused, fused with several list segments per block, unfused, unfused with b* found by the attend blocks
+    for (int path = 0; path < 4; ++path) {
       SparseConfig c;
       c.sink = sink;
       c.window = window;
       c.top_p = top_p;
+      if (path == 3) c.decode_tuning.bstar_in_attend = true;
       if (path == 1) {  // > the 4096-candidate list: 3 segments; and the 128-thread selection phases
         c.decode_tuning.fused_tokens_per_block = 9000;
         c.decode_tuning.fused_select_threads = 128;
@@ -313,7 +315,8 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
       for (int r = 0; r < 2; ++r) {
         const int ncpu = sc[r].item<int>(), ngpu = sgc[r].item<int>();
         std::printf("decode (%s) L=%ld top_p=%.3f head %d: err %.3e, selected cpu %d gpu %d of %ld\n",
-                    path == 0 ? "fused" : path == 1 ? "fused, 9000 per block" : "unfused", L, top_p, r, e, ncpu, ngpu, L);
+                    path == 0 ? "fused" : path == 1 ? "fused, 9000 per block" : path == 2 ? "unfused" : "unfused, b* in attend",
+                    L, top_p, r, e, ncpu, ngpu, L);
         if (top_p == 1.0f) {
           EXPECT_EQ(ncpu, L);
           EXPECT_EQ(ngpu, L);

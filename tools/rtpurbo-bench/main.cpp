@@ -171,7 +171,8 @@ double time_baseline(const char* name, const torch::Tensor& k4, const torch::Ten
 // the call's first block started. Returns {"with_retrieval": {...}, "streaming_only": {...}, "line": text}.
 json decode_timeline(const std::function<void(bool, unsigned long long*)>& call) {
   constexpr int P = kernels::kDecodePhases;
-  const char* names[P] = {"stats", "hist", "attend_other", "attend_retrieval", "combine"};
+  const char* names[P] = {"stats", "hist", "attend_other", "attend_retrieval", "combine", "@stats_rows_read",
+                          "@hist_merged", "@hist_binned"};
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   auto init = torch::zeros({2 * P}, i64);
   for (int ph = 0; ph < P; ++ph) init[2 * ph] = int64_t(-1);  // UINT64_MAX: atomicMin starts
@@ -254,7 +255,9 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("0"))(
         "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
         cxxopts::value<bool>()->default_value("false"))(
-        "decode-unfused", "decode: retrieval heads through the stats -> hist -> attend launches instead of the fused kernel",
+        "decode-fused", "decode: retrieval heads through the one cooperative kernel instead of stats -> hist -> attend",
+        cxxopts::value<bool>()->default_value("false"))(
+        "decode-bstar-in-attend", "decode: the attend's retrieval blocks find b* themselves (no last-block cut in hist)",
         cxxopts::value<bool>()->default_value("false"))(
         "decode-fused-tokens", "decode: tokens per block of the fused retrieval kernel (0: the default, 1024)",
         cxxopts::value<int>()->default_value("0"))(
@@ -435,7 +438,8 @@ int main(int argc, char** argv) {
     tuning.retrieval_candidates_per_block = args["decode-retrieval-candidates"].as<int>();
     tuning.index_rows_per_thread = args["decode-index-rows"].as<int>();
     tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
-    tuning.fused_retrieval = !args["decode-unfused"].as<bool>();
+    tuning.fused_retrieval = args["decode-fused"].as<bool>();
+    tuning.bstar_in_attend = args["decode-bstar-in-attend"].as<bool>();
     tuning.fused_tokens_per_block = args["decode-fused-tokens"].as<int>();
     tuning.fused_select_threads = args["decode-fused-threads"].as<int>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
