@@ -11,7 +11,6 @@
 //               tokens first; streaming heads read the valid ring slots; dense heads every token
 //   4. combine: per query head, merge the chunk partials (m, l, acc)
 // Launches 1-2 exist only when a KV head is RETRIEVAL.
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -24,7 +23,6 @@
 namespace rtp::kernels {
 namespace {
 using namespace cuda_detail;
-namespace cg = cooperative_groups;
 
 constexpr int kAttnThreads = 128;  // 4 warps
 constexpr int kMaxG = 16;
@@ -48,7 +46,6 @@ struct DecodeArgs {
   int chunk[kMaxKvHeads];
   int max_split;
   unsigned long long* timeline;  // DecodeTuning::timeline
-  bool fused_retrieval;  // retrieval heads run in retrieval_decode_kernel (attend_mma_kernel skips them)
   bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
@@ -111,6 +108,18 @@ __device__ __forceinline__ void load_index_row(const IT* p, float* out, bool vec
   }
 }
 
+// q . k over the 16 index dims as two interleaved FMA chains (one chain of 16 dependent FMAs was the latency of
+// every score).
+__device__ __forceinline__ float index_score(const float* q, const float* k) {
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int d = 0; d < kIndexDim; d += 2) {
+    s0 = fmaf(q[d], k[d], s0);
+    s1 = fmaf(q[d + 1], k[d + 1], s1);
+  }
+  return s0 + s1;
+}
+
 // Index rows per thread per step of the stats and hist loops (ROWS, a template argument): 2 is one DRAM round trip
 // for two rows, 1 keeps the stats kernel at ~61 registers instead of ~85 (twice the resident blocks). Which wins
 // depends on the length; DecodeTuning::index_rows_per_thread picks, the default is kDefaultRows.
@@ -160,12 +169,14 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
 #pragma unroll
       for (int h = 0; h < GM; ++h) {
         if (h >= G) break;
-        float s = 0.f;
-#pragma unroll
-        for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[u][d], s);
-        const float nm = fmaxf(mx[h], s);
-        sm[h] = sm[h] * __expf(mx[h] - nm) + __expf(s - nm);
-        mx[h] = nm;
+        const float s = index_score(q[h], k[u]);
+        // The running max grows rarely: one exp per score, the rescale only when it does.
+        if (s > mx[h]) {
+          sm[h] = sm[h] * __expf(mx[h] - s) + 1.f;
+          mx[h] = s;
+        } else {
+          sm[h] += __expf(s - mx[h]);
+        }
       }
     }
   }
@@ -246,8 +257,8 @@ __device__ int cut_bin(const float* hh, float forced, float top_p) {
 
 // grid (nchunks, R); hist[r][kDecodeBins], forced[r] and done[r] zeroed by stats_kernel. The last block of slot r
 // to finish (ticket done[r]) writes bstar_out[r].
-template <typename IT, int kRows>
-__global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
+template <typename IT, int GM, int kRows>
+__global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
                                                    float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
                                                    int G, int64_t L, int64_t cap, int nchunks, int chunk,
                                                    int64_t keep_first, int64_t keep_last, float top_p, bool vec,
@@ -310,11 +321,10 @@ __global__ void __launch_bounds__(256) hist_kernel(const IT* iq, const IT* ik, c
       const int64_t j = jb + u * blockDim.x;
       if (j >= j1) break;
       float P = 0.f;
-      for (int h = 0; h < G; ++h) {
-        float s = 0.f;
 #pragma unroll
-        for (int d = 0; d < kIndexDim; ++d) s = fmaf(q[h][d], k[u][d], s);
-        P += __expf(s - gm[h]) * ginv[h];
+      for (int h = 0; h < GM; ++h) {  // unrolled: the heads' scores and exps overlap
+        if (h >= G) break;
+        P += __expf(index_score(q[h], k[u]) - gm[h]) * ginv[h];
       }
       const bool f = j < keep_first || j > t - keep_last;
       int bin = kDecodeBins - 1;
@@ -804,9 +814,8 @@ constexpr size_t mma_smem_bytes(int D, int list_len = kRetChunkMax) {
 
 // grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D).
 // Each thread block takes a chunk of candidate keys of one KV head for all G query heads and attends it
-// (attend_rows). Retrieval chunks (unfused path) first wait for hist_kernel, test their bins against b* and
-// compact the kept offsets once, before any K/V load; streaming and dense chunks are contiguous rows. With the
-// fused retrieval kernel (a.fused_retrieval) the retrieval heads' blocks exit at once.
+// (attend_rows). Retrieval chunks first wait for hist_kernel, test their bins against b* and compact the kept
+// offsets once, before any K/V load; streaming and dense chunks are contiguous rows.
 template <int D>
 __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
@@ -823,7 +832,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const int kvh = blockIdx.y, split = blockIdx.x;
   const int kind = a.kind[kvh];
   const bool ret = kind == int(HeadKind::RETRIEVAL);
-  if (split >= a.nsplit[kvh] || (ret && a.fused_retrieval)) return;
+  if (split >= a.nsplit[kvh]) return;
   pdl_trigger();
   const int phase = ret ? kPhaseAttendRetrieval : kPhaseAttendOther;
   probe_start(a.timeline, phase);
@@ -864,236 +873,15 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
   attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
-  // Streaming and dense blocks of the unfused path never wait for the previous kernel (hist_kernel): it neither
-  // reads nor writes anything they touch, and the partials they write were last read by the previous call's
-  // combine, which finished before this call's stats_kernel (launched without PDL) started. Waiting here held
-  // their slots (68 KB of shared memory each) until the retrieval passes ended. The chain stays transitive
-  // through the retrieval blocks: the attend is launched with PDL only when a retrieval head exists, and its
-  // blocks wait above. On the fused path no retrieval block runs here, so the streaming and dense blocks wait
-  // for the fused kernel at their end instead (below): the combine after them then sees its partials too.
+  // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
+  // anything they touch, and the partials they write were last read by the previous call's combine, which
+  // finished before this call's stats_kernel (launched without PDL) started. Waiting here held their slots (68 KB
+  // of shared memory each) until the retrieval passes ended. The chain stays transitive through the retrieval
+  // blocks: the attend is launched with PDL only when a retrieval head exists, and its blocks wait above.
   write_partial<D>(st, reinterpret_cast<float*>(smem), wml, G, kvh, split, a.max_split, part_acc, part_ml);
-  if (a.fused_retrieval) pdl_wait();
   probe_end(a.timeline, phase);
 }
 
-// Rows of index keys each thread loads ahead in the fused kernel's passes (one DRAM round trip for ROWS rows).
-constexpr int kFusedRows = 4;
-constexpr int kFusedList = 4096;  // candidates compacted per step of the fused kernel's attend phase
-constexpr int kFusedTokensPerBlock = 1024;  // the fused grid's target chunk (fewer blocks when it would not fit)
-
-// Raw 16-byte words of one index row (bf16: 2, f32: 4), converted only when used.
-template <typename IT>
-struct IndexRow {
-  static constexpr int N = kIndexDim * sizeof(IT) / 16;
-  uint4 w[N];
-};
-template <typename IT>
-__device__ __forceinline__ void load_index_raw(const IT* p, IndexRow<IT>& r) {
-#pragma unroll
-  for (int i = 0; i < IndexRow<IT>::N; ++i) r.w[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
-}
-template <typename IT>
-__device__ __forceinline__ void index_row_floats(const IndexRow<IT>& r, float* out) {
-  const IT* e = reinterpret_cast<const IT*>(r.w);
-#pragma unroll
-  for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(e[d]);
-}
-
-// One retrieval slot's whole decode in one cooperative launch (grid (nb, R), block NT = 128 or 256 threads for the
-// selection phases, of which the first 128 run the attend; dynamic shared memory mma_smem_bytes(D, kFusedList));
-// block b owns the tokens [b * chunk, (b + 1) * chunk):
-//   A  index scores of its tokens for the G heads, per head max and sum of exp -> stats   | grid barrier
-//   B  every block merges all stats, P(j) = mean_h p_h(j), the bins of its tokens and their histogram
-//      (shared, then global atomics)                                                    | grid barrier
-//   C  every block finds b* from the complete histogram (the same cut_bin as the last hist block of the
-//      unfused path, so the same b*)
-//   D  its kept tokens (bin <= b* or forced) compacted kFusedList candidates at a time and attended on tensor
-//      cores (attend_rows), one partial per (query head, block) for the combine
-// Against stats -> hist -> attend as three launches this drops two kernel boundaries, the last-block ticket and
-// the serial b* step of the chain a retrieval layer waits on (timeline at 128K: 27.7 us for the layer, of which
-// the retrieval chain stats 0-5.2, hist to 14.9, attend to 23.7). Index keys are read from DRAM once (phase B
-// re-reads them from L2). Requires every block to be resident (cooperative launch; the launcher sizes nb).
-template <typename IT, int D, int GM, int NT>
-__global__ void __launch_bounds__(NT, NT == kMmaThreads ? 2 : 1) retrieval_decode_kernel(
-    const __grid_constant__ DecodeArgs a, const IT* iq, const IT* ik, const __nv_bfloat16* q, const __nv_bfloat16* kf,
-    const __nv_bfloat16* vf, float2* stats, float* hist, float* forced_mass, uint16_t* bins, float* part_acc,
-    float2* part_ml, int32_t* selected_count) {
-  constexpr int NW = NT / 32, R4 = kFusedRows;
-  static_assert(NT % kMmaThreads == 0, "the attend runs on the first kMmaThreads threads");
-  extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);
-  uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * kMmaTile * D * 2);  // [kFusedList]
-  __shared__ float qi[GM][kIndexDim];
-  __shared__ float2 red[NW][GM];
-  __shared__ float gm[GM], ginv[GM];
-  __shared__ float sh[kDecodeBins];
-  __shared__ float sforced;
-  __shared__ int warp_cnt[kMmaWarps];
-  __shared__ float2 wml[kMmaWarps][16];
-  cg::grid_group grid = cg::this_grid();
-  const int r = blockIdx.y, nb = gridDim.x, b = blockIdx.x;
-  const int kvh = a.ret_kvh[r];
-  const int G = a.G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  probe_start(a.timeline, kPhaseStats);
-  pdl_trigger();  // the streaming/dense attend may start beside this grid (it waits for it at its end)
-  if (b == 0) {
-    if (tid == 0) {
-      forced_mass[r] = 0.f;
-      if (selected_count) selected_count[r] = 0;
-    }
-    for (int i = tid; i < kDecodeBins; i += NT) hist[int64_t(r) * kDecodeBins + i] = 0.f;
-  }
-  for (int i = tid; i < G * kIndexDim; i += NT) qi[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
-  for (int i = tid; i < kDecodeBins; i += NT) sh[i] = 0.f;
-  if (tid == 0) sforced = 0.f;
-  __syncthreads();
-  const int64_t chunk = a.chunk[kvh], j0 = int64_t(b) * chunk, j1 = min(a.L, j0 + chunk);
-  const IT* ikr = ik + int64_t(r) * a.cap * kIndexDim;
-
-  // A: per head max and sum of exp over this block's tokens. The running max moves rarely, so a token costs one
-  // exp per head (the rescale only when the max grows).
-  {
-    float mx[GM], sm[GM];
-#pragma unroll
-    for (int h = 0; h < GM; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
-    for (int64_t jb = j0 + tid; jb < j1; jb += R4 * NT) {
-      IndexRow<IT> raw[R4];
-#pragma unroll
-      for (int u = 0; u < R4; ++u)
-        if (jb + u * NT < j1) load_index_raw(ikr + (jb + u * NT) * kIndexDim, raw[u]);
-#pragma unroll
-      for (int u = 0; u < R4; ++u) {
-        if (jb + u * NT >= j1) break;
-        float k[kIndexDim];
-        index_row_floats(raw[u], k);
-#pragma unroll
-        for (int h = 0; h < GM; ++h) {
-          if (h >= G) break;
-          float s = 0.f;
-#pragma unroll
-          for (int d = 0; d < kIndexDim; ++d) s = fmaf(qi[h][d], k[d], s);
-          if (s > mx[h]) {
-            sm[h] = sm[h] * __expf(mx[h] - s) + 1.f;
-            mx[h] = s;
-          } else {
-            sm[h] += __expf(s - mx[h]);
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < GM; ++h) {
-      if (h >= G) break;
-      const float m = warp_max(mx[h]);
-      const float s = warp_sum(mx[h] == -INFINITY ? 0.f : sm[h] * __expf(mx[h] - m));
-      if (lane == 0) red[warp][h] = make_float2(m, s);
-    }
-    __syncthreads();
-    if (tid < G) {
-      float2 acc = red[0][tid];
-#pragma unroll
-      for (int w = 1; w < NW; ++w) acc = merge_ms(acc, red[w][tid]);
-      stats[(int64_t(r) * nb + b) * G + tid] = acc;
-    }
-  }
-  probe_end(a.timeline, kPhaseStats);
-  grid.sync();
-
-  // B: the global (max, sum) per head, then P, bin and histogram of this block's tokens.
-  probe_start(a.timeline, kPhaseHist);
-  {
-    constexpr int MB = 8;
-    for (int h = warp; h < G; h += NW) {
-      float2 acc = make_float2(-INFINITY, 0.f);
-      for (int c0 = lane; c0 < nb; c0 += 32 * MB) {
-        float2 v[MB];
-#pragma unroll
-        for (int u = 0; u < MB; ++u) {
-          const int c = c0 + 32 * u;
-          v[u] = c < nb ? __ldcg(&stats[(int64_t(r) * nb + c) * G + h]) : make_float2(-INFINITY, 0.f);
-        }
-#pragma unroll
-        for (int u = 0; u < MB; ++u) acc = merge_ms(acc, v[u]);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
-        acc = merge_ms(acc, make_float2(__shfl_xor_sync(0xffffffffu, acc.x, o), __shfl_xor_sync(0xffffffffu, acc.y, o)));
-      if (lane == 0) {
-        gm[h] = acc.x;
-        ginv[h] = 1.f / (acc.y * float(G));
-      }
-    }
-    __syncthreads();
-    const int64_t t = a.L - 1;
-    uint16_t* binr = bins + int64_t(r) * a.cap;
-    float fsum = 0.f;
-    for (int64_t jb = j0 + tid; jb < j1; jb += R4 * NT) {
-      IndexRow<IT> raw[R4];
-#pragma unroll
-      for (int u = 0; u < R4; ++u)
-        if (jb + u * NT < j1) load_index_raw(ikr + (jb + u * NT) * kIndexDim, raw[u]);
-#pragma unroll
-      for (int u = 0; u < R4; ++u) {
-        const int64_t j = jb + u * NT;
-        if (j >= j1) break;
-        float k[kIndexDim];
-        index_row_floats(raw[u], k);
-        float P = 0.f;
-#pragma unroll
-        for (int h = 0; h < GM; ++h) {
-          if (h >= G) break;
-          float s = 0.f;
-#pragma unroll
-          for (int d = 0; d < kIndexDim; ++d) s = fmaf(qi[h][d], k[d], s);
-          P += __expf(s - gm[h]) * ginv[h];
-        }
-        const bool f = j < a.keep_first || j > t - a.keep_last;
-        int bin = kDecodeBins - 1;
-        if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
-        if (f) {
-          fsum += P;
-          binr[j] = kForced;
-        } else {
-          atomicAdd(&sh[bin], P);
-          binr[j] = uint16_t(bin);
-        }
-      }
-    }
-    fsum = warp_sum(fsum);
-    if (lane == 0) atomicAdd(&sforced, fsum);
-    __syncthreads();
-    for (int i = tid; i < kDecodeBins; i += NT)
-      if (sh[i] != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], sh[i]);
-    if (tid == 0) atomicAdd(&forced_mass[r], sforced);
-  }
-  grid.sync();
-
-  // C: b*, the same in every block.
-  const int bstar = cut_bin<NT>(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), a.top_p);
-  probe_end(a.timeline, kPhaseHist);
-  if (tid >= kMmaThreads) return;  // the attend is the first four warps' (no grid barrier after this)
-
-  // D: attend this block's kept tokens.
-  probe_start(a.timeline, kPhaseAttendRetrieval);
-  const __nv_bfloat16* K = kf + int64_t(a.slot[kvh]) * a.cap * D;
-  const __nv_bfloat16* V = vf + int64_t(a.slot[kvh]) * a.cap * D;
-  uint32_t qa[D / 16][4];
-  load_q_fragments<D>(q + int64_t(kvh) * G * D, G, qa);
-  MmaAttendState<D> st;
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
-  const float sl2 = a.scale * 1.4426950408889634f;
-  int kept = 0;
-  for (int64_t c0 = j0; c0 < j1; c0 += kFusedList) {
-    const int n = compact_kept<kMmaThreads, kFusedList / kMmaThreads>(bins + int64_t(r) * a.cap + c0, int(min(int64_t(kFusedList), j1 - c0)),
-                                                   bstar, list, warp_cnt);
-    kept += n;
-    attend_rows<D>(K, V, c0, list, n, qa, sl2, kvs, st);
-  }
-  if (selected_count && tid == 0) atomicAdd(&selected_count[r], kept);
-  write_partial<D>(st, reinterpret_cast<float*>(smem), wml, G, kvh, b, a.max_split, part_acc, part_ml);
-  probe_end(a.timeline, kPhaseAttendRetrieval);
-}
 
 
 // grid (Hq, D / kCombineDims), block 256: a block merges kCombineDims dims of one query head; threads are (split
@@ -1180,52 +968,34 @@ namespace {
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
 // a call: its inputs (q, caches, indexer) come from the caller's kernels, which do not trigger early.
 template <typename... KArgs, typename... Args>
-cudaError_t launch_k_ex(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
-                        bool cooperative, Args... args) {
+cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int na = 0;
-  if (pdl) {
-    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[na++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cooperative) {
-    attr[na].id = cudaLaunchAttributeCooperative;
-    attr[na++].val.cooperative = 1;
-  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = na;
+  cfg.numAttrs = pdl ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
-}
-
-// cooperative: every block resident at once (the grid barriers of retrieval_decode_kernel).
-template <typename... KArgs, typename... Args>
-cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
-                     Args... args) {
-  return launch_k_ex(kern, grid, block, smem, stream, pdl, false, args...);
 }
 
 // The launch geometry and the workspace layout of one decode call.
 struct DecodePlan {
   DecodeArgs a{};
   int R = 0, nchunks = 0, stat_chunk = 0;
-  bool v2 = false, fused = false;
-  int attend_splits = 1;  // grid x of attend_mma_kernel: the most splits of a head it runs (0: no such head)
+  bool v2 = false;
   size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0;
   static size_t al(size_t x) { return (x + 255) / 256 * 256; }
   size_t total() const { return al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins); }
 };
 
-// fused: retrieval heads through retrieval_decode_kernel with at most max_fused_blocks blocks per slot (its
-// grid must be resident at once); 0 = no device limit (the workspace bound).
-DecodePlan plan_decode(const SparseDecodeParams& p, bool fused, int max_fused_blocks = 0) {
+DecodePlan plan_decode(const SparseDecodeParams& p) {
   DecodePlan plan;
   plan.v2 = p.tuning.v2_attend;
-  plan.fused = fused;
   DecodeArgs& a = plan.a;
   a.G = p.num_q_heads / p.num_kv_heads;
   a.D = p.head_dim;
@@ -1239,11 +1009,9 @@ DecodePlan plan_decode(const SparseDecodeParams& p, bool fused, int max_fused_bl
   a.scale = p.scale > 0 ? p.scale : 1.f / std::sqrt(float(p.head_dim));
   a.top_p = p.top_p;
   a.timeline = p.tuning.timeline;
-  a.fused_retrieval = fused;
-  a.bstar_in_attend = !fused && !plan.v2 && p.tuning.bstar_in_attend;
+  a.bstar_in_attend = !plan.v2 && p.tuning.bstar_in_attend;
   int nfull = 0, nstr = 0, R = 0;
   a.max_split = 1;
-  plan.attend_splits = 0;
   for (int g = 0; g < p.num_kv_heads; ++g) {
     const HeadKind k = p.head_kind[g];
     a.kind[g] = int8_t(k);
@@ -1268,17 +1036,10 @@ DecodePlan plan_decode(const SparseDecodeParams& p, bool fused, int max_fused_bl
       chunk = k == HeadKind::RETRIEVAL ? (plan.v2 || p.kv_len > 262144 ? kRetChunkMax : 1024) : 256;
       if (k == HeadKind::RETRIEVAL && !plan.v2 && p.tuning.retrieval_candidates_per_block > 0)
         chunk = p.tuning.retrieval_candidates_per_block;
-      if (k == HeadKind::RETRIEVAL && fused) {
-        const int64_t per = p.tuning.fused_tokens_per_block > 0 ? p.tuning.fused_tokens_per_block : kFusedTokensPerBlock;
-        int64_t nb = std::max<int64_t>(1, (nkeys + per - 1) / per);
-        if (max_fused_blocks > 0) nb = std::min<int64_t>(nb, max_fused_blocks);
-        chunk = (nkeys + nb - 1) / nb;
-      }
     }
     a.chunk[g] = int(std::max<int64_t>(1, chunk));
     a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
     a.max_split = std::max(a.max_split, a.nsplit[g]);
-    if (!(fused && k == HeadKind::RETRIEVAL)) plan.attend_splits = std::max(plan.attend_splits, a.nsplit[g]);
   }
   const int Hq = p.num_q_heads;
   plan.R = R;
@@ -1291,7 +1052,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p, bool fused, int max_fused_bl
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
   plan.n_ml = size_t(Hq) * a.max_split * 8;
-  plan.n_stats = size_t(std::max(R, 1)) * std::max(plan.nchunks, fused ? a.max_split : 0) * a.G * 8;
+  plan.n_stats = size_t(std::max(R, 1)) * plan.nchunks * a.G * 8;
   plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 3) * 4;  // hist, then forced, b*, done per slot
   plan.n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
   return plan;
@@ -1319,43 +1080,11 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
                   bins, bstar, hist, forced, part_acc, part_ml, selected_count);
 }
 
-// The fused retrieval kernel for (index dtype, D, G).
-template <typename IT, int NT>
-auto fused_kernel_for(int D, int G) {
-  return D == 128 ? (G <= 8 ? retrieval_decode_kernel<IT, 128, 8, NT> : retrieval_decode_kernel<IT, 128, kMaxG, NT>)
-                  : (G <= 8 ? retrieval_decode_kernel<IT, 64, 8, NT> : retrieval_decode_kernel<IT, 64, kMaxG, NT>);
-}
-
-// Fused-kernel blocks this device runs at once, 0 where it cannot launch cooperative grids. At most 2 per SM
-// (of the 3 its shared memory allows), so the streaming and dense heads' attend finds room beside it. Asked once
-// per (device, kernel); also sets the kernel's shared-memory opt-in.
-template <typename IT, int D, int GM, int NT>
-int fused_resident_blocks(int dev) {
-  static int cached[kMaxDevices] = {};  // per kernel (this template's arguments): blocks + 1; 0 = not asked yet
-  if (dev < kMaxDevices && cached[dev]) return cached[dev] - 1;
-  auto kern = retrieval_decode_kernel<IT, D, GM, NT>;
-  int coop = 0, sms = 0, per_sm = 0;
-  const size_t smem = mma_smem_bytes(128, kFusedList);  // the D = 128 size for both D: one bound, simpler
-  if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, NT, smem) != cudaSuccess)
-    coop = 0;
-  const int blocks = coop ? std::min(per_sm, NT == kMmaThreads ? 2 : 1) * sms : 0;
-  if (dev < kMaxDevices) cached[dev] = blocks + 1;
-  return blocks;
-}
-
-// Largest workspace any launch choice for p needs (fused or not; the fused grid only ever shrinks).
-size_t workspace_bound(const SparseDecodeParams& p) {
-  return std::max(plan_decode(p, false).total(), plan_decode(p, true).total());
-}
-
 }  // namespace
 
 size_t sparse_decode_workspace_bytes(const SparseDecodeParams& p) {
   if (*check_sparse_decode_params(p, true)) return 0;
-  return workspace_bound(p);
+  return plan_decode(p).total();
 }
 
 cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream) {
@@ -1365,28 +1094,9 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     cc_major = 0;
   const bool pdl = p.tuning.programmatic_launch && cc_major >= 9;  // the launch attribute needs Hopper or later
   const bool bf16_index = p.index_dtype == DType::BF16;
-  const int G = p.num_q_heads / p.num_kv_heads;
-  int R = 0;
-  for (int g = 0; g < p.num_kv_heads; ++g) R += p.head_kind[g] == HeadKind::RETRIEVAL;
-  // The fused retrieval kernel needs 16-byte aligned index rows and a cooperative grid of at least one block per slot.
-  int fused_blocks = 0;
-  const int fused_threads = p.tuning.fused_select_threads > 0 ? p.tuning.fused_select_threads : 256;
-  if (R > 0 && p.tuning.fused_retrieval && !p.tuning.v2_attend && reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0) {
-    auto blocks = [&](auto tag) {
-      using IT = decltype(tag);
-      if (fused_threads == 256)
-        return p.head_dim == 128 ? (G <= 8 ? fused_resident_blocks<IT, 128, 8, 256>(dev) : fused_resident_blocks<IT, 128, kMaxG, 256>(dev))
-                                 : (G <= 8 ? fused_resident_blocks<IT, 64, 8, 256>(dev) : fused_resident_blocks<IT, 64, kMaxG, 256>(dev));
-      return p.head_dim == 128 ? (G <= 8 ? fused_resident_blocks<IT, 128, 8, 128>(dev) : fused_resident_blocks<IT, 128, kMaxG, 128>(dev))
-                               : (G <= 8 ? fused_resident_blocks<IT, 64, 8, 128>(dev) : fused_resident_blocks<IT, 64, kMaxG, 128>(dev));
-    };
-    fused_blocks = bf16_index ? blocks(__nv_bfloat16{}) : blocks(float{});
-    fused_blocks /= R;
-  }
-  const bool fused = fused_blocks > 0;
-  const DecodePlan plan = plan_decode(p, fused, fused_blocks);
+  const DecodePlan plan = plan_decode(p);
   const DecodeArgs& a = plan.a;
-  const int nchunks = plan.nchunks;
+  const int R = plan.R, nchunks = plan.nchunks;
   const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
   auto al = DecodePlan::al;
   const size_t total = plan.total();
@@ -1411,21 +1121,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   auto vf = static_cast<const __nv_bfloat16*>(p.v_full);
   auto kr = static_cast<const __nv_bfloat16*>(p.k_ring);
   auto vr = static_cast<const __nv_bfloat16*>(p.v_ring);
-  if (fused) {
-    // The call's first kernel (no PDL): its blocks trigger at once, so the streaming and dense attend below
-    // starts beside it.
-    int nb = 1;
-    for (int g = 0; g < p.num_kv_heads; ++g)
-      if (p.head_kind[g] == HeadKind::RETRIEVAL) nb = a.nsplit[g];
-    auto launch = [&](auto* iq, auto* ik) {
-      using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
-      return launch_k_ex(fused_threads == 256 ? fused_kernel_for<IT, 256>(p.head_dim, G) : fused_kernel_for<IT, 128>(p.head_dim, G),
-                         dim3(nb, R), dim3(fused_threads), mma_smem_bytes(p.head_dim, kFusedList), stream, false, true,
-                         a, iq, ik, qb, kf, vf, stats, hist, forced, bins, part_acc, part_ml, p.selected_count);
-    };
-    e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
-                   : launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
-  } else if (R > 0) {
+  if (R > 0) {
     const dim3 g(nchunks, R);
     const bool vec = reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0;
     auto launch = [&](auto* iq, auto* ik) {
@@ -1436,7 +1132,9 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       cudaError_t err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done,
                                  p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec, a.timeline);
       if (err == cudaSuccess)
-        err = launch_k(one_row ? hist_kernel<IT, 1> : hist_kernel<IT, 2>, g, dim3(256), 0, stream, pdl, iq, ik, stats,
+        err = launch_k(a.G <= 8 ? (one_row ? hist_kernel<IT, 8, 1> : hist_kernel<IT, 8, 2>)
+                                : (one_row ? hist_kernel<IT, kMaxG, 1> : hist_kernel<IT, kMaxG, 2>),
+                       g, dim3(256), 0, stream, pdl, iq, ik, stats,
                        bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk,
                        p.keep_first, p.keep_last, p.top_p, vec, !a.bstar_in_attend, a.timeline);
       return err;
@@ -1444,7 +1142,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
                    : launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
   }
-  if (e == cudaSuccess && plan.attend_splits > 0) {
+  if (e == cudaSuccess) {
     if (plan.v2) {
       const dim3 g(a.max_split, p.num_kv_heads);
       // 64-key tiles; 32 with 16 query heads per KV head (shared memory stays under the 48 KB static limit).
@@ -1454,7 +1152,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
                                            p.selected_count);
       e = cudaGetLastError();
     } else {
-      const dim3 g(plan.attend_splits, p.num_kv_heads);
+      const dim3 g(a.max_split, p.num_kv_heads);
       e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
           g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, hist, forced, part_acc, part_ml,
           p.selected_count);

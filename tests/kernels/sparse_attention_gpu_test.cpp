@@ -90,15 +90,15 @@ struct DecodeRun {
   torch::Tensor selected_cpu, selected_gpu;  // int32 [n_ret] on the host
 };
 
-// The same inputs through the CPU reference and the CUDA kernels; fused: the retrieval heads through the
-// one cooperative kernel (the default) or through the stats -> hist -> attend launches.
+// The same inputs through the CPU reference and the CUDA kernels; bstar_in_attend: b* found by every retrieval
+// attend block instead of the last hist block.
 DecodeRun decode_cpu_and_gpu(const DecodeInputs& in, const std::vector<HeadKind>& kinds, SparseConfig c,
-                             bool fused = true) {
+                             bool bstar_in_attend = false) {
   DecodeRun run;
   run.ref = sparse_decode(in, kinds, c, &run.selected_cpu);
   DecodeInputs ig = in;
   for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
-  c.decode_tuning.fused_retrieval = fused;
+  c.decode_tuning.bstar_in_attend = bstar_in_attend;
   run.out = sparse_decode(ig, kinds, c, &run.selected_gpu).cpu();
   run.selected_gpu = run.selected_gpu.cpu();
   return run;
@@ -250,11 +250,11 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
     c.sink = sink;
     c.window = window;
     for (float top_p : {1.0f, 0.9f})
-      for (bool fused : {true, false}) {
+      for (bool cut_in_attend : {false, true}) {
         c.top_p = top_p;
         expect_decode_close(
-            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, fused), top_p,
-            L, std::string(fused ? "fused " : "unfused ") + "decode D=" + std::to_string(D));
+            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend),
+            top_p, L, std::string(cut_in_attend ? "b* in attend: " : "") + "decode D=" + std::to_string(D));
       }
   }
 }
@@ -272,11 +272,11 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
       c.sink = sink;
       c.window = window;
       for (float top_p : {1.0f, 0.9f})
-        for (bool fused : {true, false}) {
+        for (bool cut_in_attend : {false, true}) {
           c.top_p = top_p;
           expect_decode_close(
-              decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, fused),
-              top_p, L, std::string(fused ? "fused " : "unfused ") + "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
+              decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend),
+              top_p, L, std::string(cut_in_attend ? "b* in attend: " : "") + "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
         }
     }
   }
@@ -294,20 +294,14 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
   std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::RETRIEVAL};
   for (int64_t L : {300, 1000 + 3, 4096, 20000 + 11, 70000 + 1}) {
     for (float top_p : {1.0f, 0.999f})
-    // fused, fused with several list segments per block, unfused, unfused with b* found by the attend blocks
-    for (int path = 0; path < 4; ++path) {
+    for (bool cut_in_attend : {false, true}) {
       SparseConfig c;
       c.sink = sink;
       c.window = window;
       c.top_p = top_p;
-      if (path == 3) c.decode_tuning.bstar_in_attend = true;
-      if (path == 1) {  // > the 4096-candidate list: 3 segments; and the 128-thread selection phases
-        c.decode_tuning.fused_tokens_per_block = 9000;
-        c.decode_tuning.fused_select_threads = 128;
-      }
       const int64_t cap = L + 5;
       const auto run =
-          decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, path < 2);
+          decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, cut_in_attend);
       const auto& out = run.out;
       const auto& sc = run.selected_cpu;
       const auto& sgc = run.selected_gpu;
@@ -315,8 +309,7 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
       for (int r = 0; r < 2; ++r) {
         const int ncpu = sc[r].item<int>(), ngpu = sgc[r].item<int>();
         std::printf("decode (%s) L=%ld top_p=%.3f head %d: err %.3e, selected cpu %d gpu %d of %ld\n",
-                    path == 0 ? "fused" : path == 1 ? "fused, 9000 per block" : path == 2 ? "unfused" : "unfused, b* in attend",
-                    L, top_p, r, e, ncpu, ngpu, L);
+                    cut_in_attend ? "b* in attend" : "b* in hist", L, top_p, r, e, ncpu, ngpu, L);
         if (top_p == 1.0f) {
           EXPECT_EQ(ncpu, L);
           EXPECT_EQ(ngpu, L);

@@ -255,14 +255,8 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("0"))(
         "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
         cxxopts::value<bool>()->default_value("false"))(
-        "decode-fused", "decode: retrieval heads through the one cooperative kernel instead of stats -> hist -> attend",
-        cxxopts::value<bool>()->default_value("false"))(
         "decode-bstar-in-attend", "decode: the attend's retrieval blocks find b* themselves (no last-block cut in hist)",
         cxxopts::value<bool>()->default_value("false"))(
-        "decode-fused-tokens", "decode: tokens per block of the fused retrieval kernel (0: the default, 1024)",
-        cxxopts::value<int>()->default_value("0"))(
-        "decode-fused-threads", "decode: threads per block in the fused kernel's selection phases, 128 or 256 (0: the default, 256)",
-        cxxopts::value<int>()->default_value("0"))(
         "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
@@ -438,10 +432,7 @@ int main(int argc, char** argv) {
     tuning.retrieval_candidates_per_block = args["decode-retrieval-candidates"].as<int>();
     tuning.index_rows_per_thread = args["decode-index-rows"].as<int>();
     tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
-    tuning.fused_retrieval = args["decode-fused"].as<bool>();
     tuning.bstar_in_attend = args["decode-bstar-in-attend"].as<bool>();
-    tuning.fused_tokens_per_block = args["decode-fused-tokens"].as<int>();
-    tuning.fused_select_threads = args["decode-fused-threads"].as<int>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
     // every KV length, so timed once; a whole-layer decode step is this plus the layer's attention.
     const bench::MoeLayerDecode layer_rest(bench::MoeLayerShape{}, 11);

@@ -186,15 +186,9 @@ struct DecodeTuning {
   int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
   int index_rows_per_thread = 0;  // stats/hist passes: 0 the default (1); 1 or 2 index rows loaded per thread per step
   int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
-  // Retrieval heads in one cooperative kernel (index stats, histogram, b* and attend with grid barriers) instead
-  // of the stats -> hist -> attend launches; falls back to those where cooperative launch is unavailable. Off by
-  // default: slower on an H200 (docs/status.md, 2026-11-28: 39.6 against 31.6 us for a layer at 128K).
-  bool fused_retrieval = false;
-  // Unfused path: every retrieval attend block finds b* from the histogram itself instead of the last hist block
-  // (no ticket, fence and serial cut at the end of the hist launch).
+  // Every retrieval attend block finds b* from the histogram itself instead of the last hist block (no ticket,
+  // fence and serial cut at the end of the hist launch). Measured equal on an H200 (docs/status.md).
   bool bstar_in_attend = false;
-  int fused_select_threads = 0;  // fused kernel: threads per block in its selection phases, 128 or 256 (0: 256)
-  int fused_tokens_per_block = 0;  // fused kernel: 0: 1024 (fewer blocks where the grid would not be resident); else this, in [256, 1 << 20]
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
   // sets the starts to UINT64_MAX and the ends to 0 before the call. Null (the default): no probe.
