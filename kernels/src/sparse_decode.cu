@@ -855,6 +855,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
   if (ret) {
     pdl_wait();  // b* (or the histogram) and bins come from hist_kernel
+    probe_point(a.timeline, kPhaseAttendReleased);
     const int rs = a.rslot[kvh];
     int bstar;
     if (a.bstar_in_attend) {
@@ -865,6 +866,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
       bstar = s_bstar;
     }
     n = compact_kept<kMmaThreads, CAND>(bins + int64_t(rs) * a.cap + k0, n, bstar, list, warp_cnt);
+    probe_point(a.timeline, kPhaseAttendCompacted);
     if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
   }
   uint32_t qa[D / 16][4];
@@ -873,6 +875,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
   attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
+  if (ret) probe_point(a.timeline, kPhaseAttendTilesDone);
   // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
   // anything they touch, and the partials they write were last read by the previous call's combine, which
   // finished before this call's stats_kernel (launched without PDL) started. Waiting here held their slots (68 KB

@@ -172,7 +172,7 @@ double time_baseline(const char* name, const torch::Tensor& k4, const torch::Ten
 json decode_timeline(const std::function<void(bool, unsigned long long*)>& call) {
   constexpr int P = kernels::kDecodePhases;
   const char* names[P] = {"stats", "hist", "attend_other", "attend_retrieval", "combine", "@stats_rows_read",
-                          "@hist_merged", "@hist_binned"};
+                          "@hist_merged", "@hist_binned", "@ret_released", "@ret_compacted", "@ret_tiles_done"};
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   auto init = torch::zeros({2 * P}, i64);
   for (int ph = 0; ph < P; ++ph) init[2 * ph] = int64_t(-1);  // UINT64_MAX: atomicMin starts

@@ -195,8 +195,8 @@ struct DecodeTuning {
   unsigned long long* timeline = nullptr;
 };
 // Phases of the timeline probe, in this order.
-// The last three mark points inside a phase (start: the first block to pass, end: the last): the stats rows
-// read, the hist blocks' merged statistics, their bins and histogram atomics issued.
+// From kPhaseStatsRows on, points inside a phase (start: the first block to pass, end: the last): the stats rows
+// read, the hist blocks' merged statistics, their bins and histogram atomics issued, then the retrieval attend's steps.
 enum DecodePhase : int {
   kPhaseStats = 0,
   kPhaseHist,
@@ -206,6 +206,9 @@ enum DecodePhase : int {
   kPhaseStatsRows,
   kPhaseHistMerged,
   kPhaseHistBinned,
+  kPhaseAttendReleased,   // retrieval attend blocks past their wait for the hist launch
+  kPhaseAttendCompacted,  // ... with their kept list
+  kPhaseAttendTilesDone,  // ... with their tiles attended (before the partial's merge and store)
   kDecodePhases
 };
 
