@@ -31,8 +31,7 @@ constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaTile = kMmaWarps * 16;
 constexpr int kMmaStages = 2;
-constexpr int kRetChunkMax = 2048;
-constexpr int kDefaultRetTileSplit = 1;  // DecodeTuning::retrieval_tile_split  // candidates per retrieval block (the compacted list lives in shared memory)
+constexpr int kRetChunkMax = 2048;  // candidates per retrieval block (the compacted list lives in shared memory)
 constexpr uint16_t kForced = 0xFFFF;
 
 struct DecodeArgs {
@@ -48,7 +47,6 @@ struct DecodeArgs {
   int max_split;
   unsigned long long* timeline;  // DecodeTuning::timeline
   bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
-  int ret_tile_split;    // blocks per retrieval candidate chunk, each attending every ret_tile_split-th tile
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
 
@@ -657,13 +655,11 @@ __device__ __forceinline__ int compact_kept(const uint16_t* mb, int n, int bstar
 // tile's cp.async in flight during this tile's math (kvs: the two tile stages). Per warp 16 keys of a tile:
 // S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers (rows are quads of lanes), O += P V (P
 // re-packed from the S accumulators, V by ldmatrix.trans). Scores are in log2 units (sl2 = scale * log2 e).
-// Only the tiles first_tile, first_tile + tile_stride, ... (several blocks may share one list). Called by every
-// thread of a kMmaThreads block; st carries over between calls.
+// Called by every thread of a kMmaThreads block; st carries over between calls (several candidate segments).
 template <int D>
 __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0,
                                             const uint16_t* list, int n, const uint32_t (&qa)[D / 16][4], float sl2,
-                                            __nv_bfloat16* kvs, MmaAttendState<D>& st, int first_tile = 0,
-                                            int tile_stride = 1) {
+                                            __nv_bfloat16* kvs, MmaAttendState<D>& st) {
   constexpr int NT = kMmaThreads, TK = kMmaTile, CPR = D / 8, KS = D / 16, NO = D / 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int ntiles = (n + TK - 1) / TK;
@@ -680,16 +676,16 @@ __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_b
       cp_async16(smem_u32(Vs + off), V + row * D + cc * 8, valid ? 16 : 0);
     }
   };
-  if (first_tile < ntiles) load_tile(first_tile, 0);
+  if (ntiles > 0) load_tile(0, 0);
   cp_async_commit();
   const int g = lane >> 2, q4 = lane & 3;
   const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: lane supplies row rr of matrix mi
-  for (int t = first_tile, j = 0; t < ntiles; t += tile_stride, ++j) {
-    if (t + tile_stride < ntiles) load_tile(t + tile_stride, (j + 1) & 1);
+  for (int t = 0; t < ntiles; ++t) {
+    if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     mma_threads_sync();
-    const __nv_bfloat16* Ks = kvs + (j & 1) * 2 * TK * D;
+    const __nv_bfloat16* Ks = kvs + (t & 1) * 2 * TK * D;
     const __nv_bfloat16* Vs = Ks + TK * D;
     const int kb = warp * 16, nv = n - t * TK - kb;  // this warp's first tile row, its valid keys
     if (nv > 0) {
@@ -855,11 +851,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     V = vf + int64_t(a.slot[kvh]) * a.cap * D;
     nkeys = a.L;
   }
-  // Retrieval: ret_tile_split blocks share a candidate chunk (each compacts it and takes every ret_tile_split-th
-  // tile of the kept list): kept tokens cluster, and one block walking a dense chunk's tiles alone was the tail
-  // of the launch (timeline at 128K: the last block's tiles done 5 us after the first's).
-  const int part = ret ? split % a.ret_tile_split : 0;
-  const int64_t k0 = int64_t(ret ? split / a.ret_tile_split : split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
+  const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
   int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
   if (ret) {
     pdl_wait();  // b* (or the histogram) and bins come from hist_kernel
@@ -875,15 +867,14 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     }
     n = compact_kept<kMmaThreads, CAND>(bins + int64_t(rs) * a.cap + k0, n, bstar, list, warp_cnt);
     probe_point(a.timeline, kPhaseAttendCompacted);
-    if (selected_count && tid == 0 && part == 0) atomicAdd(&selected_count[rs], n);
+    if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
   }
   uint32_t qa[D / 16][4];
   load_q_fragments<D>(q + int64_t(kvh) * G * D, G, qa);
   MmaAttendState<D> st;
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
-  attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st, part,
-                 ret ? a.ret_tile_split : 1);
+  attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
   if (ret) probe_point(a.timeline, kPhaseAttendTilesDone);
   // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
   // anything they touch, and the partials they write were last read by the previous call's combine, which
@@ -1022,7 +1013,6 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   a.top_p = p.top_p;
   a.timeline = p.tuning.timeline;
   a.bstar_in_attend = !plan.v2 && p.tuning.bstar_in_attend;
-  a.ret_tile_split = plan.v2 ? 1 : (p.tuning.retrieval_tile_split > 0 ? p.tuning.retrieval_tile_split : kDefaultRetTileSplit);
   int nfull = 0, nstr = 0, R = 0;
   a.max_split = 1;
   for (int g = 0; g < p.num_kv_heads; ++g) {
@@ -1052,7 +1042,6 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
     }
     a.chunk[g] = int(std::max<int64_t>(1, chunk));
     a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
-    if (k == HeadKind::RETRIEVAL) a.nsplit[g] *= a.ret_tile_split;
     a.max_split = std::max(a.max_split, a.nsplit[g]);
   }
   const int Hq = p.num_q_heads;

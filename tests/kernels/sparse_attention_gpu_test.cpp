@@ -93,13 +93,12 @@ struct DecodeRun {
 // The same inputs through the CPU reference and the CUDA kernels; bstar_in_attend: b* found by every retrieval
 // attend block instead of the last hist block.
 DecodeRun decode_cpu_and_gpu(const DecodeInputs& in, const std::vector<HeadKind>& kinds, SparseConfig c,
-                             bool bstar_in_attend = false, int tile_split = 0) {
+                             bool bstar_in_attend = false) {
   DecodeRun run;
   run.ref = sparse_decode(in, kinds, c, &run.selected_cpu);
   DecodeInputs ig = in;
   for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
   c.decode_tuning.bstar_in_attend = bstar_in_attend;
-  c.decode_tuning.retrieval_tile_split = tile_split;
   run.out = sparse_decode(ig, kinds, c, &run.selected_gpu).cpu();
   run.selected_gpu = run.selected_gpu.cpu();
   return run;
@@ -254,9 +253,8 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
       for (bool cut_in_attend : {false, true}) {
         c.top_p = top_p;
         expect_decode_close(
-            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend,
-                               cut_in_attend ? 3 : 0),
-            top_p, L, std::string(cut_in_attend ? "b* in attend, tiles over 3 blocks: " : "") + "decode D=" + std::to_string(D));
+            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend),
+            top_p, L, std::string(cut_in_attend ? "b* in attend: " : "") + "decode D=" + std::to_string(D));
       }
   }
 }
@@ -277,9 +275,8 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
         for (bool cut_in_attend : {false, true}) {
           c.top_p = top_p;
           expect_decode_close(
-              decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend,
-                               cut_in_attend ? 3 : 0),
-              top_p, L, std::string(cut_in_attend ? "b* in attend, tiles over 3 blocks: " : "") + "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
+              decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend),
+              top_p, L, std::string(cut_in_attend ? "b* in attend: " : "") + "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
         }
     }
   }
@@ -304,8 +301,7 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
       c.top_p = top_p;
       const int64_t cap = L + 5;
       const auto run =
-          decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, cut_in_attend,
-                             cut_in_attend ? 3 : 1);  // and 3 blocks sharing a chunk's tiles
+          decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, cut_in_attend);
       const auto& out = run.out;
       const auto& sc = run.selected_cpu;
       const auto& sgc = run.selected_gpu;

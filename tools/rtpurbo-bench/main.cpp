@@ -257,8 +257,6 @@ int main(int argc, char** argv) {
         cxxopts::value<bool>()->default_value("false"))(
         "decode-bstar-in-attend", "decode: the attend's retrieval blocks find b* themselves (no last-block cut in hist)",
         cxxopts::value<bool>()->default_value("false"))(
-        "decode-tile-split", "decode: blocks sharing a retrieval chunk's kept tiles (0: the default)",
-        cxxopts::value<int>()->default_value("0"))(
         "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
@@ -435,7 +433,6 @@ int main(int argc, char** argv) {
     tuning.index_rows_per_thread = args["decode-index-rows"].as<int>();
     tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
     tuning.bstar_in_attend = args["decode-bstar-in-attend"].as<bool>();
-    tuning.retrieval_tile_split = args["decode-tile-split"].as<int>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
     // every KV length, so timed once; a whole-layer decode step is this plus the layer's attention.
     const bench::MoeLayerDecode layer_rest(bench::MoeLayerShape{}, 11);

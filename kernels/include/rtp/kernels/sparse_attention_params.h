@@ -189,7 +189,6 @@ struct DecodeTuning {
   // Every retrieval attend block finds b* from the histogram itself instead of the last hist block (no ticket,
   // fence and serial cut at the end of the hist launch). Measured equal on an H200 (docs/status.md).
   bool bstar_in_attend = false;
-  int retrieval_tile_split = 0;  // blocks sharing a retrieval candidate chunk's kept tiles: 0 the default, else in [1, 16]
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
   // sets the starts to UINT64_MAX and the ends to 0 before the call. Null (the default): no probe.
