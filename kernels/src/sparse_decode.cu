@@ -586,8 +586,8 @@ __device__ __forceinline__ int swz(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
-// Barrier of the kMmaThreads threads that run the mma attend (named barrier 1): the whole block in
-// attend_mma_kernel, the first kMmaThreads threads of retrieval_decode_kernel once its other warps have left.
+// Barrier of the kMmaThreads threads that run the mma attend (named barrier 1, the whole block of
+// attend_mma_kernel): lets the attend helpers run in a larger block on its first four warps.
 __device__ __forceinline__ void mma_threads_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kMmaThreads) : "memory"); }
 
 // The mma attend's running state per thread: rows g and g + 8 of the 16-row tile (query heads, zero past G);
@@ -655,7 +655,7 @@ __device__ __forceinline__ int compact_kept(const uint16_t* mb, int n, int bstar
 // tile's cp.async in flight during this tile's math (kvs: the two tile stages). Per warp 16 keys of a tile:
 // S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers (rows are quads of lanes), O += P V (P
 // re-packed from the S accumulators, V by ldmatrix.trans). Scores are in log2 units (sl2 = scale * log2 e).
-// Called by every thread of a kMmaThreads block; st carries over between calls (several candidate segments).
+// Called by every thread of a kMmaThreads block; st carries over between calls.
 template <int D>
 __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0,
                                             const uint16_t* list, int n, const uint32_t (&qa)[D / 16][4], float sl2,
@@ -678,7 +678,7 @@ __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_b
   };
   if (ntiles > 0) load_tile(0, 0);
   cp_async_commit();
-  const int g = lane >> 2, q4 = lane & 3;
+  const int q4 = lane & 3;
   const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: lane supplies row rr of matrix mi
   for (int t = 0; t < ntiles; ++t) {
     if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
@@ -748,7 +748,6 @@ __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_b
     mma_threads_sync();  // the next iteration's load overwrites this stage
   }
   cp_async_wait<0>();
-  (void)g;
 }
 
 // Merges the 4 warps' (m, l, O) into one partial per (query head, split): per row the block max, each warp's O
@@ -807,10 +806,8 @@ __device__ __forceinline__ void write_partial(MmaAttendState<D>& st, float* red,
   }
 }
 
-// Shared memory of the mma attend kernels: two stages of K and V tiles, then the compacted candidate list.
-constexpr size_t mma_smem_bytes(int D, int list_len = kRetChunkMax) {
-  return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + size_t(list_len) * 2;
-}
+// Shared memory of the mma attend kernel: two stages of K and V tiles, then the compacted candidate list.
+constexpr size_t mma_smem_bytes(int D) { return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + kRetChunkMax * 2; }
 
 // grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D).
 // Each thread block takes a chunk of candidate keys of one KV head for all G query heads and attends it
