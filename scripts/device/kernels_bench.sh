@@ -39,7 +39,7 @@ add_executable(rtpurbo-bench $SRC/tools/rtpurbo-bench/main.cpp)
 target_include_directories(rtpurbo-bench PRIVATE $SRC/tools/common)
 target_link_libraries(rtpurbo-bench PRIVATE ops cxxopts::cxxopts nlohmann_json::nlohmann_json)
 CM
-cmake -S /tmp/kstand -B build-gpu-k -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+cmake -S /tmp/kstand -B build-gpu-k -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a -DTORCH_CUDA_ARCH_LIST=9.0a > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
 ninja -C build-gpu-k -j16 > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" -A5 "$OUT/build.log" | head -60; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 build-gpu-k/sparse_attention_ref_test 2>&1 | tail -3 | tee "$OUT/ref_test.log"
