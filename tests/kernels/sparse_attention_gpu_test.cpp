@@ -140,6 +140,14 @@ TEST(SparseAttentionGpu, PrefillMatchesReference) {
   }
 }
 
+// A copy of t whose data starts one element past its buffer's start (2 bytes for bf16: no 16-byte alignment).
+torch::Tensor misaligned_copy(const torch::Tensor& t) {
+  auto buf = torch::empty({t.numel() + 1}, t.options());
+  auto view = buf.narrow(0, 1, t.numel()).view(t.sizes());
+  view.copy_(t);
+  return view;
+}
+
 // q/k/v whose data starts 2 bytes past a 16-byte boundary (a view into a larger buffer): the op must copy them
 // (the kernels' vector and TMA loads need 16-byte aligned rows) and give exactly the aligned call's output.
 TEST(SparseAttentionGpu, PrefillMisalignedViewsMatchAligned) {
@@ -157,13 +165,7 @@ TEST(SparseAttentionGpu, PrefillMisalignedViewsMatchAligned) {
   BlockLists lists = select_blocks(iq, ik, c);
   lists.counts = lists.counts.cuda();
   lists.indices = lists.indices.cuda();
-  auto misaligned = [&](const torch::Tensor& t) {
-    auto buf = torch::empty({t.numel() + 1}, bf);
-    auto view = buf.narrow(0, 1, t.numel()).view(t.sizes());
-    view.copy_(t);
-    return view;
-  };
-  auto qm = misaligned(q), km = misaligned(k), vm = misaligned(v);
+  auto qm = misaligned_copy(q), km = misaligned_copy(k), vm = misaligned_copy(v);
   ASSERT_NE(reinterpret_cast<uintptr_t>(qm.data_ptr()) % 16, 0u);
   for (auto kern : prefill_kernels()) {
     c.prefill_kernel = kern;
@@ -174,6 +176,32 @@ TEST(SparseAttentionGpu, PrefillMisalignedViewsMatchAligned) {
     std::printf("misaligned views, %s: max |difference| to the aligned call %.3g\n", kernel_name(kern), diff);
     EXPECT_EQ(diff, 0.0) << kernel_name(kern);
   }
+}
+
+// The decode op with every input a misaligned view: exactly the aligned call's output and selection.
+TEST(SparseAttentionGpu, DecodeMisalignedViewsMatchAligned) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(8);
+  const int64_t G = 8, Hkv = 4, Hq = G * Hkv, D = 128, L = 3001, sink = 4, window = 500;
+  std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::DENSE, HeadKind::STREAMING};
+  SparseConfig c;
+  c.sink = sink;
+  c.window = window;
+  DecodeInputs in = random_decode_inputs(Hq, G, D, L + 7, sink + window, 1, 2.0, L);
+  DecodeInputs aligned = in, views = in;
+  for (auto* t : {&aligned.q, &aligned.k_full, &aligned.v_full, &aligned.k_ring, &aligned.v_ring, &aligned.index_q,
+                  &aligned.index_k})
+    *t = t->to(torch::kCUDA, torch::kBFloat16);
+  for (auto* t : {&views.q, &views.k_full, &views.v_full, &views.k_ring, &views.v_ring, &views.index_q, &views.index_k})
+    *t = misaligned_copy(t->to(torch::kCUDA, torch::kBFloat16));
+  torch::Tensor sel_a, sel_v;
+  auto out_a = sparse_decode(aligned, kinds, c, &sel_a), out_v = sparse_decode(views, kinds, c, &sel_v);
+  torch::cuda::synchronize();
+  const double diff = (out_a.to(torch::kFloat32) - out_v.to(torch::kFloat32)).abs().max().item<double>();
+  std::printf("decode, misaligned views: max |difference| to the aligned call %.3g, selected %d and %d\n", diff,
+              sel_a.cpu()[0].item<int>(), sel_v.cpu()[0].item<int>());
+  EXPECT_EQ(diff, 0.0);
+  EXPECT_EQ(sel_a.cpu()[0].item<int>(), sel_v.cpu()[0].item<int>());
 }
 
 TEST(SparseAttentionGpu, SelectionMatchesReference) {

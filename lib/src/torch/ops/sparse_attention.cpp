@@ -34,6 +34,13 @@ void check_cuda(cudaError_t e, const char* op) {
 }
 #endif
 
+// Contiguous, and on the GPU starting at a 16-byte aligned address (the kernels' vector, cp.async and TMA loads):
+// a view into a larger buffer may be contiguous yet start anywhere, and contiguous() returns it unchanged.
+torch::Tensor contiguous_aligned(const torch::Tensor& t) {
+  const bool ok = t.is_contiguous() && (!t.is_cuda() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0);
+  return ok ? t : t.clone(torch::MemoryFormat::Contiguous);
+}
+
 }  // namespace
 
 BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& index_k, const SparseConfig& cfg,
@@ -51,7 +58,7 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   // n_blocks never cuts; short sequences (one or two blocks) still need room for the forced blocks.
   if (max_blocks <= 0) max_blocks = std::max<int64_t>(nb, cfg.local_blocks + 1);
   const bool cuda = on_cuda(index_q, "select_blocks");
-  torch::Tensor iq = index_q.contiguous(), ik = index_k.contiguous();
+  torch::Tensor iq = contiguous_aligned(index_q), ik = contiguous_aligned(index_k);
   if (!cuda) iq = iq.to(torch::kFloat32), ik = ik.to(torch::kFloat32);
   else if (iq.scalar_type() != torch::kBFloat16) iq = iq.to(torch::kFloat32), ik = ik.to(torch::kFloat32);
   else ik = ik.to(torch::kBFloat16);
@@ -112,7 +119,7 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
     const bool ok = x.stride(2) == 1 && x.stride(0) > 0 && x.stride(1) > 0 &&
                     (!cuda || (x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0 &&
                                reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0));
-    return ok ? x : x.contiguous();
+    return ok ? x : x.clone(torch::MemoryFormat::Contiguous);  // contiguous() would keep a misaligned start
   };
   torch::Tensor qc = prep(q), kc = prep(kk), vc = prep(v);
   torch::Tensor o = torch::empty({q.size(0), q.size(1), q.size(2)}, qc.options());
@@ -171,7 +178,7 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
   const bool cuda = on_cuda(in.q, "sparse_decode");
   const auto dt = cuda ? torch::kBFloat16 : torch::kFloat32;
   auto prep = [&](const torch::Tensor& t, torch::ScalarType s) {
-    return t.defined() ? t.to(in.q.device(), s).contiguous() : t;
+    return t.defined() ? contiguous_aligned(t.to(in.q.device(), s)) : t;
   };
   const auto idt = cuda && in.index_q.defined() && in.index_q.scalar_type() == torch::kBFloat16 ? torch::kBFloat16
                                                                                                : torch::kFloat32;
