@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <vector>
@@ -131,18 +132,25 @@ std::string commit_id() {
 
 // Times fn(k, v) with native GQA K/V; if the backend rejects it, with K/V repeated to the query heads.
 // Returns NaN when the backend fails either way.
+// fn run once (allocations and one-time setup happen outside the capture), then captured on the current stream,
+// which must not be the default stream (the callers hold a pool stream).
+std::unique_ptr<at::cuda::CUDAGraph> capture_graph(const std::function<void()>& fn) {
+  fn();
+  ck(cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream().stream()), "sync");
+  auto graph = std::make_unique<at::cuda::CUDAGraph>();
+  graph->capture_begin();
+  fn();
+  graph->capture_end();
+  return graph;
+}
+
 // Median ms of fn replayed from a CUDA graph: what a decode loop that captures its step pays, without the host
 // launch overhead that dominates kernels of tens of microseconds. NaN (and a note) if fn cannot be captured.
 double time_graph_ms(const char* name, const std::function<void()>& fn, int reps, std::string* note) {
   try {
     c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool());
-    fn();
-    ck(cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream().stream()), "sync");
-    at::cuda::CUDAGraph graph;
-    graph.capture_begin();
-    fn();
-    graph.capture_end();
-    return time_ms([&] { graph.replay(); }, 3, reps);
+    const auto graph = capture_graph(fn);
+    return time_ms([&] { graph->replay(); }, 3, reps);
   } catch (const std::exception& e) {
     *note += std::string(name) + " graph capture failed: " + std::string(e.what()).substr(0, 160) + "; ";
     return NAN;
@@ -182,19 +190,13 @@ json decode_timeline(const std::function<void(bool, unsigned long long*)>& call)
   std::string line = "timeline (us from the call's first block, median of 30 graph replays):";
   for (bool with_ret : {true, false}) {
     c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool());
-    auto step = [&] {
+    const auto graph = capture_graph([&] {
       tl.copy_(init);
       call(with_ret, reinterpret_cast<unsigned long long*>(tl.data_ptr<int64_t>()));
-    };
-    step();
-    ck(cudaStreamSynchronize(c10::cuda::getCurrentCUDAStream().stream()), "sync");
-    at::cuda::CUDAGraph graph;
-    graph.capture_begin();
-    step();
-    graph.capture_end();
+    });
     std::vector<std::vector<double>> st(P), en(P);
     for (int rep = 0; rep < 30; ++rep) {
-      graph.replay();
+      graph->replay();
       auto h = tl.cpu();
       const auto* v = reinterpret_cast<const uint64_t*>(h.data_ptr<int64_t>());
       uint64_t t0 = UINT64_MAX;
