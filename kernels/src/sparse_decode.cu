@@ -149,20 +149,25 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
       if (selected_count) selected_count[r] = 0;
     }
   }
-  for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
-  __syncthreads();
-  float mx[GM], sm[GM];
-#pragma unroll
-  for (int h = 0; h < GM; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   // kRows rows per thread loaded before any is used (one DRAM round trip per kRows rows, not per row).
-  for (int64_t jb = j0 + tid; jb < j1; jb += kRows * blockDim.x) {
-    float k[kRows][kIndexDim];
+  float k[kRows][kIndexDim];
+  auto load_rows = [&](int64_t jb) {
 #pragma unroll
     for (int u = 0; u < kRows; ++u) {
       const int64_t j = jb + u * blockDim.x;
       if (j < j1) load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k[u], vec);
     }
+  };
+  // The first rows are requested before the query: the two round trips overlap instead of following each other.
+  load_rows(j0 + tid);
+  for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
+  __syncthreads();
+  float mx[GM], sm[GM];
+#pragma unroll
+  for (int h = 0; h < GM; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
+  for (int64_t jb = j0 + tid; jb < j1; jb += kRows * blockDim.x) {
+    if (jb != j0 + tid) load_rows(jb);
 #pragma unroll
     for (int u = 0; u < kRows; ++u) {
       if (jb + u * blockDim.x >= j1) break;
@@ -255,17 +260,41 @@ __device__ int cut_bin(const float* hh, float forced, float top_p) {
   return s_b;
 }
 
-// grid (nchunks, R); hist[r][kDecodeBins], forced[r] and done[r] zeroed by stats_kernel. The last block of slot r
-// to finish (ticket done[r]) writes bstar_out[r].
+// Adds v to bin key of this warp's own histogram wh (key < 0: nothing), summed first over the lanes with the same
+// key. A float atomicAdd on shared memory is a compare-and-swap loop (LDS, FADD, ATOMS.CAST.SPIN) in which one lane
+// per round wins: neighbouring tokens often share a bin (all 32 lanes in one, for the benchmark's planted blocks,
+// and scores of real models are locally correlated too), which made the hist pass's binning 3-4 us at 128K and
+// 16 us at 1M (docs/status.md). Here each (warp, bin) is written by one lane, without atomics.
+__device__ __forceinline__ void warp_hist_add(float* wh, int key, float v) {
+  const int lane = threadIdx.x % 32;
+  const unsigned peers = __match_any_sync(0xffffffffu, key);
+  float s = v;
+  if (__all_sync(0xffffffffu, peers == 0xffffffffu)) {
+    s = warp_sum(v);
+  } else if (!__all_sync(0xffffffffu, __popc(peers) == 1)) {
+    s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 32; ++k) {
+      const float o = __shfl_sync(0xffffffffu, v, k);
+      if ((peers >> k) & 1u) s += o;
+    }
+  }
+  if (key >= 0 && lane == __ffs(peers) - 1) wh[key] += s;
+}
+
+// grid (ceil(L / chunk), R); hist[r][kDecodeBins], forced[r] and done[r] zeroed by stats_kernel; nstats: the
+// stats_kernel's chunks per slot (its own chunking may differ). The last block of slot r to finish (ticket done[r])
+// writes bstar_out[r].
 template <typename IT, int GM, int kRows>
 __global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
                                                    float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
-                                                   int G, int64_t L, int64_t cap, int nchunks, int chunk,
+                                                   int G, int64_t L, int64_t cap, int nstats, int chunk,
                                                    int64_t keep_first, int64_t keep_last, float top_p, bool vec,
                                                    bool cut_here, unsigned long long* tl) {
   __shared__ float q[kMaxG][kIndexDim];
   __shared__ float gm[kMaxG], ginv[kMaxG];
-  __shared__ float sh[kDecodeBins];
+  constexpr int NW = 256 / 32;
+  __shared__ float wh[NW][kDecodeBins];  // one histogram per warp (warp_hist_add), summed at the end
   __shared__ float sforced;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   probe_start(tl, kPhaseHist);
@@ -273,7 +302,7 @@ __global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik
   // The query and this thread's first index rows are the caller's data: loaded before the wait, so with PDL
   // they arrive while stats_kernel is still running.
   for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
-  for (int i = tid; i < kDecodeBins; i += blockDim.x) sh[i] = 0.f;
+  for (int i = tid; i < NW * kDecodeBins; i += blockDim.x) (&wh[0][0])[i] = 0.f;
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   float k[kRows][kIndexDim];
   auto load_rows = [&](int64_t jb) {
@@ -292,12 +321,12 @@ __global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik
   constexpr int MB = 8;
   for (int h = warp; h < G; h += 8) {
     float2 acc = make_float2(-INFINITY, 0.f);
-    for (int c0 = lane; c0 < nchunks; c0 += 32 * MB) {
+    for (int c0 = lane; c0 < nstats; c0 += 32 * MB) {
       float2 v[MB];
 #pragma unroll
       for (int u = 0; u < MB; ++u) {
         const int c = c0 + 32 * u;
-        v[u] = c < nchunks ? stats[(int64_t(r) * nchunks + c) * G + h] : make_float2(-INFINITY, 0.f);
+        v[u] = c < nstats ? stats[(int64_t(r) * nstats + c) * G + h] : make_float2(-INFINITY, 0.f);
       }
 #pragma unroll
       for (int u = 0; u < MB; ++u) acc = merge_ms(acc, v[u]);
@@ -314,35 +343,45 @@ __global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik
   probe_point(tl, kPhaseHistMerged);
   const int64_t t = L - 1;
   float fsum = 0.f;
-  for (int64_t jb = j0 + tid; jb < j1; jb += kRows * blockDim.x) {
-    if (jb != j0 + tid) load_rows(jb);  // the first rows were loaded before the wait
+  // The loop bounds are warp-uniform (warp_hist_add needs every lane): lane j of a warp takes token wb + j.
+  for (int64_t wb = j0 + warp * 32; wb < j1; wb += kRows * blockDim.x) {
+    const int64_t jb = wb + lane;
+    if (wb != j0 + warp * 32) load_rows(jb);  // the first rows were loaded before the wait
 #pragma unroll
     for (int u = 0; u < kRows; ++u) {
+      if (wb + u * blockDim.x >= j1) break;
       const int64_t j = jb + u * blockDim.x;
-      if (j >= j1) break;
+      int key = -1;  // bin of an unforced token; -1: forced, or past the chunk
       float P = 0.f;
+      if (j < j1) {
 #pragma unroll
-      for (int h = 0; h < GM; ++h) {  // unrolled: the heads' scores and exps overlap
-        if (h >= G) break;
-        P += __expf(index_score(q[h], k[u]) - gm[h]) * ginv[h];
+        for (int h = 0; h < GM; ++h) {  // unrolled: the heads' scores and exps overlap
+          if (h >= G) break;
+          P += __expf(index_score(q[h], k[u]) - gm[h]) * ginv[h];
+        }
+        const bool f = j < keep_first || j > t - keep_last;
+        int bin = kDecodeBins - 1;
+        if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
+        if (f) {
+          fsum += P;
+          bins[int64_t(r) * cap + j] = kForced;
+        } else {
+          key = bin;
+          bins[int64_t(r) * cap + j] = uint16_t(bin);
+        }
       }
-      const bool f = j < keep_first || j > t - keep_last;
-      int bin = kDecodeBins - 1;
-      if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
-      if (f) {
-        fsum += P;
-        bins[int64_t(r) * cap + j] = kForced;
-      } else {
-        atomicAdd(&sh[bin], P);
-        bins[int64_t(r) * cap + j] = uint16_t(bin);
-      }
+      warp_hist_add(wh[warp], key, P);
     }
   }
   fsum = warp_sum(fsum);
   if (lane == 0) atomicAdd(&sforced, fsum);
   __syncthreads();
-  for (int i = tid; i < kDecodeBins; i += blockDim.x)
-    if (sh[i] != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], sh[i]);
+  for (int i = tid; i < kDecodeBins; i += blockDim.x) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) v += wh[w][i];
+    if (v != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], v);
+  }
   if (tid == 0) atomicAdd(&forced_mass[r], sforced);
   probe_point(tl, kPhaseHistBinned);
   if (!cut_here) {  // the attend's retrieval blocks find b* themselves once this grid has finished
@@ -354,7 +393,7 @@ __global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik
   __threadfence();
   __syncthreads();
   __shared__ bool s_last;
-  if (tid == 0) s_last = atomicAdd(&done[r], 1u) == unsigned(nchunks - 1);
+  if (tid == 0) s_last = atomicAdd(&done[r], 1u) == gridDim.x - 1;
   __syncthreads();
   if (!s_last) {
     probe_end(tl, kPhaseHist);
@@ -986,7 +1025,7 @@ cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
 // The launch geometry and the workspace layout of one decode call.
 struct DecodePlan {
   DecodeArgs a{};
-  int R = 0, nchunks = 0, stat_chunk = 0;
+  int R = 0, nchunks = 0, stat_chunk = 0, hist_chunk = 0;
   bool v2 = false;
   size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0;
   static size_t al(size_t x) { return (x + 255) / 256 * 256; }
@@ -1049,6 +1088,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
                         ? p.tuning.index_tokens_per_block
                         : int(std::max<int64_t>(512, ((p.kv_len + 511) / 512 + 255) / 256 * 256));
   plan.nchunks = int((p.kv_len + plan.stat_chunk - 1) / plan.stat_chunk);
+  plan.hist_chunk = p.tuning.hist_tokens_per_block > 0 ? p.tuning.hist_tokens_per_block : plan.stat_chunk;
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
   plan.n_ml = size_t(Hq) * a.max_split * 8;
@@ -1134,8 +1174,8 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       if (err == cudaSuccess)
         err = launch_k(a.G <= 8 ? (one_row ? hist_kernel<IT, 8, 1> : hist_kernel<IT, 8, 2>)
                                 : (one_row ? hist_kernel<IT, kMaxG, 1> : hist_kernel<IT, kMaxG, 2>),
-                       g, dim3(256), 0, stream, pdl, iq, ik, stats,
-                       bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk,
+                       dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(256), 0, stream, pdl,
+                       iq, ik, stats, bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.hist_chunk,
                        p.keep_first, p.keep_last, p.top_p, vec, !a.bstar_in_attend, a.timeline);
       return err;
     };

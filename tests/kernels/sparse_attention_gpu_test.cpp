@@ -346,6 +346,29 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
   }
 }
 
+// Index keys constant over runs of 40 tokens: neighbouring tokens share a histogram bin (whole warps of them, and
+// runs that straddle warps), the case the hist pass's warp aggregation exists for; also with hist blocks of another
+// size than the stats blocks.
+TEST(SparseAttentionGpu, DecodeClusteredScoresMatchReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(6);
+  const int64_t G = 8, D = 128, Hkv = 4, Hq = Hkv * G, L = 9000 + 13, cap = 9100, sink = 4, window = 2500;
+  std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::DENSE, HeadKind::STREAMING};
+  DecodeInputs in = random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L);
+  auto runs = torch::floor_divide(torch::arange(cap), 40);
+  in.index_k = in.index_k.index_select(1, runs).contiguous();
+  for (int hist_tokens : {0, 1024, 300})
+    for (float top_p : {0.9f, 0.5f}) {
+      SparseConfig c;
+      c.sink = sink;
+      c.window = window;
+      c.top_p = top_p;
+      c.decode_tuning.hist_tokens_per_block = hist_tokens;
+      expect_decode_close(decode_cpu_and_gpu(in, kinds, c), top_p, L,
+                          "clustered index keys, hist blocks of " + std::to_string(hist_tokens) + " tokens");
+    }
+}
+
 // top_p = 1 keeps every token by definition. The v3 kernels cut the tail at D=128 (4944 of 5017 kept): the
 // GPU's single-precision masses summed to slightly more than 1, so the cumulative histogram reached top_p before
 // the last occupied bins. Sharp index scores (a wide range of P, many bins holding masses far below 1e-6) and

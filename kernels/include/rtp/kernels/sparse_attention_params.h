@@ -186,6 +186,9 @@ struct DecodeTuning {
   int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
   int index_rows_per_thread = 0;  // stats/hist passes: 0 the default (1); 1 or 2 index rows loaded per thread per step
   int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
+  // hist pass alone: 0: as the stats pass (index_tokens_per_block); else this, in [256, 65536]. Fewer hist blocks
+  // than stats blocks let all of them be resident beside the stats blocks they wait for.
+  int hist_tokens_per_block = 0;
   // Every retrieval attend block finds b* from the histogram itself instead of the last hist block (no ticket,
   // fence and serial cut at the end of the hist launch). Measured equal on an H200 (docs/status.md).
   bool bstar_in_attend = false;
