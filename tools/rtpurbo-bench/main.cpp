@@ -255,6 +255,8 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("0"))(
         "decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
         cxxopts::value<int>()->default_value("0"))(
+        "decode-carveout", "decode: preferred shared-memory carveout of the decode kernels in percent (-1: the driver's choice)",
+        cxxopts::value<int>()->default_value("100"))(
         "decode-hist-tokens", "decode: tokens per hist block (0: as the stats blocks)",
         cxxopts::value<int>()->default_value("0"))(
         "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
@@ -437,6 +439,7 @@ int main(int argc, char** argv) {
     tuning.index_rows_per_thread = args["decode-index-rows"].as<int>();
     tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
     tuning.hist_tokens_per_block = args["decode-hist-tokens"].as<int>();
+    tuning.shared_carveout = args["decode-carveout"].as<int>();
     tuning.bstar_in_attend = args["decode-bstar-in-attend"].as<bool>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
     // every KV length, so timed once; a whole-layer decode step is this plus the layer's attention.

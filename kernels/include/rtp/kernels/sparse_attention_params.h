@@ -192,6 +192,11 @@ struct DecodeTuning {
   // Every retrieval attend block finds b* from the histogram itself instead of the last hist block (no ticket,
   // fence and serial cut at the end of the hist launch). Measured equal on an H200 (docs/status.md).
   bool bstar_in_attend = false;
+  // Percent of each SM's unified L1 / shared memory the decode kernels ask to be shared memory
+  // (cudaFuncAttributePreferredSharedMemoryCarveout; -1: the driver's choice). An SM changes the split only when it
+  // is idle, so with the driver's choice (small shared memory for the stats kernel) the hist and attend blocks,
+  // which need more, could not start on an SM until its stats blocks had drained (docs/status.md).
+  int shared_carveout = 100;
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
   // sets the starts to UINT64_MAX and the ends to 0 before the call. Null (the default): no probe.
