@@ -95,20 +95,34 @@ __device__ __forceinline__ void pdl_wait() {
 
 // vec: the row is 16-byte aligned (always, for torch allocations), so it is read in 16-byte loads; the scalar
 // path (16 separate loads of 2 or 4 bytes) kept the stats pass latency-bound.
+// An index row as loaded, before conversion: a bf16 row held across a wait costs 8 registers instead of 16.
+template <typename IT>
+struct RawIndexRow {
+  static constexpr int N = kIndexDim * sizeof(IT) / 16;
+  uint4 v[N];
+};
+template <typename IT>
+__device__ __forceinline__ void load_index_raw(const IT* p, RawIndexRow<IT>& r, bool vec) {
+  if (vec) {
+#pragma unroll
+    for (int i = 0; i < RawIndexRow<IT>::N; ++i) r.v[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
+  } else {
+    IT* e = reinterpret_cast<IT*>(r.v);
+#pragma unroll
+    for (int d = 0; d < kIndexDim; ++d) e[d] = p[d];
+  }
+}
+template <typename IT>
+__device__ __forceinline__ void unpack_index_row(const RawIndexRow<IT>& r, float* out) {
+  const IT* e = reinterpret_cast<const IT*>(r.v);
+#pragma unroll
+  for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(e[d]);
+}
 template <typename IT>
 __device__ __forceinline__ void load_index_row(const IT* p, float* out, bool vec) {
-  if (vec) {
-    constexpr int N = kIndexDim * sizeof(IT) / 16;
-    uint4 raw[N];
-#pragma unroll
-    for (int i = 0; i < N; ++i) raw[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
-    const IT* e = reinterpret_cast<const IT*>(raw);
-#pragma unroll
-    for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(e[d]);
-  } else {
-#pragma unroll
-    for (int d = 0; d < kIndexDim; ++d) out[d] = to_float(p[d]);
-  }
+  RawIndexRow<IT> r;
+  load_index_raw(p, r, vec);
+  unpack_index_row(r, out);
 }
 
 // q . k over the 16 index dims as two interleaved FMA chains (one chain of 16 dependent FMAs was the latency of
@@ -289,7 +303,7 @@ __device__ __forceinline__ void warp_hist_add(float* wh, int key, float v) {
 // stats_kernel's chunks per slot (its own chunking may differ). The last block of slot r to finish (ticket done[r])
 // writes bstar_out[r].
 template <typename IT, int GM, int kRows>
-__global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
+__global__ void __launch_bounds__(256, 5) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
                                                    float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
                                                    int G, int64_t L, int64_t cap, int nstats, int chunk,
                                                    int64_t keep_first, int64_t keep_last, float top_p, bool vec,
@@ -307,12 +321,12 @@ __global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik
   for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
   for (int i = tid; i < NW * kDecodeBins; i += blockDim.x) (&wh[0][0])[i] = 0.f;
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
-  float k[kRows][kIndexDim];
+  RawIndexRow<IT> kraw[kRows];  // converted per token: the rows prefetched across the wait stay packed
   auto load_rows = [&](int64_t jb) {
 #pragma unroll
     for (int u = 0; u < kRows; ++u) {
       const int64_t j = jb + u * blockDim.x;
-      if (j < j1) load_index_row(ik + (int64_t(r) * cap + j) * kIndexDim, k[u], vec);
+      if (j < j1) load_index_raw(ik + (int64_t(r) * cap + j) * kIndexDim, kraw[u], vec);
     }
   };
   load_rows(j0 + tid);
@@ -357,10 +371,12 @@ __global__ void __launch_bounds__(256, 3) hist_kernel(const IT* iq, const IT* ik
       int key = -1;  // bin of an unforced token; -1: forced, or past the chunk
       float P = 0.f;
       if (j < j1) {
+        float k[kIndexDim];
+        unpack_index_row(kraw[u], k);
 #pragma unroll
         for (int h = 0; h < GM; ++h) {  // unrolled: the heads' scores and exps overlap
           if (h >= G) break;
-          P += __expf(index_score(q[h], k[u]) - gm[h]) * ginv[h];
+          P += __expf(index_score(q[h], k) - gm[h]) * ginv[h];
         }
         const bool f = j < keep_first || j > t - keep_last;
         int bin = kDecodeBins - 1;
