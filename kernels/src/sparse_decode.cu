@@ -279,64 +279,51 @@ __device__ int cut_bin(const float* hh, float forced, float top_p) {
 
 // Adds v to bin key of this warp's own histogram wh (key < 0: nothing), summed first over the lanes with the same
 // key. A float atomicAdd on shared memory is a compare-and-swap loop (LDS, FADD, ATOMS.CAST.SPIN) in which one lane
-// per round wins: neighbouring tokens often share a bin (all 32 lanes in one, for the benchmark's planted blocks,
-// and scores of real models are locally correlated too), which made the hist pass's binning 3-4 us at 128K and
-// 16 us at 1M (docs/status.md). Here each (warp, bin) is written by one lane, without atomics.
+// per round wins: neighbouring tokens often share a bin (whole warps of them for the benchmark's planted blocks,
+// and scores of real models are locally correlated too), and those rounds were most of the hist pass's binning.
+// Here each (warp, bin) is written by one lane, without atomics; the lowest lane of a key gathers the others'
+// values in (largest group - 1) shuffle rounds, none when every key is distinct.
 __device__ __forceinline__ void warp_hist_add(float* wh, int key, float v) {
   const int lane = threadIdx.x % 32;
   const unsigned peers = __match_any_sync(0xffffffffu, key);
+  const bool leader = lane == __ffs(peers) - 1;
   float s = v;
   if (__all_sync(0xffffffffu, peers == 0xffffffffu)) {
     s = warp_sum(v);
-  } else if (!__all_sync(0xffffffffu, __popc(peers) == 1)) {
-    s = 0.f;
-#pragma unroll
-    for (int k = 0; k < 32; ++k) {
-      const float o = __shfl_sync(0xffffffffu, v, k);
-      if ((peers >> k) & 1u) s += o;
+  } else {
+    unsigned rest = leader ? peers & (peers - 1) : 0u;
+    while (__any_sync(0xffffffffu, rest != 0u)) {
+      const int src = rest ? __ffs(rest) - 1 : lane;
+      const float o = __shfl_sync(0xffffffffu, v, src);
+      if (rest) {
+        s += o;
+        rest &= rest - 1;
+      }
     }
   }
-  if (key >= 0 && lane == __ffs(peers) - 1) wh[key] += s;
+  if (key >= 0 && leader) wh[key] += s;
 }
 
-// grid (ceil(L / chunk), R); hist[r][kDecodeBins], forced[r] and done[r] zeroed by stats_kernel; nstats: the
-// stats_kernel's chunks per slot (its own chunking may differ). The last block of slot r to finish (ticket done[r])
-// writes bstar_out[r].
-template <typename IT, int GM, int kRows>
-__global__ void __launch_bounds__(256, 5) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
-                                                   float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
-                                                   int G, int64_t L, int64_t cap, int nstats, int chunk,
-                                                   int64_t keep_first, int64_t keep_last, float top_p, bool vec,
-                                                   bool cut_here, unsigned long long* tl) {
-  __shared__ float q[kMaxG][kIndexDim];
-  __shared__ float gm[kMaxG], ginv[kMaxG];
-  constexpr int NW = 256 / 32;
-  __shared__ float wh[NW][kDecodeBins];  // one histogram per warp (warp_hist_add), summed at the end
-  __shared__ float sforced;
-  const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  probe_start(tl, kPhaseHist);
-  pdl_trigger();
-  // The query and this thread's first index rows are the caller's data: loaded before the wait, so with PDL
-  // they arrive while stats_kernel is still running.
-  for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
-  for (int i = tid; i < NW * kDecodeBins; i += blockDim.x) (&wh[0][0])[i] = 0.f;
-  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
-  RawIndexRow<IT> kraw[kRows];  // converted per token: the rows prefetched across the wait stay packed
-  auto load_rows = [&](int64_t jb) {
-#pragma unroll
-    for (int u = 0; u < kRows; ++u) {
-      const int64_t j = jb + u * blockDim.x;
-      if (j < j1) load_index_raw(ik + (int64_t(r) * cap + j) * kIndexDim, kraw[u], vec);
-    }
-  };
-  load_rows(j0 + tid);
-  pdl_wait();  // stats, and hist zeroed by stats_kernel
-  if (tid == 0) sforced = 0.f;
-  // One warp per head merges the chunk stats (one thread per head read them all serially before: ~nchunks
-  // dependent L2 round trips in every block). Each lane issues its loads in batches of MB before merging: the
-  // rolled loop was one L2 round trip per 32 chunks (8 at 128K) on the path to every hist block's first token.
+// The hist pass's shared state and the steps both of its kernels (CUDA-core and tensor-core scores) share.
+constexpr int kHistThreads = 256;
+struct HistShared {
+  static constexpr int NW = kHistThreads / 32;
+  float gm[kMaxG], ginv[kMaxG];  // per head: max of the scores, 1 / (G * sum exp(s - max))
+  float wh[NW][kDecodeBins];     // one histogram per warp (warp_hist_add), summed at the end
+  float forced;
+  bool last;
+};
+
+// Called by every thread after the wait for stats_kernel: one warp per head merges the nstats chunk statistics
+// (one thread per head read them all serially before: ~nchunks dependent L2 round trips in every block). Each
+// lane issues its loads in batches of MB before merging: the rolled loop was one L2 round trip per 32 chunks on the
+// path to every hist block's first token. Heads G..kMaxG-1 get weight 0.
+__device__ __forceinline__ void merge_chunk_stats(const float2* stats, int r, int nstats, int G, HistShared& sh) {
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  if (tid == 0) sh.forced = 0.f;
+  if (tid >= G && tid < kMaxG) sh.gm[tid] = 0.f, sh.ginv[tid] = 0.f;
   constexpr int MB = 8;
-  for (int h = warp; h < G; h += 8) {
+  for (int h = warp; h < G; h += HistShared::NW) {
     float2 acc = make_float2(-INFINITY, 0.f);
     for (int c0 = lane; c0 < nstats; c0 += 32 * MB) {
       float2 v[MB];
@@ -352,56 +339,48 @@ __global__ void __launch_bounds__(256, 5) hist_kernel(const IT* iq, const IT* ik
     for (int o = 16; o > 0; o >>= 1)
       acc = merge_ms(acc, make_float2(__shfl_xor_sync(0xffffffffu, acc.x, o), __shfl_xor_sync(0xffffffffu, acc.y, o)));
     if (lane == 0) {
-      gm[h] = acc.x;
-      ginv[h] = 1.f / (acc.y * float(G));
+      sh.gm[h] = acc.x;
+      sh.ginv[h] = 1.f / (acc.y * float(G));
     }
   }
   __syncthreads();
-  probe_point(tl, kPhaseHistMerged);
-  const int64_t t = L - 1;
-  float fsum = 0.f;
-  // The loop bounds are warp-uniform (warp_hist_add needs every lane): lane j of a warp takes token wb + j.
-  for (int64_t wb = j0 + warp * 32; wb < j1; wb += kRows * blockDim.x) {
-    const int64_t jb = wb + lane;
-    if (wb != j0 + warp * 32) load_rows(jb);  // the first rows were loaded before the wait
-#pragma unroll
-    for (int u = 0; u < kRows; ++u) {
-      if (wb + u * blockDim.x >= j1) break;
-      const int64_t j = jb + u * blockDim.x;
-      int key = -1;  // bin of an unforced token; -1: forced, or past the chunk
-      float P = 0.f;
-      if (j < j1) {
-        float k[kIndexDim];
-        unpack_index_row(kraw[u], k);
-#pragma unroll
-        for (int h = 0; h < GM; ++h) {  // unrolled: the heads' scores and exps overlap
-          if (h >= G) break;
-          P += __expf(index_score(q[h], k) - gm[h]) * ginv[h];
-        }
-        const bool f = j < keep_first || j > t - keep_last;
-        int bin = kDecodeBins - 1;
-        if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
-        if (f) {
-          fsum += P;
-          bins[int64_t(r) * cap + j] = kForced;
-        } else {
-          key = bin;
-          bins[int64_t(r) * cap + j] = uint16_t(bin);
-        }
-      }
-      warp_hist_add(wh[warp], key, P);
+}
+
+// Token j's bin and histogram entry (valid: j is in this block's range; P its mean probability). Called by all
+// lanes of a warp together; fsum collects the forced tokens' mass.
+__device__ __forceinline__ void bin_token(bool valid, int64_t j, float P, int64_t t, int64_t keep_first,
+                                          int64_t keep_last, uint16_t* bins_r, float* wh, float& fsum) {
+  int key = -1;  // bin of an unforced token; -1: forced, or past the chunk
+  if (valid) {
+    int bin = kDecodeBins - 1;
+    if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
+    if (j < keep_first || j > t - keep_last) {
+      fsum += P;
+      bins_r[j] = kForced;
+    } else {
+      key = bin;
+      bins_r[j] = uint16_t(bin);
     }
   }
+  warp_hist_add(wh, key, valid ? P : 0.f);
+}
+
+// After the binning loop, every thread: the block's histogram into the slot's global one; then the block that
+// draws the last ticket of its slot finds b* (unless the attend does: cut_here false).
+__device__ __forceinline__ void finish_hist(HistShared& sh, float fsum, int r, float* hist, float* forced_mass,
+                                            uint32_t* done, int32_t* bstar_out, float top_p, bool cut_here,
+                                            unsigned long long* tl) {
+  const int tid = threadIdx.x, lane = tid % 32;
   fsum = warp_sum(fsum);
-  if (lane == 0) atomicAdd(&sforced, fsum);
+  if (lane == 0) atomicAdd(&sh.forced, fsum);
   __syncthreads();
-  for (int i = tid; i < kDecodeBins; i += blockDim.x) {
+  for (int i = tid; i < kDecodeBins; i += kHistThreads) {
     float v = 0.f;
 #pragma unroll
-    for (int w = 0; w < NW; ++w) v += wh[w][i];
+    for (int w = 0; w < HistShared::NW; ++w) v += sh.wh[w][i];
     if (v != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], v);
   }
-  if (tid == 0) atomicAdd(&forced_mass[r], sforced);
+  if (tid == 0) atomicAdd(&forced_mass[r], sh.forced);
   probe_point(tl, kPhaseHistBinned);
   if (!cut_here) {  // the attend's retrieval blocks find b* themselves once this grid has finished
     probe_end(tl, kPhaseHist);
@@ -411,17 +390,257 @@ __global__ void __launch_bounds__(256, 5) hist_kernel(const IT* iq, const IT* ik
   // ticket sees the complete histogram.
   __threadfence();
   __syncthreads();
-  __shared__ bool s_last;
-  if (tid == 0) s_last = atomicAdd(&done[r], 1u) == gridDim.x - 1;
+  if (tid == 0) sh.last = atomicAdd(&done[r], 1u) == gridDim.x - 1;
   __syncthreads();
-  if (!s_last) {
+  if (!sh.last) {
     probe_end(tl, kPhaseHist);
     return;
   }
   __threadfence();
-  const int b = cut_bin<256>(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), top_p);
+  const int b = cut_bin<kHistThreads>(hist + int64_t(r) * kDecodeBins, __ldcg(&forced_mass[r]), top_p);
   if (tid == 0) bstar_out[r] = b;
   probe_end(tl, kPhaseHist);
+}
+
+// grid (ceil(L / chunk), R), block kHistThreads; hist[r][kDecodeBins], forced[r] and done[r] zeroed by
+// stats_kernel; nstats: the stats pass's chunks per slot (its own chunking may differ). The last block of slot r to
+// finish (ticket done[r]) writes bstar_out[r]. At most 48 registers: its blocks must be resident beside the stats
+// blocks they wait for.
+template <typename IT, int GM, int kRows>
+__global__ void __launch_bounds__(kHistThreads, 5) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
+                                                   float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
+                                                   int G, int64_t L, int64_t cap, int nstats, int chunk,
+                                                   int64_t keep_first, int64_t keep_last, float top_p, bool vec,
+                                                   bool cut_here, unsigned long long* tl) {
+  __shared__ float q[kMaxG][kIndexDim];
+  __shared__ HistShared sh;
+  const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  probe_start(tl, kPhaseHist);
+  pdl_trigger();
+  // The query and this thread's first index rows are the caller's data: loaded before the wait, so with PDL
+  // they arrive while stats_kernel is still running.
+  for (int i = tid; i < G * kIndexDim; i += kHistThreads) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
+  for (int i = tid; i < HistShared::NW * kDecodeBins; i += kHistThreads) (&sh.wh[0][0])[i] = 0.f;
+  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
+  RawIndexRow<IT> kraw[kRows];  // converted per token: the rows prefetched across the wait stay packed
+  auto load_rows = [&](int64_t jb) {
+#pragma unroll
+    for (int u = 0; u < kRows; ++u) {
+      const int64_t j = jb + u * kHistThreads;
+      if (j < j1) load_index_raw(ik + (int64_t(r) * cap + j) * kIndexDim, kraw[u], vec);
+    }
+  };
+  load_rows(j0 + tid);
+  pdl_wait();  // stats, and hist zeroed by stats_kernel
+  merge_chunk_stats(stats, r, nstats, G, sh);
+  probe_point(tl, kPhaseHistMerged);
+  const int64_t t = L - 1;
+  float fsum = 0.f;
+  // The loop bounds are warp-uniform (warp_hist_add needs every lane): lane j of a warp takes token wb + j.
+  for (int64_t wb = j0 + warp * 32; wb < j1; wb += kRows * kHistThreads) {
+    const int64_t jb = wb + lane;
+    if (wb != j0 + warp * 32) load_rows(jb);  // the first rows were loaded before the wait
+#pragma unroll
+    for (int u = 0; u < kRows; ++u) {
+      if (wb + u * kHistThreads >= j1) break;
+      const int64_t j = jb + u * kHistThreads;
+      float P = 0.f;
+      if (j < j1) {
+        float k[kIndexDim];
+        unpack_index_row(kraw[u], k);
+#pragma unroll
+        for (int h = 0; h < GM; ++h) {  // unrolled: the heads' scores and exps overlap
+          if (h >= G) break;
+          P += __expf(index_score(q[h], k) - sh.gm[h]) * sh.ginv[h];
+        }
+      }
+      bin_token(j < j1, j, P, t, keep_first, keep_last, bins + int64_t(r) * cap, sh.wh[warp], fsum);
+    }
+  }
+  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, tl);
+}
+
+// ---- Index scores on the tensor cores (bf16 index rows and queries) ----
+// One mma.m16n8k16 gives 16 tokens x 8 heads of q . k: the 128 FMAs per token of the CUDA-core kernels were most of
+// the stats and hist passes' issue slots (1M: stats 21 us, binning 17-33 us). bf16 x bf16 products are exact in
+// fp32, so the scores differ from the FMA path's only in the order of the 16 additions; q * 0.25 (1 / sqrt(16)) is
+// exact in bf16 too.
+
+// A fragment of a 16-token m-tile (rows = tokens, k = the 16 index dims): this lane's rows g and g + 8, dims
+// 2*q4.. and 2*q4 + 8..; rows at or past nvalid are zero.
+__device__ __forceinline__ void load_index_tile(const __nv_bfloat16* rows, int64_t nvalid, uint32_t (&a)[4]) {
+  const int lane = threadIdx.x % 32, g = lane >> 2, q4 = lane & 3;
+  const uint32_t* r0 = reinterpret_cast<const uint32_t*>(rows + int64_t(g) * kIndexDim) + q4;
+  const uint32_t* r1 = reinterpret_cast<const uint32_t*>(rows + int64_t(g + 8) * kIndexDim) + q4;
+  const bool v0 = g < nvalid, v1 = g + 8 < nvalid;
+  a[0] = v0 ? __ldg(r0) : 0u;
+  a[1] = v1 ? __ldg(r1) : 0u;
+  a[2] = v0 ? __ldg(r0 + 4) : 0u;
+  a[3] = v1 ? __ldg(r1 + 4) : 0u;
+}
+
+// B fragments of the scaled index queries, n-tile nt = heads 8*nt.. (head 8*nt + g in this lane; zero past G).
+template <int GN>
+__device__ __forceinline__ void load_query_frags(const __nv_bfloat16* iq_r, int G, uint32_t (&b)[GN][2]) {
+  const int lane = threadIdx.x % 32, g = lane >> 2, q4 = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < GN; ++nt) {
+    const int h = nt * 8 + g;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      uint32_t v = 0u;
+      if (h < G) {
+        const __nv_bfloat162 x = *reinterpret_cast<const __nv_bfloat162*>(iq_r + h * kIndexDim + half * 8 + q4 * 2);
+        v = pack_bf16(__low2float(x) * 0.25f, __high2float(x) * 0.25f);
+      }
+      b[nt][half] = v;
+    }
+  }
+}
+
+// grid (nchunks, R); block 256; as stats_kernel (same outputs), bf16 index, G <= 8 * GN. Warp w takes the m-tiles
+// at j0 + 16 * (w + 8 i), the next one's rows in flight during this one's math. This lane's scores are tokens g and
+// g + 8 of each tile for heads 8 nt + 2 q4 + {0, 1}: its running (max, sum) are per such head.
+template <int GN>
+__global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq, const __nv_bfloat16* ik, float2* stats,
+                                                        float* hist, float* forced_mass, uint32_t* done,
+                                                        int32_t* selected_count, int G, int64_t L, int64_t cap,
+                                                        int nchunks, int chunk, unsigned long long* tl) {
+  __shared__ float2 red[8][8 * GN];
+  const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
+  probe_start(tl, kPhaseStats);
+  pdl_trigger();
+  if (blockIdx.x == 0) {
+    for (int i = tid; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
+    if (tid == 0) {
+      forced_mass[r] = 0.f;
+      done[r] = 0u;
+      if (selected_count) selected_count[r] = 0;
+    }
+  }
+  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
+  const __nv_bfloat16* rows = ik + int64_t(r) * cap * kIndexDim;
+  int64_t t0 = j0 + 16 * warp;
+  uint32_t a[4] = {0u, 0u, 0u, 0u};
+  if (t0 < j1) load_index_tile(rows + t0 * kIndexDim, j1 - t0, a);
+  uint32_t b[GN][2];
+  load_query_frags<GN>(iq + int64_t(r) * G * kIndexDim, G, b);
+  float mx[GN][2], sm[GN][2];
+#pragma unroll
+  for (int nt = 0; nt < GN; ++nt) mx[nt][0] = mx[nt][1] = -INFINITY, sm[nt][0] = sm[nt][1] = 0.f;
+  for (; t0 < j1; t0 += 16 * 8) {
+    const uint32_t cur[4] = {a[0], a[1], a[2], a[3]};
+    const int64_t nv = j1 - t0, tn = t0 + 16 * 8;
+    if (tn < j1) load_index_tile(rows + tn * kIndexDim, j1 - tn, a);
+#pragma unroll
+    for (int nt = 0; nt < GN; ++nt) {
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      mma_bf16_16816(c, cur, b[nt][0], b[nt][1]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if ((e < 2 ? g : g + 8) >= nv) continue;
+        const int hh = e & 1;
+        const float s = c[e];
+        // The running max grows rarely: one exp per score, the rescale only when it does.
+        if (s > mx[nt][hh]) {
+          sm[nt][hh] = sm[nt][hh] * __expf(mx[nt][hh] - s) + 1.f;
+          mx[nt][hh] = s;
+        } else {
+          sm[nt][hh] += __expf(s - mx[nt][hh]);
+        }
+      }
+    }
+  }
+  probe_point(tl, kPhaseStatsRows);
+#pragma unroll
+  for (int nt = 0; nt < GN; ++nt)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float2 acc = make_float2(mx[nt][hh], sm[nt][hh]);
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1)  // over g: the lanes holding the same heads
+        acc = merge_ms(acc, make_float2(__shfl_xor_sync(0xffffffffu, acc.x, o), __shfl_xor_sync(0xffffffffu, acc.y, o)));
+      if (g == 0) red[warp][nt * 8 + q4 * 2 + hh] = acc;
+    }
+  __syncthreads();
+  if (tid < G) {
+    float2 acc = make_float2(-INFINITY, 0.f);
+#pragma unroll
+    for (int w = 0; w < 8; ++w) acc = merge_ms(acc, red[w][tid]);
+    stats[(int64_t(r) * nchunks + blockIdx.x) * G + tid] = acc;
+  }
+  probe_end(tl, kPhaseStats);
+}
+
+// grid (ceil(L / chunk), R), block kHistThreads; as hist_kernel (same outputs), bf16 index, G <= 8 * GN. A warp
+// takes 32 tokens per step (two m-tiles); after the quad sums over heads, lane q4 of a quad bins token
+// g + 8 (q4 & 1) of m-tile q4 >> 1.
+template <int GN>
+__global__ void __launch_bounds__(kHistThreads, 5) hist_mma_kernel(
+    const __nv_bfloat16* iq, const __nv_bfloat16* ik, const float2* stats, uint16_t* bins, float* hist,
+    float* forced_mass, uint32_t* done, int32_t* bstar_out, int G, int64_t L, int64_t cap, int nstats, int chunk,
+    int64_t keep_first, int64_t keep_last, float top_p, bool cut_here, unsigned long long* tl) {
+  __shared__ HistShared sh;
+  const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
+  probe_start(tl, kPhaseHist);
+  pdl_trigger();
+  for (int i = tid; i < HistShared::NW * kDecodeBins; i += kHistThreads) (&sh.wh[0][0])[i] = 0.f;
+  const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
+  const __nv_bfloat16* rows = ik + int64_t(r) * cap * kIndexDim;
+  // The query and the first rows are the caller's data: loaded before the wait.
+  uint32_t b[GN][2];
+  load_query_frags<GN>(iq + int64_t(r) * G * kIndexDim, G, b);
+  int64_t wb = j0 + 32 * warp;
+  uint32_t a[2][4] = {};
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+    if (wb + 16 * mt < j1) load_index_tile(rows + (wb + 16 * mt) * kIndexDim, j1 - wb - 16 * mt, a[mt]);
+  pdl_wait();  // stats, and hist zeroed by stats_kernel
+  merge_chunk_stats(stats, r, nstats, G, sh);
+  probe_point(tl, kPhaseHistMerged);
+  float hm[GN][2], hi[GN][2];  // this lane's heads: max and weight
+#pragma unroll
+  for (int nt = 0; nt < GN; ++nt)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) hm[nt][hh] = sh.gm[nt * 8 + q4 * 2 + hh], hi[nt][hh] = sh.ginv[nt * 8 + q4 * 2 + hh];
+  const int64_t t = L - 1;
+  uint16_t* bins_r = bins + int64_t(r) * cap;
+  float fsum = 0.f;
+  for (; wb < j1; wb += 32 * HistShared::NW) {
+    uint32_t cur[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) cur[mt][i] = a[mt][i];
+    const int64_t wn = wb + 32 * HistShared::NW;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+      if (wn + 16 * mt < j1) load_index_tile(rows + (wn + 16 * mt) * kIndexDim, j1 - wn - 16 * mt, a[mt]);
+    float e[2][2];  // [m-tile][row g, row g + 8]: this lane's heads' share of P
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      e[mt][0] = e[mt][1] = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < GN; ++nt) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_bf16_16816(c, cur[mt], b[nt][0], b[nt][1]);
+        e[mt][0] += __expf(c[0] - hm[nt][0]) * hi[nt][0] + __expf(c[1] - hm[nt][1]) * hi[nt][1];
+        e[mt][1] += __expf(c[2] - hm[nt][0]) * hi[nt][0] + __expf(c[3] - hm[nt][1]) * hi[nt][1];
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        e[mt][rr] += __shfl_xor_sync(0xffffffffu, e[mt][rr], 1);
+        e[mt][rr] += __shfl_xor_sync(0xffffffffu, e[mt][rr], 2);
+      }
+    const int mt = q4 >> 1, rr = q4 & 1;
+    const float P = mt ? (rr ? e[1][1] : e[1][0]) : (rr ? e[0][1] : e[0][0]);
+    const int64_t j = wb + 16 * mt + g + 8 * rr;
+    bin_token(j < j1, j, P, t, keep_first, keep_last, bins_r, sh.wh[warp], fsum);
+  }
+  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, tl);
 }
 
 // The attend before attend_mma_kernel (RTP_DECODE_ATTEND=v2 selects it): CUDA-core math, one tile at a time.
@@ -1225,8 +1444,26 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
                        p.keep_first, p.keep_last, p.top_p, vec, !a.bstar_in_attend, a.timeline);
       return err;
     };
-    e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
-                   : launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
+    // Tensor-core scores: bf16 index rows that allow 4-byte fragment loads (always, for torch allocations).
+    auto launch_mma = [&](auto stats_k, auto hist_k) {
+      auto iq = static_cast<const __nv_bfloat16*>(p.index_q);
+      auto ik = static_cast<const __nv_bfloat16*>(p.index_k);
+      cudaError_t err = apply_carveout(reinterpret_cast<const void*>(stats_k), a.shared_carveout);
+      if (err == cudaSuccess) err = apply_carveout(reinterpret_cast<const void*>(hist_k), a.shared_carveout);
+      if (err != cudaSuccess) return err;
+      err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done, p.selected_count, a.G,
+                     p.kv_len, p.cap_full, nchunks, plan.stat_chunk, a.timeline);
+      if (err == cudaSuccess)
+        err = launch_k(hist_k, dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(kHistThreads),
+                       0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full,
+                       nchunks, plan.hist_chunk, p.keep_first, p.keep_last, p.top_p, !a.bstar_in_attend, a.timeline);
+      return err;
+    };
+    if (bf16_index && vec && p.tuning.index_tensor_cores && cc_major >= 8)
+      e = a.G <= 8 ? launch_mma(stats_mma_kernel<1>, hist_mma_kernel<1>) : launch_mma(stats_mma_kernel<2>, hist_mma_kernel<2>);
+    else
+      e = bf16_index ? launch(static_cast<const __nv_bfloat16*>(p.index_q), static_cast<const __nv_bfloat16*>(p.index_k))
+                     : launch(static_cast<const float*>(p.index_q), static_cast<const float*>(p.index_k));
   }
   if (e == cudaSuccess) {
     if (plan.v2) {

@@ -91,13 +91,19 @@ struct DecodeRun {
 };
 
 // The same inputs through the CPU reference and the CUDA kernels; bstar_in_attend: b* found by every retrieval
-// attend block instead of the last hist block.
-DecodeRun decode_cpu_and_gpu(const DecodeInputs& in, const std::vector<HeadKind>& kinds, SparseConfig c,
-                             bool bstar_in_attend = false) {
+// attend block instead of the last hist block; bf16_index: the GPU gets the indexer in bf16 (the tensor-core
+// stats/hist passes), both get its values rounded to bf16.
+DecodeRun decode_cpu_and_gpu(const DecodeInputs& in_, const std::vector<HeadKind>& kinds, SparseConfig c,
+                             bool bstar_in_attend = false, bool bf16_index = false) {
   DecodeRun run;
+  DecodeInputs in = in_;
+  if (bf16_index)
+    for (auto* t : {&in.index_q, &in.index_k}) *t = t->to(torch::kBFloat16).to(torch::kFloat32);
   run.ref = sparse_decode(in, kinds, c, &run.selected_cpu);
   DecodeInputs ig = in;
   for (auto* t : {&ig.q, &ig.k_full, &ig.v_full, &ig.k_ring, &ig.v_ring, &ig.index_q, &ig.index_k}) *t = t->cuda();
+  if (bf16_index)
+    for (auto* t : {&ig.index_q, &ig.index_k}) *t = t->to(torch::kBFloat16);
   c.decode_tuning.bstar_in_attend = bstar_in_attend;
   run.out = sparse_decode(ig, kinds, c, &run.selected_gpu).cpu();
   run.selected_gpu = run.selected_gpu.cpu();
@@ -314,12 +320,15 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
     c.sink = sink;
     c.window = window;
     for (float top_p : {1.0f, 0.9f})
-      for (bool cut_in_attend : {false, true}) {
-        c.top_p = top_p;
-        expect_decode_close(
-            decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend),
-            top_p, L, std::string(cut_in_attend ? "b* in attend: " : "") + "decode D=" + std::to_string(D));
-      }
+      for (bool cut_in_attend : {false, true})
+        for (bool bf16_index : {false, true}) {
+          c.top_p = top_p;
+          expect_decode_close(decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds,
+                                                 c, cut_in_attend, bf16_index),
+                              top_p, L,
+                              std::string(cut_in_attend ? "b* in attend: " : "") +
+                                  (bf16_index ? "bf16 index: " : "") + "decode D=" + std::to_string(D));
+        }
   }
 }
 
@@ -336,12 +345,15 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
       c.sink = sink;
       c.window = window;
       for (float top_p : {1.0f, 0.9f})
-        for (bool cut_in_attend : {false, true}) {
-          c.top_p = top_p;
-          expect_decode_close(
-              decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c, cut_in_attend),
-              top_p, L, std::string(cut_in_attend ? "b* in attend: " : "") + "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
-        }
+        for (bool cut_in_attend : {false, true})
+          for (bool bf16_index : {false, true}) {
+            c.top_p = top_p;
+            expect_decode_close(decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds,
+                                                   c, cut_in_attend, bf16_index),
+                                top_p, L,
+                                std::string(cut_in_attend ? "b* in attend: " : "") + (bf16_index ? "bf16 index: " : "") +
+                                    "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
+          }
     }
   }
 }
@@ -358,15 +370,17 @@ TEST(SparseAttentionGpu, DecodeClusteredScoresMatchReference) {
   auto runs = torch::floor_divide(torch::arange(cap), 40);
   in.index_k = in.index_k.index_select(1, runs).contiguous();
   for (int hist_tokens : {0, 1024, 300})
-    for (float top_p : {0.9f, 0.5f}) {
-      SparseConfig c;
-      c.sink = sink;
-      c.window = window;
-      c.top_p = top_p;
-      c.decode_tuning.hist_tokens_per_block = hist_tokens;
-      expect_decode_close(decode_cpu_and_gpu(in, kinds, c), top_p, L,
-                          "clustered index keys, hist blocks of " + std::to_string(hist_tokens) + " tokens");
-    }
+    for (float top_p : {0.9f, 0.5f})
+      for (bool bf16_index : {false, true}) {
+        SparseConfig c;
+        c.sink = sink;
+        c.window = window;
+        c.top_p = top_p;
+        c.decode_tuning.hist_tokens_per_block = hist_tokens;
+        expect_decode_close(decode_cpu_and_gpu(in, kinds, c, false, bf16_index), top_p, L,
+                            std::string(bf16_index ? "bf16 index, " : "") + "clustered index keys, hist blocks of " +
+                                std::to_string(hist_tokens) + " tokens");
+      }
 }
 
 // top_p = 1 keeps every token by definition. The v3 kernels cut the tail at D=128 (4944 of 5017 kept): the
@@ -381,22 +395,25 @@ TEST(SparseAttentionGpu, DecodeTopPOneSelectsEverything) {
   std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::RETRIEVAL};
   for (int64_t L : {300, 1000 + 3, 4096, 20000 + 11, 70000 + 1}) {
     for (float top_p : {1.0f, 0.999f})
-    for (bool cut_in_attend : {false, true}) {
+    for (bool cut_in_attend : {false, true})
+    for (bool bf16_index : {false, true}) {
       SparseConfig c;
       c.sink = sink;
       c.window = window;
       c.top_p = top_p;
       const int64_t cap = L + 5;
       const auto run =
-          decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, cut_in_attend);
+          decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 2, 3.0, L), kinds, c, cut_in_attend,
+                             bf16_index);
       const auto& out = run.out;
       const auto& sc = run.selected_cpu;
       const auto& sgc = run.selected_gpu;
       const double e = rel_err(out, run.ref);
       for (int r = 0; r < 2; ++r) {
         const int ncpu = sc[r].item<int>(), ngpu = sgc[r].item<int>();
-        std::printf("decode (%s) L=%ld top_p=%.3f head %d: err %.3e, selected cpu %d gpu %d of %ld\n",
-                    cut_in_attend ? "b* in attend" : "b* in hist", L, top_p, r, e, ncpu, ngpu, L);
+        std::printf("decode (%s%s) L=%ld top_p=%.3f head %d: err %.3e, selected cpu %d gpu %d of %ld\n",
+                    cut_in_attend ? "b* in attend" : "b* in hist", bf16_index ? ", bf16 index" : "", L, top_p, r, e,
+                    ncpu, ngpu, L);
         if (top_p == 1.0f) {
           EXPECT_EQ(ncpu, L);
           EXPECT_EQ(ngpu, L);

@@ -257,6 +257,8 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("0"))(
         "decode-carveout", "decode: preferred shared-memory carveout of the decode kernels in percent (-1: the driver's choice)",
         cxxopts::value<int>()->default_value("100"))(
+        "decode-index-fma", "decode: index scores of the stats/hist passes on the CUDA cores (not mma)",
+        cxxopts::value<bool>()->default_value("false"))(
         "decode-hist-tokens", "decode: tokens per hist block (0: as the stats blocks)",
         cxxopts::value<int>()->default_value("0"))(
         "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
@@ -440,6 +442,7 @@ int main(int argc, char** argv) {
     tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
     tuning.hist_tokens_per_block = args["decode-hist-tokens"].as<int>();
     tuning.shared_carveout = args["decode-carveout"].as<int>();
+    tuning.index_tensor_cores = !args["decode-index-fma"].as<bool>();
     tuning.bstar_in_attend = args["decode-bstar-in-attend"].as<bool>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
     // every KV length, so timed once; a whole-layer decode step is this plus the layer's attention.

@@ -197,6 +197,9 @@ struct DecodeTuning {
   // is idle, so with the driver's choice (small shared memory for the stats kernel) the hist and attend blocks,
   // which need more, could not start on an SM until its stats blocks had drained (docs/status.md).
   int shared_carveout = 100;
+  // bf16 index: the stats and hist passes compute the index scores with mma.sync (16 tokens x 8 heads per
+  // instruction) instead of 16 FMAs per (token, head); false: the CUDA-core kernels (the only ones for fp32 index).
+  bool index_tensor_cores = true;
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
   // sets the starts to UINT64_MAX and the ends to 0 before the call. Null (the default): no probe.
