@@ -259,11 +259,13 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("100"))(
         "decode-index-fma", "decode: index scores of the stats/hist passes on the CUDA cores (not mma)",
         cxxopts::value<bool>()->default_value("false"))(
+        "decode-unbalanced", "decode: retrieval attend blocks over fixed candidate ranges (not balanced kept shares)",
+        cxxopts::value<bool>()->default_value("false"))(
         "decode-hist-tokens", "decode: tokens per hist block (0: as the stats blocks)",
         cxxopts::value<int>()->default_value("0"))(
         "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
         cxxopts::value<bool>()->default_value("false"))(
-        "decode-bstar-in-attend", "decode: the attend's retrieval blocks find b* themselves (no last-block cut in hist)",
+        "decode-bstar-in-hist", "decode: the last hist block finds b* (not every retrieval attend block)",
         cxxopts::value<bool>()->default_value("false"))(
         "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
@@ -443,7 +445,8 @@ int main(int argc, char** argv) {
     tuning.hist_tokens_per_block = args["decode-hist-tokens"].as<int>();
     tuning.shared_carveout = args["decode-carveout"].as<int>();
     tuning.index_tensor_cores = !args["decode-index-fma"].as<bool>();
-    tuning.bstar_in_attend = args["decode-bstar-in-attend"].as<bool>();
+    tuning.balanced_retrieval = !args["decode-unbalanced"].as<bool>();
+    tuning.bstar_in_attend = !args["decode-bstar-in-hist"].as<bool>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
     // every KV length, so timed once; a whole-layer decode step is this plus the layer's attention.
     const bench::MoeLayerDecode layer_rest(bench::MoeLayerShape{}, 11);

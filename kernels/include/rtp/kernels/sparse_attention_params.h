@@ -186,12 +186,12 @@ struct DecodeTuning {
   int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
   int index_rows_per_thread = 0;  // stats/hist passes: 0 the default (1); 1 or 2 index rows loaded per thread per step
   int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
-  // hist pass alone: 0: as the stats pass (index_tokens_per_block); else this, in [256, 65536]. Fewer hist blocks
-  // than stats blocks let all of them be resident beside the stats blocks they wait for.
+  // hist pass alone: 0: as the stats pass (index_tokens_per_block); else this, in [256, 65536].
   int hist_tokens_per_block = 0;
   // Every retrieval attend block finds b* from the histogram itself instead of the last hist block (no ticket,
-  // fence and serial cut at the end of the hist launch). Measured equal on an H200 (docs/status.md).
-  bool bstar_in_attend = false;
+  // fence and serial cut at the end of the hist launch). Equal on an H200 while the hist pass was on the CUDA
+  // cores, ~0.8 us faster per 128K layer since it is on the tensor cores (docs/status.md).
+  bool bstar_in_attend = true;
   // Percent of each SM's unified L1 / shared memory the decode kernels ask to be shared memory
   // (cudaFuncAttributePreferredSharedMemoryCarveout; -1: the driver's choice). An SM changes the split only when it
   // is idle, so with the driver's choice (small shared memory for the stats kernel) the hist and attend blocks,
@@ -200,6 +200,10 @@ struct DecodeTuning {
   // bf16 index: the stats and hist passes compute the index scores with mma.sync (16 tokens x 8 heads per
   // instruction) instead of 16 FMAs per (token, head); false: the CUDA-core kernels (the only ones for fp32 index).
   bool index_tensor_cores = true;
+  // Retrieval attend blocks take equal shares of the head's kept tokens (in token order) instead of fixed ranges of
+  // candidates, whose kept counts vary (the planted benchmark: 0-4 tiles per block at 128K, the block with the most
+  // was the layer's tail). Needs hist blocks of at most 2048 tokens (the default up to ~1M keys); else unused.
+  bool balanced_retrieval = true;
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
   // sets the starts to UINT64_MAX and the ends to 0 before the call. Null (the default): no probe.
