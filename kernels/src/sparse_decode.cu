@@ -50,8 +50,6 @@ struct DecodeArgs {
   unsigned long long* timeline;  // DecodeTuning::timeline
   bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
   int shared_carveout;   // DecodeTuning::shared_carveout
-  bool balanced;         // retrieval attend blocks take balanced shares of the kept tokens (gather_balanced_share)
-  int hist_chunk, nhist;  // tokens per hist block, hist blocks per retrieval slot
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
 
@@ -285,7 +283,7 @@ __device__ int cut_bin(const float* hh, float forced, float top_p) {
 // and scores of real models are locally correlated too), and those rounds were most of the hist pass's binning.
 // Here each (warp, bin) is written by one lane, without atomics; the lowest lane of a key gathers the others'
 // values in (largest group - 1) shuffle rounds, none when every key is distinct.
-__device__ __forceinline__ void warp_hist_add(float* wh, int* cnt, int key, float v) {
+__device__ __forceinline__ void warp_hist_add(float* wh, int key, float v) {
   const int lane = threadIdx.x % 32;
   const unsigned peers = __match_any_sync(0xffffffffu, key);
   const bool leader = lane == __ffs(peers) - 1;
@@ -303,10 +301,7 @@ __device__ __forceinline__ void warp_hist_add(float* wh, int* cnt, int key, floa
       }
     }
   }
-  if (key >= 0 && leader) {
-    wh[key] += s;
-    atomicAdd(&cnt[key], __popc(peers));  // integer shared atomics are native (no CAS loop)
-  }
+  if (key >= 0 && leader) wh[key] += s;
 }
 
 // The hist pass's shared state and the steps both of its kernels (CUDA-core and tensor-core scores) share.
@@ -315,9 +310,6 @@ struct HistShared {
   static constexpr int NW = kHistThreads / 32;
   float gm[kMaxG], ginv[kMaxG];  // per head: max of the scores, 1 / (G * sum exp(s - max))
   float wh[NW][kDecodeBins];     // one histogram per warp (warp_hist_add), summed at the end
-  int cnt[kDecodeBins];          // tokens per bin (unforced), for the kept counts per block (cum)
-  int nforced;
-  int warp_tot[NW];
   float forced;
   bool last;
 };
@@ -328,7 +320,7 @@ struct HistShared {
 // path to every hist block's first token. Heads G..kMaxG-1 get weight 0.
 __device__ __forceinline__ void merge_chunk_stats(const float2* stats, int r, int nstats, int G, HistShared& sh) {
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  if (tid == 0) sh.forced = 0.f, sh.nforced = 0;
+  if (tid == 0) sh.forced = 0.f;
   if (tid >= G && tid < kMaxG) sh.gm[tid] = 0.f, sh.ginv[tid] = 0.f;
   constexpr int MB = 8;
   for (int h = warp; h < G; h += HistShared::NW) {
@@ -357,14 +349,12 @@ __device__ __forceinline__ void merge_chunk_stats(const float2* stats, int r, in
 // Token j's bin and histogram entry (valid: j is in this block's range; P its mean probability). Called by all
 // lanes of a warp together; fsum collects the forced tokens' mass.
 __device__ __forceinline__ void bin_token(bool valid, int64_t j, float P, int64_t t, int64_t keep_first,
-                                          int64_t keep_last, uint16_t* bins_r, HistShared& sh, float& fsum) {
+                                          int64_t keep_last, uint16_t* bins_r, float* wh, float& fsum) {
   int key = -1;  // bin of an unforced token; -1: forced, or past the chunk
-  bool forced = false;
   if (valid) {
     int bin = kDecodeBins - 1;
     if (P > 0.f) bin = int(fminf(float(kDecodeBins - 1), fmaxf(0.f, floorf(-float(kDecodeBinsPerOctave) * log2f(P)))));
-    forced = j < keep_first || j > t - keep_last;
-    if (forced) {
+    if (j < keep_first || j > t - keep_last) {
       fsum += P;
       bins_r[j] = kForced;
     } else {
@@ -372,18 +362,15 @@ __device__ __forceinline__ void bin_token(bool valid, int64_t j, float P, int64_
       bins_r[j] = uint16_t(bin);
     }
   }
-  const unsigned fm = __ballot_sync(0xffffffffu, forced);
-  if (fm && threadIdx.x % 32 == 0) atomicAdd(&sh.nforced, __popc(fm));
-  warp_hist_add(sh.wh[threadIdx.x / 32], sh.cnt, key, valid ? P : 0.f);
+  warp_hist_add(wh, key, valid ? P : 0.f);
 }
 
-// After the binning loop, every thread: the block's histogram into the slot's global one and its kept counts
-// (cum, if not null: cum[b + 1] = forced + tokens in bins <= b, cum[0] = forced, for the attend's balanced shares);
-// then the block that draws the last ticket of its slot finds b* (unless the attend does: cut_here false).
+// After the binning loop, every thread: the block's histogram into the slot's global one; then the block that
+// draws the last ticket of its slot finds b* (unless the attend does: cut_here false).
 __device__ __forceinline__ void finish_hist(HistShared& sh, float fsum, int r, float* hist, float* forced_mass,
-                                            uint32_t* cum, uint32_t* done, int32_t* bstar_out, float top_p,
-                                            bool cut_here, unsigned long long* tl) {
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+                                            uint32_t* done, int32_t* bstar_out, float top_p, bool cut_here,
+                                            unsigned long long* tl) {
+  const int tid = threadIdx.x, lane = tid % 32;
   fsum = warp_sum(fsum);
   if (lane == 0) atomicAdd(&sh.forced, fsum);
   __syncthreads();
@@ -392,19 +379,6 @@ __device__ __forceinline__ void finish_hist(HistShared& sh, float fsum, int r, f
 #pragma unroll
     for (int w = 0; w < HistShared::NW; ++w) v += sh.wh[w][i];
     if (v != 0.f) atomicAdd(&hist[int64_t(r) * kDecodeBins + i], v);
-  }
-  if (cum) {  // thread tid scans bins 2 tid, 2 tid + 1
-    static_assert(kDecodeBins == 2 * kHistThreads, "two bins per thread");
-    const int c0 = sh.cnt[2 * tid], c1 = sh.cnt[2 * tid + 1];
-    const int incl = warp_inclusive_scan(c0 + c1);
-    if (lane == 31) sh.warp_tot[warp] = incl;
-    __syncthreads();
-    int before = sh.nforced + incl - c0 - c1;
-    for (int w = 0; w < warp; ++w) before += sh.warp_tot[w];
-    uint32_t* out = cum + (int64_t(r) * gridDim.x + blockIdx.x) * (kDecodeBins + 1);
-    out[2 * tid + 1] = uint32_t(before + c0);
-    out[2 * tid + 2] = uint32_t(before + c0 + c1);
-    if (tid == 0) out[0] = uint32_t(sh.nforced);
   }
   if (tid == 0) atomicAdd(&forced_mass[r], sh.forced);
   probe_point(tl, kPhaseHistBinned);
@@ -434,7 +408,7 @@ __device__ __forceinline__ void finish_hist(HistShared& sh, float fsum, int r, f
 // blocks they wait for.
 template <typename IT, int GM, int kRows>
 __global__ void __launch_bounds__(kHistThreads, 5) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
-                                                   float* hist, float* forced_mass, uint32_t* cum, uint32_t* done, int32_t* bstar_out,
+                                                   float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
                                                    int G, int64_t L, int64_t cap, int nstats, int chunk,
                                                    int64_t keep_first, int64_t keep_last, float top_p, bool vec,
                                                    bool cut_here, unsigned long long* tl) {
@@ -447,7 +421,6 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_kernel(const IT* iq, con
   // they arrive while stats_kernel is still running.
   for (int i = tid; i < G * kIndexDim; i += kHistThreads) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
   for (int i = tid; i < HistShared::NW * kDecodeBins; i += kHistThreads) (&sh.wh[0][0])[i] = 0.f;
-  for (int i = tid; i < kDecodeBins; i += kHistThreads) sh.cnt[i] = 0;
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   RawIndexRow<IT> kraw[kRows];  // converted per token: the rows prefetched across the wait stay packed
   auto load_rows = [&](int64_t jb) {
@@ -481,10 +454,10 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_kernel(const IT* iq, con
           P += __expf(index_score(q[h], k) - sh.gm[h]) * sh.ginv[h];
         }
       }
-      bin_token(j < j1, j, P, t, keep_first, keep_last, bins + int64_t(r) * cap, sh, fsum);
+      bin_token(j < j1, j, P, t, keep_first, keep_last, bins + int64_t(r) * cap, sh.wh[warp], fsum);
     }
   }
-  finish_hist(sh, fsum, r, hist, forced_mass, cum, done, bstar_out, top_p, cut_here, tl);
+  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, tl);
 }
 
 // ---- Index scores on the tensor cores (bf16 index rows and queries) ----
@@ -605,14 +578,13 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
 template <int GN>
 __global__ void __launch_bounds__(kHistThreads, 5) hist_mma_kernel(
     const __nv_bfloat16* iq, const __nv_bfloat16* ik, const float2* stats, uint16_t* bins, float* hist,
-    float* forced_mass, uint32_t* cum, uint32_t* done, int32_t* bstar_out, int G, int64_t L, int64_t cap, int nstats, int chunk,
+    float* forced_mass, uint32_t* done, int32_t* bstar_out, int G, int64_t L, int64_t cap, int nstats, int chunk,
     int64_t keep_first, int64_t keep_last, float top_p, bool cut_here, unsigned long long* tl) {
   __shared__ HistShared sh;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
   probe_start(tl, kPhaseHist);
   pdl_trigger();
   for (int i = tid; i < HistShared::NW * kDecodeBins; i += kHistThreads) (&sh.wh[0][0])[i] = 0.f;
-  for (int i = tid; i < kDecodeBins; i += kHistThreads) sh.cnt[i] = 0;
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   const __nv_bfloat16* rows = ik + int64_t(r) * cap * kIndexDim;
   // The query and the first rows are the caller's data: loaded before the wait.
@@ -666,9 +638,9 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_mma_kernel(
     const int mt = q4 >> 1, rr = q4 & 1;
     const float P = mt ? (rr ? e[1][1] : e[1][0]) : (rr ? e[0][1] : e[0][0]);
     const int64_t j = wb + 16 * mt + g + 8 * rr;
-    bin_token(j < j1, j, P, t, keep_first, keep_last, bins_r, sh, fsum);
+    bin_token(j < j1, j, P, t, keep_first, keep_last, bins_r, sh.wh[warp], fsum);
   }
-  finish_hist(sh, fsum, r, hist, forced_mass, cum, done, bstar_out, top_p, cut_here, tl);
+  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, tl);
 }
 
 // The attend before attend_mma_kernel (RTP_DECODE_ATTEND=v2 selects it): CUDA-core math, one tile at a time.
@@ -956,68 +928,14 @@ __device__ __forceinline__ int compact_kept(const uint16_t* mb, int n, int bstar
   return total;
 }
 
-// The balanced share of retrieval block i of nb: kept tokens [i K / nb, (i + 1) K / nb) of the K that the head keeps,
-// in token order. Blocks over fixed candidate ranges waited for the one whose range held the most kept tokens (a
-// chain of 3-4 dependent tile loads at 128K while most blocks had one or none); here every block gets at most
-// ceil(K / nb). The hist blocks' kept counts (cum[c][b* + 1]) give each hist chunk's place in the kept order, and
-// only the 1-2 chunks the share overlaps are compacted. Writes absolute token indices to out, returns the count.
-// Called by every thread of a kMmaThreads block; scratch: (nh + 1) ints and kRetChunkMax uint16 (the tile buffer,
-// not yet in use).
-template <int NT, int CAND>
-__device__ int gather_balanced_share(const uint32_t* cum_r, int nh, const uint16_t* bins_r, int64_t L, int hist_chunk,
-                                     int bstar, int i, int nb, int32_t* out, unsigned char* scratch, int* warp_cnt) {
-  constexpr int NW = NT / 32;
-  __shared__ int s_c0;
-  int* prefix = reinterpret_cast<int*>(scratch);  // [nh + 1]: counts, then kept tokens before chunk c
-  uint16_t* local = reinterpret_cast<uint16_t*>(scratch + (size_t(nh + 1) * 4 + 15) / 16 * 16);
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  for (int c = tid; c < nh; c += NT) prefix[c + 1] = int(__ldcg(cum_r + int64_t(c) * (kDecodeBins + 1) + (bstar + 1)));
-  if (tid == 0) prefix[0] = 0;
-  mma_threads_sync();
-  const int per = (nh + NT - 1) / NT, b0 = min(nh, tid * per), b1 = min(nh, b0 + per);
-  int sum = 0;
-  for (int c = b0; c < b1; ++c) sum += prefix[c + 1];
-  const int incl = warp_inclusive_scan(sum);
-  if (lane == 31) warp_cnt[warp] = incl;
-  mma_threads_sync();
-  int run = incl - sum, total = 0;
-#pragma unroll
-  for (int w = 0; w < NW; ++w) {
-    run += w < warp ? warp_cnt[w] : 0;
-    total += warp_cnt[w];
-  }
-  for (int c = b0; c < b1; ++c) {
-    run += prefix[c + 1];
-    prefix[c + 1] = run;
-  }
-  mma_threads_sync();
-  const int lo = int(int64_t(i) * total / nb), hi = int(int64_t(i + 1) * total / nb);
-  if (lo >= hi) return 0;
-  for (int c = b0; c < b1; ++c)
-    if (prefix[c] <= lo && lo < prefix[c + 1]) s_c0 = c;
-  mma_threads_sync();
-  int filled = 0;
-  for (int c = s_c0; c < nh && prefix[c] < hi; ++c) {
-    const int pc = prefix[c], nc = prefix[c + 1] - pc;
-    if (nc == 0) continue;
-    const int64_t t0 = int64_t(c) * hist_chunk;
-    const int got = compact_kept<NT, CAND>(bins_r + t0, int(min(int64_t(hist_chunk), L - t0)), bstar, local, warp_cnt);
-    const int from = max(lo, pc) - pc, to = min(min(hi, pc + nc) - pc, got);
-    for (int x = from + tid; x < to; x += NT) out[filled + x - from] = int32_t(t0 + local[x]);
-    filled += max(0, to - from);
-    mma_threads_sync();  // local is rewritten by the next chunk
-  }
-  return filled;
-}
-
 // Attends the G query heads (qa) to n key rows, row i = k0 + (list ? list[i] : i), in 64-key tiles with the next
 // tile's cp.async in flight during this tile's math (kvs: the two tile stages). Per warp 16 keys of a tile:
 // S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers (rows are quads of lanes), O += P V (P
 // re-packed from the S accumulators, V by ldmatrix.trans). Scores are in log2 units (sl2 = scale * log2 e).
 // Called by every thread of a kMmaThreads block; st carries over between calls.
-template <int D, typename LT>
+template <int D>
 __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0,
-                                            const LT* list, int n, const uint32_t (&qa)[D / 16][4], float sl2,
+                                            const uint16_t* list, int n, const uint32_t (&qa)[D / 16][4], float sl2,
                                             __nv_bfloat16* kvs, MmaAttendState<D>& st) {
   constexpr int NT = kMmaThreads, TK = kMmaTile, CPR = D / 8, KS = D / 16, NO = D / 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -1029,7 +947,7 @@ __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_b
     for (int it = 0; it < TK * CPR / NT; ++it) {
       const int c = tid + it * NT, r = c / CPR, cc = c % CPR, i = t * TK + r;
       const bool valid = i < n;
-      const int64_t row = valid ? k0 + (list ? int64_t(list[i]) : int64_t(i)) : 0;
+      const int64_t row = valid ? k0 + (list ? int(list[i]) : i) : 0;
       const int off = swz<D>(r, cc);
       cp_async16(smem_u32(Ks + off), K + row * D + cc * 8, valid ? 16 : 0);
       cp_async16(smem_u32(Vs + off), V + row * D + cc * 8, valid ? 16 : 0);
@@ -1165,10 +1083,8 @@ __device__ __forceinline__ void write_partial(MmaAttendState<D>& st, float* red,
   }
 }
 
-// Shared memory of the mma attend kernel: two stages of K and V tiles, then the retrieval block's row list
-// (uint16 offsets into its candidate chunk, or int32 token indices of its balanced share).
-constexpr size_t mma_tile_bytes(int D) { return size_t(kMmaStages) * 2 * kMmaTile * D * 2; }
-constexpr size_t mma_smem_bytes(int D) { return mma_tile_bytes(D) + kRetChunkMax * 4; }
+// Shared memory of the mma attend kernel: two stages of K and V tiles, then the compacted candidate list.
+constexpr size_t mma_smem_bytes(int D) { return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + kRetChunkMax * 2; }
 
 // grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D).
 // Each thread block takes a chunk of candidate keys of one KV head for all G query heads and attends it
@@ -1178,13 +1094,11 @@ template <int D>
 __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
     const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar_in,
-    const float* hist, const float* forced_mass, const uint32_t* cum, float* part_acc, float2* part_ml,
-    int32_t* selected_count) {
+    const float* hist, const float* forced_mass, float* part_acc, float2* part_ml, int32_t* selected_count) {
   constexpr int CAND = kRetChunkMax / kMmaThreads;  // candidates per thread in the select step
   extern __shared__ __align__(128) unsigned char smem[];
   __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);  // [stage][K, V][TK][D], swizzled rows
-  uint16_t* list = reinterpret_cast<uint16_t*>(smem + mma_tile_bytes(D));  // [kRetChunkMax]
-  int32_t* rows = reinterpret_cast<int32_t*>(smem + mma_tile_bytes(D));  // the same space, balanced shares
+  uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * kMmaTile * D * 2);  // [kRetChunkMax]
   __shared__ int warp_cnt[kMmaWarps];
   __shared__ int s_bstar;
   __shared__ float2 wml[kMmaWarps][16];
@@ -1225,12 +1139,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
       __syncthreads();
       bstar = s_bstar;
     }
-    if (a.balanced)
-      n = gather_balanced_share<kMmaThreads, CAND>(cum + int64_t(rs) * a.nhist * (kDecodeBins + 1), a.nhist,
-                                                   bins + int64_t(rs) * a.cap, a.L, a.hist_chunk, bstar, split,
-                                                   a.nsplit[kvh], rows, smem, warp_cnt);
-    else
-      n = compact_kept<kMmaThreads, CAND>(bins + int64_t(rs) * a.cap + k0, n, bstar, list, warp_cnt);
+    n = compact_kept<kMmaThreads, CAND>(bins + int64_t(rs) * a.cap + k0, n, bstar, list, warp_cnt);
     probe_point(a.timeline, kPhaseAttendCompacted);
     if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
   }
@@ -1239,10 +1148,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   MmaAttendState<D> st;
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
-  if (ret && a.balanced)
-    attend_rows<D>(K, V, 0, rows, n, qa, a.scale * 1.4426950408889634f, kvs, st);
-  else
-    attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
+  attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
   if (ret) probe_point(a.timeline, kPhaseAttendTilesDone);
   // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
   // anything they touch, and the partials they write were last read by the previous call's combine, which
@@ -1359,9 +1265,9 @@ struct DecodePlan {
   DecodeArgs a{};
   int R = 0, nchunks = 0, stat_chunk = 0, hist_chunk = 0;
   bool v2 = false;
-  size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0, n_cum = 0;
+  size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0;
   static size_t al(size_t x) { return (x + 255) / 256 * 256; }
-  size_t total() const { return al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins) + al(n_cum); }
+  size_t total() const { return al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist) + al(n_bins); }
 };
 
 DecodePlan plan_decode(const SparseDecodeParams& p) {
@@ -1422,18 +1328,12 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
                         : int(std::max<int64_t>(512, ((p.kv_len + 511) / 512 + 255) / 256 * 256));
   plan.nchunks = int((p.kv_len + plan.stat_chunk - 1) / plan.stat_chunk);
   plan.hist_chunk = p.tuning.hist_tokens_per_block > 0 ? p.tuning.hist_tokens_per_block : plan.stat_chunk;
-  a.hist_chunk = plan.hist_chunk;
-  a.nhist = int((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk);
-  // Balanced retrieval shares need a hist chunk that one compaction covers and its kept prefix in the tile buffer.
-  a.balanced = !plan.v2 && R > 0 && p.tuning.balanced_retrieval && plan.hist_chunk <= kRetChunkMax &&
-               (size_t(a.nhist) + 1) * 4 + 16 + kRetChunkMax * 2 <= mma_tile_bytes(p.head_dim);
-  // one workspace: part_acc | part_ml | stats | hist | forced | bins | cum
+  // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
   plan.n_ml = size_t(Hq) * a.max_split * 8;
   plan.n_stats = size_t(std::max(R, 1)) * plan.nchunks * a.G * 8;
   plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 3) * 4;  // hist, then forced, b*, done per slot
   plan.n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
-  plan.n_cum = a.balanced ? size_t(R) * a.nhist * (kDecodeBins + 1) * 4 : 0;
   return plan;
 }
 
@@ -1464,8 +1364,8 @@ template <int D>
 cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
                               const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
                               const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar,
-                              const float* hist, const float* forced, const uint32_t* cum, float* part_acc,
-                              float2* part_ml, int32_t* selected_count) {
+                              const float* hist, const float* forced, float* part_acc, float2* part_ml,
+                              int32_t* selected_count) {
   // The shared-memory opt-in is per device; done once per device (FlashAttention sets it on every launch).
   static bool done[kMaxDevices] = {};
   int dev = 0;
@@ -1479,7 +1379,7 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
   e = apply_carveout(reinterpret_cast<const void*>(attend_mma_kernel<D>), a.shared_carveout);
   if (e != cudaSuccess) return e;
   return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
-                  bins, bstar, hist, forced, cum, part_acc, part_ml, selected_count);
+                  bins, bstar, hist, forced, part_acc, part_ml, selected_count);
 }
 
 }  // namespace
@@ -1518,7 +1418,6 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   int32_t* bstar = reinterpret_cast<int32_t*>(forced + nr);
   uint32_t* done = reinterpret_cast<uint32_t*>(bstar + nr);
   uint16_t* bins = reinterpret_cast<uint16_t*>(ws + al(n_acc) + al(n_ml) + al(n_stats) + al(n_hist));
-  uint32_t* cum = a.balanced ? reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(bins) + al(plan.n_bins)) : nullptr;
   auto qb = static_cast<const __nv_bfloat16*>(p.q);
   auto kf = static_cast<const __nv_bfloat16*>(p.k_full);
   auto vf = static_cast<const __nv_bfloat16*>(p.v_full);
@@ -1541,7 +1440,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
                                  p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec, a.timeline);
       if (err == cudaSuccess)
         err = launch_k(hist_k, dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(256), 0, stream, pdl,
-                       iq, ik, stats, bins, hist, forced, cum, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.hist_chunk,
+                       iq, ik, stats, bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.hist_chunk,
                        p.keep_first, p.keep_last, p.top_p, vec, !a.bstar_in_attend, a.timeline);
       return err;
     };
@@ -1556,7 +1455,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
                      p.kv_len, p.cap_full, nchunks, plan.stat_chunk, a.timeline);
       if (err == cudaSuccess)
         err = launch_k(hist_k, dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(kHistThreads),
-                       0, stream, pdl, iq, ik, stats, bins, hist, forced, cum, done, bstar, a.G, p.kv_len, p.cap_full,
+                       0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full,
                        nchunks, plan.hist_chunk, p.keep_first, p.keep_last, p.top_p, !a.bstar_in_attend, a.timeline);
       return err;
     };
@@ -1578,7 +1477,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     } else {
       const dim3 g(a.max_split, p.num_kv_heads);
       e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
-          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, hist, forced, cum, part_acc, part_ml,
+          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, hist, forced, part_acc, part_ml,
           p.selected_count);
     }
   }

@@ -359,9 +359,8 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
 }
 
 // Index keys constant over runs of 40 tokens: neighbouring tokens share a histogram bin (whole warps of them, and
-// runs that straddle warps), the case the hist pass's warp aggregation exists for. The kept tokens come in runs too,
-// so the balanced retrieval shares start and end inside runs and hist chunks; hist blocks of 1024 and 300 tokens
-// (not the stats blocks' 512) move those chunk edges.
+// runs that straddle warps), the case the hist pass's warp aggregation exists for; also with hist blocks of another
+// size than the stats blocks.
 TEST(SparseAttentionGpu, DecodeClusteredScoresMatchReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   torch::manual_seed(6);
@@ -372,18 +371,16 @@ TEST(SparseAttentionGpu, DecodeClusteredScoresMatchReference) {
   in.index_k = in.index_k.index_select(1, runs).contiguous();
   for (int hist_tokens : {0, 1024, 300})
     for (float top_p : {0.9f, 0.5f})
-      for (bool bf16_index : {false, true})
-        for (bool balanced : {true, false}) {
-          SparseConfig c;
-          c.sink = sink;
-          c.window = window;
-          c.top_p = top_p;
-          c.decode_tuning.hist_tokens_per_block = hist_tokens;
-          c.decode_tuning.balanced_retrieval = balanced;
-          expect_decode_close(decode_cpu_and_gpu(in, kinds, c, true, bf16_index), top_p, L,
-                              std::string(bf16_index ? "bf16 index, " : "") + (balanced ? "" : "unbalanced, ") +
-                                  "clustered index keys, hist blocks of " + std::to_string(hist_tokens) + " tokens");
-        }
+      for (bool bf16_index : {false, true}) {
+        SparseConfig c;
+        c.sink = sink;
+        c.window = window;
+        c.top_p = top_p;
+        c.decode_tuning.hist_tokens_per_block = hist_tokens;
+        expect_decode_close(decode_cpu_and_gpu(in, kinds, c, true, bf16_index), top_p, L,
+                            std::string(bf16_index ? "bf16 index, " : "") + "clustered index keys, hist blocks of " +
+                                std::to_string(hist_tokens) + " tokens");
+      }
 }
 
 // top_p = 1 keeps every token by definition. The v3 kernels cut the tail at D=128 (4944 of 5017 kept): the

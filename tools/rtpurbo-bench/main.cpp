@@ -259,8 +259,6 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("100"))(
         "decode-index-fma", "decode: index scores of the stats/hist passes on the CUDA cores (not mma)",
         cxxopts::value<bool>()->default_value("false"))(
-        "decode-unbalanced", "decode: retrieval attend blocks over fixed candidate ranges (not balanced kept shares)",
-        cxxopts::value<bool>()->default_value("false"))(
         "decode-hist-tokens", "decode: tokens per hist block (0: as the stats blocks)",
         cxxopts::value<int>()->default_value("0"))(
         "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
@@ -445,7 +443,6 @@ int main(int argc, char** argv) {
     tuning.hist_tokens_per_block = args["decode-hist-tokens"].as<int>();
     tuning.shared_carveout = args["decode-carveout"].as<int>();
     tuning.index_tensor_cores = !args["decode-index-fma"].as<bool>();
-    tuning.balanced_retrieval = !args["decode-unbalanced"].as<bool>();
     tuning.bstar_in_attend = !args["decode-bstar-in-hist"].as<bool>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
     // every KV length, so timed once; a whole-layer decode step is this plus the layer's attention.

@@ -200,10 +200,6 @@ struct DecodeTuning {
   // bf16 index: the stats and hist passes compute the index scores with mma.sync (16 tokens x 8 heads per
   // instruction) instead of 16 FMAs per (token, head); false: the CUDA-core kernels (the only ones for fp32 index).
   bool index_tensor_cores = true;
-  // Retrieval attend blocks take equal shares of the head's kept tokens (in token order) instead of fixed ranges of
-  // candidates, whose kept counts vary (the planted benchmark: 0-4 tiles per block at 128K, the block with the most
-  // was the layer's tail). Needs hist blocks of at most 2048 tokens (the default up to ~1M keys); else unused.
-  bool balanced_retrieval = true;
   // Profiling (no Nsight Systems on the GPU machine): device array of 2 * kDecodePhases uint64; per phase the
   // earliest block start (atomicMin) and the latest block end (atomicMax) in %globaltimer nanoseconds. The caller
   // sets the starts to UINT64_MAX and the ends to 0 before the call. Null (the default): no probe.
