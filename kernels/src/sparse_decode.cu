@@ -14,6 +14,8 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -47,6 +49,7 @@ struct DecodeArgs {
   int max_split;
   unsigned long long* timeline;  // DecodeTuning::timeline
   bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
+  int shared_carveout;   // DecodeTuning::shared_carveout
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
 
@@ -1313,6 +1316,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   a.top_p = p.top_p;
   a.timeline = p.tuning.timeline;
   a.bstar_in_attend = !plan.v2 && p.tuning.bstar_in_attend;
+  a.shared_carveout = p.tuning.shared_carveout;
   int nfull = 0, nstr = 0, R = 0;
   a.max_split = 1;
   for (int g = 0; g < p.num_kv_heads; ++g) {
@@ -1364,6 +1368,27 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
 
 constexpr int kMaxDevices = 64;
 
+// Sets kern's preferred shared-memory carveout (DecodeTuning::shared_carveout) on the current device when it
+// differs from what was set there last; a driver call per launch would cost more than some of the kernels.
+cudaError_t apply_carveout(const void* kern, int percent) {
+  static std::mutex mu;
+  static std::vector<std::tuple<const void*, int, int>> applied;  // (kernel, device, percent)
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto& [f, d, pct] : applied)
+    if (f == kern && d == dev) {
+      if (pct == percent) return cudaSuccess;
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
+      if (e == cudaSuccess) pct = percent;
+      return e;
+    }
+  e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
+  if (e == cudaSuccess) applied.emplace_back(kern, dev, percent);
+  return e;
+}
+
 template <int D>
 cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
                               const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
@@ -1380,6 +1405,8 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
     if (e != cudaSuccess) return e;
     if (dev < kMaxDevices) done[dev] = true;
   }
+  e = apply_carveout(reinterpret_cast<const void*>(attend_mma_kernel<D>), a.shared_carveout);
+  if (e != cudaSuccess) return e;
   return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
                   bins, bstar, hist, forced, part_acc, part_ml, selected_count);
 }
@@ -1435,7 +1462,10 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
                               : (one_row ? stats_kernel<IT, kMaxG, 1> : stats_kernel<IT, kMaxG, 2>);
       auto hist_k = a.G <= 8 ? (one_row ? hist_kernel<IT, 8, 1> : hist_kernel<IT, 8, 2>)
                              : (one_row ? hist_kernel<IT, kMaxG, 1> : hist_kernel<IT, kMaxG, 2>);
-      cudaError_t err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done,
+      cudaError_t err = apply_carveout(reinterpret_cast<const void*>(stats_k), a.shared_carveout);
+      if (err == cudaSuccess) err = apply_carveout(reinterpret_cast<const void*>(hist_k), a.shared_carveout);
+      if (err != cudaSuccess) return err;
+      err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done,
                                  p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec, a.timeline);
       if (err == cudaSuccess)
         err = launch_k(hist_k, dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(256), 0, stream, pdl,
@@ -1447,7 +1477,10 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     auto launch_mma = [&](auto stats_k, auto hist_k) {
       auto iq = static_cast<const __nv_bfloat16*>(p.index_q);
       auto ik = static_cast<const __nv_bfloat16*>(p.index_k);
-      cudaError_t err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done, p.selected_count, a.G,
+      cudaError_t err = apply_carveout(reinterpret_cast<const void*>(stats_k), a.shared_carveout);
+      if (err == cudaSuccess) err = apply_carveout(reinterpret_cast<const void*>(hist_k), a.shared_carveout);
+      if (err != cudaSuccess) return err;
+      err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done, p.selected_count, a.G,
                      p.kv_len, p.cap_full, nchunks, plan.stat_chunk, a.timeline);
       if (err == cudaSuccess)
         err = launch_k(hist_k, dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(kHistThreads),
@@ -1480,7 +1513,9 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   if (e == cudaSuccess) {
     auto out = static_cast<__nv_bfloat16*>(p.o);
     auto combine = p.head_dim == 128 ? combine_kernel<128> : combine_kernel<64>;
-    e = launch_k(combine,
+    e = apply_carveout(reinterpret_cast<const void*>(combine), a.shared_carveout);
+    if (e == cudaSuccess)
+      e = launch_k(combine,
                  dim3(p.num_q_heads, p.head_dim / kCombineDims), dim3(256), 0, stream, pdl, a,
                  static_cast<const float*>(part_acc), static_cast<const float2*>(part_ml), out);
   }

@@ -255,6 +255,8 @@ int main(int argc, char** argv) {
         cxxopts::value<int>()->default_value("0"))(
         "decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
         cxxopts::value<int>()->default_value("0"))(
+        "decode-carveout", "decode: preferred shared-memory carveout of the decode kernels in percent (-1: the driver's choice)",
+        cxxopts::value<int>()->default_value("100"))(
         "decode-index-fma", "decode: index scores of the stats/hist passes on the CUDA cores (not mma)",
         cxxopts::value<bool>()->default_value("false"))(
         "decode-step-layers", "decode: also time a step of this many layers (own caches each) in one graph (0: skip)",
@@ -441,6 +443,7 @@ int main(int argc, char** argv) {
     tuning.index_rows_per_thread = args["decode-index-rows"].as<int>();
     tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
     tuning.hist_tokens_per_block = args["decode-hist-tokens"].as<int>();
+    tuning.shared_carveout = args["decode-carveout"].as<int>();
     const int step_layers = args["decode-step-layers"].as<int>();
     RTP_CHECK(step_layers >= 0 && step_layers <= 64, "--decode-step-layers must be in [0, 64], got ", step_layers);
     tuning.index_tensor_cores = !args["decode-index-fma"].as<bool>();

@@ -192,6 +192,11 @@ struct DecodeTuning {
   // fence and serial cut at the end of the hist launch). Equal on an H200 while the hist pass was on the CUDA
   // cores, ~0.8 us faster per 128K layer since it is on the tensor cores (docs/status.md).
   bool bstar_in_attend = true;
+  // Percent of each SM's unified L1 / shared memory the decode kernels ask to be shared memory
+  // (cudaFuncAttributePreferredSharedMemoryCarveout; -1: the driver's choice). An SM changes the split only when it
+  // is idle, so with the driver's choice (small shared memory for the stats kernel) the hist and attend blocks,
+  // which need more, could not start on an SM until its stats blocks had drained (docs/status.md).
+  int shared_carveout = 100;
   // bf16 index: the stats and hist passes compute the index scores with mma.sync (16 tokens x 8 heads per
   // instruction) instead of 16 FMAs per (token, head); false: the CUDA-core kernels (the only ones for fp32 index).
   bool index_tensor_cores = true;
