@@ -1,14 +1,14 @@
 // Sparse decode on the GPU (definition in sparse_attention_params.h). Launches:
 //   1. stats:   per (retrieval slot, key chunk) and query head of the group: max and sum of exp of the
-//               index scores (split over the sequence); block 0 of each slot also zeroes its histogram and
-//               selected count (no memset nodes)
+//               index scores (split over the sequence; bf16 index: scores by mma, 16 tokens x 8 heads); block 0
+//               of each slot also zeroes its histogram and selected count (no memset nodes)
 //   2. hist:    combine the chunk stats, P(j) = mean_h p_h(j), per-token bin (uint16, 0xFFFF = forced) and a
-//               histogram of P per bin (shared-memory histogram, then global atomics); the block that finishes
-//               last finds the cut bin b* from the whole histogram (one parallel scan, instead of every attend
-//               block walking the 512 bins in a serial chain of L2 loads)
+//               histogram of P per bin (per-warp shared-memory histograms, then global atomics); with
+//               DecodeTuning::bstar_in_attend off, the block that finishes last finds the cut bin b*
 //   3. attend:  split-K attention: each thread block a chunk of keys of one KV head for all G query heads
-//               (tensor cores, G rows padded to 16); retrieval heads read b* and compact the chunk's kept
-//               tokens first; streaming heads read the valid ring slots; dense heads every token
+//               (tensor cores, G rows padded to 16); retrieval blocks find b* from the histogram (one parallel
+//               scan each; or read the hist launch's) and compact the chunk's kept tokens first; streaming
+//               heads read the valid ring slots; dense heads every token
 //   4. combine: per query head, merge the chunk partials (m, l, acc)
 // Launches 1-2 exist only when a KV head is RETRIEVAL.
 #include <cuda_bf16.h>
