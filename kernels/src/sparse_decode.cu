@@ -142,11 +142,23 @@ __device__ __forceinline__ float index_score(const float* q, const float* k) {
 // depends on the length; DecodeTuning::index_rows_per_thread picks, the default is kDefaultRows.
 constexpr int kDefaultRows = 1;
 
+// Zeroes retrieval slot r's histogram, forced mass, ticket and selected count; called by every thread of block
+// (0, r) of the stats launch. The hist and attend launches that accumulate into them wait for that launch (the
+// call's first kernel, launched without PDL, so nothing of the call before can still be reading them), and a
+// memset node per call cost as much as a small kernel.
+__device__ __forceinline__ void reset_slot(int r, float* hist, float* forced_mass, uint32_t* done,
+                                           int32_t* selected_count) {
+  for (int i = threadIdx.x; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
+  if (threadIdx.x == 0) {
+    forced_mass[r] = 0.f;
+    done[r] = 0u;
+    if (selected_count) selected_count[r] = 0;
+  }
+}
+
 // grid (nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)).
-// GM >= G bounds the unrolled per-head state (GM 16 for every G spilled 570 bytes of registers).
-// Block (0, r) zeroes hist[r], forced[r], done[r] and selected_count[r]: the hist and attend launches that
-// accumulate into them wait for this one (it is the call's first kernel, launched without PDL, so nothing of the
-// call before can still be reading them), and a memset node per call cost as much as a small kernel.
+// GM >= G bounds the unrolled per-head state (GM 16 for every G spilled 570 bytes of registers). Block (0, r)
+// resets slot r (reset_slot). The CUDA-core kernel: fp32 index, or DecodeTuning::index_tensor_cores off.
 template <typename IT, int GM, int kRows>
 __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, float* hist,
                                                     float* forced_mass, uint32_t* done, int32_t* selected_count,
@@ -158,14 +170,7 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
   const int r = blockIdx.y, tid = threadIdx.x;
   probe_start(tl, kPhaseStats);
   pdl_trigger();
-  if (blockIdx.x == 0) {
-    for (int i = tid; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
-    if (tid == 0) {
-      forced_mass[r] = 0.f;
-      done[r] = 0u;
-      if (selected_count) selected_count[r] = 0;
-    }
-  }
+  if (blockIdx.x == 0) reset_slot(r, hist, forced_mass, done, selected_count);
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   // kRows rows per thread loaded before any is used (one DRAM round trip per kRows rows, not per row).
   float k[kRows][kIndexDim];
@@ -510,14 +515,7 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
   probe_start(tl, kPhaseStats);
   pdl_trigger();
-  if (blockIdx.x == 0) {
-    for (int i = tid; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
-    if (tid == 0) {
-      forced_mass[r] = 0.f;
-      done[r] = 0u;
-      if (selected_count) selected_count[r] = 0;
-    }
-  }
+  if (blockIdx.x == 0) reset_slot(r, hist, forced_mass, done, selected_count);
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   const __nv_bfloat16* rows = ik + int64_t(r) * cap * kIndexDim;
   int64_t t0 = j0 + 16 * warp;

@@ -308,6 +308,25 @@ void expect_decode_close(const DecodeRun& run, float top_p, int64_t L, const std
   EXPECT_LT(e, top_p == 1.0f ? 8e-3 : 3e-2) << label;
 }
 
+// expect_decode_close for fresh random inputs (one retrieval head) at top_p 1 and 0.9, with b* found by the last
+// hist block and by the attend blocks, and with an fp32 and a bf16 (tensor-core passes) index.
+void expect_decode_variants(int64_t Hq, int64_t G, int64_t D, int64_t cap, int64_t sink, int64_t window, int64_t L,
+                            const std::vector<HeadKind>& kinds, const std::string& label) {
+  SparseConfig c;
+  c.sink = sink;
+  c.window = window;
+  for (float top_p : {1.0f, 0.9f})
+    for (bool cut_in_attend : {false, true})
+      for (bool bf16_index : {false, true}) {
+        c.top_p = top_p;
+        expect_decode_close(decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds, c,
+                                               cut_in_attend, bf16_index),
+                            top_p, L,
+                            std::string(cut_in_attend ? "b* in attend: " : "") + (bf16_index ? "bf16 index: " : "") +
+                                label);
+      }
+}
+
 }  // namespace
 
 TEST(SparseAttentionGpu, DecodeMatchesReference) {
@@ -316,19 +335,7 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
   for (int64_t D : {128, 64}) {
     const int64_t Hq = 8, Hkv = 4, G = 2, L = 5000 + 17, cap = 6000, sink = 4, window = 1000;
     std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::DENSE, HeadKind::STREAMING};
-    SparseConfig c;
-    c.sink = sink;
-    c.window = window;
-    for (float top_p : {1.0f, 0.9f})
-      for (bool cut_in_attend : {false, true})
-        for (bool bf16_index : {false, true}) {
-          c.top_p = top_p;
-          expect_decode_close(decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds,
-                                                 c, cut_in_attend, bf16_index),
-                              top_p, L,
-                              std::string(cut_in_attend ? "b* in attend: " : "") +
-                                  (bf16_index ? "bf16 index: " : "") + "decode D=" + std::to_string(D));
-        }
+    expect_decode_variants(Hq, G, D, cap, sink, window, L, kinds, "decode D=" + std::to_string(D));
   }
 }
 
@@ -341,19 +348,8 @@ TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {
     for (int64_t D : {128, 64}) {
       const int64_t Hkv = 4, Hq = Hkv * G, L = 9000 + 13, cap = 9100, sink = 4, window = 2500;
       std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::DENSE, HeadKind::STREAMING};
-      SparseConfig c;
-      c.sink = sink;
-      c.window = window;
-      for (float top_p : {1.0f, 0.9f})
-        for (bool cut_in_attend : {false, true})
-          for (bool bf16_index : {false, true}) {
-            c.top_p = top_p;
-            expect_decode_close(decode_cpu_and_gpu(random_decode_inputs(Hq, G, D, cap, sink + window, 1, 2.0, L), kinds,
-                                                   c, cut_in_attend, bf16_index),
-                                top_p, L,
-                                std::string(cut_in_attend ? "b* in attend: " : "") + (bf16_index ? "bf16 index: " : "") +
-                                    "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
-          }
+      expect_decode_variants(Hq, G, D, cap, sink, window, L, kinds,
+                             "decode G=" + std::to_string(G) + " D=" + std::to_string(D));
     }
   }
 }

@@ -184,7 +184,7 @@ struct DecodeTuning {
   bool programmatic_launch = true;      // programmatic dependent launch between the call's kernels
   int streaming_keys_per_block = 0;     // 0: 128 (split evenly); else this target, in [16, 8192]
   int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
-  int index_rows_per_thread = 0;  // stats/hist passes: 0 the default (1); 1 or 2 index rows loaded per thread per step
+  int index_rows_per_thread = 0;  // CUDA-core stats/hist passes: 0 the default (1); 1 or 2 index rows per thread per step
   int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
   // hist pass alone: 0: as the stats pass (index_tokens_per_block); else this, in [256, 65536].
   int hist_tokens_per_block = 0;
