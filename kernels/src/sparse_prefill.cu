@@ -190,10 +190,11 @@ cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t s
   cuda_detail::PrefillArgs a;
   if (!cuda_detail::make_prefill_args(p, kRows, &a)) return cudaErrorInvalidValue;
   const bool wgmma = p.prefill_kernel != PrefillKernel::MMA_SYNC && prefill_wgmma_available();
-  if (p.prefill_kernel == PrefillKernel::WGMMA && !wgmma) return cudaErrorInvalidDeviceFunction;
+  const bool asked_wgmma = p.prefill_kernel == PrefillKernel::WGMMA || p.prefill_kernel == PrefillKernel::WGMMA_WS;
+  if (asked_wgmma && !wgmma) return cudaErrorInvalidDeviceFunction;
   if (wgmma) {
     const cudaError_t e = cuda_detail::launch_prefill_wgmma(p, a, stream);  // 128 rows per block too
-    if (e != cudaErrorNotSupported || p.prefill_kernel == PrefillKernel::WGMMA) return e;
+    if (e != cudaErrorNotSupported || asked_wgmma) return e;
   }
   const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
   const size_t smem = size_t(kRows * D + 4 * kTileK * D) * sizeof(__nv_bfloat16);

@@ -14,6 +14,7 @@
 #include "cuda_common.cuh"
 #include "sparse_prefill_common.cuh"
 #include "tma.cuh"
+#include "warp_specialization.cuh"
 #include "wgmma.cuh"
 
 namespace rtp::kernels::cuda_detail {
@@ -44,120 +45,69 @@ struct SmemLayout {  // byte offsets from a 1024-byte aligned base
 static_assert(SmemLayout<128>::total + 1024 <= 232448, "shared memory per block on sm_90");
 
 #ifdef RTP_HAVE_WGMMA
-// Issues O += P V (committed as one group, not waited for). V is N-major (D contiguous): 16 keys = 16 swizzled
-// rows = 2048 bytes per k-step; the D/64 halves are kStepKeys rows apart (leading byte offset), 8-row groups
-// 1024 bytes (stride byte offset).
+// One warpgroup's 64 query rows: the running output and softmax state, the scores of the step in flight and the
+// previous step's P as A fragments. Accumulator layout: rows 16 * warp + g and + 8 of the warpgroup; element
+// 4j + e at column 8j + 2 t4 + (e & 1). Both kernels run the same per-step sequence on it: S_n = Q K_n issued,
+// then O += P_{n-1} V_{n-1}, so the second product runs on the tensor cores while the warpgroup masks and
+// exponentiates S_n; P_{n-1} and O belong to the in-flight product until its wait, the softmax works on S_n.
 template <int D>
-__device__ __forceinline__ void pv_product(float (&o)[D / 2], const uint32_t (&pf)[kStepKeys / 16][4], uint32_t vt) {
-#pragma unroll
-  for (int kk = 0; kk < kStepKeys / 16; ++kk) {
-    const uint64_t dv = smem_desc_sw128(vt + kk * 16 * 128, kStepKeys * 128, 1024);
-    if constexpr (D == 128) wgmma_m64n128k16_rs_tb(o, pf[kk], dv);
-    else wgmma_m64n64k16_rs_tb(o, pf[kk], dv);
-  }
-  wgmma_commit();
-}
-#endif
-
-template <int D, int BS>
-__global__ void __launch_bounds__(kThreadsPerCta, 1)
-    sparse_prefill_wgmma_kernel(const PrefillArgs a, const __grid_constant__ CUtensorMap tm_k,
-                                const __grid_constant__ CUtensorMap tm_v) {
-#ifdef RTP_HAVE_WGMMA
-  extern __shared__ unsigned char smem_raw[];
-  using L = SmemLayout<D>;
-  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
-  const int kvh = blockIdx.y / a.chunks_per_kv;
-  const int hchunk = blockIdx.y % a.chunks_per_kv;
-  const PrefillBlock blk(a, kvh, b);
-  const int64_t r0 = int64_t(b) * BS;
-  const int nsteps = (blk.count + 1) / 2;
-
-  // ---- Q: row r -> query head hl = r / BS of the chunk, token r0 + r % BS ----
-  const int hp0 = hchunk * a.heads_per_cta;
-  load_q_rows<D, BS, kThreadsPerCta>(a, kvh, hp0, r0, tid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
-  cp_async_commit();
-  // K/V tiles by TMA: thread 0 issues a step's boxes (64 rows x 64 dims each) and the step's stage barrier
-  // completes when all their bytes have landed. A missing second tile loads rows 0.. (finite values under a
-  // fully masked score block); rows past the end are zero-filled by the TMA unit.
-  __shared__ __align__(8) uint64_t full_bar[kStages];
-  const uint32_t bar0 = smem_u32(full_bar);
-  constexpr uint32_t kStepTxBytes = 2 * L::step_bytes;  // K and V
-  auto load_step = [&](int n, int st) {
-    const uint32_t bar = bar0 + 8 * st;
-    mbarrier_arrive_expect_tx(bar, kStepTxBytes);
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int t = 2 * n + u;
-      const int row0 = t < blk.count ? int(blk.start(t)) : 0;
-#pragma unroll
-      for (int h = 0; h < D / 64; ++h) {
-        const uint32_t off = st * L::step_bytes + h * kStepKeys * 128 + u * kKeyTileRows * 128;
-        tma_load_3d(sK + off, &tm_k, h * 64, row0, kvh, bar);
-        tma_load_3d(sV + off, &tm_v, h * 64, row0, kvh, bar);
-      }
-    }
-  };
-  if (tid == 0) {
-    for (int st = 0; st < kStages; ++st) mbarrier_init(bar0 + 8 * st, 1);
-    fence_mbarrier_init();
-  }
-  __syncthreads();
-  if (tid == 0 && nsteps > 0) load_step(0, 0);
-
-  // accumulator layout (per warpgroup): rows 16 * warp + g and + 8; element 4j + e at column 8j + 2 t4 + (e & 1)
-  const int g = lane / 4, t4 = lane % 4;
-  const int row0 = wg * kWgRows + warp * 16 + g, row1 = row0 + 8;  // rows of the thread block
-  const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
-  const int64_t tok0 = a.q_off + lrow0, tok1 = a.q_off + lrow1;
-
+struct WarpgroupRows {
   float o[D / 2];
   float s[kStepKeys / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < kStepKeys / 2; ++i) s[i] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-
-  // Software pipeline per warpgroup: step n issues S_n = Q K_n and then O += P_{n-1} V_{n-1}, so the second
-  // product runs on the tensor cores while this warpgroup masks and exponentiates S_n. P_{n-1} and O belong to
-  // the in-flight product until its wait; the softmax works in place on S_n in fp32 meanwhile. Step 0 is
-  // peeled so that every wait is unconditional: ptxas serializes all wgmmas of the kernel when it cannot prove
-  // that an accumulator is read only after its wait.
   uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
-  int stage = 0;                   // of step n; three stages: n + 1 loads while n and V_{n-1} are read
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  float alpha0 = 1.f, alpha1 = 1.f;  // the factors by which O must be rescaled before the next P V
+  int64_t tok0, tok1;                // positions of this thread's two query rows
+  int t4;
 
-  // After the block barrier every warpgroup is past its product with V_{n-2}: thread 0 refills that stage with
-  // step n + 1, then all wait for step n's bytes.
-  auto begin_step = [&](int n) {
-    if (n == 0) {  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
-      cp_async_wait<0>();
-      fence_proxy_async_smem();
-    }
-    __syncthreads();
-    if (tid == 0 && n + 1 < nsteps) load_step(n + 1, stage == kStages - 1 ? 0 : stage + 1);
-    mbarrier_wait(bar0 + 8 * stage, uint32_t(n / kStages) & 1u);
-  };
-  // S = Q K^T: K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled rows
-  auto issue_qk = [&]() {
-    const uint32_t kt = sK + stage * L::step_bytes;
+  __device__ WarpgroupRows(int64_t tok0_, int64_t tok1_, int t4_) : tok0(tok0_), tok1(tok1_), t4(t4_) {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kStepKeys / 2; ++i) s[i] = 0.f;
+  }
+
+  // S = Q K^T (committed as one group): K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled
+  // rows. q_rows: this warpgroup's first Q row in the [D/64][kRowsPerCta][64] tile; kt: the step's K tiles.
+  __device__ __forceinline__ void issue_qk(uint32_t q_rows, uint32_t kt) {
     fence_registers(s);
     fence_registers(o);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t da = smem_desc_sw128(sQ + (kk / 4) * kRowsPerCta * 128 + wg * kWgRows * 128 + (kk % 4) * 32, 16, 1024);
+      const uint64_t da = smem_desc_sw128(q_rows + (kk / 4) * kRowsPerCta * 128 + (kk % 4) * 32, 16, 1024);
       const uint64_t db = smem_desc_sw128(kt + (kk / 4) * kStepKeys * 128 + (kk % 4) * 32, 16, 1024);
       wgmma_m64n128k16_ss(s, da, db, kk > 0);
     }
     wgmma_commit();
-  };
-  // Masks S_n, exponentiates it in place against the new running maxima, updates the row sums; returns the
-  // factors by which O must be rescaled.
-  auto softmax_in_place = [&](int n, float& alpha0, float& alpha1) {
+  }
+
+  // O += P V (committed as one group). V is N-major (D contiguous): 16 keys = 16 swizzled rows = 2048 bytes per
+  // k-step; the D/64 halves are kStepKeys rows apart (leading byte offset), 8-row groups 1024 bytes (stride).
+  __device__ __forceinline__ void issue_pv(uint32_t vt) {
+#pragma unroll
+    for (int kk = 0; kk < kStepKeys / 16; ++kk) {
+      const uint64_t dv = smem_desc_sw128(vt + kk * 16 * 128, kStepKeys * 128, 1024);
+      if constexpr (D == 128) wgmma_m64n128k16_rs_tb(o, pf[kk], dv);
+      else wgmma_m64n64k16_rs_tb(o, pf[kk], dv);
+    }
+    wgmma_commit();
+  }
+
+  // The last step's P V, after which O is final: issued, then waited for.
+  __device__ __forceinline__ void issue_last_pv(uint32_t vt) {
+    fence_registers(o);
+    wgmma_fence();
+    issue_pv(vt);
+  }
+  __device__ __forceinline__ void wait_last_pv() {
+    wgmma_wait<0>();
+    fence_registers(o);
+  }
+
+  // Masks S_n (step n of the block's tiles), exponentiates it in place against the new running maxima and
+  // updates the row sums and alpha.
+  __device__ __forceinline__ void softmax_in_place(const PrefillArgs& a, const PrefillBlock& blk, int n) {
     fence_registers(s);
 #pragma unroll
     for (int u = 0; u < 2; ++u) {  // per 64-key tile, only where some key is hidden from some row of the block
@@ -198,9 +148,10 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
     }
     l0 = l0 * alpha0 + sum0;
     l1 = l1 * alpha1 + sum1;
-  };
+  }
+
   // After the wait for P_{n-1} V_{n-1}: O to the new maxima, P_n into the A fragments.
-  auto rescale_and_pack = [&](float alpha0, float alpha1) {
+  __device__ __forceinline__ void rescale_and_pack() {
     fence_registers(o);
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) {
@@ -214,36 +165,234 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
       pf[j / 2][(j % 2) * 2 + 0] = pack_bf16(s[4 * j + 0], s[4 * j + 1]);
       pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(s[4 * j + 2], s[4 * j + 3]);
     }
+  }
+};
+
+// Issues the TMA loads of step n's K (onto bar_k) and V (onto bar_v) into stage buffers k_dst / v_dst: two
+// 64-row key tiles, each as D/64 boxes of 64 x 64. A missing second tile loads rows 0.. (finite values under a
+// fully masked score block); rows past the end are zero-filled by the TMA unit.
+template <int D>
+__device__ __forceinline__ void load_step_tiles(const PrefillBlock& blk, int n, int kvh, const CUtensorMap* tm_k,
+                                                const CUtensorMap* tm_v, uint32_t k_dst, uint32_t v_dst,
+                                                uint32_t bar_k, uint32_t bar_v) {
+  constexpr uint32_t kTileBytes = SmemLayout<D>::step_bytes;
+  mbarrier_arrive_expect_tx(bar_k, kTileBytes);
+  if (bar_v != bar_k) mbarrier_arrive_expect_tx(bar_v, kTileBytes);
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int t = 2 * n + u;
+    const int row0 = t < blk.count ? int(blk.start(t)) : 0;
+#pragma unroll
+    for (int h = 0; h < D / 64; ++h) {
+      const uint32_t off = h * kStepKeys * 128 + u * kKeyTileRows * 128;
+      tma_load_3d(k_dst + off, tm_k, h * 64, row0, kvh, bar_k);
+      tma_load_3d(v_dst + off, tm_v, h * 64, row0, kvh, bar_v);
+    }
+  }
+}
+#endif
+
+template <int D, int BS>
+__global__ void __launch_bounds__(kThreadsPerCta, 1)
+    sparse_prefill_wgmma_kernel(const PrefillArgs a, const __grid_constant__ CUtensorMap tm_k,
+                                const __grid_constant__ CUtensorMap tm_v) {
+#ifdef RTP_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  using L = SmemLayout<D>;
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
+  const int kvh = blockIdx.y / a.chunks_per_kv;
+  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  const PrefillBlock blk(a, kvh, b);
+  const int64_t r0 = int64_t(b) * BS;
+  const int nsteps = (blk.count + 1) / 2;
+
+  // ---- Q: row r -> query head hl = r / BS of the chunk, token r0 + r % BS ----
+  const int hp0 = hchunk * a.heads_per_cta;
+  load_q_rows<D, BS, kThreadsPerCta>(a, kvh, hp0, r0, tid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
+  cp_async_commit();
+  // K/V tiles by TMA: thread 0 issues a step's boxes and the step's stage barrier completes when all their
+  // bytes have landed (K and V on one barrier).
+  __shared__ __align__(8) uint64_t full_bar[kStages];
+  const uint32_t bar0 = smem_u32(full_bar);
+  auto load_step = [&](int n, int st) {
+    const uint32_t bar = bar0 + 8 * st;
+    load_step_tiles<D>(blk, n, kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes, bar, bar);
+  };
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) mbarrier_init(bar0 + 8 * st, 1);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (tid == 0 && nsteps > 0) load_step(0, 0);
+
+  const int g = lane / 4, t4 = lane % 4;
+  const int row0 = wg * kWgRows + warp * 16 + g, row1 = row0 + 8;  // rows of the thread block
+  const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
+  WarpgroupRows<D> w(a.q_off + lrow0, a.q_off + lrow1, t4);
+  const uint32_t q_rows = sQ + wg * kWgRows * 128;
+
+  // Step 0 is peeled so that every wait is unconditional: ptxas serializes all wgmmas of the kernel when it
+  // cannot prove that an accumulator is read only after its wait.
+  int stage = 0;  // of step n; three stages: n + 1 loads while n and V_{n-1} are read
+  // After the block barrier every warpgroup is past its product with V_{n-2}: thread 0 refills that stage with
+  // step n + 1, then all wait for step n's bytes.
+  auto begin_step = [&](int n) {
+    if (n == 0) {  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
+    }
+    __syncthreads();
+    if (tid == 0 && n + 1 < nsteps) load_step(n + 1, stage == kStages - 1 ? 0 : stage + 1);
+    mbarrier_wait(bar0 + 8 * stage, uint32_t(n / kStages) & 1u);
   };
 
   if (nsteps > 0) {
-    float alpha0, alpha1;
     begin_step(0);
-    issue_qk();
+    w.issue_qk(q_rows, sK);
     wgmma_wait<0>();
-    softmax_in_place(0, alpha0, alpha1);
-    rescale_and_pack(alpha0, alpha1);
+    w.softmax_in_place(a, blk, 0);
+    w.rescale_and_pack();
     for (int n = 1; n < nsteps; ++n) {
       const int prev = stage;
       stage = stage == kStages - 1 ? 0 : stage + 1;
       begin_step(n);
-      issue_qk();
-      pv_product<D>(o, pf, sV + prev * L::step_bytes);
+      w.issue_qk(q_rows, sK + stage * L::step_bytes);
+      w.issue_pv(sV + prev * L::step_bytes);
       wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-      softmax_in_place(n, alpha0, alpha1);
+      w.softmax_in_place(a, blk, n);
       wgmma_wait<0>();
-      rescale_and_pack(alpha0, alpha1);
+      w.rescale_and_pack();
     }
-    fence_registers(o);  // the last step's P V
-    wgmma_fence();
-    pv_product<D>(o, pf, sV + stage * L::step_bytes);
-    wgmma_wait<0>();
-    fence_registers(o);
+    w.issue_last_pv(sV + stage * L::step_bytes);
+    w.wait_last_pv();
   }
   cp_async_wait<0>();
 
   // ---- epilogue ----
-  store_o_rows<D, BS>(a, kvh, hp0, row0, lrow0, lrow1, t4, l0, l1, [&](int i, int e) { return o[4 * i + e]; });
+  store_o_rows<D, BS>(a, kvh, hp0, row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
+#endif  // RTP_HAVE_WGMMA
+}
+
+// FlashAttention-3's structure on the same steps: a producer warpgroup (its registers given to the others) issues
+// every step's K and V loads as soon as the consumers hand a stage back, and two consumer warpgroups of 64 rows
+// take turns on the tensor cores (named barriers): one issues S_n and P_{n-1} V_{n-1} while the other computes
+// its softmax, so the tensor pipe is not idle while both exponentiate. No block-wide barrier in the loop.
+constexpr int kWsThreadsPerCta = 128 * (kWarpgroups + 1);
+constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;  // 128 x 24 + 256 x 240 <= 65536
+static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file per SM");
+enum : int { kBarrierQReady = 1, kBarrierTurn0 = 2 };  // named barriers; kBarrierTurn0 + c: consumer c's turn
+
+template <int D, int BS>
+__global__ void __launch_bounds__(kWsThreadsPerCta, 1)
+    sparse_prefill_wgmma_ws_kernel(const PrefillArgs a, const __grid_constant__ CUtensorMap tm_k,
+                                   const __grid_constant__ CUtensorMap tm_v) {
+#ifdef RTP_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  using L = SmemLayout<D>;
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
+  const int kvh = blockIdx.y / a.chunks_per_kv;
+  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  const PrefillBlock blk(a, kvh, b);
+  const int64_t r0 = int64_t(b) * BS;
+  const int nsteps = (blk.count + 1) / 2;
+  const int hp0 = hchunk * a.heads_per_cta;
+
+  // Per stage: K landed, V landed (separate, so S_n need not wait for V_n), stage free again (one arrival per
+  // consumer warp once its P V of the stage has retired).
+  __shared__ __align__(8) uint64_t bars[3 * kStages];
+  const uint32_t full_k = smem_u32(bars), full_v = full_k + 8 * kStages, empty = full_v + 8 * kStages;
+  constexpr uint32_t kConsumerWarps = 4 * kWarpgroups;
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbarrier_init(full_k + 8 * st, 1);
+      mbarrier_init(full_v + 8 * st, 1);
+      mbarrier_init(empty + 8 * st, kConsumerWarps);
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---- producer ----
+    warpgroup_release_registers<kProducerRegisters>();
+    if (tid == 0) {
+      int st = 0;
+      for (int n = 0; n < nsteps; ++n) {
+        if (n >= kStages) mbarrier_wait(empty + 8 * st, uint32_t(n / kStages - 1) & 1u);
+        load_step_tiles<D>(blk, n, kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes,
+                           full_k + 8 * st, full_v + 8 * st);
+        st = st == kStages - 1 ? 0 : st + 1;
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  warpgroup_claim_registers<kConsumerRegisters>();
+  const int cw = wg - 1, ctid = tid - 128;
+  constexpr int kConsumerThreads = 128 * kWarpgroups;
+  load_q_rows<D, BS, kConsumerThreads>(a, kvh, hp0, r0, ctid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_proxy_async_smem();  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
+  named_barrier_sync(kBarrierQReady, kConsumerThreads);
+
+  const int g = lane / 4, t4 = lane % 4;
+  const int row0 = cw * kWgRows + warp * 16 + g, row1 = row0 + 8;
+  const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
+  WarpgroupRows<D> w(a.q_off + lrow0, a.q_off + lrow1, t4);
+  const uint32_t q_rows = sQ + cw * kWgRows * 128;
+
+  // Turns: consumer c issues its products between a sync on its own barrier and an arrival on the other's.
+  // Consumer 1 opens consumer 0's first turn and skips its own last arrival, so every barrier ends with as many
+  // arrivals as syncs.
+  const int my_turn = kBarrierTurn0 + cw, other_turn = kBarrierTurn0 + (cw ^ 1);
+  auto end_turn = [&](bool last) {
+    if (!(last && cw == 1)) named_barrier_arrive(other_turn, kConsumerThreads);
+  };
+  auto release = [&](int st) {
+    if (lane == 0) mbarrier_arrive(empty + 8 * st);
+  };
+
+  if (nsteps > 0) {
+    if (cw == 1) named_barrier_arrive(other_turn, kConsumerThreads);
+    int stage = 0;
+    mbarrier_wait(full_k, 0);
+    named_barrier_sync(my_turn, kConsumerThreads);
+    w.issue_qk(q_rows, sK);
+    end_turn(false);
+    wgmma_wait<0>();
+    w.softmax_in_place(a, blk, 0);
+    w.rescale_and_pack();
+    for (int n = 1; n < nsteps; ++n) {
+      const int prev = stage;
+      stage = stage == kStages - 1 ? 0 : stage + 1;
+      mbarrier_wait(full_k + 8 * stage, uint32_t(n / kStages) & 1u);
+      mbarrier_wait(full_v + 8 * prev, uint32_t((n - 1) / kStages) & 1u);
+      named_barrier_sync(my_turn, kConsumerThreads);
+      w.issue_qk(q_rows, sK + stage * L::step_bytes);
+      w.issue_pv(sV + prev * L::step_bytes);
+      end_turn(false);
+      wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
+      w.softmax_in_place(a, blk, n);
+      wgmma_wait<0>();
+      release(prev);
+      w.rescale_and_pack();
+    }
+    mbarrier_wait(full_v + 8 * stage, uint32_t((nsteps - 1) / kStages) & 1u);
+    named_barrier_sync(my_turn, kConsumerThreads);
+    w.issue_last_pv(sV + stage * L::step_bytes);
+    end_turn(true);
+    w.wait_last_pv();
+  }
+
+  // ---- epilogue ----
+  store_o_rows<D, BS>(a, kvh, hp0, row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
 #endif  // RTP_HAVE_WGMMA
 }
 
@@ -279,16 +428,24 @@ cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillAr
       !encode_kv_map(&tm_v, a.v, p.num_kv_heads, a.krows, p.head_dim, a.vrs, a.vhs))
     return cudaErrorNotSupported;
   const int D = p.head_dim;
+  const bool ws = p.prefill_kernel == PrefillKernel::WGMMA_WS;
   void (*kern)(PrefillArgs, CUtensorMap, CUtensorMap) = nullptr;
-  if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_kernel<128, 64>;
-  else if (D == 128) kern = sparse_prefill_wgmma_kernel<128, 128>;
-  else if (p.block_size == 64) kern = sparse_prefill_wgmma_kernel<64, 64>;
-  else kern = sparse_prefill_wgmma_kernel<64, 128>;
+  if (ws) {
+    if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<128, 64>;
+    else if (D == 128) kern = sparse_prefill_wgmma_ws_kernel<128, 128>;
+    else if (p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<64, 64>;
+    else kern = sparse_prefill_wgmma_ws_kernel<64, 128>;
+  } else {
+    if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_kernel<128, 64>;
+    else if (D == 128) kern = sparse_prefill_wgmma_kernel<128, 128>;
+    else if (p.block_size == 64) kern = sparse_prefill_wgmma_kernel<64, 64>;
+    else kern = sparse_prefill_wgmma_kernel<64, 128>;
+  }
   const size_t smem = (D == 128 ? SmemLayout<128>::total : SmemLayout<64>::total) + 1024;  // + alignment slack
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
   const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
-  kern<<<grid, kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
+  kern<<<grid, ws ? kWsThreadsPerCta : kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
   return cudaGetLastError();
 }
 

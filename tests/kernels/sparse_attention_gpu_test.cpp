@@ -21,12 +21,22 @@ bool have_gpu() { return rtp::kernels::built_with_cuda() && torch::cuda::is_avai
 std::vector<rtp::kernels::PrefillKernel> prefill_kernels() {
   std::vector<rtp::kernels::PrefillKernel> ks{rtp::kernels::PrefillKernel::MMA_SYNC};
 #ifdef RTPURBO_WITH_CUDA
-  if (rtp::kernels::prefill_wgmma_available()) ks.push_back(rtp::kernels::PrefillKernel::WGMMA);
-  else std::printf("note: the wgmma prefill kernel cannot run here (needs an sm_90a build on a 9.0 device)\n");
+  if (rtp::kernels::prefill_wgmma_available()) {
+    ks.push_back(rtp::kernels::PrefillKernel::WGMMA);
+    ks.push_back(rtp::kernels::PrefillKernel::WGMMA_WS);
+  } else {
+    std::printf("note: the wgmma prefill kernel cannot run here (needs an sm_90a build on a 9.0 device)\n");
+  }
 #endif
   return ks;
 }
-const char* kernel_name(rtp::kernels::PrefillKernel k) { return k == rtp::kernels::PrefillKernel::WGMMA ? "wgmma" : "mma.sync"; }
+const char* kernel_name(rtp::kernels::PrefillKernel k) {
+  switch (k) {
+    case rtp::kernels::PrefillKernel::WGMMA: return "wgmma";
+    case rtp::kernels::PrefillKernel::WGMMA_WS: return "wgmma_ws";
+    default: return "mma.sync";
+  }
+}
 
 double rel_err(const torch::Tensor& a, const torch::Tensor& ref) {
   auto d = (a.to(torch::kFloat64).cpu() - ref.to(torch::kFloat64).cpu());

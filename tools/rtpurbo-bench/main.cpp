@@ -20,6 +20,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <vector>
@@ -267,7 +268,7 @@ int main(int argc, char** argv) {
         cxxopts::value<bool>()->default_value("false"))(
         "decode-bstar-in-hist", "decode: the last hist block finds b* (not every retrieval attend block)",
         cxxopts::value<bool>()->default_value("false"))(
-        "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma or mma_sync",
+        "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma, wgmma_ws (warp-specialised) or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
     if (args.count("help")) {
@@ -286,13 +287,17 @@ int main(int argc, char** argv) {
     const double wA = args["ret-fraction"].as<double>() * Hkv;  // weight of the layer with one retrieval KV head
     RTP_CHECK(wA >= 0 && wA <= 1, "ret-fraction * 4 must be in [0, 1]");
     const std::string pk_name = args["prefill-kernel"].as<std::string>();
-    RTP_CHECK(pk_name == "auto" || pk_name == "wgmma" || pk_name == "mma_sync",
-              "--prefill-kernel: expected auto, wgmma or mma_sync, got '" + pk_name + "'");
+    RTP_CHECK(pk_name == "auto" || pk_name == "wgmma" || pk_name == "wgmma_ws" || pk_name == "mma_sync",
+              "--prefill-kernel: expected auto, wgmma, wgmma_ws or mma_sync, got '" + pk_name + "'");
     const bool wgmma_ok = kernels::prefill_wgmma_available();
-    RTP_CHECK(pk_name != "wgmma" || wgmma_ok, "--prefill-kernel wgmma: this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");
-    const kernels::PrefillKernel prefill_kernel = pk_name == "mma_sync" ? kernels::PrefillKernel::MMA_SYNC
-                                                  : wgmma_ok             ? kernels::PrefillKernel::WGMMA
-                                                                         : kernels::PrefillKernel::MMA_SYNC;
+    RTP_CHECK(pk_name == "auto" || pk_name == "mma_sync" || wgmma_ok,
+              "--prefill-kernel " + pk_name + ": this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");
+    const std::map<std::string, kernels::PrefillKernel> prefill_kernels{
+        {"mma_sync", kernels::PrefillKernel::MMA_SYNC}, {"wgmma", kernels::PrefillKernel::WGMMA},
+        {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS}};
+    // auto: what the library picks on this device, named for the record
+    const std::string pk_used = pk_name != "auto" ? pk_name : wgmma_ok ? "wgmma" : "mma_sync";
+    const kernels::PrefillKernel prefill_kernel = prefill_kernels.at(pk_used);
     const int reps = args["reps"].as<int>();
     const int64_t bmax = args["baseline-max"].as<int64_t>();
     json J;
@@ -300,7 +305,7 @@ int main(int argc, char** argv) {
     J["driver"] = drv;
     J["commit"] = commit_id();
     J["command"] = cmd;
-    J["prefill_kernel"] = prefill_kernel == kernels::PrefillKernel::WGMMA ? "wgmma" : "mma_sync";
+    J["prefill_kernel"] = pk_used;
     J["shape"] = {{"Hq", Hq}, {"Hkv", Hkv}, {"D", D}, {"window", window}, {"sink", sink}, {"block", B}, {"top_p", 0.9},
                   {"retrieval_kv_heads_per_layer", wA}};
     auto bf = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
@@ -350,9 +355,22 @@ int main(int argc, char** argv) {
       const double t_sel = time_ms([&] { lists = run_select(pl, N, G, B, max_blocks); }, 1, reps);
       const double tA = time_ms([&] { attn(kindsA, prefill_kernel); }, 1, reps);
       const double tB = time_ms([&] { attn(kindsB, prefill_kernel); }, 1, reps);
-      if (prefill_kernel == kernels::PrefillKernel::WGMMA)  // the mma.sync kernel on the same layers, for the record
-        R["mma_sync_attn_ms"] = {{"with_retrieval", time_ms([&] { attn(kindsA, kernels::PrefillKernel::MMA_SYNC); }, 1, reps)},
-                                 {"streaming_only", time_ms([&] { attn(kindsB, kernels::PrefillKernel::MMA_SYNC); }, 1, reps)}};
+      // the other kernels this device runs, on the same layers, for the record
+      auto ms_pair = [](double x, double y) {
+        char buf[48];
+        std::snprintf(buf, sizeof buf, "%.2f / %.2f", x, y);
+        return std::string(buf);
+      };
+      std::string kernel_times = pk_used + " " + ms_pair(tA, tB);
+      for (const auto& [name, kern] : prefill_kernels)
+        if (name != pk_used && (kern == kernels::PrefillKernel::MMA_SYNC || wgmma_ok)) {
+          const double a_ms = time_ms([&] { attn(kindsA, kern); }, 1, reps), b_ms = time_ms([&] { attn(kindsB, kern); }, 1, reps);
+          R[name + "_attn_ms"] = {{"with_retrieval", a_ms}, {"streaming_only", b_ms}};
+          kernel_times += ", " + name + " " + ms_pair(a_ms, b_ms);
+        }
+      std::printf("N=%lld prefill kernels, ms (layer with a retrieval head / streaming-only): %s\n", (long long)N,
+                  kernel_times.c_str());
+      std::fflush(stdout);
       const double t_sparse = wA * (tA + t_sel) + (1 - wA) * tB;
       // work actually done (useful pairs x 4 D per query head)
       double pairs_str = 0;

@@ -110,7 +110,9 @@ enum class HeadKind : int32_t { DENSE = 0, STREAMING = 1, RETRIEVAL = 2 };
 enum class DType : int32_t { F32 = 0, BF16 = 1 };
 // Which CUDA prefill attention kernel runs: AUTO = wgmma (Hopper warpgroup MMA) on a compute-capability 9.0
 // device when the build has sm_90a code, else the mma.sync kernel; WGMMA where it cannot run is an error.
-enum class PrefillKernel : int32_t { AUTO = 0, MMA_SYNC = 1, WGMMA = 2 };
+// WGMMA: two warpgroups in lock step; WGMMA_WS: a TMA producer warpgroup and two consumers taking turns on the
+// tensor cores (both sm_90a).
+enum class PrefillKernel : int32_t { AUTO = 0, MMA_SYNC = 1, WGMMA = 2, WGMMA_WS = 3 };
 
 constexpr int kIndexDim = 16;
 constexpr int kMaxKvHeads = 64;
