@@ -168,16 +168,20 @@ struct WarpgroupRows {
   }
 };
 
-// Issues the TMA loads of step n's K (onto bar_k) and V (onto bar_v) into stage buffers k_dst / v_dst: two
+// Issues the TMA loads of step n's K (onto bar_k) and V (onto bar_v, which may be bar_k) into stage buffers k_dst / v_dst: two
 // 64-row key tiles, each as D/64 boxes of 64 x 64. A missing second tile loads rows 0.. (finite values under a
 // fully masked score block); rows past the end are zero-filled by the TMA unit.
 template <int D>
 __device__ __forceinline__ void load_step_tiles(const PrefillBlock& blk, int n, int kvh, const CUtensorMap* tm_k,
                                                 const CUtensorMap* tm_v, uint32_t k_dst, uint32_t v_dst,
                                                 uint32_t bar_k, uint32_t bar_v) {
-  constexpr uint32_t kTileBytes = SmemLayout<D>::step_bytes;
-  mbarrier_arrive_expect_tx(bar_k, kTileBytes);
-  if (bar_v != bar_k) mbarrier_arrive_expect_tx(bar_v, kTileBytes);
+  constexpr uint32_t kTileBytes = SmemLayout<D>::step_bytes;  // of K, and as many of V
+  if (bar_v == bar_k) {
+    mbarrier_arrive_expect_tx(bar_k, 2 * kTileBytes);
+  } else {
+    mbarrier_arrive_expect_tx(bar_k, kTileBytes);
+    mbarrier_arrive_expect_tx(bar_v, kTileBytes);
+  }
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
     const int t = 2 * n + u;

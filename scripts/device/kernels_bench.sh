@@ -43,7 +43,7 @@ cmake -S /tmp/kstand -B build-gpu-k -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a -DTO
 ninja -C build-gpu-k -j16 > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" -A5 "$OUT/build.log" | head -60; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 build-gpu-k/sparse_attention_ref_test 2>&1 | tail -3 | tee "$OUT/ref_test.log"
-timeout 150 build-gpu-k/sparse_attention_gpu_test 2>&1 | grep -E "err|Jaccard|OK|FAIL|Failure|Expected|actual|PASSED|SKIP|Which|rel|exception|description" | tee "$OUT/gpu_test.log"
+timeout -k 5 ${GPU_TEST_LIMIT:-150} build-gpu-k/sparse_attention_gpu_test 2>&1 | grep -E "err|Jaccard|OK|FAIL|Failure|Expected|actual|PASSED|SKIP|Which|rel|exception|description" | tee "$OUT/gpu_test.log"
 # BENCH_AFTER=FILE: wait for FILE before timing (another job sharing the GPU signals its end with it).
 if [ -n "${BENCH_AFTER:-}" ]; then while [ ! -e "$BENCH_AFTER" ]; do sleep 2; done; fi
-timeout 300 build-gpu-k/rtpurbo-bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+timeout -k 5 300 build-gpu-k/rtpurbo-bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
