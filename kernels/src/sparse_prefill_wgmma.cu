@@ -432,7 +432,7 @@ cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillAr
       !encode_kv_map(&tm_v, a.v, p.num_kv_heads, a.krows, p.head_dim, a.vrs, a.vhs))
     return cudaErrorNotSupported;
   const int D = p.head_dim;
-  const bool ws = p.prefill_kernel == PrefillKernel::WGMMA_WS;
+  const bool ws = p.prefill_kernel != PrefillKernel::WGMMA;  // AUTO: the warp-specialised kernel (faster)
   void (*kern)(PrefillArgs, CUtensorMap, CUtensorMap) = nullptr;
   if (ws) {
     if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<128, 64>;

@@ -14,7 +14,7 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -
 source .devdeps/prelude.sh
 SECTIONS="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
 METRICS='--metrics regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$,regex:^sm__pipe_tensor_op_.*cycles_active\.avg\.pct_of_peak_sustained_active$'
-timeout 240 "$NCU" --clock-control none -k regex:"${1:-sparse_prefill_wgmma_kernel}" -c 2 $SECTIONS $METRICS --csv --page details \
+timeout 240 "$NCU" --clock-control none -k regex:"${1:-sparse_prefill_wgmma_ws_kernel}" -c 2 $SECTIONS $METRICS --csv --page details \
   build-gpu-k/rtpurbo-bench --out /tmp/ncu-bench --lengths 32768 --decode-lengths 32768 --reps 1 \
   > "$OUT/ncu-prefill-attn.csv" 2> "$OUT/ncu-prefill-attn.err"
 echo "ncu: rc $?, $(wc -l < "$OUT/ncu-prefill-attn.csv") lines"; tail -3 "$OUT/ncu-prefill-attn.err"

@@ -268,7 +268,7 @@ int main(int argc, char** argv) {
         cxxopts::value<bool>()->default_value("false"))(
         "decode-bstar-in-hist", "decode: the last hist block finds b* (not every retrieval attend block)",
         cxxopts::value<bool>()->default_value("false"))(
-        "prefill-kernel", "prefill attention kernel: auto (wgmma on Hopper), wgmma, wgmma_ws (warp-specialised) or mma_sync",
+        "prefill-kernel", "prefill attention kernel: auto (wgmma_ws on Hopper), wgmma_ws (warp-specialised), wgmma (lock step) or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
     if (args.count("help")) {
@@ -296,7 +296,7 @@ int main(int argc, char** argv) {
         {"mma_sync", kernels::PrefillKernel::MMA_SYNC}, {"wgmma", kernels::PrefillKernel::WGMMA},
         {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS}};
     // auto: what the library picks on this device, named for the record
-    const std::string pk_used = pk_name != "auto" ? pk_name : wgmma_ok ? "wgmma" : "mma_sync";
+    const std::string pk_used = pk_name != "auto" ? pk_name : wgmma_ok ? "wgmma_ws" : "mma_sync";
     const kernels::PrefillKernel prefill_kernel = prefill_kernels.at(pk_used);
     const int reps = args["reps"].as<int>();
     const int64_t bmax = args["baseline-max"].as<int64_t>();
