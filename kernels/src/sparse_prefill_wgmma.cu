@@ -127,13 +127,15 @@ struct WarpgroupRows {
         for (int e = 0; e < 4; ++e)
           if (!blk.visible(a, ks + j * 8 + 2 * t4 + (e & 1), e < 2 ? tok0 : tok1)) s[4 * (8 * u + j) + e] = -INFINITY;
     }
-    // log2 domain; a row's 4 threads hold its 128 scores
-    float mx0 = m0, mx1 = m1;
+    // log2 domain; a row's 4 threads hold its 128 scores. The scale is positive, so the maximum of the raw
+    // scores times the scale is exactly the maximum of the scaled ones: one multiply per row, not one per pair.
+    float raw0 = -INFINITY, raw1 = -INFINITY;
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
-      mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]) * a.scale_log2);
-      mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]) * a.scale_log2);
+      raw0 = fmaxf(raw0, fmaxf(s[4 * j], s[4 * j + 1]));
+      raw1 = fmaxf(raw1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
     }
+    float mx0 = fmaxf(m0, raw0 * a.scale_log2), mx1 = fmaxf(m1, raw1 * a.scale_log2);
     float ref0, ref1;
     online_row_max(m0, m1, mx0, mx1, ref0, ref1, alpha0, alpha1, [](float x) { return fast_exp2(x); });
     float sum0 = 0.f, sum1 = 0.f;
@@ -150,15 +152,18 @@ struct WarpgroupRows {
     l1 = l1 * alpha1 + sum1;
   }
 
-  // After the wait for P_{n-1} V_{n-1}: O to the new maxima, P_n into the A fragments.
+  // After the wait for P_{n-1} V_{n-1}: O to the new maxima, P_n into the A fragments. Once a row's maximum has
+  // settled its alpha is exactly 1: a warp none of whose rows moved skips the D / 2 multiplies.
   __device__ __forceinline__ void rescale_and_pack() {
     fence_registers(o);
+    if (__any_sync(0xffffffffu, alpha0 != 1.f || alpha1 != 1.f)) {
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[4 * i + 0] *= alpha0;
-      o[4 * i + 1] *= alpha0;
-      o[4 * i + 2] *= alpha1;
-      o[4 * i + 3] *= alpha1;
+      for (int i = 0; i < D / 8; ++i) {
+        o[4 * i + 0] *= alpha0;
+        o[4 * i + 1] *= alpha0;
+        o[4 * i + 2] *= alpha1;
+        o[4 * i + 3] *= alpha1;
+      }
     }
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
