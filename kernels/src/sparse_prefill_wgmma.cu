@@ -298,13 +298,13 @@ constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;  // 128 x 24 + 
 static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file per SM");
 enum : int { kBarrierTurn0 = 1 };  // named barriers; kBarrierTurn0 + c: consumer c's turn
 
-// Tile t of the launch: (KV head, head chunk) t / nb, query block nb - 1 - t % nb: the order of the lock-step
-// kernel's (nb, chunks) grid, whose neighbouring blocks read the same KV head (heaviest query block first within it).
+// Tile t of the launch: query block nb - 1 - t / (KV heads x head chunks), so the heaviest blocks come first.
 struct WsTile {
   int b, kvh, hp0;
   __device__ WsTile(const PrefillArgs& a, int tile) {
-    const int y = tile / a.nb;
-    b = a.nb - 1 - tile % a.nb;
+    const int per_block = a.chunks_per_kv * a.num_kv_heads;
+    b = a.nb - 1 - tile / per_block;
+    const int y = tile % per_block;
     kvh = y / a.chunks_per_kv;
     hp0 = (y % a.chunks_per_kv) * a.heads_per_cta;
   }
@@ -347,30 +347,25 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
       for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++iter) {
         const WsTile tl(a, tile);
         const PrefillBlock blk(a, tl.kvh, tl.b);
-        // Q: rows hl * BS + i of the tile = query row b * BS + i of head hp0 + hl; rows past the end read as zero.
-        // Issued after the tile's first K/V step, which need not wait for the previous tile's last products.
-        auto load_q = [&]() {
-          if (iter > 0) mbarrier_wait(q_empty, uint32_t(iter - 1) & 1u);
-          mbarrier_arrive_expect_tx(q_full, uint32_t(kRowsPerCta) * D * 2);
-          for (int hl = 0; hl < a.heads_per_cta; ++hl) {
-            const int head = tl.kvh * a.G + min(tl.hp0 + hl, a.G - 1);
+        if (iter > 0) mbarrier_wait(q_empty, uint32_t(iter - 1) & 1u);
+        // Q: rows hl * BS + i of the tile = query row b * BS + i of head hp0 + hl; rows past the end read as zero
+        mbarrier_arrive_expect_tx(q_full, uint32_t(kRowsPerCta) * D * 2);
+        for (int hl = 0; hl < a.heads_per_cta; ++hl) {
+          const int head = tl.kvh * a.G + min(tl.hp0 + hl, a.G - 1);
 #pragma unroll
-            for (int part = 0; part < BS / kKeyTileRows; ++part)
+          for (int part = 0; part < BS / kKeyTileRows; ++part)
 #pragma unroll
-              for (int h = 0; h < D / 64; ++h)
-                tma_load_3d(sQ + h * kRowsPerCta * 128 + (hl * BS + part * kKeyTileRows) * 128, &tm_q, h * 64,
-                            tl.b * BS + part * kKeyTileRows, head, q_full);
-          }
-        };
+            for (int h = 0; h < D / 64; ++h)
+              tma_load_3d(sQ + h * kRowsPerCta * 128 + (hl * BS + part * kKeyTileRows) * 128, &tm_q, h * 64,
+                          tl.b * BS + part * kKeyTileRows, head, q_full);
+        }
         const int nsteps = (blk.count + 1) / 2;
         for (int n = 0; n < nsteps; ++n, ++step) {
           if (step >= kStages) mbarrier_wait(empty + 8 * st, uint32_t(step / kStages - 1) & 1u);
           load_step_tiles<D>(blk, n, tl.kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes,
                              full_k + 8 * st, full_v + 8 * st);
           st = st == kStages - 1 ? 0 : st + 1;
-          if (n == 0) load_q();
         }
-        if (nsteps == 0) load_q();
       }
     }
     return;
@@ -409,7 +404,6 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
       w.issue_qk(q_rows, sK + stage * L::step_bytes);
       named_barrier_arrive(other_turn, kConsumerThreads);
       wgmma_wait<0>();
-      if (nsteps == 1) release(q_empty);  // the tile's last product that reads Q has retired
       w.softmax_in_place(a, blk, 0);
       w.rescale_and_pack();
       for (int n = 1; n < nsteps; ++n) {
@@ -423,7 +417,6 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
         w.issue_pv(sV + prev * L::step_bytes);
         named_barrier_arrive(other_turn, kConsumerThreads);
         wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-        if (n == nsteps - 1) release(q_empty);
         w.softmax_in_place(a, blk, n);
         wgmma_wait<0>();
         release(empty + 8 * prev);
@@ -437,9 +430,8 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
       release(empty + 8 * stage);
       stage = stage == kStages - 1 ? 0 : stage + 1;
       ++step;
-    } else {
-      release(q_empty);
     }
+    release(q_empty);  // every product that read this tile's Q has retired
 
     store_o_rows<D, BS>(a, tl.kvh, tl.hp0, row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
   }
