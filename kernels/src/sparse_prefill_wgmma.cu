@@ -8,7 +8,6 @@
 // the 128 keys. Tiles live in shared memory as [D/64][rows][64] with the 128-byte swizzle the descriptors
 // name, in three stages filled by the TMA unit one step ahead.
 #include <cuda.h>
-#include <algorithm>
 #include <cuda_bf16.h>
 #include <cudaTypedefs.h>
 
@@ -290,43 +289,33 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
 // every step's K and V loads as soon as the consumers hand a stage back, and two consumer warpgroups of 64 rows
 // take turns on the tensor cores (named barriers): one issues S_n and P_{n-1} V_{n-1} while the other computes
 // its softmax, so the tensor pipe is not idle while both exponentiate. No block-wide barrier in the loop.
-// Tiles (query block, KV head, head chunk) are numbered heaviest query block first; block i takes tiles i,
-// i + gridDim.x, ...: with one block per SM the producer loads the next tile's Q and first K/V steps while the
-// consumers finish the current tile's products and write its output. The stage ring runs on across tiles.
 constexpr int kWsThreadsPerCta = 128 * (kWarpgroups + 1);
 constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;  // 128 x 24 + 256 x 240 <= 65536
 static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file per SM");
-enum : int { kBarrierTurn0 = 1 };  // named barriers; kBarrierTurn0 + c: consumer c's turn
-
-// Tile t of the launch: query block nb - 1 - t / (KV heads x head chunks), so the heaviest blocks come first.
-struct WsTile {
-  int b, kvh, hp0;
-  __device__ WsTile(const PrefillArgs& a, int tile) {
-    const int per_block = a.chunks_per_kv * a.num_kv_heads;
-    b = a.nb - 1 - tile / per_block;
-    const int y = tile % per_block;
-    kvh = y / a.chunks_per_kv;
-    hp0 = (y % a.chunks_per_kv) * a.heads_per_cta;
-  }
-};
+enum : int { kBarrierQReady = 1, kBarrierTurn0 = 2 };  // named barriers; kBarrierTurn0 + c: consumer c's turn
 
 template <int D, int BS>
 __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
-    sparse_prefill_wgmma_ws_kernel(const PrefillArgs a, const __grid_constant__ CUtensorMap tm_q,
-                                   const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
+    sparse_prefill_wgmma_ws_kernel(const PrefillArgs a, const __grid_constant__ CUtensorMap tm_k,
+                                   const __grid_constant__ CUtensorMap tm_v) {
 #ifdef RTP_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
   using L = SmemLayout<D>;
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int tiles = a.nb * a.chunks_per_kv * a.num_kv_heads;
+  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
+  const int kvh = blockIdx.y / a.chunks_per_kv;
+  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  const PrefillBlock blk(a, kvh, b);
+  const int64_t r0 = int64_t(b) * BS;
+  const int nsteps = (blk.count + 1) / 2;
+  const int hp0 = hchunk * a.heads_per_cta;
 
   // Per stage: K landed, V landed (separate, so S_n need not wait for V_n), stage free again (one arrival per
-  // consumer warp once its P V of the stage has retired); Q landed, Q free (after a tile's last product).
-  __shared__ __align__(8) uint64_t bars[3 * kStages + 2];
+  // consumer warp once its P V of the stage has retired).
+  __shared__ __align__(8) uint64_t bars[3 * kStages];
   const uint32_t full_k = smem_u32(bars), full_v = full_k + 8 * kStages, empty = full_v + 8 * kStages;
-  const uint32_t q_full = empty + 8 * kStages, q_empty = q_full + 8;
   constexpr uint32_t kConsumerWarps = 4 * kWarpgroups;
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
@@ -334,8 +323,6 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
       mbarrier_init(full_v + 8 * st, 1);
       mbarrier_init(empty + 8 * st, kConsumerWarps);
     }
-    mbarrier_init(q_full, 1);
-    mbarrier_init(q_empty, kConsumerWarps);
     fence_mbarrier_init();
   }
   __syncthreads();
@@ -343,29 +330,12 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   if (wg == 0) {  // ---- producer ----
     warpgroup_release_registers<kProducerRegisters>();
     if (tid == 0) {
-      int st = 0, step = 0, iter = 0;  // step: over all tiles of this block, for the stage parities
-      for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++iter) {
-        const WsTile tl(a, tile);
-        const PrefillBlock blk(a, tl.kvh, tl.b);
-        if (iter > 0) mbarrier_wait(q_empty, uint32_t(iter - 1) & 1u);
-        // Q: rows hl * BS + i of the tile = query row b * BS + i of head hp0 + hl; rows past the end read as zero
-        mbarrier_arrive_expect_tx(q_full, uint32_t(kRowsPerCta) * D * 2);
-        for (int hl = 0; hl < a.heads_per_cta; ++hl) {
-          const int head = tl.kvh * a.G + min(tl.hp0 + hl, a.G - 1);
-#pragma unroll
-          for (int part = 0; part < BS / kKeyTileRows; ++part)
-#pragma unroll
-            for (int h = 0; h < D / 64; ++h)
-              tma_load_3d(sQ + h * kRowsPerCta * 128 + (hl * BS + part * kKeyTileRows) * 128, &tm_q, h * 64,
-                          tl.b * BS + part * kKeyTileRows, head, q_full);
-        }
-        const int nsteps = (blk.count + 1) / 2;
-        for (int n = 0; n < nsteps; ++n, ++step) {
-          if (step >= kStages) mbarrier_wait(empty + 8 * st, uint32_t(step / kStages - 1) & 1u);
-          load_step_tiles<D>(blk, n, tl.kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes,
-                             full_k + 8 * st, full_v + 8 * st);
-          st = st == kStages - 1 ? 0 : st + 1;
-        }
+      int st = 0;
+      for (int n = 0; n < nsteps; ++n) {
+        if (n >= kStages) mbarrier_wait(empty + 8 * st, uint32_t(n / kStages - 1) & 1u);
+        load_step_tiles<D>(blk, n, kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes,
+                           full_k + 8 * st, full_v + 8 * st);
+        st = st == kStages - 1 ? 0 : st + 1;
       }
     }
     return;
@@ -373,69 +343,65 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
 
   // ---- consumers ----
   warpgroup_claim_registers<kConsumerRegisters>();
-  const int cw = wg - 1;
+  const int cw = wg - 1, ctid = tid - 128;
   constexpr int kConsumerThreads = 128 * kWarpgroups;
+  load_q_rows<D, BS, kConsumerThreads>(a, kvh, hp0, r0, ctid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_proxy_async_smem();  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
+  named_barrier_sync(kBarrierQReady, kConsumerThreads);
+
   const int g = lane / 4, t4 = lane % 4;
   const int row0 = cw * kWgRows + warp * 16 + g, row1 = row0 + 8;
+  const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
+  WarpgroupRows<D> w(a.q_off + lrow0, a.q_off + lrow1, t4);
   const uint32_t q_rows = sQ + cw * kWgRows * 128;
 
   // Turns: consumer c issues its products between a sync on its own barrier and an arrival on the other's.
-  // Consumer 1 opens consumer 0's first turn, and consumer 0 takes one turn more at the end, so that every
-  // barrier ends with as many arrivals as syncs.
+  // Consumer 1 opens consumer 0's first turn and skips its own last arrival, so every barrier ends with as many
+  // arrivals as syncs.
   const int my_turn = kBarrierTurn0 + cw, other_turn = kBarrierTurn0 + (cw ^ 1);
-  auto release = [&](uint32_t bar) {
-    if (lane == 0) mbarrier_arrive(bar);
+  auto end_turn = [&](bool last) {
+    if (!(last && cw == 1)) named_barrier_arrive(other_turn, kConsumerThreads);
   };
-  if (cw == 1) named_barrier_arrive(other_turn, kConsumerThreads);
+  auto release = [&](int st) {
+    if (lane == 0) mbarrier_arrive(empty + 8 * st);
+  };
 
-  int stage = 0, step = 0, iter = 0;  // as in the producer
-  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++iter) {
-    const WsTile tl(a, tile);
-    const PrefillBlock blk(a, tl.kvh, tl.b);
-    const int nsteps = (blk.count + 1) / 2;
-    const int64_t r0 = int64_t(tl.b) * BS;
-    const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
-    WarpgroupRows<D> w(a.q_off + lrow0, a.q_off + lrow1, t4);
-    mbarrier_wait(q_full, uint32_t(iter) & 1u);
-
-    if (nsteps > 0) {
-      mbarrier_wait(full_k + 8 * stage, uint32_t(step / kStages) & 1u);
+  if (nsteps > 0) {
+    if (cw == 1) named_barrier_arrive(other_turn, kConsumerThreads);
+    int stage = 0;
+    mbarrier_wait(full_k, 0);
+    named_barrier_sync(my_turn, kConsumerThreads);
+    w.issue_qk(q_rows, sK);
+    end_turn(false);
+    wgmma_wait<0>();
+    w.softmax_in_place(a, blk, 0);
+    w.rescale_and_pack();
+    for (int n = 1; n < nsteps; ++n) {
+      const int prev = stage;
+      stage = stage == kStages - 1 ? 0 : stage + 1;
+      mbarrier_wait(full_k + 8 * stage, uint32_t(n / kStages) & 1u);
+      mbarrier_wait(full_v + 8 * prev, uint32_t((n - 1) / kStages) & 1u);
       named_barrier_sync(my_turn, kConsumerThreads);
       w.issue_qk(q_rows, sK + stage * L::step_bytes);
-      named_barrier_arrive(other_turn, kConsumerThreads);
+      w.issue_pv(sV + prev * L::step_bytes);
+      end_turn(false);
+      wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
+      w.softmax_in_place(a, blk, n);
       wgmma_wait<0>();
-      w.softmax_in_place(a, blk, 0);
+      release(prev);
       w.rescale_and_pack();
-      for (int n = 1; n < nsteps; ++n) {
-        const int prev = stage;
-        stage = stage == kStages - 1 ? 0 : stage + 1;
-        ++step;
-        mbarrier_wait(full_k + 8 * stage, uint32_t(step / kStages) & 1u);
-        mbarrier_wait(full_v + 8 * prev, uint32_t((step - 1) / kStages) & 1u);
-        named_barrier_sync(my_turn, kConsumerThreads);
-        w.issue_qk(q_rows, sK + stage * L::step_bytes);
-        w.issue_pv(sV + prev * L::step_bytes);
-        named_barrier_arrive(other_turn, kConsumerThreads);
-        wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-        w.softmax_in_place(a, blk, n);
-        wgmma_wait<0>();
-        release(empty + 8 * prev);
-        w.rescale_and_pack();
-      }
-      mbarrier_wait(full_v + 8 * stage, uint32_t(step / kStages) & 1u);
-      named_barrier_sync(my_turn, kConsumerThreads);
-      w.issue_last_pv(sV + stage * L::step_bytes);
-      named_barrier_arrive(other_turn, kConsumerThreads);
-      w.wait_last_pv();
-      release(empty + 8 * stage);
-      stage = stage == kStages - 1 ? 0 : stage + 1;
-      ++step;
     }
-    release(q_empty);  // every product that read this tile's Q has retired
-
-    store_o_rows<D, BS>(a, tl.kvh, tl.hp0, row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
+    mbarrier_wait(full_v + 8 * stage, uint32_t((nsteps - 1) / kStages) & 1u);
+    named_barrier_sync(my_turn, kConsumerThreads);
+    w.issue_last_pv(sV + stage * L::step_bytes);
+    end_turn(true);
+    w.wait_last_pv();
   }
-  if (cw == 0) named_barrier_sync(my_turn, kConsumerThreads);  // consumer 1's last arrival
+
+  // ---- epilogue ----
+  store_o_rows<D, BS>(a, kvh, hp0, row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
 #endif  // RTP_HAVE_WGMMA
 }
 
@@ -466,40 +432,29 @@ bool encode_kv_map(CUtensorMap* map, const void* base, int64_t heads, int64_t ro
 
 cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillArgs& a, cudaStream_t stream) {
   if (a.heads_per_cta * p.block_size != kRowsPerCta) return cudaErrorInvalidValue;  // args made for another block shape
-  CUtensorMap tm_q, tm_k, tm_v;
+  CUtensorMap tm_k, tm_v;
   if (!encode_kv_map(&tm_k, a.k, p.num_kv_heads, a.krows, p.head_dim, a.krs, a.khs) ||
       !encode_kv_map(&tm_v, a.v, p.num_kv_heads, a.krows, p.head_dim, a.vrs, a.vhs))
     return cudaErrorNotSupported;
   const int D = p.head_dim;
-  const size_t smem = (D == 128 ? SmemLayout<128>::total : SmemLayout<64>::total) + 1024;  // + alignment slack
-  cudaError_t e = cudaSuccess;
-  if (p.prefill_kernel == PrefillKernel::WGMMA) {
-    void (*kern)(PrefillArgs, CUtensorMap, CUtensorMap) = nullptr;
+  const bool ws = p.prefill_kernel != PrefillKernel::WGMMA;  // AUTO: the warp-specialised kernel (faster)
+  void (*kern)(PrefillArgs, CUtensorMap, CUtensorMap) = nullptr;
+  if (ws) {
+    if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<128, 64>;
+    else if (D == 128) kern = sparse_prefill_wgmma_ws_kernel<128, 128>;
+    else if (p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<64, 64>;
+    else kern = sparse_prefill_wgmma_ws_kernel<64, 128>;
+  } else {
     if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_kernel<128, 64>;
     else if (D == 128) kern = sparse_prefill_wgmma_kernel<128, 128>;
     else if (p.block_size == 64) kern = sparse_prefill_wgmma_kernel<64, 64>;
     else kern = sparse_prefill_wgmma_kernel<64, 128>;
-    if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))) != cudaSuccess) return e;
-    kern<<<dim3(a.nb, p.num_kv_heads * a.chunks_per_kv), kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
-    return cudaGetLastError();
   }
-  // AUTO / WGMMA_WS: the warp-specialised kernel, one block per SM looping over tiles (WGMMA_WS_TILES: one block
-  // per tile)
-  if (!encode_kv_map(&tm_q, a.q, p.num_q_heads, a.Tq, p.head_dim, a.qrs, a.qhs)) return cudaErrorNotSupported;
-  void (*kern)(PrefillArgs, CUtensorMap, CUtensorMap, CUtensorMap) = nullptr;
-  if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<128, 64>;
-  else if (D == 128) kern = sparse_prefill_wgmma_ws_kernel<128, 128>;
-  else if (p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<64, 64>;
-  else kern = sparse_prefill_wgmma_ws_kernel<64, 128>;
-  if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))) != cudaSuccess) return e;
-  const int64_t tiles = int64_t(a.nb) * a.chunks_per_kv * p.num_kv_heads;
-  if (tiles >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  int dev = 0, sms = 0;
-  if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
-  if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return e;
-  const int64_t blocks = p.prefill_kernel == PrefillKernel::WGMMA_WS_TILES ? tiles : std::min<int64_t>(tiles, sms);
-  if (blocks == 0) return cudaSuccess;
-  kern<<<unsigned(blocks), kWsThreadsPerCta, smem, stream>>>(a, tm_q, tm_k, tm_v);
+  const size_t smem = (D == 128 ? SmemLayout<128>::total : SmemLayout<64>::total) + 1024;  // + alignment slack
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess) return e;
+  const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
+  kern<<<grid, ws ? kWsThreadsPerCta : kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
   return cudaGetLastError();
 }
 

@@ -268,7 +268,7 @@ int main(int argc, char** argv) {
         cxxopts::value<bool>()->default_value("false"))(
         "decode-bstar-in-hist", "decode: the last hist block finds b* (not every retrieval attend block)",
         cxxopts::value<bool>()->default_value("false"))(
-        "prefill-kernel", "prefill attention kernel: auto (wgmma_ws on Hopper), wgmma_ws (warp-specialised, one block per SM), wgmma_ws_tiles (the same, one block per tile), wgmma (lock step) or mma_sync",
+        "prefill-kernel", "prefill attention kernel: auto (wgmma_ws on Hopper), wgmma_ws (warp-specialised), wgmma (lock step) or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
     if (args.count("help")) {
@@ -287,15 +287,14 @@ int main(int argc, char** argv) {
     const double wA = args["ret-fraction"].as<double>() * Hkv;  // weight of the layer with one retrieval KV head
     RTP_CHECK(wA >= 0 && wA <= 1, "ret-fraction * 4 must be in [0, 1]");
     const std::string pk_name = args["prefill-kernel"].as<std::string>();
-    RTP_CHECK(pk_name == "auto" || pk_name == "wgmma" || pk_name == "wgmma_ws" || pk_name == "wgmma_ws_tiles" ||
-                  pk_name == "mma_sync",
-              "--prefill-kernel: expected auto, wgmma_ws, wgmma_ws_tiles, wgmma or mma_sync, got '" + pk_name + "'");
+    RTP_CHECK(pk_name == "auto" || pk_name == "wgmma" || pk_name == "wgmma_ws" || pk_name == "mma_sync",
+              "--prefill-kernel: expected auto, wgmma, wgmma_ws or mma_sync, got '" + pk_name + "'");
     const bool wgmma_ok = kernels::prefill_wgmma_available();
     RTP_CHECK(pk_name == "auto" || pk_name == "mma_sync" || wgmma_ok,
               "--prefill-kernel " + pk_name + ": this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");
     const std::map<std::string, kernels::PrefillKernel> prefill_kernels{
         {"mma_sync", kernels::PrefillKernel::MMA_SYNC}, {"wgmma", kernels::PrefillKernel::WGMMA},
-        {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS}, {"wgmma_ws_tiles", kernels::PrefillKernel::WGMMA_WS_TILES}};
+        {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS}};
     // auto: what the library picks on this device, named for the record
     const std::string pk_used = pk_name != "auto" ? pk_name : wgmma_ok ? "wgmma_ws" : "mma_sync";
     const kernels::PrefillKernel prefill_kernel = prefill_kernels.at(pk_used);
