@@ -7,6 +7,7 @@
 
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
+#include "rtp/train/cuda_math_scope.h"
 
 using namespace rtp::train;
 namespace fs = std::filesystem;
@@ -170,4 +171,31 @@ TEST(Recipe, EveryRecipeInTheRepositoryLoadsAndValidates) {
     ++n;
   }
   EXPECT_GE(n, 2);
+}
+
+// The recipe's `sdpa_backend` and the stages' TF32 choice live in libtorch's process-wide context: a stage's scope
+// sets them and puts back what it found (flags only: no device is touched, so this runs without a GPU).
+TEST(CudaMathScope, SetsRecipeChoicesAndRestoresThem) {
+  auto& g = at::globalContext();
+  g.setAllowTF32CuBLAS(false);
+  g.setSDPUseFlash(true), g.setSDPUseMemEfficient(false), g.setSDPUseMath(true), g.setSDPUseCuDNN(true);
+  {
+    const rtp::train::CudaMathScope scope(c10::Device(c10::kCUDA, 0), true, "efficient");
+    EXPECT_TRUE(g.allowTF32CuBLAS());
+    EXPECT_FALSE(g.userEnabledFlashSDP());
+    EXPECT_TRUE(g.userEnabledMemEfficientSDP());
+    EXPECT_FALSE(g.userEnabledMathSDP());
+    EXPECT_FALSE(g.userEnabledCuDNNSDP());
+  }
+  EXPECT_FALSE(g.allowTF32CuBLAS());
+  EXPECT_TRUE(g.userEnabledFlashSDP());
+  EXPECT_FALSE(g.userEnabledMemEfficientSDP());
+  EXPECT_TRUE(g.userEnabledMathSDP());
+  EXPECT_TRUE(g.userEnabledCuDNNSDP());
+  {
+    const rtp::train::CudaMathScope cpu_scope(c10::Device(c10::kCPU), true, "math");  // CPU: nothing changes
+    EXPECT_FALSE(g.allowTF32CuBLAS());
+    EXPECT_TRUE(g.userEnabledFlashSDP());
+  }
+  g.setSDPUseMemEfficient(true);
 }

@@ -23,6 +23,7 @@
 #include "rtp/train/toy_data.h"
 #include "rtp/torch/device_memory.h"
 #include "rtp/torch/run_context.h"
+#include "rtp/train/cuda_math_scope.h"
 
 namespace rtp::train {
 
@@ -169,7 +170,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   RTP_CHECK(cfg.data == "toy", "stage 'indexer' currently trains on the toy task (data: toy); data '", cfg.data,
             "' needs the text loader of the RULER issue");
   if (lead) make_directories(cfg.out_dir);
-  if (ctx.device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
+  const CudaMathScope math_scope(ctx.device, true, "auto");  // TF32 for the frozen model's fp32 matmuls
   if (lead)
     std::cerr << "indexer: seed " << cfg.seed << ", device " << ctx.device << ", model " << cfg.model_dir << ", "
               << env.world_size << " rank(s) (" << env.source << "), " << local_batch << " sequences per rank"

@@ -16,6 +16,7 @@
 #include "rtp/train/checkpoint.h"
 #include "rtp/train/lr_schedule.h"
 #include "rtp/train/toy_data.h"
+#include "rtp/train/cuda_math_scope.h"
 
 namespace rtp::train {
 
@@ -95,15 +96,7 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
   const data::ToyTask task(toy_task_config(cfg));
   // TF32 tensor cores for fp32 matmuls on GPU: ~8x the fp32 rate, and a 10-bit mantissa is plenty for training a
   // toy model (parameters and optimizer state stay fp32).
-  if (ctx.device.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
-  if (ctx.device.is_cuda() && cfg.sdpa_backend != "auto") {
-    auto& g = at::globalContext();
-    g.setSDPUseFlash(cfg.sdpa_backend == "flash");
-    g.setSDPUseMemEfficient(cfg.sdpa_backend == "efficient");
-    g.setSDPUseMath(cfg.sdpa_backend == "math");
-    g.setSDPUseCuDNN(cfg.sdpa_backend == "cudnn");
-    std::cerr << "SDPA backend restricted to " << cfg.sdpa_backend << "\n";
-  }
+  const CudaMathScope math_scope(ctx.device, true, cfg.sdpa_backend);
   make_directories(cfg.out_dir);
 
   model::Qwen3Model model = [&] {
