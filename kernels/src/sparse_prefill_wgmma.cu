@@ -6,7 +6,9 @@
 // key tiles, which need not be adjacent (two selected blocks of 64): S = Q K^T is m64n128 over D/16
 // k-steps, P stays in registers (the accumulator layout is the A-operand layout) and O += P V is m64nD over
 // the 128 keys. Tiles live in shared memory as [D/64][rows][64] with the 128-byte swizzle the descriptors
-// name, in three stages filled by the TMA unit one step ahead.
+// name, in three stages filled by the TMA unit. Two kernels run these steps: the lock-step one (its two
+// warpgroups share a block barrier per step, thread 0 issues the next step's loads) and the warp-specialised one
+// (a producer warpgroup for the loads, the two consumer warpgroups alternating on the tensor cores), the default.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cudaTypedefs.h>
