@@ -203,6 +203,18 @@ __device__ __forceinline__ void load_step_tiles(const PrefillBlock& blk, int n, 
 }
 #endif
 
+#ifdef RTP_HAVE_WGMMA  // device code of sm_90a only, like the kernels' bodies
+// Where a thread block of either kernel works: grid (query blocks, KV heads x head chunks), the heaviest query
+// block first. first_head: the first query head of the block's chunk of the GQA group (read where it is needed:
+// kept live across the main loop it costs the lock-step kernel a spill).
+struct CtaPlace {
+  int b, kvh;
+  __device__ explicit CtaPlace(const PrefillArgs& a)
+      : b(a.nb - 1 - int(blockIdx.x)), kvh(int(blockIdx.y) / a.chunks_per_kv) {}
+  __device__ static int first_head(const PrefillArgs& a) { return int(blockIdx.y) % a.chunks_per_kv * a.heads_per_cta; }
+};
+#endif
+
 template <int D, int BS>
 __global__ void __launch_bounds__(kThreadsPerCta, 1)
     sparse_prefill_wgmma_kernel(const PrefillArgs a, const __grid_constant__ CUtensorMap tm_k,
@@ -213,16 +225,14 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
-  const int kvh = blockIdx.y / a.chunks_per_kv;
-  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  const CtaPlace at(a);
+  const int b = at.b, kvh = at.kvh;
   const PrefillBlock blk(a, kvh, b);
   const int64_t r0 = int64_t(b) * BS;
   const int nsteps = (blk.count + 1) / 2;
 
   // ---- Q: row r -> query head hl = r / BS of the chunk, token r0 + r % BS ----
-  const int hp0 = hchunk * a.heads_per_cta;
-  load_q_rows<D, BS, kThreadsPerCta>(a, kvh, hp0, r0, tid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
+  load_q_rows<D, BS, kThreadsPerCta>(a, kvh, CtaPlace::first_head(a), r0, tid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
   cp_async_commit();
   // K/V tiles by TMA: thread 0 issues a step's boxes and the step's stage barrier completes when all their
   // bytes have landed (K and V on one barrier).
@@ -283,7 +293,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   cp_async_wait<0>();
 
   // ---- epilogue ----
-  store_o_rows<D, BS>(a, kvh, hp0, row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
+  store_o_rows<D, BS>(a, kvh, CtaPlace::first_head(a), row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
 #endif  // RTP_HAVE_WGMMA
 }
 
@@ -306,13 +316,11 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
-  const int kvh = blockIdx.y / a.chunks_per_kv;
-  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  const CtaPlace at(a);
+  const int b = at.b, kvh = at.kvh;
   const PrefillBlock blk(a, kvh, b);
   const int64_t r0 = int64_t(b) * BS;
   const int nsteps = (blk.count + 1) / 2;
-  const int hp0 = hchunk * a.heads_per_cta;
 
   // Per stage: K landed, V landed (separate, so S_n need not wait for V_n), stage free again (one arrival per
   // consumer warp once its P V of the stage has retired).
@@ -347,7 +355,7 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   warpgroup_claim_registers<kConsumerRegisters>();
   const int cw = wg - 1, ctid = tid - 128;
   constexpr int kConsumerThreads = 128 * kWarpgroups;
-  load_q_rows<D, BS, kConsumerThreads>(a, kvh, hp0, r0, ctid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
+  load_q_rows<D, BS, kConsumerThreads>(a, kvh, CtaPlace::first_head(a), r0, ctid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
   cp_async_commit();
   cp_async_wait<0>();
   fence_proxy_async_smem();  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
@@ -403,7 +411,7 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   }
 
   // ---- epilogue ----
-  store_o_rows<D, BS>(a, kvh, hp0, row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
+  store_o_rows<D, BS>(a, kvh, CtaPlace::first_head(a), row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
 #endif  // RTP_HAVE_WGMMA
 }
 
