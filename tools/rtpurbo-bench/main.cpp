@@ -287,14 +287,14 @@ int main(int argc, char** argv) {
     const double wA = args["ret-fraction"].as<double>() * Hkv;  // weight of the layer with one retrieval KV head
     RTP_CHECK(wA >= 0 && wA <= 1, "ret-fraction * 4 must be in [0, 1]");
     const std::string pk_name = args["prefill-kernel"].as<std::string>();
-    RTP_CHECK(pk_name == "auto" || pk_name == "wgmma" || pk_name == "wgmma_ws" || pk_name == "mma_sync",
-              "--prefill-kernel: expected auto, wgmma, wgmma_ws or mma_sync, got '" + pk_name + "'");
-    const bool wgmma_ok = kernels::prefill_wgmma_available();
-    RTP_CHECK(pk_name == "auto" || pk_name == "mma_sync" || wgmma_ok,
-              "--prefill-kernel " + pk_name + ": this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");
     const std::map<std::string, kernels::PrefillKernel> prefill_kernels{
         {"mma_sync", kernels::PrefillKernel::MMA_SYNC}, {"wgmma", kernels::PrefillKernel::WGMMA},
         {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS}};
+    RTP_CHECK(pk_name == "auto" || prefill_kernels.count(pk_name),
+              "--prefill-kernel: expected auto, wgmma_ws, wgmma or mma_sync, got '" + pk_name + "'");
+    const bool wgmma_ok = kernels::prefill_wgmma_available();
+    RTP_CHECK(pk_name == "auto" || pk_name == "mma_sync" || wgmma_ok,
+              "--prefill-kernel " + pk_name + ": this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");
     // auto: what the library picks on this device, named for the record
     const std::string pk_used = pk_name != "auto" ? pk_name : wgmma_ok ? "wgmma_ws" : "mma_sync";
     const kernels::PrefillKernel prefill_kernel = prefill_kernels.at(pk_used);
