@@ -134,6 +134,17 @@ struct PrefillBlock {
     if (kind == int(HeadKind::STREAMING)) full = full && (p1 < a.sink || p0 > qlast - a.window);
     return full;
   }
+  // Tiles [first, end) are fully visible; the others may need masks. Tile starts ascend, so for the dense and
+  // retrieval kinds the fully visible tiles are a prefix (they end at or before the block's first query and
+  // inside the cache) and for the streaming kind an interval of its window tiles (from the first tile past
+  // every row's window start to the diagonal); its sink tiles count as masked. Each scan stops at the first
+  // fully visible tile, so it visits only the few tiles that need masks.
+  __device__ void unmasked_tiles(const PrefillArgs& a, int& first, int& end) const {
+    first = kind == int(HeadKind::STREAMING) ? int(sink_tiles) : 0;
+    while (first < count && !fully_visible(a, start(first))) ++first;
+    end = count;
+    while (end > first && !fully_visible(a, start(end - 1))) --end;
+  }
   // Whether key row krow is visible to the query at position tok (the block lists are already applied).
   __device__ bool visible(const PrefillArgs& a, int64_t krow, int64_t tok) const {
     const int64_t key = pos_of(a, krow);

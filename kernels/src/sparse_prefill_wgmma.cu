@@ -13,6 +13,8 @@
 #include <cuda_bf16.h>
 #include <cudaTypedefs.h>
 
+#include <type_traits>
+
 #include "cuda_common.cuh"
 #include "sparse_prefill_common.cuh"
 #include "tma.cuh"
@@ -47,6 +49,43 @@ struct SmemLayout {  // byte offsets from a 1024-byte aligned base
 static_assert(SmemLayout<128>::total + 1024 <= 232448, "shared memory per block on sm_90");
 
 #ifdef RTP_HAVE_WGMMA
+// Which keys of a step's two 64-row tiles are hidden from which query rows, in 32-bit offsets: the thread that
+// issues the step's loads writes it to shared memory before its arrival on the step's K barrier (a release the
+// consumers' wait acquires). The consumers then spend one shared load per step on the common case (bits = 0, no
+// mask) and keep none of the block's 64-bit geometry in registers, which they have none to spare for.
+// Tile u: bit u when some key is hidden from some row of the block, bits u and 2 + u when the tile lies past the
+// end of the list (every key hidden). Key c (0..63) of tile u is visible to the row dr rows into the query block
+// when c < rows[u] and, among the sink rows (c < sinks[u]), c <= base_sink[u] + dr, among the others
+// base_lo[u] + dr < c <= base_hi[u] + dr: PrefillBlock::visible with the tile's start and the block's first
+// position folded into the bases.
+struct StepMask {
+  uint32_t bits;
+  int rows[2], sinks[2], base_sink[2], base_hi[2], base_lo[2];
+};
+
+__device__ __forceinline__ void write_step_mask(const PrefillArgs& a, const PrefillBlock& blk, int n, StepMask* m) {
+  // clamped to +-2^30: the comparisons with offsets 0..63 come out the same and adding a row offset cannot overflow
+  auto narrow = [](int64_t x) { return int(i64max(-(int64_t(1) << 30), i64min(int64_t(1) << 30, x))); };
+  uint32_t bits = 0;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int t = 2 * n + u;
+    if (t >= blk.count) {
+      bits |= 5u << u;
+      continue;
+    }
+    const int64_t ks = blk.start(t);
+    if (blk.fully_visible(a, ks)) continue;
+    bits |= 1u << u;
+    m->rows[u] = narrow(a.krows - ks);
+    m->sinks[u] = narrow(a.S - ks);
+    m->base_sink[u] = narrow(blk.q0 - ks);
+    m->base_hi[u] = narrow(blk.q0 - ks - a.skip);
+    m->base_lo[u] = blk.kind == int(HeadKind::STREAMING) ? narrow(blk.q0 - ks - a.skip - a.window) : -(1 << 30);
+  }
+  m->bits = bits;
+}
+
 // One warpgroup's 64 query rows: the running output and softmax state, the scores of the step in flight and the
 // previous step's P as A fragments. Accumulator layout: rows 16 * warp + g and + 8 of the warpgroup; element
 // 4j + e at column 8j + 2 t4 + (e & 1). Both kernels run the same per-step sequence on it: S_n = Q K_n issued,
@@ -59,10 +98,10 @@ struct WarpgroupRows {
   uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   float alpha0 = 1.f, alpha1 = 1.f;  // the factors by which O must be rescaled before the next P V
-  int64_t tok0, tok1;                // positions of this thread's two query rows
+  int dr0, dr1;  // this thread's two query rows, as offsets into the query block
   int t4;
 
-  __device__ WarpgroupRows(int64_t tok0_, int64_t tok1_, int t4_) : tok0(tok0_), tok1(tok1_), t4(t4_) {
+  __device__ WarpgroupRows(int dr0_, int dr1_, int t4_) : dr0(dr0_), dr1(dr1_), t4(t4_) {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
 #pragma unroll
@@ -71,14 +110,19 @@ struct WarpgroupRows {
 
   // S = Q K^T (committed as one group): K-major operands, a k-step of 16 is 32 bytes into the 128-byte swizzled
   // rows. q_rows: this warpgroup's first Q row in the [D/64][kRowsPerCta][64] tile; kt: the step's K tiles.
+  // The k-steps' descriptors are the first one's plus a constant (the address field, bytes / 16, cannot carry
+  // out of its 14 bits below 256 KB). q_rows is made opaque each step: hoisted out of the loop, the 8 Q
+  // descriptors took 16 registers and were spilled.
   __device__ __forceinline__ void issue_qk(uint32_t q_rows, uint32_t kt) {
     fence_registers(s);
     fence_registers(o);
+    asm volatile("" : "+r"(q_rows));
+    const uint64_t dq = smem_desc_sw128(q_rows, 16, 1024), dk = smem_desc_sw128(kt, 16, 1024);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t da = smem_desc_sw128(q_rows + (kk / 4) * kRowsPerCta * 128 + (kk % 4) * 32, 16, 1024);
-      const uint64_t db = smem_desc_sw128(kt + (kk / 4) * kStepKeys * 128 + (kk % 4) * 32, 16, 1024);
+      const uint64_t da = dq + (((kk / 4) * kRowsPerCta * 128 + (kk % 4) * 32) >> 4);
+      const uint64_t db = dk + (((kk / 4) * kStepKeys * 128 + (kk % 4) * 32) >> 4);
       wgmma_m64n128k16_ss(s, da, db, kk > 0);
     }
     wgmma_commit();
@@ -87,9 +131,10 @@ struct WarpgroupRows {
   // O += P V (committed as one group). V is N-major (D contiguous): 16 keys = 16 swizzled rows = 2048 bytes per
   // k-step; the D/64 halves are kStepKeys rows apart (leading byte offset), 8-row groups 1024 bytes (stride).
   __device__ __forceinline__ void issue_pv(uint32_t vt) {
+    const uint64_t dv0 = smem_desc_sw128(vt, kStepKeys * 128, 1024);
 #pragma unroll
     for (int kk = 0; kk < kStepKeys / 16; ++kk) {
-      const uint64_t dv = smem_desc_sw128(vt + kk * 16 * 128, kStepKeys * 128, 1024);
+      const uint64_t dv = dv0 + ((kk * 16 * 128) >> 4);
       if constexpr (D == 128) wgmma_m64n128k16_rs_tb(o, pf[kk], dv);
       else wgmma_m64n64k16_rs_tb(o, pf[kk], dv);
     }
@@ -107,51 +152,83 @@ struct WarpgroupRows {
     fence_registers(o);
   }
 
-  // Masks S_n (step n of the block's tiles), exponentiates it in place against the new running maxima and
-  // updates the row sums and alpha.
-  __device__ __forceinline__ void softmax_in_place(const PrefillArgs& a, const PrefillBlock& blk, int n) {
+  // Masks S_n (kMasked: by the step's StepMask in shared memory, its bits already read), exponentiates it in place
+  // against the new running maxima and updates the row sums and alpha. The steps without masks run a body
+  // compiled without any masking code: under a branch it made ptxas copy all 64 scores to other registers first.
+  template <bool kMasked>
+  __device__ __forceinline__ void softmax_in_place(const PrefillArgs& a, const StepMask* mask, uint32_t bits) {
     fence_registers(s);
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {  // per 64-key tile, only where some key is hidden from some row of the block
-      const int t = 2 * n + u;
-      if (t >= blk.count) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[4 * (8 * u + j) + e] = -INFINITY;
-        continue;
-      }
-      const int64_t ks = blk.start(t);
-      if (blk.fully_visible(a, ks)) continue;
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (!blk.visible(a, ks + j * 8 + 2 * t4 + (e & 1), e < 2 ? tok0 : tok1)) s[4 * (8 * u + j) + e] = -INFINITY;
+    if constexpr (kMasked) {
+      if (bits != 0u) mask_scores(mask, bits);
     }
     // log2 domain; a row's 4 threads hold its 128 scores. The scale is positive, so the maximum of the raw
     // scores times the scale is exactly the maximum of the scaled ones: one multiply per row, not one per pair.
-    float raw0 = -INFINITY, raw1 = -INFINITY;
+    // Four partial maxima and sums per row: chains of 4 dependent instructions instead of 16, since in its
+    // softmax turn a warp has its scheduler nearly to itself and stalls on every dependency.
+    float r0[4], r1[4];
 #pragma unroll
-    for (int j = 0; j < kStepKeys / 8; ++j) {
-      raw0 = fmaxf(raw0, fmaxf(s[4 * j], s[4 * j + 1]));
-      raw1 = fmaxf(raw1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+    for (int q = 0; q < 4; ++q) {
+      r0[q] = fmaxf(s[4 * q], s[4 * q + 1]);
+      r1[q] = fmaxf(s[4 * q + 2], s[4 * q + 3]);
     }
+#pragma unroll
+    for (int j = 4; j < kStepKeys / 8; ++j) {
+      r0[j % 4] = fmaxf(r0[j % 4], fmaxf(s[4 * j], s[4 * j + 1]));
+      r1[j % 4] = fmaxf(r1[j % 4], fmaxf(s[4 * j + 2], s[4 * j + 3]));
+    }
+    const float raw0 = fmaxf(fmaxf(r0[0], r0[1]), fmaxf(r0[2], r0[3]));
+    const float raw1 = fmaxf(fmaxf(r1[0], r1[1]), fmaxf(r1[2], r1[3]));
     float mx0 = fmaxf(m0, raw0 * a.scale_log2), mx1 = fmaxf(m1, raw1 * a.scale_log2);
     float ref0, ref1;
     online_row_max(m0, m1, mx0, mx1, ref0, ref1, alpha0, alpha1, [](float x) { return fast_exp2(x); });
-    float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
       s[4 * j + 0] = fast_exp2(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
       s[4 * j + 1] = fast_exp2(fmaf(s[4 * j + 1], a.scale_log2, -ref0));
       s[4 * j + 2] = fast_exp2(fmaf(s[4 * j + 2], a.scale_log2, -ref1));
       s[4 * j + 3] = fast_exp2(fmaf(s[4 * j + 3], a.scale_log2, -ref1));
-      sum0 += s[4 * j + 0] + s[4 * j + 1];
-      sum1 += s[4 * j + 2] + s[4 * j + 3];
     }
-    l0 = l0 * alpha0 + sum0;
-    l1 = l1 * alpha1 + sum1;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      r0[q] = s[4 * q] + s[4 * q + 1];
+      r1[q] = s[4 * q + 2] + s[4 * q + 3];
+    }
+#pragma unroll
+    for (int j = 4; j < kStepKeys / 8; ++j) {
+      r0[j % 4] += s[4 * j] + s[4 * j + 1];
+      r1[j % 4] += s[4 * j + 2] + s[4 * j + 3];
+    }
+    l0 = l0 * alpha0 + ((r0[0] + r0[1]) + (r0[2] + r0[3]));
+    l1 = l1 * alpha1 + ((r1[0] + r1[1]) + (r1[2] + r1[3]));
+  }
+
+  // -inf for the scores of keys hidden from their row: whole tiles past the end of the list, single keys in the
+  // tiles the bits name.
+  __device__ __forceinline__ void mask_scores(const StepMask* mask, uint32_t bits) {
+    const volatile StepMask* m = mask;
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      if (bits & (4u << u)) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[4 * (8 * u + j) + e] = -INFINITY;
+      } else if (bits & (1u << u)) {
+        // thresholds shifted by this thread's first column so that the key offsets compared are constants
+        const int rows = m->rows[u] - 2 * t4, sinks = m->sinks[u] - 2 * t4;
+        const int bs = m->base_sink[u] - 2 * t4, bh = m->base_hi[u] - 2 * t4, bl = m->base_lo[u] - 2 * t4;
+        const int hs0 = bs + dr0, hi0 = bh + dr0, lo0 = bl + dr0, hs1 = bs + dr1, hi1 = bh + dr1, lo1 = bl + dr1;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = j * 8 + (e & 1);
+            const bool vis = c < rows && (c < sinks ? c <= (e < 2 ? hs0 : hs1)
+                                                   : (c <= (e < 2 ? hi0 : hi1) && c > (e < 2 ? lo0 : lo1)));
+            if (!vis) s[4 * (8 * u + j) + e] = -INFINITY;
+          }
+      }
+    }
   }
 
   // After the wait for P_{n-1} V_{n-1}: O to the new maxima, P_n into the A fragments. Once a row's maximum has
@@ -237,9 +314,11 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   // K/V tiles by TMA: thread 0 issues a step's boxes and the step's stage barrier completes when all their
   // bytes have landed (K and V on one barrier).
   __shared__ __align__(8) uint64_t full_bar[kStages];
+  __shared__ StepMask step_mask[kStages];
   const uint32_t bar0 = smem_u32(full_bar);
   auto load_step = [&](int n, int st) {
     const uint32_t bar = bar0 + 8 * st;
+    write_step_mask(a, blk, n, &step_mask[st]);
     load_step_tiles<D>(blk, n, kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes, bar, bar);
   };
   if (tid == 0) {
@@ -252,8 +331,9 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   const int g = lane / 4, t4 = lane % 4;
   const int row0 = wg * kWgRows + warp * 16 + g, row1 = row0 + 8;  // rows of the thread block
   const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
-  WarpgroupRows<D> w(a.q_off + lrow0, a.q_off + lrow1, t4);
+  WarpgroupRows<D> w(row0 % BS, row1 % BS, t4);
   const uint32_t q_rows = sQ + wg * kWgRows * 128;
+  auto mask_bits = [&](int st) { return static_cast<const volatile StepMask*>(step_mask)[st].bits; };
 
   // Step 0 is peeled so that every wait is unconditional: ptxas serializes all wgmmas of the kernel when it
   // cannot prove that an accumulator is read only after its wait.
@@ -274,7 +354,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
     begin_step(0);
     w.issue_qk(q_rows, sK);
     wgmma_wait<0>();
-    w.softmax_in_place(a, blk, 0);
+    w.template softmax_in_place<true>(a, &step_mask[0], mask_bits(0));
     w.rescale_and_pack();
     for (int n = 1; n < nsteps; ++n) {
       const int prev = stage;
@@ -283,7 +363,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
       w.issue_qk(q_rows, sK + stage * L::step_bytes);
       w.issue_pv(sV + prev * L::step_bytes);
       wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-      w.softmax_in_place(a, blk, n);
+      w.template softmax_in_place<true>(a, &step_mask[stage], mask_bits(stage));
       wgmma_wait<0>();
       w.rescale_and_pack();
     }
@@ -323,8 +403,11 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   const int nsteps = (blk.count + 1) / 2;
 
   // Per stage: K landed, V landed (separate, so S_n need not wait for V_n), stage free again (one arrival per
-  // consumer warp once its P V of the stage has retired).
+  // consumer warp once its P V of the stage has retired); and the step's mask bits, written by the producer before
+  // its arrival on K-landed (a release the consumers' wait acquires), so the consumers spend nothing per step on
+  // finding out that a step needs no mask.
   __shared__ __align__(8) uint64_t bars[3 * kStages];
+  __shared__ StepMask step_mask[kStages];
   const uint32_t full_k = smem_u32(bars), full_v = full_k + 8 * kStages, empty = full_v + 8 * kStages;
   constexpr uint32_t kConsumerWarps = 4 * kWarpgroups;
   if (tid == 0) {
@@ -343,6 +426,7 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
       int st = 0;
       for (int n = 0; n < nsteps; ++n) {
         if (n >= kStages) mbarrier_wait(empty + 8 * st, uint32_t(n / kStages - 1) & 1u);
+        write_step_mask(a, blk, n, &step_mask[st]);
         load_step_tiles<D>(blk, n, kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes,
                            full_k + 8 * st, full_v + 8 * st);
         st = st == kStages - 1 ? 0 : st + 1;
@@ -364,8 +448,9 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   const int g = lane / 4, t4 = lane % 4;
   const int row0 = cw * kWgRows + warp * 16 + g, row1 = row0 + 8;
   const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
-  WarpgroupRows<D> w(a.q_off + lrow0, a.q_off + lrow1, t4);
+  WarpgroupRows<D> w(row0 % BS, row1 % BS, t4);
   const uint32_t q_rows = sQ + cw * kWgRows * 128;
+  auto mask_bits = [&](int st) { return static_cast<const volatile StepMask*>(step_mask)[st].bits; };
 
   // Turns: consumer c issues its products between a sync on its own barrier and an arrival on the other's.
   // Consumer 1 opens consumer 0's first turn and skips its own last arrival, so every barrier ends with as many
@@ -382,27 +467,38 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
     if (cw == 1) named_barrier_arrive(other_turn, kConsumerThreads);
     int stage = 0;
     mbarrier_wait(full_k, 0);
+    uint32_t bits = mask_bits(0);
     named_barrier_sync(my_turn, kConsumerThreads);
     w.issue_qk(q_rows, sK);
     end_turn(false);
     wgmma_wait<0>();
-    w.softmax_in_place(a, blk, 0);
+    w.template softmax_in_place<true>(a, &step_mask[0], bits);
     w.rescale_and_pack();
-    for (int n = 1; n < nsteps; ++n) {
+    auto step = [&](int n, auto masked) {
       const int prev = stage;
       stage = stage == kStages - 1 ? 0 : stage + 1;
       mbarrier_wait(full_k + 8 * stage, uint32_t(n / kStages) & 1u);
+      const uint32_t bits = decltype(masked)::value ? mask_bits(stage) : 0u;
       mbarrier_wait(full_v + 8 * prev, uint32_t((n - 1) / kStages) & 1u);
       named_barrier_sync(my_turn, kConsumerThreads);
       w.issue_qk(q_rows, sK + stage * L::step_bytes);
       w.issue_pv(sV + prev * L::step_bytes);
       end_turn(false);
       wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-      w.softmax_in_place(a, blk, n);
+      w.template softmax_in_place<decltype(masked)::value>(a, &step_mask[stage], bits);
       wgmma_wait<0>();
       release(prev);
       w.rescale_and_pack();
-    }
+    };
+    // Steps whose tiles all lie in [first, end) run without mask code; the others (sinks and a window's start,
+    // the diagonal, a missing last tile) with it.
+    int first, end;
+    blk.unmasked_tiles(a, first, end);
+    const int n_lo = (first + 1) / 2, n_hi = end / 2;
+    int n = 1;
+    for (; n < n_lo; ++n) step(n, std::true_type{});
+    for (; n < n_hi; ++n) step(n, std::false_type{});
+    for (; n < nsteps; ++n) step(n, std::true_type{});
     mbarrier_wait(full_v + 8 * stage, uint32_t((nsteps - 1) / kStages) & 1u);
     named_barrier_sync(my_turn, kConsumerThreads);
     w.issue_last_pv(sV + stage * L::step_bytes);
