@@ -37,6 +37,7 @@ __device__ __forceinline__ uint32_t sw128(int r, int c) {
 }
 
 constexpr int kStages = 3;
+constexpr float kMaxSlack = 8.f;  // see WarpgroupRows::softmax_in_place
 
 template <int D>
 struct SmemLayout {  // byte offsets from a 1024-byte aligned base
@@ -178,9 +179,21 @@ struct WarpgroupRows {
     }
     const float raw0 = fmaxf(fmaxf(r0[0], r0[1]), fmaxf(r0[2], r0[3]));
     const float raw1 = fmaxf(fmaxf(r1[0], r1[1]), fmaxf(r1[2], r1[3]));
-    float mx0 = fmaxf(m0, raw0 * a.scale_log2), mx1 = fmaxf(m1, raw1 * a.scale_log2);
-    float ref0, ref1;
-    online_row_max(m0, m1, mx0, mx1, ref0, ref1, alpha0, alpha1, [](float x) { return fast_exp2(x); });
+    float mx0 = raw0 * a.scale_log2, mx1 = raw1 * a.scale_log2;
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    // A row's reference maximum m moves only when a score passes it by more than kMaxSlack (log2 units): the
+    // exponentials stay below 2^8, harmless in the fp32 sums and the bf16 P, and O needs rescaling in few steps.
+    // Tracked exactly, some row of a warp's 32 set a new maximum in most steps, so most steps rescaled.
+    // m = -inf (no visible key yet) moves on any finite score (alpha = exp2(-inf) = 0) and stays on none.
+    const bool up0 = mx0 > m0 + kMaxSlack, up1 = mx1 > m1 + kMaxSlack;
+    alpha0 = up0 ? fast_exp2(m0 - mx0) : 1.f;
+    alpha1 = up1 ? fast_exp2(m1 - mx1) : 1.f;
+    if (up0) m0 = mx0;
+    if (up1) m1 = mx1;
+    const float ref0 = m0 == -INFINITY ? 0.f : m0, ref1 = m1 == -INFINITY ? 0.f : m1;
 #pragma unroll
     for (int j = 0; j < kStepKeys / 8; ++j) {
       s[4 * j + 0] = fast_exp2(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
@@ -356,17 +369,25 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
     wgmma_wait<0>();
     w.template softmax_in_place<true>(a, &step_mask[0], mask_bits(0));
     w.rescale_and_pack();
-    for (int n = 1; n < nsteps; ++n) {
+    auto step = [&](int n, auto masked) {
       const int prev = stage;
       stage = stage == kStages - 1 ? 0 : stage + 1;
       begin_step(n);
+      const uint32_t bits = decltype(masked)::value ? mask_bits(stage) : 0u;
       w.issue_qk(q_rows, sK + stage * L::step_bytes);
       w.issue_pv(sV + prev * L::step_bytes);
       wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-      w.template softmax_in_place<true>(a, &step_mask[stage], mask_bits(stage));
+      w.template softmax_in_place<decltype(masked)::value>(a, &step_mask[stage], bits);
       wgmma_wait<0>();
       w.rescale_and_pack();
-    }
+    };
+    int first, end;  // as in the warp-specialised kernel
+    blk.unmasked_tiles(a, first, end);
+    const int n_lo = (first + 1) / 2, n_hi = end / 2;
+    int n = 1;
+    for (; n < n_lo; ++n) step(n, std::true_type{});
+    for (; n < n_hi; ++n) step(n, std::false_type{});
+    for (; n < nsteps; ++n) step(n, std::true_type{});
     w.issue_last_pv(sV + stage * L::step_bytes);
     w.wait_last_pv();
   }
