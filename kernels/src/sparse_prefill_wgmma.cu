@@ -314,7 +314,9 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   using L = SmemLayout<D>;
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  // wg through a shuffle from lane 0: ptxas then knows it is warp-uniform and keeps the Q descriptors derived
+  // from it in uniform registers (no register-to-uniform moves before each wgmma)
+  const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
   const CtaPlace at(a);
   const int b = at.b, kvh = at.kvh;
   const PrefillBlock blk(a, kvh, b);
@@ -416,7 +418,9 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   using L = SmemLayout<D>;
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  // wg through a shuffle from lane 0: ptxas then knows it is warp-uniform and keeps the Q descriptors derived
+  // from it in uniform registers (no register-to-uniform moves before each wgmma)
+  const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
   const CtaPlace at(a);
   const int b = at.b, kvh = at.kvh;
   const PrefillBlock blk(a, kvh, b);
