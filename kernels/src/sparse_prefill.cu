@@ -190,8 +190,7 @@ cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t s
   cuda_detail::PrefillArgs a;
   if (!cuda_detail::make_prefill_args(p, kRows, &a)) return cudaErrorInvalidValue;
   const bool wgmma = p.prefill_kernel != PrefillKernel::MMA_SYNC && prefill_wgmma_available();
-  const bool asked_wgmma = p.prefill_kernel == PrefillKernel::WGMMA || p.prefill_kernel == PrefillKernel::WGMMA_WS ||
-                           p.prefill_kernel == PrefillKernel::WGMMA_WS_PERSISTENT;
+  const bool asked_wgmma = p.prefill_kernel == PrefillKernel::WGMMA || p.prefill_kernel == PrefillKernel::WGMMA_WS;
   if (asked_wgmma && !wgmma) return cudaErrorInvalidDeviceFunction;
   if (wgmma) {
     const cudaError_t e = cuda_detail::launch_prefill_wgmma(p, a, stream);  // 128 rows per block too

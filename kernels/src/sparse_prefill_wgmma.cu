@@ -37,6 +37,7 @@ __device__ __forceinline__ uint32_t sw128(int r, int c) {
 }
 
 constexpr int kStages = 3;
+constexpr float kMaxSlack = 8.f;  // see WarpgroupRows::softmax_in_place
 
 template <int D>
 struct SmemLayout {  // byte offsets from a 1024-byte aligned base
@@ -98,7 +99,6 @@ struct WarpgroupRows {
   uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   float alpha0 = 1.f, alpha1 = 1.f;  // the factors by which O must be rescaled before the next P V
-  static constexpr float kMaxSlack = 8.f;  // see softmax_in_place
   int dr0, dr1;  // this thread's two query rows, as offsets into the query block
   int t4;
 
@@ -404,46 +404,10 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
 // every step's K and V loads as soon as the consumers hand a stage back, and two consumer warpgroups of 64 rows
 // take turns on the tensor cores (named barriers): one issues S_n and P_{n-1} V_{n-1} while the other computes
 // its softmax, so the tensor pipe is not idle while both exponentiate. No block-wide barrier in the loop.
-// A block works through tiles blockIdx.x, + gridDim.x, ... (TilePlace): launched with one block per tile it is a
-// plain grid; launched persistent (one block per SM) the stage ring and the turns run on across tiles, and each
-// consumer loads its next tile's Q rows while its last product and its epilogue run.
 constexpr int kWsThreadsPerCta = 128 * (kWarpgroups + 1);
 constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;  // 128 x 24 + 256 x 240 <= 65536
 static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file per SM");
-// named barriers: kBarrierTurn0 + c: consumer c's turn; kBarrierQReady0 + c: consumer c's Q rows landed
-enum : int { kBarrierTurn0 = 2, kBarrierQReady0 = 4 };
-
-#ifdef RTP_HAVE_WGMMA
-// Tile t of the warp-specialised kernel: the heaviest query blocks first, all KV-head chunks of one query block
-// next to each other (with one block per SM the schedule is static, so the order is what balances it).
-struct TilePlace {
-  int b, kvh, first_head;
-  __device__ TilePlace(const PrefillArgs& a, int t) {
-    const int y_count = a.num_kv_heads * a.chunks_per_kv, y = t % y_count;
-    b = a.nb - 1 - t / y_count;
-    kvh = y / a.chunks_per_kv;
-    first_head = y % a.chunks_per_kv * a.heads_per_cta;
-  }
-};
-
-// The 64 Q rows [first_row, first_row + 64) of the block's tile (row r: query head r / BS of the chunk, token
-// r0 + r % BS) by cp.async from one warpgroup's 128 threads (the caller commits).
-template <int D, int BS>
-__device__ __forceinline__ void load_q_slab(const PrefillArgs& a, const TilePlace& at, int first_row, int t,
-                                            uint32_t sQ) {
-  constexpr int CPR = D / 8;
-  const int64_t r0 = int64_t(at.b) * BS;
-#pragma unroll
-  for (int idx = t; idx < kWgRows * CPR; idx += 128) {
-    const int r = first_row + idx / CPR, c = idx % CPR;
-    const int hh = min(at.first_head + r / BS, a.G - 1);
-    const int64_t row = r0 + r % BS;
-    const bool ok = row < a.Tq && r / BS < a.heads_per_cta;
-    const __nv_bfloat16* qg = a.q + int64_t(at.kvh * a.G + hh) * a.qhs;
-    cp_async16(sQ + sw128<kRowsPerCta>(r, c), qg + (ok ? row : 0) * a.qrs + c * 8, ok ? 16 : 0);
-  }
-}
-#endif
+enum : int { kBarrierQReady = 1, kBarrierTurn0 = 2 };  // named barriers; kBarrierTurn0 + c: consumer c's turn
 
 template <int D, int BS>
 __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
@@ -457,12 +421,16 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   // wg through a shuffle from lane 0: ptxas then knows it is warp-uniform and keeps the Q descriptors derived
   // from it in uniform registers (no register-to-uniform moves before each wgmma)
   const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
-  const int ntiles = a.nb * a.num_kv_heads * a.chunks_per_kv;
+  const CtaPlace at(a);
+  const int b = at.b, kvh = at.kvh;
+  const PrefillBlock blk(a, kvh, b);
+  const int64_t r0 = int64_t(b) * BS;
+  const int nsteps = (blk.count + 1) / 2;
 
   // Per stage: K landed, V landed (separate, so S_n need not wait for V_n), stage free again (one arrival per
-  // consumer warp once its P V of the stage has retired); and the step's mask, written by the producer before
-  // its arrival on K-landed (a release the consumers' wait acquires). Global step j (counted over the block's
-  // tiles) uses stage j % kStages in phase (j / kStages) & 1.
+  // consumer warp once its P V of the stage has retired); and the step's mask bits, written by the producer before
+  // its arrival on K-landed (a release the consumers' wait acquires), so the consumers spend nothing per step on
+  // finding out that a step needs no mask.
   __shared__ __align__(8) uint64_t bars[3 * kStages];
   __shared__ StepMask step_mask[kStages];
   const uint32_t full_k = smem_u32(bars), full_v = full_k + 8 * kStages, empty = full_v + 8 * kStages;
@@ -481,18 +449,12 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
     warpgroup_release_registers<kProducerRegisters>();
     if (tid == 0) {
       int st = 0;
-      uint32_t j = 0;
-      for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-        const TilePlace at(a, tile);
-        const PrefillBlock blk(a, at.kvh, at.b);
-        const int nsteps = (blk.count + 1) / 2;
-        for (int n = 0; n < nsteps; ++n, ++j) {
-          if (j >= kStages) mbarrier_wait(empty + 8 * st, (j / kStages - 1) & 1u);
-          write_step_mask(a, blk, n, &step_mask[st]);
-          load_step_tiles<D>(blk, n, at.kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes,
-                             full_k + 8 * st, full_v + 8 * st);
-          st = st == kStages - 1 ? 0 : st + 1;
-        }
+      for (int n = 0; n < nsteps; ++n) {
+        if (n >= kStages) mbarrier_wait(empty + 8 * st, uint32_t(n / kStages - 1) & 1u);
+        write_step_mask(a, blk, n, &step_mask[st]);
+        load_step_tiles<D>(blk, n, kvh, &tm_k, &tm_v, sK + st * L::step_bytes, sV + st * L::step_bytes,
+                           full_k + 8 * st, full_v + 8 * st);
+        st = st == kStages - 1 ? 0 : st + 1;
       }
     }
     return;
@@ -500,17 +462,24 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
 
   // ---- consumers ----
   warpgroup_claim_registers<kConsumerRegisters>();
-  const int cw = wg - 1;
+  const int cw = wg - 1, ctid = tid - 128;
   constexpr int kConsumerThreads = 128 * kWarpgroups;
+  load_q_rows<D, BS, kConsumerThreads>(a, kvh, CtaPlace::first_head(a), r0, ctid, [&](int r, int c) { return sQ + sw128<kRowsPerCta>(r, c); });
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_proxy_async_smem();  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
+  named_barrier_sync(kBarrierQReady, kConsumerThreads);
+
   const int g = lane / 4, t4 = lane % 4;
   const int row0 = cw * kWgRows + warp * 16 + g, row1 = row0 + 8;
+  const int64_t lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
+  WarpgroupRows<D> w(row0 % BS, row1 % BS, t4);
   const uint32_t q_rows = sQ + cw * kWgRows * 128;
   auto mask_bits = [&](int st) { return static_cast<const volatile StepMask*>(step_mask)[st].bits; };
 
-  // Turns: consumer c issues its products between a sync on its own barrier and an arrival on the other's. Both
-  // take nsteps + 1 turns per tile (one where a tile has no steps), so the turns alternate across tiles; consumer
-  // 1 opens consumer 0's first turn and skips its own last arrival, so every barrier ends with as many arrivals
-  // as syncs.
+  // Turns: consumer c issues its products between a sync on its own barrier and an arrival on the other's.
+  // Consumer 1 opens consumer 0's first turn and skips its own last arrival, so every barrier ends with as many
+  // arrivals as syncs.
   const int my_turn = kBarrierTurn0 + cw, other_turn = kBarrierTurn0 + (cw ^ 1);
   auto end_turn = [&](bool last) {
     if (!(last && cw == 1)) named_barrier_arrive(other_turn, kConsumerThreads);
@@ -518,91 +487,52 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   auto release = [&](int st) {
     if (lane == 0) mbarrier_arrive(empty + 8 * st);
   };
-  if (cw == 1) named_barrier_arrive(other_turn, kConsumerThreads);
 
-  int stage = 0;       // of the block's next step
-  uint32_t phase = 0;  // of that stage
-  auto advance = [&] {
-    if (++stage == kStages) {
-      stage = 0;
-      phase ^= 1u;
-    }
-  };
-  if (int(blockIdx.x) < ntiles) {
-    load_q_slab<D, BS>(a, TilePlace(a, blockIdx.x), cw * kWgRows, tid % 128, sQ);
-    cp_async_commit();
-  }
-  for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-    const TilePlace at(a, tile);
-    const PrefillBlock blk(a, at.kvh, at.b);
-    const int nsteps = (blk.count + 1) / 2;
-    const bool last_tile = tile + int(gridDim.x) >= ntiles;
-    cp_async_wait<0>();
-    fence_proxy_async_smem();  // Q came by cp.async (generic proxy); wgmma reads it through the async proxy
-    named_barrier_sync(kBarrierQReady0 + cw, 128);
-
-    WarpgroupRows<D> w(row0 % BS, row1 % BS, t4);
-    if (nsteps > 0) {
-      mbarrier_wait(full_k + 8 * stage, phase);
-      const uint32_t bits0 = mask_bits(stage);
+  if (nsteps > 0) {
+    if (cw == 1) named_barrier_arrive(other_turn, kConsumerThreads);
+    int stage = 0;
+    mbarrier_wait(full_k, 0);
+    uint32_t bits = mask_bits(0);
+    named_barrier_sync(my_turn, kConsumerThreads);
+    w.issue_qk(q_rows, sK);
+    end_turn(false);
+    wgmma_wait<0>();
+    w.template softmax_in_place<true>(a, &step_mask[0], bits);
+    w.rescale_and_pack();
+    auto step = [&](int n, auto masked) {
+      const int prev = stage;
+      stage = stage == kStages - 1 ? 0 : stage + 1;
+      mbarrier_wait(full_k + 8 * stage, uint32_t(n / kStages) & 1u);
+      const uint32_t bits = decltype(masked)::value ? mask_bits(stage) : 0u;
+      mbarrier_wait(full_v + 8 * prev, uint32_t((n - 1) / kStages) & 1u);
       named_barrier_sync(my_turn, kConsumerThreads);
       w.issue_qk(q_rows, sK + stage * L::step_bytes);
+      w.issue_pv(sV + prev * L::step_bytes);
       end_turn(false);
+      wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
+      w.template softmax_in_place<decltype(masked)::value>(a, &step_mask[stage], bits);
       wgmma_wait<0>();
-      w.template softmax_in_place<true>(a, &step_mask[stage], bits0);
+      release(prev);
       w.rescale_and_pack();
-      auto step = [&](auto masked) {
-        const int prev = stage;
-        const uint32_t prev_phase = phase;
-        advance();
-        mbarrier_wait(full_k + 8 * stage, phase);
-        const uint32_t bits = decltype(masked)::value ? mask_bits(stage) : 0u;
-        mbarrier_wait(full_v + 8 * prev, prev_phase);
-        named_barrier_sync(my_turn, kConsumerThreads);
-        w.issue_qk(q_rows, sK + stage * L::step_bytes);
-        w.issue_pv(sV + prev * L::step_bytes);
-        end_turn(false);
-        wgmma_wait<1>();  // S_n done (groups retire in order); P_{n-1} V_{n-1} may still run
-        w.template softmax_in_place<decltype(masked)::value>(a, &step_mask[stage], bits);
-        wgmma_wait<0>();
-        release(prev);
-        w.rescale_and_pack();
-      };
-      // Steps whose tiles all lie in [first, end) run without mask code; the others (sinks and a window's start,
-      // the diagonal, a missing last tile) with it.
-      int first, end;
-      blk.unmasked_tiles(a, first, end);
-      const int n_lo = (first + 1) / 2, n_hi = end / 2;
-      int n = 1;
-      for (; n < n_lo; ++n) step(std::true_type{});
-      for (; n < n_hi; ++n) step(std::false_type{});
-      for (; n < nsteps; ++n) step(std::true_type{});
-      // every S product of the tile has retired: this warpgroup's Q rows are free for the next tile
-      if (!last_tile) {
-        load_q_slab<D, BS>(a, TilePlace(a, tile + gridDim.x), cw * kWgRows, tid % 128, sQ);
-        cp_async_commit();
-      }
-      mbarrier_wait(full_v + 8 * stage, phase);
-      named_barrier_sync(my_turn, kConsumerThreads);
-      w.issue_last_pv(sV + stage * L::step_bytes);
-      end_turn(last_tile);
-      w.wait_last_pv();
-      release(stage);
-      advance();
-    } else {  // keeps the turns alternating
-      if (!last_tile) {
-        load_q_slab<D, BS>(a, TilePlace(a, tile + gridDim.x), cw * kWgRows, tid % 128, sQ);
-        cp_async_commit();
-      }
-      named_barrier_sync(my_turn, kConsumerThreads);
-      end_turn(last_tile);
-    }
-
-    // ---- epilogue ----
-    const int64_t r0 = int64_t(at.b) * BS, lrow0 = r0 + row0 % BS, lrow1 = r0 + row1 % BS;
-    store_o_rows<D, BS>(a, at.kvh, at.first_head, row0, lrow0, lrow1, t4, w.l0, w.l1,
-                        [&](int i, int e) { return w.o[4 * i + e]; });
+    };
+    // Steps whose tiles all lie in [first, end) run without mask code; the others (sinks and a window's start,
+    // the diagonal, a missing last tile) with it.
+    int first, end;
+    blk.unmasked_tiles(a, first, end);
+    const int n_lo = (first + 1) / 2, n_hi = end / 2;
+    int n = 1;
+    for (; n < n_lo; ++n) step(n, std::true_type{});
+    for (; n < n_hi; ++n) step(n, std::false_type{});
+    for (; n < nsteps; ++n) step(n, std::true_type{});
+    mbarrier_wait(full_v + 8 * stage, uint32_t((nsteps - 1) / kStages) & 1u);
+    named_barrier_sync(my_turn, kConsumerThreads);
+    w.issue_last_pv(sV + stage * L::step_bytes);
+    end_turn(true);
+    w.wait_last_pv();
   }
+
+  // ---- epilogue ----
+  store_o_rows<D, BS>(a, kvh, CtaPlace::first_head(a), row0, lrow0, lrow1, t4, w.l0, w.l1, [&](int i, int e) { return w.o[4 * i + e]; });
 #endif  // RTP_HAVE_WGMMA
 }
 
@@ -639,15 +569,6 @@ cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillAr
     return cudaErrorNotSupported;
   const int D = p.head_dim;
   const bool ws = p.prefill_kernel != PrefillKernel::WGMMA;  // AUTO: the warp-specialised kernel (faster)
-  const int ntiles = a.nb * p.num_kv_heads * a.chunks_per_kv;
-  int grid_ws = ntiles;  // one block per tile, or (persistent) one per SM working through the tiles
-  if (p.prefill_kernel == PrefillKernel::WGMMA_WS_PERSISTENT) {
-    int dev = 0, sms = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return e;
-    grid_ws = ntiles < sms ? ntiles : sms;
-  }
   void (*kern)(PrefillArgs, CUtensorMap, CUtensorMap) = nullptr;
   if (ws) {
     if (D == 128 && p.block_size == 64) kern = sparse_prefill_wgmma_ws_kernel<128, 64>;
@@ -663,12 +584,8 @@ cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillAr
   const size_t smem = (D == 128 ? SmemLayout<128>::total : SmemLayout<64>::total) + 1024;  // + alignment slack
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
-  if (ws) {
-    kern<<<grid_ws, kWsThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
-  } else {
-    const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
-    kern<<<grid, kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
-  }
+  const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
+  kern<<<grid, ws ? kWsThreadsPerCta : kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
   return cudaGetLastError();
 }
 

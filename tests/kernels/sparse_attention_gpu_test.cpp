@@ -24,7 +24,6 @@ std::vector<rtp::kernels::PrefillKernel> prefill_kernels() {
   if (rtp::kernels::prefill_wgmma_available()) {
     ks.push_back(rtp::kernels::PrefillKernel::WGMMA);
     ks.push_back(rtp::kernels::PrefillKernel::WGMMA_WS);
-    ks.push_back(rtp::kernels::PrefillKernel::WGMMA_WS_PERSISTENT);
   } else {
     std::printf("note: the wgmma prefill kernel cannot run here (needs an sm_90a build on a 9.0 device)\n");
   }
@@ -35,7 +34,6 @@ const char* kernel_name(rtp::kernels::PrefillKernel k) {
   switch (k) {
     case rtp::kernels::PrefillKernel::WGMMA: return "wgmma";
     case rtp::kernels::PrefillKernel::WGMMA_WS: return "wgmma_ws";
-    case rtp::kernels::PrefillKernel::WGMMA_WS_PERSISTENT: return "wgmma_ws_persistent";
     default: return "mma.sync";
   }
 }

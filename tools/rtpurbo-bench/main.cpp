@@ -268,7 +268,7 @@ int main(int argc, char** argv) {
         cxxopts::value<bool>()->default_value("false"))(
         "decode-bstar-in-hist", "decode: the last hist block finds b* (not every retrieval attend block)",
         cxxopts::value<bool>()->default_value("false"))(
-        "prefill-kernel", "prefill attention kernel: auto (wgmma_ws on Hopper), wgmma_ws (warp-specialised), wgmma_ws_persistent (the same, one block per SM), wgmma (lock step) or mma_sync",
+        "prefill-kernel", "prefill attention kernel: auto (wgmma_ws on Hopper), wgmma_ws (warp-specialised), wgmma (lock step) or mma_sync",
         cxxopts::value<std::string>()->default_value("auto"))("help", "help");
     auto args = opts.parse(argc, argv);
     if (args.count("help")) {
@@ -289,10 +289,9 @@ int main(int argc, char** argv) {
     const std::string pk_name = args["prefill-kernel"].as<std::string>();
     const std::map<std::string, kernels::PrefillKernel> prefill_kernels{
         {"mma_sync", kernels::PrefillKernel::MMA_SYNC}, {"wgmma", kernels::PrefillKernel::WGMMA},
-        {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS},
-        {"wgmma_ws_persistent", kernels::PrefillKernel::WGMMA_WS_PERSISTENT}};
+        {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS}};
     RTP_CHECK(pk_name == "auto" || prefill_kernels.count(pk_name),
-              "--prefill-kernel: expected auto, wgmma_ws, wgmma_ws_persistent, wgmma or mma_sync, got '" + pk_name + "'");
+              "--prefill-kernel: expected auto, wgmma_ws, wgmma or mma_sync, got '" + pk_name + "'");
     const bool wgmma_ok = kernels::prefill_wgmma_available();
     RTP_CHECK(pk_name == "auto" || pk_name == "mma_sync" || wgmma_ok,
               "--prefill-kernel " + pk_name + ": this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");

@@ -111,9 +111,8 @@ enum class DType : int32_t { F32 = 0, BF16 = 1 };
 // Which CUDA prefill attention kernel runs: AUTO = WGMMA_WS on a compute-capability 9.0 device when the build
 // has sm_90a code, else the mma.sync kernel; a Hopper kernel asked for where it cannot run is an error.
 // WGMMA: two warpgroups of Hopper warpgroup MMA in lock step; WGMMA_WS: a TMA producer warpgroup and two
-// consumers taking turns on the tensor cores (FlashAttention-3's structure); WGMMA_WS_PERSISTENT: the same
-// kernel with one thread block per SM working through the tiles.
-enum class PrefillKernel : int32_t { AUTO = 0, MMA_SYNC = 1, WGMMA = 2, WGMMA_WS = 3, WGMMA_WS_PERSISTENT = 4 };
+// consumers taking turns on the tensor cores (FlashAttention-3's structure).
+enum class PrefillKernel : int32_t { AUTO = 0, MMA_SYNC = 1, WGMMA = 2, WGMMA_WS = 3 };
 
 constexpr int kIndexDim = 16;
 constexpr int kMaxKvHeads = 64;
