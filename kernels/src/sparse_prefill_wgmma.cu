@@ -37,7 +37,6 @@ __device__ __forceinline__ uint32_t sw128(int r, int c) {
 }
 
 constexpr int kStages = 3;
-constexpr float kMaxSlack = 8.f;  // see WarpgroupRows::softmax_in_place
 
 template <int D>
 struct SmemLayout {  // byte offsets from a 1024-byte aligned base
@@ -99,6 +98,7 @@ struct WarpgroupRows {
   uint32_t pf[kStepKeys / 16][4];  // P_{n-1} as A fragments, one per 16 keys
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   float alpha0 = 1.f, alpha1 = 1.f;  // the factors by which O must be rescaled before the next P V
+  static constexpr float kMaxSlack = 8.f;  // see softmax_in_place
   int dr0, dr1;  // this thread's two query rows, as offsets into the query block
   int t4;
 
