@@ -125,15 +125,17 @@ DecodeRun decode_cpu_and_gpu(const DecodeInputs& in_, const std::vector<HeadKind
 TEST(SparseAttentionGpu, PrefillMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   torch::manual_seed(1);
-  struct Case { int64_t T, D; int B; int64_t Hq, Hkv; };
+  // sink 100: a tile of sinks only, then one that straddles the sinks' end; windows of 150 and 300 put a window's
+  // first key mid-tile and leave the kernels' mask-free middle steps for the streaming heads as well
+  struct Case { int64_t T, D; int B; int64_t Hq, Hkv, sink = 5, window = 150; };
   for (auto cs : {Case{1000, 128, 64, 8, 4}, Case{333, 64, 64, 4, 2}, Case{700, 128, 128, 6, 3}, Case{130, 64, 128, 2, 2},
-                  Case{64 * 5, 128, 64, 12, 4}}) {
+                  Case{64 * 5, 128, 64, 12, 4}, Case{1500, 128, 64, 8, 4, 100, 300}, Case{900, 64, 128, 4, 2, 100, 300}}) {
     std::vector<HeadKind> kinds;
     for (int64_t g = 0; g < cs.Hkv; ++g) kinds.push_back(g % 3 == 0 ? HeadKind::STREAMING : g % 3 == 1 ? HeadKind::RETRIEVAL : HeadKind::DENSE);
     const int64_t R = std::count(kinds.begin(), kinds.end(), HeadKind::RETRIEVAL), G = cs.Hq / cs.Hkv;
     SparseConfig c;
-    c.sink = 5;
-    c.window = 150;
+    c.sink = cs.sink;
+    c.window = cs.window;
     c.block_size = cs.B;
     c.top_p = 0.7f;
     auto q = torch::randn({cs.Hq, cs.T, cs.D}).to(torch::kBFloat16), k = torch::randn({cs.Hkv, cs.T, cs.D}).to(torch::kBFloat16),
@@ -149,8 +151,8 @@ TEST(SparseAttentionGpu, PrefillMatchesReference) {
       torch::cuda::synchronize();
       ASSERT_FALSE(out.isnan().any().item<bool>());
       const double e_k = rel_err(out, ref), e_n = rel_err(naive, ref);
-      std::printf("prefill %s T=%ld D=%ld B=%d: kernel err %.3e, naive bf16 err %.3e\n", kernel_name(kern), cs.T, cs.D,
-                  cs.B, e_k, e_n);
+      std::printf("prefill %s T=%ld D=%ld B=%d sink=%ld window=%ld: kernel err %.3e, naive bf16 err %.3e\n",
+                  kernel_name(kern), cs.T, cs.D, cs.B, cs.sink, cs.window, e_k, e_n);
       EXPECT_LE(e_k, 2 * e_n + 1e-4) << kernel_name(kern);
     }
   }
