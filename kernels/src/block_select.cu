@@ -51,53 +51,35 @@ __global__ void pool_kernel(const T* iq, __nv_bfloat16* qbar, int R, int G, int 
 
 constexpr int kKeyBlocksPerSplit = 32;  // 2048-4096 keys per thread block of logits_kernel
 
-// Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 32 rows: each key
-// fragment a warp loads feeds two mmas (rows wrow.. and wrow + 16..), halving the loads and address arithmetic
-// per score, and the max and sum of each row run as two interleaved chains (even and odd 8-key groups).
+// Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows.
 // B = block size (64 or 128 keys, processed as 64-key halves). G = rows per query block (S * group size).
-// grid (row tiles of 256, key splits): thread block (x, y) does key blocks [y * kb_split, (y + 1) * kb_split). One
+// grid (row tiles of 128, key splits): thread block (x, y) does key blocks [y * kb_split, (y + 1) * kb_split). One
 // row tile walking every key block left the GPU idle: the work grows as nb^2, the row tiles only as nb (32 thread
 // blocks at 32K tokens, 1.06 ms, 0.06 waves: ncu, H200).
-constexpr int kLogitRowsPerWarp = 32, kLogitRowsPerBlock = 8 * kLogitRowsPerWarp;
-__global__ void __launch_bounds__(256, 2) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
+__global__ void __launch_bounds__(256) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
                                                      int G, int64_t T_, int B, int nb, int64_t row0, int64_t nrows,
                                                      int64_t rows_total, int64_t qb0, int kb_split) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int64_t wrow = row0 + int64_t(blockIdx.x) * kLogitRowsPerBlock + warp * kLogitRowsPerWarp;
+  const int64_t wrow = row0 + int64_t(blockIdx.x) * 128 + warp * 16;  // first global row of this warp
   if (wrow >= row0 + nrows) return;
-  // A fragments f = 0, 1: rows wrow + 16 f + g (+8), dims 2t4.. (+8)
-  uint32_t af[2][4];
-#pragma unroll
-  for (int f = 0; f < 2; ++f) {
-    const int64_t ra = min(wrow + 16 * f + g, rows_total - 1), rb = min(wrow + 16 * f + g + 8, rows_total - 1);
+  // A fragment: rows wrow + g (+8), dims 2t4.. (+8)
+  uint32_t af[4];
+  {
+    const int64_t ra = min(wrow + g, rows_total - 1), rb = min(wrow + g + 8, rows_total - 1);
     const uint32_t* pa = reinterpret_cast<const uint32_t*>(qbar + ra * kIndexDim);
     const uint32_t* pb = reinterpret_cast<const uint32_t*>(qbar + rb * kIndexDim);
-    af[f][0] = pa[t4];
-    af[f][1] = pb[t4];
-    af[f][2] = pa[t4 + 4];
-    af[f][3] = pb[t4 + 4];
+    af[0] = pa[t4];
+    af[1] = pb[t4];
+    af[2] = pa[t4 + 4];
+    af[3] = pb[t4 + 4];
   }
-  const int64_t rlast = min(wrow + kLogitRowsPerWarp - 1, row0 + nrows - 1);
+  const int64_t rlast = min(wrow + 15, row0 + nrows - 1);
   const int64_t bmax = qb0 + rlast / G;  // last (absolute) query block among the warp's rows
-  // this thread's four rows: fragment f, half e2 (row + 8)
-  int64_t lr[2][2], bq[2][2];
-#pragma unroll
-  for (int f = 0; f < 2; ++f)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      lr[f][h] = wrow + 16 * f + 8 * h + g - row0;
-      bq[f][h] = qb0 + (wrow + 16 * f + 8 * h + g) / G;
-    }
+  const int64_t b_r0 = qb0 + (wrow + g) / G, b_r1 = qb0 + (wrow + g + 8) / G;
+  const int64_t lr0 = wrow + g - row0, lr1 = wrow + g + 8 - row0;
   const int64_t c_begin = int64_t(blockIdx.y) * kb_split, c_end = min(bmax, c_begin + kb_split - 1);
   for (int64_t c = c_begin; c <= c_end; ++c) {
-    // [fragment][chain][row half]
-    float mx[2][2][2], sm[2][2][2];
-#pragma unroll
-    for (int f = 0; f < 2; ++f)
-#pragma unroll
-      for (int p = 0; p < 2; ++p)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) mx[f][p][h] = -INFINITY, sm[f][p][h] = 0.f;
+    float mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
     const int64_t k0 = c * B;
     const int64_t nvalid = min(T_, k0 + B) - k0;
     // The kernel is bound by the instructions around each mma (ncu at 1M: SM 79% busy, memory 34%), so a full
@@ -107,44 +89,45 @@ __global__ void __launch_bounds__(256, 2) logits_kernel(const __nv_bfloat16* qba
     for (int half = 0; half < B / 64; ++half) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
-        const int p = nt & 1;
         const int64_t key = k0 + half * 64 + nt * 8 + g;
-        const uint32_t* pk = reinterpret_cast<const uint32_t*>(ik + (full ? key : min(key, T_ - 1)) * kIndexDim);
+        const uint32_t* pk = reinterpret_cast<const uint32_t*>(ik + min(key, T_ - 1) * kIndexDim);
         const uint32_t b0 = __ldg(pk + t4), b1 = __ldg(pk + t4 + 4);
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_bf16_16816(d, af, b0, b1);
+        if (full) {
+          mx0 = fmaxf(mx0, fmaxf(d[0], d[1]));
+          mx1 = fmaxf(mx1, fmaxf(d[2], d[3]));
+          sm0 = (sm0 + d[0]) + d[1];  // the order of the checked path below: the same sums to the bit
+          sm1 = (sm1 + d[2]) + d[3];
+          continue;
+        }
+        const int64_t kc = k0 + half * 64 + nt * 8 + 2 * t4;
 #pragma unroll
-        for (int f = 0; f < 2; ++f) {
-          float d[4] = {0.f, 0.f, 0.f, 0.f};
-          mma_bf16_16816(d, af[f], b0, b1);
-          if (full) {
-            mx[f][p][0] = fmaxf(mx[f][p][0], fmaxf(d[0], d[1]));
-            mx[f][p][1] = fmaxf(mx[f][p][1], fmaxf(d[2], d[3]));
-            sm[f][p][0] = (sm[f][p][0] + d[0]) + d[1];  // the order of the checked path below: the same sums to the bit
-            sm[f][p][1] = (sm[f][p][1] + d[2]) + d[3];
-            continue;
-          }
-          const int64_t kc = k0 + half * 64 + nt * 8 + 2 * t4;
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const bool ok = kc + (e & 1) < T_;
-            mx[f][p][e / 2] = ok ? fmaxf(mx[f][p][e / 2], d[e]) : mx[f][p][e / 2];
-            sm[f][p][e / 2] += ok ? d[e] : 0.f;
+        for (int e = 0; e < 4; ++e) {
+          const bool ok = kc + (e & 1) < T_;
+          if (e < 2) {
+            mx0 = ok ? fmaxf(mx0, d[e]) : mx0;
+            sm0 += ok ? d[e] : 0.f;
+          } else {
+            mx1 = ok ? fmaxf(mx1, d[e]) : mx1;
+            sm1 += ok ? d[e] : 0.f;
           }
         }
       }
     }
-    const float ln = logf(float(nvalid)), inv_n = 1.f / float(nvalid);
+    mx0 *= 0.25f, mx1 *= 0.25f, sm0 *= 0.25f, sm1 *= 0.25f;
 #pragma unroll
-    for (int f = 0; f < 2; ++f)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float m = fmaxf(mx[f][0][h], mx[f][1][h]) * 0.25f, z = (sm[f][0][h] + sm[f][1][h]) * 0.25f;
-#pragma unroll
-        for (int o = 1; o <= 2; o <<= 1) {
-          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-          z += __shfl_xor_sync(0xffffffffu, z, o);
-        }
-        if (t4 == 0 && lr[f][h] < nrows && c <= bq[f][h]) L[lr[f][h] * nb + c] = fmaxf(m, z * inv_n + ln);
-      }
+    for (int o = 1; o <= 2; o <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+      sm0 += __shfl_xor_sync(0xffffffffu, sm0, o);
+      sm1 += __shfl_xor_sync(0xffffffffu, sm1, o);
+    }
+    if (t4 == 0) {
+      const float ln = logf(float(nvalid));
+      if (lr0 < nrows && c <= b_r0) L[lr0 * nb + c] = fmaxf(mx0, sm0 / float(nvalid) + ln);
+      if (lr1 < nrows && c <= b_r1) L[lr1 * nb + c] = fmaxf(mx1, sm1 / float(nvalid) + ln);
+    }
   }
 }
 
@@ -304,8 +287,7 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
         const int64_t nrows = nbc * GS;
         // Key splits of kKeyBlocksPerSplit blocks up to the chunk's last query block (causal: nothing past it).
         const int64_t last_qb = qb0 + b0 + nbc - 1;
-        const dim3 grid(unsigned((nrows + kLogitRowsPerBlock - 1) / kLogitRowsPerBlock),
-                         unsigned(last_qb / kKeyBlocksPerSplit + 1));
+        const dim3 grid(unsigned((nrows + 127) / 128), unsigned(last_qb / kKeyBlocksPerSplit + 1));
         logits_kernel<<<grid, 256, 0, stream>>>(qbar + int64_t(r) * nqb * GS * kIndexDim,
                                                 ik + int64_t(r) * T * kIndexDim, L, GS, T, B, nb, b0 * GS, nrows,
                                                 int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
