@@ -25,6 +25,8 @@ struct PrefillArgs {
   int64_t Tq, q_off;       // query rows, position of row 0
   int64_t S, skip, krows;  // key row r >= S holds position r + skip; krows rows
   int G, heads_per_cta, chunks_per_kv, nb;  // nb: query blocks of this call
+  int num_kv_heads;
+  int chunks_fastest;  // wgmma kernels: 1-D grid, consecutive blocks = the KV-head chunks of one query block
   int block_size;
   float scale_log2;
   int64_t sink, window;
@@ -60,6 +62,7 @@ inline bool make_prefill_args(const SparseAttentionParams& p, int rows_per_cta, 
   a.skip = p.stream_key_skip;
   a.krows = krows;
   a.G = p.num_q_heads / p.num_kv_heads;
+  a.num_kv_heads = int(p.num_kv_heads);
   a.block_size = p.block_size;
   a.heads_per_cta = rows_per_cta / p.block_size;
   a.chunks_per_kv = (a.G + a.heads_per_cta - 1) / a.heads_per_cta;

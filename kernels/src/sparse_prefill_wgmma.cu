@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cudaTypedefs.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "cuda_common.cuh"
@@ -299,9 +300,14 @@ __device__ __forceinline__ void load_step_tiles(const PrefillBlock& blk, int n, 
 // kept live across the main loop it costs the lock-step kernel a spill).
 struct CtaPlace {
   int b, kvh;
-  __device__ explicit CtaPlace(const PrefillArgs& a)
-      : b(a.nb - 1 - int(blockIdx.x)), kvh(int(blockIdx.y) / a.chunks_per_kv) {}
-  __device__ static int first_head(const PrefillArgs& a) { return int(blockIdx.y) % a.chunks_per_kv * a.heads_per_cta; }
+  __device__ explicit CtaPlace(const PrefillArgs& a) : b(a.nb - 1 - x(a)), kvh(y(a) / a.chunks_per_kv) {}
+  __device__ static int y(const PrefillArgs& a) {
+    return a.chunks_fastest ? int(blockIdx.x % unsigned(a.num_kv_heads * a.chunks_per_kv)) : int(blockIdx.y);
+  }
+  __device__ static int x(const PrefillArgs& a) {
+    return a.chunks_fastest ? int(blockIdx.x / unsigned(a.num_kv_heads * a.chunks_per_kv)) : int(blockIdx.x);
+  }
+  __device__ static int first_head(const PrefillArgs& a) { return y(a) % a.chunks_per_kv * a.heads_per_cta; }
 };
 #endif
 
@@ -584,8 +590,12 @@ cudaError_t launch_prefill_wgmma(const SparseAttentionParams& p, const PrefillAr
   const size_t smem = (D == 128 ? SmemLayout<128>::total : SmemLayout<64>::total) + 1024;  // + alignment slack
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
-  const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
-  kern<<<grid, ws ? kWsThreadsPerCta : kThreadsPerCta, smem, stream>>>(a, tm_k, tm_v);
+  PrefillArgs a2 = a;
+  const char* order = std::getenv("RTP_PREFILL_CHUNKS_FASTEST");  // experiment only
+  a2.chunks_fastest = order && order[0] == '1';
+  const dim3 grid = a2.chunks_fastest ? dim3(unsigned(a.nb * p.num_kv_heads * a.chunks_per_kv))
+                                      : dim3(a.nb, p.num_kv_heads * a.chunks_per_kv);
+  kern<<<grid, ws ? kWsThreadsPerCta : kThreadsPerCta, smem, stream>>>(a2, tm_k, tm_v);
   return cudaGetLastError();
 }
 
