@@ -26,7 +26,6 @@ struct PrefillArgs {
   int64_t S, skip, krows;  // key row r >= S holds position r + skip; krows rows
   int G, heads_per_cta, chunks_per_kv, nb;  // nb: query blocks of this call
   int num_kv_heads;
-  int chunks_fastest;  // wgmma kernels: 1-D grid, consecutive blocks = the KV-head chunks of one query block
   int block_size;
   float scale_log2;
   int64_t sink, window;
