@@ -50,9 +50,12 @@ __global__ void __launch_bounds__(kThreads, (D == 128 ? 1 : 2)) sparse_prefill_k
   __nv_bfloat16* sK = sQ + kRows * D;        // 2 stages
   __nv_bfloat16* sV = sK + 2 * kTileK * D;   // 2 stages
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int b = a.nb - 1 - blockIdx.x;  // heaviest query blocks first
-  const int kvh = blockIdx.y / a.chunks_per_kv;
-  const int hchunk = blockIdx.y % a.chunks_per_kv;
+  // 1-D grid: heaviest query blocks first, the KV-head chunks of one query block consecutive (shared key tiles
+  // through L2, as in the wgmma kernels' CtaPlace)
+  const unsigned ys = unsigned(a.num_kv_heads * a.chunks_per_kv), y = blockIdx.x % ys;
+  const int b = a.nb - 1 - int(blockIdx.x / ys);
+  const int kvh = int(y) / a.chunks_per_kv;
+  const int hchunk = int(y) % a.chunks_per_kv;
   const PrefillBlock blk(a, kvh, b);
   const int64_t r0 = int64_t(b) * BS;  // first query row of the block
   const int ntiles = blk.count;
@@ -196,7 +199,7 @@ cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t s
     const cudaError_t e = cuda_detail::launch_prefill_wgmma(p, a, stream);  // 128 rows per block too
     if (e != cudaErrorNotSupported || asked_wgmma) return e;
   }
-  const dim3 grid(a.nb, p.num_kv_heads * a.chunks_per_kv);
+  const unsigned grid = unsigned(int64_t(a.nb) * p.num_kv_heads * a.chunks_per_kv);
   const size_t smem = size_t(kRows * D + 4 * kTileK * D) * sizeof(__nv_bfloat16);
   void (*kern)(cuda_detail::PrefillArgs) = nullptr;
   if (D == 128 && p.block_size == 64) kern = sparse_prefill_kernel<128, 64>;
