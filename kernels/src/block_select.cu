@@ -51,12 +51,13 @@ __global__ void pool_kernel(const T* iq, __nv_bfloat16* qbar, int R, int G, int 
 
 constexpr int kKeyBlocksPerSplit = 32;  // 2048-4096 keys per thread block of logits_kernel
 
-// Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows.
+// Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows; 80 registers
+// (3 blocks per SM) for two sets of key fragments.
 // B = block size (64 or 128 keys, processed as 64-key halves). G = rows per query block (S * group size).
 // grid (row tiles of 128, key splits): thread block (x, y) does key blocks [y * kb_split, (y + 1) * kb_split). One
 // row tile walking every key block left the GPU idle: the work grows as nb^2, the row tiles only as nb (32 thread
 // blocks at 32K tokens, 1.06 ms, 0.06 waves: ncu, H200).
-__global__ void __launch_bounds__(256) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
+__global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
                                                      int G, int64_t T_, int B, int nb, int64_t row0, int64_t nrows,
                                                      int64_t rows_total, int64_t qb0, int kb_split) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
@@ -78,57 +79,79 @@ __global__ void __launch_bounds__(256) logits_kernel(const __nv_bfloat16* qbar, 
   const int64_t b_r0 = qb0 + (wrow + g) / G, b_r1 = qb0 + (wrow + g + 8) / G;
   const int64_t lr0 = wrow + g - row0, lr1 = wrow + g + 8 - row0;
   const int64_t c_begin = int64_t(blockIdx.y) * kb_split, c_end = min(bmax, c_begin + kb_split - 1);
-  for (int64_t c = c_begin; c <= c_end; ++c) {
-    float mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
+  // The key fragments of 64-key unit u + 1 are loaded while unit u's mmas run: waiting on these loads (L1/L2
+  // hits) was most of the kernel's time (ncu, late 1M chunk: 10 long-scoreboard stalls per issued instruction).
+  // Units: u = c * (B / 64) + half, two register sets used alternately.
+  const int halves = B / 64;
+  const int64_t u_begin = c_begin * halves, u_end = (c_end + 1) * halves;
+  auto load_unit = [&](int64_t u, uint32_t (&f)[8][2]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int64_t key = min(u * 64 + nt * 8 + g, T_ - 1);
+      const uint32_t* pk = reinterpret_cast<const uint32_t*>(ik + key * kIndexDim);
+      f[nt][0] = __ldg(pk + t4);
+      f[nt][1] = __ldg(pk + t4 + 4);
+    }
+  };
+  float mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
+  // unit u with its fragments in cur, the next unit's loads issued into nxt first
+  auto run_unit = [&](int64_t u, const uint32_t (&cur)[8][2], uint32_t (&nxt)[8][2]) {
+    if (u + 1 < u_end) load_unit(u + 1, nxt);
+    const int64_t c = u / halves;
+    const int half = int(u - c * halves);
+    if (half == 0) mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
     const int64_t k0 = c * B;
     const int64_t nvalid = min(T_, k0 + B) - k0;
-    // The kernel is bound by the instructions around each mma (ncu at 1M: SM 79% busy, memory 34%), so a full
-    // block takes the path without per-key bounds checks, and the 1/sqrt(16) scale is applied once to the
-    // reduced max and sum (a power of two: the same bits as scaling every score).
+    // The 1/sqrt(16) scale is applied once to the reduced max and sum (a power of two: the same bits as scaling
+    // every score); a full block takes the path without per-key bounds checks.
     const bool full = nvalid == B;
-    for (int half = 0; half < B / 64; ++half) {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int64_t key = k0 + half * 64 + nt * 8 + g;
-        const uint32_t* pk = reinterpret_cast<const uint32_t*>(ik + min(key, T_ - 1) * kIndexDim);
-        const uint32_t b0 = __ldg(pk + t4), b1 = __ldg(pk + t4 + 4);
-        float d[4] = {0.f, 0.f, 0.f, 0.f};
-        mma_bf16_16816(d, af, b0, b1);
-        if (full) {
-          mx0 = fmaxf(mx0, fmaxf(d[0], d[1]));
-          mx1 = fmaxf(mx1, fmaxf(d[2], d[3]));
-          sm0 = (sm0 + d[0]) + d[1];  // the order of the checked path below: the same sums to the bit
-          sm1 = (sm1 + d[2]) + d[3];
-          continue;
-        }
-        const int64_t kc = k0 + half * 64 + nt * 8 + 2 * t4;
+    for (int nt = 0; nt < 8; ++nt) {
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      mma_bf16_16816(d, af, cur[nt][0], cur[nt][1]);
+      if (full) {
+        mx0 = fmaxf(mx0, fmaxf(d[0], d[1]));
+        mx1 = fmaxf(mx1, fmaxf(d[2], d[3]));
+        sm0 = (sm0 + d[0]) + d[1];  // the order of the checked path below: the same sums to the bit
+        sm1 = (sm1 + d[2]) + d[3];
+        continue;
+      }
+      const int64_t kc = k0 + half * 64 + nt * 8 + 2 * t4;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const bool ok = kc + (e & 1) < T_;
-          if (e < 2) {
-            mx0 = ok ? fmaxf(mx0, d[e]) : mx0;
-            sm0 += ok ? d[e] : 0.f;
-          } else {
-            mx1 = ok ? fmaxf(mx1, d[e]) : mx1;
-            sm1 += ok ? d[e] : 0.f;
-          }
+      for (int e = 0; e < 4; ++e) {
+        const bool ok = kc + (e & 1) < T_;
+        if (e < 2) {
+          mx0 = ok ? fmaxf(mx0, d[e]) : mx0;
+          sm0 += ok ? d[e] : 0.f;
+        } else {
+          mx1 = ok ? fmaxf(mx1, d[e]) : mx1;
+          sm1 += ok ? d[e] : 0.f;
         }
       }
     }
-    mx0 *= 0.25f, mx1 *= 0.25f, sm0 *= 0.25f, sm1 *= 0.25f;
+    if (half != halves - 1) return;
+    float m0 = mx0 * 0.25f, m1 = mx1 * 0.25f, z0 = sm0 * 0.25f, z1 = sm1 * 0.25f;
 #pragma unroll
     for (int o = 1; o <= 2; o <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
-      sm0 += __shfl_xor_sync(0xffffffffu, sm0, o);
-      sm1 += __shfl_xor_sync(0xffffffffu, sm1, o);
+      m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, o));
+      m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, o));
+      z0 += __shfl_xor_sync(0xffffffffu, z0, o);
+      z1 += __shfl_xor_sync(0xffffffffu, z1, o);
     }
     if (t4 == 0) {
       const float ln = logf(float(nvalid));
-      if (lr0 < nrows && c <= b_r0) L[lr0 * nb + c] = fmaxf(mx0, sm0 / float(nvalid) + ln);
-      if (lr1 < nrows && c <= b_r1) L[lr1 * nb + c] = fmaxf(mx1, sm1 / float(nvalid) + ln);
+      if (lr0 < nrows && c <= b_r0) L[lr0 * nb + c] = fmaxf(m0, z0 / float(nvalid) + ln);
+      if (lr1 < nrows && c <= b_r1) L[lr1 * nb + c] = fmaxf(m1, z1 / float(nvalid) + ln);
     }
+  };
+  uint32_t fa[8][2], fb[8][2];
+  int64_t u = u_begin;
+  if (u < u_end) load_unit(u, fa);
+  for (; u + 1 < u_end; u += 2) {
+    run_unit(u, fa, fb);
+    run_unit(u + 1, fb, fa);
   }
+  if (u < u_end) run_unit(u, fa, fb);
 }
 
 __device__ float block_sum(float v, float* red) {
