@@ -307,6 +307,24 @@ struct CtaPlace {
   __device__ static int y(const PrefillArgs& a) { return int(blockIdx.x % ys(a)); }
   __device__ static int first_head(const PrefillArgs& a) { return y(a) % a.chunks_per_kv * a.heads_per_cta; }
 };
+
+// The thread's warpgroup, through a shuffle from lane 0: ptxas then knows it is warp-uniform and keeps the Q
+// descriptors derived from it in uniform registers (no register-to-uniform moves before each wgmma).
+__device__ __forceinline__ int uniform_warpgroup() { return __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0); }
+
+// Steps 1.. of a block (step 0 is peeled by the kernels): step(n, std::false_type) for the steps whose tiles all
+// lie in the block's fully visible interval (PrefillBlock::unmasked_tiles), compiled without mask code;
+// step(n, std::true_type) for the others (sinks and a window's start, the diagonal, a missing last tile).
+template <typename Step>
+__device__ __forceinline__ void run_steps(const PrefillArgs& a, const PrefillBlock& blk, int nsteps, Step&& step) {
+  int first, end;
+  blk.unmasked_tiles(a, first, end);
+  const int n_lo = (first + 1) / 2, n_hi = end / 2;
+  int n = 1;
+  for (; n < n_lo; ++n) step(n, std::true_type{});
+  for (; n < n_hi; ++n) step(n, std::false_type{});
+  for (; n < nsteps; ++n) step(n, std::true_type{});
+}
 #endif
 
 template <int D, int BS>
@@ -318,9 +336,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
   using L = SmemLayout<D>;
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
-  // wg through a shuffle from lane 0: ptxas then knows it is warp-uniform and keeps the Q descriptors derived
-  // from it in uniform registers (no register-to-uniform moves before each wgmma)
-  const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
+  const int tid = threadIdx.x, wg = uniform_warpgroup(), warp = (tid % 128) / 32, lane = tid % 32;
   const CtaPlace at(a);
   const int b = at.b, kvh = at.kvh;
   const PrefillBlock blk(a, kvh, b);
@@ -387,13 +403,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, 1)
       wgmma_wait<0>();
       w.rescale_and_pack();
     };
-    int first, end;  // as in the warp-specialised kernel
-    blk.unmasked_tiles(a, first, end);
-    const int n_lo = (first + 1) / 2, n_hi = end / 2;
-    int n = 1;
-    for (; n < n_lo; ++n) step(n, std::true_type{});
-    for (; n < n_hi; ++n) step(n, std::false_type{});
-    for (; n < nsteps; ++n) step(n, std::true_type{});
+    run_steps(a, blk, nsteps, step);
     w.issue_last_pv(sV + stage * L::step_bytes);
     w.wait_last_pv();
   }
@@ -422,9 +432,7 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
   using L = SmemLayout<D>;
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sQ = base, sK = base + L::k, sV = base + L::v;
-  // wg through a shuffle from lane 0: ptxas then knows it is warp-uniform and keeps the Q descriptors derived
-  // from it in uniform registers (no register-to-uniform moves before each wgmma)
-  const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
+  const int tid = threadIdx.x, wg = uniform_warpgroup(), warp = (tid % 128) / 32, lane = tid % 32;
   const CtaPlace at(a);
   const int b = at.b, kvh = at.kvh;
   const PrefillBlock blk(a, kvh, b);
@@ -519,15 +527,7 @@ __global__ void __launch_bounds__(kWsThreadsPerCta, 1)
       release(prev);
       w.rescale_and_pack();
     };
-    // Steps whose tiles all lie in [first, end) run without mask code; the others (sinks and a window's start,
-    // the diagonal, a missing last tile) with it.
-    int first, end;
-    blk.unmasked_tiles(a, first, end);
-    const int n_lo = (first + 1) / 2, n_hi = end / 2;
-    int n = 1;
-    for (; n < n_lo; ++n) step(n, std::true_type{});
-    for (; n < n_hi; ++n) step(n, std::false_type{});
-    for (; n < nsteps; ++n) step(n, std::true_type{});
+    run_steps(a, blk, nsteps, step);
     mbarrier_wait(full_v + 8 * stage, uint32_t((nsteps - 1) / kStages) & 1u);
     named_barrier_sync(my_turn, kConsumerThreads);
     w.issue_last_pv(sV + stage * L::step_bytes);
