@@ -154,24 +154,30 @@ __global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qba
   if (u < u_end) run_unit(u, fa, fb);
 }
 
+// The top-p kernel's block: its reductions loop over a compile-time warp count.
+constexpr int kTopPThreads = 256;
+constexpr int kTopPWarps = kTopPThreads / 32;
+
 __device__ float block_sum(float v, float* red) {
   v = warp_sum(v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0) red[warp] = v;
   __syncthreads();
   float s = 0.f;
-  for (int w = 0; w < nw; ++w) s += red[w];
+#pragma unroll
+  for (int w = 0; w < kTopPWarps; ++w) s += red[w];
   return s;
 }
 __device__ float block_max(float v, float* red) {
   v = warp_max(v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0) red[warp] = v;
   __syncthreads();
   float s = -INFINITY;
-  for (int w = 0; w < nw; ++w) s = fmaxf(s, red[w]);
+#pragma unroll
+  for (int w = 0; w < kTopPWarps; ++w) s = fmaxf(s, red[w]);
   return s;
 }
 
@@ -181,7 +187,7 @@ __device__ float block_max(float v, float* red) {
 constexpr int kRowBatch = 8;
 template <bool kMax>
 __device__ void block_reduce_rows(float (&v)[kRowBatch], float* red) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
   for (int k = 0; k < kRowBatch; ++k) v[k] = kMax ? warp_max(v[k]) : warp_sum(v[k]);
   __syncthreads();
@@ -193,7 +199,8 @@ __device__ void block_reduce_rows(float (&v)[kRowBatch], float* red) {
 #pragma unroll
   for (int k = 0; k < kRowBatch; ++k) {
     float s = kMax ? -INFINITY : 0.f;
-    for (int w = 0; w < nw; ++w) s = kMax ? fmaxf(s, red[k * 32 + w]) : s + red[k * 32 + w];
+#pragma unroll
+    for (int w = 0; w < kTopPWarps; ++w) s = kMax ? fmaxf(s, red[k * 32 + w]) : s + red[k * 32 + w];
     v[k] = s;
   }
 }
@@ -205,7 +212,7 @@ __device__ void block_reduce_rows(float (&v)[kRowBatch], float* red) {
 // per thread, and those loads (the logits come from DRAM: a chunk's are up to 512 MB) were the kernel's time (ncu,
 // late 1M chunk: 2.06 ms, 6.7 long-scoreboard stalls per issued instruction). Every sum is taken in the order of
 // the one-row loop, so P is the same to the bit.
-__global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int S,
+__global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int S,
                                                    int B, int64_t Tq, int nb, int64_t b0, int64_t qb0,
                                                    int local_blocks, int max_blocks, float top_p) {
   extern __shared__ float P[];
@@ -216,7 +223,10 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
   const int64_t b = qb0 + lb;
   const int n = int(b) + 1;
   const int tid = threadIdx.x;
-  for (int c = tid; c < n; c += blockDim.x) P[c] = 0.f;
+  // This thread's columns are c = tid + i * kTopPThreads, i < mine. A trip count known before a loop lets the
+  // unrolled loops below issue their loads together instead of one exit test and one load latency per column.
+  const int mine = tid < n ? (n - 1 - tid) / kTopPThreads + 1 : 0;
+  for (int c = tid; c < n; c += kTopPThreads) P[c] = 0.f;
   const int sb = B / S;
   const int ns = int((min(Tq, (lb + 1) * B) - lb * B + sb - 1) / sb);
   // rows (s, h) with s < ns are the first ns * G rows of the block; S = 1 is the one-pooled-query loop over h.
@@ -229,14 +239,16 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
 #pragma unroll
     for (int k = 0; k < kRowBatch; ++k) mx[k] = -INFINITY, z[k] = 0.f;
 #pragma unroll 2
-    for (int c = tid; c < n; c += blockDim.x) {
+    for (int i = 0; i < mine; ++i) {
+      const int c = tid + i * kTopPThreads;
 #pragma unroll
       for (int k = 0; k < kRowBatch; ++k)
         if (k < nr) mx[k] = fmaxf(mx[k], rows[int64_t(k) * nb + c]);
     }
     block_reduce_rows<true>(mx, red_rows);
 #pragma unroll 2
-    for (int c = tid; c < n; c += blockDim.x) {
+    for (int i = 0; i < mine; ++i) {
+      const int c = tid + i * kTopPThreads;
 #pragma unroll
       for (int k = 0; k < kRowBatch; ++k)
         if (k < nr) z[k] += __expf(rows[int64_t(k) * nb + c] - mx[k]);
@@ -246,7 +258,8 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
 #pragma unroll
     for (int k = 0; k < kRowBatch; ++k) w[k] = 1.f / (z[k] * wscale);
 #pragma unroll 2
-    for (int c = tid; c < n; c += blockDim.x) {
+    for (int i = 0; i < mine; ++i) {
+      const int c = tid + i * kTopPThreads;
       float acc = P[c];
 #pragma unroll
       for (int k = 0; k < kRowBatch; ++k)
@@ -258,13 +271,18 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
   auto forced = [&](int c) { return c == 0 || (c <= b && c > b - local_blocks); };
   float fm = 0.f, pmax = 0.f;
   int nforced = 0;
-  for (int c = tid; c < n; c += blockDim.x) {
+  for (int c = tid; c < n; c += kTopPThreads) {
     if (forced(c)) fm += P[c], ++nforced;
     else pmax = fmaxf(pmax, P[c]);
   }
   fm = block_sum(fm, red);
   nforced = int(block_sum(float(nforced), red));
   pmax = block_max(pmax, red);
+  // Forced blocks get P = -1 (every threshold tried is > 0): the searches below then test one value per block,
+  // not the forced rule. Each thread owns the same columns c = tid + k * kTopPThreads in every loop of the kernel,
+  // so no barrier is needed around this.
+  for (int c = tid; c < n; c += kTopPThreads)
+    if (forced(c)) P[c] = -1.f;
   const float m = top_p - fm;
   // threshold: selected non-forced = {P >= tau}; tau = +inf selects none
   float tau = INFINITY;
@@ -275,8 +293,11 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
       const uint32_t mid = lo + (hi - lo) / 2;
       const float tm = __uint_as_float(mid);
       float s = 0.f;
-      for (int c = tid; c < n; c += blockDim.x)
-        if (!forced(c) && P[c] >= tm) s += P[c];
+#pragma unroll 4
+      for (int i = 0; i < mine; ++i) {
+        const float v = P[tid + i * kTopPThreads];
+        s += v >= tm ? v : 0.f;  // s + 0 is s: the sum of the one-branch version to the bit
+      }
       s = block_sum(s, red);
       if (s >= m) lo = mid;
       else hi = mid;
@@ -286,8 +307,8 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
     auto count_at = [&](uint32_t bits) {
       const float tm = __uint_as_float(bits);
       float s = 0.f;
-      for (int c = tid; c < n; c += blockDim.x)
-        if (!forced(c) && P[c] >= tm) s += 1.f;
+#pragma unroll 4
+      for (int i = 0; i < mine; ++i) s += P[tid + i * kTopPThreads] >= tm ? 1.f : 0.f;
       return int(block_sum(s, red));
     };
     if (count_at(lo) > cap) {
@@ -301,24 +322,32 @@ __global__ void __launch_bounds__(256) topp_kernel(const float* L, int32_t* coun
     }
     tau = __uint_as_float(lo);
   }
-  // ascending compaction
+  // Ascending compaction: warp w owns the contiguous columns [w * per_warp, (w + 1) * per_warp), counts its kept
+  // blocks, and after one barrier writes them at its offset (one barrier instead of two per 256 columns).
+  __syncthreads();  // the forced blocks' P = -1 above were written by other threads than the ones reading here
   int32_t* out = indices + lb * max_blocks;
-  int base = 0;
-  const int warp = tid / 32, lane = tid % 32, nw = blockDim.x / 32;
-  for (int c0 = 0; c0 < n; c0 += blockDim.x) {
-    const int c = c0 + tid;
-    const bool keep = c < n && (forced(c) || P[c] >= tau);
-    const unsigned bal = __ballot_sync(0xffffffffu, keep);
-    __syncthreads();
-    if (lane == 0) wcount[warp] = __popc(bal);
-    __syncthreads();
-    int off = base;
-    for (int w = 0; w < warp; ++w) off += wcount[w];
-    off += __popc(bal & ((1u << lane) - 1u));
-    if (keep && off < max_blocks) out[off] = c;
-    for (int w = 0; w < nw; ++w) base += wcount[w];
+  const int warp = tid / 32, lane = tid % 32;
+  const int per_warp = (n + kTopPThreads - 1) / kTopPThreads * 32;
+  const int w0 = warp * per_warp, w1 = min(n, w0 + per_warp);
+  auto keep_at = [&](int c) { return c < w1 && (forced(c) || P[c] >= tau); };
+  int cnt = 0;
+  for (int c0 = w0; c0 < w1; c0 += 32) cnt += __popc(__ballot_sync(0xffffffffu, keep_at(c0 + lane)));
+  if (lane == 0) wcount[warp] = cnt;
+  __syncthreads();
+  int off = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < kTopPWarps; ++w) {
+    off += w < warp ? wcount[w] : 0;
+    total += wcount[w];
   }
-  if (tid == 0) counts[lb] = min(base, max_blocks);
+  for (int c0 = w0; c0 < w1; c0 += 32) {
+    const bool keep = keep_at(c0 + lane);
+    const unsigned bal = __ballot_sync(0xffffffffu, keep);
+    const int o = off + __popc(bal & ((1u << lane) - 1u));
+    if (keep && o < max_blocks) out[o] = c0 + lane;
+    off += __popc(bal);
+  }
+  if (tid == 0) counts[lb] = min(total, max_blocks);
 }
 
 }  // namespace
@@ -365,7 +394,7 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
         logits_kernel<<<grid, 256, 0, stream>>>(qbar + int64_t(r) * nqb * GS * kIndexDim,
                                                 ik + int64_t(r) * T * kIndexDim, L, GS, T, B, nb, b0 * GS, nrows,
                                                 int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
-        topp_kernel<<<unsigned(nbc), 256, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
+        topp_kernel<<<unsigned(nbc), kTopPThreads, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
                                                          p.indices + int64_t(r) * nqb * p.max_blocks, G, S, B, Tq, nb,
                                                          b0, qb0, p.local_blocks, p.max_blocks, p.top_p);
         e = cudaGetLastError();
