@@ -58,9 +58,18 @@ void block_probs_one(const BlockSelectParams& p, int r, int64_t b, std::vector<d
       }
       double z = 0;
       for (int64_t c = 0; c <= b; ++c) z += std::exp(L[c] - lmax);
-      // G * nsub is exact in double, so nsub = 1 divides by G exactly as a single pooled query did.
-      for (int64_t c = 0; c <= b; ++c) P[c] += std::exp(L[c] - lmax) / z / (double(G) * double(nsub));
+      if (p.sub_block_aggregate == BlockAggregate::MAX) {
+        for (int64_t c = 0; c <= b; ++c) P[c] = std::max(P[c], std::exp(L[c] - lmax) / z);
+      } else {
+        // G * nsub is exact in double, so nsub = 1 divides by G exactly as a single pooled query did.
+        for (int64_t c = 0; c <= b; ++c) P[c] += std::exp(L[c] - lmax) / z / (double(G) * double(nsub));
+      }
     }
+  }
+  if (p.sub_block_aggregate == BlockAggregate::MAX) {
+    double z = 0;
+    for (int64_t c = 0; c <= b; ++c) z += P[c];
+    for (int64_t c = 0; c <= b; ++c) P[c] /= z;
   }
 }
 
@@ -80,6 +89,8 @@ const char* check_block_select_params(const BlockSelectParams& p) {
     return "q_offset must be a multiple of block_size (a query block split across chunks would pool other queries)";
   if (p.query_sub_blocks < 1 || p.query_sub_blocks > p.block_size || (p.query_sub_blocks & (p.query_sub_blocks - 1)))
     return "query_sub_blocks must be a power of two in [1, block_size] (sub-blocks of equal size tile a query block)";
+  if (p.sub_block_aggregate != BlockAggregate::MEAN && p.sub_block_aggregate != BlockAggregate::MAX)
+    return "sub_block_aggregate must be MEAN or MAX";
   return "";
 }
 

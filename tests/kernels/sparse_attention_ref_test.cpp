@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -218,6 +219,126 @@ TEST(SelectBlocksCpu, QuerySubBlocksMatchBruteForce) {
 }
 
 // S = block_size pools nothing: P_h is the mean over the block's query tokens of each token's own block softmax.
+// The MAX sub-block aggregate, written independently of the reference: for query block b, every (query head,
+// sub-block) with at least one token gets its own distribution D (pooled query -> per-key scores -> L ->
+// softmax over key blocks 0..b); P is the elementwise max of the D's divided by its sum. Returns P [R][nb][nb].
+std::vector<double> brute_max_probs(const std::vector<float>& iq, const std::vector<float>& ik, int R, int G, int T,
+                                    int B, int S) {
+  const int nb = (T + B - 1) / B, sub = B / S;
+  std::vector<double> P(size_t(R) * nb * nb, 0.0);
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < nb; ++b) {
+      std::vector<double> mx(b + 1, 0.0);
+      for (int h = 0; h < G; ++h)
+        for (int s = 0; s < S; ++s) {
+          std::vector<int> members;
+          for (int i = b * B + s * sub; i < b * B + (s + 1) * sub; ++i)
+            if (i < T) members.push_back(i);
+          if (members.empty()) continue;
+          double q[kIndexDim] = {0};
+          for (int i : members)
+            for (int d = 0; d < kIndexDim; ++d) q[d] += iq[((size_t(r) * G + h) * T + i) * kIndexDim + d] / members.size();
+          std::vector<double> L(b + 1);
+          for (int c = 0; c <= b; ++c) {
+            std::vector<double> u;
+            for (int j = c * B; j < std::min(T, c * B + B); ++j) {
+              double dot = 0;
+              for (int d = 0; d < kIndexDim; ++d) dot += q[d] * ik[(size_t(r) * T + j) * kIndexDim + d];
+              u.push_back(dot / 4);
+            }
+            const double n = double(u.size());
+            L[c] = std::max(*std::max_element(u.begin(), u.end()),
+                            std::accumulate(u.begin(), u.end(), 0.0) / n + std::log(n));
+          }
+          double z = 0;
+          for (double l : L) z += std::exp(l);
+          for (int c = 0; c <= b; ++c) mx[c] = std::max(mx[c], std::exp(L[c]) / z);
+        }
+      const double z = std::accumulate(mx.begin(), mx.end(), 0.0);
+      for (int c = 0; c <= b; ++c) P[(size_t(r) * nb + b) * nb + c] = mx[c] / z;
+    }
+  return P;
+}
+
+TEST(SelectBlocksCpu, MaxAggregateMatchesBruteForce) {
+  const int R = 2, G = 3;
+  for (int B : {64, 128}) {
+    const int T = B * 5 + 37;  // the last block's tail sub-blocks are empty and left out of the max
+    const int nb = (T + B - 1) / B;
+    auto iq = randn(size_t(R) * G * T * kIndexDim, 170 + B, 1.5f);
+    auto ik = randn(size_t(R) * T * kIndexDim, 171 + B, 1.5f);
+    for (int S : {1, 2, 8, B}) {
+      std::vector<int32_t> counts(R * nb), idx(size_t(R) * nb * nb);
+      std::vector<float> probs(size_t(R) * nb * nb);
+      BlockSelectParams p;
+      p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
+      p.block_probs = probs.data();
+      p.num_ret_heads = R, p.group_size = G, p.seq_len = T, p.block_size = B, p.local_blocks = 1 + S % 3;
+      p.max_blocks = nb, p.top_p = 0.8f, p.query_sub_blocks = S, p.sub_block_aggregate = BlockAggregate::MAX;
+      ASSERT_STREQ(check_block_select_params(p), "");
+      select_blocks_cpu(p);
+      const auto P = brute_max_probs(iq, ik, R, G, T, B, S);
+      for (int r = 0; r < R; ++r)
+        for (int b = 0; b < nb; ++b) {
+          const size_t row = (size_t(r) * nb + b) * nb;
+          double sum = 0;
+          for (int c = 0; c < nb; ++c) {
+            EXPECT_NEAR(probs[row + c], P[row + c], 1e-6) << "B " << B << " S " << S << " b " << b << " c " << c;
+            sum += probs[row + c];
+          }
+          EXPECT_NEAR(sum, 1.0, 1e-5);
+          const auto want = brute_topp_list(&P[row], b, p.local_blocks, p.top_p);
+          ASSERT_EQ(counts[r * nb + b], int(want.size())) << "B " << B << " S " << S << " r " << r << " b " << b;
+          for (size_t n = 0; n < want.size(); ++n) EXPECT_EQ(idx[row + n], want[n]);
+        }
+    }
+  }
+}
+
+// One sub-block of eight looks at key block 2, the other seven at key block 5: the mean gives block 2 about
+// 1/8 of the mass and top-p 0.8 drops it; the max gives both about half and keeps both.
+TEST(SelectBlocksCpu, MaxAggregateKeepsABlockOneSubBlockNeeds) {
+  const int G = 1, B = 64, T = 64 * 12, nb = 12, S = 8;
+  auto iq = randn(size_t(G) * T * kIndexDim, 191, 0.3f);
+  auto ik = randn(size_t(T) * kIndexDim, 192, 0.3f);
+  for (int i = 0; i < T; ++i) iq[size_t(i) * kIndexDim + 3] += (i % B < B / S) ? 8.f : -8.f;
+  for (int j = 2 * B + 7; j < 2 * B + 10; ++j) ik[size_t(j) * kIndexDim + 3] += 8.f;
+  for (int j = 5 * B + 20; j < 5 * B + 23; ++j) ik[size_t(j) * kIndexDim + 3] -= 8.f;
+  std::vector<int32_t> counts(nb), idx(size_t(nb) * nb);
+  BlockSelectParams p;
+  p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
+  p.num_ret_heads = 1, p.group_size = G, p.seq_len = T, p.max_blocks = nb, p.top_p = 0.8f, p.query_sub_blocks = S;
+  auto has = [&](int b, int c) {
+    const int32_t* l = idx.data() + size_t(b) * nb;
+    return std::find(l, l + counts[b], c) != l + counts[b];
+  };
+  select_blocks_cpu(p);  // MEAN (default)
+  for (int b = 7; b < nb; ++b) {
+    EXPECT_TRUE(has(b, 5)) << "mean, block " << b;
+    EXPECT_FALSE(has(b, 2)) << "mean, block " << b;
+  }
+  p.sub_block_aggregate = BlockAggregate::MAX;
+  select_blocks_cpu(p);
+  for (int b = 7; b < nb; ++b) {
+    EXPECT_TRUE(has(b, 5)) << "max, block " << b;
+    EXPECT_TRUE(has(b, 2)) << "max, block " << b;
+    EXPECT_LE(counts[b], 4) << "max, block " << b;  // sink, the two targets, the diagonal
+  }
+}
+
+TEST(SelectBlocksCpu, AggregateMustBeMeanOrMax) {
+  std::vector<float> q(kIndexDim * 64), k(kIndexDim * 64);
+  std::vector<int32_t> c(1), ix(2);
+  BlockSelectParams p;
+  p.index_q = q.data(), p.index_k = k.data(), p.counts = c.data(), p.indices = ix.data();
+  p.num_ret_heads = 1, p.group_size = 1, p.seq_len = 64, p.max_blocks = 2;
+  EXPECT_STREQ(check_block_select_params(p), "");
+  p.sub_block_aggregate = BlockAggregate::MAX;
+  EXPECT_STREQ(check_block_select_params(p), "");
+  p.sub_block_aggregate = static_cast<BlockAggregate>(7);
+  EXPECT_STRNE(check_block_select_params(p), "");
+}
+
 TEST(SelectBlocksCpu, QuerySubBlocksEqualToBlockSizeArePerToken) {
   const int G = 2, B = 64, T = 64 * 3 + 5, nb = 4;
   auto iq = randn(size_t(G) * T * kIndexDim, 81, 1.5f);

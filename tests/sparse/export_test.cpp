@@ -63,6 +63,7 @@ rtp::sparse::SparseSettings tiny_settings() {
   s.indexer_dim = 8;
   s.dense_below = 5;
   s.query_sub_blocks = 4;
+  s.sub_block_aggregate = "max";
   return s;
 }
 
@@ -86,6 +87,7 @@ void expect_same_settings(const rtp::sparse::SparseSettings& a, const rtp::spars
   EXPECT_EQ(a.dense_below, b.dense_below);
   EXPECT_EQ(a.post_rope_indexer, b.post_rope_indexer);
   EXPECT_EQ(a.query_sub_blocks, b.query_sub_blocks);
+  EXPECT_EQ(a.sub_block_aggregate, b.sub_block_aggregate);
 }
 
 torch::Tensor dense_logits(rtp::model::Qwen3Model& m, const torch::Tensor& ids) {

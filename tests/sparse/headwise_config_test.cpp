@@ -116,6 +116,7 @@ TEST(RtpurboJson, ManifestRoundTrip) {
   m.settings.dense_below = 33;
   m.settings.post_rope_indexer = true;
   m.settings.query_sub_blocks = 8;
+  m.settings.sub_block_aggregate = "max";
   m.has_indexer = true;
   m.base_model = "/base";
   m.heads_source = "heads.h5";
@@ -134,6 +135,7 @@ TEST(RtpurboJson, ManifestRoundTrip) {
   EXPECT_EQ(back.settings.dense_below, 33);
   EXPECT_TRUE(back.settings.post_rope_indexer);
   EXPECT_EQ(back.settings.query_sub_blocks, 8);
+  EXPECT_EQ(back.settings.sub_block_aggregate, "max");
   EXPECT_TRUE(back.has_indexer);
   EXPECT_EQ(back.indexer_file, "indexer.safetensors");
   EXPECT_EQ(back.base_model, "/base");
@@ -172,6 +174,12 @@ TEST(RtpurboJson, SettingsRejectUnknownKeysAndBadValues) {
     EXPECT_NE(msg.find("found " + std::to_string(bad)), std::string::npos) << msg;
   }
   EXPECT_EQ(rtp::sparse::settings_from_json({{"query_sub_blocks", 64}}, "s").query_sub_blocks, 64);
+  EXPECT_EQ(d.sub_block_aggregate, "mean");  // files written before the aggregate existed
+  for (const json& bad : {json("median"), json(1), json("MAX")}) {
+    const std::string msg = error_of([&] { rtp::sparse::settings_from_json({{"sub_block_aggregate", bad}}, "s"); });
+    EXPECT_NE(msg.find("sub_block_aggregate"), std::string::npos) << bad.dump() << ": " << msg;
+  }
+  EXPECT_EQ(rtp::sparse::settings_from_json({{"sub_block_aggregate", "max"}}, "s").sub_block_aggregate, "max");
 }
 
 TEST(RtpurboJson, HeadMapJsonErrors) {

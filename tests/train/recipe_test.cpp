@@ -46,13 +46,14 @@ TEST(Recipe, DefaultsAreValidAndRegistryIsComplete) {
                         "eval_every", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                         "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "model_dir", "data",
                         "indexer_dim", "top_p", "sink", "window", "block_size", "retrieval_fraction", "kv_budget",
-                        "heads_file", "kl_query_samples", "kl_chunk", "query_sub_blocks"})
+                        "heads_file", "kl_query_samples", "kl_chunk", "query_sub_blocks", "sub_block_aggregate"})
     EXPECT_NE(reg.find(k), nullptr) << k;
   EXPECT_EQ(c.indexer_dim, 16);
   EXPECT_DOUBLE_EQ(c.top_p, 0.9);
   EXPECT_EQ(c.sink, 4);
   EXPECT_EQ(c.block_size, 64);
   EXPECT_EQ(c.query_sub_blocks, 1);
+  EXPECT_EQ(c.sub_block_aggregate, "mean");
   EXPECT_EQ(reg.find("seq-len"), reg.find("seq_len"));  // kebab-case
 }
 
@@ -123,6 +124,9 @@ TEST(Recipe, CrossFieldValidationNamesKeys) {
   const std::string e4 = load_error(temp_recipe("sub.yaml", "block_size: 64\nquery_sub_blocks: 6\n"));
   EXPECT_TRUE(contains(e4, "query_sub_blocks (6)") && contains(e4, "block_size (64)")) << e4;
   EXPECT_EQ(load_error(temp_recipe("sub4.yaml", "query_sub_blocks: 4\n")), "");
+  EXPECT_EQ(load_error(temp_recipe("aggmax.yaml", "sub_block_aggregate: max\n")), "");
+  const std::string e5 = load_error(temp_recipe("aggbad.yaml", "sub_block_aggregate: median\n"));
+  EXPECT_TRUE(contains(e5, "sub_block_aggregate") && contains(e5, "median")) << e5;
 }
 
 TEST(Recipe, CliOverridesRecipeInOrder) {

@@ -63,6 +63,8 @@ int main(int argc, char** argv) {
       ("query-sub-blocks", "retrieval heads: pooled queries per query block in prefill selection, a power of two "
        "<= block size (default 1; more costs selection time, helps heads whose queries look at many places)",
        cxxopts::value<int64_t>())
+      ("sub-block-aggregate", "retrieval heads: combine the block distributions of the sub-blocks and query heads "
+       "of a query block by mean (default) or max (renormalised; CPU only for now)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
     auto args = opts.parse(argc, argv);
@@ -98,6 +100,9 @@ int main(int argc, char** argv) {
     if (args.count("local-blocks")) settings.local_blocks = args["local-blocks"].as<int64_t>();
     if (args.count("dense-below")) settings.dense_below = args["dense-below"].as<int64_t>();
     if (args.count("query-sub-blocks")) settings.query_sub_blocks = args["query-sub-blocks"].as<int64_t>();
+    if (args.count("sub-block-aggregate")) settings.sub_block_aggregate = args["sub-block-aggregate"].as<std::string>();
+    RTP_CHECK(settings.sub_block_aggregate == "mean" || settings.sub_block_aggregate == "max",
+              "--sub-block-aggregate must be mean or max, found ", settings.sub_block_aggregate);
     RTP_CHECK(settings.top_p > 0 && settings.top_p <= 1, "--top-p must be in (0, 1], found ", settings.top_p);
     RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.block_size >= 1 && settings.dense_below >= 0 &&
                   settings.local_blocks >= 0,

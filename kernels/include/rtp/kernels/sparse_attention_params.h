@@ -37,6 +37,14 @@
 //                   holding one needle, the second for a flat block; no exp per token is needed)
 //   P_h[b, c]    = mean over the non-empty sub-blocks s of block b of (softmax over c in [0, b] of L[h, b, s, c])
 //   P[b, c]      = mean over the G query heads of the group of P_h[b, c]
+// Sub-block aggregate (sub_block_aggregate, default MEAN = the two lines above). MAX instead takes, per key block,
+// the largest probability any (query head h, non-empty sub-block s) gives it, renormalised over c in [0, b]:
+//   D[h, s, c]   = softmax over c in [0, b] of L[h, b, s, c]
+//   P[b, c]      = max_{h, s} D[h, s, c]  /  sum_{c' in [0, b]} max_{h, s} D[h, s, c']
+// Why MAX: a block that a few sub-blocks (or one query head) need is kept even when the mean over the others
+// dilutes it below the top-p cut. Toy, top-p 0.9, 1024 tokens, S = 64: MAX 0.996 sparse accuracy / 0.903 recall
+// / 0.264 attention fraction against MEAN 0.990 / 0.876 / 0.257; at S = 1 it changes little (0.81 / 0.82).
+// Same dot products and exps as MEAN; the CUDA kernel does not implement it yet (select_blocks refuses it).
 // Why sub-blocks: one mean query per block is a superposition when the block's queries look at different
 // places (an induction head copying a span of random tokens); it matches none of them and top-p misses mass.
 // Averaging the sub-blocks' distributions keeps each place's mass. S = 1 is one pooled query per block;
@@ -129,6 +137,9 @@ inline bool visible_by_kind(HeadKind kind, int64_t i, int64_t j, int64_t sink, i
 // Whether key block c is forced into the list of query block b.
 inline bool is_forced_block(int64_t b, int64_t c, int64_t local_blocks) { return c == 0 || (c <= b && c > b - local_blocks); }
 
+// How the per-(query head, sub-block) block distributions of a query block are combined (definition above).
+enum class BlockAggregate : int32_t { MEAN = 0, MAX = 1 };
+
 struct BlockSelectParams {
   // index_q [Hkv_ret, G, T, 16], index_k [Hkv_ret, T, 16], contiguous. CPU: F32 only. CUDA: F32 or BF16.
   const void* index_q = nullptr;
@@ -146,6 +157,7 @@ struct BlockSelectParams {
   float top_p = 0.9f;
   int64_t q_offset = 0;        // chunked prefill: index_q holds tokens q_offset..seq_len-1 (a multiple of block_size)
   int query_sub_blocks = 1;    // S: pooled queries per query block, a power of two in [1, block_size]
+  BlockAggregate sub_block_aggregate = BlockAggregate::MEAN;  // combine sub-block/head distributions (CPU only: MAX)
 };
 
 struct SparseAttentionParams {

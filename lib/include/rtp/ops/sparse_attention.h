@@ -4,6 +4,7 @@
 // Semantics: rtp/kernels/sparse_attention_params.h.
 #include <torch/types.h>
 
+#include <string>
 #include <vector>
 
 #include "rtp/kernels/sparse_attention_params.h"
@@ -16,10 +17,14 @@ struct SparseConfig {
   int local_blocks = 1;
   float top_p = 0.9f;
   int query_sub_blocks = 1;  // prefill selection: pooled queries per query block (sparse_attention_params.h)
+  kernels::BlockAggregate sub_block_aggregate = kernels::BlockAggregate::MEAN;  // MAX: CPU only for now
   int64_t keep_first = 64, keep_last = 64;  // decode
   kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::AUTO;  // CUDA prefill attention kernel
   kernels::DecodeTuning decode_tuning{};  // CUDA decode launch choices (same results up to rounding)
 };
+
+// "mean" -> MEAN, "max" -> MAX; anything else throws (the recipe / rtpurbo.json / export spelling).
+kernels::BlockAggregate parse_block_aggregate(const std::string& name);
 
 struct BlockLists {
   torch::Tensor counts;   // int32 [Hkv_ret, n_blocks]

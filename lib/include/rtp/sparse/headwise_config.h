@@ -25,7 +25,8 @@
 //       "head_map": {"granularity": "kv_head", "num_layers", "num_kv_heads", "group_size",
 //                    "retrieval": [[0/1 per KV head] per layer]},
 //       "settings": {"sink", "window", "block_size", "local_blocks", "top_p", "indexer_dim", "dense_below",
-//                    "post_rope_indexer", "query_sub_blocks" (absent in older files: 1)},
+//                    "post_rope_indexer", "query_sub_blocks" (absent in older files: 1),
+//                    "sub_block_aggregate" ("mean" or "max"; absent in older files: "mean")},
 //       "indexer": {"file": "indexer.safetensors", "dim"}        (absent: no indexer)
 //       "base_model": "<absolute path of the base checkpoint>", "weights": "symlink" | "copy",
 //       "heads_source": "<the heads file given to export>", "indexer_source": "<the indexer checkpoint>",

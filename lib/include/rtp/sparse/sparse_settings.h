@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace rtp::sparse {
 
@@ -14,6 +15,10 @@ struct SparseSettings {
   // keeps heads whose queries in one block look at different places from pooling into a query that matches
   // none of them; the selection's logit pass costs this many times more, so large models keep 1.
   int64_t query_sub_blocks = 1;
+  // Prefill selection: how the block distributions of the sub-blocks and query heads of a query block are
+  // combined, "mean" (default) or "max" (renormalised; keeps blocks few queries need; CPU only for now).
+  // Exact definition: sparse_attention_params.h, "Sub-block aggregate".
+  std::string sub_block_aggregate = "mean";
   int64_t indexer_dim = 16;
   int64_t dense_below = 0;     // prompts shorter than this run dense everywhere (RTP-LLM seqlen_threshold)
   bool post_rope_indexer = false;  // indexer on post-RoPE q/k instead of pre-RoPE

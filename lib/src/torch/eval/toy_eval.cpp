@@ -404,7 +404,7 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
       {"settings", str_cat("sink ", cm.settings.sink, ", window ", cm.settings.window, ", top-p ", cm.settings.top_p,
                            ", block ", cm.settings.block_size, ", indexer dim ", cm.settings.indexer_dim,
                            ", dense below ", cm.settings.dense_below, ", query sub-blocks ",
-                           cm.settings.query_sub_blocks)},
+                           cm.settings.query_sub_blocks, " (", cm.settings.sub_block_aggregate, ")")},
       {"samples per length", str_cat(o.samples, " (seed ", ctx.seed, ")")}};
   rd.notes.push_back(j["kv_note"].get<std::string>());
   if (!random_note.empty()) rd.notes.push_back(random_note);

@@ -43,6 +43,12 @@ torch::Tensor contiguous_aligned(const torch::Tensor& t) {
 
 }  // namespace
 
+k::BlockAggregate parse_block_aggregate(const std::string& name) {
+  if (name == "mean") return k::BlockAggregate::MEAN;
+  if (name == "max") return k::BlockAggregate::MAX;
+  throw Error("sub_block_aggregate must be \"mean\" or \"max\", found \"" + name + "\"");
+}
+
 BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& index_k, const SparseConfig& cfg,
                          int64_t max_blocks, int64_t q_offset) {
   RTP_CHECK(index_q.dim() == 4 && index_q.size(3) == k::kIndexDim, "select_blocks: index_q must be [R, G, Tq, 16], found ",
@@ -79,12 +85,17 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   p.top_p = cfg.top_p;
   p.q_offset = q_offset;
   p.query_sub_blocks = cfg.query_sub_blocks;
+  p.sub_block_aggregate = cfg.sub_block_aggregate;
   const int S = cfg.query_sub_blocks;
   RTP_CHECK(S >= 1 && S <= cfg.block_size && (S & (S - 1)) == 0, "select_blocks: query_sub_blocks must be a power of ",
             "two in [1, block_size = ", cfg.block_size, "], found ", S);
   const char* err = k::check_block_select_params(p);
   RTP_CHECK(!*err, "select_blocks: ", err);
   if (cuda) {
+    // block_select.cu implements the MEAN aggregate only; it would silently compute MEAN for MAX.
+    RTP_CHECK(p.sub_block_aggregate == k::BlockAggregate::MEAN,
+              "select_blocks: sub_block_aggregate max is implemented on the CPU only (the CUDA kernel computes the ",
+              "mean aggregate); use sub_block_aggregate mean on CUDA or run selection on CPU tensors");
 #ifdef RTPURBO_WITH_CUDA
     check_cuda(k::select_blocks_cuda(p, c10::cuda::getCurrentCUDAStream()), "select_blocks");
 #endif

@@ -181,14 +181,14 @@ json settings_to_json(const SparseSettings& s) {
   return {{"sink", s.sink},           {"window", s.window},           {"block_size", s.block_size},
           {"local_blocks", s.local_blocks}, {"top_p", s.top_p},       {"indexer_dim", s.indexer_dim},
           {"dense_below", s.dense_below},   {"post_rope_indexer", s.post_rope_indexer},
-          {"query_sub_blocks", s.query_sub_blocks}};
+          {"query_sub_blocks", s.query_sub_blocks}, {"sub_block_aggregate", s.sub_block_aggregate}};
 }
 
 SparseSettings settings_from_json(const json& j, const std::string& origin) {
   RTP_CHECK(j.is_object(), "'", origin, "': \"settings\" must be an object, found ", j.type_name());
   static const std::set<std::string> known = {"sink",        "window",      "block_size",  "local_blocks",
                                               "top_p",       "indexer_dim", "dense_below", "post_rope_indexer",
-                                              "query_sub_blocks"};
+                                              "query_sub_blocks", "sub_block_aggregate"};
   for (auto it = j.begin(); it != j.end(); ++it)
     RTP_CHECK(known.count(it.key()), "'", origin, "': unknown settings key \"", it.key(), "\"");
   SparseSettings s;
@@ -207,6 +207,12 @@ SparseSettings settings_from_json(const json& j, const std::string& origin) {
     RTP_CHECK(it->is_number() && it->get<double>() > 0 && it->get<double>() <= 1, "'", origin,
               "': \"top_p\" must be a number in (0, 1], found ", it->dump());
     s.top_p = it->get<double>();
+  }
+  // Files written before the aggregate existed have no key: "mean", what they were made with.
+  if (auto it = j.find("sub_block_aggregate"); it != j.end()) {
+    RTP_CHECK(it->is_string() && (it->get<std::string>() == "mean" || it->get<std::string>() == "max"), "'", origin,
+              "': \"sub_block_aggregate\" must be \"mean\" or \"max\", found ", it->dump());
+    s.sub_block_aggregate = it->get<std::string>();
   }
   if (auto it = j.find("post_rope_indexer"); it != j.end()) {
     RTP_CHECK(it->is_boolean(), "'", origin, "': \"post_rope_indexer\" must be true or false, found ", it->dump());

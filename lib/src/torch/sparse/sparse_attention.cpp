@@ -16,6 +16,7 @@ ops::SparseConfig to_ops_config(const SparseSettings& s) {
   c.local_blocks = static_cast<int>(s.local_blocks);
   c.top_p = static_cast<float>(s.top_p);
   c.query_sub_blocks = static_cast<int>(s.query_sub_blocks);
+  c.sub_block_aggregate = ops::parse_block_aggregate(s.sub_block_aggregate);
   return c;
 }
 

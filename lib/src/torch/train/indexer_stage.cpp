@@ -204,6 +204,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   settings.block_size = cfg.block_size;
   settings.top_p = cfg.top_p;
   settings.query_sub_blocks = cfg.query_sub_blocks;
+  settings.sub_block_aggregate = cfg.sub_block_aggregate;
   settings.indexer_dim = cfg.indexer_dim;
   settings.post_rope_indexer = post_rope;
 
