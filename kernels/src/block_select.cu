@@ -7,9 +7,9 @@
 // Chunked prefill (q_offset > 0, a multiple of the block size): index_q holds the chunk's queries, so its
 // blocks are the query blocks qb0 = q_offset / B onwards; rows and lists are indexed locally from qb0 and the
 // block numbers that rule causality and the forced blocks are absolute.
-//   3. top-p:   one thread block per (r, b): per-row softmax over blocks, mean over the non-empty sub-blocks
-//               and the heads, forced blocks, threshold bisection on P (sort-free), capped count, ascending
-//               compaction.
+//   3. top-p:   one thread block per (r, b): per-row softmax over blocks, mean (or renormalised max: the
+//               sub_block_aggregate) over the non-empty sub-blocks and the heads, forced blocks, threshold
+//               bisection on P (sort-free), capped count, ascending compaction.
 // The logits kernel sees the S sub-blocks of a query block as S * G rows of that block (as if the group had
 // S * G heads), so its row -> query block mapping and causality are those of S = 1 with G replaced by S * G.
 #include <cuda_bf16.h>
@@ -212,6 +212,8 @@ __device__ void block_reduce_rows(float (&v)[kRowBatch], float* red) {
 // per thread, and those loads (the logits come from DRAM: a chunk's are up to 512 MB) were the kernel's time (ncu,
 // late 1M chunk: 2.06 ms, 6.7 long-scoreboard stalls per issued instruction). Every sum is taken in the order of
 // the one-row loop, so P is the same to the bit.
+// kAggMax: BlockAggregate::MAX (P = per-block max over the rows' distributions, renormalised), else MEAN.
+template <bool kAggMax>
 __global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int S,
                                                    int B, int64_t Tq, int nb, int64_t b0, int64_t qb0,
                                                    int local_blocks, int max_blocks, float top_p) {
@@ -256,16 +258,25 @@ __global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, int3
     block_reduce_rows<false>(z, red_rows);
     float w[kRowBatch];
 #pragma unroll
-    for (int k = 0; k < kRowBatch; ++k) w[k] = 1.f / (z[k] * wscale);
+    for (int k = 0; k < kRowBatch; ++k) w[k] = 1.f / (kAggMax ? z[k] : z[k] * wscale);
 #pragma unroll 2
     for (int i = 0; i < mine; ++i) {
       const int c = tid + i * kTopPThreads;
       float acc = P[c];
 #pragma unroll
       for (int k = 0; k < kRowBatch; ++k)
-        if (k < nr) acc += __expf(rows[int64_t(k) * nb + c] - mx[k]) * w[k];
+        if (k < nr) {
+          const float d = __expf(rows[int64_t(k) * nb + c] - mx[k]) * w[k];
+          acc = kAggMax ? fmaxf(acc, d) : acc + d;
+        }
       P[c] = acc;
     }
+  }
+  if (kAggMax) {  // renormalise the per-block maxima to a distribution over c in [0, b]
+    float t = 0.f;
+    for (int c = tid; c < n; c += kTopPThreads) t += P[c];
+    t = block_sum(t, red);
+    for (int c = tid; c < n; c += kTopPThreads) P[c] /= t;
   }
   __syncthreads();
   auto forced = [&](int c) { return c == 0 || (c <= b && c > b - local_blocks); };
@@ -382,8 +393,10 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
     }
     e = cudaGetLastError();
     const size_t smem = size_t(nb) * sizeof(float);
+    const bool agg_max = p.sub_block_aggregate == BlockAggregate::MAX;
+    auto* topp = agg_max ? topp_kernel<true> : topp_kernel<false>;
     if (e == cudaSuccess && smem > 48 * 1024)
-      e = cudaFuncSetAttribute(topp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      e = cudaFuncSetAttribute(topp, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     for (int r = 0; r < R && e == cudaSuccess; ++r) {
       for (int64_t b0 = 0; b0 < nqb && e == cudaSuccess; b0 += chunk) {
         const int64_t nbc = std::min<int64_t>(chunk, nqb - b0);
@@ -394,7 +407,7 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
         logits_kernel<<<grid, 256, 0, stream>>>(qbar + int64_t(r) * nqb * GS * kIndexDim,
                                                 ik + int64_t(r) * T * kIndexDim, L, GS, T, B, nb, b0 * GS, nrows,
                                                 int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
-        topp_kernel<<<unsigned(nbc), kTopPThreads, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
+        topp<<<unsigned(nbc), kTopPThreads, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
                                                          p.indices + int64_t(r) * nqb * p.max_blocks, G, S, B, Tq, nb,
                                                          b0, qb0, p.local_blocks, p.max_blocks, p.top_p);
         e = cudaGetLastError();

@@ -291,19 +291,24 @@ TEST(SparseAttentionGpu, SelectBlocksWithQuerySubBlocksMatchesReference) {
     const int64_t R = 2, G = 4, T = 64 * 37 + 11;
     auto iq = (torch::randn({R, G, T, 16}) * 1.5).to(torch::kBFloat16).to(torch::kFloat32);
     auto ik = (torch::randn({R, T, 16}) * 1.5).to(torch::kBFloat16).to(torch::kFloat32);
-    for (int S : {2, 8, B}) {
-      SparseConfig c;
-      c.block_size = B;
-      c.local_blocks = 2;
-      c.query_sub_blocks = S;
-      const double whole = jaccard(select_blocks(iq, ik, c), select_blocks(iq.cuda(), ik.cuda(), c), 0);
-      const int64_t q0 = 10 * B;  // a chunk: the queries from block 10 on, every key
-      auto cq = iq.narrow(2, q0, T - q0).contiguous();
-      const double chunk = jaccard(select_blocks(cq, ik, c, 0, q0), select_blocks(cq.cuda(), ik.cuda(), c, 0, q0), 10);
-      std::printf("selection B=%d S=%d: Jaccard(cpu, gpu) = %.4f, chunk %.4f\n", B, S, whole, chunk);
-      EXPECT_GT(whole, 0.97);
-      EXPECT_GT(chunk, 0.97);
-    }
+    for (auto agg : {rtp::kernels::BlockAggregate::MEAN, rtp::kernels::BlockAggregate::MAX})
+      for (int S : {1, 2, 8, B}) {
+        if (agg == rtp::kernels::BlockAggregate::MEAN && S == 1) continue;  // SelectionMatchesReference
+        SparseConfig c;
+        c.block_size = B;
+        c.local_blocks = 2;
+        c.query_sub_blocks = S;
+        c.sub_block_aggregate = agg;
+        const double whole = jaccard(select_blocks(iq, ik, c), select_blocks(iq.cuda(), ik.cuda(), c), 0);
+        const int64_t q0 = 10 * B;  // a chunk: the queries from block 10 on, every key
+        auto cq = iq.narrow(2, q0, T - q0).contiguous();
+        const double chunk =
+            jaccard(select_blocks(cq, ik, c, 0, q0), select_blocks(cq.cuda(), ik.cuda(), c, 0, q0), 10);
+        std::printf("selection B=%d S=%d %s: Jaccard(cpu, gpu) = %.4f, chunk %.4f\n", B, S,
+                    agg == rtp::kernels::BlockAggregate::MAX ? "max" : "mean", whole, chunk);
+        EXPECT_GT(whole, 0.97);
+        EXPECT_GT(chunk, 0.97);
+      }
   }
 }
 

@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
        "<= block size (default 1; more costs selection time, helps heads whose queries look at many places)",
        cxxopts::value<int64_t>())
       ("sub-block-aggregate", "retrieval heads: combine the block distributions of the sub-blocks and query heads "
-       "of a query block by mean (default) or max (renormalised; CPU only for now)", cxxopts::value<std::string>())
+       "of a query block by mean (default) or max (renormalised)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
     auto args = opts.parse(argc, argv);

@@ -44,7 +44,7 @@
 // Why MAX: a block that a few sub-blocks (or one query head) need is kept even when the mean over the others
 // dilutes it below the top-p cut. Toy, top-p 0.9, 1024 tokens, S = 64: MAX 0.996 sparse accuracy / 0.903 recall
 // / 0.264 attention fraction against MEAN 0.990 / 0.876 / 0.257; at S = 1 it changes little (0.81 / 0.82).
-// Same dot products and exps as MEAN; the CUDA kernel does not implement it yet (select_blocks refuses it).
+// Same dot products and exps as MEAN (the CUDA top-p kernel takes the max instead of the sum, then renormalises).
 // Why sub-blocks: one mean query per block is a superposition when the block's queries look at different
 // places (an induction head copying a span of random tokens); it matches none of them and top-p misses mass.
 // Averaging the sub-blocks' distributions keeps each place's mass. S = 1 is one pooled query per block;
@@ -157,7 +157,7 @@ struct BlockSelectParams {
   float top_p = 0.9f;
   int64_t q_offset = 0;        // chunked prefill: index_q holds tokens q_offset..seq_len-1 (a multiple of block_size)
   int query_sub_blocks = 1;    // S: pooled queries per query block, a power of two in [1, block_size]
-  BlockAggregate sub_block_aggregate = BlockAggregate::MEAN;  // combine sub-block/head distributions (CPU only: MAX)
+  BlockAggregate sub_block_aggregate = BlockAggregate::MEAN;  // how sub-block/head distributions combine
 };
 
 struct SparseAttentionParams {

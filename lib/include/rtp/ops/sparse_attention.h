@@ -17,7 +17,7 @@ struct SparseConfig {
   int local_blocks = 1;
   float top_p = 0.9f;
   int query_sub_blocks = 1;  // prefill selection: pooled queries per query block (sparse_attention_params.h)
-  kernels::BlockAggregate sub_block_aggregate = kernels::BlockAggregate::MEAN;  // MAX: CPU only for now
+  kernels::BlockAggregate sub_block_aggregate = kernels::BlockAggregate::MEAN;  // prefill selection: MEAN or MAX
   int64_t keep_first = 64, keep_last = 64;  // decode
   kernels::PrefillKernel prefill_kernel = kernels::PrefillKernel::AUTO;  // CUDA prefill attention kernel
   kernels::DecodeTuning decode_tuning{};  // CUDA decode launch choices (same results up to rounding)

@@ -16,7 +16,7 @@ struct SparseSettings {
   // none of them; the selection's logit pass costs this many times more, so large models keep 1.
   int64_t query_sub_blocks = 1;
   // Prefill selection: how the block distributions of the sub-blocks and query heads of a query block are
-  // combined, "mean" (default) or "max" (renormalised; keeps blocks few queries need; CPU only for now).
+  // combined, "mean" (default) or "max" (renormalised; keeps blocks few queries need).
   // Exact definition: sparse_attention_params.h, "Sub-block aggregate".
   std::string sub_block_aggregate = "mean";
   int64_t indexer_dim = 16;

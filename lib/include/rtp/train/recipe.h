@@ -110,7 +110,7 @@ using rtp::config::range;
   X("indexer", int64_t, query_sub_blocks, 1, range(1, 1 << 16),                                                      \
     "prefill selection: pooled queries per query block (power of two <= block_size)")                               \
   X("indexer", std::string, sub_block_aggregate, "mean", one_of({"mean", "max"}),                                    \
-    "prefill selection: combine sub-block/head block distributions by mean or max (max: CPU only for now)")         \
+    "prefill selection: combine sub-block/head block distributions by mean or max")                                 \
   X("indexer", double, retrieval_fraction, 0.15, range(0, 1), "fraction of KV heads kept as retrieval heads")       \
   X("indexer", double, kv_budget, 0, range(0, 1),                                                                    \
     "0: use retrieval_fraction; else the KV-memory fraction retrieval heads may use")                               \

@@ -92,10 +92,6 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   const char* err = k::check_block_select_params(p);
   RTP_CHECK(!*err, "select_blocks: ", err);
   if (cuda) {
-    // block_select.cu implements the MEAN aggregate only; it would silently compute MEAN for MAX.
-    RTP_CHECK(p.sub_block_aggregate == k::BlockAggregate::MEAN,
-              "select_blocks: sub_block_aggregate max is implemented on the CPU only (the CUDA kernel computes the ",
-              "mean aggregate); use sub_block_aggregate mean on CUDA or run selection on CPU tensors");
 #ifdef RTPURBO_WITH_CUDA
     check_cuda(k::select_blocks_cuda(p, c10::cuda::getCurrentCUDAStream()), "select_blocks");
 #endif
