@@ -46,4 +46,4 @@ build-gpu-k/sparse_attention_ref_test 2>&1 | tail -3 | tee "$OUT/ref_test.log"
 timeout -k 5 ${GPU_TEST_LIMIT:-150} build-gpu-k/sparse_attention_gpu_test 2>&1 | grep -E "err|Jaccard|OK|FAIL|Failure|Expected|actual|PASSED|SKIP|Which|rel|exception|description" | tee "$OUT/gpu_test.log"
 # BENCH_AFTER=FILE: wait for FILE before timing (another job sharing the GPU signals its end with it).
 if [ -n "${BENCH_AFTER:-}" ]; then while [ ! -e "$BENCH_AFTER" ]; do sleep 2; done; fi
-timeout -k 5 300 build-gpu-k/rtpurbo-bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+timeout -k 5 ${BENCH_LIMIT:-300} build-gpu-k/rtpurbo-bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
