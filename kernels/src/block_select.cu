@@ -1,9 +1,10 @@
 // Prefill block selection on the GPU (definition in sparse_attention_params.h):
 //   1. pool:    qbar[r][b][s][h] = mean of index_q over sub-block s of the query block (bf16 for the tensor
 //               cores); S = query_sub_blocks sub-blocks, S = 1 the whole block
-//   2. logits:  L[row = (b, s, h)][c] = max(max_j u, mean_j u + log n_c), u = qbar . index_k[j] / 4, one
-//               mma.sync m16n8k16 per 16 rows x 8 keys (the index dimension is exactly one k-step);
-//               rows are processed in chunks of query blocks so the logit workspace stays bounded
+//   2. logits:  L[row = (b, s, h)][c] = max(max_j u, mean_j u + log n_c), u = qbar . index_k[j] / 4: the max
+//               by one mma.sync m16n8k16 per 16 rows x 8 keys (the index dimension is exactly one k-step), the
+//               mean as qbar . (the block's mean key) by one mma per 16 rows x 8 key blocks; rows are processed
+//               in chunks of query blocks so the logit workspace stays bounded
 // Chunked prefill (q_offset > 0, a multiple of the block size): index_q holds the chunk's queries, so its
 // blocks are the query blocks qb0 = q_offset / B onwards; rows and lists are indexed locally from qb0 and the
 // block numbers that rule causality and the forced blocks are absolute.
@@ -50,19 +51,62 @@ __global__ void pool_kernel(const T* iq, __nv_bfloat16* qbar, int R, int G, int 
 }
 
 constexpr int kKeyBlocksPerSplit = 32;  // 2048-4096 keys per thread block of logits_kernel
+constexpr int kLogitGroup = 8;          // key blocks per group: one n-tile of the mean-term mma
+static_assert(kKeyBlocksPerSplit % kLogitGroup == 0, "a split is whole groups");
 
-// Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows; 80 registers
-// (3 blocks per SM) for two sets of key fragments.
-// B = block size (64 or 128 keys, processed as 64-key halves). G = rows per query block (S * group size).
+// kmean [nb][2][16] bf16 of one slot: the mean of key block c's keys j < T in fp32, split into a bf16 head and the
+// bf16 rounding of the rest (head + rest carries ~16 bits more than bf16). One thread per (c, dim).
+__global__ void block_mean_keys_kernel(const __nv_bfloat16* ik, __nv_bfloat16* kmean, int64_t T_, int B, int nb) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= int64_t(nb) * kIndexDim) return;
+  const int64_t c = idx / kIndexDim;
+  const int d = int(idx % kIndexDim);
+  const int64_t k0 = c * B, k1 = min(T_, k0 + B);
+  float acc = 0.f;
+  for (int64_t j = k0; j < k1; ++j) acc += __bfloat162float(ik[j * kIndexDim + d]);
+  const float mean = acc / float(k1 - k0);
+  const __nv_bfloat16 head = __float2bfloat16(mean);
+  kmean[(c * 2) * kIndexDim + d] = head;
+  kmean[(c * 2 + 1) * kIndexDim + d] = __float2bfloat16(mean - __bfloat162float(head));
+}
+
+// Shared memory of logits_kernel: two stages of one group's keys (kLogitGroup * B rows of 32 bytes).
+constexpr size_t logits_smem_bytes(int B) { return size_t(2) * kLogitGroup * B * kIndexDim * 2; }
+
+// Byte offset of 16-byte half h of key row k in a stage: the half index is XORed with bit 2 of the row so that the
+// 8 rows an ldmatrix reads (32 bytes apart) fall in 8 distinct bank groups.
+__device__ __forceinline__ uint32_t key_tile_offset(int k, int h) { return uint32_t(k) * 32u + uint32_t((h ^ ((k >> 2) & 1)) * 16); }
+
+// Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows.
+// L = max(max_j u, mean_j u + log n_c) of sparse_attention_params.h, u = qbar . k_j / 4:
+//   max:  one mma.m16n8k16 per 16 rows x 8 keys (the index dimension is exactly one k-step), a running max per
+//         row; the thread block stages each group of kLogitGroup key blocks in shared memory once for its 8 warps
+//         (cp.async, double-buffered) and the warps read B fragments with ldmatrix (each warp loading every key
+//         fragment itself from L1 was most of the kernel's issue slots and load latency)
+//   mean: qbar . (mean key of block c): one mma per 16 rows x 8 key blocks against kmean (head, then rest), instead
+//         of a sum over the 64 scores of every block (one FADD per score)
+// BK = block size (64 or 128 keys). G = rows per query block (S * group size).
 // grid (row tiles of 128, key splits): thread block (x, y) does key blocks [y * kb_split, (y + 1) * kb_split). One
 // row tile walking every key block left the GPU idle: the work grows as nb^2, the row tiles only as nb (32 thread
 // blocks at 32K tokens, 1.06 ms, 0.06 waves: ncu, H200).
-__global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik, float* L,
-                                                     int G, int64_t T_, int B, int nb, int64_t row0, int64_t nrows,
-                                                     int64_t rows_total, int64_t qb0, int kb_split) {
+template <int BK>
+__global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik,
+                                                     const __nv_bfloat16* kmean, float* L, int G, int64_t T_, int nb,
+                                                     int64_t row0, int64_t nrows, int64_t rows_total, int64_t qb0,
+                                                     int kb_split) {
+  extern __shared__ __align__(128) uint8_t key_stage[];
+  constexpr int kStageBytes = kLogitGroup * BK * 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int64_t wrow = row0 + int64_t(blockIdx.x) * 128 + warp * 16;  // first global row of this warp
-  if (wrow >= row0 + nrows) return;
+  const int64_t tile_row = row0 + int64_t(blockIdx.x) * 128;
+  const int64_t wrow = tile_row + warp * 16;  // first global row of this warp
+  // The block stages keys up to its last row's query block; each warp computes up to its own.
+  const int64_t blk_last = qb0 + (min(tile_row + 127, row0 + nrows - 1)) / G;
+  const int64_t c_begin = int64_t(blockIdx.y) * kb_split;
+  const int64_t c_split_end = c_begin + kb_split - 1;
+  const int64_t c_end_blk = min(blk_last, c_split_end);
+  if (c_begin > c_end_blk) return;  // the whole block: nothing of this split is causal for its rows
+  const bool active = wrow < row0 + nrows;
+  const int64_t c_end = active ? min(qb0 + min(wrow + 15, row0 + nrows - 1) / G, c_split_end) : -1;
   // A fragment: rows wrow + g (+8), dims 2t4.. (+8)
   uint32_t af[4];
   {
@@ -74,84 +118,98 @@ __global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qba
     af[2] = pa[t4 + 4];
     af[3] = pb[t4 + 4];
   }
-  const int64_t rlast = min(wrow + 15, row0 + nrows - 1);
-  const int64_t bmax = qb0 + rlast / G;  // last (absolute) query block among the warp's rows
   const int64_t b_r0 = qb0 + (wrow + g) / G, b_r1 = qb0 + (wrow + g + 8) / G;
   const int64_t lr0 = wrow + g - row0, lr1 = wrow + g + 8 - row0;
-  const int64_t c_begin = int64_t(blockIdx.y) * kb_split, c_end = min(bmax, c_begin + kb_split - 1);
-  // The key fragments of 64-key unit u + 1 are loaded while unit u's mmas run: waiting on these loads (L1/L2
-  // hits) was most of the kernel's time (ncu, late 1M chunk: 10 long-scoreboard stalls per issued instruction).
-  // Units: u = c * (B / 64) + half, two register sets used alternately.
-  const int halves = B / 64;
-  const int64_t u_begin = c_begin * halves, u_end = (c_end + 1) * halves;
-  auto load_unit = [&](int64_t u, uint32_t (&f)[8][2]) {
+  const uint32_t stage0 = smem_u32(key_stage);
+  // Group gi = key blocks [c_begin + 8 gi, +8): its 8 * BK key rows (clamped to T - 1: rows past T are only ever
+  // read by the checked path, which ignores them) into stage gi & 1.
+  auto load_group = [&](int64_t cg, int stage) {
+    constexpr int kChunks = kLogitGroup * BK * 2;  // 16-byte halves
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const int64_t key = min(u * 64 + nt * 8 + g, T_ - 1);
-      const uint32_t* pk = reinterpret_cast<const uint32_t*>(ik + key * kIndexDim);
-      f[nt][0] = __ldg(pk + t4);
-      f[nt][1] = __ldg(pk + t4 + 4);
+    for (int i = 0; i < kChunks / 256; ++i) {
+      const int q = int(threadIdx.x) + i * 256, k = q >> 1, h = q & 1;
+      const int64_t key = min(cg * BK + k, T_ - 1);
+      cp_async16(stage0 + uint32_t(stage * kStageBytes) + key_tile_offset(k, h), ik + key * kIndexDim + h * 8, 16);
     }
   };
-  float mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
-  // unit u with its fragments in cur, the next unit's loads issued into nxt first
-  auto run_unit = [&](int64_t u, const uint32_t (&cur)[8][2], uint32_t (&nxt)[8][2]) {
-    if (u + 1 < u_end) load_unit(u + 1, nxt);
-    const int64_t c = u / halves;
-    const int half = int(u - c * halves);
-    if (half == 0) mx0 = -INFINITY, mx1 = -INFINITY, sm0 = 0.f, sm1 = 0.f;
-    const int64_t k0 = c * B;
-    const int64_t nvalid = min(T_, k0 + B) - k0;
-    // The 1/sqrt(16) scale is applied once to the reduced max and sum (a power of two: the same bits as scaling
-    // every score); a full block takes the path without per-key bounds checks.
-    const bool full = nvalid == B;
+  const int ngroups = int((c_end_blk - c_begin) / kLogitGroup) + 1;
+  load_group(c_begin, 0);
+  cp_async_commit();
+  // ldmatrix row address of this lane within a 16-key pair of n-tiles: matrix lane / 8 = (n-tile lane / 16,
+  // half (lane / 8) % 2), row lane % 8.
+  const int lm_key = (lane / 16) * 8 + (lane % 8), lm_half = (lane / 8) % 2;
+  for (int gi = 0; gi < ngroups; ++gi) {
+    const int64_t cg = c_begin + int64_t(gi) * kLogitGroup;
+    if (gi + 1 < ngroups) load_group(cg + kLogitGroup, (gi + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (cg <= c_end) {
+      const uint32_t sbase = stage0 + uint32_t((gi & 1) * kStageBytes);
+      // This lane's share of the group's block maxima: blocks cg + 2 t4 + {0, 1}, rows g and g + 8.
+      float M0[2] = {-INFINITY, -INFINITY}, M1[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      float d[4] = {0.f, 0.f, 0.f, 0.f};
-      mma_bf16_16816(d, af, cur[nt][0], cur[nt][1]);
-      if (full) {
-        mx0 = fmaxf(mx0, fmaxf(d[0], d[1]));
-        mx1 = fmaxf(mx1, fmaxf(d[2], d[3]));
-        sm0 = (sm0 + d[0]) + d[1];  // the order of the checked path below: the same sums to the bit
-        sm1 = (sm1 + d[2]) + d[3];
-        continue;
-      }
-      const int64_t kc = k0 + half * 64 + nt * 8 + 2 * t4;
+      for (int ci = 0; ci < kLogitGroup; ++ci) {
+        const int64_t c = cg + ci;
+        if (c > c_end) break;
+        const int64_t k0 = c * BK;
+        const bool full = k0 + BK <= T_;
+        float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const bool ok = kc + (e & 1) < T_;
-        if (e < 2) {
-          mx0 = ok ? fmaxf(mx0, d[e]) : mx0;
-          sm0 += ok ? d[e] : 0.f;
-        } else {
-          mx1 = ok ? fmaxf(mx1, d[e]) : mx1;
-          sm1 += ok ? d[e] : 0.f;
+        for (int np = 0; np < BK / 16; ++np) {  // pairs of 8-key n-tiles
+          uint32_t b0a, b1a, b0b, b1b;
+          const int kl = ci * BK + np * 16 + lm_key;
+          ldmatrix_x4(sbase + key_tile_offset(kl, lm_half), b0a, b1a, b0b, b1b);
+          float d[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+          mma_bf16_16816(d[0], af, b0a, b1a);
+          mma_bf16_16816(d[1], af, b0b, b1b);
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            if (full) {
+              mx0 = fmaxf(mx0, fmaxf(d[hh][0], d[hh][1]));
+              mx1 = fmaxf(mx1, fmaxf(d[hh][2], d[hh][3]));
+              continue;
+            }
+            const int64_t kc = k0 + np * 16 + hh * 8 + 2 * t4;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const bool ok = kc + (e & 1) < T_;
+              if (e < 2) mx0 = ok ? fmaxf(mx0, d[hh][e]) : mx0;
+              else mx1 = ok ? fmaxf(mx1, d[hh][e]) : mx1;
+            }
+          }
+        }
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+          mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+        }
+        if ((ci >> 1) == t4) {
+          M0[ci & 1] = mx0;
+          M1[ci & 1] = mx1;
         }
       }
-    }
-    if (half != halves - 1) return;
-    float m0 = mx0 * 0.25f, m1 = mx1 * 0.25f, z0 = sm0 * 0.25f, z1 = sm1 * 0.25f;
+      // Mean term of the group: n-tile column g = key block cg + g (clamped; past nb it is never written).
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      {
+        const int64_t cm = min(cg + g, int64_t(nb) - 1);
+        const uint32_t* ph = reinterpret_cast<const uint32_t*>(kmean + (cm * 2) * kIndexDim);
+        const uint32_t* pl = reinterpret_cast<const uint32_t*>(kmean + (cm * 2 + 1) * kIndexDim);
+        mma_bf16_16816(d, af, __ldg(ph + t4), __ldg(ph + t4 + 4));
+        mma_bf16_16816(d, af, __ldg(pl + t4), __ldg(pl + t4 + 4));
+      }
 #pragma unroll
-    for (int o = 1; o <= 2; o <<= 1) {
-      m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, o));
-      m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, o));
-      z0 += __shfl_xor_sync(0xffffffffu, z0, o);
-      z1 += __shfl_xor_sync(0xffffffffu, z1, o);
+      for (int k = 0; k < 2; ++k) {
+        const int64_t c = cg + 2 * t4 + k;
+        if (c > c_end) continue;
+        const float ln = logf(float(min(T_, c * BK + BK) - c * BK));
+        // The 1/sqrt(16) scale is applied to the max and the mean once (a power of two: exact).
+        if (lr0 < nrows && c <= b_r0) L[lr0 * nb + c] = fmaxf(M0[k] * 0.25f, d[k] * 0.25f + ln);
+        if (lr1 < nrows && c <= b_r1) L[lr1 * nb + c] = fmaxf(M1[k] * 0.25f, d[2 + k] * 0.25f + ln);
+      }
     }
-    if (t4 == 0) {
-      const float ln = logf(float(nvalid));
-      if (lr0 < nrows && c <= b_r0) L[lr0 * nb + c] = fmaxf(m0, z0 / float(nvalid) + ln);
-      if (lr1 < nrows && c <= b_r1) L[lr1 * nb + c] = fmaxf(m1, z1 / float(nvalid) + ln);
-    }
-  };
-  uint32_t fa[8][2], fb[8][2];
-  int64_t u = u_begin;
-  if (u < u_end) load_unit(u, fa);
-  for (; u + 1 < u_end; u += 2) {
-    run_unit(u, fa, fb);
-    run_unit(u + 1, fb, fa);
+    __syncthreads();  // the next iteration's load overwrites this stage
   }
-  if (u < u_end) run_unit(u, fa, fb);
 }
 
 // The top-p kernel's block: its reductions loop over a compile-time warp count.
@@ -371,13 +429,14 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
   const int nb = int((T + B - 1) / B);      // key blocks (the length of a row of logits)
   const int nqb = int((Tq + B - 1) / B);    // query blocks of this call
   if (size_t(nb) * sizeof(float) > 200 * 1024) return cudaErrorInvalidValue;  // P must fit in shared memory
-  __nv_bfloat16 *qbar = nullptr, *ikb = nullptr;
+  __nv_bfloat16 *qbar = nullptr, *ikb = nullptr, *kmean = nullptr;
   float* L = nullptr;
   // Query-block chunk so that the logit workspace stays under ~512 MB.
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nqb, (int64_t(512) << 20) / (int64_t(GS) * nb * 4)));
   cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nqb * GS * kIndexDim * 2, stream);
   if (e == cudaSuccess) e = cudaMallocAsync(&L, size_t(chunk) * GS * nb * 4, stream);
   if (e == cudaSuccess && p.index_dtype == DType::F32) e = cudaMallocAsync(&ikb, size_t(R) * T * kIndexDim * 2, stream);
+  if (e == cudaSuccess) e = cudaMallocAsync(&kmean, size_t(R) * nb * 2 * kIndexDim * 2, stream);
   if (e == cudaSuccess) {
     const int64_t nq = int64_t(R) * nqb * GS * kIndexDim;
     const int pool_blocks = int(std::min<int64_t>((nq + 255) / 256, 65535));
@@ -391,7 +450,13 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
       pool_kernel<__nv_bfloat16><<<pool_blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.index_q), qbar,
                                                                   R, G, S, Tq, B, nqb);
     }
+    for (int r = 0; r < R; ++r)
+      block_mean_keys_kernel<<<unsigned((int64_t(nb) * kIndexDim + 255) / 256), 256, 0, stream>>>(
+          ik + int64_t(r) * T * kIndexDim, kmean + int64_t(r) * nb * 2 * kIndexDim, T, B, nb);
     e = cudaGetLastError();
+    if (e == cudaSuccess && B == 128)
+      e = cudaFuncSetAttribute(logits_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(logits_smem_bytes(128)));
     const size_t smem = size_t(nb) * sizeof(float);
     const bool agg_max = p.sub_block_aggregate == BlockAggregate::MAX;
     auto* topp = agg_max ? topp_kernel<true> : topp_kernel<false>;
@@ -404,9 +469,15 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
         // Key splits of kKeyBlocksPerSplit blocks up to the chunk's last query block (causal: nothing past it).
         const int64_t last_qb = qb0 + b0 + nbc - 1;
         const dim3 grid(unsigned((nrows + 127) / 128), unsigned(last_qb / kKeyBlocksPerSplit + 1));
-        logits_kernel<<<grid, 256, 0, stream>>>(qbar + int64_t(r) * nqb * GS * kIndexDim,
-                                                ik + int64_t(r) * T * kIndexDim, L, GS, T, B, nb, b0 * GS, nrows,
-                                                int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
+        const __nv_bfloat16* qr = qbar + int64_t(r) * nqb * GS * kIndexDim;
+        const __nv_bfloat16* kr = ik + int64_t(r) * T * kIndexDim;
+        const __nv_bfloat16* mr = kmean + int64_t(r) * nb * 2 * kIndexDim;
+        if (B == 64)
+          logits_kernel<64><<<grid, 256, logits_smem_bytes(64), stream>>>(qr, kr, mr, L, GS, T, nb, b0 * GS, nrows,
+                                                                         int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
+        else
+          logits_kernel<128><<<grid, 256, logits_smem_bytes(128), stream>>>(qr, kr, mr, L, GS, T, nb, b0 * GS, nrows,
+                                                                           int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
         topp<<<unsigned(nbc), kTopPThreads, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
                                                          p.indices + int64_t(r) * nqb * p.max_blocks, G, S, B, Tq, nb,
                                                          b0, qb0, p.local_blocks, p.max_blocks, p.top_p);
@@ -417,6 +488,7 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
   if (qbar) cudaFreeAsync(qbar, stream);
   if (L) cudaFreeAsync(L, stream);
   if (ikb) cudaFreeAsync(ikb, stream);
+  if (kmean) cudaFreeAsync(kmean, stream);
   return e;
 }
 
