@@ -188,34 +188,48 @@ std::vector<int32_t> brute_topp_list(const double* P, int b, int local_blocks, d
 
 }  // namespace
 
-TEST(SelectBlocksCpu, QuerySubBlocksMatchBruteForce) {
+// Runs select_blocks_cpu with the given aggregate for every S of Ss (B 64 and 128, a last block holding 37 queries,
+// so some of its sub-blocks are empty) and checks its block probabilities and lists against brute(iq, ik, R, G, T,
+// B, S) and brute_topp_list.
+using BruteProbs = std::vector<double> (*)(const std::vector<float>&, const std::vector<float>&, int, int, int, int, int);
+void expect_selection_matches_brute(BlockAggregate agg, uint32_t seed, std::initializer_list<int> Ss, BruteProbs brute) {
   const int R = 2, G = 3;
   for (int B : {64, 128}) {
-    const int T = B * 5 + 37;  // odd: the last block holds 37 queries, so some of its sub-blocks are empty
+    const int T = B * 5 + 37;
     const int nb = (T + B - 1) / B;
-    auto iq = randn(size_t(R) * G * T * kIndexDim, 70 + B, 1.5f);
-    auto ik = randn(size_t(R) * T * kIndexDim, 71 + B, 1.5f);
-    for (int S : {1, 2, 4, 8, 16, B}) {
+    auto iq = randn(size_t(R) * G * T * kIndexDim, seed + B, 1.5f);
+    auto ik = randn(size_t(R) * T * kIndexDim, seed + 1 + B, 1.5f);
+    for (int S0 : Ss) {
+      const int S = S0 == 0 ? B : S0;  // 0 stands for S = B (one query per sub-block)
       std::vector<int32_t> counts(R * nb), idx(size_t(R) * nb * nb);
       std::vector<float> probs(size_t(R) * nb * nb);
       BlockSelectParams p;
       p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
       p.block_probs = probs.data();
       p.num_ret_heads = R, p.group_size = G, p.seq_len = T, p.block_size = B, p.local_blocks = 1 + S % 3;
-      p.max_blocks = nb, p.top_p = 0.8f, p.query_sub_blocks = S;
+      p.max_blocks = nb, p.top_p = 0.8f, p.query_sub_blocks = S, p.sub_block_aggregate = agg;
       ASSERT_STREQ(check_block_select_params(p), "");
       select_blocks_cpu(p);
-      const auto P = brute_subblock_probs(iq, ik, R, G, T, B, S);
+      const auto P = brute(iq, ik, R, G, T, B, S);
       for (int r = 0; r < R; ++r)
         for (int b = 0; b < nb; ++b) {
           const size_t row = (size_t(r) * nb + b) * nb;
-          for (int c = 0; c < nb; ++c) EXPECT_NEAR(probs[row + c], P[row + c], 1e-6) << "S " << S << " b " << b << " c " << c;
+          double sum = 0;
+          for (int c = 0; c < nb; ++c) {
+            EXPECT_NEAR(probs[row + c], P[row + c], 1e-6) << "B " << B << " S " << S << " b " << b << " c " << c;
+            sum += probs[row + c];
+          }
+          EXPECT_NEAR(sum, 1.0, 1e-5);
           const auto want = brute_topp_list(&P[row], b, p.local_blocks, p.top_p);
           ASSERT_EQ(counts[r * nb + b], int(want.size())) << "B " << B << " S " << S << " r " << r << " b " << b;
           for (size_t n = 0; n < want.size(); ++n) EXPECT_EQ(idx[row + n], want[n]);
         }
     }
   }
+}
+
+TEST(SelectBlocksCpu, QuerySubBlocksMatchBruteForce) {
+  expect_selection_matches_brute(BlockAggregate::MEAN, 70, {1, 2, 4, 8, 16, 0}, brute_subblock_probs);
 }
 
 // S = block_size pools nothing: P_h is the mean over the block's query tokens of each token's own block softmax.
@@ -261,38 +275,7 @@ std::vector<double> brute_max_probs(const std::vector<float>& iq, const std::vec
 }
 
 TEST(SelectBlocksCpu, MaxAggregateMatchesBruteForce) {
-  const int R = 2, G = 3;
-  for (int B : {64, 128}) {
-    const int T = B * 5 + 37;  // the last block's tail sub-blocks are empty and left out of the max
-    const int nb = (T + B - 1) / B;
-    auto iq = randn(size_t(R) * G * T * kIndexDim, 170 + B, 1.5f);
-    auto ik = randn(size_t(R) * T * kIndexDim, 171 + B, 1.5f);
-    for (int S : {1, 2, 8, B}) {
-      std::vector<int32_t> counts(R * nb), idx(size_t(R) * nb * nb);
-      std::vector<float> probs(size_t(R) * nb * nb);
-      BlockSelectParams p;
-      p.index_q = iq.data(), p.index_k = ik.data(), p.counts = counts.data(), p.indices = idx.data();
-      p.block_probs = probs.data();
-      p.num_ret_heads = R, p.group_size = G, p.seq_len = T, p.block_size = B, p.local_blocks = 1 + S % 3;
-      p.max_blocks = nb, p.top_p = 0.8f, p.query_sub_blocks = S, p.sub_block_aggregate = BlockAggregate::MAX;
-      ASSERT_STREQ(check_block_select_params(p), "");
-      select_blocks_cpu(p);
-      const auto P = brute_max_probs(iq, ik, R, G, T, B, S);
-      for (int r = 0; r < R; ++r)
-        for (int b = 0; b < nb; ++b) {
-          const size_t row = (size_t(r) * nb + b) * nb;
-          double sum = 0;
-          for (int c = 0; c < nb; ++c) {
-            EXPECT_NEAR(probs[row + c], P[row + c], 1e-6) << "B " << B << " S " << S << " b " << b << " c " << c;
-            sum += probs[row + c];
-          }
-          EXPECT_NEAR(sum, 1.0, 1e-5);
-          const auto want = brute_topp_list(&P[row], b, p.local_blocks, p.top_p);
-          ASSERT_EQ(counts[r * nb + b], int(want.size())) << "B " << B << " S " << S << " r " << r << " b " << b;
-          for (size_t n = 0; n < want.size(); ++n) EXPECT_EQ(idx[row + n], want[n]);
-        }
-    }
-  }
+  expect_selection_matches_brute(BlockAggregate::MAX, 170, {1, 2, 8, 0}, brute_max_probs);
 }
 
 // One sub-block of eight looks at key block 2, the other seven at key block 5: the mean gives block 2 about
