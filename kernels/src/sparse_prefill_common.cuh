@@ -1,6 +1,7 @@
 #pragma once
 // What the two block-sparse prefill kernels (mma.sync and wgmma) share: their arguments, the list of 64-row key
-// tiles a thread block visits, and the visibility rules of sparse_attention_params.h in key rows and positions.
+// tiles a thread block visits, and the visibility rules of sparse_attention_params.h in key rows and positions
+// (the last two in prefill_tiles.h).
 // Thread blocks cover one query block of `heads_per_cta` query heads of one GQA group, so the key tiles depend
 // only on (KV head, query block).
 #include <cuda_bf16.h>
@@ -10,11 +11,10 @@
 #include <cstdint>
 
 #include "cuda_common.cuh"
+#include "prefill_tiles.h"
 #include "rtp/kernels/sparse_attention.h"
 
 namespace rtp::kernels::cuda_detail {
-
-constexpr int kKeyTileRows = 64;  // the unit of key tiles: a block of 64 (or half of one of 128)
 
 struct PrefillArgs {
   const __nv_bfloat16* q;
@@ -81,80 +81,8 @@ inline bool make_prefill_args(const SparseAttentionParams& p, int rows_per_cta, 
   return true;
 }
 
-__device__ __forceinline__ int64_t i64min(int64_t x, int64_t y) { return x < y ? x : y; }
-__device__ __forceinline__ int64_t i64max(int64_t x, int64_t y) { return x > y ? x : y; }
-
-// The key tiles (kKeyTileRows rows each, in key-row units) of query block b of KV head kvh, in visiting order,
-// and the visibility rules for them. skip is 0 unless every head is streaming (the launcher checks), so row
-// and position coincide for the other kinds.
-struct PrefillBlock {
-  int kind;
-  int64_t q0, qlast;  // positions of the block's first and last query
-  int count;          // tiles
-  int64_t sink_tiles = 0, win_t0 = 0;
-  const int32_t* list = nullptr;
-  int tpb_shift;  // log2 of the key tiles per block (1 or 2 tiles)
-
-  __device__ PrefillBlock(const PrefillArgs& a, int kvh, int b) {
-    kind = a.kind[kvh];
-    const int64_t r0 = int64_t(b) * a.block_size;
-    q0 = a.q_off + r0;
-    qlast = a.q_off + i64min(a.Tq, r0 + a.block_size) - 1;
-    tpb_shift = a.block_size > kKeyTileRows ? 1 : 0;
-    const int64_t last_tile = row_of(a, qlast) / kKeyTileRows;
-    if (kind == int(HeadKind::DENSE)) {
-      count = int(last_tile + 1);
-    } else if (kind == int(HeadKind::STREAMING)) {
-      sink_tiles = i64min((a.S + kKeyTileRows - 1) / kKeyTileRows, last_tile + 1);
-      // the launcher's check puts the first window position at or after the skipped tokens
-      win_t0 = i64max(sink_tiles, row_of(a, i64max(0, q0 - a.window + 1)) / kKeyTileRows);
-      count = int(sink_tiles + (last_tile + 1 - win_t0));
-    } else {
-      const int64_t li = int64_t(a.slot[kvh]) * a.nb + b;
-      list = a.indices + li * a.max_blocks;
-      count = a.counts[li] << tpb_shift;
-    }
-  }
-  __device__ static int64_t pos_of(const PrefillArgs& a, int64_t row) { return row < a.S ? row : row + a.skip; }
-  // Only for positions that are sinks or at/after the first window: the skipped ones have no row.
-  __device__ static int64_t row_of(const PrefillArgs& a, int64_t pos) { return pos < a.S ? pos : pos - a.skip; }
-
-  // First key row of tile n.
-  __device__ int64_t start(int n) const {
-    if (kind == int(HeadKind::DENSE)) return int64_t(n) * kKeyTileRows;
-    if (kind == int(HeadKind::STREAMING)) return (n < sink_tiles ? n : win_t0 + (n - sink_tiles)) * kKeyTileRows;
-    return int64_t(__ldg(list + (n >> tpb_shift))) * (int64_t(kKeyTileRows) << tpb_shift) +
-           (n & ((1 << tpb_shift) - 1)) * kKeyTileRows;
-  }
-  // Whether every key of the tile starting at row ks is visible to every query of the block (no masking needed).
-  __device__ bool fully_visible(const PrefillArgs& a, int64_t ks) const {
-    const int64_t kend = ks + kKeyTileRows - 1;
-    // a tile straddling the sinks and the skipped tokens holds non-consecutive positions: always masked
-    const bool consecutive = a.skip == 0 || kend < a.S || ks >= a.S;
-    const int64_t p0 = pos_of(a, ks), p1 = pos_of(a, kend);
-    bool full = consecutive && p1 <= q0 && kend < a.krows;
-    if (kind == int(HeadKind::STREAMING)) full = full && (p1 < a.sink || p0 > qlast - a.window);
-    return full;
-  }
-  // Tiles [first, end) are fully visible; the others may need masks. Tile starts ascend, so for the dense and
-  // retrieval kinds the fully visible tiles are a prefix (they end at or before the block's first query and
-  // inside the cache) and for the streaming kind an interval of its window tiles (from the first tile past
-  // every row's window start to the diagonal); its sink tiles count as masked. Each scan stops at the first
-  // fully visible tile, so it visits only the few tiles that need masks.
-  __device__ void unmasked_tiles(const PrefillArgs& a, int& first, int& end) const {
-    first = kind == int(HeadKind::STREAMING) ? int(sink_tiles) : 0;
-    while (first < count && !fully_visible(a, start(first))) ++first;
-    end = count;
-    while (end > first && !fully_visible(a, start(end - 1))) --end;
-  }
-  // Whether key row krow is visible to the query at position tok (the block lists are already applied).
-  __device__ bool visible(const PrefillArgs& a, int64_t krow, int64_t tok) const {
-    const int64_t key = pos_of(a, krow);
-    bool vis = key <= tok && krow < a.krows;
-    if (kind == int(HeadKind::STREAMING)) vis = vis && (key < a.sink || key > tok - a.window);
-    return vis;
-  }
-};
+// The kernels' tiles (the struct is CUDA-free so that the CPU build can test it).
+using PrefillBlock = PrefillTiles<PrefillArgs>;
 
 // Q of a thread block by cp.async (the caller commits): row r = hl * BS + i of shared memory holds query row
 // r0 + i of query head hp0 + hl of the KV head's group; rows past the end read as zero. smem_byte(r, c) places

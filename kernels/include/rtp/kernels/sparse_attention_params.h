@@ -110,6 +110,7 @@
 //   GPU: split-K over keys (each thread block a chunk of keys for all G query heads of a KV head,
 //   partial (m, l, acc) per chunk, then a combine kernel).
 // ---------------------------------------------------------------------------------------------------------
+#include <cstddef>
 #include <cstdint>
 
 namespace rtp::kernels {
