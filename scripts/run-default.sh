@@ -8,7 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BUILD_DIR:-build}/bin
-OUT=${OUT_DIR:-out/default}
+# RECIPE: the indexer stage's recipe (its selection settings go into the converted model); another recipe than the
+# default writes to out/<recipe name> unless OUT_DIR says otherwise.
+RECIPE=${RECIPE:-recipes/toy-indexer.yaml}
+if [[ "$RECIPE" == recipes/toy-indexer.yaml ]]; then OUT=${OUT_DIR:-out/default}; else OUT=${OUT_DIR:-out/$(basename "$RECIPE" .yaml)}; fi
+[[ -f "$RECIPE" ]] || { echo "run-default.sh: recipe $RECIPE not found (set RECIPE to a recipe file, e.g. recipes/toy-indexer-topp09.yaml)" >&2; exit 2; }
 MODEL=${MODEL_DIR:-data/toy-model}
 DEVICE=${DEVICE:-cpu}
 SAMPLES=${SAMPLES:-64}
@@ -17,11 +21,11 @@ start=$(date +%s)
 echo "== 1/5 identify heads ($MODEL)"
 "$BIN/rtpurbo-identify-heads" --model "$MODEL" --out "$OUT/heads.h5" --calibration toy --retrieval-fraction 0.15 \
   --seq-len 1024 --window 96 --num-sequences 8 --device "$DEVICE"
-echo "== 2/5 train the indexer"
-"$BIN/rtpurbo-train" --recipe recipes/toy-indexer.yaml --model_dir "$MODEL" --heads_file "$OUT/heads.h5" \
+echo "== 2/5 train the indexer ($RECIPE)"
+"$BIN/rtpurbo-train" --recipe "$RECIPE" --model_dir "$MODEL" --heads_file "$OUT/heads.h5" \
   --out_dir "$OUT/indexer" --device "$DEVICE"
 echo "== 3/5 train the random-heads baseline indexer (same count, same budget)"
-"$BIN/rtpurbo-train" --recipe recipes/toy-indexer.yaml --model_dir "$MODEL" --heads_file "$OUT/heads.h5" \
+"$BIN/rtpurbo-train" --recipe "$RECIPE" --model_dir "$MODEL" --heads_file "$OUT/heads.h5" \
   --heads_random --out_dir "$OUT/indexer-random" --device "$DEVICE"
 echo "== 4/5 export"
 "$BIN/rtpurbo-export" --model "$MODEL" --heads "$OUT/heads.h5" --indexer "$OUT/indexer/indexer.safetensors" \
