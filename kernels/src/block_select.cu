@@ -8,6 +8,8 @@
 // Chunked prefill (q_offset > 0, a multiple of the block size): index_q holds the chunk's queries, so its
 // blocks are the query blocks qb0 = q_offset / B onwards; rows and lists are indexed locally from qb0 and the
 // block numbers that rule causality and the forced blocks are absolute.
+//               the logits kernel also writes each row's softmax partials (max, sum of exp) per key split, so that
+//               top-p needs one pass over the logits instead of three
 //   3. top-p:   one thread block per (r, b): per-row softmax over blocks, mean (or renormalised max: the
 //               sub_block_aggregate) over the non-empty sub-blocks and the heads, forced blocks, threshold
 //               bisection on P (sort-free), capped count, ascending compaction.
@@ -54,11 +56,13 @@ constexpr int kKeyBlocksPerSplit = 32;  // 2048-4096 keys per thread block of lo
 constexpr int kLogitGroup = 8;          // key blocks per group: one n-tile of the mean-term mma
 static_assert(kKeyBlocksPerSplit % kLogitGroup == 0, "a split is whole groups");
 
-// kmean [nb][2][16] bf16 of one slot: the mean of key block c's keys j < T in fp32, split into a bf16 head and the
-// bf16 rounding of the rest (head + rest carries ~16 bits more than bf16). One thread per (c, dim).
+// kmean [R][nb][2][16] bf16: the mean of key block c's keys j < T in fp32, split into a bf16 head and the bf16
+// rounding of the rest (head + rest carries ~16 bits more than bf16). One thread per (c, dim); blockIdx.y = slot.
 __global__ void block_mean_keys_kernel(const __nv_bfloat16* ik, __nv_bfloat16* kmean, int64_t T_, int B, int nb) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= int64_t(nb) * kIndexDim) return;
+  ik += int64_t(blockIdx.y) * T_ * kIndexDim;
+  kmean += int64_t(blockIdx.y) * nb * 2 * kIndexDim;
   const int64_t c = idx / kIndexDim;
   const int d = int(idx % kIndexDim);
   const int64_t k0 = c * B, k1 = min(T_, k0 + B);
@@ -70,6 +74,25 @@ __global__ void block_mean_keys_kernel(const __nv_bfloat16* ik, __nv_bfloat16* k
   kmean[(c * 2 + 1) * kIndexDim + d] = __float2bfloat16(mean - __bfloat162float(head));
 }
 
+// A running (max, sum of exp(x - max)) of a set of logits, mergeable in any order.
+struct SoftmaxPartial {
+  float m = -INFINITY, s = 0.f;
+  __device__ __forceinline__ void add(float v) {
+    if (v > m) {
+      s = s * __expf(m - v) + 1.f;  // m = -inf: s is 0 and exp(-inf) = 0
+      m = v;
+    } else {
+      s += __expf(v - m);
+    }
+  }
+  __device__ __forceinline__ void merge(float m2, float s2) {
+    const float M = fmaxf(m, m2);
+    if (M == -INFINITY) return;  // both empty
+    s = s * __expf(m - M) + s2 * __expf(m2 - M);
+    m = M;
+  }
+};
+
 // Shared memory of logits_kernel: two stages of one group's keys (kLogitGroup * B rows of 32 bytes).
 constexpr size_t logits_smem_bytes(int B) { return size_t(2) * kLogitGroup * B * kIndexDim * 2; }
 
@@ -78,6 +101,8 @@ constexpr size_t logits_smem_bytes(int B) { return size_t(2) * kLogitGroup * B *
 __device__ __forceinline__ uint32_t key_tile_offset(int k, int h) { return uint32_t(k) * 32u + uint32_t((h ^ ((k >> 2) & 1)) * 16); }
 
 // Block logits for rows [row0, row0 + nrows) of slot r; L[(row - row0) * nb + c]. 8 warps x 16 rows.
+// part[(row - row0) * nsp + y] = the SoftmaxPartial of the row's logits in key split y (written for every split
+// that holds at least one of the row's causal blocks; the top-p kernel reads no other).
 // L = max(max_j u, mean_j u + log n_c) of sparse_attention_params.h, u = qbar . k_j / 4:
 //   max:  one mma.m16n8k16 per 16 rows x 8 keys (the index dimension is exactly one k-step), a running max per
 //         row; the thread block stages each group of kLogitGroup key blocks in shared memory once for its 8 warps
@@ -91,9 +116,9 @@ __device__ __forceinline__ uint32_t key_tile_offset(int k, int h) { return uint3
 // blocks at 32K tokens, 1.06 ms, 0.06 waves: ncu, H200).
 template <int BK>
 __global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qbar, const __nv_bfloat16* ik,
-                                                     const __nv_bfloat16* kmean, float* L, int G, int64_t T_, int nb,
-                                                     int64_t row0, int64_t nrows, int64_t rows_total, int64_t qb0,
-                                                     int kb_split) {
+                                                     const __nv_bfloat16* kmean, float* L, float2* part, int nsp,
+                                                     int G, int64_t T_, int nb, int64_t row0, int64_t nrows,
+                                                     int64_t rows_total, int64_t qb0, int kb_split) {
   extern __shared__ __align__(128) uint8_t key_stage[];
   constexpr int kStageBytes = kLogitGroup * BK * 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
@@ -138,6 +163,7 @@ __global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qba
   // ldmatrix row address of this lane within a 16-key pair of n-tiles: matrix lane / 8 = (n-tile lane / 16,
   // half (lane / 8) % 2), row lane % 8.
   const int lm_key = (lane / 16) * 8 + (lane % 8), lm_half = (lane / 8) % 2;
+  SoftmaxPartial sp0, sp1;  // this lane's share of rows g and g + 8
   for (int gi = 0; gi < ngroups; ++gi) {
     const int64_t cg = c_begin + int64_t(gi) * kLogitGroup;
     if (gi + 1 < ngroups) load_group(cg + kLogitGroup, (gi + 1) & 1);
@@ -204,11 +230,29 @@ __global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qba
         if (c > c_end) continue;
         const float ln = logf(float(min(T_, c * BK + BK) - c * BK));
         // The 1/sqrt(16) scale is applied to the max and the mean once (a power of two: exact).
-        if (lr0 < nrows && c <= b_r0) L[lr0 * nb + c] = fmaxf(M0[k] * 0.25f, d[k] * 0.25f + ln);
-        if (lr1 < nrows && c <= b_r1) L[lr1 * nb + c] = fmaxf(M1[k] * 0.25f, d[2 + k] * 0.25f + ln);
+        if (lr0 < nrows && c <= b_r0) {
+          const float v = fmaxf(M0[k] * 0.25f, d[k] * 0.25f + ln);
+          L[lr0 * nb + c] = v;
+          sp0.add(v);
+        }
+        if (lr1 < nrows && c <= b_r1) {
+          const float v = fmaxf(M1[k] * 0.25f, d[2 + k] * 0.25f + ln);
+          L[lr1 * nb + c] = v;
+          sp1.add(v);
+        }
       }
     }
     __syncthreads();  // the next iteration's load overwrites this stage
+  }
+  if (!active) return;
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {  // the quad's four lanes hold the same two rows
+    sp0.merge(__shfl_xor_sync(0xffffffffu, sp0.m, o), __shfl_xor_sync(0xffffffffu, sp0.s, o));
+    sp1.merge(__shfl_xor_sync(0xffffffffu, sp1.m, o), __shfl_xor_sync(0xffffffffu, sp1.s, o));
+  }
+  if (t4 == 0) {
+    if (lr0 < nrows) part[lr0 * nsp + blockIdx.y] = make_float2(sp0.m, sp0.s);
+    if (lr1 < nrows) part[lr1 * nsp + blockIdx.y] = make_float2(sp1.m, sp1.s);
   }
 }
 
@@ -266,15 +310,17 @@ __device__ void block_reduce_rows(float (&v)[kRowBatch], float* red) {
 // One thread block per (local) query block lb in [b0, b0 + nbc) of slot r, absolute block b = qb0 + lb.
 // L holds S * G rows per query block, sub-block-major; only the first ns sub-blocks (those with a token < T,
 // Tq = the call's query count) are averaged. Dynamic smem: P[nb] floats.
-// The rows are read kRowBatch at a time (max, then sum of exp, then P): one row per pass kept one load in flight
-// per thread, and those loads (the logits come from DRAM: a chunk's are up to 512 MB) were the kernel's time (ncu,
-// late 1M chunk: 2.06 ms, 6.7 long-scoreboard stalls per issued instruction). Every sum is taken in the order of
-// the one-row loop, so P is the same to the bit.
+// A row's softmax normaliser comes from the logits kernel's partials (part, nsp per row, kb_split key blocks per
+// split): the logits are read once, for P. They come from DRAM (a chunk's are up to 512 MB), and the three passes
+// before (max, sum of exp, P) were most of the kernel's time. The rows are read kRowBatch at a time: one row per
+// pass kept one load in flight per thread (ncu, late 1M chunk: 2.06 ms, 6.7 long-scoreboard stalls per issued
+// instruction).
 // kAggMax: BlockAggregate::MAX (P = per-block max over the rows' distributions, renormalised), else MEAN.
 template <bool kAggMax>
-__global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, int32_t* counts, int32_t* indices, int G, int S,
-                                                   int B, int64_t Tq, int nb, int64_t b0, int64_t qb0,
-                                                   int local_blocks, int max_blocks, float top_p) {
+__global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, const float2* part, int nsp, int kb_split,
+                                                   int32_t* counts, int32_t* indices, int G, int S, int B, int64_t Tq,
+                                                   int nb, int64_t b0, int64_t qb0, int local_blocks, int max_blocks,
+                                                   float top_p) {
   extern __shared__ float P[];
   __shared__ float red[32];
   __shared__ float red_rows[kRowBatch * 32];
@@ -294,26 +340,27 @@ __global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, int3
   const float wscale = float(nrows);
   for (int h0 = 0; h0 < nrows; h0 += kRowBatch) {
     const int nr = min(kRowBatch, nrows - h0);
-    const float* rows = L + (int64_t(blockIdx.x) * S * G + h0) * nb;
+    const int64_t lrow = int64_t(blockIdx.x) * S * G + h0;
+    const float* rows = L + lrow * nb;
+    // The row's splits 0 .. b / kb_split hold its causal blocks [0, b].
+    const int nsp_b = int(b / kb_split) + 1;
     float mx[kRowBatch], z[kRowBatch];
+    {
+      SoftmaxPartial acc[kRowBatch];
+      for (int y = tid; y < nsp_b; y += kTopPThreads)
 #pragma unroll
-    for (int k = 0; k < kRowBatch; ++k) mx[k] = -INFINITY, z[k] = 0.f;
-#pragma unroll 2
-    for (int i = 0; i < mine; ++i) {
-      const int c = tid + i * kTopPThreads;
+        for (int k = 0; k < kRowBatch; ++k)
+          if (k < nr) {
+            const float2 ms = part[(lrow + k) * nsp + y];
+            acc[k].merge(ms.x, ms.y);
+          }
 #pragma unroll
-      for (int k = 0; k < kRowBatch; ++k)
-        if (k < nr) mx[k] = fmaxf(mx[k], rows[int64_t(k) * nb + c]);
+      for (int k = 0; k < kRowBatch; ++k) mx[k] = acc[k].m;
+      block_reduce_rows<true>(mx, red_rows);
+#pragma unroll
+      for (int k = 0; k < kRowBatch; ++k) z[k] = acc[k].m == -INFINITY ? 0.f : acc[k].s * __expf(acc[k].m - mx[k]);
+      block_reduce_rows<false>(z, red_rows);
     }
-    block_reduce_rows<true>(mx, red_rows);
-#pragma unroll 2
-    for (int i = 0; i < mine; ++i) {
-      const int c = tid + i * kTopPThreads;
-#pragma unroll
-      for (int k = 0; k < kRowBatch; ++k)
-        if (k < nr) z[k] += __expf(rows[int64_t(k) * nb + c] - mx[k]);
-    }
-    block_reduce_rows<false>(z, red_rows);
     float w[kRowBatch];
 #pragma unroll
     for (int k = 0; k < kRowBatch; ++k) w[k] = 1.f / (kAggMax ? z[k] : z[k] * wscale);
@@ -431,10 +478,13 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
   if (size_t(nb) * sizeof(float) > 200 * 1024) return cudaErrorInvalidValue;  // P must fit in shared memory
   __nv_bfloat16 *qbar = nullptr, *ikb = nullptr, *kmean = nullptr;
   float* L = nullptr;
+  float2* part = nullptr;
   // Query-block chunk so that the logit workspace stays under ~512 MB.
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nqb, (int64_t(512) << 20) / (int64_t(GS) * nb * 4)));
+  const int nsp = int((qb0 + nqb - 1) / kKeyBlocksPerSplit) + 1;  // key splits of the last query block
   cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nqb * GS * kIndexDim * 2, stream);
   if (e == cudaSuccess) e = cudaMallocAsync(&L, size_t(chunk) * GS * nb * 4, stream);
+  if (e == cudaSuccess) e = cudaMallocAsync(&part, size_t(chunk) * GS * nsp * sizeof(float2), stream);
   if (e == cudaSuccess && p.index_dtype == DType::F32) e = cudaMallocAsync(&ikb, size_t(R) * T * kIndexDim * 2, stream);
   if (e == cudaSuccess) e = cudaMallocAsync(&kmean, size_t(R) * nb * 2 * kIndexDim * 2, stream);
   if (e == cudaSuccess) {
@@ -450,9 +500,8 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
       pool_kernel<__nv_bfloat16><<<pool_blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.index_q), qbar,
                                                                   R, G, S, Tq, B, nqb);
     }
-    for (int r = 0; r < R; ++r)
-      block_mean_keys_kernel<<<unsigned((int64_t(nb) * kIndexDim + 255) / 256), 256, 0, stream>>>(
-          ik + int64_t(r) * T * kIndexDim, kmean + int64_t(r) * nb * 2 * kIndexDim, T, B, nb);
+    block_mean_keys_kernel<<<dim3(unsigned((int64_t(nb) * kIndexDim + 255) / 256), unsigned(R)), 256, 0, stream>>>(
+        ik, kmean, T, B, nb);
     e = cudaGetLastError();
     if (e == cudaSuccess && B == 128)
       e = cudaFuncSetAttribute(logits_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -473,12 +522,13 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
         const __nv_bfloat16* kr = ik + int64_t(r) * T * kIndexDim;
         const __nv_bfloat16* mr = kmean + int64_t(r) * nb * 2 * kIndexDim;
         if (B == 64)
-          logits_kernel<64><<<grid, 256, logits_smem_bytes(64), stream>>>(qr, kr, mr, L, GS, T, nb, b0 * GS, nrows,
-                                                                         int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
+          logits_kernel<64><<<grid, 256, logits_smem_bytes(64), stream>>>(qr, kr, mr, L, part, nsp, GS, T, nb, b0 * GS,
+                                                                         nrows, int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
         else
-          logits_kernel<128><<<grid, 256, logits_smem_bytes(128), stream>>>(qr, kr, mr, L, GS, T, nb, b0 * GS, nrows,
-                                                                           int64_t(nqb) * GS, qb0, kKeyBlocksPerSplit);
-        topp<<<unsigned(nbc), kTopPThreads, smem, stream>>>(L, p.counts + int64_t(r) * nqb,
+          logits_kernel<128><<<grid, 256, logits_smem_bytes(128), stream>>>(qr, kr, mr, L, part, nsp, GS, T, nb,
+                                                                           b0 * GS, nrows, int64_t(nqb) * GS, qb0,
+                                                                           kKeyBlocksPerSplit);
+        topp<<<unsigned(nbc), kTopPThreads, smem, stream>>>(L, part, nsp, kKeyBlocksPerSplit, p.counts + int64_t(r) * nqb,
                                                          p.indices + int64_t(r) * nqb * p.max_blocks, G, S, B, Tq, nb,
                                                          b0, qb0, p.local_blocks, p.max_blocks, p.top_p);
         e = cudaGetLastError();
@@ -487,6 +537,7 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
   }
   if (qbar) cudaFreeAsync(qbar, stream);
   if (L) cudaFreeAsync(L, stream);
+  if (part) cudaFreeAsync(part, stream);
   if (ikb) cudaFreeAsync(ikb, stream);
   if (kmean) cudaFreeAsync(kmean, stream);
   return e;
