@@ -129,6 +129,25 @@ TEST(Recipe, CrossFieldValidationNamesKeys) {
   EXPECT_TRUE(contains(e5, "sub_block_aggregate") && contains(e5, "median")) << e5;
 }
 
+// The selection kernels read 16-dim index vectors: another width is refused when the config loads, not after
+// training (where select_blocks used to fail without saving the indexer).
+TEST(Recipe, IndexerDimMustBeTheKernelsWidth) {
+  const std::string e = load_error(temp_recipe("dim8.yaml", "stage: indexer\nmodel_dir: m\nindexer_dim: 8\n"));
+  EXPECT_TRUE(contains(e, "indexer_dim must be 16") && contains(e, "found 8") && contains(e, "dim8.yaml")) << e;
+  EXPECT_TRUE(contains(load_error("", {{"indexer_dim", "32"}}), "indexer_dim must be 16"));
+  EXPECT_EQ(load_error("", {{"indexer_dim", "16"}}), "");
+}
+
+// --dump-config validates like the run: a device the run would refuse is refused here too, by its spelling
+// (no CUDA device needed to dump a GPU recipe).
+TEST(Recipe, DeviceIsCheckedWhenTheConfigLoads) {
+  for (const char* bad : {"tpu", "cuda:", "cuda:x", "gpu", "CPU"}) {
+    const std::string e = load_error("", {{"device", bad}});
+    EXPECT_TRUE(contains(e, std::string("device '") + bad + "'") && contains(e, "cpu, cuda, cuda:N or auto")) << e;
+  }
+  for (const char* ok : {"cpu", "cuda", "cuda:3", "auto"}) EXPECT_EQ(load_error("", {{"device", ok}}), "") << ok;
+}
+
 TEST(Recipe, CliOverridesRecipeInOrder) {
   const auto p = temp_recipe("cli.yaml", "seq_len: 512\nlr: 2e-3\nbatch_size: 4\n");
   const TrainConfig c = load_train_config(p, {{"seq-len", "768"}, {"lr", "5e-4"}, {"lr", "7e-4"}});

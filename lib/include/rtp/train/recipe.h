@@ -100,7 +100,8 @@ using rtp::config::range;
     "micro-batches, so only one micro-batch's activations are alive (full-size models at long lengths)")            \
   X("optim", double, grad_clip, 1.0, at_least(0), "clip the global gradient norm to this (0: off)")                 \
   /* indexer stage (stage 1), read by run_indexer_stage */                                                           \
-  X("indexer", int64_t, indexer_dim, 16, range(1, 4096), "indexer projection width")                                \
+  X("indexer", int64_t, indexer_dim, 16, range(1, 4096),                                                            \
+    "indexer projection width (16: the block selection, CPU reference and CUDA kernels, is built for 16)")          \
   X("indexer", std::string, indexer_position, "pre_rope", one_of({"pre_rope", "post_rope"}),                         \
     "apply the indexer to q/k before RoPE (paper) or after")                                                         \
   X("indexer", double, top_p, 0.9, range(0, 1, "(]"), "top-p mass the selection keeps")                              \

@@ -1,7 +1,10 @@
 #include "rtp/train/recipe.h"
 
+#include <cctype>
+
 #include "rtp/core/error.h"
 #include "rtp/data/toy_task.h"
+#include "rtp/kernels/sparse_attention_params.h"
 #include "rtp/train/toy_data.h"
 
 namespace rtp::train {
@@ -27,8 +30,28 @@ TrainConfig load_train_config(const std::string& recipe_path,
   return c;
 }
 
+namespace {
+
+// The spelling only: whether a CUDA device is present is the run's business, so that --dump-config of a GPU recipe
+// works on any machine and still rejects what the run would reject by name.
+bool is_device_name(const std::string& d) {
+  if (d == "auto" || d == "cpu" || d == "cuda") return true;
+  if (d.rfind("cuda:", 0) != 0 || d.size() == 5) return false;
+  for (size_t i = 5; i < d.size(); ++i)
+    if (!std::isdigit(static_cast<unsigned char>(d[i]))) return false;
+  return true;
+}
+
+}  // namespace
+
 void validate(const TrainConfig& c, const std::string& origin) {
   const std::string w = origin + ": ";
+  RTP_CHECK(is_device_name(c.device), w, "device '", c.device, "' is not a device: expected cpu, cuda, cuda:N or auto");
+  // Checked for every stage, not only where it breaks: the block selection reads 16-dim index vectors, so an
+  // indexer of another width would train to the end and only then fail (without saving) in the held-out check.
+  RTP_CHECK(c.indexer_dim == rtp::kernels::kIndexDim, w, "indexer_dim must be ", rtp::kernels::kIndexDim,
+            " (the block selection, CPU reference and CUDA kernels, is built for ", rtp::kernels::kIndexDim,
+            "-dim index vectors), found ", c.indexer_dim);
   RTP_CHECK(c.warmup_steps <= c.steps || c.steps == 0, w, "warmup_steps (", c.warmup_steps, ") must be <= steps (",
             c.steps, ")");
   if (c.stage == "pretrain" && c.model_dir.empty()) {
