@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -88,6 +89,41 @@ TEST_F(DistributedIndexer, ResumeReproducesTheUninterruptedRun) {
       << read(kDir + "/part2.log");
   EXPECT_NE(read(kDir + "/part2.log").find("resumed from"), std::string::npos);
   EXPECT_EQ(max_diff("full", "part"), 0.0);
+}
+
+// log.jsonl holds one line per logged step; a rerun without --resume is refused while out_dir holds an unfinished
+// run, and allowed (replacing it) once the run finished; --resume refuses a config that would not continue the run.
+TEST_F(DistributedIndexer, LogRerunAndResumeRules) {
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rules --stop_at_step 2 > rules1.log 2>&1"), 0)
+      << read(kDir + "/rules1.log");
+  EXPECT_NE(read(kDir + "/rules1.log").find("indexer: checkpoint "), std::string::npos) << read(kDir + "/rules1.log");
+  std::string log = read(kDir + "/rules/log.jsonl");
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 2) << log;  // log_every 1, steps 1 and 2
+  EXPECT_NE(log.find("{\"step\":2,\"kl\":"), std::string::npos) << log;
+  EXPECT_NE(log.find("\"recall\":"), std::string::npos) << log;
+
+  EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rules > rules2.log 2>&1"), 0);
+  EXPECT_NE(read(kDir + "/rules2.log").find("pass --resume to continue it"), std::string::npos)
+      << read(kDir + "/rules2.log");
+
+  EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rules --resume --lr 1e-2 --sink 2 > rules3.log 2>&1"),
+            0);
+  const std::string e3 = read(kDir + "/rules3.log");
+  EXPECT_NE(e3.find("lr (checkpoint 0.003, now 0.01)"), std::string::npos) << e3;
+  EXPECT_NE(e3.find("sink (checkpoint 4, now 2)"), std::string::npos) << e3;
+
+  // Tolerated: logging and saving cadence.
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rules --resume --log_every 2 --save_every 0 "
+               "> rules4.log 2>&1"), 0)
+      << read(kDir + "/rules4.log");
+  log = read(kDir + "/rules/log.jsonl");
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 3) << log;  // + step 4 (log_every 2)
+  EXPECT_TRUE(rtp::file_exists(kDir + "/rules/indexer.safetensors"));
+
+  // Finished: the same command again starts over.
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rules > rules5.log 2>&1"), 0)
+      << read(kDir + "/rules5.log");
+  EXPECT_NE(read(kDir + "/rules5.log").find("holds a finished run"), std::string::npos) << read(kDir + "/rules5.log");
 }
 
 TEST_F(DistributedIndexer, MicroBatchesAccumulateToTheWholeBatchGradient) {

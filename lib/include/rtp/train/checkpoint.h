@@ -48,7 +48,19 @@ CheckpointState load_checkpoint(const std::string& dir, const NamedParams& param
 void remove_directory_tree(const std::string& path);
 
 // Fields that may differ between the run that wrote a checkpoint and the run that resumes it (logging, where
-// to stop, device): anything else differing would not continue the same run and is an error.
+// to stop, where to write, device-like settings, and steps): anything else differing would not continue the same
+// run and is an error.
 const std::vector<std::string>& resume_tolerant_fields();
+
+// --resume: throws naming every differing non-tolerant field with both values (`dir`: the checkpoint, for the
+// message). A changed `steps` is allowed (extending a run) and reported on stderr.
+void check_resume_config(const std::string& dir, const TrainConfig& stored, const TrainConfig& now);
+
+// A run without --resume starts at step 0. Checkpoints already in out_dir would be left beside the new ones (an
+// old `latest` that a later --resume would load) or, for a run that did not finish, lost from sight: an error that
+// says what to do. Exception: when `final_artifact` (the file a finished run writes last) is newer than the
+// checkpoints, out_dir holds a finished run, which a rerun replaces: its checkpoints are removed first (a note
+// says so), so that rerunning the same command keeps working.
+void check_fresh_start(const std::string& out_dir, const std::string& final_artifact);
 
 }  // namespace rtp::train

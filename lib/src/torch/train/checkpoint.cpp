@@ -51,10 +51,56 @@ std::string step_name(int64_t step) {
 }  // namespace
 
 const std::vector<std::string>& resume_tolerant_fields() {
-  static const std::vector<std::string> f = {"resume",     "stop_at_step", "log_every",        "save_every",
-                                             "eval_every", "eval_samples", "keep_checkpoints", "device",
-                                             "out_dir"};
+  // Neither the data nor the updates depend on these: how often to log, evaluate and save, where to stop and
+  // write, how long a rank waits, which device (and its attention backend) runs it, the dtype of the final
+  // export. `steps` is tolerated too, so that a finished or stopped run can be extended; the learning-rate
+  // schedule then follows the new total from the resumed step on (check_resume_config says so).
+  static const std::vector<std::string> f = {
+      "resume",   "stop_at_step", "log_every",      "save_every",   "eval_every", "eval_samples", "keep_checkpoints",
+      "device",   "out_dir",      "dist_timeout_s", "sdpa_backend", "save_dtype", "steps"};
   return f;
+}
+
+void check_resume_config(const std::string& dir, const TrainConfig& stored, const TrainConfig& now) {
+  const auto& reg = train_config_registry();
+  const auto& tol = resume_tolerant_fields();
+  std::string diff;
+  for (const auto& name : reg.differences(stored, now)) {
+    if (std::find(tol.begin(), tol.end(), name) != tol.end()) continue;
+    diff += str_cat(diff.empty() ? "" : ", ", name, " (checkpoint ", reg.find(name)->get(stored), ", now ",
+                    reg.find(name)->get(now), ")");
+  }
+  RTP_CHECK(diff.empty(), "--resume from '", dir, "': the config differs from the run that wrote it in ", diff,
+            "; resuming would not continue the same run (use another out_dir to start a new one)");
+  if (stored.steps != now.steps)
+    std::fprintf(stderr, "note: steps changed from %lld (checkpoint) to %lld: the learning-rate schedule follows the "
+                 "new total from here on\n", static_cast<long long>(stored.steps), static_cast<long long>(now.steps));
+}
+
+namespace {
+// Modification time in nanoseconds, or -1 if `path` does not exist.
+int64_t mtime_ns(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+}
+}  // namespace
+
+void check_fresh_start(const std::string& out_dir, const std::string& final_artifact) {
+  const std::string root = out_dir + "/checkpoints";
+  const std::string latest = root + "/latest";
+  if (!file_exists(latest)) return;
+  std::string name = read_text_file(latest);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ' || name.back() == '\r')) name.pop_back();
+  const int64_t done = mtime_ns(final_artifact);
+  if (done >= 0 && done >= mtime_ns(latest)) {
+    std::fprintf(stderr, "note: '%s' holds a finished run (%s); starting over replaces it: its checkpoints are "
+                 "removed\n", out_dir.c_str(), final_artifact.c_str());
+    remove_directory_tree(root);
+    return;
+  }
+  RTP_THROW("out_dir '", out_dir, "' already holds checkpoints of a run that did not finish (latest: ", name,
+            "): pass --resume to continue it, or choose another out_dir (or remove '", out_dir, "')");
 }
 
 std::string save_checkpoint(const std::string& out_dir, const NamedParams& params, torch::optim::AdamW& optimizer,

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -153,6 +154,27 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
+// 4.2M, 30.5B: the toy model and a 30B one both read at a glance (a fixed "B" printed the toy as 0.00B).
+std::string human_count(double n, const char* unit = "") {
+  const char* suffix[] = {"", "K", "M", "B", "T"};
+  int i = 0;
+  while (n >= 1000 && i < 4) {
+    n /= 1000;
+    ++i;
+  }
+  return fmt(i == 0 ? "%.0f" : "%.1f", n) + suffix[i] + unit;
+}
+
+std::string human_bytes(double b) {
+  const char* suffix[] = {"B", "KB", "MB", "GB", "TB"};
+  int i = 0;
+  while (b >= 1000 && i < 4) {
+    b /= 1000;
+    ++i;
+  }
+  return fmt(i == 0 ? "%.0f" : "%.1f", b) + " " + suffix[i];
+}
+
 }  // namespace
 
 void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
@@ -170,6 +192,8 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   RTP_CHECK(cfg.data == "toy", "stage 'indexer' currently trains on the toy task (data: toy); data '", cfg.data,
             "' needs the text loader of the RULER issue");
   if (lead) make_directories(cfg.out_dir);
+  const std::string final_path = cfg.out_dir + "/indexer.safetensors";
+  if (lead && !cfg.resume) check_fresh_start(cfg.out_dir, final_path);
   const CudaMathScope math_scope(ctx.device, true, "auto");  // TF32 for the frozen model's fp32 matmuls
   if (lead)
     std::cerr << "indexer: seed " << cfg.seed << ", device " << ctx.device << ", model " << cfg.model_dir << ", "
@@ -187,8 +211,8 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
       n += kv.second.numel();
       bytes += kv.second.numel() * static_cast<int64_t>(kv.second.element_size());
     }
-    std::cerr << "indexer: frozen model " << fmt("%.2f", n / 1e9) << "B parameters, " << fmt("%.1f", bytes / 1e9)
-              << " GB " << dtype_name(ctx.dtype) << " on " << ctx.device
+    std::cerr << "indexer: frozen model " << human_count(static_cast<double>(n)) << " parameters, "
+              << human_bytes(static_cast<double>(bytes)) << " " << dtype_name(ctx.dtype) << " on " << ctx.device
               << (cfg.model_init == "random" ? " (model_init random: weights drawn, not loaded)" : "") << "\n";
   }
   const auto& mc = model.config();
@@ -251,6 +275,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   if (cfg.resume) {
     if (auto dir = latest_checkpoint(cfg.out_dir)) {
       auto st = load_checkpoint(*dir, params, optimizer);
+      check_resume_config(*dir, st.config, cfg);
       step = st.step;
       cursor = st.data_cursor;
       if (lead) std::cerr << "indexer: resumed from " << *dir << " at step " << step << "\n";
@@ -259,6 +284,14 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     }
   }
 
+  // One JSON line per logged step, like the pretrain stage's: started afresh at step 0, appended to on resume.
+  const std::string log_path = cfg.out_dir + "/log.jsonl";
+  std::ofstream log;
+  if (lead) {
+    if (step == 0) write_file_atomic(log_path, "");
+    log.open(log_path, std::ios::app);
+    RTP_CHECK(log.good(), "cannot open '", log_path, "' for appending");
+  }
   auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_since = 0, steps_since = 0;
   const int64_t stop = cfg.stop_at_step > 0 ? std::min(cfg.stop_at_step, cfg.steps) : cfg.steps;
@@ -318,6 +351,10 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
                   << fmt("%.1f", mem.peak_reserved / 1e9) << " of " << fmt("%.1f", mem.total / 1e9) << ")";
       }
       std::cerr << "\n";
+      const nlohmann::ordered_json line = {{"step", step + 1}, {"kl", res.loss}, {"recall", res.recall}, {"top_p", cfg.top_p},
+                                   {"lr", lr}, {"tokens_per_s", tokens_since / std::max(secs, 1e-9)},
+                                   {"s_per_step", secs / std::max<int64_t>(steps_since, 1)}};
+      log << line.dump() << "\n" << std::flush;
       t0 = std::chrono::steady_clock::now();
       tokens_since = 0;
       steps_since = 0;
@@ -328,7 +365,8 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
       st.data_cursor = cursor;
       st.seed = static_cast<uint64_t>(cfg.seed);
       st.config = cfg;
-      save_checkpoint(cfg.out_dir, params, optimizer, st, cfg.keep_checkpoints);
+      std::cerr << "indexer: checkpoint " << save_checkpoint(cfg.out_dir, params, optimizer, st, cfg.keep_checkpoints)
+                << "\n";
     }
   }
   if (step < cfg.steps) {
@@ -344,6 +382,9 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   }
 
   if (!lead) return;
+  // Written before the held-out check, so that a failure there does not lose the training.
+  sparse::save_indexer_checkpoint(final_path, indexer, settings);
+  std::cerr << "indexer: wrote " << final_path << "\n";
   // Block-level check on held-out sequences: the selection the sparse forward will really use. Its recall needs
   // each head's dense [T, T] probabilities, so long sequences skip it.
   if (cfg.seq_len > kHeldOutCheckMaxLen) {
@@ -361,9 +402,6 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     std::cerr << "indexer: held-out block selection: recall of true attention mass " << fmt("%.3f", sparse_attn.stats().recall())
               << ", attention fraction " << fmt("%.3f", sparse_attn.stats().attention_fraction()) << "\n";
   }
-  const std::string out = cfg.out_dir + "/indexer.safetensors";
-  sparse::save_indexer_checkpoint(out, indexer, settings);
-  std::cerr << "indexer: wrote " << out << "\n";
 }
 
 }  // namespace rtp::train

@@ -115,23 +115,11 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
   TrainResult result;
   int64_t step = 0, cursor = 0;
   const std::string log_path = cfg.out_dir + "/log.jsonl";
+  if (!cfg.resume) check_fresh_start(cfg.out_dir, cfg.out_dir + "/model/train_recipe.yaml");
   if (cfg.resume) {
     if (auto dir = latest_checkpoint(cfg.out_dir)) {
       CheckpointState st = load_checkpoint(*dir, params, optimizer);
-      const auto& reg = train_config_registry();
-      std::vector<std::string> diff;
-      for (const auto& name : reg.differences(st.config, cfg)) {
-        const auto& tol = resume_tolerant_fields();
-        if (std::find(tol.begin(), tol.end(), name) == tol.end()) diff.push_back(name);
-      }
-      if (!diff.empty()) {
-        std::string d;
-        for (const auto& n : diff)
-          d += str_cat(d.empty() ? "" : ", ", n, " (checkpoint ", reg.find(n)->get(st.config), ", now ",
-                       reg.find(n)->get(cfg), ")");
-        RTP_THROW("--resume from '", *dir, "': the config differs from the run that wrote it in ", d,
-                  "; resuming would not continue the same run (use a new out_dir to start another)");
-      }
+      check_resume_config(*dir, st.config, cfg);
       step = st.step;
       cursor = st.data_cursor;
       std::cerr << "resumed from " << *dir << " at step " << step << "\n";
