@@ -10,6 +10,6 @@ source .devdeps/prelude.sh
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 timeout 400 "$NCU" --clock-control none -k regex:"logits_kernel|topp_kernel" -s ${SKIP:-28} -c ${COUNT:-2} --section SpeedOfLight \
   --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --csv --page details \
-  build-gpu-k/rtpurbo-bench --out /tmp/ncu-bench --lengths 1048576 --decode-lengths 32768 --baseline-max 32768 \
+  build-gpu-k/rtpurbo-bench --out /tmp/ncu-bench --lengths 1048576 --decode-lengths 32768 --baseline-max 0 \
   --reps 1 > "$OUT/ncu-select-1m.csv" 2> "$OUT/ncu-select-1m.err"
 echo "ncu: rc $?, $(wc -l < "$OUT/ncu-select-1m.csv") lines"; tail -3 "$OUT/ncu-select-1m.err"

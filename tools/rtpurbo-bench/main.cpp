@@ -235,7 +235,7 @@ int main(int argc, char** argv) {
     cxxopts::Options opts("rtpurbo-bench", "sparse attention vs FlashAttention-2 and cuDNN (one layer)");
     opts.add_options()("lengths", "prefill lengths", cxxopts::value<std::vector<int64_t>>()->default_value("32768,131072,262144,1048576"))(
         "decode-lengths", "decode KV lengths", cxxopts::value<std::vector<int64_t>>()->default_value("32768,131072,1048576"))(
-        "baseline-max", "largest length at which the dense baselines are run; above it they are extrapolated as N^2",
+        "baseline-max", "largest length at which the dense baselines are run; above it they are extrapolated as N^2 (0: no prefill baselines)",
         cxxopts::value<int64_t>()->default_value("262144"))("reps", "timed repetitions", cxxopts::value<int>()->default_value("5"))(
         "out", "JSON output directory", cxxopts::value<std::string>()->default_value("bench/results"))(
         "ret-fraction", "retrieval KV heads as a fraction (mix of layers with one and none)",
@@ -300,6 +300,16 @@ int main(int argc, char** argv) {
     const kernels::PrefillKernel prefill_kernel = prefill_kernels.at(pk_used);
     const int reps = args["reps"].as<int>();
     const int64_t bmax = args["baseline-max"].as<int64_t>();
+    {
+      // Baselines above --baseline-max are extrapolated from the largest measured length below it: checked here, not
+      // after the first sparse measurement.
+      const auto lens = args["lengths"].as<std::vector<int64_t>>();
+      const int64_t shortest = lens.empty() ? 0 : *std::min_element(lens.begin(), lens.end());
+      RTP_CHECK(bmax == 0 || lens.empty() || bmax >= shortest, "--baseline-max ", bmax,
+                " is below the shortest --lengths value ", shortest,
+                ": no dense baseline would be measured to extrapolate from; use --baseline-max >= ", shortest,
+                ", or 0 to time the sparse path only");
+    }
     json J;
     J["card"] = prop.name;
     J["driver"] = drv;
@@ -406,7 +416,10 @@ int main(int argc, char** argv) {
       // baselines
       double t_fa2 = 0, t_cud = 0;
       bool extrap = N > bmax;
-      if (!extrap) {
+      if (bmax == 0) {  // sparse path only (profiling): no baseline, no speedup
+        t_fa2 = t_cud = NAN;
+        extrap = false;
+      } else if (!extrap) {
         auto q4 = q.unsqueeze(0), k4 = k.unsqueeze(0), v4 = v.unsqueeze(0);
         // One dense 1M call takes 17-28 s: one warm-up and one timed call each there.
         const int br = N >= 1048576 ? 1 : N >= 262144 ? 2 : reps;
