@@ -55,7 +55,11 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
   const std::string tmp = temporary_path_for(path);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    RTP_CHECK(out.good(), "cannot open '", tmp, "' for writing (destination '", path, "'): ", std::strerror(errno));
+    if (!out.good()) {
+      const int err = errno;
+      const std::string why = missing_parent_reason(path);
+      RTP_THROW("cannot write '", path, "': ", why.empty() ? std::string(std::strerror(err)) : why);
+    }
     out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
     out.flush();
     if (!out.good()) {
@@ -69,6 +73,37 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
 
 void write_json_atomic(const std::string& path, const nlohmann::json& value, int indent) {
   write_file_atomic(path, value.dump(indent) + "\n");
+}
+
+namespace {
+std::string parent_of(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+}  // namespace
+
+std::string missing_parent_reason(const std::string& path) {
+  const std::string dir = parent_of(path);
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return "directory '" + dir + "' does not exist";
+  if (!S_ISDIR(st.st_mode)) return "'" + dir + "' is not a directory";
+  return "";
+}
+
+void require_output_directory_for(const std::string& path, const std::string& what) {
+  const std::string why = missing_parent_reason(path);
+  RTP_CHECK(why.empty(), what, " '", path, "': ", why);
+  RTP_CHECK(::access(parent_of(path).c_str(), W_OK) == 0, what, " '", path, "': directory '", parent_of(path),
+            "' is not writable");
+  RTP_CHECK(!fs::is_directory(path), what, " '", path, "' is a directory, expected a file name");
+}
+
+void require_directory(const std::string& path, const std::string& what, const std::string& hint) {
+  struct stat st {};
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  RTP_CHECK(exists, what, " '", path, "' does not exist", hint.empty() ? "" : " ", hint);
+  RTP_CHECK(S_ISDIR(st.st_mode), what, " '", path, "' is a file, expected a directory", hint.empty() ? "" : " ", hint);
 }
 
 bool file_exists(const std::string& path) { return fs::is_regular_file(path); }

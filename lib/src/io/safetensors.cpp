@@ -541,7 +541,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   if (guard.fd_ < 0) {
     const int err = errno;
     guard.release();  // nothing created
-    RTP_THROW("cannot create '", tmp, "' (to write '", path, "'): ", std::strerror(err));
+    const std::string why = missing_parent_reason(path);
+    RTP_THROW("cannot write '", path, "': ", why.empty() ? std::string(std::strerror(err)) : why);
   }
   write_all(guard.fd_, len, 8, path, "the header length");
   write_all(guard.fd_, hs.data(), hs.size(), path, "the header");

@@ -17,6 +17,17 @@ std::string temporary_path_for(const std::string& path);
 // rename(tmp, path), throwing with both names on failure.
 void commit_temporary(const std::string& tmp, const std::string& path);
 
+// Why a file cannot be created at `path` for lack of its directory: "directory 'd' does not exist" or "'d' is
+// not a directory", else "". Errors about an output then name the destination and the real cause, not the
+// temporary file the write went through.
+std::string missing_parent_reason(const std::string& path);
+// An output file about to be written (e.g. checked before a long computation): throws "<what> 'path': directory
+// 'd' does not exist" (or that d is not a directory, or is not writable).
+void require_output_directory_for(const std::string& path, const std::string& what);
+// An input directory: throws "<what> 'path' does not exist" or "<what> 'path' is a file, expected a directory",
+// followed by `hint` when given.
+void require_directory(const std::string& path, const std::string& what, const std::string& hint = "");
+
 bool file_exists(const std::string& path);
 bool directory_exists(const std::string& path);
 void make_directories(const std::string& path);

@@ -44,8 +44,8 @@ torch::Tensor load_fused_experts(const io::SafetensorsDir& dir, const ModelConfi
 }  // namespace
 
 Qwen3Model load_qwen3(const std::string& dir, torch::Device device, torch::ScalarType dtype) {
-  RTP_CHECK(directory_exists(dir), "model directory '", dir, "' does not exist (expected a Hugging Face checkpoint "
-            "directory with config.json and *.safetensors)");
+  require_directory(dir, "model directory", "(expected a Hugging Face checkpoint directory with config.json and "
+                    "*.safetensors)");
   const std::string config_path = (fs::path(dir) / "config.json").string();
   RTP_CHECK(file_exists(config_path), "'", dir, "' has no config.json (expected a Hugging Face checkpoint directory)");
   ModelConfig cfg = load_model_config(config_path);

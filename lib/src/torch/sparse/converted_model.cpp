@@ -137,7 +137,7 @@ Indexer load_indexer_file(const std::string& path, const HeadMap& heads, const m
 bool is_converted_model_dir(const std::string& dir) { return file_exists((fs::path(dir) / kManifestName).string()); }
 
 ConvertedModel load_converted(const std::string& dir, torch::Device device, torch::ScalarType dtype) {
-  RTP_CHECK(directory_exists(dir), "model directory '", dir, "' does not exist");
+  require_directory(dir, "model directory");
   const std::string config_path = (fs::path(dir) / "config.json").string();
   RTP_CHECK(file_exists(config_path), "'", dir, "' has no config.json");
   const json raw = read_json_file(config_path);
@@ -184,7 +184,7 @@ void export_converted(const ExportOptions& options, const HeadMap& heads, const 
 void export_converted(const ExportOptions& o, const RtpurboManifest& provenance, const HeadMap& heads,
                       const SparseSettings& settings, const Indexer& indexer) {
   RTP_CHECK(!o.model_dir.empty() && !o.out_dir.empty(), "export needs a base model directory and an output directory");
-  RTP_CHECK(directory_exists(o.model_dir), "base model directory '", o.model_dir, "' does not exist");
+  require_directory(o.model_dir, "base model directory");
   const std::string base = real_path(o.model_dir);
   const std::string config_path = base + "/config.json";
   RTP_CHECK(file_exists(config_path), "'", o.model_dir, "' has no config.json");
