@@ -2,6 +2,7 @@
 // with headwise_config, and the rtpurbo-export tool.
 #include <ftw.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include "test_util.h"
 #include <sys/stat.h>
@@ -329,6 +330,62 @@ TEST(ExportTool, WritesADirectoryFromAnIndexerCheckpoint) {
   EXPECT_NE(std::system(cmd2.c_str()), 0);
   EXPECT_FALSE(fs::exists(bad));
   EXPECT_NE(rtp::read_text_file(bad + ".log").find("--top-p"), std::string::npos);
+}
+
+// Without --indexer the settings come from the --heads file when it carries them (not the library defaults), the
+// console says which were used, and the two ways the result is dense in effect are warned about.
+TEST(ExportTool, WithoutIndexerSaysWhatItWroteAndWarns) {
+  const std::string tool = std::string(RTP_BINARY_DIR) + "/bin/rtpurbo-export";
+  if (!fs::exists(tool)) GTEST_SKIP() << "build rtpurbo-export first (" << tool << ")";
+  const std::string base = rtp::testing::model_fixture_dir("qwen3-tiny");
+  const std::string ck = scratch("noix-ck") + ".safetensors";
+  rtp::sparse::save_indexer_checkpoint(ck, random_indexer(tiny_heads(), 8, 9), tiny_settings());
+  const std::string out = scratch("noix-out");
+  const std::string cmd = tool + " --model " + base + " --heads " + ck + " --out " + out + " > " + out + ".log 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << rtp::read_text_file(out + ".log");
+  const std::string log = rtp::read_text_file(out + ".log");
+  EXPECT_NE(log.find("settings (from --heads " + ck + ", then flags): sink 2, window 16, top_p 0.85, block size 8, "
+                     "local blocks 1, query sub-blocks 4, aggregate max, dense_below 5"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("warning: 2 retrieval KV heads but no --indexer"), std::string::npos) << log;
+  EXPECT_NE(log.find("layer N has retrieval heads but no indexer"), std::string::npos) << log;
+  EXPECT_EQ(log.find("max_position_embeddings"), std::string::npos) << log;  // 2 + 16 < 512
+  const auto cm = rtp::sparse::load_converted(out, torch::kCPU, torch::kFloat32);
+  EXPECT_EQ(cm.settings.window, 16);
+  EXPECT_DOUBLE_EQ(cm.settings.top_p, 0.85);
+
+  const std::string out2 = scratch("noix-out2");
+  ASSERT_EQ(std::system((tool + " --model " + base + " --heads " + ck + " --out " + out2 + " --window 510 > " + out2 +
+                         ".log 2>&1").c_str()), 0);
+  EXPECT_NE(rtp::read_text_file(out2 + ".log").find("sink + window = 512 >= the model's max_position_embeddings 512"),
+            std::string::npos)
+      << rtp::read_text_file(out2 + ".log");
+}
+
+// Malformed numbers, stray arguments and a config.json given for --model are named as such (exit 2 for the
+// command line), and nothing is written.
+TEST(ExportTool, StrictCommandLine) {
+  const std::string tool = std::string(RTP_BINARY_DIR) + "/bin/rtpurbo-export";
+  if (!fs::exists(tool)) GTEST_SKIP() << "build rtpurbo-export first (" << tool << ")";
+  const std::string base = rtp::testing::model_fixture_dir("qwen3-tiny");
+  const std::string ck = scratch("strict-ck") + ".safetensors";
+  rtp::sparse::save_indexer_checkpoint(ck, random_indexer(tiny_heads(), 8, 9), tiny_settings());
+  const std::string out = scratch("strict-out");
+  const auto run = [&](const std::string& extra) {
+    const int st = std::system((tool + " --heads " + ck + " --out " + out + " " + extra + " > " + out + ".log 2>&1").c_str());
+    return std::make_pair(WEXITSTATUS(st), rtp::read_text_file(out + ".log"));
+  };
+  auto [rc, log] = run("--model " + base + " --top-p 0.9x");
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(log.find("--top-p '0.9x' is not valid: expected a number in (0, 1]"), std::string::npos) << log;
+  std::tie(rc, log) = run("--model " + base + " --window 32 extra");
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(log.find("unexpected argument 'extra'"), std::string::npos) << log;
+  std::tie(rc, log) = run("--model " + base + "/config.json");
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(log.find("--model '" + base + "/config.json' is a file, expected a directory"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST(ExportTool, TakesTheHeadMapFromAnHdf5HeadProfile) {

@@ -76,4 +76,29 @@ TEST_F(TokenizeCli, ErrorsNameTheLine) {
   EXPECT_EQ(r.rc, 2);
 }
 
+// An id the tokenizer does not know would decode to nothing (as in HF): here it is an error naming the line,
+// the id and the vocabulary size.
+TEST_F(TokenizeCli, DecodeRejectsIdsOutsideTheVocabulary) {
+  for (const char* id : {"999999999", "-1"}) {
+    rtp::write_file_atomic(path("ids.jsonl"), std::string("{\"ids\": [97]}\n{\"ids\": [97, ") + id + "]}\n");
+    const ToolResult r = run("--decode --input " + path("ids.jsonl") + " --output " + path("o.jsonl"));
+    EXPECT_EQ(r.rc, 1) << id;
+    EXPECT_NE(r.err.find(std::string("ids.jsonl:2: id ") + id + " is not a token of this tokenizer (vocabulary of "),
+              std::string::npos)
+        << r.err;
+    EXPECT_FALSE(rtp::file_exists(path("o.jsonl")));
+  }
+}
+
+// A positional argument is not an input file: it used to be ignored while stdin was read.
+TEST_F(TokenizeCli, StrayArgumentsAreErrors) {
+  rtp::write_file_atomic(path("in.jsonl"), "{\"text\": \"abc\"}\n");
+  ToolResult r = run(path("in.jsonl") + " < /dev/null");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("unexpected argument '" + path("in.jsonl") + "'"), std::string::npos) << r.err;
+  r = run("--inptu " + path("in.jsonl"));
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("did you mean 'input'"), std::string::npos) << r.err;
+}
+
 }  // namespace

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "main_guard.h"
+#include "tool_args.h"
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/text/tokenizer.h"
@@ -49,7 +50,9 @@ std::string process_line(const rtp::text::Tokenizer& tok, const std::string& lin
     for (const auto& v : in["ids"]) {
       RTP_CHECK(v.is_number_integer(), "\"ids\" holds ", v.dump(), ", expected integers");
       const auto x = v.get<int64_t>();
-      RTP_CHECK(x >= INT32_MIN && x <= INT32_MAX, "id ", x, " is out of the int32 range");
+      // decode() drops unknown ids (as HF does), which here would turn a wrong id into silently missing text.
+      RTP_CHECK(tok.has_id(x), "id ", x, " is not a token of this tokenizer (vocabulary of ", tok.vocab_size(),
+                " tokens)");
       ids.push_back(static_cast<int32_t>(x));
     }
     out["ids"] = ids;
@@ -75,7 +78,7 @@ int main(int argc, char** argv) {
       ("skip-special", "decode: drop special tokens", cxxopts::value<bool>()->default_value("false"))
       ("h,help", "print this help");
     // clang-format on
-    auto args = opts.parse(argc, argv);
+    auto args = rtp::tools::parse_strict(opts, argc, argv);
     if (args.count("help")) {
       std::cout << opts.help() << "\n";
       return 0;

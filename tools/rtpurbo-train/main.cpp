@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "main_guard.h"
+#include "tool_args.h"
 #include <torch/torch.h>
 
 #include "rtp/data/toy_task.h"
@@ -52,21 +53,21 @@ int run(int argc, char** argv) {
   for (const auto& f : reg.fields())
     if (std::find(groups.begin(), groups.end(), f.group) == groups.end()) groups.push_back(f.group);
 
+  // No arguments at all is a question, not a request for the default 1000-step pretrain into runs/train.
+  if (argc <= 1) {
+    std::cerr << options.help(groups) << std::endl;
+    return 2;
+  }
   options.allow_unrecognised_options();
   const auto result = options.parse(static_cast<int>(cargv.size()), cargv.data());
   if (result.count("help")) {
     std::cout << options.help(groups) << std::endl;
     return 0;
   }
-  for (const auto& u : result.unmatched()) {
-    if (u.rfind("--", 0) == 0) {
-      const std::string key = rtp::config::normalize_key(u.substr(2, u.find('=') - 2));
-      RTP_THROW("command line: unknown option '", u, "'", rtp::config::did_you_mean(key, reg.names()),
-                " (rtpurbo-train --help lists every key)");
-    }
-    RTP_THROW("command line: unexpected argument '", u, "' (options are --key value, booleans --key or --key=false; see "
-              "rtpurbo-train --help)");
-  }
+  // Unknown keys get "did you mean" over the config keys, in the snake_case the kebab-case flags were mapped to.
+  std::vector<std::string> names = reg.names();
+  for (const char* own : {"recipe", "dump-config", "dump-data", "help"}) names.push_back(own);
+  rtp::tools::reject_unmatched(result, names);
   std::vector<std::pair<std::string, std::string>> overrides;
   for (const auto& kv : result.arguments())
     if (reg.find(kv.key())) overrides.emplace_back(kv.key(), kv.value());

@@ -858,6 +858,11 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
 
 int64_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
 
+bool Tokenizer::has_id(int64_t id) const {
+  return id >= 0 && static_cast<std::size_t>(id) < impl_->id_flags.size() &&
+         (impl_->id_flags[static_cast<std::size_t>(id)] & 1);
+}
+
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   const std::string key(token);
   auto a = impl_->added_by_content.find(key);

@@ -44,6 +44,8 @@ class Tokenizer {
 
   // Number of distinct tokens, added tokens included (HF get_vocab_size(with_added_tokens=True)).
   int64_t vocab_size() const;
+  // Whether `id` names a token (decode() skips ids that do not, like HF; callers that must not lose text check).
+  bool has_id(int64_t id) const;
   std::optional<int32_t> token_to_id(std::string_view token) const;
   // The token's string as the file spells it (byte-level alphabet for model tokens); rtp::Error if no such id.
   std::string id_to_token(int32_t id) const;

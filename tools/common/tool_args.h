@@ -1,0 +1,91 @@
+#pragma once
+// Strict command lines for every tool, the way rtpurbo-train has always read its own: an argument that matches
+// no option is an error (cxxopts alone collects stray positional arguments and lets them be ignored, so
+// `rtpurbo-tokenize --tokenizer DIR file.jsonl` read stdin), an unknown option gets a "did you mean", and a
+// number is the whole argument (cxxopts reads `0.15x` as 0.15) and within its range, checked when the command
+// line is read rather than after minutes of work. Numeric options are declared as cxxopts::value<std::string>()
+// and read through number_arg / integer_arg, which use the recipe parser (rtp/core/config_registry.h).
+#include <cxxopts.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "rtp/core/config_registry.h"
+#include "rtp/core/error.h"
+#include "main_guard.h"
+
+namespace rtp::tools {
+
+// Every long option name of `opts`, for "did you mean".
+inline std::vector<std::string> option_names(const cxxopts::Options& opts) {
+  std::vector<std::string> names;
+  for (const auto& g : opts.groups())
+    for (const auto& o : opts.group_help(g).options)
+      for (const auto& l : o.l) names.push_back(l);
+  return names;
+}
+
+// Throws UsageError for the first argument no option took: an unknown --option (with the closest known name
+// among `names`) or a stray positional argument.
+inline void reject_unmatched(const cxxopts::ParseResult& result, const std::vector<std::string>& names) {
+  for (const auto& u : result.unmatched()) {
+    if (u.rfind("-", 0) == 0 && u.size() > 1) {
+      const std::string name = u.substr(u.find_first_not_of('-'), u.find('=') - u.find_first_not_of('-'));
+      std::string hint = rtp::config::did_you_mean(name, names);
+      // did_you_mean compares the spelling it is given; tools' options are kebab-case.
+      if (hint.empty()) hint = rtp::config::did_you_mean(rtp::config::normalize_key(name), names);
+      throw UsageError(rtp::str_cat("unknown option '", u, "'", hint));
+    }
+    throw UsageError(rtp::str_cat("unexpected argument '", u,
+                                  "': every input is given by an option (--name value), none is positional"));
+  }
+}
+
+// opts.parse() with unknown options and stray arguments as errors (see reject_unmatched).
+inline cxxopts::ParseResult parse_strict(cxxopts::Options& opts, int argc, const char* const* argv) {
+  opts.allow_unrecognised_options();
+  auto result = opts.parse(argc, argv);
+  if (!result.count("help")) reject_unmatched(result, option_names(opts));
+  return result;
+}
+
+namespace detail {
+// "--top-p '0.9x' is not valid: expected a number in (0, 1]": the recipe parser's checks, the option's name.
+template <class F>
+auto parse_or_usage(const std::string& name, const std::string& text, const rtp::config::Check& check,
+                    rtp::config::Kind kind, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const rtp::Error&) {
+    throw UsageError(rtp::str_cat("--", name, " '", text, "' is not valid: expected ", check.describe(kind)));
+  }
+}
+}  // namespace detail
+
+// The value of --name (declared as a string option) as a number: the whole text, within `check`.
+inline double number_arg(const cxxopts::ParseResult& r, const std::string& name,
+                         const rtp::config::Check& check = rtp::config::any()) {
+  const std::string text = r[name].as<std::string>();
+  return detail::parse_or_usage(name, text, check, rtp::config::Kind::Float,
+                                [&] { return rtp::config::parse_float(name, text, check, "command line"); });
+}
+inline int64_t integer_arg(const cxxopts::ParseResult& r, const std::string& name,
+                           const rtp::config::Check& check = rtp::config::any()) {
+  const std::string text = r[name].as<std::string>();
+  return detail::parse_or_usage(name, text, check, rtp::config::Kind::Int,
+                                [&] { return rtp::config::parse_int(name, text, check, "command line"); });
+}
+// Unset (no default and not given): nullopt.
+inline std::optional<double> optional_number_arg(const cxxopts::ParseResult& r, const std::string& name,
+                                                 const rtp::config::Check& check = rtp::config::any()) {
+  if (!r.count(name)) return std::nullopt;
+  return number_arg(r, name, check);
+}
+inline std::optional<int64_t> optional_integer_arg(const cxxopts::ParseResult& r, const std::string& name,
+                                                   const rtp::config::Check& check = rtp::config::any()) {
+  if (!r.count(name)) return std::nullopt;
+  return integer_arg(r, name, check);
+}
+
+}  // namespace rtp::tools
