@@ -6,6 +6,7 @@
 
 #include "rtp/core/error.h"
 #include "rtp/eval/ruler_eval.h"
+#include "test_util.h"
 
 namespace {
 
@@ -46,7 +47,7 @@ TEST(RulerEval, ModelAndTokenizerMustBelongTogether) {
   o.model_dir = std::string(RTP_SOURCE_DIR) + "/data/fixtures/models/qwen3-tiny";  // vocab 256
   o.tokenizer = kTokenizer;
   o.tasks = {"vt"};
-  o.lengths = {1024};
+  o.lengths = {256};  // within the model's 512 positions
   o.dense = true;
   o.sparse = false;
   rtp::RunContext ctx;
@@ -56,6 +57,21 @@ TEST(RulerEval, ModelAndTokenizerMustBelongTogether) {
   } catch (const rtp::Error& e) {
     EXPECT_NE(std::string(e.what()).find("do not belong together"), std::string::npos) << e.what();
   }
+}
+
+// Checked before the tokenizer loads and before any prompt is built: a length past the model's positions, and a
+// model directory that does not exist (it used to be reported as a missing tokenizer file).
+TEST(RulerEval, LengthsAndTheModelDirectoryAreCheckedFirst) {
+  rtp::eval::RulerEvalOptions o;
+  o.model_dir = std::string(RTP_SOURCE_DIR) + "/data/fixtures/models/qwen3-tiny";  // max_position_embeddings 512
+  o.tasks = {"vt"};
+  o.lengths = {256, 50000};
+  rtp::RunContext ctx;
+  std::string e = rtp::testing::error_of([&] { rtp::eval::run_ruler_eval(o, ctx); });
+  EXPECT_NE(e.find("length 50000 exceeds the model's max_position_embeddings 512"), std::string::npos) << e;
+  o.model_dir += "-missing";
+  e = rtp::testing::error_of([&] { rtp::eval::run_ruler_eval(o, ctx); });
+  EXPECT_NE(e.find("model directory '" + o.model_dir + "' does not exist"), std::string::npos) << e;
 }
 
 }  // namespace

@@ -179,6 +179,18 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
   rtp::sparse::save_indexer_checkpoint(rck, random_indexer(more, 16, 16, 2), s);
   o.random_heads_indexer = rck;
   EXPECT_THROW(rtp::eval::run_toy_eval(o, ctx), rtp::Error);
+
+  // a length past the model's positions is refused before any sequence runs (it used to run for minutes)
+  o.random_heads_indexer.clear();
+  o.lengths = {128, 100000};
+  try {
+    rtp::eval::run_toy_eval(o, ctx);
+    ADD_FAILURE() << "length 100000 was accepted";
+  } catch (const rtp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("length 100000 exceeds the model's max_position_embeddings"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -1,9 +1,13 @@
 // rtpurbo-eval: evaluate a model (dense or converted) on a task.
 #include <cxxopts.hpp>
 #include <iostream>
+#include <cctype>
 #include <sstream>
 
 #include "main_guard.h"
+#include "tool_args.h"
+#include <unistd.h>
+#include "rtp/core/file_io.h"
 #include "rtp/eval/logits_task.h"
 #include "rtp/eval/ruler_eval.h"
 #include "rtp/eval/toy_eval.h"
@@ -23,12 +27,22 @@ std::vector<int64_t> parse_lengths(const std::string& s) {
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used == 0 || used != item.size() || v <= 0)
-      throw rtp::Error("--lengths: expected comma-separated positive integers, found '" + s + "'");
+    if (used == 0 || used != item.size() || v <= 0 || !std::isdigit(static_cast<unsigned char>(item[0])))
+      throw rtp::tools::UsageError("--lengths: expected comma-separated positive integers, found '" + s + "'");
     out.push_back(v);
   }
-  if (out.empty()) throw rtp::Error("--lengths is empty");
+  if (out.empty()) throw rtp::tools::UsageError("--lengths is empty");
   return out;
+}
+
+// An output directory the tool creates: made (and found writable) before the evaluation, not after it.
+void prepare_output_directory(const std::string& dir, const char* flag) {
+  try {
+    rtp::make_directories(dir);
+  } catch (const rtp::Error& e) {
+    RTP_THROW(flag, " '", dir, "': ", e.what());
+  }
+  RTP_CHECK(::access(dir.c_str(), W_OK) == 0, flag, " '", dir, "' is not writable");
 }
 
 }  // namespace
@@ -42,19 +56,20 @@ int main(int argc, char** argv) {
       ("model", "model directory (Hugging Face layout or converted)", cxxopts::value<std::string>())
       ("input", "logits: safetensors with int64 input_ids [B, T]", cxxopts::value<std::string>())
       ("out", "logits: output safetensors (float32 logits [B, T, V])", cxxopts::value<std::string>())
-      ("samples", "toy: held-out sequences per length", cxxopts::value<int64_t>()->default_value("16"))
-      ("seq-len", "toy: one sequence length (default: the task's training length)", cxxopts::value<int64_t>())
+      ("samples", "toy and ruler: sequences per length", cxxopts::value<std::string>()->default_value("16"))
+      ("seq-len", "toy: one sequence length (default: the task's training length)", cxxopts::value<std::string>())
       ("lengths", "toy: comma-separated sequence lengths (accuracy against length)", cxxopts::value<std::string>())
-      ("out-dir", "toy: where eval.json and report.html go", cxxopts::value<std::string>()->default_value("runs/eval-toy"))
+      ("out-dir", "where eval.json / ruler.json and report.html go (default: runs/eval-toy, runs/eval-ruler)",
+       cxxopts::value<std::string>())
       ("random-heads-indexer", "toy: indexer checkpoint trained on random heads (same count and budget)",
        cxxopts::value<std::string>())
-      ("batch-size", "toy: sequences per forward", cxxopts::value<int64_t>()->default_value("4"))
+      ("batch-size", "toy: sequences per forward", cxxopts::value<std::string>()->default_value("4"))
       ("no-recall", "toy: skip measuring indexer recall (faster)")
       ("token-recall-top-p", "toy: top-p of the indexer's token-level recall (no block pooling) at the longest "
-       "length; 0: skip", cxxopts::value<double>()->default_value("0.9"))
+       "length; 0: skip", cxxopts::value<std::string>()->default_value("0.9"))
       ("device", "cpu, cuda, cuda:N or auto", cxxopts::value<std::string>()->default_value("cpu"))
       ("dtype", "float32, bfloat16 or float16", cxxopts::value<std::string>()->default_value("float32"))
-      ("seed", "random seed", cxxopts::value<uint64_t>()->default_value("1234"))
+      ("seed", "random seed", cxxopts::value<std::string>()->default_value("1234"))
       ("tasks", "ruler: comma-separated tasks, e.g. ruler:niah_single_1,ruler:vt", cxxopts::value<std::string>())
       ("tokenizer", "ruler: tokenizer.json or its directory (default: the model's)", cxxopts::value<std::string>())
       ("essay", "ruler: plain-text haystack for the essay tasks", cxxopts::value<std::string>())
@@ -63,16 +78,24 @@ int main(int argc, char** argv) {
       ("both", "ruler: dense and sparse (the default)")
       ("dump-prompts", "ruler: write the prompts and answers as JSONL here", cxxopts::value<std::string>())
       ("prefill-chunk", "ruler: prefill prompts in chunks of N tokens, dense and sparse (sparse: a multiple of the "
-       "block size; 0: one forward)", cxxopts::value<int64_t>()->default_value("4096"))
+       "block size; 0: one forward)", cxxopts::value<std::string>()->default_value("4096"))
       ("h,help", "print this help");
     // clang-format on
-    auto args = opts.parse(argc, argv);
+    auto args = rtp::tools::parse_strict(opts, argc, argv);
     if (args.count("help")) {
       std::cout << opts.help() << "\n";
       return 0;
     }
+    using rtp::config::at_least;
+    using rtp::config::range;
+    // Every number is read (and range-checked) here, before any model loads.
+    const int64_t samples = rtp::tools::integer_arg(args, "samples", at_least(1));
+    const auto seq_len = rtp::tools::optional_integer_arg(args, "seq-len", at_least(1));
+    const int64_t batch_size = rtp::tools::integer_arg(args, "batch-size", at_least(1));
+    const double token_recall_top_p = rtp::tools::number_arg(args, "token-recall-top-p", range(0, 1));
+    const int64_t prefill_chunk = rtp::tools::integer_arg(args, "prefill-chunk", at_least(0));
     rtp::RunContext ctx;
-    ctx.seed = args["seed"].as<uint64_t>();
+    ctx.seed = static_cast<uint64_t>(rtp::tools::integer_arg(args, "seed", at_least(0)));
     ctx.device = rtp::parse_device(args["device"].as<std::string>());
     ctx.dtype = rtp::parse_dtype(args["dtype"].as<std::string>());
     const std::string task = args["task"].as<std::string>();
@@ -85,6 +108,8 @@ int main(int argc, char** argv) {
       o.model_dir = need("model");
       o.input_path = need("input");
       o.output_path = need("out");
+      rtp::require_directory(o.model_dir, "--model");
+      rtp::require_output_directory_for(o.output_path, "--out");
       rtp::eval::run_logits_task(o, ctx);
       std::cerr << "wrote " << o.output_path << "\n";
       return 0;
@@ -92,18 +117,17 @@ int main(int argc, char** argv) {
     if (task == "toy") {
       rtp::eval::ToyEvalOptions o;
       o.model_dir = need("model");
-      o.samples = args["samples"].as<int64_t>();
-      if (args.count("seq-len") && args.count("lengths"))
-        throw rtp::Error("give --seq-len or --lengths, not both");
-      if (args.count("seq-len")) o.lengths = {args["seq-len"].as<int64_t>()};
+      o.samples = samples;
+      if (seq_len && args.count("lengths")) throw rtp::tools::UsageError("give --seq-len or --lengths, not both");
+      if (seq_len) o.lengths = {*seq_len};
       if (args.count("lengths")) o.lengths = parse_lengths(args["lengths"].as<std::string>());
-      o.out_dir = args["out-dir"].as<std::string>();
+      if (args.count("out-dir")) o.out_dir = args["out-dir"].as<std::string>();
       if (args.count("random-heads-indexer")) o.random_heads_indexer = args["random-heads-indexer"].as<std::string>();
-      o.batch_size = args["batch-size"].as<int64_t>();
+      o.batch_size = batch_size;
       o.measure_recall = args.count("no-recall") == 0;
-      o.token_recall_top_p = args["token-recall-top-p"].as<double>();
-      RTP_CHECK(o.token_recall_top_p >= 0 && o.token_recall_top_p <= 1, "--token-recall-top-p must be in [0, 1], "
-                "found ", o.token_recall_top_p);
+      o.token_recall_top_p = token_recall_top_p;
+      rtp::require_directory(o.model_dir, "--model");
+      prepare_output_directory(o.out_dir, "--out-dir");
       rtp::eval::run_toy_eval(o, ctx);
       return 0;
     }
@@ -113,13 +137,16 @@ int main(int argc, char** argv) {
       if (args.count("tokenizer")) o.tokenizer = args["tokenizer"].as<std::string>();
       o.tasks = rtp::eval::parse_ruler_tasks(need("tasks"));
       o.lengths = parse_lengths(need("lengths"));
-      o.samples = args["samples"].as<int64_t>();
+      o.samples = samples;
       if (args.count("essay")) o.essay_file = args["essay"].as<std::string>();
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
-      o.prefill_chunk = args["prefill-chunk"].as<int64_t>();
-      if (o.prefill_chunk < 0) throw rtp::Error("--prefill-chunk must be >= 0 (0: one forward), found " +
-                                                std::to_string(o.prefill_chunk));
-      if (args.count("out-dir") && !args["out-dir"].has_default()) o.out_dir = args["out-dir"].as<std::string>();
+      o.prefill_chunk = prefill_chunk;
+      if (args.count("out-dir")) o.out_dir = args["out-dir"].as<std::string>();
+      if (!o.model_dir.empty()) {
+        rtp::require_directory(o.model_dir, "--model");
+        prepare_output_directory(o.out_dir, "--out-dir");
+      }
+      if (!o.dump_prompts.empty()) rtp::require_output_directory_for(o.dump_prompts, "--dump-prompts");
       // --dense and --sparse each select a model; neither (or --both) selects both.
       const bool d = args.count("dense") > 0, sp = args.count("sparse") > 0;
       o.dense = d || !sp || args.count("both");

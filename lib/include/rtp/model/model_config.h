@@ -54,4 +54,9 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& origi
 ModelConfig load_model_config(const std::string& config_json_path);
 nlohmann::json model_config_to_json(const ModelConfig& c);
 
+// Throws unless a sequence of `tokens` positions fits the model (tokens <= max_position_embeddings; a config
+// without the field, 0, accepts any): "<what> <tokens> exceeds the model's max_position_embeddings <n>". Checked
+// before work whose length is known, so that a too-long run fails at once instead of after minutes.
+void check_fits_positions(const ModelConfig& c, int64_t tokens, const std::string& what);
+
 }  // namespace rtp::model

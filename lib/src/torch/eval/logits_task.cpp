@@ -5,7 +5,9 @@
 #include <iostream>
 
 #include "rtp/core/error.h"
+#include "rtp/core/file_io.h"
 #include "rtp/io/safetensors.h"
+#include "rtp/model/model_config.h"
 #include "rtp/model/qwen3.h"
 #include "rtp/torch/tensor_io.h"
 
@@ -18,6 +20,12 @@ void run_logits_task(const LogitsTaskOptions& o, const RunContext& ctx) {
   RTP_CHECK(info->dtype == io::DType::I64 && info->shape.size() == 2, "'", o.input_path,
             "': tensor 'input_ids' must be int64 [B, T], found ", io::dtype_name(info->dtype), " with ",
             info->shape.size(), " dimensions");
+  RTP_CHECK(info->shape[0] >= 1 && info->shape[1] >= 1, "'", o.input_path, "': tensor 'input_ids' has shape [",
+            info->shape[0], ", ", info->shape[1], "]: expected at least one sequence of at least one token");
+  // Before the model loads: a sequence longer than the model's positions is refused at once.
+  require_directory(o.model_dir, "model directory");
+  const model::ModelConfig cfg = model::load_model_config(o.model_dir + "/config.json");
+  model::check_fits_positions(cfg, info->shape[1], str_cat("'", o.input_path, "': input_ids of length"));
   auto ids = read_tensor(input, *info, torch::kInt64, torch::kCPU);
   auto model = model::load_qwen3(o.model_dir, ctx.device, ctx.dtype);
   torch::NoGradGuard no_grad;

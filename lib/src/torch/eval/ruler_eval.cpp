@@ -11,6 +11,7 @@
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/eval/ruler_report.h"
+#include "rtp/model/model_config.h"
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/sparse_cache.h"
 #include "rtp/text/ruler.h"
@@ -101,6 +102,13 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   // with --dense --sparse together: each means "only this one".
   RTP_CHECK(o.model_dir.empty() || o.dense || o.sparse, "ruler eval has neither the dense nor the sparse model to ",
             "evaluate: expected one of --dense (only), --sparse (only) or --both");
+  if (!o.model_dir.empty()) {
+    // Before the tokenizer (which defaults to the model's) and before any prompt is built: a missing model is
+    // named as such, and a length the model cannot take fails now rather than after minutes of prefill.
+    require_directory(o.model_dir, "model directory");
+    const model::ModelConfig mc = model::load_model_config(o.model_dir + "/config.json");
+    for (int64_t len : o.lengths) model::check_fits_positions(mc, len, "length");
+  }
   std::string tok_path = o.tokenizer.empty() ? o.model_dir : o.tokenizer;
   RTP_CHECK(!tok_path.empty(), "ruler eval needs --tokenizer DIR (or --model DIR holding tokenizer.json)");
   auto tok = text::Tokenizer::from_file(tok_path);

@@ -13,6 +13,7 @@
 #include "rtp/data/toy_task.h"
 #include "rtp/eval/html.h"
 #include "rtp/eval/report.h"
+#include "rtp/model/model_config.h"
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/headwise_config.h"
 #include "rtp/sparse/indexer_checkpoint.h"
@@ -210,9 +211,11 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   const data::ToyTask task(task_info.config);
   std::vector<int64_t> lengths = o.lengths;
   if (lengths.empty()) lengths.push_back(task_info.seq_len);
-  for (auto T : lengths)
+  for (auto T : lengths) {
     RTP_CHECK(T >= task_info.config.min_seq_len(), "length ", T, " is shorter than the toy task needs (",
               task_info.config.min_seq_len(), " tokens)");
+    model::check_fits_positions(cfg, T, "length");  // else minutes of work past the positions the model knows
+  }
 
   // Random-heads baseline: an indexer trained by the caller for a random map with the same number of heads.
   std::unique_ptr<sparse::IndexerCheckpoint> random_ck;

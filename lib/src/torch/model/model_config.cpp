@@ -156,4 +156,9 @@ json model_config_to_json(const ModelConfig& c) {
   return j;
 }
 
+void check_fits_positions(const ModelConfig& c, int64_t tokens, const std::string& what) {
+  RTP_CHECK(c.max_position_embeddings <= 0 || tokens <= c.max_position_embeddings, what, " ", tokens,
+            " exceeds the model's max_position_embeddings ", c.max_position_embeddings);
+}
+
 }  // namespace rtp::model
