@@ -3,15 +3,18 @@
 // "Identification"; the scores are defined in rtp/heads/head_scores.h, the file in rtp/heads/head_profile.h.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cxxopts.hpp>
 #include <iostream>
 
 #include "main_guard.h"
+#include "tool_args.h"
 #include "rtp/core/file_io.h"
 #include "rtp/heads/calibration.h"
 #include "rtp/heads/head_profile.h"
 #include "rtp/heads/head_selection.h"
 #include "rtp/heads/heatmap_svg.h"
+#include "rtp/model/model_config.h"
 #include "rtp/model/qwen3.h"
 #include "rtp/text/tokenizer.h"
 #include "rtp/torch/run_context.h"
@@ -42,11 +45,13 @@ int main(int argc, char** argv) {
       ("recipe", "YAML recipe (TrainConfig keys): model_dir, heads_file, seed, device, dtype, sink, window, "
                  "retrieval_fraction, kv_budget (fraction of the dense KV cache) are used; flags override",
        cxxopts::value<std::string>())
-      ("retrieval-fraction", "keep this fraction of KV heads (default 0.15, at least 1 head)", cxxopts::value<double>())
-      ("kv-budget", "instead: bytes the retrieval KV heads' full caches may use (e.g. 2G, 512MiB)",
+      ("retrieval-fraction", "keep this fraction of KV heads, in (0, 1] (default 0.15; rounded, at least 1 head)",
+       cxxopts::value<std::string>())
+      ("kv-budget", "instead: BYTES the retrieval KV heads' full caches may use, with an optional unit K, M, G, T "
+       "(e.g. 2G, 512MiB); not a fraction (the recipe key kv_budget is the fraction of the dense KV cache)",
        cxxopts::value<std::string>())
       ("budget-context", "tokens per retrieval head the budget accounts for (default: max_position_embeddings)",
-       cxxopts::value<int64_t>())
+       cxxopts::value<std::string>())
       ("per-query-head", "select query heads instead of KV heads (studies; the implied KV heads are reported)")
       ("aggregation", "query heads -> KV head: max or mean", cxxopts::value<std::string>()->default_value("max"))
       ("calibration", "toy (random tokens) or text (default: text when the model has tokenizer.json)",
@@ -54,22 +59,22 @@ int main(int argc, char** argv) {
       ("text", "text calibration: a UTF-8 text file (default: a built-in paragraph)", cxxopts::value<std::string>())
       ("tokenizer", "text calibration: tokenizer.json or its directory (default: the model's)",
        cxxopts::value<std::string>())
-      ("num-sequences", "calibration sequences", cxxopts::value<int64_t>()->default_value("8"))
-      ("seq-len", "tokens per sequence (default: min(max_position_embeddings, 1024))", cxxopts::value<int64_t>())
-      ("span-len", "tokens of the repeated span (default: clamp(seq_len / 8, 8, 256))", cxxopts::value<int64_t>())
-      ("window", "long-range threshold: keys at distance >= window (default: min(seq_len / 4, 8192))",
-       cxxopts::value<int64_t>())
-      ("sink", "first tokens a streaming head keeps (not long-range)", cxxopts::value<int64_t>())
-      ("batch-size", "sequences per forward", cxxopts::value<int64_t>()->default_value("1"))
-      ("chunk-rows", "query rows per probability block", cxxopts::value<int64_t>()->default_value("128"))
-      ("seed", "random seed (default 1234)", cxxopts::value<uint64_t>())
+      ("num-sequences", "calibration sequences", cxxopts::value<std::string>()->default_value("8"))
+      ("seq-len", "tokens per sequence (default: min(max_position_embeddings, 1024))", cxxopts::value<std::string>())
+      ("span-len", "tokens of the repeated span (default: clamp(seq_len / 8, 8, 256))", cxxopts::value<std::string>())
+      ("window", "long-range threshold: keys at distance >= window (default: the recipe's window, else "
+       "min(seq_len / 4, 8192))", cxxopts::value<std::string>())
+      ("sink", "first tokens a streaming head keeps (not long-range; default 4)", cxxopts::value<std::string>())
+      ("batch-size", "sequences per forward", cxxopts::value<std::string>()->default_value("1"))
+      ("chunk-rows", "query rows per probability block", cxxopts::value<std::string>()->default_value("128"))
+      ("seed", "random seed (default 1234)", cxxopts::value<std::string>())
       ("device", "cpu, cuda, cuda:N or auto (default cpu)", cxxopts::value<std::string>())
       ("dtype", "float32, bfloat16 or float16 (default float32)", cxxopts::value<std::string>())
       ("svg", "heatmap to write (default: the .h5 path with .svg)", cxxopts::value<std::string>())
-      ("top", "rows in the final table", cxxopts::value<int64_t>()->default_value("12"))
+      ("top", "rows in the final table", cxxopts::value<std::string>()->default_value("12"))
       ("h,help", "print this help");
     // clang-format on
-    auto args = opts.parse(argc, argv);
+    auto args = rtp::tools::parse_strict(opts, argc, argv);
     if (args.count("help")) {
       std::cout << opts.help() << "\n";
       return 0;
@@ -92,16 +97,67 @@ int main(int argc, char** argv) {
       fraction = rc.retrieval_fraction;
       budget_fraction = rc.kv_budget;
     }
+    // Every flag is read and checked here, before the model loads and the calibration pass runs (minutes on a
+    // large model): a mistake in one used to surface only after it.
+    using rtp::config::at_least;
+    using rtp::config::range;
+    namespace ta = rtp::tools;
     if (args.count("model")) model_dir = args["model"].as<std::string>();
     if (args.count("out")) out_path = args["out"].as<std::string>();
-    if (args.count("seed")) seed = args["seed"].as<uint64_t>();
+    if (args.count("seed")) seed = static_cast<uint64_t>(ta::integer_arg(args, "seed", at_least(0)));
     if (args.count("device")) device = args["device"].as<std::string>();
     if (args.count("dtype")) dtype = args["dtype"].as<std::string>();
-    if (args.count("sink")) sink = args["sink"].as<int64_t>();
+    if (args.count("sink")) sink = ta::integer_arg(args, "sink", at_least(0));
+    const auto flag_window = ta::optional_integer_arg(args, "window", at_least(1));
+    const auto flag_fraction = ta::optional_number_arg(args, "retrieval-fraction", range(0, 1, "(]"));
+    const auto flag_seq_len = ta::optional_integer_arg(args, "seq-len", at_least(2));
+    const auto flag_span_len = ta::optional_integer_arg(args, "span-len", at_least(1));
+    const auto flag_budget_context = ta::optional_integer_arg(args, "budget-context", at_least(1));
+    const int64_t num_sequences = ta::integer_arg(args, "num-sequences", at_least(1));
+    const int64_t batch_size = ta::integer_arg(args, "batch-size", at_least(1));
+    const int64_t chunk_rows = ta::integer_arg(args, "chunk-rows", at_least(1));
+    const int64_t top_rows = ta::integer_arg(args, "top", at_least(0));
+    const std::string aggregation_text = args["aggregation"].as<std::string>();
+    if (aggregation_text != "max" && aggregation_text != "mean")
+      throw ta::UsageError("--aggregation '" + aggregation_text + "' is not valid: expected max or mean");
+    int64_t flag_budget_bytes = 0;
+    if (args.count("kv-budget")) {
+      const std::string text = args["kv-budget"].as<std::string>();
+      char* end = nullptr;
+      const double v = std::strtod(text.c_str(), &end);
+      // The recipe key kv_budget is a fraction of the dense KV cache; this flag is bytes.
+      if (end == text.c_str() + text.size() && v > 0 && v < 1)
+        throw ta::UsageError("--kv-budget '" + text + "' is a number of bytes (e.g. 2G, 512MiB), and " + text +
+                             " looks like a fraction: for a fraction of the dense KV cache use kv_budget in a "
+                             "--recipe, or --retrieval-fraction for a fraction of the KV heads");
+      try {
+        flag_budget_bytes = rtp::heads::parse_byte_size(text);
+      } catch (const rtp::Error& e) {
+        throw ta::UsageError(std::string("--kv-budget: ") + e.what());
+      }
+    }
     RTP_CHECK(!model_dir.empty(), "--model is required (or model_dir in the recipe)");
     RTP_CHECK(!out_path.empty(), "--out is required (or heads_file in the recipe)");
-    RTP_CHECK(!(args.count("retrieval-fraction") && args.count("kv-budget")),
-              "--retrieval-fraction and --kv-budget exclude each other");
+    if (flag_fraction && args.count("kv-budget"))
+      throw ta::UsageError("--retrieval-fraction and --kv-budget exclude each other");
+    // A fraction of 0 would still select one head (the rule keeps at least one): refuse it, as the flag does.
+    RTP_CHECK(flag_fraction || args.count("kv-budget") || budget_fraction > 0 || fraction > 0,
+              "retrieval_fraction 0 in the recipe selects no head (give retrieval_fraction > 0, or kv_budget)");
+    rtp::require_directory(model_dir, "--model", "(expected a Hugging Face checkpoint directory)");
+    const std::string svg = args.count("svg") ? args["svg"].as<std::string>() : svg_path_for(out_path);
+    // Like the other tools' output directories: create what is missing (HDF5 would only say it cannot create the
+    // file), and find out now whether the files can be written there.
+    for (const auto& [f, flag] : {std::pair<std::string, const char*>{out_path, "--out"}, {svg, "--svg"}}) {
+      const auto slash = f.find_last_of('/');
+      if (slash != std::string::npos && slash > 0) {
+        try {
+          rtp::make_directories(f.substr(0, slash));
+        } catch (const rtp::Error& e) {
+          RTP_THROW(flag, " '", f, "': ", e.what());
+        }
+      }
+      rtp::require_output_directory_for(f, flag);
+    }
 
     rtp::RunContext ctx;
     ctx.seed = seed;
@@ -131,25 +187,22 @@ int main(int argc, char** argv) {
       throw rtp::Error("unknown --calibration '" + spec.source + "': expected toy or text");
     }
     spec.vocab_size = cfg.vocab_size;
-    spec.num_sequences = args["num-sequences"].as<int64_t>();
-    spec.seq_len = args.count("seq-len") ? args["seq-len"].as<int64_t>()
-                                         : std::min<int64_t>(cfg.max_position_embeddings, 1024);
-    spec.span_len = args.count("span-len") ? args["span-len"].as<int64_t>()
-                                           : std::clamp<int64_t>(spec.seq_len / 8, 8, 256);
+    spec.num_sequences = num_sequences;
+    spec.seq_len = flag_seq_len ? *flag_seq_len : std::min<int64_t>(cfg.max_position_embeddings, 1024);
+    spec.span_len = flag_span_len ? *flag_span_len : std::clamp<int64_t>(spec.seq_len / 8, 8, 256);
     spec.seed = seed;
-    RTP_CHECK(spec.seq_len <= cfg.max_position_embeddings || cfg.max_position_embeddings <= 0, "--seq-len ",
-              spec.seq_len, " exceeds the model's max_position_embeddings ", cfg.max_position_embeddings);
+    rtp::model::check_fits_positions(cfg, spec.seq_len, "--seq-len");
     if (spec.source == "text" && static_cast<int64_t>(spec.text_tokens.size()) < spec.seq_len)
       std::cerr << "note: calibration text has " << spec.text_tokens.size() << " tokens < seq_len " << spec.seq_len
                 << ": it repeats within each sequence, which spreads copy attention over the repeats\n";
 
     rtp::heads::ScoreOptions so;
-    so.window = args.count("window") ? args["window"].as<int64_t>()
+    so.window = flag_window ? *flag_window
                 : (recipe_window > 0 && recipe_window < spec.seq_len)
                     ? recipe_window
                     : std::max<int64_t>(1, std::min<int64_t>(spec.seq_len / 4, 8192));
     so.sink = sink;
-    so.chunk_rows = args["chunk-rows"].as<int64_t>();
+    so.chunk_rows = chunk_rows;
     auto sequences = rtp::heads::make_calibration_sequences(spec);
     int64_t near = 0;
     for (const auto& s : sequences)
@@ -165,23 +218,23 @@ int main(int argc, char** argv) {
               << spec.num_sequences << " sequences x " << spec.seq_len << " tokens, span " << spec.span_len
               << ", window " << so.window << ", sink " << so.sink << ", seed " << seed << "\n";
 
-    auto scores = rtp::heads::score_model_heads(
-        model, sequences, so, args["batch-size"].as<int64_t>(),
-        [](int64_t done, int64_t total) { std::cerr << "sequence " << done << "/" << total << "\n"; });
-
-    // Selection.
+    // The selection rule, checked before the calibration pass.
     rtp::heads::SelectionRule rule;
-    rule.aggregation = rtp::heads::parse_aggregation(args["aggregation"].as<std::string>());
+    rule.aggregation = rtp::heads::parse_aggregation(aggregation_text);
     rule.per_query_head = args.count("per-query-head") > 0;
     rule.head_dim = cfg.head_dim;
     rule.bytes_per_element = dtype_bytes(ctx.dtype);
-    rule.budget_context = args.count("budget-context") ? args["budget-context"].as<int64_t>()
-                                                       : std::max<int64_t>(cfg.max_position_embeddings, spec.seq_len);
+    rule.budget_context = flag_budget_context ? *flag_budget_context
+                                              : std::max<int64_t>(cfg.max_position_embeddings, spec.seq_len);
     if (args.count("kv-budget")) {
       rule.kind = rtp::heads::SelectionRule::Kind::kBudget;
-      rule.budget_bytes = rtp::heads::parse_byte_size(args["kv-budget"].as<std::string>());
-    } else if (args.count("retrieval-fraction")) {
-      rule.fraction = args["retrieval-fraction"].as<double>();
+      rule.budget_bytes = flag_budget_bytes;
+      RTP_CHECK(rule.budget_bytes >= rule.bytes_per_kv_head(), "--kv-budget '", args["kv-budget"].as<std::string>(),
+                "' (", rule.budget_bytes, " bytes) holds no retrieval KV head: one costs ", rule.bytes_per_kv_head(),
+                " bytes (", rule.budget_context, " tokens x 2 (K and V) x head_dim ", rule.head_dim, " x ",
+                rule.bytes_per_element, " bytes)");
+    } else if (flag_fraction) {
+      rule.fraction = *flag_fraction;
     } else if (budget_fraction > 0) {  // recipe kv_budget: a fraction of the dense (all heads full) KV cache
       rule.kind = rtp::heads::SelectionRule::Kind::kBudget;
       rule.budget_bytes = static_cast<int64_t>(budget_fraction * static_cast<double>(Lyr * Hkv) *
@@ -189,6 +242,10 @@ int main(int argc, char** argv) {
     } else {
       rule.fraction = fraction;
     }
+    auto scores = rtp::heads::score_model_heads(
+        model, sequences, so, batch_size,
+        [](int64_t done, int64_t total) { std::cerr << "sequence " << done << "/" << total << "\n"; });
+
     auto sel = rtp::heads::select_heads(scores.retrieval, scores.long_range, Lyr, Hq, Hkv, rule);
 
     rtp::heads::HeadProfile p;
@@ -220,12 +277,6 @@ int main(int argc, char** argv) {
     s.aggregation = rtp::heads::aggregation_name(rule.aggregation);
     s.per_query_head = rule.per_query_head;
     s.dtype = rtp::dtype_name(ctx.dtype);
-    const std::string svg = args.count("svg") ? args["svg"].as<std::string>() : svg_path_for(out_path);
-    // Like the other tools' output directories: create what is missing (HDF5 would only say it cannot create the file).
-    for (const std::string& f : {out_path, svg}) {
-      const auto slash = f.find_last_of('/');
-      if (slash != std::string::npos && slash > 0) rtp::make_directories(f.substr(0, slash));
-    }
     rtp::heads::save_head_profile(p, out_path);
     rtp::heads::write_heatmap_svg(p, svg);
 
@@ -246,7 +297,7 @@ int main(int argc, char** argv) {
     }
     const int64_t G = Hq / Hkv;
     auto order = rtp::heads::rank_heads(scores.retrieval, scores.long_range);
-    const int64_t top = std::min<int64_t>(args["top"].as<int64_t>(), static_cast<int64_t>(order.size()));
+    const int64_t top = std::min<int64_t>(top_rows, static_cast<int64_t>(order.size()));
     std::printf("%4s %5s %6s %7s %9s %6s %9s %10s %8s\n", "rank", "layer", "q_head", "kv_head", "retrieval", "copy",
                 "induction", "long_range", "selected");
     for (int64_t i = 0; i < top; ++i) {
