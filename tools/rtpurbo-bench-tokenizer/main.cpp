@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "main_guard.h"
+#include "tool_args.h"
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/text/tokenizer.h"
@@ -54,15 +55,16 @@ int main(int argc, char** argv) {
     opts.add_options()
       ("tokenizer", "tokenizer.json or its directory", cxxopts::value<std::string>()->default_value("../shared/data/qwen3-tokenizer"))
       ("corpus", "JSONL with {\"text\": ...} records", cxxopts::value<std::string>()->default_value("data/fixtures/tokenizer/golden.jsonl"))
-      ("target-mb", "repeat the corpus texts up to this many MB (1e6 bytes)", cxxopts::value<double>()->default_value("20"))
+      ("target-mb", "repeat the corpus texts up to this many MB (1e6 bytes)", cxxopts::value<std::string>()->default_value("20"))
       ("output-dir", "where tokenizer-<host>.json is written", cxxopts::value<std::string>()->default_value("bench/results"))
       ("h,help", "print this help");
     // clang-format on
-    auto args = opts.parse(argc, argv);
+    auto args = rtp::tools::parse_strict(opts, argc, argv);
     if (args.count("help")) {
       std::cout << opts.help() << "\n";
       return 0;
     }
+    const double target_mb = rtp::tools::number_arg(args, "target-mb", rtp::config::above(0));
     std::string command;
     for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
 
@@ -92,7 +94,7 @@ int main(int argc, char** argv) {
     const double cold_s = seconds_since(t0);
 
     // Main pass: the texts repeated (as separate documents) up to target-mb.
-    const double target = args["target-mb"].as<double>() * 1e6;
+    const double target = target_mb * 1e6;
     std::vector<const std::string*> docs;
     std::size_t total_bytes = 0;
     while (static_cast<double>(total_bytes) < target)
