@@ -10,6 +10,8 @@
 #include <random>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "rtp/core/file_io.h"
 #include "rtp/dist/distributed.h"
 #include "rtp/torch/tensor_io.h"
@@ -153,6 +155,66 @@ TEST_F(DistributedIndexer, RandomModelAndRandomHeadsNeedOnlyAConfig) {
   EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir rnd2 --model_dir " + kDir +
                "/nowhere --model_init random > rnd2.log 2>&1"), 0);
   EXPECT_NE(read(kDir + "/rnd2.log").find("config.json"), std::string::npos) << read(kDir + "/rnd2.log");
+}
+
+// data: files, the user's documents: the tiny model with a byte-level tokenizer (its 256 byte tokens: the model's
+// vocabulary), a .jsonl and a .txt file. The run trains and says what it read; resume reproduces it exactly and 2
+// ranks match 1 rank, as with the toy task (each rank reads its own slice of the same global batch).
+TEST_F(DistributedIndexer, TrainsOnUserDocuments) {
+  const std::string mdir = kDir + "/model-with-tokenizer";
+  rtp::make_directories(mdir);
+  ASSERT_EQ(sh("cp " + kModel + "/config.json " + kModel + "/model*.safetensors* " + mdir + "/"), 0);
+  {
+    auto tok = nlohmann::json::parse(read(std::string(RTP_SOURCE_DIR) + "/data/fixtures/tokenizer/small_tokenizer.json"));
+    nlohmann::json bytes = nlohmann::json::object();
+    for (auto& [t, id] : tok["model"]["vocab"].items())
+      if (id.get<int>() < 256) bytes[t] = id;
+    ASSERT_EQ(bytes.size(), 256u);
+    tok["model"]["vocab"] = bytes;
+    tok["model"]["merges"] = nlohmann::json::array();
+    tok["added_tokens"] = nlohmann::json::array();
+    std::ofstream(mdir + "/tokenizer.json") << tok.dump();
+  }
+  // ~9,000 bytes = tokens: 2 held-out sequences of 192, then 4 steps x 4 sequences, and the calibration batch.
+  {
+    std::ofstream jl(kDir + "/docs.jsonl");
+    for (int d = 0; d < 30; ++d) {
+      std::string text;
+      for (int i = 0; i < 6; ++i)
+        text += "Document " + std::to_string(d) + " says that key " + std::to_string((d * 7 + i) % 13) + " opens door " +
+                std::to_string((d * 11 + 3 * i) % 17) + ". ";
+      jl << nlohmann::json{{"text", text}}.dump() << "\n";
+    }
+    std::ofstream(kDir + "/essay.txt") << std::string(40, '-') << " a plain text document at the end\n";
+  }
+  const std::string files = " --model_dir " + mdir + " --data files --data_files docs.jsonl,essay.txt";
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-full" + files + " > files-full.log 2>&1"), 0)
+      << read(kDir + "/files-full.log");
+  const std::string log = read(kDir + "/files-full.log");
+  EXPECT_NE(log.find("data from data files: "), std::string::npos) << log;
+  EXPECT_NE(log.find("held-out block selection"), std::string::npos) << log;
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-part --stop_at_step 2" + files +
+               " > files-part1.log 2>&1"), 0) << read(kDir + "/files-part1.log");
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-part --resume" + files +
+               " > files-part2.log 2>&1"), 0) << read(kDir + "/files-part2.log");
+  EXPECT_EQ(max_diff("files-full", "files-part"), 0.0);
+  // The run learned from the documents: its indexer is not the SVD initialisation a 0-step run writes.
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-init --steps 1 --lr 1e-12" + files +
+               " > files-init.log 2>&1"), 0) << read(kDir + "/files-init.log");
+  EXPECT_GT(max_diff("files-full", "files-init"), 1e-4);
+  // A tokenizer-less model directory is a clear error.
+  EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-notok --data files --data_files docs.jsonl "
+               "> files-notok.log 2>&1"), 0);
+  EXPECT_NE(read(kDir + "/files-notok.log").find("tokenizer.json"), std::string::npos) << read(kDir + "/files-notok.log");
+  if (!rtp::dist::distributed_available()) return;
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " ";
+  ASSERT_EQ(sh("(" + env + "RANK=1 LOCAL_RANK=1 " + kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-two" + files +
+               " > files-two-r1.log 2>&1 &) ; " + env + "RANK=0 LOCAL_RANK=0 " + kBin +
+               "rtpurbo-train --recipe recipe.yaml --out_dir files-two" + files + " > files-two-r0.log 2>&1"), 0)
+      << read(kDir + "/files-two-r0.log");
+  const double d = max_diff("files-full", "files-two");
+  std::cout << "data files: max |indexer(1 rank) - indexer(2 ranks)| = " << d << "\n";
+  EXPECT_LE(d, 1e-5);
 }
 
 TEST_F(DistributedIndexer, BadEnvironmentAndMissingRankAreClearErrors) {

@@ -64,8 +64,13 @@ using rtp::config::range;
   X("model", double, init_std, 0.02, above(0), "toy architecture: std of the random initial weights")                \
   /* data */                                                                                                         \
   X("data", std::string, data, "toy", one_of({"toy", "files"}),                                                      \
-    "toy: the synthetic long-context task (rtp/data/toy_task.h); files: data_files")                                 \
-  X("data", std::string, data_files, "", any(), "comma-separated text (.txt) or JSONL (.jsonl, field \"text\") files")\
+    "toy: the synthetic long-context task (rtp/data/toy_task.h); files: data_files (stage indexer)")                 \
+  X("data", std::string, data_files, "", any(),                                                                      \
+    "comma-separated .txt (one document each) or .jsonl (one {\"text\": ...} document per line) files, tokenized "   \
+    "with model_dir/tokenizer.json, packed and cut into seq_len sequences (rtp/text/text_corpus.h)")                  \
+  X("data", std::string, data_separator, "auto", any(),                                                              \
+    "data: files: the token after each document: auto (<|endoftext|> if the tokenizer has it), \"\" (none) or one "  \
+    "token")                                                                                                           \
   X("data", int64_t, seq_len, 1024, range(8, 1 << 24), "tokens per training sequence")                              \
   X("data", int64_t, batch_size, 8, range(1, 1 << 20), "sequences per optimizer step")                              \
   X("data", int64_t, curriculum_start_len, 0, at_least(0),                                                          \

@@ -164,7 +164,11 @@ void save_head_profile(const HeadProfile& p, const std::string& path) {
   const std::string tmp = temporary_path_for(path);
   try {
     {
-      H5Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+      // HDF5 prints its error stack to stderr unless told not to; the exception below says what failed.
+      hid_t fid = -1;
+      H5E_BEGIN_TRY { fid = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT); }
+      H5E_END_TRY;
+      H5Id file(fid, H5Fclose);
       RTP_CHECK(file.ok(), "cannot create HDF5 file '", tmp, "' (for '", path, "')");
       const hid_t f = file.get();
       const int64_t L = p.num_layers, Hq = p.num_q_heads, Hkv = p.num_kv_heads;

@@ -17,6 +17,7 @@
 #include "rtp/sparse/indexer_checkpoint.h"
 #include "rtp/sparse/indexer_training.h"
 #include "rtp/sparse/sparse_attention.h"
+#include "rtp/text/text_corpus.h"
 #include "rtp/train/checkpoint.h"
 #include "rtp/train/indexer_heads.h"
 #include "rtp/train/lr_schedule.h"
@@ -143,10 +144,76 @@ StepLoss indexer_loss_backward(const sparse::Indexer& indexer, const std::vector
   return out;
 }
 
-std::vector<data::ToySample> training_samples(const data::ToyTask& task, const TrainConfig& cfg, uint64_t stream,
-                                              int64_t cursor, int64_t count) {
-  return task.generate_many(cfg.seq_len, static_cast<uint64_t>(cfg.seed), stream, static_cast<uint64_t>(cursor), count);
-}
+// Where the stage's sequences come from: the toy task's generator (data: toy; its own streams for calibration,
+// training and the held-out check) or the user's documents (data: files; the first held_out sequences of the
+// stream are the held-out set, calibration reads the first training sequences, training wraps around within the
+// rest). Every method returns ids [count, seq_len] on the CPU; the same index gives the same sequence on every rank
+// and after a resume. Made before the model loads, so that a missing tokenizer or data file is reported before
+// minutes of loading; check_model then checks the pair.
+class SequenceSource {
+ public:
+  SequenceSource(const TrainConfig& cfg, int64_t held_out) : cfg_(cfg), held_(held_out) {
+    if (cfg.data == "toy") {
+      toy_ = std::make_unique<data::ToyTask>(toy_task_config(cfg));
+      return;
+    }
+    const std::string tok = cfg.model_dir + "/tokenizer.json";
+    RTP_CHECK(file_exists(tok), "data: files tokenizes the documents with the model's tokenizer, but '", tok,
+              "' does not exist (copy the checkpoint's tokenizer.json into model_dir)");
+    text::Tokenizer tokenizer = text::Tokenizer::from_file(tok);
+    tokenizer_tokens_ = tokenizer.vocab_size();
+    text::TextCorpusOptions o;
+    for (size_t a = 0; a <= cfg.data_files.size();) {
+      const size_t b = std::min(cfg.data_files.find(',', a), cfg.data_files.size());
+      std::string f = cfg.data_files.substr(a, b - a);
+      f.erase(0, f.find_first_not_of(" \t"));
+      f.erase(f.find_last_not_of(" \t") + 1);
+      if (!f.empty()) o.files.push_back(f);
+      a = b + 1;
+    }
+    o.seq_len = cfg.seq_len;
+    o.separator = cfg.data_separator;
+    corpus_ = std::make_unique<text::TextCorpus>(std::move(o), std::move(tokenizer));
+  }
+  void check_model(const model::ModelConfig& mc) const {
+    if (toy_) return;
+    RTP_CHECK(mc.vocab_size >= tokenizer_tokens_, "model '", cfg_.model_dir, "' has vocab_size ", mc.vocab_size,
+              " but its tokenizer.json has ", tokenizer_tokens_, " tokens: they do not belong together");
+    RTP_CHECK(cfg_.seq_len <= mc.max_position_embeddings, "seq_len ", cfg_.seq_len,
+              " exceeds the model's max_position_embeddings ", mc.max_position_embeddings);
+  }
+  torch::Tensor calibration(int64_t count) {
+    return toy_ ? toy_ids(kCalibrationStream, 0, count) : file_ids(0, count, held_);
+  }
+  torch::Tensor training(int64_t index, int64_t count) {
+    return toy_ ? toy_ids(kTrainStream, index, count) : file_ids(index, count, held_);
+  }
+  torch::Tensor held_out(int64_t count) {
+    return toy_ ? toy_ids(kEvalStream, 0, count) : file_ids(0, std::min(count, held_), 0);
+  }
+  std::string describe() const { return toy_ ? "the toy task" : "data files: " + corpus_->describe(); }
+
+ private:
+  torch::Tensor toy_ids(uint64_t stream, int64_t index, int64_t count) const {
+    return data::stack_ids(toy_->generate_many(cfg_.seq_len, static_cast<uint64_t>(cfg_.seed), stream,
+                                               static_cast<uint64_t>(index), count));
+  }
+  torch::Tensor file_ids(int64_t index, int64_t count, int64_t first) {
+    auto ids = torch::empty({count, cfg_.seq_len}, torch::kInt64);
+    auto acc = ids.accessor<int64_t, 2>();
+    for (int64_t b = 0; b < count; ++b) {
+      const std::vector<int32_t> seq = corpus_->sequence(index + b, first);
+      for (int64_t t = 0; t < cfg_.seq_len; ++t) acc[b][t] = seq[static_cast<size_t>(t)];
+    }
+    return ids;
+  }
+
+  const TrainConfig& cfg_;
+  int64_t held_;
+  int64_t tokenizer_tokens_ = 0;
+  std::unique_ptr<data::ToyTask> toy_;
+  std::unique_ptr<text::TextCorpus> corpus_;
+};
 
 std::string fmt(const char* f, double v) {
   char buf[64];
@@ -189,11 +256,12 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   const int64_t local_batch = cfg.batch_size / env.world_size;
   const bool lead = env.rank == 0;
   RTP_CHECK(!cfg.model_dir.empty(), "stage 'indexer' needs model_dir (the frozen model whose indexer is trained)");
-  RTP_CHECK(cfg.data == "toy", "stage 'indexer' currently trains on the toy task (data: toy); data '", cfg.data,
-            "' needs the text loader of the RULER issue");
   if (lead) make_directories(cfg.out_dir);
   const std::string final_path = cfg.out_dir + "/indexer.safetensors";
   if (lead && !cfg.resume) check_fresh_start(cfg.out_dir, final_path);
+  // The held-out check forms dense [T, T] attention per head: only up to kHeldOutCheckMaxLen tokens.
+  const int64_t held_out = cfg.seq_len > kHeldOutCheckMaxLen ? 0 : std::min<int64_t>(cfg.eval_samples, 8);
+  SequenceSource source(cfg, held_out);
   const CudaMathScope math_scope(ctx.device, true, "auto");  // TF32 for the frozen model's fp32 matmuls
   if (lead)
     std::cerr << "indexer: seed " << cfg.seed << ", device " << ctx.device << ", model " << cfg.model_dir << ", "
@@ -232,17 +300,17 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   settings.indexer_dim = cfg.indexer_dim;
   settings.post_rope_indexer = post_rope;
 
-  const data::ToyTask task(toy_task_config(cfg));
+  source.check_model(mc);
   sparse::Indexer indexer(heads, mc.head_dim, cfg.indexer_dim);
   {
-    // Principal-subspace initialisation from one calibration batch (its own data stream).
-    auto calib = training_samples(task, cfg, kCalibrationStream, 0, cfg.batch_size);
+    // Principal-subspace initialisation from one calibration batch.
+    const auto calib_ids = source.calibration(cfg.batch_size);
+    if (lead) std::cerr << "indexer: data from " << source.describe() << "\n";
     const RowSampler calib_rows = [&](int64_t b, int64_t, int64_t T, torch::Device dev) {
       if (T <= kCalibrationRows) return torch::Tensor();
       return sample_positions(T, 0, kCalibrationRows, ctx.seed * 2654435761ULL + 7919 * b, dev);
     };
     std::vector<LayerCapture> caps;
-    const auto calib_ids = data::stack_ids(calib);
     const int64_t mb = micro_batch_size(cfg, calib_ids.size(0));
     for (int64_t b = 0; b < calib_ids.size(0); b += mb)
       capture_layers(model, heads, calib_ids.narrow(0, b, std::min(mb, calib_ids.size(0) - b)), b, post_rope,
@@ -299,7 +367,7 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     const double lr = lr_at_step(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     // Each rank reads its own slice of the global batch: samples cursor + rank * local_batch, ...
-    auto samples = training_samples(task, cfg, kTrainStream, cursor + env.rank * local_batch, local_batch);
+    const auto ids = source.training(cursor + env.rank * local_batch, local_batch);
     cursor += cfg.batch_size;
     // Query rows depend on the global index of the sequence, not on how the global batch is split over ranks.
     const uint64_t position_seed = static_cast<uint64_t>(cfg.seed) * 1000003ULL + step;
@@ -312,7 +380,6 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     const bool log_now = (step + 1) % cfg.log_every == 0 || step + 1 == cfg.steps || step == 0;
     optimizer.zero_grad();
     // Gradients accumulate over micro-batches: only one micro-batch's captures are alive at a time.
-    const auto ids = data::stack_ids(samples);
     const int64_t mb = micro_batch_size(cfg, local_batch);
     StepLoss res;
     for (int64_t b = 0; b < local_batch; b += mb) {
@@ -394,11 +461,10 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
     torch::NoGradGuard no_grad;
     sparse::SparseAttention sparse_attn(heads, settings, &indexer);
     sparse_attn.set_measure_recall(true);
-    auto eval = task.generate_many(cfg.seq_len, static_cast<uint64_t>(cfg.seed), kEvalStream, 0,
-                                   std::min<int64_t>(cfg.eval_samples, 8));
+    const auto eval = source.held_out(held_out);
     model::ForwardOptions o;
     o.attention = &sparse_attn;
-    for (const auto& s : eval) model.forward(data::stack_ids({s}), o);
+    for (int64_t b = 0; b < eval.size(0); ++b) model.forward(eval.narrow(0, b, 1), o);
     std::cerr << "indexer: held-out block selection: recall of true attention mass " << fmt("%.3f", sparse_attn.stats().recall())
               << ", attention fraction " << fmt("%.3f", sparse_attn.stats().attention_fraction()) << "\n";
   }
