@@ -77,9 +77,14 @@ int main(int argc, char** argv) {
       std::ifstream in(args["corpus"].as<std::string>());
       RTP_CHECK(in.good(), "cannot open --corpus '", args["corpus"].as<std::string>(), "'");
       std::string line;
-      while (std::getline(in, line)) {
+      for (int64_t n = 1; std::getline(in, line); ++n) {
         if (line.empty()) continue;
-        const auto j = nlohmann::json::parse(line);
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          RTP_THROW("--corpus '", args["corpus"].as<std::string>(), "' line ", n, ": not valid JSON (", e.what(), ")");
+        }
         if (j.contains("text") && j["text"].is_string()) unique.push_back(j["text"].get<std::string>());
       }
     }

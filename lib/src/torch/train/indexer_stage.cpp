@@ -256,7 +256,6 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   const int64_t local_batch = cfg.batch_size / env.world_size;
   const bool lead = env.rank == 0;
   RTP_CHECK(!cfg.model_dir.empty(), "stage 'indexer' needs model_dir (the frozen model whose indexer is trained)");
-  if (lead) make_directories(cfg.out_dir);
   const std::string final_path = cfg.out_dir + "/indexer.safetensors";
   if (lead && !cfg.resume) check_fresh_start(cfg.out_dir, final_path);
   // The held-out check forms dense [T, T] attention per head: only up to kHeldOutCheckMaxLen tokens.
@@ -356,6 +355,8 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   const std::string log_path = cfg.out_dir + "/log.jsonl";
   std::ofstream log;
   if (lead) {
+    // Created only now: a run that fails while loading or initialising leaves no empty out_dir behind.
+    make_directories(cfg.out_dir);
     if (step == 0) write_file_atomic(log_path, "");
     log.open(log_path, std::ios::app);
     RTP_CHECK(log.good(), "cannot open '", log_path, "' for appending");

@@ -97,7 +97,6 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
   // TF32 tensor cores for fp32 matmuls on GPU: ~8x the fp32 rate, and a 10-bit mantissa is plenty for training a
   // toy model (parameters and optimizer state stay fp32).
   const CudaMathScope math_scope(ctx.device, true, cfg.sdpa_backend);
-  make_directories(cfg.out_dir);
 
   model::Qwen3Model model = [&] {
     if (!cfg.model_dir.empty()) return model::load_qwen3(cfg.model_dir, ctx.device, ctx.dtype);
@@ -115,6 +114,8 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
   TrainResult result;
   int64_t step = 0, cursor = 0;
   const std::string log_path = cfg.out_dir + "/log.jsonl";
+  // Created only once the model is there: a run that fails to load leaves no empty out_dir behind.
+  make_directories(cfg.out_dir);
   if (!cfg.resume) check_fresh_start(cfg.out_dir, cfg.out_dir + "/model/train_recipe.yaml");
   if (cfg.resume) {
     if (auto dir = latest_checkpoint(cfg.out_dir)) {
