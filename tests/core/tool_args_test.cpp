@@ -1,0 +1,72 @@
+// The tools' strict command line (tools/common/tool_args.h): stray arguments, unknown options and numbers with
+// trailing characters are UsageErrors naming the argument; well-formed values parse to what was written.
+#include "tool_args.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using rtp::tools::UsageError;
+
+cxxopts::Options make_options() {
+  cxxopts::Options o("tool", "test");
+  o.add_options()("top-p", "a probability", cxxopts::value<std::string>()->default_value("0.9"))(
+      "steps", "a count", cxxopts::value<std::string>())("name", "a string", cxxopts::value<std::string>())(
+      "help", "help");
+  return o;
+}
+
+cxxopts::ParseResult parse(cxxopts::Options& o, std::vector<std::string> args) {
+  args.insert(args.begin(), "tool");
+  std::vector<const char*> argv;
+  for (auto& a : args) argv.push_back(a.c_str());
+  return rtp::tools::parse_strict(o, static_cast<int>(argv.size()), argv.data());
+}
+
+std::string usage_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ToolArgs, StrayArgumentsAndUnknownOptionsAreErrors) {
+  auto o = make_options();
+  const std::string stray = usage_error([&] { parse(o, {"--name", "a", "file.jsonl"}); });
+  EXPECT_NE(stray.find("unexpected argument 'file.jsonl'"), std::string::npos) << stray;
+  auto o2 = make_options();
+  const std::string unknown = usage_error([&] { parse(o2, {"--top_q", "0.5"}); });
+  EXPECT_NE(unknown.find("unknown option '--top_q'"), std::string::npos) << unknown;
+  EXPECT_NE(unknown.find("top-p"), std::string::npos) << "a did-you-mean naming the option: " << unknown;
+  auto o3 = make_options();
+  EXPECT_EQ(usage_error([&] { parse(o3, {"--help", "stray"}); }), "") << "--help is answered whatever follows";
+}
+
+TEST(ToolArgs, NumbersAreTheWholeArgumentAndInRange) {
+  auto o = make_options();
+  auto r = parse(o, {"--top-p", "0.25", "--steps", "12"});
+  EXPECT_DOUBLE_EQ(rtp::tools::number_arg(r, "top-p", rtp::config::range(0, 1, "(]")), 0.25);
+  EXPECT_EQ(rtp::tools::integer_arg(r, "steps", rtp::config::at_least(1)), 12);
+  EXPECT_FALSE(rtp::tools::optional_number_arg(r, "name").has_value());
+  for (const char* bad : {"0.15x", "1.5", "", "nan"}) {
+    auto ob = make_options();
+    auto rb = parse(ob, {"--top-p", bad});
+    const std::string e = usage_error([&] { rtp::tools::number_arg(rb, "top-p", rtp::config::range(0, 1, "(]")); });
+    EXPECT_NE(e.find(std::string("--top-p '") + bad + "' is not valid"), std::string::npos) << bad << ": " << e;
+  }
+  for (const char* bad : {"3.5", "12abc", "0"}) {
+    auto ob = make_options();
+    auto rb = parse(ob, {"--steps", bad});
+    const std::string e = usage_error([&] { rtp::tools::integer_arg(rb, "steps", rtp::config::at_least(1)); });
+    EXPECT_NE(e.find("--steps"), std::string::npos) << bad << ": " << e;
+  }
+}
+
+}  // namespace
