@@ -49,6 +49,7 @@ build-gpu/bin/rtpurbo-export --model "$W/model" --heads "$W/heads.h5" --indexer 
 echo "== RULER, dense and sparse"
 build-gpu/bin/rtpurbo-eval --task ruler --model "$W/converted" \
   --tasks ruler:niah_single_1,ruler:niah_multikey_1,ruler:vt,ruler:cwe --lengths 4096,32768 --samples 2 --both \
+  --essay "$W/calibration.txt" \
   --device cuda --dtype bfloat16 --out-dir "$W/ruler" 2>&1 | tee "$OUT/ruler-random-eval.log" | tail -30
 cp "$W/ruler/ruler.json" "$OUT/ruler-random-qwen3.json"
 cp "$W/ruler/report.html" "$OUT/ruler-random-qwen3-report.html"

@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+
+#include <cstdio>
 #include <torch/torch.h>
 
 #include <fstream>
@@ -39,6 +41,28 @@ TEST(RulerEval, DumpPromptsWritesOneLinePerSample) {
     EXPECT_TRUE(j.contains("input") && j.contains("outputs") && j.contains("tokens_to_generate"));
   }
   EXPECT_EQ(lines, 2 * 2 * 2);
+}
+
+// An essay task later in the list is refused before the tasks before it run (it failed after them).
+TEST(RulerEval, EssayTaskWithoutEssayIsRefusedBeforeAnyWork) {
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  rtp::eval::RulerEvalOptions o;
+  o.tokenizer = kTokenizer;
+  o.tasks = {"niah_single_1", "niah_multikey_1"};
+  o.lengths = {1024};
+  o.samples = 1;
+  rtp::RunContext ctx;
+  testing::internal::CaptureStderr();  // the per-sample progress lines show what ran before the error
+  try {
+    rtp::eval::run_ruler_eval(o, ctx);
+    testing::internal::GetCapturedStderr();
+    FAIL() << "no error";
+  } catch (const rtp::Error& e) {
+    const std::string progress = testing::internal::GetCapturedStderr();
+    EXPECT_NE(std::string(e.what()).find("niah_multikey_1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--essay"), std::string::npos) << e.what();
+    EXPECT_EQ(progress.find("niah_single_1"), std::string::npos) << "niah_single_1 ran first:\n" << progress;
+  }
 }
 
 TEST(RulerEval, ModelAndTokenizerMustBelongTogether) {

@@ -115,6 +115,10 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   text::ruler::RulerOptions ro;
   ro.seed = ctx.seed;
   if (!o.essay_file.empty()) ro.essay_text = read_text_file(o.essay_file);
+  // Checked before any model work: an essay task later in the list failed only after the tasks before it had run.
+  for (const auto& task : o.tasks)
+    RTP_CHECK(!text::ruler::task_needs_essay(task) || !o.essay_file.empty(), "RULER task '", task,
+              "' needs an essay haystack: give a plain-text file with --essay (e.g. essays.txt)");
 
   std::unique_ptr<sparse::ConvertedModel> cm;
   if (!o.model_dir.empty()) {
