@@ -48,7 +48,7 @@ build-gpu/bin/rtpurbo-export --model "$W/model" --heads "$W/heads.h5" --indexer 
   --window 2048 --out "$W/converted" 2>&1 | tail -3
 echo "== RULER, dense and sparse"
 build-gpu/bin/rtpurbo-eval --task ruler --model "$W/converted" \
-  --tasks ruler:niah_single_1,ruler:niah_multikey_1,ruler:vt,ruler:cwe --lengths 4096,32768 --samples 2 --both \
+  --tasks ruler:niah_single_1,ruler:niah_multikey_1,ruler:vt --lengths 4096,32768 --samples 2 --both \
   --essay "$W/calibration.txt" \
   --device cuda --dtype bfloat16 --out-dir "$W/ruler" 2>&1 | tee "$OUT/ruler-random-eval.log" | tail -30
 cp "$W/ruler/ruler.json" "$OUT/ruler-random-qwen3.json"
