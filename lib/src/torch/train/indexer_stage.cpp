@@ -157,6 +157,7 @@ class SequenceSource {
       toy_ = std::make_unique<data::ToyTask>(toy_task_config(cfg));
       return;
     }
+    if (cfg.model_init == "load") require_directory(cfg.model_dir, "model directory", "(model_dir of the recipe)");
     const std::string tok = cfg.model_dir + "/tokenizer.json";
     RTP_CHECK(file_exists(tok), "data: files tokenizes the documents with the model's tokenizer, but '", tok,
               "' does not exist (copy the checkpoint's tokenizer.json into model_dir)");
