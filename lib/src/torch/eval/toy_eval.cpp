@@ -9,6 +9,7 @@
 #include <random>
 
 #include "rtp/core/error.h"
+#include "rtp/core/human_units.h"
 #include "rtp/core/file_io.h"
 #include "rtp/data/toy_task.h"
 #include "rtp/eval/html.h"
@@ -30,16 +31,6 @@ using nlohmann::json;
 using html::fmt;
 
 namespace {
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  return fmt(u ? "%.2f " : "%.0f ", b) + units[u];
-}
 
 // The toy task the model was trained on. The only place that knows where that description lives: the
 // pretrain stage writes rtpurbo_toy_task.json (its TrainConfig data fields) next to the model, and export

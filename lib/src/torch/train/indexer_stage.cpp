@@ -11,6 +11,7 @@
 
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
+#include "rtp/core/human_units.h"
 #include "rtp/data/toy_task.h"
 #include "rtp/dist/distributed.h"
 #include "rtp/model/qwen3.h"
@@ -220,27 +221,6 @@ std::string fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), f, v);
   return buf;
-}
-
-// 4.2M, 30.5B: the toy model and a 30B one both read at a glance (a fixed "B" printed the toy as 0.00B).
-std::string human_count(double n, const char* unit = "") {
-  const char* suffix[] = {"", "K", "M", "B", "T"};
-  int i = 0;
-  while (n >= 1000 && i < 4) {
-    n /= 1000;
-    ++i;
-  }
-  return fmt(i == 0 ? "%.0f" : "%.1f", n) + suffix[i] + unit;
-}
-
-std::string human_bytes(double b) {
-  const char* suffix[] = {"B", "KB", "MB", "GB", "TB"};
-  int i = 0;
-  while (b >= 1000 && i < 4) {
-    b /= 1000;
-    ++i;
-  }
-  return fmt(i == 0 ? "%.0f" : "%.1f", b) + " " + suffix[i];
 }
 
 }  // namespace
