@@ -74,25 +74,6 @@ __global__ void block_mean_keys_kernel(const __nv_bfloat16* ik, __nv_bfloat16* k
   kmean[(c * 2 + 1) * kIndexDim + d] = __float2bfloat16(mean - __bfloat162float(head));
 }
 
-// A running (max, sum of exp(x - max)) of a set of logits, mergeable in any order.
-struct SoftmaxPartial {
-  float m = -INFINITY, s = 0.f;
-  __device__ __forceinline__ void add(float v) {
-    if (v > m) {
-      s = s * __expf(m - v) + 1.f;  // m = -inf: s is 0 and exp(-inf) = 0
-      m = v;
-    } else {
-      s += __expf(v - m);
-    }
-  }
-  __device__ __forceinline__ void merge(float m2, float s2) {
-    const float M = fmaxf(m, m2);
-    if (M == -INFINITY) return;  // both empty
-    s = s * __expf(m - M) + s2 * __expf(m2 - M);
-    m = M;
-  }
-};
-
 // Shared memory of logits_kernel: two stages of one group's keys (kLogitGroup * B rows of 32 bytes).
 constexpr size_t logits_smem_bytes(int B) { return size_t(2) * kLogitGroup * B * kIndexDim * 2; }
 
@@ -247,8 +228,8 @@ __global__ void __launch_bounds__(256, 3) logits_kernel(const __nv_bfloat16* qba
   if (!active) return;
 #pragma unroll
   for (int o = 1; o <= 2; o <<= 1) {  // the quad's four lanes hold the same two rows
-    sp0.merge(__shfl_xor_sync(0xffffffffu, sp0.m, o), __shfl_xor_sync(0xffffffffu, sp0.s, o));
-    sp1.merge(__shfl_xor_sync(0xffffffffu, sp1.m, o), __shfl_xor_sync(0xffffffffu, sp1.s, o));
+    sp0.merge(make_float2(__shfl_xor_sync(0xffffffffu, sp0.m, o), __shfl_xor_sync(0xffffffffu, sp0.s, o)));
+    sp1.merge(make_float2(__shfl_xor_sync(0xffffffffu, sp1.m, o), __shfl_xor_sync(0xffffffffu, sp1.s, o)));
   }
   if (t4 == 0) {
     if (lr0 < nrows) part[lr0 * nsp + blockIdx.y] = make_float2(sp0.m, sp0.s);
@@ -351,8 +332,7 @@ __global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, cons
 #pragma unroll
         for (int k = 0; k < kRowBatch; ++k)
           if (k < nr) {
-            const float2 ms = part[(lrow + k) * nsp + y];
-            acc[k].merge(ms.x, ms.y);
+            acc[k].merge(part[(lrow + k) * nsp + y]);
           }
 #pragma unroll
       for (int k = 0; k < kRowBatch; ++k) mx[k] = acc[k].m;

@@ -84,4 +84,31 @@ __device__ __forceinline__ float to_float<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+// Merges two (max, sum of exp(x - max)) pairs; (-inf, 0) is the empty set.
+__device__ __forceinline__ float2 merge_ms(float2 a, float2 b) {
+  const float m = fmaxf(a.x, b.x);
+  if (m == -INFINITY) return make_float2(m, 0.f);
+  return make_float2(m, (a.x == -INFINITY ? 0.f : a.y * __expf(a.x - m)) + (b.x == -INFINITY ? 0.f : b.y * __expf(b.x - m)));
+}
+
+// A running (max, sum of exp(x - max)) of a stream of scores. The max grows rarely: one exp per score, the rescale
+// only when it does (m = -inf at the start: s is 0 and exp(-inf) = 0).
+struct SoftmaxPartial {
+  float m = -INFINITY, s = 0.f;
+  __device__ __forceinline__ void add(float v) {
+    if (v > m) {
+      s = s * __expf(m - v) + 1.f;
+      m = v;
+    } else {
+      s += __expf(v - m);
+    }
+  }
+  __device__ __forceinline__ void merge(float2 o) {
+    const float2 r = merge_ms(make_float2(m, s), o);
+    m = r.x;
+    s = r.y;
+  }
+  __device__ __forceinline__ float2 get() const { return make_float2(m, s); }
+};
+
 }  // namespace rtp::kernels::cuda_detail

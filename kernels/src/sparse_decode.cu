@@ -185,9 +185,7 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
   load_rows(j0 + tid);
   for (int i = tid; i < G * kIndexDim; i += blockDim.x) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
   __syncthreads();
-  float mx[GM], sm[GM];
-#pragma unroll
-  for (int h = 0; h < GM; ++h) mx[h] = -INFINITY, sm[h] = 0.f;
+  SoftmaxPartial sp[GM];
   for (int64_t jb = j0 + tid; jb < j1; jb += kRows * blockDim.x) {
     if (jb != j0 + tid) load_rows(jb);
 #pragma unroll
@@ -196,14 +194,7 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
 #pragma unroll
       for (int h = 0; h < GM; ++h) {
         if (h >= G) break;
-        const float s = index_score(q[h], k[u]);
-        // The running max grows rarely: one exp per score, the rescale only when it does.
-        if (s > mx[h]) {
-          sm[h] = sm[h] * __expf(mx[h] - s) + 1.f;
-          mx[h] = s;
-        } else {
-          sm[h] += __expf(s - mx[h]);
-        }
+        sp[h].add(index_score(q[h], k[u]));
       }
     }
   }
@@ -213,8 +204,8 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
 #pragma unroll
   for (int h = 0; h < GM; ++h) {
     if (h >= G) break;
-    const float m = warp_max(mx[h]);
-    const float s = warp_sum(mx[h] == -INFINITY ? 0.f : sm[h] * __expf(mx[h] - m));
+    const float m = warp_max(sp[h].m);
+    const float s = warp_sum(sp[h].m == -INFINITY ? 0.f : sp[h].s * __expf(sp[h].m - m));
     if (lane == 0) red[warp][h] = make_float2(m, s);
   }
   __syncthreads();
@@ -229,12 +220,6 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
   probe_end(tl, kPhaseStats);
 }
 
-// Merges two (max, sum exp(x - max)) pairs.
-__device__ __forceinline__ float2 merge_ms(float2 a, float2 b) {
-  const float m = fmaxf(a.x, b.x);
-  if (m == -INFINITY) return make_float2(m, 0.f);
-  return make_float2(m, (a.x == -INFINITY ? 0.f : a.y * __expf(a.x - m)) + (b.x == -INFINITY ? 0.f : b.y * __expf(b.x - m)));
-}
 
 // b* of the spec (sparse_attention_params.h) from the complete histogram hh[kDecodeBins] of one retrieval slot
 // and its forced mass; called by all NT threads of a block, returns b* in every thread. Z, the total mass, is
@@ -523,9 +508,7 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
   if (t0 < j1) load_index_tile(rows + t0 * kIndexDim, j1 - t0, a);
   uint32_t b[GN][2];
   load_query_frags<GN>(iq + int64_t(r) * G * kIndexDim, G, b);
-  float mx[GN][2], sm[GN][2];
-#pragma unroll
-  for (int nt = 0; nt < GN; ++nt) mx[nt][0] = mx[nt][1] = -INFINITY, sm[nt][0] = sm[nt][1] = 0.f;
+  SoftmaxPartial sp[GN][2];
   for (; t0 < j1; t0 += 16 * 8) {
     const uint32_t cur[4] = {a[0], a[1], a[2], a[3]};
     const int64_t nv = j1 - t0, tn = t0 + 16 * 8;
@@ -538,14 +521,7 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
       for (int e = 0; e < 4; ++e) {
         if ((e < 2 ? g : g + 8) >= nv) continue;
         const int hh = e & 1;
-        const float s = c[e];
-        // The running max grows rarely: one exp per score, the rescale only when it does.
-        if (s > mx[nt][hh]) {
-          sm[nt][hh] = sm[nt][hh] * __expf(mx[nt][hh] - s) + 1.f;
-          mx[nt][hh] = s;
-        } else {
-          sm[nt][hh] += __expf(s - mx[nt][hh]);
-        }
+        sp[nt][hh].add(c[e]);
       }
     }
   }
@@ -554,7 +530,7 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
   for (int nt = 0; nt < GN; ++nt)
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      float2 acc = make_float2(mx[nt][hh], sm[nt][hh]);
+      float2 acc = sp[nt][hh].get();
 #pragma unroll
       for (int o = 4; o < 32; o <<= 1)  // over g: the lanes holding the same heads
         acc = merge_ms(acc, make_float2(__shfl_xor_sync(0xffffffffu, acc.x, o), __shfl_xor_sync(0xffffffffu, acc.y, o)));
