@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
       ("dump-prompts", "ruler: write the prompts and answers as JSONL here", cxxopts::value<std::string>())
       ("prefill-chunk", "ruler: prefill prompts in chunks of N tokens, dense and sparse (sparse: a multiple of the "
        "block size; 0: one forward)", cxxopts::value<std::string>()->default_value("4096"))
+      ("no-cuda-graphs", "ruler: decode eagerly instead of replaying CUDA graphs of each layer (slower; for comparison)")
       ("h,help", "print this help");
     // clang-format on
     auto args = rtp::tools::parse_strict(opts, argc, argv);
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
       if (args.count("essay")) o.essay_file = args["essay"].as<std::string>();
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
       o.prefill_chunk = prefill_chunk;
+      o.cuda_graphs = args.count("no-cuda-graphs") == 0;
       if (args.count("out-dir")) o.out_dir = args["out-dir"].as<std::string>();
       if (!o.model_dir.empty()) {
         rtp::require_directory(o.model_dir, "--model");

@@ -20,6 +20,8 @@ struct RulerEvalOptions {
   std::string dump_prompts;     // JSONL path, or empty
   // Prompt tokens per prefill forward, dense and sparse (sparse: a multiple of the block size); <= 0: one forward.
   int64_t prefill_chunk = 4096;
+  // Decode steps through CUDA graphs on a GPU (rtp/model/decode_stepper.h); false: eager, for comparison.
+  bool cuda_graphs = true;
 };
 
 // "ruler:niah_single_1,ruler:vt" -> {"niah_single_1", "vt"}; unknown names are errors listing the valid ones.

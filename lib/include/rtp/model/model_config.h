@@ -59,4 +59,8 @@ nlohmann::json model_config_to_json(const ModelConfig& c);
 // before work whose length is known, so that a too-long run fails at once instead of after minutes.
 void check_fits_positions(const ModelConfig& c, int64_t tokens, const std::string& what);
 
+// The tokens that end generation for the checkpoint in `dir`, as transformers' generate() takes them:
+// generation_config.json's eos_token_id (a number or a list), else config.json's; empty when neither names one.
+std::vector<int64_t> load_stop_token_ids(const std::string& dir);
+
 }  // namespace rtp::model

@@ -11,6 +11,7 @@
 #include "rtp/model/attention_seam.h"
 #include "rtp/model/kv_cache.h"
 #include "rtp/model/model_config.h"
+#include "rtp/model/rope.h"
 
 namespace rtp::model {
 
@@ -54,6 +55,15 @@ class Qwen3Model {
   // input_ids int64 [B, T] -> logits [B, T, V] (float32), or hidden states with return_hidden.
   torch::Tensor forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
 
+  // The pieces forward() is made of, for callers that run each layer's attention themselves (DecodeStepper):
+  // forward = embed, then per layer attention_inputs -> attention -> finish_layer, then lm_logits.
+  torch::Tensor embed(const torch::Tensor& ids_on_device) const;  // [B, T] -> [B, T, hidden]
+  // Input norm, q/k/v projections, q_norm/k_norm and RoPE of layer `layer` for hidden states x [B, T, hidden].
+  LayerAttentionInputs attention_inputs(int64_t layer, const torch::Tensor& x, const RopeTables& rope) const;
+  // x + o_proj(attention [B, Hq, T, D]), then the post-attention norm and the MLP with its residual.
+  torch::Tensor finish_layer(int64_t layer, const torch::Tensor& x, const torch::Tensor& attention) const;
+  torch::Tensor lm_logits(const torch::Tensor& x) const;  // final norm and LM head, float32 [B, T, V]
+
   // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.
   // On CPU the draw is float32 from a CPU generator (the committed toy model depends on it); on a GPU the
   // weights are drawn in place on the device from a generator of that device seeded with `seed`.
@@ -65,9 +75,11 @@ class Qwen3Model {
 
 // Greedy decoding: prefills `prompt` (int64 [B, P]) in chunks of `prefill_chunk` tokens through a KV cache, then
 // appends the argmax token until `max_new_tokens` or, per sequence, a token in `stop_ids` (later positions of a
-// stopped sequence repeat its stop token). Returns int64 [B, P + generated].
+// stopped sequence repeat its stop token). Returns int64 [B, P + generated]. The tokens after the prompt come from
+// a DecodeStepper (CUDA graphs on a GPU unless cuda_graphs is false).
 torch::Tensor generate_greedy(Qwen3Model& model, const torch::Tensor& prompt, int64_t max_new_tokens,
-                              const std::vector<int64_t>& stop_ids = {}, int64_t prefill_chunk = 4096);
+                              const std::vector<int64_t>& stop_ids = {}, int64_t prefill_chunk = 4096,
+                              bool cuda_graphs = true);
 
 // Loads a Hugging Face checkpoint directory (config.json + *.safetensors [+ model.safetensors.index.json]).
 // Every tensor the config needs must be present with the shape the config implies; tensors are converted to

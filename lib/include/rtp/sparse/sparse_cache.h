@@ -67,6 +67,9 @@ class SparseCache : public model::AttentionSeam {
   std::vector<std::vector<kernels::HeadKind>> kinds_;
   std::vector<torch::Tensor> full_k_, full_v_, index_k_, ring_k_, ring_v_;
   std::vector<torch::Tensor> last_selected_;
+  // Per layer, the KV heads (rows of k/v) of each kind on the cache's device; undefined when every head of the layer
+  // has that kind (no gather needed).
+  std::vector<torch::Tensor> retrieval_rows_, streaming_rows_;
   int64_t length_ = 0;
   int64_t element_size_ = 4;
   int64_t prompt_length_ = 0;  // begin_prompt's; 0: the first forward is the prompt

@@ -11,6 +11,7 @@
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/eval/ruler_report.h"
+#include "rtp/model/decode_stepper.h"
 #include "rtp/model/model_config.h"
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/sparse_cache.h"
@@ -50,15 +51,15 @@ struct Generated {
 };
 
 std::vector<int32_t> tail_tokens(const torch::Tensor& out, int64_t from) {
-  std::vector<int32_t> t;
-  for (int64_t i = from; i < out.size(1); ++i) t.push_back(static_cast<int32_t>(out[0][i].item<int64_t>()));
-  return t;
+  const auto t = out.select(0, 0).narrow(0, from, out.size(1) - from).to(torch::kInt32).contiguous();
+  return std::vector<int32_t>(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + t.numel());
 }
 
-Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int64_t n, int64_t chunk) {
+Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int64_t n, int64_t chunk,
+                         const std::vector<int64_t>& stops, bool graphs) {
   Generated g;
   auto t0 = std::chrono::steady_clock::now();
-  auto out = model::generate_greedy(m, prompt, n, {}, chunk);
+  auto out = model::generate_greedy(m, prompt, n, stops, chunk, graphs);
   g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   g.tokens = tail_tokens(out, prompt.size(1));
   const auto& c = m.config();
@@ -67,19 +68,18 @@ Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int6
   return g;
 }
 
-Generated generate_sparse(sparse::ConvertedModel& cm, const torch::Tensor& prompt, int64_t n, int64_t chunk) {
+Generated generate_sparse(sparse::ConvertedModel& cm, const torch::Tensor& prompt, int64_t n, int64_t chunk,
+                          const std::vector<int64_t>& stops, bool graphs) {
   Generated g;
   torch::NoGradGuard no_grad;
   sparse::SparseCache cache(cm.model.config(), cm.heads, cm.settings, cm.indexer.named_parameters().empty() ? nullptr : &cm.indexer,
                             prompt.size(1) + n, cm.model.device(), cm.model.dtype());
   auto t0 = std::chrono::steady_clock::now();
   auto logits = sparse::prefill_chunked(cm.model, cache, prompt, chunk);
+  if (logits.is_cuda()) torch::cuda::synchronize();  // the prefill's own time, not queued work
   auto t1 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < n; ++i) {
-    auto next = logits.select(1, logits.size(1) - 1).argmax(-1);
-    g.tokens.push_back(static_cast<int32_t>(next.item<int64_t>()));
-    if (i + 1 < n) logits = cm.model.forward(next.view({1, 1}), cache.options());
-  }
+  model::DecodeStepper stepper(cm.model, graphs);
+  g.tokens = tail_tokens(model::greedy_continue(stepper, logits, n, stops, [&] { return cache.options(); }), 0);
   g.prefill_s = std::chrono::duration<double>(t1 - t0).count();
   g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   g.kv_bytes = cache.bytes();
@@ -134,6 +134,8 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
               cm->model.config().vocab_size, " but the tokenizer '", tok_path, "' has ", tok.vocab_size(),
               " tokens: they do not belong together");
   }
+  // Generation ends at the checkpoint's end-of-sequence tokens, as transformers' generate() does.
+  const std::vector<int64_t> stop_ids = cm ? model::load_stop_token_ids(o.model_dir) : std::vector<int64_t>{};
   std::string dump;
   json results = json::array();
   for (const auto& task : o.tasks)
@@ -151,13 +153,13 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
         auto ids = torch::tensor(std::vector<int64_t>(s.prompt_ids.begin(), s.prompt_ids.end())).view({1, -1});
         if (o.dense) {
           auto g = generate_dense(cm->model, ids, s.tokens_to_generate,
-                                  o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1));
+                                  o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
           dense_sum += text::ruler::score(s, tok.decode(g.tokens, true));
           row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.decode_s;
           row["dense_kv_bytes"] = g.kv_bytes;
         }
         if (o.sparse) {
-          auto g = generate_sparse(*cm, ids, s.tokens_to_generate, o.prefill_chunk);
+          auto g = generate_sparse(*cm, ids, s.tokens_to_generate, o.prefill_chunk, stop_ids, o.cuda_graphs);
           sparse_sum += text::ruler::score(s, tok.decode(g.tokens, true));
           row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
           row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
@@ -177,7 +179,8 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   if (cm) {
     make_directories(o.out_dir);
     const std::string path = (fs::path(o.out_dir) / "ruler.json").string();
-    const json doc = {{"model", o.model_dir}, {"seed", ctx.seed}, {"samples", o.samples}, {"results", results}};
+    const json doc = {{"model", o.model_dir}, {"seed", ctx.seed}, {"samples", o.samples}, {"stop_token_ids", stop_ids},
+                      {"cuda_graphs", o.cuda_graphs && ctx.device.is_cuda()}, {"results", results}};
     write_json_atomic(path, doc);
     const std::string report = (fs::path(o.out_dir) / "report.html").string();
     write_file_atomic(report, render_ruler_report_html(doc, path));

@@ -6,6 +6,10 @@ namespace rtp::model {
 
 torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
   const int64_t tq = in.q.size(2), tk = in.k.size(2);
+  if (tq == 1) {
+    // One query at the last position sees every key: no mask (a mask keeps SDPA off its fused kernels).
+    return at::scaled_dot_product_attention(in.q, in.k, in.v, /*attn_mask=*/{}, 0.0, false, in.scale, true);
+  }
   if (tq != tk) {
     // Queries are the last tq of tk positions (chunked prefill / decode): bottom-right aligned causal mask.
     auto i = torch::arange(tq, torch::TensorOptions(torch::kInt64).device(in.q.device())).unsqueeze(1) + (tk - tq);

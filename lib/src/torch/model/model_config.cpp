@@ -161,4 +161,26 @@ void check_fits_positions(const ModelConfig& c, int64_t tokens, const std::strin
             " exceeds the model's max_position_embeddings ", c.max_position_embeddings);
 }
 
+std::vector<int64_t> load_stop_token_ids(const std::string& dir) {
+  for (const char* name : {"generation_config.json", "config.json"}) {
+    const std::string path = dir + "/" + name;
+    if (!file_exists(path)) continue;
+    const json j = read_json_file(path);
+    auto it = j.find("eos_token_id");
+    if (it == j.end() || it->is_null()) continue;
+    std::vector<int64_t> ids;
+    if (it->is_number_integer()) {
+      ids.push_back(it->get<int64_t>());
+    } else {
+      RTP_CHECK(it->is_array(), "'", path, "': eos_token_id must be a token id or a list of them, found ", it->dump());
+      for (const auto& v : *it) {
+        RTP_CHECK(v.is_number_integer(), "'", path, "': eos_token_id must be a token id or a list of them, found ", it->dump());
+        ids.push_back(v.get<int64_t>());
+      }
+    }
+    return ids;
+  }
+  return {};
+}
+
 }  // namespace rtp::model

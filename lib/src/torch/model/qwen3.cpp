@@ -93,8 +93,7 @@ class Qwen3ModelImpl {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
               ids.sizes(), " ", ids.scalar_type());
     auto ids_dev = ids.to(device());
-    const int64_t B = ids.size(0), T = ids.size(1);
-    const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, D = cfg.head_dim;
+    const int64_t T = ids.size(1);
     if (T > 0) {
       auto [mn, mx] = torch::aminmax(ids_dev);
       RTP_CHECK(mn.item<int64_t>() >= 0 && mx.item<int64_t>() < cfg.vocab_size, "input_ids must lie in [0, ",
@@ -106,39 +105,54 @@ class Qwen3ModelImpl {
     RTP_CHECK(!o.cache || o.cache->num_layers() == cfg.num_hidden_layers, "KV cache has ", o.cache ? o.cache->num_layers() : 0,
               " layers, the model ", cfg.num_hidden_layers);
     auto rope = rope_tables(cfg, first_position, T, device());
-    auto x = F::embedding(ids_dev, p("model.embed_tokens.weight"));
+    torch::Tensor x = F::embedding(ids_dev, p("model.embed_tokens.weight"));
     const int64_t last = o.stop_after_layer >= 0 ? std::min(o.stop_after_layer, cfg.num_hidden_layers - 1)
                                                  : cfg.num_hidden_layers - 1;
     for (int64_t i = 0; i <= last; ++i) {
-      const std::string pre = "model.layers." + std::to_string(i) + ".";
-      auto h = rms_norm(x, p(pre + "input_layernorm.weight"));
-      auto q = linear(h, pre + "self_attn.q_proj", cfg.attention_bias).view({B, T, Hq, D});
-      auto k = linear(h, pre + "self_attn.k_proj", cfg.attention_bias).view({B, T, Hkv, D});
-      auto v = linear(h, pre + "self_attn.v_proj", cfg.attention_bias).view({B, T, Hkv, D}).transpose(1, 2);
-      q = rms_norm(q, p(pre + "self_attn.q_norm.weight")).transpose(1, 2);
-      k = rms_norm(k, p(pre + "self_attn.k_norm.weight")).transpose(1, 2);
-      LayerAttentionInputs in;
-      in.layer = i;
-      in.q_pre_rope = q;
-      in.k_pre_rope = k;
-      in.q = apply_rope(q, rope);
-      in.k = apply_rope(k, rope);
-      in.v = v;
+      LayerAttentionInputs in = attention_inputs(i, x, rope);
       if (o.cache) std::tie(in.k, in.v) = o.cache->append(i, in.k, in.v);
-      in.scale = 1.0 / std::sqrt(static_cast<double>(D));
       if (o.observer) o.observer(in);
-      auto a = attention->attend(in);
-      a = a.transpose(1, 2).reshape({B, T, Hq * D});
-      x = x + linear(a, pre + "self_attn.o_proj", cfg.attention_bias);
-      h = rms_norm(x, p(pre + "post_attention_layernorm.weight"));
-      x = x + (cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(h, pre + "mlp."));
+      x = finish_layer(i, x, attention->attend(in));
     }
     if (o.cache) o.cache->advance(T);
     if (o.stop_after_layer >= 0 && last < cfg.num_hidden_layers - 1) return x;
-    x = rms_norm(x, p("model.norm.weight"));
-    if (o.return_hidden) return x;
+    if (o.return_hidden) return rms_norm(x, p("model.norm.weight"));
+    return lm_logits(x);
+  }
+
+  LayerAttentionInputs attention_inputs(int64_t i, const torch::Tensor& x, const RopeTables& rope) const {
+    const int64_t B = x.size(0), T = x.size(1);
+    const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, D = cfg.head_dim;
+    const std::string pre = "model.layers." + std::to_string(i) + ".";
+    auto h = rms_norm(x, p(pre + "input_layernorm.weight"));
+    auto q = linear(h, pre + "self_attn.q_proj", cfg.attention_bias).view({B, T, Hq, D});
+    auto k = linear(h, pre + "self_attn.k_proj", cfg.attention_bias).view({B, T, Hkv, D});
+    auto v = linear(h, pre + "self_attn.v_proj", cfg.attention_bias).view({B, T, Hkv, D}).transpose(1, 2);
+    q = rms_norm(q, p(pre + "self_attn.q_norm.weight")).transpose(1, 2);
+    k = rms_norm(k, p(pre + "self_attn.k_norm.weight")).transpose(1, 2);
+    LayerAttentionInputs in;
+    in.layer = i;
+    in.q_pre_rope = q;
+    in.k_pre_rope = k;
+    in.q = apply_rope(q, rope);
+    in.k = apply_rope(k, rope);
+    in.v = v;
+    in.scale = 1.0 / std::sqrt(static_cast<double>(D));
+    return in;
+  }
+
+  torch::Tensor finish_layer(int64_t i, const torch::Tensor& x, const torch::Tensor& attention) const {
+    const int64_t B = x.size(0), T = x.size(1);
+    const std::string pre = "model.layers." + std::to_string(i) + ".";
+    auto a = attention.transpose(1, 2).reshape({B, T, cfg.num_attention_heads * cfg.head_dim});
+    auto y = x + linear(a, pre + "self_attn.o_proj", cfg.attention_bias);
+    auto h = rms_norm(y, p(pre + "post_attention_layernorm.weight"));
+    return y + (cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(h, pre + "mlp."));
+  }
+
+  torch::Tensor lm_logits(const torch::Tensor& x) const {
     const auto& head = cfg.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight");
-    return at::linear(x, head).to(torch::kFloat32);
+    return at::linear(rms_norm(x, p("model.norm.weight")), head).to(torch::kFloat32);
   }
 
   torch::Device device() const { return p("model.embed_tokens.weight").device(); }
@@ -172,6 +186,17 @@ void Qwen3Model::to(torch::Device device, torch::ScalarType dtype) {
 }
 
 torch::Device Qwen3Model::device() const { return impl_->device(); }
+
+torch::Tensor Qwen3Model::embed(const torch::Tensor& ids_on_device) const {
+  return F::embedding(ids_on_device, impl_->p("model.embed_tokens.weight"));
+}
+LayerAttentionInputs Qwen3Model::attention_inputs(int64_t layer, const torch::Tensor& x, const RopeTables& rope) const {
+  return impl_->attention_inputs(layer, x, rope);
+}
+torch::Tensor Qwen3Model::finish_layer(int64_t layer, const torch::Tensor& x, const torch::Tensor& attention) const {
+  return impl_->finish_layer(layer, x, attention);
+}
+torch::Tensor Qwen3Model::lm_logits(const torch::Tensor& x) const { return impl_->lm_logits(x); }
 torch::ScalarType Qwen3Model::dtype() const { return impl_->dtype(); }
 
 torch::Tensor Qwen3Model::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {

@@ -41,10 +41,13 @@ std::pair<torch::Tensor, double> rope_inverse_frequencies(const ModelConfig& c) 
 
 RopeTables rope_tables(const ModelConfig& c, int64_t first_position, int64_t length, torch::Device device) {
   auto [inv_freq, attention_factor] = rope_inverse_frequencies(c);
-  inv_freq = inv_freq.to(device);
-  auto positions = torch::arange(first_position, first_position + length, torch::TensorOptions(torch::kInt64).device(device))
-                       .to(torch::kFloat32);
-  auto freqs = torch::outer(positions, inv_freq);  // [T, D/2]
+  return rope_tables_at(torch::arange(first_position, first_position + length,
+                                      torch::TensorOptions(torch::kInt64).device(device)),
+                        inv_freq.to(device), attention_factor);
+}
+
+RopeTables rope_tables_at(const torch::Tensor& positions, const torch::Tensor& inv_freq, double attention_factor) {
+  auto freqs = torch::outer(positions.to(torch::kFloat32), inv_freq);  // [T, D/2]
   auto emb = torch::cat({freqs, freqs}, -1);
   return {emb.cos() * attention_factor, emb.sin() * attention_factor};
 }

@@ -24,13 +24,18 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
   element_size_ = static_cast<int64_t>(torch::empty({}, opt).element_size());
   kinds_.resize(L);
   full_k_.resize(L), full_v_.resize(L), index_k_.resize(L), ring_k_.resize(L), ring_v_.resize(L), last_selected_.resize(L);
+  retrieval_rows_.resize(L), streaming_rows_.resize(L);
   for (int64_t l = 0; l < L; ++l) {
     int64_t n_ret = 0, n_str = 0;
+    std::vector<int64_t> ret_rows, str_rows;
     for (int64_t g = 0; g < config.num_key_value_heads; ++g) {
       const bool r = heads_.is_retrieval(l, g);
       kinds_[l].push_back(r ? kernels::HeadKind::RETRIEVAL : kernels::HeadKind::STREAMING);
       (r ? n_ret : n_str) += 1;
+      (r ? ret_rows : str_rows).push_back(g);
     }
+    const auto rows = [&](const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64).to(device); };
+    if (n_ret > 0 && n_str > 0) retrieval_rows_[l] = rows(ret_rows), streaming_rows_[l] = rows(str_rows);
     RTP_CHECK(n_ret == 0 || indexer != nullptr, "sparse cache: layer ", l, " has retrieval heads but no indexer");
     if (n_ret > 0) {
       full_k_[l] = torch::zeros({n_ret, capacity, D}, opt);
@@ -52,21 +57,19 @@ model::ForwardOptions SparseCache::options() {
 }
 
 void SparseCache::write_token(int64_t layer, int64_t position, const model::LayerAttentionInputs& in, int64_t row) {
-  int64_t r = 0, s = 0;
+  // A few gathers per layer, not a copy per head: a decode step writes every layer, and each ATen call costs
+  // microseconds of host time against a kernel that moves a few hundred bytes.
   const int64_t slot = position < settings_.sink ? position : settings_.sink + (position - settings_.sink) % settings_.window;
-  for (int64_t g = 0; g < config_.num_key_value_heads; ++g) {
-    auto k = in.k[0][g][row];
-    auto v = in.v[0][g][row];
-    if (kinds_[layer][g] == kernels::HeadKind::RETRIEVAL) {
-      full_k_[layer][r][position].copy_(k);
-      full_v_[layer][r][position].copy_(v);
-      ++r;
-    } else {
-      // Only tokens still visible to a later query need a slot; later tokens overwrite earlier ones.
-      ring_k_[layer][s][slot].copy_(k);
-      ring_v_[layer][s][slot].copy_(v);
-      ++s;
-    }
+  const auto k = in.k[0].select(1, row), v = in.v[0].select(1, row);  // [Hkv, D]
+  const auto pick = [](const torch::Tensor& t, const torch::Tensor& rows) { return rows.defined() ? t.index_select(0, rows) : t; };
+  if (full_k_[layer].defined()) {
+    full_k_[layer].select(1, position).copy_(pick(k, retrieval_rows_[layer]));
+    full_v_[layer].select(1, position).copy_(pick(v, retrieval_rows_[layer]));
+  }
+  if (ring_k_[layer].defined()) {
+    // Only tokens still visible to a later query need a slot; later tokens overwrite earlier ones.
+    ring_k_[layer].select(1, slot).copy_(pick(k, streaming_rows_[layer]));
+    ring_v_[layer].select(1, slot).copy_(pick(v, streaming_rows_[layer]));
   }
 }
 

@@ -1,0 +1,74 @@
+#pragma once
+// One-token forward steps for generation. A decode step of a small model is bound by the host, not the GPU: eagerly,
+// every layer issues some hundred ATen calls (norms, projections, RoPE, MLP) of a few microseconds each, so a
+// 28-layer 0.6B model spends tens of milliseconds per token launching kernels that run for one. On CUDA the stepper
+// captures the work between two attention calls (the rest of one layer and the start of the next) as one CUDA graph
+// per layer on its first step and replays them; the attention call itself (cache append, selection, the decode
+// kernel, whose shapes grow with every token) stays eager between the replays. The step's position lives in a device
+// buffer the graphs read, so the same graphs serve every position.
+//
+// Results are the ones forward() gives for the same token: the same ATen calls on the same inputs, in the same
+// order (tests/model/decode_stepper_test.cpp, tests/model/decode_stepper_gpu_test.cpp).
+#include <torch/types.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "rtp/model/qwen3.h"
+
+namespace rtp::model {
+
+struct CapturedSegment;  // a CUDA graph (decode_stepper.cpp)
+
+class DecodeStepper {
+ public:
+  // use_graphs: capture CUDA graphs where they apply (a CUDA model without MoE layers: the MoE routing reads
+  // expert counts on the host). Elsewhere the same pieces run eagerly.
+  explicit DecodeStepper(Qwen3Model& model, bool use_graphs = true);
+  ~DecodeStepper();
+  DecodeStepper(const DecodeStepper&) = delete;
+  DecodeStepper& operator=(const DecodeStepper&) = delete;
+
+  // Logits [B, 1, V] (float32) of the next token after `ids` (int64 [B, 1]) at position o.cache->length() (with a
+  // cache) or o.position_offset, attention through o.attention / o.cache / o.observer as in forward().
+  // return_hidden and stop_after_layer are not supported. Device ids are not range-checked (a step feeds back the
+  // model's own argmax); host ids are. With graphs the result is a buffer the next step overwrites.
+  torch::Tensor step(const torch::Tensor& ids, const ForwardOptions& o);
+
+  // True once graphs are captured and replayed.
+  bool graphed() const { return !graphs_.empty(); }
+  bool uses_graphs() const { return use_graphs_; }
+
+ private:
+  // Segment s: s == 0 embeds and prepares layer 0's attention; 0 < s < L finishes layer s-1 and prepares layer s;
+  // s == L finishes the last layer and computes the logits.
+  void run_segment(int64_t s);
+  void capture();
+  void prepare(int64_t batch);
+
+  Qwen3Model& model_;
+  bool use_graphs_;
+  int64_t layers_;
+  torch::Tensor inv_freq_;
+  double attention_factor_ = 1.0;
+  // Buffers the segments read: the token ids, the position, the attention output of the current layer.
+  torch::Tensor ids_, position_, attention_;
+  // What the segments produce (kept alive: captured graphs write to these addresses on every replay).
+  RopeTables rope_;
+  std::vector<torch::Tensor> hidden_;
+  std::vector<LayerAttentionInputs> inputs_;
+  torch::Tensor logits_;
+  std::vector<std::unique_ptr<CapturedSegment>> graphs_;
+};
+
+// Greedy tokens after a prefilled prompt: `logits` [B, n, V] are the prompt's last forward, every further token is
+// one stepper.step(token, options()). Per sequence generation ends at a token of `stop_ids` (kept; later positions
+// repeat it), for all at max_new_tokens or once every sequence has stopped. Returns int64 [B, generated] on the host.
+// The device is asked whether every sequence stopped only every few tokens: a read per token would make the host
+// wait for each token before it may queue the next (tokens past the last stop are cut off, so the result is the
+// same).
+torch::Tensor greedy_continue(DecodeStepper& stepper, torch::Tensor logits, int64_t max_new_tokens,
+                              const std::vector<int64_t>& stop_ids, const std::function<ForwardOptions()>& options);
+
+}  // namespace rtp::model

@@ -1,0 +1,146 @@
+// The decode stepper (rtp/model/decode_stepper.h) splits a one-token forward at the attention calls and, on a GPU,
+// replays the pieces from CUDA graphs. Here (CPU, eager pieces) its logits must equal forward()'s bit for bit, with
+// the dense KV cache and with the sparse cache as attention seam; greedy generation's stop handling against a
+// per-row reading of an unstopped run; the checkpoint's stop tokens.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
+
+#include "model/model_fixtures.h"
+#include "rtp/core/file_io.h"
+#include "rtp/model/decode_stepper.h"
+#include "rtp/model/qwen3.h"
+#include "rtp/sparse/sparse_cache.h"
+#include "test_util.h"
+
+namespace {
+
+class DecodeStepperFixtures : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DecodeStepperFixtures, StepEqualsForwardWithCache) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir(GetParam()), torch::kCPU, torch::kFloat32);
+  torch::manual_seed(5);
+  const int64_t B = 2, P = 7, steps = 9;
+  auto ids = torch::randint(0, model.config().vocab_size, {B, P + steps}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  rtp::model::KVCache ref_cache(model.config().num_hidden_layers), cache(model.config().num_hidden_layers);
+  rtp::model::ForwardOptions ref_o, o;
+  ref_o.cache = &ref_cache;
+  o.cache = &cache;
+  model.forward(ids.narrow(1, 0, P), ref_o);
+  model.forward(ids.narrow(1, 0, P), o);
+  rtp::model::DecodeStepper stepper(model);
+  EXPECT_FALSE(stepper.uses_graphs());  // a CPU model
+  int observed = 0;
+  o.observer = [&](const rtp::model::LayerAttentionInputs&) { ++observed; };
+  for (int64_t t = P; t < P + steps; ++t) {
+    auto token = ids.narrow(1, t, 1);
+    auto ref = model.forward(token, ref_o);
+    auto got = stepper.step(token, o);
+    ASSERT_EQ(got.sizes(), ref.sizes());
+    EXPECT_TRUE(torch::equal(got, ref)) << GetParam() << " position " << t << ": max |diff| "
+                                        << (got - ref).abs().max().item<double>();
+  }
+  EXPECT_EQ(cache.length(), P + steps);
+  EXPECT_EQ(observed, steps * model.config().num_hidden_layers);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeStepperFixtures, ::testing::ValuesIn(rtp::testing::model_fixture_names()),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+TEST(DecodeStepper, StepEqualsForwardThroughTheSparseCache) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  const auto& c = model.config();
+  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  heads.retrieval[1][1] = 1;  // layer 1 mixes both kinds: the cache gathers each kind's rows
+  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+  torch::manual_seed(11);
+  indexer.q_proj(1).normal_(0, 0.3);
+  indexer.k_proj(1).normal_(0, 0.3);
+  rtp::sparse::SparseSettings st;
+  st.sink = 2;
+  st.window = 8;
+  st.top_p = 0.9;
+  const int64_t P = 150, steps = 30;  // the ring wraps during the steps
+  auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  rtp::sparse::SparseCache ref_cache(c, heads, st, &indexer, P + steps, torch::kCPU, torch::kFloat32);
+  rtp::sparse::SparseCache cache(c, heads, st, &indexer, P + steps, torch::kCPU, torch::kFloat32);
+  model.forward(ids.narrow(1, 0, P), ref_cache.options());
+  model.forward(ids.narrow(1, 0, P), cache.options());
+  rtp::model::DecodeStepper stepper(model);
+  for (int64_t t = P; t < P + steps; ++t) {
+    auto ref = model.forward(ids.narrow(1, t, 1), ref_cache.options());
+    auto got = stepper.step(ids.narrow(1, t, 1), cache.options());
+    EXPECT_TRUE(torch::equal(got, ref)) << "position " << t << ": max |diff| " << (got - ref).abs().max().item<double>();
+    EXPECT_TRUE(torch::equal(cache.last_selected()[1], ref_cache.last_selected()[1])) << "position " << t;
+  }
+  EXPECT_EQ(cache.length(), P + steps);
+}
+
+TEST(DecodeStepper, HostIdsAreRangeChecked) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  rtp::model::KVCache cache(model.config().num_hidden_layers);
+  rtp::model::ForwardOptions o;
+  o.cache = &cache;
+  model.forward(torch::zeros({1, 3}, torch::kInt64), o);
+  rtp::model::DecodeStepper stepper(model);
+  const auto bad = torch::full({1, 1}, model.config().vocab_size, torch::kInt64);
+  EXPECT_NE(rtp::testing::error_of([&] { stepper.step(bad, o); }).find("input_ids must lie in [0, "), std::string::npos);
+  EXPECT_NE(rtp::testing::error_of([&] { stepper.step(torch::zeros({1, 2}, torch::kInt64), o); }).find("[B, 1]"),
+            std::string::npos);
+}
+
+// Two sequences that stop at different steps: each row is the unstopped run up to its first stop token, then that
+// token repeated; the result ends where the later row stopped. The stopping run only checks every few tokens.
+TEST(DecodeStepper, GreedyStopsPerRowAndCutsAfterTheLastStop) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  torch::manual_seed(3);
+  const int64_t P = 5, N = 20;
+  auto prompt = torch::randint(0, model.config().vocab_size, {2, P}, torch::kInt64);
+  auto free_run = rtp::model::generate_greedy(model, prompt, N);
+  ASSERT_EQ(free_run.size(1), P + N);
+  // Stop tokens: row 0's 2nd generated token and row 1's 11th; the first occurrence in each row counts.
+  const std::vector<int64_t> stops = {free_run[0][P + 1].item<int64_t>(), free_run[1][P + 10].item<int64_t>()};
+  auto first_stop = [&](int64_t row) {
+    for (int64_t t = P; t < P + N; ++t)
+      for (int64_t s : stops)
+        if (free_run[row][t].item<int64_t>() == s) return t;
+    return P + N;
+  };
+  const int64_t f0 = first_stop(0), f1 = first_stop(1), end = std::max(f0, f1) + 1;
+  auto stopped = rtp::model::generate_greedy(model, prompt, N, stops);
+  ASSERT_EQ(stopped.size(1), end);
+  for (int64_t row = 0; row < 2; ++row) {
+    const int64_t f = row == 0 ? f0 : f1;
+    for (int64_t t = 0; t < end; ++t) {
+      const int64_t expected = free_run[row][std::min(t, f)].item<int64_t>();
+      EXPECT_EQ(stopped[row][t].item<int64_t>(), expected) << "row " << row << " position " << t;
+    }
+  }
+}
+
+TEST(DecodeStepper, StopTokensComeFromTheCheckpoint) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("rtp_stop_tokens_test_" + std::to_string(::getpid()));
+  rtp::make_directories(dir.string());
+  auto write = [&](const std::string& name, const std::string& text) { std::ofstream(dir / name) << text; };
+  EXPECT_TRUE(rtp::model::load_stop_token_ids(dir.string()).empty());
+  write("config.json", R"({"eos_token_id": 7})");
+  EXPECT_EQ(rtp::model::load_stop_token_ids(dir.string()), (std::vector<int64_t>{7}));
+  write("generation_config.json", R"({"eos_token_id": [151645, 151643]})");
+  EXPECT_EQ(rtp::model::load_stop_token_ids(dir.string()), (std::vector<int64_t>{151645, 151643}));
+  write("generation_config.json", R"({"eos_token_id": "</s>"})");
+  const auto err = rtp::testing::error_of([&] { rtp::model::load_stop_token_ids(dir.string()); });
+  EXPECT_NE(err.find("generation_config.json': eos_token_id must be a token id or a list"), std::string::npos) << err;
+  rtp::remove_tree(dir.string());  // not fs::remove_all: it crashes next to libtorch
+}
+
+}  // namespace
