@@ -40,8 +40,9 @@ class SparseCache : public model::AttentionSeam {
   model::ForwardOptions options();
   int64_t length() const { return length_; }
   const SparseSettings& settings() const { return settings_; }
-  // Bytes the caches hold for length() tokens: retrieval heads length x (2 D + index_dim), streaming heads
-  // min(length, sink + window) x 2 D, times the element size. dense_bytes(): 2 D x length for every KV head.
+  // Bytes the caches hold for length() tokens: retrieval heads length x (2 D x the element size + index_dim x the
+  // index keys' element size: bf16 on a GPU, float32 on the CPU), streaming heads min(length, sink + window) x 2 D x
+  // the element size. dense_bytes(): 2 D x length x the element size for every KV head.
   int64_t bytes() const;
   int64_t dense_bytes() const;
   int64_t layer_bytes(int64_t layer) const;

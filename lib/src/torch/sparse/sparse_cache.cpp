@@ -40,7 +40,10 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
     if (n_ret > 0) {
       full_k_[l] = torch::zeros({n_ret, capacity, D}, opt);
       full_v_[l] = torch::zeros({n_ret, capacity, D}, opt);
-      index_k_[l] = torch::zeros({n_ret, capacity, settings.indexer_dim}, opt.dtype(torch::kFloat32));
+      // The selection reads bf16 index keys on a GPU and float32 ones on the CPU (as the one-shot prefill does):
+      // stored that way, no step converts the whole cache.
+      index_k_[l] = torch::zeros({n_ret, capacity, settings.indexer_dim},
+                                 opt.dtype(device.is_cuda() ? torch::kBFloat16 : torch::kFloat32));
     }
     if (n_str > 0) {
       ring_k_[l] = torch::zeros({n_str, settings.sink + settings.window, D}, opt);
@@ -285,10 +288,13 @@ int64_t SparseCache::layer_bytes(int64_t layer) const {
   RTP_CHECK(layer >= 0 && layer < static_cast<int64_t>(kinds_.size()), "sparse cache: no layer ", layer);
   int64_t n = 0;
   const int64_t D = config_.head_dim;
+  const auto& ik = index_k_[static_cast<size_t>(layer)];
+  const int64_t index_bytes = ik.defined() ? static_cast<int64_t>(ik.element_size()) : 0;
   for (auto k : kinds_[static_cast<size_t>(layer)])
-    n += k == kernels::HeadKind::RETRIEVAL ? length_ * (2 * D + settings_.indexer_dim)
-                                           : std::min(length_, settings_.sink + settings_.window) * 2 * D;
-  return n * element_size_;
+    n += k == kernels::HeadKind::RETRIEVAL
+             ? length_ * (2 * D * element_size_ + settings_.indexer_dim * index_bytes)
+             : std::min(length_, settings_.sink + settings_.window) * 2 * D * element_size_;
+  return n;
 }
 
 int64_t SparseCache::bytes() const {

@@ -1,0 +1,108 @@
+// The decode stepper on a GPU: the steps replayed from CUDA graphs must give the logits forward() gives for the same
+// token, with the dense KV cache (HF fixtures) and with the sparse cache and its CUDA decode kernel (a random model
+// with head_dim 128), and the same tokens selected. MoE models decode eagerly.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <iostream>
+
+#include "model/model_fixtures.h"
+#include "rtp/model/decode_stepper.h"
+#include "rtp/model/qwen3.h"
+#include "rtp/sparse/sparse_cache.h"
+
+namespace {
+
+const torch::Device kCuda(torch::kCUDA, 0);
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+class DecodeStepperCuda : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DecodeStepperCuda, GraphReplayEqualsForward) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: decode graphs are tested on the GPU machine";
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir(GetParam()), kCuda, torch::kBFloat16);
+  const bool moe = model.config().is_moe();
+  torch::manual_seed(5);
+  const int64_t B = 2, P = 11, steps = 12;
+  auto ids = torch::randint(0, model.config().vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
+  torch::NoGradGuard no_grad;
+  rtp::model::KVCache ref_cache(model.config().num_hidden_layers), cache(model.config().num_hidden_layers);
+  rtp::model::ForwardOptions ref_o, o;
+  ref_o.cache = &ref_cache;
+  o.cache = &cache;
+  model.forward(ids.narrow(1, 0, P), ref_o);
+  model.forward(ids.narrow(1, 0, P), o);
+  rtp::model::DecodeStepper stepper(model);
+  EXPECT_EQ(stepper.uses_graphs(), !moe);
+  double worst = 0;
+  for (int64_t t = P; t < P + steps; ++t) {
+    auto ref = model.forward(ids.narrow(1, t, 1), ref_o);
+    auto got = stepper.step(ids.narrow(1, t, 1), o).clone();
+    worst = std::max(worst, max_diff(got, ref));
+    EXPECT_TRUE(torch::equal(got, ref)) << GetParam() << " position " << t << ": max |diff| " << max_diff(got, ref);
+  }
+  EXPECT_EQ(stepper.graphed(), !moe);
+  std::cout << GetParam() << (moe ? " (eager)" : " (graphs)") << ": max |logit diff| against forward " << worst << "\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeStepperCuda, ::testing::ValuesIn(rtp::testing::model_fixture_names()),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: decode graphs are tested on the GPU machine";
+  rtp::model::ModelConfig c;
+  c.vocab_size = 503;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 128;  // the CUDA decode kernel's size
+  c.rope_theta = 10000.0;
+  rtp::model::Qwen3Model model(c, kCuda, torch::kBFloat16);
+  model.init_random(7, 0.05);
+  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  heads.retrieval[1][1] = 1;  // a layer of both kinds
+  heads.retrieval[2][0] = heads.retrieval[2][1] = 1;  // and one of retrieval heads only
+  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+  indexer.to(kCuda, torch::kBFloat16);
+  torch::manual_seed(11);
+  for (const auto& [name, t] : indexer.named_parameters()) t.normal_(0, 0.2);
+  rtp::sparse::SparseSettings st;
+  st.sink = 4;
+  st.window = 64;
+  st.top_p = 0.9;
+  const int64_t P = 333, steps = 40;  // an odd prompt; the ring wraps during the steps
+  auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
+  torch::NoGradGuard no_grad;
+  rtp::sparse::SparseCache ref_cache(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
+  rtp::sparse::SparseCache cache(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
+  model.forward(ids.narrow(1, 0, P), ref_cache.options());
+  model.forward(ids.narrow(1, 0, P), cache.options());
+  rtp::model::DecodeStepper stepper(model);
+  ASSERT_TRUE(stepper.uses_graphs());
+  double worst = 0;
+  int64_t selected = 0;
+  for (int64_t t = P; t < P + steps; ++t) {
+    auto ref = model.forward(ids.narrow(1, t, 1), ref_cache.options());
+    auto got = stepper.step(ids.narrow(1, t, 1), cache.options()).clone();
+    worst = std::max(worst, max_diff(got, ref));
+    EXPECT_TRUE(torch::equal(got, ref)) << "position " << t << ": max |diff| " << max_diff(got, ref);
+    for (int64_t l : {1, 2}) {
+      EXPECT_TRUE(torch::equal(cache.last_selected()[l], ref_cache.last_selected()[l])) << "layer " << l << " position " << t;
+      selected += cache.last_selected()[l].sum().item<int64_t>();
+    }
+  }
+  EXPECT_TRUE(stepper.graphed());
+  EXPECT_EQ(cache.length(), P + steps);
+  std::cout << "sparse cache through graphs: max |logit diff| against forward " << worst << ", tokens selected per "
+            << "retrieval head and step " << static_cast<double>(selected) / (3.0 * steps) << " of " << P + steps / 2 << "\n";
+}
+
+}  // namespace

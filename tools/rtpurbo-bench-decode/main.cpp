@@ -1,0 +1,258 @@
+// rtpurbo-bench-decode: time per generated token of the library's generation path (what rtpurbo-eval runs), dense
+// and sparse, eager and through CUDA graphs, for a model built from a config.json with random weights (speed does
+// not depend on their values). The floor is the bytes a token must read (weights, plus the KV the attention reads)
+// over the card's measured copy bandwidth. Writes JSON under bench/results/.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <cxxopts.hpp>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "main_guard.h"
+#include "tool_args.h"
+#include "rtp/core/file_io.h"
+#include "rtp/model/decode_stepper.h"
+#include "rtp/model/qwen3.h"
+#include "rtp/sparse/sparse_cache.h"
+#include "rtp/torch/run_context.h"
+
+#ifdef RTPURBO_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+namespace {
+
+using nlohmann::json;
+
+std::vector<int64_t> parse_list(const std::string& flag, const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || v <= 0)
+      throw rtp::tools::UsageError("--" + flag + ": expected comma-separated positive integers, found '" + s + "'");
+    out.push_back(v);
+  }
+  if (out.empty()) throw rtp::tools::UsageError("--" + flag + " is empty");
+  return out;
+}
+
+void sync(const torch::Device& d) {
+  if (d.is_cuda()) torch::cuda::synchronize();
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Device-to-device copy of 1 GiB: bytes read plus bytes written per second, the reachable memory bandwidth.
+double copy_bandwidth(const torch::Device& d) {
+  auto a = torch::rand({int64_t{1} << 28}, torch::TensorOptions(torch::kFloat32).device(d));
+  auto b = torch::empty_like(a);
+  b.copy_(a);
+  sync(d);
+  const int reps = 10;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) b.copy_(a);
+  sync(d);
+  return 2.0 * static_cast<double>(a.numel() * 4) * reps / seconds_since(t0);
+}
+
+std::string commit_id() {
+  if (const char* c = std::getenv("RTP_COMMIT")) return c;
+  std::string out;
+  if (FILE* f = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
+    char buf[64];
+    while (fgets(buf, sizeof buf, f)) out += buf;
+    pclose(f);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out.empty() ? "unknown" : out;
+}
+
+std::string card_name(const torch::Device& d) {
+#ifdef RTPURBO_WITH_CUDA
+  if (d.is_cuda()) return at::cuda::getDeviceProperties(d.index() < 0 ? 0 : d.index())->name;
+#endif
+  return "cpu";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return rtp::tools::run_guarded("rtpurbo-bench-decode", [&]() -> int {
+    cxxopts::Options opts("rtpurbo-bench-decode",
+                          "Time per generated token of the generation path (dense and sparse, eager and CUDA graphs) "
+                          "for a model with random weights.");
+    // clang-format off
+    opts.add_options()
+      ("config", "directory with the model's config.json", cxxopts::value<std::string>()->default_value("data/configs/qwen3-0.6b"))
+      ("lengths", "prompt lengths (tokens in the cache when decoding starts)", cxxopts::value<std::string>()->default_value("4096,32768"))
+      ("tokens", "timed decode steps per run (after 4 untimed ones)", cxxopts::value<std::string>()->default_value("32"))
+      ("retrieval-fraction", "sparse: share of KV heads drawn at random as retrieval heads", cxxopts::value<std::string>()->default_value("0.15"))
+      ("window", "sparse: streaming window", cxxopts::value<std::string>()->default_value("2048"))
+      ("top-p", "sparse: top-p of the token selection", cxxopts::value<std::string>()->default_value("0.9"))
+      ("prefill-chunk", "prompt tokens per prefill forward", cxxopts::value<std::string>()->default_value("4096"))
+      ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
+      ("dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("seed", "weights, heads, indexer and prompts", cxxopts::value<std::string>()->default_value("0"))
+      ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
+      ("h,help", "print this help");
+    // clang-format on
+    auto args = rtp::tools::parse_strict(opts, argc, argv);
+    if (args.count("help")) {
+      std::cout << opts.help() << "\n";
+      return 0;
+    }
+    using rtp::config::at_least;
+    using rtp::config::range;
+    const auto lengths = parse_list("lengths", args["lengths"].as<std::string>());
+    const int64_t tokens = rtp::tools::integer_arg(args, "tokens", at_least(1));
+    const double fraction = rtp::tools::number_arg(args, "retrieval-fraction", range(0, 1));
+    const int64_t window = rtp::tools::integer_arg(args, "window", at_least(1));
+    const double top_p = rtp::tools::number_arg(args, "top-p", range(0, 1));
+    const int64_t chunk = rtp::tools::integer_arg(args, "prefill-chunk", at_least(64));
+    const uint64_t seed = static_cast<uint64_t>(rtp::tools::integer_arg(args, "seed", at_least(0)));
+    const auto device = rtp::parse_device(args["device"].as<std::string>());
+    const auto dtype = rtp::parse_dtype(args["dtype"].as<std::string>());
+    const std::string config_dir = args["config"].as<std::string>();
+    rtp::require_directory(config_dir, "--config");
+    std::string config_name = config_dir;
+    while (!config_name.empty() && config_name.back() == '/') config_name.pop_back();
+    config_name = config_name.substr(config_name.find_last_of('/') + 1);
+    const std::string card = card_name(device);
+    std::string card_slug;
+    for (char ch : card) card_slug += std::isalnum(static_cast<unsigned char>(ch)) ? static_cast<char>(std::tolower(ch)) : '-';
+    const std::string out_path = args.count("out") ? args["out"].as<std::string>()
+                                                   : "bench/results/decode-steps-" + card_slug + "-" + config_name + ".json";
+    rtp::require_output_directory_for(out_path, "--out");
+    if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
+
+    torch::NoGradGuard no_grad;
+    std::cerr << "building " << config_name << " with random weights on " << device << "\n";
+    auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
+    const auto& c = model.config();
+    int64_t weight_bytes = 0;
+    for (const auto& [name, t] : model.named_parameters()) weight_bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    const int64_t elem = static_cast<int64_t>(torch::elementSize(dtype));
+
+    // Retrieval heads drawn at random (at least one), an indexer with random projections.
+    const int64_t total_heads = c.num_hidden_layers * c.num_key_value_heads;
+    auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+    std::vector<int64_t> order(static_cast<size_t>(total_heads));
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(seed);
+    std::shuffle(order.begin(), order.end(), rng);
+    const int64_t n_ret = std::max<int64_t>(1, static_cast<int64_t>(std::llround(fraction * static_cast<double>(total_heads))));
+    for (int64_t i = 0; i < n_ret; ++i) heads.retrieval[order[i] / c.num_key_value_heads][order[i] % c.num_key_value_heads] = 1;
+    rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+    indexer.to(device, dtype);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
+    for (const auto& [name, t] : indexer.named_parameters())
+      t.copy_(at::normal(0.0, 1.0 / std::sqrt(static_cast<double>(c.head_dim)), t.sizes(), gen));
+    rtp::sparse::SparseSettings st;
+    st.window = window;
+    st.top_p = top_p;
+
+    const double bandwidth = copy_bandwidth(device);
+    std::ostringstream cmd;
+    for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
+    json J = {{"card", card}, {"commit", commit_id()}, {"command", cmd.str()}, {"config", config_name},
+              {"parameters", weight_bytes / elem}, {"weight_bytes", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
+              {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
+              {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed}};
+    json rows = json::array();
+    std::printf("%s, %s, %lld layers, %.2f GB of weights, copy bandwidth %.0f GB/s\n", card.c_str(), config_name.c_str(),
+                static_cast<long long>(c.num_hidden_layers), weight_bytes / 1e9, bandwidth / 1e9);
+    std::printf("%8s %7s %8s %12s %12s %10s %10s\n", "length", "mode", "path", "ms/token", "floor ms", "of floor",
+                "prefill s");
+    const int64_t warmup = 4;
+    for (int64_t len : lengths) {
+      rtp::model::check_fits_positions(c, len + warmup + tokens, "--lengths plus the decode steps");
+      auto pgen = at::make_generator<at::CPUGeneratorImpl>(seed + 2 + static_cast<uint64_t>(len));
+      const auto prompt = torch::randint(0, c.vocab_size, {1, len}, pgen, torch::kInt64).to(device);
+      // forward: model.forward per token (the generation path before the stepper: one range check and a few
+      // thousand ATen calls per token); eager: the stepper's pieces without graphs; graphs: replayed.
+      for (const bool sparse : {false, true})
+        for (const std::string variant : {"forward", "eager", "graphs"}) {
+          const bool graphs = variant == "graphs";
+          if (graphs && !device.is_cuda()) continue;
+          std::cerr << "length " << len << ", " << (sparse ? "sparse" : "dense") << ", " << variant << "\n";
+          std::unique_ptr<rtp::model::KVCache> dense_cache;
+          std::unique_ptr<rtp::sparse::SparseCache> sparse_cache;
+          rtp::model::ForwardOptions dense_o;
+          auto t0 = std::chrono::steady_clock::now();
+          torch::Tensor logits;
+          if (sparse) {
+            sparse_cache = std::make_unique<rtp::sparse::SparseCache>(c, heads, st, &indexer, len + warmup + tokens, device, dtype);
+            logits = rtp::sparse::prefill_chunked(model, *sparse_cache, prompt, chunk);
+          } else {
+            dense_cache = std::make_unique<rtp::model::KVCache>(c.num_hidden_layers);
+            dense_o.cache = dense_cache.get();
+            for (int64_t s = 0; s < len; s += chunk) logits = model.forward(prompt.narrow(1, s, std::min(chunk, len - s)), dense_o);
+          }
+          sync(device);
+          const double prefill_s = seconds_since(t0);
+          auto options = [&] { return sparse ? sparse_cache->options() : dense_o; };
+          rtp::model::DecodeStepper stepper(model, graphs);
+          auto token = logits.select(1, logits.size(1) - 1).argmax(-1, true);  // [1, 1]
+          auto next = [&](const torch::Tensor& t) {
+            auto l = variant == "forward" ? model.forward(t, options()) : stepper.step(t, options());
+            return l.select(1, 0).argmax(-1, true);
+          };
+          for (int64_t i = 0; i < warmup; ++i) token = next(token);
+          sync(device);
+          t0 = std::chrono::steady_clock::now();
+          for (int64_t i = 0; i < tokens; ++i) token = next(token);
+          sync(device);
+          const double ms = seconds_since(t0) * 1e3 / static_cast<double>(tokens);
+          // What the last step read besides the weights: the whole dense cache, or per layer the streaming rings,
+          // the retrieval heads' index keys and the k/v of the tokens they selected.
+          const int64_t kv_len = len + warmup + tokens;
+          int64_t kv_read = 0;
+          double selected = 0, selectable = 0;
+          if (sparse) {
+            for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+              int64_t ret = 0;
+              for (int64_t g = 0; g < c.num_key_value_heads; ++g) ret += heads.is_retrieval(l, g);
+              const int64_t str = c.num_key_value_heads - ret;
+              kv_read += str * std::min(kv_len, st.sink + st.window) * 2 * c.head_dim * elem;
+              if (ret > 0) {
+                const auto& sel = sparse_cache->last_selected()[static_cast<size_t>(l)];
+                const int64_t n_sel = sel.defined() ? sel.sum().item<int64_t>() : 0;
+                kv_read += ret * kv_len * 16 * elem + n_sel * 2 * c.head_dim * elem;
+                selected += static_cast<double>(n_sel);
+                selectable += static_cast<double>(ret * kv_len);
+              }
+            }
+          } else {
+            kv_read = c.num_hidden_layers * c.num_key_value_heads * kv_len * 2 * c.head_dim * elem;
+          }
+          const double floor_ms = static_cast<double>(weight_bytes + kv_read) / bandwidth * 1e3;
+          json R = {{"length", len}, {"mode", sparse ? "sparse" : "dense"}, {"path", variant}, {"ms_per_token", ms},
+                    {"floor_ms", floor_ms}, {"kv_bytes_read", kv_read}, {"prefill_s", prefill_s}};
+          if (sparse) R["selected_fraction_of_retrieval_tokens"] = selectable > 0 ? selected / selectable : 0.0;
+          rows.push_back(R);
+          std::printf("%8lld %7s %8s %12.3f %12.3f %9.1f%% %10.2f\n", static_cast<long long>(len), sparse ? "sparse" : "dense",
+                      variant.c_str(), ms, floor_ms, 100.0 * floor_ms / ms, prefill_s);
+          std::fflush(stdout);
+        }
+    }
+    J["results"] = rows;
+    rtp::write_json_atomic(out_path, J);
+    std::cout << "wrote " << out_path << "\n";
+    return 0;
+  });
+}
