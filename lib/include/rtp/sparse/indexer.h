@@ -42,6 +42,8 @@ class Indexer {
   HeadMap heads_;
   int64_t head_dim_ = 0, dim_ = 16;
   std::vector<torch::Tensor> q_proj_, k_proj_;
+  // Per layer, the query heads and KV heads the projections apply to (int64, on the weights' device).
+  std::vector<torch::Tensor> q_rows_, k_rows_;
 };
 
 }  // namespace rtp::sparse
