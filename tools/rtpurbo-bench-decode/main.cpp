@@ -144,8 +144,13 @@ int main(int argc, char** argv) {
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
     auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
     const auto& c = model.config();
-    int64_t weight_bytes = 0;
-    for (const auto& [name, t] : model.named_parameters()) weight_bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
+    int64_t weight_bytes = 0, parameter_count = 0;
+    for (const auto& [name, t] : model.named_parameters()) {
+      const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+      parameter_count += t.numel();
+      weight_bytes += name.find(".mlp.experts.") != std::string::npos ? bytes / c.num_experts * c.num_experts_per_tok : bytes;
+    }
     const int64_t elem = static_cast<int64_t>(torch::elementSize(dtype));
 
     // Retrieval heads drawn at random (at least one), an indexer with random projections.
@@ -170,12 +175,13 @@ int main(int argc, char** argv) {
     std::ostringstream cmd;
     for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
     json J = {{"card", card}, {"commit", commit_id()}, {"command", cmd.str()}, {"config", config_name},
-              {"parameters", weight_bytes / elem}, {"weight_bytes", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
+              {"parameters", parameter_count}, {"weight_bytes_read_per_token", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
               {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
               {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed}};
     json rows = json::array();
-    std::printf("%s, %s, %lld layers, %.2f GB of weights, copy bandwidth %.0f GB/s\n", card.c_str(), config_name.c_str(),
-                static_cast<long long>(c.num_hidden_layers), weight_bytes / 1e9, bandwidth / 1e9);
+    std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
+                card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,
+                weight_bytes / 1e9, bandwidth / 1e9);
     std::printf("%8s %7s %8s %12s %12s %10s %10s\n", "length", "mode", "path", "ms/token", "floor ms", "of floor",
                 "prefill s");
     const int64_t warmup = 4;
@@ -184,11 +190,14 @@ int main(int argc, char** argv) {
       auto pgen = at::make_generator<at::CPUGeneratorImpl>(seed + 2 + static_cast<uint64_t>(len));
       const auto prompt = torch::randint(0, c.vocab_size, {1, len}, pgen, torch::kInt64).to(device);
       // forward: model.forward per token (the generation path before the stepper: one range check and a few
-      // thousand ATen calls per token); eager: the stepper's pieces without graphs; graphs: replayed.
+      // thousand ATen calls per token); eager: the stepper's pieces without graphs; graphs: replayed. MoE models
+      // add grouped: forward with the experts grouped by counts read on the host (before the experts-by-id kernels).
       for (const bool sparse : {false, true})
-        for (const std::string variant : {"forward", "eager", "graphs"}) {
+        for (const std::string variant : {"grouped", "forward", "eager", "graphs"}) {
           const bool graphs = variant == "graphs";
           if (graphs && !device.is_cuda()) continue;
+          if (variant == "grouped" && !c.is_moe()) continue;
+          model.set_moe_experts_by_id(variant != "grouped");
           std::cerr << "length " << len << ", " << (sparse ? "sparse" : "dense") << ", " << variant << "\n";
           std::unique_ptr<rtp::model::KVCache> dense_cache;
           std::unique_ptr<rtp::sparse::SparseCache> sparse_cache;
@@ -209,7 +218,7 @@ int main(int argc, char** argv) {
           rtp::model::DecodeStepper stepper(model, graphs);
           auto token = logits.select(1, logits.size(1) - 1).argmax(-1, true);  // [1, 1]
           auto next = [&](const torch::Tensor& t) {
-            auto l = variant == "forward" ? model.forward(t, options()) : stepper.step(t, options());
+            auto l = variant == "forward" || variant == "grouped" ? model.forward(t, options()) : stepper.step(t, options());
             return l.select(1, 0).argmax(-1, true);
           };
           for (int64_t i = 0; i < warmup; ++i) token = next(token);

@@ -23,8 +23,8 @@ struct CapturedSegment;  // a CUDA graph (decode_stepper.cpp)
 
 class DecodeStepper {
  public:
-  // use_graphs: capture CUDA graphs where they apply (a CUDA model without MoE layers: the MoE routing reads
-  // expert counts on the host). Elsewhere the same pieces run eagerly.
+  // use_graphs: capture CUDA graphs where they apply (a CUDA model whose step reads no value on the host: MoE layers
+  // qualify up to ops::kMoeDecodeMaxTokens sequences). Elsewhere the same pieces run eagerly.
   explicit DecodeStepper(Qwen3Model& model, bool use_graphs = true);
   ~DecodeStepper();
   DecodeStepper(const DecodeStepper&) = delete;

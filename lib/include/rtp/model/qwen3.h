@@ -63,6 +63,12 @@ class Qwen3Model {
   // x + o_proj(attention [B, Hq, T, D]), then the post-attention norm and the MLP with its residual.
   torch::Tensor finish_layer(int64_t layer, const torch::Tensor& x, const torch::Tensor& attention) const;
   torch::Tensor lm_logits(const torch::Tensor& x) const;  // final norm and LM head, float32 [B, T, V]
+  // Whether the layers' work for `tokens` tokens (batch x length) reads no device value on the host, so that a CUDA
+  // graph can capture it: true without MoE layers, and for MoE on a GPU up to ops::kMoeDecodeMaxTokens tokens (the
+  // experts read by id on the device instead of grouped by counts read on the host).
+  bool forward_reads_no_host_values(int64_t tokens) const;
+  // false: MoE layers always take the grouped path (for comparisons: rtpurbo-bench-decode's "grouped" rows).
+  void set_moe_experts_by_id(bool on);
 
   // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.
   // On CPU the draw is float32 from a CPU generator (the committed toy model depends on it); on a GPU the

@@ -24,10 +24,8 @@ struct CapturedSegment {};
 DecodeStepper::DecodeStepper(Qwen3Model& model, bool use_graphs)
     : model_(model), layers_(model.config().num_hidden_layers) {
   const auto& c = model.config();
-  bool any_moe = false;
-  for (int64_t i = 0; i < layers_; ++i) any_moe = any_moe || c.layer_is_moe(i);
 #ifdef RTPURBO_WITH_CUDA
-  use_graphs_ = use_graphs && model.device().is_cuda() && !any_moe;
+  use_graphs_ = use_graphs && model.device().is_cuda();
 #else
   use_graphs_ = false;
 #endif
@@ -107,7 +105,8 @@ torch::Tensor DecodeStepper::step(const torch::Tensor& ids, const ForwardOptions
   const int64_t position = o.cache ? o.cache->length() : o.position_offset;
   ids_.copy_(ids);
   position_.fill_(position);
-  if (use_graphs_ && graphs_.empty()) capture();
+  // MoE layers beyond a few tokens group tokens by expert counts read on the host: eager for such batches.
+  if (use_graphs_ && graphs_.empty() && model_.forward_reads_no_host_values(batch)) capture();
   DenseAttention dense;
   AttentionSeam* seam = o.attention ? o.attention : &dense;
   for (int64_t s = 0; s <= layers_; ++s) {

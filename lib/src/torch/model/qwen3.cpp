@@ -8,6 +8,7 @@
 #include "rtp/core/error.h"
 #include "rtp/model/parameter_layout.h"
 #include "rtp/model/rope.h"
+#include "rtp/ops/moe_decode.h"
 
 namespace rtp::model {
 
@@ -65,6 +66,7 @@ class Qwen3ModelImpl {
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
+    if (moe_on_device(flat.size(0))) return ops::moe_decode(flat, top_i, top_w, gate_up, down).reshape(shape);
     auto out = torch::zeros_like(flat);
     // Group the (token, slot) pairs by expert with one sort instead of a mask per expert.
     auto flat_experts = top_i.reshape(-1);
@@ -88,6 +90,13 @@ class Qwen3ModelImpl {
     }
     return out.reshape(shape);
   }
+
+  // A few tokens on a GPU: the experts are read by id on the device (no expert counts on the host).
+  bool moe_on_device(int64_t tokens) const {
+    return moe_by_id && device().is_cuda() && tokens <= ops::kMoeDecodeMaxTokens &&
+           ops::moe_decode_supported(device(), dtype());
+  }
+  bool moe_by_id = true;
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
@@ -197,6 +206,12 @@ torch::Tensor Qwen3Model::finish_layer(int64_t layer, const torch::Tensor& x, co
   return impl_->finish_layer(layer, x, attention);
 }
 torch::Tensor Qwen3Model::lm_logits(const torch::Tensor& x) const { return impl_->lm_logits(x); }
+
+void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
+
+bool Qwen3Model::forward_reads_no_host_values(int64_t tokens) const {
+  return !impl_->cfg.is_moe() || impl_->moe_on_device(tokens);
+}
 torch::ScalarType Qwen3Model::dtype() const { return impl_->dtype(); }
 
 torch::Tensor Qwen3Model::forward(const torch::Tensor& input_ids, const ForwardOptions& options) {

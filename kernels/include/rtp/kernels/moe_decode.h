@@ -1,0 +1,44 @@
+#pragma once
+// The MoE block of Qwen3-MoE for a few tokens (decode): each token's top-k experts, read straight from the expert
+// weight tensors by the ids the router wrote on the device. No expert count goes to the host, so a CUDA graph can
+// capture it, and only the selected experts' weights are read (the bandwidth floor of a decode step).
+//
+// For token n and slot s < K with expert e = expert[n K + s] and routing weight w = weight[n K + s]:
+//   g_r = gate_up[e][r] . x[n],  u_r = gate_up[e][I + r] . x[n]        (r < I)
+//   a_r = silu(g_r) * u_r
+//   y_h = down[e][h] . a                                               (h < H)
+//   out[n][h] = sum_s w * y_h
+// bf16 kernels round where the eager libtorch path does (g, u, silu(g), a, y and w * y to bf16; dot products in
+// fp32) and sum the K slots in fp32, rounding once. CPU reference: float32 inputs, double arithmetic, no rounding.
+#include <cstddef>
+#include <cstdint>
+
+#include "rtp/kernels/sparse_attention_params.h"  // DType
+
+#ifdef RTPURBO_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace rtp::kernels {
+
+struct MoeDecodeParams {
+  const void* x = nullptr;        // [N, H]
+  const int64_t* expert = nullptr;  // [N, K], each in [0, E)
+  const void* weight = nullptr;   // [N, K] routing weights, in `dtype`
+  const void* gate_up = nullptr;  // [E, 2I, H]: rows [0, I) gate, [I, 2I) up
+  const void* down = nullptr;     // [E, H, I]
+  void* out = nullptr;            // [N, H]
+  void* act = nullptr;            // workspace [N, K, I] in `dtype` (CUDA only)
+  int64_t tokens = 0, top_k = 0, experts = 0, hidden = 0, intermediate = 0;
+  DType dtype = DType::F32;
+};
+
+// Empty when usable, else what is wrong.
+const char* check_moe_decode_params(const MoeDecodeParams& p, bool cuda);
+void moe_decode_cpu(const MoeDecodeParams& p);  // F32 only
+
+#ifdef RTPURBO_WITH_CUDA
+cudaError_t moe_decode_cuda(const MoeDecodeParams& p, cudaStream_t stream);
+#endif
+
+}  // namespace rtp::kernels

@@ -1,0 +1,132 @@
+// MoE block for a few tokens (moe_decode.h): two memory-bound kernels, one warp per weight row.
+//   gate_up_act: per (token, slot) and intermediate row r, the gate and up dot products and silu(g) * u -> act
+//   down_combine: per token and hidden row h, the K slots' down-projection dots, weighted and summed -> out
+// Each weight byte is read once per (token, slot) that selected its expert, in 16-byte streaming loads that bypass
+// L1 (they are not reused); the token's activations are reused by every warp and stay cached.
+#include <cuda_bf16.h>
+
+#include "rtp/kernels/moe_decode.h"
+
+namespace rtp::kernels {
+
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  static constexpr int kPerVec = 4;
+  static __device__ __forceinline__ float to_float(float v) { return v; }
+  static __device__ __forceinline__ float round(float v) { return v; }
+  static __device__ __forceinline__ float from_float(float v) { return v; }
+  static __device__ __forceinline__ float dot(uint4 a, uint4 b) {
+    return __uint_as_float(a.x) * __uint_as_float(b.x) + __uint_as_float(a.y) * __uint_as_float(b.y) +
+           __uint_as_float(a.z) * __uint_as_float(b.z) + __uint_as_float(a.w) * __uint_as_float(b.w);
+  }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  static constexpr int kPerVec = 8;
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ float round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ float dot2(uint32_t a, uint32_t b) {
+    const float2 fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a));
+    const float2 fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b));
+    return fa.x * fb.x + fa.y * fb.y;
+  }
+  static __device__ __forceinline__ float dot(uint4 a, uint4 b) {
+    return dot2(a.x, b.x) + dot2(a.y, b.y) + dot2(a.z, b.z) + dot2(a.w, b.w);
+  }
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// row . x over `len` elements by one warp; every lane returns the sum. `vec`: len is a multiple of the vector
+// width and both rows are 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ float warp_dot(const T* __restrict__ row, const T* __restrict__ x, int64_t len, bool vec) {
+  const int lane = threadIdx.x & 31;
+  float acc = 0.f;
+  if (vec) {
+    const auto* r4 = reinterpret_cast<const uint4*>(row);
+    const auto* x4 = reinterpret_cast<const uint4*>(x);
+    const int64_t n4 = len / Elem<T>::kPerVec;
+#pragma unroll 4
+    for (int64_t i = lane; i < n4; i += 32) acc += Elem<T>::dot(__ldcs(r4 + i), __ldg(x4 + i));
+  } else {
+    for (int64_t i = lane; i < len; i += 32) acc += Elem<T>::to_float(row[i]) * Elem<T>::to_float(x[i]);
+  }
+  return warp_sum(acc);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gate_up_act_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert, const T* __restrict__ gate_up,
+                       T* __restrict__ act, int64_t K, int64_t E, int64_t H, int64_t I, bool vec) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t slot = blockIdx.y;  // token * K + s
+  if (r >= I) return;
+  const int64_t e = expert[slot];
+  if (e < 0 || e >= E) return;  // the down kernel skips the slot too
+  const T* xr = x + (slot / K) * H;
+  const T* ge = gate_up + e * 2 * I * H;
+  float g = warp_dot(ge + r * H, xr, H, vec);
+  float u = warp_dot(ge + (I + r) * H, xr, H, vec);
+  if ((threadIdx.x & 31) == 0) {
+    g = Elem<T>::round(g);
+    u = Elem<T>::round(u);
+    const float silu = Elem<T>::round(g / (1.f + expf(-g)));
+    act[slot * I + r] = Elem<T>::from_float(silu * u);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    down_combine_kernel(const T* __restrict__ act, const int64_t* __restrict__ expert, const T* __restrict__ weight,
+                        const T* __restrict__ down, T* __restrict__ out, int64_t K, int64_t E, int64_t H, int64_t I,
+                        bool vec) {
+  const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t n = blockIdx.y;
+  if (h >= H) return;
+  float acc = 0.f;
+  for (int64_t s = 0; s < K; ++s) {
+    const int64_t slot = n * K + s, e = expert[slot];
+    if (e < 0 || e >= E) continue;
+    const float y = Elem<T>::round(warp_dot(down + (e * H + h) * I, act + slot * I, I, vec));
+    acc += Elem<T>::round(Elem<T>::to_float(weight[slot]) * y);
+  }
+  if ((threadIdx.x & 31) == 0) out[n * H + h] = Elem<T>::from_float(acc);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T>
+cudaError_t launch(const MoeDecodeParams& p, cudaStream_t stream) {
+  const int64_t N = p.tokens, K = p.top_k, E = p.experts, H = p.hidden, I = p.intermediate;
+  const int per_vec = sizeof(T) == 2 ? 8 : 4;
+  const bool vec_gu = H % per_vec == 0 && aligned16(p.gate_up) && aligned16(p.x);
+  const bool vec_dn = I % per_vec == 0 && aligned16(p.down) && aligned16(p.act);
+  const dim3 block(kWarpsPerBlock * 32);
+  gate_up_act_kernel<T><<<dim3(unsigned((I + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N * K)), block, 0, stream>>>(
+      static_cast<const T*>(p.x), p.expert, static_cast<const T*>(p.gate_up), static_cast<T*>(p.act), K, E, H, I, vec_gu);
+  down_combine_kernel<T><<<dim3(unsigned((H + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N)), block, 0, stream>>>(
+      static_cast<const T*>(p.act), p.expert, static_cast<const T*>(p.weight), static_cast<const T*>(p.down),
+      static_cast<T*>(p.out), K, E, H, I, vec_dn);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t moe_decode_cuda(const MoeDecodeParams& p, cudaStream_t stream) {
+  if (*check_moe_decode_params(p, true)) return cudaErrorInvalidValue;
+  return p.dtype == DType::BF16 ? launch<__nv_bfloat16>(p, stream) : launch<float>(p, stream);
+}
+
+}  // namespace rtp::kernels

@@ -1,0 +1,21 @@
+#pragma once
+// Torch-facing MoE block for a few tokens (rtp/kernels/moe_decode.h): the selected experts read by id on the
+// device, without the host learning how many tokens each expert got, so that a decode step can be a CUDA graph.
+#include <torch/types.h>
+
+namespace rtp::ops {
+
+// The most tokens for which the model takes this path on a GPU; above it the grouped per-expert path (each expert's
+// weights read once for all its tokens) reads less.
+constexpr int64_t kMoeDecodeMaxTokens = 8;
+
+// Whether moe_decode runs for tensors of this device and dtype (a CUDA build with bf16 or float32 on a GPU; float32
+// on the CPU).
+bool moe_decode_supported(torch::Device device, torch::ScalarType dtype);
+
+// x [N, H]; expert int64 [N, K]; weight [N, K] (converted to x's dtype); gate_up [E, 2I, H]; down [E, H, I].
+// Returns [N, H] in x's dtype. CPU: the float32 reference (double arithmetic).
+torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
+                         const torch::Tensor& gate_up, const torch::Tensor& down);
+
+}  // namespace rtp::ops
