@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# On the GPU machine: the decode stepper's GPU tests (CUDA graphs against forward, dense and sparse cache), the
-# generation and sparse-cache tests, then rtpurbo-bench-decode on the Qwen3-0.6B and Qwen3-8B architectures with
-# random bf16 weights. Results (logs, JSON) in $OUT.
+# On the GPU machine: the decode stepper's GPU tests (CUDA graphs against forward, dense and sparse cache), the MoE
+# decode and fused norm/RoPE kernel tests, HF parity on CUDA, the generation and sparse-cache tests, then
+# rtpurbo-bench-decode on the Qwen3-0.6B, Qwen3-8B and Qwen3-30B-A3B architectures with random bf16 weights.
+# Results (logs, JSON) in $OUT.
 # Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<hash> bash scripts/device/decode_steps.sh
 set -uo pipefail
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
 start=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
-ninja -C build-gpu -j16 decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test generation_test sparse_cache_test rtpurbo-bench-decode > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
+ninja -C build-gpu -j16 decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test norm_rope_gpu_test norm_rope_ref_test qwen3_parity_gpu_test generation_test sparse_cache_test rtpurbo-bench-decode > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
 echo "built after $(( $(date +%s) - start )) s"
-for t in decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test generation_test sparse_cache_test; do
-  timeout 120 build-gpu/tests/$t > "$OUT/$t.log" 2>&1; echo "$t: exit $?"; grep -E "max \||PASSED|FAILED|Failure" "$OUT/$t.log" | head -12
+for t in decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test norm_rope_gpu_test norm_rope_ref_test qwen3_parity_gpu_test generation_test sparse_cache_test; do
+  timeout 120 build-gpu/tests/$t > "$OUT/$t.log" 2>&1; echo "$t: exit $?"; grep -E "max \||PASSED|FAILED|Failure|CUDA max" "$OUT/$t.log" | head -12
 done
 for cfg in ${CONFIGS:-qwen3-0.6b qwen3-8b qwen3-30b-a3b}; do
   timeout ${BENCH_LIMIT:-200} build-gpu/bin/rtpurbo-bench-decode --config data/configs/$cfg --lengths ${LENGTHS:-4096,32768} \

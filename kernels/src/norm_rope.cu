@@ -1,0 +1,88 @@
+// RMSNorm (+ RoPE) of rows (norm_rope.h): one thread block per row; the sum of squares reduced across the block,
+// then each thread writes its elements (with RoPE: the pairs i and i + dim/2, which rotate into each other).
+#include <cuda_bf16.h>
+
+#include "rtp/kernels/norm_rope.h"
+
+namespace rtp::kernels {
+
+namespace {
+
+constexpr int kThreads = 128;
+
+template <typename T>
+struct Num;
+template <>
+struct Num<float> {
+  static __device__ __forceinline__ float get(float v) { return v; }
+  static __device__ __forceinline__ float round(float v) { return v; }
+  static __device__ __forceinline__ float put(float v) { return v; }
+};
+template <>
+struct Num<__nv_bfloat16> {
+  static __device__ __forceinline__ float get(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ float round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+  static __device__ __forceinline__ __nv_bfloat16 put(float v) { return __float2bfloat16_rn(v); }
+};
+
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float part[kThreads / 32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int i = 0; i < kThreads / 32; ++i) total += part[i];
+  return total;
+}
+
+template <typename T, bool kRope>
+__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
+  using N = Num<T>;
+  const int64_t row = blockIdx.x, D = p.dim;
+  const T* x = static_cast<const T*>(p.x) + row * D;
+  const T* w = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out) + row * D;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < D; i += kThreads) {
+    const float v = N::get(x[i]);
+    ss += v * v;
+  }
+  // As the eager ops: mean as sum times 1/D, plus eps, then rsqrt (all float32).
+  const float r = rsqrtf(block_sum(ss) * (1.f / static_cast<float>(D)) + p.eps);
+  if constexpr (!kRope) {
+    for (int64_t i = threadIdx.x; i < D; i += kThreads) out[i] = N::put(N::get(w[i]) * N::round(N::get(x[i]) * r));
+  } else {
+    const int64_t half = D / 2, t = (row / p.heads) % p.seq_len;
+    const float* c = p.cos + t * D;
+    const float* s = p.sin + t * D;
+    T* rope = static_cast<T*>(p.rope_out) + row * D;
+    for (int64_t i = threadIdx.x; i < half; i += kThreads) {
+      const float n0 = N::round(N::get(w[i]) * N::round(N::get(x[i]) * r));
+      const float n1 = N::round(N::get(w[i + half]) * N::round(N::get(x[i + half]) * r));
+      out[i] = N::put(n0);
+      out[i + half] = N::put(n1);
+      const float c0 = N::round(c[i]), s0 = N::round(s[i]), c1 = N::round(c[i + half]), s1 = N::round(s[i + half]);
+      rope[i] = N::put(N::round(n0 * c0) + N::round(-n1 * s0));
+      rope[i + half] = N::put(N::round(n1 * c1) + N::round(n0 * s1));
+    }
+  }
+}
+
+template <typename T>
+cudaError_t launch(const RmsNormParams& p, cudaStream_t stream) {
+  if (p.cos) rms_norm_kernel<T, true><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+  else rms_norm_kernel<T, false><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t rms_norm_cuda(const RmsNormParams& p, cudaStream_t stream) {
+  if (*check_rms_norm_params(p, true) || p.rows > 0x7fffffff) return cudaErrorInvalidValue;
+  return p.dtype == DType::BF16 ? launch<__nv_bfloat16>(p, stream) : launch<float>(p, stream);
+}
+
+}  // namespace rtp::kernels

@@ -1,0 +1,22 @@
+#pragma once
+// Torch-facing fused RMSNorm (+ RoPE) (rtp/kernels/norm_rope.h): one kernel where the eager ops launch eight (norm)
+// and fourteen (norm and RoPE of q or k). The model uses it on GPUs; the CPU keeps the eager ops, whose results are
+// Hugging Face's to the last bit.
+#include <torch/types.h>
+
+#include <utility>
+
+namespace rtp::ops {
+
+// Whether the fused kernels take x with this weight: a CUDA build, CUDA tensors of one dtype (bf16 or float32), x
+// contiguous. (On the CPU the float32 reference runs when called directly.)
+bool fused_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight);
+
+// x [..., dim] -> weight * round(x * rsqrt(mean(x^2) + eps)), x's dtype.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+// x [B, T, H, dim] -> (normed, normed with RoPE), both [B, T, H, dim]; cos/sin float32 [T, dim].
+std::pair<torch::Tensor, torch::Tensor> rms_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
+                                                      const torch::Tensor& cos, const torch::Tensor& sin, double eps);
+
+}  // namespace rtp::ops

@@ -1,0 +1,94 @@
+#include "rtp/ops/rms_norm.h"
+
+#include <torch/torch.h>
+
+#include "rtp/core/error.h"
+#include "rtp/kernels/build_info.h"
+#include "rtp/kernels/norm_rope.h"
+
+#ifdef RTPURBO_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace rtp::ops {
+namespace k = rtp::kernels;
+
+bool fused_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight) {
+  const auto dt = x.scalar_type();
+  return x.is_cuda() && k::built_with_cuda() && x.is_contiguous() && weight.device() == x.device() &&
+         weight.scalar_type() == dt && (dt == torch::kBFloat16 || dt == torch::kFloat32);
+}
+
+namespace {
+
+void run(k::RmsNormParams& p, const torch::Tensor& x) {
+  const char* err = k::check_rms_norm_params(p, x.is_cuda());
+  RTP_CHECK(!*err, err);
+  if (x.is_cuda()) {
+#ifdef RTPURBO_WITH_CUDA
+    const cudaError_t e = k::rms_norm_cuda(p, c10::cuda::getCurrentCUDAStream());
+    RTP_CHECK(e == cudaSuccess, "rms_norm: CUDA kernel failed: ", cudaGetErrorString(e));
+#else
+    RTP_THROW("rms_norm: a CUDA tensor was given but this build has no CUDA kernels");
+#endif
+  } else {
+    k::rms_norm_cpu(p);
+  }
+}
+
+k::RmsNormParams params(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& out, double eps) {
+  RTP_CHECK(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1), "rms_norm: weight must be [", x.size(-1),
+            "], found ", weight.sizes());
+  RTP_CHECK(x.scalar_type() == weight.scalar_type() && x.device() == weight.device(),
+            "rms_norm: x and weight must share dtype and device, found ", x.scalar_type(), " on ", x.device(), " and ",
+            weight.scalar_type(), " on ", weight.device());
+  RTP_CHECK(x.is_cuda() ? (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32)
+                        : x.scalar_type() == torch::kFloat32,
+            "rms_norm: expected bfloat16 or float32 (CUDA) or float32 (CPU), found ", x.scalar_type());
+  k::RmsNormParams p;
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.out = out.data_ptr();
+  p.dim = x.size(-1);
+  p.rows = x.numel() / std::max<int64_t>(1, p.dim);
+  p.eps = static_cast<float>(eps);
+  p.dtype = x.scalar_type() == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
+  return p;
+}
+
+}  // namespace
+
+torch::Tensor rms_norm(const torch::Tensor& x_in, const torch::Tensor& weight_in, double eps) {
+  const auto x = x_in.contiguous(), weight = weight_in.contiguous();
+  auto out = torch::empty_like(x);
+  if (x.numel() == 0) return out;
+  auto p = params(x, weight, out, eps);
+  run(p, x);
+  return out;
+}
+
+std::pair<torch::Tensor, torch::Tensor> rms_norm_rope(const torch::Tensor& x_in, const torch::Tensor& weight_in,
+                                                      const torch::Tensor& cos_in, const torch::Tensor& sin_in,
+                                                      double eps) {
+  RTP_CHECK(x_in.dim() == 4, "rms_norm_rope: x must be [B, T, H, dim], found ", x_in.sizes());
+  const int64_t T = x_in.size(1), D = x_in.size(3);
+  RTP_CHECK(cos_in.dim() == 2 && cos_in.size(0) == T && cos_in.size(1) == D && sin_in.sizes() == cos_in.sizes(),
+            "rms_norm_rope: cos and sin must be [T, dim] = [", T, ", ", D, "], found ", cos_in.sizes(), " and ",
+            sin_in.sizes());
+  RTP_CHECK(cos_in.scalar_type() == torch::kFloat32 && sin_in.scalar_type() == torch::kFloat32 &&
+                cos_in.device() == x_in.device() && sin_in.device() == x_in.device(),
+            "rms_norm_rope: cos and sin must be float32 on ", x_in.device());
+  const auto x = x_in.contiguous(), weight = weight_in.contiguous(), cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  auto out = torch::empty_like(x), rope = torch::empty_like(x);
+  if (x.numel() == 0) return {out, rope};
+  auto p = params(x, weight, out, eps);
+  p.cos = cos.data_ptr<float>();
+  p.sin = sin.data_ptr<float>();
+  p.rope_out = rope.data_ptr();
+  p.heads = x.size(2);
+  p.seq_len = T;
+  run(p, x);
+  return {out, rope};
+}
+
+}  // namespace rtp::ops

@@ -1,0 +1,58 @@
+// The fused RMSNorm (+ RoPE) CPU reference (rtp/kernels/norm_rope.h) against Hugging Face's formulas written with torch
+// ops in double, on odd sizes and several positions and heads; parameter errors.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "rtp/kernels/norm_rope.h"
+#include "rtp/ops/rms_norm.h"
+#include "test_util.h"
+
+namespace {
+
+torch::Tensor hf_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  auto xd = x.to(torch::kFloat64);
+  return w.to(torch::kFloat64) * (xd * torch::rsqrt(xd.pow(2).mean(-1, true) + eps));
+}
+
+TEST(NormRopeRef, RmsNormMatchesTheFormula) {
+  torch::manual_seed(2);
+  for (const int64_t D : {1, 7, 128, 1000}) {
+    auto x = torch::randn({3, 5, D}) * 3;
+    auto w = torch::rand({D}) + 0.5;
+    auto got = rtp::ops::rms_norm(x, w, 1e-6).to(torch::kFloat64);
+    EXPECT_LE((got - hf_norm(x, w, 1e-6)).abs().max().item<double>(), 1e-5) << "dim " << D;
+  }
+}
+
+TEST(NormRopeRef, RopeRotatesTheNormedHalves) {
+  torch::manual_seed(4);
+  const int64_t B = 2, T = 5, H = 3, D = 10;
+  auto x = torch::randn({B, T, H, D});
+  auto w = torch::rand({D}) + 0.5;
+  auto angles = torch::rand({T, D / 2}) * 6;
+  auto emb = torch::cat({angles, angles}, -1);
+  auto cos = emb.cos() * 1.1, sin = emb.sin() * 1.1;  // a YaRN-like attention factor
+  auto [normed, rotated] = rtp::ops::rms_norm_rope(x, w, cos, sin, 1e-6);
+  auto n = hf_norm(x, w, 1e-6);  // [B, T, H, D]
+  auto rot = torch::cat({-n.narrow(-1, D / 2, D / 2), n.narrow(-1, 0, D / 2)}, -1);
+  auto c = cos.to(torch::kFloat64).view({1, T, 1, D}), s = sin.to(torch::kFloat64).view({1, T, 1, D});
+  EXPECT_LE((normed.to(torch::kFloat64) - n).abs().max().item<double>(), 1e-5);
+  EXPECT_LE((rotated.to(torch::kFloat64) - (n * c + rot * s)).abs().max().item<double>(), 1e-5);
+}
+
+TEST(NormRopeRef, RejectsBadParameters) {
+  rtp::kernels::RmsNormParams p;
+  EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("null"), std::string::npos);
+  float f = 0;
+  p.x = p.weight = p.out = &f;
+  p.rows = 6, p.dim = 3;
+  p.cos = p.sin = &f;
+  p.rope_out = &f;
+  EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("even dim"), std::string::npos);
+  p.dim = 4, p.heads = 4, p.seq_len = 1;
+  EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("batch x seq_len x heads"), std::string::npos);
+  const auto err = rtp::testing::error_of([] { rtp::ops::rms_norm(torch::randn({2, 8}), torch::ones({7}), 1e-6); });
+  EXPECT_NE(err.find("weight must be [8]"), std::string::npos) << err;
+}
+
+}  // namespace
