@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "model/model_fixtures.h"
+#include "test_util.h"
 #include "rtp/model/qwen3.h"
 #include "rtp/torch/tensor_io.h"
 
@@ -74,3 +75,26 @@ TEST(Generation, StopTokenEndsASequence) {
 }
 
 }  // namespace
+
+// The cache writes tokens into per-layer buffers in place (growing them when full, or sized up front by reserve):
+// what it returns must be exactly the concatenation of everything appended.
+TEST(KVCache, InPlaceBuffersHoldWhatWasAppended) {
+  torch::manual_seed(6);
+  for (const int64_t reserve : {int64_t{0}, int64_t{11}, int64_t{40}}) {
+    rtp::model::KVCache cache(2);
+    cache.reserve(reserve);
+    std::vector<torch::Tensor> ks, vs;
+    for (const int64_t T : {3, 1, 1, 5, 1, 7, 1}) {
+      auto k = torch::randn({2, 3, T, 4}), v = torch::randn({2, 3, T, 4});
+      ks.push_back(k), vs.push_back(v);
+      auto [kc, vc] = cache.append(1, k, v);
+      EXPECT_TRUE(torch::equal(kc, torch::cat(ks, 2))) << "reserve " << reserve;
+      EXPECT_TRUE(torch::equal(vc, torch::cat(vs, 2))) << "reserve " << reserve;
+    }
+    EXPECT_EQ(cache.bytes(), 2 * 2 * 3 * 19 * 4 * 4);
+    EXPECT_GE(cache.reserved_bytes(), cache.bytes());
+    if (reserve >= 19) EXPECT_EQ(cache.reserved_bytes(), 2 * 2 * 3 * reserve * 4 * 4);
+    const auto err = rtp::testing::error_of([&] { cache.append(1, torch::randn({1, 3, 1, 4}), torch::randn({1, 3, 1, 4})); });
+    EXPECT_NE(err.find("KV cache: layer 1 holds [2, 3, *, 4], appended [1, 3, 1, 4]"), std::string::npos) << err;
+  }
+}

@@ -209,6 +209,7 @@ int main(int argc, char** argv) {
             logits = rtp::sparse::prefill_chunked(model, *sparse_cache, prompt, chunk);
           } else {
             dense_cache = std::make_unique<rtp::model::KVCache>(c.num_hidden_layers);
+            dense_cache->reserve(len + warmup + tokens);
             dense_o.cache = dense_cache.get();
             for (int64_t s = 0; s < len; s += chunk) logits = model.forward(prompt.narrow(1, s, std::min(chunk, len - s)), dense_o);
           }

@@ -8,7 +8,8 @@
 // buffer the graphs read, so the same graphs serve every position.
 //
 // Results are the ones forward() gives for the same token: the same ATen calls on the same inputs, in the same
-// order (tests/model/decode_stepper_test.cpp, tests/model/decode_stepper_gpu_test.cpp).
+// order (tests/model/decode_stepper_test.cpp, tests/model/decode_stepper_gpu_test.cpp). The graphs hold the addresses of
+// the model's weights: do not move the model (Qwen3Model::to) while a stepper of it is alive.
 #include <torch/types.h>
 
 #include <functional>

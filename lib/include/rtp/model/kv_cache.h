@@ -2,6 +2,9 @@
 // Dense KV cache: per layer the post-RoPE keys and the values of every token seen so far. Forward with a cache
 // appends the new tokens' k/v and attends over cache + new tokens, so a prompt can be prefilled in chunks and
 // generation runs one token at a time. (The sparse layout with ring buffers for streaming heads builds on it.)
+//
+// The tokens live in a buffer per layer that new tokens are written into in place; a step returns views of the filled
+// part. Concatenating instead copied the whole cache on every token: at 32K tokens of a 0.6B model, 0.9 GB per step.
 #include <torch/types.h>
 
 #include <vector>
@@ -10,18 +13,26 @@ namespace rtp::model {
 
 class KVCache {
  public:
-  explicit KVCache(int64_t num_layers) : k_(num_layers), v_(num_layers) {}
+  explicit KVCache(int64_t num_layers) : k_(num_layers), v_(num_layers), filled_(num_layers, 0) {}
   int64_t length() const { return length_; }
   int64_t num_layers() const { return static_cast<int64_t>(k_.size()); }
-  // Appends [B, Hkv, Tn, D] to layer `layer` and returns the whole cached k and v of that layer.
+  // Room for `tokens` tokens, allocated at the first append (when batch, heads, head_dim and dtype are known). Without
+  // it the buffers grow by half of what they hold whenever they are full.
+  void reserve(int64_t tokens) { reserve_ = tokens; }
+  // Appends [B, Hkv, Tn, D] to layer `layer` and returns views of the whole cached k and v of that layer
+  // ([B, Hkv, filled, D], innermost dimension contiguous).
   std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& k, const torch::Tensor& v);
   // Called by the model once every layer has appended a chunk of `tokens`.
   void advance(int64_t tokens) { length_ += tokens; }
+  // Bytes of the tokens held (k and v of every layer); reserved_bytes(): of the buffers allocated.
   int64_t bytes() const;
+  int64_t reserved_bytes() const;
 
  private:
-  std::vector<torch::Tensor> k_, v_;
+  std::vector<torch::Tensor> k_, v_;  // [B, Hkv, capacity, D]
+  std::vector<int64_t> filled_;
   int64_t length_ = 0;
+  int64_t reserve_ = 0;
 };
 
 }  // namespace rtp::model

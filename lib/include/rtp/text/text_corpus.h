@@ -8,7 +8,6 @@
 // sequences wrap around (the next epoch, same order). The stream is kept in memory (4 bytes per token read).
 #include <cstdint>
 #include <fstream>
-#include <memory>
 #include <string>
 #include <vector>
 

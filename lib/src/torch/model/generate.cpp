@@ -51,6 +51,7 @@ torch::Tensor generate_greedy(Qwen3Model& model, const torch::Tensor& prompt, in
             "non-negative, found ", prefill_chunk, " and ", max_new_tokens);
   torch::NoGradGuard no_grad;
   KVCache cache(model.config().num_hidden_layers);
+  cache.reserve(prompt.size(1) + max_new_tokens);
   ForwardOptions o;
   o.cache = &cache;
   const int64_t P = prompt.size(1);
