@@ -4,10 +4,16 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "rtp/core/error.h"
+#include "rtp/core/file_io.h"
 #include "rtp/eval/ruler_eval.h"
+#include "rtp/model/qwen3.h"
+#include "rtp/sparse/converted_model.h"
+#include "rtp/text/ruler.h"
+#include "rtp/text/tokenizer.h"
 #include "test_util.h"
 
 namespace {
@@ -96,6 +102,80 @@ TEST(RulerEval, LengthsAndTheModelDirectoryAreCheckedFirst) {
   o.model_dir += "-missing";
   e = rtp::testing::error_of([&] { rtp::eval::run_ruler_eval(o, ctx); });
   EXPECT_NE(e.find("model directory '" + o.model_dir + "' does not exist"), std::string::npos) << e;
+}
+
+// The whole path on the CPU: a tiny random model with the Qwen3 vocabulary, exported with one retrieval head (random
+// indexer) and the rest streaming, evaluated dense and sparse with chunked prefill; then the dense model with an
+// end-of-sequence token that it produces, which must end generation there.
+TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  const std::string dir = std::string(RTP_BINARY_DIR) + "/tmp-ruler-e2e-" + std::to_string(::getpid());
+  rtp::make_directories(dir + "/base");
+  rtp::model::ModelConfig c;
+  c.vocab_size = 151936;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.head_dim = 16;
+  c.max_position_embeddings = 4096;
+  c.tie_word_embeddings = true;
+  rtp::model::Qwen3Model model(c);
+  model.init_random(5, 0.5);
+  rtp::model::save_qwen3(model, dir + "/base");
+  auto heads = rtp::sparse::HeadMap::all_streaming(2, 1, 2);
+  heads.retrieval[1][0] = 1;
+  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+  indexer.q_proj(1).normal_(0, 0.3);
+  indexer.k_proj(1).normal_(0, 0.3);
+  rtp::sparse::SparseSettings st;
+  st.sink = 4;
+  st.window = 128;
+  st.dense_below = 0;
+  rtp::sparse::export_converted({dir + "/base", dir + "/conv", false}, heads, st, indexer);
+
+  rtp::eval::RulerEvalOptions o;
+  o.model_dir = dir + "/conv";
+  o.tokenizer = kTokenizer;
+  o.tasks = {"niah_single_1"};
+  o.lengths = {1024};
+  o.samples = 1;
+  o.prefill_chunk = 256;
+  o.out_dir = dir + "/out";
+  rtp::RunContext ctx;
+  rtp::eval::run_ruler_eval(o, ctx);
+  const auto doc = rtp::read_json_file(o.out_dir + "/ruler.json");
+  ASSERT_EQ(doc["results"].size(), 1u);
+  const auto& row = doc["results"][0];
+  const auto tok = rtp::text::Tokenizer::from_file(kTokenizer);
+  rtp::text::ruler::RulerOptions ro;
+  ro.seed = ctx.seed;
+  ro.max_seq_length = 1024;
+  const auto sample = rtp::text::ruler::generate_sample("niah_single_1", tok, ro, 0);
+  for (const char* mode : {"dense", "sparse"}) {
+    const std::string m(mode);
+    EXPECT_EQ(row[m + "_generated_tokens"].get<int64_t>(), sample.tokens_to_generate) << m;  // no eos in this config
+    EXPECT_GT(row[m + "_decode_ms_per_token"].get<double>(), 0.0) << m;
+    const double acc = row[m + "_accuracy"].get<double>();
+    EXPECT_TRUE(acc >= 0.0 && acc <= 1.0) << m;
+  }
+  EXPECT_EQ(row["dense_kv_bytes"].get<int64_t>(), 2 * 1 * 1024 * 2 * 16 * 4);
+  EXPECT_LT(row["sparse_kv_bytes"].get<int64_t>(), row["dense_kv_bytes"].get<int64_t>());
+
+  // The dense model's own greedy tokens for this prompt; its 3rd becomes the end-of-sequence token.
+  auto ids = torch::tensor(std::vector<int64_t>(sample.prompt_ids.begin(), sample.prompt_ids.end())).view({1, -1});
+  const auto free_run = rtp::model::generate_greedy(model, ids, 3, {}, 256).narrow(1, ids.size(1), 3);
+  const int64_t eos = free_run[0][2].item<int64_t>();
+  int64_t expected = 1;
+  while (free_run[0][expected - 1].item<int64_t>() != eos) ++expected;  // its first occurrence ends generation
+  { std::ofstream(o.model_dir + "/generation_config.json") << "{\"eos_token_id\": [" << eos << "]}"; }
+  o.sparse = false;
+  rtp::eval::run_ruler_eval(o, ctx);
+  const auto stopped = rtp::read_json_file(o.out_dir + "/ruler.json");
+  EXPECT_EQ(stopped["stop_token_ids"], nlohmann::json::array({eos}));
+  EXPECT_EQ(stopped["results"][0]["dense_generated_tokens"].get<int64_t>(), expected);
+  rtp::remove_tree(dir);
 }
 
 }  // namespace

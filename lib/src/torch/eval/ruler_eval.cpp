@@ -55,16 +55,30 @@ std::vector<int32_t> tail_tokens(const torch::Tensor& out, int64_t from) {
   return std::vector<int32_t>(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + t.numel());
 }
 
+// The dense model through its KV cache: prefill in chunks, then the decode stepper (as model::generate_greedy does,
+// timed in two parts).
 Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int64_t n, int64_t chunk,
                          const std::vector<int64_t>& stops, bool graphs) {
   Generated g;
+  torch::NoGradGuard no_grad;
+  model::KVCache cache(m.config().num_hidden_layers);
+  cache.reserve(prompt.size(1) + n);
+  model::ForwardOptions o;
+  o.cache = &cache;
+  const int64_t P = prompt.size(1);
+  const auto ids = prompt.to(m.device());
   auto t0 = std::chrono::steady_clock::now();
-  auto out = model::generate_greedy(m, prompt, n, stops, chunk, graphs);
-  g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  g.tokens = tail_tokens(out, prompt.size(1));
+  torch::Tensor logits;
+  for (int64_t c = 0; c < P; c += chunk) logits = m.forward(ids.narrow(1, c, std::min(chunk, P - c)), o);
+  if (logits.is_cuda()) torch::cuda::synchronize();  // the prefill's own time, not queued work
+  auto t1 = std::chrono::steady_clock::now();
+  model::DecodeStepper stepper(m, graphs);
+  g.tokens = tail_tokens(model::greedy_continue(stepper, logits, n, stops, [&] { return o; }), 0);
+  g.prefill_s = std::chrono::duration<double>(t1 - t0).count();
+  g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   const auto& c = m.config();
-  g.kv_bytes = c.num_hidden_layers * c.num_key_value_heads * out.size(1) * 2 * c.head_dim *
-               static_cast<int64_t>(torch::elementSize(m.dtype()));
+  g.kv_bytes = c.num_hidden_layers * c.num_key_value_heads * (P + static_cast<int64_t>(g.tokens.size())) * 2 *
+               c.head_dim * static_cast<int64_t>(torch::elementSize(m.dtype()));
   return g;
 }
 
@@ -155,7 +169,10 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           auto g = generate_dense(cm->model, ids, s.tokens_to_generate,
                                   o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
           dense_sum += text::ruler::score(s, tok.decode(g.tokens, true));
-          row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.decode_s;
+          row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.prefill_s + g.decode_s;
+          row["dense_prefill_s"] = row.value("dense_prefill_s", 0.0) + g.prefill_s;
+          row["dense_decode_s"] = row.value("dense_decode_s", 0.0) + g.decode_s;
+          row["dense_generated_tokens"] = row.value("dense_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
           row["dense_kv_bytes"] = g.kv_bytes;
         }
         if (o.sparse) {
@@ -163,10 +180,17 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           sparse_sum += text::ruler::score(s, tok.decode(g.tokens, true));
           row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
           row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
+          row["sparse_generated_tokens"] = row.value("sparse_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
           row["sparse_kv_bytes"] = g.kv_bytes;
           row["sparse_kv_bytes_per_layer"] = g.layer_kv_bytes;
           row["sparse_attended_fraction_per_layer"] = g.layer_fraction;
         }
+      }
+      // Decode time per generated token (the first token comes from the prefill's logits; every other is one step).
+      for (const char* mode : {"dense", "sparse"}) {
+        const std::string tk = std::string(mode) + "_generated_tokens", dk = std::string(mode) + "_decode_s";
+        if (row.contains(tk) && row[tk].get<int64_t>() > o.samples)
+          row[std::string(mode) + "_decode_ms_per_token"] = 1e3 * row[dk].get<double>() / static_cast<double>(row[tk].get<int64_t>() - o.samples);
       }
       if (cm && o.dense) row["dense_accuracy"] = dense_sum / o.samples;
       if (cm && o.sparse) row["sparse_accuracy"] = sparse_sum / o.samples;
