@@ -73,12 +73,17 @@ void DecodeStepper::capture() {
     // One eager pass first: cuBLAS handles and workspaces are created outside any capture.
     for (int64_t s = 0; s <= layers_; ++s) run_segment(s);
     side.synchronize();
-    for (int64_t s = 0; s <= layers_; ++s) {
-      graphs_.push_back(std::make_unique<CapturedSegment>());
-      // One memory pool for all segments: safe because they replay in the order they were captured.
-      graphs_.back()->graph.capture_begin(s == 0 ? c10::MempoolId_t{0, 0} : graphs_.front()->graph.pool());
-      run_segment(s);
-      graphs_.back()->graph.capture_end();
+    try {
+      for (int64_t s = 0; s <= layers_; ++s) {
+        graphs_.push_back(std::make_unique<CapturedSegment>());
+        // One memory pool for all segments: safe because they replay in the order they were captured.
+        graphs_.back()->graph.capture_begin(s == 0 ? c10::MempoolId_t{0, 0} : graphs_.front()->graph.pool());
+        run_segment(s);
+        graphs_.back()->graph.capture_end();
+      }
+    } catch (const std::exception& e) {
+      RTP_THROW("decode step: capturing a layer's work as a CUDA graph failed (", e.what(), "); decode without graphs ",
+                "instead: rtpurbo-eval --no-cuda-graphs, or DecodeStepper(model, /*use_graphs=*/false)");
     }
   }
   c10::cuda::CUDAEvent after;
