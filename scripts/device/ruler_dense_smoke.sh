@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On the GPU machine: rtpurbo-eval --task ruler with the dense model only on a random Qwen3-0.6B-shaped model (the real
+# Qwen3 tokenizer), with and without CUDA graphs: the generation path of the tool end to end, cheaply (no conversion).
+# Usage there: source .devdeps/prelude.sh; bash scripts/device/ruler_dense_smoke.sh
+set -euo pipefail
+OUT=${OUT:-out/device}
+mkdir -p "$OUT"
+W=/tmp/rds
+rm -rf "$W" && mkdir -p "$W"
+start=$(date +%s)
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=OFF > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
+ninja -C build-gpu -j16 rtpurbo-eval > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
+echo "built after $(( $(date +%s) - start )) s"
+python3 - "$W/model" <<'PY'
+import sys, torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, torch_dtype="bfloat16")
+torch.manual_seed(0)
+Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1], safe_serialization=True)
+PY
+cp data/fixtures/tokenizer/qwen3/tokenizer.json "$W/model/"
+for g in "" "--no-cuda-graphs"; do
+  build-gpu/bin/rtpurbo-eval --task ruler --model "$W/model" --dense --tasks ruler:niah_single_1,ruler:vt \
+    --lengths 4096,32768 --samples 1 --device cuda --dtype bfloat16 $g --out-dir "$W/out$g" 2>&1 | grep -vE "^ruler " | tail -6
+  python3 -c "
+import json; d = json.load(open('$W/out$g/ruler.json'))
+print('graphs' if d['cuda_graphs'] else 'eager', 'stop ids', d['stop_token_ids'])
+for r in d['results']: print(r['task'], r['length'], 'prefill %.2f s' % r['dense_prefill_s'], 'decode %.2f ms/token' % r['dense_decode_ms_per_token'], r['dense_generated_tokens'], 'tokens')"
+done
+echo "done after $(( $(date +%s) - start )) s"
