@@ -12,11 +12,13 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LI
 ninja -C build-gpu -j16 decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test norm_rope_gpu_test norm_rope_ref_test qwen3_parity_gpu_test generation_test sparse_cache_test rtpurbo-bench-decode > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
 echo "built after $(( $(date +%s) - start )) s"
 for t in decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test norm_rope_gpu_test norm_rope_ref_test qwen3_parity_gpu_test generation_test sparse_cache_test; do
-  timeout 120 build-gpu/tests/$t > "$OUT/$t.log" 2>&1; echo "$t: exit $?"; grep -E "max \||PASSED|FAILED|Failure|CUDA max" "$OUT/$t.log" | head -12
+  # One log for all tests: the device tool returns only a few files.
+  { echo "== $t"; timeout 120 build-gpu/tests/$t 2>&1; echo "$t: exit $?"; } > /tmp/$t.log
+  cat /tmp/$t.log >> "$OUT/tests.log"; grep -E "max \||PASSED|FAILED|Failure|CUDA max|exit" /tmp/$t.log | head -12
 done
 for cfg in ${CONFIGS:-qwen3-0.6b qwen3-8b qwen3-30b-a3b}; do
   timeout ${BENCH_LIMIT:-200} build-gpu/bin/rtpurbo-bench-decode --config data/configs/$cfg --lengths ${LENGTHS:-4096,32768} \
-    --tokens ${TOKENS:-24} --out "$OUT/decode-steps-$cfg.json" 2>"$OUT/bench-$cfg.err"; echo "bench $cfg: exit $?"
-  tail -3 "$OUT/bench-$cfg.err"
+    --tokens ${TOKENS:-24} --out "$OUT/decode-steps-$cfg.json" 2>/tmp/bench-$cfg.err; echo "bench $cfg: exit $?"
+  tail -3 /tmp/bench-$cfg.err
 done
 echo "done after $(( $(date +%s) - start )) s"
