@@ -79,6 +79,11 @@ class Qwen3Model {
   std::unique_ptr<Qwen3ModelImpl> impl_;
 };
 
+// Feeds `prompt` (int64 [B, P], P > 0) through `cache` in forwards of at most `chunk` tokens; returns the last
+// forward's logits [B, n, V] (the last position's are the next-token logits). The dense counterpart of
+// sparse::prefill_chunked.
+torch::Tensor prefill_chunked(Qwen3Model& model, KVCache& cache, const torch::Tensor& prompt, int64_t chunk);
+
 // Greedy decoding: prefills `prompt` (int64 [B, P]) in chunks of `prefill_chunk` tokens through a KV cache, then
 // appends the argmax token until `max_new_tokens` or, per sequence, a token in `stop_ids` (later positions of a
 // stopped sequence repeat its stop token). Returns int64 [B, P + generated]. The tokens after the prompt come from

@@ -55,8 +55,7 @@ std::vector<int32_t> tail_tokens(const torch::Tensor& out, int64_t from) {
   return std::vector<int32_t>(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + t.numel());
 }
 
-// The dense model through its KV cache: prefill in chunks, then the decode stepper (as model::generate_greedy does,
-// timed in two parts).
+// The dense model through its KV cache: as model::generate_greedy, with the prefill and the decode timed apart.
 Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int64_t n, int64_t chunk,
                          const std::vector<int64_t>& stops, bool graphs) {
   Generated g;
@@ -66,10 +65,8 @@ Generated generate_dense(model::Qwen3Model& m, const torch::Tensor& prompt, int6
   model::ForwardOptions o;
   o.cache = &cache;
   const int64_t P = prompt.size(1);
-  const auto ids = prompt.to(m.device());
   auto t0 = std::chrono::steady_clock::now();
-  torch::Tensor logits;
-  for (int64_t c = 0; c < P; c += chunk) logits = m.forward(ids.narrow(1, c, std::min(chunk, P - c)), o);
+  const auto logits = model::prefill_chunked(m, cache, prompt, chunk);
   if (logits.is_cuda()) torch::cuda::synchronize();  // the prefill's own time, not queued work
   auto t1 = std::chrono::steady_clock::now();
   model::DecodeStepper stepper(m, graphs);

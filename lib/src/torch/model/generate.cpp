@@ -43,6 +43,20 @@ torch::Tensor greedy_continue(DecodeStepper& stepper, torch::Tensor logits, int6
   return tokens;
 }
 
+torch::Tensor prefill_chunked(Qwen3Model& model, KVCache& cache, const torch::Tensor& prompt, int64_t chunk) {
+  RTP_CHECK(prompt.dim() == 2 && prompt.size(1) > 0 && prompt.scalar_type() == torch::kInt64,
+            "prefill: prompt must be int64 [B, P] with P > 0, found ", prompt.sizes(), " ", prompt.scalar_type());
+  RTP_CHECK(chunk > 0, "prefill: the chunk size must be positive, found ", chunk);
+  torch::NoGradGuard no_grad;
+  ForwardOptions o;
+  o.cache = &cache;
+  const int64_t P = prompt.size(1);
+  const auto ids = prompt.to(model.device());
+  torch::Tensor logits;
+  for (int64_t c = 0; c < P; c += chunk) logits = model.forward(ids.narrow(1, c, std::min(chunk, P - c)), o);
+  return logits;
+}
+
 torch::Tensor generate_greedy(Qwen3Model& model, const torch::Tensor& prompt, int64_t max_new_tokens,
                               const std::vector<int64_t>& stop_ids, int64_t prefill_chunk, bool cuda_graphs) {
   RTP_CHECK(prompt.dim() == 2 && prompt.size(1) > 0 && prompt.scalar_type() == torch::kInt64,
@@ -52,12 +66,9 @@ torch::Tensor generate_greedy(Qwen3Model& model, const torch::Tensor& prompt, in
   torch::NoGradGuard no_grad;
   KVCache cache(model.config().num_hidden_layers);
   cache.reserve(prompt.size(1) + max_new_tokens);
+  const auto logits = prefill_chunked(model, cache, prompt, prefill_chunk);
   ForwardOptions o;
   o.cache = &cache;
-  const int64_t P = prompt.size(1);
-  auto ids = prompt.to(model.device());
-  torch::Tensor logits;
-  for (int64_t c = 0; c < P; c += prefill_chunk) logits = model.forward(ids.narrow(1, c, std::min(prefill_chunk, P - c)), o);
   DecodeStepper stepper(model, cuda_graphs);
   auto generated = greedy_continue(stepper, logits, max_new_tokens, stop_ids, [&] { return o; });
   return torch::cat({prompt.cpu(), generated}, 1);
