@@ -69,4 +69,14 @@ TEST(ToolArgs, NumbersAreTheWholeArgumentAndInRange) {
   }
 }
 
+TEST(ToolArgs, PositiveIntegerLists) {
+  EXPECT_EQ(rtp::tools::positive_integer_list("lengths", "4096,32768"), (std::vector<int64_t>{4096, 32768}));
+  EXPECT_EQ(rtp::tools::positive_integer_list("lengths", "7"), (std::vector<int64_t>{7}));
+  for (const char* bad : {"", "4096,", ",4096", "4096,,8", "0", "-5", "+5", " 5", "12k", "1.5"}) {
+    const std::string e = usage_error([&] { rtp::tools::positive_integer_list("lengths", bad); });
+    EXPECT_NE(e.find(std::string("--lengths: expected comma-separated positive integers, found '") + bad + "'"),
+              std::string::npos) << bad << ": " << e;
+  }
+}
+
 }  // namespace

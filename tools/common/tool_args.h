@@ -5,6 +5,8 @@
 // number is the whole argument (cxxopts reads `0.15x` as 0.15) and within its range, checked when the command
 // line is read rather than after minutes of work. Numeric options are declared as cxxopts::value<std::string>()
 // and read through number_arg / integer_arg, which use the recipe parser (rtp/core/config_registry.h).
+#include <algorithm>
+#include <cctype>
 #include <cxxopts.hpp>
 #include <optional>
 #include <stdexcept>
@@ -76,6 +78,28 @@ inline int64_t integer_arg(const cxxopts::ParseResult& r, const std::string& nam
   return detail::parse_or_usage(name, text, check, rtp::config::Kind::Int,
                                 [&] { return rtp::config::parse_int(name, text, check, "command line"); });
 }
+// `text`, the value of --name, as comma-separated positive integers ("4096,32768"); anything else is a usage error.
+inline std::vector<int64_t> positive_integer_list(const std::string& name, const std::string& text) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || v <= 0 || !std::isdigit(static_cast<unsigned char>(item[0])))
+      throw UsageError("--" + name + ": expected comma-separated positive integers, found '" + text + "'");
+    out.push_back(v);
+    start = end + 1;
+  }
+  return out;
+}
+
 // Unset (no default and not given): nullopt.
 inline std::optional<double> optional_number_arg(const cxxopts::ParseResult& r, const std::string& name,
                                                  const rtp::config::Check& check = rtp::config::any()) {

@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 
+#include "commit_id.h"
 #include "main_guard.h"
 #include "tool_args.h"
 #include "rtp/core/file_io.h"
@@ -29,25 +30,6 @@
 namespace {
 
 using nlohmann::json;
-
-std::vector<int64_t> parse_list(const std::string& flag, const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) {
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size() || v <= 0)
-      throw rtp::tools::UsageError("--" + flag + ": expected comma-separated positive integers, found '" + s + "'");
-    out.push_back(v);
-  }
-  if (out.empty()) throw rtp::tools::UsageError("--" + flag + " is empty");
-  return out;
-}
 
 void sync(const torch::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize();
@@ -68,18 +50,6 @@ double copy_bandwidth(const torch::Device& d) {
   for (int i = 0; i < reps; ++i) b.copy_(a);
   sync(d);
   return 2.0 * static_cast<double>(a.numel() * 4) * reps / seconds_since(t0);
-}
-
-std::string commit_id() {
-  if (const char* c = std::getenv("RTP_COMMIT")) return c;
-  std::string out;
-  if (FILE* f = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
-    char buf[64];
-    while (fgets(buf, sizeof buf, f)) out += buf;
-    pclose(f);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out.empty() ? "unknown" : out;
 }
 
 std::string card_name(const torch::Device& d) {
@@ -118,7 +88,7 @@ int main(int argc, char** argv) {
     }
     using rtp::config::at_least;
     using rtp::config::range;
-    const auto lengths = parse_list("lengths", args["lengths"].as<std::string>());
+    const auto lengths = rtp::tools::positive_integer_list("lengths", args["lengths"].as<std::string>());
     const int64_t tokens = rtp::tools::integer_arg(args, "tokens", at_least(1));
     const double fraction = rtp::tools::number_arg(args, "retrieval-fraction", range(0, 1));
     const int64_t window = rtp::tools::integer_arg(args, "window", at_least(1));
@@ -174,7 +144,7 @@ int main(int argc, char** argv) {
     const double bandwidth = copy_bandwidth(device);
     std::ostringstream cmd;
     for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
-    json J = {{"card", card}, {"commit", commit_id()}, {"command", cmd.str()}, {"config", config_name},
+    json J = {{"card", card}, {"commit", rtp::tools::commit_id()}, {"command", cmd.str()}, {"config", config_name},
               {"parameters", parameter_count}, {"weight_bytes_read_per_token", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
               {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
               {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed}};
@@ -211,7 +181,7 @@ int main(int argc, char** argv) {
             dense_cache = std::make_unique<rtp::model::KVCache>(c.num_hidden_layers);
             dense_cache->reserve(len + warmup + tokens);
             dense_o.cache = dense_cache.get();
-            for (int64_t s = 0; s < len; s += chunk) logits = model.forward(prompt.narrow(1, s, std::min(chunk, len - s)), dense_o);
+            logits = rtp::model::prefill_chunked(model, *dense_cache, prompt, chunk);
           }
           sync(device);
           const double prefill_s = seconds_since(t0);

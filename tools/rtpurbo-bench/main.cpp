@@ -25,6 +25,7 @@
 #include <sstream>
 #include <vector>
 
+#include "commit_id.h"
 #include "main_guard.h"
 #include "moe_layer_decode.h"
 #include "rtp/core/error.h"
@@ -117,18 +118,6 @@ Lists run_select(const Planted& p, int64_t N, int64_t G, int B, int max_blocks) 
 double density_of(const torch::Tensor& counts, int64_t nb) {
   const double causal = double(nb) * (nb + 1) / 2;
   return counts.to(torch::kDouble).sum().item<double>() / causal;
-}
-
-std::string commit_id() {
-  if (const char* c = std::getenv("RTP_COMMIT")) return c;
-  std::string out;
-  if (FILE* f = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
-    char buf[64];
-    while (fgets(buf, sizeof buf, f)) out += buf;
-    pclose(f);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out.empty() ? "unknown" : out;
 }
 
 // Times fn(k, v) with native GQA K/V; if the backend rejects it, with K/V repeated to the query heads.
@@ -313,7 +302,7 @@ int main(int argc, char** argv) {
     json J;
     J["card"] = prop.name;
     J["driver"] = drv;
-    J["commit"] = commit_id();
+    J["commit"] = rtp::tools::commit_id();
     J["command"] = cmd;
     J["prefill_kernel"] = pk_used;
     J["shape"] = {{"Hq", Hq}, {"Hkv", Hkv}, {"D", D}, {"window", window}, {"sink", sink}, {"block", B}, {"top_p", 0.9},
@@ -649,7 +638,7 @@ int main(int argc, char** argv) {
     std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", std::gmtime(&now));
     const std::string path = dir + "/bench-" + stamp + ".json";
     std::ofstream(path) << J.dump(2) << "\n";
-    std::printf("\ncard %s, driver %d, commit %s\n", prop.name, drv, commit_id().c_str());
+    std::printf("\ncard %s, driver %d, commit %s\n", prop.name, drv, rtp::tools::commit_id().c_str());
     std::printf("prefill (ms per layer; * = baseline extrapolated as N^2)\n%8s %9s %9s %8s %10s %9s %7s %7s %6s %7s %5s %5s %5s\n", "N",
                 "sparse", "select", "attnA", "FA2", "cuDNN", "vsFA2", "vsCUDNN", "TF/s", "selpct", "dens", "rIdx", "rAtt");
     for (auto& r : rows) std::printf("%s\n", r.c_str());

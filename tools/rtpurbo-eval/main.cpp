@@ -1,8 +1,6 @@
 // rtpurbo-eval: evaluate a model (dense or converted) on a task.
 #include <cxxopts.hpp>
 #include <iostream>
-#include <cctype>
-#include <sstream>
 
 #include "main_guard.h"
 #include "tool_args.h"
@@ -14,26 +12,6 @@
 #include "rtp/torch/run_context.h"
 
 namespace {
-
-std::vector<int64_t> parse_lengths(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size() || v <= 0 || !std::isdigit(static_cast<unsigned char>(item[0])))
-      throw rtp::tools::UsageError("--lengths: expected comma-separated positive integers, found '" + s + "'");
-    out.push_back(v);
-  }
-  if (out.empty()) throw rtp::tools::UsageError("--lengths is empty");
-  return out;
-}
 
 // An output directory the tool creates: made (and found writable) before the evaluation, not after it.
 void prepare_output_directory(const std::string& dir, const char* flag) {
@@ -121,7 +99,7 @@ int main(int argc, char** argv) {
       o.samples = samples;
       if (seq_len && args.count("lengths")) throw rtp::tools::UsageError("give --seq-len or --lengths, not both");
       if (seq_len) o.lengths = {*seq_len};
-      if (args.count("lengths")) o.lengths = parse_lengths(args["lengths"].as<std::string>());
+      if (args.count("lengths")) o.lengths = rtp::tools::positive_integer_list("lengths", args["lengths"].as<std::string>());
       if (args.count("out-dir")) o.out_dir = args["out-dir"].as<std::string>();
       if (args.count("random-heads-indexer")) o.random_heads_indexer = args["random-heads-indexer"].as<std::string>();
       o.batch_size = batch_size;
@@ -137,7 +115,7 @@ int main(int argc, char** argv) {
       if (args.count("model")) o.model_dir = args["model"].as<std::string>();
       if (args.count("tokenizer")) o.tokenizer = args["tokenizer"].as<std::string>();
       o.tasks = rtp::eval::parse_ruler_tasks(need("tasks"));
-      o.lengths = parse_lengths(need("lengths"));
+      o.lengths = rtp::tools::positive_integer_list("lengths", need("lengths"));
       o.samples = samples;
       if (args.count("essay")) o.essay_file = args["essay"].as<std::string>();
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
