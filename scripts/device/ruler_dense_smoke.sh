@@ -11,16 +11,7 @@ start=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=OFF > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
 ninja -C build-gpu -j16 rtpurbo-eval > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
 echo "built after $(( $(date +%s) - start )) s"
-python3 - "$W/model" <<'PY'
-import sys, torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
-cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, torch_dtype="bfloat16")
-torch.manual_seed(0)
-Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1], safe_serialization=True)
-PY
-cp data/fixtures/tokenizer/qwen3/tokenizer.json "$W/model/"
+python3 scripts/device/make_random_qwen3.py "$W/model"  # Qwen3-0.6B architecture, random bf16 weights
 for g in "" "--no-cuda-graphs"; do
   build-gpu/bin/rtpurbo-eval --task ruler --model "$W/model" --dense --tasks ruler:niah_single_1,ruler:vt \
     --lengths 4096,32768 --samples 1 --device cuda --dtype bfloat16 $g --out-dir "$W/out$g" 2>&1 | grep -vE "^ruler " | tail -6

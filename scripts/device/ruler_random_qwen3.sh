@@ -15,20 +15,7 @@ start=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=OFF > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
 ninja -C build-gpu -j16 rtpurbo-identify-heads rtpurbo-train rtpurbo-export rtpurbo-eval > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
 echo "built after $(( $(date +%s) - start )) s"
-python3 - "$W/model" <<'PY'
-import sys, torch, transformers
-from transformers import Qwen3Config, Qwen3ForCausalLM
-# Qwen3-0.6B's published architecture (config.json of Qwen/Qwen3-0.6B).
-cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, torch_dtype="bfloat16")
-torch.manual_seed(0)
-m = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
-m.save_pretrained(sys.argv[1], safe_serialization=True)
-print("random Qwen3-0.6B-shaped model:", sum(p.numel() for p in m.parameters()) / 1e6, "M parameters, transformers",
-      transformers.__version__)
-PY
-cp data/fixtures/tokenizer/qwen3/tokenizer.json "$W/model/"
+python3 scripts/device/make_random_qwen3.py "$W/model"  # Qwen3-0.6B architecture, random bf16 weights
 find README.md docs kernels lib tools tests -type f \( -name '*.md' -o -name '*.cpp' -o -name '*.h' -o -name '*.cu' \) | sort |
   python3 -c "
 import sys, json
