@@ -4,6 +4,7 @@
 # rtpurbo-bench-decode on the Qwen3-0.6B, Qwen3-8B and Qwen3-30B-A3B architectures with random bf16 weights.
 # Results (logs, JSON) in $OUT.
 # Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<hash> bash scripts/device/decode_steps.sh
+# (env: CONFIGS, LENGTHS, TOKENS, PATHS, BENCH_LIMIT)
 set -uo pipefail
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
@@ -18,7 +19,7 @@ for t in decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_dec
 done
 for cfg in ${CONFIGS:-qwen3-0.6b qwen3-8b qwen3-30b-a3b}; do
   timeout ${BENCH_LIMIT:-200} build-gpu/bin/rtpurbo-bench-decode --config data/configs/$cfg --lengths ${LENGTHS:-4096,32768} \
-    --tokens ${TOKENS:-24} --out "$OUT/decode-steps-$cfg.json" 2>/tmp/bench-$cfg.err; echo "bench $cfg: exit $?"
+    --tokens ${TOKENS:-24} --paths ${PATHS:-grouped,forward,eager,graphs} --out "$OUT/decode-steps-$cfg.json" 2>/tmp/bench-$cfg.err; echo "bench $cfg: exit $?"
   tail -3 /tmp/bench-$cfg.err
 done
 echo "done after $(( $(date +%s) - start )) s"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: rtpurbo-eval --task ruler with the dense model only on a random Qwen3-0.6B-shaped model (the real
 # Qwen3 tokenizer), with and without CUDA graphs: the generation path of the tool end to end, cheaply (no conversion).
-# Usage there: source .devdeps/prelude.sh; bash scripts/device/ruler_dense_smoke.sh
+# Usage there: source .devdeps/prelude.sh; bash scripts/device/ruler_dense_smoke.sh (env: TASKS, LENGTHS, SAMPLES)
 set -euo pipefail
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
@@ -13,8 +13,8 @@ ninja -C build-gpu -j16 rtpurbo-eval > /tmp/build.log 2>&1 || { grep -E "error|F
 echo "built after $(( $(date +%s) - start )) s"
 python3 scripts/device/make_random_qwen3.py "$W/model"  # Qwen3-0.6B architecture, random bf16 weights
 for g in "" "--no-cuda-graphs"; do
-  build-gpu/bin/rtpurbo-eval --task ruler --model "$W/model" --dense --tasks ruler:niah_single_1,ruler:vt \
-    --lengths 4096,32768 --samples 1 --device cuda --dtype bfloat16 $g --out-dir "$W/out$g" 2>&1 | grep -vE "^ruler " | tail -6
+  build-gpu/bin/rtpurbo-eval --task ruler --model "$W/model" --dense --tasks ${TASKS:-ruler:niah_single_1,ruler:vt} \
+    --lengths ${LENGTHS:-4096,32768} --samples ${SAMPLES:-1} --device cuda --dtype bfloat16 $g --out-dir "$W/out$g" 2>&1 | grep -vE "^ruler " | tail -6
   python3 -c "
 import json; d = json.load(open('$W/out$g/ruler.json'))
 print('graphs' if d['cuda_graphs'] else 'eager', 'stop ids', d['stop_token_ids'])

@@ -44,6 +44,9 @@ TEST_P(DecodeStepperCuda, GraphReplayEqualsForward) {
     EXPECT_TRUE(torch::equal(got, ref)) << GetParam() << " position " << t << ": max |diff| " << max_diff(got, ref);
   }
   EXPECT_TRUE(stepper.graphed());  // MoE too: two sequences take the experts-by-id kernels
+  // The cache had no reservation: its buffers grew from 11 tokens to 16 and to 24 during the steps, and the graphs,
+  // which store each token in them, were captured for each.
+  EXPECT_EQ(stepper.captures(), 2);
   std::cout << GetParam() << (moe ? " (MoE)" : "") << ": max |logit diff| against forward " << worst << "\n";
 }
 
@@ -101,6 +104,21 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
   }
   EXPECT_TRUE(stepper.graphed());
   EXPECT_EQ(cache.length(), P + steps);
+  // The same stepper on a new cache (other buffers, perhaps at the old cache's addresses): its graphs are captured
+  // again, and the steps still equal forward's.
+  {
+    const int64_t P2 = 200;
+    rtp::sparse::SparseCache ref2(c, heads, st, &indexer, P2 + 8, kCuda, torch::kBFloat16);
+    rtp::sparse::SparseCache cache2(c, heads, st, &indexer, P2 + 8, kCuda, torch::kBFloat16);
+    model.forward(ids.narrow(1, 0, P2), ref2.options());
+    model.forward(ids.narrow(1, 0, P2), cache2.options());
+    for (int64_t t = P2; t < P2 + 8; ++t) {
+      auto ref = model.forward(ids.narrow(1, t, 1), ref2.options());
+      auto got = stepper.step(ids.narrow(1, t, 1), cache2.options()).clone();
+      EXPECT_TRUE(torch::equal(got, ref)) << "second cache, position " << t << ": max |diff| " << max_diff(got, ref);
+    }
+    EXPECT_EQ(stepper.captures(), 2);
+  }
   std::cout << "sparse cache through graphs: max |logit diff| against forward " << worst << ", tokens selected per "
             << "retrieval head and step " << static_cast<double>(selected) / (3.0 * steps) << " of " << P + steps / 2 << "\n";
 }

@@ -34,9 +34,12 @@ TEST_P(DecodeStepperFixtures, StepEqualsForwardWithCache) {
   model.forward(ids.narrow(1, 0, P), o);
   rtp::model::DecodeStepper stepper(model);
   EXPECT_FALSE(stepper.uses_graphs());  // a CPU model
+  // Steps with an observer take the ordinary path (cache append, then attention), the others the split one (the
+  // token stored in the cache by the segments): both must give forward's logits, also when the path changes.
   int observed = 0;
-  o.observer = [&](const rtp::model::LayerAttentionInputs&) { ++observed; };
+  auto observer = [&](const rtp::model::LayerAttentionInputs&) { ++observed; };
   for (int64_t t = P; t < P + steps; ++t) {
+    o.observer = t % 3 == 0 ? rtp::model::AttentionObserver(observer) : rtp::model::AttentionObserver();
     auto token = ids.narrow(1, t, 1);
     auto ref = model.forward(token, ref_o);
     auto got = stepper.step(token, o);
@@ -45,7 +48,7 @@ TEST_P(DecodeStepperFixtures, StepEqualsForwardWithCache) {
                                         << (got - ref).abs().max().item<double>();
   }
   EXPECT_EQ(cache.length(), P + steps);
-  EXPECT_EQ(observed, steps * model.config().num_hidden_layers);
+  EXPECT_EQ(observed, 3 * model.config().num_hidden_layers);  // positions 9, 12, 15
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeStepperFixtures, ::testing::ValuesIn(rtp::testing::model_fixture_names()),

@@ -98,3 +98,44 @@ TEST(KVCache, InPlaceBuffersHoldWhatWasAppended) {
     EXPECT_NE(err.find("KV cache: layer 1 holds [2, 3, *, 4], appended [1, 3, 1, 4]"), std::string::npos) << err;
   }
 }
+
+// The decode stepper's split path: tokens stored at a device position, attention over the filled part; the token
+// begin_step hands out changes exactly when the buffers move (the graphs that write to them must then be redone).
+TEST(KVCache, StepStoresTokensWhereAppendWouldAndSaysWhenBuffersMove) {
+  torch::manual_seed(8);
+  rtp::model::KVCache cache(2), ref(2);
+  EXPECT_EQ(cache.begin_step(0), nullptr);  // nothing appended: the buffers' shapes are unknown
+  const int64_t B = 2, H = 2, G = 3, D = 8, P = 4;
+  auto k0 = torch::randn({B, H, P, D}), v0 = torch::randn({B, H, P, D});
+  for (int64_t l = 0; l < 2; ++l) cache.append(l, k0, v0), ref.append(l, k0, v0);
+  cache.advance(P), ref.advance(P);
+  std::shared_ptr<const void> last;
+  int moves = 0;
+  for (int64_t pos = P; pos < P + 9; ++pos) {
+    auto token = cache.begin_step(pos);
+    ASSERT_NE(token, nullptr);
+    if (token != last) ++moves;
+    last = token;
+    for (int64_t l = 0; l < 2; ++l) {
+      rtp::model::LayerAttentionInputs in;
+      in.layer = l;
+      in.q = torch::randn({B, H * G, 1, D}), in.k = torch::randn({B, H, 1, D}), in.v = torch::randn({B, H, 1, D});
+      in.scale = 0.3;
+      cache.store_token(in, torch::full({1}, pos, torch::kInt64));
+      auto out = torch::empty({B, H * G, 1, D});
+      cache.attend_token(in, pos, out);
+      auto [rk, rv] = ref.append(l, in.k, in.v);
+      // The reference: attention written out over the appended cache (softmax of the scaled scores, GQA by hand).
+      auto kk = rk.repeat_interleave(G, 1), vv = rv.repeat_interleave(G, 1);
+      auto p = torch::softmax(torch::matmul(in.q, kk.transpose(-1, -2)) * in.scale, -1);
+      EXPECT_LT((out - torch::matmul(p, vv)).abs().max().item<double>(), 1e-5) << "layer " << l << " position " << pos;
+    }
+    cache.advance(1), ref.advance(1);
+  }
+  // Prefill of 4 without a reservation: room for 4, grown to 6, 9 and 13 by the steps: three sets of buffers.
+  EXPECT_EQ(moves, 3);
+  EXPECT_EQ(cache.length(), P + 9);
+  EXPECT_EQ(cache.bytes(), ref.bytes());
+  EXPECT_NE(rtp::testing::error_of([&] { cache.begin_step(3); }).find("a decode step at position 3 of a cache holding 13"),
+            std::string::npos);
+}

@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
       ("window", "sparse: streaming window", cxxopts::value<std::string>()->default_value("2048"))
       ("top-p", "sparse: top-p of the token selection", cxxopts::value<std::string>()->default_value("0.9"))
       ("prefill-chunk", "prompt tokens per prefill forward", cxxopts::value<std::string>()->default_value("4096"))
+      ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("seed", "weights, heads, indexer and prompts", cxxopts::value<std::string>()->default_value("0"))
@@ -109,6 +110,17 @@ int main(int argc, char** argv) {
                                                    : "bench/results/decode-steps-" + card_slug + "-" + config_name + ".json";
     rtp::require_output_directory_for(out_path, "--out");
     if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
+    const std::vector<std::string> all_paths = {"grouped", "forward", "eager", "graphs"};
+    std::vector<std::string> paths;
+    {
+      std::stringstream list(args["paths"].as<std::string>());
+      for (std::string p; std::getline(list, p, ',');) {
+        if (std::find(all_paths.begin(), all_paths.end(), p) == all_paths.end())
+          throw rtp::tools::UsageError("--paths: unknown path '" + p + "'; valid: grouped, forward, eager, graphs");
+        paths.push_back(p);
+      }
+      if (paths.empty()) throw rtp::tools::UsageError("--paths: name at least one of grouped, forward, eager, graphs");
+    }
 
     torch::NoGradGuard no_grad;
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
@@ -152,8 +164,8 @@ int main(int argc, char** argv) {
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,
                 weight_bytes / 1e9, bandwidth / 1e9);
-    std::printf("%8s %7s %8s %12s %12s %10s %10s\n", "length", "mode", "path", "ms/token", "floor ms", "of floor",
-                "prefill s");
+    std::printf("%8s %7s %8s %12s %12s %10s %10s %14s\n", "length", "mode", "path", "ms/token", "floor ms", "of floor",
+                "prefill s", "first step ms");
     const int64_t warmup = 4;
     for (int64_t len : lengths) {
       rtp::model::check_fits_positions(c, len + warmup + tokens, "--lengths plus the decode steps");
@@ -163,7 +175,7 @@ int main(int argc, char** argv) {
       // thousand ATen calls per token); eager: the stepper's pieces without graphs; graphs: replayed. MoE models
       // add grouped: forward with the experts grouped by counts read on the host (before the experts-by-id kernels).
       for (const bool sparse : {false, true})
-        for (const std::string variant : {"grouped", "forward", "eager", "graphs"}) {
+        for (const std::string& variant : paths) {
           const bool graphs = variant == "graphs";
           if (graphs && !device.is_cuda()) continue;
           if (variant == "grouped" && !c.is_moe()) continue;
@@ -192,7 +204,12 @@ int main(int argc, char** argv) {
             auto l = variant == "forward" || variant == "grouped" ? model.forward(t, options()) : stepper.step(t, options());
             return l.select(1, 0).argmax(-1, true);
           };
-          for (int64_t i = 0; i < warmup; ++i) token = next(token);
+          // The first step alone: with graphs it captures them (the cost a new cache pays once).
+          t0 = std::chrono::steady_clock::now();
+          token = next(token);
+          sync(device);
+          const double first_step_ms = seconds_since(t0) * 1e3;
+          for (int64_t i = 1; i < warmup; ++i) token = next(token);
           sync(device);
           t0 = std::chrono::steady_clock::now();
           for (int64_t i = 0; i < tokens; ++i) token = next(token);
@@ -222,11 +239,13 @@ int main(int argc, char** argv) {
           }
           const double floor_ms = static_cast<double>(weight_bytes + kv_read) / bandwidth * 1e3;
           json R = {{"length", len}, {"mode", sparse ? "sparse" : "dense"}, {"path", variant}, {"ms_per_token", ms},
-                    {"floor_ms", floor_ms}, {"kv_bytes_read", kv_read}, {"prefill_s", prefill_s}};
+                    {"floor_ms", floor_ms}, {"kv_bytes_read", kv_read}, {"prefill_s", prefill_s},
+                    {"first_step_ms", first_step_ms}};
+          if (graphs) R["graph_captures"] = stepper.captures();
           if (sparse) R["selected_fraction_of_retrieval_tokens"] = selectable > 0 ? selected / selectable : 0.0;
           rows.push_back(R);
-          std::printf("%8lld %7s %8s %12.3f %12.3f %9.1f%% %10.2f\n", static_cast<long long>(len), sparse ? "sparse" : "dense",
-                      variant.c_str(), ms, floor_ms, 100.0 * floor_ms / ms, prefill_s);
+          std::printf("%8lld %7s %8s %12.3f %12.3f %9.1f%% %10.2f %14.1f\n", static_cast<long long>(len),
+                      sparse ? "sparse" : "dense", variant.c_str(), ms, floor_ms, 100.0 * floor_ms / ms, prefill_s, first_step_ms);
           std::fflush(stdout);
         }
     }

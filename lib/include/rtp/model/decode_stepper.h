@@ -3,9 +3,10 @@
 // every layer issues some hundred ATen calls (norms, projections, RoPE, MLP) of a few microseconds each, so a
 // 28-layer 0.6B model spends tens of milliseconds per token launching kernels that run for one. On CUDA the stepper
 // captures the work between two attention calls (the rest of one layer and the start of the next) as one CUDA graph
-// per layer on its first step and replays them; the attention call itself (cache append, selection, the decode
-// kernel, whose shapes grow with every token) stays eager between the replays. The step's position lives in a device
-// buffer the graphs read, so the same graphs serve every position.
+// per layer on its first step and replays them. With a cache that is a StepAttention (the dense KVCache, the sparse
+// cache) the graphs also store the token in the cache; the attention call itself (selection, the decode kernel, whose
+// shapes grow with every token) stays eager between the replays. The step's position lives in a device buffer the
+// graphs read, so the same graphs serve every position; they are captured again when the cache's buffers change.
 //
 // Results are the ones forward() gives for the same token: the same ATen calls on the same inputs, in the same
 // order (tests/model/decode_stepper_test.cpp, tests/model/decode_stepper_gpu_test.cpp). The graphs hold the addresses of
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "rtp/model/qwen3.h"
+#include "rtp/model/step_attention.h"
 
 namespace rtp::model {
 
@@ -40,6 +42,8 @@ class DecodeStepper {
   // True once graphs are captured and replayed.
   bool graphed() const { return !graphs_.empty(); }
   bool uses_graphs() const { return use_graphs_; }
+  // How many times the graphs were captured (once, plus once per change of cache buffers or path).
+  int64_t captures() const { return captures_; }
 
  private:
   // Segment s: s == 0 embeds and prepares layer 0's attention; 0 < s < L finishes layer s-1 and prepares layer s;
@@ -50,6 +54,11 @@ class DecodeStepper {
 
   Qwen3Model& model_;
   bool use_graphs_;
+  // The step's StepAttention (null: the ordinary path) and what the graphs were captured for.
+  StepAttention* store_ = nullptr;
+  StepAttention* graphs_store_ = nullptr;
+  std::weak_ptr<const void> graphs_buffers_;
+  int64_t captures_ = 0;
   int64_t layers_;
   torch::Tensor inv_freq_;
   double attention_factor_ = 1.0;

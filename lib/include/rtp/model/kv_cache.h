@@ -5,13 +5,17 @@
 //
 // The tokens live in a buffer per layer that new tokens are written into in place; a step returns views of the filled
 // part. Concatenating instead copied the whole cache on every token: at 32K tokens of a 0.6B model, 0.9 GB per step.
+// As a StepAttention (step_attention.h) the decode stepper's graphs write each token into the buffers themselves.
 #include <torch/types.h>
 
+#include <memory>
 #include <vector>
+
+#include "rtp/model/step_attention.h"
 
 namespace rtp::model {
 
-class KVCache {
+class KVCache : public StepAttention {
  public:
   explicit KVCache(int64_t num_layers) : k_(num_layers), v_(num_layers), filled_(num_layers, 0) {}
   int64_t length() const { return length_; }
@@ -28,11 +32,22 @@ class KVCache {
   int64_t bytes() const;
   int64_t reserved_bytes() const;
 
+  // StepAttention: dense attention over the cache, one token at a time after a prefill (null from begin_step before
+  // any append: the buffers' shapes are not known yet).
+  std::shared_ptr<const void> begin_step(int64_t position) override;
+  void store_token(const LayerAttentionInputs& in, const torch::Tensor& position) override;
+  void attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) override;
+
  private:
+  // New buffers of at least `need` tokens for layer `layer` (keeping what it holds): the larger of need, the
+  // reservation and half again the current capacity.
+  void grow(int64_t layer, int64_t need, const torch::TensorOptions& options, int64_t B, int64_t H, int64_t D);
+
   std::vector<torch::Tensor> k_, v_;  // [B, Hkv, capacity, D]
   std::vector<int64_t> filled_;
   int64_t length_ = 0;
   int64_t reserve_ = 0;
+  std::shared_ptr<const void> buffers_;  // begin_step's token; reset whenever a buffer is reallocated
 };
 
 }  // namespace rtp::model

@@ -3,7 +3,9 @@
 // k/v plus its 16-dim index key, streaming KV heads keep a ring buffer of sink + window tokens (layout of
 // kernels/include/rtp/kernels/sparse_attention_params.h). The first forward (the prompt) runs the sparse prefill
 // and fills the caches; every later forward is one token, decoded through rtp::ops::sparse_decode (token-level
-// top-p for retrieval heads, the ring for streaming heads).
+// top-p for retrieval heads, the ring for streaming heads). As a StepAttention (rtp/model/step_attention.h) the
+// decode stepper's graphs store each decoded token (k/v, ring slot, index key, the indexer's queries) and only the
+// decode kernels run eagerly; forward() takes the same two calls, so both paths give the same result.
 //
 // Chunked prefill (begin_prompt, prefill_chunked): the prompt comes in several forwards; each chunk's queries
 // attend to the cached prompt tokens before them and to the chunk's own, with the rules of a one-shot prefill
@@ -19,17 +21,23 @@
 
 #include "rtp/kernels/sparse_attention_params.h"
 #include "rtp/model/qwen3.h"
+#include "rtp/model/step_attention.h"
 #include "rtp/sparse/sparse_attention.h"
 
 namespace rtp::sparse {
 
-class SparseCache : public model::AttentionSeam {
+class SparseCache : public model::AttentionSeam, public model::StepAttention {
  public:
   // `capacity`: the most tokens the retrieval heads will hold (prompt + generated).
   SparseCache(const model::ModelConfig& config, HeadMap heads, SparseSettings settings, const Indexer* indexer,
               int64_t capacity, torch::Device device, torch::ScalarType dtype);
 
   torch::Tensor attend(const model::LayerAttentionInputs& in) override;
+
+  // StepAttention: one decoded token after the prompt (null from begin_step while the prompt is not in).
+  std::shared_ptr<const void> begin_step(int64_t position) override;
+  void store_token(const model::LayerAttentionInputs& in, const torch::Tensor& position) override;
+  void attend_token(const model::LayerAttentionInputs& in, int64_t position, torch::Tensor& out) override;
 
   // Announces a prompt of `tokens` tokens that will come in several forwards (chunks) through options(); every
   // chunk but the last must end at a multiple of block_size (a retrieval query block is selected from all its
@@ -52,7 +60,6 @@ class SparseCache : public model::AttentionSeam {
   const std::vector<torch::Tensor>& last_selected() const { return last_selected_; }
 
  private:
-  void write_token(int64_t layer, int64_t position, const model::LayerAttentionInputs& in, int64_t row);
   // The k/v (and index keys) of positions start..start+T-1, rows 0..T-1 of `in`, into the full caches / the ring.
   void write_full(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T);
   void write_ring(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T);
@@ -71,6 +78,12 @@ class SparseCache : public model::AttentionSeam {
   // Per layer, the KV heads (rows of k/v) of each kind on the cache's device; undefined when every head of the layer
   // has that kind (no gather needed).
   std::vector<torch::Tensor> retrieval_rows_, streaming_rows_;
+  // Decode steps: the ring slot of the step's token (int64 [1], set by begin_step), the indexer's queries of each
+  // layer's token (store_token's, read by attend_token), and a token that lives as long as the buffers (which never
+  // move: they are allocated for the capacity up front).
+  torch::Tensor ring_slot_;
+  std::vector<torch::Tensor> step_index_q_;
+  std::shared_ptr<const void> buffers_ = std::make_shared<int>(0);
   int64_t length_ = 0;
   int64_t element_size_ = 4;
   int64_t prompt_length_ = 0;  // begin_prompt's; 0: the first forward is the prompt

@@ -43,8 +43,12 @@ void DecodeStepper::run_segment(int64_t s) {
   } else {
     hidden_[s] = model_.finish_layer(s - 1, hidden_[s - 1], attention_);
   }
-  if (s < layers_) inputs_[s] = model_.attention_inputs(s, hidden_[s], rope_);
-  else logits_ = model_.lm_logits(hidden_[s]);
+  if (s < layers_) {
+    inputs_[s] = model_.attention_inputs(s, hidden_[s], rope_);
+    if (store_) store_->store_token(inputs_[s], position_);
+  } else {
+    logits_ = model_.lm_logits(hidden_[s]);
+  }
 }
 
 void DecodeStepper::prepare(int64_t batch) {
@@ -110,8 +114,28 @@ torch::Tensor DecodeStepper::step(const torch::Tensor& ids, const ForwardOptions
   const int64_t position = o.cache ? o.cache->length() : o.position_offset;
   ids_.copy_(ids);
   position_.fill_(position);
+  // The split path (step_attention.h): the cache's writes run inside the segments. An observer wants the inputs with
+  // the whole cache, as forward() hands them out: that step takes the ordinary path.
+  StepAttention* split = nullptr;
+  if (!o.observer && o.cache && !o.attention) split = o.cache;
+  if (!o.observer && o.attention && !o.cache) split = dynamic_cast<StepAttention*>(o.attention);
+  const auto buffers = split ? split->begin_step(position) : nullptr;
+  if (!buffers) split = nullptr;
+  store_ = split;
+  // Graphs write to the addresses they were captured with: other buffers (a new or regrown cache) or the other path
+  // need new graphs. An expired token means the buffers it stood for are gone, whatever address a new one has.
+  if (!graphs_.empty()) {
+    const bool same = graphs_store_ == split &&
+                      (!split || (!graphs_buffers_.expired() && graphs_buffers_.lock() == buffers));
+    if (!same) graphs_.clear();
+  }
   // MoE layers beyond a few tokens group tokens by expert counts read on the host: eager for such batches.
-  if (use_graphs_ && graphs_.empty() && model_.forward_reads_no_host_values(batch)) capture();
+  if (use_graphs_ && graphs_.empty() && model_.forward_reads_no_host_values(batch)) {
+    capture();
+    ++captures_;
+    graphs_store_ = split;
+    graphs_buffers_ = buffers;
+  }
   DenseAttention dense;
   AttentionSeam* seam = o.attention ? o.attention : &dense;
   for (int64_t s = 0; s <= layers_; ++s) {
@@ -123,6 +147,10 @@ torch::Tensor DecodeStepper::step(const torch::Tensor& ids, const ForwardOptions
 #endif
     if (s == layers_) break;
     LayerAttentionInputs in = inputs_[s];
+    if (split) {
+      split->attend_token(in, position, attention_);
+      continue;
+    }
     if (o.cache) std::tie(in.k, in.v) = o.cache->append(s, in.k, in.v);
     if (o.observer) o.observer(in);
     attention_.copy_(seam->attend(in));

@@ -20,21 +20,53 @@ std::pair<torch::Tensor, torch::Tensor> KVCache::append(int64_t layer, const tor
     RTP_CHECK(kc.size(0) == k.size(0) && kc.size(1) == k.size(1) && kc.size(3) == k.size(3),
               "KV cache: layer ", layer, " holds [", kc.size(0), ", ", kc.size(1), ", *, ", kc.size(3), "], appended ",
               k.sizes());
-  if (!kc.defined() || kc.size(2) < need) {
-    const int64_t grown = kc.defined() ? kc.size(2) + kc.size(2) / 2 : 0;
-    const int64_t capacity = std::max({need, reserve_, grown});
-    auto nk = torch::empty({k.size(0), k.size(1), capacity, k.size(3)}, k.options());
-    auto nv = torch::empty({v.size(0), v.size(1), capacity, v.size(3)}, v.options());
-    if (n > 0) {
-      nk.narrow(2, 0, n).copy_(kc.narrow(2, 0, n));
-      nv.narrow(2, 0, n).copy_(vc.narrow(2, 0, n));
-    }
-    kc = nk, vc = nv;
-  }
+  if (!kc.defined() || kc.size(2) < need) grow(layer, need, k.options(), k.size(0), k.size(1), k.size(3));
   kc.narrow(2, n, T).copy_(k);
   vc.narrow(2, n, T).copy_(v);
   n = need;
   return {kc.narrow(2, 0, n), vc.narrow(2, 0, n)};
+}
+
+void KVCache::grow(int64_t layer, int64_t need, const torch::TensorOptions& options, int64_t B, int64_t H, int64_t D) {
+  auto& kc = k_[layer];
+  auto& vc = v_[layer];
+  const int64_t n = filled_[layer];
+  const int64_t grown = kc.defined() ? kc.size(2) + kc.size(2) / 2 : 0;
+  const int64_t capacity = std::max({need, reserve_, grown});
+  auto nk = torch::empty({B, H, capacity, D}, options);
+  auto nv = torch::empty({B, H, capacity, D}, options);
+  if (n > 0) {
+    nk.narrow(2, 0, n).copy_(kc.narrow(2, 0, n));
+    nv.narrow(2, 0, n).copy_(vc.narrow(2, 0, n));
+  }
+  kc = nk, vc = nv;
+  buffers_.reset();
+}
+
+std::shared_ptr<const void> KVCache::begin_step(int64_t position) {
+  RTP_CHECK(position == length_, "KV cache: a decode step at position ", position, " of a cache holding ", length_,
+            " tokens");
+  for (size_t l = 0; l < k_.size(); ++l)
+    if (!k_[l].defined() || filled_[l] != length_) return nullptr;
+  for (size_t l = 0; l < k_.size(); ++l)
+    if (k_[l].size(2) < position + 1)
+      grow(static_cast<int64_t>(l), position + 1, k_[l].options(), k_[l].size(0), k_[l].size(1), k_[l].size(3));
+  if (!buffers_) buffers_ = std::make_shared<int>(0);
+  return buffers_;
+}
+
+void KVCache::store_token(const LayerAttentionInputs& in, const torch::Tensor& position) {
+  // index_copy_ takes the slot from device memory: the same graph writes every position.
+  k_[in.layer].index_copy_(2, position, in.k);
+  v_[in.layer].index_copy_(2, position, in.v);
+}
+
+void KVCache::attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) {
+  filled_[in.layer] = position + 1;
+  LayerAttentionInputs full = in;
+  full.k = k_[in.layer].narrow(2, 0, position + 1);
+  full.v = v_[in.layer].narrow(2, 0, position + 1);
+  out.copy_(DenseAttention().attend(full));
 }
 
 int64_t KVCache::bytes() const {

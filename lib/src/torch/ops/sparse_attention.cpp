@@ -191,9 +191,22 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
                                                                                                : torch::kFloat32;
   torch::Tensor q = prep(in.q, dt), kf = prep(in.k_full, dt), vf = prep(in.v_full, dt), kr = prep(in.k_ring, dt),
                 vr = prep(in.v_ring, dt), iq = prep(in.index_q, idt), ik = prep(in.index_k, idt);
-  torch::Tensor o = torch::empty_like(q);
+  const bool out_in_place = in.out.defined() && in.out.scalar_type() == dt && in.out.device() == q.device() &&
+                            in.out.sizes() == q.sizes() && contiguous_aligned(in.out).is_same(in.out);
+  RTP_CHECK(!in.out.defined() || in.out.sizes() == q.sizes(), "sparse_decode: out must be [Hq, D] like q, found ",
+            in.out.sizes());
+  torch::Tensor o = out_in_place ? in.out : torch::empty_like(q);
   const int nret = int(std::count(kinds.begin(), kinds.end(), k::HeadKind::RETRIEVAL));
-  torch::Tensor sel = torch::zeros({std::max(nret, 1)}, torch::TensorOptions().dtype(torch::kInt32).device(q.device()));
+  torch::Tensor sel;
+  if (in.selected.defined()) {
+    RTP_CHECK(in.selected.scalar_type() == torch::kInt32 && in.selected.device() == q.device() &&
+                  in.selected.is_contiguous() && in.selected.numel() >= std::max(nret, 1),
+              "sparse_decode: selected must be int32 [>= ", std::max(nret, 1), "] on q's device, found ",
+              in.selected.scalar_type(), " ", in.selected.sizes());
+    sel = in.selected.zero_();
+  } else {
+    sel = torch::zeros({std::max(nret, 1)}, torch::TensorOptions().dtype(torch::kInt32).device(q.device()));
+  }
   k::SparseDecodeParams p;
   p.q = q.data_ptr();
   p.o = o.data_ptr();
@@ -245,6 +258,7 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
     k::sparse_decode_cpu(p);
   }
   if (selected_count) *selected_count = sel;
+  if (in.out.defined() && !out_in_place) return in.out.copy_(o);
   return o;
 }
 

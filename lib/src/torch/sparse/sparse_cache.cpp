@@ -24,7 +24,8 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
   element_size_ = static_cast<int64_t>(torch::empty({}, opt).element_size());
   kinds_.resize(L);
   full_k_.resize(L), full_v_.resize(L), index_k_.resize(L), ring_k_.resize(L), ring_v_.resize(L), last_selected_.resize(L);
-  retrieval_rows_.resize(L), streaming_rows_.resize(L);
+  retrieval_rows_.resize(L), streaming_rows_.resize(L), step_index_q_.resize(L);
+  ring_slot_ = torch::zeros({1}, torch::TensorOptions(torch::kInt64).device(device));
   for (int64_t l = 0; l < L; ++l) {
     int64_t n_ret = 0, n_str = 0;
     std::vector<int64_t> ret_rows, str_rows;
@@ -36,6 +37,8 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
     }
     const auto rows = [&](const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64).to(device); };
     if (n_ret > 0 && n_str > 0) retrieval_rows_[l] = rows(ret_rows), streaming_rows_[l] = rows(str_rows);
+    // Tokens each retrieval head attended at the last decode step (the decode op's counter: one slot even without).
+    last_selected_[l] = torch::zeros({std::max<int64_t>(n_ret, 1)}, torch::TensorOptions(torch::kInt32).device(device));
     RTP_CHECK(n_ret == 0 || indexer != nullptr, "sparse cache: layer ", l, " has retrieval heads but no indexer");
     if (n_ret > 0) {
       full_k_[l] = torch::zeros({n_ret, capacity, D}, opt);
@@ -59,21 +62,56 @@ model::ForwardOptions SparseCache::options() {
   return o;
 }
 
-void SparseCache::write_token(int64_t layer, int64_t position, const model::LayerAttentionInputs& in, int64_t row) {
-  // A few gathers per layer, not a copy per head: a decode step writes every layer, and each ATen call costs
-  // microseconds of host time against a kernel that moves a few hundred bytes.
+std::shared_ptr<const void> SparseCache::begin_step(int64_t position) {
+  RTP_CHECK(position == length_, "sparse cache: a decode step at position ", position, " of a cache holding ", length_,
+            " tokens");
+  if (length_ == 0 || length_ < prompt_length_) return nullptr;  // the prompt is not in yet
+  RTP_CHECK(position < capacity_, "sparse cache: ", position + 1, " tokens exceed the capacity ", capacity_);
+  // Only tokens still visible to a later query need a slot; later tokens overwrite earlier ones.
   const int64_t slot = position < settings_.sink ? position : settings_.sink + (position - settings_.sink) % settings_.window;
-  const auto k = in.k[0].select(1, row), v = in.v[0].select(1, row);  // [Hkv, D]
+  ring_slot_.fill_(slot);
+  return buffers_;
+}
+
+void SparseCache::store_token(const model::LayerAttentionInputs& in, const torch::Tensor& position) {
+  // A few gathers and indexed copies per layer, not a copy per head; positions come from device memory, so a CUDA
+  // graph of this serves every step.
+  const int64_t l = in.layer;
+  const auto k = in.k[0], v = in.v[0];  // [Hkv, 1, D]
   const auto pick = [](const torch::Tensor& t, const torch::Tensor& rows) { return rows.defined() ? t.index_select(0, rows) : t; };
-  if (full_k_[layer].defined()) {
-    full_k_[layer].select(1, position).copy_(pick(k, retrieval_rows_[layer]));
-    full_v_[layer].select(1, position).copy_(pick(v, retrieval_rows_[layer]));
+  if (full_k_[l].defined()) {
+    full_k_[l].index_copy_(1, position, pick(k, retrieval_rows_[l]));
+    full_v_[l].index_copy_(1, position, pick(v, retrieval_rows_[l]));
+    const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
+    const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
+    index_k_[l].index_copy_(1, position, indexer_->index_keys(l, ksrc)[0].to(index_k_[l].scalar_type()));
+    step_index_q_[l] = indexer_->index_queries(l, qsrc)[0].select(2, 0).contiguous();  // [n, G, 1, dim] -> [n, G, dim]
   }
-  if (ring_k_[layer].defined()) {
-    // Only tokens still visible to a later query need a slot; later tokens overwrite earlier ones.
-    ring_k_[layer].select(1, slot).copy_(pick(k, streaming_rows_[layer]));
-    ring_v_[layer].select(1, slot).copy_(pick(v, streaming_rows_[layer]));
+  if (ring_k_[l].defined()) {
+    ring_k_[l].index_copy_(1, ring_slot_, pick(k, streaming_rows_[l]));
+    ring_v_[l].index_copy_(1, ring_slot_, pick(v, streaming_rows_[l]));
   }
+}
+
+void SparseCache::attend_token(const model::LayerAttentionInputs& in, int64_t position, torch::Tensor& out) {
+  const int64_t l = in.layer;
+  ops::DecodeInputs d;
+  d.q = in.q[0].select(1, 0);  // [Hq, D]
+  d.kv_len = position + 1;
+  if (full_k_[l].defined()) {
+    d.k_full = full_k_[l];
+    d.v_full = full_v_[l];
+    d.index_q = step_index_q_[l];
+    d.index_k = index_k_[l];
+  }
+  if (ring_k_[l].defined()) {
+    d.k_ring = ring_k_[l];
+    d.v_ring = ring_v_[l];
+  }
+  d.out = out[0].select(1, 0);  // [Hq, D] of [1, Hq, 1, D]
+  d.selected = last_selected_[l];
+  ops::sparse_decode(d, kinds_[l], to_ops_config(settings_));
+  if (l == config_.num_hidden_layers - 1) length_ = position + 1;
 }
 
 void SparseCache::write_full(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T) {
@@ -243,7 +281,6 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
   RTP_CHECK(start + T <= capacity_, "sparse cache: ", start + T, " tokens exceed the capacity ", capacity_);
   torch::NoGradGuard no_grad;
   const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
-  const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
   const bool has_ret = full_k_[l].defined();
   const bool in_prompt = start < prompt_length_;
   torch::Tensor out;
@@ -261,24 +298,13 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
     write_ring(l, in, 0, T);
     if (has_ret) index_k_[l].narrow(1, 0, T).copy_(indexer_->index_keys(l, ksrc)[0]);
   } else {
+    // One decoded token: the calls the decode stepper makes, so that both paths agree.
     RTP_CHECK(T == 1, "sparse cache: after the prompt, tokens come one at a time (found ", T, ")");
-    write_token(l, start, in, 0);
-    ops::DecodeInputs d;
-    d.q = in.q[0].select(1, 0);  // [Hq, D]
-    d.kv_len = start + 1;
-    if (has_ret) {
-      index_k_[l].narrow(1, start, 1).copy_(indexer_->index_keys(l, ksrc)[0]);
-      d.k_full = full_k_[l];
-      d.v_full = full_v_[l];
-      d.index_q = indexer_->index_queries(l, qsrc)[0].select(2, 0);  // [n, G, T=1, dim] -> [n, G, dim]
-      d.index_k = index_k_[l];
-    }
-    if (ring_k_[l].defined()) {
-      d.k_ring = ring_k_[l];
-      d.v_ring = ring_v_[l];
-    }
-    auto o = ops::sparse_decode(d, kinds_[l], to_ops_config(settings_), &last_selected_[l]);
-    out = o.to(in.q.scalar_type()).unsqueeze(1).unsqueeze(0);  // [1, Hq, 1, D]
+    if (l == 0) RTP_CHECK(begin_step(start) != nullptr, "internal: sparse cache decode step before the prompt");
+    store_token(in, torch::full({1}, start, torch::TensorOptions(torch::kInt64).device(in.q.device())));
+    out = torch::empty({1, in.q.size(1), 1, in.q.size(3)}, in.q.options());
+    attend_token(in, start, out);
+    return out;  // attend_token advanced the length at the last layer
   }
   if (l == config_.num_hidden_layers - 1) length_ += T;
   return out;

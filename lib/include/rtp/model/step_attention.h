@@ -1,0 +1,39 @@
+#pragma once
+// Attention of a one-token decode step, split so that a CUDA graph can hold the cache writes.
+//
+// A decode step's cache work has two parts with different needs. Storing the new token (its k/v in the cache, for
+// the sparse cache also its index key, the indexer's queries, the ring slot) has fixed shapes: it can be captured
+// with the layer's projections and replayed every step, provided it reads the position from a device buffer and
+// writes to buffers that stay where they are. The attention call over the cache has shapes that grow with every
+// token and stays eager. Eagerly, the store was a few dozen ATen calls per layer on the host (index gathers, two
+// einsums, copies), which made a sparse step slower than a dense one at 4K-32K tokens although it reads less.
+#include <torch/types.h>
+
+#include <memory>
+
+#include "rtp/model/attention_seam.h"
+
+namespace rtp::model {
+
+class StepAttention {
+ public:
+  virtual ~StepAttention() = default;
+
+  // Eager, once per step before any layer: make room for the token at `position` (host value; every sequence of the
+  // batch is at the same position). Returns an object that lives exactly as long as the buffers store_token writes
+  // to: graphs captured with store_token stay valid while it does (a reallocation hands out a new one). A null result
+  // says this step cannot take the split (e.g. a dense cache that holds nothing yet): the caller decodes it through
+  // the ordinary forward path instead.
+  virtual std::shared_ptr<const void> begin_step(int64_t position) = 0;
+
+  // Captured with the layer (or run eagerly in the same place): store layer in.layer's token, read from `in` (one
+  // token: q/k/v [B, H, 1, D]), at the position held in `position` (int64 [1] on the model's device). Reads no value on
+  // the host; what it allocates must stay referenced until the next call for the layer (a graph replays into it).
+  virtual void store_token(const LayerAttentionInputs& in, const torch::Tensor& position) = 0;
+
+  // Eager, after store_token for the same layer: the token's attention over everything stored so far (position + 1
+  // tokens), written to `out` [B, Hq, 1, D] (the model's dtype, contiguous).
+  virtual void attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) = 0;
+};
+
+}  // namespace rtp::model
