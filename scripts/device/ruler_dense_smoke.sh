@@ -13,6 +13,7 @@ ninja -C build-gpu -j16 rtpurbo-eval > /tmp/build.log 2>&1 || { grep -E "error|F
 echo "built after $(( $(date +%s) - start )) s"
 python3 scripts/device/make_random_qwen3.py "$W/model"  # Qwen3-0.6B architecture, random bf16 weights
 for g in "" "--no-cuda-graphs"; do
+  echo "eval ${g:-with graphs} starts $(date +%T.%N)"
   build-gpu/bin/rtpurbo-eval --task ruler --model "$W/model" --dense --tasks ${TASKS:-ruler:niah_single_1,ruler:vt} \
     --lengths ${LENGTHS:-4096,32768} --samples ${SAMPLES:-1} --device cuda --dtype bfloat16 $g --out-dir "$W/out$g" 2>&1 | grep -vE "^ruler " | tail -6
   python3 -c "

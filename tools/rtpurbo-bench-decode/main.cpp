@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
       ("window", "sparse: streaming window", cxxopts::value<std::string>()->default_value("2048"))
       ("top-p", "sparse: top-p of the token selection", cxxopts::value<std::string>()->default_value("0.9"))
       ("prefill-chunk", "prompt tokens per prefill forward", cxxopts::value<std::string>()->default_value("4096"))
-      ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
+      ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only), greedy (graphs through "
+                "greedy_continue, stopping at the config's eos tokens)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("seed", "weights, heads, indexer and prompts", cxxopts::value<std::string>()->default_value("0"))
@@ -110,13 +111,13 @@ int main(int argc, char** argv) {
                                                    : "bench/results/decode-steps-" + card_slug + "-" + config_name + ".json";
     rtp::require_output_directory_for(out_path, "--out");
     if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
-    const std::vector<std::string> all_paths = {"grouped", "forward", "eager", "graphs"};
+    const std::vector<std::string> all_paths = {"grouped", "forward", "eager", "graphs", "greedy"};
     std::vector<std::string> paths;
     {
       std::stringstream list(args["paths"].as<std::string>());
       for (std::string p; std::getline(list, p, ',');) {
         if (std::find(all_paths.begin(), all_paths.end(), p) == all_paths.end())
-          throw rtp::tools::UsageError("--paths: unknown path '" + p + "'; valid: grouped, forward, eager, graphs");
+          throw rtp::tools::UsageError("--paths: unknown path '" + p + "'; valid: grouped, forward, eager, graphs, greedy");
         paths.push_back(p);
       }
       if (paths.empty()) throw rtp::tools::UsageError("--paths: name at least one of grouped, forward, eager, graphs");
@@ -125,6 +126,7 @@ int main(int argc, char** argv) {
     torch::NoGradGuard no_grad;
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
     auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
+    const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();
     // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
     int64_t weight_bytes = 0, parameter_count = 0;
@@ -176,7 +178,7 @@ int main(int argc, char** argv) {
       // add grouped: forward with the experts grouped by counts read on the host (before the experts-by-id kernels).
       for (const bool sparse : {false, true})
         for (const std::string& variant : paths) {
-          const bool graphs = variant == "graphs";
+          const bool graphs = variant == "graphs" || variant == "greedy";
           if (graphs && !device.is_cuda()) continue;
           if (variant == "grouped" && !c.is_moe()) continue;
           model.set_moe_experts_by_id(variant != "grouped");
@@ -211,10 +213,20 @@ int main(int argc, char** argv) {
           const double first_step_ms = seconds_since(t0) * 1e3;
           for (int64_t i = 1; i < warmup; ++i) token = next(token);
           sync(device);
-          t0 = std::chrono::steady_clock::now();
-          for (int64_t i = 0; i < tokens; ++i) token = next(token);
+          int64_t steps = tokens;
+          if (variant == "greedy") {
+            // The generation loop the eval runs: argmax, stop tokens, a stop check every few tokens.
+            auto l = stepper.step(token, options());
+            sync(device);
+            t0 = std::chrono::steady_clock::now();
+            const auto generated = rtp::model::greedy_continue(stepper, l, tokens + 1, stop_ids, options);
+            steps = std::max<int64_t>(1, generated.size(1) - 1);
+          } else {
+            t0 = std::chrono::steady_clock::now();
+            for (int64_t i = 0; i < tokens; ++i) token = next(token);
+          }
           sync(device);
-          const double ms = seconds_since(t0) * 1e3 / static_cast<double>(tokens);
+          const double ms = seconds_since(t0) * 1e3 / static_cast<double>(steps);
           // What the last step read besides the weights: the whole dense cache, or per layer the streaming rings,
           // the retrieval heads' index keys and the k/v of the tokens they selected.
           const int64_t kv_len = len + warmup + tokens;
@@ -242,6 +254,7 @@ int main(int argc, char** argv) {
                     {"floor_ms", floor_ms}, {"kv_bytes_read", kv_read}, {"prefill_s", prefill_s},
                     {"first_step_ms", first_step_ms}};
           if (graphs) R["graph_captures"] = stepper.captures();
+          if (variant == "greedy") R["timed_steps"] = steps;
           if (sparse) R["selected_fraction_of_retrieval_tokens"] = selectable > 0 ? selected / selectable : 0.0;
           rows.push_back(R);
           std::printf("%8lld %7s %8s %12.3f %12.3f %9.1f%% %10.2f %14.1f\n", static_cast<long long>(len),
