@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
       ("window", "sparse: streaming window", cxxopts::value<std::string>()->default_value("2048"))
       ("top-p", "sparse: top-p of the token selection", cxxopts::value<std::string>()->default_value("0.9"))
       ("prefill-chunk", "prompt tokens per prefill forward", cxxopts::value<std::string>()->default_value("4096"))
-      ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only), greedy (graphs through "
+      ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only), greedy (graphs where there are any, through "
                 "greedy_continue, stopping at the config's eos tokens)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
@@ -178,8 +178,9 @@ int main(int argc, char** argv) {
       // add grouped: forward with the experts grouped by counts read on the host (before the experts-by-id kernels).
       for (const bool sparse : {false, true})
         for (const std::string& variant : paths) {
-          const bool graphs = variant == "graphs" || variant == "greedy";
-          if (graphs && !device.is_cuda()) continue;
+          // greedy replays graphs where there are any (eager on a CPU).
+          const bool graphs = variant == "graphs" || (variant == "greedy" && device.is_cuda());
+          if (variant == "graphs" && !device.is_cuda()) continue;
           if (variant == "grouped" && !c.is_moe()) continue;
           model.set_moe_experts_by_id(variant != "grouped");
           std::cerr << "length " << len << ", " << (sparse ? "sparse" : "dense") << ", " << variant << "\n";
@@ -211,12 +212,13 @@ int main(int argc, char** argv) {
           token = next(token);
           sync(device);
           const double first_step_ms = seconds_since(t0) * 1e3;
-          for (int64_t i = 1; i < warmup; ++i) token = next(token);
+          // greedy: the last untimed step's logits start greedy_continue (the caches hold warmup + tokens steps).
+          for (int64_t i = 1; i < (variant == "greedy" ? warmup - 1 : warmup); ++i) token = next(token);
           sync(device);
           int64_t steps = tokens;
           if (variant == "greedy") {
             // The generation loop the eval runs: argmax, stop tokens, a stop check every few tokens.
-            auto l = stepper.step(token, options());
+            const auto l = stepper.step(token, options());
             sync(device);
             t0 = std::chrono::steady_clock::now();
             const auto generated = rtp::model::greedy_continue(stepper, l, tokens + 1, stop_ids, options);
