@@ -42,7 +42,8 @@ template <typename T, bool kRope>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
   using N = Num<T>;
   const int64_t row = blockIdx.x, D = p.dim;
-  const T* x = static_cast<const T*>(p.x) + row * D;
+  const int64_t stride = p.x_token_stride ? p.x_token_stride : p.heads * D;
+  const T* x = static_cast<const T*>(p.x) + (row / p.heads) * stride + (row % p.heads) * D;
   const T* w = static_cast<const T*>(p.weight);
   T* out = static_cast<T*>(p.out) + row * D;
   float ss = 0.f;

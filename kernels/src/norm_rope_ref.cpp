@@ -17,6 +17,9 @@ const char* check_rms_norm_params(const RmsNormParams& p, bool cuda) {
     if (p.heads <= 0 || p.seq_len <= 0 || p.rows % (p.heads * p.seq_len) != 0)
       return "rms norm: with RoPE, rows must be batch x seq_len x heads";
   }
+  if (p.heads <= 0 || p.rows % p.heads != 0) return "rms norm: rows must be a multiple of heads";
+  if (p.x_token_stride != 0 && p.x_token_stride < p.heads * p.dim)
+    return "rms norm: x_token_stride must be 0 or at least heads x dim";
   return "";
 }
 
@@ -29,7 +32,8 @@ void rms_norm_cpu(const RmsNormParams& p) {
   const int64_t D = p.dim, half = D / 2;
   std::vector<double> n(static_cast<size_t>(D));
   for (int64_t row = 0; row < p.rows; ++row) {
-    const float* xr = x + row * D;
+    const int64_t stride = p.x_token_stride ? p.x_token_stride : p.heads * D;
+    const float* xr = x + (row / p.heads) * stride + (row % p.heads) * D;
     double ss = 0;
     for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(xr[i]) * xr[i];
     const double r = 1.0 / std::sqrt(ss / static_cast<double>(D) + p.eps);

@@ -75,6 +75,13 @@ TEST(NormRopeCuda, NormAndRopeWithinTwiceEagerBf16) {
     EXPECT_GE(same, 0.99);
     auto [n32, r32] = rtp::ops::rms_norm_rope(x.to(torch::kFloat32), w.to(torch::kFloat32), tables.cos, tables.sin, 1e-6);
     EXPECT_LE(err(r32, ref), 1e-4);
+    // The same heads read in place from a fused q/k/v projection's output: bit-identical to the contiguous input.
+    auto wide = torch::randn({B, T, (H + 2) * 128 + 8}, torch::TensorOptions(torch::kBFloat16).device(dev));
+    wide.narrow(-1, 128, H * 128).copy_(x.view({B, T, H * 128}));
+    auto xs = wide.narrow(-1, 128, H * 128).view({B, T, H, 128});
+    ASSERT_TRUE(rtp::ops::fused_rms_norm_rope_supported(xs, w));
+    auto [ns, rs] = rtp::ops::rms_norm_rope(xs, w, tables.cos, tables.sin, 1e-6);
+    EXPECT_TRUE(torch::equal(ns, normed) && torch::equal(rs, rotated)) << B << " x " << T << " x " << H << " strided";
   }
 }
 

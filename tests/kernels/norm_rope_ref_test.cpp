@@ -40,6 +40,23 @@ TEST(NormRopeRef, RopeRotatesTheNormedHalves) {
   EXPECT_LE((rotated.to(torch::kFloat64) - (n * c + rot * s)).abs().max().item<double>(), 1e-5);
 }
 
+// q or k narrowed out of a fused projection [B, T, (Hq + 2 Hkv) D]: read in place, the same results as a copy.
+TEST(NormRopeRef, ReadsTokenStridedInputLikeAContiguousCopy) {
+  torch::manual_seed(6);
+  const int64_t B = 2, T = 3, H = 2, D = 8, N = 5 * D + 3;  // 3 elements of padding: an odd token stride
+  auto wide = torch::randn({B, T, N});
+  auto x = wide.narrow(-1, D, H * D).view({B, T, H, D});  // starts one head in, as k does
+  ASSERT_FALSE(x.is_contiguous());
+  auto w = torch::rand({D}) + 0.5;
+  auto angles = torch::rand({T, D / 2}) * 6;
+  auto emb = torch::cat({angles, angles}, -1);
+  auto [n1, r1] = rtp::ops::rms_norm_rope(x, w, emb.cos(), emb.sin(), 1e-6);
+  auto [n2, r2] = rtp::ops::rms_norm_rope(x.contiguous(), w, emb.cos(), emb.sin(), 1e-6);
+  EXPECT_TRUE(torch::equal(n1, n2));
+  EXPECT_TRUE(torch::equal(r1, r2));
+  EXPECT_LE((n1.to(torch::kFloat64) - hf_norm(x, w, 1e-6)).abs().max().item<double>(), 1e-5);
+}
+
 TEST(NormRopeRef, RejectsBadParameters) {
   rtp::kernels::RmsNormParams p;
   EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("null"), std::string::npos);
@@ -51,6 +68,8 @@ TEST(NormRopeRef, RejectsBadParameters) {
   EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("even dim"), std::string::npos);
   p.dim = 4, p.heads = 4, p.seq_len = 1;
   EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("batch x seq_len x heads"), std::string::npos);
+  p.heads = 2, p.seq_len = 3, p.x_token_stride = 7;  // less than heads x dim: rows would overlap
+  EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("x_token_stride"), std::string::npos);
   const auto err = rtp::testing::error_of([] { rtp::ops::rms_norm(torch::randn({2, 8}), torch::ones({7}), 1e-6); });
   EXPECT_NE(err.find("weight must be [8]"), std::string::npos) << err;
 }

@@ -33,6 +33,20 @@ TEST_P(Qwen3ParityCuda, Bf16WithinTwiceHfBf16Error) {
   const double err32 = (model32.forward(ids).cpu() - ref32).abs().max().item<double>();
   std::cout << GetParam() << ": fp32 CUDA max|err| = " << err32 << "\n";
   EXPECT_LE(err32, 1e-3);
+  // Inference runs q/k/v and gate/up as fused GEMMs over shared storage; with gradients wanted, the separate
+  // parameters. Both must give the same logits up to the GEMMs' summation order (float32: no rounding of the
+  // intermediate activations), also after to(), which rebuilds the shared storage.
+  model32.to(torch::Device(torch::kCUDA, 0), torch::kFloat32);
+  const auto fused = model32.forward(ids).cpu();
+  torch::Tensor separate;
+  {
+    torch::AutoGradMode grad(true);
+    separate = model32.forward(ids).detach().cpu();
+  }
+  const double fused_diff = (fused - separate).abs().max().item<double>();
+  std::cout << GetParam() << ": fp32 CUDA fused vs separate projections max|diff| = " << fused_diff << "\n";
+  EXPECT_LE(fused_diff, 1e-4);
+  EXPECT_LE((fused - ref32).abs().max().item<double>(), 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Qwen3ParityCuda, ::testing::ValuesIn(rtp::testing::model_fixture_names()),

@@ -22,7 +22,7 @@
 namespace rtp::kernels {
 
 struct RmsNormParams {
-  const void* x = nullptr;       // [rows, dim], contiguous
+  const void* x = nullptr;       // [rows, dim]: rows of a token contiguous, tokens x_token_stride apart
   const void* weight = nullptr;  // [dim]
   void* out = nullptr;           // [rows, dim]
   int64_t rows = 0, dim = 0;
@@ -33,6 +33,9 @@ struct RmsNormParams {
   const float* sin = nullptr;
   void* rope_out = nullptr;  // [rows, dim]
   int64_t heads = 1, seq_len = 1;
+  // Elements from one token's first row of x to the next token's, rows grouped per token as [heads, dim]; 0: heads x
+  // dim (x contiguous). Lets q and k be read in place from a fused q/k/v projection. Outputs are contiguous.
+  int64_t x_token_stride = 0;
 };
 
 const char* check_rms_norm_params(const RmsNormParams& p, bool cuda);

@@ -15,7 +15,11 @@ bool fused_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weigh
 // x [..., dim] -> weight * round(x * rsqrt(mean(x^2) + eps)), x's dtype.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
-// x [B, T, H, dim] -> (normed, normed with RoPE), both [B, T, H, dim]; cos/sin float32 [T, dim].
+// Whether rms_norm_rope takes x with this weight: as above, but x may also be a [B, T, H, dim] view whose tokens are
+// evenly spaced rows of H x dim contiguous elements (q or k narrowed out of a fused projection), read in place.
+bool fused_rms_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight);
+
+// x [B, T, H, dim] -> (normed, normed with RoPE), both [B, T, H, dim] contiguous; cos/sin float32 [T, dim].
 std::pair<torch::Tensor, torch::Tensor> rms_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
                                                       const torch::Tensor& cos, const torch::Tensor& sin, double eps);
 

@@ -31,6 +31,60 @@ class Qwen3ModelImpl {
       order.push_back(spec.name);
       by_name.emplace(spec.name, t);
     }
+    fuse_projections();
+  }
+
+  // Each layer's q/k/v projections (and biases) are rows of one tensor, and a dense MLP's gate and up projections
+  // too: the parameters stay separate tensors under their Hugging Face names (loading, saving, training see no
+  // difference) but share storage, so that inference on a GPU runs one GEMM where it ran three, and one where it
+  // ran two (in a decode step each GEMM is a kernel launch of a few microseconds over a few megabytes). Called
+  // again after to(), which gives every parameter storage of its own.
+  void fuse_projections() {
+    torch::NoGradGuard no_grad;
+    const int64_t L = cfg.num_hidden_layers;
+    qkv_weight.assign(L, torch::Tensor());
+    qkv_bias.assign(L, torch::Tensor());
+    gate_up_weight.assign(L, torch::Tensor());
+    for (int64_t i = 0; i < L; ++i) {
+      const std::string pre = "model.layers." + std::to_string(i) + ".";
+      qkv_weight[i] = share_rows({pre + "self_attn.q_proj.weight", pre + "self_attn.k_proj.weight", pre + "self_attn.v_proj.weight"});
+      if (cfg.attention_bias)
+        qkv_bias[i] = share_rows({pre + "self_attn.q_proj.bias", pre + "self_attn.k_proj.bias", pre + "self_attn.v_proj.bias"});
+      if (!cfg.layer_is_moe(i)) gate_up_weight[i] = share_rows({pre + "mlp.gate_proj.weight", pre + "mlp.up_proj.weight"});
+    }
+  }
+
+  // One tensor holding the parameters `names` one after the other along dim 0, each parameter then a view of it
+  // (set_data keeps the parameter's identity: the module, the name map and an optimizer still hold the same tensor).
+  torch::Tensor share_rows(const std::vector<std::string>& names) {
+    std::vector<torch::Tensor> parts;
+    for (const auto& n : names) parts.push_back(p(n));
+    auto joined = torch::cat(parts, 0);
+    int64_t row = 0;
+    for (auto& t : parts) {
+      auto view = joined.narrow(0, row, t.size(0));
+      row += t.size(0);
+      t.set_data(view);
+    }
+    return joined;
+  }
+
+  // Whether the parameters still live in `joined` (to() or a caller's set_data may have moved them) and inference
+  // may use it: with gradients wanted the separate parameters must be used, so that each receives its own.
+  bool shares_rows(const torch::Tensor& joined, const std::vector<std::string>& names) const {
+    if (!joined.defined() || !joined.is_cuda()) return false;  // the CPU keeps Hugging Face's exact op sequence
+    const bool grad = torch::GradMode::is_enabled();
+    const auto* base = static_cast<const char*>(joined.data_ptr());
+    int64_t offset = 0;
+    for (const auto& n : names) {
+      const auto& t = p(n);
+      if (grad && t.requires_grad()) return false;
+      if (t.data_ptr() != base + offset * static_cast<int64_t>(joined.element_size()) || t.dtype() != joined.dtype() ||
+          !t.is_contiguous())
+        return false;
+      offset += t.numel();
+    }
+    return offset == joined.numel();
   }
 
   const torch::Tensor& p(const std::string& name) const {
@@ -52,9 +106,16 @@ class Qwen3ModelImpl {
     return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias")) : at::linear(x, p(base + ".weight"));
   }
 
-  torch::Tensor dense_mlp(const torch::Tensor& x, const std::string& pre) const {
-    auto gate = at::linear(x, p(pre + "gate_proj.weight"));
-    auto up = at::linear(x, p(pre + "up_proj.weight"));
+  torch::Tensor dense_mlp(int64_t i, const torch::Tensor& x, const std::string& pre) const {
+    torch::Tensor gate, up;
+    if (shares_rows(gate_up_weight[i], {pre + "gate_proj.weight", pre + "up_proj.weight"})) {
+      auto gu = at::linear(x, gate_up_weight[i]);
+      const int64_t I = cfg.intermediate_size;
+      gate = gu.narrow(-1, 0, I), up = gu.narrow(-1, I, I);
+    } else {
+      gate = at::linear(x, p(pre + "gate_proj.weight"));
+      up = at::linear(x, p(pre + "up_proj.weight"));
+    }
     return at::linear(torch::silu(gate) * up, p(pre + "down_proj.weight"));
   }
 
@@ -137,14 +198,25 @@ class Qwen3ModelImpl {
     const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, D = cfg.head_dim;
     const std::string pre = "model.layers." + std::to_string(i) + ".";
     auto h = rms_norm(x, p(pre + "input_layernorm.weight"));
-    auto q = linear(h, pre + "self_attn.q_proj", cfg.attention_bias).view({B, T, Hq, D});
-    auto k = linear(h, pre + "self_attn.k_proj", cfg.attention_bias).view({B, T, Hkv, D});
-    auto v = linear(h, pre + "self_attn.v_proj", cfg.attention_bias).view({B, T, Hkv, D}).transpose(1, 2);
+    torch::Tensor q, k, v;
+    const std::string a = pre + "self_attn.";
+    if (shares_rows(qkv_weight[i], {a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"}) &&
+        (!cfg.attention_bias || shares_rows(qkv_bias[i], {a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"}))) {
+      // One GEMM; q, k and v are views of its output (the fused norm kernels read q and k in place).
+      auto qkv = cfg.attention_bias ? at::linear(h, qkv_weight[i], qkv_bias[i]) : at::linear(h, qkv_weight[i]);
+      q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D});
+      k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D});
+      v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
+    } else {
+      q = linear(h, a + "q_proj", cfg.attention_bias).view({B, T, Hq, D});
+      k = linear(h, a + "k_proj", cfg.attention_bias).view({B, T, Hkv, D});
+      v = linear(h, a + "v_proj", cfg.attention_bias).view({B, T, Hkv, D}).transpose(1, 2);
+    }
     LayerAttentionInputs in;
     in.layer = i;
     const auto& qw = p(pre + "self_attn.q_norm.weight");
     const auto& kw = p(pre + "self_attn.k_norm.weight");
-    if (ops::fused_rms_norm_supported(q, qw) && ops::fused_rms_norm_supported(k, kw)) {
+    if (ops::fused_rms_norm_rope_supported(q, qw) && ops::fused_rms_norm_rope_supported(k, kw)) {
       // On a GPU the norm and RoPE of q and of k in one kernel each (fourteen launches each eagerly).
       auto [qn, qr] = ops::rms_norm_rope(q, qw, rope.cos, rope.sin, cfg.rms_norm_eps);
       auto [kn, kr] = ops::rms_norm_rope(k, kw, rope.cos, rope.sin, cfg.rms_norm_eps);
@@ -169,7 +241,7 @@ class Qwen3ModelImpl {
     auto a = attention.transpose(1, 2).reshape({B, T, cfg.num_attention_heads * cfg.head_dim});
     auto y = x + linear(a, pre + "self_attn.o_proj", cfg.attention_bias);
     auto h = rms_norm(y, p(pre + "post_attention_layernorm.weight"));
-    return y + (cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(h, pre + "mlp."));
+    return y + (cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(i, h, pre + "mlp."));
   }
 
   torch::Tensor lm_logits(const torch::Tensor& x) const {
@@ -184,6 +256,8 @@ class Qwen3ModelImpl {
   std::shared_ptr<torch::nn::Module> root;
   std::vector<std::string> order;
   std::unordered_map<std::string, torch::Tensor> by_name;
+  // Per layer (fuse_projections): q/k/v weights and biases, a dense MLP's gate and up weights, as one tensor each.
+  std::vector<torch::Tensor> qkv_weight, qkv_bias, gate_up_weight;
 };
 
 Qwen3Model::Qwen3Model(const ModelConfig& config, torch::Device device, torch::ScalarType dtype)
@@ -203,8 +277,10 @@ std::vector<std::pair<std::string, torch::Tensor>> Qwen3Model::named_parameters(
 }
 
 void Qwen3Model::to(torch::Device device, torch::ScalarType dtype) {
-  // Module::to swaps each parameter's data in place (set_data), so the name map keeps pointing at them.
+  // Module::to swaps each parameter's data in place (set_data), so the name map keeps pointing at them; it gives each
+  // its own storage, so the fused projections are built again.
   impl_->root->to(device, dtype);
+  impl_->fuse_projections();
 }
 
 torch::Device Qwen3Model::device() const { return impl_->device(); }

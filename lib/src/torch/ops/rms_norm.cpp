@@ -21,6 +21,23 @@ bool fused_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weigh
 
 namespace {
 
+// [B, T, H, dim] whose rows of a token are contiguous and whose tokens are evenly spaced (a narrow of a fused q/k/v
+// projection's last dimension): the kernel reads it in place.
+bool token_strided(const torch::Tensor& x) {
+  return x.dim() == 4 && x.stride(3) == 1 && x.stride(2) == x.size(3) && x.stride(1) >= x.size(2) * x.size(3) &&
+         (x.size(0) == 1 || x.stride(0) == x.size(1) * x.stride(1));
+}
+
+}  // namespace
+
+bool fused_rms_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight) {
+  const auto dt = x.scalar_type();
+  return x.is_cuda() && k::built_with_cuda() && (x.is_contiguous() || token_strided(x)) &&
+         weight.device() == x.device() && weight.scalar_type() == dt && (dt == torch::kBFloat16 || dt == torch::kFloat32);
+}
+
+namespace {
+
 void run(k::RmsNormParams& p, const torch::Tensor& x) {
   const char* err = k::check_rms_norm_params(p, x.is_cuda());
   RTP_CHECK(!*err, err);
@@ -78,10 +95,12 @@ std::pair<torch::Tensor, torch::Tensor> rms_norm_rope(const torch::Tensor& x_in,
   RTP_CHECK(cos_in.scalar_type() == torch::kFloat32 && sin_in.scalar_type() == torch::kFloat32 &&
                 cos_in.device() == x_in.device() && sin_in.device() == x_in.device(),
             "rms_norm_rope: cos and sin must be float32 on ", x_in.device());
-  const auto x = x_in.contiguous(), weight = weight_in.contiguous(), cos = cos_in.contiguous(), sin = sin_in.contiguous();
-  auto out = torch::empty_like(x), rope = torch::empty_like(x);
+  const auto x = token_strided(x_in) ? x_in : x_in.contiguous();
+  const auto weight = weight_in.contiguous(), cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  auto out = torch::empty(x.sizes(), x.options()), rope = torch::empty(x.sizes(), x.options());
   if (x.numel() == 0) return {out, rope};
   auto p = params(x, weight, out, eps);
+  p.x_token_stride = x.stride(1);
   p.cos = cos.data_ptr<float>();
   p.sin = sin.data_ptr<float>();
   p.rope_out = rope.data_ptr();
