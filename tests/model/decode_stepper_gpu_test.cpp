@@ -120,6 +120,18 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
       EXPECT_TRUE(torch::equal(got, ref)) << "second cache, position " << t << ": max |diff| " << max_diff(got, ref);
     }
     EXPECT_EQ(stepper.captures(), 2);
+    // Cleared and refilled with a shorter prompt (as the eval reuses its cache): the same graphs, forward's logits.
+    cache2.clear();
+    const int64_t P3 = 150;
+    rtp::sparse::SparseCache ref3(c, heads, st, &indexer, P3 + 8, kCuda, torch::kBFloat16);
+    model.forward(ids.narrow(1, 7, P3), ref3.options());
+    model.forward(ids.narrow(1, 7, P3), cache2.options());
+    for (int64_t t = 7 + P3; t < 7 + P3 + 8; ++t) {
+      auto ref = model.forward(ids.narrow(1, t, 1), ref3.options());
+      auto got = stepper.step(ids.narrow(1, t, 1), cache2.options()).clone();
+      EXPECT_TRUE(torch::equal(got, ref)) << "cleared cache, position " << t << ": max |diff| " << max_diff(got, ref);
+    }
+    EXPECT_EQ(stepper.captures(), 2);
   }
   std::cout << "sparse cache through graphs: max |logit diff| against forward " << worst << ", tokens selected per "
             << "retrieval head and step " << static_cast<double>(selected) / (3.0 * steps) << " of " << P + steps / 2 << "\n";

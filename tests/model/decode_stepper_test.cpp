@@ -88,6 +88,63 @@ TEST(DecodeStepper, StepEqualsForwardThroughTheSparseCache) {
   EXPECT_EQ(cache.length(), P + steps);
 }
 
+// An eval reuses one cache and one stepper for its samples: a cleared cache (a shorter prompt this time) must decode
+// as a new one does, dense and sparse.
+TEST(DecodeStepper, AClearedCacheDecodesLikeANewOne) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  const auto& c = model.config();
+  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  heads.retrieval[1][0] = 1;
+  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+  torch::manual_seed(13);
+  indexer.q_proj(1).normal_(0, 0.3);
+  indexer.k_proj(1).normal_(0, 0.3);
+  rtp::sparse::SparseSettings st;
+  st.sink = 2;
+  st.window = 8;
+  const int64_t steps = 12;
+  auto first = torch::randint(0, c.vocab_size, {1, 90 + steps}, torch::kInt64);
+  auto second = torch::randint(0, c.vocab_size, {1, 61 + steps}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  rtp::model::KVCache dense(c.num_hidden_layers);
+  dense.reserve(90 + steps);
+  rtp::sparse::SparseCache sparse(c, heads, st, &indexer, 90 + steps, torch::kCPU, torch::kFloat32);
+  rtp::model::DecodeStepper dense_stepper(model), sparse_stepper(model);
+  auto run = [&](const torch::Tensor& ids, int64_t P) {
+    rtp::model::ForwardOptions o;
+    o.cache = &dense;
+    model.forward(ids.narrow(1, 0, P), o);
+    model.forward(ids.narrow(1, 0, P), sparse.options());
+    std::vector<torch::Tensor> out;
+    for (int64_t t = P; t < P + steps; ++t) {
+      out.push_back(dense_stepper.step(ids.narrow(1, t, 1), o).clone());
+      out.push_back(sparse_stepper.step(ids.narrow(1, t, 1), sparse.options()).clone());
+    }
+    return out;
+  };
+  run(first, 90);
+  dense.clear();
+  sparse.clear();
+  EXPECT_EQ(dense.length(), 0);
+  EXPECT_EQ(sparse.length(), 0);
+  EXPECT_EQ(dense.bytes(), 0);
+  const auto reused = run(second, 61);
+  // The reference: new caches and steppers for the second prompt.
+  rtp::model::KVCache fresh_dense(c.num_hidden_layers);
+  rtp::sparse::SparseCache fresh_sparse(c, heads, st, &indexer, 61 + steps, torch::kCPU, torch::kFloat32);
+  rtp::model::ForwardOptions fo;
+  fo.cache = &fresh_dense;
+  model.forward(second.narrow(1, 0, 61), fo);
+  model.forward(second.narrow(1, 0, 61), fresh_sparse.options());
+  for (int64_t i = 0; i < steps; ++i) {
+    const auto token = second.narrow(1, 61 + i, 1);
+    EXPECT_TRUE(torch::equal(reused[2 * i], model.forward(token, fo))) << "dense step " << i;
+    EXPECT_TRUE(torch::equal(reused[2 * i + 1], model.forward(token, fresh_sparse.options()))) << "sparse step " << i;
+  }
+  EXPECT_EQ(sparse.bytes(), fresh_sparse.bytes());
+  EXPECT_EQ(sparse.prefill_stats().attended_pairs, fresh_sparse.prefill_stats().attended_pairs);
+}
+
 TEST(DecodeStepper, HostIdsAreRangeChecked) {
   auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
   rtp::model::KVCache cache(model.config().num_hidden_layers);

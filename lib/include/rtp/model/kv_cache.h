@@ -28,6 +28,9 @@ class KVCache : public StepAttention {
   std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& k, const torch::Tensor& v);
   // Called by the model once every layer has appended a chunk of `tokens`.
   void advance(int64_t tokens) { length_ += tokens; }
+  // Forgets every token but keeps the buffers, so that a decode stepper's graphs for them stay valid (an eval reuses
+  // one cache for its samples instead of capturing per sample).
+  void clear();
   // Bytes of the tokens held (k and v of every layer); reserved_bytes(): of the buffers allocated.
   int64_t bytes() const;
   int64_t reserved_bytes() const;

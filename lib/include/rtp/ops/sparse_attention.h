@@ -51,8 +51,9 @@ struct DecodeInputs {
   torch::Tensor index_q, index_k;  // [Hkv_ret, G, 16], [Hkv_ret, cap, 16]
   int64_t kv_len = 0;
   // Optional: where o goes ([Hq, D] of q's dtype; written in place when contiguous and of the kernel's dtype, else
-  // copied), and an int32 [max(1, Hkv_ret)] buffer for the selected counts (zeroed here). Callers that decode every
-  // token keep both, instead of two allocations per layer and step.
+  // copied), and an int32 [max(1, Hkv_ret)] buffer for the selected counts (each retrieval head's entry is set; the
+  // others are left as they are). Callers that decode every token keep both, instead of two allocations per layer and
+  // step.
   torch::Tensor out, selected;
 };
 // Returns o [Hq, D] (`out` when given). selected_count: the tokens each retrieval head attended.

@@ -44,9 +44,14 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   // queries at once). Call it on an empty cache. Without it the first forward is the whole prompt.
   void begin_prompt(int64_t tokens);
 
+  // Forgets every token (and the prompt's statistics) but keeps the buffers, so that a decode stepper's graphs for
+  // them stay valid: an eval reuses one cache for its samples.
+  void clear();
+
   // Forward options that continue the cached sequence through this cache.
   model::ForwardOptions options();
   int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
   const SparseSettings& settings() const { return settings_; }
   // Bytes the caches hold for length() tokens: retrieval heads length x (2 D x the element size + index_dim x the
   // index keys' element size: bf16 on a GPU, float32 on the CPU), streaming heads min(length, sink + window) x 2 D x

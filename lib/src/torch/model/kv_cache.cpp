@@ -69,6 +69,11 @@ void KVCache::attend_token(const LayerAttentionInputs& in, int64_t position, tor
   out.copy_(DenseAttention().attend(full));
 }
 
+void KVCache::clear() {
+  std::fill(filled_.begin(), filled_.end(), 0);
+  length_ = 0;
+}
+
 int64_t KVCache::bytes() const {
   int64_t total = 0;
   for (size_t i = 0; i < k_.size(); ++i)

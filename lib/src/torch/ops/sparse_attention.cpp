@@ -203,9 +203,12 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
                   in.selected.is_contiguous() && in.selected.numel() >= std::max(nret, 1),
               "sparse_decode: selected must be int32 [>= ", std::max(nret, 1), "] on q's device, found ",
               in.selected.scalar_type(), " ", in.selected.sizes());
-    sel = in.selected.zero_();
+    sel = in.selected;
   } else {
-    sel = torch::zeros({std::max(nret, 1)}, torch::TensorOptions().dtype(torch::kInt32).device(q.device()));
+    // The kernels set each retrieval head's count (CUDA: the first index pass resets it); without retrieval heads
+    // nothing writes it.
+    const auto opt = torch::TensorOptions().dtype(torch::kInt32).device(q.device());
+    sel = nret > 0 ? torch::empty({nret}, opt) : torch::zeros({1}, opt);
   }
   k::SparseDecodeParams p;
   p.q = q.data_ptr();

@@ -55,6 +55,14 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
   }
 }
 
+void SparseCache::clear() {
+  length_ = 0;
+  prompt_length_ = 0;
+  chunked_ = false;
+  chunk_stats_ = {};
+  prefill_.reset_stats();
+}
+
 model::ForwardOptions SparseCache::options() {
   model::ForwardOptions o;
   o.attention = this;
