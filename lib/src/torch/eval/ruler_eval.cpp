@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -184,16 +185,25 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
       double dense_sum = 0, sparse_sum = 0;
       for (int64_t i = 0; i < o.samples; ++i) {
         auto s = text::ruler::generate_sample(task, tok, ro, i);
-        std::cerr << "ruler " << task << " @" << len << ": sample " << i + 1 << "/" << o.samples << "\n";
+        std::cerr << "ruler " << task << " @" << len << ": sample " << i + 1 << "/" << o.samples
+                  << (cm ? "" : "\n");
         if (!o.dump_prompts.empty())
           dump += json({{"task", task}, {"length", len}, {"index", i}, {"input", s.prompt}, {"outputs", s.answers},
                         {"tokens_to_generate", s.tokens_to_generate}}).dump() + "\n";
         if (!cm) continue;
         auto ids = torch::tensor(std::vector<int64_t>(s.prompt_ids.begin(), s.prompt_ids.end())).view({1, -1});
+        // One progress line per sample: score, tokens, prefill time and decode time per token of each model.
+        auto log_sample = [](const char* mode, const Generated& g, double score) {
+          const auto n = static_cast<int64_t>(g.tokens.size());
+          std::fprintf(stderr, "; %s %.2f, %lld tokens, prefill %.2f s, decode %.1f ms/token", mode, score,
+                       static_cast<long long>(n), g.prefill_s, n > 1 ? 1e3 * g.decode_s / static_cast<double>(n - 1) : 0.0);
+        };
         if (o.dense) {
           auto g = generate_dense(cm->model, dense_decoder, ids, s.tokens_to_generate,
                                   o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
-          dense_sum += text::ruler::score(s, tok.decode(g.tokens, true));
+          const double score = text::ruler::score(s, tok.decode(g.tokens, true));
+          dense_sum += score;
+          log_sample("dense", g, score);
           row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.prefill_s + g.decode_s;
           row["dense_prefill_s"] = row.value("dense_prefill_s", 0.0) + g.prefill_s;
           row["dense_decode_s"] = row.value("dense_decode_s", 0.0) + g.decode_s;
@@ -202,7 +212,9 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
         }
         if (o.sparse) {
           auto g = generate_sparse(*cm, sparse_decoder, ids, s.tokens_to_generate, o.prefill_chunk, stop_ids, o.cuda_graphs);
-          sparse_sum += text::ruler::score(s, tok.decode(g.tokens, true));
+          const double score = text::ruler::score(s, tok.decode(g.tokens, true));
+          sparse_sum += score;
+          log_sample("sparse", g, score);
           row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
           row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
           row["sparse_generated_tokens"] = row.value("sparse_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
@@ -210,6 +222,7 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           row["sparse_kv_bytes_per_layer"] = g.layer_kv_bytes;
           row["sparse_attended_fraction_per_layer"] = g.layer_fraction;
         }
+        std::cerr << std::endl;
       }
       // Decode time per generated token (the first token comes from the prefill's logits; every other is one step).
       for (const char* mode : {"dense", "sparse"}) {
