@@ -34,6 +34,13 @@ class Qwen3ModelImpl {
     fuse_projections();
   }
 
+  // Parameters held one after the other along dim 0 of `joined`. `parts` are the parameters themselves (the handles
+  // the module and the name map hold), so a later set_data on any of them shows in shares_rows.
+  struct SharedRows {
+    torch::Tensor joined;
+    std::vector<torch::Tensor> parts;
+  };
+
   // Each layer's q/k/v projections (and biases) are rows of one tensor, and a dense MLP's gate and up projections
   // too: the parameters stay separate tensors under their Hugging Face names (loading, saving, training see no
   // difference) but share storage, so that inference on a GPU runs one GEMM where it ran three, and one where it
@@ -42,49 +49,47 @@ class Qwen3ModelImpl {
   void fuse_projections() {
     torch::NoGradGuard no_grad;
     const int64_t L = cfg.num_hidden_layers;
-    qkv_weight.assign(L, torch::Tensor());
-    qkv_bias.assign(L, torch::Tensor());
-    gate_up_weight.assign(L, torch::Tensor());
+    qkv_weight.assign(L, SharedRows());
+    qkv_bias.assign(L, SharedRows());
+    gate_up_weight.assign(L, SharedRows());
     for (int64_t i = 0; i < L; ++i) {
-      const std::string pre = "model.layers." + std::to_string(i) + ".";
-      qkv_weight[i] = share_rows({pre + "self_attn.q_proj.weight", pre + "self_attn.k_proj.weight", pre + "self_attn.v_proj.weight"});
-      if (cfg.attention_bias)
-        qkv_bias[i] = share_rows({pre + "self_attn.q_proj.bias", pre + "self_attn.k_proj.bias", pre + "self_attn.v_proj.bias"});
-      if (!cfg.layer_is_moe(i)) gate_up_weight[i] = share_rows({pre + "mlp.gate_proj.weight", pre + "mlp.up_proj.weight"});
+      const std::string a = "model.layers." + std::to_string(i) + ".self_attn.", m = "model.layers." + std::to_string(i) + ".mlp.";
+      qkv_weight[i] = share_rows({a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"});
+      if (cfg.attention_bias) qkv_bias[i] = share_rows({a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"});
+      if (!cfg.layer_is_moe(i)) gate_up_weight[i] = share_rows({m + "gate_proj.weight", m + "up_proj.weight"});
     }
   }
 
-  // One tensor holding the parameters `names` one after the other along dim 0, each parameter then a view of it
-  // (set_data keeps the parameter's identity: the module, the name map and an optimizer still hold the same tensor).
-  torch::Tensor share_rows(const std::vector<std::string>& names) {
-    std::vector<torch::Tensor> parts;
-    for (const auto& n : names) parts.push_back(p(n));
-    auto joined = torch::cat(parts, 0);
+  // One tensor holding the parameters `names` one after the other, each parameter then a view of it (set_data keeps
+  // the parameter's identity: the module, the name map and an optimizer still hold the same tensor).
+  SharedRows share_rows(const std::vector<std::string>& names) {
+    SharedRows r;
+    for (const auto& n : names) r.parts.push_back(p(n));
+    r.joined = torch::cat(r.parts, 0);
     int64_t row = 0;
-    for (auto& t : parts) {
-      auto view = joined.narrow(0, row, t.size(0));
+    for (auto& t : r.parts) {
+      auto view = r.joined.narrow(0, row, t.size(0));
       row += t.size(0);
       t.set_data(view);
     }
-    return joined;
+    return r;
   }
 
   // Whether the parameters still live in `joined` (to() or a caller's set_data may have moved them) and inference
   // may use it: with gradients wanted the separate parameters must be used, so that each receives its own.
-  bool shares_rows(const torch::Tensor& joined, const std::vector<std::string>& names) const {
-    if (!joined.defined() || !joined.is_cuda()) return false;  // the CPU keeps Hugging Face's exact op sequence
+  static bool shares_rows(const SharedRows& r) {
+    if (!r.joined.defined() || !r.joined.is_cuda()) return false;  // the CPU keeps Hugging Face's exact op sequence
     const bool grad = torch::GradMode::is_enabled();
-    const auto* base = static_cast<const char*>(joined.data_ptr());
+    const auto* base = static_cast<const char*>(r.joined.data_ptr());
     int64_t offset = 0;
-    for (const auto& n : names) {
-      const auto& t = p(n);
+    for (const auto& t : r.parts) {
       if (grad && t.requires_grad()) return false;
-      if (t.data_ptr() != base + offset * static_cast<int64_t>(joined.element_size()) || t.dtype() != joined.dtype() ||
-          !t.is_contiguous())
+      if (t.data_ptr() != base + offset * static_cast<int64_t>(r.joined.element_size()) ||
+          t.dtype() != r.joined.dtype() || !t.is_contiguous())
         return false;
       offset += t.numel();
     }
-    return offset == joined.numel();
+    return offset == r.joined.numel();
   }
 
   const torch::Tensor& p(const std::string& name) const {
@@ -108,8 +113,8 @@ class Qwen3ModelImpl {
 
   torch::Tensor dense_mlp(int64_t i, const torch::Tensor& x, const std::string& pre) const {
     torch::Tensor gate, up;
-    if (shares_rows(gate_up_weight[i], {pre + "gate_proj.weight", pre + "up_proj.weight"})) {
-      auto gu = at::linear(x, gate_up_weight[i]);
+    if (shares_rows(gate_up_weight[i])) {
+      auto gu = at::linear(x, gate_up_weight[i].joined);
       const int64_t I = cfg.intermediate_size;
       gate = gu.narrow(-1, 0, I), up = gu.narrow(-1, I, I);
     } else {
@@ -200,10 +205,10 @@ class Qwen3ModelImpl {
     auto h = rms_norm(x, p(pre + "input_layernorm.weight"));
     torch::Tensor q, k, v;
     const std::string a = pre + "self_attn.";
-    if (shares_rows(qkv_weight[i], {a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"}) &&
-        (!cfg.attention_bias || shares_rows(qkv_bias[i], {a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"}))) {
+    if (shares_rows(qkv_weight[i]) && (!cfg.attention_bias || shares_rows(qkv_bias[i]))) {
       // One GEMM; q, k and v are views of its output (the fused norm kernels read q and k in place).
-      auto qkv = cfg.attention_bias ? at::linear(h, qkv_weight[i], qkv_bias[i]) : at::linear(h, qkv_weight[i]);
+      auto qkv = cfg.attention_bias ? at::linear(h, qkv_weight[i].joined, qkv_bias[i].joined)
+                                    : at::linear(h, qkv_weight[i].joined);
       q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D});
       k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D});
       v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
@@ -257,7 +262,7 @@ class Qwen3ModelImpl {
   std::vector<std::string> order;
   std::unordered_map<std::string, torch::Tensor> by_name;
   // Per layer (fuse_projections): q/k/v weights and biases, a dense MLP's gate and up weights, as one tensor each.
-  std::vector<torch::Tensor> qkv_weight, qkv_bias, gate_up_weight;
+  std::vector<SharedRows> qkv_weight, qkv_bias, gate_up_weight;
 };
 
 Qwen3Model::Qwen3Model(const ModelConfig& config, torch::Device device, torch::ScalarType dtype)

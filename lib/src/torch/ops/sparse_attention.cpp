@@ -36,9 +36,12 @@ void check_cuda(cudaError_t e, const char* op) {
 
 // Contiguous, and on the GPU starting at a 16-byte aligned address (the kernels' vector, cp.async and TMA loads):
 // a view into a larger buffer may be contiguous yet start anywhere, and contiguous() returns it unchanged.
+bool is_contiguous_aligned(const torch::Tensor& t) {
+  return t.is_contiguous() && (!t.is_cuda() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0);
+}
+
 torch::Tensor contiguous_aligned(const torch::Tensor& t) {
-  const bool ok = t.is_contiguous() && (!t.is_cuda() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0);
-  return ok ? t : t.clone(torch::MemoryFormat::Contiguous);
+  return is_contiguous_aligned(t) ? t : t.clone(torch::MemoryFormat::Contiguous);
 }
 
 }  // namespace
@@ -192,7 +195,7 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
   torch::Tensor q = prep(in.q, dt), kf = prep(in.k_full, dt), vf = prep(in.v_full, dt), kr = prep(in.k_ring, dt),
                 vr = prep(in.v_ring, dt), iq = prep(in.index_q, idt), ik = prep(in.index_k, idt);
   const bool out_in_place = in.out.defined() && in.out.scalar_type() == dt && in.out.device() == q.device() &&
-                            in.out.sizes() == q.sizes() && contiguous_aligned(in.out).is_same(in.out);
+                            in.out.sizes() == q.sizes() && is_contiguous_aligned(in.out);
   RTP_CHECK(!in.out.defined() || in.out.sizes() == q.sizes(), "sparse_decode: out must be [Hq, D] like q, found ",
             in.out.sizes());
   torch::Tensor o = out_in_place ? in.out : torch::empty_like(q);
