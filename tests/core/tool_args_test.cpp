@@ -79,4 +79,15 @@ TEST(ToolArgs, PositiveIntegerLists) {
   }
 }
 
+TEST(ToolArgs, ChoiceLists) {
+  const std::vector<std::string> valid = {"eager", "graphs", "greedy"};
+  EXPECT_EQ(rtp::tools::choice_list("paths", "graphs,eager", valid), (std::vector<std::string>{"graphs", "eager"}));
+  EXPECT_EQ(rtp::tools::choice_list("paths", "greedy", valid), (std::vector<std::string>{"greedy"}));
+  for (const char* bad : {"", "graphs,", ",graphs", "graphs,,eager", "graph", "Graphs", " graphs"}) {
+    const std::string e = usage_error([&] { rtp::tools::choice_list("paths", bad, valid); });
+    EXPECT_NE(e.find("--paths: unknown item '"), std::string::npos) << bad << ": " << e;
+    EXPECT_NE(e.find("valid: eager, graphs, greedy"), std::string::npos) << bad << ": " << e;
+  }
+}
+
 }  // namespace

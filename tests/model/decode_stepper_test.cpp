@@ -58,19 +58,34 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeStepperFixtures, ::testing::ValuesIn(rt
                            return n;
                          });
 
+// The tiny fixture with one retrieval KV head in layer 1 (which then mixes both kinds: the cache gathers each kind's
+// rows), a random indexer, and a ring of 2 sinks + 8 tokens that wraps within a few steps.
+struct TinySparse {
+  rtp::sparse::HeadMap heads;
+  rtp::sparse::Indexer indexer;
+  rtp::sparse::SparseSettings settings;
+};
+TinySparse tiny_sparse(const rtp::model::ModelConfig& c, int64_t retrieval_kv_head, uint64_t seed) {
+  TinySparse t;
+  t.heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  t.heads.retrieval[1][retrieval_kv_head] = 1;
+  t.indexer = rtp::sparse::Indexer(t.heads, c.head_dim, 16);
+  torch::manual_seed(seed);
+  t.indexer.q_proj(1).normal_(0, 0.3);
+  t.indexer.k_proj(1).normal_(0, 0.3);
+  t.settings.sink = 2;
+  t.settings.window = 8;
+  t.settings.top_p = 0.9;
+  return t;
+}
+
 TEST(DecodeStepper, StepEqualsForwardThroughTheSparseCache) {
   auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
   const auto& c = model.config();
-  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
-  heads.retrieval[1][1] = 1;  // layer 1 mixes both kinds: the cache gathers each kind's rows
-  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
-  torch::manual_seed(11);
-  indexer.q_proj(1).normal_(0, 0.3);
-  indexer.k_proj(1).normal_(0, 0.3);
-  rtp::sparse::SparseSettings st;
-  st.sink = 2;
-  st.window = 8;
-  st.top_p = 0.9;
+  const auto sp = tiny_sparse(c, 1, 11);
+  const auto& heads = sp.heads;
+  const auto& indexer = sp.indexer;
+  const auto& st = sp.settings;
   const int64_t P = 150, steps = 30;  // the ring wraps during the steps
   auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64);
   torch::NoGradGuard no_grad;
@@ -93,15 +108,10 @@ TEST(DecodeStepper, StepEqualsForwardThroughTheSparseCache) {
 TEST(DecodeStepper, AClearedCacheDecodesLikeANewOne) {
   auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
   const auto& c = model.config();
-  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
-  heads.retrieval[1][0] = 1;
-  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
-  torch::manual_seed(13);
-  indexer.q_proj(1).normal_(0, 0.3);
-  indexer.k_proj(1).normal_(0, 0.3);
-  rtp::sparse::SparseSettings st;
-  st.sink = 2;
-  st.window = 8;
+  const auto sp = tiny_sparse(c, 0, 13);
+  const auto& heads = sp.heads;
+  const auto& indexer = sp.indexer;
+  const auto& st = sp.settings;
   const int64_t steps = 12;
   auto first = torch::randint(0, c.vocab_size, {1, 90 + steps}, torch::kInt64);
   auto second = torch::randint(0, c.vocab_size, {1, 61 + steps}, torch::kInt64);

@@ -100,6 +100,25 @@ inline std::vector<int64_t> positive_integer_list(const std::string& name, const
   return out;
 }
 
+// `text`, the value of --name, as comma-separated items each one of `valid` ("eager,graphs"); an unknown or empty item
+// is a usage error listing the valid ones.
+inline std::vector<std::string> choice_list(const std::string& name, const std::string& text,
+                                            const std::vector<std::string>& valid) {
+  std::string listed;
+  for (const auto& v : valid) listed += (listed.empty() ? "" : ", ") + v;
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    if (std::find(valid.begin(), valid.end(), item) == valid.end())
+      throw UsageError("--" + name + ": unknown item '" + item + "' in '" + text + "'; valid: " + listed);
+    out.push_back(item);
+    start = end + 1;
+  }
+  return out;
+}
+
 // Unset (no default and not given): nullopt.
 inline std::optional<double> optional_number_arg(const cxxopts::ParseResult& r, const std::string& name,
                                                  const rtp::config::Check& check = rtp::config::any()) {

@@ -111,17 +111,8 @@ int main(int argc, char** argv) {
                                                    : "bench/results/decode-steps-" + card_slug + "-" + config_name + ".json";
     rtp::require_output_directory_for(out_path, "--out");
     if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
-    const std::vector<std::string> all_paths = {"grouped", "forward", "eager", "graphs", "greedy"};
-    std::vector<std::string> paths;
-    {
-      std::stringstream list(args["paths"].as<std::string>());
-      for (std::string p; std::getline(list, p, ',');) {
-        if (std::find(all_paths.begin(), all_paths.end(), p) == all_paths.end())
-          throw rtp::tools::UsageError("--paths: unknown path '" + p + "'; valid: grouped, forward, eager, graphs, greedy");
-        paths.push_back(p);
-      }
-      if (paths.empty()) throw rtp::tools::UsageError("--paths: name at least one of grouped, forward, eager, graphs");
-    }
+    const auto paths = rtp::tools::choice_list("paths", args["paths"].as<std::string>(),
+                                               {"grouped", "forward", "eager", "graphs", "greedy"});
 
     torch::NoGradGuard no_grad;
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
