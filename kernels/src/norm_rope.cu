@@ -38,14 +38,23 @@ __device__ __forceinline__ float block_sum(float v) {
   return total;
 }
 
+// One row of p: block-wide, so every thread of the block calls it.
 template <typename T, bool kRope>
-__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
+__device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
   using N = Num<T>;
-  const int64_t row = blockIdx.x, D = p.dim;
+  const int64_t D = p.dim;
   const int64_t stride = p.x_token_stride ? p.x_token_stride : p.heads * D;
   const T* x = static_cast<const T*>(p.x) + (row / p.heads) * stride + (row % p.heads) * D;
   const T* w = static_cast<const T*>(p.weight);
   T* out = static_cast<T*>(p.out) + row * D;
+  const T* res = p.residual ? static_cast<const T*>(p.residual) + row * D : nullptr;
+  // With a residual the row is round(x + residual), as the eager add leaves it; each thread re-reads only the
+  // elements it wrote itself, so no barrier is needed between the two passes.
+  if (res) {
+    T* sum = static_cast<T*>(p.sum_out) + row * D;
+    for (int64_t i = threadIdx.x; i < D; i += kThreads) sum[i] = N::put(N::get(x[i]) + N::get(res[i]));
+    x = sum;
+  }
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < D; i += kThreads) {
     const float v = N::get(x[i]);
@@ -72,10 +81,31 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
   }
 }
 
+template <typename T, bool kRope>
+__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
+  norm_row<T, kRope>(p, blockIdx.x);
+}
+
+// Blocks [0, a.rows) take a's rows, the rest b's: q and k of a layer in one launch.
+template <typename T, bool kRope>
+__global__ void __launch_bounds__(kThreads) rms_norm_pair_kernel(const RmsNormParams a, const RmsNormParams b) {
+  const int64_t row = blockIdx.x;
+  if (row < a.rows) norm_row<T, kRope>(a, row);
+  else norm_row<T, kRope>(b, row - a.rows);
+}
+
 template <typename T>
 cudaError_t launch(const RmsNormParams& p, cudaStream_t stream) {
   if (p.cos) rms_norm_kernel<T, true><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
   else rms_norm_kernel<T, false><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_pair(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
+  const unsigned blocks = unsigned(a.rows + b.rows);
+  if (a.cos) rms_norm_pair_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a, b);
+  else rms_norm_pair_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a, b);
   return cudaGetLastError();
 }
 
@@ -84,6 +114,13 @@ cudaError_t launch(const RmsNormParams& p, cudaStream_t stream) {
 cudaError_t rms_norm_cuda(const RmsNormParams& p, cudaStream_t stream) {
   if (*check_rms_norm_params(p, true) || p.rows > 0x7fffffff) return cudaErrorInvalidValue;
   return p.dtype == DType::BF16 ? launch<__nv_bfloat16>(p, stream) : launch<float>(p, stream);
+}
+
+cudaError_t rms_norm_pair_cuda(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
+  if (*check_rms_norm_params(a, true) || *check_rms_norm_params(b, true) || a.dtype != b.dtype ||
+      !a.cos != !b.cos || a.rows + b.rows > 0x7fffffff)
+    return cudaErrorInvalidValue;
+  return a.dtype == DType::BF16 ? launch_pair<__nv_bfloat16>(a, b, stream) : launch_pair<float>(a, b, stream);
 }
 
 }  // namespace rtp::kernels

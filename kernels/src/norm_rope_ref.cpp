@@ -17,6 +17,8 @@ const char* check_rms_norm_params(const RmsNormParams& p, bool cuda) {
     if (p.heads <= 0 || p.seq_len <= 0 || p.rows % (p.heads * p.seq_len) != 0)
       return "rms norm: with RoPE, rows must be batch x seq_len x heads";
   }
+  if (!p.residual != !p.sum_out) return "rms norm: a residual add needs residual and sum_out together";
+  if (p.residual && (rope || p.x_token_stride != 0)) return "rms norm: a residual add takes contiguous x and no RoPE";
   if (p.heads <= 0 || p.rows % p.heads != 0) return "rms norm: rows must be a multiple of heads";
   if (p.x_token_stride != 0 && p.x_token_stride < p.heads * p.dim)
     return "rms norm: x_token_stride must be 0 or at least heads x dim";
@@ -34,6 +36,13 @@ void rms_norm_cpu(const RmsNormParams& p) {
   for (int64_t row = 0; row < p.rows; ++row) {
     const int64_t stride = p.x_token_stride ? p.x_token_stride : p.heads * D;
     const float* xr = x + (row / p.heads) * stride + (row % p.heads) * D;
+    if (p.residual) {
+      // The sum is the layer's new residual stream: stored as float, normalised from the stored values.
+      float* sum = static_cast<float*>(p.sum_out) + row * D;
+      const float* res = static_cast<const float*>(p.residual) + row * D;
+      for (int64_t i = 0; i < D; ++i) sum[i] = static_cast<float>(static_cast<double>(xr[i]) + res[i]);
+      xr = sum;
+    }
     double ss = 0;
     for (int64_t i = 0; i < D; ++i) ss += static_cast<double>(xr[i]) * xr[i];
     const double r = 1.0 / std::sqrt(ss / static_cast<double>(D) + p.eps);

@@ -85,4 +85,36 @@ TEST(NormRopeCuda, NormAndRopeWithinTwiceEagerBf16) {
   }
 }
 
+// The residual add fused into the norm: the sum equals the eager bf16 add bit for bit, the norm is within twice the
+// eager norm's error of the float64 formula; q and k normed in one launch equal two separate calls.
+TEST(NormRopeCuda, AddNormAndPairedQkMatchTheSeparateKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the fused norm kernels are tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(10);
+  for (const auto& [rows, D] : std::vector<std::pair<int64_t, int64_t>>{{1, 1024}, {9, 4096}, {33, 77}}) {
+    auto x = (torch::randn({rows, D}) * 4).to(dev, torch::kBFloat16), d = torch::randn({rows, D}).to(dev, torch::kBFloat16);
+    auto w = (torch::rand({D}) + 0.5).to(dev, torch::kBFloat16);
+    auto [sum, normed] = rtp::ops::add_rms_norm(x, d, w, 1e-6);
+    EXPECT_TRUE(torch::equal(sum, x + d)) << rows << " x " << D;
+    auto ref = f64_norm(x + d, w, 1e-6);
+    EXPECT_LE(err(normed, ref), 2 * err(eager_norm(x + d, w, 1e-6), ref) + 1e-6) << rows << " x " << D;
+    EXPECT_TRUE(torch::equal(normed, rtp::ops::rms_norm(x + d, w, 1e-6))) << rows << " x " << D;
+  }
+  rtp::model::ModelConfig c;
+  c.head_dim = 128;
+  c.rope_theta = 1e6;
+  const auto tables = rtp::model::rope_tables(c, 77, 3, dev);
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    const int64_t B = 1, T = 3, Hq = 16, Hkv = 4;
+    auto qkv = torch::randn({B, T, (Hq + 2 * Hkv) * 128}, torch::TensorOptions(dtype).device(dev));
+    auto q = qkv.narrow(-1, 0, Hq * 128).view({B, T, Hq, 128}), k = qkv.narrow(-1, Hq * 128, Hkv * 128).view({B, T, Hkv, 128});
+    auto qw = (torch::rand({128}) + 0.5).to(dev, dtype), kw = (torch::rand({128}) + 0.5).to(dev, dtype);
+    auto [qn, qr, kn, kr] = rtp::ops::rms_norm_rope_qk(q, qw, k, kw, tables.cos, tables.sin, 1e-6);
+    auto [qn1, qr1] = rtp::ops::rms_norm_rope(q, qw, tables.cos, tables.sin, 1e-6);
+    auto [kn1, kr1] = rtp::ops::rms_norm_rope(k, kw, tables.cos, tables.sin, 1e-6);
+    EXPECT_TRUE(torch::equal(qn, qn1) && torch::equal(qr, qr1) && torch::equal(kn, kn1) && torch::equal(kr, kr1))
+        << "paired q/k " << dtype;
+  }
+}
+
 }  // namespace

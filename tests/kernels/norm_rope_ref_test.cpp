@@ -57,6 +57,21 @@ TEST(NormRopeRef, ReadsTokenStridedInputLikeAContiguousCopy) {
   EXPECT_LE((n1.to(torch::kFloat64) - hf_norm(x, w, 1e-6)).abs().max().item<double>(), 1e-5);
 }
 
+// A residual add and the norm after it: the sum is the float32 add, the norm that of the sum.
+TEST(NormRopeRef, AddThenNormMatchesTheFormula) {
+  torch::manual_seed(3);
+  for (const int64_t D : {1, 9, 128, 1030}) {
+    auto x = torch::randn({2, 3, D}) * 3, d = torch::randn({2, 3, D});
+    auto w = torch::rand({D}) + 0.5;
+    auto [sum, normed] = rtp::ops::add_rms_norm(x, d, w, 1e-6);
+    EXPECT_TRUE(torch::equal(sum, x + d)) << "dim " << D;
+    EXPECT_LE((normed.to(torch::kFloat64) - hf_norm(x + d, w, 1e-6)).abs().max().item<double>(), 1e-5) << "dim " << D;
+  }
+  const auto err = rtp::testing::error_of(
+      [] { rtp::ops::add_rms_norm(torch::randn({2, 8}), torch::randn({3, 8}), torch::ones({8}), 1e-6); });
+  EXPECT_NE(err.find("x and delta must share shape"), std::string::npos) << err;
+}
+
 TEST(NormRopeRef, RejectsBadParameters) {
   rtp::kernels::RmsNormParams p;
   EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("null"), std::string::npos);
@@ -70,6 +85,11 @@ TEST(NormRopeRef, RejectsBadParameters) {
   EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("batch x seq_len x heads"), std::string::npos);
   p.heads = 2, p.seq_len = 3, p.x_token_stride = 7;  // less than heads x dim: rows would overlap
   EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("x_token_stride"), std::string::npos);
+  p.x_token_stride = 0;
+  p.residual = &f;  // without sum_out
+  EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("residual and sum_out"), std::string::npos);
+  p.sum_out = &f;  // with RoPE
+  EXPECT_NE(std::string(rtp::kernels::check_rms_norm_params(p, false)).find("no RoPE"), std::string::npos);
   const auto err = rtp::testing::error_of([] { rtp::ops::rms_norm(torch::randn({2, 8}), torch::ones({7}), 1e-6); });
   EXPECT_NE(err.find("weight must be [8]"), std::string::npos) << err;
 }

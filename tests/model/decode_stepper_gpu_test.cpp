@@ -137,6 +137,65 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
             << "retrieval head and step " << static_cast<double>(selected) / (3.0 * steps) << " of " << P + steps / 2 << "\n";
 }
 
+// The sparse cache's one-kernel token store (rtp/kernels/sparse_token_store.h) against its eager store (gathers,
+// indexed copies, einsums): the same decode through forward() with each. k/v rows are copied bit for bit, the index
+// projections may round differently (float32 sums in another order), so the selections may differ now and then by a
+// token near the top-p cut; the logits stay within bf16 noise of each other.
+TEST(DecodeStepperCuda, FusedTokenStoreDecodesLikeTheEagerStore) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the fused token store is tested on the GPU machine";
+  rtp::model::ModelConfig c;
+  c.vocab_size = 503;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 4;
+  c.head_dim = 128;
+  c.rope_theta = 10000.0;
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    rtp::model::Qwen3Model model(c, kCuda, dtype);
+    model.init_random(9, 0.05);
+    auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+    heads.retrieval[0][1] = heads.retrieval[0][3] = 1;  // retrieval and streaming heads interleaved
+    heads.retrieval[2][0] = heads.retrieval[2][1] = heads.retrieval[2][2] = heads.retrieval[2][3] = 1;
+    rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+    torch::manual_seed(12);
+    for (const auto& [name, t] : indexer.named_parameters()) t.normal_(0, 0.2);
+    indexer.to(kCuda, torch::kFloat32);  // float32 weights: the fused store reads them converted once
+    rtp::sparse::SparseSettings st;
+    st.sink = 4;
+    st.window = 32;
+    st.top_p = 0.9;
+    st.post_rope_indexer = dtype == torch::kFloat32;  // both sources of the index keys
+    const int64_t P = 257, steps = 40;
+    auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
+    torch::NoGradGuard no_grad;
+    rtp::sparse::SparseCache fused(c, heads, st, &indexer, P + steps, kCuda, dtype);
+    rtp::sparse::SparseCache eager(c, heads, st, &indexer, P + steps, kCuda, dtype);
+    ASSERT_TRUE(fused.fused_token_store());
+    eager.set_fused_token_store(false);
+    model.forward(ids.narrow(1, 0, P), fused.options());
+    model.forward(ids.narrow(1, 0, P), eager.options());
+    double worst = 0, scale = 0;
+    int64_t same_tokens = 0, count_diff = 0;
+    for (int64_t t = P; t < P + steps; ++t) {
+      auto a = model.forward(ids.narrow(1, t, 1), fused.options());
+      auto b = model.forward(ids.narrow(1, t, 1), eager.options());
+      worst = std::max(worst, max_diff(a, b));
+      scale = std::max(scale, b.abs().max().item<double>());
+      same_tokens += a.argmax(-1).item<int64_t>() == b.argmax(-1).item<int64_t>();
+      for (int64_t l : {0, 2})
+        count_diff += (fused.last_selected()[l] - eager.last_selected()[l]).abs().sum().item<int64_t>();
+    }
+    std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " fused token store vs eager: max |logit diff| "
+              << worst << " of |logits| up to " << scale << ", greedy tokens equal " << same_tokens << " of " << steps
+              << ", selected counts differ by " << count_diff << " tokens in all\n";
+    EXPECT_LE(worst, (dtype == torch::kBFloat16 ? 0.05 : 1e-3) * scale);
+    EXPECT_GE(same_tokens, steps - 2);
+    EXPECT_EQ(fused.length(), eager.length());
+  }
+}
+
 // One decode query over a cache that is a strided view of a larger buffer, grouped heads: the flash path of
 // DenseAttention against a float64 reference, its error at most twice a naive bf16 computation's.
 TEST(DenseDecodeAttention, MatchesTheFloat64ReferenceOnStridedGroupedCaches) {

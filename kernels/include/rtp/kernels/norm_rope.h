@@ -10,6 +10,8 @@
 // to the element type):
 //   rope_i = round(out_i c_ti) + round(-out_{i+half} s_ti)        i < half
 //   rope_i = round(out_i c_ti) + round(out_{i-half} s_ti)         i >= half
+// With a residual (no RoPE): the row first becomes round(x_i + residual_i), written to sum_out, and that is normalised:
+// a decoder layer's residual add and the next norm in one pass.
 // CPU reference: float32 in and out, double arithmetic, no intermediate rounding.
 #include <cstdint>
 
@@ -36,6 +38,9 @@ struct RmsNormParams {
   // Elements from one token's first row of x to the next token's, rows grouped per token as [heads, dim]; 0: heads x
   // dim (x contiguous). Lets q and k be read in place from a fused q/k/v projection. Outputs are contiguous.
   int64_t x_token_stride = 0;
+  // Residual add first, when given (x contiguous, no RoPE): residual [rows, dim] in, sum_out [rows, dim] out.
+  const void* residual = nullptr;
+  void* sum_out = nullptr;
 };
 
 const char* check_rms_norm_params(const RmsNormParams& p, bool cuda);
@@ -43,6 +48,8 @@ void rms_norm_cpu(const RmsNormParams& p);  // F32 only
 
 #ifdef RTPURBO_WITH_CUDA
 cudaError_t rms_norm_cuda(const RmsNormParams& p, cudaStream_t stream);
+// Two norms in one launch (a layer's q and k): both checked as above, one dtype.
+cudaError_t rms_norm_pair_cuda(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream);
 #endif
 
 }  // namespace rtp::kernels

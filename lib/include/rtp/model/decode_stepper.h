@@ -66,7 +66,7 @@ class DecodeStepper {
   torch::Tensor ids_, position_, attention_;
   // What the segments produce (kept alive: captured graphs write to these addresses on every replay).
   RopeTables rope_;
-  std::vector<torch::Tensor> hidden_;
+  std::vector<ResidualStream> hidden_;
   std::vector<LayerAttentionInputs> inputs_;
   torch::Tensor logits_;
   std::vector<std::unique_ptr<CapturedSegment>> graphs_;

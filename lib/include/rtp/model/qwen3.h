@@ -30,6 +30,13 @@ struct ForwardOptions {
   KVCache* cache = nullptr;
 };
 
+// The residual stream between decoder layers: the hidden states are base + pending. The add is left to the norm that
+// reads it next (one fused kernel on a GPU instead of an add and a norm); with pending empty, base is the state.
+struct ResidualStream {
+  torch::Tensor base, pending;
+  torch::Tensor resolved() const { return pending.defined() ? base + pending : base; }
+};
+
 class Qwen3ModelImpl;
 
 class Qwen3Model {
@@ -58,11 +65,12 @@ class Qwen3Model {
   // The pieces forward() is made of, for callers that run each layer's attention themselves (DecodeStepper):
   // forward = embed, then per layer attention_inputs -> attention -> finish_layer, then lm_logits.
   torch::Tensor embed(const torch::Tensor& ids_on_device) const;  // [B, T] -> [B, T, hidden]
-  // Input norm, q/k/v projections, q_norm/k_norm and RoPE of layer `layer` for hidden states x [B, T, hidden].
-  LayerAttentionInputs attention_inputs(int64_t layer, const torch::Tensor& x, const RopeTables& rope) const;
-  // x + o_proj(attention [B, Hq, T, D]), then the post-attention norm and the MLP with its residual.
-  torch::Tensor finish_layer(int64_t layer, const torch::Tensor& x, const torch::Tensor& attention) const;
-  torch::Tensor lm_logits(const torch::Tensor& x) const;  // final norm and LM head, float32 [B, T, V]
+  // Input norm, q/k/v projections, q_norm/k_norm and RoPE of layer `layer` for hidden states x [B, T, hidden]; the
+  // norm resolves x's pending add (x.base becomes the sum).
+  LayerAttentionInputs attention_inputs(int64_t layer, ResidualStream& x, const RopeTables& rope) const;
+  // x + o_proj(attention [B, Hq, T, D]), then the post-attention norm and the MLP, whose output is left pending.
+  ResidualStream finish_layer(int64_t layer, ResidualStream x, const torch::Tensor& attention) const;
+  torch::Tensor lm_logits(ResidualStream x) const;  // final norm and LM head, float32 [B, T, V]
   // Whether the layers' work for `tokens` tokens (batch x length) reads no device value on the host, so that a CUDA
   // graph can capture it: true without MoE layers, and for MoE on a GPU up to ops::kMoeDecodeMaxTokens tokens (the
   // experts read by id on the device instead of grouped by counts read on the host).

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "rtp/kernels/sparse_attention_params.h"
+#include "rtp/kernels/sparse_token_store.h"
 #include "rtp/model/qwen3.h"
 #include "rtp/model/step_attention.h"
 #include "rtp/sparse/sparse_attention.h"
@@ -47,6 +48,11 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   // Forgets every token (and the prompt's statistics) but keeps the buffers, so that a decode stepper's graphs for
   // them stay valid: an eval reuses one cache for its samples.
   void clear();
+
+  // On a GPU each decoded token is stored by one kernel (rtp/kernels/sparse_token_store.h), which reads the indexer's
+  // weights as they were when the cache was built; false: the eager gathers and copies (for comparisons).
+  void set_fused_token_store(bool on) { fused_store_ = on && fused_store_available_; }
+  bool fused_token_store() const { return fused_store_; }
 
   // Forward options that continue the cached sequence through this cache.
   model::ForwardOptions options();
@@ -89,6 +95,12 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   torch::Tensor ring_slot_;
   std::vector<torch::Tensor> step_index_q_;
   std::shared_ptr<const void> buffers_ = std::make_shared<int>(0);
+  // The fused store (GPU): per layer the indexer's weights in the cache's dtype ([n_ret, dim, D], [n_ret G, dim, D])
+  // and the kernel's parameters that do not change between steps.
+  bool fused_store_available_ = false, fused_store_ = false;
+  std::vector<torch::Tensor> store_k_weight_, store_q_weight_;
+  std::vector<kernels::SparseTokenStoreParams> store_params_;
+  bool store_fused(const model::LayerAttentionInputs& in, const torch::Tensor& position);
   int64_t length_ = 0;
   int64_t element_size_ = 4;
   int64_t prompt_length_ = 0;  // begin_prompt's; 0: the first forward is the prompt

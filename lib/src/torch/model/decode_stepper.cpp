@@ -39,7 +39,7 @@ DecodeStepper::~DecodeStepper() = default;
 void DecodeStepper::run_segment(int64_t s) {
   if (s == 0) {
     rope_ = rope_tables_at(position_, inv_freq_, attention_factor_);
-    hidden_[0] = model_.embed(ids_);
+    hidden_[0] = ResidualStream{model_.embed(ids_), {}};
   } else {
     hidden_[s] = model_.finish_layer(s - 1, hidden_[s - 1], attention_);
   }
@@ -58,7 +58,7 @@ void DecodeStepper::prepare(int64_t batch) {
   ids_ = torch::zeros({batch, 1}, torch::TensorOptions(torch::kInt64).device(dev));
   position_ = torch::zeros({1}, torch::TensorOptions(torch::kInt64).device(dev));
   attention_ = torch::zeros({batch, c.num_attention_heads, 1, c.head_dim}, torch::TensorOptions(model_.dtype()).device(dev));
-  hidden_.assign(layers_ + 1, torch::Tensor());
+  hidden_.assign(layers_ + 1, ResidualStream());
   inputs_.assign(layers_, LayerAttentionInputs());
 }
 

@@ -10,6 +10,7 @@
 #include "rtp/model/rope.h"
 #include "rtp/ops/moe_decode.h"
 #include "rtp/ops/rms_norm.h"
+#include "rtp/ops/swiglu.h"
 
 namespace rtp::model {
 
@@ -107,6 +108,22 @@ class Qwen3ModelImpl {
     return weight * normed.to(x.dtype());
   }
 
+  // The norm of x.base + x.pending, leaving the sum in x.base: on a GPU one kernel for the add and the norm.
+  torch::Tensor add_norm(ResidualStream& x, const torch::Tensor& weight) const {
+    if (x.pending.defined()) {
+      if (ops::fused_rms_norm_supported(x.base, weight) && ops::fused_rms_norm_supported(x.pending, weight) &&
+          x.base.sizes() == x.pending.sizes()) {
+        auto [sum, normed] = ops::add_rms_norm(x.base, x.pending, weight, cfg.rms_norm_eps);
+        x.base = std::move(sum);
+        x.pending = torch::Tensor();
+        return normed;
+      }
+      x.base = x.base + x.pending;
+      x.pending = torch::Tensor();
+    }
+    return rms_norm(x.base, weight);
+  }
+
   torch::Tensor linear(const torch::Tensor& x, const std::string& base, bool bias) const {
     return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias")) : at::linear(x, p(base + ".weight"));
   }
@@ -121,7 +138,7 @@ class Qwen3ModelImpl {
       gate = at::linear(x, p(pre + "gate_proj.weight"));
       up = at::linear(x, p(pre + "up_proj.weight"));
     }
-    return at::linear(torch::silu(gate) * up, p(pre + "down_proj.weight"));
+    return at::linear(ops::swiglu(gate, up), p(pre + "down_proj.weight"));
   }
 
   torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
@@ -152,7 +169,7 @@ class Qwen3ModelImpl {
       auto tokens = token_of_slot.narrow(0, begin, n);
       auto h = flat.index_select(0, tokens);
       auto gu = at::linear(h, gate_up[e]).chunk(2, -1);
-      auto y = at::linear(torch::silu(gu[0]) * gu[1], down[e]);
+      auto y = at::linear(ops::swiglu(gu[0], gu[1]), down[e]);
       y = y * weight_of_slot.narrow(0, begin, n).unsqueeze(-1);
       out.index_add_(0, tokens, y.to(out.dtype()));
       begin += n;
@@ -183,26 +200,26 @@ class Qwen3ModelImpl {
     RTP_CHECK(!o.cache || o.cache->num_layers() == cfg.num_hidden_layers, "KV cache has ", o.cache ? o.cache->num_layers() : 0,
               " layers, the model ", cfg.num_hidden_layers);
     auto rope = rope_tables(cfg, first_position, T, device());
-    torch::Tensor x = F::embedding(ids_dev, p("model.embed_tokens.weight"));
+    ResidualStream x{F::embedding(ids_dev, p("model.embed_tokens.weight")), {}};
     const int64_t last = o.stop_after_layer >= 0 ? std::min(o.stop_after_layer, cfg.num_hidden_layers - 1)
                                                  : cfg.num_hidden_layers - 1;
     for (int64_t i = 0; i <= last; ++i) {
       LayerAttentionInputs in = attention_inputs(i, x, rope);
       if (o.cache) std::tie(in.k, in.v) = o.cache->append(i, in.k, in.v);
       if (o.observer) o.observer(in);
-      x = finish_layer(i, x, attention->attend(in));
+      x = finish_layer(i, std::move(x), attention->attend(in));
     }
     if (o.cache) o.cache->advance(T);
-    if (o.stop_after_layer >= 0 && last < cfg.num_hidden_layers - 1) return x;
-    if (o.return_hidden) return rms_norm(x, p("model.norm.weight"));
-    return lm_logits(x);
+    if (o.stop_after_layer >= 0 && last < cfg.num_hidden_layers - 1) return x.resolved();
+    if (o.return_hidden) return add_norm(x, p("model.norm.weight"));
+    return lm_logits(std::move(x));
   }
 
-  LayerAttentionInputs attention_inputs(int64_t i, const torch::Tensor& x, const RopeTables& rope) const {
-    const int64_t B = x.size(0), T = x.size(1);
+  LayerAttentionInputs attention_inputs(int64_t i, ResidualStream& x, const RopeTables& rope) const {
+    const int64_t B = x.base.size(0), T = x.base.size(1);
     const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, D = cfg.head_dim;
     const std::string pre = "model.layers." + std::to_string(i) + ".";
-    auto h = rms_norm(x, p(pre + "input_layernorm.weight"));
+    auto h = add_norm(x, p(pre + "input_layernorm.weight"));
     torch::Tensor q, k, v;
     const std::string a = pre + "self_attn.";
     if (shares_rows(qkv_weight[i]) && (!cfg.attention_bias || shares_rows(qkv_bias[i]))) {
@@ -222,9 +239,8 @@ class Qwen3ModelImpl {
     const auto& qw = p(pre + "self_attn.q_norm.weight");
     const auto& kw = p(pre + "self_attn.k_norm.weight");
     if (ops::fused_rms_norm_rope_supported(q, qw) && ops::fused_rms_norm_rope_supported(k, kw)) {
-      // On a GPU the norm and RoPE of q and of k in one kernel each (fourteen launches each eagerly).
-      auto [qn, qr] = ops::rms_norm_rope(q, qw, rope.cos, rope.sin, cfg.rms_norm_eps);
-      auto [kn, kr] = ops::rms_norm_rope(k, kw, rope.cos, rope.sin, cfg.rms_norm_eps);
+      // On a GPU the norms and RoPE of q and k in one kernel (fourteen launches each eagerly).
+      auto [qn, qr, kn, kr] = ops::rms_norm_rope_qk(q, qw, k, kw, rope.cos, rope.sin, cfg.rms_norm_eps);
       in.q_pre_rope = qn.transpose(1, 2), in.q = qr.transpose(1, 2);
       in.k_pre_rope = kn.transpose(1, 2), in.k = kr.transpose(1, 2);
     } else {
@@ -240,18 +256,20 @@ class Qwen3ModelImpl {
     return in;
   }
 
-  torch::Tensor finish_layer(int64_t i, const torch::Tensor& x, const torch::Tensor& attention) const {
-    const int64_t B = x.size(0), T = x.size(1);
+  ResidualStream finish_layer(int64_t i, ResidualStream x, const torch::Tensor& attention) const {
+    RTP_CHECK(!x.pending.defined(), "internal: finish_layer on a residual stream with a pending add");
+    const int64_t B = x.base.size(0), T = x.base.size(1);
     const std::string pre = "model.layers." + std::to_string(i) + ".";
     auto a = attention.transpose(1, 2).reshape({B, T, cfg.num_attention_heads * cfg.head_dim});
-    auto y = x + linear(a, pre + "self_attn.o_proj", cfg.attention_bias);
-    auto h = rms_norm(y, p(pre + "post_attention_layernorm.weight"));
-    return y + (cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(i, h, pre + "mlp."));
+    x.pending = linear(a, pre + "self_attn.o_proj", cfg.attention_bias);
+    auto h = add_norm(x, p(pre + "post_attention_layernorm.weight"));
+    x.pending = cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(i, h, pre + "mlp.");
+    return x;
   }
 
-  torch::Tensor lm_logits(const torch::Tensor& x) const {
+  torch::Tensor lm_logits(ResidualStream x) const {
     const auto& head = cfg.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight");
-    return at::linear(rms_norm(x, p("model.norm.weight")), head).to(torch::kFloat32);
+    return at::linear(add_norm(x, p("model.norm.weight")), head).to(torch::kFloat32);
   }
 
   torch::Device device() const { return p("model.embed_tokens.weight").device(); }
@@ -293,13 +311,13 @@ torch::Device Qwen3Model::device() const { return impl_->device(); }
 torch::Tensor Qwen3Model::embed(const torch::Tensor& ids_on_device) const {
   return F::embedding(ids_on_device, impl_->p("model.embed_tokens.weight"));
 }
-LayerAttentionInputs Qwen3Model::attention_inputs(int64_t layer, const torch::Tensor& x, const RopeTables& rope) const {
+LayerAttentionInputs Qwen3Model::attention_inputs(int64_t layer, ResidualStream& x, const RopeTables& rope) const {
   return impl_->attention_inputs(layer, x, rope);
 }
-torch::Tensor Qwen3Model::finish_layer(int64_t layer, const torch::Tensor& x, const torch::Tensor& attention) const {
-  return impl_->finish_layer(layer, x, attention);
+ResidualStream Qwen3Model::finish_layer(int64_t layer, ResidualStream x, const torch::Tensor& attention) const {
+  return impl_->finish_layer(layer, std::move(x), attention);
 }
-torch::Tensor Qwen3Model::lm_logits(const torch::Tensor& x) const { return impl_->lm_logits(x); }
+torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_logits(std::move(x)); }
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
 

@@ -84,9 +84,31 @@ torch::Tensor rms_norm(const torch::Tensor& x_in, const torch::Tensor& weight_in
   return out;
 }
 
-std::pair<torch::Tensor, torch::Tensor> rms_norm_rope(const torch::Tensor& x_in, const torch::Tensor& weight_in,
-                                                      const torch::Tensor& cos_in, const torch::Tensor& sin_in,
-                                                      double eps) {
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& delta,
+                                                     const torch::Tensor& weight_in, double eps) {
+  RTP_CHECK(x.sizes() == delta.sizes() && x.scalar_type() == delta.scalar_type() && x.device() == delta.device(),
+            "add_rms_norm: x and delta must share shape, dtype and device, found ", x.sizes(), " ", x.scalar_type(), " on ",
+            x.device(), " and ", delta.sizes(), " ", delta.scalar_type(), " on ", delta.device());
+  RTP_CHECK(x.is_contiguous() && delta.is_contiguous(), "add_rms_norm: x and delta must be contiguous");
+  const auto weight = weight_in.contiguous();
+  auto sum = torch::empty_like(x), out = torch::empty_like(x);
+  if (x.numel() == 0) return {sum, out};
+  auto p = params(x, weight, out, eps);
+  p.residual = delta.data_ptr();
+  p.sum_out = sum.data_ptr();
+  run(p, x);
+  return {sum, out};
+}
+
+namespace {
+
+struct NormRopeJob {
+  torch::Tensor x, weight, cos, sin, out, rope;
+  k::RmsNormParams p;
+};
+
+NormRopeJob norm_rope_job(const torch::Tensor& x_in, const torch::Tensor& weight_in, const torch::Tensor& cos_in,
+                          const torch::Tensor& sin_in, double eps) {
   RTP_CHECK(x_in.dim() == 4, "rms_norm_rope: x must be [B, T, H, dim], found ", x_in.sizes());
   const int64_t T = x_in.size(1), D = x_in.size(3);
   RTP_CHECK(cos_in.dim() == 2 && cos_in.size(0) == T && cos_in.size(1) == D && sin_in.sizes() == cos_in.sizes(),
@@ -95,19 +117,53 @@ std::pair<torch::Tensor, torch::Tensor> rms_norm_rope(const torch::Tensor& x_in,
   RTP_CHECK(cos_in.scalar_type() == torch::kFloat32 && sin_in.scalar_type() == torch::kFloat32 &&
                 cos_in.device() == x_in.device() && sin_in.device() == x_in.device(),
             "rms_norm_rope: cos and sin must be float32 on ", x_in.device());
-  const auto x = token_strided(x_in) ? x_in : x_in.contiguous();
-  const auto weight = weight_in.contiguous(), cos = cos_in.contiguous(), sin = sin_in.contiguous();
-  auto out = torch::empty(x.sizes(), x.options()), rope = torch::empty(x.sizes(), x.options());
-  if (x.numel() == 0) return {out, rope};
-  auto p = params(x, weight, out, eps);
-  p.x_token_stride = x.stride(1);
-  p.cos = cos.data_ptr<float>();
-  p.sin = sin.data_ptr<float>();
-  p.rope_out = rope.data_ptr();
-  p.heads = x.size(2);
-  p.seq_len = T;
-  run(p, x);
-  return {out, rope};
+  NormRopeJob j;
+  j.x = token_strided(x_in) ? x_in : x_in.contiguous();
+  j.weight = weight_in.contiguous(), j.cos = cos_in.contiguous(), j.sin = sin_in.contiguous();
+  j.out = torch::empty(j.x.sizes(), j.x.options()), j.rope = torch::empty(j.x.sizes(), j.x.options());
+  if (j.x.numel() == 0) return j;
+  j.p = params(j.x, j.weight, j.out, eps);
+  j.p.x_token_stride = j.x.stride(1);
+  j.p.cos = j.cos.data_ptr<float>();
+  j.p.sin = j.sin.data_ptr<float>();
+  j.p.rope_out = j.rope.data_ptr();
+  j.p.heads = j.x.size(2);
+  j.p.seq_len = T;
+  return j;
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> rms_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
+                                                      const torch::Tensor& cos, const torch::Tensor& sin, double eps) {
+  auto j = norm_rope_job(x, weight, cos, sin, eps);
+  if (j.x.numel() > 0) run(j.p, j.x);
+  return {j.out, j.rope};
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> rms_norm_rope_qk(
+    const torch::Tensor& q, const torch::Tensor& q_weight, const torch::Tensor& k, const torch::Tensor& k_weight,
+    const torch::Tensor& cos, const torch::Tensor& sin, double eps) {
+  auto a = norm_rope_job(q, q_weight, cos, sin, eps);
+  auto b = norm_rope_job(k, k_weight, cos, sin, eps);
+  const bool one_launch = a.x.is_cuda() && b.x.is_cuda() && a.x.numel() > 0 && b.x.numel() > 0 &&
+                          a.x.scalar_type() == b.x.scalar_type() && a.x.device() == b.x.device();
+  if (!one_launch) {
+    if (a.x.numel() > 0) run(a.p, a.x);
+    if (b.x.numel() > 0) run(b.p, b.x);
+    return {a.out, a.rope, b.out, b.rope};
+  }
+#ifdef RTPURBO_WITH_CUDA
+  for (const auto* j : {&a, &b}) {
+    const char* err = k::check_rms_norm_params(j->p, true);
+    RTP_CHECK(!*err, err);
+  }
+  const cudaError_t e = k::rms_norm_pair_cuda(a.p, b.p, c10::cuda::getCurrentCUDAStream());
+  RTP_CHECK(e == cudaSuccess, "rms_norm_rope_qk: CUDA kernel failed: ", cudaGetErrorString(e));
+#else
+  RTP_THROW("rms_norm_rope_qk: CUDA tensors were given but this build has no CUDA kernels");
+#endif
+  return {a.out, a.rope, b.out, b.rope};
 }
 
 }  // namespace rtp::ops

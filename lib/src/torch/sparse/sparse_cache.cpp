@@ -7,6 +7,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/ops/sparse_attention.h"
+#include "rtp/ops/sparse_token_store.h"
 
 namespace rtp::sparse {
 
@@ -53,6 +54,45 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
       ring_v_[l] = torch::zeros({n_str, settings.sink + settings.window, D}, opt);
     }
   }
+  fused_store_available_ = ops::sparse_token_store_supported(device, dtype) &&
+                           config.num_key_value_heads <= kernels::kTokenStoreMaxKvHeads &&
+                           (indexer == nullptr || indexer->head_dim() == D);
+  if (fused_store_available_) {
+    const int64_t G = config.num_attention_heads / config.num_key_value_heads, I = settings.indexer_dim;
+    store_k_weight_.resize(L), store_q_weight_.resize(L), store_params_.resize(L);
+    for (int64_t l = 0; l < L; ++l) {
+      auto& p = store_params_[l];
+      p.dtype = dtype == torch::kBFloat16 ? kernels::DType::BF16 : kernels::DType::F32;
+      p.index_dtype = kernels::DType::BF16;  // index_k_ on a GPU
+      p.kv_heads = static_cast<int>(config.num_key_value_heads);
+      p.group_size = static_cast<int>(G);
+      p.head_dim = static_cast<int>(D);
+      p.index_dim = static_cast<int>(I);
+      int n_ret = 0, n_str = 0;
+      for (int64_t g = 0; g < config.num_key_value_heads; ++g) {
+        const bool r = kinds_[l][g] == kernels::HeadKind::RETRIEVAL;
+        p.retrieval_slot_of[g] = static_cast<int8_t>(r ? n_ret++ : -1);
+        p.streaming_slot_of[g] = static_cast<int8_t>(r ? -1 : n_str++);
+      }
+      if (n_ret > 0) {
+        RTP_CHECK(indexer->dim() == I, "sparse cache: the indexer has dim ", indexer->dim(), ", the settings ", I);
+        store_k_weight_[l] = indexer->k_proj(l).view({n_ret, I, D}).to(device, dtype).contiguous();
+        store_q_weight_[l] = indexer->q_proj(l).view({n_ret * G, I, D}).to(device, dtype).contiguous();
+        step_index_q_[l] = torch::zeros({n_ret, G, I}, opt);
+        p.full_k = full_k_[l].data_ptr(), p.full_v = full_v_[l].data_ptr();
+        p.index_keys = index_k_[l].data_ptr();
+        p.index_k_weight = store_k_weight_[l].data_ptr(), p.index_q_weight = store_q_weight_[l].data_ptr();
+        p.index_q_out = step_index_q_[l].data_ptr();
+        p.full_capacity = capacity;
+      }
+      if (n_str > 0) {
+        p.ring_k = ring_k_[l].data_ptr(), p.ring_v = ring_v_[l].data_ptr();
+        p.ring_capacity = settings.sink + settings.window;
+        p.ring_slot = ring_slot_.data_ptr<int64_t>();
+      }
+    }
+    fused_store_ = true;
+  }
 }
 
 void SparseCache::clear() {
@@ -81,7 +121,32 @@ std::shared_ptr<const void> SparseCache::begin_step(int64_t position) {
   return buffers_;
 }
 
+bool SparseCache::store_fused(const model::LayerAttentionInputs& in, const torch::Tensor& position) {
+  const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
+  const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
+  // One token of batch 1, rows of unit element stride in the cache's dtype on its device: else the eager path.
+  const auto& buffer = full_k_[in.layer].defined() ? full_k_[in.layer] : ring_k_[in.layer];
+  const auto rows_ok = [&](const torch::Tensor& t, int64_t heads) {
+    return t.defined() && t.dim() == 4 && t.size(0) == 1 && t.size(1) == heads && t.size(2) == 1 &&
+           t.size(3) == config_.head_dim && t.stride(3) == 1 && t.scalar_type() == buffer.scalar_type() &&
+           t.device() == buffer.device();
+  };
+  const int64_t Hkv = config_.num_key_value_heads, Hq = config_.num_attention_heads;
+  if (!rows_ok(in.k, Hkv) || !rows_ok(in.v, Hkv) || !rows_ok(ksrc, Hkv) || !rows_ok(qsrc, Hq) ||
+      position.scalar_type() != torch::kInt64 || position.device() != buffer.device())
+    return false;
+  auto p = store_params_[in.layer];
+  p.k = in.k.data_ptr(), p.k_head_stride = in.k.stride(1);
+  p.v = in.v.data_ptr(), p.v_head_stride = in.v.stride(1);
+  p.index_k_src = ksrc.data_ptr(), p.index_k_src_head_stride = ksrc.stride(1);
+  p.index_q_src = qsrc.data_ptr(), p.index_q_src_head_stride = qsrc.stride(1);
+  p.position = position.data_ptr<int64_t>();
+  ops::sparse_token_store(p, position.device());
+  return true;
+}
+
 void SparseCache::store_token(const model::LayerAttentionInputs& in, const torch::Tensor& position) {
+  if (fused_store_ && store_fused(in, position)) return;
   // A few gathers and indexed copies per layer, not a copy per head; positions come from device memory, so a CUDA
   // graph of this serves every step.
   const int64_t l = in.layer;
@@ -93,7 +158,10 @@ void SparseCache::store_token(const model::LayerAttentionInputs& in, const torch
     const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
     const auto& qsrc = settings_.post_rope_indexer ? in.q : in.q_pre_rope;
     index_k_[l].index_copy_(1, position, indexer_->index_keys(l, ksrc)[0].to(index_k_[l].scalar_type()));
-    step_index_q_[l] = indexer_->index_queries(l, qsrc)[0].select(2, 0).contiguous();  // [n, G, 1, dim] -> [n, G, dim]
+    auto iq = indexer_->index_queries(l, qsrc)[0].select(2, 0);  // [n, G, 1, dim] -> [n, G, dim]
+    // The fused store's buffer stays where it is (a graph captured with either path reads it there).
+    if (fused_store_available_) step_index_q_[l].copy_(iq);
+    else step_index_q_[l] = iq.contiguous();
   }
   if (ring_k_[l].defined()) {
     ring_k_[l].index_copy_(1, ring_slot_, pick(k, streaming_rows_[l]));

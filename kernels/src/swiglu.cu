@@ -1,0 +1,50 @@
+// silu(gate) * up (swiglu.h): one thread per output element, grid-stride; bound by its reads, which a decode step's
+// MLP makes a few microseconds at most.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "rtp/kernels/swiglu.h"
+
+namespace rtp::kernels {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) swiglu_kernel(const SwiGluParams p) {
+  const T* gate = static_cast<const T*>(p.gate);
+  const T* up = static_cast<const T*>(p.up);
+  T* out = static_cast<T*>(p.out);
+  const int64_t n = p.rows * p.inner;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    const int64_t r = e / p.inner, i = e - r * p.inner;
+    const float g = to_float(gate[r * p.in_row_stride + i]);
+    // Rounded after silu, as the eager silu kernel stores its result in the element type.
+    const float s = to_float(from_float<T>(g / (1.f + expf(-g))));
+    out[e] = from_float<T>(s * to_float(up[r * p.in_row_stride + i]));
+  }
+}
+
+}  // namespace
+
+cudaError_t swiglu_cuda(const SwiGluParams& p, cudaStream_t stream) {
+  if (*check_swiglu_params(p, true)) return cudaErrorInvalidValue;
+  const int64_t n = p.rows * p.inner;
+  const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
+  if (p.dtype == DType::BF16) swiglu_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(p);
+  else swiglu_kernel<float><<<blocks, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace rtp::kernels
