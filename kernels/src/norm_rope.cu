@@ -1,6 +1,11 @@
 // RMSNorm (+ RoPE) of rows (norm_rope.h): one thread block per row; the sum of squares reduced across the block,
 // then each thread writes its elements (with RoPE: the pairs i and i + dim/2, which rotate into each other).
+// Rows without RoPE (the hidden-size norms, one row per token in a decode step) keep the row in registers, at most
+// kPerThread elements per thread with the block sized to the row: a 4096-wide row read in a loop of 32 dependent
+// iterations by 128 threads is latency-bound (some 10 us per pass, three passes with a residual add).
 #include <cuda_bf16.h>
+
+#include <algorithm>
 
 #include "rtp/kernels/norm_rope.h"
 
@@ -36,6 +41,60 @@ __device__ __forceinline__ float block_sum(float v) {
 #pragma unroll
   for (int i = 0; i < kThreads / 32; ++i) total += part[i];
   return total;
+}
+
+// The sum over a block of any multiple of 32 threads up to 1024.
+__device__ __forceinline__ float block_sum_any(float v) {
+  __shared__ float part[32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < int(blockDim.x >> 5); ++i) total += part[i];
+  return total;
+}
+
+constexpr int kPerThread = 8;
+constexpr int kMaxRowThreads = 1024;
+
+// A row without RoPE held in registers: element i of the row is thread i % blockDim's k-th, k = i / blockDim, so
+// the warp's loads are coalesced and all kPerThread of them are issued before the first is used.
+template <typename T>
+__global__ void __launch_bounds__(kMaxRowThreads) rms_norm_row_in_registers_kernel(const RmsNormParams p) {
+  using N = Num<T>;
+  const int64_t row = blockIdx.x, D = p.dim;
+  const T* x = static_cast<const T*>(p.x) + row * D;
+  const T* res = p.residual ? static_cast<const T*>(p.residual) + row * D : nullptr;
+  T* sum = p.residual ? static_cast<T*>(p.sum_out) + row * D : nullptr;
+  const T* w = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out) + row * D;
+  float v[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
+    v[k] = i < D ? N::get(x[i]) : 0.f;
+  }
+  if (res) {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
+      if (i < D) {
+        v[k] = N::round(v[k] + N::get(res[i]));  // as the eager add leaves it
+        sum[i] = N::put(v[k]);
+      }
+    }
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) ss += v[k] * v[k];
+  const float r = rsqrtf(block_sum_any(ss) * (1.f / static_cast<float>(D)) + p.eps);
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
+    if (i < D) out[i] = N::put(N::get(w[i]) * N::round(v[k] * r));
+  }
 }
 
 // One row of p: block-wide, so every thread of the block calls it.
@@ -96,6 +155,13 @@ __global__ void __launch_bounds__(kThreads) rms_norm_pair_kernel(const RmsNormPa
 
 template <typename T>
 cudaError_t launch(const RmsNormParams& p, cudaStream_t stream) {
+  const bool contiguous_rows = p.x_token_stride == 0 || p.x_token_stride == p.heads * p.dim;
+  if (!p.cos && contiguous_rows && p.dim <= int64_t(kPerThread) * kMaxRowThreads) {
+    const int64_t threads = (p.dim + kPerThread - 1) / kPerThread;
+    const unsigned block = unsigned(std::max<int64_t>(64, (threads + 31) / 32 * 32));
+    rms_norm_row_in_registers_kernel<T><<<unsigned(p.rows), block, 0, stream>>>(p);
+    return cudaGetLastError();
+  }
   if (p.cos) rms_norm_kernel<T, true><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
   else rms_norm_kernel<T, false><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
   return cudaGetLastError();

@@ -193,6 +193,8 @@ TEST(DecodeStepperCuda, FusedTokenStoreDecodesLikeTheEagerStore) {
     EXPECT_LE(worst, (dtype == torch::kBFloat16 ? 0.05 : 1e-3) * scale);
     EXPECT_GE(same_tokens, steps - 2);
     EXPECT_EQ(fused.length(), eager.length());
+    EXPECT_EQ(fused.fused_token_stores(), steps * c.num_hidden_layers);  // every layer of every step took the kernel
+    EXPECT_EQ(eager.fused_token_stores(), 0);
   }
 }
 

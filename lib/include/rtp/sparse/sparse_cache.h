@@ -53,6 +53,9 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   // weights as they were when the cache was built; false: the eager gathers and copies (for comparisons).
   void set_fused_token_store(bool on) { fused_store_ = on && fused_store_available_; }
   bool fused_token_store() const { return fused_store_; }
+  // Layer stores the kernel took, counted on the host (a graph replay runs it without the host knowing): lets tests
+  // and benchmarks see that the path was taken.
+  int64_t fused_token_stores() const { return fused_stores_; }
 
   // Forward options that continue the cached sequence through this cache.
   model::ForwardOptions options();
@@ -98,6 +101,7 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   // The fused store (GPU): per layer the indexer's weights in the cache's dtype ([n_ret, dim, D], [n_ret G, dim, D])
   // and the kernel's parameters that do not change between steps.
   bool fused_store_available_ = false, fused_store_ = false;
+  int64_t fused_stores_ = 0;
   std::vector<torch::Tensor> store_k_weight_, store_q_weight_;
   std::vector<kernels::SparseTokenStoreParams> store_params_;
   bool store_fused(const model::LayerAttentionInputs& in, const torch::Tensor& position);

@@ -142,6 +142,7 @@ bool SparseCache::store_fused(const model::LayerAttentionInputs& in, const torch
   p.index_q_src = qsrc.data_ptr(), p.index_q_src_head_stride = qsrc.stride(1);
   p.position = position.data_ptr<int64_t>();
   ops::sparse_token_store(p, position.device());
+  ++fused_stores_;
   return true;
 }
 
