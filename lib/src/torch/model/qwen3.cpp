@@ -9,6 +9,7 @@
 #include "rtp/model/parameter_layout.h"
 #include "rtp/model/rope.h"
 #include "rtp/ops/moe_decode.h"
+#include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
 #include "rtp/ops/swiglu.h"
 
@@ -145,10 +146,7 @@ class Qwen3ModelImpl {
     const auto shape = x.sizes().vec();
     auto flat = x.reshape({-1, cfg.hidden_size});
     auto router_logits = at::linear(flat, p(pre + "gate.weight"));
-    auto probs = torch::softmax(router_logits, -1, torch::kFloat32);
-    auto [top_w, top_i] = torch::topk(probs, cfg.num_experts_per_tok, -1);
-    if (cfg.norm_topk_prob) top_w = top_w / top_w.sum(-1, true);
-    top_w = top_w.to(router_logits.dtype());
+    auto [top_i, top_w] = ops::moe_route(router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob);
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
