@@ -1,7 +1,7 @@
 // The MoE router CUDA kernel (rtp/kernels/moe_router.h): float32 logits give the CPU reference's experts and weights
 // within float32 rounding; bf16 logits (where ties are common) give a valid top-k (no unselected expert more probable
 // than a selected one) whose weights are within twice the eager path's error of the float64 routing; 512 experts /
-// top-32 at the kernel's limits.
+// top-32 at the kernel's limits. (Which tied expert comes first is not compared with eager's: torch does not fix it.)
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -64,7 +64,10 @@ TEST(MoeRouterCuda, Bf16GivesAValidTopKWithinTwiceEagerError) {
     std::cout << N << " tokens x 128 experts, top 8, bf16: max |weight err| " << err << " (eager " << eager_err
               << "), expert ids equal to eager's " << same << "\n";
     EXPECT_LE(err, 2 * eager_err + 1e-6);
-    EXPECT_GE(same, 0.95);
+    // Tied probabilities (common with bf16 logits) may come in another order than eager's, or, tied at the k-th
+    // place, be other experts; the weights, sorted, agree within one bf16 rounding either way.
+    const auto ws = std::get<0>(w.to(torch::kFloat64).sort(-1)), ews = std::get<0>(ew.to(torch::kFloat64).sort(-1));
+    EXPECT_TRUE(((ws - ews).abs() <= ews.abs() / 256 + 1e-12).all().item<bool>()) << N << " tokens";
   }
 }
 
