@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "commit_id.h"
+#include "layer_breakdown.h"
 #include "main_guard.h"
 #include "tool_args.h"
 #include "rtp/core/file_io.h"
@@ -77,6 +78,8 @@ int main(int argc, char** argv) {
       ("prefill-chunk", "prompt tokens per prefill forward", cxxopts::value<std::string>()->default_value("4096"))
       ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only), greedy (graphs where there are any, through "
                 "greedy_continue, stopping at the config's eos tokens)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
+      ("breakdown", "also time each op of one layer's step alone (in CUDA graphs) at each length, against the bytes it "
+                    "moves: where a step's time goes (CUDA only)")
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("seed", "weights, heads, indexer and prompts", cxxopts::value<std::string>()->default_value("0"))
@@ -113,6 +116,8 @@ int main(int argc, char** argv) {
     if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
     const auto paths = rtp::tools::choice_list("paths", args["paths"].as<std::string>(),
                                                {"grouped", "forward", "eager", "graphs", "greedy"});
+    const bool breakdown = args.count("breakdown") > 0;
+    if (breakdown && !device.is_cuda()) throw rtp::tools::UsageError("--breakdown times CUDA graphs: it needs --device cuda");
 
     torch::NoGradGuard no_grad;
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
@@ -256,6 +261,36 @@ int main(int argc, char** argv) {
         }
     }
     J["results"] = rows;
+    if (breakdown) {
+      // Per length: each op alone, then the sums a step would take if it were nothing but these ops back to back.
+      json B = json::array();
+      for (const int64_t len : lengths) {
+        const auto ops = rtp::bench::time_layer_ops(model, len, st);
+        std::printf("\nlength %lld, one layer's ops alone (layer 0, %s MLP), each in a CUDA graph of 50 calls:\n",
+                    static_cast<long long>(len), c.layer_is_moe(0) ? "MoE" : "dense");
+        std::printf("%-10s %-52s %9s %10s %9s %8s\n", "group", "op", "us", "MB moved", "GB/s", "of copy");
+        double dense_layer = 0, sparse_layer = 0, head = 0;
+        for (const auto& o : ops) {
+          const double gbs = static_cast<double>(o.bytes) / (o.us * 1e-6) / 1e9;
+          std::printf("%-10s %-52s %9.2f %10.3f %9.0f %7.1f%%\n", o.group.c_str(), o.op.c_str(), o.us, o.bytes / 1e6, gbs,
+                      100.0 * gbs * 1e9 / bandwidth);
+          B.push_back({{"length", len}, {"group", o.group}, {"op", o.op}, {"us", o.us}, {"bytes", o.bytes}, {"gbs", gbs}});
+          const bool dense_only = o.op.rfind("dense:", 0) == 0, sparse_only = o.op.rfind("sparse:", 0) == 0;
+          if (o.group == "head") head += o.us;
+          else {
+            if (!sparse_only) dense_layer += o.us;
+            if (!dense_only) sparse_layer += o.us;
+          }
+        }
+        const double L = static_cast<double>(c.num_hidden_layers);
+        std::printf("sum of ops per token: dense %.3f ms (%.1f us per layer), sparse with a retrieval head in every layer "
+                    "%.3f ms (%.1f us per layer); head %.1f us\n",
+                    (L * dense_layer + head) / 1e3, dense_layer, (L * sparse_layer + head) / 1e3, sparse_layer, head);
+        B.push_back({{"length", len}, {"sum_dense_ms", (L * dense_layer + head) / 1e3},
+                     {"sum_sparse_ms", (L * sparse_layer + head) / 1e3}});
+      }
+      J["breakdown"] = B;
+    }
     rtp::write_json_atomic(out_path, J);
     std::cout << "wrote " << out_path << "\n";
     return 0;
