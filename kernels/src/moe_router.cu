@@ -9,14 +9,14 @@ namespace rtp::kernels {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kSlots = kMoeRouterMaxExperts / 32;
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-template <typename T>
+// kSlots = ceil(experts / 32) rounded up to a power of two (4 for 128 experts): each top-k round scans only those.
+template <typename T, int kSlots>
 __global__ void __launch_bounds__(kWarps * 32) moe_router_kernel(const MoeRouterParams p) {
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
@@ -76,14 +76,23 @@ __global__ void __launch_bounds__(kWarps * 32) moe_router_kernel(const MoeRouter
   }
 }
 
+template <typename T>
+cudaError_t launch(const MoeRouterParams& p, cudaStream_t stream) {
+  static_assert(kMoeRouterMaxExperts == 16 * 32, "the slot counts below cover up to 16 x 32 experts");
+  const unsigned blocks = unsigned((p.tokens + kWarps - 1) / kWarps);
+  if (p.experts <= 32) moe_router_kernel<T, 1><<<blocks, kWarps * 32, 0, stream>>>(p);
+  else if (p.experts <= 64) moe_router_kernel<T, 2><<<blocks, kWarps * 32, 0, stream>>>(p);
+  else if (p.experts <= 128) moe_router_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(p);
+  else if (p.experts <= 256) moe_router_kernel<T, 8><<<blocks, kWarps * 32, 0, stream>>>(p);
+  else moe_router_kernel<T, 16><<<blocks, kWarps * 32, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 cudaError_t moe_router_cuda(const MoeRouterParams& p, cudaStream_t stream) {
   if (*check_moe_router_params(p, true)) return cudaErrorInvalidValue;
-  const unsigned blocks = unsigned((p.tokens + kWarps - 1) / kWarps);
-  if (p.dtype == DType::BF16) moe_router_kernel<__nv_bfloat16><<<blocks, kWarps * 32, 0, stream>>>(p);
-  else moe_router_kernel<float><<<blocks, kWarps * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return p.dtype == DType::BF16 ? launch<__nv_bfloat16>(p, stream) : launch<float>(p, stream);
 }
 
 }  // namespace rtp::kernels

@@ -2,7 +2,9 @@
 // Where a one-token decode step's time goes: each op of one decoder layer (and the LM head) timed alone, as the
 // decode step runs it (one token, the model's weights and shapes, the KV cache at a given length), against the bytes
 // it must move. An op is captured `reps` times into one CUDA graph and the graph replayed, so the time per op is what
-// it costs between its neighbours in the step's graphs: launch and tail latency included, host overhead not.
+// it costs between its neighbours in the step's graphs: launch and tail latency included, host overhead not. Calls
+// cycle through copies of their weights and KV (and MoE calls through random experts), so that no call finds its
+// operands in L2 from the call before, as in a step, where each layer's are read once.
 #include <torch/types.h>
 
 #include <string>
