@@ -9,6 +9,7 @@
 #include "rtp/core/error.h"
 #include "rtp/model/attention_seam.h"
 #include "rtp/model/rope.h"
+#include "rtp/ops/kv_token_store.h"
 #include "rtp/ops/moe_decode.h"
 #include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
@@ -114,6 +115,9 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   auto x = torch::randn({1, 1, H}, opt), d = torch::randn({1, 1, H}, opt);
   add("attention", "residual add + input RMSNorm", 4 * H * e + H * e,
       [&] { ops::add_rms_norm(x, d, w[pre + "input_layernorm.weight"], eps); });
+  // For comparison, not part of the step: the same norm without the add.
+  add("(compare)", "input RMSNorm without the residual add", 3 * H * e,
+      [&] { ops::rms_norm(x, w[pre + "input_layernorm.weight"], eps); });
   const std::string a = pre + "self_attn.";
   auto wqkv = torch::cat({w[a + "q_proj.weight"], w[a + "k_proj.weight"], w[a + "v_proj.weight"]}, 0);
   auto h = torch::randn({1, 1, H}, opt);
@@ -128,10 +132,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   auto kbuf = torch::randn({1, Hkv, cap, D}, opt), vbuf = torch::randn({1, Hkv, cap, D}, opt);
   auto pos = torch::full({1}, kv_len - 1, torch::TensorOptions(torch::kInt64).device(dev));
   auto k1 = torch::randn({1, Hkv, 1, D}, opt), v1 = torch::randn({1, Hkv, 1, D}, opt);
-  add("attention", "dense: token store (2 indexed copies)", 4 * Hkv * D * e, [&] {
-    kbuf.index_copy_(2, pos, k1);
-    vbuf.index_copy_(2, pos, v1);
-  });
+  add("attention", "dense: token store (1 kernel)", 4 * Hkv * D * e, [&] { ops::kv_token_store(kbuf, vbuf, k1, v1, pos); });
   {
     const int n = copies_for(2 * bytes_of(kbuf), l2, reps);
     std::vector<model::LayerAttentionInputs> ins;

@@ -276,6 +276,7 @@ int main(int argc, char** argv) {
                       100.0 * gbs * 1e9 / bandwidth);
           B.push_back({{"length", len}, {"group", o.group}, {"op", o.op}, {"us", o.us}, {"bytes", o.bytes}, {"gbs", gbs}});
           const bool dense_only = o.op.rfind("dense:", 0) == 0, sparse_only = o.op.rfind("sparse:", 0) == 0;
+          if (o.group == "(compare)") continue;
           if (o.group == "head") head += o.us;
           else {
             if (!sparse_only) dense_layer += o.us;

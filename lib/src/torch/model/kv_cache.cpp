@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "rtp/core/error.h"
+#include "rtp/ops/kv_token_store.h"
 
 namespace rtp::model {
 
@@ -56,7 +57,11 @@ std::shared_ptr<const void> KVCache::begin_step(int64_t position) {
 }
 
 void KVCache::store_token(const LayerAttentionInputs& in, const torch::Tensor& position) {
-  // index_copy_ takes the slot from device memory: the same graph writes every position.
+  // The slot comes from device memory: the same graph writes every position. On a GPU one kernel for k and v.
+  if (k_[in.layer].is_cuda() && ops::kv_token_store_supported(k_[in.layer], v_[in.layer], in.k, in.v, position)) {
+    ops::kv_token_store(k_[in.layer], v_[in.layer], in.k, in.v, position);
+    return;
+  }
   k_[in.layer].index_copy_(2, position, in.k);
   v_[in.layer].index_copy_(2, position, in.v);
 }
