@@ -10,7 +10,7 @@ OUT=${OUT:-out/device}
 mkdir -p "$OUT"
 start=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
-TESTS="decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test norm_rope_gpu_test norm_rope_ref_test swiglu_gpu_test sparse_token_store_gpu_test moe_router_gpu_test kv_token_store_gpu_test qwen3_parity_gpu_test generation_test sparse_cache_test"
+TESTS="decode_stepper_gpu_test decode_stepper_test moe_decode_gpu_test moe_decode_ref_test norm_rope_gpu_test norm_rope_ref_test swiglu_gpu_test sparse_token_store_gpu_test moe_router_gpu_test kv_token_store_gpu_test gemv_gpu_test qwen3_parity_gpu_test generation_test sparse_cache_test"
 ninja -C build-gpu -j16 $TESTS rtpurbo-bench-decode > /tmp/build.log 2>&1 || { grep -E "error|FAILED" -A3 /tmp/build.log | head -30; exit 1; }
 echo "built after $(( $(date +%s) - start )) s"
 for t in $TESTS; do

@@ -10,6 +10,7 @@
 #include "rtp/model/attention_seam.h"
 #include "rtp/model/rope.h"
 #include "rtp/ops/kv_token_store.h"
+#include "rtp/ops/linear_decode.h"
 #include "rtp/ops/moe_decode.h"
 #include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
@@ -102,13 +103,13 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     out.push_back({group, op, time_in_graph(f, reps, dev), bytes});
   };
   const int64_t l2 = l2_bytes(dev);
-  // x [.., in] times a weight [out, in], the weight from a ring of copies.
+  // x [.., in] times a weight [out, in] as the model's decode step runs it, the weight from a ring of copies.
   const auto add_linear = [&](const std::string& group, const std::string& op, const torch::Tensor& x_in,
                               const torch::Tensor& weight) {
     const auto ws = clones(weight, copies_for(bytes_of(weight), l2, reps));
     size_t i = 0;
     add(group, op, bytes_of(weight) + (weight.size(0) + weight.size(1)) * e,
-        [&, ws] { at::linear(x_in, ws[i++ % ws.size()]); });
+        [&, ws] { ops::linear_decode(x_in, ws[i++ % ws.size()]); });
   };
 
   // Attention half.

@@ -2,11 +2,10 @@
 
 #include <torch/torch.h>
 
-#include <optional>
-
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/swiglu.h"
+#include "row_layout.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -15,24 +14,7 @@
 namespace rtp::ops {
 namespace k = rtp::kernels;
 
-namespace {
-
-// The distance between consecutive rows when t is rows of its last dimension with unit element stride, the leading
-// dimensions collapsing into one evenly spaced row index; nothing otherwise.
-std::optional<int64_t> row_stride(const torch::Tensor& t) {
-  if (t.dim() == 0 || t.stride(-1) != 1) return std::nullopt;
-  if (t.dim() == 1) return t.size(0);
-  const int64_t s = t.stride(-2);
-  if (s < t.size(-1)) return std::nullopt;
-  int64_t expected = s;
-  for (int64_t d = t.dim() - 2; d >= 0; --d) {
-    if (t.size(d) != 1 && t.stride(d) != expected) return std::nullopt;
-    expected *= t.size(d);
-  }
-  return s;
-}
-
-}  // namespace
+using detail::row_stride;
 
 bool fused_swiglu_supported(const torch::Tensor& gate, const torch::Tensor& up) {
   const auto dt = gate.scalar_type();

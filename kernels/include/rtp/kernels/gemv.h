@@ -1,0 +1,34 @@
+#pragma once
+// y = x W^T for a few rows of x (the tokens of a decode step): out[n, m] = sum_k x[n, k] W[m, k], float32 sums rounded
+// once to the element type. cuBLAS picks kernels for these shapes that reach 8-60% of the copy bandwidth on an H200
+// (a Qwen3-0.6B o projection, 4 MB: 12.7 us), so the model's one-token projections take this instead: four warps per
+// weight row, each a quarter of the row in 16-byte streaming loads, every token's dot from one read of the weights.
+// CPU reference: float32, double sums.
+#include <cstdint>
+
+#include "rtp/kernels/sparse_attention_params.h"  // DType
+
+#ifdef RTPURBO_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace rtp::kernels {
+
+constexpr int kGemvMaxRows = 4;  // rows of x (tokens) one launch takes
+
+struct GemvParams {
+  const void* x = nullptr;       // [rows, k], rows x_row_stride elements apart
+  const void* weight = nullptr;  // [m, k] contiguous
+  void* out = nullptr;           // [rows, m] contiguous
+  int64_t rows = 0, m = 0, k = 0, x_row_stride = 0;
+  DType dtype = DType::F32;
+};
+
+const char* check_gemv_params(const GemvParams& p, bool cuda);
+void gemv_cpu(const GemvParams& p);  // F32 only
+
+#ifdef RTPURBO_WITH_CUDA
+cudaError_t gemv_cuda(const GemvParams& p, cudaStream_t stream);
+#endif
+
+}  // namespace rtp::kernels

@@ -1,0 +1,113 @@
+// gemv.h: a block of 8 warps takes 2 weight rows, 4 warps per row, each warp a contiguous quarter of the row (in
+// 16-byte loads that bypass L1: the weights are read once) against every token's x (cached); the quarters' sums
+// meet in shared memory. Rows of a few MB give thousands of warps, enough loads in flight to approach the copy
+// bandwidth.
+#include <cuda_bf16.h>
+
+#include "rtp/kernels/gemv.h"
+
+namespace rtp::kernels {
+
+namespace {
+
+constexpr int kWarpsPerRow = 4;
+constexpr int kRowsPerBlock = 2;
+constexpr int kThreads = 32 * kWarpsPerRow * kRowsPerBlock;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float dot16(uint4 a, uint4 b, float) {
+  return __uint_as_float(a.x) * __uint_as_float(b.x) + __uint_as_float(a.y) * __uint_as_float(b.y) +
+         __uint_as_float(a.z) * __uint_as_float(b.z) + __uint_as_float(a.w) * __uint_as_float(b.w);
+}
+__device__ __forceinline__ float dot2(uint32_t a, uint32_t b) {
+  const float2 fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a));
+  const float2 fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b));
+  return fa.x * fb.x + fa.y * fb.y;
+}
+__device__ __forceinline__ float dot16(uint4 a, uint4 b, __nv_bfloat16) {
+  return dot2(a.x, b.x) + dot2(a.y, b.y) + dot2(a.z, b.z) + dot2(a.w, b.w);
+}
+
+template <typename T, int kRows, bool kVec>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int row_in_block = warp / kWarpsPerRow, quarter = warp % kWarpsPerRow;
+  const int64_t m = int64_t(blockIdx.x) * kRowsPerBlock + row_in_block;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.weight) + m * p.k;
+  float acc[kRows];
+#pragma unroll
+  for (int n = 0; n < kRows; ++n) acc[n] = 0.f;
+  if (m < p.m) {
+    if constexpr (kVec) {
+      constexpr int kPerVec = 16 / sizeof(T);
+      const int64_t n16 = p.k / kPerVec, per = (n16 + kWarpsPerRow - 1) / kWarpsPerRow;
+      const int64_t begin = quarter * per, end = begin + per < n16 ? begin + per : n16;
+      const auto* w16 = reinterpret_cast<const uint4*>(w);
+#pragma unroll 4
+      for (int64_t i = begin + lane; i < end; i += 32) {
+        const uint4 wv = __ldcs(w16 + i);
+#pragma unroll
+        for (int n = 0; n < kRows; ++n)
+          acc[n] += dot16(wv, __ldg(reinterpret_cast<const uint4*>(x + n * p.x_row_stride) + i), T());
+      }
+    } else {
+      const int64_t per = (p.k + kWarpsPerRow - 1) / kWarpsPerRow;
+      const int64_t begin = quarter * per, end = begin + per < p.k ? begin + per : p.k;
+      for (int64_t i = begin + lane; i < end; i += 32) {
+        const float wv = to_float(w[i]);
+#pragma unroll
+        for (int n = 0; n < kRows; ++n) acc[n] += wv * to_float(x[n * p.x_row_stride + i]);
+      }
+    }
+  }
+  __shared__ float part[kRowsPerBlock][kWarpsPerRow][kRows];
+#pragma unroll
+  for (int n = 0; n < kRows; ++n) {
+    float v = acc[n];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) part[row_in_block][quarter][n] = v;
+  }
+  __syncthreads();
+  if (quarter == 0 && lane < kRows && m < p.m) {
+    float s = 0.f;
+#pragma unroll
+    for (int q = 0; q < kWarpsPerRow; ++q) s += part[row_in_block][q][lane];
+    store(static_cast<T*>(p.out) + lane * p.m + m, s);
+  }
+}
+
+template <typename T, int kRows>
+cudaError_t launch_rows(const GemvParams& p, bool vec, cudaStream_t stream) {
+  const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
+  if (vec) gemv_kernel<T, kRows, true><<<blocks, kThreads, 0, stream>>>(p);
+  else gemv_kernel<T, kRows, false><<<blocks, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch(const GemvParams& p, cudaStream_t stream) {
+  constexpr int kPerVec = 16 / sizeof(T);
+  const auto aligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
+  const bool vec = p.k % kPerVec == 0 && p.x_row_stride % kPerVec == 0 && aligned(p.x) && aligned(p.weight);
+  switch (p.rows) {
+    case 1: return launch_rows<T, 1>(p, vec, stream);
+    case 2: return launch_rows<T, 2>(p, vec, stream);
+    case 3: return launch_rows<T, 3>(p, vec, stream);
+    default: return launch_rows<T, 4>(p, vec, stream);
+  }
+}
+
+}  // namespace
+
+cudaError_t gemv_cuda(const GemvParams& p, cudaStream_t stream) {
+  if (*check_gemv_params(p, true) || p.m > int64_t(0x7fffffff) * kRowsPerBlock) return cudaErrorInvalidValue;
+  return p.dtype == DType::BF16 ? launch<__nv_bfloat16>(p, stream) : launch<float>(p, stream);
+}
+
+}  // namespace rtp::kernels

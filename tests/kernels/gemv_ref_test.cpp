@@ -1,0 +1,46 @@
+// The few-row GEMV's CPU reference (rtp/kernels/gemv.h) against a float64 matrix product, on strided rows and odd
+// sizes; parameter errors. (On the CPU the model keeps at::linear; linear_decode falls back to it there.)
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "rtp/kernels/gemv.h"
+#include "rtp/ops/linear_decode.h"
+
+namespace {
+
+TEST(GemvRef, MatchesTheMatrixProductOnStridedRows) {
+  torch::manual_seed(61);
+  for (const auto& [rows, m, k] : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {2, 37, 129}, {4, 64, 1000}, {3, 5, 8}}) {
+    auto wide = torch::randn({rows, k + 3});
+    auto x = wide.narrow(1, 2, k);
+    auto w = torch::randn({m, k});
+    auto out = torch::empty({rows, m});
+    rtp::kernels::GemvParams p;
+    p.x = x.data_ptr<float>(), p.weight = w.data_ptr<float>(), p.out = out.data_ptr<float>();
+    p.rows = rows, p.m = m, p.k = k, p.x_row_stride = k + 3;
+    ASSERT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+    rtp::kernels::gemv_cpu(p);
+    auto ref = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+    EXPECT_LE((out.to(torch::kFloat64) - ref).abs().max().item<double>(), 1e-5 * (1 + ref.abs().max().item<double>()))
+        << rows << " x " << m << " x " << k;
+  }
+  // The torch-facing op on the CPU is at::linear.
+  auto x = torch::randn({1, 1, 16}), w = torch::randn({8, 16});
+  EXPECT_FALSE(rtp::ops::gemv_supported(x, w));
+  EXPECT_TRUE(torch::equal(rtp::ops::linear_decode(x, w), at::linear(x, w)));
+}
+
+TEST(GemvRef, RejectsBadParameters) {
+  rtp::kernels::GemvParams p;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("null"), std::string::npos);
+  float f = 0;
+  p.x = p.weight = p.out = &f;
+  p.rows = 5, p.m = 2, p.k = 2, p.x_row_stride = 2;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("rows must be in [1, 4]"), std::string::npos);
+  p.rows = 1, p.x_row_stride = 1;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("x_row_stride"), std::string::npos);
+}
+
+}  // namespace
