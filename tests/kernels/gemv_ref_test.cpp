@@ -44,3 +44,17 @@ TEST(GemvRef, RejectsBadParameters) {
 }
 
 }  // namespace
+
+namespace {
+
+// The model's per-weight choice: the kernel for k >= m (o, down, router), cuBLAS for longer outputs (q/k/v, gate/up);
+// on the CPU both are at::linear.
+TEST(GemvRef, ProjectPrefersTheKernelForLongReductions) {
+  EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({1024, 2048})));   // o projection of Qwen3-0.6B
+  EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({128, 2048})));    // a router
+  EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({4096, 1024})));  // q/k/v of Qwen3-0.6B
+  auto x = torch::randn({1, 1, 64}), w = torch::randn({32, 64});
+  EXPECT_TRUE(torch::equal(rtp::ops::project(x, w), at::linear(x, w)));
+}
+
+}  // namespace

@@ -109,7 +109,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     const auto ws = clones(weight, copies_for(bytes_of(weight), l2, reps));
     size_t i = 0;
     add(group, op, bytes_of(weight) + (weight.size(0) + weight.size(1)) * e,
-        [&, ws] { ops::linear_decode(x_in, ws[i++ % ws.size()]); });
+        [&, ws] { ops::project(x_in, ws[i++ % ws.size()]); });
   };
 
   // Attention half.

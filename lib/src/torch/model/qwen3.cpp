@@ -126,28 +126,29 @@ class Qwen3ModelImpl {
     return rms_norm(x.base, weight);
   }
 
-  // Without bias, a decode step's few tokens go through the GEMV kernel on a GPU (ops/linear_decode.h).
+  // Without bias, a decode step's few tokens go through the GEMV kernel on a GPU where it beats cuBLAS
+  // (ops/linear_decode.h).
   torch::Tensor linear(const torch::Tensor& x, const std::string& base, bool bias) const {
-    return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias")) : ops::linear_decode(x, p(base + ".weight"));
+    return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias")) : ops::project(x, p(base + ".weight"));
   }
 
   torch::Tensor dense_mlp(int64_t i, const torch::Tensor& x, const std::string& pre) const {
     torch::Tensor gate, up;
     if (shares_rows(gate_up_weight[i])) {
-      auto gu = ops::linear_decode(x, gate_up_weight[i].joined);
+      auto gu = ops::project(x, gate_up_weight[i].joined);
       const int64_t I = cfg.intermediate_size;
       gate = gu.narrow(-1, 0, I), up = gu.narrow(-1, I, I);
     } else {
-      gate = ops::linear_decode(x, p(pre + "gate_proj.weight"));
-      up = ops::linear_decode(x, p(pre + "up_proj.weight"));
+      gate = ops::project(x, p(pre + "gate_proj.weight"));
+      up = ops::project(x, p(pre + "up_proj.weight"));
     }
-    return ops::linear_decode(ops::swiglu(gate, up), p(pre + "down_proj.weight"));
+    return ops::project(ops::swiglu(gate, up), p(pre + "down_proj.weight"));
   }
 
   torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
     const auto shape = x.sizes().vec();
     auto flat = x.reshape({-1, cfg.hidden_size});
-    auto router_logits = ops::linear_decode(flat, p(pre + "gate.weight"));
+    auto router_logits = ops::project(flat, p(pre + "gate.weight"));
     auto [top_i, top_w] = ops::moe_route(router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob);
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
@@ -225,7 +226,7 @@ class Qwen3ModelImpl {
     if (shares_rows(qkv_weight[i]) && (!cfg.attention_bias || shares_rows(qkv_bias[i]))) {
       // One GEMM; q, k and v are views of its output (the fused norm kernels read q and k in place).
       auto qkv = cfg.attention_bias ? at::linear(h, qkv_weight[i].joined, qkv_bias[i].joined)
-                                    : ops::linear_decode(h, qkv_weight[i].joined);
+                                    : ops::project(h, qkv_weight[i].joined);
       q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D});
       k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D});
       v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);

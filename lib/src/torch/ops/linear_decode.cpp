@@ -50,4 +50,10 @@ torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight)
 #endif
 }
 
+bool gemv_preferred(const torch::Tensor& weight) { return weight.dim() == 2 && weight.size(1) >= weight.size(0); }
+
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight) {
+  return gemv_preferred(weight) ? linear_decode(x, weight) : at::linear(x, weight);
+}
+
 }  // namespace rtp::ops
