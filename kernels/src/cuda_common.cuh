@@ -1,5 +1,6 @@
 #pragma once
-// Small device helpers shared by the sparse-attention kernels: mma.sync m16n8k16 bf16, ldmatrix, cp.async.
+// Small device helpers shared by the kernels: mma.sync m16n8k16 bf16, ldmatrix, cp.async, warp reductions, bf16/float
+// conversions and 16-byte dot products.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -83,6 +84,31 @@ template <>
 __device__ __forceinline__ float to_float<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+// float -> T (bf16: round to nearest even).
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// The dot product of two 16-byte vectors of T (4 float32 or 8 bf16) in float32, the elements summed in order.
+template <typename T>
+__device__ __forceinline__ float dot_16bytes(uint4 a, uint4 b);
+template <>
+__device__ __forceinline__ float dot_16bytes<float>(uint4 a, uint4 b) {
+  return __uint_as_float(a.x) * __uint_as_float(b.x) + __uint_as_float(a.y) * __uint_as_float(b.y) +
+         __uint_as_float(a.z) * __uint_as_float(b.z) + __uint_as_float(a.w) * __uint_as_float(b.w);
+}
+__device__ __forceinline__ float dot_bf16x2(uint32_t a, uint32_t b) {
+  const float2 fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a));
+  const float2 fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b));
+  return fa.x * fb.x + fa.y * fb.y;
+}
+template <>
+__device__ __forceinline__ float dot_16bytes<__nv_bfloat16>(uint4 a, uint4 b) {
+  return dot_bf16x2(a.x, b.x) + dot_bf16x2(a.y, b.y) + dot_bf16x2(a.z, b.z) + dot_bf16x2(a.w, b.w);
+}
 
 // Merges two (max, sum of exp(x - max)) pairs; (-inf, 0) is the empty set.
 __device__ __forceinline__ float2 merge_ms(float2 a, float2 b) {

@@ -4,33 +4,18 @@
 // bandwidth.
 #include <cuda_bf16.h>
 
+#include "cuda_common.cuh"
 #include "rtp/kernels/gemv.h"
 
 namespace rtp::kernels {
 
 namespace {
 
+using namespace cuda_detail;
+
 constexpr int kWarpsPerRow = 4;
 constexpr int kRowsPerBlock = 2;
 constexpr int kThreads = 32 * kWarpsPerRow * kRowsPerBlock;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float dot16(uint4 a, uint4 b, float) {
-  return __uint_as_float(a.x) * __uint_as_float(b.x) + __uint_as_float(a.y) * __uint_as_float(b.y) +
-         __uint_as_float(a.z) * __uint_as_float(b.z) + __uint_as_float(a.w) * __uint_as_float(b.w);
-}
-__device__ __forceinline__ float dot2(uint32_t a, uint32_t b) {
-  const float2 fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a));
-  const float2 fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b));
-  return fa.x * fb.x + fa.y * fb.y;
-}
-__device__ __forceinline__ float dot16(uint4 a, uint4 b, __nv_bfloat16) {
-  return dot2(a.x, b.x) + dot2(a.y, b.y) + dot2(a.z, b.z) + dot2(a.w, b.w);
-}
 
 template <typename T, int kRows, bool kVec>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
@@ -53,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
         const uint4 wv = __ldcs(w16 + i);
 #pragma unroll
         for (int n = 0; n < kRows; ++n)
-          acc[n] += dot16(wv, __ldg(reinterpret_cast<const uint4*>(x + n * p.x_row_stride) + i), T());
+          acc[n] += dot_16bytes<T>(wv, __ldg(reinterpret_cast<const uint4*>(x + n * p.x_row_stride) + i));
       }
     } else {
       const int64_t per = (p.k + kWarpsPerRow - 1) / kWarpsPerRow;
@@ -68,9 +53,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   __shared__ float part[kRowsPerBlock][kWarpsPerRow][kRows];
 #pragma unroll
   for (int n = 0; n < kRows; ++n) {
-    float v = acc[n];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const float v = warp_sum(acc[n]);
     if (lane == 0) part[row_in_block][quarter][n] = v;
   }
   __syncthreads();
@@ -78,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
     float s = 0.f;
 #pragma unroll
     for (int q = 0; q < kWarpsPerRow; ++q) s += part[row_in_block][q][lane];
-    store(static_cast<T*>(p.out) + lane * p.m + m, s);
+    static_cast<T*>(p.out)[lane * p.m + m] = from_float<T>(s);
   }
 }
 

@@ -6,11 +6,14 @@
 // L1 (they are not reused); the token's activations are reused by every warp and stay cached.
 #include <cuda_bf16.h>
 
+#include "cuda_common.cuh"
 #include "rtp/kernels/moe_decode.h"
 
 namespace rtp::kernels {
 
 namespace {
+
+using namespace cuda_detail;
 
 constexpr int kWarpsPerBlock = 8;
 
@@ -22,10 +25,7 @@ struct Elem<float> {
   static __device__ __forceinline__ float to_float(float v) { return v; }
   static __device__ __forceinline__ float round(float v) { return v; }
   static __device__ __forceinline__ float from_float(float v) { return v; }
-  static __device__ __forceinline__ float dot(uint4 a, uint4 b) {
-    return __uint_as_float(a.x) * __uint_as_float(b.x) + __uint_as_float(a.y) * __uint_as_float(b.y) +
-           __uint_as_float(a.z) * __uint_as_float(b.z) + __uint_as_float(a.w) * __uint_as_float(b.w);
-  }
+  static __device__ __forceinline__ float dot(uint4 a, uint4 b) { return dot_16bytes<float>(a, b); }
 };
 template <>
 struct Elem<__nv_bfloat16> {
@@ -33,21 +33,8 @@ struct Elem<__nv_bfloat16> {
   static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __device__ __forceinline__ float round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
   static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-  static __device__ __forceinline__ float dot2(uint32_t a, uint32_t b) {
-    const float2 fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a));
-    const float2 fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b));
-    return fa.x * fb.x + fa.y * fb.y;
-  }
-  static __device__ __forceinline__ float dot(uint4 a, uint4 b) {
-    return dot2(a.x, b.x) + dot2(a.y, b.y) + dot2(a.z, b.z) + dot2(a.w, b.w);
-  }
+  static __device__ __forceinline__ float dot(uint4 a, uint4 b) { return dot_16bytes<__nv_bfloat16>(a, b); }
 };
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // row . x over `len` elements by one warp; every lane returns the sum. `vec`: len is a multiple of the vector
 // width and both rows are 16-byte aligned.

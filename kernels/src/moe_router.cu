@@ -2,18 +2,16 @@
 // registers (expert e in lane e % 32, slot e / 32); the top-k by k rounds of a warp arg-max.
 #include <cuda_bf16.h>
 
+#include "cuda_common.cuh"
 #include "rtp/kernels/moe_router.h"
 
 namespace rtp::kernels {
 
 namespace {
 
-constexpr int kWarps = 4;
+using namespace cuda_detail;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+constexpr int kWarps = 4;
 
 // kSlots = ceil(experts / 32) rounded up to a power of two (4 for 128 experts): each top-k round scans only those.
 template <typename T, int kSlots>
@@ -72,7 +70,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_router_kernel(const MoeRouter
   }
   if (lane < K) {
     p.expert[n * K + lane] = kept_e;
-    store(static_cast<T*>(p.weight) + n * K + lane, p.norm_topk_prob ? kept_p / sum : kept_p);
+    static_cast<T*>(p.weight)[n * K + lane] = from_float<T>(p.norm_topk_prob ? kept_p / sum : kept_p);
   }
 }
 

@@ -30,21 +30,8 @@ struct Num<__nv_bfloat16> {
   static __device__ __forceinline__ __nv_bfloat16 put(float v) { return __float2bfloat16_rn(v); }
 };
 
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float part[kThreads / 32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  float total = 0.f;
-#pragma unroll
-  for (int i = 0; i < kThreads / 32; ++i) total += part[i];
-  return total;
-}
-
 // The sum over a block of any multiple of 32 threads up to 1024.
-__device__ __forceinline__ float block_sum_any(float v) {
+__device__ __forceinline__ float block_sum(float v) {
   __shared__ float part[32];
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -89,7 +76,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_norm_row_in_registers_kern
   float ss = 0.f;
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) ss += v[k] * v[k];
-  const float r = rsqrtf(block_sum_any(ss) * (1.f / static_cast<float>(D)) + p.eps);
+  const float r = rsqrtf(block_sum(ss) * (1.f / static_cast<float>(D)) + p.eps);
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
     const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;

@@ -3,26 +3,22 @@
 // is a row copy or one dot product of head_dim; the launch is a few microseconds of latency, not of bandwidth.
 #include <cuda_bf16.h>
 
+#include "cuda_common.cuh"
 #include "rtp/kernels/sparse_token_store.h"
 
 namespace rtp::kernels {
 
 namespace {
 
-constexpr int kWarps = 4;
+using namespace cuda_detail;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+constexpr int kWarps = 4;
 
 template <typename T>
 __device__ __forceinline__ float warp_dot(const T* a, const T* b, int D, int lane) {
   float s = 0.f;
   for (int d = lane; d < D; d += 32) s = fmaf(to_float(a[d]), to_float(b[d]), s);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;
+  return warp_sum(s);
 }
 
 template <typename T, typename TI>
@@ -64,7 +60,7 @@ __global__ void __launch_bounds__(kWarps * 32) sparse_token_store_kernel(const S
     const T* w = static_cast<const T*>(p.index_k_weight) + (int64_t(r) * I + i) * D;
     const T* src = static_cast<const T*>(p.index_k_src) + g * p.index_k_src_head_stride;
     const float s = warp_dot(w, src, D, lane);
-    if (lane == 0) store(static_cast<TI*>(p.index_keys) + (r * p.full_capacity + pos) * I + i, s);
+    if (lane == 0) static_cast<TI*>(p.index_keys)[(r * p.full_capacity + pos) * I + i] = from_float<TI>(s);
     return;
   }
   t -= int64_t(n_ret) * I;
@@ -73,7 +69,7 @@ __global__ void __launch_bounds__(kWarps * 32) sparse_token_store_kernel(const S
     const T* w = static_cast<const T*>(p.index_q_weight) + (int64_t(rj) * I + i) * D;
     const T* src = static_cast<const T*>(p.index_q_src) + (int64_t(g) * G + j) * p.index_q_src_head_stride;
     const float s = warp_dot(w, src, D, lane);
-    if (lane == 0) store(static_cast<T*>(p.index_q_out) + int64_t(rj) * I + i, s);
+    if (lane == 0) static_cast<T*>(p.index_q_out)[int64_t(rj) * I + i] = from_float<T>(s);
   }
 }
 

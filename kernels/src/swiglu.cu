@@ -4,22 +4,16 @@
 
 #include <algorithm>
 
+#include "cuda_common.cuh"
 #include "rtp/kernels/swiglu.h"
 
 namespace rtp::kernels {
 
 namespace {
 
-constexpr int kThreads = 256;
+using namespace cuda_detail;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+constexpr int kThreads = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) swiglu_kernel(const SwiGluParams p) {
