@@ -133,6 +133,9 @@ const char* check_sparse_decode_params(const SparseDecodeParams& p, bool cuda) {
   const DecodeTuning& tu = p.tuning;
   if (tu.streaming_keys_per_block != 0 && (tu.streaming_keys_per_block < 16 || tu.streaming_keys_per_block > 8192))
     return "tuning.streaming_keys_per_block must be 0 (default) or in [16, 8192]";
+  if (tu.dense_keys_per_block != 0 && (tu.dense_keys_per_block < 16 || tu.dense_keys_per_block > 8192))
+    return "tuning.dense_keys_per_block must be 0 (default) or in [16, 8192]";
+  if (!cuda && p.position) return "the CPU reference takes the length on the host (kv_len), not a device position";
   if (tu.retrieval_candidates_per_block != 0 &&
       (tu.retrieval_candidates_per_block < 128 || tu.retrieval_candidates_per_block > 2048))
     return "tuning.retrieval_candidates_per_block must be 0 (default) or in [128, 2048]";

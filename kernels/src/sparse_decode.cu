@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cuda_common.cuh"
+#include "decode_splits.h"
 #include "rtp/kernels/sparse_attention.h"
 
 namespace rtp::kernels {
@@ -33,25 +34,35 @@ constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaTile = kMmaWarps * 16;
 constexpr int kMmaStages = 2;
-constexpr int kRetChunkMax = 2048;  // candidates per retrieval block (the compacted list lives in shared memory)
+constexpr int kRetChunkMax = kRetrievalChunkMax;  // candidates per retrieval block (the compacted list lives in shared memory)
 constexpr uint16_t kForced = 0xFFFF;
 
 struct DecodeArgs {
   int G, D;
+  // L: the KV length, or with `position` (SparseDecodeParams::position) the longest one the grid was sized for;
+  // kv_length() gives the call's own.
   int64_t L, cap, ring, sink, window, keep_first, keep_last;
+  const int64_t* position;
+  SplitTuning splits;
   float scale;
   float top_p;
   int8_t kind[kMaxKvHeads];
   int8_t slot[kMaxKvHeads];  // full slot / ring slot
   int8_t rslot[kMaxKvHeads];  // retrieval slot
-  int nsplit[kMaxKvHeads];
-  int chunk[kMaxKvHeads];
-  int max_split;
+  int max_split;  // the partials' stride: the most splits of any KV head (over every length the grid serves)
   unsigned long long* timeline;  // DecodeTuning::timeline
   bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
   int shared_carveout;   // DecodeTuning::shared_carveout
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
+
+// The call's KV length: from device memory when the call reads it there (the same value in every block: the caller
+// writes it before the call and nothing in the call does).
+__device__ __forceinline__ int64_t kv_length(const DecodeArgs& a) { return a.position ? *a.position + 1 : a.L; }
+__device__ __forceinline__ int64_t kv_length(const int64_t* position, int64_t L) { return position ? *position + 1 : L; }
+__device__ __forceinline__ HeadSplit head_split_of(const DecodeArgs& a, int kvh, int64_t L) {
+  return head_split(HeadKind(a.kind[kvh]), L, a.sink, a.window, a.splits);
+}
 
 // Timeline probe (DecodeTuning::timeline): thread 0 of every block stamps its start and end.
 __device__ __forceinline__ unsigned long long global_ns() {
@@ -156,18 +167,23 @@ __device__ __forceinline__ void reset_slot(int r, float* hist, float* forced_mas
   }
 }
 
-// grid (nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)).
+// grid (>= nchunks, R); block 256. stats[(r * nchunks + chunk) * G + h] = (max, sum exp(s - max)); nchunks and the
+// chunk from index_split (decode_splits.h) at the call's length.
 // GM >= G bounds the unrolled per-head state (GM 16 for every G spilled 570 bytes of registers). Block (0, r)
 // resets slot r (reset_slot). The CUDA-core kernel: fp32 index, or DecodeTuning::index_tensor_cores off.
 template <typename IT, int GM, int kRows>
 __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, float2* stats, float* hist,
                                                     float* forced_mass, uint32_t* done, int32_t* selected_count,
-                                                    int G, int64_t L,
-                                                    int64_t cap, int nchunks, int chunk, bool vec,
+                                                    int G, int64_t host_L, const int64_t* position,
+                                                    SplitTuning splits, int64_t cap, bool vec,
                                                     unsigned long long* tl) {
   __shared__ float q[GM][kIndexDim];
   __shared__ float2 red[8][GM];
   const int r = blockIdx.y, tid = threadIdx.x;
+  const int64_t L = kv_length(position, host_L);
+  const IndexSplit is = index_split(L, splits);
+  if (int(blockIdx.x) >= is.nstats) return;  // a grid sized for a longer length
+  const int nchunks = is.nstats, chunk = is.stat_chunk;
   probe_start(tl, kPhaseStats);
   pdl_trigger();
   if (blockIdx.x == 0) reset_slot(r, hist, forced_mass, done, selected_count);
@@ -356,10 +372,11 @@ __device__ __forceinline__ void bin_token(bool valid, int64_t j, float P, int64_
 }
 
 // After the binning loop, every thread: the block's histogram into the slot's global one; then the block that
-// draws the last ticket of its slot finds b* (unless the attend does: cut_here false).
+// draws the last ticket of its slot (of nblocks: the blocks of the slot that work) finds b* (unless the attend does:
+// cut_here false).
 __device__ __forceinline__ void finish_hist(HistShared& sh, float fsum, int r, float* hist, float* forced_mass,
                                             uint32_t* done, int32_t* bstar_out, float top_p, bool cut_here,
-                                            unsigned long long* tl) {
+                                            int nblocks, unsigned long long* tl) {
   const int tid = threadIdx.x, lane = tid % 32;
   fsum = warp_sum(fsum);
   if (lane == 0) atomicAdd(&sh.forced, fsum);
@@ -380,7 +397,7 @@ __device__ __forceinline__ void finish_hist(HistShared& sh, float fsum, int r, f
   // ticket sees the complete histogram.
   __threadfence();
   __syncthreads();
-  if (tid == 0) sh.last = atomicAdd(&done[r], 1u) == gridDim.x - 1;
+  if (tid == 0) sh.last = atomicAdd(&done[r], 1u) == unsigned(nblocks - 1);
   __syncthreads();
   if (!sh.last) {
     probe_end(tl, kPhaseHist);
@@ -392,19 +409,24 @@ __device__ __forceinline__ void finish_hist(HistShared& sh, float fsum, int r, f
   probe_end(tl, kPhaseHist);
 }
 
-// grid (ceil(L / chunk), R), block kHistThreads; hist[r][kDecodeBins], forced[r] and done[r] zeroed by
+// grid (>= ceil(L / chunk), R), block kHistThreads; hist[r][kDecodeBins], forced[r] and done[r] zeroed by
 // stats_kernel; nstats: the stats pass's chunks per slot (its own chunking may differ). The last block of slot r to
 // finish (ticket done[r]) writes bstar_out[r]. At most 48 registers: its blocks must be resident beside the stats
 // blocks they wait for.
 template <typename IT, int GM, int kRows>
 __global__ void __launch_bounds__(kHistThreads, 5) hist_kernel(const IT* iq, const IT* ik, const float2* stats, uint16_t* bins,
                                                    float* hist, float* forced_mass, uint32_t* done, int32_t* bstar_out,
-                                                   int G, int64_t L, int64_t cap, int nstats, int chunk,
+                                                   int G, int64_t host_L, const int64_t* position,
+                                                   SplitTuning splits, int64_t cap,
                                                    int64_t keep_first, int64_t keep_last, float top_p, bool vec,
                                                    bool cut_here, unsigned long long* tl) {
   __shared__ float q[kMaxG][kIndexDim];
   __shared__ HistShared sh;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t L = kv_length(position, host_L);
+  const IndexSplit is = index_split(L, splits);
+  if (int(blockIdx.x) >= is.nhist) return;  // a grid sized for a longer length
+  const int nstats = is.nstats, chunk = is.hist_chunk;
   probe_start(tl, kPhaseHist);
   pdl_trigger();
   // The query and this thread's first index rows are the caller's data: loaded before the wait, so with PDL
@@ -447,7 +469,7 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_kernel(const IT* iq, con
       bin_token(j < j1, j, P, t, keep_first, keep_last, bins + int64_t(r) * cap, sh.wh[warp], fsum);
     }
   }
-  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, tl);
+  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, is.nhist, tl);
 }
 
 // ---- Index scores on the tensor cores (bf16 index rows and queries) ----
@@ -488,16 +510,21 @@ __device__ __forceinline__ void load_query_frags(const __nv_bfloat16* iq_r, int 
   }
 }
 
-// grid (nchunks, R); block 256; as stats_kernel (same outputs), bf16 index, G <= 8 * GN. Warp w takes the m-tiles
+// grid (>= nchunks, R); block 256; as stats_kernel (same outputs), bf16 index, G <= 8 * GN. Warp w takes the m-tiles
 // at j0 + 16 * (w + 8 i), the next one's rows in flight during this one's math. This lane's scores are tokens g and
 // g + 8 of each tile for heads 8 nt + 2 q4 + {0, 1}: its running (max, sum) are per such head.
 template <int GN>
 __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq, const __nv_bfloat16* ik, float2* stats,
                                                         float* hist, float* forced_mass, uint32_t* done,
-                                                        int32_t* selected_count, int G, int64_t L, int64_t cap,
-                                                        int nchunks, int chunk, unsigned long long* tl) {
+                                                        int32_t* selected_count, int G, int64_t host_L,
+                                                        const int64_t* position, SplitTuning splits, int64_t cap,
+                                                        unsigned long long* tl) {
   __shared__ float2 red[8][8 * GN];
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
+  const int64_t L = kv_length(position, host_L);
+  const IndexSplit is = index_split(L, splits);
+  if (int(blockIdx.x) >= is.nstats) return;  // a grid sized for a longer length
+  const int nchunks = is.nstats, chunk = is.stat_chunk;
   probe_start(tl, kPhaseStats);
   pdl_trigger();
   if (blockIdx.x == 0) reset_slot(r, hist, forced_mass, done, selected_count);
@@ -546,16 +573,21 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
   probe_end(tl, kPhaseStats);
 }
 
-// grid (ceil(L / chunk), R), block kHistThreads; as hist_kernel (same outputs), bf16 index, G <= 8 * GN. A warp
+// grid (>= ceil(L / chunk), R), block kHistThreads; as hist_kernel (same outputs), bf16 index, G <= 8 * GN. A warp
 // takes 32 tokens per step (two m-tiles); after the quad sums over heads, lane q4 of a quad bins token
 // g + 8 (q4 & 1) of m-tile q4 >> 1.
 template <int GN>
 __global__ void __launch_bounds__(kHistThreads, 5) hist_mma_kernel(
     const __nv_bfloat16* iq, const __nv_bfloat16* ik, const float2* stats, uint16_t* bins, float* hist,
-    float* forced_mass, uint32_t* done, int32_t* bstar_out, int G, int64_t L, int64_t cap, int nstats, int chunk,
-    int64_t keep_first, int64_t keep_last, float top_p, bool cut_here, unsigned long long* tl) {
+    float* forced_mass, uint32_t* done, int32_t* bstar_out, int G, int64_t host_L, const int64_t* position,
+    SplitTuning splits, int64_t cap, int64_t keep_first, int64_t keep_last, float top_p, bool cut_here,
+    unsigned long long* tl) {
   __shared__ HistShared sh;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
+  const int64_t L = kv_length(position, host_L);
+  const IndexSplit is = index_split(L, splits);
+  if (int(blockIdx.x) >= is.nhist) return;  // a grid sized for a longer length
+  const int nstats = is.nstats, chunk = is.hist_chunk;
   probe_start(tl, kPhaseHist);
   pdl_trigger();
   for (int i = tid; i < HistShared::NW * kDecodeBins; i += kHistThreads) (&sh.wh[0][0])[i] = 0.f;
@@ -614,7 +646,7 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_mma_kernel(
     const int64_t j = wb + 16 * mt + g + 8 * rr;
     bin_token(j < j1, j, P, t, keep_first, keep_last, bins_r, sh.wh[warp], fsum);
   }
-  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, tl);
+  finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, is.nhist, tl);
 }
 
 // The attend before attend_mma_kernel (RTP_DECODE_ATTEND=v2 selects it): CUDA-core math, one tile at a time.
@@ -649,7 +681,9 @@ __global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_co
   static_assert(NT % TK == 0 && NT % TPH == 0, "tile shape");
 
   const int kvh = blockIdx.y, split = blockIdx.x;
-  if (split >= a.nsplit[kvh]) return;
+  const int64_t L = kv_length(a);
+  const HeadSplit hs = head_split_of(a, kvh, L);
+  if (split >= hs.nsplit) return;
   const int kind = a.kind[kvh];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int G = a.G;
@@ -663,17 +697,15 @@ __global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_co
   __shared__ int s_bstar;
 
   const __nv_bfloat16 *K, *V;
-  int64_t nkeys;
+  const int64_t nkeys = hs.nkeys;
+  const int64_t nsink = min(a.sink, L);
   const uint16_t* mybins = nullptr;
-  const int64_t nsink = min(a.sink, a.L);
   if (kind == int(HeadKind::STREAMING)) {
     K = kr + int64_t(a.slot[kvh]) * a.ring * D;
     V = vr + int64_t(a.slot[kvh]) * a.ring * D;
-    nkeys = nsink + min(a.window, max(int64_t(0), a.L - a.sink));
   } else {
     K = kf + int64_t(a.slot[kvh]) * a.cap * D;
     V = vf + int64_t(a.slot[kvh]) * a.cap * D;
-    nkeys = a.L;
   }
   if (kind == int(HeadKind::RETRIEVAL)) {
     const int rs = a.rslot[kvh];
@@ -687,7 +719,7 @@ __global__ void __launch_bounds__(kAttnThreads) attend_v2_kernel(const __grid_co
   if (tid < GM) m_s[tid] = -INFINITY, l_s[tid] = 0.f;
   __syncthreads();
   const int bstar = kind == int(HeadKind::RETRIEVAL) ? s_bstar : 0;
-  const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
+  const int64_t k0 = int64_t(split) * hs.chunk, k1 = min(nkeys, k0 + hs.chunk);
 
   float acc[PASSES][8];
 #pragma unroll
@@ -1098,26 +1130,25 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const int kvh = blockIdx.y, split = blockIdx.x;
   const int kind = a.kind[kvh];
   const bool ret = kind == int(HeadKind::RETRIEVAL);
-  if (split >= a.nsplit[kvh]) return;
+  const HeadSplit hs = head_split_of(a, kvh, kv_length(a));
+  if (split >= hs.nsplit) return;
   pdl_trigger();
   const int phase = ret ? kPhaseAttendRetrieval : kPhaseAttendOther;
   probe_start(a.timeline, phase);
   const int tid = threadIdx.x;
   const int G = a.G;
   const __nv_bfloat16 *K, *V;
-  int64_t nkeys;
+  // Streaming: the valid ring slots are exactly 0 .. nkeys-1 (sinks, then the filled part of the window, in any
+  // order: the softmax does not care which token sits in which slot).
+  const int64_t nkeys = hs.nkeys;
   if (kind == int(HeadKind::STREAMING)) {
-    // Valid ring slots are exactly 0 .. nkeys-1 (sinks, then the filled part of the window, in any order:
-    // the softmax does not care which token sits in which slot).
     K = kr + int64_t(a.slot[kvh]) * a.ring * D;
     V = vr + int64_t(a.slot[kvh]) * a.ring * D;
-    nkeys = min(a.sink, a.L) + min(a.window, max(int64_t(0), a.L - a.sink));
   } else {
     K = kf + int64_t(a.slot[kvh]) * a.cap * D;
     V = vf + int64_t(a.slot[kvh]) * a.cap * D;
-    nkeys = a.L;
   }
-  const int64_t k0 = int64_t(split) * a.chunk[kvh], k1 = min(nkeys, k0 + a.chunk[kvh]);
+  const int64_t k0 = int64_t(split) * hs.chunk, k1 = min(nkeys, k0 + hs.chunk);
   int n = int(k1 - k0);  // keys this block attends (after compaction for retrieval)
   if (ret) {
     pdl_wait();  // b* (or the histogram) and bins come from hist_kernel
@@ -1173,7 +1204,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
   probe_start(a.timeline, kPhaseCombine);
   pdl_trigger();
   pdl_wait();  // part_acc / part_ml come from attend
-  const int ns = a.nsplit[h / a.G];
+  const int ns = head_split_of(a, h / a.G, kv_length(a)).nsplit;
   const float2* ml = part_ml + int64_t(h) * a.max_split;
   const int col = tid % COLS, grp = tid / COLS;
   // Loads of U splits are issued before any is used: the rolled loop (with its skip of empty splits) was a chain
@@ -1263,10 +1294,11 @@ cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
   return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
 }
 
-// The launch geometry and the workspace layout of one decode call.
+// The launch geometry and the workspace layout of one decode call. With SparseDecodeParams::position the grids and
+// the workspace are sized for every length up to kv_len (the kernels find their own splits at the length they read).
 struct DecodePlan {
   DecodeArgs a{};
-  int R = 0, nchunks = 0, stat_chunk = 0, hist_chunk = 0;
+  int R = 0, stat_blocks = 0, hist_blocks = 0;
   bool v2 = false;
   size_t n_acc = 0, n_ml = 0, n_stats = 0, n_hist = 0, n_bins = 0;
   static size_t al(size_t x) { return (x + 255) / 256 * 256; }
@@ -1280,6 +1312,13 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   a.G = p.num_q_heads / p.num_kv_heads;
   a.D = p.head_dim;
   a.L = p.kv_len;
+  a.position = p.position;
+  a.splits.streaming_keys_per_block = p.tuning.streaming_keys_per_block;
+  a.splits.retrieval_candidates_per_block = p.tuning.retrieval_candidates_per_block;
+  a.splits.dense_keys_per_block = p.tuning.dense_keys_per_block;
+  a.splits.index_tokens_per_block = p.tuning.index_tokens_per_block;
+  a.splits.hist_tokens_per_block = p.tuning.hist_tokens_per_block;
+  a.splits.v2_attend = plan.v2;
   a.cap = p.cap_full;
   a.ring = p.sink + p.window;
   a.sink = p.sink;
@@ -1299,42 +1338,19 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
     if (k == HeadKind::RETRIEVAL) a.ret_kvh[R] = int8_t(g);
     a.rslot[g] = int8_t(k == HeadKind::RETRIEVAL ? R++ : -1);
     a.slot[g] = int8_t(k == HeadKind::STREAMING ? nstr++ : nfull++);
-    int64_t nkeys;
-    int64_t chunk;
-    if (k == HeadKind::STREAMING) {
-      nkeys = std::min(p.sink, p.kv_len) + std::min(p.window, std::max<int64_t>(0, p.kv_len - p.sink));
-      // ~128 keys (two tiles) per block, split evenly: 8196 keys are 65 chunks of 127, not 64 of 128 and one of 4.
-      chunk = 128;
-      if (!plan.v2) {
-        const int64_t target = p.tuning.streaming_keys_per_block > 0 ? p.tuning.streaming_keys_per_block : 128;
-        const int64_t nb = std::max<int64_t>(1, (nkeys + target - 1) / target);
-        chunk = (nkeys + nb - 1) / nb;
-      }
-    } else {
-      nkeys = p.kv_len;
-      // Retrieval blocks keep a few percent of their candidates: 1024 candidates give ~130 blocks at 128K; past
-      // 256K 2048 (the shared list's size) keeps the partials the combine reads in check.
-      chunk = k == HeadKind::RETRIEVAL ? (plan.v2 || p.kv_len > 262144 ? kRetChunkMax : 1024) : 256;
-      if (k == HeadKind::RETRIEVAL && !plan.v2 && p.tuning.retrieval_candidates_per_block > 0)
-        chunk = p.tuning.retrieval_candidates_per_block;
-    }
-    a.chunk[g] = int(std::max<int64_t>(1, chunk));
-    a.nsplit[g] = int(std::max<int64_t>(1, (nkeys + a.chunk[g] - 1) / a.chunk[g]));
-    a.max_split = std::max(a.max_split, a.nsplit[g]);
+    const int n = p.position ? max_head_splits(k, p.kv_len, p.sink, p.window, a.splits)
+                             : head_split(k, p.kv_len, p.sink, p.window, a.splits).nsplit;
+    a.max_split = std::max(a.max_split, n);
   }
   const int Hq = p.num_q_heads;
   plan.R = R;
-  // Stats/hist chunks: at least 512 tokens (2 per thread), at most ~512 chunks (every hist block merges all of
-  // them per head, 16 loads per lane): 256 blocks at 128K, 512 at 1M (~4 blocks per SM keep enough loads in flight).
-  plan.stat_chunk = p.tuning.index_tokens_per_block > 0
-                        ? p.tuning.index_tokens_per_block
-                        : int(std::max<int64_t>(512, ((p.kv_len + 511) / 512 + 255) / 256 * 256));
-  plan.nchunks = int((p.kv_len + plan.stat_chunk - 1) / plan.stat_chunk);
-  plan.hist_chunk = p.tuning.hist_tokens_per_block > 0 ? p.tuning.hist_tokens_per_block : plan.stat_chunk;
+  const IndexSplit is = p.position ? max_index_split(p.kv_len, a.splits) : index_split(p.kv_len, a.splits);
+  plan.stat_blocks = is.nstats;
+  plan.hist_blocks = is.nhist;
   // one workspace: part_acc | part_ml | stats | hist | forced | bins
   plan.n_acc = size_t(Hq) * a.max_split * p.head_dim * 4;
   plan.n_ml = size_t(Hq) * a.max_split * 8;
-  plan.n_stats = size_t(std::max(R, 1)) * plan.nchunks * a.G * 8;
+  plan.n_stats = size_t(std::max(R, 1)) * plan.stat_blocks * a.G * 8;
   plan.n_hist = size_t(std::max(R, 1)) * (kDecodeBins + 3) * 4;  // hist, then forced, b*, done per slot
   plan.n_bins = size_t(std::max(R, 1)) * p.cap_full * 2;
   return plan;
@@ -1401,7 +1417,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   const bool bf16_index = p.index_dtype == DType::BF16;
   const DecodePlan plan = plan_decode(p);
   const DecodeArgs& a = plan.a;
-  const int R = plan.R, nchunks = plan.nchunks;
+  const int R = plan.R;
   const size_t n_acc = plan.n_acc, n_ml = plan.n_ml, n_stats = plan.n_stats, n_hist = plan.n_hist;
   auto al = DecodePlan::al;
   const size_t total = plan.total();
@@ -1427,7 +1443,8 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
   auto kr = static_cast<const __nv_bfloat16*>(p.k_ring);
   auto vr = static_cast<const __nv_bfloat16*>(p.v_ring);
   if (R > 0) {
-    const dim3 g(nchunks, R);
+    const dim3 g(plan.stat_blocks, R);
+    const dim3 gh(plan.hist_blocks, R);
     const bool vec = reinterpret_cast<uintptr_t>(p.index_k) % 16 == 0;
     auto launch = [&](auto* iq, auto* ik) {
       using IT = std::remove_const_t<std::remove_pointer_t<decltype(iq)>>;
@@ -1440,11 +1457,11 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       if (err == cudaSuccess) err = apply_carveout(reinterpret_cast<const void*>(hist_k), a.shared_carveout);
       if (err != cudaSuccess) return err;
       err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done,
-                                 p.selected_count, a.G, p.kv_len, p.cap_full, nchunks, plan.stat_chunk, vec, a.timeline);
+                     p.selected_count, a.G, p.kv_len, p.position, a.splits, p.cap_full, vec, a.timeline);
       if (err == cudaSuccess)
-        err = launch_k(hist_k, dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(256), 0, stream, pdl,
-                       iq, ik, stats, bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full, nchunks, plan.hist_chunk,
-                       p.keep_first, p.keep_last, p.top_p, vec, !a.bstar_in_attend, a.timeline);
+        err = launch_k(hist_k, gh, dim3(256), 0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar, a.G,
+                       p.kv_len, p.position, a.splits, p.cap_full, p.keep_first, p.keep_last, p.top_p, vec,
+                       !a.bstar_in_attend, a.timeline);
       return err;
     };
     // Tensor-core scores: bf16 index rows that allow 4-byte fragment loads (always, for torch allocations).
@@ -1455,11 +1472,11 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       if (err == cudaSuccess) err = apply_carveout(reinterpret_cast<const void*>(hist_k), a.shared_carveout);
       if (err != cudaSuccess) return err;
       err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done, p.selected_count, a.G,
-                     p.kv_len, p.cap_full, nchunks, plan.stat_chunk, a.timeline);
+                     p.kv_len, p.position, a.splits, p.cap_full, a.timeline);
       if (err == cudaSuccess)
-        err = launch_k(hist_k, dim3(unsigned((p.kv_len + plan.hist_chunk - 1) / plan.hist_chunk), R), dim3(kHistThreads),
-                       0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar, a.G, p.kv_len, p.cap_full,
-                       nchunks, plan.hist_chunk, p.keep_first, p.keep_last, p.top_p, !a.bstar_in_attend, a.timeline);
+        err = launch_k(hist_k, gh, dim3(kHistThreads), 0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar,
+                       a.G, p.kv_len, p.position, a.splits, p.cap_full, p.keep_first, p.keep_last, p.top_p,
+                       !a.bstar_in_attend, a.timeline);
       return err;
     };
     if (bf16_index && vec && p.tuning.index_tensor_cores && cc_major >= 8)

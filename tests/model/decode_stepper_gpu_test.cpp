@@ -1,7 +1,9 @@
 // The decode stepper on a GPU: the steps replayed from CUDA graphs must give the logits forward() gives for the same
 // token, with the dense KV cache (HF fixtures) and with the sparse cache and its CUDA decode kernel (a random model
 // with head_dim 128), and the same tokens selected; MoE models through the experts-by-id kernels. And the dense
-// decode attention itself (FlashAttention through libtorch) against a float64 reference.
+// decode attention itself (FlashAttention through libtorch) against a float64 reference. With head_dim 64 / 128 in
+// bf16 the dense cache's steps attend through the CUDA decode kernel inside the one graph of a step: equal to the
+// same steps without graphs, close to forward's (FlashAttention).
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -105,6 +107,7 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
     }
   }
   EXPECT_TRUE(stepper.graphed());
+  EXPECT_TRUE(stepper.attention_in_graph());  // the decode kernels read the length on the device: one graph per step
   EXPECT_EQ(cache.length(), P + steps);
   // The same stepper on a new cache (other buffers, perhaps at the old cache's addresses): its graphs are captured
   // again, and the steps still equal forward's.
@@ -230,3 +233,62 @@ TEST(DenseDecodeAttention, MatchesTheFloat64ReferenceOnStridedGroupedCaches) {
 }
 
 }  // namespace
+
+// The dense cache's step attention by the CUDA decode kernel (KVCache::attend_token_on_device), captured with the
+// layers as one graph per step: the graphs give exactly what the same steps give without graphs (the same kernels),
+// and what forward() gives (FlashAttention) up to bf16 rounding, with the same greedy tokens. With the device
+// attention switched off the steps are forward's bit for bit, as before.
+TEST(DecodeStepperCuda, DenseCacheAttentionInsideTheGraph) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: decode graphs are tested on the GPU machine";
+  for (const int64_t D : {128, 64}) {
+    rtp::model::ModelConfig c;
+    c.vocab_size = 503;
+    c.hidden_size = 256;
+    c.intermediate_size = 512;
+    c.num_hidden_layers = 3;
+    c.num_attention_heads = 8;
+    c.num_key_value_heads = 2;
+    c.head_dim = D;
+    c.rope_theta = 10000.0;
+    rtp::model::Qwen3Model model(c, kCuda, torch::kBFloat16);
+    model.init_random(21, 0.05);
+    torch::manual_seed(22);
+    const int64_t P = 4111, steps = 24;  // past the first split-size step (4096 keys) during the steps
+    auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
+    torch::NoGradGuard no_grad;
+    const int64_t L = c.num_hidden_layers;
+    rtp::model::KVCache ref_cache(L), graph_cache(L), eager_cache(L), split_cache(L);
+    for (auto* k : {&graph_cache, &eager_cache, &split_cache}) k->reserve(P + steps);
+    split_cache.set_device_attention(false);
+    rtp::model::ForwardOptions ref_o, graph_o, eager_o, split_o;
+    ref_o.cache = &ref_cache, graph_o.cache = &graph_cache, eager_o.cache = &eager_cache, split_o.cache = &split_cache;
+    for (auto* o : {&ref_o, &graph_o, &eager_o, &split_o}) model.forward(ids.narrow(1, 0, P), *o);
+    rtp::model::DecodeStepper graphs(model), eager(model, /*use_graphs=*/false), split(model);
+    double worst = 0, scale = 0;
+    int64_t same_tokens = 0;
+    for (int64_t t = P; t < P + steps; ++t) {
+      const auto id = ids.narrow(1, t, 1);
+      auto ref = model.forward(id, ref_o);
+      auto got = graphs.step(id, graph_o).clone();
+      auto plain = eager.step(id, eager_o).clone();
+      auto old = split.step(id, split_o).clone();
+      EXPECT_TRUE(torch::equal(got, plain)) << "D " << D << " position " << t << ": graphs against no graphs, max |diff| "
+                                            << max_diff(got, plain);
+      EXPECT_TRUE(torch::equal(old, ref)) << "D " << D << " position " << t << ": attention between the graphs";
+      worst = std::max(worst, max_diff(got, ref));
+      scale = std::max(scale, ref.abs().max().item<double>());
+      same_tokens += got.argmax(-1).item<int64_t>() == ref.argmax(-1).item<int64_t>();
+    }
+    EXPECT_TRUE(graphs.attention_in_graph());
+    EXPECT_TRUE(eager.attention_in_graph());
+    EXPECT_FALSE(split.attention_in_graph());
+    EXPECT_EQ(graphs.captures(), 1);  // the reservation holds every step: one graph for all of them
+    EXPECT_EQ(graph_cache.length(), P + steps);
+    EXPECT_EQ(graph_cache.bytes(), ref_cache.bytes());
+    std::cout << "D " << D << ": dense cache, attention inside the graph against forward (FlashAttention): max |logit "
+              << "diff| " << worst << " of |logits| up to " << scale << ", greedy tokens equal " << same_tokens << " of "
+              << steps << "\n";
+    EXPECT_LE(worst, 0.05 * scale);
+    EXPECT_GE(same_tokens, steps - 2);
+  }
+}

@@ -137,18 +137,42 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   {
     const int n = copies_for(2 * bytes_of(kbuf), l2, reps);
     std::vector<model::LayerAttentionInputs> ins;
+    std::vector<torch::Tensor> kbufs, vbufs;
     for (int c_i = 0; c_i < n; ++c_i) {
       model::LayerAttentionInputs in;
       in.layer = 0;
       in.q = torch::randn({1, Hq, 1, D}, opt);
-      in.k = (c_i == 0 ? kbuf : kbuf.clone()).narrow(2, 0, kv_len);
-      in.v = (c_i == 0 ? vbuf : vbuf.clone()).narrow(2, 0, kv_len);
+      kbufs.push_back(c_i == 0 ? kbuf : kbuf.clone());
+      vbufs.push_back(c_i == 0 ? vbuf : vbuf.clone());
+      in.k = kbufs.back().narrow(2, 0, kv_len);
+      in.v = vbufs.back().narrow(2, 0, kv_len);
       in.scale = 1.0 / std::sqrt(static_cast<double>(D));
       ins.push_back(in);
     }
     size_t i = 0;
-    add("attention", "dense: attention over " + std::to_string(kv_len) + " keys", 2 * Hkv * kv_len * D * e,
+    // The step's dense attention where the decode kernel takes the shape (bf16, head_dim 64 / 128): the CUDA decode
+    // kernel with every head DENSE, the length read from device memory, the grid sized for the capacity (as
+    // KVCache::attend_token_on_device); FlashAttention, which the step used before, for comparison.
+    const bool device_kernel = model.dtype() == torch::kBFloat16 && (D == 64 || D == 128) && G <= 16;
+    add(device_kernel ? "(compare)" : "attention",
+        "dense: FlashAttention over " + std::to_string(kv_len) + " keys", 2 * Hkv * kv_len * D * e,
         [&] { model::DenseAttention().attend(ins[i++ % ins.size()]); });
+    if (device_kernel) {
+      std::vector<ops::DecodeInputs> dis;
+      for (size_t c_i = 0; c_i < ins.size(); ++c_i) {
+        ops::DecodeInputs di;
+        di.q = ins[c_i].q[0].select(1, 0);
+        di.k_full = kbufs[c_i][0], di.v_full = vbufs[c_i][0];  // [Hkv, cap, D]
+        di.kv_len = cap;
+        di.position = pos;
+        di.out = torch::empty({Hq, D}, opt);
+        dis.push_back(di);
+      }
+      const std::vector<kernels::HeadKind> dense_kinds(static_cast<size_t>(Hkv), kernels::HeadKind::DENSE);
+      size_t j = 0;
+      add("attention", "dense: decode kernel over " + std::to_string(kv_len) + " keys (length on the device)",
+          2 * Hkv * kv_len * D * e, [&] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, ops::SparseConfig{}); });
+    }
   }
   // Sparse: one retrieval KV head, the others streaming; the token store kernel, then the decode op.
   const int64_t I = 16, ring = settings.sink + settings.window;
@@ -197,11 +221,17 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     ops::sparse_decode(dis[0], kinds, cfg);
     const int64_t selected = dis[0].selected.item<int32_t>();
     size_t i = 0;
-    add("attention",
-        "sparse: decode (" + std::to_string(selected) + " of " + std::to_string(kv_len) + " tokens, " +
-            std::to_string(Hkv - 1) + " ring heads)",
-        kv_len * I * 2 + selected * 2 * D * e + (Hkv - 1) * std::min(kv_len, ring) * 2 * D * e,
+    const std::string what = "(" + std::to_string(selected) + " of " + std::to_string(kv_len) + " tokens, " +
+                             std::to_string(Hkv - 1) + " ring heads";
+    const int64_t moved = kv_len * I * 2 + selected * 2 * D * e + (Hkv - 1) * std::min(kv_len, ring) * 2 * D * e;
+    // As the step runs it (SparseCache::attend_token_on_device): the length from device memory, grids for the
+    // capacity; and with the host's length, as before, for comparison.
+    auto dis_dev = dis;
+    for (auto& di : dis_dev) di.position = pos, di.kv_len = cap;
+    add("(compare)", "sparse: decode " + what + ", host length)", moved,
         [&] { ops::sparse_decode(dis[i++ % dis.size()], kinds, cfg); });
+    add("attention", "sparse: decode " + what + ", length on the device)", moved,
+        [&] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, cfg); });
   }
   auto attn = torch::randn({1, 1, Hq * D}, opt);
   add_linear("attention", "o projection", attn, w[a + "o_proj.weight"]);

@@ -76,8 +76,10 @@ int main(int argc, char** argv) {
       ("window", "sparse: streaming window", cxxopts::value<std::string>()->default_value("2048"))
       ("top-p", "sparse: top-p of the token selection", cxxopts::value<std::string>()->default_value("0.9"))
       ("prefill-chunk", "prompt tokens per prefill forward", cxxopts::value<std::string>()->default_value("4096"))
-      ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only), greedy (graphs where there are any, through "
-                "greedy_continue, stopping at the config's eos tokens)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
+      ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only; the whole step one graph where the "
+                "cache's decode kernel reads the length on the device), graphs-split (GPU only; the attention calls eager "
+                "between the layers' graphs, as before), greedy (graphs where there are any, through greedy_continue, "
+                "stopping at the config's eos tokens)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
       ("breakdown", "also time each op of one layer's step alone (in CUDA graphs) at each length, against the bytes it "
                     "moves: where a step's time goes (CUDA only)")
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
@@ -115,7 +117,7 @@ int main(int argc, char** argv) {
     rtp::require_output_directory_for(out_path, "--out");
     if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
     const auto paths = rtp::tools::choice_list("paths", args["paths"].as<std::string>(),
-                                               {"grouped", "forward", "eager", "graphs", "greedy"});
+                                               {"grouped", "forward", "eager", "graphs", "graphs-split", "greedy"});
     const bool breakdown = args.count("breakdown") > 0;
     if (breakdown && !device.is_cuda()) throw rtp::tools::UsageError("--breakdown times CUDA graphs: it needs --device cuda");
 
@@ -175,8 +177,8 @@ int main(int argc, char** argv) {
       for (const bool sparse : {false, true})
         for (const std::string& variant : paths) {
           // greedy replays graphs where there are any (eager on a CPU).
-          const bool graphs = variant == "graphs" || (variant == "greedy" && device.is_cuda());
-          if (variant == "graphs" && !device.is_cuda()) continue;
+          const bool graphs = variant == "graphs" || variant == "graphs-split" || (variant == "greedy" && device.is_cuda());
+          if ((variant == "graphs" || variant == "graphs-split") && !device.is_cuda()) continue;
           if (variant == "grouped" && !c.is_moe()) continue;
           model.set_moe_experts_by_id(variant != "grouped");
           std::cerr << "length " << len << ", " << (sparse ? "sparse" : "dense") << ", " << variant << "\n";
@@ -187,10 +189,12 @@ int main(int argc, char** argv) {
           torch::Tensor logits;
           if (sparse) {
             sparse_cache = std::make_unique<rtp::sparse::SparseCache>(c, heads, st, &indexer, len + warmup + tokens, device, dtype);
+            sparse_cache->set_device_attention(variant != "graphs-split");
             logits = rtp::sparse::prefill_chunked(model, *sparse_cache, prompt, chunk);
           } else {
             dense_cache = std::make_unique<rtp::model::KVCache>(c.num_hidden_layers);
             dense_cache->reserve(len + warmup + tokens);
+            dense_cache->set_device_attention(variant != "graphs-split");
             dense_o.cache = dense_cache.get();
             logits = rtp::model::prefill_chunked(model, *dense_cache, prompt, chunk);
           }
@@ -252,6 +256,7 @@ int main(int argc, char** argv) {
                     {"floor_ms", floor_ms}, {"kv_bytes_read", kv_read}, {"prefill_s", prefill_s},
                     {"first_step_ms", first_step_ms}};
           if (graphs) R["graph_captures"] = stepper.captures();
+          if (variant != "forward" && variant != "grouped") R["attention_in_graph"] = stepper.attention_in_graph();
           if (variant == "greedy") R["timed_steps"] = steps;
           if (sparse) R["selected_fraction_of_retrieval_tokens"] = selectable > 0 ? selected / selectable : 0.0;
           rows.push_back(R);

@@ -198,6 +198,8 @@ struct DecodeTuning {
   bool v2_attend = false;               // the CUDA-core attend of the version before the mma one
   bool programmatic_launch = true;      // programmatic dependent launch between the call's kernels
   int streaming_keys_per_block = 0;     // 0: 128 (split evenly); else this target, in [16, 8192]
+  // DENSE heads: 0: 64 keys per block up to 4K keys, 64 more per further 4K, 256 from 12K on; else this, in [16, 8192]
+  int dense_keys_per_block = 0;
   int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
   int index_rows_per_thread = 0;  // CUDA-core stats/hist passes: 0 the default (1); 1 or 2 index rows per thread per step
   int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
@@ -252,7 +254,12 @@ struct SparseDecodeParams {
   const void* index_k = nullptr;  // [Hkv_ret, cap_full, 16]
   DType index_dtype = DType::F32;
   int num_q_heads = 0, num_kv_heads = 0, head_dim = 128;
-  int64_t kv_len = 0;  // t + 1
+  int64_t kv_len = 0;  // t + 1; with `position`, the longest kv_len of any call the plan serves (<= cap_full)
+  // CUDA, optional: device pointer to t (int64). The kernels read the length there, so that one captured call (a CUDA
+  // graph) serves every step; grids and workspace are sized for kv_len (the blocks past a shorter length's own split
+  // return at once). The splits depend only on the length read, so the result equals that of a call with the host
+  // kv_len = *position + 1, bit for bit.
+  const int64_t* position = nullptr;
   float scale = 0.f;
   const HeadKind* head_kind = nullptr;  // HOST pointer [Hkv]
   int64_t sink = 4, window = 8192;

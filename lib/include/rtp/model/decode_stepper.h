@@ -4,9 +4,11 @@
 // 28-layer 0.6B model spends tens of milliseconds per token launching kernels that run for one. On CUDA the stepper
 // captures the work between two attention calls (the rest of one layer and the start of the next) as one CUDA graph
 // per layer on its first step and replays them. With a cache that is a StepAttention (the dense KVCache, the sparse
-// cache) the graphs also store the token in the cache; the attention call itself (selection, the decode kernel, whose
-// shapes grow with every token) stays eager between the replays. The step's position lives in a device buffer the
-// graphs read, so the same graphs serve every position; they are captured again when the cache's buffers change.
+// cache) the graphs also store the token in the cache. Where the cache's decode kernels read the length from device
+// memory (StepAttention::attends_on_device: one bf16 sequence, head_dim 64 or 128, on a GPU) the attention is captured
+// too and the whole step is one graph; elsewhere the attention call stays eager between the layers' replays. The
+// step's position lives in a device buffer the graphs read, so the same graphs serve every position; they are
+// captured again when the cache's buffers change.
 //
 // Results are the ones forward() gives for the same token: the same ATen calls on the same inputs, in the same
 // order (tests/model/decode_stepper_test.cpp, tests/model/decode_stepper_gpu_test.cpp). The graphs hold the addresses of
@@ -44,10 +46,14 @@ class DecodeStepper {
   bool uses_graphs() const { return use_graphs_; }
   // How many times the graphs were captured (once, plus once per change of cache buffers or path).
   int64_t captures() const { return captures_; }
+  // Whether the last step's attention ran inside the layers' work (StepAttention::attends_on_device): with graphs,
+  // one graph per step.
+  bool attention_in_graph() const { return device_attention_; }
 
  private:
   // Segment s: s == 0 embeds and prepares layer 0's attention; 0 < s < L finishes layer s-1 and prepares layer s;
-  // s == L finishes the last layer and computes the logits.
+  // s == L finishes the last layer and computes the logits. With device attention a segment ends with its layer's
+  // attention, and all segments are captured as one graph.
   void run_segment(int64_t s);
   void capture();
   void prepare(int64_t batch);
@@ -57,6 +63,7 @@ class DecodeStepper {
   // The step's StepAttention (null: the ordinary path) and what the graphs were captured for.
   StepAttention* store_ = nullptr;
   StepAttention* graphs_store_ = nullptr;
+  bool device_attention_ = false, graphs_device_attention_ = false;
   std::weak_ptr<const void> graphs_buffers_;
   int64_t captures_ = 0;
   int64_t layers_;

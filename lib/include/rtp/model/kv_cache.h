@@ -5,7 +5,10 @@
 //
 // The tokens live in a buffer per layer that new tokens are written into in place; a step returns views of the filled
 // part. Concatenating instead copied the whole cache on every token: at 32K tokens of a 0.6B model, 0.9 GB per step.
-// As a StepAttention (step_attention.h) the decode stepper's graphs write each token into the buffers themselves.
+// As a StepAttention (step_attention.h) the decode stepper's graphs write each token into the buffers themselves and,
+// for one bf16 sequence on a GPU with head_dim 64 or 128, attend too: the CUDA decode kernel with every head DENSE
+// (rtp/ops/sparse_attention.h) reads the length from device memory, so one graph holds the whole step. Eagerly
+// (forward) the attention stays FlashAttention through libtorch.
 #include <torch/types.h>
 
 #include <memory>
@@ -40,6 +43,11 @@ class KVCache : public StepAttention {
   std::shared_ptr<const void> begin_step(int64_t position) override;
   void store_token(const LayerAttentionInputs& in, const torch::Tensor& position) override;
   void attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) override;
+  bool attends_on_device(int64_t query_heads) const override;
+  void attend_token_on_device(const LayerAttentionInputs& in, const torch::Tensor& position, torch::Tensor& out) override;
+  void end_step(int64_t position) override;
+  // false: the steps attend through attend_token (FlashAttention, between the graphs), e.g. for comparisons.
+  void set_device_attention(bool on) { device_attention_ = on; }
 
  private:
   // New buffers of at least `need` tokens for layer `layer` (keeping what it holds): the larger of need, the
@@ -51,6 +59,7 @@ class KVCache : public StepAttention {
   int64_t length_ = 0;
   int64_t reserve_ = 0;
   std::shared_ptr<const void> buffers_;  // begin_step's token; reset whenever a buffer is reallocated
+  bool device_attention_ = true;
 };
 
 }  // namespace rtp::model

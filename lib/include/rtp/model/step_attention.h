@@ -5,7 +5,8 @@
 // the sparse cache also its index key, the indexer's queries, the ring slot) has fixed shapes: it can be captured
 // with the layer's projections and replayed every step, provided it reads the position from a device buffer and
 // writes to buffers that stay where they are. The attention call over the cache has shapes that grow with every
-// token and stays eager. Eagerly, the store was a few dozen ATen calls per layer on the host (index gathers, two
+// token: eager, unless its kernel reads the length from device memory too (attend_token_on_device), and then the
+// whole step is one graph. Eagerly, the store was a few dozen ATen calls per layer on the host (index gathers, two
 // einsums, copies), which made a sparse step slower than a dense one at 4K-32K tokens although it reads less.
 #include <torch/types.h>
 
@@ -34,6 +35,20 @@ class StepAttention {
   // Eager, after store_token for the same layer: the token's attention over everything stored so far (position + 1
   // tokens), written to `out` [B, Hq, 1, D] (the model's dtype, contiguous).
   virtual void attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) = 0;
+
+  // The whole step in one graph. Leaving the graphs for every attention call cost some 16-19 us per layer on an H200
+  // (docs/decode.md); a cache whose decode kernel reads the length from device memory can be captured with the
+  // layers. attends_on_device: whether attend_token_on_device serves the steps of a model with `query_heads`
+  // attention heads (asked after begin_step; the answer holds while begin_step's token does).
+  virtual bool attends_on_device(int64_t query_heads) const {
+    (void)query_heads;
+    return false;
+  }
+  // Captured with the layer (or run eagerly in the same place) after store_token: attend_token's result, the position
+  // read from `position` (int64 [1] on the model's device); reads no value on the host. Once every layer has run,
+  // end_step(position) does the host's bookkeeping.
+  virtual void attend_token_on_device(const LayerAttentionInputs& in, const torch::Tensor& position, torch::Tensor& out);
+  virtual void end_step(int64_t position) { (void)position; }
 };
 
 }  // namespace rtp::model

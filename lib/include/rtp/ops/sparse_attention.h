@@ -50,6 +50,10 @@ struct DecodeInputs {
   torch::Tensor k_ring, v_ring;    // [Hstr, sink + window, D]
   torch::Tensor index_q, index_k;  // [Hkv_ret, G, 16], [Hkv_ret, cap, 16]
   int64_t kv_len = 0;
+  // Optional, int64 [1] on q's device holding t: on a GPU the kernels read the length there (kv_len is then the
+  // longest length the call may see, e.g. the cache's capacity), so that a CUDA graph of the call serves every step;
+  // the result equals that of kv_len = t + 1 given on the host. On the CPU it is read once (kv_len = t + 1).
+  torch::Tensor position;
   // Optional: where o goes ([Hq, D] of q's dtype; written in place when contiguous and of the kernel's dtype, else
   // copied), and an int32 [max(1, Hkv_ret)] buffer for the selected counts (each retrieval head's entry is set; the
   // others are left as they are). Callers that decode every token keep both, instead of two allocations per layer and

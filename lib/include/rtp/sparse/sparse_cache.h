@@ -39,6 +39,14 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   std::shared_ptr<const void> begin_step(int64_t position) override;
   void store_token(const model::LayerAttentionInputs& in, const torch::Tensor& position) override;
   void attend_token(const model::LayerAttentionInputs& in, int64_t position, torch::Tensor& out) override;
+  // On a GPU (bf16, head_dim 64 or 128) the decode kernels read the position from device memory: the decode stepper
+  // captures them with the layers, one graph per step. The same kernels and splits as attend_token's: equal results.
+  bool attends_on_device(int64_t query_heads) const override;
+  void attend_token_on_device(const model::LayerAttentionInputs& in, const torch::Tensor& position,
+                              torch::Tensor& out) override;
+  void end_step(int64_t position) override { length_ = position + 1; }
+  // false: the steps attend through attend_token (between the graphs), e.g. for comparisons.
+  void set_device_attention(bool on) { device_attention_ = on; }
 
   // Announces a prompt of `tokens` tokens that will come in several forwards (chunks) through options(); every
   // chunk but the last must end at a multiple of block_size (a retrieval query block is selected from all its
@@ -105,6 +113,8 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   std::vector<torch::Tensor> store_k_weight_, store_q_weight_;
   std::vector<kernels::SparseTokenStoreParams> store_params_;
   bool store_fused(const model::LayerAttentionInputs& in, const torch::Tensor& position);
+  ops::DecodeInputs decode_inputs(const model::LayerAttentionInputs& in, torch::Tensor& out);
+  bool device_attention_ = true;
   int64_t length_ = 0;
   int64_t element_size_ = 4;
   int64_t prompt_length_ = 0;  // begin_prompt's; 0: the first forward is the prompt

@@ -46,6 +46,7 @@ void DecodeStepper::run_segment(int64_t s) {
   if (s < layers_) {
     inputs_[s] = model_.attention_inputs(s, hidden_[s], rope_);
     if (store_) store_->store_token(inputs_[s], position_);
+    if (device_attention_) store_->attend_token_on_device(inputs_[s], position_, attention_);
   } else {
     logits_ = model_.lm_logits(hidden_[s]);
   }
@@ -78,12 +79,19 @@ void DecodeStepper::capture() {
     for (int64_t s = 0; s <= layers_; ++s) run_segment(s);
     side.synchronize();
     try {
-      for (int64_t s = 0; s <= layers_; ++s) {
+      if (device_attention_) {
         graphs_.push_back(std::make_unique<CapturedSegment>());
-        // One memory pool for all segments: safe because they replay in the order they were captured.
-        graphs_.back()->graph.capture_begin(s == 0 ? c10::MempoolId_t{0, 0} : graphs_.front()->graph.pool());
-        run_segment(s);
+        graphs_.back()->graph.capture_begin();
+        for (int64_t s = 0; s <= layers_; ++s) run_segment(s);
         graphs_.back()->graph.capture_end();
+      } else {
+        for (int64_t s = 0; s <= layers_; ++s) {
+          graphs_.push_back(std::make_unique<CapturedSegment>());
+          // One memory pool for all segments: safe because they replay in the order they were captured.
+          graphs_.back()->graph.capture_begin(s == 0 ? c10::MempoolId_t{0, 0} : graphs_.front()->graph.pool());
+          run_segment(s);
+          graphs_.back()->graph.capture_end();
+        }
       }
     } catch (const std::exception& e) {
       RTP_THROW("decode step: capturing a layer's work as a CUDA graph failed (", e.what(), "); decode without graphs ",
@@ -122,10 +130,11 @@ torch::Tensor DecodeStepper::step(const torch::Tensor& ids, const ForwardOptions
   const auto buffers = split ? split->begin_step(position) : nullptr;
   if (!buffers) split = nullptr;
   store_ = split;
+  device_attention_ = split && split->attends_on_device(c.num_attention_heads);
   // Graphs write to the addresses they were captured with: other buffers (a new or regrown cache) or the other path
   // need new graphs. An expired token means the buffers it stood for are gone, whatever address a new one has.
   if (!graphs_.empty()) {
-    const bool same = graphs_store_ == split &&
+    const bool same = graphs_store_ == split && graphs_device_attention_ == device_attention_ &&
                       (!split || (!graphs_buffers_.expired() && graphs_buffers_.lock() == buffers));
     if (!same) graphs_.clear();
   }
@@ -134,7 +143,23 @@ torch::Tensor DecodeStepper::step(const torch::Tensor& ids, const ForwardOptions
     capture();
     ++captures_;
     graphs_store_ = split;
+    graphs_device_attention_ = device_attention_;
     graphs_buffers_ = buffers;
+  }
+  if (device_attention_) {
+    // Every layer's attention runs inside the segments: one replay, or the segments in order.
+    bool replayed = false;
+#ifdef RTPURBO_WITH_CUDA
+    if (!graphs_.empty()) {
+      graphs_.front()->graph.replay();
+      replayed = true;
+    }
+#endif
+    if (!replayed)
+      for (int64_t s = 0; s <= layers_; ++s) run_segment(s);
+    split->end_step(position);
+    if (o.cache) o.cache->advance(1);
+    return logits_;
   }
   DenseAttention dense;
   AttentionSeam* seam = o.attention ? o.attention : &dense;

@@ -5,7 +5,9 @@
 #include <algorithm>
 
 #include "rtp/core/error.h"
+#include "rtp/kernels/build_info.h"
 #include "rtp/ops/kv_token_store.h"
+#include "rtp/ops/sparse_attention.h"
 
 namespace rtp::model {
 
@@ -73,6 +75,30 @@ void KVCache::attend_token(const LayerAttentionInputs& in, int64_t position, tor
   full.v = v_[in.layer].narrow(2, 0, position + 1);
   out.copy_(DenseAttention().attend(full));
 }
+
+bool KVCache::attends_on_device(int64_t query_heads) const {
+  if (!device_attention_ || !kernels::built_with_cuda() || k_.empty() || !k_[0].defined()) return false;
+  const auto& k = k_[0];
+  const int64_t Hkv = k.size(1);
+  // What the CUDA decode kernel takes: one sequence, bf16, head_dim 64 or 128, up to 64 KV heads, groups of <= 16.
+  return k.is_cuda() && k.size(0) == 1 && k.scalar_type() == torch::kBFloat16 && (k.size(3) == 64 || k.size(3) == 128) &&
+         Hkv <= kernels::kMaxKvHeads && query_heads % Hkv == 0 && query_heads / Hkv <= 16;
+}
+
+void KVCache::attend_token_on_device(const LayerAttentionInputs& in, const torch::Tensor& position, torch::Tensor& out) {
+  const auto& k = k_[in.layer];
+  ops::DecodeInputs d;
+  d.q = in.q[0].select(1, 0);  // [Hq, D]
+  d.k_full = k[0];             // [Hkv, capacity, D]
+  d.v_full = v_[in.layer][0];
+  d.kv_len = k.size(2);  // the grid serves every length up to the capacity; the kernels read t from `position`
+  d.position = position;
+  d.out = out[0].select(1, 0);
+  ops::sparse_decode(d, std::vector<kernels::HeadKind>(static_cast<size_t>(k.size(1)), kernels::HeadKind::DENSE),
+                     ops::SparseConfig{});
+}
+
+void KVCache::end_step(int64_t position) { std::fill(filled_.begin(), filled_.end(), position + 1); }
 
 void KVCache::clear() {
   std::fill(filled_.begin(), filled_.end(), 0);

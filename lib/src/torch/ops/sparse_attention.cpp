@@ -243,6 +243,14 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
   p.num_kv_heads = int(kinds.size());
   p.head_dim = int(q.size(1));
   p.kv_len = in.kv_len;
+  if (in.position.defined()) {
+    RTP_CHECK(in.position.scalar_type() == torch::kInt64 && in.position.numel() == 1 &&
+                  in.position.device() == q.device(),
+              "sparse_decode: position must be int64 [1] on q's device, found ", in.position.scalar_type(), " ",
+              in.position.sizes(), " on ", in.position.device());
+    if (cuda) p.position = in.position.data_ptr<int64_t>();
+    else p.kv_len = in.position.item<int64_t>() + 1;
+  }
   p.head_kind = kinds.data();
   p.sink = cfg.sink;
   p.window = cfg.window;

@@ -170,11 +170,10 @@ void SparseCache::store_token(const model::LayerAttentionInputs& in, const torch
   }
 }
 
-void SparseCache::attend_token(const model::LayerAttentionInputs& in, int64_t position, torch::Tensor& out) {
+ops::DecodeInputs SparseCache::decode_inputs(const model::LayerAttentionInputs& in, torch::Tensor& out) {
   const int64_t l = in.layer;
   ops::DecodeInputs d;
   d.q = in.q[0].select(1, 0);  // [Hq, D]
-  d.kv_len = position + 1;
   if (full_k_[l].defined()) {
     d.k_full = full_k_[l];
     d.v_full = full_v_[l];
@@ -187,8 +186,30 @@ void SparseCache::attend_token(const model::LayerAttentionInputs& in, int64_t po
   }
   d.out = out[0].select(1, 0);  // [Hq, D] of [1, Hq, 1, D]
   d.selected = last_selected_[l];
-  ops::sparse_decode(d, kinds_[l], to_ops_config(settings_));
-  if (l == config_.num_hidden_layers - 1) length_ = position + 1;
+  return d;
+}
+
+void SparseCache::attend_token(const model::LayerAttentionInputs& in, int64_t position, torch::Tensor& out) {
+  auto d = decode_inputs(in, out);
+  d.kv_len = position + 1;
+  ops::sparse_decode(d, kinds_[in.layer], to_ops_config(settings_));
+  if (in.layer == config_.num_hidden_layers - 1) length_ = position + 1;
+}
+
+bool SparseCache::attends_on_device(int64_t query_heads) const {
+  const auto& buffer = full_k_[0].defined() ? full_k_[0] : ring_k_[0];
+  const int64_t D = config_.head_dim, Hkv = config_.num_key_value_heads;
+  return device_attention_ && kernels::built_with_cuda() && buffer.is_cuda() &&
+         buffer.scalar_type() == torch::kBFloat16 && (D == 64 || D == 128) && Hkv <= kernels::kMaxKvHeads &&
+         query_heads == config_.num_attention_heads && query_heads % Hkv == 0 && query_heads / Hkv <= 16;
+}
+
+void SparseCache::attend_token_on_device(const model::LayerAttentionInputs& in, const torch::Tensor& position,
+                                         torch::Tensor& out) {
+  auto d = decode_inputs(in, out);
+  d.kv_len = capacity_;  // the grids serve every length up to the capacity; the kernels read t from `position`
+  d.position = position;
+  ops::sparse_decode(d, kinds_[in.layer], to_ops_config(settings_));
 }
 
 void SparseCache::write_full(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T) {

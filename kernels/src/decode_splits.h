@@ -1,0 +1,129 @@
+#pragma once
+// How the CUDA sparse decode (sparse_decode.cu) splits one call's work over thread blocks: a function of the KV
+// length and the tuning alone. A call with a host length evaluates it on the host; a call that reads the length
+// from device memory (SparseDecodeParams::position, so that a CUDA graph serves every step) evaluates it in each
+// kernel, on a grid sized for the longest length the call may see (split_bounds). Both give the same splits for the
+// same length, hence the same sums in the same order and the same result bit for bit. Plain C++17, free of CUDA
+// headers: a CPU-only build tests the bounds (tests/kernels/decode_splits_test.cpp).
+#include <cstdint>
+
+#include "rtp/kernels/sparse_attention_params.h"
+
+#ifdef __CUDACC__
+#define RTP_SPLITS_HD __host__ __device__ __forceinline__
+#else
+#define RTP_SPLITS_HD inline
+#endif
+
+namespace rtp::kernels::cuda_detail {
+
+// The tuning knobs the splits depend on (DecodeTuning's, 0 = the default rule).
+struct SplitTuning {
+  int streaming_keys_per_block = 0;
+  int retrieval_candidates_per_block = 0;
+  int dense_keys_per_block = 0;
+  int index_tokens_per_block = 0;
+  int hist_tokens_per_block = 0;
+  bool v2_attend = false;
+};
+
+constexpr int kRetrievalChunkMax = 2048;  // candidates per retrieval attend block (its compacted list's size)
+
+RTP_SPLITS_HD int64_t splits_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The index passes (stats, hist) of the retrieval heads: tokens per block and blocks per retrieval head.
+struct IndexSplit {
+  int stat_chunk, nstats, hist_chunk, nhist;
+};
+RTP_SPLITS_HD IndexSplit index_split(int64_t L, const SplitTuning& t) {
+  IndexSplit s;
+  // At least 512 tokens (2 per thread), at most ~512 blocks (every hist block merges all stats chunks per head):
+  // 256 blocks at 128K, 512 at 1M.
+  const int64_t def = splits_ceil_div(splits_ceil_div(L, 512), 256) * 256;
+  s.stat_chunk = t.index_tokens_per_block > 0 ? t.index_tokens_per_block : int(def > 512 ? def : 512);
+  s.nstats = int(splits_ceil_div(L, s.stat_chunk));
+  s.hist_chunk = t.hist_tokens_per_block > 0 ? t.hist_tokens_per_block : s.stat_chunk;
+  s.nhist = int(splits_ceil_div(L, s.hist_chunk));
+  return s;
+}
+
+// The attend pass: keys a KV head sees, keys per block and blocks.
+struct HeadSplit {
+  int64_t nkeys;
+  int chunk, nsplit;
+};
+RTP_SPLITS_HD int64_t streaming_keys(int64_t L, int64_t sink, int64_t window) {
+  const int64_t s = sink < L ? sink : L;
+  const int64_t rest = L - sink > 0 ? L - sink : 0;
+  return s + (window < rest ? window : rest);
+}
+RTP_SPLITS_HD HeadSplit head_split(HeadKind kind, int64_t L, int64_t sink, int64_t window, const SplitTuning& t) {
+  HeadSplit h;
+  int64_t chunk;
+  if (kind == HeadKind::STREAMING) {
+    h.nkeys = streaming_keys(L, sink, window);
+    // ~128 keys (two tiles) per block, split evenly: 8196 keys are 65 chunks of 127, not 64 of 128 and one of 4.
+    chunk = 128;
+    if (!t.v2_attend) {
+      const int64_t target = t.streaming_keys_per_block > 0 ? t.streaming_keys_per_block : 128;
+      const int64_t nb = h.nkeys > target ? splits_ceil_div(h.nkeys, target) : 1;
+      chunk = splits_ceil_div(h.nkeys, nb);
+    }
+  } else if (kind == HeadKind::RETRIEVAL) {
+    h.nkeys = L;
+    // Retrieval blocks keep a few percent of their candidates: 1024 candidates give ~130 blocks at 128K; past 256K
+    // 2048 (the shared list's size) keeps the partials the combine reads in check.
+    chunk = t.v2_attend || L > 262144 ? kRetrievalChunkMax : 1024;
+    if (!t.v2_attend && t.retrieval_candidates_per_block > 0) chunk = t.retrieval_candidates_per_block;
+  } else {
+    h.nkeys = L;
+    // Dense heads: one 64-key tile per block up to 4K keys, then up to four (~64 blocks per head up to 16K keys),
+    // so that a short cache still spreads over the SMs: 256 keys per block left 64 blocks for 4 KV heads at 4K.
+    if (t.dense_keys_per_block > 0) {
+      chunk = t.dense_keys_per_block;
+    } else {
+      const int64_t c = 64 * splits_ceil_div(L, 4096);
+      chunk = c < 64 ? 64 : (c > 256 ? 256 : c);
+    }
+  }
+  h.chunk = int(chunk < 1 ? 1 : chunk);
+  const int64_t n = splits_ceil_div(h.nkeys, h.chunk);
+  h.nsplit = int(n < 1 ? 1 : n);
+  return h;
+}
+
+// The most blocks any length 1..Lmax gives, per pass: a grid of this size serves every such length (the blocks
+// past a length's own count return at once). The rules above are monotone in L except where a chunk size steps
+// up, so the maxima sit at Lmax or just below a step.
+RTP_SPLITS_HD int max_head_splits(HeadKind kind, int64_t Lmax, int64_t sink, int64_t window, const SplitTuning& t) {
+  int best = head_split(kind, Lmax, sink, window, t).nsplit;
+  const auto at = [&](int64_t L) {
+    if (L >= 1 && L < Lmax) {
+      const int n = head_split(kind, L, sink, window, t).nsplit;
+      best = n > best ? n : best;
+    }
+  };
+  if (kind == HeadKind::STREAMING && !t.v2_attend) {
+    // Evenly split keys can take fewer blocks than the target asks for; that count grows with L.
+    const int64_t n = streaming_keys(Lmax, sink, window);
+    const int64_t target = t.streaming_keys_per_block > 0 ? t.streaming_keys_per_block : 128;
+    const int nb = int(n > target ? splits_ceil_div(n, target) : 1);
+    best = nb > best ? nb : best;
+  }
+  if (kind == HeadKind::RETRIEVAL) at(262144);
+  if (kind == HeadKind::DENSE)
+    for (int64_t L = 4096; L <= 4 * 4096; L += 4096) at(L);
+  return best;
+}
+RTP_SPLITS_HD IndexSplit max_index_split(int64_t Lmax, const SplitTuning& t) {
+  IndexSplit s = index_split(Lmax, t);
+  // Default chunking: at most ceil(L / 512) blocks, and at most 512 (the chunk grows with L past 256K).
+  if (t.index_tokens_per_block <= 0) {
+    const int64_t n = splits_ceil_div(Lmax, 512) < 512 ? splits_ceil_div(Lmax, 512) : 512;
+    s.nstats = int(n > s.nstats ? n : s.nstats);
+    if (t.hist_tokens_per_block <= 0) s.nhist = s.nstats;
+  }
+  return s;
+}
+
+}  // namespace rtp::kernels::cuda_detail
