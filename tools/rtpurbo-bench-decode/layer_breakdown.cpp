@@ -172,6 +172,13 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
       size_t j = 0;
       add("attention", "dense: decode kernel over " + std::to_string(kv_len) + " keys (length on the device)",
           2 * Hkv * kv_len * D * e, [&] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, ops::SparseConfig{}); });
+      // Other splits for comparison (DecodeTuning::dense_keys_per_block).
+      for (const int keys : {32, 128, 256, 512}) {
+        ops::SparseConfig tuned;
+        tuned.decode_tuning.dense_keys_per_block = keys;
+        add("(compare)", "dense: decode kernel, " + std::to_string(keys) + " keys per block", 2 * Hkv * kv_len * D * e,
+            [&, tuned] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, tuned); });
+      }
     }
   }
   // Sparse: one retrieval KV head, the others streaming; the token store kernel, then the decode op.
@@ -232,6 +239,29 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
         [&] { ops::sparse_decode(dis[i++ % dis.size()], kinds, cfg); });
     add("attention", "sparse: decode " + what + ", length on the device)", moved,
         [&] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, cfg); });
+    // Other splits of the retrieval head's passes for comparison (candidates per attend block, tokens per index block).
+    for (const auto& [cands, toks] : std::vector<std::pair<int, int>>{{256, 0}, {512, 0}, {0, 256}, {256, 256}}) {
+      auto tuned = cfg;
+      tuned.decode_tuning.retrieval_candidates_per_block = cands;
+      tuned.decode_tuning.index_tokens_per_block = toks;
+      add("(compare)",
+          "sparse: decode, " + std::to_string(cands ? cands : 1024) + " candidates / " + std::to_string(toks ? toks : 512) +
+              " index tokens per block",
+          moved, [&, tuned] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, tuned); });
+    }
+    // The streaming heads alone (the retrieval head's passes and attention out of the call).
+    {
+      std::vector<kernels::HeadKind> all_ring(static_cast<size_t>(Hkv - 1), kernels::HeadKind::STREAMING);
+      std::vector<ops::DecodeInputs> ring_only;
+      for (const auto& di : dis_dev) {
+        auto r = di;
+        r.q = di.q.narrow(0, G, (Hkv - 1) * G), r.out = di.out.narrow(0, G, (Hkv - 1) * G);
+        r.k_full = r.v_full = r.index_q = r.index_k = torch::Tensor();
+        ring_only.push_back(r);
+      }
+      add("(compare)", "sparse: the " + std::to_string(Hkv - 1) + " ring heads alone", (Hkv - 1) * std::min(kv_len, ring) * 2 * D * e,
+          [&] { ops::sparse_decode(ring_only[i++ % ring_only.size()], all_ring, cfg); });
+    }
   }
   auto attn = torch::randn({1, 1, Hq * D}, opt);
   add_linear("attention", "o projection", attn, w[a + "o_proj.weight"]);
