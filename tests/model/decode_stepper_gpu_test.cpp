@@ -22,6 +22,20 @@ const torch::Device kCuda(torch::kCUDA, 0);
 
 double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
+// A small random Qwen3 whose attention takes the CUDA decode kernels (head_dim 64 or 128).
+rtp::model::ModelConfig small_config(int64_t layers, int64_t query_heads, int64_t kv_heads, int64_t head_dim) {
+  rtp::model::ModelConfig c;
+  c.vocab_size = 503;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = query_heads;
+  c.num_key_value_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.rope_theta = 10000.0;
+  return c;
+}
+
 class DecodeStepperCuda : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DecodeStepperCuda, GraphReplayEqualsForward) {
@@ -63,15 +77,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeStepperCuda, ::testing::ValuesIn(rtp::t
 
 TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: decode graphs are tested on the GPU machine";
-  rtp::model::ModelConfig c;
-  c.vocab_size = 503;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 128;  // the CUDA decode kernel's size
-  c.rope_theta = 10000.0;
+  const auto c = small_config(4, 4, 2, 128);
   rtp::model::Qwen3Model model(c, kCuda, torch::kBFloat16);
   model.init_random(7, 0.05);
   auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
@@ -146,15 +152,7 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
 // token near the top-p cut; the logits stay within bf16 noise of each other.
 TEST(DecodeStepperCuda, FusedTokenStoreDecodesLikeTheEagerStore) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the fused token store is tested on the GPU machine";
-  rtp::model::ModelConfig c;
-  c.vocab_size = 503;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;
-  c.head_dim = 128;
-  c.rope_theta = 10000.0;
+  const auto c = small_config(3, 8, 4, 128);
   for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
     rtp::model::Qwen3Model model(c, kCuda, dtype);
     model.init_random(9, 0.05);
@@ -241,15 +239,7 @@ TEST(DenseDecodeAttention, MatchesTheFloat64ReferenceOnStridedGroupedCaches) {
 TEST(DecodeStepperCuda, DenseCacheAttentionInsideTheGraph) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: decode graphs are tested on the GPU machine";
   for (const int64_t D : {128, 64}) {
-    rtp::model::ModelConfig c;
-    c.vocab_size = 503;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_hidden_layers = 3;
-    c.num_attention_heads = 8;
-    c.num_key_value_heads = 2;
-    c.head_dim = D;
-    c.rope_theta = 10000.0;
+    const auto c = small_config(3, 8, 2, D);
     rtp::model::Qwen3Model model(c, kCuda, torch::kBFloat16);
     model.init_random(21, 0.05);
     torch::manual_seed(22);

@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "rtp/kernels/sparse_attention_params.h"
 #include "rtp/model/step_attention.h"
 
 namespace rtp::model {
@@ -60,6 +61,7 @@ class KVCache : public StepAttention {
   int64_t reserve_ = 0;
   std::shared_ptr<const void> buffers_;  // begin_step's token; reset whenever a buffer is reallocated
   bool device_attention_ = true;
+  std::vector<kernels::HeadKind> dense_kinds_;  // attend_token_on_device: every KV head DENSE
 };
 
 }  // namespace rtp::model

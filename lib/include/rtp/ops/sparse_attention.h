@@ -61,6 +61,10 @@ struct DecodeInputs {
   torch::Tensor out, selected;
 };
 // Returns o [Hq, D] (`out` when given). selected_count: the tokens each retrieval head attended.
+// Whether the CUDA decode kernels take caches of this dtype and shape as they are (bf16, head_dim 64 or 128, up to 64
+// KV heads, groups of up to 16 query heads) in a build with CUDA: the caches attend on the device only then.
+bool sparse_decode_gpu_takes(torch::ScalarType dtype, int64_t head_dim, int64_t query_heads, int64_t kv_heads);
+
 torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<kernels::HeadKind>& kinds,
                             const SparseConfig& cfg, torch::Tensor* selected_count = nullptr);
 

@@ -5,7 +5,6 @@
 #include <algorithm>
 
 #include "rtp/core/error.h"
-#include "rtp/kernels/build_info.h"
 #include "rtp/ops/kv_token_store.h"
 #include "rtp/ops/sparse_attention.h"
 
@@ -77,12 +76,9 @@ void KVCache::attend_token(const LayerAttentionInputs& in, int64_t position, tor
 }
 
 bool KVCache::attends_on_device(int64_t query_heads) const {
-  if (!device_attention_ || !kernels::built_with_cuda() || k_.empty() || !k_[0].defined()) return false;
-  const auto& k = k_[0];
-  const int64_t Hkv = k.size(1);
-  // What the CUDA decode kernel takes: one sequence, bf16, head_dim 64 or 128, up to 64 KV heads, groups of <= 16.
-  return k.is_cuda() && k.size(0) == 1 && k.scalar_type() == torch::kBFloat16 && (k.size(3) == 64 || k.size(3) == 128) &&
-         Hkv <= kernels::kMaxKvHeads && query_heads % Hkv == 0 && query_heads / Hkv <= 16;
+  if (!device_attention_ || k_.empty() || !k_[0].defined()) return false;
+  const auto& k = k_[0];  // [B, Hkv, capacity, D]; the decode kernel takes one sequence
+  return k.is_cuda() && k.size(0) == 1 && ops::sparse_decode_gpu_takes(k.scalar_type(), k.size(3), query_heads, k.size(1));
 }
 
 void KVCache::attend_token_on_device(const LayerAttentionInputs& in, const torch::Tensor& position, torch::Tensor& out) {
@@ -94,8 +90,9 @@ void KVCache::attend_token_on_device(const LayerAttentionInputs& in, const torch
   d.kv_len = k.size(2);  // the grid serves every length up to the capacity; the kernels read t from `position`
   d.position = position;
   d.out = out[0].select(1, 0);
-  ops::sparse_decode(d, std::vector<kernels::HeadKind>(static_cast<size_t>(k.size(1)), kernels::HeadKind::DENSE),
-                     ops::SparseConfig{});
+  if (dense_kinds_.size() != static_cast<size_t>(k.size(1)))
+    dense_kinds_.assign(static_cast<size_t>(k.size(1)), kernels::HeadKind::DENSE);
+  ops::sparse_decode(d, dense_kinds_, ops::SparseConfig{});
 }
 
 void KVCache::end_step(int64_t position) { std::fill(filled_.begin(), filled_.end(), position + 1); }

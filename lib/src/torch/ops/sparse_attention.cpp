@@ -182,6 +182,11 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   return o;
 }
 
+bool sparse_decode_gpu_takes(torch::ScalarType dtype, int64_t head_dim, int64_t query_heads, int64_t kv_heads) {
+  return k::built_with_cuda() && dtype == torch::kBFloat16 && (head_dim == 64 || head_dim == 128) && kv_heads >= 1 &&
+         kv_heads <= k::kMaxKvHeads && query_heads % kv_heads == 0 && query_heads / kv_heads <= 16;
+}
+
 torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKind>& kinds, const SparseConfig& cfg,
                             torch::Tensor* selected_count) {
   RTP_CHECK(in.q.defined() && in.q.dim() == 2, "sparse_decode: q must be [Hq, D]");

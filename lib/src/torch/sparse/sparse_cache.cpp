@@ -198,10 +198,8 @@ void SparseCache::attend_token(const model::LayerAttentionInputs& in, int64_t po
 
 bool SparseCache::attends_on_device(int64_t query_heads) const {
   const auto& buffer = full_k_[0].defined() ? full_k_[0] : ring_k_[0];
-  const int64_t D = config_.head_dim, Hkv = config_.num_key_value_heads;
-  return device_attention_ && kernels::built_with_cuda() && buffer.is_cuda() &&
-         buffer.scalar_type() == torch::kBFloat16 && (D == 64 || D == 128) && Hkv <= kernels::kMaxKvHeads &&
-         query_heads == config_.num_attention_heads && query_heads % Hkv == 0 && query_heads / Hkv <= 16;
+  return device_attention_ && buffer.is_cuda() && query_heads == config_.num_attention_heads &&
+         ops::sparse_decode_gpu_takes(buffer.scalar_type(), config_.head_dim, query_heads, config_.num_key_value_heads);
 }
 
 void SparseCache::attend_token_on_device(const model::LayerAttentionInputs& in, const torch::Tensor& position,
