@@ -2,68 +2,16 @@
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <ftw.h>
-#include <unistd.h>
 
 #include <filesystem>
-#include <limits>
-#include <random>
 
 #include "rtp/core/error.h"
+#include "torch/tensor_io_fixtures.h"
 
 namespace fs = std::filesystem;
-
-namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = (fs::temp_directory_path() / ("rtp_tio_test_" + std::to_string(::getpid()) + "_" + std::to_string(rd())))
-                .string();
-    fs::create_directories(path_);
-  }
-  // Not std::filesystem::remove_all: the libtorch.so of the torch 2.11 wheel exports its own std::filesystem
-  // symbols, and its remove_all jumps to address 0 in any binary linked with it.
-  ~TempDir() {
-    ::nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-           FTW_DEPTH | FTW_PHYS);
-  }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// Bitwise equality (NaN payloads included) of two tensors of the same dtype and shape.
-void expect_bits_equal(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
-  ASSERT_EQ(a.scalar_type(), b.scalar_type()) << what;
-  ASSERT_EQ(a.sizes(), b.sizes()) << what;
-  auto ab = a.contiguous().reshape({-1}).view(torch::kUInt8);
-  auto bb = b.contiguous().reshape({-1}).view(torch::kUInt8);
-  EXPECT_TRUE(torch::equal(ab, bb)) << what;
-}
-
-// Float32 values that exercise rounding: random normals at several scales, ties, subnormals, infinities, NaN, values
-// that overflow fp16, and values near bf16/fp16 rounding boundaries.
-torch::Tensor tricky_floats() {
-  torch::manual_seed(3);
-  std::vector<torch::Tensor> parts = {torch::randn({1000}), torch::randn({500}) * 1e4, torch::randn({500}) * 1e-6,
-                                      torch::randn({200}) * 1e30};
-  const float inf = std::numeric_limits<float>::infinity();
-  std::vector<float> special = {0.f, -0.f, inf, -inf, std::numeric_limits<float>::quiet_NaN(),
-                                std::numeric_limits<float>::denorm_min(), 1e-40f, 65504.f, 65520.f, 1e6f,
-                                1.00390625f /*bf16 tie*/, 1.0048828125f /*fp16 tie*/, 5.96e-8f, 3e-8f,
-                                std::numeric_limits<float>::max()};
-  parts.push_back(torch::tensor(special));
-  // Every bit pattern whose low 16 bits sit at the bf16 rounding boundary.
-  auto bits = torch::randint(0, 1 << 16, {512}, torch::kInt32).bitwise_left_shift(16).bitwise_or(0x8000);
-  parts.push_back(bits.view(torch::kFloat32));
-  return torch::cat(parts).reshape({-1, 9});  // 2727 = 303 * 9
-}
-
-}  // namespace
+using rtp::testing::expect_bits_equal;
+using rtp::testing::TempDir;
+using rtp::testing::tricky_floats;
 
 TEST(TensorIo, DTypeMapping) {
   for (auto d : {rtp::io::DType::BOOL, rtp::io::DType::U8, rtp::io::DType::I8, rtp::io::DType::I16,
@@ -213,20 +161,4 @@ TEST(TensorIo, ReadTensorNormalisesBoolBytes) {
   EXPECT_TRUE(torch::equal(rtp::read_tensor(f, f.at("b"), torch::kFloat32, torch::kCPU), torch::tensor({0.f, 1.f, 1.f})));
 }
 
-TEST(TensorIo, CudaDevicePlacement) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  TempDir dir;
-  const torch::Tensor f32 = tricky_floats();
-  rtp::save_tensors(dir / "g.safetensors", {{"x", f32.to(torch::kBFloat16)}, {"y", f32}});
-  rtp::io::SafetensorsFile f(dir / "g.safetensors");
-  for (auto to : {torch::kFloat32, torch::kBFloat16, torch::kFloat16})
-    for (const char* n : {"x", "y"}) {
-      const torch::Tensor got = rtp::read_tensor(f, f.at(n), to, torch::Device(torch::kCUDA));
-      EXPECT_TRUE(got.is_cuda());
-      const torch::Tensor stored = std::string(n) == "x" ? f32.to(torch::kBFloat16) : f32;
-      expect_bits_equal(got.cpu(), stored.to(to), n);
-    }
-  // Saving from the GPU.
-  rtp::save_tensors(dir / "h.safetensors", {{"x", f32.cuda().t()}});
-  EXPECT_TRUE(torch::equal(rtp::read_all_tensors(dir / "h.safetensors")[0].second, f32.t()));
-}
+// TensorIo.CudaDevicePlacement (reading onto and saving from a GPU) is in tensor_io_gpu_test.cpp (label gpu).
