@@ -8,6 +8,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "rtp/core/error.h"
 
@@ -192,19 +193,25 @@ Builder niah_builder(const std::string& task, const NiahSpec& s, const RulerOpti
     if (s.hay == Hay::NOISE) {
       units = insert_at_random(noise_units(n), needles, r, false);
     } else if (s.hay == Hay::NEEDLE) {
-      for (int64_t i = 0; i < n; ++i)
-        units.push_back("One of the special magic " + type_v + " for " + draw(s.key, r) + " is: " + draw(s.value, r) + ".");
+      // Distractors never take a needle's key: a queried key must have only its own values in the text.
+      for (int64_t i = 0; i < n; ++i) {
+        std::string key = draw(s.key, r);
+        while (std::find(keys.begin(), keys.end(), key) != keys.end()) key = draw(s.key, r);
+        units.push_back("One of the special magic " + type_v + " for " + key + " is: " + draw(s.value, r) + ".");
+      }
       units = insert_at_random(units, needles, r, false);
     } else {
       // Essay words, cycled to n; needles go in at depths from 40 evenly spaced points, after a sentence end.
       for (int64_t i = 0; i < n; ++i) units.push_back(essay[i % essay.size()]);
-      std::vector<int64_t> at;
-      for (size_t i = 0; i < needles.size(); ++i) {
+      std::vector<std::pair<int64_t, std::string>> at;
+      for (const auto& needle : needles) {
         int64_t p = static_cast<int64_t>(std::llround(static_cast<double>(r.below(40)) / 39.0 * n));
-        while (p > 0 && p < n && units[p - 1].back() != '.') --p;
-        at.push_back(p);
+        while (p > 0 && units[p - 1].back() != '.') --p;
+        at.emplace_back(p, needle);
       }
-      for (int64_t i = static_cast<int64_t>(needles.size()) - 1; i >= 0; --i) units.insert(units.begin() + at[i], needles[i]);
+      // Deepest first: an insertion then moves no point still to be used off its sentence end.
+      std::stable_sort(at.begin(), at.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      for (const auto& [p, needle] : at) units.insert(units.begin() + p, needle);
     }
     const std::string context = padding(pad) + join(units, " ");
     const bool one = answers.size() == 1;
