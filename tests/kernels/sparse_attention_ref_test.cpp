@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "rtp/kernels/sparse_attention.h"
@@ -528,6 +530,197 @@ TEST(SparseDecodeCpu, StreamingAndDenseMatchLastPrefillRow) {
   }
 }
 
+namespace {
+
+// ---- Decode with top-p: an independent float64 reference of the whole output (sparse_attention_params.h, "Decode").
+// The keys of every KV head come as plain [Hkv, L, D] arrays (token j at row j): the reference knows nothing of the
+// full-cache / ring layouts, the test writes those from the same arrays.
+struct DecodeCase {
+  std::vector<HeadKind> kinds;
+  int G = 1, D = 16, L = 1;
+  float top_p = 0.9f;
+  int64_t keep_first = 64, keep_last = 64, sink = 4, window = 8192;
+  float index_scale = 1.f, key_scale = 1.f;  // spread of index_q / index_k (how peaked P is)
+  uint32_t seed = 1;
+};
+
+struct DecodeRef {
+  std::vector<double> o;                      // [Hq, D]
+  std::vector<std::vector<double>> P;         // per retrieval slot: P(j), j in [0, L)
+  std::vector<std::vector<char>> selected;    // per retrieval slot: the definition's selected set
+  std::vector<int> bstar;                     // per retrieval slot
+  double min_bin_edge_distance = 1e300;       // min over non-forced j of |-8 log2 P_j - nearest integer|
+  double min_cut_margin = 1e300;              // min over slots of |mass(b) - top_p Z| / Z for b = b*, b* - 1
+};
+
+// Straight from the definition, no histogram: for each candidate b in -1, 0, .., NB-1 in turn the mass
+// sum_F P + sum_{j not in F, bin(P_j) <= b} P_j is summed over the tokens again, and b* is the first b whose mass
+// reaches top_p * Z (Z = sum_j P_j); b* = NB - 1 when top_p >= 1 or when none does. Selected = F plus every j with
+// bin(P_j) <= b*. Attention: softmax(q k_j * scale) v over the selected (RETRIEVAL), the window and sinks
+// (STREAMING) or all keys (DENSE) of j in [0, t].
+// The definition writes bin(P) = min(NB-1, floor(-8 log2 P)); it is a histogram bin, so it also cannot go below 0
+// (P slightly above 1 by rounding, possible only when one token holds all the mass, would give -1): clamped at 0.
+DecodeRef decode_reference(const DecodeCase& c, const std::vector<float>& q, const std::vector<float>& k,
+                           const std::vector<float>& v, const std::vector<float>& iq, const std::vector<float>& ik) {
+  const int Hkv = int(c.kinds.size()), G = c.G, D = c.D, L = c.L, t = L - 1;
+  const int NB = kDecodeBins;
+  DecodeRef out;
+  out.o.assign(size_t(Hkv) * G * D, 0.0);
+  const double scale = 1.0 / std::sqrt(double(D));
+  int r = 0;
+  for (int g = 0; g < Hkv; ++g) {
+    std::vector<char> vis(L, 0);
+    if (c.kinds[g] == HeadKind::RETRIEVAL) {
+      std::vector<double> P(L, 0.0);
+      for (int h = 0; h < G; ++h) {
+        std::vector<double> s(L);
+        for (int j = 0; j < L; ++j) {
+          double u = 0;
+          for (int d = 0; d < kIndexDim; ++d)
+            u += double(iq[(size_t(r) * G + h) * kIndexDim + d]) * ik[(size_t(r) * L + j) * kIndexDim + d];
+          s[j] = u / std::sqrt(double(kIndexDim));
+        }
+        const double mx = *std::max_element(s.begin(), s.end());
+        double z = 0;
+        for (int j = 0; j < L; ++j) z += std::exp(s[j] - mx);
+        for (int j = 0; j < L; ++j) P[j] += std::exp(s[j] - mx) / z / G;
+      }
+      auto forced = [&](int j) { return j < c.keep_first || j > t - c.keep_last; };
+      std::vector<int> bin(L);
+      for (int j = 0; j < L; ++j) {
+        if (P[j] <= 0) {
+          bin[j] = NB - 1;
+          continue;
+        }
+        const double x = -kDecodeBinsPerOctave * std::log2(P[j]);
+        bin[j] = std::max(0, int(std::min<double>(NB - 1, std::floor(x))));
+        if (!forced(j) && x > 0 && x < NB - 1) out.min_bin_edge_distance = std::min(out.min_bin_edge_distance, std::fabs(x - std::round(x)));
+      }
+      double Z = 0;
+      for (int j = 0; j < L; ++j) Z += P[j];
+      auto mass = [&](int b) {
+        double m = 0;
+        for (int j = 0; j < L; ++j)
+          if (forced(j) || bin[j] <= b) m += P[j];
+        return m;
+      };
+      int bstar = NB - 1;
+      if (c.top_p < 1.f)
+        for (int b = -1; b < NB; ++b)
+          if (mass(b) >= double(c.top_p) * Z) {
+            bstar = b;
+            break;
+          }
+      if (c.top_p < 1.f) {
+        out.min_cut_margin = std::min(out.min_cut_margin, std::fabs(mass(bstar) - c.top_p * Z) / Z);
+        if (bstar >= 0) out.min_cut_margin = std::min(out.min_cut_margin, std::fabs(mass(bstar - 1) - c.top_p * Z) / Z);
+      }
+      for (int j = 0; j < L; ++j) vis[j] = forced(j) || bin[j] <= bstar;
+      out.P.push_back(P);
+      out.selected.push_back(vis);
+      out.bstar.push_back(bstar);
+      ++r;
+    } else {
+      for (int j = 0; j <= t; ++j)
+        vis[j] = c.kinds[g] == HeadKind::DENSE || j < c.sink || j > t - c.window;
+    }
+    for (int hh = 0; hh < G; ++hh) {
+      const int h = g * G + hh;
+      std::vector<double> s(L, 0.0);
+      double mx = -1e300;
+      for (int j = 0; j < L; ++j) {
+        if (!vis[j]) continue;
+        double d = 0;
+        for (int e = 0; e < D; ++e) d += double(q[size_t(h) * D + e]) * k[(size_t(g) * L + j) * D + e];
+        s[j] = d * scale;
+        mx = std::max(mx, s[j]);
+      }
+      double z = 0;
+      std::vector<double> acc(D, 0.0);
+      for (int j = 0; j < L; ++j) {
+        if (!vis[j]) continue;
+        const double w = std::exp(s[j] - mx);
+        z += w;
+        for (int e = 0; e < D; ++e) acc[e] += w * v[(size_t(g) * L + j) * D + e];
+      }
+      for (int e = 0; e < D; ++e) out.o[size_t(h) * D + e] = acc[e] / z;
+    }
+  }
+  return out;
+}
+
+// The exact (sorted) top-p set of the definition's quantities: sort the non-forced tokens by P descending and take
+// the shortest prefix with sum_F P + prefix >= top_p * Z. Returns its length n and its smallest P (0 when n = 0).
+std::pair<int, double> exact_topp_prefix(const std::vector<double>& P, int64_t keep_first, int64_t keep_last,
+                                         double top_p) {
+  const int L = int(P.size()), t = L - 1;
+  double Z = 0, acc = 0;
+  std::vector<double> rest;
+  for (int j = 0; j < L; ++j) {
+    Z += P[j];
+    if (j < keep_first || j > t - keep_last) acc += P[j];
+    else rest.push_back(P[j]);
+  }
+  std::sort(rest.rbegin(), rest.rend());
+  int n = 0;
+  double pmin = 0;
+  while (acc < top_p * Z && n < int(rest.size())) acc += rest[n], pmin = rest[n], ++n;
+  return {n, pmin};
+}
+
+// Runs sparse_decode_cpu on case c: full caches (DENSE and RETRIEVAL heads, ascending KV-head order) and index keys
+// of capacity L + 7 whose rows past kv_len are NaN, rings (STREAMING heads) written token by token in slot order
+// with never-written slots NaN, so that reading a key the head may not see poisons the output.
+struct DecodeRun {
+  std::vector<float> o;
+  std::vector<int32_t> counts;
+};
+DecodeRun run_decode_cpu(const DecodeCase& c, const std::vector<float>& q, const std::vector<float>& k,
+                         const std::vector<float>& v, const std::vector<float>& iq, const std::vector<float>& ik) {
+  const int Hkv = int(c.kinds.size()), D = c.D, L = c.L;
+  const int64_t cap = L + 7, ring = c.sink + c.window;
+  const float nan = std::nanf("");
+  int nfull = 0, nstr = 0, nret = 0;
+  for (auto kd : c.kinds) (kd == HeadKind::STREAMING ? nstr : nfull) += 1, nret += kd == HeadKind::RETRIEVAL;
+  std::vector<float> kf(size_t(std::max(nfull, 1)) * cap * D, nan), vf(kf.size(), nan);
+  std::vector<float> kr(size_t(std::max(nstr, 1)) * ring * D, nan), vr(kr.size(), nan);
+  std::vector<float> ikc(size_t(std::max(nret, 1)) * cap * kIndexDim, nan);
+  for (int g = 0, f = 0, s = 0, r = 0; g < Hkv; ++g) {
+    if (c.kinds[g] == HeadKind::STREAMING) {
+      for (int j = 0; j < L; ++j) {
+        const int64_t slot = j < c.sink ? j : c.sink + (j - c.sink) % c.window;
+        std::copy_n(&k[(size_t(g) * L + j) * D], D, &kr[(size_t(s) * ring + slot) * D]);
+        std::copy_n(&v[(size_t(g) * L + j) * D], D, &vr[(size_t(s) * ring + slot) * D]);
+      }
+      ++s;
+      continue;
+    }
+    std::copy_n(&k[size_t(g) * L * D], size_t(L) * D, &kf[size_t(f) * cap * D]);
+    std::copy_n(&v[size_t(g) * L * D], size_t(L) * D, &vf[size_t(f) * cap * D]);
+    ++f;
+    if (c.kinds[g] == HeadKind::RETRIEVAL) {
+      std::copy_n(&ik[size_t(r) * L * kIndexDim], size_t(L) * kIndexDim, &ikc[size_t(r) * cap * kIndexDim]);
+      ++r;
+    }
+  }
+  DecodeRun out;
+  out.o.assign(size_t(Hkv) * c.G * D, nan);
+  out.counts.assign(std::max(nret, 1), -1);
+  SparseDecodeParams p;
+  p.q = q.data(), p.o = out.o.data();
+  p.k_full = kf.data(), p.v_full = vf.data(), p.cap_full = cap;
+  p.k_ring = kr.data(), p.v_ring = vr.data();
+  p.index_q = iq.data(), p.index_k = ikc.data();
+  p.num_q_heads = Hkv * c.G, p.num_kv_heads = Hkv, p.head_dim = D, p.kv_len = L, p.head_kind = c.kinds.data();
+  p.sink = c.sink, p.window = c.window, p.top_p = c.top_p, p.keep_first = c.keep_first, p.keep_last = c.keep_last;
+  p.selected_count = out.counts.data();
+  EXPECT_STREQ(check_sparse_decode_params(p, false), "");
+  sparse_decode_cpu(p);
+  return out;
+}
+
+}  // namespace
+
 // One retrieval KV head (G = 4 query heads, D = 16) decoding at kv_len L on random inputs; seeds seed..seed+4,
 // index vectors scaled by index_scale (query) and key_scale (keys). Returns the CPU decode's selected count and
 // fills iq / ik with the index vectors it used.
@@ -576,7 +769,13 @@ TEST(SparseDecodeCpu, RetrievalSelectionCoversTopP) {
   int need = 32;
   for (size_t n = 0; n < rest.size() && acc < 0.9; ++n) acc += rest[n], ++need;
   EXPECT_GE(cnt, need);
-  // over-selection bounded by one bin: every extra token has P >= 2^(-1/8) x the smallest needed one
+  // Over-selection bounded by one bin (derived in TopPOutputMatchesDefinitionReference): every selected non-forced
+  // token has P > 2^(-1/8) x the smallest P of the exact top-p prefix.
+  const auto [n, pmin] = exact_topp_prefix(P, 16, 16, 0.9);
+  ASSERT_GT(n, 0);
+  int within = 0;
+  for (int j = 16; j <= L - 1 - 16; ++j) within += P[j] > std::exp2(-1.0 / kDecodeBinsPerOctave) * pmin * (1 - 1e-12);
+  EXPECT_LE(cnt, 32 + within);
   EXPECT_LT(cnt, L);
 }
 
@@ -588,6 +787,80 @@ TEST(SparseDecodeCpu, RetrievalTopPOneSelectsAll) {
   // keep_first / keep_last 64 (the defaults)
   const int32_t cnt = decode_one_retrieval_head(L, 31, 3.f, 3.f, 1.0f, 64, iq, ik);
   EXPECT_EQ(cnt, L);
+}
+
+// The decode output with top-p < 1 (and = 1) equals the definition computed from scratch in float64, for mixes of
+// RETRIEVAL / STREAMING / DENSE heads (several retrieval slots per call), G 1..5, D 8..40, odd kv lengths, top-p 0.5
+// .. 1, keep_first / keep_last from 0 to past the length (all forced), b* = -1 (the forced tokens alone reach
+// top-p). Decode selects per token: block_size plays no part in it (it only shapes the prefill lists).
+// Also: the selected counts equal the definition's, and the one-bin over-selection bound holds for the counts.
+TEST(SparseDecodeCpu, TopPOutputMatchesDefinitionReference) {
+  using K = HeadKind;
+  std::vector<DecodeCase> cases;
+  auto add = [&](std::vector<HeadKind> kinds, int G, int D, int L, float top_p, int64_t kf, int64_t kl, float is,
+                 float ks, uint32_t seed) {
+    DecodeCase c;
+    c.kinds = kinds, c.G = G, c.D = D, c.L = L, c.top_p = top_p, c.keep_first = kf, c.keep_last = kl;
+    c.index_scale = is, c.key_scale = ks, c.seed = seed, c.sink = 3, c.window = 41;
+    cases.push_back(c);
+  };
+  add({K::RETRIEVAL, K::STREAMING, K::DENSE}, 2, 24, 301, 0.9f, 16, 16, 1.5f, 1.5f, 100);
+  add({K::STREAMING, K::RETRIEVAL, K::DENSE, K::RETRIEVAL}, 3, 40, 777, 0.6f, 64, 64, 2.f, 1.5f, 200);
+  add({K::RETRIEVAL, K::RETRIEVAL}, 1, 16, 1501, 0.95f, 5, 7, 1.5f, 1.5f, 300);
+  add({K::RETRIEVAL}, 5, 8, 97, 0.5f, 0, 0, 2.f, 2.f, 400);                       // no forced tokens
+  add({K::DENSE, K::RETRIEVAL}, 4, 33, 213, 0.75f, 1, 0, 1.f, 3.f, 500);
+  add({K::RETRIEVAL}, 2, 16, 200, 0.5f, 90, 90, 0.5f, 0.5f, 600);                  // forced mass reaches top-p
+  add({K::RETRIEVAL, K::STREAMING}, 2, 16, 999, 1.0f, 16, 16, 3.f, 3.f, 700);      // top-p 1: every token
+  add({K::RETRIEVAL}, 3, 16, 101, 0.9f, 64, 64, 2.f, 2.f, 800);                    // all forced (L < 128)
+  add({K::RETRIEVAL, K::DENSE}, 2, 16, 1, 0.7f, 0, 0, 1.f, 1.f, 900);              // one token
+  int cut_cases = 0, bstar_minus_one = 0;
+  for (const auto& c : cases) {
+    const int Hkv = int(c.kinds.size()), Hq = Hkv * c.G, L = c.L;
+    const int R = int(std::count(c.kinds.begin(), c.kinds.end(), HeadKind::RETRIEVAL));
+    auto q = randn(size_t(Hq) * c.D, c.seed), k = randn(size_t(Hkv) * L * c.D, c.seed + 1);
+    auto v = randn(size_t(Hkv) * L * c.D, c.seed + 2);
+    auto iq = randn(size_t(R) * c.G * kIndexDim, c.seed + 3, c.index_scale);
+    auto ik = randn(size_t(R) * L * kIndexDim, c.seed + 4, c.key_scale);
+    const auto ref = decode_reference(c, q, k, v, iq, ik);
+    const auto got = run_decode_cpu(c, q, k, v, iq, ik);
+    const std::string where = "case seed " + std::to_string(c.seed) + " (L " + std::to_string(L) + ", G " +
+                              std::to_string(c.G) + ", D " + std::to_string(c.D) + ", top_p " + std::to_string(c.top_p) + ")";
+    // The comparison is well posed: no token's P within 1e-9 of a bin edge and no cut within 1e-12 of top_p Z, so the
+    // reference's float64 P (summed in another order than the implementation's) cannot move a token across a rule.
+    ASSERT_GT(ref.min_bin_edge_distance, 1e-9) << where;
+    ASSERT_GT(ref.min_cut_margin, 1e-12) << where;
+    double err = 0;
+    for (size_t n = 0; n < ref.o.size(); ++n)
+      err = std::max(err, std::fabs(double(got.o[n]) - ref.o[n]) / (1e-3 + std::fabs(ref.o[n])));
+    EXPECT_LT(err, 1e-5) << where;  // NaN compares false: a read of a poisoned row fails here too
+    for (int r = 0; r < R; ++r) {
+      const auto& sel = ref.selected[r];
+      const int want = int(std::count(sel.begin(), sel.end(), char(1)));
+      EXPECT_EQ(got.counts[r], want) << where << ", retrieval slot " << r;
+      // One-bin bound, derived from the definition: mass(b* - 1) < top_p Z, and bins fall as P rises, so the tokens
+      // of bins <= b* - 1 are a sorted prefix that misses top_p; the exact top-p prefix (n tokens, smallest P p_min)
+      // therefore ends in bin b* or later: p_min <= 2^(-b*/8). Every selected non-forced token has bin <= b*, that
+      // is P > 2^(-(b*+1)/8) >= 2^(-1/8) p_min. Conversely the selected set is a sorted prefix whose mass reaches
+      // top_p Z, so it holds the exact prefix. Hence (b* <= NB - 2, where bin NB - 1 is not clamped)
+      //   |F| + n  <=  count  <=  |F| + #{j not in F : P_j > 2^(-1/8) p_min},  and count = |F| when n = 0.
+      if (c.top_p >= 1.f || ref.bstar[r] > kDecodeBins - 2) continue;
+      const auto [n, pmin] = exact_topp_prefix(ref.P[r], c.keep_first, c.keep_last, c.top_p);
+      int nforced = 0, within = 0;
+      for (int j = 0; j < L; ++j) {
+        const bool f = j < c.keep_first || j > L - 1 - c.keep_last;
+        nforced += f;
+        if (!f && n > 0 && ref.P[r][j] > std::exp2(-1.0 / kDecodeBinsPerOctave) * pmin * (1 - 1e-12)) ++within;
+      }
+      EXPECT_GE(got.counts[r], nforced + n) << where << ", retrieval slot " << r;
+      EXPECT_LE(got.counts[r], nforced + within) << where << ", retrieval slot " << r;
+      if (n == 0) EXPECT_EQ(got.counts[r], nforced) << where << ", retrieval slot " << r;
+      if (want > nforced && want < L) ++cut_cases;
+      bstar_minus_one += ref.bstar[r] == -1;
+    }
+  }
+  // The cases exercise what they claim: real cuts (some non-forced tokens dropped) and a b* = -1 case.
+  EXPECT_GE(cut_cases, 5);
+  EXPECT_GE(bstar_minus_one, 1);
 }
 
 namespace {
