@@ -3,7 +3,11 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "rtp/model/attention_seam.h"
 #include "rtp/sparse/indexer_training.h"
@@ -113,6 +117,67 @@ TEST(IndexerInit, SvdRecoversAPlantedSubspace) {
   auto s = torch::matmul(iq, ik.t()) / std::sqrt(double(d));
   auto t = torch::matmul(q, k[0].t()) / std::sqrt(double(D));
   EXPECT_TRUE(torch::allclose(s, t, 1e-3, 1e-3)) << (s - t).abs().max();
+}
+
+// The weight layout with several retrieval KV heads per layer (the checkpoint's
+// model.layers.{i}.self_attn.indexer.{q_proj,k_proj}.weight, rtp/sparse/indexer.h): q_proj stacks dim-row blocks, one
+// per query head of the retrieval groups in KV-head order (block r * G + j for query head j of the r-th retrieval KV
+// head), k_proj one dim-row block per retrieval KV head. Index query (r, j) of token t is W_q[block] q[kv_r G + j, t]
+// and index key r is W_k[block r] k[kv_r, t], computed here by plain loops from the raw tensors given to load_named.
+// Three and two retrieval heads, not contiguous (KV heads 1, 3, 4 of 5; 0 and 2), G = 2, D = 12, dim = 16.
+TEST(Indexer, SeveralRetrievalHeadsPerLayerUseTheCheckpointLayout) {
+  torch::manual_seed(10);
+  const int64_t Hkv = 5, G = 2, Hq = Hkv * G, D = 12, dim = 16, T = 7;
+  const std::vector<std::vector<int64_t>> ret = {{1, 3, 4}, {0, 2}};
+  auto heads = rtp::sparse::HeadMap::all_streaming(2, Hkv, G);
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t g : ret[l]) heads.retrieval[l][g] = 1;
+  rtp::sparse::Indexer indexer(heads, D, dim);
+  std::vector<std::pair<std::string, torch::Tensor>> raw;
+  std::vector<torch::Tensor> wq(2), wk(2);
+  for (int64_t l = 0; l < 2; ++l) {
+    const int64_t n = static_cast<int64_t>(ret[l].size());
+    wq[l] = torch::randn({n * G * dim, D});
+    wk[l] = torch::randn({n * dim, D});
+    const std::string pre = "model.layers." + std::to_string(l) + ".self_attn.indexer.";
+    raw.emplace_back(pre + "q_proj.weight", wq[l]);
+    raw.emplace_back(pre + "k_proj.weight", wk[l]);
+  }
+  indexer.load_named(raw, "test");
+  const auto q = torch::randn({1, Hq, T, D}), k = torch::randn({1, Hkv, T, D});
+  torch::NoGradGuard no_grad;
+  for (int64_t l = 0; l < 2; ++l) {
+    const int64_t n = static_cast<int64_t>(ret[l].size());
+    const auto iq = indexer.index_queries(l, q).to(torch::kFloat64).contiguous();  // [1, n, G, T, dim]
+    const auto ik = indexer.index_keys(l, k).to(torch::kFloat64).contiguous();     // [1, n, T, dim]
+    ASSERT_EQ(iq.sizes(), (std::vector<int64_t>{1, n, G, T, dim}));
+    ASSERT_EQ(ik.sizes(), (std::vector<int64_t>{1, n, T, dim}));
+    const auto Q = q.accessor<float, 4>(), K = k.accessor<float, 4>();
+    const auto WQ = wq[l].accessor<float, 2>(), WK = wk[l].accessor<float, 2>();
+    const auto IQ = iq.accessor<double, 5>();
+    const auto IK = ik.accessor<double, 4>();
+    double err_q = 0, err_k = 0;
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < dim; ++e) {
+          for (int64_t j = 0; j < G; ++j) {
+            double s = 0;
+            for (int64_t d = 0; d < D; ++d) s += double(Q[0][ret[l][r] * G + j][t][d]) * WQ[(r * G + j) * dim + e][d];
+            err_q = std::max(err_q, std::fabs(IQ[0][r][j][t][e] - s));
+          }
+          double s = 0;
+          for (int64_t d = 0; d < D; ++d) s += double(K[0][ret[l][r]][t][d]) * WK[r * dim + e][d];
+          err_k = std::max(err_k, std::fabs(IK[0][r][t][e] - s));
+        }
+    EXPECT_LT(err_q, 1e-5) << "layer " << l;
+    EXPECT_LT(err_k, 1e-5) << "layer " << l;
+  }
+  // The tensors come back under the same names in the same layout (what export writes).
+  for (const auto& [name, t] : indexer.named_parameters()) {
+    const auto it = std::find_if(raw.begin(), raw.end(), [&](const auto& kv) { return kv.first == name; });
+    ASSERT_NE(it, raw.end()) << name;
+    EXPECT_TRUE(torch::equal(t, it->second)) << name;
+  }
 }
 
 // Plain-loop reference of one head's attention under an explicit visibility predicate.
