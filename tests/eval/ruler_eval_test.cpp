@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <tuple>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
@@ -18,7 +19,11 @@
 
 namespace {
 
-const char* kTokenizer = RTP_SOURCE_DIR "/../shared/data/qwen3-tokenizer/tokenizer.json";
+// The real Qwen3 tokenizer: the shared copy, else the identical one committed with the fixtures (a clone alone).
+const std::string kTokenizer = [] {
+  const std::string shared = RTP_SOURCE_DIR "/../shared/data/qwen3-tokenizer/tokenizer.json";
+  return std::ifstream(shared).good() ? shared : std::string(RTP_SOURCE_DIR "/data/fixtures/tokenizer/qwen3/tokenizer.json");
+}();
 
 TEST(RulerEval, TaskListParsing) {
   EXPECT_EQ(rtp::eval::parse_ruler_tasks("ruler:niah_single_1,vt"), (std::vector<std::string>{"niah_single_1", "vt"}));
@@ -31,7 +36,7 @@ TEST(RulerEval, TaskListParsing) {
 }
 
 TEST(RulerEval, DumpPromptsWritesOneLinePerSample) {
-  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
   rtp::eval::RulerEvalOptions o;
   o.tokenizer = kTokenizer;
   o.tasks = {"niah_single_1", "fwe"};
@@ -40,18 +45,32 @@ TEST(RulerEval, DumpPromptsWritesOneLinePerSample) {
   o.dump_prompts = std::string(RTP_BINARY_DIR) + "/tmp-ruler-prompts.jsonl";
   rtp::RunContext ctx;
   rtp::eval::run_ruler_eval(o, ctx);
+  // Line by line, in the order task, length, sample: the generator's own sample for that (task, length, index).
+  const auto tok = rtp::text::Tokenizer::from_file(kTokenizer);
+  std::vector<std::tuple<std::string, int64_t, int64_t>> expected;
+  for (const auto& task : o.tasks)
+    for (int64_t len : o.lengths)
+      for (int64_t i = 0; i < o.samples; ++i) expected.emplace_back(task, len, i);
   std::ifstream in(o.dump_prompts);
-  int lines = 0;
+  size_t lines = 0;
   for (std::string line; std::getline(in, line); ++lines) {
-    auto j = nlohmann::json::parse(line);
-    EXPECT_TRUE(j.contains("input") && j.contains("outputs") && j.contains("tokens_to_generate"));
+    ASSERT_LT(lines, expected.size());
+    const auto& [task, len, index] = expected[lines];
+    const auto j = nlohmann::json::parse(line);
+    const auto s = rtp::text::ruler::generate_sample(task, tok, {len, ctx.seed, ""}, index);
+    EXPECT_EQ(j.at("task"), task);
+    EXPECT_EQ(j.at("length"), len);
+    EXPECT_EQ(j.at("index"), index);
+    EXPECT_EQ(j.at("input").get<std::string>(), s.prompt) << task << " @" << len << " #" << index;
+    EXPECT_EQ(j.at("outputs").get<std::vector<std::string>>(), s.answers);
+    EXPECT_EQ(j.at("tokens_to_generate"), s.tokens_to_generate);
   }
-  EXPECT_EQ(lines, 2 * 2 * 2);
+  EXPECT_EQ(lines, expected.size());
 }
 
 // An essay task later in the list is refused before the tasks before it run (it failed after them).
 TEST(RulerEval, EssayTaskWithoutEssayIsRefusedBeforeAnyWork) {
-  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
   rtp::eval::RulerEvalOptions o;
   o.tokenizer = kTokenizer;
   o.tasks = {"niah_single_1", "niah_multikey_1"};
@@ -72,7 +91,7 @@ TEST(RulerEval, EssayTaskWithoutEssayIsRefusedBeforeAnyWork) {
 }
 
 TEST(RulerEval, ModelAndTokenizerMustBelongTogether) {
-  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
   rtp::eval::RulerEvalOptions o;
   o.model_dir = std::string(RTP_SOURCE_DIR) + "/data/fixtures/models/qwen3-tiny";  // vocab 256
   o.tokenizer = kTokenizer;
@@ -108,7 +127,7 @@ TEST(RulerEval, LengthsAndTheModelDirectoryAreCheckedFirst) {
 // indexer) and the rest streaming, evaluated dense and sparse with chunked prefill; then the dense model with an
 // end-of-sequence token that it produces, which must end generation there.
 TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
-  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found";
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
   const std::string dir = std::string(RTP_BINARY_DIR) + "/tmp-ruler-e2e-" + std::to_string(::getpid());
   rtp::make_directories(dir + "/base");
   rtp::model::ModelConfig c;
@@ -135,6 +154,13 @@ TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
   st.dense_below = 0;
   rtp::sparse::export_converted({dir + "/base", dir + "/conv", false}, heads, st, indexer);
 
+  // The same model with every head streaming and a window past every position: sparse in form, dense in effect.
+  const auto all_streaming = rtp::sparse::HeadMap::all_streaming(2, 1, 2);
+  rtp::sparse::SparseSettings wide = st;
+  wide.window = 2048;
+  rtp::sparse::export_converted({dir + "/base", dir + "/wide", false}, all_streaming, wide,
+                                rtp::sparse::Indexer(all_streaming, c.head_dim, 16));
+
   rtp::eval::RulerEvalOptions o;
   o.model_dir = dir + "/conv";
   o.tokenizer = kTokenizer;
@@ -153,19 +179,49 @@ TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
   ro.seed = ctx.seed;
   ro.max_seq_length = 1024;
   const auto sample = rtp::text::ruler::generate_sample("niah_single_1", tok, ro, 0);
+
+  // The dense model's greedy tokens, prefilled in one forward (the eval prefills in chunks of 256).
+  auto ids = torch::tensor(std::vector<int64_t>(sample.prompt_ids.begin(), sample.prompt_ids.end())).view({1, -1});
+  const int64_t n = sample.tokens_to_generate;
+  const auto free_run = rtp::model::generate_greedy(model, ids, n, {}, ids.size(1)).narrow(1, ids.size(1), n);
+  std::vector<int32_t> free_tokens;
+  for (int64_t i = 0; i < n; ++i) free_tokens.push_back(static_cast<int32_t>(free_run[0][i].item<int64_t>()));
+  const std::string reference = tok.decode(free_tokens, true);
+
+  ASSERT_EQ(row["per_sample"].size(), 1u);
+  const auto& out = row["per_sample"][0];
+  EXPECT_EQ(out["answers"].get<std::vector<std::string>>(), sample.answers);
+  EXPECT_EQ(out["dense_prediction"].get<std::string>(), reference);
   for (const char* mode : {"dense", "sparse"}) {
     const std::string m(mode);
-    EXPECT_EQ(row[m + "_generated_tokens"].get<int64_t>(), sample.tokens_to_generate) << m;  // no eos in this config
-    EXPECT_GT(row[m + "_decode_ms_per_token"].get<double>(), 0.0) << m;
-    const double acc = row[m + "_accuracy"].get<double>();
-    EXPECT_TRUE(acc >= 0.0 && acc <= 1.0) << m;
+    EXPECT_EQ(row[m + "_generated_tokens"].get<int64_t>(), n) << m;  // no eos in this config
+    // The score is the scorer's on the prediction, and the accuracy of one sample is that score.
+    const double score = rtp::text::ruler::score(sample, out[m + "_prediction"].get<std::string>());
+    EXPECT_EQ(out[m + "_score"].get<double>(), score) << m;
+    EXPECT_EQ(row[m + "_accuracy"].get<double>(), score) << m;
   }
-  EXPECT_EQ(row["dense_kv_bytes"].get<int64_t>(), 2 * 1 * 1024 * 2 * 16 * 4);
-  EXPECT_LT(row["sparse_kv_bytes"].get<int64_t>(), row["dense_kv_bytes"].get<int64_t>());
+  // The caches hold the prompt and every generated token but the last (never fed back): 1023 tokens. Dense: k and v
+  // of 2 layers x 1 KV head x 16 floats. Sparse, layer 0: its KV head streams (sink + window = 132 tokens); layer 1:
+  // its KV head retrieves (k, v and 16 index-key floats per token).
+  const int64_t held = static_cast<int64_t>(sample.prompt_ids.size()) + n - 1;
+  ASSERT_EQ(held, 1023);
+  EXPECT_EQ(row["dense_kv_bytes"].get<int64_t>(), 2 * 1 * held * 2 * 16 * 4);
+  EXPECT_EQ(row["sparse_kv_bytes_per_layer"], nlohmann::json::array({132 * 2 * 16 * 4, held * (2 * 16 + 16) * 4}));
+  EXPECT_EQ(row["sparse_kv_bytes"].get<int64_t>(), 132 * 2 * 16 * 4 + held * (2 * 16 + 16) * 4);
 
-  // The dense model's own greedy tokens for this prompt; its 3rd becomes the end-of-sequence token.
-  auto ids = torch::tensor(std::vector<int64_t>(sample.prompt_ids.begin(), sample.prompt_ids.end())).view({1, -1});
-  const auto free_run = rtp::model::generate_greedy(model, ids, 3, {}, 256).narrow(1, ids.size(1), 3);
+  // Dense in effect: the sparse path must produce the dense model's tokens.
+  {
+    rtp::eval::RulerEvalOptions w = o;
+    w.model_dir = dir + "/wide";
+    w.dense = false;
+    w.out_dir = dir + "/out-wide";
+    rtp::eval::run_ruler_eval(w, ctx);
+    const auto wide_doc = rtp::read_json_file(w.out_dir + "/ruler.json");
+    EXPECT_EQ(wide_doc["results"][0]["per_sample"][0]["sparse_prediction"].get<std::string>(), reference);
+    EXPECT_FALSE(wide_doc["results"][0].contains("dense_accuracy"));
+  }
+
+  // The dense model's 3rd greedy token becomes the end-of-sequence token.
   const int64_t eos = free_run[0][2].item<int64_t>();
   int64_t expected = 1;
   while (free_run[0][expected - 1].item<int64_t>() != eos) ++expected;  // its first occurrence ends generation

@@ -93,9 +93,7 @@ Generated generate_dense(model::Qwen3Model& m, DenseDecoder& d, const torch::Ten
   g.tokens = tail_tokens(model::greedy_continue(*d.stepper, logits, n, stops, [&] { return o; }), 0);
   g.prefill_s = std::chrono::duration<double>(t1 - t0).count();
   g.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  const auto& c = m.config();
-  g.kv_bytes = c.num_hidden_layers * c.num_key_value_heads * (P + static_cast<int64_t>(g.tokens.size())) * 2 *
-               c.head_dim * static_cast<int64_t>(torch::elementSize(m.dtype()));
+  g.kv_bytes = d.cache->bytes();  // the tokens it holds, as the sparse cache counts them (the last one is not fed)
   return g;
 }
 
@@ -191,6 +189,8 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           dump += json({{"task", task}, {"length", len}, {"index", i}, {"input", s.prompt}, {"outputs", s.answers},
                         {"tokens_to_generate", s.tokens_to_generate}}).dump() + "\n";
         if (!cm) continue;
+        // What each model answered, next to the references: the row's scores are the means of these.
+        json out = {{"index", i}, {"answers", s.answers}};
         auto ids = torch::tensor(std::vector<int64_t>(s.prompt_ids.begin(), s.prompt_ids.end())).view({1, -1});
         // One progress line per sample: score, tokens, prefill time and decode time per token of each model.
         auto log_sample = [](const char* mode, const Generated& g, double score) {
@@ -201,9 +201,12 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
         if (o.dense) {
           auto g = generate_dense(cm->model, dense_decoder, ids, s.tokens_to_generate,
                                   o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
-          const double score = text::ruler::score(s, tok.decode(g.tokens, true));
+          const std::string prediction = tok.decode(g.tokens, true);
+          const double score = text::ruler::score(s, prediction);
           dense_sum += score;
           log_sample("dense", g, score);
+          out["dense_prediction"] = prediction;
+          out["dense_score"] = score;
           row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.prefill_s + g.decode_s;
           row["dense_prefill_s"] = row.value("dense_prefill_s", 0.0) + g.prefill_s;
           row["dense_decode_s"] = row.value("dense_decode_s", 0.0) + g.decode_s;
@@ -212,9 +215,12 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
         }
         if (o.sparse) {
           auto g = generate_sparse(*cm, sparse_decoder, ids, s.tokens_to_generate, o.prefill_chunk, stop_ids, o.cuda_graphs);
-          const double score = text::ruler::score(s, tok.decode(g.tokens, true));
+          const std::string prediction = tok.decode(g.tokens, true);
+          const double score = text::ruler::score(s, prediction);
           sparse_sum += score;
           log_sample("sparse", g, score);
+          out["sparse_prediction"] = prediction;
+          out["sparse_score"] = score;
           row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
           row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
           row["sparse_generated_tokens"] = row.value("sparse_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
@@ -222,6 +228,7 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           row["sparse_kv_bytes_per_layer"] = g.layer_kv_bytes;
           row["sparse_attended_fraction_per_layer"] = g.layer_fraction;
         }
+        row["per_sample"].push_back(out);
         std::cerr << std::endl;
       }
       // Decode time per generated token (the first token comes from the prefill's logits; every other is one step).
