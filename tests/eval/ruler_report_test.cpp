@@ -153,6 +153,34 @@ TEST(RulerReport, MemoryAndTimePerSample) {
       << t;
 }
 
+// Files written since the dense prefill and decode were timed apart: the dense time splits like the sparse one.
+TEST(RulerReport, DensePrefillAndDecodeApartWhenEveryRowHasThem) {
+  json j = sample();
+  for (auto& r : j["results"]) {
+    r["dense_prefill_s"] = 0.25 * r["dense_time_s"].get<double>();
+    r["dense_decode_s"] = 0.75 * r["dense_time_s"].get<double>();
+  }
+  const std::string t = section(rtp::eval::render_ruler_report_html(j), "time");
+  EXPECT_EQ(count(t, "<polyline"), 4u);  // dense prefill, dense decode, sparse prefill, sparse decode
+  EXPECT_EQ(line(t, "dense prefill").size(), 2u);
+  EXPECT_EQ(t.find("timed as a whole"), std::string::npos) << t;
+  // 4096: prefill 2.0 / 2, decode 6.0 / 2 per sample.
+  EXPECT_NE(t.find("<tr><td>niah_single_1</td><td>4096</td><td>1.0000</td><td>3.0000</td><td>4.00</td>"
+                   "<td>0.2500</td><td>0.5000</td><td>1.00</td></tr>"),
+            std::string::npos)
+      << t;
+  // One row without them: the file is read as an older one (one dense time), and says so.
+  j["results"][1].erase("dense_prefill_s");
+  j["results"][1].erase("dense_decode_s");
+  const std::string old = section(rtp::eval::render_ruler_report_html(j), "time");
+  EXPECT_EQ(count(old, "<polyline"), 3u);
+  EXPECT_NE(old.find("timed as a whole"), std::string::npos) << old;
+  // Half of the pair is an error naming the missing one.
+  j["results"][2].erase("dense_decode_s");
+  const std::string e = error_of([&] { rtp::eval::render_ruler_report_html(j); });
+  EXPECT_NE(e.find("'dense_decode_s'"), std::string::npos) << e;
+}
+
 TEST(RulerReport, SingleModeRunsShowOnlyThatMode) {
   json j = sample();
   for (auto& r : j["results"])

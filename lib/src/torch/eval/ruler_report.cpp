@@ -20,6 +20,7 @@ namespace {
 // One row of ruler.json, checked. ruler_eval sums the times over the samples and keeps the last sample's KV bytes.
 struct Row {
   double dense_accuracy = 0, dense_time_s = 0, dense_kv_bytes = 0;
+  double dense_prefill_s = -1, dense_decode_s = -1;  // -1: not in the file (older files time dense as a whole)
   double sparse_accuracy = 0, sparse_prefill_s = 0, sparse_decode_s = 0, sparse_kv_bytes = 0;
   // Optional, per layer (last sample): the prompt prefill's attended / causal pairs and the cache's bytes.
   std::vector<double> sparse_layer_fraction, sparse_layer_kv_bytes;
@@ -30,6 +31,7 @@ struct RulerResults {
   std::string seed;  // as written: RunContext's seed is a uint64_t
   int64_t samples = 0;
   bool dense = false, sparse = false;
+  bool dense_split = false;  // every row has the dense prefill and decode times apart
   std::vector<std::string> tasks;  // in the order of their first row
   std::vector<int64_t> lengths;    // ascending
   std::map<std::pair<std::string, int64_t>, Row> rows;
@@ -101,6 +103,10 @@ RulerResults parse(const json& j, const std::string& source) {
       x.dense_accuracy = number(row, "dense_accuracy", where, kDenseScore, 0, 1);
       x.dense_time_s = number(row, "dense_time_s", where, "seconds of dense generation (>= 0)", 0, inf);
       x.dense_kv_bytes = number(row, "dense_kv_bytes", where, "the dense KV cache in bytes (>= 0)", 0, inf);
+      if (row.contains("dense_prefill_s") || row.contains("dense_decode_s")) {
+        x.dense_prefill_s = number(row, "dense_prefill_s", where, "seconds of dense prefill (>= 0)", 0, inf);
+        x.dense_decode_s = number(row, "dense_decode_s", where, "seconds of dense decode (>= 0)", 0, inf);
+      }
     }
     if (r.sparse) {
       x.sparse_accuracy = number(row, "sparse_accuracy", where, kSparseScore, 0, 1);
@@ -127,6 +133,9 @@ RulerResults parse(const json& j, const std::string& source) {
     if (std::find(r.lengths.begin(), r.lengths.end(), length) == r.lengths.end()) r.lengths.push_back(length);
   }
   std::sort(r.lengths.begin(), r.lengths.end());
+  r.dense_split = r.dense && std::all_of(r.rows.begin(), r.rows.end(), [](const auto& kv) {
+    return kv.second.dense_prefill_s >= 0;
+  });
   // The plots draw every task over the same lengths; ruler_eval evaluates every task at every length.
   for (const auto& t : r.tasks)
     for (int64_t l : r.lengths)
@@ -249,18 +258,27 @@ std::string time_section(const RulerResults& r) {
   p.y_max = 0;
   p.tick_format = "%.3g";
   p.value_format = "%.4f s";
-  if (r.dense)
+  if (r.dense_split) {
+    p.series.push_back({"dense prefill", mean_per_length(r, &Row::dense_prefill_s, n), html::series_colour(0)});
+    p.series.push_back({"dense decode", mean_per_length(r, &Row::dense_decode_s, n), html::series_colour(0), true});
+  } else if (r.dense) {
     p.series.push_back({"dense (prefill + decode)", mean_per_length(r, &Row::dense_time_s, n), html::series_colour(0)});
+  }
   if (r.sparse) {
     p.series.push_back({"sparse prefill", mean_per_length(r, &Row::sparse_prefill_s, n), html::series_colour(1)});
     p.series.push_back({"sparse decode", mean_per_length(r, &Row::sparse_decode_s, n), html::series_colour(1), true});
   }
-  std::string h = "<section id=\"time\"><h2>Time and memory per task</h2>\n<p>Wall-clock seconds per sample, mean "
-                  "over tasks. Dense generation is timed as a whole (prefill and decode together).</p>\n";
+  std::string h = str_cat("<section id=\"time\"><h2>Time and memory per task</h2>\n<p>Wall-clock seconds per sample, "
+                          "mean over tasks; decode: every generated token after the first (which the prefill gives).",
+                          r.dense && !r.dense_split ? " Dense generation is timed as a whole (prefill and decode "
+                                                      "together) in this file." : "", "</p>\n");
   h += html::render_line_plot_svg(p) + "\n";
   const auto [scale, unit] = kv_unit(r);
   h += "<table><tr><th>task</th><th>length</th>";
-  if (r.dense) h += str_cat("<th>dense s/sample</th><th>dense KV (", unit, ")</th>");
+  if (r.dense_split)
+    h += str_cat("<th>dense prefill s/sample</th><th>dense decode s/sample</th><th>dense KV (", unit, ")</th>");
+  else if (r.dense)
+    h += str_cat("<th>dense s/sample</th><th>dense KV (", unit, ")</th>");
   if (r.sparse)
     h += str_cat("<th>sparse prefill s/sample</th><th>sparse decode s/sample</th><th>sparse KV (", unit, ")</th>");
   h += "</tr>";
@@ -268,7 +286,11 @@ std::string time_section(const RulerResults& r) {
     for (int64_t l : r.lengths) {
       const Row& x = r.at(t, l);
       h += "<tr>" + td(html_escape(t)) + td(std::to_string(l));
-      if (r.dense) h += td(fmt("%.4f", x.dense_time_s / n)) + td(fmt("%.2f", x.dense_kv_bytes / scale));
+      if (r.dense_split)
+        h += td(fmt("%.4f", x.dense_prefill_s / n)) + td(fmt("%.4f", x.dense_decode_s / n)) +
+             td(fmt("%.2f", x.dense_kv_bytes / scale));
+      else if (r.dense)
+        h += td(fmt("%.4f", x.dense_time_s / n)) + td(fmt("%.2f", x.dense_kv_bytes / scale));
       if (r.sparse)
         h += td(fmt("%.4f", x.sparse_prefill_s / n)) + td(fmt("%.4f", x.sparse_decode_s / n)) +
              td(fmt("%.2f", x.sparse_kv_bytes / scale));
