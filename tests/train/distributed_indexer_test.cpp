@@ -37,6 +37,33 @@ int free_port() {
   return 20000 + static_cast<int>(rd() % 20000);
 }
 
+constexpr const char* kNoGloo = "built without gloo headers (libgloo-dev): no 2-rank runs on CPU";
+
+struct RankExits {
+  int rank0 = -1, rank1 = -1;  // -1: no exit status was recorded
+};
+
+// rtpurbo-train `args` as a 2-rank job on this machine: rank 1 in the background, rank 0 in the foreground, then
+// waits for rank 1. Both exit statuses come back (a rank that fails while the other succeeds must fail the test);
+// the logs are <name>-r0.log and <name>-r1.log. A rank whose peer died gives up after --dist_timeout_s.
+RankExits two_ranks(const std::string& args, const std::string& name) {
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " ";
+  const std::string train = kBin + "rtpurbo-train " + args + " --dist_timeout_s 120";
+  const std::string exits = name + ".exits";
+  sh("rm -f " + exits + "; { " + env + "RANK=1 LOCAL_RANK=1 " + train + " > " + name + "-r1.log 2>&1 & r1=$!; " + env +
+     "RANK=0 LOCAL_RANK=0 " + train + " > " + name + "-r0.log 2>&1; r0=$?; wait $r1; echo $r0 $? > " + exits + "; }");
+  RankExits e;
+  std::ifstream(kDir + "/" + exits) >> e.rank0 >> e.rank1;
+  return e;
+}
+
+// Both ranks of a two_ranks run exited with 0; otherwise a fatal failure showing both logs.
+void expect_both_ranks_succeeded(const RankExits& e, const std::string& name) {
+  ASSERT_TRUE(e.rank0 == 0 && e.rank1 == 0)
+      << "rank 0 exit " << e.rank0 << ", rank 1 exit " << e.rank1 << "\n--- " << name << "-r0.log\n"
+      << read(kDir + "/" + name + "-r0.log") << "\n--- " << name << "-r1.log\n" << read(kDir + "/" + name + "-r1.log");
+}
+
 class DistributedIndexer : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -69,14 +96,9 @@ class DistributedIndexer : public ::testing::Test {
 };
 
 TEST_F(DistributedIndexer, TwoRanksMatchOneRankOverTheSameGlobalBatch) {
-  if (!rtp::dist::distributed_available()) GTEST_SKIP() << "built without gloo headers (libgloo-dev)";
+  if (!rtp::dist::distributed_available()) GTEST_SKIP() << kNoGloo;
   ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir one > one.log 2>&1"), 0) << read(kDir + "/one.log");
-  const std::string port = std::to_string(free_port());
-  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " ";
-  ASSERT_EQ(sh("(" + env + "RANK=1 LOCAL_RANK=1 " + kBin + "rtpurbo-train --recipe recipe.yaml --out_dir two > two-r1.log 2>&1 &) ; " +
-               env + "RANK=0 LOCAL_RANK=0 " + kBin + "rtpurbo-train --recipe recipe.yaml --out_dir two > two-r0.log 2>&1"),
-            0)
-      << read(kDir + "/two-r0.log");
+  ASSERT_NO_FATAL_FAILURE(expect_both_ranks_succeeded(two_ranks("--recipe recipe.yaml --out_dir two", "two"), "two"));
   const double d = max_diff("one", "two");
   std::cout << "max |indexer(1 rank) - indexer(2 ranks)| = " << d << "\n";
   EXPECT_LE(d, 1e-5);
@@ -158,9 +180,8 @@ TEST_F(DistributedIndexer, RandomModelAndRandomHeadsNeedOnlyAConfig) {
 }
 
 // data: files, the user's documents: the tiny model with a byte-level tokenizer (its 256 byte tokens: the model's
-// vocabulary), a .jsonl and a .txt file. The run trains and says what it read; resume reproduces it exactly and 2
-// ranks match 1 rank, as with the toy task (each rank reads its own slice of the same global batch).
-TEST_F(DistributedIndexer, TrainsOnUserDocuments) {
+// vocabulary), a .jsonl and a .txt file, under kDir. Sets `files` to the rtpurbo-train flags that train on them.
+void prepare_user_documents(std::string* files) {
   const std::string mdir = kDir + "/model-with-tokenizer";
   rtp::make_directories(mdir);
   ASSERT_EQ(sh("cp " + kModel + "/config.json " + kModel + "/model*.safetensors* " + mdir + "/"), 0);
@@ -187,7 +208,13 @@ TEST_F(DistributedIndexer, TrainsOnUserDocuments) {
     }
     std::ofstream(kDir + "/essay.txt") << std::string(40, '-') << " a plain text document at the end\n";
   }
-  const std::string files = " --model_dir " + mdir + " --data files --data_files docs.jsonl,essay.txt";
+  *files = " --model_dir " + mdir + " --data files --data_files docs.jsonl,essay.txt";
+}
+
+// The run trains on the documents and says what it read; resume reproduces it exactly.
+TEST_F(DistributedIndexer, TrainsOnUserDocuments) {
+  std::string files;
+  ASSERT_NO_FATAL_FAILURE(prepare_user_documents(&files));
   ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-full" + files + " > files-full.log 2>&1"), 0)
       << read(kDir + "/files-full.log");
   const std::string log = read(kDir + "/files-full.log");
@@ -206,25 +233,33 @@ TEST_F(DistributedIndexer, TrainsOnUserDocuments) {
   EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-notok --data files --data_files docs.jsonl "
                "> files-notok.log 2>&1"), 0);
   EXPECT_NE(read(kDir + "/files-notok.log").find("tokenizer.json"), std::string::npos) << read(kDir + "/files-notok.log");
-  if (!rtp::dist::distributed_available()) return;
-  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " ";
-  ASSERT_EQ(sh("(" + env + "RANK=1 LOCAL_RANK=1 " + kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-two" + files +
-               " > files-two-r1.log 2>&1 &) ; " + env + "RANK=0 LOCAL_RANK=0 " + kBin +
-               "rtpurbo-train --recipe recipe.yaml --out_dir files-two" + files + " > files-two-r0.log 2>&1"), 0)
-      << read(kDir + "/files-two-r0.log");
-  const double d = max_diff("files-full", "files-two");
+}
+
+// On the user's documents too, 2 ranks match 1 rank (each rank reads its own slice of the same global batch).
+TEST_F(DistributedIndexer, TwoRanksMatchOneRankOnUserDocuments) {
+  if (!rtp::dist::distributed_available()) GTEST_SKIP() << kNoGloo;
+  std::string files;
+  ASSERT_NO_FATAL_FAILURE(prepare_user_documents(&files));
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-one" + files + " > files-one.log 2>&1"), 0)
+      << read(kDir + "/files-one.log");
+  ASSERT_NO_FATAL_FAILURE(expect_both_ranks_succeeded(
+      two_ranks("--recipe recipe.yaml --out_dir files-two" + files, "files-two"), "files-two"));
+  const double d = max_diff("files-one", "files-two");
   std::cout << "data files: max |indexer(1 rank) - indexer(2 ranks)| = " << d << "\n";
   EXPECT_LE(d, 1e-5);
 }
 
-TEST_F(DistributedIndexer, BadEnvironmentAndMissingRankAreClearErrors) {
+TEST_F(DistributedIndexer, BadEnvironmentIsAClearError) {
   EXPECT_NE(sh("WORLD_SIZE=2 RANK=0 " + kBin + "rtpurbo-train --recipe recipe.yaml --out_dir bad > bad.log 2>&1"), 0);
   EXPECT_NE(read(kDir + "/bad.log").find("MASTER_ADDR is not set"), std::string::npos) << read(kDir + "/bad.log");
   EXPECT_NE(sh("WORLD_SIZE=2 RANK=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1234 " + kBin +
                "rtpurbo-train --recipe recipe.yaml --out_dir bad > bad2.log 2>&1"), 0);
   EXPECT_NE(read(kDir + "/bad2.log").find("RANK='2'"), std::string::npos) << read(kDir + "/bad2.log");
-  if (!rtp::dist::distributed_available()) return;
-  // Rank 1 never starts: rank 0 must give up after dist_timeout_s and say so.
+}
+
+// Rank 1 never starts: rank 0 must give up after dist_timeout_s and say so.
+TEST_F(DistributedIndexer, MissingRankIsAClearError) {
+  if (!rtp::dist::distributed_available()) GTEST_SKIP() << kNoGloo;
   EXPECT_NE(sh("WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " " + kBin +
                "rtpurbo-train --recipe recipe.yaml --out_dir lonely --dist_timeout_s 4 > lonely.log 2>&1"), 0);
   EXPECT_NE(read(kDir + "/lonely.log").find("rank 0 of 2"), std::string::npos) << read(kDir + "/lonely.log");
