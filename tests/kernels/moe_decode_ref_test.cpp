@@ -1,10 +1,19 @@
 // The MoE decode CPU reference (rtp/kernels/moe_decode.h) against the same block written with torch ops in double
-// (per token and slot: silu(gate x) * (up x), down-projected, weighted, summed), on odd sizes; the model's MoE layer
-// through the reference equals its grouped eager path; parameter errors.
+// (per token and slot: silu(gate x) * (up x), down-projected, weighted, summed), on odd sizes; the model's MoE layers
+// (the HF-made qwen3-moe-tiny fixtures) through the reference equal the model's grouped eager path; parameter errors.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/model_fixtures.h"
 #include "rtp/kernels/moe_decode.h"
+#include "rtp/model/qwen3.h"
+#include "rtp/model/rope.h"
 #include "rtp/ops/moe_decode.h"
 #include "test_util.h"
 
@@ -36,6 +45,94 @@ TEST(MoeDecodeRef, MatchesTorchOnOddSizes) {
     auto ref = torch_moe(x, expert, weight, gate_up, down);
     const double err = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
     EXPECT_LE(err, 1e-5 * (1 + ref.abs().max().item<double>())) << N << "x" << K << " of " << E << ", H " << H << ", I " << I;
+  }
+}
+
+// The model's MoE layers through the reference equal its grouped eager path. On a GPU the model itself sends a
+// decode step's few tokens through ops::moe_decode (experts by id); on the CPU it always takes the grouped path
+// (moe_mlp groups the (token, slot) pairs by expert), so the test rebuilds the by-id computation from the model's own
+// weights and inputs: for every MoE layer of the fixtures (norm_topk_prob true and false), run the layers with the
+// model's public pieces, take the post-attention residual finish_layer leaves in x.base and the grouped MoE output it
+// leaves pending, and compare that output with ops::moe_decode (the CPU reference) fed by a router written here with
+// plain loops in double: RMS norm (post_attention_layernorm), router logits, softmax, top-k by repeated arg-max,
+// optional renormalisation over the k. Batch 2 of 1, 5 and 13 tokens (13 > kMoeDecodeMaxTokens: the grouped path
+// with several tokens per expert).
+TEST(MoeDecodeRef, ModelMoeLayerThroughReferenceEqualsGroupedEagerPath) {
+  for (const std::string name : {"qwen3-moe-tiny", "qwen3-moe-tiny-noNorm"}) {
+    auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir(name), torch::kCPU, torch::kFloat32);
+    const auto& cfg = model.config();
+    std::map<std::string, torch::Tensor> w;
+    for (const auto& [n, t] : model.named_parameters()) w[n] = t;
+    const int64_t H = cfg.hidden_size, E = cfg.num_experts, K = cfg.num_experts_per_tok;
+    torch::manual_seed(21);
+    torch::NoGradGuard no_grad;
+    int moe_layers_checked = 0;
+    for (const int64_t T : {int64_t{1}, int64_t{5}, int64_t{13}}) {
+      const auto ids = torch::randint(0, cfg.vocab_size, {2, T}, torch::kInt64);
+      const auto rope = rtp::model::rope_tables(cfg, 0, T, torch::kCPU);
+      rtp::model::ResidualStream x{model.embed(ids), {}};
+      rtp::model::DenseAttention dense;
+      for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+        auto in = model.attention_inputs(l, x, rope);
+        x = model.finish_layer(l, std::move(x), dense.attend(in));
+        if (!cfg.layer_is_moe(l)) continue;
+        ++moe_layers_checked;
+        const std::string pre = "model.layers." + std::to_string(l) + ".";
+        const auto base = x.base.reshape({-1, H}).to(torch::kFloat64).contiguous();  // [N, H]
+        const int64_t N = base.size(0);
+        const auto B = base.accessor<double, 2>();
+        const auto nw = w.at(pre + "post_attention_layernorm.weight").to(torch::kFloat64).contiguous();
+        const auto gw = w.at(pre + "mlp.gate.weight").to(torch::kFloat64).contiguous();  // [E, H]
+        const auto NW = nw.accessor<double, 1>();
+        const auto GW = gw.accessor<double, 2>();
+        auto h = torch::empty({N, H}, torch::kFloat64);
+        auto expert = torch::empty({N, K}, torch::kInt64);
+        auto weight = torch::empty({N, K}, torch::kFloat64);
+        auto Hh = h.accessor<double, 2>();
+        auto Ex = expert.accessor<int64_t, 2>();
+        auto Wt = weight.accessor<double, 2>();
+        for (int64_t n = 0; n < N; ++n) {
+          double ms = 0;
+          for (int64_t d = 0; d < H; ++d) ms += B[n][d] * B[n][d] / H;
+          for (int64_t d = 0; d < H; ++d) Hh[n][d] = NW[d] * B[n][d] / std::sqrt(ms + cfg.rms_norm_eps);
+          std::vector<double> prob(E);
+          for (int64_t e = 0; e < E; ++e) {
+            double s = 0;
+            for (int64_t d = 0; d < H; ++d) s += GW[e][d] * Hh[n][d];
+            prob[e] = s;
+          }
+          const double mx = *std::max_element(prob.begin(), prob.end());
+          double z = 0;
+          for (auto& p : prob) z += (p = std::exp(p - mx));
+          for (auto& p : prob) p /= z;
+          std::vector<char> taken(E, 0);
+          double kept = 0;
+          for (int64_t s = 0; s < K; ++s) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < E; ++e)
+              if (!taken[e] && (best < 0 || prob[e] > prob[best])) best = e;
+            taken[best] = 1;
+            Ex[n][s] = best;
+            Wt[n][s] = prob[best];
+            kept += prob[best];
+          }
+          if (cfg.norm_topk_prob)
+            for (int64_t s = 0; s < K; ++s) Wt[n][s] /= kept;
+        }
+        const auto ref = rtp::ops::moe_decode(h.to(torch::kFloat32), expert, weight.to(torch::kFloat32),
+                                              w.at(pre + "mlp.experts.gate_up_proj"), w.at(pre + "mlp.experts.down_proj"));
+        ASSERT_TRUE(x.pending.defined()) << name << " layer " << l;
+        const auto eager = x.pending.reshape({-1, H});
+        const double err = (eager.to(torch::kFloat64) - ref.to(torch::kFloat64)).abs().max().item<double>();
+        const double scale = ref.abs().max().item<double>();
+        EXPECT_GT(scale, 0) << name << " layer " << l;
+        EXPECT_LE(err, 1e-5 * (1 + scale)) << name << ", layer " << l << ", " << T << " tokens x 2";
+      }
+      x = {x.resolved(), {}};
+    }
+    // qwen3-moe-tiny: layers 1 and 3 of 4 are MoE (decoder_sparse_step 2); -noNorm: both of its 2 layers (step 1).
+    // Each for the three lengths.
+    EXPECT_EQ(moe_layers_checked, 2 * 3) << name;
   }
 }
 
