@@ -1,7 +1,10 @@
 // End-to-end CPU runs of the pretraining stage on a tiny model: resume is exact, and training learns.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <iostream>
 
 #include "rtp/core/file_io.h"
 #include "rtp/model/qwen3.h"
@@ -13,8 +16,27 @@ using namespace rtp::train;
 
 namespace {
 
+// This process's scratch root: two checkouts (or two runs) testing at once must not share out_dirs.
+const std::string& scratch_root() {
+  static const std::string root =
+      (std::filesystem::temp_directory_path() / ("rtp_pretrain_test_" + std::to_string(::getpid()))).string();
+  return root;
+}
+
+// Removes the scratch root after the last test; a failed run keeps it for inspection.
+class ScratchCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (::testing::UnitTest::GetInstance()->Passed())
+      rtp::remove_tree(scratch_root());  // not fs::remove_all: it crashes next to libtorch
+    else
+      std::cout << "pretrain_test: runs kept in " << scratch_root() << "\n";
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kScratchCleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+
 TrainConfig tiny(const std::string& name, std::vector<std::pair<std::string, std::string>> more = {}) {
-  const std::string out = "/tmp/rtp_pretrain_test/" + name;
+  const std::string out = scratch_root() + "/" + name;
   remove_directory_tree(out);
   std::vector<std::pair<std::string, std::string>> ov = {{"device", "cpu"}, {"out_dir", out}, {"log_every", "1000"}};
   ov.insert(ov.end(), more.begin(), more.end());

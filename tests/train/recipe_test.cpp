@@ -1,8 +1,10 @@
 #include "rtp/train/recipe.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
+#include <iostream>
 #include <fstream>
 
 #include "rtp/core/error.h"
@@ -14,8 +16,27 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// This process's scratch directory: two checkouts (or two runs) testing at once must not share recipe files.
+const std::string& scratch_dir() {
+  static const std::string dir =
+      (fs::temp_directory_path() / ("rtp_recipe_test_" + std::to_string(::getpid()))).string();
+  return dir;
+}
+
+// Removes the scratch directory after the last test; a failed run keeps it for inspection.
+class ScratchCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (::testing::UnitTest::GetInstance()->Passed())
+      rtp::remove_tree(scratch_dir());  // not fs::remove_all: it crashes next to libtorch
+    else
+      std::cout << "recipe_test: recipes kept in " << scratch_dir() << "\n";
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kScratchCleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+
 std::string temp_recipe(const std::string& name, const std::string& text) {
-  const std::string dir = (fs::temp_directory_path() / "rtp_recipe_test").string();
+  const std::string& dir = scratch_dir();
   fs::create_directories(dir);
   const std::string path = dir + "/" + name;
   std::ofstream(path) << text;
