@@ -33,7 +33,8 @@ class ScratchCleanup : public ::testing::Environment {
       std::cout << "pretrain_test: runs kept in " << scratch_root() << "\n";
   }
 };
-[[maybe_unused]] ::testing::Environment* const kScratchCleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+[[maybe_unused]] ::testing::Environment* const kScratchCleanup =
+    ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
 
 TrainConfig tiny(const std::string& name, std::vector<std::pair<std::string, std::string>> more = {}) {
   const std::string out = scratch_root() + "/" + name;

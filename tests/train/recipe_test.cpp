@@ -33,7 +33,8 @@ class ScratchCleanup : public ::testing::Environment {
       std::cout << "recipe_test: recipes kept in " << scratch_dir() << "\n";
   }
 };
-[[maybe_unused]] ::testing::Environment* const kScratchCleanup = ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+[[maybe_unused]] ::testing::Environment* const kScratchCleanup =
+    ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
 
 std::string temp_recipe(const std::string& name, const std::string& text) {
   const std::string& dir = scratch_dir();
