@@ -48,6 +48,32 @@ TEST_F(FileIo, OutputDirectoryCheckedUpFront) {
   EXPECT_TRUE(has(e2, "is a directory, expected a file name")) << e2;
 }
 
+// Whether files can be created is tried, not asked of access(): root is told "writable" about /proc and read-only
+// mounts. The tries leave nothing behind.
+TEST_F(FileIo, OutputChecksTryToCreateAndLeaveNothing) {
+  const std::string e = error_of([&] { rtp::require_output_directory_for("/proc/rtp-x.jsonl", "--dump-prompts"); });
+  EXPECT_TRUE(has(e, "--dump-prompts '/proc/rtp-x.jsonl': cannot create files in directory '/proc'")) << e;
+  EXPECT_EQ(error_of([&] { rtp::require_creatable_directory(dir_ + "/new/deeper", "--out-dir"); }),
+            "<no error: the call succeeded>");
+  EXPECT_FALSE(fs::exists(dir_ + "/new"));  // checked, not made
+  EXPECT_EQ(error_of([&] { rtp::require_creatable_directory(dir_, "--out-dir"); }), "<no error: the call succeeded>");
+  EXPECT_TRUE(fs::is_empty(dir_));  // no probe file left
+  rtp::write_file_atomic(dir_ + "/file", "x");
+  const std::string e2 = error_of([&] { rtp::require_creatable_directory(dir_ + "/file/out", "--out-dir"); });
+  EXPECT_TRUE(has(e2, "--out-dir '" + dir_ + "/file/out': '" + dir_ + "/file' is a file, expected a directory")) << e2;
+  const std::string e3 = error_of([&] { rtp::require_creatable_directory("/proc/rtp-out", "--out-dir"); });
+  EXPECT_TRUE(has(e3, "--out-dir '/proc/rtp-out': cannot create files in '/proc'")) << e3;
+}
+
+TEST_F(FileIo, RequireInputFileTellsADirectoryFromAMissingPath) {
+  EXPECT_TRUE(has(error_of([&] { rtp::require_input_file(dir_, "--essay"); }),
+                  "--essay '" + dir_ + "' is a directory, expected a file"));
+  EXPECT_TRUE(has(error_of([&] { rtp::require_input_file(dir_ + "/none.txt", "--essay"); }),
+                  "--essay '" + dir_ + "/none.txt' does not exist"));
+  rtp::write_file_atomic(dir_ + "/essay.txt", "Once.");
+  EXPECT_EQ(error_of([&] { rtp::require_input_file(dir_ + "/essay.txt", "--essay"); }), "<no error: the call succeeded>");
+}
+
 TEST_F(FileIo, RequireDirectoryTellsAFileFromAMissingPath) {
   rtp::write_file_atomic(dir_ + "/config.json", "{}");
   const std::string e = error_of([&] { rtp::require_directory(dir_ + "/config.json", "model directory"); });

@@ -123,12 +123,9 @@ TEST(RulerEval, LengthsAndTheModelDirectoryAreCheckedFirst) {
   EXPECT_NE(e.find("model directory '" + o.model_dir + "' does not exist"), std::string::npos) << e;
 }
 
-// The whole path on the CPU: a tiny random model with the Qwen3 vocabulary, exported with one retrieval head (random
-// indexer) and the rest streaming, evaluated dense and sparse with chunked prefill; then the dense model with an
-// end-of-sequence token that it produces, which must end generation there.
-TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
-  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
-  const std::string dir = std::string(RTP_BINARY_DIR) + "/tmp-ruler-e2e-" + std::to_string(::getpid());
+// A tiny random base model with the Qwen3 vocabulary in dir/base, and dir/conv converted from it: layer 1's KV head
+// retrieves (with a random indexer when `indexer`), layer 0's streams (sink 4, window 128).
+rtp::model::Qwen3Model make_tiny_converted(const std::string& dir, bool indexer) {
   rtp::make_directories(dir + "/base");
   rtp::model::ModelConfig c;
   c.vocab_size = 151936;
@@ -145,14 +142,74 @@ TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
   rtp::model::save_qwen3(model, dir + "/base");
   auto heads = rtp::sparse::HeadMap::all_streaming(2, 1, 2);
   heads.retrieval[1][0] = 1;
-  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
-  indexer.q_proj(1).normal_(0, 0.3);
-  indexer.k_proj(1).normal_(0, 0.3);
   rtp::sparse::SparseSettings st;
   st.sink = 4;
   st.window = 128;
   st.dense_below = 0;
-  rtp::sparse::export_converted({dir + "/base", dir + "/conv", false}, heads, st, indexer);
+  if (indexer) {
+    rtp::sparse::Indexer ix(heads, c.head_dim, 16);
+    ix.q_proj(1).normal_(0, 0.3);
+    ix.k_proj(1).normal_(0, 0.3);
+    rtp::sparse::export_converted({dir + "/base", dir + "/conv", false}, heads, st, ix);
+  } else {
+    rtp::sparse::export_converted({dir + "/base", dir + "/conv", false}, heads, st, rtp::sparse::Indexer{});
+  }
+  return model;
+}
+
+// What the run would refuse later is refused before any sample runs (and before the output directory is made): a
+// task that does not fit a length, a repeated task, a converted model without the indexer its retrieval heads need,
+// a prefill chunk that is not a multiple of the block size.
+TEST(RulerEval, RefusedBeforeAnySampleRuns) {
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
+  const std::string dir = std::string(RTP_BINARY_DIR) + "/tmp-ruler-refused-" + std::to_string(::getpid());
+  make_tiny_converted(dir, false);
+  rtp::eval::RulerEvalOptions o;
+  o.model_dir = dir + "/conv";
+  o.tokenizer = kTokenizer;
+  o.tasks = {"vt", "cwe"};
+  o.lengths = {1024, 512};  // cwe needs more than 512
+  o.samples = 1;
+  o.out_dir = dir + "/out";
+  rtp::RunContext ctx;
+  auto refused = [&](const rtp::eval::RulerEvalOptions& opts, const std::string& expected) {
+    testing::internal::CaptureStderr();
+    const std::string e = rtp::testing::error_of([&] { rtp::eval::run_ruler_eval(opts, ctx); });
+    const std::string progress = testing::internal::GetCapturedStderr();
+    EXPECT_NE(e.find(expected), std::string::npos) << e;
+    EXPECT_EQ(progress.find("sample 1/1"), std::string::npos) << "samples ran first:\n" << progress;
+    EXPECT_FALSE(rtp::directory_exists(opts.out_dir)) << opts.out_dir;
+  };
+  refused(o, "RULER task 'cwe' does not fit max_seq_length 512");
+  o.lengths = {1024};
+  refused(o, "has 1 retrieval KV heads but no indexer.safetensors");
+  o.dense = false;
+  refused(o, "has 1 retrieval KV heads but no indexer.safetensors");
+  o.dense = true;
+  o.sparse = false;  // dense only: the missing indexer does not matter, and the run goes through
+  o.prefill_chunk = 100;
+  rtp::eval::run_ruler_eval(o, ctx);
+  EXPECT_TRUE(rtp::read_json_file(o.out_dir + "/ruler.json")["finished"].get<bool>());
+  rtp::remove_tree(dir);
+
+  make_tiny_converted(dir, true);
+  o.sparse = true;
+  refused(o, "--prefill-chunk 100 is not a multiple of the converted model's block size 64");
+  EXPECT_THROW(rtp::eval::parse_ruler_tasks("ruler:vt,ruler:cwe,vt"), rtp::Error);
+  rtp::remove_tree(dir);
+}
+
+// The whole path on the CPU: a tiny random model with the Qwen3 vocabulary, exported with one retrieval head (random
+// indexer) and the rest streaming, evaluated dense and sparse with chunked prefill; then the dense model with an
+// end-of-sequence token that it produces, which must end generation there.
+TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
+  const std::string dir = std::string(RTP_BINARY_DIR) + "/tmp-ruler-e2e-" + std::to_string(::getpid());
+  auto model = make_tiny_converted(dir, true);
+  const auto& c = model.config();
+  rtp::sparse::SparseSettings st;
+  st.sink = 4;
+  st.dense_below = 0;
 
   // The same model with every head streaming and a window past every position: sparse in form, dense in effect.
   const auto all_streaming = rtp::sparse::HeadMap::all_streaming(2, 1, 2);

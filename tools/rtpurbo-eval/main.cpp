@@ -4,7 +4,6 @@
 
 #include "main_guard.h"
 #include "tool_args.h"
-#include <unistd.h>
 #include "rtp/core/file_io.h"
 #include "rtp/eval/logits_task.h"
 #include "rtp/eval/ruler_eval.h"
@@ -13,14 +12,30 @@
 
 namespace {
 
-// An output directory the tool creates: made (and found writable) before the evaluation, not after it.
-void prepare_output_directory(const std::string& dir, const char* flag) {
+// A command-line value that a library function parses (a device, a dtype, a task list): its errors are usage errors
+// (exit 2) naming the flag.
+template <class F>
+auto usage_checked(const char* flag, F&& parse) -> decltype(parse()) {
   try {
-    rtp::make_directories(dir);
+    return parse();
+  } catch (const rtp::tools::UsageError&) {
+    throw;
   } catch (const rtp::Error& e) {
-    RTP_THROW(flag, " '", dir, "': ", e.what());
+    const std::string what = e.what(), name = rtp::str_cat("--", flag);
+    throw rtp::tools::UsageError(what.find(name) != std::string::npos ? what : rtp::str_cat(name, ": ", what));
   }
-  RTP_CHECK(::access(dir.c_str(), W_OK) == 0, flag, " '", dir, "' is not writable");
+}
+
+// --lengths with every length once: a repeated length would be evaluated twice and, for RULER, refused only when
+// the results are written.
+std::vector<int64_t> distinct_lengths(const std::string& text) {
+  auto lengths = rtp::tools::positive_integer_list("lengths", text);
+  for (size_t i = 0; i < lengths.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (lengths[i] == lengths[j])
+        throw rtp::tools::UsageError(rtp::str_cat("--lengths '", text, "' lists ", lengths[i],
+                                                  " twice: expected each length once"));
+  return lengths;
 }
 
 }  // namespace
@@ -36,7 +51,8 @@ int main(int argc, char** argv) {
       ("out", "logits: output safetensors (float32 logits [B, T, V])", cxxopts::value<std::string>())
       ("samples", "toy and ruler: sequences per length", cxxopts::value<std::string>()->default_value("16"))
       ("seq-len", "toy: one sequence length (default: the task's training length)", cxxopts::value<std::string>())
-      ("lengths", "toy: comma-separated sequence lengths (accuracy against length)", cxxopts::value<std::string>())
+      ("lengths", "toy: comma-separated sequence lengths (accuracy against length); ruler: prompt lengths in tokens, "
+       "answer included (required)", cxxopts::value<std::string>())
       ("out-dir", "where eval.json / ruler.json and report.html go (default: runs/eval-toy, runs/eval-ruler)",
        cxxopts::value<std::string>())
       ("random-heads-indexer", "toy: indexer checkpoint trained on random heads (same count and budget)",
@@ -75,11 +91,13 @@ int main(int argc, char** argv) {
     const int64_t prefill_chunk = rtp::tools::integer_arg(args, "prefill-chunk", at_least(0));
     rtp::RunContext ctx;
     ctx.seed = static_cast<uint64_t>(rtp::tools::integer_arg(args, "seed", at_least(0)));
-    ctx.device = rtp::parse_device(args["device"].as<std::string>());
-    ctx.dtype = rtp::parse_dtype(args["dtype"].as<std::string>());
+    ctx.device = usage_checked("device", [&] { return rtp::parse_device(args["device"].as<std::string>()); });
+    ctx.dtype = usage_checked("dtype", [&] { return rtp::parse_dtype(args["dtype"].as<std::string>()); });
     const std::string task = args["task"].as<std::string>();
+    if (task != "logits" && task != "toy" && task != "ruler")
+      throw rtp::tools::UsageError("unknown --task '" + task + "': expected one of logits, toy, ruler");
     auto need = [&](const char* key) {
-      if (!args.count(key)) throw rtp::Error(std::string("--task ") + task + " needs --" + key);
+      if (!args.count(key)) throw rtp::tools::UsageError(std::string("--task ") + task + " needs --" + key);
       return args[key].as<std::string>();
     };
     if (task == "logits") {
@@ -99,14 +117,15 @@ int main(int argc, char** argv) {
       o.samples = samples;
       if (seq_len && args.count("lengths")) throw rtp::tools::UsageError("give --seq-len or --lengths, not both");
       if (seq_len) o.lengths = {*seq_len};
-      if (args.count("lengths")) o.lengths = rtp::tools::positive_integer_list("lengths", args["lengths"].as<std::string>());
+      if (args.count("lengths")) o.lengths = distinct_lengths(args["lengths"].as<std::string>());
       if (args.count("out-dir")) o.out_dir = args["out-dir"].as<std::string>();
       if (args.count("random-heads-indexer")) o.random_heads_indexer = args["random-heads-indexer"].as<std::string>();
       o.batch_size = batch_size;
       o.measure_recall = args.count("no-recall") == 0;
       o.token_recall_top_p = token_recall_top_p;
       rtp::require_directory(o.model_dir, "--model");
-      prepare_output_directory(o.out_dir, "--out-dir");
+      if (!o.random_heads_indexer.empty()) rtp::require_input_file(o.random_heads_indexer, "--random-heads-indexer");
+      rtp::require_creatable_directory(o.out_dir, "--out-dir");
       rtp::eval::run_toy_eval(o, ctx);
       return 0;
     }
@@ -114,17 +133,20 @@ int main(int argc, char** argv) {
       rtp::eval::RulerEvalOptions o;
       if (args.count("model")) o.model_dir = args["model"].as<std::string>();
       if (args.count("tokenizer")) o.tokenizer = args["tokenizer"].as<std::string>();
-      o.tasks = rtp::eval::parse_ruler_tasks(need("tasks"));
-      o.lengths = rtp::tools::positive_integer_list("lengths", need("lengths"));
+      o.tasks = usage_checked("tasks", [&] { return rtp::eval::parse_ruler_tasks(need("tasks")); });
+      o.lengths = distinct_lengths(need("lengths"));
       o.samples = samples;
-      if (args.count("essay")) o.essay_file = args["essay"].as<std::string>();
+      if (args.count("essay")) {
+        o.essay_file = args["essay"].as<std::string>();
+        rtp::require_input_file(o.essay_file, "--essay");
+      }
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
       o.prefill_chunk = prefill_chunk;
       o.cuda_graphs = args.count("no-cuda-graphs") == 0;
       if (args.count("out-dir")) o.out_dir = args["out-dir"].as<std::string>();
       if (!o.model_dir.empty()) {
         rtp::require_directory(o.model_dir, "--model");
-        prepare_output_directory(o.out_dir, "--out-dir");
+        rtp::require_creatable_directory(o.out_dir, "--out-dir");
       }
       if (!o.dump_prompts.empty()) rtp::require_output_directory_for(o.dump_prompts, "--dump-prompts");
       // --dense and --sparse each select a model; neither (or --both) selects both.
@@ -136,6 +158,6 @@ int main(int argc, char** argv) {
       rtp::eval::run_ruler_eval(o, ctx);
       return 0;
     }
-    throw rtp::Error("unknown --task '" + task + "': expected one of logits, toy, ruler");
+    return 2;  // not reached: the task was checked above
   });
 }

@@ -1,5 +1,6 @@
 #include "rtp/core/file_io.h"
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -91,12 +92,45 @@ std::string missing_parent_reason(const std::string& path) {
   return "";
 }
 
+namespace {
+// Creates and removes a file next to `path`: access(W_OK) says yes to root on read-only filesystems and /proc.
+std::string cannot_create_reason(const std::string& path) {
+  const std::string probe = temporary_path_for(path);
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) return std::strerror(errno);
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return "";
+}
+}  // namespace
+
 void require_output_directory_for(const std::string& path, const std::string& what) {
   const std::string why = missing_parent_reason(path);
   RTP_CHECK(why.empty(), what, " '", path, "': ", why);
-  RTP_CHECK(::access(parent_of(path).c_str(), W_OK) == 0, what, " '", path, "': directory '", parent_of(path),
-            "' is not writable");
   RTP_CHECK(!fs::is_directory(path), what, " '", path, "' is a directory, expected a file name");
+  const std::string denied = cannot_create_reason(path);
+  RTP_CHECK(denied.empty(), what, " '", path, "': cannot create files in directory '", parent_of(path), "': ", denied);
+}
+
+void require_creatable_directory(const std::string& path, const std::string& what) {
+  RTP_CHECK(!path.empty(), what, " is empty: expected a directory path");
+  std::string existing = path;
+  struct stat st {};
+  while (::stat(existing.c_str(), &st) != 0) {
+    const std::string up = parent_of(existing);
+    if (up == existing) break;
+    existing = up;
+  }
+  RTP_CHECK(S_ISDIR(st.st_mode), what, " '", path, "': '", existing, "' is a file, expected a directory");
+  const std::string denied = cannot_create_reason((fs::path(existing) / "probe").string());
+  RTP_CHECK(denied.empty(), what, " '", path, "': cannot create files in '", existing, "': ", denied);
+}
+
+void require_input_file(const std::string& path, const std::string& what) {
+  struct stat st {};
+  RTP_CHECK(::stat(path.c_str(), &st) == 0, what, " '", path, "' does not exist");
+  RTP_CHECK(!S_ISDIR(st.st_mode), what, " '", path, "' is a directory, expected a file");
+  RTP_CHECK(::access(path.c_str(), R_OK) == 0, what, " '", path, "' is not readable");
 }
 
 void require_directory(const std::string& path, const std::string& what, const std::string& hint) {

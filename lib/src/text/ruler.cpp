@@ -317,36 +317,69 @@ bool task_needs_essay(const std::string& task) {
   return it != niah_specs().end() && it->second.hay == Hay::ESSAY;
 }
 
-RulerSample generate_sample(const std::string& task, const Tokenizer& tok, const RulerOptions& o, int64_t index) {
+namespace {
+
+// A task at one (seed, index): its prompt builder, what it generates and the smallest haystack it takes.
+struct TaskPlan {
+  Builder build;
+  int64_t tokens_to_generate = 0;
+  int64_t n_min = 1;
+};
+
+TaskPlan plan_task(const std::string& task, const RulerOptions& o, int64_t index) {
   const auto& names = task_names();
   RTP_CHECK(std::find(names.begin(), names.end(), task) != names.end(), "unknown RULER task '", task,
             "': expected one of ", join(names, ", "));
   RTP_CHECK(!task_needs_essay(task) || !split_words(o.essay_text).empty(), "RULER task '", task,
             "' needs an essay haystack: give a plain-text file (e.g. --essay essays.txt)");
   const uint64_t seed = task_seed(task, o.seed, index);
-  Builder build;
+  TaskPlan p;
+  if (auto it = niah_specs().find(task); it != niah_specs().end()) {
+    p.build = niah_builder(task, it->second, o, seed);
+    p.tokens_to_generate = 128;
+  } else if (task == "vt") {
+    p.build = vt_builder(seed);
+    p.tokens_to_generate = 30;
+  } else if (task == "cwe") {
+    p.build = cwe_builder(seed, o.max_seq_length);
+    p.tokens_to_generate = 120;
+  } else {
+    p.build = fwe_builder(seed, o.max_seq_length);
+    p.tokens_to_generate = 50;
+    p.n_min = 40;
+  }
+  return p;
+}
+
+int64_t prompt_tokens(const Tokenizer& tok, const Builder& build, int64_t n, int64_t pad) {
+  return static_cast<int64_t>(tok.encode(build(n, pad).prompt, false).size());
+}
+
+void require_smallest_fits(const std::string& task, const Tokenizer& tok, const RulerOptions& o, const TaskPlan& p) {
+  const int64_t smallest = prompt_tokens(tok, p.build, p.n_min, 0);
+  RTP_CHECK(smallest + p.tokens_to_generate <= o.max_seq_length, "RULER task '", task, "' does not fit max_seq_length ",
+            o.max_seq_length, ": its smallest prompt has ", smallest, " tokens plus ", p.tokens_to_generate,
+            " to generate");
+}
+
+}  // namespace
+
+void require_fits(const std::string& task, const Tokenizer& tok, const RulerOptions& o) {
+  require_smallest_fits(task, tok, o, plan_task(task, o, 0));
+}
+
+RulerSample generate_sample(const std::string& task, const Tokenizer& tok, const RulerOptions& o, int64_t index) {
+  const TaskPlan plan = plan_task(task, o, index);
+  const Builder& build = plan.build;
   RulerSample s;
   s.task = task;
   s.index = index;
   s.metric = "string_match_all";
-  if (auto it = niah_specs().find(task); it != niah_specs().end()) {
-    build = niah_builder(task, it->second, o, seed);
-    s.tokens_to_generate = 128;
-  } else if (task == "vt") {
-    build = vt_builder(seed);
-    s.tokens_to_generate = 30;
-  } else if (task == "cwe") {
-    build = cwe_builder(seed, o.max_seq_length);
-    s.tokens_to_generate = 120;
-  } else {
-    build = fwe_builder(seed, o.max_seq_length);
-    s.tokens_to_generate = 50;
-  }
+  s.tokens_to_generate = plan.tokens_to_generate;
   const int64_t target = o.max_seq_length - s.tokens_to_generate;
-  auto count = [&](int64_t n, int64_t pad) { return static_cast<int64_t>(tok.encode(build(n, pad).prompt, false).size()); };
-  const int64_t n_min = task == "fwe" ? 40 : 1;
-  RTP_CHECK(count(n_min, 0) <= target, "RULER task '", task, "' does not fit max_seq_length ", o.max_seq_length,
-            ": its smallest prompt has ", count(n_min, 0), " tokens plus ", s.tokens_to_generate, " to generate");
+  auto count = [&](int64_t n, int64_t pad) { return prompt_tokens(tok, build, n, pad); };
+  const int64_t n_min = plan.n_min;
+  require_smallest_fits(task, tok, o, plan);
   // The largest haystack that fits (doubling, then bisection), then one-token fillers close the gap exactly.
   int64_t lo = n_min, hi = n_min * 2;
   while (count(hi, 0) <= target) lo = hi, hi *= 2;

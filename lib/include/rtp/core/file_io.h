@@ -22,8 +22,14 @@ void commit_temporary(const std::string& tmp, const std::string& path);
 // temporary file the write went through.
 std::string missing_parent_reason(const std::string& path);
 // An output file about to be written (e.g. checked before a long computation): throws "<what> 'path': directory
-// 'd' does not exist" (or that d is not a directory, or is not writable).
+// 'd' does not exist" (or that d is not a directory, that path is one, or that no file can be created in d: tried).
 void require_output_directory_for(const std::string& path, const std::string& what);
+// An output directory the work will create at its end: it, or the nearest of its ancestors that exists, is a
+// directory in which files can be created (tried). Nothing is left behind: a run refused later leaves no empty
+// directory.
+void require_creatable_directory(const std::string& path, const std::string& what);
+// An input file: exists, is not a directory, is readable.
+void require_input_file(const std::string& path, const std::string& what);
 // An input directory: throws "<what> 'path' does not exist" or "<what> 'path' is a file, expected a directory",
 // followed by `hint` when given.
 void require_directory(const std::string& path, const std::string& what, const std::string& hint = "");

@@ -34,6 +34,10 @@ bool task_needs_essay(const std::string& task);
 // Throws rtp::Error naming the task and listing the valid ones, or saying why the length cannot be met.
 RulerSample generate_sample(const std::string& task, const Tokenizer& tokenizer, const RulerOptions& options,
                             int64_t index);
+// The checks generate_sample makes before fitting a prompt, alone and cheap (the task's smallest prompt only): an
+// unknown task, a missing essay, a length below the task's smallest prompt plus its answer. Lets a caller refuse a
+// (task, length) before any other work rather than when its turn comes.
+void require_fits(const std::string& task, const Tokenizer& tokenizer, const RulerOptions& options);
 
 // Mean over references of a case-insensitive substring match (NIAH, vt, cwe, fwe).
 double string_match_all(const std::string& prediction, const std::vector<std::string>& references);

@@ -30,6 +30,8 @@ std::vector<std::string> parse_ruler_tasks(const std::string& spec) {
   for (std::string item; std::getline(ss, item, ',');) {
     if (item.rfind("ruler:", 0) == 0) item = item.substr(6);
     if (item.empty()) continue;
+    RTP_CHECK(std::find(out.begin(), out.end(), item) == out.end(), "--tasks lists ruler:", item,
+              " twice: expected each task once (each is evaluated at every length)");
     if (std::find(valid.begin(), valid.end(), item) == valid.end()) {
       std::string list;
       for (const auto& v : valid) list += (list.empty() ? "ruler:" : ", ruler:") + v;
@@ -155,6 +157,18 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   for (const auto& task : o.tasks)
     RTP_CHECK(!text::ruler::task_needs_essay(task) || !o.essay_file.empty(), "RULER task '", task,
               "' needs an essay haystack: give a plain-text file with --essay (e.g. essays.txt)");
+  // Every (task, length) must fit before any model work: a length too short for a later task failed only when its
+  // turn came, after the tasks before it had run.
+  for (int64_t len : o.lengths) {
+    ro.max_seq_length = len;
+    for (const auto& task : o.tasks) {
+      try {
+        text::ruler::require_fits(task, tok, ro);
+      } catch (const Error& e) {
+        RTP_THROW(e.what(), ": give --lengths of at least what every task in --tasks needs, or leave the task out");
+      }
+    }
+  }
 
   std::unique_ptr<sparse::ConvertedModel> cm;
   if (!o.model_dir.empty()) {
@@ -169,6 +183,16 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
     RTP_CHECK(cm->model.config().vocab_size >= tok.vocab_size(), "model '", o.model_dir, "' has vocab_size ",
               cm->model.config().vocab_size, " but the tokenizer '", tok_path, "' has ", tok.vocab_size(),
               " tokens: they do not belong together");
+    // What the sparse path would refuse, refused before the dense model has run.
+    if (o.sparse) {
+      RTP_CHECK(cm->heads.count_retrieval() == 0 || !cm->indexer.named_parameters().empty(), "converted model '",
+                o.model_dir, "' has ", cm->heads.count_retrieval(), " retrieval KV heads but no indexer.safetensors: ",
+                "export it with rtpurbo-export --indexer CKPT, or evaluate only the dense model (--dense)");
+      RTP_CHECK(o.prefill_chunk <= 0 || o.prefill_chunk % cm->settings.block_size == 0, "--prefill-chunk ",
+                o.prefill_chunk, " is not a multiple of the converted model's block size ", cm->settings.block_size,
+                ": expected a multiple (e.g. ", std::max<int64_t>(1, o.prefill_chunk / cm->settings.block_size) *
+                cm->settings.block_size, ") or 0 for one forward per prompt");
+    }
   }
   // Generation ends at the checkpoint's end-of-sequence tokens, as transformers' generate() does.
   const std::vector<int64_t> stop_ids = cm ? model::load_stop_token_ids(o.model_dir) : std::vector<int64_t>{};
@@ -176,6 +200,16 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   json results = json::array();
   DenseDecoder dense_decoder;
   SparseDecoder sparse_decoder;
+  const std::string results_path = (fs::path(o.out_dir) / "ruler.json").string();
+  // ruler.json after every (task, length), so that a run stopped later keeps what it measured ("finished": false).
+  auto write_results = [&](bool finished) {
+    make_directories(o.out_dir);
+    const json doc = {{"model", o.model_dir},  {"seed", ctx.seed},          {"samples", o.samples},
+                      {"finished", finished},  {"stop_token_ids", stop_ids},
+                      {"cuda_graphs", o.cuda_graphs && ctx.device.is_cuda()}, {"results", results}};
+    write_json_atomic(results_path, doc);
+    return doc;
+  };
   for (const auto& task : o.tasks)
     for (int64_t len : o.lengths) {
       ro.max_seq_length = len;
@@ -189,46 +223,51 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           dump += json({{"task", task}, {"length", len}, {"index", i}, {"input", s.prompt}, {"outputs", s.answers},
                         {"tokens_to_generate", s.tokens_to_generate}}).dump() + "\n";
         if (!cm) continue;
-        // What each model answered, next to the references: the row's scores are the means of these.
-        json out = {{"index", i}, {"answers", s.answers}};
-        auto ids = torch::tensor(std::vector<int64_t>(s.prompt_ids.begin(), s.prompt_ids.end())).view({1, -1});
-        // One progress line per sample: score, tokens, prefill time and decode time per token of each model.
-        auto log_sample = [](const char* mode, const Generated& g, double score) {
-          const auto n = static_cast<int64_t>(g.tokens.size());
-          std::fprintf(stderr, "; %s %.2f, %lld tokens, prefill %.2f s, decode %.1f ms/token", mode, score,
-                       static_cast<long long>(n), g.prefill_s, n > 1 ? 1e3 * g.decode_s / static_cast<double>(n - 1) : 0.0);
-        };
-        if (o.dense) {
-          auto g = generate_dense(cm->model, dense_decoder, ids, s.tokens_to_generate,
-                                  o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
-          const std::string prediction = tok.decode(g.tokens, true);
-          const double score = text::ruler::score(s, prediction);
-          dense_sum += score;
-          log_sample("dense", g, score);
-          out["dense_prediction"] = prediction;
-          out["dense_score"] = score;
-          row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.prefill_s + g.decode_s;
-          row["dense_prefill_s"] = row.value("dense_prefill_s", 0.0) + g.prefill_s;
-          row["dense_decode_s"] = row.value("dense_decode_s", 0.0) + g.decode_s;
-          row["dense_generated_tokens"] = row.value("dense_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
-          row["dense_kv_bytes"] = g.kv_bytes;
+        try {
+          // What each model answered, next to the references: the row's scores are the means of these.
+          json out = {{"index", i}, {"answers", s.answers}};
+          auto ids = torch::tensor(std::vector<int64_t>(s.prompt_ids.begin(), s.prompt_ids.end())).view({1, -1});
+          // One progress line per sample: score, tokens, prefill time and decode time per token of each model.
+          auto log_sample = [](const char* mode, const Generated& g, double score) {
+            const auto n = static_cast<int64_t>(g.tokens.size());
+            std::fprintf(stderr, "; %s %.2f, %lld tokens, prefill %.2f s, decode %.1f ms/token", mode, score,
+                         static_cast<long long>(n), g.prefill_s, n > 1 ? 1e3 * g.decode_s / static_cast<double>(n - 1) : 0.0);
+          };
+          if (o.dense) {
+            auto g = generate_dense(cm->model, dense_decoder, ids, s.tokens_to_generate,
+                                    o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
+            const std::string prediction = tok.decode(g.tokens, true);
+            const double score = text::ruler::score(s, prediction);
+            dense_sum += score;
+            log_sample("dense", g, score);
+            out["dense_prediction"] = prediction;
+            out["dense_score"] = score;
+            row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.prefill_s + g.decode_s;
+            row["dense_prefill_s"] = row.value("dense_prefill_s", 0.0) + g.prefill_s;
+            row["dense_decode_s"] = row.value("dense_decode_s", 0.0) + g.decode_s;
+            row["dense_generated_tokens"] = row.value("dense_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
+            row["dense_kv_bytes"] = g.kv_bytes;
+          }
+          if (o.sparse) {
+            auto g = generate_sparse(*cm, sparse_decoder, ids, s.tokens_to_generate, o.prefill_chunk, stop_ids, o.cuda_graphs);
+            const std::string prediction = tok.decode(g.tokens, true);
+            const double score = text::ruler::score(s, prediction);
+            sparse_sum += score;
+            log_sample("sparse", g, score);
+            out["sparse_prediction"] = prediction;
+            out["sparse_score"] = score;
+            row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
+            row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
+            row["sparse_generated_tokens"] = row.value("sparse_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
+            row["sparse_kv_bytes"] = g.kv_bytes;
+            row["sparse_kv_bytes_per_layer"] = g.layer_kv_bytes;
+            row["sparse_attended_fraction_per_layer"] = g.layer_fraction;
+          }
+          row["per_sample"].push_back(out);
+        } catch (...) {
+          std::cerr << std::endl;  // the error goes on its own line, not after the sample's progress
+          throw;
         }
-        if (o.sparse) {
-          auto g = generate_sparse(*cm, sparse_decoder, ids, s.tokens_to_generate, o.prefill_chunk, stop_ids, o.cuda_graphs);
-          const std::string prediction = tok.decode(g.tokens, true);
-          const double score = text::ruler::score(s, prediction);
-          sparse_sum += score;
-          log_sample("sparse", g, score);
-          out["sparse_prediction"] = prediction;
-          out["sparse_score"] = score;
-          row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
-          row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
-          row["sparse_generated_tokens"] = row.value("sparse_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
-          row["sparse_kv_bytes"] = g.kv_bytes;
-          row["sparse_kv_bytes_per_layer"] = g.layer_kv_bytes;
-          row["sparse_attended_fraction_per_layer"] = g.layer_fraction;
-        }
-        row["per_sample"].push_back(out);
         std::cerr << std::endl;
       }
       // Decode time per generated token (the first token comes from the prefill's logits; every other is one step).
@@ -240,17 +279,11 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
       if (cm && o.dense) row["dense_accuracy"] = dense_sum / o.samples;
       if (cm && o.sparse) row["sparse_accuracy"] = sparse_sum / o.samples;
       results.push_back(row);
+      if (cm) write_results(false);
     }
-  if (!o.dump_prompts.empty()) {
-    write_file_atomic(o.dump_prompts, dump);
-    std::cerr << "wrote prompts to " << o.dump_prompts << "\n";
-  }
   if (cm) {
-    make_directories(o.out_dir);
-    const std::string path = (fs::path(o.out_dir) / "ruler.json").string();
-    const json doc = {{"model", o.model_dir}, {"seed", ctx.seed}, {"samples", o.samples}, {"stop_token_ids", stop_ids},
-                      {"cuda_graphs", o.cuda_graphs && ctx.device.is_cuda()}, {"results", results}};
-    write_json_atomic(path, doc);
+    const std::string& path = results_path;
+    const json doc = write_results(true);
     const std::string report = (fs::path(o.out_dir) / "report.html").string();
     write_file_atomic(report, render_ruler_report_html(doc, path));
     std::cout << "task               length   dense   sparse\n";
@@ -259,6 +292,11 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
                   r.contains("dense_accuracy") ? std::to_string(r["dense_accuracy"].get<double>()).substr(0, 5).c_str() : "-",
                   r.contains("sparse_accuracy") ? std::to_string(r["sparse_accuracy"].get<double>()).substr(0, 5).c_str() : "-");
     std::cout << "results: " << path << "\nreport: " << report << "\n";
+  }
+  // After the results: a dump that cannot be written loses no measurement.
+  if (!o.dump_prompts.empty()) {
+    write_file_atomic(o.dump_prompts, dump);
+    std::cerr << "wrote prompts to " << o.dump_prompts << "\n";
   }
 }
 
