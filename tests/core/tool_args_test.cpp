@@ -4,6 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <functional>
 
 #include <string>
@@ -88,6 +92,49 @@ TEST(ToolArgs, ChoiceLists) {
     EXPECT_NE(e.find("--paths: unknown item '"), std::string::npos) << bad << ": " << e;
     EXPECT_NE(e.find("valid: eager, graphs, greedy"), std::string::npos) << bad << ": " << e;
   }
+}
+
+TEST(ToolArgs, ChoicesRequiredFlagsAndLibraryParsedValues) {
+  auto o = make_options();
+  auto r = parse(o, {"--name", "median"});
+  EXPECT_EQ(rtp::tools::choice_arg(r, "top-p", {"0.9", "1"}), "0.9");  // the default
+  EXPECT_EQ(usage_error([&] { rtp::tools::choice_arg(r, "name", {"mean", "max"}); }),
+            "--name 'median' is not valid: expected mean or max");
+  EXPECT_EQ(usage_error([&] { rtp::tools::choice_arg(r, "name", {"a", "b", "c"}); }),
+            "--name 'median' is not valid: expected a, b or c");
+  EXPECT_EQ(rtp::tools::required_arg(r, "name"), "median");
+  EXPECT_EQ(usage_error([&] { rtp::tools::required_arg(r, "steps", "(or steps in the recipe)"); }),
+            "--steps is required (or steps in the recipe)");
+  // A library parser's rtp::Error becomes a UsageError that names the flag and the value; its result passes through.
+  const auto parse_even = [](const std::string& t) {
+    RTP_CHECK(t == "2" || t == "4", "'", t, "' is not even");
+    return std::stoi(t);
+  };
+  EXPECT_EQ(rtp::tools::flag_value("count", "4", parse_even), 4);
+  EXPECT_EQ(usage_error([&] { rtp::tools::flag_value("count", "3", parse_even); }).rfind("--count '3': '3' is not even", 0),
+            0u);
+}
+
+TEST(ToolArgs, InputFilesAreFilesNotDirectories) {
+  const std::string dir = ::testing::TempDir() + "tool_args_test_" + std::to_string(::getpid());
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  const auto error = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const rtp::Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(error([&] { rtp::tools::check_input_file(dir, "--text", "a text file"); }).rfind(
+                "--text '" + dir + "' is a directory, expected a text file", 0), 0u);
+  EXPECT_EQ(error([&] { rtp::tools::check_input_file(dir + "/none", "--text", "a text file"); })
+                .rfind("--text '" + dir + "/none' does not exist (expected a text file)", 0), 0u);
+  const std::string file = dir + "/a.txt";
+  std::fclose(std::fopen(file.c_str(), "w"));
+  EXPECT_EQ(error([&] { rtp::tools::check_input_file(file, "--text", "a text file"); }), "");
+  std::remove(file.c_str());
+  ::rmdir(dir.c_str());
 }
 
 }  // namespace

@@ -24,8 +24,12 @@ class IdentifyHeadsCli : public ::testing::Test {
   void TearDown() override { rtp::remove_tree(dir_); }
   // Exit code and stderr of the tool on a small calibration run plus `extra`.
   std::pair<int, std::string> run(const std::string& extra) const {
+    return run_args("--calibration toy " + extra);
+  }
+  // The same without --calibration toy.
+  std::pair<int, std::string> run_args(const std::string& extra) const {
     const std::string err = dir_ + "/stderr.txt";
-    const std::string cmd = kTool + " --model " + kModel + " --out " + dir_ + "/h.h5 --calibration toy --seq-len 64 "
+    const std::string cmd = kTool + " --model " + kModel + " --out " + dir_ + "/h.h5 --seq-len 64 "
                             "--num-sequences 1 " + extra + " > /dev/null 2> " + err;
     const int st = std::system(cmd.c_str());
     return {WEXITSTATUS(st), rtp::read_text_file(err)};
@@ -45,6 +49,11 @@ TEST_F(IdentifyHeadsCli, FlagsAreCheckedBeforeCalibrationAndNamed) {
       {"--chunk-rows 0", "--chunk-rows '0' is not valid"},
       {"--kv-budget 1G --budget-context 0", "--budget-context '0' is not valid"},
       {"extra.h5", "unexpected argument 'extra.h5'"},
+      // Choices and the library-parsed values are command-line mistakes too (they exited 1, after the model loaded).
+      {"--calibration bogus", "--calibration 'bogus' is not valid: expected toy or text"},
+      {"--dtype int8", "--dtype 'int8': unknown dtype 'int8': expected float32, bfloat16 or float16"},
+      {"--device gpu", "--device 'gpu' is not valid: expected cpu, cuda, cuda:N or auto"},
+      {"--text notes.txt", "--text is read by text calibration only, and --calibration is toy"},
   };
   for (const auto& [flags, message] : cases) {
     const auto [rc, err] = run(flags);
@@ -63,6 +72,26 @@ TEST_F(IdentifyHeadsCli, FlagsAreCheckedBeforeCalibrationAndNamed) {
   EXPECT_EQ(rc, 1);
   EXPECT_NE(err.find("--svg '" + dir_ + "/afile/h.svg'"), std::string::npos) << err;
   EXPECT_EQ(err.find("sequence 1/1"), std::string::npos) << err;
+  EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
+}
+
+// Outputs and inputs that are not what they must be are found before the model loads, and nothing is written: an
+// --svg in a directory that takes no files (/proc, where root's access() check says yes) used to fail after the
+// profile had been written; a --text directory used to read as an empty text ("has no tokens").
+TEST_F(IdentifyHeadsCli, PathsAreCheckedBeforeAnythingIsWritten) {
+  auto [rc, err] = run("--svg /proc/rtpurbo-identify-heads-cli.svg");
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_NE(err.find("--svg '/proc/rtpurbo-identify-heads-cli.svg': cannot create files in directory '/proc'"),
+            std::string::npos) << err;
+  EXPECT_EQ(err.find("sequence 1/1"), std::string::npos) << err;
+  EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
+
+  std::tie(rc, err) = run_args("--text " + dir_);
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_NE(err.find("--text '" + dir_ + "' is a directory, expected a UTF-8 text file"), std::string::npos) << err;
+  std::tie(rc, err) = run_args("--text " + dir_ + "/missing.txt");
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_NE(err.find("--text '" + dir_ + "/missing.txt' does not exist"), std::string::npos) << err;
   EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
 }
 

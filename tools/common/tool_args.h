@@ -10,6 +10,7 @@
 #include <cxxopts.hpp>
 #include <optional>
 #include <stdexcept>
+#include <sys/stat.h>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,43 @@ inline std::optional<int64_t> optional_integer_arg(const cxxopts::ParseResult& r
                                                    const rtp::config::Check& check = rtp::config::any()) {
   if (!r.count(name)) return std::nullopt;
   return integer_arg(r, name, check);
+}
+
+// A string option whose value must be one of `valid`: "--aggregation 'median' is not valid: expected max or mean".
+inline std::string choice_arg(const cxxopts::ParseResult& r, const std::string& name,
+                              const std::vector<std::string>& valid) {
+  const std::string text = r[name].as<std::string>();
+  if (std::find(valid.begin(), valid.end(), text) != valid.end()) return text;
+  std::string listed;
+  for (size_t i = 0; i < valid.size(); ++i)
+    listed += (i == 0 ? "" : i + 1 == valid.size() ? " or " : ", ") + valid[i];
+  throw UsageError("--" + name + " '" + text + "' is not valid: expected " + listed);
+}
+
+// The value of a required option; its absence is a usage error ("--model is required", then `hint`).
+inline std::string required_arg(const cxxopts::ParseResult& r, const std::string& name, const std::string& hint = "") {
+  if (!r.count(name)) throw UsageError("--" + name + " is required" + (hint.empty() ? "" : " " + hint));
+  return r[name].as<std::string>();
+}
+
+// `text`, the value of --name, read by a library parser that throws rtp::Error for what it does not accept (e.g.
+// rtp::parse_dtype): that error becomes a UsageError naming the flag, "--dtype 'int8': unknown dtype 'int8': ...".
+template <class F>
+auto flag_value(const std::string& name, const std::string& text, F&& parse) -> decltype(parse(text)) {
+  try {
+    return parse(text);
+  } catch (const rtp::Error& e) {
+    throw UsageError(rtp::str_cat("--", name, " '", text, "': ", e.what()));
+  }
+}
+
+// An input file named by --name (or a recipe key): it exists and is not a directory, else rtp::Error (exit 1:
+// the command line is well formed, the file is not there) saying which, and what was expected ("an HDF5 head
+// profile file"). An ifstream opens a directory and reads nothing, so without this a directory reads as empty.
+inline void check_input_file(const std::string& path, const std::string& what, const std::string& expected) {
+  struct stat st {};
+  RTP_CHECK(::stat(path.c_str(), &st) == 0, what, " '", path, "' does not exist (expected ", expected, ")");
+  RTP_CHECK(!S_ISDIR(st.st_mode), what, " '", path, "' is a directory, expected ", expected);
 }
 
 }  // namespace rtp::tools

@@ -32,8 +32,12 @@ struct HeadsArg {
 
 // --heads accepts: an HDF5 head profile from rtpurbo-identify-heads (.h5/.hdf5), an indexer checkpoint (its
 // stored head map), an rtpurbo.json, or a config.json carrying headwise_config (read per KV head, strictly).
+const char* const kHeadsExpected =
+    "an HDF5 head profile (.h5) from rtpurbo-identify-heads, an indexer checkpoint (.safetensors), an rtpurbo.json "
+    "or a config.json with headwise_config";
+
 HeadsArg load_heads_arg(const std::string& path, const rtp::model::ModelConfig& cfg) {
-  RTP_CHECK(rtp::file_exists(path), "--heads '", path, "' does not exist");
+  rtp::tools::check_input_file(path, "--heads", kHeadsExpected);
   HeadsArg out;
   if (ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
     const auto profile = rtp::heads::load_head_profile(path);
@@ -50,7 +54,13 @@ HeadsArg load_heads_arg(const std::string& path, const rtp::model::ModelConfig& 
     out.settings = ck.settings;
     return out;
   }
-  const nlohmann::json j = rtp::read_json_file(path);
+  nlohmann::json j;
+  try {
+    j = rtp::read_json_file(path);
+  } catch (const rtp::Error&) {
+    // Not JSON (an .svg, a text file): what --heads takes, not the JSON parser's complaint.
+    RTP_THROW("--heads '", path, "' is not a head map file: expected ", kHeadsExpected, " (it is not JSON)");
+  }
   if (j.is_object() && j.contains("head_map")) {
     const auto m = rtp::sparse::manifest_from_json(j, path);
     out.heads = m.heads;
@@ -64,8 +74,8 @@ HeadsArg load_heads_arg(const std::string& path, const rtp::model::ModelConfig& 
     out.settings = rtp::sparse::settings_from_headwise(hw);
     return out;
   }
-  RTP_THROW("--heads '", path, "': expected an HDF5 head profile (.h5), an indexer checkpoint (.safetensors), ",
-            "an rtpurbo.json or a config.json with headwise_config");
+  RTP_THROW("--heads '", path, "' is not a head map file: expected ", kHeadsExpected,
+            " (it is JSON without head_map or headwise_config)");
 }
 
 }  // namespace
@@ -110,10 +120,7 @@ int main(int argc, char** argv) {
       std::cout << opts.help() << "\n";
       return 0;
     }
-    auto need = [&](const char* key) {
-      if (!args.count(key)) throw rtp::Error(std::string("rtpurbo-export needs --") + key);
-      return args[key].as<std::string>();
-    };
+    auto need = [&](const char* key) { return rtp::tools::required_arg(args, key); };
     rtp::sparse::ExportOptions o;
     o.model_dir = need("model");
     o.out_dir = need("out");
@@ -129,6 +136,16 @@ int main(int argc, char** argv) {
     const auto local_blocks = rtp::tools::optional_integer_arg(args, "local-blocks", at_least(0));
     const auto dense_below = rtp::tools::optional_integer_arg(args, "dense-below", at_least(0));
     const auto query_sub_blocks = rtp::tools::optional_integer_arg(args, "query-sub-blocks", at_least(1));
+    if (query_sub_blocks && (*query_sub_blocks & (*query_sub_blocks - 1)) != 0)
+      throw rtp::tools::UsageError(rtp::str_cat("--query-sub-blocks '", *query_sub_blocks,
+                                                "' is not valid: expected a power of two (1, 2, 4, ...)"));
+    if (query_sub_blocks && block_size && *query_sub_blocks > *block_size)
+      throw rtp::tools::UsageError(rtp::str_cat("--query-sub-blocks ", *query_sub_blocks, " exceeds --block-size ",
+                                                *block_size, ": the sub-blocks tile a query block"));
+    const std::optional<std::string> sub_block_aggregate =
+        args.count("sub-block-aggregate")
+            ? std::optional<std::string>(rtp::tools::choice_arg(args, "sub-block-aggregate", {"mean", "max"}))
+            : std::nullopt;
     rtp::require_directory(o.model_dir, "--model", "(the base model's Hugging Face checkpoint directory)");
     const auto cfg = rtp::model::load_model_config(o.model_dir + "/config.json");
 
@@ -156,17 +173,26 @@ int main(int argc, char** argv) {
     if (local_blocks) settings.local_blocks = *local_blocks;
     if (dense_below) settings.dense_below = *dense_below;
     if (query_sub_blocks) settings.query_sub_blocks = *query_sub_blocks;
-    if (args.count("sub-block-aggregate")) settings.sub_block_aggregate = args["sub-block-aggregate"].as<std::string>();
+    if (sub_block_aggregate) settings.sub_block_aggregate = *sub_block_aggregate;
     RTP_CHECK(settings.sub_block_aggregate == "mean" || settings.sub_block_aggregate == "max",
               "--sub-block-aggregate must be mean or max, found ", settings.sub_block_aggregate);
     RTP_CHECK(settings.top_p > 0 && settings.top_p <= 1, "--top-p must be in (0, 1], found ", settings.top_p);
     RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.block_size >= 1 && settings.dense_below >= 0 &&
                   settings.local_blocks >= 0,
               "--window and --block-size must be >= 1, --sink, --local-blocks and --dense-below >= 0");
+    // A flag against the block size another source set is still the command line's mistake.
+    if (query_sub_blocks && *query_sub_blocks > settings.block_size)
+      throw rtp::tools::UsageError(rtp::str_cat("--query-sub-blocks ", *query_sub_blocks, " exceeds the block size ",
+                                                settings.block_size, " (from ", settings_from,
+                                                "): the sub-blocks tile a query block"));
+    if (block_size && !query_sub_blocks && settings.query_sub_blocks > settings.block_size)
+      throw rtp::tools::UsageError(rtp::str_cat("--block-size ", *block_size, " is below the query sub-blocks ",
+                                                settings.query_sub_blocks, " (from ", settings_from,
+                                                "): give --query-sub-blocks <= ", *block_size, " too"));
     RTP_CHECK(settings.query_sub_blocks >= 1 && (settings.query_sub_blocks & (settings.query_sub_blocks - 1)) == 0 &&
                   settings.query_sub_blocks <= settings.block_size,
-              "--query-sub-blocks must be a power of two in [1, block size ", settings.block_size, "], found ",
-              settings.query_sub_blocks);
+              "query sub-blocks must be a power of two in [1, block size ", settings.block_size, "], found ",
+              settings.query_sub_blocks, " (from ", settings_from, block_size ? " and --block-size" : "", ")");
 
     rtp::sparse::RtpurboManifest provenance;
     provenance.heads_source = heads_path;

@@ -9,6 +9,7 @@
 
 #include "main_guard.h"
 #include "tool_args.h"
+#include "torch_args.h"
 #include "rtp/core/file_io.h"
 #include "rtp/heads/calibration.h"
 #include "rtp/heads/head_profile.h"
@@ -54,7 +55,8 @@ int main(int argc, char** argv) {
        cxxopts::value<std::string>())
       ("per-query-head", "select query heads instead of KV heads (studies; the implied KV heads are reported)")
       ("aggregation", "query heads -> KV head: max or mean", cxxopts::value<std::string>()->default_value("max"))
-      ("calibration", "toy (random tokens) or text (default: text when the model has tokenizer.json)",
+      ("calibration", "toy (random tokens) or text (default: text when --text or --tokenizer is given or the model "
+                      "has tokenizer.json, else toy)",
        cxxopts::value<std::string>())
       ("text", "text calibration: a UTF-8 text file (default: a built-in paragraph)", cxxopts::value<std::string>())
       ("tokenizer", "text calibration: tokenizer.json or its directory (default: the model's)",
@@ -81,7 +83,7 @@ int main(int argc, char** argv) {
     }
 
     // Defaults, then the recipe, then flags.
-    std::string model_dir, out_path, device = "cpu", dtype = "float32";
+    std::string model_dir, out_path, recipe_device = "cpu", recipe_dtype = "float32";
     uint64_t seed = 1234;
     int64_t sink = 4, recipe_window = 0;
     double fraction = 0.15, budget_fraction = 0;
@@ -90,8 +92,8 @@ int main(int argc, char** argv) {
       model_dir = rc.model_dir;
       out_path = rc.heads_file;
       seed = static_cast<uint64_t>(rc.seed);
-      device = rc.device;
-      dtype = rc.dtype;
+      recipe_device = rc.device;
+      recipe_dtype = rc.dtype;
       sink = rc.sink;
       recipe_window = rc.window;
       fraction = rc.retrieval_fraction;
@@ -105,8 +107,11 @@ int main(int argc, char** argv) {
     if (args.count("model")) model_dir = args["model"].as<std::string>();
     if (args.count("out")) out_path = args["out"].as<std::string>();
     if (args.count("seed")) seed = static_cast<uint64_t>(ta::integer_arg(args, "seed", at_least(0)));
-    if (args.count("device")) device = args["device"].as<std::string>();
-    if (args.count("dtype")) dtype = args["dtype"].as<std::string>();
+    // A flag's device or dtype that the library does not know is a usage error; the recipe's is the file's error.
+    const torch::Device device = args.count("device") ? ta::device_arg(args["device"].as<std::string>())
+                                                      : rtp::parse_device(recipe_device);
+    const torch::ScalarType dtype = args.count("dtype") ? ta::dtype_arg(args["dtype"].as<std::string>())
+                                                        : rtp::parse_dtype(recipe_dtype);
     if (args.count("sink")) sink = ta::integer_arg(args, "sink", at_least(0));
     const auto flag_window = ta::optional_integer_arg(args, "window", at_least(1));
     const auto flag_fraction = ta::optional_number_arg(args, "retrieval-fraction", range(0, 1, "(]"));
@@ -117,9 +122,14 @@ int main(int argc, char** argv) {
     const int64_t batch_size = ta::integer_arg(args, "batch-size", at_least(1));
     const int64_t chunk_rows = ta::integer_arg(args, "chunk-rows", at_least(1));
     const int64_t top_rows = ta::integer_arg(args, "top", at_least(0));
-    const std::string aggregation_text = args["aggregation"].as<std::string>();
-    if (aggregation_text != "max" && aggregation_text != "mean")
-      throw ta::UsageError("--aggregation '" + aggregation_text + "' is not valid: expected max or mean");
+    const std::string aggregation_text = ta::choice_arg(args, "aggregation", {"max", "mean"});
+    // --text or --tokenizer asks for text calibration; with --calibration toy they would be ignored.
+    const bool text_flags = args.count("text") || args.count("tokenizer");
+    const std::string calibration_flag = args.count("calibration") ? ta::choice_arg(args, "calibration", {"toy", "text"})
+                                         : text_flags ? "text" : "";
+    if (calibration_flag == "toy" && text_flags)
+      throw ta::UsageError(std::string(args.count("text") ? "--text" : "--tokenizer") +
+                           " is read by text calibration only, and --calibration is toy");
     int64_t flag_budget_bytes = 0;
     if (args.count("kv-budget")) {
       const std::string text = args["kv-budget"].as<std::string>();
@@ -136,14 +146,15 @@ int main(int argc, char** argv) {
         throw ta::UsageError(std::string("--kv-budget: ") + e.what());
       }
     }
-    RTP_CHECK(!model_dir.empty(), "--model is required (or model_dir in the recipe)");
-    RTP_CHECK(!out_path.empty(), "--out is required (or heads_file in the recipe)");
+    if (model_dir.empty()) throw ta::UsageError("--model is required (or model_dir in the recipe)");
+    if (out_path.empty()) throw ta::UsageError("--out is required (or heads_file in the recipe)");
     if (flag_fraction && args.count("kv-budget"))
       throw ta::UsageError("--retrieval-fraction and --kv-budget exclude each other");
     // A fraction of 0 would still select one head (the rule keeps at least one): refuse it, as the flag does.
     RTP_CHECK(flag_fraction || args.count("kv-budget") || budget_fraction > 0 || fraction > 0,
               "retrieval_fraction 0 in the recipe selects no head (give retrieval_fraction > 0, or kv_budget)");
     rtp::require_directory(model_dir, "--model", "(expected a Hugging Face checkpoint directory)");
+    if (args.count("text")) ta::check_input_file(args["text"].as<std::string>(), "--text", "a UTF-8 text file");
     const std::string svg = args.count("svg") ? args["svg"].as<std::string>() : svg_path_for(out_path);
     // Like the other tools' output directories: create what is missing (HDF5 would only say it cannot create the
     // file), and find out now whether the files can be written there.
@@ -161,8 +172,8 @@ int main(int argc, char** argv) {
 
     rtp::RunContext ctx;
     ctx.seed = seed;
-    ctx.device = rtp::parse_device(device);
-    ctx.dtype = rtp::parse_dtype(dtype);
+    ctx.device = device;
+    ctx.dtype = dtype;
     auto model = rtp::model::load_qwen3(model_dir, ctx.device, ctx.dtype);
     const auto& cfg = model.config();
     const int64_t Lyr = cfg.num_hidden_layers, Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads;
@@ -170,7 +181,7 @@ int main(int argc, char** argv) {
     // Calibration data.
     const bool has_tokenizer = rtp::file_exists(model_dir + "/tokenizer.json");
     rtp::heads::CalibrationSpec spec;
-    spec.source = args.count("calibration") ? args["calibration"].as<std::string>() : (has_tokenizer ? "text" : "toy");
+    spec.source = !calibration_flag.empty() ? calibration_flag : (has_tokenizer ? "text" : "toy");
     std::string text_source;
     if (spec.source == "text") {
       const std::string tok_path = args.count("tokenizer") ? args["tokenizer"].as<std::string>() : model_dir;
@@ -183,8 +194,6 @@ int main(int argc, char** argv) {
       for (auto t : spec.text_tokens)
         RTP_CHECK(t >= 0 && t < cfg.vocab_size, "token id ", t, " of the calibration text is outside the model's ",
                   "vocabulary of ", cfg.vocab_size, " (wrong --tokenizer?)");
-    } else if (spec.source != "toy") {
-      throw rtp::Error("unknown --calibration '" + spec.source + "': expected toy or text");
     }
     spec.vocab_size = cfg.vocab_size;
     spec.num_sequences = num_sequences;
