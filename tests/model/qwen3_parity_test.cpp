@@ -43,6 +43,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Qwen3Parity, ::testing::ValuesIn(rtp::testing
                          });
 
 TEST(Qwen3Model, ObserverSeesPreRopeNormalisedQK) {
+  torch::manual_seed(47);  // the random ids: the same in every run, whatever ran before
   const std::string dir = rtp::testing::model_fixture_dir("qwen3-tiny");
   auto model = rtp::model::load_qwen3(dir, torch::kCPU, torch::kFloat32);
   auto ids = torch::randint(0, model.config().vocab_size, {1, 11}, torch::kInt64);
@@ -64,6 +65,7 @@ TEST(Qwen3Model, ObserverSeesPreRopeNormalisedQK) {
 }
 
 TEST(Qwen3Model, SaveLoadRoundTripKeepsLogits) {
+  torch::manual_seed(72);  // the random ids: the same in every run, whatever ran before
   const std::string dir = rtp::testing::model_fixture_dir("qwen3-moe-tiny");
   auto model = rtp::model::load_qwen3(dir, torch::kCPU, torch::kFloat32);
   const std::string out = std::string(RTP_BINARY_DIR) + "/tmp-roundtrip-moe";
