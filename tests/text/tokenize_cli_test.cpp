@@ -101,4 +101,34 @@ TEST_F(TokenizeCli, StrayArgumentsAreErrors) {
   EXPECT_NE(r.err.find("did you mean 'input'"), std::string::npos) << r.err;
 }
 
+// The input and the output are checked before any record is read: a directory given as --input read as an empty
+// stream ("error reading 'd' after line 0"), and an existing directory as --output failed only at the final rename.
+TEST_F(TokenizeCli, InputAndOutputAreCheckedFirst) {
+  rtp::write_file_atomic(path("in.jsonl"), "{\"text\": \"abc\"}\n");
+  fs::create_directories(path("adir"));
+  ToolResult r = run("--input " + path("adir") + " --output " + path("o.jsonl"));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--input '" + path("adir") + "' is a directory, expected a JSONL file"), std::string::npos)
+      << r.err;
+  r = run("--input " + path("missing.jsonl") + " --output " + path("o.jsonl"));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--input '" + path("missing.jsonl") + "' does not exist"), std::string::npos) << r.err;
+  r = run("--input " + path("in.jsonl") + " --output " + path("adir"));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--output '" + path("adir") + "' is a directory, expected a file name"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("cannot rename"), std::string::npos) << r.err;
+  r = run("--input " + path("in.jsonl") + " --output " + path("nowhere/o.jsonl"));
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--output '" + path("nowhere/o.jsonl") + "': directory '" + path("nowhere") +
+                       "' does not exist"), std::string::npos) << r.err;
+  EXPECT_FALSE(rtp::file_exists(path("o.jsonl")));
+  EXPECT_TRUE(fs::is_empty(path("adir")));
+  // a missing --tokenizer is a command-line mistake
+  const std::string err = path("stderr2.txt");
+  const int st = std::system((kTool + " --input " + path("in.jsonl") + " 2>" + err).c_str());
+  EXPECT_EQ(WEXITSTATUS(st), 2);
+  EXPECT_NE(rtp::read_text_file(err).find("--tokenizer is required"), std::string::npos) << rtp::read_text_file(err);
+}
+
 }  // namespace

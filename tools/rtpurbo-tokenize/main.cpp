@@ -6,6 +6,8 @@
 //
 // One record per line; blank lines are skipped. A line that is not a JSON object, lacks the key, or is not
 // valid UTF-8 stops the run with an error naming the line (and the byte offset within it).
+#include <cerrno>
+#include <cstring>
 #include <cxxopts.hpp>
 #include <fstream>
 #include <iostream>
@@ -83,19 +85,23 @@ int main(int argc, char** argv) {
       std::cout << opts.help() << "\n";
       return 0;
     }
-    if (!args.count("tokenizer")) throw rtp::Error("--tokenizer is required (see rtpurbo-tokenize --help)");
-    const auto tok = rtp::text::Tokenizer::from_file(args["tokenizer"].as<std::string>());
+    const std::string tokenizer_path = rtp::tools::required_arg(args, "tokenizer");
     const bool decode_mode = args["decode"].as<bool>();
     const bool allow_special = !args["no-special"].as<bool>();
     const bool skip_special = args["skip-special"].as<bool>();
     const std::string input = args["input"].as<std::string>();
     const std::string output = args["output"].as<std::string>();
     const bool to_stdout = output == "-";
+    // Both ends before any record is read: a directory opens as a stream that reads nothing ("error reading after
+    // line 0"), and an --output that cannot be written used to fail only at the rename, after the whole input.
+    if (input != "-") rtp::tools::check_input_file(input, "--input", "a JSONL file, or - for stdin");
+    if (!to_stdout) rtp::require_output_directory_for(output, "--output");
+    const auto tok = rtp::text::Tokenizer::from_file(tokenizer_path);
 
     std::ifstream file;
     if (input != "-") {
       file.open(input, std::ios::binary);
-      RTP_CHECK(file.good(), "cannot open --input '", input, "'");
+      RTP_CHECK(file.good(), "cannot open --input '", input, "': ", std::strerror(errno));
     }
     std::istream& in = input == "-" ? std::cin : file;
     const std::string in_name = input == "-" ? "<stdin>" : input;
