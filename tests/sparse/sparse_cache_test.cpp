@@ -1,9 +1,16 @@
 // Decoding through the sparse cache (ring buffers for streaming heads, full caches + index keys for retrieval
-// heads) against the masked sparse forward over the whole sequence.
+// heads) against the masked sparse forward over the whole sequence (a consistency check: the prompt goes through
+// that same SparseAttention code), and against independent references: the dense model where the head map is dense
+// in effect, and a plain-loop forward written from the definition (DefinitionSeam) for real streaming and retrieval
+// heads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <string>
+#include <utility>
+#include <vector>
 #include <torch/torch.h>
 
 #include "model/model_fixtures.h"
@@ -50,6 +57,8 @@ TEST(SparseCache, RingBufferDecodeEqualsMaskedForward) {
   // Prompts shorter than the sink, exactly sink + window, and long enough that the ring has wrapped twice.
   for (const int64_t P : {int64_t{1}, int64_t{10}, int64_t{29}}) {
     rtp::sparse::SparseCache cache(s.model.config(), s.heads, st, &s.indexer, T, torch::kCPU, torch::kFloat32);
+    // The prompt runs the same SparseAttention as `whole` (consistency only; MixedHeadsEqualTheDefinitionByLoops
+    // and DenseEquivalentStreamingEqualsTheDenseModel below check it against independent references).
     auto first = s.model.forward(ids.narrow(1, 0, P), cache.options());
     EXPECT_LE((first - ref.narrow(1, 0, P)).abs().max().item<double>(), 1e-5) << "prompt " << P;
     for (int64_t t = P; t < T; ++t) {
@@ -249,4 +258,327 @@ TEST(SparseCache, PrefillChunkedHelperAndChunkErrors) {
   rtp::sparse::SparseCache bad3(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
   bad3.begin_prompt(64);
   EXPECT_THROW(s.model.forward(ids.narrow(1, 0, 128), bad3.options()), std::exception);
+}
+
+// ---- Independent references for the sparse cache's logits.
+
+namespace {
+
+// Every head streaming with a window reaching back past the first token is dense attention: the sparse cache's
+// prompt (one shot and chunked) and decode logits must be the dense model's (no seam: torch SDPA) at every position.
+TEST(SparseCache, DenseEquivalentStreamingEqualsTheDenseModel) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  const auto& c = model.config();
+  const auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  const int64_t T = 150;
+  torch::manual_seed(13);
+  const auto ids = torch::randint(0, c.vocab_size, {1, T}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  const auto dense = model.forward(ids);  // [1, T, V]
+  for (const int64_t sink : {int64_t{0}, int64_t{4}})
+    for (const int64_t P : {int64_t{1}, int64_t{37}, int64_t{100}, int64_t{149}})
+      for (const int64_t chunk : {int64_t{0}, int64_t{64}}) {
+        if (chunk && P <= chunk) continue;
+        rtp::sparse::SparseSettings st;
+        st.sink = sink;
+        st.window = T + 3 - sink;  // the ring holds more than every token
+        rtp::sparse::SparseCache cache(c, heads, st, nullptr, T, torch::kCPU, torch::kFloat32);
+        const auto first = rtp::sparse::prefill_chunked(model, cache, ids.narrow(1, 0, P), chunk);
+        const int64_t n = first.size(1);  // the last chunk's rows
+        const auto where = "sink " + std::to_string(sink) + ", prompt " + std::to_string(P) + ", chunk " + std::to_string(chunk);
+        EXPECT_LE((first - dense.narrow(1, P - n, n)).abs().max().item<double>(), 2e-5) << where;
+        for (int64_t t = P; t < T; ++t) {
+          const auto step = model.forward(ids.narrow(1, t, 1), cache.options());
+          EXPECT_LE((step[0][0] - dense[0][t]).abs().max().item<double>(), 2e-5) << where << ", position " << t;
+        }
+      }
+}
+
+// The definition of sparse_attention_params.h for the sparse cache, by plain loops in double, as an AttentionSeam for
+// one forward over a whole sequence whose first `prompt` tokens were the cache's prompt:
+//   STREAMING KV head: key j visible to query i iff j <= i and (j < sink or j > i - window).
+//   RETRIEVAL KV head, query i < prompt: the block lists of a one-shot prefill over the prompt's tokens (index
+//     vectors, pooled query per block (query_sub_blocks 1), L = max(max u, mean u + log n_c), softmax over the key
+//     blocks, mean over the group, forced block 0 and the diagonal block (local_blocks 1), top-p by descending P,
+//     lower index first on ties, until the mass reaches top_p - forced mass).
+//   RETRIEVAL KV head, query i >= prompt (a decoded token): the token-level decode selection at t = i (P over the
+//     keys 0..i, forced first / last 64 tokens, bins of -8 log2 P, b* the first bin whose running mass reaches
+//     top_p * Z, every token of a bin <= b*).
+// Index vectors: W_q / W_k blocks of the checkpoint layout (q_proj block r * G + j for query head j of the r-th
+// retrieval KV head, k_proj block r) applied to the pre-RoPE q / k. Records each layer's output and how far every
+// selection decision lies from flipping (so that a test can require its comparison to be well posed).
+class DefinitionSeam : public rtp::model::AttentionSeam {
+ public:
+  DefinitionSeam(const rtp::sparse::HeadMap& heads, const rtp::sparse::SparseSettings& st,
+                 std::vector<torch::Tensor> wq, std::vector<torch::Tensor> wk, int64_t prompt)
+      : heads_(heads), st_(st), wq_(std::move(wq)), wk_(std::move(wk)), prompt_(prompt) {}
+
+  std::vector<torch::Tensor> outputs;  // per layer [Hq, T, D] float64
+  double prefill_margin = 1e300;       // min over lists of the top-p cut's distance from m (mass)
+  double decode_edge = 1e300;          // min over decoded rows of |-8 log2 P_j - (b* + 1)| of non-forced j
+  double decode_cut = 1e300;           // min over decoded rows of |mass(b) - top_p Z| / Z, b = b*, b* - 1
+  int64_t dropped_blocks = 0, dropped_tokens = 0, kept_unforced_tokens = 0;
+
+  torch::Tensor attend(const rtp::model::LayerAttentionInputs& in) override {
+    const int64_t l = in.layer, Hq = in.q.size(1), Hkv = in.k.size(1), T = in.q.size(2), D = in.q.size(3);
+    const int64_t G = Hq / Hkv;
+    const auto q = in.q[0].to(torch::kFloat64).contiguous(), k = in.k[0].to(torch::kFloat64).contiguous();
+    const auto v = in.v[0].to(torch::kFloat64).contiguous();
+    const auto qp = in.q_pre_rope[0].to(torch::kFloat64).contiguous(), kp = in.k_pre_rope[0].to(torch::kFloat64).contiguous();
+    const auto Q = q.accessor<double, 3>(), K = k.accessor<double, 3>(), V = v.accessor<double, 3>();
+    const auto QP = qp.accessor<double, 3>(), KP = kp.accessor<double, 3>();
+    auto out = torch::zeros({Hq, T, D}, torch::kFloat64);
+    auto O = out.accessor<double, 3>();
+    int64_t r = 0;
+    for (int64_t g = 0; g < Hkv; ++g) {
+      std::vector<std::vector<char>> vis(T, std::vector<char>(T, 0));  // vis[i][j]
+      if (heads_.retrieval[l][g]) {
+        retrieval_visibility(l, r++, g, G, T, D, QP, KP, vis);
+      } else {
+        for (int64_t i = 0; i < T; ++i)
+          for (int64_t j = 0; j <= i; ++j) vis[i][j] = j < st_.sink || j > i - st_.window;
+      }
+      for (int64_t h = g * G; h < (g + 1) * G; ++h)
+        for (int64_t i = 0; i < T; ++i) {
+          std::vector<double> s(T, 0.0);
+          double mx = -1e300, z = 0;
+          for (int64_t j = 0; j < T; ++j) {
+            if (!vis[i][j]) continue;
+            double d = 0;
+            for (int64_t e = 0; e < D; ++e) d += Q[h][i][e] * K[g][j][e];
+            s[j] = d * in.scale;
+            mx = std::max(mx, s[j]);
+          }
+          std::vector<double> acc(D, 0.0);
+          for (int64_t j = 0; j < T; ++j) {
+            if (!vis[i][j]) continue;
+            const double w = std::exp(s[j] - mx);
+            z += w;
+            for (int64_t e = 0; e < D; ++e) acc[e] += w * V[g][j][e];
+          }
+          for (int64_t e = 0; e < D; ++e) O[h][i][e] = acc[e] / z;
+        }
+    }
+    if (static_cast<int64_t>(outputs.size()) <= l) outputs.resize(l + 1);
+    outputs[l] = out;
+    return out.to(in.q.dtype()).unsqueeze(0);
+  }
+
+ private:
+  template <typename A>
+  void retrieval_visibility(int64_t l, int64_t r, int64_t g, int64_t G, int64_t T, int64_t D, const A& QP, const A& KP,
+                            std::vector<std::vector<char>>& vis) {
+    const int64_t I = st_.indexer_dim, B = st_.block_size, P = std::min(prompt_, T);
+    const auto WQ = wq_[l].accessor<float, 2>(), WK = wk_[l].accessor<float, 2>();
+    // index vectors iq[h][i][e] (h in the group), ik[j][e]
+    std::vector<std::vector<std::vector<double>>> iq(G, std::vector<std::vector<double>>(T, std::vector<double>(I, 0.0)));
+    std::vector<std::vector<double>> ik(T, std::vector<double>(I, 0.0));
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t e = 0; e < I; ++e) {
+        for (int64_t h = 0; h < G; ++h)
+          for (int64_t d = 0; d < D; ++d) iq[h][i][e] += double(WQ[(r * G + h) * I + e][d]) * QP[g * G + h][i][d];
+        for (int64_t d = 0; d < D; ++d) ik[i][e] += double(WK[r * I + e][d]) * KP[g][i][d];
+      }
+    auto dot = [&](const std::vector<double>& a, const std::vector<double>& b) {
+      double s = 0;
+      for (int64_t e = 0; e < I; ++e) s += a[e] * b[e];
+      return s / std::sqrt(double(I));
+    };
+    // prompt rows: block lists of a one-shot prefill over the P prompt tokens
+    const int64_t nb = (P + B - 1) / B;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t q0 = b * B, q1 = std::min(P, q0 + B);
+      std::vector<double> prob(b + 1, 0.0);
+      for (int64_t h = 0; h < G; ++h) {
+        std::vector<double> qbar(I, 0.0);
+        for (int64_t i = q0; i < q1; ++i)
+          for (int64_t e = 0; e < I; ++e) qbar[e] += iq[h][i][e] / double(q1 - q0);
+        std::vector<double> Lc(b + 1);
+        for (int64_t c = 0; c <= b; ++c) {
+          const int64_t j0 = c * B, j1 = std::min(P, j0 + B);
+          double mx = -1e300, mean = 0;
+          for (int64_t j = j0; j < j1; ++j) {
+            const double u = dot(qbar, ik[j]);
+            mx = std::max(mx, u);
+            mean += u / double(j1 - j0);
+          }
+          Lc[c] = std::max(mx, mean + std::log(double(j1 - j0)));
+        }
+        const double top = *std::max_element(Lc.begin(), Lc.end());
+        double z = 0;
+        for (double x : Lc) z += std::exp(x - top);
+        for (int64_t c = 0; c <= b; ++c) prob[c] += std::exp(Lc[c] - top) / z / double(G);
+      }
+      std::vector<char> keep(b + 1, 0);
+      double m = st_.top_p;
+      for (int64_t c = 0; c <= b; ++c)
+        if (c == 0 || c == b) keep[c] = 1, m -= prob[c];
+      std::vector<int64_t> order;
+      for (int64_t c = 0; c <= b; ++c)
+        if (!keep[c]) order.push_back(c);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return prob[a] > prob[c]; });
+      if (m <= 0) {
+        prefill_margin = std::min(prefill_margin, -m);
+      } else {
+        double acc = 0;
+        size_t n = 0;
+        for (; n < order.size() && acc < m; ++n) keep[order[n]] = 1, acc += prob[order[n]];
+        if (acc >= m) prefill_margin = std::min({prefill_margin, acc - m, m - (acc - prob[order[n - 1]])});
+        if (n < order.size()) prefill_margin = std::min(prefill_margin, prob[order[n - 1]] - prob[order[n]]);
+      }
+      for (int64_t c = 0; c <= b; ++c) dropped_blocks += !keep[c];
+      for (int64_t i = q0; i < q1; ++i)
+        for (int64_t j = 0; j <= i; ++j) vis[i][j] = keep[j / B];
+    }
+    // decoded rows: token-level selection at t = i
+    const int NB = rtp::kernels::kDecodeBins;
+    const int64_t keep_first = 64, keep_last = 64;  // the decode defaults (ops::SparseConfig)
+    for (int64_t t = P; t < T; ++t) {
+      std::vector<double> Pj(t + 1, 0.0);
+      for (int64_t h = 0; h < G; ++h) {
+        std::vector<double> s(t + 1);
+        for (int64_t j = 0; j <= t; ++j) s[j] = dot(iq[h][t], ik[j]);
+        const double mx = *std::max_element(s.begin(), s.end());
+        double z = 0;
+        for (int64_t j = 0; j <= t; ++j) z += std::exp(s[j] - mx);
+        for (int64_t j = 0; j <= t; ++j) Pj[j] += std::exp(s[j] - mx) / z / double(G);
+      }
+      auto forced = [&](int64_t j) { return j < keep_first || j > t - keep_last; };
+      std::vector<double> x(t + 1);
+      std::vector<int> bin(t + 1);
+      double Z = 0;
+      for (int64_t j = 0; j <= t; ++j) {
+        x[j] = Pj[j] > 0 ? -rtp::kernels::kDecodeBinsPerOctave * std::log2(Pj[j]) : 1e300;
+        bin[j] = Pj[j] > 0 ? std::max(0, int(std::min<double>(NB - 1, std::floor(x[j])))) : NB - 1;
+        Z += Pj[j];
+      }
+      auto mass = [&](int b) {
+        double s = 0;
+        for (int64_t j = 0; j <= t; ++j)
+          if (forced(j) || bin[j] <= b) s += Pj[j];
+        return s;
+      };
+      int bstar = NB - 1;
+      if (st_.top_p < 1)
+        for (int b = -1; b < NB; ++b)
+          if (mass(b) >= st_.top_p * Z) {
+            bstar = b;
+            break;
+          }
+      if (st_.top_p < 1) {
+        decode_cut = std::min(decode_cut, std::fabs(mass(bstar) - st_.top_p * Z) / Z);
+        if (bstar >= 0) decode_cut = std::min(decode_cut, std::fabs(mass(bstar - 1) - st_.top_p * Z) / Z);
+      }
+      for (int64_t j = 0; j <= t; ++j) {
+        if (!forced(j)) decode_edge = std::min(decode_edge, std::fabs(x[j] - (bstar + 1)));
+        vis[t][j] = forced(j) || bin[j] <= bstar;
+        dropped_tokens += !vis[t][j];
+        kept_unforced_tokens += vis[t][j] && !forced(j);
+      }
+    }
+  }
+
+  rtp::sparse::HeadMap heads_;
+  rtp::sparse::SparseSettings st_;
+  std::vector<torch::Tensor> wq_, wk_;
+  int64_t prompt_;
+};
+
+// Forwards to the cache and records each layer's attention output (for per-layer comparisons).
+class Recorder : public rtp::model::AttentionSeam {
+ public:
+  explicit Recorder(rtp::sparse::SparseCache& cache) : cache_(cache) {}
+  std::vector<torch::Tensor> outputs;  // per layer [Hq, T, D] of the last forward
+  torch::Tensor attend(const rtp::model::LayerAttentionInputs& in) override {
+    auto o = cache_.attend(in);
+    if (static_cast<int64_t>(outputs.size()) <= in.layer) outputs.resize(in.layer + 1);
+    outputs[in.layer] = o[0].to(torch::kFloat64);
+    return o;
+  }
+
+ private:
+  rtp::sparse::SparseCache& cache_;
+};
+
+}  // namespace
+
+// Streaming heads with windows that hide keys and retrieval heads whose top-p drops blocks (prompt) and tokens
+// (decode) against DefinitionSeam: the cache's prompt logits (one forward, and chunks of 128) and the logits of 14
+// decoded tokens must be those of one forward over the whole sequence through the definition, and so must every
+// layer's attention output. Retrieval
+// heads: two in layer 1 (KV heads 0 and 1: several slots, G = 2), one in layer 2 (KV head 0); a ragged last prompt
+// block; the ring wraps many times.
+TEST(SparseCache, MixedHeadsEqualTheDefinitionByLoops) {
+  auto model = rtp::model::load_qwen3(rtp::testing::model_fixture_dir("qwen3-tiny"), torch::kCPU, torch::kFloat32);
+  const auto& c = model.config();
+  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  heads.retrieval[1][0] = heads.retrieval[1][1] = 1;
+  heads.retrieval[2][0] = 1;
+  const int64_t I = 16, G = c.group_size(), D = c.head_dim;
+  rtp::sparse::Indexer indexer(heads, D, I);
+  torch::manual_seed(20);
+  std::vector<torch::Tensor> wq(c.num_hidden_layers), wk(c.num_hidden_layers);
+  std::vector<std::pair<std::string, torch::Tensor>> raw;
+  for (int64_t l : {1, 2}) {
+    const int64_t n = l == 1 ? 2 : 1;
+    wq[l] = torch::randn({n * G * I, D}) * 0.25;
+    wk[l] = torch::randn({n * I, D}) * 0.25;
+    const std::string pre = "model.layers." + std::to_string(l) + ".self_attn.indexer.";
+    raw.emplace_back(pre + "q_proj.weight", wq[l]);
+    raw.emplace_back(pre + "k_proj.weight", wk[l]);
+  }
+  indexer.load_named(raw, "test");
+  rtp::sparse::SparseSettings st;
+  st.sink = 3;
+  st.window = 40;
+  st.top_p = 0.6;
+  st.block_size = 64;
+  const int64_t P = 64 * 7 + 37, T = P + 14;
+  const auto ids = torch::randint(0, c.vocab_size, {1, T}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  DefinitionSeam def(heads, st, wq, wk, P);
+  rtp::model::ForwardOptions o;
+  o.attention = &def;
+  const auto ref = model.forward(ids, o);  // [1, T, V]
+  const auto ref_layers = def.outputs;
+  // The comparison is well posed: no decision of the definition lies within rounding of flipping (the cache's index
+  // vectors are float32 and its decoded tokens' activations come from other op orders than this one forward's).
+  EXPECT_GT(def.prefill_margin, 1e-4);
+  EXPECT_GT(def.decode_edge, 1e-3);
+  EXPECT_GT(def.decode_cut, 1e-4);  // (seed 20: 6e-3, 4e-3 and 5e-4; the cache's errors are ~1e-6)
+  // ... and the rules bite: blocks dropped in the prompt; in the decoded rows tokens dropped and tokens chosen
+  // beyond the forced first / last 64.
+  EXPECT_GT(def.dropped_blocks, 0);
+  EXPECT_GT(def.dropped_tokens, 0);
+  EXPECT_GT(def.kept_unforced_tokens, 0);
+
+  // The prompt in one forward and in chunks of 128 (attend_chunk: another code path).
+  for (const int64_t chunk : {P, int64_t{128}}) {
+    rtp::sparse::SparseCache cache(c, heads, st, &indexer, T, torch::kCPU, torch::kFloat32);
+    if (chunk < P) cache.begin_prompt(P);
+    Recorder rec(cache);
+    auto opts = [&] {
+      auto op = cache.options();
+      op.attention = &rec;
+      return op;
+    };
+    auto layer_err = [&](int64_t l, int64_t row0, int64_t rows) {
+      const auto want = ref_layers[l].narrow(1, row0, rows);
+      return (rec.outputs[l] - want).abs().max().item<double>() / (1e-6 + want.abs().max().item<double>());
+    };
+    const auto where = "chunk " + std::to_string(chunk);
+    for (int64_t c0 = 0; c0 < P; c0 += chunk) {
+      const int64_t n = std::min(chunk, P - c0);
+      const auto part = model.forward(ids.narrow(1, c0, n), opts());
+      EXPECT_LE((part - ref.narrow(1, c0, n)).abs().max().item<double>(), 1e-4) << where << ", prompt rows from " << c0;
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+        EXPECT_LE(layer_err(l, c0, n), 1e-5) << where << ", prompt rows from " << c0 << ", layer " << l;
+    }
+    for (int64_t t = P; t < T; ++t) {
+      const auto step = model.forward(ids.narrow(1, t, 1), opts());
+      EXPECT_LE((step[0][0] - ref[0][t]).abs().max().item<double>(), 1e-4) << where << ", position " << t;
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+        EXPECT_LE(layer_err(l, t, 1), 1e-5) << where << ", position " << t << ", layer " << l;
+    }
+  }
 }
