@@ -9,6 +9,8 @@
 
 #include "main_guard.h"
 #include "tool_args.h"
+#include "torch_args.h"
+#include "rtp/core/file_io.h"
 #include <torch/torch.h>
 
 #include "rtp/data/toy_task.h"
@@ -68,9 +70,22 @@ int run(int argc, char** argv) {
   std::vector<std::string> names = reg.names();
   for (const char* own : {"recipe", "dump-config", "dump-data", "help"}) names.push_back(own);
   rtp::tools::reject_unmatched(result, names);
+  // Each flag's value alone first: a malformed number, a value out of range, not among the choices or not a device
+  // is a mistake in the command line (exit 2, naming the flag). What only the merged config can tell (warmup_steps
+  // above steps, a recipe key the flags contradict) stays the config's error (exit 1, naming recipe and command line).
   std::vector<std::pair<std::string, std::string>> overrides;
-  for (const auto& kv : result.arguments())
-    if (reg.find(kv.key())) overrides.emplace_back(kv.key(), kv.value());
+  for (const auto& kv : result.arguments()) {
+    if (!reg.find(kv.key())) continue;
+    rtp::train::TrainConfig alone;
+    try {
+      reg.set(alone, kv.key(), kv.value(), "--" + kv.key());
+    } catch (const rtp::Error& e) {
+      throw rtp::tools::UsageError(e.what());
+    }
+    if (kv.key() == "device" && !rtp::tools::is_device_spelling(kv.value()))
+      throw rtp::tools::UsageError("--device '" + kv.value() + "' is not valid: expected cpu, cuda, cuda:N or auto");
+    overrides.emplace_back(kv.key(), kv.value());
+  }
   const std::string recipe = result.count("recipe") ? result["recipe"].as<std::string>() : "";
   const rtp::train::TrainConfig cfg = rtp::train::load_train_config(recipe, overrides);
   if (result.count("dump-config")) {
@@ -81,6 +96,7 @@ int run(int argc, char** argv) {
     // Exactly the sequences the pretrain stage trains on (same task, seed, stream and cursor), for inspection or
     // for training another implementation on the same data.
     RTP_CHECK(cfg.data == "toy", "--dump-data writes toy-task batches; data is '", cfg.data, "'");
+    rtp::require_output_directory_for(result["dump-data"].as<std::string>(), "--dump-data");
     const rtp::data::ToyTask task(rtp::train::toy_task_config(cfg));
     std::vector<torch::Tensor> ids, answers, copies;
     for (int64_t step = 0; step < cfg.steps; ++step) {

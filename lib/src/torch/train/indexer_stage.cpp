@@ -178,11 +178,23 @@ class SequenceSource {
     corpus_ = std::make_unique<text::TextCorpus>(std::move(o), std::move(tokenizer));
   }
   void check_model(const model::ModelConfig& mc) const {
-    if (toy_) return;
+    // For the toy task as for files: its generator makes sequences of any length.
+    check_seq_len(cfg_, mc);
+    if (toy_) {
+      RTP_CHECK(cfg_.vocab_size <= mc.vocab_size, "data: toy draws token ids below vocab_size ", cfg_.vocab_size,
+                " but model '", cfg_.model_dir, "' has vocab_size ", mc.vocab_size,
+                ": set vocab_size to the toy task the model was trained on");
+      return;
+    }
     RTP_CHECK(mc.vocab_size >= tokenizer_tokens_, "model '", cfg_.model_dir, "' has vocab_size ", mc.vocab_size,
               " but its tokenizer.json has ", tokenizer_tokens_, " tokens: they do not belong together");
-    RTP_CHECK(cfg_.seq_len <= mc.max_position_embeddings, "seq_len ", cfg_.seq_len,
-              " exceeds the model's max_position_embeddings ", mc.max_position_embeddings);
+  }
+  // seq_len against the positions the model has (a config without max_position_embeddings, 0, takes any length).
+  static void check_seq_len(const TrainConfig& cfg, const model::ModelConfig& mc) {
+    RTP_CHECK(mc.max_position_embeddings <= 0 || cfg.seq_len <= mc.max_position_embeddings, "seq_len ", cfg.seq_len,
+              " exceeds the max_position_embeddings ", mc.max_position_embeddings, " of model '", cfg.model_dir,
+              "' (its config.json): the model has no positions beyond it; set seq_len <= ",
+              mc.max_position_embeddings);
   }
   torch::Tensor calibration(int64_t count) {
     return toy_ ? toy_ids(kCalibrationStream, 0, count) : file_ids(0, count, held_);
@@ -237,6 +249,10 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   const int64_t local_batch = cfg.batch_size / env.world_size;
   const bool lead = env.rank == 0;
   RTP_CHECK(!cfg.model_dir.empty(), "stage 'indexer' needs model_dir (the frozen model whose indexer is trained)");
+  // The length against the model's config.json before anything is done with out_dir or the model loads (minutes
+  // for a large one); check_model repeats it on the loaded model.
+  if (file_exists(cfg.model_dir + "/config.json"))
+    SequenceSource::check_seq_len(cfg, model::load_model_config(cfg.model_dir + "/config.json"));
   const std::string final_path = cfg.out_dir + "/indexer.safetensors";
   if (lead && !cfg.resume) check_fresh_start(cfg.out_dir, final_path);
   // The held-out check forms dense [T, T] attention per head: only up to kHeldOutCheckMaxLen tokens.
