@@ -12,6 +12,19 @@ bool flash_decode_applies(const LayerAttentionInputs& in) {
   return in.q.is_cuda() && (dt == torch::kBFloat16 || dt == torch::kFloat16) && in.k.scalar_type() == dt &&
          D % 8 == 0 && D <= 256 && in.k.stride(3) == 1 && in.v.stride(3) == 1 && in.q.size(1) % in.k.size(1) == 0;
 }
+
+// One decode query per head on the CPU: the scores of each query group against its KV head's keys by two batched
+// matrix products over the cache as it lies. SDPA's CPU kernel took 4.7 ms for 1,024 keys of a narrowed (strided)
+// cache against 0.01 ms for the same keys contiguous (torch 2.11, 2-core VM), and making them contiguous copies the
+// cache every token. Float32 arithmetic whatever the storage, like the math path it replaces.
+torch::Tensor grouped_decode_attention(const LayerAttentionInputs& in) {
+  const int64_t B = in.q.size(0), Hq = in.q.size(1), Hkv = in.k.size(1), D = in.q.size(3);
+  const auto f32 = [](const torch::Tensor& t) { return t.scalar_type() == torch::kFloat32 ? t : t.to(torch::kFloat32); };
+  const auto q = f32(in.q).reshape({B, Hkv, Hq / Hkv, D});
+  const double scale = in.scale;
+  const auto p = torch::softmax(torch::matmul(q, f32(in.k).transpose(-1, -2)) * scale, -1);
+  return torch::matmul(p, f32(in.v)).reshape({B, Hq, 1, D}).to(in.q.scalar_type());
+}
 }  // namespace
 
 torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
@@ -22,6 +35,7 @@ torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
     // is for every decoded token (~1.5 ms of host time per layer and token on an H200 until the lengths repeat).
     if (flash_decode_applies(in))
       return std::get<0>(at::_scaled_dot_product_flash_attention(in.q, in.k, in.v, 0.0, false, false, in.scale));
+    if (in.q.is_cpu() && in.q.size(1) % in.k.size(1) == 0) return grouped_decode_attention(in);
     return at::scaled_dot_product_attention(in.q, in.k, in.v, /*attn_mask=*/{}, 0.0, false, in.scale, true);
   }
   if (tq != tk) {
