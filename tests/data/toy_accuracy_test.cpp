@@ -102,4 +102,23 @@ TEST(ToyAccuracy, ExactMatchNeedsEveryAnswerToken) {
   EXPECT_EQ(acc.correct_tokens, expect_tokens);
   EXPECT_EQ(acc.correct, 0);
   EXPECT_EQ(acc.queries, 80);
+
+  // Every other query rewritten so that each of its answer tokens repeats the token before the answer: the copy
+  // model gets all of them, so exactly those queries count as correct, and every one of their tokens.
+  auto edited = samples;
+  const int64_t value_len = tiny_task().value_len;
+  int64_t rewritten = 0, tokens = 0;
+  for (auto& s : edited) {
+    for (size_t q = 0; q < s.queries.size(); q += 2, ++rewritten) {
+      const int64_t a = s.queries[q].ans_position;
+      for (int64_t i = 0; i < value_len; ++i) s.ids[static_cast<size_t>(a + 1 + i)] = s.ids[static_cast<size_t>(a)];
+    }
+    for (int64_t p : s.answer_positions) tokens += s.ids[p] == s.ids[p + 1];
+  }
+  ASSERT_TRUE(torch::equal(m.forward(data::stack_ids(edited)).argmax(-1), data::stack_ids(edited)));
+  const auto acc2 = data::toy_accuracy(m, edited);
+  EXPECT_EQ(rewritten, 40);
+  EXPECT_EQ(acc2.correct, rewritten);
+  EXPECT_EQ(acc2.correct_tokens, tokens);
+  EXPECT_GE(tokens, rewritten * value_len);
 }
