@@ -18,6 +18,7 @@
 #include "layer_breakdown.h"
 #include "main_guard.h"
 #include "tool_args.h"
+#include "torch_args.h"
 #include "rtp/core/file_io.h"
 #include "rtp/model/decode_stepper.h"
 #include "rtp/model/qwen3.h"
@@ -69,21 +70,23 @@ int main(int argc, char** argv) {
                           "for a model with random weights.");
     // clang-format off
     opts.add_options()
-      ("config", "directory with the model's config.json", cxxopts::value<std::string>()->default_value("data/configs/qwen3-0.6b"))
+      ("config", "directory with the model's config.json (the default is relative to the repository root)",
+       cxxopts::value<std::string>()->default_value("data/configs/qwen3-0.6b"))
       ("lengths", "prompt lengths (tokens in the cache when decoding starts)", cxxopts::value<std::string>()->default_value("4096,32768"))
       ("tokens", "timed decode steps per run (after 4 untimed ones)", cxxopts::value<std::string>()->default_value("32"))
-      ("retrieval-fraction", "sparse: share of KV heads drawn at random as retrieval heads", cxxopts::value<std::string>()->default_value("0.15"))
+      ("retrieval-fraction", "sparse: share of KV heads drawn at random as retrieval heads, in (0, 1] (at least one head)", cxxopts::value<std::string>()->default_value("0.15"))
       ("window", "sparse: streaming window", cxxopts::value<std::string>()->default_value("2048"))
-      ("top-p", "sparse: top-p of the token selection", cxxopts::value<std::string>()->default_value("0.9"))
+      ("top-p", "sparse: top-p of the token selection, in (0, 1]", cxxopts::value<std::string>()->default_value("0.9"))
       ("prefill-chunk", "prompt tokens per prefill forward", cxxopts::value<std::string>()->default_value("4096"))
       ("paths", "comma-separated: grouped (MoE only), forward, eager, graphs (GPU only; the whole step one graph where the "
                 "cache's decode kernel reads the length on the device), graphs-split (GPU only; the attention calls eager "
                 "between the layers' graphs, as before), greedy (graphs where there are any, through greedy_continue, "
-                "stopping at the config's eos tokens)", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
+                "stopping at the config's eos tokens); on a CPU the default leaves out graphs, and grouped runs for MoE "
+                "configs only", cxxopts::value<std::string>()->default_value("grouped,forward,eager,graphs"))
       ("breakdown", "also time each op of one layer's step alone (in CUDA graphs) at each length, against the bytes it "
                     "moves: where a step's time goes (CUDA only)")
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
-      ("dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("dtype", "bfloat16, float16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("seed", "weights, heads, indexer and prompts", cxxopts::value<std::string>()->default_value("0"))
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
@@ -97,15 +100,47 @@ int main(int argc, char** argv) {
     using rtp::config::range;
     const auto lengths = rtp::tools::positive_integer_list("lengths", args["lengths"].as<std::string>());
     const int64_t tokens = rtp::tools::integer_arg(args, "tokens", at_least(1));
-    const double fraction = rtp::tools::number_arg(args, "retrieval-fraction", range(0, 1));
+    const double fraction = rtp::tools::number_arg(args, "retrieval-fraction", range(0, 1, "(]"));
     const int64_t window = rtp::tools::integer_arg(args, "window", at_least(1));
-    const double top_p = rtp::tools::number_arg(args, "top-p", range(0, 1));
+    const double top_p = rtp::tools::number_arg(args, "top-p", range(0, 1, "(]"));
     const int64_t chunk = rtp::tools::integer_arg(args, "prefill-chunk", at_least(64));
     const uint64_t seed = static_cast<uint64_t>(rtp::tools::integer_arg(args, "seed", at_least(0)));
-    const auto device = rtp::parse_device(args["device"].as<std::string>());
-    const auto dtype = rtp::parse_dtype(args["dtype"].as<std::string>());
+    const auto dtype = rtp::tools::dtype_arg(args["dtype"].as<std::string>());
+    if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
+    const bool paths_given = args.count("paths") > 0;
+    auto paths = rtp::tools::choice_list("paths", args["paths"].as<std::string>(),
+                                         {"grouped", "forward", "eager", "graphs", "graphs-split", "greedy"});
+    const bool breakdown = args.count("breakdown") > 0;
+    // A misspelled --device is a usage error; cuda on a machine without one an error naming the flag (exit 1).
+    const auto device = rtp::tools::device_arg(args["device"].as<std::string>());
+    if (breakdown && !device.is_cuda()) throw rtp::tools::UsageError("--breakdown times CUDA graphs: it needs --device cuda");
+    if (!device.is_cuda()) {
+      // graphs and graphs-split replay CUDA graphs: asked for by name on a CPU they are a mistake (they were skipped,
+      // and --paths graphs wrote empty results); the default list just leaves them out.
+      for (const auto& p : paths)
+        if (paths_given && (p == "graphs" || p == "graphs-split"))
+          throw rtp::tools::UsageError("--paths " + p + " replays CUDA graphs: it needs --device cuda (on a CPU: "
+                                       "grouped, forward, eager or greedy)");
+      paths.erase(std::remove_if(paths.begin(), paths.end(),
+                                 [](const std::string& p) { return p == "graphs" || p == "graphs-split"; }),
+                  paths.end());
+    }
     const std::string config_dir = args["config"].as<std::string>();
-    rtp::require_directory(config_dir, "--config");
+    if (!args.count("config") && !rtp::directory_exists(config_dir))
+      RTP_THROW("--config: the default '", config_dir, "' does not exist here: it is relative to the repository root; "
+                "run from there or pass --config DIR (a directory with the model's config.json)");
+    rtp::require_directory(config_dir, "--config", "(expected a directory with the model's config.json)");
+    // Every length against the model's positions before the model is built and anything is measured (a length too
+    // long used to fail after the shorter ones had run, with no JSON written).
+    const auto model_config = rtp::model::load_model_config(config_dir + "/config.json");
+    const int64_t warmup = 4;
+    for (const int64_t len : lengths)
+      rtp::model::check_fits_positions(model_config, len + warmup + tokens,
+                                       rtp::str_cat("--lengths ", len, " plus ", warmup + tokens, " decode steps ="));
+    if (!model_config.is_moe()) paths.erase(std::remove(paths.begin(), paths.end(), "grouped"), paths.end());
+    if (paths.empty())
+      throw rtp::tools::UsageError("--paths " + args["paths"].as<std::string>() + " measures nothing here: grouped " +
+                                   "runs for MoE configs only, and " + config_dir + " is a dense model");
     std::string config_name = config_dir;
     while (!config_name.empty() && config_name.back() == '/') config_name.pop_back();
     config_name = config_name.substr(config_name.find_last_of('/') + 1);
@@ -114,12 +149,10 @@ int main(int argc, char** argv) {
     for (char ch : card) card_slug += std::isalnum(static_cast<unsigned char>(ch)) ? static_cast<char>(std::tolower(ch)) : '-';
     const std::string out_path = args.count("out") ? args["out"].as<std::string>()
                                                    : "bench/results/decode-steps-" + card_slug + "-" + config_name + ".json";
+    if (!args.count("out") && !rtp::directory_exists("bench/results"))
+      RTP_THROW("--out: the default '", out_path, "' is relative to the repository root, and 'bench/results' does not "
+                "exist here: run from there or pass --out FILE");
     rtp::require_output_directory_for(out_path, "--out");
-    if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
-    const auto paths = rtp::tools::choice_list("paths", args["paths"].as<std::string>(),
-                                               {"grouped", "forward", "eager", "graphs", "graphs-split", "greedy"});
-    const bool breakdown = args.count("breakdown") > 0;
-    if (breakdown && !device.is_cuda()) throw rtp::tools::UsageError("--breakdown times CUDA graphs: it needs --device cuda");
 
     torch::NoGradGuard no_grad;
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
@@ -166,9 +199,7 @@ int main(int argc, char** argv) {
                 weight_bytes / 1e9, bandwidth / 1e9);
     std::printf("%8s %7s %8s %12s %12s %10s %10s %14s\n", "length", "mode", "path", "ms/token", "floor ms", "of floor",
                 "prefill s", "first step ms");
-    const int64_t warmup = 4;
     for (int64_t len : lengths) {
-      rtp::model::check_fits_positions(c, len + warmup + tokens, "--lengths plus the decode steps");
       auto pgen = at::make_generator<at::CPUGeneratorImpl>(seed + 2 + static_cast<uint64_t>(len));
       const auto prompt = torch::randint(0, c.vocab_size, {1, len}, pgen, torch::kInt64).to(device);
       // forward: model.forward per token (the generation path before the stepper: one range check and a few
