@@ -21,6 +21,7 @@ find_package(Torch REQUIRED)
 find_package(GTest REQUIRED)
 find_package(cxxopts REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
+find_package(yaml-cpp REQUIRED)
 file(GLOB KS $SRC/kernels/src/*.cpp $SRC/kernels/src/*.cu)
 add_library(k STATIC \${KS})
 target_include_directories(k PUBLIC $SRC/kernels/include)
@@ -35,9 +36,11 @@ foreach(t sparse_attention_ref_test sparse_attention_gpu_test)
   add_executable(\${t} $SRC/tests/kernels/\${t}.cpp)
   target_link_libraries(\${t} PRIVATE ops GTest::gtest GTest::gtest_main)
 endforeach()
-add_executable(rtpurbo-bench $SRC/tools/rtpurbo-bench/main.cpp)
+# The strict command line (tools/common/tool_args.h) and the atomic JSON write use two torch-free core sources.
+add_executable(rtpurbo-bench $SRC/tools/rtpurbo-bench/main.cpp $SRC/lib/src/core/config_registry.cpp
+               $SRC/lib/src/core/file_io.cpp)
 target_include_directories(rtpurbo-bench PRIVATE $SRC/tools/common)
-target_link_libraries(rtpurbo-bench PRIVATE ops cxxopts::cxxopts nlohmann_json::nlohmann_json)
+target_link_libraries(rtpurbo-bench PRIVATE ops cxxopts::cxxopts nlohmann_json::nlohmann_json yaml-cpp)
 CM
 cmake -S /tmp/kstand -B build-gpu-k -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90a -DTORCH_CUDA_ARCH_LIST=9.0a > "$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
 ninja -C build-gpu-k -j16 > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" -A5 "$OUT/build.log" | head -60; exit 1; }

@@ -27,8 +27,10 @@
 
 #include "commit_id.h"
 #include "main_guard.h"
+#include "tool_args.h"
 #include "moe_layer_decode.h"
 #include "rtp/core/error.h"
+#include "rtp/core/file_io.h"
 #include "rtp/kernels/sparse_attention.h"
 #include "rtp/ops/sparse_attention.h"
 
@@ -222,48 +224,87 @@ json decode_timeline(const std::function<void(bool, unsigned long long*)>& call)
 int main(int argc, char** argv) {
   return tools::run_guarded("rtpurbo-bench", [&]() -> int {
     cxxopts::Options opts("rtpurbo-bench", "sparse attention vs FlashAttention-2 and cuDNN (one layer)");
-    opts.add_options()("lengths", "prefill lengths", cxxopts::value<std::vector<int64_t>>()->default_value("32768,131072,262144,1048576"))(
-        "decode-lengths", "decode KV lengths", cxxopts::value<std::vector<int64_t>>()->default_value("32768,131072,1048576"))(
-        "baseline-max", "largest length at which the dense baselines are run; above it they are extrapolated as N^2 (0: no prefill baselines)",
-        cxxopts::value<int64_t>()->default_value("262144"))("reps", "timed repetitions", cxxopts::value<int>()->default_value("5"))(
-        "out", "JSON output directory", cxxopts::value<std::string>()->default_value("bench/results"))(
-        "ret-fraction", "retrieval KV heads as a fraction (mix of layers with one and none)",
-        cxxopts::value<double>()->default_value("0.15"))(
-        "decode-kept", "decode: fraction of tokens the retrieval head should keep (planted sharpness calibrated to it)",
-        cxxopts::value<double>()->default_value("0.03"))(
-        "decode-kappa", "decode: fixed planted sharpness instead of calibrating (10 = the bench before, ~15% kept at 128K)",
-        cxxopts::value<double>()->default_value("0"))(
-        "decode-attend-v2", "decode: the CUDA-core attend of the version before the mma one",
-        cxxopts::value<bool>()->default_value("false"))(
-        "decode-no-pdl", "decode: plain stream order instead of programmatic dependent launch",
-        cxxopts::value<bool>()->default_value("false"))(
-        "decode-streaming-keys", "decode: target keys per streaming-head block (0: the default, 128)",
-        cxxopts::value<int>()->default_value("0"))(
-        "decode-retrieval-candidates", "decode: candidates per retrieval-head block (0: the default, 1024 / 2048 past 256K)",
-        cxxopts::value<int>()->default_value("0"))(
-        "decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 1; or 2)",
-        cxxopts::value<int>()->default_value("0"))(
-        "decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
-        cxxopts::value<int>()->default_value("0"))(
-        "decode-carveout", "decode: preferred shared-memory carveout of the decode kernels in percent (-1: the driver's choice)",
-        cxxopts::value<int>()->default_value("100"))(
-        "decode-index-fma", "decode: index scores of the stats/hist passes on the CUDA cores (not mma)",
-        cxxopts::value<bool>()->default_value("false"))(
-        "decode-step-layers", "decode: also time a step of this many layers (own caches each) in one graph (0: skip)",
-        cxxopts::value<int>()->default_value("10"))(
-        "decode-hist-tokens", "decode: tokens per hist block (0: as the stats blocks)",
-        cxxopts::value<int>()->default_value("0"))(
-        "decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
-        cxxopts::value<bool>()->default_value("false"))(
-        "decode-bstar-in-hist", "decode: the last hist block finds b* (not every retrieval attend block)",
-        cxxopts::value<bool>()->default_value("false"))(
-        "prefill-kernel", "prefill attention kernel: auto (wgmma_ws on Hopper), wgmma_ws (warp-specialised), wgmma (lock step) or mma_sync",
-        cxxopts::value<std::string>()->default_value("auto"))("help", "help");
-    auto args = opts.parse(argc, argv);
+    // clang-format off
+    opts.add_options()
+      ("lengths", "prefill lengths, comma-separated", cxxopts::value<std::string>()->default_value("32768,131072,262144,1048576"))
+      ("decode-lengths", "decode KV lengths, comma-separated", cxxopts::value<std::string>()->default_value("32768,131072,1048576"))
+      ("baseline-max", "largest length at which the dense baselines are run; above it they are extrapolated as N^2 (0: no prefill baselines)",
+       cxxopts::value<std::string>()->default_value("262144"))
+      ("reps", "timed repetitions (>= 1)", cxxopts::value<std::string>()->default_value("5"))
+      ("out", "JSON output directory (made if missing; bench-<UTC time>.json in it)", cxxopts::value<std::string>()->default_value("bench/results"))
+      ("ret-fraction", "retrieval KV heads as a fraction, in [0, 0.25] (mix of layers with one and none of the 4 KV heads)",
+       cxxopts::value<std::string>()->default_value("0.15"))
+      ("decode-kept", "decode: fraction of tokens the retrieval head should keep, in (0, 1] (planted sharpness calibrated to it)",
+       cxxopts::value<std::string>()->default_value("0.03"))
+      ("decode-kappa", "decode: fixed planted sharpness instead of calibrating (10 = the bench before, ~15% kept at 128K; 0: calibrate)",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("decode-attend-v2", "decode: the CUDA-core attend of the version before the mma one",
+       cxxopts::value<bool>()->default_value("false"))
+      ("decode-no-pdl", "decode: plain stream order instead of programmatic dependent launch",
+       cxxopts::value<bool>()->default_value("false"))
+      ("decode-streaming-keys", "decode: target keys per streaming-head block (0: the default, 128)",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("decode-retrieval-candidates", "decode: candidates per retrieval-head block (0: the default, 1024 / 2048 past 256K)",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 1; or 2)",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("decode-carveout", "decode: preferred shared-memory carveout of the decode kernels in percent (-1: the driver's choice)",
+       cxxopts::value<std::string>()->default_value("100"))
+      ("decode-index-fma", "decode: index scores of the stats/hist passes on the CUDA cores (not mma)",
+       cxxopts::value<bool>()->default_value("false"))
+      ("decode-step-layers", "decode: also time a step of this many layers (own caches each) in one graph, in [0, 64] (0: skip)",
+       cxxopts::value<std::string>()->default_value("10"))
+      ("decode-hist-tokens", "decode: tokens per hist block (0: as the stats blocks)",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("decode-timeline", "decode: also record when each phase of the call runs (globaltimer, from graph replays)",
+       cxxopts::value<bool>()->default_value("false"))
+      ("decode-bstar-in-hist", "decode: the last hist block finds b* (not every retrieval attend block)",
+       cxxopts::value<bool>()->default_value("false"))
+      ("prefill-kernel", "prefill attention kernel: auto (wgmma_ws on Hopper), wgmma_ws (warp-specialised), wgmma (lock step) or mma_sync",
+       cxxopts::value<std::string>()->default_value("auto"))
+      ("h,help", "print this help");
+    // clang-format on
+    // Strict (tools/common/tool_args.h): a stray argument, an unknown option or a number with trailing characters
+    // is a usage error, and every value is checked here, before the CUDA device is touched and minutes of timing.
+    auto args = tools::parse_strict(opts, argc, argv);
     if (args.count("help")) {
       std::printf("%s\n", opts.help().c_str());
       return 0;
     }
+    using config::at_least;
+    using config::range;
+    const auto lengths = tools::positive_integer_list("lengths", args["lengths"].as<std::string>());
+    const auto decode_lengths = tools::positive_integer_list("decode-lengths", args["decode-lengths"].as<std::string>());
+    const int64_t bmax = tools::integer_arg(args, "baseline-max", at_least(0));
+    const int reps = static_cast<int>(tools::integer_arg(args, "reps", range(1, 1000000)));
+    const double ret_fraction = tools::number_arg(args, "ret-fraction", range(0, 0.25));
+    const double kept_target = tools::number_arg(args, "decode-kept", range(0, 1, "(]"));
+    const double kappa_fixed = tools::number_arg(args, "decode-kappa", at_least(0));
+    const auto int_arg = [&](const char* name, const config::Check& check) {
+      return static_cast<int>(tools::integer_arg(args, name, check));
+    };
+    const int streaming_keys = int_arg("decode-streaming-keys", range(0, 1 << 20));
+    const int retrieval_candidates = int_arg("decode-retrieval-candidates", range(0, 1 << 20));
+    const int index_rows = int_arg("decode-index-rows", range(0, 2));
+    const int index_tokens = int_arg("decode-index-tokens", range(0, 1 << 24));
+    const int hist_tokens = int_arg("decode-hist-tokens", range(0, 1 << 24));
+    const int carveout = int_arg("decode-carveout", range(-1, 100));
+    const int step_layers = int_arg("decode-step-layers", range(0, 64));
+    const std::string pk_name = tools::choice_arg(args, "prefill-kernel", {"auto", "wgmma_ws", "wgmma", "mma_sync"});
+    {
+      // Baselines above --baseline-max are extrapolated from the largest measured length below it.
+      const int64_t shortest = *std::min_element(lengths.begin(), lengths.end());
+      if (bmax != 0 && bmax < shortest)
+        throw tools::UsageError(str_cat("--baseline-max ", bmax, " is below the shortest --lengths value ", shortest,
+                                        ": no dense baseline would be measured to extrapolate from; use --baseline-max >= ",
+                                        shortest, ", or 0 to time the sparse path only"));
+    }
+    // The results go to a file in --out, written at the end: whether it can be made there is found out now.
+    const std::string out_dir = args["out"].as<std::string>();
+    require_creatable_directory(out_dir, "--out");
+
     RTP_CHECK(torch::cuda::is_available(), "no CUDA device");
     std::string cmd;
     for (int i = 0; i < argc; ++i) cmd += std::string(i ? " " : "") + argv[i];
@@ -273,32 +314,16 @@ int main(int argc, char** argv) {
     ck(cudaDriverGetVersion(&drv), "driver");
     const int64_t Hq = 32, Hkv = 4, D = 128, G = Hq / Hkv, sink = 4, window = 8192;
     const int B = 64;
-    const double wA = args["ret-fraction"].as<double>() * Hkv;  // weight of the layer with one retrieval KV head
-    RTP_CHECK(wA >= 0 && wA <= 1, "ret-fraction * 4 must be in [0, 1]");
-    const std::string pk_name = args["prefill-kernel"].as<std::string>();
+    const double wA = ret_fraction * Hkv;  // weight of the layer with one retrieval KV head
     const std::map<std::string, kernels::PrefillKernel> prefill_kernels{
         {"mma_sync", kernels::PrefillKernel::MMA_SYNC}, {"wgmma", kernels::PrefillKernel::WGMMA},
         {"wgmma_ws", kernels::PrefillKernel::WGMMA_WS}};
-    RTP_CHECK(pk_name == "auto" || prefill_kernels.count(pk_name),
-              "--prefill-kernel: expected auto, wgmma_ws, wgmma or mma_sync, got '" + pk_name + "'");
     const bool wgmma_ok = kernels::prefill_wgmma_available();
     RTP_CHECK(pk_name == "auto" || pk_name == "mma_sync" || wgmma_ok,
               "--prefill-kernel " + pk_name + ": this device or build cannot run it (needs sm_90a code on a 9.0 GPU)");
     // auto: what the library picks on this device, named for the record
     const std::string pk_used = pk_name != "auto" ? pk_name : wgmma_ok ? "wgmma_ws" : "mma_sync";
     const kernels::PrefillKernel prefill_kernel = prefill_kernels.at(pk_used);
-    const int reps = args["reps"].as<int>();
-    const int64_t bmax = args["baseline-max"].as<int64_t>();
-    {
-      // Baselines above --baseline-max are extrapolated from the largest measured length below it: checked here, not
-      // after the first sparse measurement.
-      const auto lens = args["lengths"].as<std::vector<int64_t>>();
-      const int64_t shortest = lens.empty() ? 0 : *std::min_element(lens.begin(), lens.end());
-      RTP_CHECK(bmax == 0 || lens.empty() || bmax >= shortest, "--baseline-max ", bmax,
-                " is below the shortest --lengths value ", shortest,
-                ": no dense baseline would be measured to extrapolate from; use --baseline-max >= ", shortest,
-                ", or 0 to time the sparse path only");
-    }
     json J;
     J["card"] = prop.name;
     J["driver"] = drv;
@@ -311,7 +336,7 @@ int main(int argc, char** argv) {
     double base_fa2_ms = 0, base_cud_ms = 0;
     int64_t base_len = 0;
     std::vector<std::string> rows;
-    for (int64_t N : args["lengths"].as<std::vector<int64_t>>()) {
+    for (int64_t N : lengths) {
       const int64_t nb = (N + B - 1) / B;
       json R;
       R["N"] = N;
@@ -455,18 +480,15 @@ int main(int argc, char** argv) {
     }
     // decode
     std::vector<std::string> drows;
-    const double kept_target = args["decode-kept"].as<double>(), kappa_fixed = args["decode-kappa"].as<double>();
     kernels::DecodeTuning tuning;
     tuning.v2_attend = args["decode-attend-v2"].as<bool>();
     tuning.programmatic_launch = !args["decode-no-pdl"].as<bool>();
-    tuning.streaming_keys_per_block = args["decode-streaming-keys"].as<int>();
-    tuning.retrieval_candidates_per_block = args["decode-retrieval-candidates"].as<int>();
-    tuning.index_rows_per_thread = args["decode-index-rows"].as<int>();
-    tuning.index_tokens_per_block = args["decode-index-tokens"].as<int>();
-    tuning.hist_tokens_per_block = args["decode-hist-tokens"].as<int>();
-    tuning.shared_carveout = args["decode-carveout"].as<int>();
-    const int step_layers = args["decode-step-layers"].as<int>();
-    RTP_CHECK(step_layers >= 0 && step_layers <= 64, "--decode-step-layers must be in [0, 64], got ", step_layers);
+    tuning.streaming_keys_per_block = streaming_keys;
+    tuning.retrieval_candidates_per_block = retrieval_candidates;
+    tuning.index_rows_per_thread = index_rows;
+    tuning.index_tokens_per_block = index_tokens;
+    tuning.hist_tokens_per_block = hist_tokens;
+    tuning.shared_carveout = carveout;
     tuning.index_tensor_cores = !args["decode-index-fma"].as<bool>();
     tuning.bstar_in_attend = !args["decode-bstar-in-hist"].as<bool>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
@@ -489,7 +511,7 @@ int main(int argc, char** argv) {
                               {"what", "one Qwen3-30B-A3B decoder layer without its attention, one token: eager with "
                                        "the model's expert loop (top-8 indices read on the host); graph: routing on "
                                        "the GPU, experts gathered by index_select + bmm, replayed from a CUDA graph"}};
-    for (int64_t L : args["decode-lengths"].as<std::vector<int64_t>>()) {
+    for (int64_t L : decode_lengths) {
       double dkappa = kappa_fixed > 0 ? kappa_fixed : 10.0;
       Planted pl = plant_index(L, G, B, dkappa, 9);
       auto qd = torch::randn({Hq, D}, bf);
@@ -631,13 +653,13 @@ int main(int argc, char** argv) {
         std::printf("%s\n", step_line.c_str());
       }
     }
-    const std::string dir = args["out"].as<std::string>();
-    std::filesystem::create_directories(dir);
     char stamp[32];
     std::time_t now = std::time(nullptr);
     std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", std::gmtime(&now));
-    const std::string path = dir + "/bench-" + stamp + ".json";
-    std::ofstream(path) << J.dump(2) << "\n";
+    const std::string path = out_dir + "/bench-" + stamp + ".json";
+    // Atomically (a temporary file renamed into place), and "wrote" only once it is there: a failed write throws.
+    make_directories(out_dir);
+    write_json_atomic(path, J);
     std::printf("\ncard %s, driver %d, commit %s\n", prop.name, drv, rtp::tools::commit_id().c_str());
     std::printf("prefill (ms per layer; * = baseline extrapolated as N^2)\n%8s %9s %9s %8s %10s %9s %7s %7s %6s %7s %5s %5s %5s\n", "N",
                 "sparse", "select", "attnA", "FA2", "cuDNN", "vsFA2", "vsCUDNN", "TF/s", "selpct", "dens", "rIdx", "rAtt");
