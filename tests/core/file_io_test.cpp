@@ -70,6 +70,10 @@ TEST_F(FileIo, RequireInputFileTellsADirectoryFromAMissingPath) {
                   "--essay '" + dir_ + "' is a directory, expected a file"));
   EXPECT_TRUE(has(error_of([&] { rtp::require_input_file(dir_ + "/none.txt", "--essay"); }),
                   "--essay '" + dir_ + "/none.txt' does not exist"));
+  EXPECT_TRUE(has(error_of([&] { rtp::require_input_file(dir_, "--text", "a UTF-8 text file"); }),
+                  "--text '" + dir_ + "' is a directory, expected a UTF-8 text file"));
+  EXPECT_TRUE(has(error_of([&] { rtp::require_input_file(dir_ + "/none", "--text", "a UTF-8 text file"); }),
+                  "--text '" + dir_ + "/none' does not exist (expected a UTF-8 text file)"));
   rtp::write_file_atomic(dir_ + "/essay.txt", "Once.");
   EXPECT_EQ(error_of([&] { rtp::require_input_file(dir_ + "/essay.txt", "--essay"); }), "<no error: the call succeeded>");
 }

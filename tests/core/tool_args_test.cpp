@@ -115,26 +115,4 @@ TEST(ToolArgs, ChoicesRequiredFlagsAndLibraryParsedValues) {
             0u);
 }
 
-TEST(ToolArgs, InputFilesAreFilesNotDirectories) {
-  const std::string dir = ::testing::TempDir() + "tool_args_test_" + std::to_string(::getpid());
-  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
-  const auto error = [](const std::function<void()>& f) -> std::string {
-    try {
-      f();
-    } catch (const rtp::Error& e) {
-      return e.what();
-    }
-    return "";
-  };
-  EXPECT_EQ(error([&] { rtp::tools::check_input_file(dir, "--text", "a text file"); }).rfind(
-                "--text '" + dir + "' is a directory, expected a text file", 0), 0u);
-  EXPECT_EQ(error([&] { rtp::tools::check_input_file(dir + "/none", "--text", "a text file"); })
-                .rfind("--text '" + dir + "/none' does not exist (expected a text file)", 0), 0u);
-  const std::string file = dir + "/a.txt";
-  std::fclose(std::fopen(file.c_str(), "w"));
-  EXPECT_EQ(error([&] { rtp::tools::check_input_file(file, "--text", "a text file"); }), "");
-  std::remove(file.c_str());
-  ::rmdir(dir.c_str());
-}
-
 }  // namespace

@@ -10,7 +10,6 @@
 #include <cxxopts.hpp>
 #include <optional>
 #include <stdexcept>
-#include <sys/stat.h>
 #include <string>
 #include <vector>
 
@@ -158,15 +157,6 @@ auto flag_value(const std::string& name, const std::string& text, F&& parse) -> 
   } catch (const rtp::Error& e) {
     throw UsageError(rtp::str_cat("--", name, " '", text, "': ", e.what()));
   }
-}
-
-// An input file named by --name (or a recipe key): it exists and is not a directory, else rtp::Error (exit 1:
-// the command line is well formed, the file is not there) saying which, and what was expected ("an HDF5 head
-// profile file"). An ifstream opens a directory and reads nothing, so without this a directory reads as empty.
-inline void check_input_file(const std::string& path, const std::string& what, const std::string& expected) {
-  struct stat st {};
-  RTP_CHECK(::stat(path.c_str(), &st) == 0, what, " '", path, "' does not exist (expected ", expected, ")");
-  RTP_CHECK(!S_ISDIR(st.st_mode), what, " '", path, "' is a directory, expected ", expected);
 }
 
 }  // namespace rtp::tools

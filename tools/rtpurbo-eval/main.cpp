@@ -4,6 +4,7 @@
 
 #include "main_guard.h"
 #include "tool_args.h"
+#include "torch_args.h"
 #include "rtp/core/file_io.h"
 #include "rtp/eval/logits_task.h"
 #include "rtp/eval/ruler_eval.h"
@@ -11,20 +12,6 @@
 #include "rtp/torch/run_context.h"
 
 namespace {
-
-// A command-line value that a library function parses (a device, a dtype, a task list): its errors are usage errors
-// (exit 2) naming the flag.
-template <class F>
-auto usage_checked(const char* flag, F&& parse) -> decltype(parse()) {
-  try {
-    return parse();
-  } catch (const rtp::tools::UsageError&) {
-    throw;
-  } catch (const rtp::Error& e) {
-    const std::string what = e.what(), name = rtp::str_cat("--", flag);
-    throw rtp::tools::UsageError(what.find(name) != std::string::npos ? what : rtp::str_cat(name, ": ", what));
-  }
-}
 
 // --lengths with every length once: a repeated length would be evaluated twice and, for RULER, refused only when
 // the results are written.
@@ -91,8 +78,8 @@ int main(int argc, char** argv) {
     const int64_t prefill_chunk = rtp::tools::integer_arg(args, "prefill-chunk", at_least(0));
     rtp::RunContext ctx;
     ctx.seed = static_cast<uint64_t>(rtp::tools::integer_arg(args, "seed", at_least(0)));
-    ctx.device = usage_checked("device", [&] { return rtp::parse_device(args["device"].as<std::string>()); });
-    ctx.dtype = usage_checked("dtype", [&] { return rtp::parse_dtype(args["dtype"].as<std::string>()); });
+    ctx.device = rtp::tools::device_arg(args["device"].as<std::string>());
+    ctx.dtype = rtp::tools::dtype_arg(args["dtype"].as<std::string>());
     const std::string task = args["task"].as<std::string>();
     if (task != "logits" && task != "toy" && task != "ruler")
       throw rtp::tools::UsageError("unknown --task '" + task + "': expected one of logits, toy, ruler");
@@ -133,12 +120,12 @@ int main(int argc, char** argv) {
       rtp::eval::RulerEvalOptions o;
       if (args.count("model")) o.model_dir = args["model"].as<std::string>();
       if (args.count("tokenizer")) o.tokenizer = args["tokenizer"].as<std::string>();
-      o.tasks = usage_checked("tasks", [&] { return rtp::eval::parse_ruler_tasks(need("tasks")); });
+      o.tasks = rtp::tools::flag_value("tasks", need("tasks"), rtp::eval::parse_ruler_tasks);
       o.lengths = distinct_lengths(need("lengths"));
       o.samples = samples;
       if (args.count("essay")) {
         o.essay_file = args["essay"].as<std::string>();
-        rtp::require_input_file(o.essay_file, "--essay");
+        rtp::require_input_file(o.essay_file, "--essay", "a plain-text file");
       }
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
       o.prefill_chunk = prefill_chunk;

@@ -37,7 +37,7 @@ const char* const kHeadsExpected =
     "or a config.json with headwise_config";
 
 HeadsArg load_heads_arg(const std::string& path, const rtp::model::ModelConfig& cfg) {
-  rtp::tools::check_input_file(path, "--heads", kHeadsExpected);
+  rtp::require_input_file(path, "--heads", kHeadsExpected);
   HeadsArg out;
   if (ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
     const auto profile = rtp::heads::load_head_profile(path);

@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
     RTP_CHECK(flag_fraction || args.count("kv-budget") || budget_fraction > 0 || fraction > 0,
               "retrieval_fraction 0 in the recipe selects no head (give retrieval_fraction > 0, or kv_budget)");
     rtp::require_directory(model_dir, "--model", "(expected a Hugging Face checkpoint directory)");
-    if (args.count("text")) ta::check_input_file(args["text"].as<std::string>(), "--text", "a UTF-8 text file");
+    if (args.count("text")) rtp::require_input_file(args["text"].as<std::string>(), "--text", "a UTF-8 text file");
     const std::string svg = args.count("svg") ? args["svg"].as<std::string>() : svg_path_for(out_path);
     // Like the other tools' output directories: create what is missing (HDF5 would only say it cannot create the
     // file), and find out now whether the files can be written there.

@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
     const bool to_stdout = output == "-";
     // Both ends before any record is read: a directory opens as a stream that reads nothing ("error reading after
     // line 0"), and an --output that cannot be written used to fail only at the rename, after the whole input.
-    if (input != "-") rtp::tools::check_input_file(input, "--input", "a JSONL file, or - for stdin");
+    if (input != "-") rtp::require_input_file(input, "--input", "a JSONL file, or - for stdin");
     if (!to_stdout) rtp::require_output_directory_for(output, "--output");
     const auto tok = rtp::text::Tokenizer::from_file(tokenizer_path);
 

@@ -126,10 +126,11 @@ void require_creatable_directory(const std::string& path, const std::string& wha
   RTP_CHECK(denied.empty(), what, " '", path, "': cannot create files in '", existing, "': ", denied);
 }
 
-void require_input_file(const std::string& path, const std::string& what) {
+void require_input_file(const std::string& path, const std::string& what, const std::string& expected) {
   struct stat st {};
-  RTP_CHECK(::stat(path.c_str(), &st) == 0, what, " '", path, "' does not exist");
-  RTP_CHECK(!S_ISDIR(st.st_mode), what, " '", path, "' is a directory, expected a file");
+  RTP_CHECK(::stat(path.c_str(), &st) == 0, what, " '", path, "' does not exist",
+            expected.empty() ? "" : " (expected " + expected + ")");
+  RTP_CHECK(!S_ISDIR(st.st_mode), what, " '", path, "' is a directory, expected ", expected.empty() ? "a file" : expected);
   RTP_CHECK(::access(path.c_str(), R_OK) == 0, what, " '", path, "' is not readable");
 }
 

@@ -28,8 +28,9 @@ void require_output_directory_for(const std::string& path, const std::string& wh
 // directory in which files can be created (tried). Nothing is left behind: a run refused later leaves no empty
 // directory.
 void require_creatable_directory(const std::string& path, const std::string& what);
-// An input file: exists, is not a directory, is readable.
-void require_input_file(const std::string& path, const std::string& what);
+// An input file: exists, is not a directory (an ifstream opens one and reads nothing), is readable. Throws "<what>
+// 'path' does not exist (expected <expected>)" or "<what> 'path' is a directory, expected <expected>".
+void require_input_file(const std::string& path, const std::string& what, const std::string& expected = "");
 // An input directory: throws "<what> 'path' does not exist" or "<what> 'path' is a file, expected a directory",
 // followed by `hint` when given.
 void require_directory(const std::string& path, const std::string& what, const std::string& hint = "");

@@ -30,16 +30,16 @@ std::vector<std::string> parse_ruler_tasks(const std::string& spec) {
   for (std::string item; std::getline(ss, item, ',');) {
     if (item.rfind("ruler:", 0) == 0) item = item.substr(6);
     if (item.empty()) continue;
-    RTP_CHECK(std::find(out.begin(), out.end(), item) == out.end(), "--tasks lists ruler:", item,
-              " twice: expected each task once (each is evaluated at every length)");
+    RTP_CHECK(std::find(out.begin(), out.end(), item) == out.end(), "ruler:", item,
+              " is listed twice: expected each task once (each is evaluated at every length)");
     if (std::find(valid.begin(), valid.end(), item) == valid.end()) {
       std::string list;
       for (const auto& v : valid) list += (list.empty() ? "ruler:" : ", ruler:") + v;
-      RTP_THROW("unknown task '", item, "' in --tasks: expected ", list);
+      RTP_THROW("unknown task '", item, "': expected ", list);
     }
     out.push_back(item);
   }
-  RTP_CHECK(!out.empty(), "--tasks is empty: expected e.g. ruler:niah_single_1,ruler:vt");
+  RTP_CHECK(!out.empty(), "no task named: expected e.g. ruler:niah_single_1,ruler:vt");
   return out;
 }
 
