@@ -1,40 +1,26 @@
 // Runs the built rtpurbo-identify-heads: every flag is checked before the calibration pass, with messages that
 // name the flag; a good command line still writes the profile.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "rtp/core/file_io.h"
+#include "tool_cli.h"
 
 namespace {
 
-const std::string kTool = RTP_BINARY_DIR "/bin/rtpurbo-identify-heads";
 const std::string kModel = RTP_SOURCE_DIR "/data/fixtures/models/qwen3-tiny";
 
-class IdentifyHeadsCli : public ::testing::Test {
+class IdentifyHeadsCli : public rtp::testing::ToolCliTest {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(rtp::file_exists(kTool)) << kTool << " is missing: build the rtpurbo-identify-heads target first";
-    dir_ = RTP_BINARY_DIR "/tmp-identify-heads-cli-" + std::to_string(::getpid());
-    rtp::make_directories(dir_);
-  }
-  void TearDown() override { rtp::remove_tree(dir_); }
-  // Exit code and stderr of the tool on a small calibration run plus `extra`.
-  std::pair<int, std::string> run(const std::string& extra) const {
-    return run_args("--calibration toy " + extra);
-  }
+  IdentifyHeadsCli() : ToolCliTest("rtpurbo-identify-heads") {}
+  // The tool on a small calibration run plus `extra`.
+  rtp::testing::ToolRun run(const std::string& extra) const { return run_args("--calibration toy " + extra); }
   // The same without --calibration toy.
-  std::pair<int, std::string> run_args(const std::string& extra) const {
-    const std::string err = dir_ + "/stderr.txt";
-    const std::string cmd = kTool + " --model " + kModel + " --out " + dir_ + "/h.h5 --seq-len 64 "
-                            "--num-sequences 1 " + extra + " > /dev/null 2> " + err;
-    const int st = std::system(cmd.c_str());
-    return {WEXITSTATUS(st), rtp::read_text_file(err)};
+  rtp::testing::ToolRun run_args(const std::string& extra) const {
+    return run_tool("--model " + kModel + " --out " + dir_ + "/h.h5 --seq-len 64 --num-sequences 1 " + extra);
   }
-  std::string dir_;
 };
 
 TEST_F(IdentifyHeadsCli, FlagsAreCheckedBeforeCalibrationAndNamed) {
@@ -56,22 +42,22 @@ TEST_F(IdentifyHeadsCli, FlagsAreCheckedBeforeCalibrationAndNamed) {
       {"--text notes.txt", "--text is read by text calibration only, and --calibration is toy"},
   };
   for (const auto& [flags, message] : cases) {
-    const auto [rc, err] = run(flags);
-    EXPECT_EQ(rc, 2) << flags << ": " << err;
-    EXPECT_NE(err.find(message), std::string::npos) << flags << ": " << err;
-    EXPECT_EQ(err.find("sequence 1/1"), std::string::npos) << flags << ": the calibration ran";
+    const auto r = run(flags);
+    EXPECT_EQ(r.rc, 2) << flags << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
+    EXPECT_EQ(r.err.find("sequence 1/1"), std::string::npos) << flags << ": the calibration ran";
   }
   // A budget below one head's cache quotes the value given (it used to say "0 bytes" for 0.5).
-  auto [rc, err] = run("--kv-budget 100");
-  EXPECT_EQ(rc, 1);
-  EXPECT_NE(err.find("--kv-budget '100' (100 bytes) holds no retrieval KV head"), std::string::npos) << err;
-  EXPECT_EQ(err.find("sequence 1/1"), std::string::npos) << err;
+  auto r = run("--kv-budget 100");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--kv-budget '100' (100 bytes) holds no retrieval KV head"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("sequence 1/1"), std::string::npos) << r.err;
   // An --svg that cannot be written is found before the calibration too.
   rtp::write_file_atomic(dir_ + "/afile", "x");
-  std::tie(rc, err) = run("--svg " + dir_ + "/afile/h.svg");
-  EXPECT_EQ(rc, 1);
-  EXPECT_NE(err.find("--svg '" + dir_ + "/afile/h.svg'"), std::string::npos) << err;
-  EXPECT_EQ(err.find("sequence 1/1"), std::string::npos) << err;
+  r = run("--svg " + dir_ + "/afile/h.svg");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("--svg '" + dir_ + "/afile/h.svg'"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("sequence 1/1"), std::string::npos) << r.err;
   EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
 }
 
@@ -79,25 +65,26 @@ TEST_F(IdentifyHeadsCli, FlagsAreCheckedBeforeCalibrationAndNamed) {
 // --svg in a directory that takes no files (/proc, where root's access() check says yes) used to fail after the
 // profile had been written; a --text directory used to read as an empty text ("has no tokens").
 TEST_F(IdentifyHeadsCli, PathsAreCheckedBeforeAnythingIsWritten) {
-  auto [rc, err] = run("--svg /proc/rtpurbo-identify-heads-cli.svg");
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--svg '/proc/rtpurbo-identify-heads-cli.svg': cannot create files in directory '/proc'"),
-            std::string::npos) << err;
-  EXPECT_EQ(err.find("sequence 1/1"), std::string::npos) << err;
+  auto r = run("--svg /proc/rtpurbo-identify-heads-cli.svg");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--svg '/proc/rtpurbo-identify-heads-cli.svg': cannot create files in directory '/proc'"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("sequence 1/1"), std::string::npos) << r.err;
   EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
 
-  std::tie(rc, err) = run_args("--text " + dir_);
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--text '" + dir_ + "' is a directory, expected a UTF-8 text file"), std::string::npos) << err;
-  std::tie(rc, err) = run_args("--text " + dir_ + "/missing.txt");
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--text '" + dir_ + "/missing.txt' does not exist"), std::string::npos) << err;
+  r = run_args("--text " + dir_);
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--text '" + dir_ + "' is a directory, expected a UTF-8 text file"), std::string::npos)
+      << r.err;
+  r = run_args("--text " + dir_ + "/missing.txt");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--text '" + dir_ + "/missing.txt' does not exist"), std::string::npos) << r.err;
   EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
 }
 
 TEST_F(IdentifyHeadsCli, GoodCommandLineWritesTheProfile) {
-  const auto [rc, err] = run("--retrieval-fraction 0.34 --window 16");
-  ASSERT_EQ(rc, 0) << err;
+  const auto r = run("--retrieval-fraction 0.34 --window 16");
+  ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_TRUE(rtp::file_exists(dir_ + "/h.h5"));
   EXPECT_TRUE(rtp::file_exists(dir_ + "/h.svg"));
 }

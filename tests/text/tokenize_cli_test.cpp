@@ -1,46 +1,28 @@
 // Runs the built rtpurbo-tokenize on tiny JSONL files (encode, decode, and the line-numbered errors).
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdlib>
 #include <filesystem>
 #include <string>
 
 #include "rtp/core/file_io.h"
+#include "tool_cli.h"
 
 namespace {
 
 namespace fs = std::filesystem;
-const std::string kTool = RTP_BINARY_DIR "/bin/rtpurbo-tokenize";
+using rtp::testing::ToolRun;
 const std::string kSmall = RTP_SOURCE_DIR "/data/fixtures/tokenizer/small_tokenizer.json";
 
-struct ToolResult {
-  int rc;
-  std::string err;
-};
-
-class TokenizeCli : public ::testing::Test {
+class TokenizeCli : public rtp::testing::ToolCliTest {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(rtp::file_exists(kTool)) << kTool << " is missing: build the rtpurbo-tokenize target first";
-    dir_ = fs::temp_directory_path() / ("rtp_tokenize_cli_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  ToolResult run(const std::string& args) const {
-    const std::string err = path("stderr.txt");
-    const int status = std::system((kTool + " --tokenizer " + kSmall + " " + args + " 2>" + err).c_str());
-    return ToolResult{WEXITSTATUS(status), rtp::read_text_file(err)};
-  }
-  fs::path dir_;
+  TokenizeCli() : ToolCliTest("rtpurbo-tokenize") {}
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+  ToolRun run(const std::string& args) const { return run_tool("--tokenizer " + kSmall + " " + args); }
 };
 
 TEST_F(TokenizeCli, EncodesAndDecodes) {
   rtp::write_file_atomic(path("in.jsonl"), "{\"text\": \"abc\"}\n\n{\"text\": \"<s> hello\", \"other\": 1}\n");
-  ToolResult r = run("--input " + path("in.jsonl") + " --output " + path("out.jsonl"));
+  ToolRun r = run("--input " + path("in.jsonl") + " --output " + path("out.jsonl"));
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(rtp::read_text_file(path("out.jsonl")),
             "{\"text\":\"abc\",\"ids\":[97,256]}\n{\"text\":\"<s> hello\",\"ids\":[264,32,262]}\n");
@@ -57,7 +39,7 @@ TEST_F(TokenizeCli, EncodesAndDecodes) {
 
 TEST_F(TokenizeCli, ErrorsNameTheLine) {
   rtp::write_file_atomic(path("bad_json.jsonl"), "{\"text\": \"ok\"}\n{\"text\": \n");
-  ToolResult r = run("--input " + path("bad_json.jsonl") + " --output " + path("o1.jsonl"));
+  ToolRun r = run("--input " + path("bad_json.jsonl") + " --output " + path("o1.jsonl"));
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("bad_json.jsonl:2: not valid JSON"), std::string::npos) << r.err;
   EXPECT_FALSE(rtp::file_exists(path("o1.jsonl")));  // nothing half-written
@@ -81,7 +63,7 @@ TEST_F(TokenizeCli, ErrorsNameTheLine) {
 TEST_F(TokenizeCli, DecodeRejectsIdsOutsideTheVocabulary) {
   for (const char* id : {"999999999", "-1"}) {
     rtp::write_file_atomic(path("ids.jsonl"), std::string("{\"ids\": [97]}\n{\"ids\": [97, ") + id + "]}\n");
-    const ToolResult r = run("--decode --input " + path("ids.jsonl") + " --output " + path("o.jsonl"));
+    const ToolRun r = run("--decode --input " + path("ids.jsonl") + " --output " + path("o.jsonl"));
     EXPECT_EQ(r.rc, 1) << id;
     EXPECT_NE(r.err.find(std::string("ids.jsonl:2: id ") + id + " is not a token of this tokenizer (vocabulary of "),
               std::string::npos)
@@ -93,7 +75,7 @@ TEST_F(TokenizeCli, DecodeRejectsIdsOutsideTheVocabulary) {
 // A positional argument is not an input file: it used to be ignored while stdin was read.
 TEST_F(TokenizeCli, StrayArgumentsAreErrors) {
   rtp::write_file_atomic(path("in.jsonl"), "{\"text\": \"abc\"}\n");
-  ToolResult r = run(path("in.jsonl") + " < /dev/null");
+  ToolRun r = run(path("in.jsonl") + " < /dev/null");
   EXPECT_EQ(r.rc, 2);
   EXPECT_NE(r.err.find("unexpected argument '" + path("in.jsonl") + "'"), std::string::npos) << r.err;
   r = run("--inptu " + path("in.jsonl"));
@@ -106,7 +88,7 @@ TEST_F(TokenizeCli, StrayArgumentsAreErrors) {
 TEST_F(TokenizeCli, InputAndOutputAreCheckedFirst) {
   rtp::write_file_atomic(path("in.jsonl"), "{\"text\": \"abc\"}\n");
   fs::create_directories(path("adir"));
-  ToolResult r = run("--input " + path("adir") + " --output " + path("o.jsonl"));
+  ToolRun r = run("--input " + path("adir") + " --output " + path("o.jsonl"));
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("--input '" + path("adir") + "' is a directory, expected a JSONL file"), std::string::npos)
       << r.err;
@@ -125,10 +107,9 @@ TEST_F(TokenizeCli, InputAndOutputAreCheckedFirst) {
   EXPECT_FALSE(rtp::file_exists(path("o.jsonl")));
   EXPECT_TRUE(fs::is_empty(path("adir")));
   // a missing --tokenizer is a command-line mistake
-  const std::string err = path("stderr2.txt");
-  const int st = std::system((kTool + " --input " + path("in.jsonl") + " 2>" + err).c_str());
-  EXPECT_EQ(WEXITSTATUS(st), 2);
-  EXPECT_NE(rtp::read_text_file(err).find("--tokenizer is required"), std::string::npos) << rtp::read_text_file(err);
+  r = run_tool("--input " + path("in.jsonl"));
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("--tokenizer is required"), std::string::npos) << r.err;
 }
 
 }  // namespace

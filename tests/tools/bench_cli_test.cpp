@@ -3,34 +3,18 @@
 // (stray arguments, numbers with trailing characters, ranges: --reps 0 took the median of no timings), -h, and an
 // --out where the results file cannot be made (it was written unchecked after all the timing).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <string>
 #include <utility>
 
 #include "rtp/core/file_io.h"
+#include "tool_cli.h"
 
 namespace {
 
-const std::string kTool = RTP_BINARY_DIR "/bin/rtpurbo-bench";
-
-class BenchCli : public ::testing::Test {
+class BenchCli : public rtp::testing::ToolCliTest {
  protected:
-  void SetUp() override {
-    if (!rtp::file_exists(kTool)) GTEST_SKIP() << kTool << " is not built (a CUDA-only tool: RTPURBO_WITH_CUDA)";
-    dir_ = RTP_BINARY_DIR "/tmp-bench-cli-" + std::to_string(::getpid());
-    rtp::remove_tree(dir_);
-    rtp::make_directories(dir_);
-  }
-  void TearDown() override { rtp::remove_tree(dir_); }
-  std::pair<int, std::string> run(const std::string& args) const {
-    const std::string err = dir_ + "/stderr.txt";
-    const int st = std::system((kTool + " " + args + " > " + dir_ + "/stdout.txt 2> " + err).c_str());
-    return {WEXITSTATUS(st), rtp::read_text_file(err)};
-  }
-  std::string dir_;
+  BenchCli() : ToolCliTest("rtpurbo-bench", "a CUDA-only tool: RTPURBO_WITH_CUDA") {}
 };
 
 TEST_F(BenchCli, CommandLineIsStrictAndCheckedFirst) {
@@ -48,26 +32,27 @@ TEST_F(BenchCli, CommandLineIsStrictAndCheckedFirst) {
       {"--reps-count 3", "unknown option '--reps-count'"},
   };
   for (const auto& [flags, message] : cases) {
-    const auto [rc, err] = run(flags);
-    EXPECT_EQ(rc, 2) << flags << ": " << err;
-    EXPECT_NE(err.find(message), std::string::npos) << flags << ": " << err;
+    const auto r = run_tool(flags);
+    EXPECT_EQ(r.rc, 2) << flags << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
   }
   // -h like --help, like every other tool
-  const auto [rc, err] = run("-h");
-  EXPECT_EQ(rc, 0) << err;
-  EXPECT_NE(rtp::read_text_file(dir_ + "/stdout.txt").find("--decode-step-layers"), std::string::npos);
+  const auto r = run_tool("-h");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("--decode-step-layers"), std::string::npos);
 }
 
 TEST_F(BenchCli, OutputDirectoryIsCheckedBeforeTheDevice) {
   rtp::write_file_atomic(dir_ + "/afile", "x");
-  auto [rc, err] = run("--out " + dir_ + "/afile/results");
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--out '" + dir_ + "/afile/results': '" + dir_ + "/afile' is a file, expected a directory"),
-            std::string::npos) << err;
-  std::tie(rc, err) = run("--out /proc/rtpurbo-bench-results");
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--out '/proc/rtpurbo-bench-results': cannot create files in '/proc'"), std::string::npos) << err;
-  EXPECT_EQ(err.find("no CUDA device"), std::string::npos) << err;
+  auto r = run_tool("--out " + dir_ + "/afile/results");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--out '" + dir_ + "/afile/results': '" + dir_ + "/afile' is a file, expected a directory"),
+            std::string::npos) << r.err;
+  r = run_tool("--out /proc/rtpurbo-bench-results");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--out '/proc/rtpurbo-bench-results': cannot create files in '/proc'"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("no CUDA device"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -1,41 +1,29 @@
 // Runs the built rtpurbo-bench-decode on the tiny fixture config on the CPU: what would fail or measure nothing
 // later is refused before the model is built (no JSON, no measurement), and a good command line writes its rows.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 
 #include "rtp/core/file_io.h"
+#include "tool_cli.h"
 
 namespace {
 
-const std::string kTool = RTP_BINARY_DIR "/bin/rtpurbo-bench-decode";
 const std::string kTiny = RTP_SOURCE_DIR "/data/fixtures/models/qwen3-tiny";  // dense, max_position_embeddings 512
 
-class BenchDecodeCli : public ::testing::Test {
+class BenchDecodeCli : public rtp::testing::ToolCliTest {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(rtp::file_exists(kTool)) << kTool << " is missing: build the rtpurbo-bench-decode target first";
-    dir_ = RTP_BINARY_DIR "/tmp-bench-decode-cli-" + std::to_string(::getpid());
-    rtp::remove_tree(dir_);
-    rtp::make_directories(dir_);
-  }
-  void TearDown() override { rtp::remove_tree(dir_); }
-  // Exit code and stderr of `cd CWD && rtpurbo-bench-decode ARGS`.
-  std::pair<int, std::string> run(const std::string& args, const std::string& cwd = RTP_BINARY_DIR) const {
-    const std::string err = dir_ + "/stderr.txt";
-    const int st = std::system(("cd " + cwd + " && " + kTool + " " + args + " > /dev/null 2> " + err).c_str());
-    return {WEXITSTATUS(st), rtp::read_text_file(err)};
+  BenchDecodeCli() : ToolCliTest("rtpurbo-bench-decode") {}
+  // `cd CWD && rtpurbo-bench-decode ARGS`.
+  rtp::testing::ToolRun run(const std::string& args, const std::string& cwd = RTP_BINARY_DIR) const {
+    return run_tool(args, cwd);
   }
   std::string tiny(const std::string& extra) const {
     return "--config " + kTiny + " --device cpu --tokens 2 --out " + out() + " " + extra;
   }
   std::string out() const { return dir_ + "/bench.json"; }
-  std::string dir_;
 };
 
 TEST_F(BenchDecodeCli, CommandLineMistakesAreUsageErrors) {
@@ -49,14 +37,15 @@ TEST_F(BenchDecodeCli, CommandLineMistakesAreUsageErrors) {
       {"--breakdown", "--breakdown times CUDA graphs: it needs --device cuda"},
   };
   for (const auto& [flags, message] : cases) {
-    const auto [rc, err] = run(tiny(std::string("--lengths 128 ") + flags));
-    EXPECT_EQ(rc, 2) << flags << ": " << err;
-    EXPECT_NE(err.find(message), std::string::npos) << flags << ": " << err;
-    EXPECT_EQ(err.find("building"), std::string::npos) << flags << ": the model was built: " << err;
+    const auto r = run(tiny(std::string("--lengths 128 ") + flags));
+    EXPECT_EQ(r.rc, 2) << flags << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
+    EXPECT_EQ(r.err.find("building"), std::string::npos) << flags << ": the model was built: " << r.err;
   }
-  const auto [rc, err] = run("--device gpu --config " + kTiny);
-  EXPECT_EQ(rc, 2) << err;
-  EXPECT_NE(err.find("--device 'gpu' is not valid: expected cpu, cuda, cuda:N or auto"), std::string::npos) << err;
+  const auto r = run("--device gpu --config " + kTiny);
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_NE(r.err.find("--device 'gpu' is not valid: expected cpu, cuda, cuda:N or auto"), std::string::npos)
+      << r.err;
   EXPECT_FALSE(rtp::file_exists(out()));
 }
 
@@ -64,32 +53,32 @@ TEST_F(BenchDecodeCli, CommandLineMistakesAreUsageErrors) {
 // be written (a directory taking no files) and a default --config looked up outside the repository root are refused
 // before the model is built too.
 TEST_F(BenchDecodeCli, LengthsOutputAndConfigAreCheckedFirst) {
-  auto [rc, err] = run(tiny("--lengths 128,100000"));
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--lengths 100000 plus 6 decode steps = 100006 exceeds the model's max_position_embeddings 512"),
-            std::string::npos) << err;
-  EXPECT_EQ(err.find("length 128"), std::string::npos) << "128 was measured first: " << err;
+  auto r = run(tiny("--lengths 128,100000"));
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--lengths 100000 plus 6 decode steps = 100006 exceeds the model's max_position_embeddings 512"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("length 128"), std::string::npos) << "128 was measured first: " << r.err;
 
-  std::tie(rc, err) = run("--config " + kTiny + " --device cpu --lengths 128 --out /proc/rtpurbo-bench-decode.json");
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--out '/proc/rtpurbo-bench-decode.json': cannot create files in directory '/proc'"),
-            std::string::npos) << err;
-  EXPECT_EQ(err.find("building"), std::string::npos) << err;
+  r = run("--config " + kTiny + " --device cpu --lengths 128 --out /proc/rtpurbo-bench-decode.json");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--out '/proc/rtpurbo-bench-decode.json': cannot create files in directory '/proc'"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("building"), std::string::npos) << r.err;
 
-  std::tie(rc, err) = run("--device cpu --lengths 128", dir_);
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("the default 'data/configs/qwen3-0.6b' does not exist here: it is relative to the repository "
-                     "root; run from there or pass --config"), std::string::npos) << err;
-  std::tie(rc, err) = run("--device cpu --lengths 128 --config " + kTiny, dir_);
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("is relative to the repository root, and 'bench/results' does not exist here"),
-            std::string::npos) << err;
+  r = run("--device cpu --lengths 128", dir_);
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("the default 'data/configs/qwen3-0.6b' does not exist here: it is relative to the repository "
+                       "root; run from there or pass --config"), std::string::npos) << r.err;
+  r = run("--device cpu --lengths 128 --config " + kTiny, dir_);
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("is relative to the repository root, and 'bench/results' does not exist here"),
+            std::string::npos) << r.err;
   EXPECT_FALSE(rtp::file_exists(out()));
 }
 
 TEST_F(BenchDecodeCli, GoodCommandLineWritesEveryCpuPath) {
-  const auto [rc, err] = run(tiny("--lengths 64 --dtype float16"));
-  ASSERT_EQ(rc, 0) << err;
+  const auto r = run(tiny("--lengths 64 --dtype float16"));
+  ASSERT_EQ(r.rc, 0) << r.err;
   const auto j = rtp::read_json_file(out());
   EXPECT_EQ(j["dtype"], "float16");
   // the default paths on a CPU for a dense model: forward and eager, dense and sparse

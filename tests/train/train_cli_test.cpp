@@ -2,38 +2,24 @@
 // the README promises ("a number with trailing characters is an error (exit 2)"); the indexer stage refuses a seq_len
 // beyond the model's positions for toy data too, before the model loads and before out_dir is touched.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <string>
 #include <utility>
 
 #include "rtp/core/file_io.h"
+#include "tool_cli.h"
 
 namespace {
 
-const std::string kTool = RTP_BINARY_DIR "/bin/rtpurbo-train";
 const std::string kRecipe = RTP_SOURCE_DIR "/recipes/toy-indexer.yaml";
 const std::string kToyModel = RTP_SOURCE_DIR "/data/toy-model";
 
-class TrainCli : public ::testing::Test {
+class TrainCli : public rtp::testing::ToolCliTest {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(rtp::file_exists(kTool)) << kTool << " is missing: build the rtpurbo-train target first";
-    dir_ = RTP_BINARY_DIR "/tmp-train-cli-" + std::to_string(::getpid());
-    rtp::remove_tree(dir_);
-    rtp::make_directories(dir_);
-  }
-  void TearDown() override { rtp::remove_tree(dir_); }
-  // Exit code and stderr of `rtpurbo-train --recipe toy-indexer.yaml ARGS`.
-  std::pair<int, std::string> run(const std::string& args) const {
-    const std::string err = dir_ + "/stderr.txt";
-    const int st = std::system((kTool + " --recipe " + kRecipe + " " + args + " > /dev/null 2> " + err).c_str());
-    return {WEXITSTATUS(st), rtp::read_text_file(err)};
-  }
-  std::string dir_;
+  TrainCli() : ToolCliTest("rtpurbo-train") {}
+  // `rtpurbo-train --recipe toy-indexer.yaml ARGS`.
+  rtp::testing::ToolRun run(const std::string& args) const { return run_tool("--recipe " + kRecipe + " " + args); }
 };
 
 TEST_F(TrainCli, AFlagWrongOnItsOwnIsAUsageError) {
@@ -46,17 +32,17 @@ TEST_F(TrainCli, AFlagWrongOnItsOwnIsAUsageError) {
       {"--device gpu", "--device 'gpu' is not valid: expected cpu, cuda, cuda:N or auto"},
   };
   for (const auto& [flags, message] : cases) {
-    const auto [rc, err] = run(std::string("--dump-config ") + flags);
-    EXPECT_EQ(rc, 2) << flags << ": " << err;
-    EXPECT_NE(err.find(message), std::string::npos) << flags << ": " << err;
-    EXPECT_NE(err.find("bad command line"), std::string::npos) << flags << ": " << err;
+    const auto r = run(std::string("--dump-config ") + flags);
+    EXPECT_EQ(r.rc, 2) << flags << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
+    EXPECT_NE(r.err.find("bad command line"), std::string::npos) << flags << ": " << r.err;
   }
   // What only the merged config can tell is the config's error, naming recipe and command line.
-  const auto [rc, err] = run("--dump-config --steps 2");
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("+ command line: warmup_steps (10) must be <= steps (2)"), std::string::npos) << err;
+  const auto r = run("--dump-config --steps 2");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("+ command line: warmup_steps (10) must be <= steps (2)"), std::string::npos) << r.err;
   // and good flags still give the merged config
-  EXPECT_EQ(run("--dump-config --steps 20 --top-p 0.9").first, 0);
+  EXPECT_EQ(run("--dump-config --steps 20 --top-p 0.9").rc, 0);
 }
 
 // data: toy generates sequences of any length; a seq_len past the model's max_position_embeddings (8192 for the toy
@@ -64,23 +50,23 @@ TEST_F(TrainCli, AFlagWrongOnItsOwnIsAUsageError) {
 TEST_F(TrainCli, IndexerSeqLenBeyondTheModelsPositionsIsRefusedFirst) {
   const std::string out = dir_ + "/run";
   const auto t0 = std::chrono::steady_clock::now();
-  const auto [rc, err] = run("--model_dir " + kToyModel + " --heads_random --seq_len 9000 --steps 2 --warmup_steps 0 "
-                             "--device cpu --out_dir " + out);
+  const auto r = run("--model_dir " + kToyModel + " --heads_random --seq_len 9000 --steps 2 --warmup_steps 0 "
+                     "--device cpu --out_dir " + out);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("seq_len 9000 exceeds the max_position_embeddings 8192 of model '" + kToyModel + "'"),
-            std::string::npos) << err;
-  EXPECT_EQ(err.find("indexer: frozen model"), std::string::npos) << "the model loaded first: " << err;
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("seq_len 9000 exceeds the max_position_embeddings 8192 of model '" + kToyModel + "'"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("indexer: frozen model"), std::string::npos) << "the model loaded first: " << r.err;
   EXPECT_FALSE(rtp::directory_exists(out));
-  EXPECT_LT(s, 30.0) << err;
+  EXPECT_LT(s, 30.0) << r.err;
 }
 
 TEST_F(TrainCli, DumpDataPathIsCheckedBeforeTheBatchesAreMade) {
-  const auto [rc, err] = run("--stage pretrain --model_dir '' --steps 1 --warmup_steps 0 --dump-data " + dir_ +
-                             "/missing/batches.safetensors");
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_NE(err.find("--dump-data '" + dir_ + "/missing/batches.safetensors': directory '" + dir_ +
-                     "/missing' does not exist"), std::string::npos) << err;
+  const auto r = run("--stage pretrain --model_dir '' --steps 1 --warmup_steps 0 --dump-data " + dir_ +
+                     "/missing/batches.safetensors");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--dump-data '" + dir_ + "/missing/batches.safetensors': directory '" + dir_ +
+                       "/missing' does not exist"), std::string::npos) << r.err;
 }
 
 }  // namespace
