@@ -1,16 +1,22 @@
 // Runs the built rtpurbo-identify-heads: every flag is checked before the calibration pass, with messages that
-// name the flag; a good command line still writes the profile.
+// name the flag; a good command line writes the profile the library computes, with the heads its rule selects.
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <utility>
 
 #include "rtp/core/file_io.h"
+#include "rtp/heads/calibration.h"
+#include "rtp/heads/head_profile.h"
+#include "rtp/model/qwen3.h"
 #include "tool_cli.h"
 
 namespace {
 
-const std::string kModel = RTP_SOURCE_DIR "/data/fixtures/models/qwen3-tiny";
+const std::string kModel = RTP_SOURCE_DIR "/data/fixtures/models/qwen3-tiny";  // 3 layers, 4 query / 2 KV heads
 
 class IdentifyHeadsCli : public rtp::testing::ToolCliTest {
  protected:
@@ -82,11 +88,108 @@ TEST_F(IdentifyHeadsCli, PathsAreCheckedBeforeAnythingIsWritten) {
   EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
 }
 
+// What the library scores for the calibration of run(): one toy sequence of 64 tokens from the default seed 1234 with
+// the default span clamp(64 / 8, 8, 256) = 8, on the tiny model in float32 on the CPU (the tool's defaults).
+rtp::heads::HeadScores library_scores(int64_t window, int64_t sink) {
+  auto model = rtp::model::load_qwen3(kModel, torch::kCPU, torch::kFloat32);
+  rtp::heads::CalibrationSpec spec;
+  spec.source = "toy";
+  spec.vocab_size = model.config().vocab_size;
+  spec.num_sequences = 1;
+  spec.seq_len = 64;
+  spec.span_len = 8;
+  spec.seed = 1234;
+  rtp::heads::ScoreOptions so;
+  so.window = window;
+  so.sink = sink;
+  return rtp::heads::score_model_heads(model, rtp::heads::make_calibration_sequences(spec), so);
+}
+
+// KV head a ([layer, kv head] index) ranks before KV head b by the rule of docs/heads.md, "Selection": retrieval
+// score, ties by long-range mass, then index.
+bool outranks(const rtp::heads::HeadProfile& p, int64_t a, int64_t b) {
+  if (p.kv_retrieval[a] != p.kv_retrieval[b]) return p.kv_retrieval[a] > p.kv_retrieval[b];
+  if (p.kv_long_range[a] != p.kv_long_range[b]) return p.kv_long_range[a] > p.kv_long_range[b];
+  return a < b;
+}
+
+// What a profile of run() holds whatever the selection rule: the model's shape, the derived calibration settings,
+// the library's scores for them, KV scores that are the max over each GQA group (--aggregation max), `n_kv` selected
+// KV heads that outrank every other, and the query heads those imply.
+void expect_profile(const rtp::heads::HeadProfile& p, int64_t window, int64_t sink, int64_t n_kv) {
+  ASSERT_EQ(p.num_layers, 3);
+  ASSERT_EQ(p.num_q_heads, 4);
+  ASSERT_EQ(p.num_kv_heads, 2);
+  const auto& s = p.settings;
+  EXPECT_EQ(s.model_dir, kModel);
+  EXPECT_EQ(s.calibration, "toy");
+  EXPECT_EQ(s.text_source, "");
+  EXPECT_EQ(s.num_sequences, 1);
+  EXPECT_EQ(s.seq_len, 64);
+  EXPECT_EQ(s.span_len, 8);
+  EXPECT_EQ(s.window, window);
+  EXPECT_EQ(s.sink, sink);
+  EXPECT_EQ(s.seed, 1234u);
+  EXPECT_EQ(s.aggregation, "max");
+  EXPECT_FALSE(s.per_query_head);
+  EXPECT_EQ(s.dtype, "float32");
+  EXPECT_EQ(s.format_version, rtp::heads::kHeadProfileFormatVersion);
+  EXPECT_EQ(s.tool_version, rtp::heads::kHeadsToolVersion);
+
+  const auto lib = library_scores(window, sink);
+  ASSERT_EQ(p.retrieval.size(), 12u);
+  ASSERT_EQ(lib.retrieval.size(), 12u);
+  for (size_t i = 0; i < 12; ++i) {
+    EXPECT_NEAR(p.retrieval[i], lib.retrieval[i], 1e-6) << "query head " << i;
+    EXPECT_NEAR(p.long_range[i], lib.long_range[i], 1e-6) << "query head " << i;
+    EXPECT_NEAR(p.copy[i], lib.copy[i], 1e-6) << "query head " << i;
+    EXPECT_NEAR(p.induction[i], lib.induction[i], 1e-6) << "query head " << i;
+  }
+  ASSERT_EQ(p.kv_retrieval.size(), 6u);
+  ASSERT_EQ(p.kv_long_range.size(), 6u);
+  ASSERT_EQ(p.selected_kv.size(), 6u);
+  ASSERT_EQ(p.selected_q.size(), 12u);
+  for (int64_t kv = 0; kv < 6; ++kv) {
+    EXPECT_EQ(p.kv_retrieval[kv], std::max(p.retrieval[2 * kv], p.retrieval[2 * kv + 1])) << "KV head " << kv;
+    EXPECT_EQ(p.kv_long_range[kv], std::max(p.long_range[2 * kv], p.long_range[2 * kv + 1])) << "KV head " << kv;
+  }
+  EXPECT_EQ(std::count(p.selected_kv.begin(), p.selected_kv.end(), 1), n_kv);
+  for (int64_t a = 0; a < 6; ++a)
+    for (int64_t b = 0; b < 6; ++b)
+      if (p.selected_kv[a] && !p.selected_kv[b])
+        EXPECT_TRUE(outranks(p, a, b)) << "selected KV head " << a << " (retrieval " << p.kv_retrieval[a]
+                                       << ") does not outrank unselected " << b << " (" << p.kv_retrieval[b] << ")";
+  for (int64_t q = 0; q < 12; ++q) EXPECT_EQ(p.selected_q[q], p.selected_kv[q / 2]) << "query head " << q;
+}
+
+// Defaults: window min(64 / 4, 8192) = 16, sink 4; --retrieval-fraction 0.34 keeps round(0.34 x 6) = 2 KV heads.
 TEST_F(IdentifyHeadsCli, GoodCommandLineWritesTheProfile) {
-  const auto r = run("--retrieval-fraction 0.34 --window 16");
+  const auto r = run("--retrieval-fraction 0.34");
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_TRUE(rtp::file_exists(dir_ + "/h.h5"));
   EXPECT_TRUE(rtp::file_exists(dir_ + "/h.svg"));
+  const auto p = rtp::heads::load_head_profile(dir_ + "/h.h5");
+  EXPECT_EQ(p.settings.selection_rule, "fraction");
+  EXPECT_DOUBLE_EQ(p.settings.selection_value, 0.34);
+  EXPECT_EQ(p.settings.budget_context, 0);
+  expect_profile(p, 16, 4, 2);
+  EXPECT_NE(r.out.find("selected 2 of 6 KV heads (33.3%), 4 of 12 query heads; rule: fraction 0.34 of KV heads"),
+            std::string::npos) << r.out;
+}
+
+// One KV head's full cache costs budget_context (default: max_position_embeddings 512) x 2 (K, V) x head_dim 32 x 4
+// bytes (float32) = 128 KiB, so --kv-budget 400K (409600 bytes) holds 3 of the 6; --window and --sink reach the
+// scores.
+TEST_F(IdentifyHeadsCli, KvBudgetSelectsTheHeadsItHolds) {
+  const auto r = run("--kv-budget 400K --window 20 --sink 2");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto p = rtp::heads::load_head_profile(dir_ + "/h.h5");
+  EXPECT_EQ(p.settings.selection_rule, "kv_budget");
+  EXPECT_DOUBLE_EQ(p.settings.selection_value, 409600);
+  EXPECT_EQ(p.settings.budget_context, 512);
+  expect_profile(p, 20, 2, 3);
+  EXPECT_NE(r.out.find("selected 3 of 6 KV heads (50.0%), 6 of 12 query heads; rule: kv_budget 409600 bytes = 3 KV "
+                       "heads of 131072 bytes (512 tokens x 2 x head_dim 32 x 4 bytes)"),
+            std::string::npos) << r.out;
 }
 
 }  // namespace
