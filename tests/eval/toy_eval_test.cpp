@@ -16,6 +16,9 @@
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/headwise_config.h"
 #include "rtp/sparse/indexer_checkpoint.h"
+#include "rtp/data/toy_task.h"
+#include "rtp/train/toy_data.h"
+#include "rtp/train/recipe.h"
 
 namespace {
 
@@ -58,6 +61,59 @@ TEST(ToyEval, RandomHeadMapKeepsTheCountAndIsSeeded) {
   EXPECT_EQ(a.retrieval, b.retrieval);
   EXPECT_NE(a.retrieval, c.retrieval);
   EXPECT_EQ(a.group_size, 2);
+}
+
+// The shipped toy model through the eval, every KV head streaming (sink 4, window 96, no indexer): the dense numbers
+// are toy_accuracy's on the held-out stream's first sequences, read independently from the task file (the model
+// answers them: 100% in the default run), and the attention fraction and KV bytes equal the definition's counts.
+TEST(ToyEval, ShippedModelAllStreamingMatchesTheDefinition) {
+  const std::string base = RTP_SOURCE_DIR "/data/toy-model";
+  const std::string out = scratch("toy-streaming"), eval_dir = scratch("toy-streaming-eval");
+  const auto cfg = rtp::model::load_model_config(base + "/config.json");
+  const HeadMap heads = HeadMap::all_streaming(cfg.num_hidden_layers, cfg.num_key_value_heads,
+                                               cfg.num_attention_heads / cfg.num_key_value_heads);
+  rtp::sparse::SparseSettings s;
+  s.sink = 4;
+  s.window = 96;
+  rtp::sparse::export_converted({base, out, false}, heads, s, rtp::sparse::Indexer{});
+  rtp::RunContext ctx;
+  rtp::eval::ToyEvalOptions o;
+  o.model_dir = out;
+  o.samples = 4;
+  o.lengths = {1024};
+  o.out_dir = eval_dir;
+  o.quiet = true;
+  rtp::eval::run_toy_eval(o, ctx);
+  const json j = rtp::read_json_file(eval_dir + "/eval.json");
+
+  rtp::train::TrainConfig tc;
+  const json task = rtp::read_json_file(base + "/rtpurbo_toy_task.json")["train_config"];
+  for (auto it = task.begin(); it != task.end(); ++it)
+    rtp::train::train_config_registry().set(tc, it.key(), it->is_string() ? it->get<std::string>() : it->dump(), "test");
+  tc.vocab_size = cfg.vocab_size;
+  const rtp::data::ToyTask toy(rtp::train::toy_task_config(tc));
+  auto model = rtp::model::load_qwen3(base, torch::kCPU, torch::kFloat32);
+  const auto expected = rtp::data::toy_accuracy(
+      model, toy.generate_many(1024, ctx.seed, rtp::train::kEvalStream, 0, o.samples));
+  const json& dense = j["dense"]["by_length"][0];
+  EXPECT_EQ(dense["queries"].get<int64_t>(), expected.queries);
+  EXPECT_EQ(expected.queries, o.samples * tc.toy_queries);
+  EXPECT_DOUBLE_EQ(dense["accuracy"].get<double>(), expected.accuracy());
+  EXPECT_DOUBLE_EQ(dense["token_accuracy"].get<double>(), expected.token_accuracy());
+  EXPECT_GE(expected.accuracy(), 0.95);
+
+  // Key j is visible to query i iff j <= i and (j < sink or j > i - window), for every head alike.
+  double attended = 0, causal = 0;
+  for (int64_t i = 0; i < 1024; ++i)
+    for (int64_t k = 0; k <= i; ++k) {
+      causal += 1;
+      attended += (k < s.sink || k > i - s.window) ? 1 : 0;
+    }
+  EXPECT_NEAR(j["sparse"]["attention_fraction"].get<double>(), attended / causal, 1e-12);
+  // float32 caches: dense 2 x D per token per KV head; streaming min(T, sink + window) tokens.
+  const double per_token = 2.0 * cfg.head_dim * 4 * cfg.num_hidden_layers * cfg.num_key_value_heads;
+  EXPECT_DOUBLE_EQ(j["dense"]["kv_bytes"].get<double>(), 1024 * per_token);
+  EXPECT_DOUBLE_EQ(j["sparse"]["kv_bytes"].get<double>(), (s.sink + s.window) * per_token);
 }
 
 TEST(ToyEval, WritesEvalJsonAndReport) {
