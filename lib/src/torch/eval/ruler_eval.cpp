@@ -233,33 +233,30 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
             std::fprintf(stderr, "; %s %.2f, %lld tokens, prefill %.2f s, decode %.1f ms/token", mode, score,
                          static_cast<long long>(n), g.prefill_s, n > 1 ? 1e3 * g.decode_s / static_cast<double>(n - 1) : 0.0);
           };
-          if (o.dense) {
-            auto g = generate_dense(cm->model, dense_decoder, ids, s.tokens_to_generate,
-                                    o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
+          // Each model's answer: scored, logged, kept per sample, and summed into the row ("dense_..." / "sparse_...").
+          auto record = [&](const std::string& mode, const Generated& g) {
             const std::string prediction = tok.decode(g.tokens, true);
             const double score = text::ruler::score(s, prediction);
-            dense_sum += score;
-            log_sample("dense", g, score);
-            out["dense_prediction"] = prediction;
-            out["dense_score"] = score;
-            row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.prefill_s + g.decode_s;
-            row["dense_prefill_s"] = row.value("dense_prefill_s", 0.0) + g.prefill_s;
-            row["dense_decode_s"] = row.value("dense_decode_s", 0.0) + g.decode_s;
-            row["dense_generated_tokens"] = row.value("dense_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
-            row["dense_kv_bytes"] = g.kv_bytes;
+            log_sample(mode.c_str(), g, score);
+            out[mode + "_prediction"] = prediction;
+            out[mode + "_score"] = score;
+            row[mode + "_prefill_s"] = row.value(mode + "_prefill_s", 0.0) + g.prefill_s;
+            row[mode + "_decode_s"] = row.value(mode + "_decode_s", 0.0) + g.decode_s;
+            row[mode + "_generated_tokens"] =
+                row.value(mode + "_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
+            row[mode + "_kv_bytes"] = g.kv_bytes;  // the last sample's
+            return score;
+          };
+          if (o.dense) {
+            const auto g = generate_dense(cm->model, dense_decoder, ids, s.tokens_to_generate,
+                                          o.prefill_chunk > 0 ? o.prefill_chunk : ids.size(1), stop_ids, o.cuda_graphs);
+            dense_sum += record("dense", g);
+            row["dense_time_s"] = row.value("dense_time_s", 0.0) + g.prefill_s + g.decode_s;  // older reports read it
           }
           if (o.sparse) {
-            auto g = generate_sparse(*cm, sparse_decoder, ids, s.tokens_to_generate, o.prefill_chunk, stop_ids, o.cuda_graphs);
-            const std::string prediction = tok.decode(g.tokens, true);
-            const double score = text::ruler::score(s, prediction);
-            sparse_sum += score;
-            log_sample("sparse", g, score);
-            out["sparse_prediction"] = prediction;
-            out["sparse_score"] = score;
-            row["sparse_prefill_s"] = row.value("sparse_prefill_s", 0.0) + g.prefill_s;
-            row["sparse_decode_s"] = row.value("sparse_decode_s", 0.0) + g.decode_s;
-            row["sparse_generated_tokens"] = row.value("sparse_generated_tokens", int64_t{0}) + static_cast<int64_t>(g.tokens.size());
-            row["sparse_kv_bytes"] = g.kv_bytes;
+            const auto g =
+                generate_sparse(*cm, sparse_decoder, ids, s.tokens_to_generate, o.prefill_chunk, stop_ids, o.cuda_graphs);
+            sparse_sum += record("sparse", g);
             row["sparse_kv_bytes_per_layer"] = g.layer_kv_bytes;
             row["sparse_attended_fraction_per_layer"] = g.layer_fraction;
           }
