@@ -11,30 +11,16 @@
 #include "rtp/train/checkpoint.h"
 #include "rtp/train/recipe.h"
 #include "rtp/train/stages.h"
+#include "test_util.h"
 
 using namespace rtp::train;
 
 namespace {
 
-// This process's scratch root: two checkouts (or two runs) testing at once must not share out_dirs.
-const std::string& scratch_root() {
-  static const std::string root =
-      (std::filesystem::temp_directory_path() / ("rtp_pretrain_test_" + std::to_string(::getpid()))).string();
-  return root;
-}
-
-// Removes the scratch root after the last test; a failed run keeps it for inspection.
-class ScratchCleanup : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (::testing::UnitTest::GetInstance()->Passed())
-      rtp::remove_tree(scratch_root());  // not fs::remove_all: it crashes next to libtorch
-    else
-      std::cout << "pretrain_test: runs kept in " << scratch_root() << "\n";
-  }
-};
-[[maybe_unused]] ::testing::Environment* const kScratchCleanup =
-    ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+// Per process: two checkouts (or two runs) testing at once must not share it. Made known before the tests run,
+// so that its cleanup is registered with them.
+const std::string& scratch_root() { return rtp::testing::process_scratch_dir("rtp_pretrain_test"); }
+[[maybe_unused]] const std::string& kScratchAtStart = scratch_root();
 
 TrainConfig tiny(const std::string& name, std::vector<std::pair<std::string, std::string>> more = {}) {
   const std::string out = scratch_root() + "/" + name;

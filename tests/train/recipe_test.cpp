@@ -10,31 +10,17 @@
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
 #include "rtp/train/cuda_math_scope.h"
+#include "test_util.h"
 
 using namespace rtp::train;
 namespace fs = std::filesystem;
 
 namespace {
 
-// This process's scratch directory: two checkouts (or two runs) testing at once must not share recipe files.
-const std::string& scratch_dir() {
-  static const std::string dir =
-      (fs::temp_directory_path() / ("rtp_recipe_test_" + std::to_string(::getpid()))).string();
-  return dir;
-}
-
-// Removes the scratch directory after the last test; a failed run keeps it for inspection.
-class ScratchCleanup : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (::testing::UnitTest::GetInstance()->Passed())
-      rtp::remove_tree(scratch_dir());  // not fs::remove_all: it crashes next to libtorch
-    else
-      std::cout << "recipe_test: recipes kept in " << scratch_dir() << "\n";
-  }
-};
-[[maybe_unused]] ::testing::Environment* const kScratchCleanup =
-    ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+// Per process: two checkouts (or two runs) testing at once must not share it. Made known before the tests run,
+// so that its cleanup is registered with them.
+const std::string& scratch_dir() { return rtp::testing::process_scratch_dir("rtp_recipe_test"); }
+[[maybe_unused]] const std::string& kScratchAtStart = scratch_dir();
 
 std::string temp_recipe(const std::string& name, const std::string& text) {
   const std::string& dir = scratch_dir();
