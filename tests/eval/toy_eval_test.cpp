@@ -19,6 +19,7 @@
 #include "rtp/data/toy_task.h"
 #include "rtp/train/toy_data.h"
 #include "rtp/train/recipe.h"
+#include "test_util.h"
 
 namespace {
 
@@ -26,8 +27,13 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using rtp::sparse::HeadMap;
 
+// Per process (two checkouts, or two runs, testing at once must not share it), removed after a run where every
+// test passed. Made known before the tests run, so that its cleanup is registered with them.
+const std::string& scratch_root() { return rtp::testing::process_scratch_dir("rtp_toy_eval_test"); }
+[[maybe_unused]] const std::string& kScratchAtStart = scratch_root();
+
 std::string scratch(const std::string& name) {
-  const std::string d = std::string(RTP_BINARY_DIR) + "/tmp-toy-eval-test/" + name;
+  const std::string d = scratch_root() + "/" + name;
   rtp::remove_tree(d);
   fs::create_directories(fs::path(d).parent_path());
   return d;
