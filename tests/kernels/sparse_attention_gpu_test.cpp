@@ -675,6 +675,29 @@ TEST(SparseAttentionGpu, DecodeYardstickMatchesCpuReference) {
   EXPECT_GE(cuts, 20);  // the top-p < 1 runs cut (the L = 100 case forces every token)
 }
 
+// The decode kernels step from one retrieval head's index rows to the next by k_full's capacity: an index_k of
+// another capacity would be read at the wrong rows (or past its end), so the op refuses it, on the CPU too.
+TEST(SparseAttentionGpu, DecodeRefusesIndexKeysOfAnotherCapacity) {
+  torch::manual_seed(10);
+  const std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING};
+  SparseConfig c;
+  c.sink = 4;
+  c.window = 64;
+  c.top_p = 0.9f;
+  DecodeInputs in = random_decode_inputs(8, 2, 64, 300, c.sink + c.window, 2, 2.0, 250);
+  EXPECT_NO_THROW(sparse_decode(in, kinds, c));
+  for (int64_t cap : {int64_t(250), int64_t(301)}) {
+    DecodeInputs bad = in;
+    bad.index_k = torch::randn({2, cap, 16});
+    try {
+      sparse_decode(bad, kinds, c);
+      ADD_FAILURE() << "index_k of capacity " << cap << " against k_full's 300 was accepted";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("k_full's capacity (300)"), std::string::npos) << e.what();
+    }
+  }
+}
+
 namespace {
 
 // Rows of the lists for query blocks [b0, b0 + n).

@@ -238,8 +238,10 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
     RTP_CHECK(iq.dim() == 3 && iq.size(0) == nret && iq.size(1) == G && iq.size(2) == k::kIndexDim,
               "sparse_decode: index_q must be [retrieval KV heads (", nret, "), group size (", G, "), ", k::kIndexDim,
               "], found ", iq.sizes());
-    RTP_CHECK(ik.defined() && ik.dim() == 3 && ik.size(0) == nret && ik.size(1) >= in.kv_len && ik.size(2) == k::kIndexDim,
-              "sparse_decode: index_k must be [retrieval KV heads (", nret, "), capacity >= kv_len (", in.kv_len, "), ",
+    // The kernels step from one retrieval head's index rows to the next by k_full's capacity.
+    RTP_CHECK(ik.defined() && ik.dim() == 3 && ik.size(0) == nret && ik.size(1) == p.cap_full &&
+                  ik.size(2) == k::kIndexDim,
+              "sparse_decode: index_k must be [retrieval KV heads (", nret, "), k_full's capacity (", p.cap_full, "), ",
               k::kIndexDim, "], found ", ik.defined() ? ik.sizes() : torch::IntArrayRef{});
     p.index_q = iq.data_ptr(), p.index_k = ik.data_ptr();
   }
