@@ -1,5 +1,7 @@
-// `rtpurbo-eval --task toy` end to end on a tiny random toy-vocabulary model: eval.json fields, report.html
-// sections, KV accounting and the random-heads map.
+// `rtpurbo-eval --task toy` end to end: the shipped toy model with every head streaming, and a tiny random
+// toy-vocabulary model whose every reported number (dense, sparse and random-heads accuracy, attention fraction,
+// density, block-selection recall, token-level indexer recall, KV bytes) is checked against a reference computed
+// here (argmax passes, dense and through the sparse definition by loops); report.html sections; the random-heads map.
 #include "rtp/eval/toy_eval.h"
 
 #include <ftw.h>
@@ -7,8 +9,12 @@
 #include <sys/stat.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <iostream>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
@@ -45,6 +51,311 @@ rtp::sparse::Indexer random_indexer(const HeadMap& heads, int64_t head_dim, int6
   torch::NoGradGuard g;
   for (auto& [name, t] : ix.named_parameters()) t.copy_(torch::randn(t.sizes()));
   return ix;
+}
+
+// The streaming rule of sparse_attention_params.h: key j is visible to query i iff j <= i and (j < sink or
+// j > i - window), for every head alike.
+bool streaming_visible(int64_t i, int64_t j, const rtp::sparse::SparseSettings& s) {
+  return j <= i && (j < s.sink || j > i - s.window);
+}
+
+// (query, key) pairs one streaming query head attends to over T tokens, and causal pairs, counted by that rule.
+double streaming_pairs(int64_t T, const rtp::sparse::SparseSettings& s) {
+  double n = 0;
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t j = 0; j <= i; ++j) n += streaming_visible(i, j, s) ? 1 : 0;
+  return n;
+}
+double causal_pairs(int64_t T) {
+  double n = 0;
+  for (int64_t i = 0; i < T; ++i) n += static_cast<double>(i + 1);
+  return n;
+}
+
+// The toy task of a model directory, read here from its rtpurbo_toy_task.json (not through the eval's reader).
+rtp::data::ToyTask toy_task_of(const std::string& dir, int64_t vocab_size) {
+  rtp::train::TrainConfig tc;
+  const json task = rtp::read_json_file(dir + "/rtpurbo_toy_task.json")["train_config"];
+  for (auto it = task.begin(); it != task.end(); ++it)
+    rtp::train::train_config_registry().set(tc, it.key(), it->is_string() ? it->get<std::string>() : it->dump(), "test");
+  tc.vocab_size = vocab_size;
+  return rtp::data::ToyTask(rtp::train::toy_task_config(tc));
+}
+
+// The sparse forward by its definition (sparse_attention_params.h), plain loops in double, for whole sequences:
+// streaming KV heads by streaming_visible; retrieval KV heads by the prefill block lists (index vectors from the
+// raw q_proj / k_proj rows (block r * G + h for query head h of the r-th retrieval KV head, k_proj block r) on the
+// pre-RoPE q / k, one pooled query per block, L = max(max u, mean u + log n_c), softmax over the key blocks, mean
+// over the group, forced block 0 and the diagonal block, the other blocks by descending P (lower index first)
+// until their mass reaches top_p - forced mass). Counts what the eval reports: attended and causal pairs per
+// (layer, KV head) summed over query heads, and the true attention mass (causal softmax over every key) that
+// retrieval query heads keep on their visible keys, per query. Records how far every top-p decision lies from
+// flipping, so that a comparison with the float32 eval can be required to be well posed.
+class DefinitionSeam : public rtp::model::AttentionSeam {
+ public:
+  DefinitionSeam(const HeadMap& heads, const rtp::sparse::SparseSettings& st, const rtp::sparse::Indexer& ix)
+      : heads_(heads), st_(st) {
+    EXPECT_EQ(st.query_sub_blocks, 1);  // what this definition implements
+    EXPECT_EQ(st.sub_block_aggregate, "mean");
+    EXPECT_EQ(st.local_blocks, 1);
+    EXPECT_EQ(st.dense_below, 0);
+    EXPECT_FALSE(st.post_rope_indexer);
+    EXPECT_EQ(ix.dim(), st.indexer_dim);
+    for (int64_t l = 0; l < heads.num_layers; ++l) {
+      const bool has = !heads.retrieval_heads(l).empty();
+      wq_.push_back(has ? ix.q_proj(l).to(torch::kFloat64).contiguous() : torch::Tensor());
+      wk_.push_back(has ? ix.k_proj(l).to(torch::kFloat64).contiguous() : torch::Tensor());
+    }
+    attended.assign(heads.num_layers, std::vector<double>(heads.num_kv_heads, 0.0));
+    causal = attended;
+  }
+
+  std::vector<std::vector<double>> attended, causal;  // [layer][KV head], summed over its query heads
+  double mass_kept = 0, mass_terms = 0;                // retrieval query heads: sum over queries, and their number
+  double margin = 1e300;                               // min over top-p decisions of the distance from flipping
+  int64_t dropped_blocks = 0, kept_unforced_blocks = 0;
+
+  double sum(const std::vector<std::vector<double>>& a) const {
+    double n = 0;
+    for (const auto& row : a)
+      for (double x : row) n += x;
+    return n;
+  }
+
+  torch::Tensor attend(const rtp::model::LayerAttentionInputs& in) override {
+    std::vector<torch::Tensor> outs;
+    for (int64_t b = 0; b < in.q.size(0); ++b) outs.push_back(attend_one(in, b));
+    return torch::stack(outs, 0).to(in.q.dtype());
+  }
+
+ private:
+  torch::Tensor attend_one(const rtp::model::LayerAttentionInputs& in, int64_t b) {
+    const int64_t l = in.layer, Hq = in.q.size(1), Hkv = in.k.size(1), T = in.q.size(2), D = in.q.size(3);
+    const int64_t G = Hq / Hkv;
+    const auto q = in.q[b].to(torch::kFloat64).contiguous(), k = in.k[b].to(torch::kFloat64).contiguous();
+    const auto v = in.v[b].to(torch::kFloat64).contiguous();
+    const auto qp = in.q_pre_rope[b].to(torch::kFloat64).contiguous();
+    const auto kp = in.k_pre_rope[b].to(torch::kFloat64).contiguous();
+    const auto Q = q.accessor<double, 3>(), K = k.accessor<double, 3>(), V = v.accessor<double, 3>();
+    auto out = torch::zeros({Hq, T, D}, torch::kFloat64);
+    auto O = out.accessor<double, 3>();
+    int64_t r = 0;
+    for (int64_t g = 0; g < Hkv; ++g) {
+      const bool ret = heads_.is_retrieval(l, g);
+      std::vector<std::vector<char>> vis(T, std::vector<char>(T, 0));  // vis[i][j]
+      if (ret) {
+        block_visibility(l, r++, g, G, T, D, qp.accessor<double, 3>(), kp.accessor<double, 3>(), vis);
+      } else {
+        for (int64_t i = 0; i < T; ++i)
+          for (int64_t j = 0; j < T; ++j) vis[i][j] = streaming_visible(i, j, st_);
+      }
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t j = 0; j <= i; ++j) attended[l][g] += vis[i][j] ? G : 0;
+      causal[l][g] += static_cast<double>(G) * causal_pairs(T);
+      for (int64_t h = g * G; h < (g + 1) * G; ++h)
+        for (int64_t i = 0; i < T; ++i) {
+          std::vector<double> s(i + 1);
+          double mx = -1e300;
+          for (int64_t j = 0; j <= i; ++j) {
+            double d = 0;
+            for (int64_t e = 0; e < D; ++e) d += Q[h][i][e] * K[g][j][e];
+            s[j] = d * in.scale;
+            mx = std::max(mx, s[j]);
+          }
+          double z_all = 0, z_vis = 0;
+          std::vector<double> acc(D, 0.0);
+          for (int64_t j = 0; j <= i; ++j) {
+            const double w = std::exp(s[j] - mx);
+            z_all += w;
+            if (!vis[i][j]) continue;
+            z_vis += w;
+            for (int64_t e = 0; e < D; ++e) acc[e] += w * V[g][j][e];
+          }
+          for (int64_t e = 0; e < D; ++e) O[h][i][e] = acc[e] / z_vis;
+          if (ret) {
+            mass_kept += z_vis / z_all;
+            mass_terms += 1;
+          }
+        }
+    }
+    return out;
+  }
+
+  template <typename A>
+  void block_visibility(int64_t l, int64_t r, int64_t g, int64_t G, int64_t T, int64_t D, const A& QP, const A& KP,
+                        std::vector<std::vector<char>>& vis) {
+    const int64_t I = st_.indexer_dim, B = st_.block_size;
+    const auto WQ = wq_[l].accessor<double, 2>(), WK = wk_[l].accessor<double, 2>();
+    std::vector<std::vector<std::vector<double>>> iq(G, std::vector<std::vector<double>>(T, std::vector<double>(I, 0.0)));
+    std::vector<std::vector<double>> ik(T, std::vector<double>(I, 0.0));
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t e = 0; e < I; ++e) {
+        for (int64_t h = 0; h < G; ++h)
+          for (int64_t d = 0; d < D; ++d) iq[h][i][e] += WQ[(r * G + h) * I + e][d] * QP[g * G + h][i][d];
+        for (int64_t d = 0; d < D; ++d) ik[i][e] += WK[r * I + e][d] * KP[g][i][d];
+      }
+    const int64_t nb = (T + B - 1) / B;
+    for (int64_t qb = 0; qb < nb; ++qb) {
+      const int64_t q0 = qb * B, q1 = std::min(T, q0 + B);
+      std::vector<double> prob(qb + 1, 0.0);
+      for (int64_t h = 0; h < G; ++h) {
+        std::vector<double> qbar(I, 0.0);
+        for (int64_t i = q0; i < q1; ++i)
+          for (int64_t e = 0; e < I; ++e) qbar[e] += iq[h][i][e] / double(q1 - q0);
+        std::vector<double> L(qb + 1);
+        for (int64_t c = 0; c <= qb; ++c) {
+          const int64_t j0 = c * B, j1 = std::min(T, j0 + B);
+          double mx = -1e300, mean = 0;
+          for (int64_t j = j0; j < j1; ++j) {
+            double u = 0;
+            for (int64_t e = 0; e < I; ++e) u += qbar[e] * ik[j][e];
+            u /= std::sqrt(double(I));
+            mx = std::max(mx, u);
+            mean += u / double(j1 - j0);
+          }
+          L[c] = std::max(mx, mean + std::log(double(j1 - j0)));
+        }
+        const double top = *std::max_element(L.begin(), L.end());
+        double z = 0;
+        for (double x : L) z += std::exp(x - top);
+        for (int64_t c = 0; c <= qb; ++c) prob[c] += std::exp(L[c] - top) / z / double(G);
+      }
+      std::vector<char> keep(qb + 1, 0);
+      double m = st_.top_p;
+      for (int64_t c = 0; c <= qb; ++c)
+        if (c == 0 || c == qb) keep[c] = 1, m -= prob[c];
+      std::vector<int64_t> order;
+      for (int64_t c = 0; c <= qb; ++c)
+        if (!keep[c]) order.push_back(c);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return prob[a] > prob[c]; });
+      if (!order.empty()) margin = std::min(margin, std::fabs(m));
+      if (m > 0) {
+        double acc = 0;
+        size_t n = 0;
+        for (; n < order.size() && acc < m; ++n) keep[order[n]] = 1, acc += prob[order[n]];
+        if (acc >= m) margin = std::min({margin, acc - m, m - (acc - prob[order[n - 1]])});
+        if (n < order.size()) margin = std::min(margin, prob[order[n - 1]] - prob[order[n]]);
+      }
+      for (int64_t c = 1; c < qb; ++c) (keep[c] ? kept_unforced_blocks : dropped_blocks) += 1;
+      for (int64_t i = q0; i < q1; ++i)
+        for (int64_t j = 0; j <= i; ++j) vis[i][j] = keep[j / B];
+    }
+  }
+
+  HeadMap heads_;
+  rtp::sparse::SparseSettings st_;
+  std::vector<torch::Tensor> wq_, wk_;
+};
+
+// Teacher-forced exact match by a plain argmax pass over the answer positions (ToySample::answer_positions,
+// value_len per query in query order), one sequence at a time, through `seam` (nullptr: dense). `gap` gets the
+// smallest distance between the best and second-best logit at an answer position (an argmax within rounding of
+// changing would make a comparison with the eval's run ill posed).
+rtp::data::ToyAccuracy argmax_accuracy(rtp::model::Qwen3Model& model, const std::vector<rtp::data::ToySample>& samples,
+                                       int64_t value_len, rtp::model::AttentionSeam* seam, double* gap) {
+  torch::NoGradGuard g;
+  rtp::model::ForwardOptions fo;
+  fo.attention = seam;
+  rtp::data::ToyAccuracy a;
+  for (const auto& smp : samples) {
+    const auto logits = model.forward(torch::tensor(smp.ids, torch::kInt64).unsqueeze(0), fo)[0].to(torch::kFloat64);
+    const auto Lg = logits.accessor<double, 2>();
+    const int64_t V = logits.size(1), n = static_cast<int64_t>(smp.answer_positions.size());
+    EXPECT_EQ(n, static_cast<int64_t>(smp.queries.size()) * value_len);
+    for (int64_t q = 0; q < n / value_len; ++q) {
+      bool all = true;
+      for (int64_t t = 0; t < value_len; ++t) {
+        const int64_t p = smp.answer_positions[q * value_len + t];
+        int64_t best = 0;
+        for (int64_t c = 1; c < V; ++c)
+          if (Lg[p][c] > Lg[p][best]) best = c;
+        double second = -1e300;
+        for (int64_t c = 0; c < V; ++c)
+          if (c != best) second = std::max(second, Lg[p][c]);
+        *gap = std::min(*gap, Lg[p][best] - second);
+        const bool ok = best == smp.ids[p + 1];
+        a.correct_tokens += ok;
+        a.answer_tokens += 1;
+        all = all && ok;
+      }
+      a.queries += 1;
+      a.correct += all;
+    }
+  }
+  return a;
+}
+
+// The indexer's token-level recall by loops in double (the eval's indexer_token_recall, from its definition): over
+// a dense forward of each sample, for every retrieval query head and query i >= first_query, the index
+// probabilities softmax_j<=i(index_q . index_k / sqrt(dim)), the smallest set of keys taken by descending index
+// probability whose mass reaches top_p, and the true attention mass (causal softmax of q . k * scale) on it; the
+// mean over (sample, head, query). `margin`: how far the nearest cut lies from top_p.
+double token_recall_by_loops(rtp::model::Qwen3Model& model, const std::vector<rtp::data::ToySample>& samples,
+                             const rtp::sparse::Indexer& ix, bool post_rope, double top_p, int64_t first_query,
+                             double* margin) {
+  const HeadMap& heads = ix.heads();
+  const int64_t G = heads.group_size, I = ix.dim();
+  double sum = 0, terms = 0;
+  rtp::model::ForwardOptions fo;
+  fo.observer = [&](const rtp::model::LayerAttentionInputs& in) {
+    const auto ret = heads.retrieval_heads(in.layer);
+    if (ret.empty()) return;
+    const int64_t T = in.q.size(2), D = in.q.size(3);
+    const auto q = in.q[0].to(torch::kFloat64).contiguous(), k = in.k[0].to(torch::kFloat64).contiguous();
+    const auto qi = (post_rope ? in.q : in.q_pre_rope)[0].to(torch::kFloat64).contiguous();
+    const auto ki = (post_rope ? in.k : in.k_pre_rope)[0].to(torch::kFloat64).contiguous();
+    const auto wq = ix.q_proj(in.layer).to(torch::kFloat64).contiguous();
+    const auto wk = ix.k_proj(in.layer).to(torch::kFloat64).contiguous();
+    const auto Q = q.accessor<double, 3>(), K = k.accessor<double, 3>(), QI = qi.accessor<double, 3>(),
+               KI = ki.accessor<double, 3>();
+    const auto WQ = wq.accessor<double, 2>(), WK = wk.accessor<double, 2>();
+    for (size_t r = 0; r < ret.size(); ++r) {
+      const int64_t g = ret[r];
+      std::vector<std::vector<double>> ikv(T, std::vector<double>(I, 0.0));
+      for (int64_t j = 0; j < T; ++j)
+        for (int64_t e = 0; e < I; ++e)
+          for (int64_t d = 0; d < D; ++d) ikv[j][e] += WK[r * I + e][d] * KI[g][j][d];
+      for (int64_t h = 0; h < G; ++h) {
+        const int64_t qh = g * G + h;
+        for (int64_t i = first_query; i < T; ++i) {
+          std::vector<double> iqv(I, 0.0);
+          for (int64_t e = 0; e < I; ++e)
+            for (int64_t d = 0; d < D; ++d) iqv[e] += WQ[(r * G + h) * I + e][d] * QI[qh][i][d];
+          std::vector<double> s(i + 1), t(i + 1);
+          for (int64_t j = 0; j <= i; ++j) {
+            double a = 0, c = 0;
+            for (int64_t e = 0; e < I; ++e) a += iqv[e] * ikv[j][e];
+            for (int64_t d = 0; d < D; ++d) c += Q[qh][i][d] * K[g][j][d];
+            s[j] = a / std::sqrt(double(I));
+            t[j] = c * in.scale;
+          }
+          auto softmax = [](std::vector<double>& x) {
+            const double mx = *std::max_element(x.begin(), x.end());
+            double z = 0;
+            for (double& y : x) z += (y = std::exp(y - mx));
+            for (double& y : x) y /= z;
+          };
+          softmax(s);
+          softmax(t);
+          std::vector<int64_t> order(i + 1);
+          for (int64_t j = 0; j <= i; ++j) order[j] = j;
+          std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return s[a] > s[c]; });
+          double before = 0, kept = 0;
+          for (int64_t j : order) {
+            *margin = std::min(*margin, std::fabs(before - top_p));
+            if (before >= top_p) break;
+            kept += t[j];
+            before += s[j];
+          }
+          sum += kept;
+          terms += 1;
+        }
+      }
+    }
+  };
+  torch::NoGradGuard g;
+  for (const auto& smp : samples) model.forward(torch::tensor(smp.ids, torch::kInt64).unsqueeze(0), fo);
+  return terms > 0 ? sum / terms : 0;
 }
 
 TEST(ToyEval, KvBytesCountRetrievalIndexKeysAndBoundedStreamingCaches) {
@@ -92,30 +403,19 @@ TEST(ToyEval, ShippedModelAllStreamingMatchesTheDefinition) {
   rtp::eval::run_toy_eval(o, ctx);
   const json j = rtp::read_json_file(eval_dir + "/eval.json");
 
-  rtp::train::TrainConfig tc;
-  const json task = rtp::read_json_file(base + "/rtpurbo_toy_task.json")["train_config"];
-  for (auto it = task.begin(); it != task.end(); ++it)
-    rtp::train::train_config_registry().set(tc, it.key(), it->is_string() ? it->get<std::string>() : it->dump(), "test");
-  tc.vocab_size = cfg.vocab_size;
-  const rtp::data::ToyTask toy(rtp::train::toy_task_config(tc));
+  const rtp::data::ToyTask toy = toy_task_of(base, cfg.vocab_size);
   auto model = rtp::model::load_qwen3(base, torch::kCPU, torch::kFloat32);
   const auto expected = rtp::data::toy_accuracy(
       model, toy.generate_many(1024, ctx.seed, rtp::train::kEvalStream, 0, o.samples));
   const json& dense = j["dense"]["by_length"][0];
   EXPECT_EQ(dense["queries"].get<int64_t>(), expected.queries);
-  EXPECT_EQ(expected.queries, o.samples * tc.toy_queries);
+  EXPECT_EQ(expected.queries, o.samples * toy.config().num_queries);
   EXPECT_DOUBLE_EQ(dense["accuracy"].get<double>(), expected.accuracy());
   EXPECT_DOUBLE_EQ(dense["token_accuracy"].get<double>(), expected.token_accuracy());
   EXPECT_GE(expected.accuracy(), 0.95);
 
-  // Key j is visible to query i iff j <= i and (j < sink or j > i - window), for every head alike.
-  double attended = 0, causal = 0;
-  for (int64_t i = 0; i < 1024; ++i)
-    for (int64_t k = 0; k <= i; ++k) {
-      causal += 1;
-      attended += (k < s.sink || k > i - s.window) ? 1 : 0;
-    }
-  EXPECT_NEAR(j["sparse"]["attention_fraction"].get<double>(), attended / causal, 1e-12);
+  // Every head is streaming: the fraction is one head's.
+  EXPECT_NEAR(j["sparse"]["attention_fraction"].get<double>(), streaming_pairs(1024, s) / causal_pairs(1024), 1e-12);
   // float32 caches: dense 2 x D per token per KV head; streaming min(T, sink + window) tokens.
   const double per_token = 2.0 * cfg.head_dim * 4 * cfg.num_hidden_layers * cfg.num_key_value_heads;
   EXPECT_DOUBLE_EQ(j["dense"]["kv_bytes"].get<double>(), 1024 * per_token);
@@ -147,16 +447,20 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
   s.window = 16;
   s.block_size = 64;  // the selection kernels take 64 or 128
   s.indexer_dim = 16;
+  s.top_p = 0.7;  // drops the optional block of one of the two sequences at 192 (for both head maps)
   rtp::sparse::RtpurboManifest prov;
   prov.heads_source = base + "/heads.h5";
   rtp::write_file_atomic(base + "/heads.svg", "<?xml version=\"1.0\"?><svg id=\"identify-heads-picture\"></svg>");
-  rtp::sparse::export_converted({base, out, false}, prov, heads, s, random_indexer(heads, 16, 16, 1));
+  const rtp::sparse::Indexer ix = random_indexer(heads, 16, 16, 1);
+  rtp::sparse::export_converted({base, out, false}, prov, heads, s, ix);
   EXPECT_TRUE(fs::exists(out + "/rtpurbo_toy_task.json"));  // carried along for evaluation
 
   // random-heads baseline indexer
-  const HeadMap rnd = rtp::eval::random_head_map(heads, 3);
+  const HeadMap rnd = rtp::eval::random_head_map(heads, 1);  // layer 0 KV head 0 (seed 3 drew the identified head)
+  ASSERT_NE(rnd.retrieval, heads.retrieval);
   const std::string rck = scratch("random") + ".safetensors";
-  rtp::sparse::save_indexer_checkpoint(rck, random_indexer(rnd, 16, 16, 2), s);
+  const rtp::sparse::Indexer rix = random_indexer(rnd, 16, 16, 2);
+  rtp::sparse::save_indexer_checkpoint(rck, rix, s);
 
   rtp::RunContext ctx;
   rtp::eval::ToyEvalOptions o;
@@ -169,23 +473,95 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
   auto r = rtp::eval::run_toy_eval(o, ctx);
   ASSERT_EQ(r.by_length.size(), 2u);
   const json j = rtp::read_json_file(eval_dir + "/eval.json");
-  for (const char* k : {"accuracy", "kv_bytes"}) EXPECT_TRUE(j["dense"].contains(k)) << k;
-  for (const char* k : {"accuracy", "attention_fraction", "indexer_recall", "kv_bytes", "density", "by_length"})
-    EXPECT_TRUE(j["sparse"].contains(k)) << k;
-  EXPECT_TRUE(j["random_heads"].is_object());
-  EXPECT_TRUE(j["random_heads"].contains("accuracy"));
   EXPECT_EQ(j["lengths"], json({128, 192}));
-  EXPECT_EQ(j["sparse"]["by_length"].size(), 2u);
-  const double frac = j["sparse"]["attention_fraction"].get<double>();
-  EXPECT_GT(frac, 0.0);
-  EXPECT_LT(frac, 1.0);  // streaming heads with window 16 at length 128+ attend far less than dense
-  const double recall = j["sparse"]["indexer_recall"].get<double>();
-  EXPECT_GT(recall, 0.0);
-  EXPECT_LE(recall, 1.0 + 1e-9);
-  EXPECT_LT(j["sparse"]["kv_bytes"].get<double>(), j["dense"]["kv_bytes"].get<double>());
-  EXPECT_EQ(j["sparse"]["density"].size(), 2u);
-  const auto& hw = j["sparse"]["density"];
-  EXPECT_LT(hw[0][0].get<double>(), 1.0);                              // a streaming head
+  ASSERT_EQ(j["dense"]["by_length"].size(), 2u);
+  ASSERT_EQ(j["sparse"]["by_length"].size(), 2u);
+  ASSERT_TRUE(j["random_heads"].is_object());
+  ASSERT_EQ(j["random_heads"]["by_length"].size(), 2u);
+  EXPECT_EQ(j["random_heads"]["head_map"], rtp::sparse::head_map_to_json(rnd));
+
+  // The reference, computed here: the held-out samples from the task file, the model in memory (not the exported
+  // one), argmax passes dense and through DefinitionSeam (the identified heads with their indexer, the random heads
+  // with theirs), and the KV bytes of float32 caches: K and V of head_dim per token per KV head, retrieval KV heads
+  // T tokens plus T index keys of indexer_dim, streaming ones min(T, sink + window) tokens, dense T for every head.
+  const rtp::data::ToyTask toy = toy_task_of(base, c.vocab_size);
+  const int64_t value_len = toy.config().value_len;
+  double gap = 1e300;
+  rtp::data::ToyAccuracy dense_all, sparse_all, random_all;
+  double att = 0, caus = 0, kept = 0, kept_n = 0, r_att = 0, r_caus = 0, r_kept = 0, r_kept_n = 0, margin = 1e300;
+  int64_t dropped = 0, kept_unforced = 0;
+  auto pool = [](rtp::data::ToyAccuracy& all, const rtp::data::ToyAccuracy& a) {
+    all.queries += a.queries, all.correct += a.correct;
+    all.answer_tokens += a.answer_tokens, all.correct_tokens += a.correct_tokens;
+  };
+  auto expect_accuracy = [](const json& e, const rtp::data::ToyAccuracy& a, const std::string& what) {
+    EXPECT_DOUBLE_EQ(e["accuracy"].get<double>(), a.accuracy()) << what;
+    EXPECT_DOUBLE_EQ(e["token_accuracy"].get<double>(), a.token_accuracy()) << what;
+  };
+  const double per_token = 2.0 * c.head_dim * 4;
+  for (size_t n = 0; n < o.lengths.size(); ++n) {
+    const int64_t T = o.lengths[n];
+    const std::string at = "length " + std::to_string(T);
+    const auto samples = toy.generate_many(T, ctx.seed, rtp::train::kEvalStream, 0, o.samples);
+    DefinitionSeam sp(heads, s, ix), rs(rnd, s, rix);
+    const auto dense = argmax_accuracy(m, samples, value_len, nullptr, &gap);
+    const auto sparse = argmax_accuracy(m, samples, value_len, &sp, &gap);
+    const auto random = argmax_accuracy(m, samples, value_len, &rs, &gap);
+    const json &dj = j["dense"]["by_length"][n], &sj = j["sparse"]["by_length"][n],
+               &rj = j["random_heads"]["by_length"][n];
+    EXPECT_EQ(dj["length"].get<int64_t>(), T);
+    EXPECT_EQ(dense.queries, o.samples * toy.config().num_queries) << at;
+    EXPECT_EQ(dj["queries"].get<int64_t>(), dense.queries) << at;
+    EXPECT_EQ(sj["queries"].get<int64_t>(), sparse.queries) << at;
+    expect_accuracy(dj, dense, "dense, " + at);
+    expect_accuracy(sj, sparse, "sparse, " + at);
+    expect_accuracy(rj, random, "random heads, " + at);
+    EXPECT_NEAR(sj["attention_fraction"].get<double>(), sp.sum(sp.attended) / sp.sum(sp.causal), 1e-12) << at;
+    EXPECT_NEAR(rj["attention_fraction"].get<double>(), rs.sum(rs.attended) / rs.sum(rs.causal), 1e-12) << at;
+    EXPECT_NEAR(sj["indexer_recall"].get<double>(), sp.mass_kept / sp.mass_terms, 1e-6) << at;
+    EXPECT_NEAR(rj["indexer_recall"].get<double>(), rs.mass_kept / rs.mass_terms, 1e-6) << at;
+    const double dense_kv = 2.0 * 2 * T * per_token;  // 2 layers x 2 KV heads
+    const double sparse_kv = T * per_token + T * s.indexer_dim * 4.0 + 3 * std::min<int64_t>(T, s.sink + s.window) * per_token;
+    EXPECT_DOUBLE_EQ(sj["kv_bytes"].get<double>(), sparse_kv) << at;
+    EXPECT_DOUBLE_EQ(sj["dense_kv_bytes"].get<double>(), dense_kv) << at;
+    if (n + 1 == o.lengths.size()) {
+      EXPECT_DOUBLE_EQ(j["sparse"]["kv_bytes"].get<double>(), sparse_kv);
+      EXPECT_DOUBLE_EQ(j["dense"]["kv_bytes"].get<double>(), dense_kv);
+      EXPECT_DOUBLE_EQ(j["sparse"]["dense_kv_bytes"].get<double>(), dense_kv);
+      for (int64_t l = 0; l < 2; ++l)
+        for (int64_t g = 0; g < 2; ++g)
+          EXPECT_NEAR(j["sparse"]["density"][l][g].get<double>(), sp.attended[l][g] / sp.causal[l][g], 1e-12)
+              << "layer " << l << " KV head " << g;
+    }
+    pool(dense_all, dense);
+    pool(sparse_all, sparse);
+    pool(random_all, random);
+    att += sp.sum(sp.attended), caus += sp.sum(sp.causal), kept += sp.mass_kept, kept_n += sp.mass_terms;
+    r_att += rs.sum(rs.attended), r_caus += rs.sum(rs.causal), r_kept += rs.mass_kept, r_kept_n += rs.mass_terms;
+    margin = std::min({margin, sp.margin, rs.margin});
+    dropped += sp.dropped_blocks + rs.dropped_blocks;
+    kept_unforced += sp.kept_unforced_blocks + rs.kept_unforced_blocks;
+    std::cout << at << ": dense " << dense.correct << "/" << dense.queries << " queries, " << dense.correct_tokens
+              << "/" << dense.answer_tokens << " tokens; sparse " << sparse.correct << ", " << sparse.correct_tokens
+              << "; random heads " << random.correct << ", " << random.correct_tokens << "; blocks dropped "
+              << sp.dropped_blocks << " / " << rs.dropped_blocks << "\n";
+  }
+  // pooled over the lengths: queries for accuracy, pairs for the fraction, queries for the recall
+  expect_accuracy(j["dense"], dense_all, "dense");
+  expect_accuracy(j["sparse"], sparse_all, "sparse");
+  expect_accuracy(j["random_heads"], random_all, "random heads");
+  EXPECT_NEAR(j["sparse"]["attention_fraction"].get<double>(), att / caus, 1e-12);
+  EXPECT_NEAR(j["random_heads"]["attention_fraction"].get<double>(), r_att / r_caus, 1e-12);
+  EXPECT_NEAR(j["sparse"]["indexer_recall"].get<double>(), kept / kept_n, 1e-6);
+  EXPECT_NEAR(j["random_heads"]["indexer_recall"].get<double>(), r_kept / r_kept_n, 1e-6);
+  // Well posed: no argmax and no top-p decision lies within the float32 eval's rounding of changing (seed 5, top-p
+  // 0.7: smallest logit gap 3e-3, block mass margin 6e-2) ...
+  EXPECT_GT(gap, 1e-4);
+  EXPECT_GT(margin, 1e-4);
+  // ... and the selection decides: an optional block is dropped in some lists and kept in others.
+  EXPECT_GT(dropped, 0);
+  EXPECT_GT(kept_unforced, 0);
+  std::cout << "smallest logit gap " << gap << ", top-p margin " << margin << "\n";
 
   const std::string html = rtp::read_text_file(eval_dir + "/report.html");
   for (const char* id : {"id=\"summary\"", "id=\"heads\"", "id=\"density\"", "id=\"accuracy\""})
@@ -200,10 +576,16 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
   EXPECT_TRUE(j2["random_heads"].is_null());
   EXPECT_NE(j2["random_heads_note"].get<std::string>().find("omitted"), std::string::npos);
 
-  // the token-level recall is reported, in [0, 1], for the random indexer
-  const double tok = j2["sparse"]["indexer_token_recall"].get<double>();
-  EXPECT_GE(tok, 0.0);
-  EXPECT_LE(tok, 1.0 + 1e-9);
+  // The token-level recall of the random indexer at the longest length: the definition's by loops (queries from
+  // block_size on, up to 16 held-out sequences).
+  const auto longest = toy.generate_many(o.lengths.back(), ctx.seed, rtp::train::kEvalStream, 0, o.samples);
+  double tok_margin = 1e300;
+  const double tok = token_recall_by_loops(m, longest, ix, false, 0.9, s.block_size, &tok_margin);
+  EXPECT_NEAR(j2["sparse"]["indexer_token_recall"].get<double>(), tok, 1e-6);
+  // Well posed: no row's cut lies within the float32 eval's rounding of top-p (its cumulative index mass is within
+  // 2e-6 of the double one here: index scores of tens; the nearest cut is 2.4e-5 away).
+  EXPECT_GT(tok_margin, 1e-5);
+  std::cout << "random indexer: token recall " << tok << ", top-p margin " << tok_margin << "\n";
   EXPECT_EQ(j2["sparse"]["indexer_token_recall_top_p"].get<double>(), 0.9);
 
   // An indexer that reproduces the teacher's logits exactly (post-RoPE, identity projections, dim = head_dim, so
@@ -232,6 +614,10 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
       EXPECT_GE(re.token_recall, p - 1e-5) << "top-p " << p;
       EXPECT_LE(re.token_recall, 1.0 + 1e-6);
       EXPECT_LT(re.token_recall, p + 0.25) << "top-p " << p << ": a set barely over p must not hold nearly all mass";
+      double exact_margin = 1e300;
+      EXPECT_NEAR(re.token_recall, token_recall_by_loops(m, longest, exact, true, p, s.block_size, &exact_margin), 1e-6)
+          << "top-p " << p;
+      EXPECT_GT(exact_margin, 1e-6) << "top-p " << p;  // float32 cumulative mass within 1.5e-7 here; cuts 1.6e-6 away
     }
   }
 
