@@ -675,27 +675,40 @@ TEST(SparseAttentionGpu, DecodeYardstickMatchesCpuReference) {
   EXPECT_GE(cuts, 20);  // the top-p < 1 runs cut (the L = 100 case forces every token)
 }
 
-// The decode kernels step from one retrieval head's index rows to the next by k_full's capacity: an index_k of
-// another capacity would be read at the wrong rows (or past its end), so the op refuses it, on the CPU too.
-TEST(SparseAttentionGpu, DecodeRefusesIndexKeysOfAnotherCapacity) {
+// The decode kernels index the caches by the head kinds and step from one retrieval head's index rows to the next
+// by k_full's capacity: caches with other head counts or head_dim, or an index_k of another capacity, would be read
+// at the wrong rows or past their end, so the op refuses them (on the CPU too), naming what it expected.
+TEST(SparseAttentionGpu, DecodeRefusesCachesOfTheWrongShape) {
   torch::manual_seed(10);
   const std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING};
   SparseConfig c;
   c.sink = 4;
   c.window = 64;
   c.top_p = 0.9f;
-  DecodeInputs in = random_decode_inputs(8, 2, 64, 300, c.sink + c.window, 2, 2.0, 250);
+  const DecodeInputs in = random_decode_inputs(8, 2, 64, 300, c.sink + c.window, 2, 2.0, 250);
   EXPECT_NO_THROW(sparse_decode(in, kinds, c));
+  auto expect_refused = [&](const DecodeInputs& bad, const std::string& expected, const std::string& what) {
+    try {
+      sparse_decode(bad, kinds, c);
+      ADD_FAILURE() << what << " was accepted";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << what << ": " << e.what();
+    }
+  };
   for (int64_t cap : {int64_t(250), int64_t(301)}) {
     DecodeInputs bad = in;
     bad.index_k = torch::randn({2, cap, 16});
-    try {
-      sparse_decode(bad, kinds, c);
-      ADD_FAILURE() << "index_k of capacity " << cap << " against k_full's 300 was accepted";
-    } catch (const std::exception& e) {
-      EXPECT_NE(std::string(e.what()).find("k_full's capacity (300)"), std::string::npos) << e.what();
-    }
+    expect_refused(bad, "k_full's capacity (300)", "index_k of capacity " + std::to_string(cap));
   }
+  DecodeInputs one_full = in;
+  one_full.k_full = in.k_full.narrow(0, 0, 1).contiguous(), one_full.v_full = in.v_full.narrow(0, 0, 1).contiguous();
+  expect_refused(one_full, "dense and retrieval KV heads (2)", "k_full of 1 head for 2 retrieval heads");
+  DecodeInputs three_rings = in;
+  three_rings.k_ring = torch::cat({in.k_ring, in.k_ring.narrow(0, 0, 1)}), three_rings.v_ring = three_rings.k_ring;
+  expect_refused(three_rings, "streaming KV heads (2)", "ring caches of 3 heads for 2 streaming heads");
+  DecodeInputs wide = in;
+  wide.k_full = torch::randn({2, 300, 128}), wide.v_full = wide.k_full;
+  expect_refused(wide, "head_dim (64)", "k_full of head_dim 128 for q of 64");
 }
 
 namespace {

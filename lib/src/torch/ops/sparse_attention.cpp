@@ -205,6 +205,8 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
             in.out.sizes());
   torch::Tensor o = out_in_place ? in.out : torch::empty_like(q);
   const int nret = int(std::count(kinds.begin(), kinds.end(), k::HeadKind::RETRIEVAL));
+  const int nstr = int(std::count(kinds.begin(), kinds.end(), k::HeadKind::STREAMING));
+  const int nfull = int(kinds.size()) - nstr;
   torch::Tensor sel;
   if (in.selected.defined()) {
     RTP_CHECK(in.selected.scalar_type() == torch::kInt32 && in.selected.device() == q.device() &&
@@ -223,12 +225,16 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
   p.o = o.data_ptr();
   p.dtype = cuda ? k::DType::BF16 : k::DType::F32;
   if (kf.defined()) {
-    RTP_CHECK(kf.dim() == 3 && vf.sizes() == kf.sizes(), "sparse_decode: k_full/v_full must be [Hfull, cap, D]");
+    RTP_CHECK(kf.dim() == 3 && vf.sizes() == kf.sizes() && kf.size(0) == nfull && kf.size(2) == q.size(1),
+              "sparse_decode: k_full/v_full must be [dense and retrieval KV heads (", nfull, "), capacity, head_dim (",
+              q.size(1), ")], found ", kf.sizes(), " and ", vf.sizes());
     p.k_full = kf.data_ptr(), p.v_full = vf.data_ptr(), p.cap_full = kf.size(1);
   }
   if (kr.defined()) {
-    RTP_CHECK(kr.dim() == 3 && vr.sizes() == kr.sizes() && kr.size(1) == cfg.sink + cfg.window,
-              "sparse_decode: k_ring/v_ring must be [Hstr, sink + window, D]");
+    RTP_CHECK(kr.dim() == 3 && vr.sizes() == kr.sizes() && kr.size(0) == nstr && kr.size(1) == cfg.sink + cfg.window &&
+                  kr.size(2) == q.size(1),
+              "sparse_decode: k_ring/v_ring must be [streaming KV heads (", nstr, "), sink + window (",
+              cfg.sink + cfg.window, "), head_dim (", q.size(1), ")], found ", kr.sizes(), " and ", vr.sizes());
     p.k_ring = kr.data_ptr(), p.v_ring = vr.data_ptr();
   }
   if (iq.defined()) {
