@@ -25,6 +25,7 @@
 #include "rtp/data/toy_task.h"
 #include "rtp/train/toy_data.h"
 #include "rtp/train/recipe.h"
+#include "sparse/sparse_definition.h"
 #include "test_util.h"
 
 namespace {
@@ -53,17 +54,11 @@ rtp::sparse::Indexer random_indexer(const HeadMap& heads, int64_t head_dim, int6
   return ix;
 }
 
-// The streaming rule of sparse_attention_params.h: key j is visible to query i iff j <= i and (j < sink or
-// j > i - window), for every head alike.
-bool streaming_visible(int64_t i, int64_t j, const rtp::sparse::SparseSettings& s) {
-  return j <= i && (j < s.sink || j > i - s.window);
-}
-
-// (query, key) pairs one streaming query head attends to over T tokens, and causal pairs, counted by that rule.
+// (query, key) pairs one streaming query head attends to over T tokens by the definition's rule, and causal pairs.
 double streaming_pairs(int64_t T, const rtp::sparse::SparseSettings& s) {
   double n = 0;
   for (int64_t i = 0; i < T; ++i)
-    for (int64_t j = 0; j <= i; ++j) n += streaming_visible(i, j, s) ? 1 : 0;
+    for (int64_t j = 0; j <= i; ++j) n += rtp::testing::streaming_visible(i, j, s) ? 1 : 0;
   return n;
 }
 double causal_pairs(int64_t T) {
@@ -82,20 +77,16 @@ rtp::data::ToyTask toy_task_of(const std::string& dir, int64_t vocab_size) {
   return rtp::data::ToyTask(rtp::train::toy_task_config(tc));
 }
 
-// The sparse forward by its definition (sparse_attention_params.h), plain loops in double, for whole sequences:
-// streaming KV heads by streaming_visible; retrieval KV heads by the prefill block lists (index vectors from the
-// raw q_proj / k_proj rows (block r * G + h for query head h of the r-th retrieval KV head, k_proj block r) on the
-// pre-RoPE q / k, one pooled query per block, L = max(max u, mean u + log n_c), softmax over the key blocks, mean
-// over the group, forced block 0 and the diagonal block, the other blocks by descending P (lower index first)
-// until their mass reaches top_p - forced mass). Counts what the eval reports: attended and causal pairs per
-// (layer, KV head) summed over query heads, and the true attention mass (causal softmax over every key) that
-// retrieval query heads keep on their visible keys, per query. Records how far every top-p decision lies from
-// flipping, so that a comparison with the float32 eval can be required to be well posed.
+// The sparse forward by its definition (sparse/sparse_definition.h), for whole sequences. Counts what the eval
+// reports: attended and causal pairs per (layer, KV head) summed over query heads, and the true attention mass
+// (causal softmax over every key) that retrieval query heads keep on their visible keys, per query. Records how far
+// every top-p decision lies from flipping, so that a comparison with the float32 eval can be required to be well
+// posed.
 class DefinitionSeam : public rtp::model::AttentionSeam {
  public:
   DefinitionSeam(const HeadMap& heads, const rtp::sparse::SparseSettings& st, const rtp::sparse::Indexer& ix)
       : heads_(heads), st_(st) {
-    EXPECT_EQ(st.query_sub_blocks, 1);  // what this definition implements
+    EXPECT_EQ(st.query_sub_blocks, 1);  // what the definition covers
     EXPECT_EQ(st.sub_block_aggregate, "mean");
     EXPECT_EQ(st.local_blocks, 1);
     EXPECT_EQ(st.dense_below, 0);
@@ -142,38 +133,17 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
     int64_t r = 0;
     for (int64_t g = 0; g < Hkv; ++g) {
       const bool ret = heads_.is_retrieval(l, g);
-      std::vector<std::vector<char>> vis(T, std::vector<char>(T, 0));  // vis[i][j]
-      if (ret) {
-        block_visibility(l, r++, g, G, T, D, qp.accessor<double, 3>(), kp.accessor<double, 3>(), vis);
-      } else {
-        for (int64_t i = 0; i < T; ++i)
-          for (int64_t j = 0; j < T; ++j) vis[i][j] = streaming_visible(i, j, st_);
-      }
+      const rtp::testing::VisibilityMask vis =
+          ret ? retrieval_visibility(l, r++, g, G, T, D, qp.accessor<double, 3>(), kp.accessor<double, 3>())
+              : rtp::testing::streaming_visibility(T, st_);
       for (int64_t i = 0; i < T; ++i)
         for (int64_t j = 0; j <= i; ++j) attended[l][g] += vis[i][j] ? G : 0;
       causal[l][g] += static_cast<double>(G) * causal_pairs(T);
       for (int64_t h = g * G; h < (g + 1) * G; ++h)
         for (int64_t i = 0; i < T; ++i) {
-          std::vector<double> s(i + 1);
-          double mx = -1e300;
-          for (int64_t j = 0; j <= i; ++j) {
-            double d = 0;
-            for (int64_t e = 0; e < D; ++e) d += Q[h][i][e] * K[g][j][e];
-            s[j] = d * in.scale;
-            mx = std::max(mx, s[j]);
-          }
-          double z_all = 0, z_vis = 0;
-          std::vector<double> acc(D, 0.0);
-          for (int64_t j = 0; j <= i; ++j) {
-            const double w = std::exp(s[j] - mx);
-            z_all += w;
-            if (!vis[i][j]) continue;
-            z_vis += w;
-            for (int64_t e = 0; e < D; ++e) acc[e] += w * V[g][j][e];
-          }
-          for (int64_t e = 0; e < D; ++e) O[h][i][e] = acc[e] / z_vis;
+          const auto z = rtp::testing::attend_row(Q[h][i], K[g], V[g], vis[i], i, D, in.scale, O[h][i]);
           if (ret) {
-            mass_kept += z_vis / z_all;
+            mass_kept += z.visible / z.causal;
             mass_terms += 1;
           }
         }
@@ -182,64 +152,17 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
   }
 
   template <typename A>
-  void block_visibility(int64_t l, int64_t r, int64_t g, int64_t G, int64_t T, int64_t D, const A& QP, const A& KP,
-                        std::vector<std::vector<char>>& vis) {
-    const int64_t I = st_.indexer_dim, B = st_.block_size;
-    const auto WQ = wq_[l].accessor<double, 2>(), WK = wk_[l].accessor<double, 2>();
-    std::vector<std::vector<std::vector<double>>> iq(G, std::vector<std::vector<double>>(T, std::vector<double>(I, 0.0)));
-    std::vector<std::vector<double>> ik(T, std::vector<double>(I, 0.0));
-    for (int64_t i = 0; i < T; ++i)
-      for (int64_t e = 0; e < I; ++e) {
-        for (int64_t h = 0; h < G; ++h)
-          for (int64_t d = 0; d < D; ++d) iq[h][i][e] += WQ[(r * G + h) * I + e][d] * QP[g * G + h][i][d];
-        for (int64_t d = 0; d < D; ++d) ik[i][e] += WK[r * I + e][d] * KP[g][i][d];
-      }
-    const int64_t nb = (T + B - 1) / B;
-    for (int64_t qb = 0; qb < nb; ++qb) {
-      const int64_t q0 = qb * B, q1 = std::min(T, q0 + B);
-      std::vector<double> prob(qb + 1, 0.0);
-      for (int64_t h = 0; h < G; ++h) {
-        std::vector<double> qbar(I, 0.0);
-        for (int64_t i = q0; i < q1; ++i)
-          for (int64_t e = 0; e < I; ++e) qbar[e] += iq[h][i][e] / double(q1 - q0);
-        std::vector<double> L(qb + 1);
-        for (int64_t c = 0; c <= qb; ++c) {
-          const int64_t j0 = c * B, j1 = std::min(T, j0 + B);
-          double mx = -1e300, mean = 0;
-          for (int64_t j = j0; j < j1; ++j) {
-            double u = 0;
-            for (int64_t e = 0; e < I; ++e) u += qbar[e] * ik[j][e];
-            u /= std::sqrt(double(I));
-            mx = std::max(mx, u);
-            mean += u / double(j1 - j0);
-          }
-          L[c] = std::max(mx, mean + std::log(double(j1 - j0)));
-        }
-        const double top = *std::max_element(L.begin(), L.end());
-        double z = 0;
-        for (double x : L) z += std::exp(x - top);
-        for (int64_t c = 0; c <= qb; ++c) prob[c] += std::exp(L[c] - top) / z / double(G);
-      }
-      std::vector<char> keep(qb + 1, 0);
-      double m = st_.top_p;
-      for (int64_t c = 0; c <= qb; ++c)
-        if (c == 0 || c == qb) keep[c] = 1, m -= prob[c];
-      std::vector<int64_t> order;
-      for (int64_t c = 0; c <= qb; ++c)
-        if (!keep[c]) order.push_back(c);
-      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return prob[a] > prob[c]; });
-      if (!order.empty()) margin = std::min(margin, std::fabs(m));
-      if (m > 0) {
-        double acc = 0;
-        size_t n = 0;
-        for (; n < order.size() && acc < m; ++n) keep[order[n]] = 1, acc += prob[order[n]];
-        if (acc >= m) margin = std::min({margin, acc - m, m - (acc - prob[order[n - 1]])});
-        if (n < order.size()) margin = std::min(margin, prob[order[n - 1]] - prob[order[n]]);
-      }
-      for (int64_t c = 1; c < qb; ++c) (keep[c] ? kept_unforced_blocks : dropped_blocks) += 1;
-      for (int64_t i = q0; i < q1; ++i)
-        for (int64_t j = 0; j <= i; ++j) vis[i][j] = keep[j / B];
+  rtp::testing::VisibilityMask retrieval_visibility(int64_t l, int64_t r, int64_t g, int64_t G, int64_t T, int64_t D,
+                                                    const A& QP, const A& KP) {
+    const auto iv = rtp::testing::retrieval_index_vectors(wq_[l].accessor<double, 2>(), wk_[l].accessor<double, 2>(),
+                                                          QP, KP, r, g, G, T, D, st_.indexer_dim);
+    const auto lists = rtp::testing::prompt_block_lists(iv, T, st_);
+    for (const auto& list : lists) {
+      margin = std::min(margin, list.margin);
+      dropped_blocks += list.dropped;
+      kept_unforced_blocks += list.kept_optional;
     }
+    return rtp::testing::block_visibility(lists, T, T, st_.block_size);
   }
 
   HeadMap heads_;
@@ -306,27 +229,20 @@ double token_recall_by_loops(rtp::model::Qwen3Model& model, const std::vector<rt
     const auto ki = (post_rope ? in.k : in.k_pre_rope)[0].to(torch::kFloat64).contiguous();
     const auto wq = ix.q_proj(in.layer).to(torch::kFloat64).contiguous();
     const auto wk = ix.k_proj(in.layer).to(torch::kFloat64).contiguous();
-    const auto Q = q.accessor<double, 3>(), K = k.accessor<double, 3>(), QI = qi.accessor<double, 3>(),
-               KI = ki.accessor<double, 3>();
-    const auto WQ = wq.accessor<double, 2>(), WK = wk.accessor<double, 2>();
+    const auto Q = q.accessor<double, 3>(), K = k.accessor<double, 3>();
     for (size_t r = 0; r < ret.size(); ++r) {
       const int64_t g = ret[r];
-      std::vector<std::vector<double>> ikv(T, std::vector<double>(I, 0.0));
-      for (int64_t j = 0; j < T; ++j)
-        for (int64_t e = 0; e < I; ++e)
-          for (int64_t d = 0; d < D; ++d) ikv[j][e] += WK[r * I + e][d] * KI[g][j][d];
+      const auto iv = rtp::testing::retrieval_index_vectors(wq.accessor<double, 2>(), wk.accessor<double, 2>(),
+                                                            qi.accessor<double, 3>(), ki.accessor<double, 3>(),
+                                                            static_cast<int64_t>(r), g, G, T, D, I);
       for (int64_t h = 0; h < G; ++h) {
         const int64_t qh = g * G + h;
         for (int64_t i = first_query; i < T; ++i) {
-          std::vector<double> iqv(I, 0.0);
-          for (int64_t e = 0; e < I; ++e)
-            for (int64_t d = 0; d < D; ++d) iqv[e] += WQ[(r * G + h) * I + e][d] * QI[qh][i][d];
           std::vector<double> s(i + 1), t(i + 1);
           for (int64_t j = 0; j <= i; ++j) {
-            double a = 0, c = 0;
-            for (int64_t e = 0; e < I; ++e) a += iqv[e] * ikv[j][e];
+            double c = 0;
             for (int64_t d = 0; d < D; ++d) c += Q[qh][i][d] * K[g][j][d];
-            s[j] = a / std::sqrt(double(I));
+            s[j] = rtp::testing::index_score(iv.q[h][i], iv.k[j]);
             t[j] = c * in.scale;
           }
           auto softmax = [](std::vector<double>& x) {

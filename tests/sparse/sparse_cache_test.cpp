@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include "model/model_fixtures.h"
+#include "sparse/sparse_definition.h"
 #include "rtp/model/qwen3.h"
 #include "rtp/kernels/sparse_attention_params.h"
 #include "rtp/sparse/sparse_cache.h"
@@ -294,19 +295,14 @@ TEST(SparseCache, DenseEquivalentStreamingEqualsTheDenseModel) {
       }
 }
 
-// The definition of sparse_attention_params.h for the sparse cache, by plain loops in double, as an AttentionSeam for
-// one forward over a whole sequence whose first `prompt` tokens were the cache's prompt:
-//   STREAMING KV head: key j visible to query i iff j <= i and (j < sink or j > i - window).
-//   RETRIEVAL KV head, query i < prompt: the block lists of a one-shot prefill over the prompt's tokens (index
-//     vectors, pooled query per block (query_sub_blocks 1), L = max(max u, mean u + log n_c), softmax over the key
-//     blocks, mean over the group, forced block 0 and the diagonal block (local_blocks 1), top-p by descending P,
-//     lower index first on ties, until the mass reaches top_p - forced mass).
-//   RETRIEVAL KV head, query i >= prompt (a decoded token): the token-level decode selection at t = i (P over the
-//     keys 0..i, forced first / last 64 tokens, bins of -8 log2 P, b* the first bin whose running mass reaches
-//     top_p * Z, every token of a bin <= b*).
-// Index vectors: W_q / W_k blocks of the checkpoint layout (q_proj block r * G + j for query head j of the r-th
-// retrieval KV head, k_proj block r) applied to the pre-RoPE q / k. Records each layer's output and how far every
-// selection decision lies from flipping (so that a test can require its comparison to be well posed).
+// The definition for the sparse cache, by plain loops in double, as an AttentionSeam for one forward over a whole
+// sequence whose first `prompt` tokens were the cache's prompt: streaming KV heads and retrieval KV heads' prompt
+// rows (the block lists of a one-shot prefill over the prompt's tokens) by sparse/sparse_definition.h; retrieval
+// KV heads' rows i >= prompt (decoded tokens) by the token-level decode selection at t = i (P over the keys 0..i,
+// forced first / last 64 tokens, bins of -8 log2 P, b* the first bin whose running mass reaches top_p * Z, every
+// token of a bin <= b*). Index vectors from the raw W_q / W_k (checkpoint layout) on the pre-RoPE q / k. Records
+// each layer's output and how far every selection decision lies from flipping (so that a test can require its
+// comparison to be well posed).
 class DefinitionSeam : public rtp::model::AttentionSeam {
  public:
   DefinitionSeam(const rtp::sparse::HeadMap& heads, const rtp::sparse::SparseSettings& st,
@@ -314,7 +310,7 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
       : heads_(heads), st_(st), wq_(std::move(wq)), wk_(std::move(wk)), prompt_(prompt) {}
 
   std::vector<torch::Tensor> outputs;  // per layer [Hq, T, D] float64
-  double prefill_margin = 1e300;       // min over lists of the top-p cut's distance from m (mass)
+  double prefill_margin = 1e300;       // min over the prompt's block lists of BlockList::margin
   double decode_edge = 1e300;          // min over decoded rows of |-8 log2 P_j - (b* + 1)| of non-forced j
   double decode_cut = 1e300;           // min over decoded rows of |mass(b) - top_p Z| / Z, b = b*, b* - 1
   int64_t dropped_blocks = 0, dropped_tokens = 0, kept_unforced_tokens = 0;
@@ -331,33 +327,10 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
     auto O = out.accessor<double, 3>();
     int64_t r = 0;
     for (int64_t g = 0; g < Hkv; ++g) {
-      std::vector<std::vector<char>> vis(T, std::vector<char>(T, 0));  // vis[i][j]
-      if (heads_.retrieval[l][g]) {
-        retrieval_visibility(l, r++, g, G, T, D, QP, KP, vis);
-      } else {
-        for (int64_t i = 0; i < T; ++i)
-          for (int64_t j = 0; j <= i; ++j) vis[i][j] = j < st_.sink || j > i - st_.window;
-      }
+      const rtp::testing::VisibilityMask vis = heads_.retrieval[l][g] ? retrieval_visibility(l, r++, g, G, T, D, QP, KP)
+                                                                      : rtp::testing::streaming_visibility(T, st_);
       for (int64_t h = g * G; h < (g + 1) * G; ++h)
-        for (int64_t i = 0; i < T; ++i) {
-          std::vector<double> s(T, 0.0);
-          double mx = -1e300, z = 0;
-          for (int64_t j = 0; j < T; ++j) {
-            if (!vis[i][j]) continue;
-            double d = 0;
-            for (int64_t e = 0; e < D; ++e) d += Q[h][i][e] * K[g][j][e];
-            s[j] = d * in.scale;
-            mx = std::max(mx, s[j]);
-          }
-          std::vector<double> acc(D, 0.0);
-          for (int64_t j = 0; j < T; ++j) {
-            if (!vis[i][j]) continue;
-            const double w = std::exp(s[j] - mx);
-            z += w;
-            for (int64_t e = 0; e < D; ++e) acc[e] += w * V[g][j][e];
-          }
-          for (int64_t e = 0; e < D; ++e) O[h][i][e] = acc[e] / z;
-        }
+        for (int64_t i = 0; i < T; ++i) rtp::testing::attend_row(Q[h][i], K[g], V[g], vis[i], i, D, in.scale, O[h][i]);
     }
     if (static_cast<int64_t>(outputs.size()) <= l) outputs.resize(l + 1);
     outputs[l] = out;
@@ -366,70 +339,17 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
 
  private:
   template <typename A>
-  void retrieval_visibility(int64_t l, int64_t r, int64_t g, int64_t G, int64_t T, int64_t D, const A& QP, const A& KP,
-                            std::vector<std::vector<char>>& vis) {
-    const int64_t I = st_.indexer_dim, B = st_.block_size, P = std::min(prompt_, T);
-    const auto WQ = wq_[l].accessor<float, 2>(), WK = wk_[l].accessor<float, 2>();
-    // index vectors iq[h][i][e] (h in the group), ik[j][e]
-    std::vector<std::vector<std::vector<double>>> iq(G, std::vector<std::vector<double>>(T, std::vector<double>(I, 0.0)));
-    std::vector<std::vector<double>> ik(T, std::vector<double>(I, 0.0));
-    for (int64_t i = 0; i < T; ++i)
-      for (int64_t e = 0; e < I; ++e) {
-        for (int64_t h = 0; h < G; ++h)
-          for (int64_t d = 0; d < D; ++d) iq[h][i][e] += double(WQ[(r * G + h) * I + e][d]) * QP[g * G + h][i][d];
-        for (int64_t d = 0; d < D; ++d) ik[i][e] += double(WK[r * I + e][d]) * KP[g][i][d];
-      }
-    auto dot = [&](const std::vector<double>& a, const std::vector<double>& b) {
-      double s = 0;
-      for (int64_t e = 0; e < I; ++e) s += a[e] * b[e];
-      return s / std::sqrt(double(I));
-    };
-    // prompt rows: block lists of a one-shot prefill over the P prompt tokens
-    const int64_t nb = (P + B - 1) / B;
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t q0 = b * B, q1 = std::min(P, q0 + B);
-      std::vector<double> prob(b + 1, 0.0);
-      for (int64_t h = 0; h < G; ++h) {
-        std::vector<double> qbar(I, 0.0);
-        for (int64_t i = q0; i < q1; ++i)
-          for (int64_t e = 0; e < I; ++e) qbar[e] += iq[h][i][e] / double(q1 - q0);
-        std::vector<double> Lc(b + 1);
-        for (int64_t c = 0; c <= b; ++c) {
-          const int64_t j0 = c * B, j1 = std::min(P, j0 + B);
-          double mx = -1e300, mean = 0;
-          for (int64_t j = j0; j < j1; ++j) {
-            const double u = dot(qbar, ik[j]);
-            mx = std::max(mx, u);
-            mean += u / double(j1 - j0);
-          }
-          Lc[c] = std::max(mx, mean + std::log(double(j1 - j0)));
-        }
-        const double top = *std::max_element(Lc.begin(), Lc.end());
-        double z = 0;
-        for (double x : Lc) z += std::exp(x - top);
-        for (int64_t c = 0; c <= b; ++c) prob[c] += std::exp(Lc[c] - top) / z / double(G);
-      }
-      std::vector<char> keep(b + 1, 0);
-      double m = st_.top_p;
-      for (int64_t c = 0; c <= b; ++c)
-        if (c == 0 || c == b) keep[c] = 1, m -= prob[c];
-      std::vector<int64_t> order;
-      for (int64_t c = 0; c <= b; ++c)
-        if (!keep[c]) order.push_back(c);
-      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return prob[a] > prob[c]; });
-      if (m <= 0) {
-        prefill_margin = std::min(prefill_margin, -m);
-      } else {
-        double acc = 0;
-        size_t n = 0;
-        for (; n < order.size() && acc < m; ++n) keep[order[n]] = 1, acc += prob[order[n]];
-        if (acc >= m) prefill_margin = std::min({prefill_margin, acc - m, m - (acc - prob[order[n - 1]])});
-        if (n < order.size()) prefill_margin = std::min(prefill_margin, prob[order[n - 1]] - prob[order[n]]);
-      }
-      for (int64_t c = 0; c <= b; ++c) dropped_blocks += !keep[c];
-      for (int64_t i = q0; i < q1; ++i)
-        for (int64_t j = 0; j <= i; ++j) vis[i][j] = keep[j / B];
+  rtp::testing::VisibilityMask retrieval_visibility(int64_t l, int64_t r, int64_t g, int64_t G, int64_t T, int64_t D,
+                                                    const A& QP, const A& KP) {
+    const int64_t P = std::min(prompt_, T);
+    const auto iv = rtp::testing::retrieval_index_vectors(wq_[l].accessor<float, 2>(), wk_[l].accessor<float, 2>(), QP,
+                                                          KP, r, g, G, T, D, st_.indexer_dim);
+    const auto lists = rtp::testing::prompt_block_lists(iv, P, st_);
+    for (const auto& list : lists) {
+      prefill_margin = std::min(prefill_margin, list.margin);
+      dropped_blocks += list.dropped;
     }
+    auto vis = rtp::testing::block_visibility(lists, T, P, st_.block_size);
     // decoded rows: token-level selection at t = i
     const int NB = rtp::kernels::kDecodeBins;
     const int64_t keep_first = 64, keep_last = 64;  // the decode defaults (ops::SparseConfig)
@@ -437,7 +357,7 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
       std::vector<double> Pj(t + 1, 0.0);
       for (int64_t h = 0; h < G; ++h) {
         std::vector<double> s(t + 1);
-        for (int64_t j = 0; j <= t; ++j) s[j] = dot(iq[h][t], ik[j]);
+        for (int64_t j = 0; j <= t; ++j) s[j] = rtp::testing::index_score(iv.q[h][t], iv.k[j]);
         const double mx = *std::max_element(s.begin(), s.end());
         double z = 0;
         for (int64_t j = 0; j <= t; ++j) z += std::exp(s[j] - mx);
@@ -476,6 +396,7 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
         kept_unforced_tokens += vis[t][j] && !forced(j);
       }
     }
+    return vis;
   }
 
   rtp::sparse::HeadMap heads_;
