@@ -57,6 +57,35 @@ TEST(NormRopeRef, ReadsTokenStridedInputLikeAContiguousCopy) {
   EXPECT_LE((n1.to(torch::kFloat64) - hf_norm(x, w, 1e-6)).abs().max().item<double>(), 1e-5);
 }
 
+// One token per sequence (T = 1): the stride of the token dimension is never used to step, so a contiguous tensor may
+// carry any value there (as_strided, or a [B, H, 1, D] decode query transposed to [B, 1, H, D]). The op read the next
+// sequence's rows at that stride: the rows of another tensor, or past the end (B = 2, stride 3 x H x D below: the
+// second sequence's rows were read from elements it does not own), or refused a transposed decode query.
+TEST(NormRopeRef, OneTokenPerSequenceReadsEachSequenceRowsWhateverTheTokenStride) {
+  torch::manual_seed(7);
+  const int64_t B = 2, H = 3, D = 8;
+  auto w = torch::rand({D}) + 0.5;
+  auto angles = torch::rand({1, D / 2}) * 6;
+  auto emb = torch::cat({angles, angles}, -1);
+  const auto cos = emb.cos(), sin = emb.sin();
+  auto storage = torch::randn({4 * H * D});
+  const auto odd = storage.as_strided({B, 1, H, D}, {H * D, 3 * H * D, D, 1});
+  const auto transposed = torch::randn({B, H, 1, D}).transpose(1, 2);  // strides (H D, D, D, 1)
+  for (const auto& x : {odd, transposed}) {
+    ASSERT_TRUE(x.is_contiguous()) << x.strides();
+    const auto copy = x.clone(torch::MemoryFormat::Contiguous);
+    ASSERT_EQ(copy.stride(1), H * D);
+    auto [n1, r1] = rtp::ops::rms_norm_rope(x, w, cos, sin, 1e-6);
+    auto [n2, r2] = rtp::ops::rms_norm_rope(copy, w, cos, sin, 1e-6);
+    EXPECT_TRUE(torch::equal(n1, n2)) << "strides " << x.strides();
+    EXPECT_TRUE(torch::equal(r1, r2)) << "strides " << x.strides();
+    EXPECT_LE((n1.to(torch::kFloat64) - hf_norm(copy, w, 1e-6)).abs().max().item<double>(), 1e-5) << x.strides();
+    auto [qn, qr, kn, kr] = rtp::ops::rms_norm_rope_qk(x, w, x, w, cos, sin, 1e-6);
+    EXPECT_TRUE(torch::equal(qn, n2) && torch::equal(qr, r2) && torch::equal(kn, n2) && torch::equal(kr, r2))
+        << "rms_norm_rope_qk, strides " << x.strides();
+  }
+}
+
 // A residual add and the norm after it: the sum is the float32 add, the norm that of the sum.
 TEST(NormRopeRef, AddThenNormMatchesTheFormula) {
   torch::manual_seed(3);

@@ -118,12 +118,16 @@ NormRopeJob norm_rope_job(const torch::Tensor& x_in, const torch::Tensor& weight
                 cos_in.device() == x_in.device() && sin_in.device() == x_in.device(),
             "rms_norm_rope: cos and sin must be float32 on ", x_in.device());
   NormRopeJob j;
-  j.x = token_strided(x_in) ? x_in : x_in.contiguous();
+  // Read in place only where token_strided holds; else a contiguous tensor, whose tokens are heads x dim apart
+  // (x_token_stride 0) whatever its stride(1) says: with one token per sequence that stride is never used to step and
+  // may be anything (a [B, H, 1, dim] decode query transposed, as_strided), and the kernels would step by it.
+  const bool in_place = token_strided(x_in);
+  j.x = in_place ? x_in : x_in.contiguous();
   j.weight = weight_in.contiguous(), j.cos = cos_in.contiguous(), j.sin = sin_in.contiguous();
   j.out = torch::empty(j.x.sizes(), j.x.options()), j.rope = torch::empty(j.x.sizes(), j.x.options());
   if (j.x.numel() == 0) return j;
   j.p = params(j.x, j.weight, j.out, eps);
-  j.p.x_token_stride = j.x.stride(1);
+  j.p.x_token_stride = in_place ? j.x.stride(1) : 0;
   j.p.cos = j.cos.data_ptr<float>();
   j.p.sin = j.sin.data_ptr<float>();
   j.p.rope_out = j.rope.data_ptr();
