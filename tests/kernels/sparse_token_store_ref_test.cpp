@@ -7,7 +7,9 @@
 #include <string>
 
 #include "rtp/kernels/sparse_token_store.h"
+#include "rtp/ops/sparse_token_store.h"
 #include "sparse_token_store_case.h"
+#include "test_util.h"
 
 namespace {
 
@@ -60,6 +62,60 @@ TEST(SparseTokenStoreRef, RejectsBadParameters) {
   p.dtype = rtp::kernels::DType::BF16;
   EXPECT_NE(error(p).find("float32 only"), std::string::npos);
   EXPECT_EQ(error(base), "");
+}
+
+// The CPU reference writes at row slot x capacity + position (+ ring_slot) unchecked, so ops::sparse_token_store
+// refuses, on the CPU, a position outside [0, full_capacity) or a ring slot outside [0, ring_capacity), naming it.
+// The caches here are views one head into buffers two heads longer: a write the op let through lands in that
+// padding (caught below) instead of outside any allocation.
+TEST(SparseTokenStoreRef, OpRefusesAPositionOrRingSlotOutsideTheCaches) {
+  rtp::testing::TokenStoreCase c(23);
+  const auto padded = [](const torch::Tensor& t) {
+    auto sizes = t.sizes().vec();
+    sizes[0] += 2;
+    auto buffer = torch::zeros(sizes);
+    buffer.narrow(0, 1, t.size(0)).copy_(t);
+    return buffer;
+  };
+  const std::vector<torch::Tensor> buffers = {padded(c.full_k), padded(c.full_v), padded(c.index_keys),
+                                              padded(c.index_q), padded(c.ring_k), padded(c.ring_v)};
+  std::vector<torch::Tensor> caches;
+  for (const auto& b : buffers) caches.push_back(b.narrow(0, 1, b.size(0) - 2));
+  const auto k = c.k(), v = c.v();
+  int64_t position = c.position, ring_slot = c.ring_slot;
+  const auto p = c.params(k, v, c.ksrc, c.qsrc, c.kw, c.qw, caches, &position, &ring_slot);
+  const auto before = std::vector<torch::Tensor>{buffers[0].clone(), buffers[1].clone(), buffers[2].clone(),
+                                                 buffers[3].clone(), buffers[4].clone(), buffers[5].clone()};
+  const auto unchanged = [&] {
+    for (size_t i = 0; i < buffers.size(); ++i)
+      if (!torch::equal(buffers[i], before[i])) return false;
+    return true;
+  };
+  for (const int64_t bad : {c.cap, c.cap + 5, int64_t(-1)}) {
+    position = bad, ring_slot = c.ring_slot;
+    const auto err = rtp::testing::error_of([&] { rtp::ops::sparse_token_store(p, torch::kCPU); });
+    EXPECT_NE(err.find("sparse token store: position must be in [0, full_capacity = 11)"), std::string::npos)
+        << "position " << bad << ": " << err;
+    EXPECT_TRUE(unchanged()) << "position " << bad << " wrote into the buffers";
+  }
+  for (const int64_t bad : {c.ring_cap, int64_t(-1)}) {
+    position = c.position, ring_slot = bad;
+    const auto err = rtp::testing::error_of([&] { rtp::ops::sparse_token_store(p, torch::kCPU); });
+    EXPECT_NE(err.find("sparse token store: ring_slot must be in [0, ring_capacity = 6)"), std::string::npos)
+        << "ring_slot " << bad << ": " << err;
+    EXPECT_TRUE(unchanged()) << "ring_slot " << bad << " wrote into the buffers";
+  }
+  // In range: the op stores as the reference does, inside the caches only.
+  position = c.position, ring_slot = c.ring_slot;
+  rtp::ops::sparse_token_store(p, torch::kCPU);
+  const auto want = c.expected(k, v, c.ksrc, c.qsrc, c.kw, c.qw);
+  for (size_t i = 0; i < caches.size(); ++i) {
+    EXPECT_LE((caches[i].to(torch::kFloat64) - want[i]).abs().max().item<double>(), 1e-5) << i;
+    EXPECT_TRUE(torch::equal(buffers[i].narrow(0, 0, 1), before[i].narrow(0, 0, 1)) &&
+                torch::equal(buffers[i].narrow(0, buffers[i].size(0) - 1, 1),
+                             before[i].narrow(0, before[i].size(0) - 1, 1)))
+        << "the store wrote outside cache " << i;
+  }
 }
 
 }  // namespace

@@ -11,7 +11,8 @@ namespace rtp::ops {
 // Whether the CUDA kernel can run: a CUDA build, a CUDA device, and the model's dtype bf16 or float32.
 bool sparse_token_store_supported(torch::Device device, torch::ScalarType dtype);
 
-// Runs the store for p on `device` (the CPU: the float32 reference). A bad parameter is an error naming it.
+// Runs the store for p on `device` (the CPU: the float32 reference). A bad parameter is an error naming it; on the CPU
+// (host values) so is a position outside [0, full_capacity) or a ring slot outside [0, ring_capacity).
 void sparse_token_store(const kernels::SparseTokenStoreParams& p, torch::Device device);
 
 }  // namespace rtp::ops
