@@ -39,7 +39,9 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
 
 // q [Hq, Tq, D] (positions q_offset..), k/v [Hkv, T - stream_key_skip, D] with T = q_offset + Tq; kinds one per
 // KV head; lists from select_blocks with the same q_offset. Returns o [Hq, Tq, D]. k/v may be strided views
-// (a cache's first T rows): they are read in place when the dtype already matches.
+// (a cache's first T rows): they are read in place when the dtype already matches. Lists given on the host are
+// checked against the contract (counts in [0, max_blocks], entries ascending, unique, at most their query block);
+// lists on the GPU are not (that would need a copy back per call).
 torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const std::vector<kernels::HeadKind>& kinds, const BlockLists& lists,
                                const SparseConfig& cfg, int64_t q_offset = 0, int64_t stream_key_skip = 0);

@@ -1,6 +1,7 @@
 #include "rtp/ops/sparse_attention.h"
 
 #include <algorithm>
+#include <string>
 
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
@@ -44,6 +45,31 @@ torch::Tensor contiguous_aligned(const torch::Tensor& t) {
   return is_contiguous_aligned(t) ? t : t.clone(torch::MemoryFormat::Contiguous);
 }
 
+// The kernels read counts[r, m] entries of list (r, m) and take each as a key block: the CPU reference marks it in a
+// table of the call's blocks, the CUDA kernels load its key rows, and visit the listed tiles in order (the fully
+// visible ones a prefix). A count outside [0, max_blocks] or an entry outside [0, n_blocks) is read or written past
+// an end (a negative entry on the GPU reads before k and v), an entry out of order or repeated is attended wrongly.
+// Lists on the host (the CPU path, or host lists given with CUDA q/k/v) are held to the contract here
+// (sparse_attention_params.h: ascending, unique, each at most the list's query block b0 + m). Lists already on the GPU
+// would need a device-to-host copy and a synchronisation per call: there they are trusted to come from select_blocks.
+void check_block_lists_on_host(const torch::Tensor& counts, const torch::Tensor& indices, int64_t b0) {
+  const auto c = counts.accessor<int32_t, 2>();
+  const auto ix = indices.accessor<int32_t, 3>();
+  const int64_t max_blocks = indices.size(2);
+  for (int64_t r = 0; r < counts.size(0); ++r)
+    for (int64_t m = 0; m < counts.size(1); ++m) {
+      const int64_t n = c[r][m], b = b0 + m;
+      RTP_CHECK(n >= 0 && n <= max_blocks, "sparse_attention: counts[", r, ", ", m, "] must be in [0, max_blocks = ",
+                max_blocks, "], found ", n);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t lo = i > 0 ? int64_t(ix[r][m][i - 1]) + 1 : 0, blk = ix[r][m][i];
+        RTP_CHECK(blk >= lo && blk <= b, "sparse_attention: indices[", r, ", ", m, "] (query block ", b,
+                  ") must list ascending, unique key blocks in [0, ", b, "], found ", blk, " at entry ", i,
+                  i > 0 ? " after " + std::to_string(lo - 1) : std::string());
+      }
+    }
+}
+
 }  // namespace
 
 k::BlockAggregate parse_block_aggregate(const std::string& name) {
@@ -57,6 +83,8 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   RTP_CHECK(index_q.dim() == 4 && index_q.size(3) == k::kIndexDim, "select_blocks: index_q must be [R, G, Tq, 16], found ",
             index_q.sizes());
   check_3d(index_k, "select_blocks: index_k");
+  RTP_CHECK(cfg.block_size == 64 || cfg.block_size == 128, "select_blocks: block_size must be 64 or 128, found ",
+            cfg.block_size);  // before the block counts below divide by it
   RTP_CHECK(index_k.size(0) == index_q.size(0) && index_k.size(1) == q_offset + index_q.size(2) &&
                 index_k.size(2) == k::kIndexDim,
             "select_blocks: index_k must be [R, q_offset + Tq, 16] = [", index_q.size(0), ", ", q_offset + index_q.size(2),
@@ -118,6 +146,8 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
             q_offset + q.size(1) - stream_key_skip, " rows of ", q.size(2), ", found k ", kk.sizes());
   RTP_CHECK(int64_t(kinds.size()) == kk.size(0), "sparse_attention: expected one kind per KV head (", kk.size(0),
             "), found ", kinds.size());
+  RTP_CHECK(cfg.block_size == 64 || cfg.block_size == 128, "sparse_attention: block_size must be 64 or 128, found ",
+            cfg.block_size);  // before the lists' shape below divides by it
   const bool cuda = on_cuda(q, "sparse_attention");
   RTP_CHECK(kk.device() == q.device() && v.device() == q.device(), "sparse_attention: q/k/v on different devices");
   const auto dt = cuda ? torch::kBFloat16 : torch::kFloat32;
@@ -154,7 +184,7 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   p.sink = cfg.sink;
   p.window = cfg.window;
   p.block_size = cfg.block_size;
-  torch::Tensor counts, indices;
+  torch::Tensor counts, indices, host_counts, host_indices;
   if (nret > 0) {
     const int64_t nb = (q.size(1) + cfg.block_size - 1) / cfg.block_size;  // the call's query blocks
     RTP_CHECK(lists.counts.defined() && lists.counts.dim() == 2 && lists.counts.size(0) == nret &&
@@ -163,15 +193,20 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
               lists.counts.defined() ? lists.counts.sizes() : torch::IntArrayRef{});
     RTP_CHECK(lists.indices.defined() && lists.indices.dim() == 3 && lists.indices.size(0) == nret &&
                   lists.indices.size(1) == nb,
-              "sparse_attention: indices must be [", nret, ", ", nb, ", max_blocks]");
-    counts = lists.counts.to(q.device(), torch::kInt32).contiguous();
-    indices = lists.indices.to(q.device(), torch::kInt32).contiguous();
+              "sparse_attention: indices must be [", nret, ", ", nb, ", max_blocks], found ",
+              lists.indices.defined() ? lists.indices.sizes() : torch::IntArrayRef{});
+    const auto c32 = lists.counts.to(torch::kInt32).contiguous(), i32 = lists.indices.to(torch::kInt32).contiguous();
+    counts = c32.to(q.device()), indices = i32.to(q.device());
+    // Lists that are (or arrive) on the host are checked there: no device-to-host copy (check_block_lists_on_host).
+    if (counts.is_cpu()) host_counts = counts, host_indices = indices;
+    else if (c32.is_cpu() && i32.is_cpu()) host_counts = c32, host_indices = i32;
     p.block_counts = counts.data_ptr<int32_t>();
     p.block_indices = indices.data_ptr<int32_t>();
     p.max_blocks = int(indices.size(2));
   }
   const char* err = k::check_sparse_attention_params(p, cuda);
   RTP_CHECK(!*err, "sparse_attention: ", err);
+  if (host_counts.defined()) check_block_lists_on_host(host_counts, host_indices, q_offset / cfg.block_size);
   if (cuda) {
 #ifdef RTPURBO_WITH_CUDA
     check_cuda(k::sparse_attention_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_attention");

@@ -1,0 +1,58 @@
+// ops::sparse_attention with CUDA q/k/v and block lists still on the host: the lists are held to the contract of
+// sparse_attention_params.h before they are copied to the device (the CUDA prefill kernels read counts[r, m]
+// entries of each list and load the key rows of each entry: a negative entry read before k and v, a count past
+// max_blocks read past the list, an entry out of order made the kernels take masked tiles as fully visible).
+// Skipped without a GPU.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "rtp/kernels/build_info.h"
+#include "rtp/ops/sparse_attention.h"
+#include "test_util.h"
+
+namespace {
+
+using rtp::kernels::HeadKind;
+using rtp::ops::BlockLists;
+
+bool have_gpu() { return rtp::kernels::built_with_cuda() && torch::cuda::is_available(); }
+
+TEST(SparseAttentionOpGpu, RefusesHostBlockListsOutsideTheContract) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA): tested on the GPU machine";
+  torch::manual_seed(41);
+  rtp::ops::SparseConfig c;
+  c.sink = 4, c.window = 32, c.block_size = 64, c.top_p = 1.f;
+  const int64_t T = 200, D = 64;
+  const auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  const auto q = torch::randn({4, T, D}, bf), k = torch::randn({2, T, D}, bf), v = torch::randn({2, T, D}, bf);
+  const std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING};
+  const BlockLists lists = rtp::ops::select_blocks(torch::randn({1, 2, T, 16}), torch::randn({1, T, 16}), c);
+  ASSERT_TRUE(lists.counts.is_cpu());
+  ASSERT_EQ(lists.indices.size(2), 4);
+  const auto error = [&](const BlockLists& l) {
+    return rtp::testing::error_of([&] { rtp::ops::sparse_attention(q, k, v, kinds, l, c); });
+  };
+  EXPECT_EQ(error(lists), "<no error: the call succeeded>");
+  // The same lists on the device are not checked (no copy back): the valid ones still run.
+  EXPECT_EQ(error({lists.counts.cuda(), lists.indices.cuda()}), "<no error: the call succeeded>");
+  const auto copy = [&] { return BlockLists{lists.counts.clone(), lists.indices.clone()}; };
+  auto more = copy();
+  more.counts[0][3] = 5;
+  EXPECT_NE(error(more).find("sparse_attention: counts[0, 3] must be in [0, max_blocks = 4], found 5"),
+            std::string::npos)
+      << error(more);
+  auto negative = copy();
+  negative.indices[0][2][0] = -3;
+  EXPECT_NE(error(negative).find("sparse_attention: indices[0, 2] (query block 2) must list ascending, unique key "
+                                 "blocks in [0, 2], found -3 at entry 0"),
+            std::string::npos)
+      << error(negative);
+  auto descending = copy();
+  descending.indices[0][3][0] = 3, descending.indices[0][3][3] = 0;  // 3, 1, 2, 0
+  EXPECT_NE(error(descending).find("found 1 at entry 1 after 3"), std::string::npos) << error(descending);
+}
+
+}  // namespace
