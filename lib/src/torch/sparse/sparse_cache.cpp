@@ -133,7 +133,7 @@ bool SparseCache::store_fused(const model::LayerAttentionInputs& in, const torch
   };
   const int64_t Hkv = config_.num_key_value_heads, Hq = config_.num_attention_heads;
   if (!rows_ok(in.k, Hkv) || !rows_ok(in.v, Hkv) || !rows_ok(ksrc, Hkv) || !rows_ok(qsrc, Hq) ||
-      position.scalar_type() != torch::kInt64 || position.device() != buffer.device())
+      position.scalar_type() != torch::kInt64 || position.numel() != 1 || position.device() != buffer.device())
     return false;
   auto p = store_params_[in.layer];
   p.k = in.k.data_ptr(), p.k_head_stride = in.k.stride(1);
