@@ -57,16 +57,6 @@ RTP_SPLITS_HD int64_t streaming_keys(int64_t L, int64_t sink, int64_t window) {
   const int64_t rest = L - sink > 0 ? L - sink : 0;
   return s + (window < rest ? window : rest);
 }
-// Candidates per retrieval attend block. Long caches: a retrieval head keeps a few percent of its tokens, so 1024
-// candidates give ~130 blocks at 128K and past 256K 2048 (the shared list's size) keeps the partials the combine reads
-// in check. Short caches: the head keeps most of its tokens (67-76% at 4K in the benchmarks), and 1024 candidates left
-// 4 blocks of ~11 key tiles each on the call's critical path while the dense and streaming heads' blocks held one or
-// two; 256 / 512 spread it over 16-32 blocks. (Scalars, not an array: device code reads them too.)
-constexpr int64_t kRetrievalUpTo256 = 8192, kRetrievalUpTo512 = 16384, kRetrievalUpTo1024 = 262144;
-RTP_SPLITS_HD int retrieval_candidates(int64_t L) {
-  return L <= kRetrievalUpTo256 ? 256 : L <= kRetrievalUpTo512 ? 512 : L <= kRetrievalUpTo1024 ? 1024 : kRetrievalChunkMax;
-}
-
 RTP_SPLITS_HD HeadSplit head_split(HeadKind kind, int64_t L, int64_t sink, int64_t window, const SplitTuning& t) {
   HeadSplit h;
   int64_t chunk;
@@ -81,7 +71,9 @@ RTP_SPLITS_HD HeadSplit head_split(HeadKind kind, int64_t L, int64_t sink, int64
     }
   } else if (kind == HeadKind::RETRIEVAL) {
     h.nkeys = L;
-    chunk = t.v2_attend ? kRetrievalChunkMax : retrieval_candidates(L);
+    // Retrieval blocks keep a few percent of their candidates: 1024 candidates give ~130 blocks at 128K; past 256K
+    // 2048 (the shared list's size) keeps the partials the combine reads in check.
+    chunk = t.v2_attend || L > 262144 ? kRetrievalChunkMax : 1024;
     if (!t.v2_attend && t.retrieval_candidates_per_block > 0) chunk = t.retrieval_candidates_per_block;
   } else {
     h.nkeys = L;
@@ -118,9 +110,7 @@ RTP_SPLITS_HD int max_head_splits(HeadKind kind, int64_t Lmax, int64_t sink, int
     const int nb = int(n > target ? splits_ceil_div(n, target) : 1);
     best = nb > best ? nb : best;
   }
-  if (kind == HeadKind::RETRIEVAL) {  // just below where the candidates per block step up
-    at(kRetrievalUpTo256), at(kRetrievalUpTo512), at(kRetrievalUpTo1024);
-  }
+  if (kind == HeadKind::RETRIEVAL) at(262144);
   if (kind == HeadKind::DENSE)
     for (int64_t L = 4096; L <= 4 * 4096; L += 4096) at(L);
   return best;
