@@ -50,6 +50,12 @@ class ToolCliTest : public ::testing::Test {
     return {WEXITSTATUS(st), rtp::read_text_file(out), rtp::read_text_file(err)};
   }
 
+  // A usage error: exit status 2 and `message` in stderr (`what`: the flags given, for the failure message).
+  static void expect_usage_error(const ToolRun& r, const std::string& message, const std::string& what) {
+    EXPECT_EQ(r.rc, 2) << what << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << what << ": " << r.err;
+  }
+
   const std::string tool_name_;
   const std::string tool_;  // its path
   std::string dir_;         // the scratch directory

@@ -49,8 +49,7 @@ TEST_F(IdentifyHeadsCli, FlagsAreCheckedBeforeCalibrationAndNamed) {
   };
   for (const auto& [flags, message] : cases) {
     const auto r = run(flags);
-    EXPECT_EQ(r.rc, 2) << flags << ": " << r.err;
-    EXPECT_NE(r.err.find(message), std::string::npos) << flags << ": " << r.err;
+    expect_usage_error(r, message, flags);
     EXPECT_EQ(r.err.find("sequence 1/1"), std::string::npos) << flags << ": the calibration ran";
   }
   // A budget below one head's cache quotes the value given (it used to say "0 bytes" for 0.5).
