@@ -48,6 +48,18 @@ inline void expect_bits_equal(const torch::Tensor& a, const torch::Tensor& b, co
   EXPECT_TRUE(torch::equal(ab, bb)) << what;
 }
 
+// Bitwise equality except inside NaNs, which must be NaN in both: a CUDA conversion writes the canonical NaN where
+// the CPU's keeps the sign and payload (a NaN weight is broken either way; its bits carry nothing).
+inline void expect_bits_equal_any_nan(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
+  ASSERT_EQ(a.scalar_type(), b.scalar_type()) << what;
+  ASSERT_EQ(a.sizes(), b.sizes()) << what;
+  const auto nan_a = torch::isnan(a), nan_b = torch::isnan(b);
+  EXPECT_TRUE(torch::equal(nan_a, nan_b)) << what << ": NaN at different places";
+  const auto keep = nan_a.logical_not().reshape({-1});
+  EXPECT_GT(nan_a.sum().item<int64_t>(), 0) << what << ": the values hold no NaN to test";
+  expect_bits_equal(a.reshape({-1}).index({keep}), b.reshape({-1}).index({keep}), what + " (NaN excluded)");
+}
+
 // Float32 values that exercise rounding: random normals at several scales, ties, subnormals, infinities, NaN, values
 // that overflow fp16, and values near bf16/fp16 rounding boundaries.
 inline torch::Tensor tricky_floats() {
