@@ -20,13 +20,16 @@ for t in $GPU_TESTS; do
   echo "$t: $(tail -1 /tmp/$t.log | sed 's/.*: //') $(grep -E '^\[  (PASSED|FAILED)|SKIPPED \]' /tmp/$t.log | tr '\n' ' ') ($(( $(date +%s) - t0 )) s)"
 done
 echo "tests done after $(( $(date +%s) - start )) s"
-if [ -n "${BENCH-"--lengths 32768,131072 --decode-lengths 131072 --baseline-max 131072 --reps 3"}" ]; then
-  timeout ${BENCH_LIMIT:-200} build-gpu/bin/rtpurbo-bench --out "$OUT" ${BENCH-"--lengths 32768,131072 --decode-lengths 131072 --baseline-max 131072 --reps 3"} > "$OUT/bench.log" 2>&1
+# The defaults are assigned first and expanded unquoted: "${BENCH-"a b"}" inline would pass "a b" as one argument.
+BENCH_ARGS=${BENCH-"--lengths 32768,131072 --decode-lengths 131072 --baseline-max 131072 --reps 3"}
+DECODE_ARGS=${DECODE-"--config data/configs/qwen3-30b-a3b --lengths 32768 --tokens 24 --paths graphs --breakdown"}
+if [ -n "$BENCH_ARGS" ]; then
+  timeout ${BENCH_LIMIT:-200} build-gpu/bin/rtpurbo-bench --out "$OUT" $BENCH_ARGS > "$OUT/bench.log" 2>&1
   echo "rtpurbo-bench: exit $?"; tail -25 "$OUT/bench.log"
 fi
-if [ -n "${DECODE-"--config data/configs/qwen3-30b-a3b --lengths 32768 --tokens 24 --paths graphs --breakdown"}" ]; then
-  timeout ${BENCH_LIMIT:-200} build-gpu/bin/rtpurbo-bench-decode ${DECODE-"--config data/configs/qwen3-30b-a3b --lengths 32768 --tokens 24 --paths graphs --breakdown"} \
-    --out "$OUT/decode-steps.json" > "$OUT/bench-decode.log" 2>&1
+if [ -n "$DECODE_ARGS" ]; then
+  timeout ${BENCH_LIMIT:-200} build-gpu/bin/rtpurbo-bench-decode $DECODE_ARGS --out "$OUT/decode-steps.json" \
+    > "$OUT/bench-decode.log" 2>&1
   echo "rtpurbo-bench-decode: exit $?"; tail -15 "$OUT/bench-decode.log"
 fi
 echo "done after $(( $(date +%s) - start )) s"
