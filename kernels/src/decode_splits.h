@@ -58,18 +58,16 @@ RTP_SPLITS_HD int64_t streaming_keys(int64_t L, int64_t sink, int64_t window) {
   return s + (window < rest ? window : rest);
 }
 // Candidates per retrieval attend block. Long caches: a retrieval head keeps a few percent of its tokens, so 1024
-// candidates give ~256 blocks at 256K and past 256K 2048 (the shared list's size) keeps the partials the combine
-// reads in check. Shorter caches: 1024 candidates left few blocks of many key tiles on the call's critical path while
-// the dense and streaming heads' blocks held one or two. Measured on an H100 (docs/decode.md, "Retrieval attend
-// blocks"): 256 candidates are fastest up to 64K keys (19.6 against 23.9 us per layer at 4K, 22.2 against 28.1 at
-// 64K), 512 and 1024 tie 256 at 128K, 1024 is fastest at 256K and ties 2048 at 1M. (Scalars, not an array: device
-// code reads them too.)
-constexpr int64_t kRetrievalUpTo256 = 65536, kRetrievalUpTo512 = 131072, kRetrievalUpTo1024 = 262144;
+// candidates give ~256 blocks at 256K, and past 256K 2048 (the shared list's size) keeps the partials the combine
+// reads in check. Short caches: the head keeps a large share of its tokens, and 1024 candidates left a few blocks of
+// many key tiles on the call's critical path while the dense and streaming heads' blocks held one or two. Measured on
+// an H100 (CUDA-graph step, us per layer, docs/decode.md "Retrieval attend blocks"): 256 against 1024 candidates
+// ties at 3% kept up to 16K and saves 4-5 us at 50% kept up to 32K; at 64K and 128K 1024 is faster at 3% kept
+// (20.3 against 22.2 at 64K) and slower at 50%, so it stays there; at 1M 2048 beats 1024 at 3% (49.2 against 55.5).
+// (Scalars, not an array: device code reads them too.)
+constexpr int64_t kRetrievalUpTo256 = 32768, kRetrievalUpTo1024 = 262144;
 RTP_SPLITS_HD int retrieval_candidates(int64_t L) {
-  return L <= kRetrievalUpTo256    ? 256
-         : L <= kRetrievalUpTo512  ? 512
-         : L <= kRetrievalUpTo1024 ? 1024
-                                   : kRetrievalChunkMax;
+  return L <= kRetrievalUpTo256 ? 256 : L <= kRetrievalUpTo1024 ? 1024 : kRetrievalChunkMax;
 }
 
 RTP_SPLITS_HD HeadSplit head_split(HeadKind kind, int64_t L, int64_t sink, int64_t window, const SplitTuning& t) {
@@ -124,7 +122,7 @@ RTP_SPLITS_HD int max_head_splits(HeadKind kind, int64_t Lmax, int64_t sink, int
     best = nb > best ? nb : best;
   }
   if (kind == HeadKind::RETRIEVAL) {  // just below where the candidates per block step up
-    at(kRetrievalUpTo256), at(kRetrievalUpTo512), at(kRetrievalUpTo1024);
+    at(kRetrievalUpTo256), at(kRetrievalUpTo1024);
   }
   if (kind == HeadKind::DENSE)
     for (int64_t L = 4096; L <= 4 * 4096; L += 4096) at(L);
