@@ -21,14 +21,14 @@ class ExportCli : public rtp::testing::ToolCliTest {
   void SetUp() override {
     ToolCliTest::SetUp();
     if (HasFatalFailure() || IsSkipped()) return;
-    // An indexer checkpoint for qwen3-tiny (3 layers, 2 KV heads, head_dim 32) with block size 8 and 4 query
+    // An indexer checkpoint for qwen3-tiny (3 layers, 2 KV heads, head_dim 32) with block size 128 and 128 query
     // sub-blocks: --heads reads its head map and settings.
     rtp::sparse::HeadMap heads = rtp::sparse::HeadMap::all_streaming(3, 2, 2);
     heads.retrieval[0][1] = 1;
     rtp::sparse::Indexer ix(heads, 32, 16);
     rtp::sparse::SparseSettings s;
-    s.block_size = 8;
-    s.query_sub_blocks = 4;
+    s.block_size = 128;
+    s.query_sub_blocks = 128;
     ck_ = dir_ + "/ck.safetensors";
     rtp::sparse::save_indexer_checkpoint(ck_, ix, s);
   }
@@ -44,10 +44,13 @@ TEST_F(ExportCli, CommandLineMistakesAreUsageErrors) {
   const std::pair<std::string, std::string> cases[] = {
       {"--sub-block-aggregate median", "--sub-block-aggregate 'median' is not valid: expected mean or max"},
       {"--query-sub-blocks 3", "--query-sub-blocks '3' is not valid: expected a power of two"},
-      {"--query-sub-blocks 32 --block-size 16", "--query-sub-blocks 32 exceeds --block-size 16"},
-      // against the block size the --heads checkpoint carries (8)
-      {"--query-sub-blocks 16", "--query-sub-blocks 16 exceeds the block size 8 (from --heads " + ck_ + ")"},
-      {"--block-size 2", "--block-size 2 is below the query sub-blocks 4 (from --heads " + ck_ + ")"},
+      {"--query-sub-blocks 128 --block-size 64", "--query-sub-blocks 128 exceeds --block-size 64"},
+      // only the block sizes the kernels tile
+      {"--block-size 96", "--block-size '96' is not valid: expected one of 64, 128"},
+      {"--block-size 16", "--block-size '16' is not valid: expected one of 64, 128"},
+      // against the block size the --heads checkpoint carries (128) and its query sub-blocks (128)
+      {"--query-sub-blocks 256", "--query-sub-blocks 256 exceeds the block size 128 (from --heads " + ck_ + ")"},
+      {"--block-size 64", "--block-size 64 is below the query sub-blocks 128 (from --heads " + ck_ + ")"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = run("--heads " + ck_ + " " + flags);

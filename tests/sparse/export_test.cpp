@@ -64,7 +64,7 @@ rtp::sparse::SparseSettings tiny_settings() {
   rtp::sparse::SparseSettings s;
   s.sink = 2;
   s.window = 16;
-  s.block_size = 8;
+  s.block_size = 128;
   s.top_p = 0.85;
   s.indexer_dim = 8;
   s.dense_below = 5;
@@ -324,7 +324,7 @@ TEST_F(ExportTool, WritesADirectoryFromAnIndexerCheckpoint) {
   auto ix = random_indexer(tiny_heads(), 8, 7);
   rtp::sparse::save_indexer_checkpoint(ck, ix, tiny_settings());
   const std::string cmd = tool + " --model " + base + " --heads " + ck + " --indexer " + ck + " --out " + out +
-                          " --copy-weights --top-p 0.7 --window 32 --sink 1 --block-size 4 --dense-below 9 > " +
+                          " --copy-weights --top-p 0.7 --window 32 --sink 1 --block-size 64 --dense-below 9 > " +
                           out + ".log 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << rtp::read_text_file(out + ".log");
   auto cm = rtp::sparse::load_converted(out, torch::kCPU, torch::kFloat32);
@@ -332,7 +332,7 @@ TEST_F(ExportTool, WritesADirectoryFromAnIndexerCheckpoint) {
   EXPECT_DOUBLE_EQ(cm.settings.top_p, 0.7);
   EXPECT_EQ(cm.settings.window, 32);
   EXPECT_EQ(cm.settings.sink, 1);
-  EXPECT_EQ(cm.settings.block_size, 4);
+  EXPECT_EQ(cm.settings.block_size, 64);
   EXPECT_EQ(cm.settings.dense_below, 9);
   EXPECT_EQ(cm.settings.indexer_dim, 8);
   expect_same_indexer(ix, cm.indexer);
@@ -357,7 +357,7 @@ TEST_F(ExportTool, WithoutIndexerSaysWhatItWroteAndWarns) {
   const std::string cmd = tool + " --model " + base + " --heads " + ck + " --out " + out + " > " + out + ".log 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << rtp::read_text_file(out + ".log");
   const std::string log = rtp::read_text_file(out + ".log");
-  EXPECT_NE(log.find("settings (from --heads " + ck + ", then flags): sink 2, window 16, top_p 0.85, block size 8, "
+  EXPECT_NE(log.find("settings (from --heads " + ck + ", then flags): sink 2, window 16, top_p 0.85, block size 128, "
                      "local blocks 1, query sub-blocks 4, aggregate max, dense_below 5"),
             std::string::npos)
       << log;

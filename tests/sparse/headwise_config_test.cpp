@@ -110,7 +110,7 @@ TEST(RtpurboJson, ManifestRoundTrip) {
   m.settings.top_p = 0.8;
   m.settings.window = 64;
   m.settings.sink = 2;
-  m.settings.block_size = 16;
+  m.settings.block_size = 128;
   m.settings.local_blocks = 2;
   m.settings.indexer_dim = 8;
   m.settings.dense_below = 33;
@@ -129,7 +129,7 @@ TEST(RtpurboJson, ManifestRoundTrip) {
   EXPECT_DOUBLE_EQ(back.settings.top_p, 0.8);
   EXPECT_EQ(back.settings.window, 64);
   EXPECT_EQ(back.settings.sink, 2);
-  EXPECT_EQ(back.settings.block_size, 16);
+  EXPECT_EQ(back.settings.block_size, 128);
   EXPECT_EQ(back.settings.local_blocks, 2);
   EXPECT_EQ(back.settings.indexer_dim, 8);
   EXPECT_EQ(back.settings.dense_below, 33);
@@ -174,6 +174,13 @@ TEST(RtpurboJson, SettingsRejectUnknownKeysAndBadValues) {
     EXPECT_NE(msg.find("found " + std::to_string(bad)), std::string::npos) << msg;
   }
   EXPECT_EQ(rtp::sparse::settings_from_json({{"query_sub_blocks", 64}}, "s").query_sub_blocks, 64);
+  // Only the block sizes the selection and prefill kernels tile: another would fail at the first sparse prefill.
+  for (int bad : {16, 96, 256}) {
+    const std::string msg = error_of([&] { rtp::sparse::settings_from_json({{"block_size", bad}}, "s"); });
+    EXPECT_NE(msg.find("\"block_size\" must be 64 or 128"), std::string::npos) << bad << ": " << msg;
+    EXPECT_NE(msg.find("found " + std::to_string(bad)), std::string::npos) << msg;
+  }
+  EXPECT_EQ(rtp::sparse::settings_from_json({{"block_size", 128}}, "s").block_size, 128);
   EXPECT_EQ(d.sub_block_aggregate, "mean");  // files written before the aggregate existed
   for (const json& bad : {json("median"), json(1), json("MAX")}) {
     const std::string msg = error_of([&] { rtp::sparse::settings_from_json({{"sub_block_aggregate", bad}}, "s"); });

@@ -203,7 +203,7 @@ TEST(SparseAttention, StreamingHeadsEqualLoopReference) {
   rtp::sparse::SparseSettings st;
   st.sink = 3;
   st.window = 10;
-  st.block_size = 16;
+  st.block_size = 64;
   auto heads = rtp::sparse::HeadMap::all_streaming(1, Hkv, Hq / Hkv);
   rtp::sparse::SparseAttention attn(heads, st, nullptr);
   rtp::model::LayerAttentionInputs in;

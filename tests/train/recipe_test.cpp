@@ -133,6 +133,10 @@ TEST(Recipe, CrossFieldValidationNamesKeys) {
   EXPECT_TRUE(contains(e4, "query_sub_blocks (6)") && contains(e4, "block_size (64)")) << e4;
   EXPECT_EQ(load_error(temp_recipe("sub4.yaml", "query_sub_blocks: 4\n")), "");
   EXPECT_EQ(load_error(temp_recipe("aggmax.yaml", "sub_block_aggregate: max\n")), "");
+  // Only the block sizes the kernels tile: another would fail at the converted model's first sparse prefill.
+  const std::string e6 = load_error(temp_recipe("block96.yaml", "block_size: 96\n"));
+  EXPECT_TRUE(contains(e6, "block_size") && contains(e6, "'96'") && contains(e6, "one of 64, 128")) << e6;
+  EXPECT_EQ(load_error(temp_recipe("block128.yaml", "block_size: 128\n")), "");
   const std::string e5 = load_error(temp_recipe("aggbad.yaml", "sub_block_aggregate: median\n"));
   EXPECT_TRUE(contains(e5, "sub_block_aggregate") && contains(e5, "median")) << e5;
 }

@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
       ("window", "streaming heads: recent tokens kept, the query included" + dflt(defaults.window),
        cxxopts::value<std::string>())
       ("sink", "streaming heads: first tokens kept" + dflt(defaults.sink), cxxopts::value<std::string>())
-      ("block-size", "prefill selection block size" + dflt(defaults.block_size), cxxopts::value<std::string>())
+      ("block-size", "prefill selection block size, 64 or 128" + dflt(defaults.block_size), cxxopts::value<std::string>())
       ("local-blocks", "retrieval heads: diagonal blocks always kept" + dflt(defaults.local_blocks),
        cxxopts::value<std::string>())
       ("dense-below", "prompts shorter than this run dense (RTP-LLM seqlen_threshold)" + dflt(defaults.dense_below),
@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
     const auto top_p = rtp::tools::optional_number_arg(args, "top-p", range(0, 1, "(]"));
     const auto window = rtp::tools::optional_integer_arg(args, "window", at_least(1));
     const auto sink = rtp::tools::optional_integer_arg(args, "sink", at_least(0));
-    const auto block_size = rtp::tools::optional_integer_arg(args, "block-size", at_least(1));
+    const auto block_size = rtp::tools::optional_integer_arg(args, "block-size", rtp::config::one_of({"64", "128"}));
     const auto local_blocks = rtp::tools::optional_integer_arg(args, "local-blocks", at_least(0));
     const auto dense_below = rtp::tools::optional_integer_arg(args, "dense-below", at_least(0));
     const auto query_sub_blocks = rtp::tools::optional_integer_arg(args, "query-sub-blocks", at_least(1));
@@ -177,9 +177,10 @@ int main(int argc, char** argv) {
     RTP_CHECK(settings.sub_block_aggregate == "mean" || settings.sub_block_aggregate == "max",
               "--sub-block-aggregate must be mean or max, found ", settings.sub_block_aggregate);
     RTP_CHECK(settings.top_p > 0 && settings.top_p <= 1, "--top-p must be in (0, 1], found ", settings.top_p);
-    RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.block_size >= 1 && settings.dense_below >= 0 &&
-                  settings.local_blocks >= 0,
-              "--window and --block-size must be >= 1, --sink, --local-blocks and --dense-below >= 0");
+    RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.dense_below >= 0 && settings.local_blocks >= 0,
+              "--window must be >= 1, --sink, --local-blocks and --dense-below >= 0");
+    RTP_CHECK(rtp::sparse::block_size_supported(settings.block_size), "the block size ", settings.block_size, " (from ",
+              settings_from, ") is not one the kernels tile: give --block-size 64 or 128");
     // A flag against the block size another source set is still the command line's mistake.
     if (query_sub_blocks && *query_sub_blocks > settings.block_size)
       throw rtp::tools::UsageError(rtp::str_cat("--query-sub-blocks ", *query_sub_blocks, " exceeds the block size ",

@@ -106,7 +106,9 @@ int64_t parse_int(const std::string& key, const std::string& text, const Check& 
   if (b != e && *b == '+') ++b;
   auto [p, ec] = std::from_chars(b, e, v);
   if (ec != std::errc() || p != e || text.empty()) bad_value(key, text, c.describe(Kind::Int), origin);
-  if (!c.accepts_number(static_cast<double>(v))) bad_value(key, text, c.describe(Kind::Int), origin);
+  // Integer choices ("64", "128") are matched as the value's canonical text, so that "+64" is 64.
+  const bool ok = c.choices.empty() ? c.accepts_number(static_cast<double>(v)) : c.accepts_choice(std::to_string(v));
+  if (!ok) bad_value(key, text, c.describe(Kind::Int), origin);
   return v;
 }
 

@@ -25,7 +25,8 @@ namespace rtp::config {
 enum class Kind { Int, Float, Bool, String };
 const char* kind_name(Kind k);  // "integer", "number", "boolean", "string"
 
-// What a value must satisfy beyond its type: a numeric range (bounds open or closed) or a set of choices.
+// What a value must satisfy beyond its type: a numeric range (bounds open or closed) or a set of choices (strings, or
+// integers written in decimal).
 struct Check {
   std::optional<double> lo, hi;
   bool lo_open = false, hi_open = false;
