@@ -5,6 +5,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/kv_token_store.h"
+#include "device_launch.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -49,7 +50,8 @@ void kv_token_store(torch::Tensor& k_cache, torch::Tensor& v_cache, const torch:
     return;
   }
 #ifdef RTPURBO_WITH_CUDA
-  const cudaError_t e = k::kv_token_store_cuda(p, c10::cuda::getCurrentCUDAStream(k_cache.device().index()));
+  const DeviceLaunch launch(k_cache.device());
+  const cudaError_t e = k::kv_token_store_cuda(p, launch.stream());
   RTP_CHECK(e == cudaSuccess, "kv_token_store: CUDA kernel failed: ", cudaGetErrorString(e));
 #else
   RTP_THROW("kv_token_store: a CUDA tensor was given but this build has no CUDA kernels");

@@ -5,6 +5,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/gemv.h"
+#include "device_launch.h"
 #include "row_layout.h"
 
 #ifdef RTPURBO_WITH_CUDA
@@ -42,7 +43,8 @@ torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight)
   p.dtype = x.scalar_type() == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
   const char* err = k::check_gemv_params(p, true);
   RTP_CHECK(!*err, err);
-  const cudaError_t e = k::gemv_cuda(p, c10::cuda::getCurrentCUDAStream(x.device().index()));
+  const DeviceLaunch launch(x.device());
+  const cudaError_t e = k::gemv_cuda(p, launch.stream());
   RTP_CHECK(e == cudaSuccess, "linear_decode: CUDA kernel failed: ", cudaGetErrorString(e));
   return out;
 #else

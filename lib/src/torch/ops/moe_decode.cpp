@@ -5,6 +5,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/moe_decode.h"
+#include "device_launch.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -56,7 +57,8 @@ torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, co
   RTP_CHECK(!*err, err);
   if (x.is_cuda()) {
 #ifdef RTPURBO_WITH_CUDA
-    const cudaError_t e = k::moe_decode_cuda(p, c10::cuda::getCurrentCUDAStream());
+    const DeviceLaunch launch(x.device());
+    const cudaError_t e = k::moe_decode_cuda(p, launch.stream());
     RTP_CHECK(e == cudaSuccess, "moe_decode: CUDA kernel failed: ", cudaGetErrorString(e));
 #endif
   } else {

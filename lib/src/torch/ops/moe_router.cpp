@@ -5,6 +5,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/moe_router.h"
+#include "device_launch.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -44,7 +45,8 @@ std::pair<torch::Tensor, torch::Tensor> moe_route(const torch::Tensor& logits, i
   p.dtype = lc.scalar_type() == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
   const char* err = k::check_moe_router_params(p, true);
   RTP_CHECK(!*err, err);
-  const cudaError_t e = k::moe_router_cuda(p, c10::cuda::getCurrentCUDAStream());
+  const DeviceLaunch launch(lc.device());
+  const cudaError_t e = k::moe_router_cuda(p, launch.stream());
   RTP_CHECK(e == cudaSuccess, "moe_route: CUDA kernel failed: ", cudaGetErrorString(e));
   return {expert, weight};
 #else

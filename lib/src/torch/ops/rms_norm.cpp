@@ -5,6 +5,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/norm_rope.h"
+#include "device_launch.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -43,7 +44,8 @@ void run(k::RmsNormParams& p, const torch::Tensor& x) {
   RTP_CHECK(!*err, err);
   if (x.is_cuda()) {
 #ifdef RTPURBO_WITH_CUDA
-    const cudaError_t e = k::rms_norm_cuda(p, c10::cuda::getCurrentCUDAStream());
+    const DeviceLaunch launch(x.device());
+    const cudaError_t e = k::rms_norm_cuda(p, launch.stream());
     RTP_CHECK(e == cudaSuccess, "rms_norm: CUDA kernel failed: ", cudaGetErrorString(e));
 #else
     RTP_THROW("rms_norm: a CUDA tensor was given but this build has no CUDA kernels");
@@ -162,7 +164,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> rms_norm_
     const char* err = k::check_rms_norm_params(j->p, true);
     RTP_CHECK(!*err, err);
   }
-  const cudaError_t e = k::rms_norm_pair_cuda(a.p, b.p, c10::cuda::getCurrentCUDAStream());
+  const DeviceLaunch launch(a.x.device());
+  const cudaError_t e = k::rms_norm_pair_cuda(a.p, b.p, launch.stream());
   RTP_CHECK(e == cudaSuccess, "rms_norm_rope_qk: CUDA kernel failed: ", cudaGetErrorString(e));
 #else
   RTP_THROW("rms_norm_rope_qk: CUDA tensors were given but this build has no CUDA kernels");

@@ -6,6 +6,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/sparse_attention.h"
+#include "device_launch.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -124,7 +125,8 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   RTP_CHECK(!*err, "select_blocks: ", err);
   if (cuda) {
 #ifdef RTPURBO_WITH_CUDA
-    check_cuda(k::select_blocks_cuda(p, c10::cuda::getCurrentCUDAStream()), "select_blocks");
+    const DeviceLaunch launch(index_q.device());
+    check_cuda(k::select_blocks_cuda(p, launch.stream()), "select_blocks");
 #endif
   } else {
     k::select_blocks_cpu(p);
@@ -209,7 +211,8 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   if (host_counts.defined()) check_block_lists_on_host(host_counts, host_indices, q_offset / cfg.block_size);
   if (cuda) {
 #ifdef RTPURBO_WITH_CUDA
-    check_cuda(k::sparse_attention_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_attention");
+    const DeviceLaunch launch(q.device());
+    check_cuda(k::sparse_attention_cuda(p, launch.stream()), "sparse_attention");
 #endif
   } else {
     k::sparse_attention_cpu(p);
@@ -314,7 +317,8 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
     const auto ws = torch::empty({static_cast<int64_t>(k::sparse_decode_workspace_bytes(p))},
                                  q.options().dtype(torch::kUInt8));  // caching allocator: no driver call per token
     p.workspace = ws.data_ptr(), p.workspace_bytes = static_cast<size_t>(ws.numel());
-    check_cuda(k::sparse_decode_cuda(p, c10::cuda::getCurrentCUDAStream()), "sparse_decode");
+    const DeviceLaunch launch(q.device());
+    check_cuda(k::sparse_decode_cuda(p, launch.stream()), "sparse_decode");
 #endif
   } else {
     k::sparse_decode_cpu(p);

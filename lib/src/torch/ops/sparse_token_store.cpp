@@ -2,6 +2,7 @@
 
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
+#include "device_launch.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -34,7 +35,8 @@ void sparse_token_store(const k::SparseTokenStoreParams& p, torch::Device device
     return;
   }
 #ifdef RTPURBO_WITH_CUDA
-  const cudaError_t e = k::sparse_token_store_cuda(p, c10::cuda::getCurrentCUDAStream(device.index()));
+  const DeviceLaunch launch(device);
+  const cudaError_t e = k::sparse_token_store_cuda(p, launch.stream());
   RTP_CHECK(e == cudaSuccess, "sparse token store: CUDA kernel failed: ", cudaGetErrorString(e));
 #else
   RTP_THROW("sparse token store: a CUDA device was given but this build has no CUDA kernels");

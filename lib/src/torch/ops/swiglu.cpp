@@ -5,6 +5,7 @@
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/swiglu.h"
+#include "device_launch.h"
 #include "row_layout.h"
 
 #ifdef RTPURBO_WITH_CUDA
@@ -39,7 +40,8 @@ torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up) {
   p.dtype = gate.scalar_type() == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
   const char* err = k::check_swiglu_params(p, true);
   RTP_CHECK(!*err, err);
-  const cudaError_t e = k::swiglu_cuda(p, c10::cuda::getCurrentCUDAStream());
+  const DeviceLaunch launch(gate.device());
+  const cudaError_t e = k::swiglu_cuda(p, launch.stream());
   RTP_CHECK(e == cudaSuccess, "swiglu: CUDA kernel failed: ", cudaGetErrorString(e));
   return out;
 #else
