@@ -62,7 +62,7 @@ RTP_SPLITS_HD int64_t streaming_keys(int64_t L, int64_t sink, int64_t window) {
 // reads in check. Short caches: the head keeps a large share of its tokens, and 1024 candidates left a few blocks of
 // many key tiles on the call's critical path while the dense and streaming heads' blocks held one or two. Measured on
 // an H100 (CUDA-graph step, us per layer, docs/decode.md "Retrieval attend blocks"): 256 against 1024 candidates
-// ties at 3% kept up to 16K and saves 4-5 us at 50% kept up to 32K; at 64K and 128K 1024 is faster at 3% kept
+// ties at 3% kept up to 16K and saves 4.5-5.8 us at 50% kept up to 32K; at 64K and 128K 1024 is faster at 3% kept
 // (20.3 against 22.2 at 64K) and slower at 50%, so it stays there; at 1M 2048 beats 1024 at 3% (49.2 against 55.5).
 // (Scalars, not an array: device code reads them too.)
 constexpr int64_t kRetrievalUpTo256 = 32768, kRetrievalUpTo1024 = 262144;
