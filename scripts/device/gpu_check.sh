@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call that checks a commit on one GPU: build every gpu- and multigpu-labelled test (the latter skip on one
-# GPU), sparse_cache_test, decode_splits_test and the two benchmarks; run the tests (one summary line each, logs in $OUT/tests.log); then rtpurbo-bench at short
-# lengths (BENCH: its arguments) and rtpurbo-bench-decode on the Qwen3-30B-A3B shape (DECODE: its arguments, empty to
-# skip). Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/gpu_check.sh
+# GPU), sparse_cache_test, decode_splits_test and the two benchmarks; run the tests (one summary line each, logs in
+# $OUT/tests.log); then rtpurbo-bench at short lengths (BENCH: its arguments) and rtpurbo-bench-decode on the
+# Qwen3-30B-A3B shape (DECODE: its arguments, empty to skip).
+# Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
 # The benchmarks record $RTP_COMMIT, else git HEAD, and a device copy's git metadata can lag its working tree.
