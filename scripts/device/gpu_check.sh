@@ -7,7 +7,8 @@
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
 # The benchmarks record $RTP_COMMIT, else git HEAD, and a device copy's git metadata can lag its working tree.
-[ -n "${RTP_COMMIT:-}" ] || echo "warning: RTP_COMMIT is not set: the bench JSON records git HEAD ($(git rev-parse --short HEAD 2>/dev/null)), which may not be the tree that ran"
+[ -n "${RTP_COMMIT:-}" ] || echo "warning: RTP_COMMIT is not set: the bench JSON records git HEAD" \
+  "($(git rev-parse --short HEAD 2>/dev/null)), which may not be the tree that ran"
 start=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON \
   > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }

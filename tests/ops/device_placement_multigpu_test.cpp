@@ -90,7 +90,8 @@ TEST(OpsMultiDevice, EachOpRunsOnItsTensorsGpu) {
       "select_blocks + sparse_attention",
       [&](const auto& t) {
         const auto lists = rtp::ops::select_blocks(t[0], t[1], c);
-        const auto o = rtp::ops::sparse_attention(t[2], t[3], t[4], {HeadKind::RETRIEVAL, HeadKind::STREAMING}, lists, c);
+        const std::vector<HeadKind> kinds = {HeadKind::RETRIEVAL, HeadKind::STREAMING};
+        const auto o = rtp::ops::sparse_attention(t[2], t[3], t[4], kinds, lists, c);
         return std::vector<torch::Tensor>{lists.counts, lists.indices, o};
       },
       {torch::randn({1, 2, T, 16}, bf), torch::randn({1, T, 16}, bf), torch::randn({4, T, 128}, bf),

@@ -1,5 +1,6 @@
 // Tensor I/O with a CUDA device: read_tensor places converted tensors on the GPU with the same bits as the CPU
-// conversion (NaN payloads aside), and save_tensors takes (non-contiguous) GPU tensors. Label gpu: skips with a message without a GPU.
+// conversion (NaN payloads aside), and save_tensors takes (non-contiguous) GPU tensors. Label gpu: skips with a
+// message without a GPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

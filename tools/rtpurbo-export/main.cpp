@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
       ("window", "streaming heads: recent tokens kept, the query included" + dflt(defaults.window),
        cxxopts::value<std::string>())
       ("sink", "streaming heads: first tokens kept" + dflt(defaults.sink), cxxopts::value<std::string>())
-      ("block-size", "prefill selection block size, 64 or 128" + dflt(defaults.block_size), cxxopts::value<std::string>())
+      ("block-size", "prefill selection block size, 64 or 128" + dflt(defaults.block_size),
+       cxxopts::value<std::string>())
       ("local-blocks", "retrieval heads: diagonal blocks always kept" + dflt(defaults.local_blocks),
        cxxopts::value<std::string>())
       ("dense-below", "prompts shorter than this run dense (RTP-LLM seqlen_threshold)" + dflt(defaults.dense_below),

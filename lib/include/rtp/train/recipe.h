@@ -112,7 +112,8 @@ using rtp::config::range;
   X("indexer", double, top_p, 0.9, range(0, 1, "(]"), "top-p mass the selection keeps")                              \
   X("indexer", int64_t, sink, 4, at_least(0), "streaming heads: first tokens always attended")                      \
   X("indexer", int64_t, window, 8192, at_least(1), "streaming heads: sliding window")                               \
-  X("indexer", int64_t, block_size, 64, one_of({"64", "128"}), "prefill selection block size (the kernels' tile)")                          \
+  X("indexer", int64_t, block_size, 64, one_of({"64", "128"}),                                                      \
+    "prefill selection block size (the selection and prefill kernels' tile)")                                       \
   X("indexer", int64_t, query_sub_blocks, 1, range(1, 1 << 16),                                                      \
     "prefill selection: pooled queries per query block (power of two <= block_size)")                               \
   X("indexer", std::string, sub_block_aggregate, "mean", one_of({"mean", "max"}),                                    \
