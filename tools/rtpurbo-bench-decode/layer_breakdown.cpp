@@ -239,15 +239,17 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
         [&] { ops::sparse_decode(dis[i++ % dis.size()], kinds, cfg); });
     add("attention", "sparse: decode " + what + ", length on the device)", moved,
         [&] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, cfg); });
-    // Other splits of the retrieval head's passes for comparison (candidates per attend block, tokens per index block).
-    for (const auto& [cands, toks] : std::vector<std::pair<int, int>>{{256, 0}, {512, 0}, {0, 256}, {256, 256}}) {
+    // Other splits of the retrieval head's passes for comparison (candidates per attend block, tokens per index block;
+    // 0 = the length's default, kernels/src/decode_splits.h).
+    const auto split_name = [](int n) { return n ? std::to_string(n) : std::string("default"); };
+    for (const auto& [cands, toks] :
+         std::vector<std::pair<int, int>>{{256, 0}, {512, 0}, {1024, 0}, {0, 256}, {256, 256}, {1024, 256}}) {
       auto tuned = cfg;
       tuned.decode_tuning.retrieval_candidates_per_block = cands;
       tuned.decode_tuning.index_tokens_per_block = toks;
       add("(compare)",
-          "sparse: decode, " + std::to_string(cands ? cands : 1024) + " candidates / " + std::to_string(toks ? toks : 512) +
-              " index tokens per block",
-          moved, [&, tuned] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, tuned); });
+          "sparse: decode, " + split_name(cands) + " candidates / " + split_name(toks) + " index tokens per block", moved,
+          [&, tuned] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, tuned); });
     }
     // The streaming heads alone (the retrieval head's passes and attention out of the call).
     {
