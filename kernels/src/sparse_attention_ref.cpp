@@ -80,7 +80,7 @@ const float* fptr(const void* p) { return static_cast<const float*>(p); }
 const char* check_block_select_params(const BlockSelectParams& p) {
   if (!p.index_q || !p.index_k || !p.counts || !p.indices) return "null pointer among index_q/index_k/counts/indices";
   if (p.num_ret_heads < 1 || p.group_size < 1 || p.seq_len < 1) return "need num_ret_heads, group_size, seq_len >= 1";
-  if (p.block_size != 64 && p.block_size != 128) return "block_size must be 64 or 128";
+  if (!block_size_supported(p.block_size)) return "block_size must be 64 or 128";
   if (p.local_blocks < 1) return "local_blocks must be >= 1";
   if (p.max_blocks < p.local_blocks + 1) return "max_blocks must hold the forced blocks (local_blocks + 1)";
   if (!(p.top_p > 0.f && p.top_p <= 1.f)) return "top_p must be in (0, 1]";
@@ -99,7 +99,7 @@ const char* check_sparse_attention_params(const SparseAttentionParams& p, bool c
   if (p.num_kv_heads < 1 || p.num_kv_heads > kMaxKvHeads) return "num_kv_heads must be in [1, 64]";
   if (p.num_q_heads < 1 || p.num_q_heads % p.num_kv_heads) return "num_q_heads must be a multiple of num_kv_heads";
   if (p.seq_len < 1) return "seq_len must be >= 1";
-  if (p.block_size != 64 && p.block_size != 128) return "block_size must be 64 or 128";
+  if (!block_size_supported(p.block_size)) return "block_size must be 64 or 128";
   if (cuda && p.head_dim != 64 && p.head_dim != 128) return "head_dim must be 64 or 128 on the GPU";
   if (cuda && p.dtype != DType::BF16) return "the CUDA kernel takes bf16";
   if (!cuda && p.dtype != DType::F32) return "the CPU reference takes float32";

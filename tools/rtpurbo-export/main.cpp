@@ -11,6 +11,7 @@
 #include "tool_args.h"
 #include "rtp/core/file_io.h"
 #include "rtp/heads/head_profile.h"
+#include "rtp/kernels/sparse_attention_params.h"
 #include "rtp/model/model_config.h"
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/headwise_config.h"
@@ -180,8 +181,8 @@ int main(int argc, char** argv) {
     RTP_CHECK(settings.top_p > 0 && settings.top_p <= 1, "--top-p must be in (0, 1], found ", settings.top_p);
     RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.dense_below >= 0 && settings.local_blocks >= 0,
               "--window must be >= 1, --sink, --local-blocks and --dense-below >= 0");
-    RTP_CHECK(rtp::sparse::block_size_supported(settings.block_size), "the block size ", settings.block_size, " (from ",
-              settings_from, ") is not one the kernels tile: give --block-size 64 or 128");
+    RTP_CHECK(rtp::kernels::block_size_supported(settings.block_size), "the block size ", settings.block_size,
+              " (from ", settings_from, ") is not one the kernels tile: give --block-size 64 or 128");
     // A flag against the block size another source set is still the command line's mistake.
     if (query_sub_blocks && *query_sub_blocks > settings.block_size)
       throw rtp::tools::UsageError(rtp::str_cat("--query-sub-blocks ", *query_sub_blocks, " exceeds the block size ",

@@ -128,6 +128,9 @@ constexpr int kMaxKvHeads = 64;
 constexpr int kDecodeBins = 512;
 constexpr int kDecodeBinsPerOctave = 8;
 
+// The block sizes (query and key blocks, tokens) the selection and prefill kernels tile, CPU reference and CUDA alike.
+constexpr bool block_size_supported(int64_t b) { return b == 64 || b == 128; }
+
 // The visibility rule above for a non-retrieval head (DENSE / STREAMING); RETRIEVAL adds the block lists.
 inline bool visible_by_kind(HeadKind kind, int64_t i, int64_t j, int64_t sink, int64_t window) {
   if (j > i) return false;

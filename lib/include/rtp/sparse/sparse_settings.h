@@ -8,7 +8,7 @@ namespace rtp::sparse {
 struct SparseSettings {
   int64_t sink = 4;            // streaming heads: first tokens always kept
   int64_t window = 8192;       // streaming heads: recent tokens kept (the query itself included)
-  int64_t block_size = 64;     // prefill selection granularity (key and query blocks): 64 or 128, block_size_supported
+  int64_t block_size = 64;     // prefill selection granularity (key and query blocks): 64 or 128
   int64_t local_blocks = 1;    // retrieval heads: blocks ending at the diagonal always kept
   double top_p = 0.9;          // retrieval heads: indexer probability mass to keep
   // Prefill selection: pooled index queries per query block (a power of two in [1, block_size]). More than one
@@ -23,9 +23,5 @@ struct SparseSettings {
   int64_t dense_below = 0;     // prompts shorter than this run dense everywhere (RTP-LLM seqlen_threshold)
   bool post_rope_indexer = false;  // indexer on post-RoPE q/k instead of pre-RoPE
 };
-
-// The block sizes the selection and prefill kernels tile (CPU reference and CUDA alike): checked where settings enter
-// (recipes, rtpurbo.json, rtpurbo-export) so that a converted model never fails at its first sparse prefill.
-constexpr bool block_size_supported(int64_t b) { return b == 64 || b == 128; }
 
 }  // namespace rtp::sparse

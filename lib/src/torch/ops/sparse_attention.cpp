@@ -84,7 +84,7 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   RTP_CHECK(index_q.dim() == 4 && index_q.size(3) == k::kIndexDim, "select_blocks: index_q must be [R, G, Tq, 16], found ",
             index_q.sizes());
   check_3d(index_k, "select_blocks: index_k");
-  RTP_CHECK(cfg.block_size == 64 || cfg.block_size == 128, "select_blocks: block_size must be 64 or 128, found ",
+  RTP_CHECK(k::block_size_supported(cfg.block_size), "select_blocks: block_size must be 64 or 128, found ",
             cfg.block_size);  // before the block counts below divide by it
   RTP_CHECK(index_k.size(0) == index_q.size(0) && index_k.size(1) == q_offset + index_q.size(2) &&
                 index_k.size(2) == k::kIndexDim,
@@ -148,7 +148,7 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
             q_offset + q.size(1) - stream_key_skip, " rows of ", q.size(2), ", found k ", kk.sizes());
   RTP_CHECK(int64_t(kinds.size()) == kk.size(0), "sparse_attention: expected one kind per KV head (", kk.size(0),
             "), found ", kinds.size());
-  RTP_CHECK(cfg.block_size == 64 || cfg.block_size == 128, "sparse_attention: block_size must be 64 or 128, found ",
+  RTP_CHECK(k::block_size_supported(cfg.block_size), "sparse_attention: block_size must be 64 or 128, found ",
             cfg.block_size);  // before the lists' shape below divides by it
   const bool cuda = on_cuda(q, "sparse_attention");
   RTP_CHECK(kk.device() == q.device() && v.device() == q.device(), "sparse_attention: q/k/v on different devices");

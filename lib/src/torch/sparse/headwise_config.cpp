@@ -4,6 +4,7 @@
 
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
+#include "rtp/kernels/sparse_attention_params.h"
 #include "rtp/sparse/converted_model.h"
 
 namespace rtp::sparse {
@@ -195,8 +196,9 @@ SparseSettings settings_from_json(const json& j, const std::string& origin) {
   s.sink = get_int(j, "sink", s.sink, 0, origin);
   s.window = get_int(j, "window", s.window, 1, origin);
   s.block_size = get_int(j, "block_size", s.block_size, 1, origin);
-  RTP_CHECK(block_size_supported(s.block_size), "'", origin, "': \"block_size\" must be 64 or 128 (the selection and ",
-            "prefill kernels' tile), found ", s.block_size);
+  // Checked where settings enter (here, recipes, rtpurbo-export): a converted model never fails at its first prefill.
+  RTP_CHECK(kernels::block_size_supported(s.block_size), "'", origin,
+            "': \"block_size\" must be 64 or 128 (the selection and prefill kernels' tile), found ", s.block_size);
   s.local_blocks = get_int(j, "local_blocks", s.local_blocks, 0, origin);
   s.indexer_dim = get_int(j, "indexer_dim", s.indexer_dim, 1, origin);
   s.dense_below = get_int(j, "dense_below", s.dense_below, 0, origin);
