@@ -61,13 +61,17 @@ RTP_SPLITS_HD int64_t streaming_keys(int64_t L, int64_t sink, int64_t window) {
 // candidates give ~256 blocks at 256K, and past 256K 2048 (the shared list's size) keeps the partials the combine
 // reads in check. Short caches: the head keeps a large share of its tokens, and 1024 candidates left a few blocks of
 // many key tiles on the call's critical path while the dense and streaming heads' blocks held one or two. Measured on
-// an H100 (CUDA-graph step, us per layer, docs/decode.md "Retrieval attend blocks"): 256 against 1024 candidates
-// ties at 3% kept up to 16K and saves 4.5-5.8 us at 50% kept up to 32K; at 64K and 128K 1024 is faster at 3% kept
-// (20.3 against 22.2 at 64K) and slower at 50%, so it stays there; at 1M 2048 beats 1024 at 3% (49.2 against 55.5).
+// an H100 (CUDA-graph step, us per layer, docs/decode.md "Retrieval attend blocks"): up to 48K keys 256 candidates
+// tie or beat 512 and 1024 at 3%, 11%, 22% and 50% kept (4.5-6 us faster than 1024 at 50%); at 56K-64K 512 is the
+// best or within 0.5 us of it at every kept fraction (1024 is 0.5-3 us slower); at 128K 1024 is faster at 3% kept
+// (22.3 against 23.4) and within 1 us at 50%; at 1M 2048 beats 1024 at 3% (49.2 against 55.5).
 // (Scalars, not an array: device code reads them too.)
-constexpr int64_t kRetrievalUpTo256 = 32768, kRetrievalUpTo1024 = 262144;
+constexpr int64_t kRetrievalUpTo256 = 49152, kRetrievalUpTo512 = 65536, kRetrievalUpTo1024 = 262144;
 RTP_SPLITS_HD int retrieval_candidates(int64_t L) {
-  return L <= kRetrievalUpTo256 ? 256 : L <= kRetrievalUpTo1024 ? 1024 : kRetrievalChunkMax;
+  return L <= kRetrievalUpTo256    ? 256
+         : L <= kRetrievalUpTo512  ? 512
+         : L <= kRetrievalUpTo1024 ? 1024
+                                   : kRetrievalChunkMax;
 }
 
 RTP_SPLITS_HD HeadSplit head_split(HeadKind kind, int64_t L, int64_t sink, int64_t window, const SplitTuning& t) {
@@ -122,7 +126,7 @@ RTP_SPLITS_HD int max_head_splits(HeadKind kind, int64_t Lmax, int64_t sink, int
     best = nb > best ? nb : best;
   }
   if (kind == HeadKind::RETRIEVAL) {  // just below where the candidates per block step up
-    at(kRetrievalUpTo256), at(kRetrievalUpTo1024);
+    at(kRetrievalUpTo256), at(kRetrievalUpTo512), at(kRetrievalUpTo1024);
   }
   if (kind == HeadKind::DENSE)
     for (int64_t L = 4096; L <= 4 * 4096; L += 4096) at(L);

@@ -105,13 +105,15 @@ TEST(DecodeLengthOnDevice, EqualsTheHostLengthCallBitForBit) {
 }
 
 // One call captured in a CUDA graph at one length, replayed after the position changed: the result of a fresh call
-// with that length, every time (the decode stepper's one graph per step relies on it).
+// with that length, every time (the decode stepper's one graph per step relies on it). The lengths straddle the
+// retrieval attend blocks' steps (256 / 512 / 1024 candidates, decode_splits.h), which the test above, up to 20000
+// keys, does not reach.
 TEST(DecodeLengthOnDevice, OneCapturedCallServesEveryLength) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA): tested on the GPU machine";
 #ifdef RTPURBO_WITH_CUDA
   torch::manual_seed(12);
   const std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::DENSE};
-  const int64_t G = 8, D = 128, cap = 33000;
+  const int64_t G = 8, D = 128, cap = 66000;
   SparseConfig c;
   c.sink = 4, c.window = 2048;
   auto in = random_inputs(kinds, G, D, cap, c.sink + c.window);
@@ -129,7 +131,7 @@ TEST(DecodeLengthOnDevice, OneCapturedCallServesEveryLength) {
     graph.capture_end();
     side.synchronize();
   }
-  for (const int64_t L : {5001, 1, 100, 4096, 4097, 32768, 33000, 17}) {
+  for (const int64_t L : {5001, 1, 100, 4096, 4097, 32768, 33000, 49152, 49153, 65536, 65537, 66000, 17}) {
     dev.position.fill_(L - 1);
     graph.replay();
     torch::cuda::synchronize();
