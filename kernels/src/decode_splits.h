@@ -59,14 +59,14 @@ RTP_SPLITS_HD int64_t streaming_keys(int64_t L, int64_t sink, int64_t window) {
 }
 // Candidates per retrieval attend block. Long caches: a retrieval head keeps a few percent of its tokens, so 1024
 // candidates give ~256 blocks at 256K, and past 256K 2048 (the shared list's size) keeps the partials the combine
-// reads in check. Short caches: the head keeps a large share of its tokens, and 1024 candidates left a few blocks of
-// many key tiles on the call's critical path while the dense and streaming heads' blocks held one or two. Measured on
-// an H100 (CUDA-graph step, us per layer, docs/decode.md "Retrieval attend blocks"): up to 48K keys 256 candidates
-// tie or beat 512 and 1024 at 3%, 11%, 22% and 50% kept (4.5-6 us faster than 1024 at 50%); at 56K-64K 512 is the
-// best or within 0.5 us of it at every kept fraction (1024 is 0.5-3 us slower); at 128K 1024 is faster at 3% kept
-// (22.3 against 23.4) and within 1 us at 50%; at 1M 2048 beats 1024 at 3% (49.2 against 55.5).
-// (Scalars, not an array: device code reads them too.)
-constexpr int64_t kRetrievalUpTo256 = 49152, kRetrievalUpTo512 = 65536, kRetrievalUpTo1024 = 262144;
+// reads in check. Shorter caches: the head keeps a larger share of its tokens, and 1024 candidates left a few blocks
+// of many key tiles on the call's critical path while the dense and streaming heads' blocks held one or two. Measured
+// on an H100 (CUDA-graph step, us per layer, docs/decode.md "Retrieval attend blocks"), at 3%, 11%, 22% and 50% kept:
+// up to 48K keys 256 candidates tie or beat 512 and 1024 (4.5-6 us faster than 1024 at 50%); from 48K to 128K 512 is
+// the best or within the ~1 us run-to-run spread of it (1024 is 0.5-4 us slower from 11% kept up, 256 up to 2 us
+// slower at 3% at 64K); at 128K 1024 and 512 tie at 3% and 11%; at 256K 1024 is faster at 50%; at 1M 2048 beats 1024
+// at 3% (49.2 against 55.5). (Scalars, not an array: device code reads them too.)
+constexpr int64_t kRetrievalUpTo256 = 49152, kRetrievalUpTo512 = 131072, kRetrievalUpTo1024 = 262144;
 RTP_SPLITS_HD int retrieval_candidates(int64_t L) {
   return L <= kRetrievalUpTo256    ? 256
          : L <= kRetrievalUpTo512  ? 512

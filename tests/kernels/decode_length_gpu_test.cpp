@@ -113,7 +113,7 @@ TEST(DecodeLengthOnDevice, OneCapturedCallServesEveryLength) {
 #ifdef RTPURBO_WITH_CUDA
   torch::manual_seed(12);
   const std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING, HeadKind::DENSE};
-  const int64_t G = 8, D = 128, cap = 66000;
+  const int64_t G = 8, D = 128, cap = 132000;
   SparseConfig c;
   c.sink = 4, c.window = 2048;
   auto in = random_inputs(kinds, G, D, cap, c.sink + c.window);
@@ -131,7 +131,7 @@ TEST(DecodeLengthOnDevice, OneCapturedCallServesEveryLength) {
     graph.capture_end();
     side.synchronize();
   }
-  for (const int64_t L : {5001, 1, 100, 4096, 4097, 32768, 33000, 49152, 49153, 65536, 65537, 66000, 17}) {
+  for (const int64_t L : {5001, 1, 100, 4096, 4097, 32768, 33000, 49152, 49153, 131072, 131073, 132000, 17}) {
     dev.position.fill_(L - 1);
     graph.replay();
     torch::cuda::synchronize();

@@ -28,7 +28,7 @@ std::vector<SplitTuning> tunings() {
 TEST(DecodeSplits, BoundsHoldEveryShorterLength) {
   const int64_t sink = 4, window = 8192;
   for (const auto& t : tunings())
-    for (const int64_t Lmax : {1, 63, 4096, 4097, 9000, 16384, 16385, 32768, 32769, 40000, 49152, 49153, 65536, 65537, 70000, 262144, 262145, 300001}) {
+    for (const int64_t Lmax : {1, 63, 4096, 4097, 9000, 16384, 16385, 32768, 32769, 40000, 49152, 49153, 131072, 131073, 140000, 262144, 262145, 300001}) {
       for (const HeadKind k : {HeadKind::DENSE, HeadKind::STREAMING, HeadKind::RETRIEVAL}) {
         int worst = 0;
         for (int64_t L = 1; L <= Lmax; ++L) worst = std::max(worst, head_split(k, L, sink, window, t).nsplit);
@@ -79,13 +79,13 @@ TEST(DecodeSplits, IndexPassesKeepTheHostRule) {
   EXPECT_EQ(head_split(HeadKind::DENSE, 4097, 4, 8192, t).chunk, 128);
   EXPECT_EQ(head_split(HeadKind::DENSE, 12289, 4, 8192, t).chunk, 256);
   EXPECT_EQ(head_split(HeadKind::DENSE, 1000000, 4, 8192, t).chunk, 256);
-  // Retrieval heads: 256 candidates per block up to 48K keys, 512 up to 64K, 1024 up to 256K, then 2048.
+  // Retrieval heads: 256 candidates per block up to 48K keys, 512 up to 128K, 1024 up to 256K, then 2048.
   for (const auto& [L, chunk] : std::vector<std::pair<int64_t, int>>{{1, 256},
                                                                      {4096, 256},
                                                                      {49152, 256},
                                                                      {49153, 512},
-                                                                     {65536, 512},
-                                                                     {65537, 1024},
+                                                                     {131072, 512},
+                                                                     {131073, 1024},
                                                                      {262144, 1024},
                                                                      {262145, 2048}})
     EXPECT_EQ(head_split(HeadKind::RETRIEVAL, L, 4, 8192, t).chunk, chunk) << L;
