@@ -173,7 +173,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
       add("attention", "dense: decode kernel over " + std::to_string(kv_len) + " keys (length on the device)",
           2 * Hkv * kv_len * D * e, [&] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, ops::SparseConfig{}); });
       // Other splits for comparison (DecodeTuning::dense_keys_per_block).
-      for (const int keys : {32, 128, 256, 512}) {
+      for (const int keys : {64, 128, 256, 512, 1024}) {
         ops::SparseConfig tuned;
         tuned.decode_tuning.dense_keys_per_block = keys;
         add("(compare)", "dense: decode kernel, " + std::to_string(keys) + " keys per block", 2 * Hkv * kv_len * D * e,

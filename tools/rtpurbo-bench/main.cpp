@@ -244,7 +244,7 @@ int main(int argc, char** argv) {
        cxxopts::value<bool>()->default_value("false"))
       ("decode-streaming-keys", "decode: target keys per streaming-head block (0: the default, 128)",
        cxxopts::value<std::string>()->default_value("0"))
-      ("decode-retrieval-candidates", "decode: candidates per retrieval-head block (0: the default, 1024 / 2048 past 256K)",
+      ("decode-retrieval-candidates", "decode: candidates per retrieval-head block (0: the default rule by KV length: 256 up to 48K keys, 512 up to 128K, 1024 up to 256K, 2048 beyond)",
        cxxopts::value<std::string>()->default_value("0"))
       ("decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 1; or 2)",
        cxxopts::value<std::string>()->default_value("0"))

@@ -203,7 +203,7 @@ struct DecodeTuning {
   int streaming_keys_per_block = 0;     // 0: 128 (split evenly); else this target, in [16, 8192]
   // DENSE heads: 0: 64 keys per block up to 4K keys, 64 more per further 4K, 256 from 12K on; else this, in [16, 8192]
   int dense_keys_per_block = 0;
-  int retrieval_candidates_per_block = 0;  // 0: 1024 up to 256K keys, 2048 past it; else this, in [128, 2048]
+  int retrieval_candidates_per_block = 0;  // 0: by length (decode_splits.h, retrieval_candidates); else this, in [128, 2048]
   int index_rows_per_thread = 0;  // CUDA-core stats/hist passes: 0 the default (1); 1 or 2 index rows per thread per step
   int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
   // hist pass alone: 0: as the stats pass (index_tokens_per_block); else this, in [256, 65536].
