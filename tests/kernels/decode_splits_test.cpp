@@ -28,7 +28,7 @@ std::vector<SplitTuning> tunings() {
 TEST(DecodeSplits, BoundsHoldEveryShorterLength) {
   const int64_t sink = 4, window = 8192;
   for (const auto& t : tunings())
-    for (const int64_t Lmax : {1, 63, 4096, 4097, 9000, 16384, 16385, 32768, 32769, 40000, 49152, 49153, 131072, 131073, 140000, 262144, 262145, 300001}) {
+    for (const int64_t Lmax : {1, 63, 2048, 2049, 4096, 4097, 9000, 30720, 30721, 16384, 16385, 32768, 32769, 40000, 49152, 49153, 131072, 131073, 140000, 262144, 262145, 300001}) {
       for (const HeadKind k : {HeadKind::DENSE, HeadKind::STREAMING, HeadKind::RETRIEVAL}) {
         int worst = 0;
         for (int64_t L = 1; L <= Lmax; ++L) worst = std::max(worst, head_split(k, L, sink, window, t).nsplit);
@@ -74,11 +74,11 @@ TEST(DecodeSplits, IndexPassesKeepTheHostRule) {
     ASSERT_EQ(s.hist_chunk, chunk) << L;
     ASSERT_LE(s.nstats, 512) << L;
   }
-  // Dense heads: 64 keys per block up to 4K keys, 256 from 12K on.
-  EXPECT_EQ(head_split(HeadKind::DENSE, 4096, 4, 8192, t).chunk, 64);
-  EXPECT_EQ(head_split(HeadKind::DENSE, 4097, 4, 8192, t).chunk, 128);
-  EXPECT_EQ(head_split(HeadKind::DENSE, 12289, 4, 8192, t).chunk, 256);
-  EXPECT_EQ(head_split(HeadKind::DENSE, 1000000, 4, 8192, t).chunk, 256);
+  // Dense heads: 64 keys per block per 2K keys, at most 1024.
+  for (const auto& [L, chunk] : std::vector<std::pair<int64_t, int>>{
+           {1, 64}, {2048, 64}, {2049, 128}, {4096, 128}, {4097, 192}, {8192, 256}, {16384, 512}, {30720, 960},
+           {30721, 1024}, {32768, 1024}, {1000000, 1024}})
+    EXPECT_EQ(head_split(HeadKind::DENSE, L, 4, 8192, t).chunk, chunk) << L;
   // Retrieval heads: 256 candidates per block up to 48K keys, 512 up to 128K, 1024 up to 256K, then 2048.
   for (const auto& [L, chunk] : std::vector<std::pair<int64_t, int>>{{1, 256},
                                                                      {4096, 256},

@@ -531,6 +531,18 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
   }
 }
 
+// A cache long enough that the dense heads take the split's largest blocks (1024 keys, decode_splits.h) with a partial
+// last one, beside a retrieval head (256 candidates per block at this length) and a streaming head.
+TEST(SparseAttentionGpu, DecodeLongCacheMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(6);
+  for (int64_t D : {128, 64}) {
+    const int64_t G = 8, Hkv = 4, Hq = Hkv * G, L = 33000 + 7, cap = 33100, sink = 4, window = 2500;
+    std::vector<HeadKind> kinds = {HeadKind::DENSE, HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::DENSE};
+    expect_decode_variants(Hq, G, D, cap, sink, window, L, kinds, "long cache D=" + std::to_string(D));
+  }
+}
+
 // The model's shape: G = 8 query heads per KV head (16 too), a window longer than one attend chunk, a KV length
 // that is no multiple of the tiles, and more than one retrieval block (split-K with partial last chunks).
 TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {

@@ -201,7 +201,7 @@ struct DecodeTuning {
   bool v2_attend = false;               // the CUDA-core attend of the version before the mma one
   bool programmatic_launch = true;      // programmatic dependent launch between the call's kernels
   int streaming_keys_per_block = 0;     // 0: 128 (split evenly); else this target, in [16, 8192]
-  // DENSE heads: 0: 64 keys per block up to 4K keys, 64 more per further 4K, 256 from 12K on; else this, in [16, 8192]
+  // DENSE heads: 0: 64 keys per block per 2K keys of the cache, at most 1024 (decode_splits.h); else this, in [16, 8192]
   int dense_keys_per_block = 0;
   int retrieval_candidates_per_block = 0;  // 0: by length (decode_splits.h, retrieval_candidates); else this, in [128, 2048]
   int index_rows_per_thread = 0;  // CUDA-core stats/hist passes: 0 the default (1); 1 or 2 index rows per thread per step
