@@ -531,14 +531,14 @@ TEST(SparseAttentionGpu, DecodeMatchesReference) {
   }
 }
 
-// A cache long enough that the dense heads take the split's largest blocks (1024 keys, decode_splits.h) with a partial
-// last one, beside a retrieval head (256 candidates per block at this length) and a streaming head.
+// A cache long enough that the dense head takes the split's largest blocks (1024 keys, decode_splits.h) with a partial
+// last one, beside a retrieval head (256 candidates per block at this length) and two streaming heads.
 TEST(SparseAttentionGpu, DecodeLongCacheMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   torch::manual_seed(6);
   for (int64_t D : {128, 64}) {
     const int64_t G = 8, Hkv = 4, Hq = Hkv * G, L = 33000 + 7, cap = 33100, sink = 4, window = 2500;
-    std::vector<HeadKind> kinds = {HeadKind::DENSE, HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::DENSE};
+    std::vector<HeadKind> kinds = {HeadKind::DENSE, HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING};
     expect_decode_variants(Hq, G, D, cap, sink, window, L, kinds, "long cache D=" + std::to_string(D));
   }
 }
