@@ -39,6 +39,7 @@ struct PrefillTiles {
   int count;          // tiles
   int64_t sink_tiles = 0, win_t0 = 0;
   const int32_t* list = nullptr;
+  int64_t last_block = 0;  // RETRIEVAL: the last key block the query block sees (list entries are clamped to it)
   int tpb_shift;  // log2 of the key tiles per block (1 or 2 tiles)
 
   RTP_TILES_HD PrefillTiles(const Args& a, int kvh, int b) {
@@ -56,9 +57,14 @@ struct PrefillTiles {
       win_t0 = i64max(sink_tiles, row_of(a, i64max(0, q0 - a.window + 1)) / kKeyTileRows);
       count = int(sink_tiles + (last_tile + 1 - win_t0));
     } else {
+      // Lists on the GPU are not checked by the ops (a copy back per call): a count outside [0, max_blocks] or an
+      // entry outside [0, last_block] is clamped, so that lists that break the contract give a wrong result, never
+      // a read outside k and v (a fault there ends the CUDA context). Lists that keep it are unchanged.
       const int64_t li = int64_t(a.slot[kvh]) * a.nb + b;
       list = a.indices + li * a.max_blocks;
-      count = a.counts[li] << tpb_shift;
+      last_block = row_of(a, qlast) / a.block_size;
+      const int n = a.counts[li];
+      count = (n < 0 ? 0 : n > a.max_blocks ? a.max_blocks : n) << tpb_shift;
     }
   }
   RTP_TILES_HD static int64_t pos_of(const Args& a, int64_t row) { return row < a.S ? row : row + a.skip; }
@@ -69,8 +75,8 @@ struct PrefillTiles {
   RTP_TILES_HD int64_t start(int n) const {
     if (kind == int(HeadKind::DENSE)) return int64_t(n) * kKeyTileRows;
     if (kind == int(HeadKind::STREAMING)) return (n < sink_tiles ? n : win_t0 + (n - sink_tiles)) * kKeyTileRows;
-    return int64_t(RTP_TILES_LDG(list + (n >> tpb_shift))) * (int64_t(kKeyTileRows) << tpb_shift) +
-           (n & ((1 << tpb_shift) - 1)) * kKeyTileRows;
+    const int64_t blk = i64max(0, i64min(last_block, int64_t(RTP_TILES_LDG(list + (n >> tpb_shift)))));
+    return blk * (int64_t(kKeyTileRows) << tpb_shift) + (n & ((1 << tpb_shift) - 1)) * kKeyTileRows;
   }
   // Whether every key of the tile starting at row ks is visible to every query of the block (no masking needed).
   RTP_TILES_HD bool fully_visible(const Args& a, int64_t ks) const {

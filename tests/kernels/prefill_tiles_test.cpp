@@ -341,4 +341,49 @@ TEST(PrefillTiles, MatchReferenceOnRandomCalls) {
               (long long)st.window_lt_block, (long long)st.window_gt_block);
 }
 
+
+// Block lists on the GPU are not checked by the ops. A list that breaks the contract (a count outside [0,
+// max_blocks], entries negative, past the query block, or anything) must still give tiles inside the call's keys:
+// a count within the list's capacity, and tile starts within the blocks the query block may see. (The result of such
+// a call is unspecified; a read outside k and v would end the CUDA context.)
+TEST(PrefillTiles, ListsThatBreakTheContractStayInsideTheKeys) {
+  using Tiles = rtp::kernels::cuda_detail::PrefillTiles<TileArgs>;
+  std::mt19937 g(20261205);
+  const int32_t kWild[] = {INT32_MIN, -65, -1, INT32_MAX, 1 << 28};
+  int64_t tiles = 0, clamped = 0;
+  for (int n = 0; n < 400; ++n) {
+    Call c = random_call(g, n % 2 ? kAllRetrieval : kMixed);
+    for (auto& x : c.counts) {
+      const int64_t u = uniform(g, 0, 5);
+      x = u == 0 ? INT32_MIN : u == 1 ? -1 : u == 2 ? c.max_blocks + 1 : u == 3 ? INT32_MAX
+                                                                          : int32_t(uniform(g, 0, c.max_blocks));
+    }
+    for (auto& x : c.indices) x = uniform(g, 0, 1) ? kWild[uniform(g, 0, 4)] : int32_t(uniform(g, 0, 2 * c.max_blocks));
+    const TileArgs a = tile_args(c);
+    const int shift = c.B > kKeyTileRows ? 1 : 0;
+    for (int h = 0; h < int(c.kinds.size()); ++h) {
+      if (c.kinds[h] != HeadKind::RETRIEVAL) continue;
+      for (int b = 0; b < a.nb; ++b) {
+        const Tiles t(a, h, b);
+        const int64_t last_block = t.qlast / c.B;  // retrieval calls skip no tokens: rows are positions
+        ASSERT_GE(t.count, 0) << c.describe() << " query block " << b;
+        ASSERT_LE(t.count, c.max_blocks << shift) << c.describe() << " query block " << b;
+        int first = -1, end = -1;
+        t.unmasked_tiles(a, first, end);
+        ASSERT_TRUE(0 <= first && first <= end && end <= t.count) << c.describe();
+        for (int k = 0; k < t.count; ++k, ++tiles) {
+          const int64_t ks = t.start(k);
+          const int32_t raw = c.indices[size_t((int64_t(a.slot[h]) * a.nb + b) * c.max_blocks + (k >> shift))];
+          clamped += raw < 0 || raw > last_block;
+          ASSERT_GE(ks, 0) << c.describe() << " query block " << b << " tile " << k << " entry " << raw;
+          ASSERT_LE(ks / c.B, last_block) << c.describe() << " query block " << b << " tile " << k << " entry " << raw;
+          ASSERT_LT(last_block * c.B, a.krows) << c.describe();
+        }
+      }
+    }
+  }
+  std::printf("%lld tiles of broken lists, %lld from clamped entries\n", (long long)tiles, (long long)clamped);
+  EXPECT_GT(clamped, 1000);
+}
+
 }  // namespace

@@ -1,11 +1,12 @@
 // ops::sparse_attention with CUDA q/k/v and block lists still on the host: the lists are held to the contract of
 // sparse_attention_params.h before they are copied to the device (the CUDA prefill kernels read counts[r, m]
 // entries of each list and load the key rows of each entry: a negative entry read before k and v, a count past
-// max_blocks read past the list, an entry out of order made the kernels take masked tiles as fully visible).
-// Skipped without a GPU.
+// max_blocks read past the list, an entry out of order made the kernels take masked tiles as fully visible); lists
+// already on the device are clamped by the kernels instead. Skipped without a GPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,45 @@ TEST(SparseAttentionOpGpu, RefusesHostBlockListsOutsideTheContract) {
   auto descending = copy();
   descending.indices[0][3][0] = 3, descending.indices[0][3][3] = 0;  // 3, 1, 2, 0
   EXPECT_NE(error(descending).find("found 1 at entry 1 after 3"), std::string::npos) << error(descending);
+}
+
+
+// Lists already on the GPU are not checked (no copy back per call); the kernels clamp counts into [0, max_blocks] and
+// entries into [0, the list's query block] (prefill_tiles.h). Broken device lists must neither fault (a fault ends the
+// CUDA context: the next call would fail too) nor read outside k and v: the result equals that of the same lists
+// clamped on the host first, and a valid call afterwards still equals its result from before.
+TEST(SparseAttentionOpGpu, BrokenDeviceBlockListsAreClampedNotRead) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA): tested on the GPU machine";
+  torch::manual_seed(42);
+  for (const int B : {64, 128}) {
+    rtp::ops::SparseConfig c;
+    c.sink = 4, c.window = 32, c.block_size = B, c.top_p = 0.5f;
+    const int64_t T = 7 * B + 13, D = 128;
+    const auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+    const auto q = torch::randn({4, T, D}, bf), k = torch::randn({2, T, D}, bf), v = torch::randn({2, T, D}, bf);
+    const std::vector<HeadKind> kinds = {HeadKind::STREAMING, HeadKind::RETRIEVAL};
+    const BlockLists lists = rtp::ops::select_blocks(torch::randn({1, 2, T, 16}), torch::randn({1, T, 16}), c);
+    const auto valid = rtp::ops::sparse_attention(q, k, v, kinds, {lists.counts.cuda(), lists.indices.cuda()}, c);
+    const int64_t nqb = lists.counts.size(1), max_blocks = lists.indices.size(2);
+    auto counts = lists.counts.clone().to(torch::kInt32), indices = lists.indices.clone().to(torch::kInt32);
+    const std::vector<int32_t> wild = {INT32_MIN, -1, int32_t(nqb), 1 << 28, INT32_MAX};
+    for (int64_t m = 0; m < nqb; ++m) {
+      counts[0][m] = m % 3 == 0 ? int32_t(max_blocks + 5) : m % 3 == 1 ? -7 : counts[0][m].item<int32_t>();
+      for (int64_t i = 0; i < max_blocks; ++i) indices[0][m][i] = wild[size_t((m + i) % wild.size())];
+    }
+    // The same lists clamped on the host: what the kernels must see.
+    auto c_counts = counts.clamp(0, max_blocks), c_indices = indices.clone();
+    for (int64_t m = 0; m < nqb; ++m) c_indices[0][m].clamp_(0, m);
+    const auto broken = rtp::ops::sparse_attention(q, k, v, kinds, {counts.cuda(), indices.cuda()}, c);
+    const auto clamped = rtp::ops::sparse_attention(q, k, v, kinds, {c_counts.cuda(), c_indices.cuda()}, c);
+    torch::cuda::synchronize();
+    // Bit for bit; NaN where both are NaN (a list clamped to no block leaves its queries no key: 0 / 0).
+    const auto same = (broken == clamped) | (broken.isnan() & clamped.isnan());
+    EXPECT_TRUE(same.all().item<bool>()) << "block size " << B;
+    const auto again = rtp::ops::sparse_attention(q, k, v, kinds, {lists.counts.cuda(), lists.indices.cuda()}, c);
+    torch::cuda::synchronize();
+    EXPECT_TRUE(torch::equal(again, valid)) << "block size " << B;
+  }
 }
 
 }  // namespace

@@ -48,11 +48,13 @@ torch::Tensor contiguous_aligned(const torch::Tensor& t) {
 
 // The kernels read counts[r, m] entries of list (r, m) and take each as a key block: the CPU reference marks it in a
 // table of the call's blocks, the CUDA kernels load its key rows, and visit the listed tiles in order (the fully
-// visible ones a prefix). A count outside [0, max_blocks] or an entry outside [0, n_blocks) is read or written past
-// an end (a negative entry on the GPU reads before k and v), an entry out of order or repeated is attended wrongly.
+// visible ones a prefix). On the CPU a count outside [0, max_blocks] or an entry outside [0, n_blocks) is read or
+// written past an end; anywhere an entry out of order or repeated is attended wrongly.
 // Lists on the host (the CPU path, or host lists given with CUDA q/k/v) are held to the contract here
 // (sparse_attention_params.h: ascending, unique, each at most the list's query block b0 + m). Lists already on the GPU
-// would need a device-to-host copy and a synchronisation per call: there they are trusted to come from select_blocks.
+// would need a device-to-host copy and a synchronisation per call: there they are trusted to come from select_blocks,
+// and the kernels clamp counts and entries into range (prefill_tiles.h), so that a broken list gives a wrong result,
+// not a read outside k and v.
 void check_block_lists_on_host(const torch::Tensor& counts, const torch::Tensor& indices, int64_t b0) {
   const auto c = counts.accessor<int32_t, 2>();
   const auto ix = indices.accessor<int32_t, 3>();
