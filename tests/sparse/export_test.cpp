@@ -364,6 +364,7 @@ TEST_F(ExportTool, WithoutIndexerSaysWhatItWroteAndWarns) {
   EXPECT_NE(log.find("warning: 2 retrieval KV heads but no --indexer"), std::string::npos) << log;
   EXPECT_NE(log.find("layer N has retrieval heads but no indexer"), std::string::npos) << log;
   EXPECT_EQ(log.find("max_position_embeddings"), std::string::npos) << log;  // 2 + 16 < 512
+  EXPECT_EQ(log.find("note: dense_below"), std::string::npos) << log;         // 512 positions, and dense_below 5
   const auto cm = rtp::sparse::load_converted(out, torch::kCPU, torch::kFloat32);
   EXPECT_EQ(cm.settings.window, 16);
   EXPECT_DOUBLE_EQ(cm.settings.top_p, 0.85);
@@ -374,6 +375,34 @@ TEST_F(ExportTool, WithoutIndexerSaysWhatItWroteAndWarns) {
   EXPECT_NE(rtp::read_text_file(out2 + ".log").find("sink + window = 512 >= the model's max_position_embeddings 512"),
             std::string::npos)
       << rtp::read_text_file(out2 + ".log");
+}
+
+// A long-context model exported with dense_below 0 (every prompt sparse) gets a note naming --dense-below 16384; with
+// the flag, or on a short-context model (the toy's), there is none.
+TEST_F(ExportTool, LongContextModelWithoutDenseBelowGetsANote) {
+  const std::string base = scratch("long-base");
+  fs::create_directories(base);
+  fs::copy(rtp::testing::model_fixture_dir("qwen3-tiny"), base, fs::copy_options::recursive);
+  json cfg = rtp::read_json_file(base + "/config.json");
+  cfg["max_position_embeddings"] = 40960;
+  rtp::write_json_atomic(base + "/config.json", cfg);
+  const std::string ck = scratch("long-ck") + ".safetensors";
+  auto settings = tiny_settings();
+  settings.dense_below = 0;
+  rtp::sparse::save_indexer_checkpoint(ck, random_indexer(tiny_heads(), 8, 9), settings);
+  const auto run = [&](const std::string& name, const std::string& flags) {
+    const std::string out = scratch(name);
+    const std::string cmd = tool + " --model " + base + " --heads " + ck + " --indexer " + ck + " --out " + out + flags +
+                            " > " + out + ".log 2>&1";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << rtp::read_text_file(out + ".log");
+    return rtp::read_text_file(out + ".log");
+  };
+  const std::string plain = run("long-out", "");
+  EXPECT_NE(plain.find("note: dense_below 0: prompts of every length run sparse"), std::string::npos) << plain;
+  EXPECT_NE(plain.find("--dense-below 16384 keeps shorter prompts dense"), std::string::npos) << plain;
+  const std::string flagged = run("long-out2", " --dense-below 16384");
+  EXPECT_EQ(flagged.find("note: dense_below"), std::string::npos) << flagged;
+  EXPECT_NE(flagged.find("dense_below 16384"), std::string::npos) << flagged;
 }
 
 // Malformed numbers, stray arguments and a config.json given for --model are named as such (exit 2 for the
