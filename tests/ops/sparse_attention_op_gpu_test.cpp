@@ -56,7 +56,6 @@ TEST(SparseAttentionOpGpu, RefusesHostBlockListsOutsideTheContract) {
   EXPECT_NE(error(descending).find("found 1 at entry 1 after 3"), std::string::npos) << error(descending);
 }
 
-
 // Lists already on the GPU are not checked (no copy back per call); the kernels clamp counts into [0, max_blocks] and
 // entries into [0, the list's query block] (prefill_tiles.h). Broken device lists must neither fault (a fault ends the
 // CUDA context: the next call would fail too) nor read outside k and v: the result equals that of the same lists
