@@ -29,18 +29,32 @@ struct SplitTuning {
 
 constexpr int kRetrievalChunkMax = 2048;  // candidates per retrieval attend block (its compacted list's size)
 
-RTP_SPLITS_HD int64_t splits_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Every decode kernel evaluates the splits at its start, on the path to its dependents' launch and its first load: a
+// 64-bit division is a ~70-instruction subroutine on the GPU, a 32-bit one a few instructions, and a KV length and
+// a chunk always fit 31 bits in practice. Same quotient either way, so host and device agree.
+RTP_SPLITS_HD int64_t splits_ceil_div(int64_t a, int64_t b) {
+#ifdef __CUDA_ARCH__
+  constexpr int64_t kFits = int64_t(1) << 31;
+  if (a >= 0 && a < kFits && b > 0 && b < kFits) return int64_t((uint32_t(a) + uint32_t(b) - 1u) / uint32_t(b));
+#endif
+  return (a + b - 1) / b;
+}
 
 // The index passes (stats, hist) of the retrieval heads: tokens per block and blocks per retrieval head.
 struct IndexSplit {
   int stat_chunk, nstats, hist_chunk, nhist;
 };
+// Up to 48K keys 256 tokens per index block (at most 192 blocks), beyond that at least 512 tokens and at most ~512
+// blocks (every hist block merges all stats chunks of its head): 256 blocks at 128K, 512 at 1M. Measured (docs/
+// decode.md, "Index blocks"): 256 tokens were 0.4-2 us faster per call at 4K-40K keys in the decode steps of three
+// shapes, where a retrieval head keeps half or more of its tokens, tied 512 at 32K and 64K with 3% kept, and lost 3
+// us at 128K and 13 at 256K (more stats chunks for every hist block to merge).
+constexpr int64_t kIndexUpTo256 = 49152;
 RTP_SPLITS_HD IndexSplit index_split(int64_t L, const SplitTuning& t) {
   IndexSplit s;
-  // At least 512 tokens (2 per thread), at most ~512 blocks (every hist block merges all stats chunks per head):
-  // 256 blocks at 128K, 512 at 1M.
   const int64_t def = splits_ceil_div(splits_ceil_div(L, 512), 256) * 256;
-  s.stat_chunk = t.index_tokens_per_block > 0 ? t.index_tokens_per_block : int(def > 512 ? def : 512);
+  const int64_t chunk = L <= kIndexUpTo256 ? 256 : def > 512 ? def : 512;
+  s.stat_chunk = t.index_tokens_per_block > 0 ? t.index_tokens_per_block : int(chunk);
   s.nstats = int(splits_ceil_div(L, s.stat_chunk));
   s.hist_chunk = t.hist_tokens_per_block > 0 ? t.hist_tokens_per_block : s.stat_chunk;
   s.nhist = int(splits_ceil_div(L, s.hist_chunk));
@@ -137,9 +151,12 @@ RTP_SPLITS_HD int max_head_splits(HeadKind kind, int64_t Lmax, int64_t sink, int
 }
 RTP_SPLITS_HD IndexSplit max_index_split(int64_t Lmax, const SplitTuning& t) {
   IndexSplit s = index_split(Lmax, t);
-  // Default chunking: at most ceil(L / 512) blocks, and at most 512 (the chunk grows with L past 256K).
+  // Default chunking: ceil(L / 256) blocks up to 48K (192 at most), beyond that at most ceil(L / 512) and at most 512
+  // (the chunk grows with L past 256K).
   if (t.index_tokens_per_block <= 0) {
-    const int64_t n = splits_ceil_div(Lmax, 512) < 512 ? splits_ceil_div(Lmax, 512) : 512;
+    const int64_t short_max = splits_ceil_div(Lmax < kIndexUpTo256 ? Lmax : kIndexUpTo256, 256);
+    const int64_t long_max = Lmax <= kIndexUpTo256 ? 0 : splits_ceil_div(Lmax, 512) < 512 ? splits_ceil_div(Lmax, 512) : 512;
+    const int64_t n = short_max > long_max ? short_max : long_max;
     s.nstats = int(n > s.nstats ? n : s.nstats);
     if (t.hist_tokens_per_block <= 0) s.nhist = s.nstats;
   }

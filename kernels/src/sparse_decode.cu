@@ -180,12 +180,12 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
   __shared__ float q[GM][kIndexDim];
   __shared__ float2 red[8][GM];
   const int r = blockIdx.y, tid = threadIdx.x;
+  pdl_trigger();  // first: the next kernel's launch need not wait for this block's split arithmetic
   const int64_t L = kv_length(position, host_L);
   const IndexSplit is = index_split(L, splits);
   if (int(blockIdx.x) >= is.nstats) return;  // a grid sized for a longer length
   const int nchunks = is.nstats, chunk = is.stat_chunk;
   probe_start(tl, kPhaseStats);
-  pdl_trigger();
   if (blockIdx.x == 0) reset_slot(r, hist, forced_mass, done, selected_count);
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   // kRows rows per thread loaded before any is used (one DRAM round trip per kRows rows, not per row).
@@ -423,12 +423,12 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_kernel(const IT* iq, con
   __shared__ float q[kMaxG][kIndexDim];
   __shared__ HistShared sh;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  pdl_trigger();  // first: the next kernel's launch need not wait for this block's split arithmetic
   const int64_t L = kv_length(position, host_L);
   const IndexSplit is = index_split(L, splits);
   if (int(blockIdx.x) >= is.nhist) return;  // a grid sized for a longer length
   const int nstats = is.nstats, chunk = is.hist_chunk;
   probe_start(tl, kPhaseHist);
-  pdl_trigger();
   // The query and this thread's first index rows are the caller's data: loaded before the wait, so with PDL
   // they arrive while stats_kernel is still running.
   for (int i = tid; i < G * kIndexDim; i += kHistThreads) q[i / kIndexDim][i % kIndexDim] = to_float(iq[(int64_t(r) * G) * kIndexDim + i]) * 0.25f;
@@ -521,12 +521,12 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
                                                         unsigned long long* tl) {
   __shared__ float2 red[8][8 * GN];
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
+  pdl_trigger();  // first: the next kernel's launch need not wait for this block's split arithmetic
   const int64_t L = kv_length(position, host_L);
   const IndexSplit is = index_split(L, splits);
   if (int(blockIdx.x) >= is.nstats) return;  // a grid sized for a longer length
   const int nchunks = is.nstats, chunk = is.stat_chunk;
   probe_start(tl, kPhaseStats);
-  pdl_trigger();
   if (blockIdx.x == 0) reset_slot(r, hist, forced_mass, done, selected_count);
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   const __nv_bfloat16* rows = ik + int64_t(r) * cap * kIndexDim;
@@ -584,12 +584,12 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_mma_kernel(
     unsigned long long* tl) {
   __shared__ HistShared sh;
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
+  pdl_trigger();  // first: the next kernel's launch need not wait for this block's split arithmetic
   const int64_t L = kv_length(position, host_L);
   const IndexSplit is = index_split(L, splits);
   if (int(blockIdx.x) >= is.nhist) return;  // a grid sized for a longer length
   const int nstats = is.nstats, chunk = is.hist_chunk;
   probe_start(tl, kPhaseHist);
-  pdl_trigger();
   for (int i = tid; i < HistShared::NW * kDecodeBins; i += kHistThreads) (&sh.wh[0][0])[i] = 0.f;
   const int64_t j0 = int64_t(blockIdx.x) * chunk, j1 = min(L, j0 + chunk);
   const __nv_bfloat16* rows = ik + int64_t(r) * cap * kIndexDim;
@@ -1130,9 +1130,9 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const int kvh = blockIdx.y, split = blockIdx.x;
   const int kind = a.kind[kvh];
   const bool ret = kind == int(HeadKind::RETRIEVAL);
+  pdl_trigger();  // first, as in the index passes
   const HeadSplit hs = head_split_of(a, kvh, kv_length(a));
   if (split >= hs.nsplit) return;
-  pdl_trigger();
   const int phase = ret ? kPhaseAttendRetrieval : kPhaseAttendOther;
   probe_start(a.timeline, phase);
   const int tid = threadIdx.x;
@@ -1203,8 +1203,10 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
   const int h = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   probe_start(a.timeline, kPhaseCombine);
   pdl_trigger();
-  pdl_wait();  // part_acc / part_ml come from attend
+  // The split count depends on the arguments and the length alone (written before the call's first kernel): found
+  // while the attend runs, not after it.
   const int ns = head_split_of(a, h / a.G, kv_length(a)).nsplit;
+  pdl_wait();  // part_acc / part_ml come from attend
   const float2* ml = part_ml + int64_t(h) * a.max_split;
   const int col = tid % COLS, grp = tid / COLS;
   // Loads of U splits are issued before any is used: the rolled loop (with its skip of empty splits) was a chain

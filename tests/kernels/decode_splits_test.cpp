@@ -28,7 +28,7 @@ std::vector<SplitTuning> tunings() {
 TEST(DecodeSplits, BoundsHoldEveryShorterLength) {
   const int64_t sink = 4, window = 8192;
   for (const auto& t : tunings())
-    for (const int64_t Lmax : {1, 63, 2048, 2049, 4096, 4097, 9000, 16384, 16385, 30720, 30721, 32768, 32769, 40000, 49152, 49153, 131072, 131073, 140000, 262144, 262145, 300001}) {
+    for (const int64_t Lmax : {1, 63, 256, 257, 2048, 2049, 4096, 4097, 9000, 16384, 16385, 30720, 30721, 32768, 32769, 40000, 49152, 49153, 98304, 98305, 131072, 131073, 140000, 262144, 262145, 300001}) {
       for (const HeadKind k : {HeadKind::DENSE, HeadKind::STREAMING, HeadKind::RETRIEVAL}) {
         int worst = 0;
         for (int64_t L = 1; L <= Lmax; ++L) worst = std::max(worst, head_split(k, L, sink, window, t).nsplit);
@@ -67,7 +67,8 @@ TEST(DecodeSplits, SplitsCoverTheKeysOnceWithoutEmptyBlocks) {
 TEST(DecodeSplits, IndexPassesKeepTheHostRule) {
   SplitTuning t;
   for (int64_t L = 1; L <= 3000000; L += (L < 5000 ? 1 : 4099)) {
-    const int64_t chunk = std::max<int64_t>(512, ((L + 511) / 512 + 255) / 256 * 256);
+    // 256 tokens per block up to 48K keys, then at least 512 and at most 512 blocks.
+    const int64_t chunk = L <= 49152 ? 256 : std::max<int64_t>(512, ((L + 511) / 512 + 255) / 256 * 256);
     const IndexSplit s = index_split(L, t);
     ASSERT_EQ(s.stat_chunk, chunk) << L;
     ASSERT_EQ(s.nstats, (L + chunk - 1) / chunk) << L;

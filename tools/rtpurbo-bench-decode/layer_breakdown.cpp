@@ -243,7 +243,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     // 0 = the length's default, kernels/src/decode_splits.h).
     const auto split_name = [](int n) { return n ? std::to_string(n) : std::string("default"); };
     for (const auto& [cands, toks] :
-         std::vector<std::pair<int, int>>{{256, 0}, {512, 0}, {1024, 0}, {0, 256}, {256, 256}, {1024, 256}}) {
+         std::vector<std::pair<int, int>>{{256, 0}, {512, 0}, {1024, 0}, {0, 256}, {0, 512}, {1024, 256}}) {
       auto tuned = cfg;
       tuned.decode_tuning.retrieval_candidates_per_block = cands;
       tuned.decode_tuning.index_tokens_per_block = toks;

@@ -248,7 +248,7 @@ int main(int argc, char** argv) {
        cxxopts::value<std::string>()->default_value("0"))
       ("decode-index-rows", "decode: index rows per thread per step of the stats/hist passes (0: the default, 1; or 2)",
        cxxopts::value<std::string>()->default_value("0"))
-      ("decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 512 up to 128K)",
+      ("decode-index-tokens", "decode: tokens per stats/hist block (0: the default, 256 up to 48K keys, 512 up to 128K)",
        cxxopts::value<std::string>()->default_value("0"))
       ("decode-carveout", "decode: preferred shared-memory carveout of the decode kernels in percent (-1: the driver's choice)",
        cxxopts::value<std::string>()->default_value("100"))

@@ -205,7 +205,7 @@ struct DecodeTuning {
   int dense_keys_per_block = 0;
   int retrieval_candidates_per_block = 0;  // 0: by length (decode_splits.h, retrieval_candidates); else this, in [128, 2048]
   int index_rows_per_thread = 0;  // CUDA-core stats/hist passes: 0 the default (1); 1 or 2 index rows per thread per step
-  int index_tokens_per_block = 0;  // stats/hist passes: 0: 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
+  int index_tokens_per_block = 0;  // stats/hist passes: 0: 256 up to 48K, 512 up to 128K, then <= 512 blocks; else this, in [256, 65536]
   // hist pass alone: 0: as the stats pass (index_tokens_per_block); else this, in [256, 65536].
   int hist_tokens_per_block = 0;
   // Every retrieval attend block finds b* from the histogram itself instead of the last hist block (no ticket,
