@@ -106,8 +106,8 @@ TEST(DecodeLengthOnDevice, EqualsTheHostLengthCallBitForBit) {
 
 // One call captured in a CUDA graph at one length, replayed after the position changed: the result of a fresh call
 // with that length, every time (the decode stepper's one graph per step relies on it). The lengths straddle the
-// retrieval attend blocks' steps (256 / 512 / 1024 candidates, decode_splits.h), which the test above, up to 20000
-// keys, does not reach.
+// retrieval attend blocks' steps (256 / 512 / 1024 candidates, decode_splits.h) and the index blocks' step at 49152
+// keys (256 / 512 tokens), which the test above, up to 20000 keys, does not reach.
 TEST(DecodeLengthOnDevice, OneCapturedCallServesEveryLength) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA): tested on the GPU machine";
 #ifdef RTPURBO_WITH_CUDA
