@@ -137,4 +137,41 @@ struct SoftmaxPartial {
   __device__ __forceinline__ float2 get() const { return make_float2(m, s); }
 };
 
+// Programmatic dependent launch (Hopper): a kernel launched with the attribute may start once every block of the
+// kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
+// visible. Without the attribute both are no-ops. The kernels that use them trigger at their start and wait before
+// they touch what the previous one writes (or before they write what the previous one reads), so the wait chain
+// stays transitive (sparse_decode.cu: a streaming head's whole attend overlaps the retrieval passes; moe_decode.cu: the
+// down projection's first weight rows arrive while the gate/up pass ends).
+// Programmatic dependent launch exists from sm_90 on; the launcher uses plain stream order on older GPUs, where
+// these compile to nothing.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
+// a call: its inputs come from the caller's kernels, which do not trigger early.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
+}
+
 }  // namespace rtp::kernels::cuda_detail

@@ -85,24 +85,6 @@ __device__ __forceinline__ void probe_point(unsigned long long* tl, int phase) {
   }
 }
 
-// Programmatic dependent launch (Hopper): a kernel launched with the attribute may start once every block of the
-// kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
-// visible. Without the attribute both are no-ops. Every kernel here triggers at its start and waits before it
-// touches what the previous one writes (or before it writes what the previous one reads), so the wait chain
-// stays transitive and a streaming head's whole attend can overlap the retrieval stats and hist passes (see the
-// end of attend_mma_kernel for why its streaming blocks need no wait at all).
-// Programmatic dependent launch exists from sm_90 on; the launcher uses plain stream order on older GPUs, where
-// these compile to nothing.
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 // vec: the row is 16-byte aligned (always, for torch allocations), so it is read in 16-byte loads; the scalar
 // path (16 separate loads of 2 or 4 bytes) kept the stats pass latency-bound.
@@ -1277,24 +1259,6 @@ __global__ void __launch_bounds__(256) combine_kernel(const __grid_constant__ De
 }  // namespace
 
 namespace {
-
-// Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
-// a call: its inputs (q, caches, indexer) come from the caller's kernels, which do not trigger early.
-template <typename... KArgs, typename... Args>
-cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
-                     Args... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
-}
 
 // The launch geometry and the workspace layout of one decode call. With SparseDecodeParams::position the grids and
 // the workspace are sized for every length up to kv_len (the kernels find their own splits at the length they read).
