@@ -45,10 +45,10 @@ struct IndexSplit {
   int stat_chunk, nstats, hist_chunk, nhist;
 };
 // Up to 48K keys 256 tokens per index block (at most 192 blocks), beyond that at least 512 tokens and at most ~512
-// blocks (every hist block merges all stats chunks of its head): 256 blocks at 128K, 512 at 1M. Measured (docs/
-// decode.md, "Index blocks"): 256 tokens were 0.4-2 us faster per call at 4K-40K keys in the decode steps of three
-// shapes, where a retrieval head keeps half or more of its tokens, tied 512 at 32K and 64K with 3% kept, and lost 3
-// us at 128K and 13 at 256K (more stats chunks for every hist block to merge).
+// blocks (every hist block merges all stats chunks of its head): 256 blocks at 128K, 512 at 1M. Measured on H100s
+// and an H200 (docs/decode.md, "Split arithmetic on the GPU and index blocks"): 256 tokens were 0.4-2 us faster per
+// call at 4K-49K keys, where a retrieval head keeps 15-75% of its tokens, tied 512 at 32K and 64K with 3% kept, and
+// lost 3-4 us at 128K and 13-23 at 256K (more stats chunks for every hist block to merge).
 constexpr int64_t kIndexUpTo256 = 49152;
 RTP_SPLITS_HD IndexSplit index_split(int64_t L, const SplitTuning& t) {
   IndexSplit s;
