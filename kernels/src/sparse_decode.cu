@@ -85,6 +85,8 @@ __device__ __forceinline__ void probe_point(unsigned long long* tl, int phase) {
   }
 }
 
+// The four kernels of a call chain by programmatic dependent launch (pdl_trigger / pdl_wait, cuda_common.cuh); the end
+// of attend_mma_kernel says why its streaming blocks need no wait at all.
 
 // vec: the row is 16-byte aligned (always, for torch allocations), so it is read in 16-byte loads; the scalar
 // path (16 separate loads of 2 or 4 bytes) kept the stats pass latency-bound.
