@@ -156,6 +156,16 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// The compute capability's major number of the current device, 0 if it cannot be read: the launchers take
+// programmatic launch from 9 on (the launch attribute needs Hopper or later).
+inline int current_device_cc_major() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return 0;
+  return major;
+}
+
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
 // a call: its inputs come from the caller's kernels, which do not trigger early.
 template <typename... KArgs, typename... Args>

@@ -155,7 +155,8 @@ RTP_SPLITS_HD IndexSplit max_index_split(int64_t Lmax, const SplitTuning& t) {
   // (the chunk grows with L past 256K).
   if (t.index_tokens_per_block <= 0) {
     const int64_t short_max = splits_ceil_div(Lmax < kIndexUpTo256 ? Lmax : kIndexUpTo256, 256);
-    const int64_t long_max = Lmax <= kIndexUpTo256 ? 0 : splits_ceil_div(Lmax, 512) < 512 ? splits_ceil_div(Lmax, 512) : 512;
+    const int64_t by_512 = splits_ceil_div(Lmax, 512);
+    const int64_t long_max = Lmax <= kIndexUpTo256 ? 0 : by_512 < 512 ? by_512 : 512;
     const int64_t n = short_max > long_max ? short_max : long_max;
     s.nstats = int(n > s.nstats ? n : s.nstats);
     if (t.hist_tokens_per_block <= 0) s.nhist = s.nstats;

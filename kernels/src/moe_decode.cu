@@ -176,10 +176,7 @@ cudaError_t launch(const MoeDecodeParams& p, cudaStream_t stream) {
   // first weight rows before they wait for act. H100, Qwen3-30B-A3B's experts (8 of 128), one call in a graph: 35.5 us
   // against 36.7-36.9 without (docs/decode.md). Prefetching the down rows into L2 from the gate/up pass was slower
   // (38.3-39.2 us): it took DRAM bandwidth from the gate/up reads.
-  int dev = 0, cc_major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    cc_major = 0;
-  const bool pdl = cc_major >= 9;
+  const bool pdl = current_device_cc_major() >= 9;
   const dim3 block(kWarpsPerBlock * 32);
   cudaError_t err = launch_k(gate_up_act_kernel<T>, dim3(unsigned((I + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N * K)),
                              block, 0, stream, false, static_cast<const T*>(p.x), p.expert, static_cast<const T*>(p.gate_up),

@@ -1378,9 +1378,7 @@ size_t sparse_decode_workspace_bytes(const SparseDecodeParams& p) {
 
 cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream) {
   if (*check_sparse_decode_params(p, true)) return cudaErrorInvalidValue;
-  int dev = 0, cc_major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    cc_major = 0;
+  const int cc_major = current_device_cc_major();
   const bool pdl = p.tuning.programmatic_launch && cc_major >= 9;  // the launch attribute needs Hopper or later
   const bool bf16_index = p.index_dtype == DType::BF16;
   const DecodePlan plan = plan_decode(p);

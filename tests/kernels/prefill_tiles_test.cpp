@@ -341,7 +341,6 @@ TEST(PrefillTiles, MatchReferenceOnRandomCalls) {
               (long long)st.window_lt_block, (long long)st.window_gt_block);
 }
 
-
 // Block lists on the GPU are not checked by the ops. A list that breaks the contract (a count outside [0,
 // max_blocks], entries negative, past the query block, or anything) must still give tiles inside the call's keys:
 // a count within the list's capacity, and tile starts within the blocks the query block may see. (The result of such
