@@ -156,6 +156,16 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// The first thing a kernel of the decode step does when it is launched by programmatic launch and reads or writes
+// nothing before it but constant weights: wait for the kernel before it, then let the next one launch. Triggering only
+// after the wait keeps the chain's invariant for kernels that load before their own wait (the MoE down pass reads the
+// router's expert ids, the hist pass the index rows the token store wrote, the attend's streaming blocks never wait):
+// once a kernel has launched, every kernel before its predecessor has finished.
+__device__ __forceinline__ void pdl_wait_then_trigger() {
+  pdl_wait();
+  pdl_trigger();
+}
+
 // The compute capability's major number of the current device, 0 if it cannot be read: the launchers take
 // programmatic launch from 9 on (the launch attribute needs Hopper or later).
 inline int current_device_cc_major() {
@@ -165,6 +175,7 @@ inline int current_device_cc_major() {
     return 0;
   return major;
 }
+inline bool programmatic_launch_available() { return current_device_cc_major() >= 9; }
 
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
 // a call: its inputs come from the caller's kernels, which do not trigger early.

@@ -27,14 +27,35 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   float acc[kRows];
 #pragma unroll
   for (int n = 0; n < kRows; ++n) acc[n] = 0.f;
+  // Vector path: this lane's first kPre weight vectors are requested before the wait for x (the previous kernel's
+  // output; the weights are constant), so with programmatic launch they arrive while that kernel ends. All of them for
+  // k <= 4096 (a 4096-wide row is 128 vectors per quarter, 4 per lane).
+  constexpr int kPre = 4;
+  constexpr int kPerVec = 16 / sizeof(T);
+  const int64_t n16 = p.k / kPerVec, per16 = (n16 + kWarpsPerRow - 1) / kWarpsPerRow;
+  const int64_t begin16 = quarter * per16, end16 = begin16 + per16 < n16 ? begin16 + per16 : n16;
+  const auto* w16 = reinterpret_cast<const uint4*>(w);
+  uint4 pre[kPre] = {};
+  if (kVec && m < p.m) {
+#pragma unroll
+    for (int u = 0; u < kPre; ++u)
+      if (begin16 + lane + 32 * u < end16) pre[u] = __ldcs(w16 + begin16 + lane + 32 * u);
+  }
+  pdl_wait_then_trigger();
   if (m < p.m) {
     if constexpr (kVec) {
-      constexpr int kPerVec = 16 / sizeof(T);
-      const int64_t n16 = p.k / kPerVec, per = (n16 + kWarpsPerRow - 1) / kWarpsPerRow;
-      const int64_t begin = quarter * per, end = begin + per < n16 ? begin + per : n16;
-      const auto* w16 = reinterpret_cast<const uint4*>(w);
+      // The same products in the same order as one loop over i.
+#pragma unroll
+      for (int u = 0; u < kPre; ++u) {
+        const int64_t i = begin16 + lane + 32 * u;
+        if (i < end16) {
+#pragma unroll
+          for (int n = 0; n < kRows; ++n)
+            acc[n] += dot_16bytes<T>(pre[u], __ldg(reinterpret_cast<const uint4*>(x + n * p.x_row_stride) + i));
+        }
+      }
 #pragma unroll 4
-      for (int64_t i = begin + lane; i < end; i += 32) {
+      for (int64_t i = begin16 + lane + 32 * kPre; i < end16; i += 32) {
         const uint4 wv = __ldcs(w16 + i);
 #pragma unroll
         for (int n = 0; n < kRows; ++n)
@@ -68,9 +89,8 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
 template <typename T, int kRows>
 cudaError_t launch_rows(const GemvParams& p, bool vec, cudaStream_t stream) {
   const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
-  if (vec) gemv_kernel<T, kRows, true><<<blocks, kThreads, 0, stream>>>(p);
-  else gemv_kernel<T, kRows, false><<<blocks, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_k(vec ? gemv_kernel<T, kRows, true> : gemv_kernel<T, kRows, false>, dim3(blocks), dim3(kThreads), 0,
+                  stream, programmatic_launch_available(), p);
 }
 
 template <typename T>

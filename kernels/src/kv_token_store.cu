@@ -1,15 +1,21 @@
 // kv_token_store.h: one warp per (row, k or v), element-wise coalesced copies; a launch's worth of latency, not of
 // bandwidth.
+#include "cuda_common.cuh"
 #include "rtp/kernels/kv_token_store.h"
 
 namespace rtp::kernels {
 
 namespace {
 
+using cuda_detail::launch_k;
+using cuda_detail::pdl_wait_then_trigger;
+using cuda_detail::programmatic_launch_available;
+
 constexpr int kWarps = 4;
 
 template <typename U>  // an unsigned type of the element's size: bytes copied as they are
 __global__ void __launch_bounds__(kWarps * 32) kv_token_store_kernel(const KvTokenStoreParams p) {
+  pdl_wait_then_trigger();
   const int64_t task = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t rows = p.batch * p.heads;
   if (task >= 2 * rows) return;
@@ -28,9 +34,8 @@ __global__ void __launch_bounds__(kWarps * 32) kv_token_store_kernel(const KvTok
 cudaError_t kv_token_store_cuda(const KvTokenStoreParams& p, cudaStream_t stream) {
   if (*check_kv_token_store_params(p)) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((2 * p.batch * p.heads + kWarps - 1) / kWarps);
-  if (p.element_bytes == 2) kv_token_store_kernel<unsigned short><<<blocks, kWarps * 32, 0, stream>>>(p);
-  else kv_token_store_kernel<unsigned int><<<blocks, kWarps * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_k(p.element_bytes == 2 ? kv_token_store_kernel<unsigned short> : kv_token_store_kernel<unsigned int>,
+                  dim3(blocks), dim3(kWarps * 32), 0, stream, programmatic_launch_available(), p);
 }
 
 }  // namespace rtp::kernels

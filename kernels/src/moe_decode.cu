@@ -58,7 +58,9 @@ template <typename T>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gate_up_act_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert, const T* __restrict__ gate_up,
                        T* __restrict__ act, int64_t K, int64_t E, int64_t H, int64_t I, bool vec) {
-  pdl_trigger();  // the down pass may launch now: it waits for act before reading it
+  // The router's expert ids first (this kernel is launched by programmatic launch too), then the down pass may
+  // launch: it reads the ids before its own wait, and waits for act before reading that.
+  pdl_wait_then_trigger();
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   const int64_t slot = blockIdx.y;  // token * K + s
   if (r >= I) return;
@@ -179,7 +181,7 @@ cudaError_t launch(const MoeDecodeParams& p, cudaStream_t stream) {
   const bool pdl = current_device_cc_major() >= 9;
   const dim3 block(kWarpsPerBlock * 32);
   cudaError_t err = launch_k(gate_up_act_kernel<T>, dim3(unsigned((I + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N * K)),
-                             block, 0, stream, false, static_cast<const T*>(p.x), p.expert, static_cast<const T*>(p.gate_up),
+                             block, 0, stream, pdl, static_cast<const T*>(p.x), p.expert, static_cast<const T*>(p.gate_up),
                              static_cast<T*>(p.act), K, E, H, I, vec_gu);
   if (err != cudaSuccess) return err;
   const dim3 grid_dn(unsigned((H + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N));

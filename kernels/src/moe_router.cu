@@ -16,6 +16,7 @@ constexpr int kWarps = 4;
 // kSlots = ceil(experts / 32) rounded up to a power of two (4 for 128 experts): each top-k round scans only those.
 template <typename T, int kSlots>
 __global__ void __launch_bounds__(kWarps * 32) moe_router_kernel(const MoeRouterParams p) {
+  pdl_wait_then_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (n >= p.tokens) return;
@@ -78,12 +79,12 @@ template <typename T>
 cudaError_t launch(const MoeRouterParams& p, cudaStream_t stream) {
   static_assert(kMoeRouterMaxExperts == 16 * 32, "the slot counts below cover up to 16 x 32 experts");
   const unsigned blocks = unsigned((p.tokens + kWarps - 1) / kWarps);
-  if (p.experts <= 32) moe_router_kernel<T, 1><<<blocks, kWarps * 32, 0, stream>>>(p);
-  else if (p.experts <= 64) moe_router_kernel<T, 2><<<blocks, kWarps * 32, 0, stream>>>(p);
-  else if (p.experts <= 128) moe_router_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(p);
-  else if (p.experts <= 256) moe_router_kernel<T, 8><<<blocks, kWarps * 32, 0, stream>>>(p);
-  else moe_router_kernel<T, 16><<<blocks, kWarps * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  auto kern = p.experts <= 32    ? moe_router_kernel<T, 1>
+              : p.experts <= 64  ? moe_router_kernel<T, 2>
+              : p.experts <= 128 ? moe_router_kernel<T, 4>
+              : p.experts <= 256 ? moe_router_kernel<T, 8>
+                                 : moe_router_kernel<T, 16>;
+  return launch_k(kern, dim3(blocks), dim3(kWarps * 32), 0, stream, programmatic_launch_available(), p);
 }
 
 }  // namespace

@@ -7,11 +7,16 @@
 
 #include <algorithm>
 
+#include "cuda_common.cuh"
 #include "rtp/kernels/norm_rope.h"
 
 namespace rtp::kernels {
 
 namespace {
+
+using cuda_detail::launch_k;
+using cuda_detail::pdl_wait_then_trigger;
+using cuda_detail::programmatic_launch_available;
 
 constexpr int kThreads = 128;
 
@@ -51,6 +56,7 @@ constexpr int kMaxRowThreads = 1024;
 template <typename T>
 __global__ void __launch_bounds__(kMaxRowThreads) rms_norm_row_in_registers_kernel(const RmsNormParams p) {
   using N = Num<T>;
+  pdl_wait_then_trigger();
   const int64_t row = blockIdx.x, D = p.dim;
   const T* x = static_cast<const T*>(p.x) + row * D;
   const T* res = p.residual ? static_cast<const T*>(p.residual) + row * D : nullptr;
@@ -129,12 +135,14 @@ __device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
 
 template <typename T, bool kRope>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
+  pdl_wait_then_trigger();
   norm_row<T, kRope>(p, blockIdx.x);
 }
 
 // Blocks [0, a.rows) take a's rows, the rest b's: q and k of a layer in one launch.
 template <typename T, bool kRope>
 __global__ void __launch_bounds__(kThreads) rms_norm_pair_kernel(const RmsNormParams a, const RmsNormParams b) {
+  pdl_wait_then_trigger();
   const int64_t row = blockIdx.x;
   if (row < a.rows) norm_row<T, kRope>(a, row);
   else norm_row<T, kRope>(b, row - a.rows);
@@ -142,24 +150,22 @@ __global__ void __launch_bounds__(kThreads) rms_norm_pair_kernel(const RmsNormPa
 
 template <typename T>
 cudaError_t launch(const RmsNormParams& p, cudaStream_t stream) {
+  const bool pdl = programmatic_launch_available();
   const bool contiguous_rows = p.x_token_stride == 0 || p.x_token_stride == p.heads * p.dim;
   if (!p.cos && contiguous_rows && p.dim <= int64_t(kPerThread) * kMaxRowThreads) {
     const int64_t threads = (p.dim + kPerThread - 1) / kPerThread;
     const unsigned block = unsigned(std::max<int64_t>(64, (threads + 31) / 32 * 32));
-    rms_norm_row_in_registers_kernel<T><<<unsigned(p.rows), block, 0, stream>>>(p);
-    return cudaGetLastError();
+    return launch_k(rms_norm_row_in_registers_kernel<T>, dim3(unsigned(p.rows)), dim3(block), 0, stream, pdl, p);
   }
-  if (p.cos) rms_norm_kernel<T, true><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
-  else rms_norm_kernel<T, false><<<unsigned(p.rows), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_k(p.cos ? rms_norm_kernel<T, true> : rms_norm_kernel<T, false>, dim3(unsigned(p.rows)), dim3(kThreads),
+                  0, stream, pdl, p);
 }
 
 template <typename T>
 cudaError_t launch_pair(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
   const unsigned blocks = unsigned(a.rows + b.rows);
-  if (a.cos) rms_norm_pair_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a, b);
-  else rms_norm_pair_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a, b);
-  return cudaGetLastError();
+  return launch_k(a.cos ? rms_norm_pair_kernel<T, true> : rms_norm_pair_kernel<T, false>, dim3(blocks),
+                  dim3(kThreads), 0, stream, programmatic_launch_available(), a, b);
 }
 
 }  // namespace

@@ -52,6 +52,7 @@ struct DecodeArgs {
   int max_split;  // the partials' stride: the most splits of any KV head (over every length the grid serves)
   unsigned long long* timeline;  // DecodeTuning::timeline
   bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
+  bool attend_first;     // no retrieval head: the attend is the call's first kernel and waits for the caller's
   int shared_carveout;   // DecodeTuning::shared_carveout
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
@@ -139,8 +140,8 @@ constexpr int kDefaultRows = 1;
 
 // Zeroes retrieval slot r's histogram, forced mass, ticket and selected count; called by every thread of block
 // (0, r) of the stats launch. The hist and attend launches that accumulate into them wait for that launch (the
-// call's first kernel, launched without PDL, so nothing of the call before can still be reading them), and a
-// memset node per call cost as much as a small kernel.
+// call's first kernel, which waits for the kernel before it first, so nothing of the call before can still be reading
+// them), and a memset node per call cost as much as a small kernel.
 __device__ __forceinline__ void reset_slot(int r, float* hist, float* forced_mass, uint32_t* done,
                                            int32_t* selected_count) {
   for (int i = threadIdx.x; i < kDecodeBins; i += blockDim.x) hist[int64_t(r) * kDecodeBins + i] = 0.f;
@@ -164,7 +165,9 @@ __global__ void __launch_bounds__(256) stats_kernel(const IT* iq, const IT* ik, 
   __shared__ float q[GM][kIndexDim];
   __shared__ float2 red[8][GM];
   const int r = blockIdx.y, tid = threadIdx.x;
-  pdl_trigger();  // first: the next kernel's launch need not wait for this block's split arithmetic
+  // The call's first kernel: waits for the caller's kernels (the token store wrote the index row and K/V), then lets
+  // the hist pass launch, so the next kernel's launch need not wait for this block's split arithmetic.
+  pdl_wait_then_trigger();
   const int64_t L = kv_length(position, host_L);
   const IndexSplit is = index_split(L, splits);
   if (int(blockIdx.x) >= is.nstats) return;  // a grid sized for a longer length
@@ -505,7 +508,7 @@ __global__ void __launch_bounds__(256) stats_mma_kernel(const __nv_bfloat16* iq,
                                                         unsigned long long* tl) {
   __shared__ float2 red[8][8 * GN];
   const int r = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, q4 = lane & 3;
-  pdl_trigger();  // first: the next kernel's launch need not wait for this block's split arithmetic
+  pdl_wait_then_trigger();  // as stats_kernel
   const int64_t L = kv_length(position, host_L);
   const IndexSplit is = index_split(L, splits);
   if (int(blockIdx.x) >= is.nstats) return;  // a grid sized for a longer length
@@ -1114,6 +1117,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const int kvh = blockIdx.y, split = blockIdx.x;
   const int kind = a.kind[kvh];
   const bool ret = kind == int(HeadKind::RETRIEVAL);
+  if (a.attend_first) pdl_wait();  // the call's first kernel (no retrieval head): the caller's K/V first, as stats
   pdl_trigger();  // first, as in the index passes
   const HeadSplit hs = head_split_of(a, kvh, kv_length(a));
   if (split >= hs.nsplit) return;
@@ -1161,9 +1165,10 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   if (ret) probe_point(a.timeline, kPhaseAttendTilesDone);
   // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
   // anything they touch, and the partials they write were last read by the previous call's combine, which
-  // finished before this call's stats_kernel (launched without PDL) started. Waiting here held their slots (68 KB
-  // of shared memory each) until the retrieval passes ended. The chain stays transitive through the retrieval
-  // blocks: the attend is launched with PDL only when a retrieval head exists, and its blocks wait above.
+  // finished before this call's stats_kernel passed its wait, and that was before they launched. Waiting here held
+  // their slots (68 KB of shared memory each) until the retrieval passes ended. The chain stays transitive through
+  // the retrieval blocks, which wait above; without a retrieval head the attend is the call's first kernel and every
+  // block waits at its start.
   write_partial<D>(st, reinterpret_cast<float*>(smem), wml, G, kvh, split, a.max_split, part_acc, part_ml);
   probe_end(a.timeline, phase);
 }
@@ -1312,6 +1317,7 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   }
   const int Hq = p.num_q_heads;
   plan.R = R;
+  a.attend_first = R == 0;
   const IndexSplit is = p.position ? max_index_split(p.kv_len, a.splits) : index_split(p.kv_len, a.splits);
   plan.stat_blocks = is.nstats;
   plan.hist_blocks = is.nhist;
@@ -1422,7 +1428,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       cudaError_t err = apply_carveout(reinterpret_cast<const void*>(stats_k), a.shared_carveout);
       if (err == cudaSuccess) err = apply_carveout(reinterpret_cast<const void*>(hist_k), a.shared_carveout);
       if (err != cudaSuccess) return err;
-      err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done,
+      err = launch_k(stats_k, g, dim3(256), 0, stream, pdl, iq, ik, stats, hist, forced, done,
                      p.selected_count, a.G, p.kv_len, p.position, a.splits, p.cap_full, vec, a.timeline);
       if (err == cudaSuccess)
         err = launch_k(hist_k, gh, dim3(256), 0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar, a.G,
@@ -1437,7 +1443,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       cudaError_t err = apply_carveout(reinterpret_cast<const void*>(stats_k), a.shared_carveout);
       if (err == cudaSuccess) err = apply_carveout(reinterpret_cast<const void*>(hist_k), a.shared_carveout);
       if (err != cudaSuccess) return err;
-      err = launch_k(stats_k, g, dim3(256), 0, stream, false, iq, ik, stats, hist, forced, done, p.selected_count, a.G,
+      err = launch_k(stats_k, g, dim3(256), 0, stream, pdl, iq, ik, stats, hist, forced, done, p.selected_count, a.G,
                      p.kv_len, p.position, a.splits, p.cap_full, a.timeline);
       if (err == cudaSuccess)
         err = launch_k(hist_k, gh, dim3(kHistThreads), 0, stream, pdl, iq, ik, stats, bins, hist, forced, done, bstar,
@@ -1463,7 +1469,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
     } else {
       const dim3 g(a.max_split, p.num_kv_heads);
       e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
-          g, stream, pdl && R > 0, a, qb, kf, vf, kr, vr, bins, bstar, hist, forced, part_acc, part_ml,
+          g, stream, pdl, a, qb, kf, vf, kr, vr, bins, bstar, hist, forced, part_acc, part_ml,
           p.selected_count);
     }
   }

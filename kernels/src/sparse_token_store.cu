@@ -23,6 +23,7 @@ __device__ __forceinline__ float warp_dot(const T* a, const T* b, int D, int lan
 
 template <typename T, typename TI>
 __global__ void __launch_bounds__(kWarps * 32) sparse_token_store_kernel(const SparseTokenStoreParams p) {
+  cuda_detail::pdl_wait_then_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t task = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int D = p.head_dim, I = p.index_dim, G = p.group_size, H = p.kv_heads;
@@ -79,8 +80,8 @@ cudaError_t launch(const SparseTokenStoreParams& p, cudaStream_t stream) {
   for (int g = 0; g < p.kv_heads; ++g) n_ret += p.retrieval_slot_of[g] >= 0;
   const int64_t tasks = p.kv_heads + int64_t(n_ret) * p.index_dim * (1 + p.group_size);
   const unsigned blocks = unsigned((tasks + kWarps - 1) / kWarps);
-  sparse_token_store_kernel<T, TI><<<blocks, kWarps * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return cuda_detail::launch_k(sparse_token_store_kernel<T, TI>, dim3(blocks), dim3(kWarps * 32), 0, stream,
+                               cuda_detail::programmatic_launch_available(), p);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) swiglu_kernel(const SwiGluParams p) {
+  cuda_detail::pdl_wait_then_trigger();
   const T* gate = static_cast<const T*>(p.gate);
   const T* up = static_cast<const T*>(p.up);
   T* out = static_cast<T*>(p.out);
@@ -36,9 +37,10 @@ cudaError_t swiglu_cuda(const SwiGluParams& p, cudaStream_t stream) {
   if (*check_swiglu_params(p, true)) return cudaErrorInvalidValue;
   const int64_t n = p.rows * p.inner;
   const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
-  if (p.dtype == DType::BF16) swiglu_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(p);
-  else swiglu_kernel<float><<<blocks, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  const bool pdl = cuda_detail::programmatic_launch_available();
+  if (p.dtype == DType::BF16)
+    return cuda_detail::launch_k(swiglu_kernel<__nv_bfloat16>, dim3(blocks), dim3(kThreads), 0, stream, pdl, p);
+  return cuda_detail::launch_k(swiglu_kernel<float>, dim3(blocks), dim3(kThreads), 0, stream, pdl, p);
 }
 
 }  // namespace rtp::kernels

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Whole decode steps of the working tree against other commits on the same card: rtpurbo-bench-decode built from each
+# tree, each RUNS item (';'-separated argument lists) run for every tree in the order A B ... B A, so drift on the card
+# falls on both sides; then the working tree's TESTS. TREES: name=commit pairs (default head=HEAD). The JSON of each
+# run records its tree's commit (the working tree's: $RTP_COMMIT, else HEAD+worktree).
+# Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/step_regress.sh
+set -uo pipefail
+OUT=${OUT:-out/device}; mkdir -p "$OUT"
+TREES=${TREES-"head=HEAD"}
+TESTS=${TESTS-"decode_stepper_gpu_test"}
+RUNS=${RUNS:-"--config data/configs/qwen3-30b-a3b --lengths 4096,32768 --tokens 16 --paths graphs"}
+CM="-G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON"
+start=$(date +%s)
+names=()
+declare -A commit=([work]=${RTP_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null)+worktree"})
+for t in $TREES; do
+  n=${t%%=*}; ref=${t#*=}; names+=("$n"); commit[$n]=$(git rev-parse --short "$ref")
+  mkdir -p /tmp/$n && git archive "$ref" | tar -x -C /tmp/$n || { echo "git archive $ref failed"; exit 1; }
+done
+build() {  # source dir, build dir, targets...
+  local s=$1 b=$2; shift 2
+  cmake -S $s -B $b $CM > $b.cmake.log 2>&1 && ninja -C $b -j$(( 16 / (${#names[@]} + 1) )) "$@" > $b.build.log 2>&1
+  echo "$b: build exit $? $(grep -m3 -E 'error' $b.build.log)"
+}
+for n in "${names[@]}"; do build /tmp/$n /tmp/$n-b rtpurbo-bench-decode & done
+build . build-gpu rtpurbo-bench-decode $TESTS &
+wait; echo "built after $(( $(date +%s) - start )) s"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+order=("${names[@]}" work work)
+for (( i=${#names[@]}-1; i>=0; i-- )); do order+=("${names[$i]}"); done
+IFS=';' read -ra runs <<< "$RUNS"
+k=0
+for r in "${runs[@]}"; do
+  for w in "${order[@]}"; do
+    k=$((k + 1))
+    b=/tmp/$w-b/bin/rtpurbo-bench-decode; [ $w = work ] && b=build-gpu/bin/rtpurbo-bench-decode
+    RTP_COMMIT=${commit[$w]} $b $r --out "$OUT/steps-$k-$w.json" > "$OUT/steps-$k-$w.log" 2>&1
+    echo "=== $w: $r (exit $?)"; grep -E "^ +[0-9]+ +(dense|sparse) " "$OUT/steps-$k-$w.log"
+  done
+done
+for t in $TESTS; do
+  { echo "== $t"; timeout 300 build-gpu/tests/$t 2>&1; echo "$t: exit $?"; } > /tmp/$t.log
+  cat /tmp/$t.log >> "$OUT/tests.log"
+  echo "$t: $(tail -1 /tmp/$t.log | sed 's/.*: //') $(grep -E '^\[  (PASSED|FAILED)|SKIPPED \]' /tmp/$t.log | tr '\n' ' ')"
+done
+echo "done after $(( $(date +%s) - start )) s"
