@@ -2,7 +2,8 @@
 # Whole decode steps of the working tree against other commits on the same card: rtpurbo-bench-decode built from each
 # tree, each RUNS item (';'-separated argument lists) run for every tree in the order A B ... B A, so drift on the card
 # falls on both sides; then the working tree's TESTS. TREES: name=commit pairs (default head=HEAD). The JSON of each
-# run records its tree's commit (the working tree's: $RTP_COMMIT, else HEAD+worktree).
+# run records its tree's commit (the working tree's: $RTP_COMMIT, else HEAD+worktree). BENCH: rtpurbo-bench arguments
+# for the working tree, run last (empty: skip).
 # Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/step_regress.sh
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
@@ -23,7 +24,7 @@ build() {  # source dir, build dir, targets...
   echo "$b: build exit $? $(grep -m3 -E 'error' $b.build.log)"
 }
 for n in "${names[@]}"; do build /tmp/$n /tmp/$n-b rtpurbo-bench-decode & done
-build . build-gpu rtpurbo-bench-decode $TESTS &
+build . build-gpu rtpurbo-bench-decode ${BENCH:+rtpurbo-bench} $TESTS &
 wait; echo "built after $(( $(date +%s) - start )) s"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 order=("${names[@]}" work work)
@@ -43,4 +44,8 @@ for t in $TESTS; do
   cat /tmp/$t.log >> "$OUT/tests.log"
   echo "$t: $(tail -1 /tmp/$t.log | sed 's/.*: //') $(grep -E '^\[  (PASSED|FAILED)|SKIPPED \]' /tmp/$t.log | tr '\n' ' ')"
 done
+if [ -n "${BENCH:-}" ]; then
+  RTP_COMMIT=${commit[work]} timeout 300 build-gpu/bin/rtpurbo-bench --out "$OUT" $BENCH > "$OUT/bench.log" 2>&1
+  echo "rtpurbo-bench: exit $?"; grep -A12 "^card" "$OUT/bench.log"
+fi
 echo "done after $(( $(date +%s) - start )) s"
