@@ -177,8 +177,9 @@ inline int current_device_cc_major() {
 }
 inline bool programmatic_launch_available() { return current_device_cc_major() >= 9; }
 
-// Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). Never for the first kernel of
-// a call: its inputs come from the caller's kernels, which do not trigger early.
+// Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). A kernel launched so must wait
+// (pdl_wait) before it reads anything the kernels before it write; the first kernel of a call waits before anything
+// else (pdl_wait_then_trigger).
 template <typename... KArgs, typename... Args>
 cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
                      Args... args) {
