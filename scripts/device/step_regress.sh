@@ -3,7 +3,7 @@
 # tree, each RUNS item (';'-separated argument lists) run for every tree in the order A B ... B A, so drift on the card
 # falls on both sides; then the working tree's TESTS. TREES: name=commit pairs (default head=HEAD). The JSON of each
 # run records its tree's commit (the working tree's: $RTP_COMMIT, else HEAD+worktree). BENCH: rtpurbo-bench arguments
-# for the working tree, run last (empty: skip).
+# for the working tree, run last (empty: skip). Everything it writes under $OUT ends in $OUT/step-regress.tgz.
 # Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/step_regress.sh
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
@@ -49,3 +49,5 @@ if [ -n "${BENCH:-}" ]; then
   echo "rtpurbo-bench: exit $?"; grep -A12 "^card" "$OUT/bench.log"
 fi
 echo "done after $(( $(date +%s) - start )) s"
+# The device tool brings back only a few files per call: everything in one archive.
+tar czf /tmp/step-regress.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/step-regress.tgz "$OUT/"
