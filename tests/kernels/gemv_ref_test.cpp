@@ -32,6 +32,20 @@ TEST(GemvRef, MatchesTheMatrixProductOnStridedRows) {
   EXPECT_TRUE(torch::equal(rtp::ops::linear_decode(x, w), at::linear(x, w)));
 }
 
+// The model's choice of the GEMV over cuBLAS per weight [m, k]: m <= ratio * k, k >= m by default.
+TEST(GemvRef, PreferredWhereTheOutputIsAtMostRatioTimesTheReduction) {
+  using rtp::ops::gemv_preferred;
+  const auto w = [](int64_t m, int64_t k) { return torch::empty({m, k}); };
+  EXPECT_TRUE(gemv_preferred(w(2048, 4096)));   // o projection of Qwen3-30B-A3B
+  EXPECT_TRUE(gemv_preferred(w(2048, 2048)));
+  EXPECT_FALSE(gemv_preferred(w(5120, 2048)));  // its fused q/k/v
+  EXPECT_TRUE(gemv_preferred(w(5120, 2048), 8));
+  EXPECT_TRUE(gemv_preferred(w(16384, 2048), 8));
+  EXPECT_FALSE(gemv_preferred(w(16385, 2048), 8));
+  EXPECT_FALSE(gemv_preferred(w(151936, 2048), 8));  // the LM head stays with cuBLAS
+  EXPECT_FALSE(gemv_preferred(torch::empty({8}), 8));
+}
+
 TEST(GemvRef, RejectsBadParameters) {
   rtp::kernels::GemvParams p;
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("null"), std::string::npos);

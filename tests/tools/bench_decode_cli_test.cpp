@@ -35,6 +35,7 @@ TEST_F(BenchDecodeCli, CommandLineMistakesAreUsageErrors) {
       {"--paths grouped", "--paths grouped measures nothing here: grouped runs for MoE configs only"},
       {"--dtype int8", "--dtype 'int8': unknown dtype 'int8'"},
       {"--breakdown", "--breakdown times CUDA graphs: it needs --device cuda"},
+      {"--gemv-max-ratio 0", "--gemv-max-ratio '0' is not valid: expected an integer >= 1"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = run(tiny(std::string("--lengths 128 ") + flags));

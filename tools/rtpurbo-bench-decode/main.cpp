@@ -88,6 +88,8 @@ int main(int argc, char** argv) {
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "bfloat16, float16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("seed", "weights, heads, indexer and prompts", cxxopts::value<std::string>()->default_value("0"))
+      ("gemv-max-ratio", "decode projections [m, k] take the GEMV kernel where m <= this times k, cuBLAS elsewhere (1: "
+                         "the model's default, k >= m)", cxxopts::value<std::string>()->default_value("1"))
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
@@ -105,6 +107,7 @@ int main(int argc, char** argv) {
     const double top_p = rtp::tools::number_arg(args, "top-p", range(0, 1, "(]"));
     const int64_t chunk = rtp::tools::integer_arg(args, "prefill-chunk", at_least(64));
     const uint64_t seed = static_cast<uint64_t>(rtp::tools::integer_arg(args, "seed", at_least(0)));
+    const int64_t gemv_max_ratio = rtp::tools::integer_arg(args, "gemv-max-ratio", at_least(1));
     const auto dtype = rtp::tools::dtype_arg(args["dtype"].as<std::string>());
     if (chunk % 64 != 0) throw rtp::tools::UsageError("--prefill-chunk must be a multiple of the block size (64)");
     const bool paths_given = args.count("paths") > 0;
@@ -157,6 +160,7 @@ int main(int argc, char** argv) {
     torch::NoGradGuard no_grad;
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
     auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
+    model.set_gemv_max_ratio(gemv_max_ratio);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();
     // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
@@ -192,7 +196,8 @@ int main(int argc, char** argv) {
     json J = {{"card", card}, {"commit", rtp::tools::commit_id()}, {"command", cmd.str()}, {"config", config_name},
               {"parameters", parameter_count}, {"weight_bytes_read_per_token", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
               {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
-              {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed}};
+              {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed},
+              {"gemv_max_ratio", gemv_max_ratio}};
     json rows = json::array();
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,

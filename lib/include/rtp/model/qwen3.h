@@ -77,6 +77,10 @@ class Qwen3Model {
   bool forward_reads_no_host_values(int64_t tokens) const;
   // false: MoE layers always take the grouped path (for comparisons: rtpurbo-bench-decode's "grouped" rows).
   void set_moe_experts_by_id(bool on);
+  // Decode projections (a few tokens on a GPU) take the GEMV kernel where the output is at most `ratio` times the
+  // reduction (ops::gemv_preferred; 1, the default: where k >= m, cuBLAS elsewhere); for comparisons:
+  // rtpurbo-bench-decode --gemv-max-ratio.
+  void set_gemv_max_ratio(int64_t ratio);
 
   // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.
   // On CPU the draw is float32 from a CPU generator (the committed toy model depends on it); on a GPU the

@@ -129,26 +129,27 @@ class Qwen3ModelImpl {
   // Without bias, a decode step's few tokens go through the GEMV kernel on a GPU where it beats cuBLAS
   // (ops/linear_decode.h).
   torch::Tensor linear(const torch::Tensor& x, const std::string& base, bool bias) const {
-    return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias")) : ops::project(x, p(base + ".weight"));
+    return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias"))
+                : ops::project(x, p(base + ".weight"), gemv_max_ratio);
   }
 
   torch::Tensor dense_mlp(int64_t i, const torch::Tensor& x, const std::string& pre) const {
     torch::Tensor gate, up;
     if (shares_rows(gate_up_weight[i])) {
-      auto gu = ops::project(x, gate_up_weight[i].joined);
+      auto gu = ops::project(x, gate_up_weight[i].joined, gemv_max_ratio);
       const int64_t I = cfg.intermediate_size;
       gate = gu.narrow(-1, 0, I), up = gu.narrow(-1, I, I);
     } else {
-      gate = ops::project(x, p(pre + "gate_proj.weight"));
-      up = ops::project(x, p(pre + "up_proj.weight"));
+      gate = ops::project(x, p(pre + "gate_proj.weight"), gemv_max_ratio);
+      up = ops::project(x, p(pre + "up_proj.weight"), gemv_max_ratio);
     }
-    return ops::project(ops::swiglu(gate, up), p(pre + "down_proj.weight"));
+    return ops::project(ops::swiglu(gate, up), p(pre + "down_proj.weight"), gemv_max_ratio);
   }
 
   torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
     const auto shape = x.sizes().vec();
     auto flat = x.reshape({-1, cfg.hidden_size});
-    auto router_logits = ops::project(flat, p(pre + "gate.weight"));
+    auto router_logits = ops::project(flat, p(pre + "gate.weight"), gemv_max_ratio);
     auto [top_i, top_w] = ops::moe_route(router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob);
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
@@ -184,6 +185,7 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
+  int64_t gemv_max_ratio = 1;  // ops::gemv_preferred's: the decode projections' GEMV where m <= ratio * k
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
@@ -226,7 +228,7 @@ class Qwen3ModelImpl {
     if (shares_rows(qkv_weight[i]) && (!cfg.attention_bias || shares_rows(qkv_bias[i]))) {
       // One GEMM; q, k and v are views of its output (the fused norm kernels read q and k in place).
       auto qkv = cfg.attention_bias ? at::linear(h, qkv_weight[i].joined, qkv_bias[i].joined)
-                                    : ops::project(h, qkv_weight[i].joined);
+                                    : ops::project(h, qkv_weight[i].joined, gemv_max_ratio);
       q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D});
       k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D});
       v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
@@ -321,6 +323,10 @@ ResidualStream Qwen3Model::finish_layer(int64_t layer, ResidualStream x, const t
 torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_logits(std::move(x)); }
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
+void Qwen3Model::set_gemv_max_ratio(int64_t ratio) {
+  RTP_CHECK(ratio >= 1, "set_gemv_max_ratio: the ratio must be at least 1, found ", ratio);
+  impl_->gemv_max_ratio = ratio;
+}
 
 bool Qwen3Model::forward_reads_no_host_values(int64_t tokens) const {
   return !impl_->cfg.is_moe() || impl_->moe_on_device(tokens);
