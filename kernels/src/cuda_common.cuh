@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 namespace rtp::kernels::cuda_detail {
@@ -167,12 +168,17 @@ __device__ __forceinline__ void pdl_wait_then_trigger() {
 }
 
 // The compute capability's major number of the current device, 0 if it cannot be read: the launchers take
-// programmatic launch from 9 on (the launch attribute needs Hopper or later).
+// programmatic launch from 9 on (the launch attribute needs Hopper or later). Every launch of the decode step's kernels
+// asks, so the answer is kept per device (a hardware fact; 0 in the table: not read yet).
 inline int current_device_cc_major() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> major_of[kDevices];
   int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    return 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  const bool kept = dev >= 0 && dev < kDevices;
+  if (kept && (major = major_of[dev].load(std::memory_order_relaxed)) > 0) return major;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+  if (kept) major_of[dev].store(major, std::memory_order_relaxed);
   return major;
 }
 inline bool programmatic_launch_available() { return current_device_cc_major() >= 9; }

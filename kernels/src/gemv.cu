@@ -36,10 +36,10 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   const int64_t begin16 = quarter * per16, end16 = begin16 + per16 < n16 ? begin16 + per16 : n16;
   const auto* w16 = reinterpret_cast<const uint4*>(w);
   uint4 pre[kPre] = {};
-  if (kVec && m < p.m) {
+  if constexpr (kVec) {
 #pragma unroll
     for (int u = 0; u < kPre; ++u)
-      if (begin16 + lane + 32 * u < end16) pre[u] = __ldcs(w16 + begin16 + lane + 32 * u);
+      if (m < p.m && begin16 + lane + 32 * u < end16) pre[u] = __ldcs(w16 + begin16 + lane + 32 * u);
   }
   pdl_wait_then_trigger();
   if (m < p.m) {
