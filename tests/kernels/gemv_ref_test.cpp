@@ -32,13 +32,16 @@ TEST(GemvRef, MatchesTheMatrixProductOnStridedRows) {
   EXPECT_TRUE(torch::equal(rtp::ops::linear_decode(x, w), at::linear(x, w)));
 }
 
-// The model's choice of the GEMV over cuBLAS per weight [m, k]: m <= ratio * k, k >= m by default.
+// The model's choice of the GEMV over cuBLAS per weight [m, k]: m <= ratio * k, ratio 4 by default.
 TEST(GemvRef, PreferredWhereTheOutputIsAtMostRatioTimesTheReduction) {
   using rtp::ops::gemv_preferred;
   const auto w = [](int64_t m, int64_t k) { return torch::empty({m, k}); };
   EXPECT_TRUE(gemv_preferred(w(2048, 4096)));   // o projection of Qwen3-30B-A3B
   EXPECT_TRUE(gemv_preferred(w(2048, 2048)));
-  EXPECT_FALSE(gemv_preferred(w(5120, 2048)));  // its fused q/k/v
+  EXPECT_TRUE(gemv_preferred(w(5120, 2048)));   // its fused q/k/v
+  EXPECT_FALSE(gemv_preferred(w(5120, 2048), 1));
+  EXPECT_TRUE(gemv_preferred(w(8192, 2048)));
+  EXPECT_FALSE(gemv_preferred(w(8193, 2048)));
   EXPECT_TRUE(gemv_preferred(w(5120, 2048), 8));
   EXPECT_TRUE(gemv_preferred(w(16384, 2048), 8));
   EXPECT_FALSE(gemv_preferred(w(16385, 2048), 8));
@@ -61,12 +64,14 @@ TEST(GemvRef, RejectsBadParameters) {
 
 namespace {
 
-// The model's per-weight choice: the kernel for k >= m (o, down, router), cuBLAS for longer outputs (q/k/v, gate/up);
-// on the CPU both are at::linear.
+// The model's per-weight choice on Qwen3's shapes: the kernel for o, down, router and the fused q/k/v (m <= 4k), cuBLAS
+// for the fused gate/up (m = 6k) and the LM head; on the CPU both are at::linear.
 TEST(GemvRef, ProjectPrefersTheKernelForLongReductions) {
   EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({1024, 2048})));   // o projection of Qwen3-0.6B
   EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({128, 2048})));    // a router
-  EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({4096, 1024})));  // q/k/v of Qwen3-0.6B
+  EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({4096, 1024})));   // q/k/v of Qwen3-0.6B
+  EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({6144, 1024})));  // its fused gate/up
+  EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({24576, 4096}))); // Qwen3-8B's
   auto x = torch::randn({1, 1, 64}), w = torch::randn({32, 64});
   EXPECT_TRUE(torch::equal(rtp::ops::project(x, w), at::linear(x, w)));
 }

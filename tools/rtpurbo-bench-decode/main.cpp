@@ -22,6 +22,7 @@
 #include "rtp/core/file_io.h"
 #include "rtp/model/decode_stepper.h"
 #include "rtp/model/qwen3.h"
+#include "rtp/ops/linear_decode.h"
 #include "rtp/sparse/sparse_cache.h"
 #include "rtp/torch/run_context.h"
 
@@ -88,8 +89,9 @@ int main(int argc, char** argv) {
       ("device", "cuda, cuda:N or cpu", cxxopts::value<std::string>()->default_value("cuda"))
       ("dtype", "bfloat16, float16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("seed", "weights, heads, indexer and prompts", cxxopts::value<std::string>()->default_value("0"))
-      ("gemv-max-ratio", "decode projections [m, k] take the GEMV kernel where m <= this times k, cuBLAS elsewhere (1: "
-                         "the model's default, k >= m)", cxxopts::value<std::string>()->default_value("1"))
+      ("gemv-max-ratio", "decode projections [m, k] take the GEMV kernel where m <= this times k, cuBLAS elsewhere (the "
+                         "model's default)", cxxopts::value<std::string>()->default_value(
+                                               std::to_string(rtp::ops::kDecodeGemvMaxRatio)))
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on

@@ -78,7 +78,7 @@ class Qwen3Model {
   // false: MoE layers always take the grouped path (for comparisons: rtpurbo-bench-decode's "grouped" rows).
   void set_moe_experts_by_id(bool on);
   // Decode projections (a few tokens on a GPU) take the GEMV kernel where the output is at most `ratio` times the
-  // reduction (ops::gemv_preferred; 1, the default: where k >= m, cuBLAS elsewhere); for comparisons:
+  // reduction (ops::gemv_preferred; default ops::kDecodeGemvMaxRatio), cuBLAS elsewhere; for comparisons:
   // rtpurbo-bench-decode --gemv-max-ratio.
   void set_gemv_max_ratio(int64_t ratio);
 

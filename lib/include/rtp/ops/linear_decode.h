@@ -12,14 +12,16 @@ bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight);
 // x [..., k] -> [..., m] in x's dtype: the kernel wherever gemv_supported.
 torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight);
 
-// The model's choice per weight [m, k]: the GEMV kernel where m <= max_ratio * k. The default, 1 (k >= m), is from
-// one-token timings of both on an H200 before the decode step's kernels chained by programmatic launch
-// (rtpurbo-bench-decode --breakdown, docs/decode.md): the GEMV for the o, down and router projections (1.1-4x faster
-// than cuBLAS), cuBLAS where the output is longer (q/k/v and gate/up: cuBLAS up to 13% faster, its kernels reaching
-// the copy bandwidth on those shapes). A larger ratio sends those to the GEMV too (docs/decode.md, Next 5).
-bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio = 1);
+// The ratio the decode step uses: measured with the step's kernels chained by programmatic launch (H100, 2026-12-05,
+// docs/decode.md "GEMV or cuBLAS under programmatic launch"): the fused q/k/v weights (m/k 1.5-4 on Qwen3) tie or gain
+// on the GEMV (Qwen3-30B-A3B at 32K: 5.33 -> 5.24 ms per token), the fused gate/up (m/k 6) loses 3-5% there, so it
+// stays with cuBLAS; o, down and router (k >= m) were 1.1-4x faster on the GEMV before.
+inline constexpr int64_t kDecodeGemvMaxRatio = 4;
+
+// The model's choice per weight [m, k]: the GEMV kernel where m <= max_ratio * k, cuBLAS elsewhere.
+bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio);
 
 // linear_decode where gemv_preferred(weight, max_ratio), at::linear elsewhere.
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio = 1);
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio);
 
 }  // namespace rtp::ops

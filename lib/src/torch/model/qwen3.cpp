@@ -185,7 +185,7 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
-  int64_t gemv_max_ratio = 1;  // ops::gemv_preferred's: the decode projections' GEMV where m <= ratio * k
+  int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
