@@ -3,7 +3,8 @@
 # tree, each RUNS item (';'-separated argument lists) run for every tree in the order A B ... B A, so drift on the card
 # falls on both sides; then the working tree's TESTS. TREES: name=commit pairs (default head=HEAD). The JSON of each
 # run records its tree's commit (the working tree's: $RTP_COMMIT, else HEAD+worktree). BENCH: rtpurbo-bench arguments
-# for the working tree, run last (empty: skip). Everything it writes under $OUT ends in $OUT/step-regress.tgz.
+# for the working tree, run last (empty: skip). BIN=rtpurbo-bench makes RUNS rtpurbo-bench argument lists instead (each
+# run's JSON in its own directory). Everything it writes under $OUT ends in $OUT/step-regress.tgz.
 # Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/step_regress.sh
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
@@ -11,6 +12,7 @@ TREES=${TREES-"head=HEAD"}
 TESTS=${TESTS-"decode_stepper_gpu_test"}
 RUNS=${RUNS:-"--config data/configs/qwen3-30b-a3b --lengths 4096,32768 --tokens 16 --paths graphs"}
 CM="-G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON"
+BIN=${BIN:-rtpurbo-bench-decode}
 start=$(date +%s)
 names=()
 declare -A commit=([work]=${RTP_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null)+worktree"})
@@ -23,8 +25,8 @@ build() {  # source dir, build dir, targets...
   cmake -S $s -B $b $CM > $b.cmake.log 2>&1 && ninja -C $b -j$(( 16 / (${#names[@]} + 1) )) "$@" > $b.build.log 2>&1
   echo "$b: build exit $? $(grep -m3 -E 'error' $b.build.log)"
 }
-for n in "${names[@]}"; do build /tmp/$n /tmp/$n-b rtpurbo-bench-decode & done
-build . build-gpu rtpurbo-bench-decode ${BENCH:+rtpurbo-bench} $TESTS &
+for n in "${names[@]}"; do build /tmp/$n /tmp/$n-b $BIN & done
+build . build-gpu $BIN ${BENCH:+rtpurbo-bench} $TESTS &
 wait; echo "built after $(( $(date +%s) - start )) s"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 order=("${names[@]}" work work)
@@ -34,9 +36,11 @@ k=0
 for r in "${runs[@]}"; do
   for w in "${order[@]}"; do
     k=$((k + 1))
-    b=/tmp/$w-b/bin/rtpurbo-bench-decode; [ $w = work ] && b=build-gpu/bin/rtpurbo-bench-decode
-    RTP_COMMIT=${commit[$w]} $b $r --out "$OUT/steps-$k-$w.json" > "$OUT/steps-$k-$w.log" 2>&1
-    echo "=== $w: $r (exit $?)"; grep -E "^ +[0-9]+ +(dense|sparse) " "$OUT/steps-$k-$w.log"
+    b=/tmp/$w-b/bin/$BIN; [ $w = work ] && b=build-gpu/bin/$BIN
+    o="$OUT/steps-$k-$w.json"; [ $BIN = rtpurbo-bench ] && o="$OUT/bench-$k-$w"
+    RTP_COMMIT=${commit[$w]} $b $r --out "$o" > "$OUT/steps-$k-$w.log" 2>&1
+    echo "=== $w: $r (exit $?)"
+    grep -E "^ +[0-9]+ +(dense|sparse) |^ +[0-9]+ +decode step|^       L |^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+x" "$OUT/steps-$k-$w.log"
   done
 done
 for t in $TESTS; do
