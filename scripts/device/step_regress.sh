@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Whole decode steps of the working tree against other commits on the same card: rtpurbo-bench-decode built from each
 # tree, each RUNS item (';'-separated argument lists) run for every tree in the order A B ... B A, so drift on the card
-# falls on both sides; then the working tree's TESTS. TREES: name=commit pairs (default head=HEAD). The JSON of each
+# falls on both sides; then the working tree's TESTS. TREES: name=commit or name=commit+file.patch (default head=HEAD). The JSON of each
 # run records its tree's commit (the working tree's: $RTP_COMMIT, else HEAD+worktree). BENCH: rtpurbo-bench arguments
 # for the working tree, run last (empty: skip). BIN=rtpurbo-bench makes RUNS rtpurbo-bench argument lists instead (each
 # run's JSON in its own directory). Everything it writes under $OUT ends in $OUT/step-regress.tgz.
@@ -17,8 +17,13 @@ start=$(date +%s)
 names=()
 declare -A commit=([work]=${RTP_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null)+worktree"})
 for t in $TREES; do
-  n=${t%%=*}; ref=${t#*=}; names+=("$n"); commit[$n]=$(git rev-parse --short "$ref")
+  # name=commit, or name=commit+file.patch: that commit with the patch applied (an experiment not committed anywhere
+  # the device's copy of the repository can see).
+  n=${t%%=*}; ref=${t#*=}; patch=""; names+=("$n")
+  case $ref in *+*) patch=${ref#*+}; ref=${ref%%+*} ;; esac
+  commit[$n]=$(git rev-parse --short "$ref")${patch:++$(basename "$patch" .patch)}
   mkdir -p /tmp/$n && git archive "$ref" | tar -x -C /tmp/$n || { echo "git archive $ref failed"; exit 1; }
+  [ -z "$patch" ] || patch -s -d /tmp/$n -p1 < "$patch" || { echo "$patch does not apply to $ref"; exit 1; }
 done
 build() {  # source dir, build dir, targets...
   local s=$1 b=$2; shift 2
