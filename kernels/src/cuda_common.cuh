@@ -138,6 +138,19 @@ struct SoftmaxPartial {
   __device__ __forceinline__ float2 get() const { return make_float2(m, s); }
 };
 
+// The sum over a block of any multiple of 32 threads up to 1024, returned to every thread. A second call needs a
+// __syncthreads() before it: the warps' partial sums share one buffer.
+__device__ __forceinline__ float block_total(float v) {
+  __shared__ float part[32];
+  v = warp_sum(v);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < int(blockDim.x >> 5); ++i) total += part[i];
+  return total;
+}
+
 // Programmatic dependent launch (Hopper): a kernel launched with the attribute may start once every block of the
 // kernel before it has run pdl_trigger; pdl_wait then blocks until that kernel has finished and its writes are
 // visible. Without the attribute both are no-ops. The kernels that use them trigger at their start and wait before

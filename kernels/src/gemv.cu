@@ -1,7 +1,8 @@
 // gemv.h: a block of 8 warps takes 2 weight rows, 4 warps per row, each warp a contiguous quarter of the row (in
 // 16-byte loads that bypass L1: the weights are read once) against every token's x (cached); the quarters' sums
 // meet in shared memory. Rows of a few MB give thousands of warps, enough loads in flight to approach the copy
-// bandwidth.
+// bandwidth. With the epilogue (gemv.h) the last block to finish adds the residual and applies RMSNorm: one row of a few
+// thousand elements, about a microsecond, where a kernel of its own cost a launch and a drain of the chain.
 #include <cuda_bf16.h>
 
 #include "cuda_common.cuh"
@@ -17,7 +18,32 @@ constexpr int kWarpsPerRow = 4;
 constexpr int kRowsPerBlock = 2;
 constexpr int kThreads = 32 * kWarpsPerRow * kRowsPerBlock;
 
-template <typename T, int kRows, bool kVec>
+// The epilogue, run by the last block: per row, sum = round(out + residual), then RMSNorm of sum as the residual form
+// of rms_norm (norm_rope.cu). out is read through L2 (__ldcg): other blocks wrote it.
+template <typename T>
+__device__ __forceinline__ void add_rms_norm_rows(const GemvParams& p) {
+  const T* out = static_cast<const T*>(p.out);
+  const T* res = static_cast<const T*>(p.residual);
+  const T* w = static_cast<const T*>(p.norm_weight);
+  T* sum = static_cast<T*>(p.sum_out);
+  T* normed = static_cast<T*>(p.normed_out);
+  const auto round = [](float v) { return to_float(from_float<T>(v)); };
+  for (int64_t n = 0; n < p.rows; ++n) {
+    float ss = 0.f;
+    for (int64_t i = threadIdx.x; i < p.m; i += kThreads) {
+      const float v = round(to_float(__ldcg(out + n * p.m + i)) + to_float(res[n * p.m + i]));
+      sum[n * p.m + i] = from_float<T>(v);
+      ss += v * v;
+    }
+    const float r = rsqrtf(block_total(ss) * (1.f / static_cast<float>(p.m)) + p.eps);
+    // Each thread re-reads only the sums it wrote.
+    for (int64_t i = threadIdx.x; i < p.m; i += kThreads)
+      normed[n * p.m + i] = from_float<T>(to_float(w[i]) * round(to_float(sum[n * p.m + i]) * r));
+    __syncthreads();  // block_total's buffer, before the next row
+  }
+}
+
+template <typename T, int kRows, bool kVec, bool kEpilogue>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row_in_block = warp / kWarpsPerRow, quarter = warp % kWarpsPerRow;
@@ -84,13 +110,29 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
     for (int q = 0; q < kWarpsPerRow; ++q) s += part[row_in_block][q][lane];
     static_cast<T*>(p.out)[lane * p.m + m] = from_float<T>(s);
   }
+  if constexpr (kEpilogue) {
+    // The classic last-block pattern: every writer's fence, then one count per block; the block that completes the
+    // count sees every block's outputs.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      last = atomicAdd(p.done, 1u) == gridDim.x - 1;
+      if (last) *p.done = 0u;  // for the next launch: nothing else touches it before this kernel ends
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    add_rms_norm_rows<T>(p);
+  }
 }
 
 template <typename T, int kRows>
 cudaError_t launch_rows(const GemvParams& p, bool vec, cudaStream_t stream) {
   const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
-  return launch_k(vec ? gemv_kernel<T, kRows, true> : gemv_kernel<T, kRows, false>, dim3(blocks), dim3(kThreads), 0,
-                  stream, programmatic_launch_available(), p);
+  const auto kernel = p.has_epilogue() ? (vec ? gemv_kernel<T, kRows, true, true> : gemv_kernel<T, kRows, false, true>)
+                                        : (vec ? gemv_kernel<T, kRows, true, false> : gemv_kernel<T, kRows, false, false>);
+  return launch_k(kernel, dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), p);
 }
 
 template <typename T>

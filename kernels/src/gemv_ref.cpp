@@ -1,6 +1,8 @@
 // Plain-loop CPU reference of gemv.h (double sums) and the parameter check shared with CUDA.
 #include "rtp/kernels/gemv.h"
 
+#include <cmath>
+
 namespace rtp::kernels {
 
 const char* check_gemv_params(const GemvParams& p, bool cuda) {
@@ -8,6 +10,9 @@ const char* check_gemv_params(const GemvParams& p, bool cuda) {
   if (p.rows <= 0 || p.rows > kGemvMaxRows) return "gemv: rows must be in [1, 4]";
   if (p.m <= 0 || p.k <= 0 || p.x_row_stride < p.k) return "gemv: m and k must be positive, x_row_stride at least k";
   if (!cuda && p.dtype != DType::F32) return "gemv: the CPU reference takes float32 only";
+  if (p.has_epilogue() && !(p.residual && p.norm_weight && p.sum_out && p.normed_out && p.done))
+    return "gemv: the add + RMSNorm epilogue needs residual, norm_weight, sum_out, normed_out and done, all of them";
+  if (p.has_epilogue() && !(p.eps >= 0.f)) return "gemv: the epilogue's eps must be >= 0";
   return "";
 }
 
@@ -22,6 +27,20 @@ void gemv_cpu(const GemvParams& p) {
       for (int64_t k = 0; k < p.k; ++k) s += static_cast<double>(x[n * p.x_row_stride + k]) * w[m * p.k + k];
       out[n * p.m + m] = static_cast<float>(s);
     }
+  if (!p.has_epilogue()) return;
+  const auto* res = static_cast<const float*>(p.residual);
+  const auto* nw = static_cast<const float*>(p.norm_weight);
+  auto* sum = static_cast<float*>(p.sum_out);
+  auto* normed = static_cast<float*>(p.normed_out);
+  for (int64_t n = 0; n < p.rows; ++n) {
+    double ss = 0;
+    for (int64_t m = 0; m < p.m; ++m) {
+      sum[n * p.m + m] = out[n * p.m + m] + res[n * p.m + m];
+      ss += static_cast<double>(sum[n * p.m + m]) * sum[n * p.m + m];
+    }
+    const double r = 1.0 / std::sqrt(ss / static_cast<double>(p.m) + p.eps);
+    for (int64_t m = 0; m < p.m; ++m) normed[n * p.m + m] = static_cast<float>(nw[m] * (sum[n * p.m + m] * r));
+  }
 }
 
 }  // namespace rtp::kernels

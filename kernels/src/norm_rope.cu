@@ -14,6 +14,7 @@ namespace rtp::kernels {
 
 namespace {
 
+using cuda_detail::block_total;
 using cuda_detail::launch_k;
 using cuda_detail::pdl_wait_then_trigger;
 using cuda_detail::programmatic_launch_available;
@@ -34,19 +35,6 @@ struct Num<__nv_bfloat16> {
   static __device__ __forceinline__ float round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
   static __device__ __forceinline__ __nv_bfloat16 put(float v) { return __float2bfloat16_rn(v); }
 };
-
-// The sum over a block of any multiple of 32 threads up to 1024.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float part[32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  float total = 0.f;
-  for (int i = 0; i < int(blockDim.x >> 5); ++i) total += part[i];
-  return total;
-}
 
 constexpr int kPerThread = 8;
 constexpr int kMaxRowThreads = 1024;
@@ -82,7 +70,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_norm_row_in_registers_kern
   float ss = 0.f;
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) ss += v[k] * v[k];
-  const float r = rsqrtf(block_sum(ss) * (1.f / static_cast<float>(D)) + p.eps);
+  const float r = rsqrtf(block_total(ss) * (1.f / static_cast<float>(D)) + p.eps);
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
     const int64_t i = threadIdx.x + int64_t(k) * blockDim.x;
@@ -113,7 +101,7 @@ __device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
     ss += v * v;
   }
   // As the eager ops: mean as sum times 1/D, plus eps, then rsqrt (all float32).
-  const float r = rsqrtf(block_sum(ss) * (1.f / static_cast<float>(D)) + p.eps);
+  const float r = rsqrtf(block_total(ss) * (1.f / static_cast<float>(D)) + p.eps);
   if constexpr (!kRope) {
     for (int64_t i = threadIdx.x; i < D; i += kThreads) out[i] = N::put(N::get(w[i]) * N::round(N::get(x[i]) * r));
   } else {

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <string>
+#include <vector>
 
 #include "rtp/kernels/gemv.h"
 #include "rtp/ops/linear_decode.h"
@@ -49,6 +51,29 @@ TEST(GemvRef, PreferredWhereTheOutputIsAtMostRatioTimesTheReduction) {
   EXPECT_FALSE(gemv_preferred(torch::empty({8}), 8));
 }
 
+// The epilogue (residual add + RMSNorm by the last block) against the same steps in float64 tensor ops.
+TEST(GemvRef, EpilogueAddsTheResidualAndNormalises) {
+  torch::manual_seed(63);
+  for (const auto& [rows, m, k] : std::vector<std::array<int64_t, 3>>{{1, 64, 96}, {3, 77, 40}}) {
+    auto x = torch::randn({rows, k}), w = torch::randn({m, k}) / 8, res = torch::randn({rows, m});
+    auto nw = torch::rand({m}) + 0.5;
+    auto out = torch::empty({rows, m}), sum = torch::empty({rows, m}), normed = torch::empty({rows, m});
+    uint32_t done = 0;
+    rtp::kernels::GemvParams p;
+    p.x = x.data_ptr<float>(), p.weight = w.data_ptr<float>(), p.out = out.data_ptr<float>();
+    p.rows = rows, p.m = m, p.k = k, p.x_row_stride = k;
+    p.residual = res.data_ptr<float>(), p.norm_weight = nw.data_ptr<float>(), p.sum_out = sum.data_ptr<float>();
+    p.normed_out = normed.data_ptr<float>(), p.done = &done, p.eps = 1e-6f;
+    ASSERT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+    rtp::kernels::gemv_cpu(p);
+    auto s64 = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t()) + res.to(torch::kFloat64);
+    auto n64 = nw.to(torch::kFloat64) * s64 * torch::rsqrt(s64.pow(2).mean(-1, true) + 1e-6);
+    EXPECT_LE((sum.to(torch::kFloat64) - s64).abs().max().item<double>(), 1e-5 * (1 + s64.abs().max().item<double>()));
+    EXPECT_LE((normed.to(torch::kFloat64) - n64).abs().max().item<double>(), 1e-5 * (1 + n64.abs().max().item<double>()));
+    EXPECT_EQ(done, 0u);
+  }
+}
+
 TEST(GemvRef, RejectsBadParameters) {
   rtp::kernels::GemvParams p;
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("null"), std::string::npos);
@@ -58,6 +83,22 @@ TEST(GemvRef, RejectsBadParameters) {
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("rows must be in [1, 4]"), std::string::npos);
   p.rows = 1, p.x_row_stride = 1;
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("x_row_stride"), std::string::npos);
+  p.x_row_stride = 2;
+  p.residual = &f;  // an epilogue is all of its pointers or none
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("all of them"), std::string::npos);
+  uint32_t done = 0;
+  p.norm_weight = p.sum_out = p.normed_out = &f, p.done = &done, p.eps = -1.f;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("eps"), std::string::npos);
+  p.eps = 1e-6f;
+  EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+}
+
+// On the CPU the fused op is not taken: the model keeps its separate projection and add + norm there.
+TEST(GemvRef, FusedAddNormOnlyOnAGpu) {
+  auto x = torch::randn({1, 1, 64}), w = torch::randn({32, 64}), res = torch::randn({1, 1, 32});
+  auto nw = torch::ones({32}), done = torch::zeros({1}, torch::kInt32);
+  EXPECT_FALSE(rtp::ops::gemv_add_rms_norm_supported(x, w, res, nw, done));
+  EXPECT_THROW(rtp::ops::linear_decode_add_rms_norm(x, w, res, nw, 1e-6, done), std::exception);
 }
 
 }  // namespace

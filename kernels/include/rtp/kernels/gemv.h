@@ -4,7 +4,7 @@
 // reach 8-81% of the copy bandwidth on an H200 (a Qwen3-0.6B o projection, 4 MB: 12.7 us; this kernel 3.1 us), so the
 // model's one-token projections of that kind take this instead (ops::project): four warps per weight row, each a
 // quarter of the row in 16-byte streaming loads, every token's dot from one read of the weights.
-// CPU reference: float32, double sums.
+// CPU reference: float32, double sums (the epilogue's too).
 #include <cstdint>
 
 #include "rtp/kernels/sparse_attention_params.h"  // DType
@@ -23,6 +23,18 @@ struct GemvParams {
   void* out = nullptr;           // [rows, m] contiguous
   int64_t rows = 0, m = 0, k = 0, x_row_stride = 0;
   DType dtype = DType::F32;
+  // Optional epilogue, all five set or none: the residual add and RMSNorm that follow the o projection in a decoder
+  // layer, in the same launch. Once every block has written its outputs, the last one to finish (counted in *done,
+  // which must be 0 at the launch and is 0 again after it) computes per row sum = round(out + residual) and normed =
+  // norm_weight * round(sum * rsqrt(mean(sum^2) + eps)), as rms_norm with a residual (norm_rope.h). A kernel
+  // boundary less per layer; launches that share a `done` must not overlap (one stream).
+  const void* residual = nullptr;     // [rows, m] contiguous
+  const void* norm_weight = nullptr;  // [m]
+  void* sum_out = nullptr;            // [rows, m] contiguous
+  void* normed_out = nullptr;         // [rows, m] contiguous
+  uint32_t* done = nullptr;
+  float eps = 0.f;
+  bool has_epilogue() const { return residual || norm_weight || sum_out || normed_out || done; }
 };
 
 const char* check_gemv_params(const GemvParams& p, bool cuda);

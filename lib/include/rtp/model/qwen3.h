@@ -34,7 +34,10 @@ struct ForwardOptions {
 // reads it next (one fused kernel on a GPU instead of an add and a norm); with pending empty, base is the state.
 struct ResidualStream {
   torch::Tensor base, pending;
-  torch::Tensor resolved() const { return pending.defined() ? base + pending : base; }
+  // A projection not run yet: pending is pending_x pending_w^T. A decode step on a GPU defers its o and down
+  // projections so that the residual add + RMSNorm after each runs in the same launch (ops::linear_decode_add_rms_norm).
+  torch::Tensor pending_x = {}, pending_w = {};
+  torch::Tensor resolved() const;  // base plus whatever is pending
 };
 
 class Qwen3ModelImpl;

@@ -3,6 +3,8 @@
 // on a GPU for up to kernels::kGemvMaxRows rows, at::linear otherwise.
 #include <torch/types.h>
 
+#include <utility>
+
 namespace rtp::ops {
 
 // Whether linear_decode takes the kernel: a CUDA build; x [..., k] on a GPU with at most 4 rows, unit element stride
@@ -23,5 +25,16 @@ bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio = kDecodeGemv
 
 // linear_decode where gemv_preferred(weight, max_ratio), at::linear elsewhere.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio);
+
+// The o projection of a decode step and the residual add + RMSNorm after it in one GEMV launch (gemv.h's epilogue):
+// returns {residual + x W^T, norm_weight * RMSNorm(that)} as add_rms_norm(residual, linear_decode(x, weight), ...)
+// would, without the kernel boundary between them. done: an int32 tensor of one element on x's device, 0, left 0;
+// no two launches that share it may overlap (the model's steps run on one stream).
+bool gemv_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& residual,
+                                 const torch::Tensor& norm_weight, const torch::Tensor& done);
+std::pair<torch::Tensor, torch::Tensor> linear_decode_add_rms_norm(const torch::Tensor& x, const torch::Tensor& weight,
+                                                                   const torch::Tensor& residual,
+                                                                   const torch::Tensor& norm_weight, double eps,
+                                                                   const torch::Tensor& done);
 
 }  // namespace rtp::ops

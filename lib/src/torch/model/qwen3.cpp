@@ -3,6 +3,7 @@
 #include <ATen/Context.h>
 #include <torch/torch.h>
 
+#include <tuple>
 #include <unordered_map>
 
 #include "rtp/core/error.h"
@@ -51,6 +52,7 @@ class Qwen3ModelImpl {
   // again after to(), which gives every parameter storage of its own.
   void fuse_projections() {
     torch::NoGradGuard no_grad;
+    gemv_done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(device()));
     const int64_t L = cfg.num_hidden_layers;
     qkv_weight.assign(L, SharedRows());
     qkv_bias.assign(L, SharedRows());
@@ -112,6 +114,16 @@ class Qwen3ModelImpl {
 
   // The norm of x.base + x.pending, leaving the sum in x.base: on a GPU one kernel for the add and the norm.
   torch::Tensor add_norm(ResidualStream& x, const torch::Tensor& weight) const {
+    if (x.pending_w.defined()) {
+      if (ops::gemv_add_rms_norm_supported(x.pending_x, x.pending_w, x.base, weight, gemv_done)) {
+        torch::Tensor normed;
+        std::tie(x.base, normed) =
+            ops::linear_decode_add_rms_norm(x.pending_x, x.pending_w, x.base, weight, cfg.rms_norm_eps, gemv_done);
+        x.pending_x = x.pending_w = torch::Tensor();
+        return normed;
+      }
+      settle(x);
+    }
     if (x.pending.defined()) {
       if (ops::fused_rms_norm_supported(x.base, weight) && ops::fused_rms_norm_supported(x.pending, weight) &&
           x.base.sizes() == x.pending.sizes()) {
@@ -126,6 +138,24 @@ class Qwen3ModelImpl {
     return rms_norm(x.base, weight);
   }
 
+  // A deferred projection computed into x.pending.
+  static void settle(ResidualStream& x) {
+    if (!x.pending_w.defined()) return;
+    RTP_CHECK(!x.pending.defined(), "internal: a residual stream with both a pending add and a deferred projection");
+    x.pending = ops::linear_decode(x.pending_x, x.pending_w);
+    x.pending_x = x.pending_w = torch::Tensor();
+  }
+
+  // x.pending = input W^T: deferred where the GEMV will run it (a decode step on a GPU), so the norm after it can join
+  // its launch (add_norm); computed now elsewhere.
+  void project_into(ResidualStream& x, const torch::Tensor& input, const torch::Tensor& weight) const {
+    if (ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
+      x.pending_x = input, x.pending_w = weight;
+    } else {
+      x.pending = ops::project(input, weight, gemv_max_ratio);
+    }
+  }
+
   // Without bias, a decode step's few tokens go through the GEMV kernel on a GPU where it beats cuBLAS
   // (ops/linear_decode.h).
   torch::Tensor linear(const torch::Tensor& x, const std::string& base, bool bias) const {
@@ -133,7 +163,8 @@ class Qwen3ModelImpl {
                 : ops::project(x, p(base + ".weight"), gemv_max_ratio);
   }
 
-  torch::Tensor dense_mlp(int64_t i, const torch::Tensor& x, const std::string& pre) const {
+  // The dense MLP up to its down projection: SwiGLU of the gate and up projections.
+  torch::Tensor dense_mlp_activation(int64_t i, const torch::Tensor& x, const std::string& pre) const {
     torch::Tensor gate, up;
     if (shares_rows(gate_up_weight[i])) {
       auto gu = ops::project(x, gate_up_weight[i].joined, gemv_max_ratio);
@@ -143,7 +174,7 @@ class Qwen3ModelImpl {
       gate = ops::project(x, p(pre + "gate_proj.weight"), gemv_max_ratio);
       up = ops::project(x, p(pre + "up_proj.weight"), gemv_max_ratio);
     }
-    return ops::project(ops::swiglu(gate, up), p(pre + "down_proj.weight"), gemv_max_ratio);
+    return ops::swiglu(gate, up);
   }
 
   torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
@@ -260,13 +291,16 @@ class Qwen3ModelImpl {
   }
 
   ResidualStream finish_layer(int64_t i, ResidualStream x, const torch::Tensor& attention) const {
-    RTP_CHECK(!x.pending.defined(), "internal: finish_layer on a residual stream with a pending add");
+    RTP_CHECK(!x.pending.defined() && !x.pending_w.defined(),
+              "internal: finish_layer on a residual stream with a pending add");
     const int64_t B = x.base.size(0), T = x.base.size(1);
     const std::string pre = "model.layers." + std::to_string(i) + ".";
     auto a = attention.transpose(1, 2).reshape({B, T, cfg.num_attention_heads * cfg.head_dim});
-    x.pending = linear(a, pre + "self_attn.o_proj", cfg.attention_bias);
+    if (cfg.attention_bias) x.pending = linear(a, pre + "self_attn.o_proj", true);
+    else project_into(x, a, p(pre + "self_attn.o_proj.weight"));
     auto h = add_norm(x, p(pre + "post_attention_layernorm.weight"));
-    x.pending = cfg.layer_is_moe(i) ? moe_mlp(h, pre + "mlp.") : dense_mlp(i, h, pre + "mlp.");
+    if (cfg.layer_is_moe(i)) x.pending = moe_mlp(h, pre + "mlp.");
+    else project_into(x, dense_mlp_activation(i, h, pre + "mlp."), p(pre + "mlp.down_proj.weight"));
     return x;
   }
 
@@ -284,6 +318,8 @@ class Qwen3ModelImpl {
   std::unordered_map<std::string, torch::Tensor> by_name;
   // Per layer (fuse_projections): q/k/v weights and biases, a dense MLP's gate and up weights, as one tensor each.
   std::vector<SharedRows> qkv_weight, qkv_bias, gate_up_weight;
+  // The count of the GEMV epilogue's blocks (ops::linear_decode_add_rms_norm), 0 between launches.
+  torch::Tensor gemv_done;
 };
 
 Qwen3Model::Qwen3Model(const ModelConfig& config, torch::Device device, torch::ScalarType dtype)
@@ -314,6 +350,11 @@ torch::Device Qwen3Model::device() const { return impl_->device(); }
 torch::Tensor Qwen3Model::embed(const torch::Tensor& ids_on_device) const {
   return F::embedding(ids_on_device, impl_->p("model.embed_tokens.weight"));
 }
+torch::Tensor ResidualStream::resolved() const {
+  if (pending_w.defined()) return base + ops::linear_decode(pending_x, pending_w);
+  return pending.defined() ? base + pending : base;
+}
+
 LayerAttentionInputs Qwen3Model::attention_inputs(int64_t layer, ResidualStream& x, const RopeTables& rope) const {
   return impl_->attention_inputs(layer, x, rope);
 }
