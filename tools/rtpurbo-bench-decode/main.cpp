@@ -92,6 +92,8 @@ int main(int argc, char** argv) {
       ("gemv-max-ratio", "decode projections [m, k] take the GEMV kernel where m <= this times k, cuBLAS elsewhere (the "
                          "model's default)", cxxopts::value<std::string>()->default_value(
                                                std::to_string(rtp::ops::kDecodeGemvMaxRatio)))
+      ("unfused-norms", "the residual add + RMSNorm after the o and dense down projections as kernels of their own, "
+                        "not in the projection's launch (the path before the GEMV's epilogue)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
@@ -163,6 +165,8 @@ int main(int argc, char** argv) {
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
     auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
     model.set_gemv_max_ratio(gemv_max_ratio);
+    const bool fused_norms = !args.count("unfused-norms");
+    model.set_fused_projection_norms(fused_norms);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();
     // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
@@ -199,7 +203,7 @@ int main(int argc, char** argv) {
               {"parameters", parameter_count}, {"weight_bytes_read_per_token", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
               {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
               {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed},
-              {"gemv_max_ratio", gemv_max_ratio}};
+              {"gemv_max_ratio", gemv_max_ratio}, {"fused_projection_norms", fused_norms}};
     json rows = json::array();
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,

@@ -149,7 +149,7 @@ class Qwen3ModelImpl {
   // x.pending = input W^T: deferred where the GEMV will run it (a decode step on a GPU), so the norm after it can join
   // its launch (add_norm); computed now elsewhere.
   void project_into(ResidualStream& x, const torch::Tensor& input, const torch::Tensor& weight) const {
-    if (ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
+    if (fused_projection_norms && ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
       x.pending_x = input, x.pending_w = weight;
     } else {
       x.pending = ops::project(input, weight, gemv_max_ratio);
@@ -216,6 +216,7 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
+  bool fused_projection_norms = true;  // project_into defers where the GEMV runs, for add_norm's fused launch
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
@@ -364,6 +365,8 @@ ResidualStream Qwen3Model::finish_layer(int64_t layer, ResidualStream x, const t
 torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_logits(std::move(x)); }
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
+void Qwen3Model::set_fused_projection_norms(bool on) { impl_->fused_projection_norms = on; }
+
 void Qwen3Model::set_gemv_max_ratio(int64_t ratio) {
   RTP_CHECK(ratio >= 1, "set_gemv_max_ratio: the ratio must be at least 1, found ", ratio);
   impl_->gemv_max_ratio = ratio;
