@@ -267,20 +267,20 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   }
   auto attn = torch::randn({1, 1, Hq * D}, opt);
   {
-    // As the step runs it: the o projection's last block adds the residual and normalises (the GEMV's epilogue).
+    // With --fused-norms (Qwen3Model::set_fused_projection_norms): the o projection's last block adds the residual and
+    // normalises (the GEMV's epilogue).
     const auto& ow = w[a + "o_proj.weight"];
     const auto ws = clones(ow, copies_for(bytes_of(ow), l2, reps));
     const auto done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
     size_t i = 0;
-    add("attention", "o projection + residual add + post-attention RMSNorm (one launch)",
+    add("(compare)", "o projection + residual add + post-attention RMSNorm (one launch)",
         bytes_of(ow) + (ow.size(0) + ow.size(1)) * e + 5 * H * e, [&, ws] {
           ops::linear_decode_add_rms_norm(attn, ws[i++ % ws.size()], x, w[pre + "post_attention_layernorm.weight"], eps,
                                           done);
         });
   }
-  // The two launches the one above replaced.
-  add_linear("(compare)", "o projection", attn, w[a + "o_proj.weight"]);
-  add("(compare)", "residual add + post-attention RMSNorm", 5 * H * e,
+  add_linear("attention", "o projection", attn, w[a + "o_proj.weight"]);
+  add("attention", "residual add + post-attention RMSNorm", 5 * H * e,
       [&] { ops::add_rms_norm(x, d, w[pre + "post_attention_layernorm.weight"], eps); });
 
   // MLP half.

@@ -92,8 +92,8 @@ int main(int argc, char** argv) {
       ("gemv-max-ratio", "decode projections [m, k] take the GEMV kernel where m <= this times k, cuBLAS elsewhere (the "
                          "model's default)", cxxopts::value<std::string>()->default_value(
                                                std::to_string(rtp::ops::kDecodeGemvMaxRatio)))
-      ("unfused-norms", "the residual add + RMSNorm after the o and dense down projections as kernels of their own, "
-                        "not in the projection's launch (the path before the GEMV's epilogue)")
+      ("fused-norms", "the residual add + RMSNorm after the o and dense down projections in the projection's launch "
+                      "(the GEMV's epilogue), not as kernels of their own")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
     auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
     model.set_gemv_max_ratio(gemv_max_ratio);
-    const bool fused_norms = !args.count("unfused-norms");
+    const bool fused_norms = args.count("fused-norms") > 0;
     model.set_fused_projection_norms(fused_norms);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();

@@ -84,8 +84,9 @@ class Qwen3Model {
   // reduction (ops::gemv_preferred; default ops::kDecodeGemvMaxRatio), cuBLAS elsewhere; for comparisons:
   // rtpurbo-bench-decode --gemv-max-ratio.
   void set_gemv_max_ratio(int64_t ratio);
-  // false: the residual add + RMSNorm after the o and dense down projections run as kernels of their own instead of
-  // in the GEMV's launch (ops::linear_decode_add_rms_norm); for comparisons: rtpurbo-bench-decode --unfused-norms.
+  // true: the residual add + RMSNorm after the o and dense down projections of a decode step on a GPU run in the
+  // GEMV's launch (ops::linear_decode_add_rms_norm) instead of as kernels of their own. Off by default until measured
+  // in the model's step on a GPU (docs/decode.md); rtpurbo-bench-decode --fused-norms.
   void set_fused_projection_norms(bool on);
 
   // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.

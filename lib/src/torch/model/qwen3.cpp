@@ -216,7 +216,7 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
-  bool fused_projection_norms = true;  // project_into defers where the GEMV runs, for add_norm's fused launch
+  bool fused_projection_norms = false;  // project_into defers where the GEMV runs, for add_norm's fused launch
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
