@@ -199,6 +199,46 @@ TEST(DecodeStepperCuda, FusedTokenStoreDecodesLikeTheEagerStore) {
   }
 }
 
+// The residual add + RMSNorm in the o and down projections' GEMV launch (Qwen3Model::set_fused_projection_norms)
+// against the same decode steps with them as kernels of their own: the same sums, norms reduced in another order, so
+// logits within rounding of each other and the same greedy tokens; every layer's two norms took the fused launch.
+TEST(DecodeStepperCuda, ProjectionNormEpilogueDecodesLikeTheSeparateKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV epilogue is tested on the GPU machine";
+  const auto c = small_config(3, 8, 4, 128);
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    rtp::model::Qwen3Model model(c, kCuda, dtype);
+    model.init_random(10, 0.05);
+    torch::manual_seed(13);
+    const int64_t P = 17, steps = 12;
+    auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
+    torch::NoGradGuard no_grad;
+    rtp::model::KVCache fused_cache(c.num_hidden_layers), plain_cache(c.num_hidden_layers);
+    rtp::model::ForwardOptions fused_o, plain_o;
+    fused_o.cache = &fused_cache;
+    plain_o.cache = &plain_cache;
+    model.forward(ids.narrow(1, 0, P), fused_o);
+    model.forward(ids.narrow(1, 0, P), plain_o);
+    const int64_t before = model.fused_projection_norm_launches();
+    double worst = 0, scale = 0;
+    int64_t same_tokens = 0;
+    for (int64_t t = P; t < P + steps; ++t) {
+      model.set_fused_projection_norms(true);
+      auto a = model.forward(ids.narrow(1, t, 1), fused_o);
+      model.set_fused_projection_norms(false);
+      auto b = model.forward(ids.narrow(1, t, 1), plain_o);
+      worst = std::max(worst, max_diff(a, b));
+      scale = std::max(scale, b.abs().max().item<double>());
+      same_tokens += a.argmax(-1).item<int64_t>() == b.argmax(-1).item<int64_t>();
+    }
+    std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " projection norm epilogue vs separate kernels: max "
+              << "|logit diff| " << worst << " of |logits| up to " << scale << ", greedy tokens equal " << same_tokens
+              << " of " << steps << "\n";
+    EXPECT_EQ(model.fused_projection_norm_launches() - before, steps * 2 * c.num_hidden_layers);
+    EXPECT_LE(worst, (dtype == torch::kBFloat16 ? 0.03 : 1e-4) * scale);
+    EXPECT_GE(same_tokens, steps - 1);
+  }
+}
+
 // One decode query over a cache that is a strided view of a larger buffer, grouped heads: the flash path of
 // DenseAttention against a float64 reference, its error at most twice a naive bf16 computation's.
 TEST(DenseDecodeAttention, MatchesTheFloat64ReferenceOnStridedGroupedCaches) {

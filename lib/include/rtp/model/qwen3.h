@@ -88,6 +88,7 @@ class Qwen3Model {
   // GEMV's launch (ops::linear_decode_add_rms_norm) instead of as kernels of their own. Off by default until measured
   // in the model's step on a GPU (docs/decode.md); rtpurbo-bench-decode --fused-norms.
   void set_fused_projection_norms(bool on);
+  int64_t fused_projection_norm_launches() const;  // how many times the fused launch ran (tests)
 
   // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.
   // On CPU the draw is float32 from a CPU generator (the committed toy model depends on it); on a GPU the

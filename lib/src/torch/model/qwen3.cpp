@@ -120,6 +120,7 @@ class Qwen3ModelImpl {
         std::tie(x.base, normed) =
             ops::linear_decode_add_rms_norm(x.pending_x, x.pending_w, x.base, weight, cfg.rms_norm_eps, gemv_done);
         x.pending_x = x.pending_w = torch::Tensor();
+        ++fused_norm_launches;
         return normed;
       }
       settle(x);
@@ -216,7 +217,8 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
-  bool fused_projection_norms = false;  // project_into defers where the GEMV runs, for add_norm's fused launch
+  bool fused_projection_norms = false;
+  mutable int64_t fused_norm_launches = 0;  // project_into defers where the GEMV runs, for add_norm's fused launch
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
@@ -366,6 +368,7 @@ torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_l
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
 void Qwen3Model::set_fused_projection_norms(bool on) { impl_->fused_projection_norms = on; }
+int64_t Qwen3Model::fused_projection_norm_launches() const { return impl_->fused_norm_launches; }
 
 void Qwen3Model::set_gemv_max_ratio(int64_t ratio) {
   RTP_CHECK(ratio >= 1, "set_gemv_max_ratio: the ratio must be at least 1, found ", ratio);
