@@ -217,8 +217,8 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
-  bool fused_projection_norms = false;
-  mutable int64_t fused_norm_launches = 0;  // project_into defers where the GEMV runs, for add_norm's fused launch
+  bool fused_projection_norms = false;  // project_into defers where the GEMV runs, for add_norm's fused launch
+  mutable int64_t fused_norm_launches = 0;
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
@@ -353,6 +353,7 @@ torch::Device Qwen3Model::device() const { return impl_->device(); }
 torch::Tensor Qwen3Model::embed(const torch::Tensor& ids_on_device) const {
   return F::embedding(ids_on_device, impl_->p("model.embed_tokens.weight"));
 }
+
 torch::Tensor ResidualStream::resolved() const {
   if (pending_w.defined()) return base + ops::linear_decode(pending_x, pending_w);
   return pending.defined() ? base + pending : base;
