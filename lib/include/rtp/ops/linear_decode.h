@@ -26,7 +26,7 @@ bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio = kDecodeGemv
 // linear_decode where gemv_preferred(weight, max_ratio), at::linear elsewhere.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio);
 
-// The o projection of a decode step and the residual add + RMSNorm after it in one GEMV launch (gemv.h's epilogue):
+// A decode step's o or down projection and the residual add + RMSNorm after it in one GEMV launch (gemv.h's epilogue):
 // returns {residual + x W^T, norm_weight * RMSNorm(that)} as add_rms_norm(residual, linear_decode(x, weight), ...)
 // would, without the kernel boundary between them. done: an int32 tensor of one element on x's device, 0, left 0;
 // no two launches that share it may overlap (the model's steps run on one stream).
