@@ -1,7 +1,7 @@
-// gemv.h: a block of 8 warps takes 2 weight rows, 4 warps per row, each warp a contiguous quarter of the row (in
-// 16-byte loads that bypass L1: the weights are read once) against every token's x (cached); the quarters' sums
-// meet in shared memory. Rows of a few MB give thousands of warps, enough loads in flight to approach the copy
-// bandwidth. With the epilogue (gemv.h) the last block to finish adds the residual and applies RMSNorm: one row of a few
+// gemv.h, SplitRows: a block of 8 warps takes 2 weight rows, 4 warps per row, each warp a contiguous quarter of the
+// row (in 16-byte loads that bypass L1: the weights are read once) against every token's x (cached); the quarters'
+// sums meet in shared memory. Rows of a few MB give thousands of warps, enough loads in flight to approach the copy
+// bandwidth. WholeRows (below): a warp per two whole rows. With the epilogue (gemv.h) the last block to finish adds the residual and applies RMSNorm: one row of a few
 // thousand elements, about a microsecond, where a kernel of its own cost a launch and a drain of the chain.
 #include <cuda_bf16.h>
 
@@ -127,8 +127,97 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   }
 }
 
+// WholeRows: each warp takes kRowsPerWarp whole rows, so every x vector it loads serves all of them and its sums are
+// final after one warp reduction. Eight warps per block as above.
+constexpr int kRowsPerWarp = 2;
+constexpr int kWholeRowsPerBlock = kRowsPerWarp * kThreads / 32;
+
+template <typename T, int kRows, bool kVec>
+__global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvParams p) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t m0 = (int64_t(blockIdx.x) * (kThreads / 32) + warp) * kRowsPerWarp;
+  const T* x = static_cast<const T*>(p.x);
+  bool valid[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) valid[r] = m0 + r < p.m;
+  float acc[kRowsPerWarp][kRows];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int n = 0; n < kRows; ++n) acc[r][n] = 0.f;
+  if constexpr (kVec) {
+    constexpr int kPerVec = 16 / sizeof(T);
+    const int64_t n16 = p.k / kPerVec;
+    const uint4* w16[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+      w16[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.weight) + (valid[r] ? m0 + r : 0) * p.k);
+    // As in the split layout: the first weight vectors of every row are requested before the wait for x; a 1024-wide
+    // row is 4 vectors per lane, all of it.
+    constexpr int kPre = 4;
+    uint4 pre[kPre][kRowsPerWarp] = {};
+#pragma unroll
+    for (int u = 0; u < kPre; ++u)
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r)
+        if (valid[r] && lane + 32 * u < n16) pre[u][r] = __ldcs(w16[r] + lane + 32 * u);
+    pdl_wait_then_trigger();
+#pragma unroll
+    for (int u = 0; u < kPre; ++u) {
+      const int64_t i = lane + 32 * u;
+      if (i < n16) {
+#pragma unroll
+        for (int n = 0; n < kRows; ++n) {
+          const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + n * p.x_row_stride) + i);
+#pragma unroll
+          for (int r = 0; r < kRowsPerWarp; ++r) acc[r][n] += dot_16bytes<T>(pre[u][r], xv);
+        }
+      }
+    }
+#pragma unroll 2
+    for (int64_t i = lane + 32 * kPre; i < n16; i += 32) {
+      uint4 wv[kRowsPerWarp];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) wv[r] = valid[r] ? __ldcs(w16[r] + i) : uint4{};
+#pragma unroll
+      for (int n = 0; n < kRows; ++n) {
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + n * p.x_row_stride) + i);
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) acc[r][n] += dot_16bytes<T>(wv[r], xv);
+      }
+    }
+  } else {
+    pdl_wait_then_trigger();
+    const T* w = static_cast<const T*>(p.weight);
+    for (int64_t i = lane; i < p.k; i += 32) {
+      float wv[kRowsPerWarp];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) wv[r] = valid[r] ? to_float(w[(m0 + r) * p.k + i]) : 0.f;
+#pragma unroll
+      for (int n = 0; n < kRows; ++n) {
+        const float xv = to_float(x[n * p.x_row_stride + i]);
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) acc[r][n] += wv[r] * xv;
+      }
+    }
+  }
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int n = 0; n < kRows; ++n) {
+      const float v = warp_sum(acc[r][n]);
+      if (lane == 0 && valid[r]) out[n * p.m + m0 + r] = from_float<T>(v);
+    }
+}
+
 template <typename T, int kRows>
 cudaError_t launch_rows(const GemvParams& p, bool vec, cudaStream_t stream) {
+  if (resolved_layout(p) == GemvLayout::WholeRows) {
+    const unsigned blocks = unsigned((p.m + kWholeRowsPerBlock - 1) / kWholeRowsPerBlock);
+    return launch_k(vec ? gemv_whole_rows_kernel<T, kRows, true> : gemv_whole_rows_kernel<T, kRows, false>,
+                    dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), p);
+  }
   const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
   const auto kernel = p.has_epilogue() ? (vec ? gemv_kernel<T, kRows, true, true> : gemv_kernel<T, kRows, false, true>)
                                         : (vec ? gemv_kernel<T, kRows, true, false> : gemv_kernel<T, kRows, false, false>);

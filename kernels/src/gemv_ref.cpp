@@ -13,7 +13,14 @@ const char* check_gemv_params(const GemvParams& p, bool cuda) {
   if (p.has_epilogue() && !(p.residual && p.norm_weight && p.sum_out && p.normed_out && p.done))
     return "gemv: the add + RMSNorm epilogue needs residual, norm_weight, sum_out, normed_out and done, all of them";
   if (p.has_epilogue() && !(p.eps >= 0.f)) return "gemv: the epilogue's eps must be >= 0";
+  if (p.has_epilogue() && p.layout == GemvLayout::WholeRows)
+    return "gemv: the add + RMSNorm epilogue runs with the SplitRows layout (or Auto), not WholeRows";
   return "";
+}
+
+GemvLayout resolved_layout(const GemvParams& p) {
+  if (p.layout != GemvLayout::Auto) return p.layout;
+  return p.m > 4 * p.k && !p.has_epilogue() ? GemvLayout::WholeRows : GemvLayout::SplitRows;
 }
 
 void gemv_cpu(const GemvParams& p) {

@@ -1,12 +1,13 @@
 // The few-row GEMV CUDA kernel (rtp/kernels/gemv.h) through ops::linear_decode against a float64 product: bf16 error at
 // most twice that of at::linear in bf16 (cuBLAS, which it replaces for a decode step's projections), float32 within
 // 1e-5 relative; Qwen3 projection shapes, odd sizes (the scalar path), 1-4 rows, rows strided inside a wider
-// tensor; five rows fall back to at::linear. The add + RMSNorm epilogue against float64 and the unfused path.
+// tensor, both warp layouts; five rows fall back to at::linear. The add + RMSNorm epilogue against float64 and the unfused path.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <iostream>
+#include <string>
 
 #include "rtp/ops/linear_decode.h"
 #include "rtp/ops/rms_norm.h"
@@ -18,22 +19,31 @@ TEST(GemvCuda, WithinTwiceCublasBf16Error) {
   const torch::Device dev(torch::kCUDA, 0);
   torch::manual_seed(62);
   struct Case { int64_t rows, m, k; };
+  using rtp::kernels::GemvLayout;
+  // Each shape in both layouts and Auto's choice: the split rows for long reductions, whole rows for the wide ones
+  // (Qwen3-8B's and -0.6B's gate/up), odd row counts that end inside a block or a warp's pair.
   for (const Case& c : {Case{1, 4096, 1024}, Case{1, 1024, 2048}, Case{2, 6144, 1024}, Case{4, 2048, 4096},
-                        Case{3, 77, 1000}, Case{1, 130, 33}}) {
+                        Case{1, 24576, 4096}, Case{3, 6150, 1000}, Case{3, 77, 1000}, Case{1, 130, 33},
+                        Case{4, 301, 77}}) {
     auto wide = torch::randn({c.rows, c.k + 8}).to(dev, torch::kBFloat16);
     auto x = wide.narrow(1, 8, c.k);  // rows strided, 16-byte aligned when k is a multiple of 8
     auto w = (torch::randn({c.m, c.k}) / std::sqrt(static_cast<double>(c.k))).to(dev, torch::kBFloat16);
     ASSERT_TRUE(rtp::ops::gemv_supported(x, w));
-    auto got = rtp::ops::linear_decode(x, w);
     auto ref = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
     auto cublas = at::linear(x, w);
-    const double e = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
     const double ce = (cublas.to(torch::kFloat64) - ref).abs().max().item<double>();
-    std::cout << c.rows << " x " << c.m << " x " << c.k << ": bf16 max |err| " << e << " (cuBLAS " << ce << ")\n";
-    EXPECT_LE(e, 2 * ce + 1e-6) << c.rows << " x " << c.m << " x " << c.k;
     auto x32 = x.to(torch::kFloat32), w32 = w.to(torch::kFloat32);
-    auto got32 = rtp::ops::linear_decode(x32, w32);
-    EXPECT_LE(((got32.to(torch::kFloat64) - ref).abs() / (ref.abs().max() + 1e-3)).max().item<double>(), 1e-5);
+    for (const GemvLayout layout : {GemvLayout::Auto, GemvLayout::SplitRows, GemvLayout::WholeRows}) {
+      const std::string what = std::to_string(c.rows) + " x " + std::to_string(c.m) + " x " + std::to_string(c.k) +
+                               " layout " + std::to_string(static_cast<int>(layout));
+      auto got = rtp::ops::linear_decode(x, w, layout);
+      const double e = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
+      std::cout << what << ": bf16 max |err| " << e << " (cuBLAS " << ce << ")\n";
+      EXPECT_LE(e, 2 * ce + 1e-6) << what;
+      auto got32 = rtp::ops::linear_decode(x32, w32, layout);
+      EXPECT_LE(((got32.to(torch::kFloat64) - ref).abs() / (ref.abs().max() + 1e-3)).max().item<double>(), 1e-5)
+          << what;
+    }
   }
   auto x5 = torch::randn({5, 64}, torch::TensorOptions(torch::kBFloat16).device(dev));
   auto w = torch::randn({32, 64}, torch::TensorOptions(torch::kBFloat16).device(dev));

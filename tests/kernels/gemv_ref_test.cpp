@@ -91,6 +91,25 @@ TEST(GemvRef, RejectsBadParameters) {
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("eps"), std::string::npos);
   p.eps = 1e-6f;
   EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+  p.layout = rtp::kernels::GemvLayout::WholeRows;  // the epilogue's last-block count lives in the split layout
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("SplitRows"), std::string::npos);
+}
+
+// Auto: whole rows per warp only for wide outputs (m > 4k: the gate/up) without an epilogue.
+TEST(GemvRef, AutoLayoutTakesWholeRowsForWideOutputs) {
+  using rtp::kernels::GemvLayout;
+  rtp::kernels::GemvParams p;
+  p.k = 1024, p.m = 6144;  // Qwen3-0.6B's gate/up
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::WholeRows);
+  p.m = 4096;  // its q/k/v
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
+  p.m = 4097;
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::WholeRows);
+  uint32_t done = 0;
+  p.done = &done;
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
+  p.done = nullptr, p.m = 16, p.layout = GemvLayout::WholeRows;
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::WholeRows);
 }
 
 // On the CPU the fused op is not taken: the model keeps its separate projection and add + norm there.

@@ -5,14 +5,17 @@
 
 #include <utility>
 
+#include "rtp/kernels/gemv_layout.h"
+
 namespace rtp::ops {
 
 // Whether linear_decode takes the kernel: a CUDA build; x [..., k] on a GPU with at most 4 rows, unit element stride
 // and evenly spaced rows; weight [m, k] contiguous of x's dtype (bf16 or float32) and device; no gradient wanted.
 bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight);
 
-// x [..., k] -> [..., m] in x's dtype: the kernel wherever gemv_supported.
-torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight);
+// x [..., k] -> [..., m] in x's dtype: the kernel wherever gemv_supported, its warps laid out as `layout` says.
+torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight,
+                            kernels::GemvLayout layout = kernels::GemvLayout::Auto);
 
 // The ratio the decode step uses: measured with the step's kernels chained by programmatic launch (H100, 2026-12-05,
 // docs/decode.md "GEMV or cuBLAS under programmatic launch"): the fused q/k/v weights (m/k 1.5-4 on Qwen3) tie or gain

@@ -60,10 +60,12 @@ void run_gemv(const k::GemvParams& p, torch::Device device, const char* what) {
 
 }  // namespace
 
-torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight) {
+torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight, k::GemvLayout layout) {
   if (!gemv_supported(x, weight)) return at::linear(x, weight);
   torch::Tensor out;
-  run_gemv(gemv_params(x, weight, out), x.device(), "linear_decode");
+  k::GemvParams p = gemv_params(x, weight, out);
+  p.layout = layout;
+  run_gemv(p, x.device(), "linear_decode");
   return out;
 }
 
