@@ -111,6 +111,14 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     add(group, op, bytes_of(weight) + (weight.size(0) + weight.size(1)) * e,
         [&, ws] { ops::project(x_in, ws[i++ % ws.size()]); });
   };
+  // The same product on the GEMV kernel in a given warp layout, whatever the model's rule picks.
+  const auto add_gemv = [&](const std::string& op, const torch::Tensor& x_in, const torch::Tensor& weight,
+                            kernels::GemvLayout layout) {
+    const auto ws = clones(weight, copies_for(bytes_of(weight), l2, reps));
+    size_t i = 0;
+    add("(compare)", op, bytes_of(weight) + (weight.size(0) + weight.size(1)) * e,
+        [&, ws, layout] { ops::linear_decode(x_in, ws[i++ % ws.size()], layout); });
+  };
 
   // Attention half.
   auto x = torch::randn({1, 1, H}, opt), d = torch::randn({1, 1, H}, opt);
@@ -123,6 +131,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   auto wqkv = torch::cat({w[a + "q_proj.weight"], w[a + "k_proj.weight"], w[a + "v_proj.weight"]}, 0);
   auto h = torch::randn({1, 1, H}, opt);
   add_linear("attention", "q/k/v projection", h, wqkv);
+  add_gemv("q/k/v projection on the GEMV, whole rows per warp", h, wqkv, kernels::GemvLayout::WholeRows);
   auto qkv = torch::randn({1, 1, wqkv.size(0)}, opt);
   auto q = qkv.narrow(-1, 0, Hq * D).view({1, 1, Hq, D}), k = qkv.narrow(-1, Hq * D, Hkv * D).view({1, 1, Hkv, D});
   const auto rope = model::rope_tables(c, kv_len, 1, dev);
@@ -289,6 +298,8 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     auto wgu = torch::cat({w[m + "gate_proj.weight"], w[m + "up_proj.weight"]}, 0);
     const int64_t In = c.intermediate_size;
     add_linear("dense MLP", "gate/up projection", h, wgu);
+    add_gemv("gate/up projection on the GEMV, whole rows per warp", h, wgu, kernels::GemvLayout::WholeRows);
+    add_gemv("gate/up projection on the GEMV, split rows", h, wgu, kernels::GemvLayout::SplitRows);
     auto gu = torch::randn({1, 1, 2 * In}, opt);
     add("dense MLP", "SwiGLU", 3 * In * e, [&] { ops::swiglu(gu.narrow(-1, 0, In), gu.narrow(-1, In, In)); });
     auto act = torch::randn({1, 1, In}, opt);
