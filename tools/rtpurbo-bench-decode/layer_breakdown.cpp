@@ -328,6 +328,8 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   const auto& head = c.tie_word_embeddings ? w["model.embed_tokens.weight"] : w["lm_head.weight"];
   add("head", "residual add + final RMSNorm", 5 * H * e, [&] { ops::add_rms_norm(x, d, w["model.norm.weight"], eps); });
   add("head", "LM head", bytes_of(head) + H * e + c.vocab_size * 4, [&] { at::linear(h, head).to(torch::kFloat32); });
+  add("(compare)", "LM head on the GEMV, whole rows per warp", bytes_of(head) + H * e + c.vocab_size * 4,
+      [&] { ops::linear_decode(h, head, kernels::GemvLayout::WholeRows).to(torch::kFloat32); });
   // (The head's 311-1245 MB exceed L2 already.)
   return out;
 }
