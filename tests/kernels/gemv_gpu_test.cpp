@@ -60,6 +60,7 @@ TEST(GemvCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
   torch::manual_seed(64);
   const double eps = 1e-6;
   auto done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
+  const auto split = rtp::kernels::GemvLayout::SplitRows;  // the epilogue's layout: the same products as the fused launch
   struct Case { int64_t rows, m, k; };
   for (const Case& c : {Case{1, 2048, 4096}, Case{1, 1024, 2048}, Case{2, 4096, 4096}, Case{3, 77, 1000},
                         Case{4, 2048, 4096}, Case{1, 130, 33}}) {
@@ -73,7 +74,7 @@ TEST(GemvCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
       for (int rep = 0; rep < 2; ++rep) {
         auto [sum, normed] = rtp::ops::linear_decode_add_rms_norm(x, w, res, nw, eps, done);
         EXPECT_EQ(done.item<int32_t>(), 0) << "the count must be back at 0";
-        auto [usum, unormed] = rtp::ops::add_rms_norm(res, rtp::ops::linear_decode(x, w), nw, eps);
+        auto [usum, unormed] = rtp::ops::add_rms_norm(res, rtp::ops::linear_decode(x, w, split), nw, eps);
         auto s64 = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t()) + res.to(torch::kFloat64);
         auto n64 = nw.to(torch::kFloat64) * s64 * torch::rsqrt(s64.pow(2).mean(-1, true) + eps);
         const auto err = [](const torch::Tensor& a, const torch::Tensor& r) {

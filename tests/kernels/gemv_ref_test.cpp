@@ -34,20 +34,18 @@ TEST(GemvRef, MatchesTheMatrixProductOnStridedRows) {
   EXPECT_TRUE(torch::equal(rtp::ops::linear_decode(x, w), at::linear(x, w)));
 }
 
-// The model's choice of the GEMV over cuBLAS per weight [m, k]: m <= ratio * k, ratio 4 by default.
+// The model's choice of the GEMV over cuBLAS per weight [m, k]: m <= ratio * k, ratio 8 by default.
 TEST(GemvRef, PreferredWhereTheOutputIsAtMostRatioTimesTheReduction) {
   using rtp::ops::gemv_preferred;
   const auto w = [](int64_t m, int64_t k) { return torch::empty({m, k}); };
   EXPECT_TRUE(gemv_preferred(w(2048, 4096)));   // o projection of Qwen3-30B-A3B
-  EXPECT_TRUE(gemv_preferred(w(2048, 2048)));
   EXPECT_TRUE(gemv_preferred(w(5120, 2048)));   // its fused q/k/v
   EXPECT_FALSE(gemv_preferred(w(5120, 2048), 1));
-  EXPECT_TRUE(gemv_preferred(w(8192, 2048)));
-  EXPECT_FALSE(gemv_preferred(w(8193, 2048)));
-  EXPECT_TRUE(gemv_preferred(w(5120, 2048), 8));
-  EXPECT_TRUE(gemv_preferred(w(16384, 2048), 8));
-  EXPECT_FALSE(gemv_preferred(w(16385, 2048), 8));
-  EXPECT_FALSE(gemv_preferred(w(151936, 2048), 8));  // the LM head stays with cuBLAS
+  EXPECT_TRUE(gemv_preferred(w(8192, 2048), 4));
+  EXPECT_FALSE(gemv_preferred(w(8193, 2048), 4));
+  EXPECT_TRUE(gemv_preferred(w(16384, 2048)));
+  EXPECT_FALSE(gemv_preferred(w(16385, 2048)));
+  EXPECT_FALSE(gemv_preferred(w(151936, 2048)));  // the LM head stays with cuBLAS
   EXPECT_FALSE(gemv_preferred(torch::empty({8}), 8));
 }
 
@@ -95,16 +93,19 @@ TEST(GemvRef, RejectsBadParameters) {
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("SplitRows"), std::string::npos);
 }
 
-// Auto: whole rows per warp only for wide outputs (m > 4k: the gate/up) without an epilogue.
-TEST(GemvRef, AutoLayoutTakesWholeRowsForWideOutputs) {
+// Auto: whole rows per warp from 4096 rows on (warps enough in flight), without an epilogue.
+TEST(GemvRef, AutoLayoutTakesWholeRowsForManyRows) {
   using rtp::kernels::GemvLayout;
   rtp::kernels::GemvParams p;
   p.k = 1024, p.m = 6144;  // Qwen3-0.6B's gate/up
   EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::WholeRows);
   p.m = 4096;  // its q/k/v
-  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
-  p.m = 4097;
   EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::WholeRows);
+  p.m = 4095, p.k = 16;
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
+  p.m = 2048, p.k = 4096;  // Qwen3-30B-A3B's o projection
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
+  p.m = 4096;
   uint32_t done = 0;
   p.done = &done;
   EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
@@ -124,14 +125,15 @@ TEST(GemvRef, FusedAddNormOnlyOnAGpu) {
 
 namespace {
 
-// The model's per-weight choice on Qwen3's shapes: the kernel for o, down, router and the fused q/k/v (m <= 4k), cuBLAS
-// for the fused gate/up (m = 6k) and the LM head; on the CPU both are at::linear.
+// The model's per-weight choice on Qwen3's shapes: the kernel for every projection of a layer (m <= 8k), cuBLAS for the
+// LM head; on the CPU both are at::linear.
 TEST(GemvRef, ProjectPrefersTheKernelForLongReductions) {
   EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({1024, 2048})));   // o projection of Qwen3-0.6B
   EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({128, 2048})));    // a router
   EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({4096, 1024})));   // q/k/v of Qwen3-0.6B
-  EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({6144, 1024})));  // its fused gate/up
-  EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({24576, 4096}))); // Qwen3-8B's
+  EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({6144, 1024})));   // its fused gate/up
+  EXPECT_TRUE(rtp::ops::gemv_preferred(torch::empty({24576, 4096})));  // Qwen3-8B's
+  EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({151936, 1024}))); // the LM head
   auto x = torch::randn({1, 1, 64}), w = torch::randn({32, 64});
   EXPECT_TRUE(torch::equal(rtp::ops::project(x, w), at::linear(x, w)));
 }

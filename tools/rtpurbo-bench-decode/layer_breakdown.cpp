@@ -131,6 +131,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   auto wqkv = torch::cat({w[a + "q_proj.weight"], w[a + "k_proj.weight"], w[a + "v_proj.weight"]}, 0);
   auto h = torch::randn({1, 1, H}, opt);
   add_linear("attention", "q/k/v projection", h, wqkv);
+  add_gemv("q/k/v projection on the GEMV, split rows", h, wqkv, kernels::GemvLayout::SplitRows);
   add_gemv("q/k/v projection on the GEMV, whole rows per warp", h, wqkv, kernels::GemvLayout::WholeRows);
   auto qkv = torch::randn({1, 1, wqkv.size(0)}, opt);
   auto q = qkv.narrow(-1, 0, Hq * D).view({1, 1, Hq, D}), k = qkv.narrow(-1, Hq * D, Hkv * D).view({1, 1, Hkv, D});
@@ -289,6 +290,8 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
         });
   }
   add_linear("attention", "o projection", attn, w[a + "o_proj.weight"]);
+  add_gemv("o projection on the GEMV, split rows", attn, w[a + "o_proj.weight"], kernels::GemvLayout::SplitRows);
+  add_gemv("o projection on the GEMV, whole rows per warp", attn, w[a + "o_proj.weight"], kernels::GemvLayout::WholeRows);
   add("attention", "residual add + post-attention RMSNorm", 5 * H * e,
       [&] { ops::add_rms_norm(x, d, w[pre + "post_attention_layernorm.weight"], eps); });
 
@@ -300,10 +303,19 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     add_linear("dense MLP", "gate/up projection", h, wgu);
     add_gemv("gate/up projection on the GEMV, whole rows per warp", h, wgu, kernels::GemvLayout::WholeRows);
     add_gemv("gate/up projection on the GEMV, split rows", h, wgu, kernels::GemvLayout::SplitRows);
+    {
+      const auto ws = clones(wgu, copies_for(bytes_of(wgu), l2, reps));
+      size_t i = 0;
+      add("(compare)", "gate/up projection with cuBLAS", bytes_of(wgu) + (wgu.size(0) + wgu.size(1)) * e,
+          [&, ws] { at::linear(h, ws[i++ % ws.size()]); });
+    }
     auto gu = torch::randn({1, 1, 2 * In}, opt);
     add("dense MLP", "SwiGLU", 3 * In * e, [&] { ops::swiglu(gu.narrow(-1, 0, In), gu.narrow(-1, In, In)); });
     auto act = torch::randn({1, 1, In}, opt);
     add_linear("dense MLP", "down projection", act, w[m + "down_proj.weight"]);
+    add_gemv("down projection on the GEMV, split rows", act, w[m + "down_proj.weight"], kernels::GemvLayout::SplitRows);
+    add_gemv("down projection on the GEMV, whole rows per warp", act, w[m + "down_proj.weight"],
+             kernels::GemvLayout::WholeRows);
   } else {
     const auto& gate = w[m + "gate.weight"];
     auto flat = torch::randn({1, H}, opt);

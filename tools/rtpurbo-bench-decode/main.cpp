@@ -92,6 +92,8 @@ int main(int argc, char** argv) {
       ("gemv-max-ratio", "decode projections [m, k] take the GEMV kernel where m <= this times k, cuBLAS elsewhere (the "
                          "model's default)", cxxopts::value<std::string>()->default_value(
                                                std::to_string(rtp::ops::kDecodeGemvMaxRatio)))
+      ("gemv-layout", "the GEMV's warps: auto (whole rows where m >= 4096), split (four warps per row) or whole (a warp "
+                      "per two rows)", cxxopts::value<std::string>()->default_value("auto"))
       ("fused-norms", "the residual add + RMSNorm after the o and dense down projections in the projection's launch "
                       "(the GEMV's epilogue), not as kernels of their own")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
@@ -165,6 +167,12 @@ int main(int argc, char** argv) {
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
     auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
     model.set_gemv_max_ratio(gemv_max_ratio);
+    const std::string gemv_layout = args["gemv-layout"].as<std::string>();
+    if (gemv_layout != "auto" && gemv_layout != "split" && gemv_layout != "whole")
+      throw rtp::tools::UsageError("--gemv-layout: expected auto, split or whole, found '" + gemv_layout + "'");
+    model.set_gemv_layout(gemv_layout == "split"   ? rtp::kernels::GemvLayout::SplitRows
+                          : gemv_layout == "whole" ? rtp::kernels::GemvLayout::WholeRows
+                                                   : rtp::kernels::GemvLayout::Auto);
     const bool fused_norms = args.count("fused-norms") > 0;
     model.set_fused_projection_norms(fused_norms);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
@@ -203,7 +211,7 @@ int main(int argc, char** argv) {
               {"parameters", parameter_count}, {"weight_bytes_read_per_token", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
               {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
               {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed},
-              {"gemv_max_ratio", gemv_max_ratio}, {"fused_projection_norms", fused_norms}};
+              {"gemv_max_ratio", gemv_max_ratio}, {"gemv_layout", gemv_layout}, {"fused_projection_norms", fused_norms}};
     json rows = json::array();
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "rtp/kernels/gemv_layout.h"
 #include "rtp/model/attention_seam.h"
 #include "rtp/model/kv_cache.h"
 #include "rtp/model/model_config.h"
@@ -84,6 +85,8 @@ class Qwen3Model {
   // reduction (ops::gemv_preferred; default ops::kDecodeGemvMaxRatio), cuBLAS elsewhere; for comparisons:
   // rtpurbo-bench-decode --gemv-max-ratio.
   void set_gemv_max_ratio(int64_t ratio);
+  // The GEMV's warp layout for those projections (default Auto, gemv_layout.h); rtpurbo-bench-decode --gemv-layout.
+  void set_gemv_layout(kernels::GemvLayout layout);
   // true: the residual add + RMSNorm after the o and dense down projections of a decode step on a GPU run in the
   // GEMV's launch (ops::linear_decode_add_rms_norm) instead of as kernels of their own. Off by default until measured
   // in the model's step on a GPU (docs/decode.md); rtpurbo-bench-decode --fused-norms.

@@ -17,17 +17,18 @@ bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight);
 torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight,
                             kernels::GemvLayout layout = kernels::GemvLayout::Auto);
 
-// The ratio the decode step uses: measured with the step's kernels chained by programmatic launch (H100, 2026-12-05,
-// docs/decode.md "GEMV or cuBLAS under programmatic launch"): the fused q/k/v weights (m/k 1.5-4 on Qwen3) tie or gain
-// on the GEMV (Qwen3-30B-A3B at 32K: 5.33 -> 5.24 ms per token), the fused gate/up (m/k 6) loses 3-5% there, so it
-// stays with cuBLAS; o, down and router (k >= m) were 1.1-4x faster on the GEMV before.
-inline constexpr int64_t kDecodeGemvMaxRatio = 4;
+// The ratio the decode step uses: every projection of a Qwen3 layer (m/k at most 6: the fused gate/up) on the GEMV, the
+// LM head (m/k 37-148) with cuBLAS. The gate/up lost 3-5% of the step on the split-rows GEMV (H100, ratio 4 then);
+// on the whole-rows layout it gains (H200: Qwen3-0.6B 4-5% per token, Qwen3-8B 1.5%; docs/decode.md, "The GEMV's
+// whole-rows layout").
+inline constexpr int64_t kDecodeGemvMaxRatio = 8;
 
 // The model's choice per weight [m, k]: the GEMV kernel where m <= max_ratio * k, cuBLAS elsewhere.
 bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio);
 
-// linear_decode where gemv_preferred(weight, max_ratio), at::linear elsewhere.
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio);
+// linear_decode (in `layout`) where gemv_preferred(weight, max_ratio), at::linear elsewhere.
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio,
+                      kernels::GemvLayout layout = kernels::GemvLayout::Auto);
 
 // A decode step's o or down projection and the residual add + RMSNorm after it in one GEMV launch (gemv.h's epilogue):
 // returns {residual + x W^T, norm_weight * RMSNorm(that)} as add_rms_norm(residual, linear_decode(x, weight), ...)

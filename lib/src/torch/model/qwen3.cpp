@@ -140,10 +140,10 @@ class Qwen3ModelImpl {
   }
 
   // A deferred projection computed into x.pending.
-  static void settle(ResidualStream& x) {
+  void settle(ResidualStream& x) const {
     if (!x.pending_w.defined()) return;
     RTP_CHECK(!x.pending.defined(), "internal: a residual stream with both a pending add and a deferred projection");
-    x.pending = ops::linear_decode(x.pending_x, x.pending_w);
+    x.pending = ops::linear_decode(x.pending_x, x.pending_w, gemv_layout);
     x.pending_x = x.pending_w = torch::Tensor();
   }
 
@@ -153,7 +153,7 @@ class Qwen3ModelImpl {
     if (fused_projection_norms && ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
       x.pending_x = input, x.pending_w = weight;
     } else {
-      x.pending = ops::project(input, weight, gemv_max_ratio);
+      x.pending = ops::project(input, weight, gemv_max_ratio, gemv_layout);
     }
   }
 
@@ -161,19 +161,19 @@ class Qwen3ModelImpl {
   // (ops/linear_decode.h).
   torch::Tensor linear(const torch::Tensor& x, const std::string& base, bool bias) const {
     return bias ? at::linear(x, p(base + ".weight"), p(base + ".bias"))
-                : ops::project(x, p(base + ".weight"), gemv_max_ratio);
+                : ops::project(x, p(base + ".weight"), gemv_max_ratio, gemv_layout);
   }
 
   // The dense MLP up to its down projection: SwiGLU of the gate and up projections.
   torch::Tensor dense_mlp_activation(int64_t i, const torch::Tensor& x, const std::string& pre) const {
     torch::Tensor gate, up;
     if (shares_rows(gate_up_weight[i])) {
-      auto gu = ops::project(x, gate_up_weight[i].joined, gemv_max_ratio);
+      auto gu = ops::project(x, gate_up_weight[i].joined, gemv_max_ratio, gemv_layout);
       const int64_t I = cfg.intermediate_size;
       gate = gu.narrow(-1, 0, I), up = gu.narrow(-1, I, I);
     } else {
-      gate = ops::project(x, p(pre + "gate_proj.weight"), gemv_max_ratio);
-      up = ops::project(x, p(pre + "up_proj.weight"), gemv_max_ratio);
+      gate = ops::project(x, p(pre + "gate_proj.weight"), gemv_max_ratio, gemv_layout);
+      up = ops::project(x, p(pre + "up_proj.weight"), gemv_max_ratio, gemv_layout);
     }
     return ops::swiglu(gate, up);
   }
@@ -181,7 +181,7 @@ class Qwen3ModelImpl {
   torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
     const auto shape = x.sizes().vec();
     auto flat = x.reshape({-1, cfg.hidden_size});
-    auto router_logits = ops::project(flat, p(pre + "gate.weight"), gemv_max_ratio);
+    auto router_logits = ops::project(flat, p(pre + "gate.weight"), gemv_max_ratio, gemv_layout);
     auto [top_i, top_w] = ops::moe_route(router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob);
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
@@ -220,6 +220,7 @@ class Qwen3ModelImpl {
   bool fused_projection_norms = false;  // project_into defers where the GEMV runs, for add_norm's fused launch
   mutable int64_t fused_norm_launches = 0;
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
+  kernels::GemvLayout gemv_layout = kernels::GemvLayout::Auto;  // and its warp layout
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
@@ -262,7 +263,7 @@ class Qwen3ModelImpl {
     if (shares_rows(qkv_weight[i]) && (!cfg.attention_bias || shares_rows(qkv_bias[i]))) {
       // One GEMM; q, k and v are views of its output (the fused norm kernels read q and k in place).
       auto qkv = cfg.attention_bias ? at::linear(h, qkv_weight[i].joined, qkv_bias[i].joined)
-                                    : ops::project(h, qkv_weight[i].joined, gemv_max_ratio);
+                                    : ops::project(h, qkv_weight[i].joined, gemv_max_ratio, gemv_layout);
       q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D});
       k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D});
       v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
@@ -368,6 +369,7 @@ ResidualStream Qwen3Model::finish_layer(int64_t layer, ResidualStream x, const t
 torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_logits(std::move(x)); }
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
+void Qwen3Model::set_gemv_layout(kernels::GemvLayout layout) { impl_->gemv_layout = layout; }
 void Qwen3Model::set_fused_projection_norms(bool on) { impl_->fused_projection_norms = on; }
 int64_t Qwen3Model::fused_projection_norm_launches() const { return impl_->fused_norm_launches; }
 

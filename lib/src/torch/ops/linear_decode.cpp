@@ -108,8 +108,8 @@ bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio) {
   return weight.dim() == 2 && weight.size(0) <= max_ratio * weight.size(1);
 }
 
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio) {
-  return gemv_preferred(weight, max_ratio) ? linear_decode(x, weight) : at::linear(x, weight);
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio, k::GemvLayout layout) {
+  return gemv_preferred(weight, max_ratio) ? linear_decode(x, weight, layout) : at::linear(x, weight);
 }
 
 }  // namespace rtp::ops
