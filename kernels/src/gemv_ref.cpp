@@ -20,7 +20,7 @@ const char* check_gemv_params(const GemvParams& p, bool cuda) {
 
 GemvLayout resolved_layout(const GemvParams& p) {
   if (p.layout != GemvLayout::Auto) return p.layout;
-  return p.m >= kGemvWholeRowsMinM && !p.has_epilogue() ? GemvLayout::WholeRows : GemvLayout::SplitRows;
+  return p.m >= kGemvWholeRowsMinM && p.k <= p.m && !p.has_epilogue() ? GemvLayout::WholeRows : GemvLayout::SplitRows;
 }
 
 void gemv_cpu(const GemvParams& p) {

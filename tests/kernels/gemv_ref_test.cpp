@@ -93,7 +93,8 @@ TEST(GemvRef, RejectsBadParameters) {
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("SplitRows"), std::string::npos);
 }
 
-// Auto: whole rows per warp from 4096 rows on (warps enough in flight), without an epilogue.
+// Auto: whole rows per warp from 4096 rows on (warps enough in flight) where the reduction is no longer than the
+// output, without an epilogue.
 TEST(GemvRef, AutoLayoutTakesWholeRowsForManyRows) {
   using rtp::kernels::GemvLayout;
   rtp::kernels::GemvParams p;
@@ -105,7 +106,10 @@ TEST(GemvRef, AutoLayoutTakesWholeRowsForManyRows) {
   EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
   p.m = 2048, p.k = 4096;  // Qwen3-30B-A3B's o projection
   EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
-  p.m = 4096;
+  p.m = 4096, p.k = 12288;  // Qwen3-8B's down projection: a longer reduction than output
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);
+  p.k = 4096;  // its o projection
+  EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::WholeRows);
   uint32_t done = 0;
   p.done = &done;
   EXPECT_EQ(rtp::kernels::resolved_layout(p), GemvLayout::SplitRows);

@@ -276,23 +276,31 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     }
   }
   auto attn = torch::randn({1, 1, Hq * D}, opt);
+  // The model's step runs the o projection with the post-attention add + RMSNorm in its launch where it fuses them
+  // (Qwen3Model::fused_projection_norms, at most ops::kFusedAddNormMaxM outputs); the other form is for comparison.
+  const bool fused = model.fused_projection_norms() && H <= ops::kFusedAddNormMaxM;
+  const std::string in_step = "attention", other = "(compare)";
   {
-    // With --fused-norms (Qwen3Model::set_fused_projection_norms): the o projection's last block adds the residual and
-    // normalises (the GEMV's epilogue).
     const auto& ow = w[a + "o_proj.weight"];
     const auto ws = clones(ow, copies_for(bytes_of(ow), l2, reps));
     const auto done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
     size_t i = 0;
-    add("(compare)", "o projection + residual add + post-attention RMSNorm (one launch)",
+    add(fused ? in_step : other, "o projection + residual add + post-attention RMSNorm (one launch)",
         bytes_of(ow) + (ow.size(0) + ow.size(1)) * e + 5 * H * e, [&, ws] {
           ops::linear_decode_add_rms_norm(attn, ws[i++ % ws.size()], x, w[pre + "post_attention_layernorm.weight"], eps,
                                           done);
         });
   }
-  add_linear("attention", "o projection", attn, w[a + "o_proj.weight"]);
+  {
+    const auto& ow = w[a + "o_proj.weight"];
+    const auto ws = clones(ow, copies_for(bytes_of(ow), l2, reps));
+    size_t i = 0;
+    add(fused ? other : in_step, "o projection", bytes_of(ow) + (ow.size(0) + ow.size(1)) * e,
+        [&, ws] { ops::project(attn, ws[i++ % ws.size()]); });
+  }
   add_gemv("o projection on the GEMV, split rows", attn, w[a + "o_proj.weight"], kernels::GemvLayout::SplitRows);
   add_gemv("o projection on the GEMV, whole rows per warp", attn, w[a + "o_proj.weight"], kernels::GemvLayout::WholeRows);
-  add("attention", "residual add + post-attention RMSNorm", 5 * H * e,
+  add(fused ? other : in_step, "residual add + post-attention RMSNorm", 5 * H * e,
       [&] { ops::add_rms_norm(x, d, w[pre + "post_attention_layernorm.weight"], eps); });
 
   // MLP half.

@@ -94,8 +94,8 @@ int main(int argc, char** argv) {
                                                std::to_string(rtp::ops::kDecodeGemvMaxRatio)))
       ("gemv-layout", "the GEMV's warps: auto (whole rows where m >= 4096), split (four warps per row) or whole (a warp "
                       "per two rows)", cxxopts::value<std::string>()->default_value("auto"))
-      ("fused-norms", "the residual add + RMSNorm after the o and dense down projections in the projection's launch "
-                      "(the GEMV's epilogue), not as kernels of their own")
+      ("separate-norms", "the residual add + RMSNorm after the o and dense down projections as kernels of their own, "
+                         "not in the projection's launch (the GEMV's epilogue, the model's default up to 2048 outputs)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
     model.set_gemv_layout(gemv_layout == "split"   ? rtp::kernels::GemvLayout::SplitRows
                           : gemv_layout == "whole" ? rtp::kernels::GemvLayout::WholeRows
                                                    : rtp::kernels::GemvLayout::Auto);
-    const bool fused_norms = args.count("fused-norms") > 0;
+    const bool fused_norms = args.count("separate-norms") == 0;
     model.set_fused_projection_norms(fused_norms);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();

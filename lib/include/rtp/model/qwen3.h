@@ -87,10 +87,11 @@ class Qwen3Model {
   void set_gemv_max_ratio(int64_t ratio);
   // The GEMV's warp layout for those projections (default Auto, gemv_layout.h); rtpurbo-bench-decode --gemv-layout.
   void set_gemv_layout(kernels::GemvLayout layout);
-  // true: the residual add + RMSNorm after the o and dense down projections of a decode step on a GPU run in the
-  // GEMV's launch (ops::linear_decode_add_rms_norm) instead of as kernels of their own. Off by default until measured
-  // in the model's step on a GPU (docs/decode.md); rtpurbo-bench-decode --fused-norms.
+  // true (the default): the residual add + RMSNorm after the o and dense down projections of a decode step on a GPU
+  // run in the GEMV's launch (ops::linear_decode_add_rms_norm) instead of as kernels of their own, for projections of
+  // at most ops::kFusedAddNormMaxM outputs (docs/decode.md); rtpurbo-bench-decode --separate-norms turns it off.
   void set_fused_projection_norms(bool on);
+  bool fused_projection_norms() const;
   int64_t fused_projection_norm_launches() const;  // how many times the fused launch ran (tests)
 
   // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.

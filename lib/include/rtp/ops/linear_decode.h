@@ -30,6 +30,11 @@ bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio = kDecodeGemv
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, int64_t max_ratio = kDecodeGemvMaxRatio,
                       kernels::GemvLayout layout = kernels::GemvLayout::Auto);
 
+// The model fuses the add + RMSNorm into projections with at most this many outputs. Its last-block count costs per block
+// (2 rows each), so the gain of the saved kernel shrinks with m: H100, ms per token with / without the fused launch,
+// Qwen3-0.6B (1024) 1.15 / 1.37 at 4K, Qwen3-30B-A3B (2048) 4.06 / 4.14, Qwen3-8B (4096) 6.30 / 6.24 (docs/decode.md).
+inline constexpr int64_t kFusedAddNormMaxM = 2048;
+
 // A decode step's o or down projection and the residual add + RMSNorm after it in one GEMV launch (gemv.h's epilogue):
 // returns {residual + x W^T, norm_weight * RMSNorm(that)} as add_rms_norm(residual, linear_decode(x, weight), ...)
 // would, without the kernel boundary between them. done: an int32 tensor of one element on x's device, 0, left 0;

@@ -150,7 +150,8 @@ class Qwen3ModelImpl {
   // x.pending = input W^T: deferred where the GEMV will run it (a decode step on a GPU), so the norm after it can join
   // its launch (add_norm); computed now elsewhere.
   void project_into(ResidualStream& x, const torch::Tensor& input, const torch::Tensor& weight) const {
-    if (fused_projection_norms && ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
+    if (fused_projection_norms && weight.size(0) <= ops::kFusedAddNormMaxM &&
+        ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
       x.pending_x = input, x.pending_w = weight;
     } else {
       x.pending = ops::project(input, weight, gemv_max_ratio, gemv_layout);
@@ -217,7 +218,7 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
-  bool fused_projection_norms = false;  // project_into defers where the GEMV runs, for add_norm's fused launch
+  bool fused_projection_norms = true;  // project_into defers where the GEMV runs, for add_norm's fused launch
   mutable int64_t fused_norm_launches = 0;
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
   kernels::GemvLayout gemv_layout = kernels::GemvLayout::Auto;  // and its warp layout
@@ -371,6 +372,7 @@ torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_l
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
 void Qwen3Model::set_gemv_layout(kernels::GemvLayout layout) { impl_->gemv_layout = layout; }
 void Qwen3Model::set_fused_projection_norms(bool on) { impl_->fused_projection_norms = on; }
+bool Qwen3Model::fused_projection_norms() const { return impl_->fused_projection_norms; }
 int64_t Qwen3Model::fused_projection_norm_launches() const { return impl_->fused_norm_launches; }
 
 void Qwen3Model::set_gemv_max_ratio(int64_t ratio) {
