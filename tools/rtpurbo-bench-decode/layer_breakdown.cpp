@@ -291,13 +291,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
                                           done);
         });
   }
-  {
-    const auto& ow = w[a + "o_proj.weight"];
-    const auto ws = clones(ow, copies_for(bytes_of(ow), l2, reps));
-    size_t i = 0;
-    add(fused ? other : in_step, "o projection", bytes_of(ow) + (ow.size(0) + ow.size(1)) * e,
-        [&, ws] { ops::project(attn, ws[i++ % ws.size()]); });
-  }
+  add_linear(fused ? other : in_step, "o projection", attn, w[a + "o_proj.weight"]);
   add_gemv("o projection on the GEMV, split rows", attn, w[a + "o_proj.weight"], kernels::GemvLayout::SplitRows);
   add_gemv("o projection on the GEMV, whole rows per warp", attn, w[a + "o_proj.weight"], kernels::GemvLayout::WholeRows);
   add(fused ? other : in_step, "residual add + post-attention RMSNorm", 5 * H * e,
