@@ -1,11 +1,13 @@
 // gemv.h, SplitRows: a block of 8 warps takes 2 weight rows, 4 warps per row, each warp a contiguous quarter of the
 // row (in 16-byte loads that bypass L1: the weights are read once) against every token's x (cached); the quarters'
 // sums meet in shared memory. Rows of a few MB give thousands of warps, enough loads in flight to approach the copy
-// bandwidth. WholeRows (below): a warp per two whole rows. With the epilogue (gemv.h) the last block to finish adds the residual and applies RMSNorm: one row of a few
-// thousand elements, about a microsecond, where a kernel of its own cost a launch and a drain of the chain.
+// bandwidth. WholeRows (below): a warp per two whole rows. The epilogues (gemv.h) run in the blocks that finish last:
+// the residual add + RMSNorm of a row of a few thousand elements (about a microsecond), the q/k norm + RoPE of a head,
+// the MoE routing of a token, each where a kernel of its own cost a launch and a drain of the chain.
 #include <cuda_bf16.h>
 
 #include "cuda_common.cuh"
+#include "moe_router_warp.cuh"
 #include "rtp/kernels/gemv.h"
 
 namespace rtp::kernels {
@@ -77,7 +79,103 @@ __device__ __forceinline__ void add_rms_norm_rows(const GemvParams& p) {
   }
 }
 
-template <typename T, int kRows, bool kVec, bool kEpilogue>
+// q/k norm + RoPE of head g (a q head, then the k heads) for every row, as norm_rope.cu's norm_row computes it, so the
+// bits are the same: the sum of squares by its first kNormRopeThreads threads, element i with i + kNormRopeThreads...
+// (norm_rope.cu's block width), then each element's normed value, then the rotation from the normed pair. out is read
+// through L2: other blocks of the launch wrote it.
+constexpr int kNormRopeThreads = 128;
+
+template <typename T>
+__device__ __forceinline__ void norm_rope_head(const GemvParams& p, int64_t g) {
+  const GemvHeadNormRope& h = p.head_norm_rope;
+  const bool is_q = g < h.q_heads;
+  const int64_t head = is_q ? g : g - h.q_heads, heads = is_q ? h.q_heads : h.k_heads;
+  const int D = int(h.head_dim), half = D / 2;
+  const T* w = static_cast<const T*>(is_q ? h.q_weight : h.k_weight);
+  const auto round = [](float v) { return to_float(from_float<T>(v)); };
+  __shared__ float normed_row[kGemvEpilogueMaxHeadDim];
+  for (int64_t n = 0; n < p.rows; ++n) {
+    const T* x = static_cast<const T*>(p.out) + n * p.m + g * D;
+    float ss = 0.f;
+    if (threadIdx.x < kNormRopeThreads)
+      for (int i = threadIdx.x; i < D; i += kNormRopeThreads) {
+        const float v = to_float(__ldcg(x + i));
+        ss += v * v;
+      }
+    const float r = rsqrtf(block_total(ss) * (1.f / static_cast<float>(D)) + h.eps);
+    const int64_t at = (n * heads + head) * D;
+    T* normed = static_cast<T*>(is_q ? h.q_normed : h.k_normed) + at;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+      const float v = round(to_float(w[i]) * round(to_float(__ldcg(x + i)) * r));
+      normed[i] = from_float<T>(v);
+      normed_row[i] = v;
+    }
+    __syncthreads();
+    const int64_t t = n % h.seq_len;
+    const float* c = h.cos + t * D;
+    const float* s = h.sin + t * D;
+    T* roped = static_cast<T*>(is_q ? h.q_roped : h.k_roped) + at;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+      const float v = normed_row[i];
+      const float rotated = i < half ? round(-normed_row[i + half] * round(s[i])) : round(normed_row[i - half] * round(s[i]));
+      roped[i] = from_float<T>(round(v * round(c[i])) + rotated);
+    }
+    __syncthreads();  // normed_row and block_total's buffer, before the next row
+  }
+}
+
+// The MoE routing of every row's logits (out), a warp per row.
+template <typename T, int kSlots>
+__device__ __forceinline__ void route_rows(const GemvParams& p) {
+  const int64_t n = threadIdx.x >> 5;
+  if (n >= p.rows) return;
+  const T* l = static_cast<const T*>(p.out) + n * p.m;
+  const int K = int(p.moe_route.top_k);
+  route_token_in_warp<T, kSlots>([&](int e) { return to_float(__ldcg(l + e)); }, int(p.m), K,
+                                 p.moe_route.norm_topk_prob, p.moe_route.expert + n * K,
+                                 static_cast<T*>(p.moe_route.weight) + n * K);
+}
+
+enum Epilogue : int { kNoEpilogue, kAddNorm, kHeadNormRope, kMoeRoute };
+
+// The classic last-block pattern: every writer's fence, then one count per block; the block that completes the count
+// (of `blocks`) sees every counted block's outputs, and resets it for the next launch (nothing else touches it before
+// this kernel ends).
+__device__ __forceinline__ bool last_to_finish(uint32_t* count, uint32_t blocks) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(count, 1u) == blocks - 1;
+    if (last) *count = 0u;
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// After a block has written its rows [first_row, first_row + rows_per_block): the launch's epilogue, by the blocks that
+// finish last (the whole grid's last one, or a head's last one).
+template <typename T, int kEpi>
+__device__ __forceinline__ void finish_block(const GemvParams& p, int64_t first_row, int rows_per_block) {
+  if constexpr (kEpi == kAddNorm) {
+    if (last_to_finish(p.done, gridDim.x)) add_rms_norm_rows<T>(p);
+  } else if constexpr (kEpi == kHeadNormRope) {
+    const GemvHeadNormRope& h = p.head_norm_rope;
+    const int64_t g = first_row / h.head_dim;  // the block's rows lie in one head (head_dim % rows_per_block == 0)
+    if (g >= h.q_heads + h.k_heads) return;    // v
+    if (last_to_finish(h.done + g, uint32_t(h.head_dim / rows_per_block))) norm_rope_head<T>(p, g);
+  } else if constexpr (kEpi == kMoeRoute) {
+    if (!last_to_finish(p.moe_route.done, gridDim.x)) return;
+    if (p.m <= 32) route_rows<T, 1>(p);
+    else if (p.m <= 64) route_rows<T, 2>(p);
+    else if (p.m <= 128) route_rows<T, 4>(p);
+    else if (p.m <= 256) route_rows<T, 8>(p);
+    else route_rows<T, 16>(p);
+  }
+}
+
+template <typename T, int kRows, bool kVec, int kEpi>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row_in_block = warp / kWarpsPerRow, quarter = warp % kWarpsPerRow;
@@ -144,21 +242,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
     for (int q = 0; q < kWarpsPerRow; ++q) s += part[row_in_block][q][lane];
     static_cast<T*>(p.out)[lane * p.m + m] = from_float<T>(s);
   }
-  if constexpr (kEpilogue) {
-    // The classic last-block pattern: every writer's fence, then one count per block; the block that completes the
-    // count sees every block's outputs.
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      last = atomicAdd(p.done, 1u) == gridDim.x - 1;
-      if (last) *p.done = 0u;  // for the next launch: nothing else touches it before this kernel ends
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    add_rms_norm_rows<T>(p);
-  }
+  finish_block<T, kEpi>(p, int64_t(blockIdx.x) * kRowsPerBlock, kRowsPerBlock);
 }
 
 // WholeRows: each warp takes kRowsPerWarp whole rows, so every x vector it loads serves all of them and its sums are
@@ -166,7 +250,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
 constexpr int kRowsPerWarp = 2;
 constexpr int kWholeRowsPerBlock = kRowsPerWarp * kThreads / 32;
 
-template <typename T, int kRows, bool kVec>
+template <typename T, int kRows, bool kVec, int kEpi>
 __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvParams p) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t m0 = (int64_t(blockIdx.x) * (kThreads / 32) + warp) * kRowsPerWarp;
@@ -243,19 +327,30 @@ __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvPar
       const float v = warp_sum(acc[r][n]);
       if (lane == 0 && valid[r]) out[n * p.m + m0 + r] = from_float<T>(v);
     }
+  static_assert(kEpi != kAddNorm, "the add + RMSNorm epilogue runs with the split layout");
+  finish_block<T, kEpi>(p, int64_t(blockIdx.x) * kWholeRowsPerBlock, kWholeRowsPerBlock);
+}
+
+template <typename T, int kRows, int kEpi>
+cudaError_t launch_epilogue(const GemvParams& p, bool vec, cudaStream_t stream) {
+  if constexpr (kEpi != kAddNorm) {
+    if (resolved_layout(p) == GemvLayout::WholeRows) {
+      const unsigned blocks = unsigned((p.m + kWholeRowsPerBlock - 1) / kWholeRowsPerBlock);
+      return launch_k(vec ? gemv_whole_rows_kernel<T, kRows, true, kEpi> : gemv_whole_rows_kernel<T, kRows, false, kEpi>,
+                      dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), p);
+    }
+  }
+  const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
+  return launch_k(vec ? gemv_kernel<T, kRows, true, kEpi> : gemv_kernel<T, kRows, false, kEpi>, dim3(blocks),
+                  dim3(kThreads), 0, stream, programmatic_launch_available(), p);
 }
 
 template <typename T, int kRows>
 cudaError_t launch_rows(const GemvParams& p, bool vec, cudaStream_t stream) {
-  if (resolved_layout(p) == GemvLayout::WholeRows) {
-    const unsigned blocks = unsigned((p.m + kWholeRowsPerBlock - 1) / kWholeRowsPerBlock);
-    return launch_k(vec ? gemv_whole_rows_kernel<T, kRows, true> : gemv_whole_rows_kernel<T, kRows, false>,
-                    dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), p);
-  }
-  const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
-  const auto kernel = p.has_epilogue() ? (vec ? gemv_kernel<T, kRows, true, true> : gemv_kernel<T, kRows, false, true>)
-                                        : (vec ? gemv_kernel<T, kRows, true, false> : gemv_kernel<T, kRows, false, false>);
-  return launch_k(kernel, dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), p);
+  if (p.has_add_norm()) return launch_epilogue<T, kRows, kAddNorm>(p, vec, stream);
+  if (p.head_norm_rope.active()) return launch_epilogue<T, kRows, kHeadNormRope>(p, vec, stream);
+  if (p.moe_route.active()) return launch_epilogue<T, kRows, kMoeRoute>(p, vec, stream);
+  return launch_epilogue<T, kRows, kNoEpilogue>(p, vec, stream);
 }
 
 template <typename T>

@@ -1,7 +1,8 @@
 // The few-row GEMV CUDA kernel (rtp/kernels/gemv.h) through ops::linear_decode against a float64 product: bf16 error at
 // most twice that of at::linear in bf16 (cuBLAS, which it replaces for a decode step's projections), float32 within
 // 1e-5 relative; Qwen3 projection shapes, odd sizes (the scalar path), 1-4 rows, rows strided inside a wider
-// tensor, both warp layouts; five rows fall back to at::linear. The add + RMSNorm epilogue against float64 and the unfused path.
+// tensor, both warp layouts; five rows fall back to at::linear. The epilogues (add + RMSNorm, q/k norm + RoPE per head,
+// MoE routing) against float64 and the unfused path.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "rtp/ops/linear_decode.h"
+#include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
 
 namespace {
@@ -87,6 +89,114 @@ TEST(GemvCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
         if (c.m == 2048) EXPECT_TRUE(torch::equal(normed, unormed)) << what;
         if (rep == 0 && dt == torch::kBFloat16)
           std::cout << what << ": normed max |err| " << err(normed, n64) << " (unfused " << err(unormed, n64) << ")\n";
+      }
+    }
+  }
+}
+
+// The q/k/v projection with the q/k norms and RoPE in its launch (each head's last block) against the unfused path
+// (linear_decode in the same layout, then rms_norm_rope_qk): bf16 bit-equal, the epilogue computing as norm_rope.cu
+// does; float32 within 1e-6 (the compilers' contractions may differ). Against float64 the normed and roped heads within
+// twice the unfused path's error. Qwen3 head counts and head_dim 128 and 64, 1-4 rows (batch x seq_len), both layouts;
+// every count back at 0 after each launch.
+TEST(GemvCuda, HeadNormRopeEpilogueMatchesTheUnfusedPath) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV kernel is tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(67);
+  const double eps = 1e-6;
+  using rtp::kernels::GemvLayout;
+  struct Case { int64_t batch, seq, q_heads, k_heads, D, k; };
+  for (const Case& c : {Case{1, 1, 16, 8, 128, 1024}, Case{1, 1, 32, 4, 128, 2048}, Case{2, 2, 8, 2, 64, 1000},
+                        Case{3, 1, 4, 1, 16, 77}, Case{1, 1, 32, 8, 128, 4096}}) {
+    const int64_t rows = c.batch * c.seq, m = (c.q_heads + 2 * c.k_heads) * c.D;
+    auto counts = torch::zeros({c.q_heads + c.k_heads}, torch::TensorOptions(torch::kInt32).device(dev));
+    auto angle = torch::rand({c.seq, c.D / 2}) * 100;
+    auto cos = torch::cat({angle.cos(), angle.cos()}, -1).to(dev), sin = torch::cat({angle.sin(), angle.sin()}, -1).to(dev);
+    for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
+      const auto o = torch::TensorOptions(dt).device(dev);
+      auto x = torch::randn({c.batch, c.seq, c.k}).to(o);
+      auto w = (torch::randn({m, c.k}) / std::sqrt(static_cast<double>(c.k))).to(o);
+      auto qw = (torch::rand({c.D}) + 0.5).to(o), kw = (torch::rand({c.D}) + 0.5).to(o);
+      ASSERT_TRUE(rtp::ops::gemv_qk_norm_rope_supported(x, w, qw, kw, cos, sin, c.q_heads, c.k_heads, counts));
+      for (const GemvLayout layout : {GemvLayout::Auto, GemvLayout::SplitRows, GemvLayout::WholeRows}) {
+        const std::string what = std::to_string(rows) + " rows, " + std::to_string(c.q_heads) + "/" +
+                                 std::to_string(c.k_heads) + " heads of " + std::to_string(c.D) + ", k " +
+                                 std::to_string(c.k) + (dt == torch::kBFloat16 ? " bf16" : " f32") + " layout " +
+                                 std::to_string(static_cast<int>(layout));
+        auto got = rtp::ops::linear_decode_qk_norm_rope(x, w, qw, kw, cos, sin, c.q_heads, c.k_heads, eps, counts, layout);
+        EXPECT_EQ(counts.abs().sum().item<int64_t>(), 0) << what << ": the counts must be back at 0";
+        auto qkv = rtp::ops::linear_decode(x, w, layout);
+        ASSERT_TRUE(torch::equal(got.qkv, qkv)) << what;
+        auto q = qkv.narrow(-1, 0, c.q_heads * c.D).view({c.batch, c.seq, c.q_heads, c.D});
+        auto k = qkv.narrow(-1, c.q_heads * c.D, c.k_heads * c.D).view({c.batch, c.seq, c.k_heads, c.D});
+        auto [qn, qr, kn, kr] = rtp::ops::rms_norm_rope_qk(q, qw, k, kw, cos, sin, eps);
+        const auto diff = [](const torch::Tensor& a, const torch::Tensor& b) {
+          return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+        };
+        if (dt == torch::kBFloat16) {
+          EXPECT_TRUE(torch::equal(got.q_normed, qn)) << what << " " << diff(got.q_normed, qn);
+          EXPECT_TRUE(torch::equal(got.q_roped, qr)) << what << " " << diff(got.q_roped, qr);
+          EXPECT_TRUE(torch::equal(got.k_normed, kn)) << what << " " << diff(got.k_normed, kn);
+          EXPECT_TRUE(torch::equal(got.k_roped, kr)) << what << " " << diff(got.k_roped, kr);
+        } else {
+          EXPECT_LE(diff(got.q_roped, qr), 1e-6) << what;
+          EXPECT_LE(diff(got.k_roped, kr), 1e-6) << what;
+          EXPECT_LE(diff(got.q_normed, qn), 1e-6) << what;
+          EXPECT_LE(diff(got.k_normed, kn), 1e-6) << what;
+        }
+        // float64 from the same float64 product: the fused path no worse than twice the unfused one.
+        auto y = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+        const auto ref = [&](int64_t first, int64_t heads, const torch::Tensor& weight) {
+          auto hd = y.narrow(-1, first * c.D, heads * c.D).view({c.batch, c.seq, heads, c.D});
+          auto n = weight.to(torch::kFloat64) * hd * torch::rsqrt(hd.pow(2).mean(-1, true) + eps);
+          auto rotated = torch::cat({-n.narrow(-1, c.D / 2, c.D / 2), n.narrow(-1, 0, c.D / 2)}, -1);
+          auto cs = cos.to(torch::kFloat64).view({1, c.seq, 1, c.D}), sn = sin.to(torch::kFloat64).view({1, c.seq, 1, c.D});
+          return n * cs + rotated * sn;
+        };
+        auto qr64 = ref(0, c.q_heads, qw), kr64 = ref(c.q_heads, c.k_heads, kw);
+        EXPECT_LE(diff(got.q_roped, qr64), 2 * diff(qr, qr64) + 1e-6) << what;
+        EXPECT_LE(diff(got.k_roped, kr64), 2 * diff(kr, kr64) + 1e-6) << what;
+        if (layout == GemvLayout::Auto && dt == torch::kBFloat16)
+          std::cout << what << ": q roped max |err| " << diff(got.q_roped, qr64) << " (unfused " << diff(qr, qr64) << ")\n";
+      }
+    }
+  }
+}
+
+// The router projection with the routing in its launch (the last block) against the unfused path (linear_decode, then
+// moe_route, the same warp code): the same logits, expert ids and weights to the bit; Qwen3-MoE's 128 experts / 8 and
+// other counts, 1-4 tokens, both layouts; the count back at 0.
+TEST(GemvCuda, MoeRouteEpilogueMatchesTheRouterKernel) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV kernel is tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(68);
+  using rtp::kernels::GemvLayout;
+  auto count = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
+  struct Case { int64_t rows, E, K, H; };
+  for (const Case& c : {Case{1, 128, 8, 2048}, Case{4, 128, 8, 2048}, Case{2, 60, 4, 1000}, Case{3, 256, 8, 512},
+                        Case{1, 512, 32, 64}, Case{2, 17, 17, 33}}) {
+    for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
+      for (const bool norm : {true, false}) {
+        const auto o = torch::TensorOptions(dt).device(dev);
+        auto x = torch::randn({c.rows, c.H}).to(o);
+        auto w = torch::randn({c.E, c.H}).to(o);
+        ASSERT_TRUE(rtp::ops::gemv_moe_route_supported(x, w, c.K, count));
+        for (const GemvLayout layout : {GemvLayout::Auto, GemvLayout::SplitRows, GemvLayout::WholeRows}) {
+          const std::string what = std::to_string(c.rows) + " x " + std::to_string(c.E) + " top " + std::to_string(c.K) +
+                                   (dt == torch::kBFloat16 ? " bf16" : " f32") + (norm ? " norm" : "") + " layout " +
+                                   std::to_string(static_cast<int>(layout));
+          auto [logits, expert, weight] = rtp::ops::linear_decode_moe_route(x, w, c.K, norm, count, layout);
+          EXPECT_EQ(count.item<int32_t>(), 0) << what;
+          auto plain = rtp::ops::linear_decode(x, w, layout);
+          auto [e2, w2] = rtp::ops::moe_route(plain, c.K, norm);
+          EXPECT_TRUE(torch::equal(logits, plain)) << what;
+          EXPECT_TRUE(torch::equal(expert, e2)) << what;
+          EXPECT_TRUE(torch::equal(weight, w2)) << what;
+          // And against the float64 softmax of those logits: the kept experts are the K most probable.
+          auto prob = torch::softmax(plain.to(torch::kFloat64), -1);
+          auto kth = std::get<0>(torch::topk(prob, c.K, -1)).select(-1, c.K - 1);
+          EXPECT_TRUE((prob.gather(-1, expert) >= kth.unsqueeze(-1) - 1e-6).all().item<bool>()) << what;
+        }
       }
     }
   }

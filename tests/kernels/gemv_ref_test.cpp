@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <string>
 #include <vector>
@@ -72,6 +73,93 @@ TEST(GemvRef, EpilogueAddsTheResidualAndNormalises) {
   }
 }
 
+// The head epilogue (q/k RMSNorm + RoPE per head of a fused q/k/v projection) against float64 tensor ops: every q and k
+// head normed with its weight and rotated by its row's position (rows = batch x seq_len), v rows left as projected.
+TEST(GemvRef, HeadEpilogueNormsAndRotatesQAndK) {
+  torch::manual_seed(65);
+  struct Case { int64_t batch, seq, q_heads, k_heads, D, k; };
+  for (const Case& c : {Case{1, 1, 4, 2, 16, 40}, Case{2, 2, 3, 1, 8, 33}, Case{3, 1, 2, 2, 32, 64}}) {
+    const int64_t rows = c.batch * c.seq, m = (c.q_heads + 2 * c.k_heads) * c.D;
+    auto x = torch::randn({rows, c.k}), w = torch::randn({m, c.k}) / 4;
+    auto qw = torch::rand({c.D}) + 0.5, kw = torch::rand({c.D}) + 0.5;
+    auto angle = torch::rand({c.seq, c.D / 2}) * 6;
+    auto cos = torch::cat({angle.cos(), angle.cos()}, -1).contiguous(), sin = torch::cat({angle.sin(), angle.sin()}, -1).contiguous();
+    auto out = torch::empty({rows, m});
+    auto qn = torch::empty({rows, c.q_heads, c.D}), qr = torch::empty_like(qn);
+    auto kn = torch::empty({rows, c.k_heads, c.D}), kr = torch::empty_like(kn);
+    std::vector<uint32_t> done(static_cast<size_t>(c.q_heads + c.k_heads), 0u);
+    rtp::kernels::GemvParams p;
+    p.x = x.data_ptr<float>(), p.weight = w.data_ptr<float>(), p.out = out.data_ptr<float>();
+    p.rows = rows, p.m = m, p.k = c.k, p.x_row_stride = c.k;
+    auto& h = p.head_norm_rope;
+    h.q_weight = qw.data_ptr<float>(), h.k_weight = kw.data_ptr<float>();
+    h.cos = cos.data_ptr<float>(), h.sin = sin.data_ptr<float>();
+    h.q_normed = qn.data_ptr<float>(), h.q_roped = qr.data_ptr<float>();
+    h.k_normed = kn.data_ptr<float>(), h.k_roped = kr.data_ptr<float>();
+    h.done = done.data(), h.q_heads = c.q_heads, h.k_heads = c.k_heads, h.head_dim = c.D, h.seq_len = c.seq;
+    h.eps = 1e-6f;
+    ASSERT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+    rtp::kernels::gemv_cpu(p);
+    auto y = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+    const auto norm_rope = [&](const torch::Tensor& heads, const torch::Tensor& weight) {
+      auto n = weight.to(torch::kFloat64) * heads * torch::rsqrt(heads.pow(2).mean(-1, true) + 1e-6);
+      auto t = torch::arange(rows) % c.seq;  // each row's position
+      auto cs = cos.to(torch::kFloat64).index_select(0, t).unsqueeze(1), sn = sin.to(torch::kFloat64).index_select(0, t).unsqueeze(1);
+      auto rotated = torch::cat({-n.narrow(-1, c.D / 2, c.D / 2), n.narrow(-1, 0, c.D / 2)}, -1);
+      return std::make_pair(n, n * cs + rotated * sn);
+    };
+    auto [qn64, qr64] = norm_rope(y.narrow(1, 0, c.q_heads * c.D).reshape({rows, c.q_heads, c.D}), qw);
+    auto [kn64, kr64] = norm_rope(y.narrow(1, c.q_heads * c.D, c.k_heads * c.D).reshape({rows, c.k_heads, c.D}), kw);
+    const auto err = [](const torch::Tensor& a, const torch::Tensor& r) {
+      return (a.to(torch::kFloat64) - r).abs().max().item<double>() / (1 + r.abs().max().item<double>());
+    };
+    EXPECT_LE(err(out, y), 1e-5);
+    EXPECT_LE(err(qn, qn64), 1e-5);
+    EXPECT_LE(err(qr, qr64), 1e-5);
+    EXPECT_LE(err(kn, kn64), 1e-5);
+    EXPECT_LE(err(kr, kr64), 1e-5);
+    // RoPE is a rotation: each pair's length is the normed pair's.
+    EXPECT_LE(err(qr.pow(2).sum(-1), qn64.pow(2).sum(-1)), 1e-5);
+    for (const auto v : done) EXPECT_EQ(v, 0u);
+  }
+}
+
+// The routing epilogue against a float64 softmax and a stable sort of the probabilities (ties to the lower expert).
+TEST(GemvRef, RoutingEpilogueTakesTheTopKOfTheLogitsSoftmax) {
+  torch::manual_seed(66);
+  for (const bool norm : {true, false}) {
+    const int64_t rows = 3, E = 40, K = 5, k = 24;
+    auto x = torch::randn({rows, k}), w = torch::randn({E, k});
+    w[7] = w[3];  // a tie: experts 3 and 7 get the same logit
+    auto out = torch::empty({rows, E}), weight = torch::empty({rows, K});
+    auto expert = torch::empty({rows, K}, torch::kInt64);
+    uint32_t done = 0;
+    rtp::kernels::GemvParams p;
+    p.x = x.data_ptr<float>(), p.weight = w.data_ptr<float>(), p.out = out.data_ptr<float>();
+    p.rows = rows, p.m = E, p.k = k, p.x_row_stride = k;
+    p.moe_route.expert = expert.data_ptr<int64_t>(), p.moe_route.weight = weight.data_ptr<float>();
+    p.moe_route.done = &done, p.moe_route.top_k = K, p.moe_route.norm_topk_prob = norm;
+    ASSERT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+    rtp::kernels::gemv_cpu(p);
+    auto prob = torch::softmax(out.to(torch::kFloat64), -1);
+    for (int64_t n = 0; n < rows; ++n) {
+      std::vector<int64_t> order(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) order[e] = e;
+      auto pr = prob[n];
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return pr[a].item<double>() > pr[b].item<double>(); });
+      double kept = 0;
+      for (int64_t s = 0; s < K; ++s) kept += pr[order[s]].item<double>();
+      for (int64_t s = 0; s < K; ++s) {
+        EXPECT_EQ(expert[n][s].item<int64_t>(), order[s]) << "row " << n << " slot " << s;
+        const double want = pr[order[s]].item<double>() / (norm ? kept : 1.0);
+        EXPECT_NEAR(weight[n][s].item<double>(), want, 1e-6) << "row " << n << " slot " << s;
+      }
+    }
+    EXPECT_EQ(done, 0u);
+  }
+}
+
 TEST(GemvRef, RejectsBadParameters) {
   rtp::kernels::GemvParams p;
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("null"), std::string::npos);
@@ -91,6 +179,31 @@ TEST(GemvRef, RejectsBadParameters) {
   EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
   p.layout = rtp::kernels::GemvLayout::WholeRows;  // the epilogue's last-block count lives in the split layout
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("SplitRows"), std::string::npos);
+  p.layout = rtp::kernels::GemvLayout::Auto;
+  uint32_t counts[4] = {};
+  p.moe_route.done = counts, p.moe_route.expert = reinterpret_cast<int64_t*>(&f), p.moe_route.weight = &f;
+  p.moe_route.top_k = 1;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("at most one epilogue"), std::string::npos);
+  p.residual = p.norm_weight = p.sum_out = p.normed_out = nullptr, p.done = nullptr;
+  EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+  p.moe_route.top_k = 3;  // more than the m = 2 experts
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("top_k"), std::string::npos);
+  p.moe_route = {};
+  // The head epilogue: all its pointers, heads that fit m, an even head_dim; on CUDA a multiple of 16.
+  float buf[64] = {};
+  auto& h = p.head_norm_rope;
+  h.done = counts;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("all of them"), std::string::npos);
+  h.q_weight = h.k_weight = h.q_normed = h.q_roped = h.k_normed = h.k_roped = buf, h.cos = h.sin = buf;
+  h.q_heads = 1, h.k_heads = 1, h.head_dim = 2;
+  p.m = 6, p.k = 2;
+  p.weight = buf, p.out = buf;
+  EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, true)).find("multiple of 16"), std::string::npos);
+  h.head_dim = 3;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("even"), std::string::npos);
+  h.head_dim = 4;  // (1 + 1) x 4 > m = 6
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("exceed m"), std::string::npos);
 }
 
 // Auto: whole rows per warp from 4096 rows on (warps enough in flight) where the reduction is no longer than the
@@ -123,6 +236,11 @@ TEST(GemvRef, FusedAddNormOnlyOnAGpu) {
   auto nw = torch::ones({32}), done = torch::zeros({1}, torch::kInt32);
   EXPECT_FALSE(rtp::ops::gemv_add_rms_norm_supported(x, w, res, nw, done));
   EXPECT_THROW(rtp::ops::linear_decode_add_rms_norm(x, w, res, nw, 1e-6, done), std::exception);
+  // The same for the q/k norm and routing launches: the model's CPU path keeps the separate ops.
+  auto qkv = torch::randn({64, 64}), hw = torch::ones({16}), cs = torch::ones({1, 16}), counts = torch::zeros({3}, torch::kInt32);
+  EXPECT_FALSE(rtp::ops::gemv_qk_norm_rope_supported(x, qkv, hw, hw, cs, cs, 2, 1, counts));
+  EXPECT_FALSE(rtp::ops::gemv_moe_route_supported(x.view({1, 64}), w, 4, done));
+  EXPECT_THROW(rtp::ops::linear_decode_moe_route(x.view({1, 64}), w, 4, true, done), std::exception);
 }
 
 }  // namespace

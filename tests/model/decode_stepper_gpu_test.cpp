@@ -199,7 +199,7 @@ TEST(DecodeStepperCuda, FusedTokenStoreDecodesLikeTheEagerStore) {
   }
 }
 
-// The residual add + RMSNorm in the o and down projections' GEMV launch (Qwen3Model::set_fused_projection_norms)
+// The residual add + RMSNorm in the o and down projections' GEMV launch (Qwen3Model::GemvEpilogues::add_norm)
 // against the same decode steps with them as kernels of their own: the same sums, norms reduced in another order, so
 // logits within rounding of each other and the same greedy tokens; every layer's two norms took the fused launch.
 TEST(DecodeStepperCuda, ProjectionNormEpilogueDecodesLikeTheSeparateKernels) {
@@ -218,13 +218,15 @@ TEST(DecodeStepperCuda, ProjectionNormEpilogueDecodesLikeTheSeparateKernels) {
     plain_o.cache = &plain_cache;
     model.forward(ids.narrow(1, 0, P), fused_o);
     model.forward(ids.narrow(1, 0, P), plain_o);
-    const int64_t before = model.fused_projection_norm_launches();
+    const int64_t before = model.gemv_epilogue_launches().add_norm;
+    rtp::model::Qwen3Model::GemvEpilogues with, without;
+    without.add_norm = false;
     double worst = 0, scale = 0;
     int64_t same_tokens = 0;
     for (int64_t t = P; t < P + steps; ++t) {
-      model.set_fused_projection_norms(true);
+      model.set_gemv_epilogues(with);
       auto a = model.forward(ids.narrow(1, t, 1), fused_o);
-      model.set_fused_projection_norms(false);
+      model.set_gemv_epilogues(without);
       auto b = model.forward(ids.narrow(1, t, 1), plain_o);
       worst = std::max(worst, max_diff(a, b));
       scale = std::max(scale, b.abs().max().item<double>());
@@ -233,9 +235,57 @@ TEST(DecodeStepperCuda, ProjectionNormEpilogueDecodesLikeTheSeparateKernels) {
     std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " projection norm epilogue vs separate kernels: max "
               << "|logit diff| " << worst << " of |logits| up to " << scale << ", greedy tokens equal " << same_tokens
               << " of " << steps << "\n";
-    EXPECT_EQ(model.fused_projection_norm_launches() - before, steps * 2 * c.num_hidden_layers);
+    EXPECT_EQ(model.gemv_epilogue_launches().add_norm - before, steps * 2 * c.num_hidden_layers);
     EXPECT_LE(worst, (dtype == torch::kBFloat16 ? 0.03 : 1e-4) * scale);
     EXPECT_GE(same_tokens, steps - 1);
+  }
+}
+
+// The q/k norm + RoPE in the q/k/v projection's launch and the MoE routing in the router's (Qwen3Model::GemvEpilogues)
+// against the same decode steps with them as kernels of their own: both epilogues compute as those kernels do, so in
+// bf16 the logits are the same to the bit (float32 within 1e-5 of their scale: contractions may differ); every layer
+// of every step took the fused launches. Graph replay (DecodeStepper) and eager forwards, dense and MoE layers.
+TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV epilogues are tested on the GPU machine";
+  auto c = small_config(3, 8, 2, 128);
+  c.num_experts = 16, c.num_experts_per_tok = 4, c.moe_intermediate_size = 128, c.norm_topk_prob = true;
+  c.mlp_only_layers = {1};  // one dense MLP layer among the MoE ones
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    rtp::model::Qwen3Model model(c, kCuda, dtype);
+    model.init_random(11, 0.05);
+    torch::manual_seed(14);
+    const int64_t B = 2, P = 9, steps = 10;
+    auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
+    torch::NoGradGuard no_grad;
+    rtp::model::KVCache fused_cache(c.num_hidden_layers), plain_cache(c.num_hidden_layers);
+    rtp::model::ForwardOptions fused_o, plain_o;
+    fused_o.cache = &fused_cache;
+    plain_o.cache = &plain_cache;
+    rtp::model::Qwen3Model::GemvEpilogues with, without;
+    without.qk_norm_rope = without.moe_routing = false;
+    model.forward(ids.narrow(1, 0, P), fused_o);
+    model.forward(ids.narrow(1, 0, P), plain_o);
+    const auto before = model.gemv_epilogue_launches();
+    rtp::model::DecodeStepper fused_stepper(model), plain_stepper(model);
+    double worst = 0, scale = 0;
+    for (int64_t t = P; t < P + steps; ++t) {
+      const bool graphs = t % 2 == 0;  // alternate graph replay and eager forwards
+      model.set_gemv_epilogues(with);
+      auto a = (graphs ? fused_stepper.step(ids.narrow(1, t, 1), fused_o) : model.forward(ids.narrow(1, t, 1), fused_o)).clone();
+      model.set_gemv_epilogues(without);
+      auto b = (graphs ? plain_stepper.step(ids.narrow(1, t, 1), plain_o) : model.forward(ids.narrow(1, t, 1), plain_o)).clone();
+      worst = std::max(worst, max_diff(a, b));
+      scale = std::max(scale, b.abs().max().item<double>());
+    }
+    model.set_gemv_epilogues(with);
+    const auto after = model.gemv_epilogue_launches();
+    std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " q/k norm and routing epilogues vs separate kernels: "
+              << "max |logit diff| " << worst << " of |logits| up to " << scale << "\n";
+    if (dtype == torch::kBFloat16) EXPECT_EQ(worst, 0.0);
+    else EXPECT_LE(worst, 1e-5 * scale);
+    // The eager steps run every layer; the graphed ones ran them at capture (an eager pass and the capture) only.
+    EXPECT_GE(after.qk_norm_rope - before.qk_norm_rope, steps / 2 * c.num_hidden_layers);
+    EXPECT_GE(after.moe_routing - before.moe_routing, steps / 2 * (c.num_hidden_layers - 1));
   }
 }
 

@@ -130,13 +130,28 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   const std::string a = pre + "self_attn.";
   auto wqkv = torch::cat({w[a + "q_proj.weight"], w[a + "k_proj.weight"], w[a + "v_proj.weight"]}, 0);
   auto h = torch::randn({1, 1, H}, opt);
-  add_linear("attention", "q/k/v projection", h, wqkv);
+  const auto rope = model::rope_tables(c, kv_len, 1, dev);
+  // The model's step runs the q/k norms and RoPE in the q/k/v projection's launch where it can (Qwen3Model::
+  // gemv_epilogues); the separate form is for comparison then.
+  const auto counts = torch::zeros({Hq + Hkv}, torch::TensorOptions(torch::kInt32).device(dev));
+  const bool qk_fused = model.gemv_epilogues().qk_norm_rope && ops::gemv_preferred(wqkv) &&
+                        ops::gemv_qk_norm_rope_supported(h, wqkv, w[a + "q_norm.weight"], w[a + "k_norm.weight"],
+                                                         rope.cos, rope.sin, Hq, Hkv, counts);
+  if (qk_fused) {
+    const auto ws = clones(wqkv, copies_for(bytes_of(wqkv), l2, reps));
+    size_t i = 0;
+    add("attention", "q/k/v projection + q/k RMSNorm + RoPE (one launch)",
+        bytes_of(wqkv) + (wqkv.size(0) + wqkv.size(1)) * e + 4 * (Hq + Hkv) * D * e, [&, ws] {
+          ops::linear_decode_qk_norm_rope(h, ws[i++ % ws.size()], w[a + "q_norm.weight"], w[a + "k_norm.weight"],
+                                          rope.cos, rope.sin, Hq, Hkv, eps, counts);
+        });
+  }
+  add_linear(qk_fused ? "(compare)" : "attention", "q/k/v projection", h, wqkv);
   add_gemv("q/k/v projection on the GEMV, split rows", h, wqkv, kernels::GemvLayout::SplitRows);
   add_gemv("q/k/v projection on the GEMV, whole rows per warp", h, wqkv, kernels::GemvLayout::WholeRows);
   auto qkv = torch::randn({1, 1, wqkv.size(0)}, opt);
   auto q = qkv.narrow(-1, 0, Hq * D).view({1, 1, Hq, D}), k = qkv.narrow(-1, Hq * D, Hkv * D).view({1, 1, Hkv, D});
-  const auto rope = model::rope_tables(c, kv_len, 1, dev);
-  add("attention", "q/k RMSNorm + RoPE", 5 * (Hq + Hkv) * D * e,
+  add(qk_fused ? "(compare)" : "attention", "q/k RMSNorm + RoPE", 5 * (Hq + Hkv) * D * e,
       [&] { ops::rms_norm_rope_qk(q, w[a + "q_norm.weight"], k, w[a + "k_norm.weight"], rope.cos, rope.sin, eps); });
   // Dense: the token into the cache (two indexed copies), attention over kv_len tokens.
   const int64_t cap = kv_len + 64;
@@ -277,8 +292,8 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   }
   auto attn = torch::randn({1, 1, Hq * D}, opt);
   // The model's step runs the o projection with the post-attention add + RMSNorm in its launch where it fuses them
-  // (Qwen3Model::fused_projection_norms, at most ops::kFusedAddNormMaxM outputs); the other form is for comparison.
-  const bool fused = model.fused_projection_norms() && H <= ops::kFusedAddNormMaxM;
+  // (Qwen3Model::gemv_epilogues, at most ops::kFusedAddNormMaxM outputs); the other form is for comparison.
+  const bool fused = model.gemv_epilogues().add_norm && H <= ops::kFusedAddNormMaxM;
   const std::string in_step = "attention", other = "(compare)";
   {
     const auto& ow = w[a + "o_proj.weight"];
@@ -321,9 +336,20 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   } else {
     const auto& gate = w[m + "gate.weight"];
     auto flat = torch::randn({1, H}, opt);
-    add_linear("MoE", "router logits", flat, gate);
+    // The routing in the router projection's launch where the model runs it so (Qwen3Model::gemv_epilogues).
+    const auto route_count = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
+    const bool route_fused = model.gemv_epilogues().moe_routing && ops::gemv_preferred(gate) &&
+                             ops::gemv_moe_route_supported(flat, gate, c.num_experts_per_tok, route_count);
+    if (route_fused) {
+      const auto ws = clones(gate, copies_for(bytes_of(gate), l2, reps));
+      size_t i = 0;
+      add("MoE", "router logits + routing (one launch)", bytes_of(gate) + (gate.size(0) + gate.size(1)) * e,
+          [&, ws] { ops::linear_decode_moe_route(flat, ws[i++ % ws.size()], c.num_experts_per_tok, c.norm_topk_prob, route_count); });
+    }
+    add_linear(route_fused ? "(compare)" : "MoE", "router logits", flat, gate);
     auto logits = torch::randn({1, c.num_experts}, opt);
-    add("MoE", "routing (softmax, top-k)", c.num_experts * e, [&] { ops::moe_route(logits, c.num_experts_per_tok, c.norm_topk_prob); });
+    add(route_fused ? "(compare)" : "MoE", "routing (softmax, top-k)", c.num_experts * e,
+        [&] { ops::moe_route(logits, c.num_experts_per_tok, c.norm_topk_prob); });
     // Each call its own random experts (the experts' weights are read once per token, not from L2).
     std::vector<std::pair<torch::Tensor, torch::Tensor>> routes;
     for (int r = 0; r < reps; ++r)

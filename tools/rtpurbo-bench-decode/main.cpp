@@ -96,6 +96,8 @@ int main(int argc, char** argv) {
                       "per two rows)", cxxopts::value<std::string>()->default_value("auto"))
       ("separate-norms", "the residual add + RMSNorm after the o and dense down projections as kernels of their own, "
                          "not in the projection's launch (the GEMV's epilogue, the model's default up to 2048 outputs)")
+      ("separate-qk-norm", "the q/k RMSNorm + RoPE as a kernel of its own, not in the q/k/v projection's launch")
+      ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
@@ -173,8 +175,11 @@ int main(int argc, char** argv) {
     model.set_gemv_layout(gemv_layout == "split"   ? rtp::kernels::GemvLayout::SplitRows
                           : gemv_layout == "whole" ? rtp::kernels::GemvLayout::WholeRows
                                                    : rtp::kernels::GemvLayout::Auto);
-    const bool fused_norms = args.count("separate-norms") == 0;
-    model.set_fused_projection_norms(fused_norms);
+    rtp::model::Qwen3Model::GemvEpilogues epilogues;
+    epilogues.add_norm = args.count("separate-norms") == 0;
+    epilogues.qk_norm_rope = args.count("separate-qk-norm") == 0;
+    epilogues.moe_routing = args.count("separate-routing") == 0;
+    model.set_gemv_epilogues(epilogues);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();
     // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
@@ -211,7 +216,8 @@ int main(int argc, char** argv) {
               {"parameters", parameter_count}, {"weight_bytes_read_per_token", weight_bytes}, {"dtype", rtp::dtype_name(dtype)},
               {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
               {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed},
-              {"gemv_max_ratio", gemv_max_ratio}, {"gemv_layout", gemv_layout}, {"fused_projection_norms", fused_norms}};
+              {"gemv_max_ratio", gemv_max_ratio}, {"gemv_layout", gemv_layout}, {"fused_projection_norms", epilogues.add_norm},
+              {"fused_qk_norm_rope", epilogues.qk_norm_rope}, {"fused_moe_routing", epilogues.moe_routing}};
     json rows = json::array();
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,

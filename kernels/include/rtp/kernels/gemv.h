@@ -5,7 +5,10 @@
 // model's one-token projections of that kind take this instead (ops::project): four warps per weight row, each a
 // quarter of the row in 16-byte streaming loads, every token's dot from one read of the weights; for short, wide
 // reductions (the gate/up), a warp per two whole rows instead (gemv_layout.h).
-// CPU reference: float32, double sums (the epilogue's too).
+// Three optional epilogues run by the blocks that finish last, each a kernel boundary less in a decode step: the residual
+// add + RMSNorm after an o or down projection, q/k RMSNorm + RoPE per head after the q/k/v projection, the MoE
+// routing after the router projection.
+// CPU reference: float32, double sums (the epilogues' too).
 #include <cstdint>
 
 #include "rtp/kernels/gemv_layout.h"
@@ -18,6 +21,39 @@
 namespace rtp::kernels {
 
 constexpr int kGemvMaxRows = 4;  // rows of x (tokens) one launch takes
+// The CUDA head norm + RoPE epilogue: a block's rows (2 or 16) must lie in one head, a thread per rotated pair.
+constexpr int64_t kGemvEpilogueHeadDimMultiple = 16;
+constexpr int64_t kGemvEpilogueMaxHeadDim = 512;
+
+// q/k RMSNorm + RoPE per head, for the fused q/k/v projection of a decoder layer: out's rows per token are [q heads |
+// k heads | v heads] x head_dim. Once the blocks of a q or k head have written it, the last of them (counted in
+// done[head]) writes the head's normed and roped rows as rms_norm_rope (norm_rope.h) computes them; v passes through.
+// Where a separate kernel cost a launch and a drain of the chain per layer, this costs a counter per block.
+struct GemvHeadNormRope {
+  const void* q_weight = nullptr;  // [head_dim], the element type
+  const void* k_weight = nullptr;  // [head_dim]
+  const float* cos = nullptr;      // [seq_len, head_dim] float32; x row n is position n % seq_len
+  const float* sin = nullptr;
+  void* q_normed = nullptr;  // [rows, q_heads, head_dim] contiguous, each
+  void* q_roped = nullptr;
+  void* k_normed = nullptr;  // [rows, k_heads, head_dim] contiguous, each
+  void* k_roped = nullptr;
+  uint32_t* done = nullptr;  // [q_heads + k_heads], 0 at the launch and again after it
+  int64_t q_heads = 0, k_heads = 0, head_dim = 0, seq_len = 1;
+  float eps = 0.f;
+  bool active() const { return done != nullptr; }
+};
+
+// The MoE router's softmax and top-k (moe_router.h) of the logits this launch writes to out ([rows, experts], the
+// element type), by the last block: the router projection and the routing in one launch.
+struct GemvMoeRoute {
+  int64_t* expert = nullptr;  // [rows, top_k]
+  void* weight = nullptr;     // [rows, top_k] in the element type
+  uint32_t* done = nullptr;   // one count, 0 at the launch and again after it
+  int64_t top_k = 0;
+  bool norm_topk_prob = true;
+  bool active() const { return done != nullptr; }
+};
 
 struct GemvParams {
   const void* x = nullptr;       // [rows, k], rows x_row_stride elements apart
@@ -37,7 +73,10 @@ struct GemvParams {
   void* normed_out = nullptr;         // [rows, m] contiguous
   uint32_t* done = nullptr;
   float eps = 0.f;
-  bool has_epilogue() const { return residual || norm_weight || sum_out || normed_out || done; }
+  // The other epilogues; at most one of the three per launch.
+  GemvHeadNormRope head_norm_rope;
+  GemvMoeRoute moe_route;
+  bool has_add_norm() const { return residual || norm_weight || sum_out || normed_out || done; }
 };
 
 const char* check_gemv_params(const GemvParams& p, bool cuda);

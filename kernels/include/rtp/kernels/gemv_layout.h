@@ -13,15 +13,15 @@ namespace rtp::kernels {
 inline constexpr int64_t kGemvWholeRowsMinM = 4096;
 
 enum class GemvLayout : uint8_t {
-  // WholeRows where m >= kGemvWholeRowsMinM, k <= m and there is no epilogue; SplitRows elsewhere (o, down and router
-  // projections of Qwen3-0.6B and -30B-A3B, the down projection of Qwen3-8B; the epilogue's last-block count is the
-  // split layout's).
+  // WholeRows where m >= kGemvWholeRowsMinM, k <= m and there is no add + RMSNorm epilogue; SplitRows elsewhere (o,
+  // down and router projections of Qwen3-0.6B and -30B-A3B, the down projection of Qwen3-8B; the add + RMSNorm
+  // epilogue's last-block count is the split layout's).
   Auto,
   // Four warps per row, each a quarter of it: long reductions over few rows (o, down, router, q/k/v), where one warp per
   // row would leave too few warps in flight.
   SplitRows,
   // One warp per two whole rows: each x vector is loaded once for both rows and the sums need no shared memory, for
-  // short, wide reductions whose many rows give warps enough. No epilogue.
+  // short, wide reductions whose many rows give warps enough. The head norm and routing epilogues, not the add + norm.
   WholeRows,
 };
 

@@ -87,12 +87,24 @@ class Qwen3Model {
   void set_gemv_max_ratio(int64_t ratio);
   // The GEMV's warp layout for those projections (default Auto, gemv_layout.h); rtpurbo-bench-decode --gemv-layout.
   void set_gemv_layout(kernels::GemvLayout layout);
-  // true (the default): the residual add + RMSNorm after the o and dense down projections of a decode step on a GPU
-  // run in the GEMV's launch (ops::linear_decode_add_rms_norm) instead of as kernels of their own, for projections of
-  // at most ops::kFusedAddNormMaxM outputs (docs/decode.md); rtpurbo-bench-decode --separate-norms turns it off.
-  void set_fused_projection_norms(bool on);
-  bool fused_projection_norms() const;
-  int64_t fused_projection_norm_launches() const;  // how many times the fused launch ran (tests)
+  // Work a decode step on a GPU runs in a projection's GEMV launch (gemv.h's epilogues) instead of as kernels of its
+  // own, each a kernel boundary less per layer (docs/decode.md). All on by default; off for comparisons.
+  struct GemvEpilogues {
+    // The residual add + RMSNorm after the o and dense down projections (ops::linear_decode_add_rms_norm), for
+    // projections of at most ops::kFusedAddNormMaxM outputs; rtpurbo-bench-decode --separate-norms.
+    bool add_norm = true;
+    // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope); --separate-qk-norm.
+    bool qk_norm_rope = true;
+    // The MoE routing after the router projection (ops::linear_decode_moe_route); --separate-routing.
+    bool moe_routing = true;
+  };
+  void set_gemv_epilogues(const GemvEpilogues& on);
+  const GemvEpilogues& gemv_epilogues() const;
+  // How many times each fused launch ran (tests).
+  struct GemvEpilogueLaunches {
+    int64_t add_norm = 0, qk_norm_rope = 0, moe_routing = 0;
+  };
+  GemvEpilogueLaunches gemv_epilogue_launches() const;
 
   // Randomly initialised weights (normal(0, std) for matrices, ones for norms): toy model and scale runs.
   // On CPU the draw is float32 from a CPU generator (the committed toy model depends on it); on a GPU the

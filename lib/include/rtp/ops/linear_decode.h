@@ -3,6 +3,7 @@
 // on a GPU for up to kernels::kGemvMaxRows rows, at::linear otherwise.
 #include <torch/types.h>
 
+#include <tuple>
 #include <utility>
 
 #include "rtp/kernels/gemv_layout.h"
@@ -45,5 +46,31 @@ std::pair<torch::Tensor, torch::Tensor> linear_decode_add_rms_norm(const torch::
                                                                    const torch::Tensor& residual,
                                                                    const torch::Tensor& norm_weight, double eps,
                                                                    const torch::Tensor& done);
+
+// A decode step's fused q/k/v projection with the q and k RMSNorm + RoPE per head in the same launch (gemv.h's head
+// epilogue): x [B, T, k], weight [(q_heads + 2 k_heads) head_dim, k] ([q | k | v] rows), q_weight and k_weight
+// [head_dim], cos and sin float32 [T, head_dim]. Returns the projection [B, T, m] (v is its last rows) and q and k
+// normed and roped, [B, T, heads, head_dim] each, as rms_norm_rope_qk (rms_norm.h) of the projection's q and k would.
+// done: int32 on x's device with at least q_heads + k_heads elements, all 0, left 0.
+struct ProjectedQkv {
+  torch::Tensor qkv, q_normed, q_roped, k_normed, k_roped;
+};
+bool gemv_qk_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& q_weight,
+                                 const torch::Tensor& k_weight, const torch::Tensor& cos, const torch::Tensor& sin,
+                                 int64_t q_heads, int64_t k_heads, const torch::Tensor& done);
+ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
+                                        const torch::Tensor& q_weight, const torch::Tensor& k_weight,
+                                        const torch::Tensor& cos, const torch::Tensor& sin, int64_t q_heads,
+                                        int64_t k_heads, double eps, const torch::Tensor& done,
+                                        kernels::GemvLayout layout = kernels::GemvLayout::Auto);
+
+// A decode step's MoE router projection with the routing (moe_router.h) in the same launch: x [N, H] (N at most 4),
+// weight [E, H]. Returns (logits [N, E], expert int64 [N, top_k], routing weight [N, top_k] in x's dtype), as
+// moe_route(linear_decode(x, weight), top_k, norm_topk_prob) would. done: as above, one element.
+bool gemv_moe_route_supported(const torch::Tensor& x, const torch::Tensor& weight, int64_t top_k,
+                              const torch::Tensor& done);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> linear_decode_moe_route(
+    const torch::Tensor& x, const torch::Tensor& weight, int64_t top_k, bool norm_topk_prob, const torch::Tensor& done,
+    kernels::GemvLayout layout = kernels::GemvLayout::Auto);
 
 }  // namespace rtp::ops

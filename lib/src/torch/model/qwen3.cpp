@@ -52,7 +52,9 @@ class Qwen3ModelImpl {
   // again after to(), which gives every parameter storage of its own.
   void fuse_projections() {
     torch::NoGradGuard no_grad;
-    gemv_done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(device()));
+    // One count per q and k head (the q/k norm epilogue), the first also the other epilogues'.
+    gemv_done = torch::zeros({cfg.num_attention_heads + cfg.num_key_value_heads},
+                             torch::TensorOptions(torch::kInt32).device(device()));
     const int64_t L = cfg.num_hidden_layers;
     qkv_weight.assign(L, SharedRows());
     qkv_bias.assign(L, SharedRows());
@@ -120,7 +122,7 @@ class Qwen3ModelImpl {
         std::tie(x.base, normed) =
             ops::linear_decode_add_rms_norm(x.pending_x, x.pending_w, x.base, weight, cfg.rms_norm_eps, gemv_done);
         x.pending_x = x.pending_w = torch::Tensor();
-        ++fused_norm_launches;
+        ++epilogue_launches.add_norm;
         return normed;
       }
       settle(x);
@@ -150,7 +152,7 @@ class Qwen3ModelImpl {
   // x.pending = input W^T: deferred where the GEMV will run it (a decode step on a GPU), so the norm after it can join
   // its launch (add_norm); computed now elsewhere.
   void project_into(ResidualStream& x, const torch::Tensor& input, const torch::Tensor& weight) const {
-    if (fused_projection_norms && weight.size(0) <= ops::kFusedAddNormMaxM &&
+    if (epilogues.add_norm && weight.size(0) <= ops::kFusedAddNormMaxM &&
         ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
       x.pending_x = input, x.pending_w = weight;
     } else {
@@ -182,8 +184,18 @@ class Qwen3ModelImpl {
   torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
     const auto shape = x.sizes().vec();
     auto flat = x.reshape({-1, cfg.hidden_size});
-    auto router_logits = ops::project(flat, p(pre + "gate.weight"), gemv_max_ratio, gemv_layout);
-    auto [top_i, top_w] = ops::moe_route(router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob);
+    const auto& router = p(pre + "gate.weight");
+    torch::Tensor top_i, top_w;
+    if (epilogues.moe_routing && ops::gemv_preferred(router, gemv_max_ratio) &&
+        ops::gemv_moe_route_supported(flat, router, cfg.num_experts_per_tok, gemv_done)) {
+      // A decode step on a GPU: the routing in the router projection's launch, by its last block.
+      std::tie(std::ignore, top_i, top_w) =
+          ops::linear_decode_moe_route(flat, router, cfg.num_experts_per_tok, cfg.norm_topk_prob, gemv_done, gemv_layout);
+      ++epilogue_launches.moe_routing;
+    } else {
+      auto router_logits = ops::project(flat, router, gemv_max_ratio, gemv_layout);
+      std::tie(top_i, top_w) = ops::moe_route(router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob);
+    }
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
@@ -218,8 +230,8 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
-  bool fused_projection_norms = true;  // project_into defers where the GEMV runs, for add_norm's fused launch
-  mutable int64_t fused_norm_launches = 0;
+  Qwen3Model::GemvEpilogues epilogues;  // project_into defers where the GEMV runs, for add_norm's fused launch
+  mutable Qwen3Model::GemvEpilogueLaunches epilogue_launches;
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
   kernels::GemvLayout gemv_layout = kernels::GemvLayout::Auto;  // and its warp layout
 
@@ -261,6 +273,23 @@ class Qwen3ModelImpl {
     auto h = add_norm(x, p(pre + "input_layernorm.weight"));
     torch::Tensor q, k, v;
     const std::string a = pre + "self_attn.";
+    const auto& qw = p(pre + "self_attn.q_norm.weight");
+    const auto& kw = p(pre + "self_attn.k_norm.weight");
+    LayerAttentionInputs in;
+    in.layer = i;
+    in.scale = 1.0 / std::sqrt(static_cast<double>(D));
+    if (epilogues.qk_norm_rope && !cfg.attention_bias && shares_rows(qkv_weight[i]) &&
+        ops::gemv_preferred(qkv_weight[i].joined, gemv_max_ratio) &&
+        ops::gemv_qk_norm_rope_supported(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv, gemv_done)) {
+      // A decode step on a GPU: the q/k norms and RoPE in the projection's launch, by each head's last block.
+      auto r = ops::linear_decode_qk_norm_rope(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv,
+                                               cfg.rms_norm_eps, gemv_done, gemv_layout);
+      ++epilogue_launches.qk_norm_rope;
+      in.q_pre_rope = r.q_normed.transpose(1, 2), in.q = r.q_roped.transpose(1, 2);
+      in.k_pre_rope = r.k_normed.transpose(1, 2), in.k = r.k_roped.transpose(1, 2);
+      in.v = r.qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
+      return in;
+    }
     if (shares_rows(qkv_weight[i]) && (!cfg.attention_bias || shares_rows(qkv_bias[i]))) {
       // One GEMM; q, k and v are views of its output (the fused norm kernels read q and k in place).
       auto qkv = cfg.attention_bias ? at::linear(h, qkv_weight[i].joined, qkv_bias[i].joined)
@@ -273,10 +302,6 @@ class Qwen3ModelImpl {
       k = linear(h, a + "k_proj", cfg.attention_bias).view({B, T, Hkv, D});
       v = linear(h, a + "v_proj", cfg.attention_bias).view({B, T, Hkv, D}).transpose(1, 2);
     }
-    LayerAttentionInputs in;
-    in.layer = i;
-    const auto& qw = p(pre + "self_attn.q_norm.weight");
-    const auto& kw = p(pre + "self_attn.k_norm.weight");
     if (ops::fused_rms_norm_rope_supported(q, qw) && ops::fused_rms_norm_rope_supported(k, kw)) {
       // On a GPU the norms and RoPE of q and k in one kernel (fourteen launches each eagerly).
       auto [qn, qr, kn, kr] = ops::rms_norm_rope_qk(q, qw, k, kw, rope.cos, rope.sin, cfg.rms_norm_eps);
@@ -291,7 +316,6 @@ class Qwen3ModelImpl {
       in.k = apply_rope(k, rope);
     }
     in.v = v;
-    in.scale = 1.0 / std::sqrt(static_cast<double>(D));
     return in;
   }
 
@@ -371,9 +395,9 @@ torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_l
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
 void Qwen3Model::set_gemv_layout(kernels::GemvLayout layout) { impl_->gemv_layout = layout; }
-void Qwen3Model::set_fused_projection_norms(bool on) { impl_->fused_projection_norms = on; }
-bool Qwen3Model::fused_projection_norms() const { return impl_->fused_projection_norms; }
-int64_t Qwen3Model::fused_projection_norm_launches() const { return impl_->fused_norm_launches; }
+void Qwen3Model::set_gemv_epilogues(const GemvEpilogues& on) { impl_->epilogues = on; }
+const Qwen3Model::GemvEpilogues& Qwen3Model::gemv_epilogues() const { return impl_->epilogues; }
+Qwen3Model::GemvEpilogueLaunches Qwen3Model::gemv_epilogue_launches() const { return impl_->epilogue_launches; }
 
 void Qwen3Model::set_gemv_max_ratio(int64_t ratio) {
   RTP_CHECK(ratio >= 1, "set_gemv_max_ratio: the ratio must be at least 1, found ", ratio);

@@ -2,9 +2,12 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/gemv.h"
+#include "rtp/kernels/moe_router.h"
 #include "device_launch.h"
 #include "row_layout.h"
 
@@ -27,6 +30,12 @@ bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight) {
 }
 
 namespace {
+
+// A launch's count (or counts) of finished blocks: int32 on x's device, at least n of them.
+bool is_counter(const torch::Tensor& done, const torch::Tensor& x, int64_t n) {
+  return done.defined() && done.device() == x.device() && done.scalar_type() == torch::kInt32 && done.numel() >= n &&
+         done.is_contiguous();
+}
 
 // The parameters of x W^T into a new tensor `out` (shapes checked by gemv_supported).
 k::GemvParams gemv_params(const torch::Tensor& x, const torch::Tensor& weight, torch::Tensor& out) {
@@ -77,8 +86,7 @@ bool gemv_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& we
     return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous();
   };
   return same(residual) && residual.dim() >= 1 && residual.size(-1) == m && residual.numel() == rows * m &&
-         same(norm_weight) && norm_weight.dim() == 1 && norm_weight.size(0) == m && done.defined() &&
-         done.device() == x.device() && done.scalar_type() == torch::kInt32 && done.numel() >= 1;
+         same(norm_weight) && norm_weight.dim() == 1 && norm_weight.size(0) == m && is_counter(done, x, 1);
 }
 
 std::pair<torch::Tensor, torch::Tensor> linear_decode_add_rms_norm(const torch::Tensor& x, const torch::Tensor& weight,
@@ -102,6 +110,85 @@ std::pair<torch::Tensor, torch::Tensor> linear_decode_add_rms_norm(const torch::
   p.eps = static_cast<float>(eps);
   run_gemv(p, x.device(), "linear_decode_add_rms_norm");
   return {sum, normed};
+}
+
+bool gemv_qk_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& q_weight,
+                                 const torch::Tensor& k_weight, const torch::Tensor& cos, const torch::Tensor& sin,
+                                 int64_t q_heads, int64_t k_heads, const torch::Tensor& done) {
+  if (!gemv_supported(x, weight) || x.dim() != 3 || q_heads <= 0 || k_heads <= 0) return false;
+  const int64_t D = q_weight.defined() ? q_weight.numel() : 0, T = x.size(1);
+  const auto same = [&](const torch::Tensor& t) {
+    return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous() &&
+           t.dim() == 1 && t.size(0) == D;
+  };
+  const auto table = [&](const torch::Tensor& t) {
+    return t.defined() && t.device() == x.device() && t.scalar_type() == torch::kFloat32 && t.is_contiguous() &&
+           t.dim() == 2 && t.size(0) == T && t.size(1) == D;
+  };
+  return D > 0 && D % k::kGemvEpilogueHeadDimMultiple == 0 && D <= k::kGemvEpilogueMaxHeadDim && same(q_weight) &&
+         same(k_weight) && weight.size(0) == (q_heads + 2 * k_heads) * D && table(cos) && table(sin) &&
+         is_counter(done, x, q_heads + k_heads);
+}
+
+ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
+                                        const torch::Tensor& q_weight, const torch::Tensor& k_weight,
+                                        const torch::Tensor& cos, const torch::Tensor& sin, int64_t q_heads,
+                                        int64_t k_heads, double eps, const torch::Tensor& done, k::GemvLayout layout) {
+  RTP_CHECK(gemv_qk_norm_rope_supported(x, weight, q_weight, k_weight, cos, sin, q_heads, k_heads, done),
+            "linear_decode_qk_norm_rope: expected x [B, T, k] of at most ", k::kGemvMaxRows,
+            " rows on a GPU, weight [(q_heads + 2 k_heads) head_dim, k], q/k norm weights [head_dim] (a multiple of ",
+            k::kGemvEpilogueHeadDimMultiple, ", at most ", k::kGemvEpilogueMaxHeadDim,
+            ") of x's dtype, cos and sin float32 [T, head_dim], done int32 of at least q_heads + k_heads elements; "
+            "found x ", x.sizes(), " ", x.scalar_type(), " on ", x.device(), ", weight ", weight.sizes(), ", q_weight ",
+            q_weight.sizes(), ", k_weight ", k_weight.sizes(), ", cos ", cos.sizes(), ", sin ", sin.sizes(),
+            ", heads ", q_heads, "/", k_heads, ", done ", done.sizes(), " ", done.scalar_type());
+  ProjectedQkv r;
+  auto p = gemv_params(x, weight, r.qkv);
+  p.layout = layout;
+  const int64_t B = x.size(0), T = x.size(1), D = q_weight.numel();
+  r.q_normed = torch::empty({B, T, q_heads, D}, x.options());
+  r.q_roped = torch::empty_like(r.q_normed);
+  r.k_normed = torch::empty({B, T, k_heads, D}, x.options());
+  r.k_roped = torch::empty_like(r.k_normed);
+  auto& h = p.head_norm_rope;
+  h.q_weight = q_weight.data_ptr(), h.k_weight = k_weight.data_ptr();
+  h.cos = cos.data_ptr<float>(), h.sin = sin.data_ptr<float>();
+  h.q_normed = r.q_normed.data_ptr(), h.q_roped = r.q_roped.data_ptr();
+  h.k_normed = r.k_normed.data_ptr(), h.k_roped = r.k_roped.data_ptr();
+  h.done = static_cast<uint32_t*>(done.data_ptr());
+  h.q_heads = q_heads, h.k_heads = k_heads, h.head_dim = D, h.seq_len = T;
+  h.eps = static_cast<float>(eps);
+  run_gemv(p, x.device(), "linear_decode_qk_norm_rope");
+  return r;
+}
+
+bool gemv_moe_route_supported(const torch::Tensor& x, const torch::Tensor& weight, int64_t top_k,
+                              const torch::Tensor& done) {
+  return gemv_supported(x, weight) && weight.size(0) <= k::kMoeRouterMaxExperts && top_k >= 1 &&
+         top_k <= std::min<int64_t>(weight.size(0), k::kMoeRouterMaxTopK) && is_counter(done, x, 1);
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> linear_decode_moe_route(
+    const torch::Tensor& x, const torch::Tensor& weight, int64_t top_k, bool norm_topk_prob, const torch::Tensor& done,
+    k::GemvLayout layout) {
+  RTP_CHECK(gemv_moe_route_supported(x, weight, top_k, done), "linear_decode_moe_route: expected x [..., H] of at most ",
+            k::kGemvMaxRows, " rows on a GPU, weight [E, H] with E at most ", k::kMoeRouterMaxExperts,
+            ", top_k in [1, min(E, ", k::kMoeRouterMaxTopK, ")], done int32 on x's device; found x ", x.sizes(), " ",
+            x.scalar_type(), " on ", x.device(), ", weight ", weight.sizes(), ", top_k ", top_k, ", done ",
+            done.sizes(), " ", done.scalar_type());
+  torch::Tensor logits;
+  auto p = gemv_params(x, weight, logits);
+  p.layout = layout;
+  auto expert = torch::empty({p.rows, top_k}, x.options().dtype(torch::kInt64));
+  auto routing = torch::empty({p.rows, top_k}, x.options());
+  auto& r = p.moe_route;
+  r.expert = expert.data_ptr<int64_t>();
+  r.weight = routing.data_ptr();
+  r.done = static_cast<uint32_t*>(done.data_ptr());
+  r.top_k = top_k;
+  r.norm_topk_prob = norm_topk_prob;
+  run_gemv(p, x.device(), "linear_decode_moe_route");
+  return {logits, expert, routing};
 }
 
 bool gemv_preferred(const torch::Tensor& weight, int64_t max_ratio) {
