@@ -82,45 +82,75 @@ __device__ __forceinline__ void add_rms_norm_rows(const GemvParams& p) {
 // q/k norm + RoPE of head g (a q head, then the k heads) for every row, as norm_rope.cu's norm_row computes it, so the
 // bits are the same: the sum of squares by its first kNormRopeThreads threads, element i with i + kNormRopeThreads...
 // (norm_rope.cu's block width), then each element's normed value, then the rotation from the normed pair. out is read
-// through L2: other blocks of the launch wrote it.
+// through L2 (other blocks of the launch wrote it), once per element; the weights and the first position's tables
+// were requested before the count (HeadOperands), so that the head's last block starts on the tail at once.
 constexpr int kNormRopeThreads = 128;
+constexpr int kHeadSlots = 2;  // elements per thread: head_dim <= kGemvEpilogueMaxHeadDim = 2 x kThreads
+static_assert(kHeadSlots * kThreads >= kGemvEpilogueMaxHeadDim, "a thread holds at most kHeadSlots of a head");
+
+struct HeadOperands {
+  float w[kHeadSlots], c[kHeadSlots], s[kHeadSlots];  // element threadIdx.x + j * blockDim.x; c, s at position 0
+};
 
 template <typename T>
-__device__ __forceinline__ void norm_rope_head(const GemvParams& p, int64_t g) {
+__device__ __forceinline__ HeadOperands load_head_operands(const GemvParams& p, int64_t g) {
+  const GemvHeadNormRope& h = p.head_norm_rope;
+  const T* w = static_cast<const T*>(g < h.q_heads ? h.q_weight : h.k_weight);
+  const auto round = [](float v) { return to_float(from_float<T>(v)); };
+  HeadOperands o{};
+#pragma unroll
+  for (int j = 0; j < kHeadSlots; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i < h.head_dim) o.w[j] = to_float(w[i]), o.c[j] = round(h.cos[i]), o.s[j] = round(h.sin[i]);
+  }
+  return o;
+}
+
+template <typename T>
+__device__ __forceinline__ void norm_rope_head(const GemvParams& p, int64_t g, const HeadOperands& o) {
   const GemvHeadNormRope& h = p.head_norm_rope;
   const bool is_q = g < h.q_heads;
   const int64_t head = is_q ? g : g - h.q_heads, heads = is_q ? h.q_heads : h.k_heads;
   const int D = int(h.head_dim), half = D / 2;
-  const T* w = static_cast<const T*>(is_q ? h.q_weight : h.k_weight);
   const auto round = [](float v) { return to_float(from_float<T>(v)); };
-  __shared__ float normed_row[kGemvEpilogueMaxHeadDim];
+  __shared__ float xs[kGemvEpilogueMaxHeadDim], normed_row[kGemvEpilogueMaxHeadDim];
   for (int64_t n = 0; n < p.rows; ++n) {
     const T* x = static_cast<const T*>(p.out) + n * p.m + g * D;
+#pragma unroll
+    for (int j = 0; j < kHeadSlots; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < D) xs[i] = to_float(__ldcg(x + i));
+    }
+    __syncthreads();
     float ss = 0.f;
     if (threadIdx.x < kNormRopeThreads)
-      for (int i = threadIdx.x; i < D; i += kNormRopeThreads) {
-        const float v = to_float(__ldcg(x + i));
-        ss += v * v;
-      }
+      for (int i = threadIdx.x; i < D; i += kNormRopeThreads) ss += xs[i] * xs[i];
     const float r = rsqrtf(block_total(ss) * (1.f / static_cast<float>(D)) + h.eps);
     const int64_t at = (n * heads + head) * D;
     T* normed = static_cast<T*>(is_q ? h.q_normed : h.k_normed) + at;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-      const float v = round(to_float(w[i]) * round(to_float(__ldcg(x + i)) * r));
-      normed[i] = from_float<T>(v);
-      normed_row[i] = v;
+#pragma unroll
+    for (int j = 0; j < kHeadSlots; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < D) {
+        const float v = round(o.w[j] * round(xs[i] * r));
+        normed[i] = from_float<T>(v);
+        normed_row[i] = v;
+      }
     }
     __syncthreads();
     const int64_t t = n % h.seq_len;
-    const float* c = h.cos + t * D;
-    const float* s = h.sin + t * D;
     T* roped = static_cast<T*>(is_q ? h.q_roped : h.k_roped) + at;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-      const float v = normed_row[i];
-      const float rotated = i < half ? round(-normed_row[i + half] * round(s[i])) : round(normed_row[i - half] * round(s[i]));
-      roped[i] = from_float<T>(round(v * round(c[i])) + rotated);
+#pragma unroll
+    for (int j = 0; j < kHeadSlots; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      if (i < D) {
+        const float c = t == 0 ? o.c[j] : round(h.cos[t * D + i]), s = t == 0 ? o.s[j] : round(h.sin[t * D + i]);
+        const float v = normed_row[i];
+        const float rotated = i < half ? round(-normed_row[i + half] * s) : round(normed_row[i - half] * s);
+        roped[i] = from_float<T>(round(v * c) + rotated);
+      }
     }
-    __syncthreads();  // normed_row and block_total's buffer, before the next row
+    __syncthreads();  // xs, normed_row and block_total's buffer, before the next row
   }
 }
 
@@ -138,19 +168,26 @@ __device__ __forceinline__ void route_rows(const GemvParams& p) {
 
 enum Epilogue : int { kNoEpilogue, kAddNorm, kHeadNormRope, kMoeRoute };
 
-// The classic last-block pattern: every writer's fence, then one count per block; the block that completes the count
-// (of `blocks`) sees every counted block's outputs, and resets it for the next launch (nothing else touches it before
-// this kernel ends).
+// atomicAdd with acquire-release order at device scope (PTX atom.acq_rel.gpu): the release publishes what the block
+// wrote before its barrier (cumulative through it), the acquire lets the last block see every other block's writes.
+__device__ __forceinline__ uint32_t atomic_add_acq_rel(uint32_t* p, uint32_t v) {
+  uint32_t old;
+  asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
+// The last-block pattern: once all its threads have written (the barrier), the block counts itself with one
+// acquire-release atomic; the block that completes the count (of `blocks`) sees every counted block's outputs, and
+// resets it for the next launch (nothing else touches it before this kernel ends). One atomic per block where a fence
+// in every thread and a relaxed atomic did the same: the fences were a per-block cost of the epilogue.
 __device__ __forceinline__ bool last_to_finish(uint32_t* count, uint32_t blocks) {
   __shared__ bool last;
-  __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    last = atomicAdd(count, 1u) == blocks - 1;
+    last = atomic_add_acq_rel(count, 1u) == blocks - 1;
     if (last) *count = 0u;
   }
   __syncthreads();
-  if (last) __threadfence();
   return last;
 }
 
@@ -164,7 +201,8 @@ __device__ __forceinline__ void finish_block(const GemvParams& p, int64_t first_
     const GemvHeadNormRope& h = p.head_norm_rope;
     const int64_t g = first_row / h.head_dim;  // the block's rows lie in one head (head_dim % rows_per_block == 0)
     if (g >= h.q_heads + h.k_heads) return;    // v
-    if (last_to_finish(h.done + g, uint32_t(h.head_dim / rows_per_block))) norm_rope_head<T>(p, g);
+    const HeadOperands o = load_head_operands<T>(p, g);
+    if (last_to_finish(h.done + g, uint32_t(h.head_dim / rows_per_block))) norm_rope_head<T>(p, g, o);
   } else if constexpr (kEpi == kMoeRoute) {
     if (!last_to_finish(p.moe_route.done, gridDim.x)) return;
     if (p.m <= 32) route_rows<T, 1>(p);
