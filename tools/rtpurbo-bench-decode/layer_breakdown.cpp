@@ -134,13 +134,14 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   // The model's step runs the q/k norms and RoPE in the q/k/v projection's launch where it can (Qwen3Model::
   // gemv_epilogues); the separate form is for comparison then.
   const auto counts = torch::zeros({Hq + Hkv}, torch::TensorOptions(torch::kInt32).device(dev));
-  const bool qk_fused = model.gemv_epilogues().qk_norm_rope && ops::gemv_preferred(wqkv) &&
-                        ops::gemv_qk_norm_rope_supported(h, wqkv, w[a + "q_norm.weight"], w[a + "k_norm.weight"],
-                                                         rope.cos, rope.sin, Hq, Hkv, counts);
-  if (qk_fused) {
+  const bool qk_fusable = ops::gemv_preferred(wqkv) &&
+                          ops::gemv_qk_norm_rope_supported(h, wqkv, w[a + "q_norm.weight"], w[a + "k_norm.weight"],
+                                                           rope.cos, rope.sin, Hq, Hkv, counts);
+  const bool qk_fused = qk_fusable && model.gemv_epilogues().qk_norm_rope;
+  if (qk_fusable) {
     const auto ws = clones(wqkv, copies_for(bytes_of(wqkv), l2, reps));
     size_t i = 0;
-    add("attention", "q/k/v projection + q/k RMSNorm + RoPE (one launch)",
+    add(qk_fused ? "attention" : "(compare)", "q/k/v projection + q/k RMSNorm + RoPE (one launch)",
         bytes_of(wqkv) + (wqkv.size(0) + wqkv.size(1)) * e + 4 * (Hq + Hkv) * D * e, [&, ws] {
           ops::linear_decode_qk_norm_rope(h, ws[i++ % ws.size()], w[a + "q_norm.weight"], w[a + "k_norm.weight"],
                                           rope.cos, rope.sin, Hq, Hkv, eps, counts);
@@ -338,12 +339,13 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     auto flat = torch::randn({1, H}, opt);
     // The routing in the router projection's launch where the model runs it so (Qwen3Model::gemv_epilogues).
     const auto route_count = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
-    const bool route_fused = model.gemv_epilogues().moe_routing && ops::gemv_preferred(gate) &&
-                             ops::gemv_moe_route_supported(flat, gate, c.num_experts_per_tok, route_count);
-    if (route_fused) {
+    const bool route_fusable = ops::gemv_preferred(gate) &&
+                               ops::gemv_moe_route_supported(flat, gate, c.num_experts_per_tok, route_count);
+    const bool route_fused = route_fusable && model.gemv_epilogues().moe_routing;
+    if (route_fusable) {
       const auto ws = clones(gate, copies_for(bytes_of(gate), l2, reps));
       size_t i = 0;
-      add("MoE", "router logits + routing (one launch)", bytes_of(gate) + (gate.size(0) + gate.size(1)) * e,
+      add(route_fused ? "MoE" : "(compare)", "router logits + routing (one launch)", bytes_of(gate) + (gate.size(0) + gate.size(1)) * e,
           [&, ws] { ops::linear_decode_moe_route(flat, ws[i++ % ws.size()], c.num_experts_per_tok, c.norm_topk_prob, route_count); });
     }
     add_linear(route_fused ? "(compare)" : "MoE", "router logits", flat, gate);

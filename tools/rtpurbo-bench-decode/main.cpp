@@ -96,7 +96,8 @@ int main(int argc, char** argv) {
                       "per two rows)", cxxopts::value<std::string>()->default_value("auto"))
       ("separate-norms", "the residual add + RMSNorm after the o and dense down projections as kernels of their own, "
                          "not in the projection's launch (the GEMV's epilogue, the model's default up to 2048 outputs)")
-      ("separate-qk-norm", "the q/k RMSNorm + RoPE as a kernel of its own, not in the q/k/v projection's launch")
+      ("fused-qk-norm", "the q/k RMSNorm + RoPE in the q/k/v projection's launch (the GEMV's head epilogue), not as a "
+                        "kernel of its own (the model's default)")
       ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
@@ -177,7 +178,7 @@ int main(int argc, char** argv) {
                                                    : rtp::kernels::GemvLayout::Auto);
     rtp::model::Qwen3Model::GemvEpilogues epilogues;
     epilogues.add_norm = args.count("separate-norms") == 0;
-    epilogues.qk_norm_rope = args.count("separate-qk-norm") == 0;
+    epilogues.qk_norm_rope = args.count("fused-qk-norm") > 0;
     epilogues.moe_routing = args.count("separate-routing") == 0;
     model.set_gemv_epilogues(epilogues);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);

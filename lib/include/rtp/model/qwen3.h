@@ -88,13 +88,16 @@ class Qwen3Model {
   // The GEMV's warp layout for those projections (default Auto, gemv_layout.h); rtpurbo-bench-decode --gemv-layout.
   void set_gemv_layout(kernels::GemvLayout layout);
   // Work a decode step on a GPU runs in a projection's GEMV launch (gemv.h's epilogues) instead of as kernels of its
-  // own, each a kernel boundary less per layer (docs/decode.md). All on by default; off for comparisons.
+  // own, each a kernel boundary less per layer; on by default where the step measured faster (docs/decode.md, "Work
+  // in the projection's launch").
   struct GemvEpilogues {
     // The residual add + RMSNorm after the o and dense down projections (ops::linear_decode_add_rms_norm), for
     // projections of at most ops::kFusedAddNormMaxM outputs; rtpurbo-bench-decode --separate-norms.
     bool add_norm = true;
-    // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope); --separate-qk-norm.
-    bool qk_norm_rope = true;
+    // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope). Off: the step was
+    // 0.5-2% slower with it (H100, H200: the per-block count lengthens the whole-rows GEMV's short blocks by more than
+    // the saved boundary); rtpurbo-bench-decode --fused-qk-norm.
+    bool qk_norm_rope = false;
     // The MoE routing after the router projection (ops::linear_decode_moe_route); --separate-routing.
     bool moe_routing = true;
   };
