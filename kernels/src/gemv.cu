@@ -30,7 +30,7 @@ constexpr int kNormPer = 8;
 constexpr int64_t kNormBatch = int64_t(kNormPer) * kThreads;
 
 template <typename T>
-__device__ __forceinline__ void add_rms_norm_rows(const GemvParams& p) {
+__device__ __forceinline__ void add_rms_norm_rows(const GemvCore& p) {
   const T* out = static_cast<const T*>(p.out);
   const T* res = static_cast<const T*>(p.residual);
   const T* w = static_cast<const T*>(p.norm_weight);
@@ -93,8 +93,7 @@ struct HeadOperands {
 };
 
 template <typename T>
-__device__ __forceinline__ HeadOperands load_head_operands(const GemvParams& p, int64_t g) {
-  const GemvHeadNormRope& h = p.head_norm_rope;
+__device__ __forceinline__ HeadOperands load_head_operands(const GemvHeadNormRope& h, int64_t g) {
   const T* w = static_cast<const T*>(g < h.q_heads ? h.q_weight : h.k_weight);
   const auto round = [](float v) { return to_float(from_float<T>(v)); };
   HeadOperands o{};
@@ -107,8 +106,8 @@ __device__ __forceinline__ HeadOperands load_head_operands(const GemvParams& p, 
 }
 
 template <typename T>
-__device__ __forceinline__ void norm_rope_head(const GemvParams& p, int64_t g, const HeadOperands& o) {
-  const GemvHeadNormRope& h = p.head_norm_rope;
+__device__ __forceinline__ void norm_rope_head(const GemvCore& p, const GemvHeadNormRope& h, int64_t g,
+                                               const HeadOperands& o) {
   const bool is_q = g < h.q_heads;
   const int64_t head = is_q ? g : g - h.q_heads, heads = is_q ? h.q_heads : h.k_heads;
   const int D = int(h.head_dim), half = D / 2;
@@ -156,14 +155,13 @@ __device__ __forceinline__ void norm_rope_head(const GemvParams& p, int64_t g, c
 
 // The MoE routing of every row's logits (out), a warp per row.
 template <typename T, int kSlots>
-__device__ __forceinline__ void route_rows(const GemvParams& p) {
+__device__ __forceinline__ void route_rows(const GemvCore& p, const GemvMoeRoute& route) {
   const int64_t n = threadIdx.x >> 5;
   if (n >= p.rows) return;
   const T* l = static_cast<const T*>(p.out) + n * p.m;
-  const int K = int(p.moe_route.top_k);
-  route_token_in_warp<T, kSlots>([&](int e) { return to_float(__ldcg(l + e)); }, int(p.m), K,
-                                 p.moe_route.norm_topk_prob, p.moe_route.expert + n * K,
-                                 static_cast<T*>(p.moe_route.weight) + n * K);
+  const int K = int(route.top_k);
+  route_token_in_warp<T, kSlots>([&](int e) { return to_float(__ldcg(l + e)); }, int(p.m), K, route.norm_topk_prob,
+                                 route.expert + n * K, static_cast<T*>(route.weight) + n * K);
 }
 
 enum Epilogue : int { kNoEpilogue, kAddNorm, kHeadNormRope, kMoeRoute };
@@ -191,30 +189,48 @@ __device__ __forceinline__ bool last_to_finish(uint32_t* count, uint32_t blocks)
   return last;
 }
 
+// The kernels' epilogue parameter: nothing for none and the add + RMSNorm (in GemvCore), the epilogue's own struct
+// for the others.
+struct NoEpilogueArgs {};
+template <int kEpi>
+struct EpilogueArgsOf {
+  using type = NoEpilogueArgs;
+};
+template <>
+struct EpilogueArgsOf<kHeadNormRope> {
+  using type = GemvHeadNormRope;
+};
+template <>
+struct EpilogueArgsOf<kMoeRoute> {
+  using type = GemvMoeRoute;
+};
+template <int kEpi>
+using EpilogueArgs = typename EpilogueArgsOf<kEpi>::type;
+
 // After a block has written its rows [first_row, first_row + rows_per_block): the launch's epilogue, by the blocks that
 // finish last (the whole grid's last one, or a head's last one).
 template <typename T, int kEpi>
-__device__ __forceinline__ void finish_block(const GemvParams& p, int64_t first_row, int rows_per_block) {
+__device__ __forceinline__ void finish_block(const GemvCore& p, const EpilogueArgs<kEpi>& e, int64_t first_row,
+                                             int rows_per_block) {
   if constexpr (kEpi == kAddNorm) {
     if (last_to_finish(p.done, gridDim.x)) add_rms_norm_rows<T>(p);
   } else if constexpr (kEpi == kHeadNormRope) {
-    const GemvHeadNormRope& h = p.head_norm_rope;
-    const int64_t g = first_row / h.head_dim;  // the block's rows lie in one head (head_dim % rows_per_block == 0)
-    if (g >= h.q_heads + h.k_heads) return;    // v
-    const HeadOperands o = load_head_operands<T>(p, g);
-    if (last_to_finish(h.done + g, uint32_t(h.head_dim / rows_per_block))) norm_rope_head<T>(p, g, o);
+    const int64_t g = first_row / e.head_dim;  // the block's rows lie in one head (head_dim % rows_per_block == 0)
+    if (g >= e.q_heads + e.k_heads) return;    // v
+    const HeadOperands o = load_head_operands<T>(e, g);
+    if (last_to_finish(e.done + g, uint32_t(e.head_dim / rows_per_block))) norm_rope_head<T>(p, e, g, o);
   } else if constexpr (kEpi == kMoeRoute) {
-    if (!last_to_finish(p.moe_route.done, gridDim.x)) return;
-    if (p.m <= 32) route_rows<T, 1>(p);
-    else if (p.m <= 64) route_rows<T, 2>(p);
-    else if (p.m <= 128) route_rows<T, 4>(p);
-    else if (p.m <= 256) route_rows<T, 8>(p);
-    else route_rows<T, 16>(p);
+    if (!last_to_finish(e.done, gridDim.x)) return;
+    if (p.m <= 32) route_rows<T, 1>(p, e);
+    else if (p.m <= 64) route_rows<T, 2>(p, e);
+    else if (p.m <= 128) route_rows<T, 4>(p, e);
+    else if (p.m <= 256) route_rows<T, 8>(p, e);
+    else route_rows<T, 16>(p, e);
   }
 }
 
 template <typename T, int kRows, bool kVec, int kEpi>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvCore p, const EpilogueArgs<kEpi> e) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row_in_block = warp / kWarpsPerRow, quarter = warp % kWarpsPerRow;
   const int64_t m = int64_t(blockIdx.x) * kRowsPerBlock + row_in_block;
@@ -280,7 +296,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
     for (int q = 0; q < kWarpsPerRow; ++q) s += part[row_in_block][q][lane];
     static_cast<T*>(p.out)[lane * p.m + m] = from_float<T>(s);
   }
-  finish_block<T, kEpi>(p, int64_t(blockIdx.x) * kRowsPerBlock, kRowsPerBlock);
+  finish_block<T, kEpi>(p, e, int64_t(blockIdx.x) * kRowsPerBlock, kRowsPerBlock);
 }
 
 // WholeRows: each warp takes kRowsPerWarp whole rows, so every x vector it loads serves all of them and its sums are
@@ -289,7 +305,7 @@ constexpr int kRowsPerWarp = 2;
 constexpr int kWholeRowsPerBlock = kRowsPerWarp * kThreads / 32;
 
 template <typename T, int kRows, bool kVec, int kEpi>
-__global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvParams p) {
+__global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvCore p, const EpilogueArgs<kEpi> e) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t m0 = (int64_t(blockIdx.x) * (kThreads / 32) + warp) * kRowsPerWarp;
   const T* x = static_cast<const T*>(p.x);
@@ -366,21 +382,30 @@ __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvPar
       if (lane == 0 && valid[r]) out[n * p.m + m0 + r] = from_float<T>(v);
     }
   static_assert(kEpi != kAddNorm, "the add + RMSNorm epilogue runs with the split layout");
-  finish_block<T, kEpi>(p, int64_t(blockIdx.x) * kWholeRowsPerBlock, kWholeRowsPerBlock);
+  finish_block<T, kEpi>(p, e, int64_t(blockIdx.x) * kWholeRowsPerBlock, kWholeRowsPerBlock);
+}
+
+template <int kEpi>
+EpilogueArgs<kEpi> epilogue_args(const GemvParams& p) {
+  if constexpr (kEpi == kHeadNormRope) return p.head_norm_rope;
+  else if constexpr (kEpi == kMoeRoute) return p.moe_route;
+  else return NoEpilogueArgs{};
 }
 
 template <typename T, int kRows, int kEpi>
 cudaError_t launch_epilogue(const GemvParams& p, bool vec, cudaStream_t stream) {
+  const GemvCore& core = p;
+  const EpilogueArgs<kEpi> e = epilogue_args<kEpi>(p);
   if constexpr (kEpi != kAddNorm) {
     if (resolved_layout(p) == GemvLayout::WholeRows) {
       const unsigned blocks = unsigned((p.m + kWholeRowsPerBlock - 1) / kWholeRowsPerBlock);
       return launch_k(vec ? gemv_whole_rows_kernel<T, kRows, true, kEpi> : gemv_whole_rows_kernel<T, kRows, false, kEpi>,
-                      dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), p);
+                      dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), core, e);
     }
   }
   const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
   return launch_k(vec ? gemv_kernel<T, kRows, true, kEpi> : gemv_kernel<T, kRows, false, kEpi>, dim3(blocks),
-                  dim3(kThreads), 0, stream, programmatic_launch_available(), p);
+                  dim3(kThreads), 0, stream, programmatic_launch_available(), core, e);
 }
 
 template <typename T, int kRows>

@@ -55,7 +55,9 @@ struct GemvMoeRoute {
   bool active() const { return done != nullptr; }
 };
 
-struct GemvParams {
+// What every launch takes (the kernels' parameters, kept small: the graph of a decode step launches the GEMV four to
+// six times per layer) and the add + RMSNorm epilogue, which is in the default step.
+struct GemvCore {
   const void* x = nullptr;       // [rows, k], rows x_row_stride elements apart
   const void* weight = nullptr;  // [m, k] contiguous
   void* out = nullptr;           // [rows, m] contiguous
@@ -73,10 +75,14 @@ struct GemvParams {
   void* normed_out = nullptr;         // [rows, m] contiguous
   uint32_t* done = nullptr;
   float eps = 0.f;
-  // The other epilogues; at most one of the three per launch.
+  bool has_add_norm() const { return residual || norm_weight || sum_out || normed_out || done; }
+};
+
+struct GemvParams : GemvCore {
+  // The other epilogues; at most one of the three per launch. Each goes to the kernel as a parameter of its own, only
+  // to the kernels that run it.
   GemvHeadNormRope head_norm_rope;
   GemvMoeRoute moe_route;
-  bool has_add_norm() const { return residual || norm_weight || sum_out || normed_out || done; }
 };
 
 const char* check_gemv_params(const GemvParams& p, bool cuda);
