@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
       ("separate-norms", "the residual add + RMSNorm after the o and dense down projections as kernels of their own, "
                          "not in the projection's launch (the GEMV's epilogue, the model's default up to 2048 outputs)")
       ("fused-qk-norm", "the q/k RMSNorm + RoPE in the q/k/v projection's launch (the GEMV's head epilogue), not as a "
-                        "kernel of its own (off in the model by default: the step measured slower with it)")
+                        "kernel of its own (off in the model by default until measured faster, docs/decode.md)")
       ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");

@@ -94,9 +94,9 @@ class Qwen3Model {
     // The residual add + RMSNorm after the o and dense down projections (ops::linear_decode_add_rms_norm), for
     // projections of at most ops::kFusedAddNormMaxM outputs; rtpurbo-bench-decode --separate-norms.
     bool add_norm = true;
-    // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope). Off: the step was
-    // 0.5-2% slower with it (H100, H200: the per-block count lengthens the whole-rows GEMV's short blocks by more than
-    // the saved boundary); rtpurbo-bench-decode --fused-qk-norm.
+    // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope). Off until measured
+    // faster: at 6cb9e54 the step was 0.5-2% slower with it (H100, H200), but every GEMV launch then also carried all
+    // epilogues' parameters, which alone cost 2-4% (fixed in 03f8caa); rtpurbo-bench-decode --fused-qk-norm.
     bool qk_norm_rope = false;
     // The MoE routing after the router projection (ops::linear_decode_moe_route); --separate-routing.
     bool moe_routing = true;
