@@ -230,7 +230,7 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
-  Qwen3Model::GemvEpilogues epilogues;  // project_into defers where the GEMV runs, for add_norm's fused launch
+  Qwen3Model::GemvEpilogues epilogues;  // which work of a decode step joins a GEMV launch (gemv.h's epilogues)
   mutable Qwen3Model::GemvEpilogueLaunches epilogue_launches;
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
   kernels::GemvLayout gemv_layout = kernels::GemvLayout::Auto;  // and its warp layout
