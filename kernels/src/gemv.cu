@@ -166,6 +166,14 @@ __device__ __forceinline__ void route_rows(const GemvCore& p, const GemvMoeRoute
 
 enum Epilogue : int { kNoEpilogue, kAddNorm, kHeadNormRope, kMoeRoute };
 
+// out[i] = s rounded to T, stored as T or (out_float32, no epilogue) as float32.
+template <typename T, int kEpi>
+__device__ __forceinline__ void store_out(const GemvCore& p, int64_t i, float s) {
+  const T v = from_float<T>(s);
+  if (kEpi == kNoEpilogue && p.out_float32) static_cast<float*>(p.out)[i] = to_float(v);
+  else static_cast<T*>(p.out)[i] = v;
+}
+
 // atomicAdd with acquire-release order at device scope (PTX atom.acq_rel.gpu): the release publishes what the block
 // wrote before its barrier (cumulative through it), the acquire lets the last block see every other block's writes.
 __device__ __forceinline__ uint32_t atomic_add_acq_rel(uint32_t* p, uint32_t v) {
@@ -294,7 +302,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvCore p, const 
     float s = 0.f;
 #pragma unroll
     for (int q = 0; q < kWarpsPerRow; ++q) s += part[row_in_block][q][lane];
-    static_cast<T*>(p.out)[lane * p.m + m] = from_float<T>(s);
+    store_out<T, kEpi>(p, lane * p.m + m, s);
   }
   finish_block<T, kEpi>(p, e, int64_t(blockIdx.x) * kRowsPerBlock, kRowsPerBlock);
 }
@@ -373,13 +381,12 @@ __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvCor
       }
     }
   }
-  T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
     for (int n = 0; n < kRows; ++n) {
       const float v = warp_sum(acc[r][n]);
-      if (lane == 0 && valid[r]) out[n * p.m + m0 + r] = from_float<T>(v);
+      if (lane == 0 && valid[r]) store_out<T, kEpi>(p, n * p.m + m0 + r, v);
     }
   static_assert(kEpi != kAddNorm, "the add + RMSNorm epilogue runs with the split layout");
   finish_block<T, kEpi>(p, e, int64_t(blockIdx.x) * kWholeRowsPerBlock, kWholeRowsPerBlock);

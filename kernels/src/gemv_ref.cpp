@@ -17,6 +17,8 @@ const char* check_gemv_params(const GemvParams& p, bool cuda) {
   if (p.has_add_norm() && !(p.eps >= 0.f)) return "gemv: the epilogue's eps must be >= 0";
   if (p.has_add_norm() && p.layout == GemvLayout::WholeRows)
     return "gemv: the add + RMSNorm epilogue runs with the SplitRows layout (or Auto), not WholeRows";
+  if (p.out_float32 && (p.has_add_norm() || p.head_norm_rope.active() || p.moe_route.active()))
+    return "gemv: a float32 output (out_float32) takes no epilogue: the epilogues read out in the element type";
   if (int(p.has_add_norm()) + int(p.head_norm_rope.active()) + int(p.moe_route.active()) > 1)
     return "gemv: at most one epilogue per launch (add + RMSNorm, head norm + RoPE, MoE routing)";
   if (const auto& h = p.head_norm_rope; h.active()) {

@@ -53,6 +53,40 @@ TEST(GemvCuda, WithinTwiceCublasBf16Error) {
   EXPECT_TRUE(torch::equal(rtp::ops::linear_decode(x5, w), at::linear(x5, w)));
 }
 
+// The LM head's float32 logits (out_float32): each value the element-type output widened, bit for bit (the same
+// products in the same order, rounded once to bf16 before the store), so within twice cuBLAS's bf16 error of float64;
+// a real Qwen3 head (151936 x 1024), odd sizes on the scalar path, 1-4 rows, both layouts; float32 input as
+// linear_decode; five rows as at::linear and the cast.
+TEST(GemvCuda, FloatLogitsAreTheBf16OutputWidened) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV kernel is tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(63);
+  using rtp::kernels::GemvLayout;
+  struct Case { int64_t rows, m, k; };
+  for (const Case& c : {Case{1, 151936, 1024}, Case{4, 9001, 2048}, Case{3, 4099, 1001}, Case{2, 77, 64}}) {
+    auto x = torch::randn({c.rows, 1, c.k}).to(dev, torch::kBFloat16);
+    auto w = (torch::randn({c.m, c.k}) / std::sqrt(static_cast<double>(c.k))).to(dev, torch::kBFloat16);
+    auto ref = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+    const double ce = (at::linear(x, w).to(torch::kFloat64) - ref).abs().max().item<double>();
+    for (const GemvLayout layout : {GemvLayout::Auto, GemvLayout::SplitRows, GemvLayout::WholeRows}) {
+      const std::string what = std::to_string(c.rows) + " x " + std::to_string(c.m) + " x " + std::to_string(c.k) +
+                               " layout " + std::to_string(static_cast<int>(layout));
+      auto logits = rtp::ops::linear_decode_logits(x, w, layout);
+      ASSERT_EQ(logits.scalar_type(), torch::kFloat32) << what;
+      ASSERT_EQ(logits.sizes(), torch::IntArrayRef({c.rows, 1, c.m})) << what;
+      EXPECT_TRUE(torch::equal(logits, rtp::ops::linear_decode(x, w, layout).to(torch::kFloat32))) << what;
+      const double e = (logits.to(torch::kFloat64) - ref).abs().max().item<double>();
+      EXPECT_LE(e, 2 * ce + 1e-6) << what;
+      if (layout == GemvLayout::Auto) std::cout << what << ": logits max |err| " << e << " (cuBLAS " << ce << ")\n";
+    }
+    auto x32 = x.to(torch::kFloat32), w32 = w.to(torch::kFloat32);
+    EXPECT_TRUE(torch::equal(rtp::ops::linear_decode_logits(x32, w32), rtp::ops::linear_decode(x32, w32)));
+  }
+  auto x5 = torch::randn({5, 64}, torch::TensorOptions(torch::kBFloat16).device(dev));
+  auto w = torch::randn({32, 64}, torch::TensorOptions(torch::kBFloat16).device(dev));
+  EXPECT_TRUE(torch::equal(rtp::ops::linear_decode_logits(x5, w), at::linear(x5, w).to(torch::kFloat32)));
+}
+
 // The o projection with its residual add + RMSNorm in one launch (the last block's epilogue) against float64: the
 // sum within the unfused path's error (linear_decode, then add_rms_norm), bit-equal to it where the norm's row layout
 // is the same (2048 wide: 256 threads of 8 elements in both); the count back at 0 after each launch, twice in a row.

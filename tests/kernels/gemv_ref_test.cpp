@@ -189,6 +189,14 @@ TEST(GemvRef, RejectsBadParameters) {
   p.moe_route.top_k = 3;  // more than the m = 2 experts
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("top_k"), std::string::npos);
   p.moe_route = {};
+  // A float32 output carries no epilogue (they read out in the element type).
+  p.out_float32 = true;
+  p.moe_route.done = counts, p.moe_route.expert = reinterpret_cast<int64_t*>(&f), p.moe_route.weight = &f;
+  p.moe_route.top_k = 1;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("out_float32"), std::string::npos);
+  p.moe_route = {};
+  EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+  p.out_float32 = false;
   // The head epilogue: all its pointers, heads that fit m, an even head_dim; on CUDA a multiple of 16.
   float buf[64] = {};
   auto& h = p.head_norm_rope;
@@ -258,6 +266,11 @@ TEST(GemvRef, ProjectPrefersTheKernelForLongReductions) {
   EXPECT_FALSE(rtp::ops::gemv_preferred(torch::empty({151936, 1024}))); // the LM head
   auto x = torch::randn({1, 1, 64}), w = torch::randn({32, 64});
   EXPECT_TRUE(torch::equal(rtp::ops::project(x, w), at::linear(x, w)));
+  // The LM head's logits on the CPU: at::linear, then float32.
+  auto xb = x.to(torch::kBFloat16), wb = w.to(torch::kBFloat16);
+  auto logits = rtp::ops::linear_decode_logits(xb, wb);
+  EXPECT_EQ(logits.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(logits, at::linear(xb, wb).to(torch::kFloat32)));
 }
 
 }  // namespace

@@ -290,6 +290,49 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
   }
 }
 
+// The LM head on the GEMV with float32 logits (the default) against cuBLAS and the cast: the same hidden state, sums in
+// another order, so bf16 logits within a rounding step of each other (float32 within 1e-5 of their scale) and the
+// same greedy tokens; graph replay and eager steps, a vocabulary wide enough for the whole-rows layout.
+TEST(DecodeStepperCuda, LmHeadGemvDecodesLikeCublas) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the LM head GEMV is tested on the GPU machine";
+  auto c = small_config(2, 8, 4, 128);
+  c.vocab_size = 5003;
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    rtp::model::Qwen3Model model(c, kCuda, dtype);
+    model.init_random(12, 0.05);
+    torch::manual_seed(15);
+    const int64_t P = 11, steps = 10;
+    auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
+    torch::NoGradGuard no_grad;
+    rtp::model::KVCache gemv_cache(c.num_hidden_layers), cublas_cache(c.num_hidden_layers);
+    rtp::model::ForwardOptions gemv_o, cublas_o;
+    gemv_o.cache = &gemv_cache;
+    cublas_o.cache = &cublas_cache;
+    model.forward(ids.narrow(1, 0, P), gemv_o);
+    model.forward(ids.narrow(1, 0, P), cublas_o);
+    rtp::model::DecodeStepper gemv_stepper(model), cublas_stepper(model);
+    double worst = 0, scale = 0;
+    int64_t same_tokens = 0;
+    for (int64_t t = P; t < P + steps; ++t) {
+      const bool graphs = t % 2 == 0;
+      model.set_lm_head_gemv(true);
+      auto a = (graphs ? gemv_stepper.step(ids.narrow(1, t, 1), gemv_o) : model.forward(ids.narrow(1, t, 1), gemv_o)).clone();
+      model.set_lm_head_gemv(false);
+      auto b = (graphs ? cublas_stepper.step(ids.narrow(1, t, 1), cublas_o) : model.forward(ids.narrow(1, t, 1), cublas_o)).clone();
+      ASSERT_EQ(a.scalar_type(), torch::kFloat32);
+      worst = std::max(worst, max_diff(a, b));
+      scale = std::max(scale, b.abs().max().item<double>());
+      same_tokens += a.argmax(-1).item<int64_t>() == b.argmax(-1).item<int64_t>();
+    }
+    model.set_lm_head_gemv(true);
+    std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " LM head GEMV vs cuBLAS: max |logit diff| " << worst
+              << " of |logits| up to " << scale << ", greedy tokens equal " << same_tokens << " of " << steps << "\n";
+    // bf16: one rounding step of the largest logits is 2^-8 of them.
+    EXPECT_LE(worst, (dtype == torch::kBFloat16 ? 1.0 / 128 : 1e-5) * scale);
+    EXPECT_GE(same_tokens, steps - 1);
+  }
+}
+
 // One decode query over a cache that is a strided view of a larger buffer, grouped heads: the flash path of
 // DenseAttention against a float64 reference, its error at most twice a naive bf16 computation's.
 TEST(DenseDecodeAttention, MatchesTheFloat64ReferenceOnStridedGroupedCaches) {

@@ -54,7 +54,19 @@ TEST(KVCache, ChunkedPrefillEqualsOneShot) {
     // k and v of every layer: [B, Hkv, T, D] floats.
     const auto& c = model.config();
     EXPECT_EQ(cache.bytes(), 2 * c.num_hidden_layers * 2 * c.num_key_value_heads * ids.size(1) * c.head_dim * 4);
+    // prefill_chunked: the LM head for the last position only, the one-shot forward's last row.
+    rtp::model::KVCache again(model.config().num_hidden_layers);
+    auto next = rtp::model::prefill_chunked(model, again, ids, chunk);
+    ASSERT_EQ(next.sizes(), torch::IntArrayRef({2, 1, c.vocab_size}));
+    EXPECT_LE((next - whole.narrow(1, ids.size(1) - 1, 1)).abs().max().item<double>(), 1e-4) << "chunk " << chunk;
+    EXPECT_EQ(again.length(), ids.size(1));
   }
+  // And a single forward with last_position_logits, without a cache.
+  rtp::model::ForwardOptions last;
+  last.last_position_logits = true;
+  auto one = model.forward(ids, last);
+  ASSERT_EQ(one.size(1), 1);
+  EXPECT_LE((one - whole.narrow(1, ids.size(1) - 1, 1)).abs().max().item<double>(), 1e-5);
 }
 
 TEST(Generation, StopTokenEndsASequence) {

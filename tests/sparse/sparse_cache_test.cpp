@@ -246,8 +246,8 @@ TEST(SparseCache, PrefillChunkedHelperAndChunkErrors) {
   auto whole = s.model.forward(ids, one.options());
   rtp::sparse::SparseCache cache(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
   auto last = rtp::sparse::prefill_chunked(s.model, cache, ids, 128);
-  ASSERT_EQ(last.size(1), P - 128);
-  EXPECT_LE((last - whole.narrow(1, 128, P - 128)).abs().max().item<double>(), 1e-4);
+  ASSERT_EQ(last.sizes(), torch::IntArrayRef({1, 1, s.model.config().vocab_size}));  // the next-token logits only
+  EXPECT_LE((last - whole.narrow(1, P - 1, 1)).abs().max().item<double>(), 1e-4);
   EXPECT_EQ(cache.length(), P);
   // chunks that split a query block are refused, by the helper and by the cache itself
   rtp::sparse::SparseCache bad(s.model.config(), s.heads, st, &s.indexer, P, torch::kCPU, torch::kFloat32);
@@ -285,7 +285,8 @@ TEST(SparseCache, DenseEquivalentStreamingEqualsTheDenseModel) {
         st.window = T + 3 - sink;  // the ring holds more than every token
         rtp::sparse::SparseCache cache(c, heads, st, nullptr, T, torch::kCPU, torch::kFloat32);
         const auto first = rtp::sparse::prefill_chunked(model, cache, ids.narrow(1, 0, P), chunk);
-        const int64_t n = first.size(1);  // the last chunk's rows
+        const int64_t n = first.size(1);  // the next-token logits only
+        EXPECT_EQ(n, 1);
         const auto where = "sink " + std::to_string(sink) + ", prompt " + std::to_string(P) + ", chunk " + std::to_string(chunk);
         EXPECT_LE((first - dense.narrow(1, P - n, n)).abs().max().item<double>(), 2e-5) << where;
         for (int64_t t = P; t < T; ++t) {

@@ -293,8 +293,9 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   }
   auto attn = torch::randn({1, 1, Hq * D}, opt);
   // The model's step runs the o projection with the post-attention add + RMSNorm in its launch where it fuses them
-  // (Qwen3Model::gemv_epilogues, at most ops::kFusedAddNormMaxM outputs); the other form is for comparison.
-  const bool fused = model.gemv_epilogues().add_norm && H <= ops::kFusedAddNormMaxM;
+  // (Qwen3Model::gemv_epilogues, at most add_norm_max_m outputs); the other form is for comparison.
+  const auto& epi = model.gemv_epilogues();
+  const bool fused = epi.add_norm && H <= (epi.add_norm_max_m > 0 ? epi.add_norm_max_m : ops::kFusedAddNormMaxM);
   const std::string in_step = "attention", other = "(compare)";
   {
     const auto& ow = w[a + "o_proj.weight"];
@@ -369,9 +370,10 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   // Once per token.
   const auto& head = c.tie_word_embeddings ? w["model.embed_tokens.weight"] : w["lm_head.weight"];
   add("head", "residual add + final RMSNorm", 5 * H * e, [&] { ops::add_rms_norm(x, d, w["model.norm.weight"], eps); });
-  add("head", "LM head", bytes_of(head) + H * e + c.vocab_size * 4, [&] { at::linear(h, head).to(torch::kFloat32); });
-  add("(compare)", "LM head on the GEMV, whole rows per warp", bytes_of(head) + H * e + c.vocab_size * 4,
-      [&] { ops::linear_decode(h, head, kernels::GemvLayout::WholeRows).to(torch::kFloat32); });
+  add("head", "LM head, GEMV with float32 logits", bytes_of(head) + H * e + c.vocab_size * 4,
+      [&] { ops::linear_decode_logits(h, head); });
+  add("(compare)", "LM head by cuBLAS, then the cast to float32", bytes_of(head) + H * e + c.vocab_size * 4,
+      [&] { at::linear(h, head).to(torch::kFloat32); });
   // (The head's 311-1245 MB exceed L2 already.)
   return out;
 }

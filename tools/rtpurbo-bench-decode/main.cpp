@@ -96,9 +96,13 @@ int main(int argc, char** argv) {
                       "per two rows)", cxxopts::value<std::string>()->default_value("auto"))
       ("separate-norms", "the residual add + RMSNorm after the o and dense down projections as kernels of their own, "
                          "not in the projection's launch (the GEMV's epilogue, the model's default up to 2048 outputs)")
+      ("fused-norm-max-m", "the widest o / down projection (outputs) that takes the fused add + RMSNorm",
+                           cxxopts::value<std::string>()->default_value(std::to_string(rtp::ops::kFusedAddNormMaxM)))
       ("fused-qk-norm", "the q/k RMSNorm + RoPE in the q/k/v projection's launch (the GEMV's head epilogue), not as a "
                         "kernel of its own (off in the model by default until measured faster, docs/decode.md)")
       ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
+      ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
+                         "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
       ("h,help", "print this help");
     // clang-format on
@@ -178,9 +182,12 @@ int main(int argc, char** argv) {
                                                    : rtp::kernels::GemvLayout::Auto);
     rtp::model::Qwen3Model::GemvEpilogues epilogues;
     epilogues.add_norm = args.count("separate-norms") == 0;
+    epilogues.add_norm_max_m = rtp::tools::integer_arg(args, "fused-norm-max-m", at_least(1));
     epilogues.qk_norm_rope = args.count("fused-qk-norm") > 0;
     epilogues.moe_routing = args.count("separate-routing") == 0;
     model.set_gemv_epilogues(epilogues);
+    const bool lm_head_gemv = args.count("cublas-lm-head") == 0;
+    model.set_lm_head_gemv(lm_head_gemv);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();
     // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
@@ -218,7 +225,9 @@ int main(int argc, char** argv) {
               {"copy_bandwidth_gbs", bandwidth / 1e9}, {"retrieval_kv_heads", n_ret}, {"kv_heads", total_heads},
               {"window", window}, {"sink", st.sink}, {"top_p", top_p}, {"timed_tokens", tokens}, {"seed", seed},
               {"gemv_max_ratio", gemv_max_ratio}, {"gemv_layout", gemv_layout}, {"fused_projection_norms", epilogues.add_norm},
-              {"fused_qk_norm_rope", epilogues.qk_norm_rope}, {"fused_moe_routing", epilogues.moe_routing}};
+              {"fused_norm_max_m", epilogues.add_norm_max_m},
+              {"fused_qk_norm_rope", epilogues.qk_norm_rope}, {"fused_moe_routing", epilogues.moe_routing},
+              {"lm_head_gemv", lm_head_gemv}};
     json rows = json::array();
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,

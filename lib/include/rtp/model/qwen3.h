@@ -25,6 +25,9 @@ struct ForwardOptions {
   AttentionObserver observer;          // optional
   int64_t position_offset = 0;         // first position id (for continuing a sequence)
   bool return_hidden = false;          // stop before the LM head and return the final normed hidden states
+  // Logits of the last position only, [B, 1, V]: a prompt's next-token logits without the LM head over every position
+  // (for a 16K-token chunk of Qwen3, 10 GB of float32 logits and a 5 TFLOP product, all but one row unused).
+  bool last_position_logits = false;
   int64_t stop_after_layer = -1;       // >= 0: run only layers [0, stop_after_layer] (profiling cheap prefixes)
   // Continue a sequence: positions start at cache->length(), attention covers cached + new tokens, and the new
   // k/v are appended. Dense attention only (the seam receives q of the new tokens and k/v of all tokens).
@@ -87,6 +90,9 @@ class Qwen3Model {
   void set_gemv_max_ratio(int64_t ratio);
   // The GEMV's warp layout for those projections (default Auto, gemv_layout.h); rtpurbo-bench-decode --gemv-layout.
   void set_gemv_layout(kernels::GemvLayout layout);
+  // The LM head of a decode step (a few tokens on a GPU) by the GEMV with float32 logits (ops::linear_decode_logits),
+  // not cuBLAS and a cast (default on); rtpurbo-bench-decode --cublas-lm-head.
+  void set_lm_head_gemv(bool on);
   // Work a decode step on a GPU runs in a projection's GEMV launch (gemv.h's epilogues) instead of as kernels of its
   // own, each a kernel boundary less per layer; on by default where the step measured faster (docs/decode.md, "Work
   // in the projection's launch").
@@ -94,6 +100,9 @@ class Qwen3Model {
     // The residual add + RMSNorm after the o and dense down projections (ops::linear_decode_add_rms_norm), for
     // projections of at most ops::kFusedAddNormMaxM outputs; rtpurbo-bench-decode --separate-norms.
     bool add_norm = true;
+    // The widest projection (outputs) that takes it; 0: ops::kFusedAddNormMaxM. rtpurbo-bench-decode
+    // --fused-norm-max-m.
+    int64_t add_norm_max_m = 0;
     // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope). Off until measured
     // faster: at 6cb9e54 the step was 0.5-2% slower with it (H100, H200), but every GEMV launch then also carried all
     // epilogues' parameters, which alone cost 2-4% (fixed in 03f8caa); rtpurbo-bench-decode --fused-qk-norm.
@@ -118,9 +127,8 @@ class Qwen3Model {
   std::unique_ptr<Qwen3ModelImpl> impl_;
 };
 
-// Feeds `prompt` (int64 [B, P], P > 0) through `cache` in forwards of at most `chunk` tokens; returns the last
-// forward's logits [B, n, V] (the last position's are the next-token logits). The dense counterpart of
-// sparse::prefill_chunked.
+// Feeds `prompt` (int64 [B, P], P > 0) through `cache` in forwards of at most `chunk` tokens; returns the next-token
+// logits [B, 1, V] (the LM head runs for the last position only). The dense counterpart of sparse::prefill_chunked.
 torch::Tensor prefill_chunked(Qwen3Model& model, KVCache& cache, const torch::Tensor& prompt, int64_t chunk);
 
 // Greedy decoding: prefills `prompt` (int64 [B, P]) in chunks of `prefill_chunk` tokens through a KV cache, then

@@ -18,6 +18,13 @@ bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight);
 torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight,
                             kernels::GemvLayout layout = kernels::GemvLayout::Auto);
 
+// The logits of a decode step's LM head: x [..., k] -> float32 [..., m], each value x W^T rounded to x's dtype as
+// at::linear(x, weight).to(float32) gives it, by the GEMV in one launch wherever gemv_supported (no cast kernel; on an
+// H100 the whole-rows GEMV read Qwen3-30B-A3B's 622 MB head in 199 us against cuBLAS's 210), at::linear then the
+// cast elsewhere.
+torch::Tensor linear_decode_logits(const torch::Tensor& x, const torch::Tensor& weight,
+                                   kernels::GemvLayout layout = kernels::GemvLayout::Auto);
+
 // The ratio the decode step uses: every projection of a Qwen3 layer (m/k at most 6: the fused gate/up) on the GEMV, the
 // LM head (m/k 37-148) with cuBLAS. The gate/up lost 3-5% of the step on the split-rows GEMV (H100, ratio 4 then);
 // on the whole-rows layout it gains (H200: Qwen3-0.6B 4-5% per token, Qwen3-8B 1.5%; docs/decode.md, "The GEMV's

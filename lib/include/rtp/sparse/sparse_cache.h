@@ -123,8 +123,8 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
 };
 
 // Prefills `prompt` (int64 [1, P]) through an empty `cache` in chunks of `chunk` tokens (a multiple of the
-// block size; chunk <= 0 or >= P, or P below the settings' dense_below: one forward). Returns the logits of
-// the last chunk [1, n, V]: the last position's are the next-token logits.
+// block size; chunk <= 0 or >= P, or P below the settings' dense_below: one forward). Returns the next-token
+// logits [1, 1, V] (the LM head runs for the last position only).
 torch::Tensor prefill_chunked(model::Qwen3Model& model, SparseCache& cache, const torch::Tensor& prompt,
                               int64_t chunk);
 

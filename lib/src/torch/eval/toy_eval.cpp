@@ -113,6 +113,7 @@ double indexer_token_recall(model::Qwen3Model& model, const std::vector<data::To
   double sum = 0;
   int64_t terms = 0;
   model::ForwardOptions fo;
+  fo.return_hidden = true;  // the observer's q/k are what is measured; no logits
   fo.observer = [&](const model::LayerAttentionInputs& in) {
     const auto ret = heads.retrieval_heads(in.layer);
     if (ret.empty()) return;

@@ -50,6 +50,7 @@ torch::Tensor prefill_chunked(Qwen3Model& model, KVCache& cache, const torch::Te
   torch::NoGradGuard no_grad;
   ForwardOptions o;
   o.cache = &cache;
+  o.last_position_logits = true;
   const int64_t P = prompt.size(1);
   const auto ids = prompt.to(model.device());
   torch::Tensor logits;

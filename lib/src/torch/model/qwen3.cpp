@@ -152,7 +152,8 @@ class Qwen3ModelImpl {
   // x.pending = input W^T: deferred where the GEMV will run it (a decode step on a GPU), so the norm after it can join
   // its launch (add_norm); computed now elsewhere.
   void project_into(ResidualStream& x, const torch::Tensor& input, const torch::Tensor& weight) const {
-    if (epilogues.add_norm && weight.size(0) <= ops::kFusedAddNormMaxM &&
+    const int64_t max_m = epilogues.add_norm_max_m > 0 ? epilogues.add_norm_max_m : ops::kFusedAddNormMaxM;
+    if (epilogues.add_norm && weight.size(0) <= max_m &&
         ops::gemv_preferred(weight, gemv_max_ratio) && ops::gemv_supported(input, weight)) {
       x.pending_x = input, x.pending_w = weight;
     } else {
@@ -234,6 +235,7 @@ class Qwen3ModelImpl {
   mutable Qwen3Model::GemvEpilogueLaunches epilogue_launches;
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
   kernels::GemvLayout gemv_layout = kernels::GemvLayout::Auto;  // and its warp layout
+  bool lm_head_gemv = true;  // the decode step's LM head by the GEMV (float32 logits in the launch)
 
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
@@ -263,6 +265,12 @@ class Qwen3ModelImpl {
     if (o.cache) o.cache->advance(T);
     if (o.stop_after_layer >= 0 && last < cfg.num_hidden_layers - 1) return x.resolved();
     if (o.return_hidden) return add_norm(x, p("model.norm.weight"));
+    if (o.last_position_logits && T > 1) {
+      const auto last_row = [T](torch::Tensor& t) {
+        if (t.defined()) t = t.narrow(1, T - 1, 1);
+      };
+      last_row(x.base), last_row(x.pending), last_row(x.pending_x);
+    }
     return lm_logits(std::move(x));
   }
 
@@ -335,7 +343,8 @@ class Qwen3ModelImpl {
 
   torch::Tensor lm_logits(ResidualStream x) const {
     const auto& head = cfg.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight");
-    return at::linear(add_norm(x, p("model.norm.weight")), head).to(torch::kFloat32);
+    const auto h = add_norm(x, p("model.norm.weight"));
+    return lm_head_gemv ? ops::linear_decode_logits(h, head, gemv_layout) : at::linear(h, head).to(torch::kFloat32);
   }
 
   torch::Device device() const { return p("model.embed_tokens.weight").device(); }
@@ -395,6 +404,7 @@ torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_l
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
 void Qwen3Model::set_gemv_layout(kernels::GemvLayout layout) { impl_->gemv_layout = layout; }
+void Qwen3Model::set_lm_head_gemv(bool on) { impl_->lm_head_gemv = on; }
 void Qwen3Model::set_gemv_epilogues(const GemvEpilogues& on) { impl_->epilogues = on; }
 const Qwen3Model::GemvEpilogues& Qwen3Model::gemv_epilogues() const { return impl_->epilogues; }
 Qwen3Model::GemvEpilogueLaunches Qwen3Model::gemv_epilogue_launches() const { return impl_->epilogue_launches; }

@@ -78,6 +78,20 @@ torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight,
   return out;
 }
 
+torch::Tensor linear_decode_logits(const torch::Tensor& x, const torch::Tensor& weight, k::GemvLayout layout) {
+  if (!gemv_supported(x, weight)) return at::linear(x, weight).to(torch::kFloat32);
+  torch::Tensor out;
+  k::GemvParams p = gemv_params(x, weight, out);
+  if (x.scalar_type() != torch::kFloat32) {
+    out = torch::empty(out.sizes(), out.options().dtype(torch::kFloat32));
+    p.out = out.data_ptr();
+    p.out_float32 = true;
+  }
+  p.layout = layout;
+  run_gemv(p, x.device(), "linear_decode_logits");
+  return out;
+}
+
 bool gemv_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& residual,
                                  const torch::Tensor& norm_weight, const torch::Tensor& done) {
   if (!gemv_supported(x, weight)) return false;
