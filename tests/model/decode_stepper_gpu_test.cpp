@@ -262,7 +262,7 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
     fused_o.cache = &fused_cache;
     plain_o.cache = &plain_cache;
     rtp::model::Qwen3Model::GemvEpilogues with, without;
-    with.qk_norm_rope = with.moe_routing = true;  // the q/k norm's is off by default
+    with.qk_norm_rope = with.moe_routing = true;  // the defaults
     without.qk_norm_rope = without.moe_routing = false;
     model.forward(ids.narrow(1, 0, P), fused_o);
     model.forward(ids.narrow(1, 0, P), plain_o);

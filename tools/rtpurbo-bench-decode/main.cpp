@@ -98,8 +98,8 @@ int main(int argc, char** argv) {
                          "not in the projection's launch (the GEMV's epilogue, the model's default up to 2048 outputs)")
       ("fused-norm-max-m", "the widest o / down projection (outputs) that takes the fused add + RMSNorm",
                            cxxopts::value<std::string>()->default_value(std::to_string(rtp::ops::kFusedAddNormMaxM)))
-      ("fused-qk-norm", "the q/k RMSNorm + RoPE in the q/k/v projection's launch (the GEMV's head epilogue), not as a "
-                        "kernel of its own (off in the model by default until measured faster, docs/decode.md)")
+      ("separate-qk-norm", "the q/k RMSNorm + RoPE as a kernel of its own, not in the q/k/v projection's launch (the "
+                           "GEMV's head epilogue)")
       ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
     rtp::model::Qwen3Model::GemvEpilogues epilogues;
     epilogues.add_norm = args.count("separate-norms") == 0;
     epilogues.add_norm_max_m = rtp::tools::integer_arg(args, "fused-norm-max-m", at_least(1));
-    epilogues.qk_norm_rope = args.count("fused-qk-norm") > 0;
+    epilogues.qk_norm_rope = args.count("separate-qk-norm") == 0;
     epilogues.moe_routing = args.count("separate-routing") == 0;
     model.set_gemv_epilogues(epilogues);
     const bool lm_head_gemv = args.count("cublas-lm-head") == 0;

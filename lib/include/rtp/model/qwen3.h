@@ -103,10 +103,11 @@ class Qwen3Model {
     // The widest projection (outputs) that takes it; 0: ops::kFusedAddNormMaxM. rtpurbo-bench-decode
     // --fused-norm-max-m.
     int64_t add_norm_max_m = 0;
-    // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope). Off until measured
-    // faster: at 6cb9e54 the step was 0.5-2% slower with it (H100, H200), but every GEMV launch then also carried all
-    // epilogues' parameters, which alone cost 2-4% (fixed in 03f8caa); rtpurbo-bench-decode --fused-qk-norm.
-    bool qk_norm_rope = false;
+    // The q/k RMSNorm + RoPE after the fused q/k/v projection (ops::linear_decode_qk_norm_rope). On since f56073a: with
+    // the small launch parameters (03f8caa) the step is 0.2-0.9% faster on Qwen3-30B-A3B and within +-0.5% on 0.6B and
+    // 8B (H100; at 6cb9e54, every launch carrying all epilogues' parameters, it was 0.5-2% slower);
+    // rtpurbo-bench-decode --separate-qk-norm.
+    bool qk_norm_rope = true;
     // The MoE routing after the router projection (ops::linear_decode_moe_route); --separate-routing.
     bool moe_routing = true;
   };

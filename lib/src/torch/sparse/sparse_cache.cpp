@@ -440,14 +440,18 @@ torch::Tensor prefill_chunked(model::Qwen3Model& model, SparseCache& cache, cons
   RTP_CHECK(cache.length() == 0, "prefill_chunked: the cache already holds ", cache.length(), " tokens");
   const int64_t P = prompt.size(1), B = cache.settings().block_size;
   const auto ids = prompt.to(model.device());
-  auto o = cache.options();
-  o.last_position_logits = true;
-  if (chunk <= 0 || chunk >= P || P < cache.settings().dense_below) return model.forward(ids, o);
+  // options() per forward: it carries the cache's current length.
+  const auto options = [&cache] {
+    auto o = cache.options();
+    o.last_position_logits = true;
+    return o;
+  };
+  if (chunk <= 0 || chunk >= P || P < cache.settings().dense_below) return model.forward(ids, options());
   RTP_CHECK(chunk % B == 0, "prefill_chunked: the chunk size (", chunk, ") must be a multiple of the block size (", B,
             "): a retrieval query block is selected from all its queries at once");
   cache.begin_prompt(P);
   torch::Tensor logits;
-  for (int64_t c = 0; c < P; c += chunk) logits = model.forward(ids.narrow(1, c, std::min(chunk, P - c)), o);
+  for (int64_t c = 0; c < P; c += chunk) logits = model.forward(ids.narrow(1, c, std::min(chunk, P - c)), options());
   return logits;
 }
 
