@@ -5,8 +5,9 @@
 namespace rtp::model {
 
 namespace {
-// FlashAttention-2 through libtorch takes one decode query over a grouped, strided cache as it is.
-bool flash_decode_applies(const LayerAttentionInputs& in) {
+// FlashAttention-2 through libtorch takes queries over a grouped, strided cache as it is (one decode query, or a
+// prefill chunk).
+bool flash_applies(const LayerAttentionInputs& in) {
   const auto dt = in.q.scalar_type();
   const int64_t D = in.q.size(3);
   return in.q.is_cuda() && (dt == torch::kBFloat16 || dt == torch::kFloat16) && in.k.scalar_type() == dt &&
@@ -33,13 +34,18 @@ torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
     // One query at the last position sees every key: no mask (a mask keeps SDPA off its fused kernels). Not through
     // SDPA's dispatcher on a GPU: it picks cuDNN there, which builds an execution plan for every new key length, that
     // is for every decoded token (~1.5 ms of host time per layer and token on an H200 until the lengths repeat).
-    if (flash_decode_applies(in))
+    if (flash_applies(in))
       return std::get<0>(at::_scaled_dot_product_flash_attention(in.q, in.k, in.v, 0.0, false, false, in.scale));
     if (in.q.is_cpu() && in.q.size(1) % in.k.size(1) == 0) return grouped_decode_attention(in);
     return at::scaled_dot_product_attention(in.q, in.k, in.v, /*attn_mask=*/{}, 0.0, false, in.scale, true);
   }
   if (tq != tk) {
-    // Queries are the last tq of tk positions (chunked prefill / decode): bottom-right aligned causal mask.
+    // Queries are the last tq of tk positions (chunked prefill / decode): bottom-right aligned causal mask. FlashAttention
+    // aligns its causal mask so where the lengths differ (what torch's causal_lower_right bias dispatches to), over the
+    // grouped cache as it lies; an explicit mask keeps SDPA off its fused kernels (and enable_gqa off the rest): the
+    // scores of a 4096-token chunk over 32K keys in float32, per layer.
+    if (flash_applies(in) && tq < tk)
+      return std::get<0>(at::_scaled_dot_product_flash_attention(in.q, in.k, in.v, 0.0, /*is_causal=*/true, false, in.scale));
     auto i = torch::arange(tq, torch::TensorOptions(torch::kInt64).device(in.q.device())).unsqueeze(1) + (tk - tq);
     auto j = torch::arange(tk, torch::TensorOptions(torch::kInt64).device(in.q.device())).unsqueeze(0);
     return at::scaled_dot_product_attention(in.q, in.k, in.v, j <= i, 0.0, false, in.scale, true);
