@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "commit_id.h"
+#include "kineto_trace.h"
 #include "layer_breakdown.h"
 #include "main_guard.h"
 #include "tool_args.h"
@@ -101,6 +102,9 @@ int main(int argc, char** argv) {
       ("separate-qk-norm", "the q/k RMSNorm + RoPE as a kernel of its own, not in the q/k/v projection's launch (the "
                            "GEMV's head epilogue)")
       ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
+      ("trace-prefill", "write a Kineto (Chrome JSON) trace of the first length's dense and sparse prefill to PREFIX-dense.json "
+                        "and PREFIX-sparse.json (their prefill seconds then include the profiler's cost)",
+       cxxopts::value<std::string>())
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
@@ -169,6 +173,8 @@ int main(int argc, char** argv) {
       RTP_THROW("--out: the default '", out_path, "' is relative to the repository root, and 'bench/results' does not "
                 "exist here: run from there or pass --out FILE");
     rtp::require_output_directory_for(out_path, "--out");
+    const std::string trace_prefix = args.count("trace-prefill") ? args["trace-prefill"].as<std::string>() : "";
+    if (!trace_prefix.empty()) rtp::require_output_directory_for(trace_prefix + "-dense.json", "--trace-prefill");
 
     torch::NoGradGuard no_grad;
     std::cerr << "building " << config_name << " with random weights on " << device << "\n";
@@ -251,6 +257,9 @@ int main(int argc, char** argv) {
           std::unique_ptr<rtp::model::KVCache> dense_cache;
           std::unique_ptr<rtp::sparse::SparseCache> sparse_cache;
           rtp::model::ForwardOptions dense_o;
+          const bool traced = !trace_prefix.empty() && len == lengths.front() && variant == paths.front();
+          std::unique_ptr<rtp::tools::KinetoTrace> trace;
+          if (traced) trace = std::make_unique<rtp::tools::KinetoTrace>(device.is_cuda());
           auto t0 = std::chrono::steady_clock::now();
           torch::Tensor logits;
           if (sparse) {
@@ -266,6 +275,11 @@ int main(int argc, char** argv) {
           }
           sync(device);
           const double prefill_s = seconds_since(t0);
+          if (trace) {
+            const std::string path = trace_prefix + (sparse ? "-sparse.json" : "-dense.json");
+            trace->save(path);
+            std::cerr << "prefill trace: " << path << "\n";
+          }
           auto options = [&] { return sparse ? sparse_cache->options() : dense_o; };
           rtp::model::DecodeStepper stepper(model, graphs);
           auto token = logits.select(1, logits.size(1) - 1).argmax(-1, true);  // [1, 1]
@@ -321,6 +335,7 @@ int main(int argc, char** argv) {
           json R = {{"length", len}, {"mode", sparse ? "sparse" : "dense"}, {"path", variant}, {"ms_per_token", ms},
                     {"floor_ms", floor_ms}, {"kv_bytes_read", kv_read}, {"prefill_s", prefill_s},
                     {"first_step_ms", first_step_ms}};
+          if (traced) R["prefill_traced"] = true;
           if (graphs) R["graph_captures"] = stepper.captures();
           if (variant != "forward" && variant != "grouped") R["attention_in_graph"] = stepper.attention_in_graph();
           if (variant == "greedy") R["timed_steps"] = steps;
