@@ -148,6 +148,54 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
             << "retrieval head and step " << static_cast<double>(selected) / (3.0 * steps) << " of " << P + steps / 2 << "\n";
 }
 
+// The sparse cache's chunked prefill on a GPU (the CUDA selection and attention per chunk, the ring written for all
+// streaming heads at once, the retrieval heads' pair counts summed on the device) against its one-shot prefill: the
+// same next-token logits up to bf16 rounding, the same greedy token, decode steps that agree, and the attended
+// fraction within 2% (index keys projected per chunk may round differently at the top-p cut).
+TEST(DecodeStepperCuda, SparseChunkedPrefillMatchesTheOneShotPrefill) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the sparse chunked prefill is tested on the GPU machine";
+  const auto c = small_config(4, 4, 2, 128);
+  rtp::model::Qwen3Model model(c, kCuda, torch::kBFloat16);
+  model.init_random(8, 0.05);
+  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+  heads.retrieval[1][1] = 1;
+  heads.retrieval[2][0] = heads.retrieval[2][1] = 1;
+  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
+  indexer.to(kCuda, torch::kBFloat16);
+  torch::manual_seed(12);
+  for (const auto& [name, t] : indexer.named_parameters()) t.normal_(0, 0.2);
+  rtp::sparse::SparseSettings st;
+  st.sink = 4;
+  st.window = 100;
+  st.top_p = 0.9;
+  const int64_t P = 1000, steps = 6;
+  auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
+  torch::NoGradGuard no_grad;
+  rtp::sparse::SparseCache one(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
+  const auto whole = model.forward(ids.narrow(1, 0, P), one.options()).narrow(1, P - 1, 1);
+  for (const int64_t chunk : {128, 256}) {
+    rtp::sparse::SparseCache cache(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
+    const auto next = rtp::sparse::prefill_chunked(model, cache, ids.narrow(1, 0, P), chunk);
+    const double scale = whole.abs().max().item<double>();
+    EXPECT_LE(max_diff(next, whole), 0.03 * scale) << "chunk " << chunk;
+    EXPECT_TRUE(torch::equal(next.argmax(-1), whole.argmax(-1))) << "chunk " << chunk;
+    EXPECT_NEAR(cache.prefill_stats().attention_fraction(), one.prefill_stats().attention_fraction(),
+                0.02 * one.prefill_stats().attention_fraction())
+        << "chunk " << chunk;
+    std::cout << "sparse chunked prefill (" << chunk << ") vs one shot: max |logit diff| " << max_diff(next, whole)
+              << " of " << scale << ", attended fraction " << cache.prefill_stats().attention_fraction() << " vs "
+              << one.prefill_stats().attention_fraction() << "\n";
+    // Decode steps from the chunked cache and from a fresh one-shot cache.
+    rtp::sparse::SparseCache again(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
+    model.forward(ids.narrow(1, 0, P), again.options());
+    for (int64_t t = P; t < P + steps; ++t) {
+      const auto a = model.forward(ids.narrow(1, t, 1), cache.options());
+      const auto b = model.forward(ids.narrow(1, t, 1), again.options());
+      EXPECT_LE(max_diff(a, b), 0.03 * b.abs().max().item<double>()) << "chunk " << chunk << ", position " << t;
+    }
+  }
+}
+
 // The sparse cache's one-kernel token store (rtp/kernels/sparse_token_store.h) against its eager store (gathers,
 // indexed copies, einsums): the same decode through forward() with each. k/v rows are copied bit for bit, the index
 // projections may round differently (float32 sums in another order), so the selections may differ now and then by a

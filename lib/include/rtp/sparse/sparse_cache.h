@@ -77,14 +77,16 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   int64_t dense_bytes() const;
   int64_t layer_bytes(int64_t layer) const;
   // Attended and causal (query, key) pairs of the prompt's sparse prefill, per layer and KV head.
-  const SparseStats& prefill_stats() const { return chunked_ ? chunk_stats_ : prefill_.stats(); }
+  const SparseStats& prefill_stats() const;
   // Tokens each retrieval KV head attended at the last decode step, per layer (for reports).
   const std::vector<torch::Tensor>& last_selected() const { return last_selected_; }
 
  private:
   // The k/v (and index keys) of positions start..start+T-1, rows 0..T-1 of `in`, into the full caches / the ring.
   void write_full(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T);
-  void write_ring(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T);
+  // k_str, v_str: the streaming heads' rows [n_str, T, D] in the ring's dtype (streaming_kv).
+  void write_ring(int64_t layer, const torch::Tensor& k_str, const torch::Tensor& v_str, int64_t start, int64_t T);
+  std::pair<torch::Tensor, torch::Tensor> streaming_kv(const model::LayerAttentionInputs& in) const;
   torch::Tensor attend_chunk(const model::LayerAttentionInputs& in, int64_t start);
   void add_chunk_stats(int64_t layer, int64_t start, int64_t T, const ops::BlockLists* lists);
 
@@ -100,6 +102,9 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   // Per layer, the KV heads (rows of k/v) of each kind on the cache's device; undefined when every head of the layer
   // has that kind (no gather needed).
   std::vector<torch::Tensor> retrieval_rows_, streaming_rows_;
+  // Per layer, the same as index tensors that are always defined, and the query heads of each kind (a prompt chunk
+  // selects with them; built once: an index made from host memory per call waits for the device's queue).
+  std::vector<torch::Tensor> all_retrieval_rows_, all_streaming_rows_, retrieval_q_rows_, streaming_q_rows_;
   // Decode steps: the ring slot of the step's token (int64 [1], set by begin_step), the indexer's queries of each
   // layer's token (store_token's, read by attend_token), and a token that lives as long as the buffers (which never
   // move: they are allocated for the capacity up front).
@@ -119,7 +124,11 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   int64_t element_size_ = 4;
   int64_t prompt_length_ = 0;  // begin_prompt's; 0: the first forward is the prompt
   bool chunked_ = false;       // the prompt went through attend_chunk
-  SparseStats chunk_stats_;
+  // The chunks' stats; the retrieval heads' attended pairs are summed on the device ([L, Hkv] float64, undefined
+  // until a chunk adds to it) and folded in when prefill_stats() is read: reading them per chunk and layer made the
+  // host wait for the device every layer.
+  mutable SparseStats chunk_stats_;
+  mutable torch::Tensor chunk_pairs_;
 };
 
 // Prefills `prompt` (int64 [1, P]) through an empty `cache` in chunks of `chunk` tokens (a multiple of the

@@ -26,6 +26,8 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
   kinds_.resize(L);
   full_k_.resize(L), full_v_.resize(L), index_k_.resize(L), ring_k_.resize(L), ring_v_.resize(L), last_selected_.resize(L);
   retrieval_rows_.resize(L), streaming_rows_.resize(L), step_index_q_.resize(L);
+  all_retrieval_rows_.resize(L), all_streaming_rows_.resize(L), retrieval_q_rows_.resize(L), streaming_q_rows_.resize(L);
+  const int64_t G = config.group_size();
   ring_slot_ = torch::zeros({1}, torch::TensorOptions(torch::kInt64).device(device));
   for (int64_t l = 0; l < L; ++l) {
     int64_t n_ret = 0, n_str = 0;
@@ -38,6 +40,14 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
     }
     const auto rows = [&](const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64).to(device); };
     if (n_ret > 0 && n_str > 0) retrieval_rows_[l] = rows(ret_rows), streaming_rows_[l] = rows(str_rows);
+    const auto q_rows = [&](const std::vector<int64_t>& kv) {
+      std::vector<int64_t> q;
+      for (int64_t g : kv)
+        for (int64_t h = g * G; h < (g + 1) * G; ++h) q.push_back(h);
+      return rows(q);
+    };
+    all_retrieval_rows_[l] = rows(ret_rows), all_streaming_rows_[l] = rows(str_rows);
+    retrieval_q_rows_[l] = q_rows(ret_rows), streaming_q_rows_[l] = q_rows(str_rows);
     // Tokens each retrieval head attended at the last decode step (the decode op's counter: one slot even without).
     last_selected_[l] = torch::zeros({std::max<int64_t>(n_ret, 1)}, torch::TensorOptions(torch::kInt32).device(device));
     RTP_CHECK(n_ret == 0 || indexer != nullptr, "sparse cache: layer ", l, " has retrieval heads but no indexer");
@@ -100,6 +110,7 @@ void SparseCache::clear() {
   prompt_length_ = 0;
   chunked_ = false;
   chunk_stats_ = {};
+  chunk_pairs_ = torch::Tensor();
   prefill_.reset_stats();
 }
 
@@ -222,32 +233,30 @@ void SparseCache::write_full(int64_t layer, const model::LayerAttentionInputs& i
   }
 }
 
-void SparseCache::write_ring(int64_t layer, const model::LayerAttentionInputs& in, int64_t start, int64_t T) {
+std::pair<torch::Tensor, torch::Tensor> SparseCache::streaming_kv(const model::LayerAttentionInputs& in) const {
+  const auto& rows = all_streaming_rows_[in.layer];
+  const auto dt = ring_k_[in.layer].scalar_type();
+  return {in.k[0].index_select(0, rows).to(dt), in.v[0].index_select(0, rows).to(dt)};
+}
+
+void SparseCache::write_ring(int64_t layer, const torch::Tensor& k_str, const torch::Tensor& v_str, int64_t start,
+                             int64_t T) {
   // Streaming heads keep the sinks and the last `window` tokens, each in the slot write_token would have left it
   // in; tokens of the range that a later token of the same range overwrites are not written at all (index_copy_
-  // with repeated slots has no defined winner).
+  // with repeated slots has no defined winner). All streaming heads of the layer at once, slots computed on the
+  // device.
   const int64_t sink = settings_.sink, W = settings_.window, end = start + T;
   const int64_t sink_end = std::min(sink, end);
   const int64_t first = std::max({sink, start, end - W});
-  torch::Tensor slots, rows;
-  if (first < end) {
-    auto pos = torch::arange(first, end, torch::TensorOptions().dtype(torch::kInt64));
-    slots = (sink + (pos - sink).remainder(W)).to(in.k.device());
-    rows = (pos - start).to(in.k.device());
+  if (start < sink_end) {
+    ring_k_[layer].narrow(1, start, sink_end - start).copy_(k_str.narrow(1, 0, sink_end - start));
+    ring_v_[layer].narrow(1, start, sink_end - start).copy_(v_str.narrow(1, 0, sink_end - start));
   }
-  int64_t s = 0;
-  for (int64_t g = 0; g < config_.num_key_value_heads; ++g) {
-    if (kinds_[layer][g] == kernels::HeadKind::RETRIEVAL) continue;
-    const auto k = in.k[0][g], v = in.v[0][g];  // [T, D]
-    if (start < sink_end) {
-      ring_k_[layer][s].narrow(0, start, sink_end - start).copy_(k.narrow(0, 0, sink_end - start));
-      ring_v_[layer][s].narrow(0, start, sink_end - start).copy_(v.narrow(0, 0, sink_end - start));
-    }
-    if (slots.defined()) {
-      ring_k_[layer][s].index_copy_(0, slots, k.index_select(0, rows).to(ring_k_[layer].scalar_type()));
-      ring_v_[layer][s].index_copy_(0, slots, v.index_select(0, rows).to(ring_v_[layer].scalar_type()));
-    }
-    ++s;
+  if (first < end) {
+    auto pos = torch::arange(first, end, torch::TensorOptions(torch::kInt64).device(k_str.device()));
+    auto slots = sink + (pos - sink).remainder(W), rows = pos - start;
+    ring_k_[layer].index_copy_(1, slots, k_str.index_select(1, rows));
+    ring_v_[layer].index_copy_(1, slots, v_str.index_select(1, rows));
   }
 }
 
@@ -259,7 +268,8 @@ void SparseCache::begin_prompt(int64_t tokens) {
 }
 
 // Pairs one chunk's queries attend, per KV head, into chunk_stats_ (the same quantities SparseAttention counts
-// for a one-shot prefill, summed over the chunks).
+// for a one-shot prefill, summed over the chunks). The streaming heads' and the causal counts are arithmetic on the
+// host; the retrieval heads' come from the block lists, summed on their device into chunk_pairs_.
 void SparseCache::add_chunk_stats(int64_t layer, int64_t start, int64_t T, const ops::BlockLists* lists) {
   const int64_t Hkv = config_.num_key_value_heads, G = config_.group_size(), B = settings_.block_size;
   const int64_t end = start + T;
@@ -272,35 +282,49 @@ void SparseCache::add_chunk_stats(int64_t layer, int64_t start, int64_t T, const
   for (int64_t i = start; i < end; ++i)
     stream += static_cast<double>(std::min(i + 1, settings_.window) +
                                   std::min(settings_.sink, std::max<int64_t>(0, i + 1 - settings_.window)));
-  torch::Tensor counts, indices;
-  if (lists) counts = lists->counts.cpu(), indices = lists->indices.cpu();
-  int64_t r = 0;
   for (int64_t g = 0; g < Hkv; ++g) {
-    double pairs = stream;
-    if (kinds_[layer][g] == kernels::HeadKind::RETRIEVAL) {
-      pairs = 0;
-      const auto cnt = counts.accessor<int32_t, 2>();
-      const auto idx = indices.accessor<int32_t, 3>();
-      for (int64_t m = 0; m < cnt.size(1); ++m) {
-        const int64_t b = start / B + m;  // start is a multiple of B here
-        const double rows = static_cast<double>(std::min((b + 1) * B, end) - b * B);
-        for (int32_t n = 0; n < cnt[r][m]; ++n) {
-          const int64_t kb = idx[r][m][n];
-          pairs += kb < b ? rows * static_cast<double>(B) : rows * (rows + 1) / 2;
-        }
-      }
-      ++r;
+    if (kinds_[layer][g] != kernels::HeadKind::RETRIEVAL) {
+      chunk_stats_.head_attended[layer][g] += stream * G;
+      chunk_stats_.attended_pairs += stream * G;
     }
-    chunk_stats_.head_attended[layer][g] += pairs * G;
     chunk_stats_.head_causal[layer][g] += causal * G;
-    chunk_stats_.attended_pairs += pairs * G;
   }
   chunk_stats_.causal_pairs += causal * Hkv * G;
+  if (!lists) return;
+  // Query block m (block b = start / B + m, start a multiple of B here) has `rows` queries; a kept key block before
+  // it is rows x B pairs, the diagonal block rows (rows + 1) / 2.
+  const auto dev = lists->counts.device();
+  const auto f64 = torch::TensorOptions(torch::kFloat64).device(dev);
+  const int64_t nqb = lists->counts.size(1), cap = lists->indices.size(2);
+  auto b = torch::arange(nqb, torch::TensorOptions(torch::kInt64).device(dev)) + start / B;   // [nqb]
+  auto rows = (torch::minimum((b + 1) * B, torch::full({}, end, b.options())) - b * B).to(torch::kFloat64);
+  auto kept = torch::arange(cap, torch::TensorOptions(torch::kInt32).device(dev)).view({1, 1, cap}) <
+              lists->counts.unsqueeze(2);                                                        // [R, nqb, cap]
+  auto before = lists->indices.to(torch::kInt64) < b.view({1, nqb, 1});
+  auto per_block = torch::where(before, (rows * B).view({1, nqb, 1}), (rows * (rows + 1) / 2).view({1, nqb, 1}));
+  auto pairs = (per_block * kept.to(torch::kFloat64)).sum({1, 2}) * static_cast<double>(G);  // [R]
+  if (!chunk_pairs_.defined()) chunk_pairs_ = torch::zeros({config_.num_hidden_layers, Hkv}, f64);
+  chunk_pairs_[layer].index_add_(0, all_retrieval_rows_[layer], pairs);
+}
+
+const SparseStats& SparseCache::prefill_stats() const {
+  if (!chunked_) return prefill_.stats();
+  if (chunk_pairs_.defined()) {
+    const auto host = chunk_pairs_.cpu();
+    const auto a = host.accessor<double, 2>();
+    for (int64_t l = 0; l < host.size(0); ++l)
+      for (int64_t g = 0; g < host.size(1); ++g) {
+        chunk_stats_.head_attended[l][g] += a[l][g];
+        chunk_stats_.attended_pairs += a[l][g];
+      }
+    chunk_pairs_ = torch::Tensor();
+  }
+  return chunk_stats_;
 }
 
 torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, int64_t start) {
   const int64_t l = in.layer, T = in.q.size(2), end = start + T;
-  const int64_t Hkv = in.k.size(1), G = in.q.size(1) / Hkv;
+  const int64_t Hkv = in.k.size(1);
   RTP_CHECK(end == prompt_length_ || end % settings_.block_size == 0, "sparse cache: prompt chunk [", start, ", ", end,
             ") of a ", prompt_length_, "-token prompt must end at a multiple of block_size (", settings_.block_size,
             ") or at the prompt's end: a retrieval query block is selected from all its queries at once");
@@ -308,13 +332,9 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
   const auto dev = in.q.device();
   const auto q = in.q[0];  // [Hq, T, D]
   auto out = torch::empty_like(q);
-  std::vector<int64_t> ret_kv, str_kv, ret_q, str_q;
-  for (int64_t g = 0; g < Hkv; ++g) {
-    const bool r = kinds_[l][g] == kernels::HeadKind::RETRIEVAL;
-    (r ? ret_kv : str_kv).push_back(g);
-    for (int64_t h = g * G; h < (g + 1) * G; ++h) (r ? ret_q : str_q).push_back(h);
-  }
-  auto index = [&](const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64).to(dev); };
+  int64_t n_ret = 0;
+  for (int64_t g = 0; g < Hkv; ++g) n_ret += kinds_[l][g] == kernels::HeadKind::RETRIEVAL;
+  const int64_t n_str = Hkv - n_ret;
   // The CUDA kernels take D of 64 or 128 only; elsewhere the chunk runs on the CPU reference (tiny test models).
   const bool on_host = q.is_cuda() && !(kernels::built_with_cuda() && (q.size(2) == 64 || q.size(2) == 128));
   auto attention = [&](const torch::Tensor& qq, const torch::Tensor& kk, const torch::Tensor& vv,
@@ -325,7 +345,7 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
     return ops::sparse_attention(host(qq), host(kk), host(vv), kinds, hl, cfg, start, skip).to(dev);
   };
   ops::BlockLists lists;
-  if (!ret_kv.empty()) {
+  if (n_ret > 0) {
     // The chunk's own keys first: its queries attend to them.
     write_full(l, in, start, T);
     const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
@@ -336,15 +356,15 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
     auto iq = indexer_->index_queries(l, qsrc)[0].to(idt).contiguous();  // [n_ret, G, T, dim]
     auto ik = index_k_[l].narrow(1, 0, end).to(idt).contiguous();        // [n_ret, end, dim]
     lists = ops::select_blocks(iq, ik, cfg, 0, start);
-    std::vector<kernels::HeadKind> kinds(ret_kv.size(), kernels::HeadKind::RETRIEVAL);
-    const auto qi = index(ret_q);
+    std::vector<kernels::HeadKind> kinds(static_cast<size_t>(n_ret), kernels::HeadKind::RETRIEVAL);
+    const auto& qi = retrieval_q_rows_[l];
     auto o = attention(q.index_select(0, qi), full_k_[l].narrow(1, 0, end), full_v_[l].narrow(1, 0, end), kinds, lists, 0);
     out.index_copy_(0, qi, o.to(out.scalar_type()));
   }
-  if (!str_kv.empty()) {
+  if (n_str > 0) {
     // Keys: the ring's sinks, its tokens from the first query's window on, then the chunk's own (header comment).
     const int64_t sink = settings_.sink, W = settings_.window;
-    const auto ki = index(str_kv);
+    const auto [k_str, v_str] = streaming_kv(in);
     std::vector<torch::Tensor> ks, vs;
     int64_t skip = 0;
     if (start <= sink) {
@@ -354,19 +374,18 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
       skip = h0 - sink;
       ks.push_back(ring_k_[l].narrow(1, 0, sink)), vs.push_back(ring_v_[l].narrow(1, 0, sink));
       if (h0 < start) {
-        auto slots = (sink + (torch::arange(h0, start, torch::kInt64) - sink).remainder(W)).to(dev);
+        auto slots = sink + (torch::arange(h0, start, torch::TensorOptions(torch::kInt64).device(dev)) - sink).remainder(W);
         ks.push_back(ring_k_[l].index_select(1, slots)), vs.push_back(ring_v_[l].index_select(1, slots));
       }
     }
-    ks.push_back(in.k[0].index_select(0, ki).to(ring_k_[l].scalar_type()));
-    vs.push_back(in.v[0].index_select(0, ki).to(ring_v_[l].scalar_type()));
-    std::vector<kernels::HeadKind> kinds(str_kv.size(), kernels::HeadKind::STREAMING);
-    const auto qi = index(str_q);
+    ks.push_back(k_str), vs.push_back(v_str);
+    std::vector<kernels::HeadKind> kinds(static_cast<size_t>(n_str), kernels::HeadKind::STREAMING);
+    const auto& qi = streaming_q_rows_[l];
     auto o = attention(q.index_select(0, qi), torch::cat(ks, 1), torch::cat(vs, 1), kinds, {}, skip);
     out.index_copy_(0, qi, o.to(out.scalar_type()));
-    write_ring(l, in, start, T);
+    write_ring(l, k_str, v_str, start, T);
   }
-  add_chunk_stats(l, start, T, ret_kv.empty() ? nullptr : &lists);
+  add_chunk_stats(l, start, T, n_ret > 0 ? &lists : nullptr);
   return out.unsqueeze(0);
 }
 
@@ -391,7 +410,10 @@ torch::Tensor SparseCache::attend(const model::LayerAttentionInputs& in) {
   } else if (start == 0) {
     out = prefill_.attend(in);
     write_full(l, in, 0, T);
-    write_ring(l, in, 0, T);
+    if (ring_k_[l].defined()) {
+      const auto [k_str, v_str] = streaming_kv(in);
+      write_ring(l, k_str, v_str, 0, T);
+    }
     if (has_ret) index_k_[l].narrow(1, 0, T).copy_(indexer_->index_keys(l, ksrc)[0]);
   } else {
     // One decoded token: the calls the decode stepper makes, so that both paths agree.
