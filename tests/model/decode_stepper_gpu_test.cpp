@@ -149,9 +149,13 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
 }
 
 // The sparse cache's chunked prefill on a GPU (the CUDA selection and attention per chunk, the ring written for all
-// streaming heads at once, the retrieval heads' pair counts summed on the device) against its one-shot prefill: the
-// same next-token logits up to bf16 rounding, the same greedy token, decode steps that agree, and the attended
-// fraction within 2% (index keys projected per chunk may round differently at the top-p cut).
+// streaming heads at once, the retrieval heads' pair counts summed on the device) against the kernel-free one-shot
+// prefill (SparseAttention with use_kernels off: masked SDPA over the reference block lists). bf16 error grows along
+// the sequence in this random model (the one-shot kernels differ from the reference by up to ~0.19 of 2.7 at position
+// 999, the chunked prefill by about as much, both identical to it over the first block), so the chunked prefill is held
+// to twice the one-shot kernel path's own error, at every 37th position and at the next-token logits; the attended
+// fraction within 2% of the one-shot's (index keys projected per chunk may round differently at the top-p cut); decode
+// steps from either cache within twice that error of each other.
 TEST(DecodeStepperCuda, SparseChunkedPrefillMatchesTheOneShotPrefill) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the sparse chunked prefill is tested on the GPU machine";
   const auto c = small_config(4, 4, 2, 128);
@@ -171,28 +175,48 @@ TEST(DecodeStepperCuda, SparseChunkedPrefillMatchesTheOneShotPrefill) {
   const int64_t P = 1000, steps = 6;
   auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
   torch::NoGradGuard no_grad;
+  rtp::sparse::SparseAttention reference(heads, st, &indexer);
+  reference.use_kernels = false;
+  rtp::model::ForwardOptions ro;
+  ro.attention = &reference;
+  const auto ref = model.forward(ids.narrow(1, 0, P), ro);  // [1, P, V]
   rtp::sparse::SparseCache one(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
-  const auto whole = model.forward(ids.narrow(1, 0, P), one.options()).narrow(1, P - 1, 1);
+  const auto one_shot = model.forward(ids.narrow(1, 0, P), one.options());
+  const auto positions = torch::arange(0, P, 37, torch::TensorOptions(torch::kInt64).device(kCuda));
+  const double noise = max_diff(one_shot.index_select(1, positions), ref.index_select(1, positions));
+  const double last_noise = max_diff(one_shot.narrow(1, P - 1, 1), ref.narrow(1, P - 1, 1));
+  const double ulp = 1.0 / 64;  // bf16 spacing of logits in [2, 4)
   for (const int64_t chunk : {128, 256}) {
     rtp::sparse::SparseCache cache(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
-    const auto next = rtp::sparse::prefill_chunked(model, cache, ids.narrow(1, 0, P), chunk);
-    const double scale = whole.abs().max().item<double>();
-    EXPECT_LE(max_diff(next, whole), 0.03 * scale) << "chunk " << chunk;
-    EXPECT_TRUE(torch::equal(next.argmax(-1), whole.argmax(-1))) << "chunk " << chunk;
+    cache.begin_prompt(P);
+    std::vector<torch::Tensor> parts;
+    for (int64_t s0 = 0; s0 < P; s0 += chunk)
+      parts.push_back(model.forward(ids.narrow(1, s0, std::min(chunk, P - s0)), cache.options()));
+    const auto chunked = torch::cat(parts, 1);
+    const double err = max_diff(chunked.index_select(1, positions), ref.index_select(1, positions));
+    EXPECT_LE(err, 2 * noise + ulp) << "chunk " << chunk;
+    // The helper: the next-token logits only.
+    rtp::sparse::SparseCache helper_cache(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
+    const auto next = rtp::sparse::prefill_chunked(model, helper_cache, ids.narrow(1, 0, P), chunk);
+    ASSERT_EQ(next.size(1), 1);
+    EXPECT_TRUE(torch::equal(next, chunked.narrow(1, P - 1, 1))) << "chunk " << chunk;
+    EXPECT_LE(max_diff(next, ref.narrow(1, P - 1, 1)), 2 * last_noise + ulp) << "chunk " << chunk;
     EXPECT_NEAR(cache.prefill_stats().attention_fraction(), one.prefill_stats().attention_fraction(),
                 0.02 * one.prefill_stats().attention_fraction())
         << "chunk " << chunk;
-    std::cout << "sparse chunked prefill (" << chunk << ") vs one shot: max |logit diff| " << max_diff(next, whole)
-              << " of " << scale << ", attended fraction " << cache.prefill_stats().attention_fraction() << " vs "
-              << one.prefill_stats().attention_fraction() << "\n";
-    // Decode steps from the chunked cache and from a fresh one-shot cache.
+    double step_diff = 0;
     rtp::sparse::SparseCache again(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
     model.forward(ids.narrow(1, 0, P), again.options());
     for (int64_t t = P; t < P + steps; ++t) {
       const auto a = model.forward(ids.narrow(1, t, 1), cache.options());
       const auto b = model.forward(ids.narrow(1, t, 1), again.options());
-      EXPECT_LE(max_diff(a, b), 0.03 * b.abs().max().item<double>()) << "chunk " << chunk << ", position " << t;
+      step_diff = std::max(step_diff, max_diff(a, b));
     }
+    EXPECT_LE(step_diff, 2 * noise + ulp) << "chunk " << chunk;
+    std::cout << "sparse chunked prefill (" << chunk << "): max |logit diff| against the kernel-free one-shot " << err
+              << " (one-shot kernels " << noise << "), decode steps from the two caches " << step_diff
+              << ", attended fraction " << cache.prefill_stats().attention_fraction() << " vs "
+              << one.prefill_stats().attention_fraction() << "\n";
   }
 }
 
