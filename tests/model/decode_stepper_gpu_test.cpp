@@ -195,11 +195,12 @@ TEST(DecodeStepperCuda, SparseChunkedPrefillMatchesTheOneShotPrefill) {
     const auto chunked = torch::cat(parts, 1);
     const double err = max_diff(chunked.index_select(1, positions), ref.index_select(1, positions));
     EXPECT_LE(err, 2 * noise + ulp) << "chunk " << chunk;
-    // The helper: the next-token logits only.
+    // The helper: the next-token logits only (its one-row LM head on the GEMV, the forward's rows on cuBLAS: the same
+    // hidden state, each logit rounded to bf16 after sums in another order, so within one bf16 step).
     rtp::sparse::SparseCache helper_cache(c, heads, st, &indexer, P + steps, kCuda, torch::kBFloat16);
     const auto next = rtp::sparse::prefill_chunked(model, helper_cache, ids.narrow(1, 0, P), chunk);
     ASSERT_EQ(next.size(1), 1);
-    EXPECT_TRUE(torch::equal(next, chunked.narrow(1, P - 1, 1))) << "chunk " << chunk;
+    EXPECT_LE(max_diff(next, chunked.narrow(1, P - 1, 1)), ulp) << "chunk " << chunk;
     EXPECT_LE(max_diff(next, ref.narrow(1, P - 1, 1)), 2 * last_noise + ulp) << "chunk " << chunk;
     EXPECT_NEAR(cache.prefill_stats().attention_fraction(), one.prefill_stats().attention_fraction(),
                 0.02 * one.prefill_stats().attention_fraction())
