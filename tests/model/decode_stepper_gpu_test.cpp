@@ -38,6 +38,21 @@ rtp::model::ModelConfig small_config(int64_t layers, int64_t query_heads, int64_
   return c;
 }
 
+// Two dense KV caches holding the same prompt, for decoding it one way through `a` and another through `b`.
+struct TwinCaches {
+  rtp::model::KVCache cache_a, cache_b;
+  rtp::model::ForwardOptions a, b;
+  TwinCaches(rtp::model::Qwen3Model& model, const torch::Tensor& prompt)
+      : cache_a(model.config().num_hidden_layers), cache_b(model.config().num_hidden_layers) {
+    a.cache = &cache_a;
+    b.cache = &cache_b;
+    model.forward(prompt, a);
+    model.forward(prompt, b);
+  }
+  TwinCaches(const TwinCaches&) = delete;  // a and b point into it
+  TwinCaches& operator=(const TwinCaches&) = delete;
+};
+
 class DecodeStepperCuda : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DecodeStepperCuda, GraphReplayEqualsForward) {
@@ -287,12 +302,8 @@ TEST(DecodeStepperCuda, ProjectionNormEpilogueDecodesLikeTheSeparateKernels) {
     const int64_t P = 17, steps = 12;
     auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
     torch::NoGradGuard no_grad;
-    rtp::model::KVCache fused_cache(c.num_hidden_layers), plain_cache(c.num_hidden_layers);
-    rtp::model::ForwardOptions fused_o, plain_o;
-    fused_o.cache = &fused_cache;
-    plain_o.cache = &plain_cache;
-    model.forward(ids.narrow(1, 0, P), fused_o);
-    model.forward(ids.narrow(1, 0, P), plain_o);
+    TwinCaches twin(model, ids.narrow(1, 0, P));
+    auto &fused_o = twin.a, &plain_o = twin.b;
     const int64_t before = model.gemv_epilogue_launches().add_norm;
     rtp::model::Qwen3Model::GemvEpilogues with, without;
     without.add_norm = false;
@@ -332,15 +343,11 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
     const int64_t B = 2, P = 9, steps = 10;
     auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
     torch::NoGradGuard no_grad;
-    rtp::model::KVCache fused_cache(c.num_hidden_layers), plain_cache(c.num_hidden_layers);
-    rtp::model::ForwardOptions fused_o, plain_o;
-    fused_o.cache = &fused_cache;
-    plain_o.cache = &plain_cache;
+    TwinCaches twin(model, ids.narrow(1, 0, P));
+    auto &fused_o = twin.a, &plain_o = twin.b;
     rtp::model::Qwen3Model::GemvEpilogues with, without;
     with.qk_norm_rope = with.moe_routing = true;  // the defaults
     without.qk_norm_rope = without.moe_routing = false;
-    model.forward(ids.narrow(1, 0, P), fused_o);
-    model.forward(ids.narrow(1, 0, P), plain_o);
     const auto before = model.gemv_epilogue_launches();
     rtp::model::DecodeStepper fused_stepper(model), plain_stepper(model);
     double worst = 0, scale = 0;
@@ -379,12 +386,8 @@ TEST(DecodeStepperCuda, LmHeadGemvDecodesLikeCublas) {
     const int64_t P = 11, steps = 10;
     auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
     torch::NoGradGuard no_grad;
-    rtp::model::KVCache gemv_cache(c.num_hidden_layers), cublas_cache(c.num_hidden_layers);
-    rtp::model::ForwardOptions gemv_o, cublas_o;
-    gemv_o.cache = &gemv_cache;
-    cublas_o.cache = &cublas_cache;
-    model.forward(ids.narrow(1, 0, P), gemv_o);
-    model.forward(ids.narrow(1, 0, P), cublas_o);
+    TwinCaches twin(model, ids.narrow(1, 0, P));
+    auto &gemv_o = twin.a, &cublas_o = twin.b;
     rtp::model::DecodeStepper gemv_stepper(model), cublas_stepper(model);
     double worst = 0, scale = 0;
     int64_t same_tokens = 0;
