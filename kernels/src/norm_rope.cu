@@ -136,6 +136,110 @@ __global__ void __launch_bounds__(kThreads) rms_norm_pair_kernel(const RmsNormPa
   else norm_row<T, kRope>(b, row - a.rows);
 }
 
+// A warp per row for rows of at most kWarpRowMaxDim elements (q/k heads: a prefill chunk has tens of thousands). A
+// block per row left such rows latency-bound: 176 us for a 4096-token chunk's 24 heads of 128 on an H100 (a load,
+// a block-wide sum with its barrier, the stores, for 1.5 KB of traffic), where the bytes take some 25. The bits are
+// norm_row's: lane l holds elements l + 32k, and element i's square goes to the partial sum that norm_row's thread
+// i % kThreads makes (partial[w] gathers k = w, w + 4, ... in that order), each partial summed across the warp as
+// block_total sums a warp, then the four partials in warp order, as block_total adds them.
+constexpr int kWarpRowMaxDim = 256;
+constexpr int kWarpSlots = kWarpRowMaxDim / 32;
+constexpr int kBlockWarps = kThreads / 32;
+constexpr int kWarpRowsPerBlock = 4;
+static_assert(kWarpSlots % kBlockWarps == 0, "a lane's slots cover norm_row's warps evenly");
+
+// kPartner: 0 without RoPE, else dim / 64, the slots between element i and its partner i + dim / 2 (a compile-time
+// count keeps v in registers; a run-time one put it in local memory).
+template <typename T, int kPartner>
+__device__ __forceinline__ void warp_norm_row(const RmsNormParams& p, int64_t row) {
+  using N = Num<T>;
+  const int lane = threadIdx.x % 32;
+  const int64_t D = p.dim;
+  const int64_t stride = p.x_token_stride ? p.x_token_stride : p.heads * D;
+  const T* x = static_cast<const T*>(p.x) + (row / p.heads) * stride + (row % p.heads) * D;
+  const T* w = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out) + row * D;
+  float v[kWarpSlots];
+#pragma unroll
+  for (int k = 0; k < kWarpSlots; ++k) {
+    const int64_t i = lane + 32 * k;
+    v[k] = i < D ? N::get(x[i]) : 0.f;
+  }
+  if (p.residual) {
+    const T* res = static_cast<const T*>(p.residual) + row * D;
+    T* sum = static_cast<T*>(p.sum_out) + row * D;
+#pragma unroll
+    for (int k = 0; k < kWarpSlots; ++k) {
+      const int64_t i = lane + 32 * k;
+      if (i < D) {
+        v[k] = N::round(v[k] + N::get(res[i]));
+        sum[i] = N::put(v[k]);
+      }
+    }
+  }
+  float partial[kBlockWarps];
+#pragma unroll
+  for (int b = 0; b < kBlockWarps; ++b) {
+    partial[b] = 0.f;
+#pragma unroll
+    for (int k = b; k < kWarpSlots; k += kBlockWarps) partial[b] += v[k] * v[k];
+  }
+  float total = 0.f;
+#pragma unroll
+  for (int b = 0; b < kBlockWarps; ++b) total += cuda_detail::warp_sum(partial[b]);
+  const float r = rsqrtf(total * (1.f / static_cast<float>(D)) + p.eps);
+  if constexpr (kPartner == 0) {
+#pragma unroll
+    for (int k = 0; k < kWarpSlots; ++k) {
+      const int64_t i = lane + 32 * k;
+      if (i < D) out[i] = N::put(N::get(w[i]) * N::round(v[k] * r));
+    }
+  } else {
+    static_assert(2 * kPartner <= kWarpSlots, "a row and its partners fit the lane's slots");
+    const int64_t half = D / 2, t = (row / p.heads) % p.seq_len;
+    const float* c = p.cos + t * D;
+    const float* s = p.sin + t * D;
+    T* rope = static_cast<T*>(p.rope_out) + row * D;
+#pragma unroll
+    for (int k = 0; k < kPartner; ++k) {
+      const int64_t i = lane + 32 * k;
+      const float n0 = N::round(N::get(w[i]) * N::round(v[k] * r));
+      const float n1 = N::round(N::get(w[i + half]) * N::round(v[k + kPartner] * r));
+      out[i] = N::put(n0);
+      out[i + half] = N::put(n1);
+      const float c0 = N::round(c[i]), s0 = N::round(s[i]), c1 = N::round(c[i + half]), s1 = N::round(s[i + half]);
+      rope[i] = N::put(N::round(n0 * c0) + N::round(-n1 * s0));
+      rope[i + half] = N::put(N::round(n1 * c1) + N::round(n0 * s1));
+    }
+  }
+}
+
+// Rows [0, a.rows) are a's, the next b.rows b's (b.rows 0 for one norm), kWarpRowsPerBlock per block.
+template <typename T, int kPartner>
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32) rms_norm_warp_rows_kernel(const RmsNormParams a,
+                                                                                   const RmsNormParams b) {
+  pdl_wait_then_trigger();
+  const int64_t row = int64_t(blockIdx.x) * kWarpRowsPerBlock + threadIdx.x / 32;
+  if (row < a.rows) warp_norm_row<T, kPartner>(a, row);
+  else if (row < a.rows + b.rows) warp_norm_row<T, kPartner>(b, row - a.rows);
+}
+
+// Rows of at most kWarpRowMaxDim elements; with RoPE, each element's partner (i + dim / 2) in the same lane.
+bool warp_rows_apply(const RmsNormParams& p) {
+  return p.dim <= kWarpRowMaxDim && (!p.cos || p.dim % 64 == 0);
+}
+
+template <typename T>
+cudaError_t launch_warp_rows(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
+  const unsigned blocks = unsigned((a.rows + b.rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock);
+  const auto kernel = !a.cos ? rms_norm_warp_rows_kernel<T, 0>
+                      : a.dim == 64  ? rms_norm_warp_rows_kernel<T, 1>
+                      : a.dim == 128 ? rms_norm_warp_rows_kernel<T, 2>
+                      : a.dim == 192 ? rms_norm_warp_rows_kernel<T, 3>
+                                     : rms_norm_warp_rows_kernel<T, 4>;
+  return launch_k(kernel, dim3(blocks), dim3(kWarpRowsPerBlock * 32), 0, stream, programmatic_launch_available(), a, b);
+}
+
 template <typename T>
 cudaError_t launch(const RmsNormParams& p, cudaStream_t stream) {
   const bool pdl = programmatic_launch_available();
@@ -145,12 +249,14 @@ cudaError_t launch(const RmsNormParams& p, cudaStream_t stream) {
     const unsigned block = unsigned(std::max<int64_t>(64, (threads + 31) / 32 * 32));
     return launch_k(rms_norm_row_in_registers_kernel<T>, dim3(unsigned(p.rows)), dim3(block), 0, stream, pdl, p);
   }
+  if (warp_rows_apply(p)) return launch_warp_rows<T>(p, RmsNormParams{}, stream);
   return launch_k(p.cos ? rms_norm_kernel<T, true> : rms_norm_kernel<T, false>, dim3(unsigned(p.rows)), dim3(kThreads),
                   0, stream, pdl, p);
 }
 
 template <typename T>
 cudaError_t launch_pair(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
+  if (warp_rows_apply(a) && warp_rows_apply(b) && a.dim == b.dim) return launch_warp_rows<T>(a, b, stream);
   const unsigned blocks = unsigned(a.rows + b.rows);
   return launch_k(a.cos ? rms_norm_pair_kernel<T, true> : rms_norm_pair_kernel<T, false>, dim3(blocks),
                   dim3(kThreads), 0, stream, programmatic_launch_available(), a, b);

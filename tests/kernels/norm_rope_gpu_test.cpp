@@ -1,7 +1,8 @@
 // The fused RMSNorm (+ RoPE) CUDA kernels against the float64 formula: bf16 error at most twice that of the eager
 // bf16 ops the model ran before (eight kernels for the norm, six more for RoPE), and equal to them on almost every
 // element (they round at the same points; only the float32 sum of squares may differ in its last bit); float32
-// within 1e-5. Odd dims, many rows, the head sizes of Qwen3 (128) and hidden sizes.
+// within 1e-5. Odd dims, many rows (a 4096-token prefill chunk's 24 heads), the head sizes of Qwen3 (128) and hidden
+// sizes. The warp-per-row kernel's bits against the block-per-row order: gemv_gpu_test's q/k epilogue test.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -53,7 +54,7 @@ TEST(NormRopeCuda, NormAndRopeWithinTwiceEagerBf16) {
   rtp::model::ModelConfig c;
   c.head_dim = 128;
   c.rope_theta = 1e6;
-  for (const auto& [B, T, H] : std::vector<std::array<int64_t, 3>>{{1, 1, 16}, {2, 37, 8}, {1, 300, 4}}) {
+  for (const auto& [B, T, H] : std::vector<std::array<int64_t, 3>>{{1, 1, 16}, {2, 37, 8}, {1, 300, 4}, {1, 4096, 24}}) {
     const auto tables = rtp::model::rope_tables(c, 1000, T, dev);
     auto x = (torch::randn({B, T, H, 128}) * 2).to(dev, torch::kBFloat16);
     auto w = (torch::rand({128}) + 0.5).to(dev, torch::kBFloat16);
