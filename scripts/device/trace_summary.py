@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sums a Kineto (Chrome JSON) trace such as rtpurbo-bench-decode --trace-prefill writes: the traced span, GPU kernel
 time (total and by kernel name), the gaps where no kernel ran, and the host's CUDA runtime calls by name (synchronising
-copies and stream waits show up there). Usage: trace_summary.py TRACE.json [--top N]"""
+copies and stream waits show up there), and the host ops each synchronising call ran inside. Usage: trace_summary.py TRACE.json [--top N]"""
 import argparse
 import collections
 import json
@@ -49,6 +49,30 @@ def main():
         print(f"\n{title}: ms, count, name")
         for name, (n, d) in sorted(by.items(), key=lambda kv: -kv[1][1])[: a.top]:
             print(f"{1e-3 * d:10.2f} {n:7d}  {name[:110]}")
+    waits(runtime, ops, a.top)
+
+
+def waits(runtime, ops, top):
+    """The host ops each synchronising runtime call ran inside (same thread, enclosing spans), outermost first: where
+    the host waited for the GPU, by the chain of ops around it."""
+    names = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync", "cudaMemcpy")
+    calls = [e for e in runtime if e.get("name") in names]
+    if not calls:
+        return
+    by_tid = collections.defaultdict(list)
+    for e in ops:
+        by_tid[e.get("tid")].append(e)
+    by = collections.defaultdict(lambda: [0, 0.0])
+    for c in calls:
+        t = c["ts"]
+        chain = sorted((e for e in by_tid.get(c.get("tid"), ()) if e["ts"] <= t and t + c["dur"] <= e["ts"] + e["dur"]),
+                       key=lambda e: (e["ts"], -e["dur"]))
+        key = c["name"] + " in " + (" > ".join(e.get("name", "?") for e in chain[-4:]) or "(no host op)")
+        by[key][0] += 1
+        by[key][1] += c["dur"]
+    print("\nsynchronising calls by the host ops around them (innermost four): ms, count, chain")
+    for key, (n, d) in sorted(by.items(), key=lambda kv: -kv[1][0])[:top]:
+        print(f"{1e-3 * d:10.2f} {n:7d}  {key[:160]}")
 
 
 if __name__ == "__main__":
