@@ -1,8 +1,11 @@
 #include "rtp/sparse/sparse_cache.h"
 
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
@@ -239,12 +242,23 @@ std::pair<torch::Tensor, torch::Tensor> SparseCache::streaming_kv(const model::L
   return {in.k[0].index_select(0, rows).to(dt), in.v[0].index_select(0, rows).to(dt)};
 }
 
+namespace {
+// The ring slots of tokens [first, end), all past the sinks and at most `window` of them (so no slot twice): one run
+// of consecutive slots, or two where the run passes the ring's end. Copies of these runs replace a gather and an
+// indexed copy (with their index arithmetic) per layer and chunk.
+std::vector<std::pair<int64_t, int64_t>> ring_runs(int64_t first, int64_t end, int64_t sink, int64_t window) {
+  const int64_t n = end - first, slot = sink + (first - sink) % window, head = std::min(n, sink + window - slot);
+  std::vector<std::pair<int64_t, int64_t>> runs{{slot, head}};
+  if (n > head) runs.emplace_back(sink, n - head);
+  return runs;
+}
+}  // namespace
+
 void SparseCache::write_ring(int64_t layer, const torch::Tensor& k_str, const torch::Tensor& v_str, int64_t start,
                              int64_t T) {
   // Streaming heads keep the sinks and the last `window` tokens, each in the slot write_token would have left it
-  // in; tokens of the range that a later token of the same range overwrites are not written at all (index_copy_
-  // with repeated slots has no defined winner). All streaming heads of the layer at once, slots computed on the
-  // device.
+  // in; tokens of the range that a later token of the same range overwrites are not written at all. All streaming
+  // heads of the layer at once.
   const int64_t sink = settings_.sink, W = settings_.window, end = start + T;
   const int64_t sink_end = std::min(sink, end);
   const int64_t first = std::max({sink, start, end - W});
@@ -253,10 +267,12 @@ void SparseCache::write_ring(int64_t layer, const torch::Tensor& k_str, const to
     ring_v_[layer].narrow(1, start, sink_end - start).copy_(v_str.narrow(1, 0, sink_end - start));
   }
   if (first < end) {
-    auto pos = torch::arange(first, end, torch::TensorOptions(torch::kInt64).device(k_str.device()));
-    auto slots = sink + (pos - sink).remainder(W), rows = pos - start;
-    ring_k_[layer].index_copy_(1, slots, k_str.index_select(1, rows));
-    ring_v_[layer].index_copy_(1, slots, v_str.index_select(1, rows));
+    int64_t row = first - start;
+    for (const auto& [slot, n] : ring_runs(first, end, sink, W)) {
+      ring_k_[layer].narrow(1, slot, n).copy_(k_str.narrow(1, row, n));
+      ring_v_[layer].narrow(1, slot, n).copy_(v_str.narrow(1, row, n));
+      row += n;
+    }
   }
 }
 
@@ -346,6 +362,8 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
   };
   ops::BlockLists lists;
   if (n_ret > 0) {
+    // Named ranges in a profiler trace (rtpurbo-bench-decode --trace-prefill); nothing when no profiler runs.
+    RECORD_FUNCTION("rtp::sparse_chunk::retrieval", std::vector<c10::IValue>());
     // The chunk's own keys first: its queries attend to them.
     write_full(l, in, start, T);
     const auto& ksrc = settings_.post_rope_indexer ? in.k : in.k_pre_rope;
@@ -355,13 +373,17 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
     const auto idt = q.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
     auto iq = indexer_->index_queries(l, qsrc)[0].to(idt).contiguous();  // [n_ret, G, T, dim]
     auto ik = index_k_[l].narrow(1, 0, end).to(idt).contiguous();        // [n_ret, end, dim]
-    lists = ops::select_blocks(iq, ik, cfg, 0, start);
+    {
+      RECORD_FUNCTION("rtp::sparse_chunk::select_blocks", std::vector<c10::IValue>());
+      lists = ops::select_blocks(iq, ik, cfg, 0, start);
+    }
     std::vector<kernels::HeadKind> kinds(static_cast<size_t>(n_ret), kernels::HeadKind::RETRIEVAL);
     const auto& qi = retrieval_q_rows_[l];
     auto o = attention(q.index_select(0, qi), full_k_[l].narrow(1, 0, end), full_v_[l].narrow(1, 0, end), kinds, lists, 0);
     out.index_copy_(0, qi, o.to(out.scalar_type()));
   }
   if (n_str > 0) {
+    RECORD_FUNCTION("rtp::sparse_chunk::streaming", std::vector<c10::IValue>());
     // Keys: the ring's sinks, its tokens from the first query's window on, then the chunk's own (header comment).
     const int64_t sink = settings_.sink, W = settings_.window;
     const auto [k_str, v_str] = streaming_kv(in);
@@ -373,18 +395,21 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
       const int64_t h0 = std::max(sink, start - W + 1);
       skip = h0 - sink;
       ks.push_back(ring_k_[l].narrow(1, 0, sink)), vs.push_back(ring_v_[l].narrow(1, 0, sink));
-      if (h0 < start) {
-        auto slots = sink + (torch::arange(h0, start, torch::TensorOptions(torch::kInt64).device(dev)) - sink).remainder(W);
-        ks.push_back(ring_k_[l].index_select(1, slots)), vs.push_back(ring_v_[l].index_select(1, slots));
-      }
+      if (h0 < start)
+        for (const auto& [slot, n] : ring_runs(h0, start, sink, W))
+          ks.push_back(ring_k_[l].narrow(1, slot, n)), vs.push_back(ring_v_[l].narrow(1, slot, n));
     }
     ks.push_back(k_str), vs.push_back(v_str);
     std::vector<kernels::HeadKind> kinds(static_cast<size_t>(n_str), kernels::HeadKind::STREAMING);
     const auto& qi = streaming_q_rows_[l];
     auto o = attention(q.index_select(0, qi), torch::cat(ks, 1), torch::cat(vs, 1), kinds, {}, skip);
     out.index_copy_(0, qi, o.to(out.scalar_type()));
-    write_ring(l, k_str, v_str, start, T);
+    {
+      RECORD_FUNCTION("rtp::sparse_chunk::ring_write", std::vector<c10::IValue>());
+      write_ring(l, k_str, v_str, start, T);
+    }
   }
+  RECORD_FUNCTION("rtp::sparse_chunk::stats", std::vector<c10::IValue>());
   add_chunk_stats(l, start, T, n_ret > 0 ? &lists : nullptr);
   return out.unsqueeze(0);
 }
