@@ -446,27 +446,63 @@ __global__ void __launch_bounds__(kTopPThreads) topp_kernel(const float* L, cons
   if (tid == 0) counts[lb] = min(total, max_blocks);
 }
 
+// The launch's scratch: pooled queries, a chunk of logits with their split partials, the keys in bf16 (float32
+// index keys only) and the block means, each 256-byte aligned.
+struct SelectScratch {
+  int R, GS, nb, nqb, nsp;
+  int64_t chunk;
+  size_t qbar, L, part, ikb, kmean;  // byte offsets
+  size_t total;
+};
+
+SelectScratch plan_select(const BlockSelectParams& p) {
+  SelectScratch s{};
+  const int B = p.block_size;
+  s.R = p.num_ret_heads;
+  s.GS = p.group_size * p.query_sub_blocks;  // logit rows per query block
+  const int64_t T = p.seq_len, Tq = T - p.q_offset, qb0 = p.q_offset / B;
+  s.nb = int((T + B - 1) / B);     // key blocks (the length of a row of logits)
+  s.nqb = int((Tq + B - 1) / B);   // query blocks of this call
+  // Query-block chunk so that the logit workspace stays under ~512 MB.
+  s.chunk = std::max<int64_t>(1, std::min<int64_t>(s.nqb, (int64_t(512) << 20) / (int64_t(s.GS) * s.nb * 4)));
+  s.nsp = int((qb0 + s.nqb - 1) / kKeyBlocksPerSplit) + 1;  // key splits of the last query block
+  const auto al = [](size_t n) { return (n + 255) / 256 * 256; };
+  size_t at = 0;
+  const auto take = [&](size_t bytes) { const size_t here = at; at += al(bytes); return here; };
+  s.qbar = take(size_t(s.R) * s.nqb * s.GS * kIndexDim * 2);
+  s.L = take(size_t(s.chunk) * s.GS * s.nb * 4);
+  s.part = take(size_t(s.chunk) * s.GS * s.nsp * sizeof(float2));
+  s.ikb = take(p.index_dtype == DType::F32 ? size_t(s.R) * T * kIndexDim * 2 : 0);
+  s.kmean = take(size_t(s.R) * s.nb * 2 * kIndexDim * 2);
+  s.total = at;
+  return s;
+}
+
 }  // namespace
+
+size_t select_blocks_workspace_bytes(const BlockSelectParams& p) {
+  return *check_block_select_params(p) ? 0 : plan_select(p).total;
+}
 
 cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) {
   if (*check_block_select_params(p)) return cudaErrorInvalidValue;
-  const int R = p.num_ret_heads, G = p.group_size, B = p.block_size, S = p.query_sub_blocks;
-  const int GS = G * S;  // logit rows per query block
+  const int G = p.group_size, B = p.block_size, S = p.query_sub_blocks;
   const int64_t T = p.seq_len, Tq = T - p.q_offset, qb0 = p.q_offset / B;
-  const int nb = int((T + B - 1) / B);      // key blocks (the length of a row of logits)
-  const int nqb = int((Tq + B - 1) / B);    // query blocks of this call
+  const SelectScratch sc = plan_select(p);
+  const int R = sc.R, GS = sc.GS, nb = sc.nb, nqb = sc.nqb, nsp = sc.nsp;
+  const int64_t chunk = sc.chunk;
   if (size_t(nb) * sizeof(float) > 200 * 1024) return cudaErrorInvalidValue;  // P must fit in shared memory
-  __nv_bfloat16 *qbar = nullptr, *ikb = nullptr, *kmean = nullptr;
-  float* L = nullptr;
-  float2* part = nullptr;
-  // Query-block chunk so that the logit workspace stays under ~512 MB.
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nqb, (int64_t(512) << 20) / (int64_t(GS) * nb * 4)));
-  const int nsp = int((qb0 + nqb - 1) / kKeyBlocksPerSplit) + 1;  // key splits of the last query block
-  cudaError_t e = cudaMallocAsync(&qbar, size_t(R) * nqb * GS * kIndexDim * 2, stream);
-  if (e == cudaSuccess) e = cudaMallocAsync(&L, size_t(chunk) * GS * nb * 4, stream);
-  if (e == cudaSuccess) e = cudaMallocAsync(&part, size_t(chunk) * GS * nsp * sizeof(float2), stream);
-  if (e == cudaSuccess && p.index_dtype == DType::F32) e = cudaMallocAsync(&ikb, size_t(R) * T * kIndexDim * 2, stream);
-  if (e == cudaSuccess) e = cudaMallocAsync(&kmean, size_t(R) * nb * 2 * kIndexDim * 2, stream);
+  // A caller-owned workspace (the framework's caching allocator) saves two driver calls per buffer: with the
+  // default pool's release threshold, cudaMallocAsync/cudaFreeAsync reach the driver after every synchronisation.
+  char* ws = static_cast<char*>(p.workspace);
+  const bool own = ws == nullptr;
+  if (!own && p.workspace_bytes < sc.total) return cudaErrorInvalidValue;
+  cudaError_t e = own ? cudaMallocAsync(&ws, sc.total, stream) : cudaSuccess;
+  __nv_bfloat16* qbar = reinterpret_cast<__nv_bfloat16*>(ws + sc.qbar);
+  float* L = reinterpret_cast<float*>(ws + sc.L);
+  float2* part = reinterpret_cast<float2*>(ws + sc.part);
+  __nv_bfloat16* ikb = reinterpret_cast<__nv_bfloat16*>(ws + sc.ikb);
+  __nv_bfloat16* kmean = reinterpret_cast<__nv_bfloat16*>(ws + sc.kmean);
   if (e == cudaSuccess) {
     const int64_t nq = int64_t(R) * nqb * GS * kIndexDim;
     const int pool_blocks = int(std::min<int64_t>((nq + 255) / 256, 65535));
@@ -515,11 +551,10 @@ cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream) 
       }
     }
   }
-  if (qbar) cudaFreeAsync(qbar, stream);
-  if (L) cudaFreeAsync(L, stream);
-  if (part) cudaFreeAsync(part, stream);
-  if (ikb) cudaFreeAsync(ikb, stream);
-  if (kmean) cudaFreeAsync(kmean, stream);
+  if (own && ws) {
+    const cudaError_t f = cudaFreeAsync(ws, stream);
+    if (e == cudaSuccess) e = f;
+  }
   return e;
 }
 

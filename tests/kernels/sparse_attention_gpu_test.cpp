@@ -430,6 +430,29 @@ TEST(SparseAttentionGpu, SelectionMatchesReference) {
     const double jacc = inter / (uni - inter);
     std::printf("selection B=%d: Jaccard(cpu, gpu) = %.4f\n", B, jacc);
     EXPECT_GT(jacc, 0.97);
+#ifdef RTPURBO_WITH_CUDA
+    // The launcher with scratch of its own (no workspace given, as rtpurbo-bench calls it) writes the lists the op
+    // writes with the caching allocator's workspace, and a workspace below select_blocks_workspace_bytes is refused.
+    auto qd = iq.cuda(), kd = ik.cuda();
+    auto counts = torch::zeros_like(gpu.counts), indices = torch::zeros_like(gpu.indices);
+    rtp::kernels::BlockSelectParams p;
+    p.index_q = qd.data_ptr(), p.index_k = kd.data_ptr(), p.index_dtype = rtp::kernels::DType::F32;
+    p.counts = counts.data_ptr<int32_t>(), p.indices = indices.data_ptr<int32_t>();
+    p.num_ret_heads = int(R), p.group_size = int(G), p.seq_len = T, p.block_size = B;
+    p.local_blocks = c.local_blocks, p.max_blocks = int(gpu.indices.size(2)), p.top_p = c.top_p;
+    ASSERT_EQ(rtp::kernels::select_blocks_cuda(p, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(torch::equal(counts, gpu.counts)) << "B " << B;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t n = gc[r][b].item<int64_t>();
+        EXPECT_TRUE(torch::equal(indices[r][b].narrow(0, 0, n), gpu.indices[r][b].narrow(0, 0, n))) << "B " << B;
+      }
+    const size_t need = rtp::kernels::select_blocks_workspace_bytes(p);
+    auto small = torch::empty({static_cast<int64_t>(need) - 1}, torch::TensorOptions(torch::kUInt8).device(torch::kCUDA));
+    p.workspace = small.data_ptr(), p.workspace_bytes = need - 1;
+    EXPECT_EQ(rtp::kernels::select_blocks_cuda(p, nullptr), cudaErrorInvalidValue);
+#endif
   }
 }
 

@@ -29,6 +29,8 @@ double selection_recall_cpu(const BlockSelectParams& p, int64_t query_stride);
 
 #ifdef RTPURBO_WITH_CUDA
 cudaError_t select_blocks_cuda(const BlockSelectParams& p, cudaStream_t stream);
+// Scratch bytes select_blocks_cuda needs for these parameters (0 if they are invalid).
+size_t select_blocks_workspace_bytes(const BlockSelectParams& p);
 cudaError_t sparse_attention_cuda(const SparseAttentionParams& p, cudaStream_t stream);
 // Whether PrefillKernel::WGMMA can run on the current device (an sm_90a build on a compute capability 9.0 GPU).
 bool prefill_wgmma_available();

@@ -162,6 +162,10 @@ struct BlockSelectParams {
   int64_t q_offset = 0;        // chunked prefill: index_q holds tokens q_offset..seq_len-1 (a multiple of block_size)
   int query_sub_blocks = 1;    // S: pooled queries per query block, a power of two in [1, block_size]
   BlockAggregate sub_block_aggregate = BlockAggregate::MEAN;  // how sub-block/head distributions combine
+  // CUDA: optional device scratch of at least select_blocks_workspace_bytes(params) bytes; null: the call
+  // allocates its own (cudaMallocAsync, freed after the launches).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 struct SparseAttentionParams {

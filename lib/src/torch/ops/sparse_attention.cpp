@@ -128,6 +128,10 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
   if (cuda) {
 #ifdef RTPURBO_WITH_CUDA
     const DeviceLaunch launch(index_q.device());
+    // Scratch from the caching allocator (see select_blocks_workspace_bytes).
+    const auto ws = torch::empty({static_cast<int64_t>(k::select_blocks_workspace_bytes(p))},
+                                 torch::TensorOptions(torch::kUInt8).device(index_q.device()));
+    p.workspace = ws.data_ptr(), p.workspace_bytes = static_cast<size_t>(ws.numel());
     check_cuda(k::select_blocks_cuda(p, launch.stream()), "select_blocks");
 #endif
   } else {
