@@ -1,8 +1,9 @@
 // The fused RMSNorm (+ RoPE) CUDA kernels against the float64 formula: bf16 error at most twice that of the eager
 // bf16 ops the model ran before (eight kernels for the norm, six more for RoPE), and equal to them on almost every
 // element (they round at the same points; only the float32 sum of squares may differ in its last bit); float32
-// within 1e-5. Odd dims, many rows (a 4096-token prefill chunk's 24 heads), the head sizes of Qwen3 (128) and hidden
-// sizes. The warp-per-row kernel's bits against the block-per-row order: gemv_gpu_test's q/k epilogue test.
+// within 1e-5. Odd dims, many rows (a 4096-token prefill chunk's 24 heads and its hidden rows, which take the
+// warp-per-row and 16-byte vector kernels), the head sizes of Qwen3 (128) and hidden sizes. The warp-per-row
+// kernel's bits against the block-per-row order: gemv_gpu_test's q/k epilogue test.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -32,7 +33,8 @@ TEST(NormRopeCuda, NormWithinTwiceEagerBf16) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the fused norm kernels are tested on the GPU machine";
   const torch::Device dev(torch::kCUDA, 0);
   torch::manual_seed(8);
-  for (const auto& [rows, D] : std::vector<std::pair<int64_t, int64_t>>{{1, 1024}, {7, 4096}, {513, 128}, {33, 77}}) {
+  for (const auto& [rows, D] : std::vector<std::pair<int64_t, int64_t>>{{1, 1024}, {7, 4096}, {513, 128}, {33, 77},
+                                                                       {4096, 4096}, {2049, 1024}, {16, 2048}}) {
     auto x = (torch::randn({rows, D}) * 4).to(dev, torch::kBFloat16);
     auto w = (torch::rand({D}) + 0.5).to(dev, torch::kBFloat16);
     auto ref = f64_norm(x, w, 1e-6);
@@ -92,7 +94,8 @@ TEST(NormRopeCuda, AddNormAndPairedQkMatchTheSeparateKernels) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the fused norm kernels are tested on the GPU machine";
   const torch::Device dev(torch::kCUDA, 0);
   torch::manual_seed(10);
-  for (const auto& [rows, D] : std::vector<std::pair<int64_t, int64_t>>{{1, 1024}, {9, 4096}, {33, 77}}) {
+  for (const auto& [rows, D] : std::vector<std::pair<int64_t, int64_t>>{{1, 1024}, {9, 4096}, {33, 77}, {4096, 4096},
+                                                                       {300, 1024}}) {
     auto x = (torch::randn({rows, D}) * 4).to(dev, torch::kBFloat16), d = torch::randn({rows, D}).to(dev, torch::kBFloat16);
     auto w = (torch::rand({D}) + 0.5).to(dev, torch::kBFloat16);
     auto [sum, normed] = rtp::ops::add_rms_norm(x, d, w, 1e-6);
