@@ -146,6 +146,21 @@ bool row_vectors_apply(const RmsNormParams& p) {
          (!p.residual || (aligned(p.residual) && aligned(p.sum_out)));
 }
 
+// Element i < half of a row and its partner i + half: both normed (x0, x1 the row's values, r its rsqrt) and written,
+// then rotated from the normed pair (the header's rounding points). Every kernel with RoPE here ends in this.
+template <typename T>
+__device__ __forceinline__ void norm_rotate_pair(const T* w, const float* c, const float* s,
+                                                 T* out, T* rope, int64_t i, int64_t half, float x0, float x1, float r) {
+  using N = Num<T>;
+  const float n0 = N::round(N::get(w[i]) * N::round(x0 * r));
+  const float n1 = N::round(N::get(w[i + half]) * N::round(x1 * r));
+  out[i] = N::put(n0);
+  out[i + half] = N::put(n1);
+  const float c0 = N::round(c[i]), s0 = N::round(s[i]), c1 = N::round(c[i + half]), s1 = N::round(s[i + half]);
+  rope[i] = N::put(N::round(n0 * c0) + N::round(-n1 * s0));
+  rope[i + half] = N::put(N::round(n1 * c1) + N::round(n0 * s1));
+}
+
 // One row of p: block-wide, so every thread of the block calls it.
 template <typename T, bool kRope>
 __device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
@@ -177,15 +192,8 @@ __device__ __forceinline__ void norm_row(const RmsNormParams& p, int64_t row) {
     const float* c = p.cos + t * D;
     const float* s = p.sin + t * D;
     T* rope = static_cast<T*>(p.rope_out) + row * D;
-    for (int64_t i = threadIdx.x; i < half; i += kThreads) {
-      const float n0 = N::round(N::get(w[i]) * N::round(N::get(x[i]) * r));
-      const float n1 = N::round(N::get(w[i + half]) * N::round(N::get(x[i + half]) * r));
-      out[i] = N::put(n0);
-      out[i + half] = N::put(n1);
-      const float c0 = N::round(c[i]), s0 = N::round(s[i]), c1 = N::round(c[i + half]), s1 = N::round(s[i + half]);
-      rope[i] = N::put(N::round(n0 * c0) + N::round(-n1 * s0));
-      rope[i + half] = N::put(N::round(n1 * c1) + N::round(n0 * s1));
-    }
+    for (int64_t i = threadIdx.x; i < half; i += kThreads)
+      norm_rotate_pair<T>(w, c, s, out, rope, i, half, N::get(x[i]), N::get(x[i + half]), r);
   }
 }
 
@@ -269,16 +277,8 @@ __device__ __forceinline__ void warp_norm_row(const RmsNormParams& p, int64_t ro
     const float* s = p.sin + t * D;
     T* rope = static_cast<T*>(p.rope_out) + row * D;
 #pragma unroll
-    for (int k = 0; k < kPartner; ++k) {
-      const int64_t i = lane + 32 * k;
-      const float n0 = N::round(N::get(w[i]) * N::round(v[k] * r));
-      const float n1 = N::round(N::get(w[i + half]) * N::round(v[k + kPartner] * r));
-      out[i] = N::put(n0);
-      out[i + half] = N::put(n1);
-      const float c0 = N::round(c[i]), s0 = N::round(s[i]), c1 = N::round(c[i + half]), s1 = N::round(s[i + half]);
-      rope[i] = N::put(N::round(n0 * c0) + N::round(-n1 * s0));
-      rope[i + half] = N::put(N::round(n1 * c1) + N::round(n0 * s1));
-    }
+    for (int k = 0; k < kPartner; ++k)
+      norm_rotate_pair<T>(w, c, s, out, rope, lane + 32 * k, half, v[k], v[k + kPartner], r);
   }
 }
 
