@@ -124,11 +124,16 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   int64_t element_size_ = 4;
   int64_t prompt_length_ = 0;  // begin_prompt's; 0: the first forward is the prompt
   bool chunked_ = false;       // the prompt went through attend_chunk
-  // The chunks' stats; the retrieval heads' attended pairs are summed on the device ([L, Hkv] float64, undefined
-  // until a chunk adds to it) and folded in when prefill_stats() is read: reading them per chunk and layer made the
-  // host wait for the device every layer.
+  // The chunks' stats. A retrieval head's attended pairs follow from its lists' counts alone (add_chunk_stats), so a
+  // chunk only keeps its counts ([Hkv_ret, query blocks] on their device) and prefill_stats() reads them all at once:
+  // reading them per chunk and layer made the host wait for the device every layer, and summing them there cost a
+  // dozen small device ops per layer.
+  struct ChunkCounts {
+    int64_t layer, start, end;
+    torch::Tensor counts;
+  };
   mutable SparseStats chunk_stats_;
-  mutable torch::Tensor chunk_pairs_;
+  mutable std::vector<ChunkCounts> chunk_counts_;
 };
 
 // Prefills `prompt` (int64 [1, P]) through an empty `cache` in chunks of `chunk` tokens (a multiple of the

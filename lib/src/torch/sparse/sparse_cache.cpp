@@ -113,7 +113,7 @@ void SparseCache::clear() {
   prompt_length_ = 0;
   chunked_ = false;
   chunk_stats_ = {};
-  chunk_pairs_ = torch::Tensor();
+  chunk_counts_.clear();
   prefill_.reset_stats();
 }
 
@@ -285,9 +285,9 @@ void SparseCache::begin_prompt(int64_t tokens) {
 
 // Pairs one chunk's queries attend, per KV head, into chunk_stats_ (the same quantities SparseAttention counts
 // for a one-shot prefill, summed over the chunks). The streaming heads' and the causal counts are arithmetic on the
-// host; the retrieval heads' come from the block lists, summed on their device into chunk_pairs_.
+// host; the retrieval heads' follow from the lists' counts, kept until prefill_stats() reads them.
 void SparseCache::add_chunk_stats(int64_t layer, int64_t start, int64_t T, const ops::BlockLists* lists) {
-  const int64_t Hkv = config_.num_key_value_heads, G = config_.group_size(), B = settings_.block_size;
+  const int64_t Hkv = config_.num_key_value_heads, G = config_.group_size();
   const int64_t end = start + T;
   if (chunk_stats_.head_attended.empty()) {
     chunk_stats_.head_attended.assign(config_.num_hidden_layers, std::vector<double>(Hkv, 0.0));
@@ -306,34 +306,39 @@ void SparseCache::add_chunk_stats(int64_t layer, int64_t start, int64_t T, const
     chunk_stats_.head_causal[layer][g] += causal * G;
   }
   chunk_stats_.causal_pairs += causal * Hkv * G;
-  if (!lists) return;
-  // Query block m (block b = start / B + m, start a multiple of B here) has `rows` queries; a kept key block before
-  // it is rows x B pairs, the diagonal block rows (rows + 1) / 2.
-  const auto dev = lists->counts.device();
-  const auto f64 = torch::TensorOptions(torch::kFloat64).device(dev);
-  const int64_t nqb = lists->counts.size(1), cap = lists->indices.size(2);
-  auto b = torch::arange(nqb, torch::TensorOptions(torch::kInt64).device(dev)) + start / B;   // [nqb]
-  auto rows = (torch::minimum((b + 1) * B, torch::full({}, end, b.options())) - b * B).to(torch::kFloat64);
-  auto kept = torch::arange(cap, torch::TensorOptions(torch::kInt32).device(dev)).view({1, 1, cap}) <
-              lists->counts.unsqueeze(2);                                                        // [R, nqb, cap]
-  auto before = lists->indices.to(torch::kInt64) < b.view({1, nqb, 1});
-  auto per_block = torch::where(before, (rows * B).view({1, nqb, 1}), (rows * (rows + 1) / 2).view({1, nqb, 1}));
-  auto pairs = (per_block * kept.to(torch::kFloat64)).sum({1, 2}) * static_cast<double>(G);  // [R]
-  if (!chunk_pairs_.defined()) chunk_pairs_ = torch::zeros({config_.num_hidden_layers, Hkv}, f64);
-  chunk_pairs_[layer].index_add_(0, all_retrieval_rows_[layer], pairs);
+  if (lists) chunk_counts_.push_back({layer, start, end, lists->counts});
 }
 
 const SparseStats& SparseCache::prefill_stats() const {
   if (!chunked_) return prefill_.stats();
-  if (chunk_pairs_.defined()) {
-    const auto host = chunk_pairs_.cpu();
-    const auto a = host.accessor<double, 2>();
-    for (int64_t l = 0; l < host.size(0); ++l)
-      for (int64_t g = 0; g < host.size(1); ++g) {
-        chunk_stats_.head_attended[l][g] += a[l][g];
-        chunk_stats_.attended_pairs += a[l][g];
+  if (!chunk_counts_.empty()) {
+    // Every list holds its own (diagonal) block once and otherwise only earlier blocks (the selection contract,
+    // sparse_attention_params.h; local_blocks >= 1), so query block b with `rows` queries attends
+    // rows x B x (count - 1) + rows (rows + 1) / 2 pairs: the counts say it all. One copy to the host for the prompt.
+    std::vector<torch::Tensor> flat;
+    for (const auto& c : chunk_counts_) flat.push_back(c.counts.reshape({-1}));
+    const auto host = torch::cat(flat).to(torch::kCPU, torch::kInt64);
+    const int64_t* counts = host.data_ptr<int64_t>();
+    const int64_t B = settings_.block_size, G = config_.group_size();
+    for (const auto& c : chunk_counts_) {
+      const int64_t R = c.counts.size(0), nqb = c.counts.size(1);
+      int64_t r = 0;  // retrieval slot: the layer's retrieval heads in ascending order
+      for (int64_t g = 0; g < config_.num_key_value_heads; ++g) {
+        if (kinds_[c.layer][g] != kernels::HeadKind::RETRIEVAL) continue;
+        double pairs = 0;
+        for (int64_t m = 0; m < nqb; ++m) {
+          const int64_t b = c.start / B + m, rows = std::min((b + 1) * B, c.end) - b * B;
+          pairs += static_cast<double>(rows) * B * static_cast<double>(counts[r * nqb + m] - 1) +
+                   static_cast<double>(rows) * (rows + 1) / 2;
+        }
+        chunk_stats_.head_attended[c.layer][g] += pairs * G;
+        chunk_stats_.attended_pairs += pairs * G;
+        ++r;
       }
-    chunk_pairs_ = torch::Tensor();
+      RTP_CHECK(r == R, "sparse cache: layer ", c.layer, " has ", r, " retrieval heads but block lists for ", R);
+      counts += R * nqb;
+    }
+    chunk_counts_.clear();
   }
   return chunk_stats_;
 }
