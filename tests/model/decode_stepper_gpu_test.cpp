@@ -11,6 +11,7 @@
 #include <cmath>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include "model/model_fixtures.h"
@@ -37,6 +38,31 @@ rtp::model::ModelConfig small_config(int64_t layers, int64_t query_heads, int64_
   c.rope_theta = 10000.0;
   return c;
 }
+
+// A bf16 4-layer model on the GPU with layers of streaming heads only, of both kinds (layer 1) and of retrieval heads
+// only (layer 2), an indexer with random weights and sparse settings (sink 4, top-p 0.9, the given window): built in
+// this order, the model from model_seed, the indexer's weights from indexer_seed.
+struct MixedHeadsModel {
+  rtp::model::ModelConfig c = small_config(4, 4, 2, 128);
+  std::unique_ptr<rtp::model::Qwen3Model> model;
+  rtp::sparse::HeadMap heads;
+  std::unique_ptr<rtp::sparse::Indexer> indexer;
+  rtp::sparse::SparseSettings settings;
+  MixedHeadsModel(uint64_t model_seed, uint64_t indexer_seed, int64_t window) {
+    model = std::make_unique<rtp::model::Qwen3Model>(c, kCuda, torch::kBFloat16);
+    model->init_random(model_seed, 0.05);
+    heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
+    heads.retrieval[1][1] = 1;
+    heads.retrieval[2][0] = heads.retrieval[2][1] = 1;
+    indexer = std::make_unique<rtp::sparse::Indexer>(heads, c.head_dim, 16);
+    indexer->to(kCuda, torch::kBFloat16);
+    torch::manual_seed(indexer_seed);
+    for (const auto& [name, t] : indexer->named_parameters()) t.normal_(0, 0.2);
+    settings.sink = 4;
+    settings.window = window;
+    settings.top_p = 0.9;
+  }
+};
 
 // Two dense KV caches holding the same prompt, for decoding it one way through `a` and another through `b`.
 struct TwinCaches {
@@ -94,20 +120,12 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeStepperCuda, ::testing::ValuesIn(rtp::t
 
 TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: decode graphs are tested on the GPU machine";
-  const auto c = small_config(4, 4, 2, 128);
-  rtp::model::Qwen3Model model(c, kCuda, torch::kBFloat16);
-  model.init_random(7, 0.05);
-  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
-  heads.retrieval[1][1] = 1;  // a layer of both kinds
-  heads.retrieval[2][0] = heads.retrieval[2][1] = 1;  // and one of retrieval heads only
-  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
-  indexer.to(kCuda, torch::kBFloat16);
-  torch::manual_seed(11);
-  for (const auto& [name, t] : indexer.named_parameters()) t.normal_(0, 0.2);
-  rtp::sparse::SparseSettings st;
-  st.sink = 4;
-  st.window = 64;
-  st.top_p = 0.9;
+  MixedHeadsModel s(7, 11, /*window=*/64);
+  const auto& c = s.c;
+  auto& model = *s.model;
+  const auto& heads = s.heads;
+  auto& indexer = *s.indexer;
+  const auto& st = s.settings;
   const int64_t P = 333, steps = 40;  // an odd prompt; the ring wraps during the steps
   auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
   torch::NoGradGuard no_grad;
@@ -173,20 +191,12 @@ TEST(DecodeStepperCuda, GraphReplayEqualsForwardThroughTheSparseCache) {
 // steps from either cache within twice that error of each other.
 TEST(DecodeStepperCuda, SparseChunkedPrefillMatchesTheOneShotPrefill) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the sparse chunked prefill is tested on the GPU machine";
-  const auto c = small_config(4, 4, 2, 128);
-  rtp::model::Qwen3Model model(c, kCuda, torch::kBFloat16);
-  model.init_random(8, 0.05);
-  auto heads = rtp::sparse::HeadMap::all_streaming(c.num_hidden_layers, c.num_key_value_heads, c.group_size());
-  heads.retrieval[1][1] = 1;
-  heads.retrieval[2][0] = heads.retrieval[2][1] = 1;
-  rtp::sparse::Indexer indexer(heads, c.head_dim, 16);
-  indexer.to(kCuda, torch::kBFloat16);
-  torch::manual_seed(12);
-  for (const auto& [name, t] : indexer.named_parameters()) t.normal_(0, 0.2);
-  rtp::sparse::SparseSettings st;
-  st.sink = 4;
-  st.window = 100;
-  st.top_p = 0.9;
+  MixedHeadsModel s(8, 12, /*window=*/100);
+  const auto& c = s.c;
+  auto& model = *s.model;
+  const auto& heads = s.heads;
+  auto& indexer = *s.indexer;
+  const auto& st = s.settings;
   const int64_t P = 1000, steps = 6;
   auto ids = torch::randint(0, c.vocab_size, {1, P + steps}, torch::kInt64).to(kCuda);
   torch::NoGradGuard no_grad;
