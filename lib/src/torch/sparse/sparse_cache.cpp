@@ -29,7 +29,7 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
   kinds_.resize(L);
   full_k_.resize(L), full_v_.resize(L), index_k_.resize(L), ring_k_.resize(L), ring_v_.resize(L), last_selected_.resize(L);
   retrieval_rows_.resize(L), streaming_rows_.resize(L), step_index_q_.resize(L);
-  all_retrieval_rows_.resize(L), all_streaming_rows_.resize(L), retrieval_q_rows_.resize(L), streaming_q_rows_.resize(L);
+  all_streaming_rows_.resize(L), retrieval_q_rows_.resize(L), streaming_q_rows_.resize(L);
   const int64_t G = config.group_size();
   ring_slot_ = torch::zeros({1}, torch::TensorOptions(torch::kInt64).device(device));
   for (int64_t l = 0; l < L; ++l) {
@@ -49,7 +49,7 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
         for (int64_t h = g * G; h < (g + 1) * G; ++h) q.push_back(h);
       return rows(q);
     };
-    all_retrieval_rows_[l] = rows(ret_rows), all_streaming_rows_[l] = rows(str_rows);
+    all_streaming_rows_[l] = rows(str_rows);
     retrieval_q_rows_[l] = q_rows(ret_rows), streaming_q_rows_[l] = q_rows(str_rows);
     // Tokens each retrieval head attended at the last decode step (the decode op's counter: one slot even without).
     last_selected_[l] = torch::zeros({std::max<int64_t>(n_ret, 1)}, torch::TensorOptions(torch::kInt32).device(device));
