@@ -110,6 +110,14 @@ const char* check_sparse_attention_params(const SparseAttentionParams& p, bool c
     if (p.max_blocks < 1) return "max_blocks must be >= 1";
     if (p.q_offset % p.block_size) return "with RETRIEVAL heads q_offset must be a multiple of block_size";
   }
+  if (p.q_group) {
+    bool seen[kMaxKvHeads] = {};
+    for (int g = 0; g < p.num_kv_heads; ++g) {
+      if (p.q_group[g] < 0 || p.q_group[g] >= kMaxKvHeads) return "q_group entries must be in [0, 64)";
+      if (seen[p.q_group[g]]) return "q_group entries must be distinct (two KV heads would write the same output rows)";
+      seen[p.q_group[g]] = true;
+    }
+  }
   if (p.stream_key_skip < 0) return "stream_key_skip must be >= 0";
   if (p.stream_key_skip > 0) {
     if (count_kind(p.head_kind, p.num_kv_heads, HeadKind::STREAMING) != p.num_kv_heads)
@@ -254,10 +262,11 @@ void sparse_attention_cpu(const SparseAttentionParams& p) {
   for (int h = 0; h < p.num_q_heads; ++h) {
     const int g = h / G;
     const HeadKind kind = p.head_kind[g];
-    const float* q = fptr(p.q) + h * qhs(p.q_head_stride);
+    const int64_t qh = (p.q_group ? p.q_group[g] : g) * int64_t(G) + h % G;  // the query head in q and o
+    const float* q = fptr(p.q) + qh * qhs(p.q_head_stride);
     const float* k = fptr(p.k) + g * khs(p.k_head_stride);
     const float* v = fptr(p.v) + g * khs(p.v_head_stride);
-    float* o = static_cast<float*>(p.o) + h * qhs(p.o_head_stride);
+    float* o = static_cast<float*>(p.o) + qh * qhs(p.o_head_stride);
     for (int64_t iq = 0; iq < Tq; ++iq) {
       const int64_t i = p.q_offset + iq;  // the query's position
       if (kind == HeadKind::RETRIEVAL) {

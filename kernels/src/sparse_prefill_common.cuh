@@ -34,6 +34,7 @@ struct PrefillArgs {
   int max_blocks;
   int8_t kind[kMaxKvHeads];
   int8_t slot[kMaxKvHeads];
+  int8_t q_group[kMaxKvHeads];  // query group of each KV head (SparseAttentionParams::q_group)
 };
 
 // Fills the arguments for thread blocks of `rows_per_cta` query rows; false when a stride breaks the 16-byte
@@ -76,6 +77,7 @@ inline bool make_prefill_args(const SparseAttentionParams& p, int rows_per_cta, 
   for (int g = 0, r = 0; g < p.num_kv_heads; ++g) {
     a.kind[g] = int8_t(p.head_kind[g]);
     a.slot[g] = int8_t(p.head_kind[g] == HeadKind::RETRIEVAL ? r++ : -1);
+    a.q_group[g] = int8_t(p.q_group ? p.q_group[g] : g);
   }
   *out = a;
   return true;
@@ -92,7 +94,7 @@ __device__ __forceinline__ void load_q_rows(const PrefillArgs& a, int kvh, int h
   constexpr int CPR = D / 8;
   for (int hl = 0; hl < a.heads_per_cta; ++hl) {
     const int hh = min(hp0 + hl, a.G - 1);
-    const __nv_bfloat16* qg = a.q + int64_t(kvh * a.G + hh) * a.qhs;
+    const __nv_bfloat16* qg = a.q + int64_t(a.q_group[kvh] * a.G + hh) * a.qhs;
     for (int idx = tid; idx < BS * CPR; idx += THREADS) {
       const int r = idx / CPR, c = idx % CPR;
       const int64_t row = r0 + r;
@@ -135,8 +137,9 @@ __device__ __forceinline__ void store_o_rows(const PrefillArgs& a, int kvh, int 
   const int hl0 = row0 / BS, hl1 = (row0 + 8) / BS;
   const bool ok0 = lrow0 < a.Tq && hp0 + hl0 < a.G && hl0 < a.heads_per_cta;
   const bool ok1 = lrow1 < a.Tq && hp0 + hl1 < a.G && hl1 < a.heads_per_cta;
-  __nv_bfloat16* o0 = a.o + int64_t(kvh * a.G + hp0 + hl0) * a.ohs + lrow0 * a.ors;
-  __nv_bfloat16* o1 = a.o + int64_t(kvh * a.G + hp0 + hl1) * a.ohs + lrow1 * a.ors;
+  const int64_t head0 = int64_t(a.q_group[kvh]) * a.G + hp0;
+  __nv_bfloat16* o0 = a.o + (head0 + hl0) * a.ohs + lrow0 * a.ors;
+  __nv_bfloat16* o1 = a.o + (head0 + hl1) * a.ohs + lrow1 * a.ors;
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) {
     const int d = i * 8 + 2 * t4;

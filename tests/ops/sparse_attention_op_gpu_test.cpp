@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "rtp/kernels/build_info.h"
+#include "query_groups_case.h"
 #include "rtp/ops/sparse_attention.h"
 #include "test_util.h"
 
@@ -91,6 +92,23 @@ TEST(SparseAttentionOpGpu, BrokenDeviceBlockListsAreClampedNotRead) {
     const auto again = rtp::ops::sparse_attention(q, k, v, kinds, {lists.counts.cuda(), lists.indices.cuda()}, c);
     torch::cuda::synchronize();
     EXPECT_TRUE(torch::equal(again, valid)) << "block size " << B;
+  }
+}
+
+// In place (QueryGroupsInto) the kernels load query rows of head group * G + i and store output rows there: the same
+// arithmetic on the same bf16 inputs as the gathered call, so equal to the last bit, for both kernels and both head
+// sizes; q and out are strided views ([Tq, Hq, D] memory) as in the model.
+TEST(SparseAttentionOpGpu, HeadsOfOneKindAttendInPlaceAsIfGathered) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA): tested on the GPU machine";
+  const auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  using rtp::kernels::PrefillKernel;
+  for (const auto kernel : {PrefillKernel::MMA_SYNC, PrefillKernel::AUTO})
+  for (const int64_t D : {64, 128}) {
+    const auto x = rtp::testing::run_query_groups_case(bf, D, kernel);
+    EXPECT_TRUE(torch::equal(x.in_place, x.gathered))
+        << "kernel " << int(kernel) << ", D " << D << ": " << (x.in_place.to(torch::kFloat32) - x.gathered.to(torch::kFloat32)).abs().max().item<float>();
+    for (int64_t h : {0, 1, 2, 6, 7, 8}) EXPECT_TRUE(x.after_retrieval[h].eq(x.untouched).all().item<bool>()) << h;
+    for (int64_t h : {3, 4, 5, 9, 10, 11}) EXPECT_TRUE(torch::equal(x.after_retrieval[h], x.gathered[h])) << h;
   }
 }
 

@@ -1,11 +1,13 @@
 // ops::sparse_attention (the prefill op) on the CPU: the retrieval heads' block lists are held to the contract of
-// sparse_attention_params.h before the CPU reference reads them, one-shot and for a chunk (q_offset > 0).
+// sparse_attention_params.h before the CPU reference reads them, one-shot and for a chunk (q_offset > 0); a layer's
+// heads of one kind attended in place equal the same heads gathered and scattered.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <string>
 #include <vector>
 
+#include "query_groups_case.h"
 #include "rtp/ops/sparse_attention.h"
 #include "test_util.h"
 
@@ -135,6 +137,40 @@ TEST(SparseAttentionOp, RefusesABlockSizeOtherThan64Or128BeforeDividingByIt) {
     EXPECT_NE(select.find("select_blocks: block_size must be 64 or 128, found " + std::to_string(bs)), std::string::npos)
         << select;
   }
+}
+
+// In place (QueryGroupsInto) the reference reads query head group * G + i where it read head h: the same numbers as
+// the gathered call's, so equal to the last bit; heads of the groups a call does not name keep what out held.
+TEST(SparseAttentionOp, HeadsOfOneKindAttendInPlaceAsIfGathered) {
+  const auto x = rtp::testing::run_query_groups_case(torch::TensorOptions().dtype(torch::kFloat32), 16);
+  EXPECT_TRUE(torch::equal(x.in_place, x.gathered)) << (x.in_place - x.gathered).abs().max().item<float>();
+  for (int64_t h : {0, 1, 2, 6, 7, 8}) EXPECT_TRUE(x.after_retrieval[h].eq(x.untouched).all().item<bool>()) << h;
+  for (int64_t h : {3, 4, 5, 9, 10, 11}) EXPECT_TRUE(torch::equal(x.after_retrieval[h], x.gathered[h])) << h;
+  // A bf16 out on the CPU (where the reference computes in float32) goes through a float32 copy.
+  const auto bf = rtp::testing::run_query_groups_case(torch::TensorOptions().dtype(torch::kBFloat16), 16);
+  EXPECT_TRUE(torch::equal(bf.in_place, bf.gathered));
+}
+
+TEST(SparseAttentionOp, RefusesQueryGroupsThatDoNotFitQ) {
+  const auto x = make_case(0, 200, config());
+  auto out = torch::zeros({4, 200, 16});
+  auto error = [&](std::vector<int32_t> groups, int64_t G, torch::Tensor o) {
+    rtp::ops::QueryGroupsInto into{std::move(groups), G, o};
+    return rtp::testing::error_of(
+        [&] { rtp::ops::sparse_attention(x.q, x.k, x.v, kKinds, x.lists, config(), 0, 0, &into); });
+  };
+  EXPECT_EQ(error({0, 1}, 2, out), "<no error: the call succeeded>");
+  EXPECT_EQ(error({1, 0}, 2, out), "<no error: the call succeeded>");
+  EXPECT_NE(error({0}, 2, out).find("sparse_attention: expected one query group per KV head (2), found 1"),
+            std::string::npos);
+  EXPECT_NE(error({0, 2}, 2, out).find("sparse_attention: query group 2 is not in [0, 2) (q has 4 heads in groups of 2)"),
+            std::string::npos);
+  EXPECT_NE(error({0, 1}, 3, out).find("sparse_attention: group_size 3 does not divide the 4 query heads of q"),
+            std::string::npos);
+  const auto dup = error({1, 1}, 2, out);
+  EXPECT_NE(dup.find("q_group entries must be distinct"), std::string::npos) << dup;
+  const auto shape = error({0, 1}, 2, torch::zeros({4, 199, 16}));
+  EXPECT_NE(shape.find("sparse_attention: out must be [4, 200, 16]"), std::string::npos) << shape;
 }
 
 }  // namespace

@@ -186,6 +186,11 @@ struct SparseAttentionParams {
   float scale = 0.f;  // 0: 1/sqrt(D)
   // HOST pointer (for the CUDA launcher too): kind per KV head [Hkv].
   const HeadKind* head_kind = nullptr;
+  // HOST pointer, optional: the query group of each KV head [Hkv], distinct, in [0, kMaxKvHeads). KV head h of the
+  // call then reads query heads q_group[h] * G .. q_group[h] * G + G - 1 of q and writes the same heads of o
+  // (G = num_q_heads / num_kv_heads; q and o may hold more heads than num_q_heads: a layer's heads of one kind
+  // attended in place, without gathering their queries and scattering their outputs). Null: group h.
+  const int32_t* q_group = nullptr;
   int64_t sink = 4, window = 8192;
   int block_size = 64;
   // Retrieval lists (device pointers for CUDA), layout above. May be null when no head is RETRIEVAL.

@@ -42,9 +42,19 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
 // (a cache's first T rows): they are read in place when the dtype already matches. Lists given on the host are
 // checked against the contract (counts in [0, max_blocks], entries ascending, unique, at most their query block);
 // lists on the GPU are not (that would need a copy back per call).
+//
+// `into`, optional: the call covers some of a layer's KV heads, q holds all the layer's query heads, and the outputs go
+// into `into->out` (q's shape) in place: no gather of the queries, no scatter of the outputs (a prompt chunk attends
+// its retrieval and its streaming heads in two calls over different caches). Returns into->out then.
+struct QueryGroupsInto {
+  std::vector<int32_t> group;  // per KV head of the call: the query group (heads group * G .. + G - 1) it reads and writes
+  int64_t group_size = 0;      // G
+  torch::Tensor out;           // [q.size(0), Tq, D]; heads of groups the call does not name are left as they are
+};
 torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const std::vector<kernels::HeadKind>& kinds, const BlockLists& lists,
-                               const SparseConfig& cfg, int64_t q_offset = 0, int64_t stream_key_skip = 0);
+                               const SparseConfig& cfg, int64_t q_offset = 0, int64_t stream_key_skip = 0,
+                               const QueryGroupsInto* into = nullptr);
 
 struct DecodeInputs {
   torch::Tensor q;                 // [Hq, D]

@@ -102,9 +102,9 @@ class SparseCache : public model::AttentionSeam, public model::StepAttention {
   // Per layer, the KV heads (rows of k/v) of each kind on the cache's device; undefined when every head of the layer
   // has that kind (no gather needed).
   std::vector<torch::Tensor> retrieval_rows_, streaming_rows_;
-  // Per layer, the streaming KV heads as an index tensor that is always defined, and the query heads of each kind (a
-  // prompt chunk selects with them; built once: an index made from host memory per call waits for the device's queue).
-  std::vector<torch::Tensor> all_streaming_rows_, retrieval_q_rows_, streaming_q_rows_;
+  // Per layer, the streaming KV heads as an index tensor that is always defined (built once: an index made from host
+  // memory per call waits for the device's queue).
+  std::vector<torch::Tensor> all_streaming_rows_;
   // Decode steps: the ring slot of the step's token (int64 [1], set by begin_step), the indexer's queries of each
   // layer's token (store_token's, read by attend_token), and a token that lives as long as the buffers (which never
   // move: they are allocated for the capacity up front).

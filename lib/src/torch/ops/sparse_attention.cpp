@@ -142,7 +142,8 @@ BlockLists select_blocks(const torch::Tensor& index_q, const torch::Tensor& inde
 
 torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, const torch::Tensor& v,
                                const std::vector<k::HeadKind>& kinds, const BlockLists& lists,
-                               const SparseConfig& cfg, int64_t q_offset, int64_t stream_key_skip) {
+                               const SparseConfig& cfg, int64_t q_offset, int64_t stream_key_skip,
+                               const QueryGroupsInto* into) {
   check_3d(q, "sparse_attention: q");
   check_3d(kk, "sparse_attention: k");
   check_3d(v, "sparse_attention: v");
@@ -170,7 +171,23 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
     return ok ? x : x.clone(torch::MemoryFormat::Contiguous);  // contiguous() would keep a misaligned start
   };
   torch::Tensor qc = prep(q), kc = prep(kk), vc = prep(v);
-  torch::Tensor o = torch::empty({q.size(0), q.size(1), q.size(2)}, qc.options());
+  int64_t attended_q_heads = q.size(0);
+  if (into) {
+    const int64_t G = into->group_size, Hkv = kk.size(0);
+    RTP_CHECK(G >= 1 && q.size(0) % G == 0, "sparse_attention: group_size ", G, " does not divide the ", q.size(0),
+              " query heads of q");
+    RTP_CHECK(int64_t(into->group.size()) == Hkv, "sparse_attention: expected one query group per KV head (", Hkv,
+              "), found ", into->group.size());
+    for (int32_t g : into->group)
+      RTP_CHECK(g >= 0 && g < q.size(0) / G, "sparse_attention: query group ", g, " is not in [0, ", q.size(0) / G,
+                ") (q has ", q.size(0), " heads in groups of ", G, ")");
+    RTP_CHECK(into->out.defined() && into->out.sizes() == q.sizes() && into->out.device() == q.device(),
+              "sparse_attention: out must be ", q.sizes(), " on ", q.device(), ", found ",
+              into->out.defined() ? into->out.sizes() : torch::IntArrayRef{});
+    attended_q_heads = Hkv * G;
+  }
+  // Written in place when out already has the kernel's dtype and layout; else through a copy.
+  torch::Tensor o = into ? prep(into->out) : torch::empty({q.size(0), q.size(1), q.size(2)}, qc.options());
   const int nret = int(std::count(kinds.begin(), kinds.end(), k::HeadKind::RETRIEVAL));
   k::SparseAttentionParams p;
   p.q = qc.data_ptr();
@@ -181,7 +198,9 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   p.q_head_stride = qc.stride(0), p.q_row_stride = qc.stride(1);
   p.k_head_stride = kc.stride(0), p.k_row_stride = kc.stride(1);
   p.v_head_stride = vc.stride(0), p.v_row_stride = vc.stride(1);
-  p.num_q_heads = int(q.size(0));
+  p.o_head_stride = o.stride(0), p.o_row_stride = o.stride(1);
+  p.q_group = into ? into->group.data() : nullptr;
+  p.num_q_heads = int(attended_q_heads);
   p.num_kv_heads = int(kk.size(0));
   p.seq_len = q_offset + q.size(1);
   p.q_offset = q_offset;
@@ -223,7 +242,9 @@ torch::Tensor sparse_attention(const torch::Tensor& q, const torch::Tensor& kk, 
   } else {
     k::sparse_attention_cpu(p);
   }
-  return o;
+  if (!into) return o;
+  if (!o.is_same(into->out)) into->out.copy_(o);
+  return into->out;
 }
 
 bool sparse_decode_gpu_takes(torch::ScalarType dtype, int64_t head_dim, int64_t query_heads, int64_t kv_heads) {

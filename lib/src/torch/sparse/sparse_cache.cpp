@@ -29,8 +29,7 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
   kinds_.resize(L);
   full_k_.resize(L), full_v_.resize(L), index_k_.resize(L), ring_k_.resize(L), ring_v_.resize(L), last_selected_.resize(L);
   retrieval_rows_.resize(L), streaming_rows_.resize(L), step_index_q_.resize(L);
-  all_streaming_rows_.resize(L), retrieval_q_rows_.resize(L), streaming_q_rows_.resize(L);
-  const int64_t G = config.group_size();
+  all_streaming_rows_.resize(L);
   ring_slot_ = torch::zeros({1}, torch::TensorOptions(torch::kInt64).device(device));
   for (int64_t l = 0; l < L; ++l) {
     int64_t n_ret = 0, n_str = 0;
@@ -43,14 +42,7 @@ SparseCache::SparseCache(const model::ModelConfig& config, HeadMap heads, Sparse
     }
     const auto rows = [&](const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64).to(device); };
     if (n_ret > 0 && n_str > 0) retrieval_rows_[l] = rows(ret_rows), streaming_rows_[l] = rows(str_rows);
-    const auto q_rows = [&](const std::vector<int64_t>& kv) {
-      std::vector<int64_t> q;
-      for (int64_t g : kv)
-        for (int64_t h = g * G; h < (g + 1) * G; ++h) q.push_back(h);
-      return rows(q);
-    };
     all_streaming_rows_[l] = rows(str_rows);
-    retrieval_q_rows_[l] = q_rows(ret_rows), streaming_q_rows_[l] = q_rows(str_rows);
     // Tokens each retrieval head attended at the last decode step (the decode op's counter: one slot even without).
     last_selected_[l] = torch::zeros({std::max<int64_t>(n_ret, 1)}, torch::TensorOptions(torch::kInt32).device(device));
     RTP_CHECK(n_ret == 0 || indexer != nullptr, "sparse cache: layer ", l, " has retrieval heads but no indexer");
@@ -350,7 +342,6 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
             ") of a ", prompt_length_, "-token prompt must end at a multiple of block_size (", settings_.block_size,
             ") or at the prompt's end: a retrieval query block is selected from all its queries at once");
   const auto cfg = to_ops_config(settings_);
-  const auto dev = in.q.device();
   const auto q = in.q[0];  // [Hq, T, D]
   auto out = torch::empty_like(q);
   int64_t n_ret = 0;
@@ -358,12 +349,18 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
   const int64_t n_str = Hkv - n_ret;
   // The CUDA kernels take D of 64 or 128 only; elsewhere the chunk runs on the CPU reference (tiny test models).
   const bool on_host = q.is_cuda() && !(kernels::built_with_cuda() && (q.size(2) == 64 || q.size(2) == 128));
-  auto attention = [&](const torch::Tensor& qq, const torch::Tensor& kk, const torch::Tensor& vv,
-                       const std::vector<kernels::HeadKind>& kinds, const ops::BlockLists& bl, int64_t skip) {
-    if (!on_host) return ops::sparse_attention(qq, kk, vv, kinds, bl, cfg, start, skip);
+  // The heads of one kind read their queries from q and write their outputs into out in place (QueryGroupsInto).
+  auto attention = [&](kernels::HeadKind kind, const torch::Tensor& kk, const torch::Tensor& vv,
+                       const ops::BlockLists& bl, int64_t skip) {
+    ops::QueryGroupsInto into{{}, config_.group_size(), out};
+    for (int64_t g = 0; g < Hkv; ++g)
+      if (kinds_[l][g] == kind) into.group.push_back(static_cast<int32_t>(g));
+    const std::vector<kernels::HeadKind> kinds(into.group.size(), kind);
+    if (!on_host) return void(ops::sparse_attention(q, kk, vv, kinds, bl, cfg, start, skip, &into));
     auto host = [](const torch::Tensor& t) { return t.to(torch::kCPU, torch::kFloat32); };
     ops::BlockLists hl{bl.counts.defined() ? bl.counts.cpu() : bl.counts, bl.indices.defined() ? bl.indices.cpu() : bl.indices};
-    return ops::sparse_attention(host(qq), host(kk), host(vv), kinds, hl, cfg, start, skip).to(dev);
+    into.out = host(out);
+    out.copy_(ops::sparse_attention(host(q), host(kk), host(vv), kinds, hl, cfg, start, skip, &into));
   };
   ops::BlockLists lists;
   if (n_ret > 0) {
@@ -382,10 +379,7 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
       RECORD_FUNCTION("rtp::sparse_chunk::select_blocks", std::vector<c10::IValue>());
       lists = ops::select_blocks(iq, ik, cfg, 0, start);
     }
-    std::vector<kernels::HeadKind> kinds(static_cast<size_t>(n_ret), kernels::HeadKind::RETRIEVAL);
-    const auto& qi = retrieval_q_rows_[l];
-    auto o = attention(q.index_select(0, qi), full_k_[l].narrow(1, 0, end), full_v_[l].narrow(1, 0, end), kinds, lists, 0);
-    out.index_copy_(0, qi, o.to(out.scalar_type()));
+    attention(kernels::HeadKind::RETRIEVAL, full_k_[l].narrow(1, 0, end), full_v_[l].narrow(1, 0, end), lists, 0);
   }
   if (n_str > 0) {
     RECORD_FUNCTION("rtp::sparse_chunk::streaming", std::vector<c10::IValue>());
@@ -405,10 +399,7 @@ torch::Tensor SparseCache::attend_chunk(const model::LayerAttentionInputs& in, i
           ks.push_back(ring_k_[l].narrow(1, slot, n)), vs.push_back(ring_v_[l].narrow(1, slot, n));
     }
     ks.push_back(k_str), vs.push_back(v_str);
-    std::vector<kernels::HeadKind> kinds(static_cast<size_t>(n_str), kernels::HeadKind::STREAMING);
-    const auto& qi = streaming_q_rows_[l];
-    auto o = attention(q.index_select(0, qi), torch::cat(ks, 1), torch::cat(vs, 1), kinds, {}, skip);
-    out.index_copy_(0, qi, o.to(out.scalar_type()));
+    attention(kernels::HeadKind::STREAMING, torch::cat(ks, 1), torch::cat(vs, 1), {}, skip);
     {
       RECORD_FUNCTION("rtp::sparse_chunk::ring_write", std::vector<c10::IValue>());
       write_ring(l, k_str, v_str, start, T);
