@@ -11,6 +11,7 @@
 #include "rtp/model/rope.h"
 #include "rtp/ops/linear_decode.h"
 #include "rtp/ops/moe_decode.h"
+#include "rtp/ops/moe_grouped.h"
 #include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
 #include "rtp/ops/swiglu.h"
@@ -201,28 +202,7 @@ class Qwen3ModelImpl {
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
     if (moe_on_device(flat.size(0))) return ops::moe_decode(flat, top_i, top_w, gate_up, down).reshape(shape);
-    auto out = torch::zeros_like(flat);
-    // Group the (token, slot) pairs by expert with one sort instead of a mask per expert.
-    auto flat_experts = top_i.reshape(-1);
-    auto order = torch::argsort(flat_experts);
-    auto sorted_experts = flat_experts.index_select(0, order);
-    auto counts = torch::bincount(sorted_experts, {}, cfg.num_experts).to(torch::kCPU);
-    auto token_of_slot = torch::div(order, cfg.num_experts_per_tok, "floor");
-    auto weight_of_slot = top_w.reshape(-1).index_select(0, order);
-    const int64_t* cnt = counts.data_ptr<int64_t>();
-    int64_t begin = 0;
-    for (int64_t e = 0; e < cfg.num_experts; ++e) {
-      const int64_t n = cnt[e];
-      if (n == 0) continue;
-      auto tokens = token_of_slot.narrow(0, begin, n);
-      auto h = flat.index_select(0, tokens);
-      auto gu = at::linear(h, gate_up[e]).chunk(2, -1);
-      auto y = at::linear(ops::swiglu(gu[0], gu[1]), down[e]);
-      y = y * weight_of_slot.narrow(0, begin, n).unsqueeze(-1);
-      out.index_add_(0, tokens, y.to(out.dtype()));
-      begin += n;
-    }
-    return out.reshape(shape);
+    return ops::moe_grouped(flat, top_i, top_w, gate_up, down).reshape(shape);
   }
 
   // A few tokens on a GPU: the experts are read by id on the device (no expert counts on the host).

@@ -1,0 +1,74 @@
+#include "rtp/ops/moe_grouped.h"
+
+#include <ATen/ops/_grouped_mm.h>
+#include <torch/torch.h>
+
+#include "rtp/core/error.h"
+#include "rtp/ops/swiglu.h"
+
+namespace rtp::ops {
+
+namespace {
+bool rows_aligned(const torch::Tensor& t) {
+  const int64_t per16 = 16 / static_cast<int64_t>(t.element_size());
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.size(-1) % per16 == 0 && t.is_contiguous();
+}
+}  // namespace
+
+bool moe_grouped_gemm_supported(const torch::Tensor& x, const torch::Tensor& gate_up, const torch::Tensor& down) {
+  const auto dt = x.scalar_type();
+  if (dt != torch::kFloat32 && dt != torch::kBFloat16 && dt != torch::kHalf) return false;
+  if (gate_up.scalar_type() != dt || down.scalar_type() != dt) return false;
+  // The intermediate rows (SwiGLU's output, I wide) are the second GEMM's input: they must be aligned too.
+  const int64_t per16 = 16 / static_cast<int64_t>(x.element_size());
+  return rows_aligned(gate_up) && rows_aligned(down) && down.size(-1) % per16 == 0 && x.size(-1) % per16 == 0;
+}
+
+torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
+                          const torch::Tensor& gate_up, const torch::Tensor& down) {
+  RTP_CHECK(x.dim() == 2 && expert.dim() == 2 && weight.sizes() == expert.sizes() && expert.size(0) == x.size(0),
+            "moe_grouped: expected x [N, H], expert and weight [N, K], found x ", x.sizes(), ", expert ", expert.sizes(),
+            ", weight ", weight.sizes());
+  RTP_CHECK(gate_up.dim() == 3 && down.dim() == 3 && gate_up.size(2) == x.size(1) && gate_up.size(1) % 2 == 0 &&
+                down.size(0) == gate_up.size(0) && down.size(1) == x.size(1) && down.size(2) * 2 == gate_up.size(1),
+            "moe_grouped: expected gate_up [E, 2I, H] and down [E, H, I] with H = ", x.size(1), ", found ",
+            gate_up.sizes(), " and ", down.sizes());
+  RTP_CHECK(expert.scalar_type() == torch::kInt64, "moe_grouped: expert ids must be int64, found ", expert.scalar_type());
+  const int64_t N = x.size(0), K = expert.size(1), H = x.size(1), E = gate_up.size(0), I = down.size(2);
+  if (N == 0) return torch::zeros_like(x);
+  // Slots sorted by expert (stable: a token's slots keep their order within an expert), and where each expert's run
+  // ends: offsets[e] = slots with an expert <= e, found on the device.
+  const auto sorted = torch::sort(expert.reshape(-1), /*stable=*/true, 0, /*descending=*/false);
+  const auto& experts = std::get<0>(sorted);
+  const auto& order = std::get<1>(sorted);
+  const auto ends = torch::searchsorted(experts, torch::arange(E, experts.options()), /*out_int32=*/true, /*right=*/true);
+  torch::Tensor y;  // [N K, H], slots in expert order
+  {
+    // Each temporary released as soon as the next step has it: a 32K-token forward of Qwen3-30B-A3B holds a few of
+    // these [N K, 2I or H] tensors (about 1 GB each) at a time.
+    auto xs = x.index_select(0, torch::div(order, K, "floor"));
+    if (moe_grouped_gemm_supported(x, gate_up, down)) {
+      auto gu = at::_grouped_mm(xs, gate_up.transpose(1, 2), ends);
+      xs = torch::Tensor();
+      auto a = swiglu(gu.narrow(-1, 0, I), gu.narrow(-1, I, I));
+      gu = torch::Tensor();
+      y = at::_grouped_mm(a, down.transpose(1, 2), ends);
+    } else {
+      y = torch::empty({N * K, H}, x.options());
+      const auto host_ends = ends.to(torch::kCPU, torch::kInt64);
+      const int64_t* end = host_ends.data_ptr<int64_t>();
+      for (int64_t e = 0, begin = 0; e < E; begin = end[e++]) {
+        if (end[e] == begin) continue;
+        const auto gu = torch::matmul(xs.narrow(0, begin, end[e] - begin), gate_up[e].t());
+        y.narrow(0, begin, end[e] - begin).copy_(torch::matmul(swiglu(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)), down[e].t()));
+      }
+    }
+  }
+  y.mul_(weight.reshape(-1).index_select(0, order).to(y.scalar_type()).unsqueeze(-1));
+  // Back to (token, slot) order, then each token's K products summed (float32 accumulation inside sum).
+  auto per_slot = torch::empty_like(y).index_copy_(0, order, y);
+  y = torch::Tensor();
+  return per_slot.view({N, K, H}).sum(1);
+}
+
+}  // namespace rtp::ops

@@ -1,0 +1,64 @@
+// ops::moe_grouped on the CPU against the block's definition in float64, through both of its GEMM paths (one grouped
+// GEMM where rows are 16-byte multiples, a GEMM pair per expert otherwise), with experts that get no token; bf16 within
+// twice the error of the expert loop it replaced; shape errors.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "moe_grouped_case.h"
+#include "rtp/ops/moe_grouped.h"
+#include "test_util.h"
+
+namespace {
+
+using rtp::testing::make_moe_case;
+
+TEST(MoeGrouped, EqualsTheDefinitionOnBothGemmPaths) {
+  // N, K, E, H, I: aligned rows (the grouped GEMM), odd rows (per expert), one slot, more experts than slots.
+  for (const auto& [N, K, E, H, I] : std::vector<std::array<int64_t, 5>>{
+           {37, 4, 9, 64, 48}, {13, 2, 5, 37, 19}, {20, 1, 3, 16, 8}, {3, 2, 16, 32, 24}}) {
+    const auto c = make_moe_case(N, K, E, H, I, 11);
+    const auto x = c.x;
+    EXPECT_EQ(rtp::ops::moe_grouped_gemm_supported(x, c.gate_up, c.down), H % 4 == 0 && I % 4 == 0);
+    const auto got = rtp::ops::moe_grouped(x, c.expert, c.weight, c.gate_up, c.down);
+    ASSERT_EQ(got.sizes(), x.sizes());
+    ASSERT_EQ(got.scalar_type(), torch::kFloat32);
+    const auto ref = rtp::testing::moe_by_definition(c);
+    const double err = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
+    EXPECT_LE(err, 2e-6 * (1 + ref.abs().max().item<double>())) << N << "x" << K << " of " << E << ", H " << H << ", I " << I;
+  }
+}
+
+// A token's slots summed once in float32, the products in bf16: no worse than twice the replaced loop's bf16 error.
+TEST(MoeGrouped, Bf16WithinTwiceTheExpertLoop) {
+  const auto c = make_moe_case(64, 4, 8, 64, 48, 12);
+  const auto bf = torch::TensorOptions().dtype(torch::kBFloat16);
+  const auto got = rtp::ops::moe_grouped(c.x.to(bf), c.expert, c.weight.to(bf), c.gate_up.to(bf), c.down.to(bf));
+  ASSERT_EQ(got.scalar_type(), torch::kBFloat16);
+  const auto ref = rtp::testing::moe_by_definition(c);
+  const double err = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
+  const double naive = (rtp::testing::moe_expert_loop(c, bf).to(torch::kFloat64) - ref).abs().max().item<double>();
+  EXPECT_GT(naive, 0.0);
+  EXPECT_LE(err, 2 * naive) << "grouped " << err << ", expert loop " << naive;
+}
+
+TEST(MoeGrouped, RefusesShapesThatDoNotFit) {
+  const auto c = make_moe_case(4, 2, 3, 16, 8, 13);
+  auto error = [&](const torch::Tensor& x, const torch::Tensor& e, const torch::Tensor& w, const torch::Tensor& gu,
+                   const torch::Tensor& d) { return rtp::testing::error_of([&] { rtp::ops::moe_grouped(x, e, w, gu, d); }); };
+  EXPECT_EQ(error(c.x, c.expert, c.weight, c.gate_up, c.down), "<no error: the call succeeded>");
+  EXPECT_NE(error(c.x, c.expert, c.weight.narrow(1, 0, 1), c.gate_up, c.down)
+                .find("moe_grouped: expected x [N, H], expert and weight [N, K], found x [4, 16], expert [4, 2], weight [4, 1]"),
+            std::string::npos);
+  EXPECT_NE(error(c.x, c.expert, c.weight, c.gate_up, c.down.narrow(2, 0, 7))
+                .find("moe_grouped: expected gate_up [E, 2I, H] and down [E, H, I] with H = 16, found [3, 16, 16] and [3, 16, 7]"),
+            std::string::npos);
+  EXPECT_NE(error(c.x, c.expert.to(torch::kInt32), c.weight, c.gate_up, c.down)
+                .find("moe_grouped: expert ids must be int64, found Int"),
+            std::string::npos);
+}
+
+}  // namespace
