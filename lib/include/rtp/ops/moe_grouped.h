@@ -11,8 +11,9 @@ namespace rtp::ops {
 
 // x [N, H]; expert int64 [N, K] (each in [0, E)); weight [N, K]; gate_up [E, 2I, H] (gate rows, then up rows);
 // down [E, H, I]. Returns [N, H] in x's dtype: sum over k of weight[n, k] * down_e (silu(gate_e x_n) * up_e x_n),
-// e = expert[n, k]. Each product is taken in x's dtype (the weight rounded to it, as Hugging Face's block does) and
-// the K products of a token summed in float32 before one rounding.
+// e = expert[n, k]. The expert outputs are rounded to x's dtype (they are GEMM outputs); the weighting and the sum
+// over a token's K slots run in float32 with one rounding at the end (on a GPU in one kernel, moe_combine.h), where
+// Hugging Face's block rounds after each weighting and each add.
 torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
                           const torch::Tensor& gate_up, const torch::Tensor& down);
 

@@ -3,7 +3,10 @@
 #include <ATen/ops/_grouped_mm.h>
 #include <torch/torch.h>
 
+#include "device_launch.h"
 #include "rtp/core/error.h"
+#include "rtp/kernels/build_info.h"
+#include "rtp/kernels/moe_combine.h"
 #include "rtp/ops/swiglu.h"
 
 namespace rtp::ops {
@@ -64,11 +67,30 @@ torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, c
       }
     }
   }
-  y.mul_(weight.reshape(-1).index_select(0, order).to(y.scalar_type()).unsqueeze(-1));
-  // Back to (token, slot) order, then each token's K products summed (float32 accumulation inside sum).
-  auto per_slot = torch::empty_like(y).index_copy_(0, order, y);
-  y = torch::Tensor();
-  return per_slot.view({N, K, H}).sum(1);
+  // Back to token order: slot_row[n K + k] is the row of y holding slot (n, k) (the sort's inverse permutation).
+  const int64_t S = N * K;
+  const auto slot_row = torch::empty_like(order).scatter_(0, order, torch::arange(S, order.options()));
+  const auto w = weight.reshape(-1).to(torch::kFloat32).contiguous();
+  if (y.is_cuda() && kernels::built_with_cuda() && (y.scalar_type() == torch::kBFloat16 || y.scalar_type() == torch::kFloat32)) {
+    auto out = torch::empty({N, H}, x.options());
+    kernels::MoeCombineParams p;
+    p.rows = y.data_ptr();
+    p.slot_row = slot_row.data_ptr<int64_t>();
+    p.weight = w.data_ptr<float>();
+    p.out = out.data_ptr();
+    p.tokens = N, p.slots_per_token = K, p.hidden = H, p.row_stride = y.stride(0);
+    p.dtype = y.scalar_type() == torch::kBFloat16 ? kernels::DType::BF16 : kernels::DType::F32;
+    if (y.stride(1) == 1 && kernels::moe_combine_cuda_takes(p)) {
+#ifdef RTPURBO_WITH_CUDA
+      const DeviceLaunch launch(y.device());
+      const cudaError_t e = kernels::moe_combine_cuda(p, launch.stream());
+      RTP_CHECK(e == cudaSuccess, "moe_grouped: combine kernel failed: ", cudaGetErrorString(e));
+      return out;
+#endif
+    }
+  }
+  // Elsewhere the same arithmetic by eager ops (three passes over the products instead of one).
+  return (y.index_select(0, slot_row).view({N, K, H}).to(torch::kFloat32) * w.view({N, K, 1})).sum(1).to(x.scalar_type());
 }
 
 }  // namespace rtp::ops
