@@ -61,4 +61,22 @@ TEST(MoeGrouped, RefusesShapesThatDoNotFit) {
             std::string::npos);
 }
 
+// moe_combine (the block's last step) on the CPU: eager ops, against the formula in float64; shape errors.
+TEST(MoeGrouped, CombineEqualsTheFormula) {
+  torch::manual_seed(14);
+  const int64_t N = 9, K = 3, H = 24;
+  const auto rows = torch::randn({N * K, H});
+  const auto slot_row = torch::randperm(N * K, torch::kInt64);
+  const auto weight = torch::rand({N * K});
+  const auto got = rtp::ops::moe_combine(rows, slot_row, weight, K);
+  const auto ref = (rows.to(torch::kFloat64).index_select(0, slot_row).view({N, K, H}) *
+                    weight.to(torch::kFloat64).view({N, K, 1}))
+                       .sum(1);
+  EXPECT_LE((got.to(torch::kFloat64) - ref).abs().max().item<double>(), 1e-5);
+  const auto bad = rtp::testing::error_of([&] { rtp::ops::moe_combine(rows, slot_row, weight, 4); });
+  EXPECT_NE(bad.find("moe_combine: expected rows [N K, H], slot_row and weight [N K] with K = 4, found rows [27, 24]"),
+            std::string::npos)
+      << bad;
+}
+
 }  // namespace

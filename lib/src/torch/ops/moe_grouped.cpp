@@ -5,7 +5,6 @@
 
 #include "device_launch.h"
 #include "rtp/core/error.h"
-#include "rtp/kernels/build_info.h"
 #include "rtp/kernels/moe_combine.h"
 #include "rtp/ops/swiglu.h"
 
@@ -16,6 +15,15 @@ bool rows_aligned(const torch::Tensor& t) {
   const int64_t per16 = 16 / static_cast<int64_t>(t.element_size());
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.size(-1) % per16 == 0 && t.is_contiguous();
 }
+
+// moe_combine's arithmetic by eager ops: three passes over the rows (gather, weigh in float32, sum) instead of one.
+torch::Tensor combine_eager(const torch::Tensor& rows, const torch::Tensor& slot_row, const torch::Tensor& weight, int64_t K) {
+  const int64_t N = rows.size(0) / K, H = rows.size(1);
+  return (rows.index_select(0, slot_row).view({N, K, H}).to(torch::kFloat32) * weight.to(torch::kFloat32).view({N, K, 1}))
+      .sum(1)
+      .to(rows.scalar_type());
+}
+
 }  // namespace
 
 bool moe_grouped_gemm_supported(const torch::Tensor& x, const torch::Tensor& gate_up, const torch::Tensor& down) {
@@ -67,30 +75,47 @@ torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, c
       }
     }
   }
-  // Back to token order: slot_row[n K + k] is the row of y holding slot (n, k) (the sort's inverse permutation).
-  const int64_t S = N * K;
-  const auto slot_row = torch::empty_like(order).scatter_(0, order, torch::arange(S, order.options()));
-  const auto w = weight.reshape(-1).to(torch::kFloat32).contiguous();
-  if (y.is_cuda() && kernels::built_with_cuda() && (y.scalar_type() == torch::kBFloat16 || y.scalar_type() == torch::kFloat32)) {
-    auto out = torch::empty({N, H}, x.options());
+  // Weighted in place, back to (token, slot) order, each token's K products summed (float32 accumulation inside sum,
+  // one rounding): y and one copy of it at a time. moe_combine below does these three passes in one kernel; it takes
+  // over here once it has run on a GPU.
+  y.mul_(weight.reshape(-1).index_select(0, order).to(y.scalar_type()).unsqueeze(-1));
+  auto per_slot = torch::empty_like(y).index_copy_(0, order, y);
+  y = torch::Tensor();
+  return per_slot.view({N, K, H}).sum(1);
+}
+
+torch::Tensor moe_combine(const torch::Tensor& rows, const torch::Tensor& slot_row, const torch::Tensor& weight,
+                          int64_t slots_per_token) {
+  const int64_t K = slots_per_token;
+  RTP_CHECK(rows.dim() == 2 && slot_row.dim() == 1 && weight.dim() == 1 && slot_row.size(0) == rows.size(0) &&
+                weight.size(0) == rows.size(0) && K >= 1 && rows.size(0) % K == 0,
+            "moe_combine: expected rows [N K, H], slot_row and weight [N K] with K = ", K, ", found rows ", rows.sizes(),
+            ", slot_row ", slot_row.sizes(), ", weight ", weight.sizes());
+  RTP_CHECK(slot_row.scalar_type() == torch::kInt64, "moe_combine: slot_row must be int64, found ", slot_row.scalar_type());
+  const int64_t N = rows.size(0) / K, H = rows.size(1);
+  if (N == 0) return torch::zeros({0, H}, rows.options());
+  if (rows.is_cuda() && (rows.scalar_type() == torch::kBFloat16 || rows.scalar_type() == torch::kFloat32) &&
+      rows.stride(1) == 1) {
+#ifdef RTPURBO_WITH_CUDA
+    const auto idx = slot_row.contiguous();
+    const auto w = weight.to(torch::kFloat32).contiguous();
+    auto out = torch::empty({N, H}, rows.options());
     kernels::MoeCombineParams p;
-    p.rows = y.data_ptr();
-    p.slot_row = slot_row.data_ptr<int64_t>();
+    p.rows = rows.data_ptr();
+    p.slot_row = idx.data_ptr<int64_t>();
     p.weight = w.data_ptr<float>();
     p.out = out.data_ptr();
-    p.tokens = N, p.slots_per_token = K, p.hidden = H, p.row_stride = y.stride(0);
-    p.dtype = y.scalar_type() == torch::kBFloat16 ? kernels::DType::BF16 : kernels::DType::F32;
-    if (y.stride(1) == 1 && kernels::moe_combine_cuda_takes(p)) {
-#ifdef RTPURBO_WITH_CUDA
-      const DeviceLaunch launch(y.device());
+    p.tokens = N, p.slots_per_token = K, p.hidden = H, p.row_stride = rows.stride(0);
+    p.dtype = rows.scalar_type() == torch::kBFloat16 ? kernels::DType::BF16 : kernels::DType::F32;
+    if (kernels::moe_combine_cuda_takes(p)) {
+      const DeviceLaunch launch(rows.device());
       const cudaError_t e = kernels::moe_combine_cuda(p, launch.stream());
-      RTP_CHECK(e == cudaSuccess, "moe_grouped: combine kernel failed: ", cudaGetErrorString(e));
+      RTP_CHECK(e == cudaSuccess, "moe_combine: CUDA kernel failed: ", cudaGetErrorString(e));
       return out;
-#endif
     }
+#endif
   }
-  // Elsewhere the same arithmetic by eager ops (three passes over the products instead of one).
-  return (y.index_select(0, slot_row).view({N, K, H}).to(torch::kFloat32) * w.view({N, K, 1})).sum(1).to(x.scalar_type());
+  return combine_eager(rows, slot_row, weight, K);
 }
 
 }  // namespace rtp::ops
