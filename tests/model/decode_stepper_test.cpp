@@ -7,7 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
 #include <unistd.h>
+#include <vector>
 
 #include "model/model_fixtures.h"
 #include "rtp/core/file_io.h"
@@ -166,6 +168,18 @@ TEST(DecodeStepper, HostIdsAreRangeChecked) {
   EXPECT_NE(rtp::testing::error_of([&] { stepper.step(bad, o); }).find("input_ids must lie in [0, "), std::string::npos);
   EXPECT_NE(rtp::testing::error_of([&] { stepper.step(torch::zeros({1, 2}, torch::kInt64), o); }).find("[B, 1]"),
             std::string::npos);
+  // A forward names the range it found, below and above the vocabulary.
+  const int64_t V = model.config().vocab_size;
+  const auto ids = [](std::vector<int64_t> v) { return torch::tensor(v, torch::kInt64).unsqueeze(0); };
+  const auto below = ids({3, -2, 5}), above = ids({0, V, V + 7});
+  EXPECT_NE(rtp::testing::error_of([&] { model.forward(below, {}); })
+                .find("input_ids must lie in [0, " + std::to_string(V) + "), found values in [-2, 5]"),
+            std::string::npos);
+  EXPECT_NE(rtp::testing::error_of([&] { model.forward(above, {}); })
+                .find("found values in [0, " + std::to_string(V + 7) + "]"),
+            std::string::npos);
+  EXPECT_EQ(rtp::testing::error_of([&] { model.forward(ids({0, V - 1}), {}); }),
+            "<no error: the call succeeded>");
 }
 
 // Two sequences that stop at different steps: each row is the unstopped run up to its first stop token, then that

@@ -223,9 +223,13 @@ class Qwen3ModelImpl {
     auto ids_dev = ids.to(device());
     const int64_t T = ids.size(1);
     if (T > 0) {
-      auto [mn, mx] = torch::aminmax(ids_dev);
-      RTP_CHECK(mn.item<int64_t>() >= 0 && mx.item<int64_t>() < cfg.vocab_size, "input_ids must lie in [0, ",
-                cfg.vocab_size, "), found values in [", mn.item<int64_t>(), ", ", mx.item<int64_t>(), "]");
+      // Checked where the ids were given: host ids on the host (the device's queue keeps running), device ids by one
+      // copy of their range (a prompt chunk's forward waited for the queue to drain twice).
+      const auto [mn, mx] = torch::aminmax(ids.is_cpu() ? ids : ids_dev);
+      const auto range = torch::stack({mn, mx}).to(torch::kCPU);
+      const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
+      RTP_CHECK(lo >= 0 && hi < cfg.vocab_size, "input_ids must lie in [0, ", cfg.vocab_size, "), found values in [", lo,
+                ", ", hi, "]");
     }
     DenseAttention dense;
     AttentionSeam* attention = o.attention ? o.attention : &dense;
