@@ -11,8 +11,9 @@ namespace rtp::ops {
 
 // x [N, H]; expert int64 [N, K] (each in [0, E)); weight [N, K]; gate_up [E, 2I, H] (gate rows, then up rows);
 // down [E, H, I]. Returns [N, H] in x's dtype: sum over k of weight[n, k] * down_e (silu(gate_e x_n) * up_e x_n),
-// e = expert[n, k]. Each weighted product is taken in x's dtype (the weight rounded to it, as Hugging Face's block
-// does) and a token's K products summed in float32 before one rounding (Hugging Face rounds after each add).
+// e = expert[n, k]. Each expert's output is rounded to x's dtype (the GEMM's output), then weighted and a token's K
+// products summed in float32 before one rounding (moe_combine below); Hugging Face's block rounds the weight, each
+// product and each partial sum to the dtype.
 torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
                           const torch::Tensor& gate_up, const torch::Tensor& down);
 
@@ -24,8 +25,7 @@ bool moe_grouped_gemm_supported(const torch::Tensor& x, const torch::Tensor& gat
 // slot (n, k) (the sort's inverse permutation), weight [N K] the routing weights in (token, slot) order. Returns
 // [N, H] in rows' dtype: sum over k of weight[n K + k] * rows[slot_row[n K + k]], in float32, one rounding. On a GPU
 // one kernel (kernels/moe_combine.h: one read of the rows instead of three passes) where the rows are 16-byte vectors;
-// eager ops elsewhere. Not yet moe_grouped's step: the kernel has not run on a GPU (docs/status.md, twenty-fourth
-// session); moe_grouped takes the eager ops until it has.
+// eager ops elsewhere. moe_grouped's last step.
 torch::Tensor moe_combine(const torch::Tensor& rows, const torch::Tensor& slot_row, const torch::Tensor& weight,
                           int64_t slots_per_token);
 

@@ -75,13 +75,11 @@ torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, c
       }
     }
   }
-  // Weighted in place, back to (token, slot) order, each token's K products summed (float32 accumulation inside sum,
-  // one rounding): y and one copy of it at a time. moe_combine below does these three passes in one kernel; it takes
-  // over here once it has run on a GPU.
-  y.mul_(weight.reshape(-1).index_select(0, order).to(y.scalar_type()).unsqueeze(-1));
-  auto per_slot = torch::empty_like(y).index_copy_(0, order, y);
-  y = torch::Tensor();
-  return per_slot.view({N, K, H}).sum(1);
+  // Back to (token, slot) order, weighted in float32 and each token's K products summed, one rounding: one pass over
+  // the rows on a GPU (moe_combine's kernel) instead of a scale, an unsorting copy and a sum. slot_row is the sort's
+  // inverse permutation.
+  const auto slot_row = torch::empty_like(order).index_copy_(0, order, torch::arange(N * K, order.options()));
+  return moe_combine(y, slot_row, weight.reshape(-1), K);
 }
 
 torch::Tensor moe_combine(const torch::Tensor& rows, const torch::Tensor& slot_row, const torch::Tensor& weight,
