@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace rtp::testing {
 
@@ -52,6 +53,31 @@ inline torch::Tensor moe_expert_loop(const MoeCase& c, torch::TensorOptions opt)
     out.index_add_(0, tokens, y * w.reshape(-1).index_select(0, slots.to(opt.device())).unsqueeze(-1));
   }
   return out;
+}
+
+// The block's gradients by autograd through its definition, vectorised (each slot's expert weights gathered), in the
+// case's tensors cast to `opt`: the loss is sum(out * probe). Returns the gradients of x, weight, gate_up and down.
+// With `block` the implementation under test instead of the definition.
+template <typename Block>
+std::vector<torch::Tensor> moe_gradients(const MoeCase& c, const torch::Tensor& probe, torch::TensorOptions opt,
+                                         Block block) {
+  // Fresh leaves: a cast to the case's own dtype would hand back the case's tensor itself.
+  const auto leaf = [&](const torch::Tensor& t) { return t.detach().to(opt, false, /*copy=*/true).requires_grad_(); };
+  auto x = leaf(c.x), w = leaf(c.weight), gate_up = leaf(c.gate_up), down = leaf(c.down);
+  const auto out = block(x, c.expert.to(opt.device()), w, gate_up, down);
+  (out * probe.to(opt)).sum().backward();
+  return {x.grad(), w.grad(), gate_up.grad(), down.grad()};
+}
+
+inline torch::Tensor moe_definition_differentiable(const torch::Tensor& x, const torch::Tensor& expert,
+                                                    const torch::Tensor& w, const torch::Tensor& gate_up,
+                                                    const torch::Tensor& down) {
+  const int64_t N = x.size(0), K = expert.size(1), H = x.size(1), I = down.size(2);
+  const auto e = expert.reshape(-1);
+  const auto gu = torch::einsum("nkih,nh->nki", {gate_up.index_select(0, e).view({N, K, 2 * I, H}), x});
+  const auto a = torch::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I);
+  const auto y = torch::einsum("nkhi,nki->nkh", {down.index_select(0, e).view({N, K, H, I}), a});
+  return (y * w.unsqueeze(-1)).sum(1);
 }
 
 }  // namespace rtp::testing

@@ -35,8 +35,49 @@ TEST(MoeGroupedGpu, EqualsTheDefinition) {
   }
 }
 
+// Training through the block on a GPU takes the eager combine (the kernel has no backward): float32 gradients of x,
+// the routing weights and both expert weights equal the definition's in float64 (TF32 off); bf16 ones within twice
+// the error of the expert loop's.
+TEST(MoeGroupedGpu, GradientsEqualTheDefinitions) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA): tested on the GPU machine";
+  const auto c = rtp::testing::make_moe_case(300, 8, 64, 256, 96, 23);
+  const auto probe = torch::randn({300, 256});
+  const auto ref = rtp::testing::moe_gradients(c, probe, torch::kFloat64, rtp::testing::moe_definition_differentiable);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA);
+  const auto bf = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  const auto got32 = rtp::testing::moe_gradients(c, probe, f32, rtp::ops::moe_grouped);
+  const auto got16 = rtp::testing::moe_gradients(c, probe, bf, rtp::ops::moe_grouped);
+  const auto loop = [&](const torch::Tensor& x, const torch::Tensor& e, const torch::Tensor& w, const torch::Tensor& gu,
+                        const torch::Tensor& d) {
+    // The expert loop by the case's routing, on these (differentiable) tensors.
+    auto out = torch::zeros_like(x);
+    const int64_t K = e.size(1), I = d.size(2);
+    const auto flat = e.reshape(-1);
+    for (int64_t ex = 0; ex < gu.size(0); ++ex) {
+      const auto slots = (flat == ex).nonzero().reshape(-1);
+      if (slots.numel() == 0) continue;
+      const auto tokens = torch::div(slots, K, "floor");
+      const auto g = torch::matmul(x.index_select(0, tokens), gu[ex].t());
+      const auto y = torch::matmul(torch::silu(g.narrow(-1, 0, I)) * g.narrow(-1, I, I), d[ex].t());
+      out = out.index_add(0, tokens, y * w.reshape(-1).index_select(0, slots).unsqueeze(-1));
+    }
+    return out;
+  };
+  const auto naive16 = rtp::testing::moe_gradients(c, probe, bf, loop);
+  const char* names[] = {"x", "weight", "gate_up", "down"};
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_TRUE(got32[i].defined() && got16[i].defined()) << names[i] << ": no gradient reached it";
+    const double scale = 1 + ref[i].abs().max().item<double>();
+    const double err32 = (got32[i].cpu().to(torch::kFloat64) - ref[i]).abs().max().item<double>();
+    EXPECT_LE(err32, 1e-4 * scale) << names[i];
+    const double err16 = (got16[i].cpu().to(torch::kFloat64) - ref[i]).abs().max().item<double>();
+    const double naive = (naive16[i].cpu().to(torch::kFloat64) - ref[i]).abs().max().item<double>();
+    EXPECT_LE(err16, 2 * naive) << names[i] << ": grouped " << err16 << ", expert loop " << naive;
+  }
+}
+
 // moe_combine on a GPU takes the kernel (kernels/moe_combine.h) for 16-byte rows: against the formula in float64,
-// bf16 within twice the error of the eager steps moe_grouped runs (products rounded, then summed), float32 to 1e-5.
+// bf16 within twice the error of eager steps (products rounded, then summed), float32 to 1e-5.
 TEST(MoeGroupedGpu, CombineKernelEqualsTheFormula) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA): tested on the GPU machine";
   torch::manual_seed(22);

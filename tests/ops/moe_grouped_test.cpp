@@ -32,7 +32,24 @@ TEST(MoeGrouped, EqualsTheDefinitionOnBothGemmPaths) {
   }
 }
 
-// A token's slots summed once in float32, the products in bf16: no worse than twice the replaced loop's bf16 error.
+// Training through the block (a pretraining stage): the gradients of x, the routing weights and both expert weights
+// equal those of the definition in float64, on both GEMM paths.
+TEST(MoeGrouped, GradientsEqualTheDefinitionsOnBothGemmPaths) {
+  for (const auto& [N, K, E, H, I] : std::vector<std::array<int64_t, 5>>{{37, 4, 9, 64, 48}, {13, 2, 5, 37, 19}}) {
+    const auto c = make_moe_case(N, K, E, H, I, 15);
+    const auto probe = torch::randn({N, H});
+    const auto got = rtp::testing::moe_gradients(c, probe, torch::kFloat32, rtp::ops::moe_grouped);
+    const auto ref = rtp::testing::moe_gradients(c, probe, torch::kFloat64, rtp::testing::moe_definition_differentiable);
+    const char* names[] = {"x", "weight", "gate_up", "down"};
+    for (size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_TRUE(got[i].defined()) << names[i] << ": no gradient reached it";
+      const double err = (got[i].to(torch::kFloat64) - ref[i]).abs().max().item<double>();
+      EXPECT_LE(err, 1e-5 * (1 + ref[i].abs().max().item<double>())) << names[i] << ", H " << H << ", I " << I;
+    }
+  }
+}
+
+// Each expert's output rounded to bf16, then weighted and a token's slots summed once in float32: no worse than twice the replaced loop's bf16 error.
 TEST(MoeGrouped, Bf16WithinTwiceTheExpertLoop) {
   const auto c = make_moe_case(64, 4, 8, 64, 48, 12);
   const auto bf = torch::TensorOptions().dtype(torch::kBFloat16);

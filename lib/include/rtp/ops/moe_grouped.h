@@ -24,8 +24,8 @@ bool moe_grouped_gemm_supported(const torch::Tensor& x, const torch::Tensor& gat
 // The last step of the block: rows [N K, H] hold the expert outputs in expert order, slot_row int64 [N K] the row of
 // slot (n, k) (the sort's inverse permutation), weight [N K] the routing weights in (token, slot) order. Returns
 // [N, H] in rows' dtype: sum over k of weight[n K + k] * rows[slot_row[n K + k]], in float32, one rounding. On a GPU
-// one kernel (kernels/moe_combine.h: one read of the rows instead of three passes) where the rows are 16-byte vectors;
-// eager ops elsewhere. moe_grouped's last step.
+// one kernel (kernels/moe_combine.h: one read of the rows instead of three passes) where the rows are 16-byte vectors
+// and no gradient must flow through it; eager ops elsewhere. moe_grouped's last step.
 torch::Tensor moe_combine(const torch::Tensor& rows, const torch::Tensor& slot_row, const torch::Tensor& weight,
                           int64_t slots_per_token);
 
