@@ -10,7 +10,8 @@
 namespace rtp::ops {
 
 // Whether the fused kernels take x with this weight: a CUDA build, CUDA tensors of one dtype (bf16 or float32), x
-// contiguous. (On the CPU the float32 reference runs when called directly.)
+// contiguous, and no gradient to flow through (the kernels have no backward). (On the CPU the float32 reference runs
+// when called directly.)
 bool fused_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight);
 
 // x [..., dim] -> weight * round(x * rsqrt(mean(x^2) + eps)), x's dtype.
@@ -23,7 +24,8 @@ std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, con
                                                      const torch::Tensor& weight, double eps);
 
 // Whether rms_norm_rope takes x with this weight: as above, but x may also be a [B, T, H, dim] view whose tokens are
-// evenly spaced rows of H x dim contiguous elements (q or k narrowed out of a fused projection), read in place.
+// evenly spaced rows of H x dim contiguous elements (q or k narrowed out of a fused projection), read in place; no
+// gradient to flow through.
 bool fused_rms_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight);
 
 // x [B, T, H, dim] -> (normed, normed with RoPE), both [B, T, H, dim] contiguous; cos/sin float32 [T, dim].

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "backward_needed.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/gemv.h"
@@ -24,7 +25,7 @@ bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight) {
       weight.size(1) != x.size(-1) || weight.scalar_type() != dt || weight.device() != x.device() ||
       (dt != torch::kBFloat16 && dt != torch::kFloat32) || x.numel() == 0 || weight.size(0) == 0)
     return false;
-  if (torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) return false;
+  if (detail::backward_needed(x, weight)) return false;
   const int64_t rows = x.numel() / x.size(-1);
   return rows <= k::kGemvMaxRows && detail::row_stride(x).has_value();
 }

@@ -3,6 +3,7 @@
 #include <ATen/ops/_grouped_mm.h>
 #include <torch/torch.h>
 
+#include "backward_needed.h"
 #include "device_launch.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/moe_combine.h"
@@ -92,9 +93,7 @@ torch::Tensor moe_combine(const torch::Tensor& rows, const torch::Tensor& slot_r
   RTP_CHECK(slot_row.scalar_type() == torch::kInt64, "moe_combine: slot_row must be int64, found ", slot_row.scalar_type());
   const int64_t N = rows.size(0) / K, H = rows.size(1);
   if (N == 0) return torch::zeros({0, H}, rows.options());
-  // The kernel has no backward: a forward that trains through the block (a pretraining stage) takes the eager ops.
-  const bool needs_grad = torch::GradMode::is_enabled() && (rows.requires_grad() || weight.requires_grad());
-  if (!needs_grad && rows.is_cuda() && (rows.scalar_type() == torch::kBFloat16 || rows.scalar_type() == torch::kFloat32) &&
+  if (!detail::backward_needed(rows, weight) && rows.is_cuda() && (rows.scalar_type() == torch::kBFloat16 || rows.scalar_type() == torch::kFloat32) &&
       rows.stride(1) == 1) {
 #ifdef RTPURBO_WITH_CUDA
     const auto idx = slot_row.contiguous();

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "backward_needed.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/moe_router.h"
@@ -16,7 +17,7 @@ namespace k = rtp::kernels;
 
 bool fused_moe_route_supported(const torch::Tensor& logits, int64_t top_k) {
   const auto dt = logits.scalar_type();
-  return logits.is_cuda() && !logits.requires_grad() && k::built_with_cuda() && logits.dim() == 2 && logits.size(0) > 0 &&
+  return logits.is_cuda() && !detail::backward_needed(logits) && k::built_with_cuda() && logits.dim() == 2 && logits.size(0) > 0 &&
          (dt == torch::kBFloat16 || dt == torch::kFloat32) && logits.size(1) <= k::kMoeRouterMaxExperts &&
          top_k >= 1 && top_k <= std::min<int64_t>(logits.size(1), k::kMoeRouterMaxTopK);
 }

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "backward_needed.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/norm_rope.h"
@@ -17,7 +18,8 @@ namespace k = rtp::kernels;
 bool fused_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight) {
   const auto dt = x.scalar_type();
   return x.is_cuda() && k::built_with_cuda() && x.is_contiguous() && weight.device() == x.device() &&
-         weight.scalar_type() == dt && (dt == torch::kBFloat16 || dt == torch::kFloat32);
+         weight.scalar_type() == dt && (dt == torch::kBFloat16 || dt == torch::kFloat32) &&
+         !detail::backward_needed(x, weight);
 }
 
 namespace {
@@ -34,7 +36,8 @@ bool token_strided(const torch::Tensor& x) {
 bool fused_rms_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight) {
   const auto dt = x.scalar_type();
   return x.is_cuda() && k::built_with_cuda() && (x.is_contiguous() || token_strided(x)) &&
-         weight.device() == x.device() && weight.scalar_type() == dt && (dt == torch::kBFloat16 || dt == torch::kFloat32);
+         weight.device() == x.device() && weight.scalar_type() == dt && (dt == torch::kBFloat16 || dt == torch::kFloat32) &&
+         !detail::backward_needed(x, weight);
 }
 
 namespace {

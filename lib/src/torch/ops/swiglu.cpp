@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "backward_needed.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/swiglu.h"
@@ -20,7 +21,8 @@ using detail::row_stride;
 bool fused_swiglu_supported(const torch::Tensor& gate, const torch::Tensor& up) {
   const auto dt = gate.scalar_type();
   if (!gate.is_cuda() || !k::built_with_cuda() || up.device() != gate.device() || up.scalar_type() != dt ||
-      up.sizes() != gate.sizes() || (dt != torch::kBFloat16 && dt != torch::kFloat32) || gate.numel() == 0)
+      up.sizes() != gate.sizes() || (dt != torch::kBFloat16 && dt != torch::kFloat32) || gate.numel() == 0 ||
+      detail::backward_needed(gate, up))
     return false;
   const auto a = row_stride(gate), b = row_stride(up);
   return a && b && *a == *b;
