@@ -1,6 +1,7 @@
 #include "rtp/model/qwen3.h"
 
 #include <ATen/Context.h>
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include <tuple>
@@ -219,10 +220,27 @@ class Qwen3ModelImpl {
   kernels::GemvLayout gemv_layout = kernels::GemvLayout::Auto;  // and its warp layout
   bool lm_head_gemv = true;  // the decode step's LM head by the GEMV (float32 logits in the launch)
 
+  // RoPE's inverse frequencies on the model's device, uploaded once: a host tensor's upload per forward waited for the
+  // device's queue to drain.
+  const torch::Tensor& inverse_frequencies() {
+    if (!rope_inv_freq.defined() || rope_inv_freq.device() != device()) {
+      auto [inv_freq, factor] = rope_inverse_frequencies(cfg);
+      rope_inv_freq = inv_freq.to(device());
+      rope_attention_factor = factor;
+    }
+    return rope_inv_freq;
+  }
+  torch::Tensor rope_inv_freq;
+  double rope_attention_factor = 1.0;
+
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
               ids.sizes(), " ", ids.scalar_type());
-    auto ids_dev = ids.to(device());
+    // Host ids go up through pinned memory without a wait: an ordinary (pageable, blocking) upload would wait for the
+    // device's queue to drain, once per prompt chunk.
+    auto ids_dev = ids.device() == device() ? ids
+                   : ids.is_cpu() && device().is_cuda() ? ids.pin_memory().to(device(), /*non_blocking=*/true)
+                                                        : ids.to(device());
     const int64_t T = ids.size(1);
     if (T > 0) {
       // Checked where the ids were given: host ids on the host (the device's queue keeps running), device ids by one
@@ -238,15 +256,29 @@ class Qwen3ModelImpl {
     const int64_t first_position = o.cache ? o.cache->length() : o.position_offset;
     RTP_CHECK(!o.cache || o.cache->num_layers() == cfg.num_hidden_layers, "KV cache has ", o.cache ? o.cache->num_layers() : 0,
               " layers, the model ", cfg.num_hidden_layers);
-    auto rope = rope_tables(cfg, first_position, T, device());
+    const auto& inv_freq = inverse_frequencies();  // sets rope_attention_factor on its first call
+    auto rope = rope_tables_at(
+        torch::arange(first_position, first_position + T, torch::TensorOptions(torch::kInt64).device(device())),
+        inv_freq, rope_attention_factor);
     ResidualStream x{F::embedding(ids_dev, p("model.embed_tokens.weight")), {}};
     const int64_t last = o.stop_after_layer >= 0 ? std::min(o.stop_after_layer, cfg.num_hidden_layers - 1)
                                                  : cfg.num_hidden_layers - 1;
     for (int64_t i = 0; i <= last; ++i) {
-      LayerAttentionInputs in = attention_inputs(i, x, rope);
-      if (o.cache) std::tie(in.k, in.v) = o.cache->append(i, in.k, in.v);
+      // Named ranges in a profiler trace (rtpurbo-bench-decode --trace-prefill); nothing when no profiler runs.
+      LayerAttentionInputs in;
+      {
+        RECORD_FUNCTION("rtp::layer::qkv", std::vector<c10::IValue>());
+        in = attention_inputs(i, x, rope);
+        if (o.cache) std::tie(in.k, in.v) = o.cache->append(i, in.k, in.v);
+      }
       if (o.observer) o.observer(in);
-      x = finish_layer(i, std::move(x), attention->attend(in));
+      torch::Tensor attended;
+      {
+        RECORD_FUNCTION("rtp::layer::attend", std::vector<c10::IValue>());
+        attended = attention->attend(in);
+      }
+      RECORD_FUNCTION("rtp::layer::mlp", std::vector<c10::IValue>());
+      x = finish_layer(i, std::move(x), attended);
     }
     if (o.cache) o.cache->advance(T);
     if (o.stop_after_layer >= 0 && last < cfg.num_hidden_layers - 1) return x.resolved();

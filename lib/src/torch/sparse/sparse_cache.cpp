@@ -482,7 +482,8 @@ torch::Tensor prefill_chunked(model::Qwen3Model& model, SparseCache& cache, cons
             "with P > 0, found ", prompt.sizes());
   RTP_CHECK(cache.length() == 0, "prefill_chunked: the cache already holds ", cache.length(), " tokens");
   const int64_t P = prompt.size(1), B = cache.settings().block_size;
-  const auto ids = prompt.to(model.device());
+  // Host ids stay on the host: each chunk's forward checks its range there and uploads it without a wait.
+  const auto& ids = prompt;
   // options() per forward: it carries the cache's current length.
   const auto options = [&cache] {
     auto o = cache.options();
