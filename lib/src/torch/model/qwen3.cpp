@@ -16,6 +16,7 @@
 #include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
 #include "rtp/ops/swiglu.h"
+#include "rtp/torch/upload.h"
 
 namespace rtp::model {
 
@@ -236,11 +237,8 @@ class Qwen3ModelImpl {
   torch::Tensor forward(const torch::Tensor& ids, const ForwardOptions& o) {
     RTP_CHECK(ids.dim() == 2 && ids.scalar_type() == torch::kInt64, "input_ids must be int64 [B, T], found ",
               ids.sizes(), " ", ids.scalar_type());
-    // Host ids go up through pinned memory without a wait: an ordinary (pageable, blocking) upload would wait for the
-    // device's queue to drain, once per prompt chunk.
-    auto ids_dev = ids.device() == device() ? ids
-                   : ids.is_cpu() && device().is_cuda() ? ids.pin_memory().to(device(), /*non_blocking=*/true)
-                                                        : ids.to(device());
+    // Host ids go up without a wait for the device's queue (an ordinary upload waited once per prompt chunk).
+    auto ids_dev = upload_without_wait(ids, device());
     const int64_t T = ids.size(1);
     if (T > 0) {
       // Checked where the ids were given: host ids on the host (the device's queue keeps running), device ids by one
