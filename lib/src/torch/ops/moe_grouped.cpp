@@ -93,8 +93,8 @@ torch::Tensor moe_combine(const torch::Tensor& rows, const torch::Tensor& slot_r
   RTP_CHECK(slot_row.scalar_type() == torch::kInt64, "moe_combine: slot_row must be int64, found ", slot_row.scalar_type());
   const int64_t N = rows.size(0) / K, H = rows.size(1);
   if (N == 0) return torch::zeros({0, H}, rows.options());
-  if (!detail::backward_needed(rows, weight) && rows.is_cuda() && (rows.scalar_type() == torch::kBFloat16 || rows.scalar_type() == torch::kFloat32) &&
-      rows.stride(1) == 1) {
+  if (!detail::backward_needed(rows, weight) && rows.is_cuda() &&
+      (rows.scalar_type() == torch::kBFloat16 || rows.scalar_type() == torch::kFloat32) && rows.stride(1) == 1) {
 #ifdef RTPURBO_WITH_CUDA
     const auto idx = slot_row.contiguous();
     const auto w = weight.to(torch::kFloat32).contiguous();
