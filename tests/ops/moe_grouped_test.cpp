@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "moe_grouped_case.h"
+#include "rtp/ops/moe_decode.h"
 #include "rtp/ops/moe_grouped.h"
 #include "test_util.h"
 
@@ -46,6 +47,21 @@ TEST(MoeGrouped, GradientsEqualTheDefinitionsOnBothGemmPaths) {
       const double err = (got[i].to(torch::kFloat64) - ref[i]).abs().max().item<double>();
       EXPECT_LE(err, 1e-5 * (1 + ref[i].abs().max().item<double>())) << names[i] << ", H " << H << ", I " << I;
     }
+  }
+}
+
+// The decode block's kernels have no backward either: with gradients wanted it hands over to moe_grouped, so a few
+// tokens trained through the block get the definition's gradients too.
+TEST(MoeGrouped, DecodeBlockGradientsEqualTheDefinitions) {
+  const auto c = make_moe_case(5, 4, 9, 64, 48, 16);
+  const auto probe = torch::randn({5, 64});
+  const auto got = rtp::testing::moe_gradients(c, probe, torch::kFloat32, rtp::ops::moe_decode);
+  const auto ref = rtp::testing::moe_gradients(c, probe, torch::kFloat64, rtp::testing::moe_definition_differentiable);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_TRUE(got[i].defined()) << "input " << i << ": no gradient reached it";
+    EXPECT_LE((got[i].to(torch::kFloat64) - ref[i]).abs().max().item<double>(),
+              1e-5 * (1 + ref[i].abs().max().item<double>()))
+        << "input " << i;
   }
 }
 

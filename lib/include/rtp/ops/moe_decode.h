@@ -14,7 +14,8 @@ constexpr int64_t kMoeDecodeMaxTokens = 8;
 bool moe_decode_supported(torch::Device device, torch::ScalarType dtype);
 
 // x [N, H]; expert int64 [N, K]; weight [N, K] (converted to x's dtype); gate_up [E, 2I, H]; down [E, H, I].
-// Returns [N, H] in x's dtype. CPU: the float32 reference (double arithmetic).
+// Returns [N, H] in x's dtype. CPU: the float32 reference (double arithmetic). Where a gradient must flow through
+// any input (the kernels have no backward), moe_grouped's differentiable ops instead.
 torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
                          const torch::Tensor& gate_up, const torch::Tensor& down);
 

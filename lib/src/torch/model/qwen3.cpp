@@ -203,9 +203,7 @@ class Qwen3ModelImpl {
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
-    // moe_decode's kernels have no backward: a forward that trains through the block takes the grouped one.
-    const bool trains = torch::GradMode::is_enabled() && (flat.requires_grad() || gate_up.requires_grad());
-    if (moe_on_device(flat.size(0)) && !trains) return ops::moe_decode(flat, top_i, top_w, gate_up, down).reshape(shape);
+    if (moe_on_device(flat.size(0))) return ops::moe_decode(flat, top_i, top_w, gate_up, down).reshape(shape);
     return ops::moe_grouped(flat, top_i, top_w, gate_up, down).reshape(shape);
   }
 

@@ -2,9 +2,11 @@
 
 #include <torch/torch.h>
 
+#include "backward_needed.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/kernels/moe_decode.h"
+#include "rtp/ops/moe_grouped.h"
 #include "device_launch.h"
 
 #ifdef RTPURBO_WITH_CUDA
@@ -27,6 +29,8 @@ torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, co
             "moe_decode: x must be [N, H] and expert int64 [N, K], found ", x.sizes(), " and ", expert.sizes(), " ",
             expert.scalar_type());
   RTP_CHECK(weight.sizes() == expert.sizes(), "moe_decode: weight must be [N, K] like expert, found ", weight.sizes());
+  // Its kernels have no backward: a forward that trains through the block takes the grouped block's ops.
+  if (detail::backward_needed(x, weight, gate_up, down)) return moe_grouped(x, expert, weight, gate_up, down);
   const int64_t N = x.size(0), H = x.size(1), K = expert.size(1);
   RTP_CHECK(gate_up.dim() == 3 && gate_up.size(2) == H && gate_up.size(1) % 2 == 0,
             "moe_decode: gate_up must be [E, 2I, H] with H = ", H, ", found ", gate_up.sizes());
