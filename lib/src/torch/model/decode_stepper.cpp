@@ -120,7 +120,8 @@ torch::Tensor DecodeStepper::step(const torch::Tensor& ids, const ForwardOptions
   const int64_t batch = ids.size(0);
   if (!ids_.defined() || ids_.size(0) != batch) prepare(batch);
   const int64_t position = o.cache ? o.cache->length() : o.position_offset;
-  ids_.copy_(ids);
+  // Host ids (checked above) through pinned memory: a pageable copy would make the host wait for the queued steps.
+  ids_.copy_(ids.is_cpu() && ids_.is_cuda() ? ids.pin_memory() : ids, /*non_blocking=*/true);
   position_.fill_(position);
   // The split path (step_attention.h): the cache's writes run inside the segments. An observer wants the inputs with
   // the whole cache, as forward() hands them out: that step takes the ordinary path.

@@ -52,7 +52,9 @@ torch::Tensor prefill_chunked(Qwen3Model& model, KVCache& cache, const torch::Te
   o.cache = &cache;
   o.last_position_logits = true;
   const int64_t P = prompt.size(1);
-  const auto ids = prompt.to(model.device());
+  // Host ids stay on the host: each chunk's forward checks its range there and uploads it without a wait (device ids
+  // would be checked by a copy back, a wait per chunk).
+  const auto& ids = prompt;
   torch::Tensor logits;
   for (int64_t c = 0; c < P; c += chunk) logits = model.forward(ids.narrow(1, c, std::min(chunk, P - c)), o);
   return logits;
