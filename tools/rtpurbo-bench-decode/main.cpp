@@ -105,6 +105,9 @@ int main(int argc, char** argv) {
       ("trace-prefill", "write a Kineto (Chrome JSON) trace of the first length's dense and sparse prefill to PREFIX-dense.json "
                         "and PREFIX-sparse.json (their prefill seconds then include the profiler's cost)",
        cxxopts::value<std::string>())
+      ("chunk-attention", "a dense prompt chunk after the first: split-cudnn (its queries over the earlier keys and over "
+                          "its own by cuDNN, merged; the model's default on Hopper) or flash (FlashAttention-2, one call)",
+       cxxopts::value<std::string>()->default_value("split-cudnn"))
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
@@ -194,6 +197,11 @@ int main(int argc, char** argv) {
     model.set_gemv_epilogues(epilogues);
     const bool lm_head_gemv = args.count("cublas-lm-head") == 0;
     model.set_lm_head_gemv(lm_head_gemv);
+    const auto chunk_attention = args["chunk-attention"].as<std::string>();
+    if (chunk_attention != "split-cudnn" && chunk_attention != "flash")
+      throw rtp::tools::UsageError("--chunk-attention: expected split-cudnn or flash, found '" + chunk_attention + "'");
+    model.set_chunk_attention(chunk_attention == "flash" ? rtp::model::ChunkAttention::Flash
+                                                         : rtp::model::ChunkAttention::SplitCudnn);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();
     // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
@@ -233,7 +241,7 @@ int main(int argc, char** argv) {
               {"gemv_max_ratio", gemv_max_ratio}, {"gemv_layout", gemv_layout}, {"fused_projection_norms", epilogues.add_norm},
               {"fused_norm_max_m", epilogues.add_norm_max_m},
               {"fused_qk_norm_rope", epilogues.qk_norm_rope}, {"fused_moe_routing", epilogues.moe_routing},
-              {"lm_head_gemv", lm_head_gemv}};
+              {"lm_head_gemv", lm_head_gemv}, {"chunk_attention", chunk_attention}};
     json rows = json::array();
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,
@@ -242,7 +250,8 @@ int main(int argc, char** argv) {
                 "prefill s", "first step ms");
     for (int64_t len : lengths) {
       auto pgen = at::make_generator<at::CPUGeneratorImpl>(seed + 2 + static_cast<uint64_t>(len));
-      const auto prompt = torch::randint(0, c.vocab_size, {1, len}, pgen, torch::kInt64).to(device);
+      // On the host, where a tokenizer's ids are: each chunk's forward checks them there and uploads them without a wait.
+      const auto prompt = torch::randint(0, c.vocab_size, {1, len}, pgen, torch::kInt64);
       // forward: model.forward per token (the generation path before the stepper: one range check and a few
       // thousand ATen calls per token); eager: the stepper's pieces without graphs; graphs: replayed. MoE models
       // add grouped: forward with the experts grouped by counts read on the host (before the experts-by-id kernels).

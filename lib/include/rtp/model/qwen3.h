@@ -93,6 +93,9 @@ class Qwen3Model {
   // The LM head of a decode step (a few tokens on a GPU) by the GEMV with float32 logits (ops::linear_decode_logits),
   // not cuBLAS and a cast (default on); rtpurbo-bench-decode --cublas-lm-head.
   void set_lm_head_gemv(bool on);
+  // How a prompt chunk after the first attends in the dense forward (attention_seam.h; default SplitCudnn where it
+  // applies); rtpurbo-bench-decode --chunk-attention.
+  void set_chunk_attention(ChunkAttention chunk);
   // Work a decode step on a GPU runs in a projection's GEMV launch (gemv.h's epilogues) instead of as kernels of its
   // own, each a kernel boundary less per layer; on by default where the step measured faster (docs/decode.md, "Work
   // in the projection's launch").

@@ -2,6 +2,12 @@
 
 #include <torch/torch.h>
 
+#ifdef RTPURBO_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include "rtp/model/attention_parts.h"
+
 namespace rtp::model {
 
 namespace {
@@ -12,6 +18,29 @@ bool flash_applies(const LayerAttentionInputs& in) {
   const int64_t D = in.q.size(3);
   return in.q.is_cuda() && (dt == torch::kBFloat16 || dt == torch::kFloat16) && in.k.scalar_type() == dt &&
          D % 8 == 0 && D <= 256 && in.k.stride(3) == 1 && in.v.stride(3) == 1 && in.q.size(1) % in.k.size(1) == 0;
+}
+
+// cuDNN's fused attention for a chunk's two parts: measured on Hopper only (an H100; elsewhere FlashAttention stays),
+// head_dim up to 128 (Qwen3's; cuDNN's larger head sizes were not measured).
+bool cudnn_parts_apply(const LayerAttentionInputs& in) {
+#ifdef RTPURBO_WITH_CUDA
+  return flash_applies(in) && in.q.size(3) <= 128 && at::globalContext().userEnabledCuDNNSDP() &&
+         at::cuda::getDeviceProperties(in.q.get_device())->major >= 9;
+#else
+  (void)in;
+  return false;
+#endif
+}
+
+// A chunk takes the two parts from this many queries: a few queries (a short continuation) over ever new key lengths
+// would pay cuDNN's plans (some 37 ms per new shape) for microseconds.
+constexpr int64_t kCudnnPartsMinQueries = 512;
+
+AttentionPart cudnn_part(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal, double scale) {
+  // cuDNN reads the KV heads as they are (GQA) and the cache's strided views; the log-sum-exp is what the merge needs.
+  auto r = at::_scaled_dot_product_cudnn_attention(q, k, v, /*attn_bias=*/std::nullopt, /*compute_log_sumexp=*/true,
+                                                   /*dropout_p=*/0.0, causal, /*return_debug_mask=*/false, scale);
+  return {std::get<0>(r), std::get<1>(r)};
 }
 
 // One decode query per head on the CPU: the scores of each query group against its KV head's keys by two batched
@@ -44,6 +73,8 @@ torch::Tensor DenseAttention::attend(const LayerAttentionInputs& in) {
     // aligns its causal mask so where the lengths differ (what torch's causal_lower_right bias dispatches to), over the
     // grouped cache as it lies; an explicit mask keeps SDPA off its fused kernels (and enable_gqa off the rest): the
     // scores of a 4096-token chunk over 32K keys in float32, per layer.
+    if (chunk_ == ChunkAttention::SplitCudnn && tq >= kCudnnPartsMinQueries && tq < tk && cudnn_parts_apply(in))
+      return chunk_attention_in_two(in, cudnn_part);
     if (flash_applies(in) && tq < tk)
       return std::get<0>(at::_scaled_dot_product_flash_attention(in.q, in.k, in.v, 0.0, /*is_causal=*/true, false, in.scale));
     auto i = torch::arange(tq, torch::TensorOptions(torch::kInt64).device(in.q.device())).unsqueeze(1) + (tk - tq);

@@ -218,6 +218,7 @@ class Qwen3ModelImpl {
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
   kernels::GemvLayout gemv_layout = kernels::GemvLayout::Auto;  // and its warp layout
   bool lm_head_gemv = true;  // the decode step's LM head by the GEMV (float32 logits in the launch)
+  ChunkAttention chunk_attention = ChunkAttention::SplitCudnn;  // the dense forward's prompt chunks after the first
 
   // RoPE's inverse frequencies on the model's device, uploaded once: a host tensor's upload per forward waited for the
   // device's queue to drain.
@@ -247,7 +248,7 @@ class Qwen3ModelImpl {
       RTP_CHECK(lo >= 0 && hi < cfg.vocab_size, "input_ids must lie in [0, ", cfg.vocab_size, "), found values in [", lo,
                 ", ", hi, "]");
     }
-    DenseAttention dense;
+    DenseAttention dense(chunk_attention);
     AttentionSeam* attention = o.attention ? o.attention : &dense;
     const int64_t first_position = o.cache ? o.cache->length() : o.position_offset;
     RTP_CHECK(!o.cache || o.cache->num_layers() == cfg.num_hidden_layers, "KV cache has ", o.cache ? o.cache->num_layers() : 0,
@@ -419,6 +420,8 @@ torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_l
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
 void Qwen3Model::set_gemv_layout(kernels::GemvLayout layout) { impl_->gemv_layout = layout; }
 void Qwen3Model::set_lm_head_gemv(bool on) { impl_->lm_head_gemv = on; }
+
+void Qwen3Model::set_chunk_attention(ChunkAttention chunk) { impl_->chunk_attention = chunk; }
 void Qwen3Model::set_gemv_epilogues(const GemvEpilogues& on) { impl_->epilogues = on; }
 const Qwen3Model::GemvEpilogues& Qwen3Model::gemv_epilogues() const { return impl_->epilogues; }
 Qwen3Model::GemvEpilogueLaunches Qwen3Model::gemv_epilogue_launches() const { return impl_->epilogue_launches; }
