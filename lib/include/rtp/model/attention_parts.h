@@ -18,7 +18,7 @@ struct AttentionPart {
 };
 
 // The attention over both parts' keys: each part's output weighted by its share of the whole softmax sum,
-// sigmoid(lse_a - lse_b) for a. Float32 arithmetic; the result in a.out's dtype.
+// sigmoid(lse_a - lse_b) for a (ops::attention_merge: one kernel on a GPU). Float32 arithmetic; a.out's dtype.
 torch::Tensor merge_attention_parts(const AttentionPart& a, const AttentionPart& b);
 
 // One part by some kernel: q [B, Hq, Tq, D] over k, v [B, Hkv, Tk, D] (Hq a multiple of Hkv), causal = a square causal
