@@ -452,8 +452,8 @@ TEST(DenseDecodeAttention, MatchesTheFloat64ReferenceOnStridedGroupedCaches) {
   }
 }
 
-// A prefill chunk over a strided, grouped cache (the last tq of tk positions): DenseAttention's flash path against a
-// float64 reference with the bottom-right causal mask (query i sees keys j <= i + tk - tq), its error at most twice
+// A prefill chunk over a strided, grouped cache (the last tq of tk positions): DenseAttention's default (cuDNN's two
+// parts from 512 queries on Hopper, FlashAttention-2 below; dense_attention_gpu_test has both) against a float64 reference with the bottom-right causal mask (query i sees keys j <= i + tk - tq), its error at most twice
 // a naive bf16 computation's; chunks that end inside a tile, one-row and whole-cache-minus-one chunks.
 TEST(DenseChunkAttention, MatchesTheBottomRightCausalReferenceOnStridedGroupedCaches) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the flash chunk path is tested on the GPU machine";

@@ -34,17 +34,18 @@ TEST(DenseAttentionGpu, ChunksBothWaysWithinTwiceTheNaiveBfloat16Error) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GPU chunk attention is tested on the GPU machine";
   torch::manual_seed(3);
   struct Case {
-    int64_t Hq, Hkv, Tq, Tk, D;
+    int64_t B, Hq, Hkv, Tq, Tk, D;
   };
-  // Qwen3-30B-A3B's heads (32 / 4 of 128), an odd chunk over odd key counts, G 1 with D 64. Chunks of 512 queries or
-  // more take cuDNN's parts under SplitCudnn; 300 queries stay on FlashAttention either way.
-  for (const auto& c : {Case{32, 4, 512, 2500, 128}, Case{16, 2, 777, 2049, 128}, Case{8, 8, 512, 1537, 64},
-                        Case{16, 4, 300, 1000, 128}}) {
+  // Qwen3-30B-A3B's heads (32 / 4 of 128), an odd chunk over odd key counts, G 1 with D 64, a batch of 2. Chunks of
+  // 512 queries or more take cuDNN's parts under SplitCudnn; 300 queries stay on FlashAttention either way.
+  for (const auto& c : {Case{1, 32, 4, 512, 2500, 128}, Case{1, 16, 2, 777, 2049, 128}, Case{1, 8, 8, 512, 1537, 64},
+                        Case{2, 8, 2, 600, 1801, 128}, Case{1, 16, 4, 300, 1000, 128}}) {
     const auto opt = torch::TensorOptions(torch::kBFloat16).device(torch::kCUDA);
     LayerAttentionInputs in;
-    in.q = torch::randn({1, c.Hq, c.Tq, c.D}, opt);
-    in.k = torch::randn({1, c.Hkv, c.Tk + 100, c.D}, opt).narrow(2, 0, c.Tk);
-    in.v = torch::randn({1, c.Hkv, c.Tk + 100, c.D}, opt).narrow(2, 0, c.Tk);
+    // q as the model makes it ([B, T, Hq, D] transposed), k and v views of a longer cache.
+    in.q = torch::randn({c.B, c.Tq, c.Hq, c.D}, opt).transpose(1, 2);
+    in.k = torch::randn({c.B, c.Hkv, c.Tk + 100, c.D}, opt).narrow(2, 0, c.Tk);
+    in.v = torch::randn({c.B, c.Hkv, c.Tk + 100, c.D}, opt).narrow(2, 0, c.Tk);
     in.scale = 1.0 / std::sqrt(static_cast<double>(c.D));
     const auto expected = attention(in.q, in.k, in.v, in.scale, torch::kFloat64);
     const double naive = (attention(in.q, in.k, in.v, in.scale, torch::kBFloat16) - expected).abs().max().item<double>();
@@ -60,8 +61,8 @@ TEST(DenseAttentionGpu, ChunksBothWaysWithinTwiceTheNaiveBfloat16Error) {
           auto r = at::_scaled_dot_product_cudnn_attention(q, k, v, std::nullopt, true, 0.0, causal, false, scale);
           return rtp::model::AttentionPart{std::get<0>(r), std::get<1>(r)};
         }));
-    const std::string at = "Hq " + std::to_string(c.Hq) + " Hkv " + std::to_string(c.Hkv) + " Tq " +
-                           std::to_string(c.Tq) + " Tk " + std::to_string(c.Tk) + " D " + std::to_string(c.D);
+    const std::string at = "B " + std::to_string(c.B) + " Hq " + std::to_string(c.Hq) + " Hkv " + std::to_string(c.Hkv) +
+                           " Tq " + std::to_string(c.Tq) + " Tk " + std::to_string(c.Tk) + " D " + std::to_string(c.D);
     EXPECT_LE(split, 2 * naive) << at << ": naive bf16 " << naive;
     EXPECT_LE(flash, 2 * naive) << at << ": naive bf16 " << naive;
     EXPECT_LE(cudnn_parts, 2 * naive) << at << ": naive bf16 " << naive;
