@@ -8,6 +8,7 @@
 
 #include <array>
 
+#include "kernels/attention_merge_test_params.h"
 #include "rtp/kernels/attention_merge.h"
 #include "rtp/kernels/build_info.h"
 #include "rtp/ops/attention_merge.h"
@@ -18,21 +19,7 @@
 
 namespace {
 
-using rtp::kernels::AttentionMergeParams;
-
-AttentionMergeParams params(const torch::Tensor& a, const torch::Tensor& la, const torch::Tensor& b,
-                            const torch::Tensor& lb, torch::Tensor& out) {
-  AttentionMergeParams p;
-  p.a = a.data_ptr(), p.b = b.data_ptr(), p.out = out.data_ptr();
-  p.lse_a = la.data_ptr<float>(), p.lse_b = lb.data_ptr<float>();
-  for (int k = 0; k < 3; ++k) {
-    p.a_stride[k] = a.stride(k), p.b_stride[k] = b.stride(k), p.out_stride[k] = out.stride(k);
-    p.lse_a_stride[k] = la.stride(k), p.lse_b_stride[k] = lb.stride(k);
-  }
-  p.batch = a.size(0), p.heads = a.size(1), p.tokens = a.size(2), p.head_dim = a.size(3);
-  p.dtype = a.scalar_type() == torch::kBFloat16 ? rtp::kernels::DType::BF16 : rtp::kernels::DType::F32;
-  return p;
-}
+using rtp::test::attention_merge_params;
 
 TEST(AttentionMergeCuda, MatchesTheReference) {
   if (!rtp::kernels::built_with_cuda() || !torch::cuda::is_available())
@@ -47,13 +34,13 @@ TEST(AttentionMergeCuda, MatchesTheReference) {
     for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
       const auto ga = a.to(dev, dtype), gb = b.to(dev, dtype), gla = la.to(dev), glb = lb.to(dev);
       auto out = torch::empty_like(ga);
-      auto p = params(ga, gla.select(3, 0), gb, glb.select(3, 0), out);
+      auto p = attention_merge_params(ga, gla.select(3, 0), gb, glb.select(3, 0), out);
       ASSERT_STREQ(rtp::kernels::check_attention_merge_params(p, true), "");
       ASSERT_EQ(rtp::kernels::attention_merge_cuda(p, c10::cuda::getCurrentCUDAStream().stream()), cudaSuccess);
       // The reference over the inputs as the kernel sees them (bf16-rounded).
       const auto ra = ga.cpu().to(torch::kFloat32), rb = gb.cpu().to(torch::kFloat32);
       auto exact = torch::empty({B, H, T, D});
-      auto rp = params(ra, la.select(3, 0), rb, lb.select(3, 0), exact);
+      auto rp = attention_merge_params(ra, la.select(3, 0), rb, lb.select(3, 0), exact);
       rp.dtype = rtp::kernels::DType::F32;
       rtp::kernels::attention_merge_cpu(rp);
       const auto e64 = exact.to(torch::kFloat64);

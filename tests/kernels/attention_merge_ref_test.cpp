@@ -7,26 +7,14 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/attention_merge_test_params.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/attention_merge.h"
 #include "rtp/ops/attention_merge.h"
 
 namespace {
 
-using rtp::kernels::AttentionMergeParams;
-
-AttentionMergeParams params(const torch::Tensor& a, const torch::Tensor& la, const torch::Tensor& b,
-                            const torch::Tensor& lb, torch::Tensor& out) {
-  AttentionMergeParams p;
-  p.a = a.data_ptr(), p.b = b.data_ptr(), p.out = out.data_ptr();
-  p.lse_a = la.data_ptr<float>(), p.lse_b = lb.data_ptr<float>();
-  for (int k = 0; k < 3; ++k) {
-    p.a_stride[k] = a.stride(k), p.b_stride[k] = b.stride(k), p.out_stride[k] = out.stride(k);
-    p.lse_a_stride[k] = la.stride(k), p.lse_b_stride[k] = lb.stride(k);
-  }
-  p.batch = a.size(0), p.heads = a.size(1), p.tokens = a.size(2), p.head_dim = a.size(3);
-  return p;
-}
+using rtp::test::attention_merge_params;
 
 // The two parts' weights as a softmax over their log-sum-exps, in float64.
 torch::Tensor float64_merge(const torch::Tensor& a, const torch::Tensor& la, const torch::Tensor& b, const torch::Tensor& lb) {
@@ -44,7 +32,7 @@ TEST(AttentionMergeRef, MatchesFloat64OnStridedLayouts) {
     const auto la = (torch::randn({B, T, H}) * 20).transpose(1, 2);
     const auto lb = torch::randn({B, H, T}) * 20;
     auto out = torch::full({B, H, T, D}, 7.f);
-    auto p = params(a, la, b, lb, out);
+    auto p = attention_merge_params(a, la, b, lb, out);
     ASSERT_STREQ(rtp::kernels::check_attention_merge_params(p, false), "");
     rtp::kernels::attention_merge_cpu(p);
     const auto expected = float64_merge(a, la, b, lb);
@@ -61,7 +49,7 @@ TEST(AttentionMergeRef, HandMadeShares) {
   const auto a = torch::tensor({1.f, 2.f}).view({1, 1, 1, 2}), b = torch::tensor({5.f, -2.f}).view({1, 1, 1, 2});
   const auto la = torch::zeros({1, 1, 1}), lb = torch::full({1, 1, 1}, static_cast<float>(std::log(3.0)));
   auto out = torch::empty({1, 1, 1, 2});
-  auto p = params(a, la, b, lb, out);
+  auto p = attention_merge_params(a, la, b, lb, out);
   rtp::kernels::attention_merge_cpu(p);
   EXPECT_NEAR(out[0][0][0][0].item<double>(), 4.0, 1e-6);
   EXPECT_NEAR(out[0][0][0][1].item<double>(), -1.0, 1e-6);
@@ -70,16 +58,16 @@ TEST(AttentionMergeRef, HandMadeShares) {
 TEST(AttentionMergeRef, BadParametersAreNamed) {
   const auto a = torch::zeros({1, 1, 2, 6}), l = torch::zeros({1, 1, 2});
   auto out = torch::empty({1, 1, 2, 6});
-  auto p = params(a, l, a, l, out);
+  auto p = attention_merge_params(a, l, a, l, out);
   p.lse_b = nullptr;
   EXPECT_NE(std::string(rtp::kernels::check_attention_merge_params(p, false)).find("null"), std::string::npos);
-  p = params(a, l, a, l, out);
+  p = attention_merge_params(a, l, a, l, out);
   p.tokens = 0;
   EXPECT_NE(std::string(rtp::kernels::check_attention_merge_params(p, false)).find("positive"), std::string::npos);
-  p = params(a, l, a, l, out);
+  p = attention_merge_params(a, l, a, l, out);
   p.dtype = rtp::kernels::DType::BF16;
   EXPECT_NE(std::string(rtp::kernels::check_attention_merge_params(p, false)).find("float32 only"), std::string::npos);
-  p = params(a, l, a, l, out);  // head_dim 6 floats: not a 16-byte multiple
+  p = attention_merge_params(a, l, a, l, out);  // head_dim 6 floats: not a 16-byte multiple
   EXPECT_NE(std::string(rtp::kernels::check_attention_merge_params(p, true)).find("16-byte"), std::string::npos);
   EXPECT_THROW(rtp::ops::attention_merge(a, torch::zeros({1, 1, 3}), a, l), rtp::Error);
   EXPECT_THROW(rtp::ops::attention_merge(a, l, torch::zeros({1, 2, 2, 6}), l), rtp::Error);
