@@ -24,7 +24,8 @@ bool flash_applies(const LayerAttentionInputs& in) {
 // head_dim up to 128 (Qwen3's; cuDNN's larger head sizes were not measured).
 bool cudnn_parts_apply(const LayerAttentionInputs& in) {
 #ifdef RTPURBO_WITH_CUDA
-  return flash_applies(in) && in.q.size(3) <= 128 && at::globalContext().userEnabledCuDNNSDP() &&
+  return flash_applies(in) && in.q.size(3) <= 128 && at::globalContext().hasCuDNN() &&
+         at::globalContext().userEnabledCuDNNSDP() &&
          at::cuda::getDeviceProperties(in.q.get_device())->major >= 9;
 #else
   (void)in;
