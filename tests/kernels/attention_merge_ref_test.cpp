@@ -53,6 +53,13 @@ TEST(AttentionMergeRef, HandMadeShares) {
   rtp::kernels::attention_merge_cpu(p);
   EXPECT_NEAR(out[0][0][0][0].item<double>(), 4.0, 1e-6);
   EXPECT_NEAR(out[0][0][0][1].item<double>(), -1.0, 1e-6);
+  // The op (eager on the CPU), the log-sum-exp also as [B, H, T, 1] (cuDNN's layout).
+  const auto got = rtp::ops::attention_merge(a, la, b, lb.unsqueeze(-1));
+  EXPECT_NEAR(got[0][0][0][0].item<double>(), 0.25 * 1 + 0.75 * 5, 1e-6);
+  EXPECT_NEAR(got[0][0][0][1].item<double>(), 0.25 * 2 + 0.75 * -2, 1e-6);
+  // Scores far apart (-1000 against +1000): no overflow, the larger part takes everything.
+  const auto far = rtp::ops::attention_merge(a, torch::full({1, 1, 1}, -1000.0), b, torch::full({1, 1, 1}, 1000.0));
+  EXPECT_TRUE(torch::equal(far, b));
 }
 
 TEST(AttentionMergeRef, BadParametersAreNamed) {
@@ -71,6 +78,10 @@ TEST(AttentionMergeRef, BadParametersAreNamed) {
   EXPECT_NE(std::string(rtp::kernels::check_attention_merge_params(p, true)).find("16-byte"), std::string::npos);
   EXPECT_THROW(rtp::ops::attention_merge(a, torch::zeros({1, 1, 3}), a, l), rtp::Error);
   EXPECT_THROW(rtp::ops::attention_merge(a, l, torch::zeros({1, 2, 2, 6}), l), rtp::Error);
+  const auto o = torch::zeros({1, 2, 3, 4});
+  EXPECT_THROW(rtp::ops::attention_merge(o, torch::zeros({1, 2, 3}), torch::zeros({1, 2, 4, 4}), torch::zeros({1, 2, 4})),
+               rtp::Error);
+  EXPECT_THROW(rtp::ops::attention_merge(o, torch::zeros({1, 2, 5}), o, torch::zeros({1, 2, 3})), rtp::Error);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // A prompt chunk's attention split in two (the keys before it unmasked, its own keys square causal) and merged by the
 // parts' log-sum-exps, against the chunk's attention in one piece with the bottom-right causal mask, both in float64.
 // The parts here are computed in float64 by explicit scores, independently of any kernel: what is tested is the split
-// (which keys, which mask) and the merge. cuDNN as the parts' kernel: dense_attention_gpu_test.
+// (which keys, which mask) and the merge (ops::attention_merge; its own cases: attention_merge_ref_test). cuDNN as the
+// parts' kernel: dense_attention_gpu_test.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -67,26 +68,7 @@ TEST(AttentionParts, ChunkInTwoEqualsTheBottomRightCausalChunk) {
   }
 }
 
-TEST(AttentionParts, MergeWeighsEachPartByItsShareOfTheSum) {
-  // Hand-made: one query, one head, D 2. Part a's scores sum to exp(0) = 1, part b's to exp(log 3) = 3: a's output
-  // counts 1/4, b's 3/4. The log-sum-exp may come as [B, H, T, 1] too (cuDNN's layout).
-  const auto oa = torch::tensor({1.0, 2.0}, torch::kFloat32).view({1, 1, 1, 2});
-  const auto ob = torch::tensor({5.0, -2.0}, torch::kFloat32).view({1, 1, 1, 2});
-  const auto got = rtp::model::merge_attention_parts({oa, torch::zeros({1, 1, 1})},
-                                                     {ob, torch::full({1, 1, 1, 1}, std::log(3.0))});
-  EXPECT_NEAR(got[0][0][0][0].item<double>(), 0.25 * 1 + 0.75 * 5, 1e-6);
-  EXPECT_NEAR(got[0][0][0][1].item<double>(), 0.25 * 2 + 0.75 * -2, 1e-6);
-  // Scores far apart (-1000 against +1000): no overflow, the larger part takes everything.
-  const auto far = rtp::model::merge_attention_parts({oa, torch::full({1, 1, 1}, -1000.0)},
-                                                     {ob, torch::full({1, 1, 1}, 1000.0)});
-  EXPECT_TRUE(torch::equal(far, ob));
-}
-
-TEST(AttentionParts, BadShapesAreErrorsThatSayWhatWasFound) {
-  const auto o = torch::zeros({1, 2, 3, 4});
-  EXPECT_THROW(rtp::model::merge_attention_parts({o, torch::zeros({1, 2, 3})}, {torch::zeros({1, 2, 4, 4}), torch::zeros({1, 2, 4})}),
-               rtp::Error);
-  EXPECT_THROW(rtp::model::merge_attention_parts({o, torch::zeros({1, 2, 5})}, {o, torch::zeros({1, 2, 3})}), rtp::Error);
+TEST(AttentionParts, AChunkWithNoEarlierKeysIsAnErrorThatSaysWhatWasFound) {
   LayerAttentionInputs in;
   in.q = torch::zeros({1, 2, 4, 4});
   in.k = in.v = torch::zeros({1, 2, 4, 4});  // no keys before the chunk: nothing to split

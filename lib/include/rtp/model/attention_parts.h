@@ -17,16 +17,13 @@ struct AttentionPart {
   torch::Tensor out, lse;
 };
 
-// The attention over both parts' keys: each part's output weighted by its share of the whole softmax sum,
-// sigmoid(lse_a - lse_b) for a (ops::attention_merge: one kernel on a GPU). Float32 arithmetic; a.out's dtype.
-torch::Tensor merge_attention_parts(const AttentionPart& a, const AttentionPart& b);
-
 // One part by some kernel: q [B, Hq, Tq, D] over k, v [B, Hkv, Tk, D] (Hq a multiple of Hkv), causal = a square causal
 // mask (Tq == Tk), else none.
 using PartAttention = std::function<AttentionPart(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                                   bool causal, double scale)>;
 
-// A chunk's causal attention (in.q the last Tq of Tk positions, 0 < Tq < Tk) as the two parts above, each by `part`.
+// A chunk's causal attention (in.q the last Tq of Tk positions, 0 < Tq < Tk) as the two parts above, each by `part`,
+// merged by ops::attention_merge (each part weighted by its share of the whole softmax sum; one kernel on a GPU).
 torch::Tensor chunk_attention_in_two(const LayerAttentionInputs& in, const PartAttention& part);
 
 }  // namespace rtp::model

@@ -10,4 +10,8 @@ namespace rtp {
 // (the pinned block is held until the copy has run), otherwise an ordinary .to(device).
 torch::Tensor upload_without_wait(const torch::Tensor& host, torch::Device device);
 
+// dst.copy_(src) where dst is a GPU buffer (a captured graph's input): a host src through pinned memory by an
+// asynchronous copy, any other src as copy_ does.
+void copy_without_wait(torch::Tensor& dst, const torch::Tensor& src);
+
 }  // namespace rtp

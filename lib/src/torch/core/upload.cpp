@@ -10,4 +10,8 @@ torch::Tensor upload_without_wait(const torch::Tensor& host, torch::Device devic
   return host.to(device);
 }
 
+void copy_without_wait(torch::Tensor& dst, const torch::Tensor& src) {
+  dst.copy_(src.is_cpu() && dst.is_cuda() ? src.pin_memory() : src, /*non_blocking=*/true);
+}
+
 }  // namespace rtp

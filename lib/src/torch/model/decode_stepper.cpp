@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "rtp/core/error.h"
+#include "rtp/torch/upload.h"
 
 #ifdef RTPURBO_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
@@ -120,8 +121,8 @@ torch::Tensor DecodeStepper::step(const torch::Tensor& ids, const ForwardOptions
   const int64_t batch = ids.size(0);
   if (!ids_.defined() || ids_.size(0) != batch) prepare(batch);
   const int64_t position = o.cache ? o.cache->length() : o.position_offset;
-  // Host ids (checked above) through pinned memory: a pageable copy would make the host wait for the queued steps.
-  ids_.copy_(ids.is_cpu() && ids_.is_cuda() ? ids.pin_memory() : ids, /*non_blocking=*/true);
+  // Host ids (checked above) without a wait for the queued steps.
+  copy_without_wait(ids_, ids);
   position_.fill_(position);
   // The split path (step_attention.h): the cache's writes run inside the segments. An observer wants the inputs with
   // the whole cache, as forward() hands them out: that step takes the ordinary path.
