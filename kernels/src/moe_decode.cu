@@ -6,6 +6,8 @@
 // L1 (they are not reused); the token's activations are reused by every warp and stay cached.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+
 #include "cuda_common.cuh"
 #include "rtp/kernels/moe_decode.h"
 
@@ -54,44 +56,65 @@ __device__ __forceinline__ float warp_dot(const T* __restrict__ row, const T* __
   return warp_sum(acc);
 }
 
-template <typename T>
+// kRows consecutive intermediate rows per warp (MoeDecodeLaunchShape::gate_up_rows_per_warp): fewer, longer warps,
+// with kRows times the loads in flight each. Every row's sums run over i in the same order for any kRows.
+template <typename T, int kRows>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gate_up_act_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert, const T* __restrict__ gate_up,
                        T* __restrict__ act, int64_t K, int64_t E, int64_t H, int64_t I, bool vec) {
   // The router's expert ids first (this kernel is launched by programmatic launch too), then the down pass may
   // launch: it reads the ids before its own wait, and waits for act before reading that.
   pdl_wait_then_trigger();
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5)) * kRows;
   const int64_t slot = blockIdx.y;  // token * K + s
-  if (r >= I) return;
+  if (r0 >= I) return;
   const int64_t e = expert[slot];
   if (e < 0 || e >= E) return;  // the down kernel skips the slot too
   const T* xr = x + (slot / K) * H;
   const T* ge = gate_up + e * 2 * I * H;
-  float g, u;
+  float g[kRows], u[kRows];
   if (vec) {
-    // Both rows in one loop: twice the loads in flight per warp (each sum still runs over i in the same order).
-    const auto* g4 = reinterpret_cast<const uint4*>(ge + r * H);
-    const auto* u4 = reinterpret_cast<const uint4*>(ge + (I + r) * H);
+    // A row's gate and up rows in one loop (and the warp's kRows rows): more loads in flight per warp. Rows past I
+    // read row r0 again and are not written.
+    const uint4* g4[kRows];
+    const uint4* u4[kRows];
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const int64_t r = r0 + j < I ? r0 + j : r0;
+      g4[j] = reinterpret_cast<const uint4*>(ge + r * H);
+      u4[j] = reinterpret_cast<const uint4*>(ge + (I + r) * H);
+    }
     const auto* x4 = reinterpret_cast<const uint4*>(xr);
     const int64_t n4 = H / Elem<T>::kPerVec;
-    float ga = 0.f, ua = 0.f;
-#pragma unroll 4
+    constexpr int kUnroll = kRows >= 4 ? 1 : 4 / kRows;  // about 8 weight loads in flight per lane for any kRows
+    float ga[kRows] = {}, ua[kRows] = {};
+#pragma unroll(kUnroll)
     for (int64_t i = threadIdx.x & 31; i < n4; i += 32) {
       const uint4 xv = __ldg(x4 + i);
-      ga += Elem<T>::dot(__ldcs(g4 + i), xv);
-      ua += Elem<T>::dot(__ldcs(u4 + i), xv);
+#pragma unroll
+      for (int j = 0; j < kRows; ++j) {
+        ga[j] += Elem<T>::dot(__ldcs(g4[j] + i), xv);
+        ua[j] += Elem<T>::dot(__ldcs(u4[j] + i), xv);
+      }
     }
-    g = warp_sum(ga), u = warp_sum(ua);
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) g[j] = warp_sum(ga[j]), u[j] = warp_sum(ua[j]);
   } else {
-    g = warp_dot(ge + r * H, xr, H, vec);
-    u = warp_dot(ge + (I + r) * H, xr, H, vec);
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const int64_t r = r0 + j < I ? r0 + j : r0;
+      g[j] = warp_dot(ge + r * H, xr, H, vec);
+      u[j] = warp_dot(ge + (I + r) * H, xr, H, vec);
+    }
   }
   if ((threadIdx.x & 31) == 0) {
-    g = Elem<T>::round(g);
-    u = Elem<T>::round(u);
-    const float silu = Elem<T>::round(g / (1.f + expf(-g)));
-    act[slot * I + r] = Elem<T>::from_float(silu * u);
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      if (r0 + j >= I) break;
+      const float gj = Elem<T>::round(g[j]), uj = Elem<T>::round(u[j]);
+      const float silu = Elem<T>::round(gj / (1.f + expf(-gj)));
+      act[slot * I + r0 + j] = Elem<T>::from_float(silu * uj);
+    }
   }
 }
 
@@ -116,15 +139,18 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 // down_combine with the K slots' dot products in flight together (K <= kMaxParallelSlots, vector path): one slot at
 // a time, a warp waited for each slot's loads before issuing the next slot's, and with one warp per hidden row there
-// are too few warps to hide that. Same sums in the same order as down_combine_kernel, so the same result.
+// are too few warps to hide that. The first kAhead loads of every slot's row (32 lanes x 16 bytes each) do not depend
+// on the gate/up pass and are requested before the wait for act (MoeDecodeLaunchShape::down_loads_ahead takes as many
+// as cover the row). Same sums in the same order as down_combine_kernel, so the same result.
 constexpr int kMaxParallelSlots = 8;
+constexpr int kMaxLoadsAhead = 4;
 
-template <typename T>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+template <typename T, int kWarps, int kAhead>
+__global__ void __launch_bounds__(kWarps * 32)
     down_combine_parallel_slots_kernel(const T* __restrict__ act, const int64_t* __restrict__ expert,
                                        const T* __restrict__ weight, const T* __restrict__ down, T* __restrict__ out,
                                        int64_t K, int64_t E, int64_t H, int64_t I) {
-  const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t n = blockIdx.y;
   if (h >= H) return;
   const int lane = threadIdx.x & 31;
@@ -141,18 +167,22 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     acts[s] = reinterpret_cast<const uint4*>(act + (s < K ? slot : 0) * I);
     part[s] = 0.f;
   }
-  // The first step's weight rows do not depend on the gate/up pass: requested before the wait for act.
-  uint4 first[kMaxParallelSlots] = {};
+  uint4 ahead[kAhead][kMaxParallelSlots];
 #pragma unroll
-  for (int s = 0; s < kMaxParallelSlots; ++s)
-    if (valid[s] && lane < n4) first[s] = __ldcs(rows[s] + lane);
-  pdl_wait();  // act comes from gate_up_act_kernel
-  if (lane < n4) {
+  for (int a = 0; a < kAhead; ++a)
 #pragma unroll
     for (int s = 0; s < kMaxParallelSlots; ++s)
-      if (valid[s]) part[s] += Elem<T>::dot(first[s], __ldg(acts[s] + lane));
+      ahead[a][s] = valid[s] && lane + 32 * a < n4 ? __ldcs(rows[s] + lane + 32 * a) : make_uint4(0, 0, 0, 0);
+  pdl_wait();  // act comes from gate_up_act_kernel
+#pragma unroll
+  for (int a = 0; a < kAhead; ++a) {
+    if (lane + 32 * a < n4) {
+#pragma unroll
+      for (int s = 0; s < kMaxParallelSlots; ++s)
+        if (valid[s]) part[s] += Elem<T>::dot(ahead[a][s], __ldg(acts[s] + lane + 32 * a));
+    }
   }
-  for (int64_t i = lane + 32; i < n4; i += 32) {
+  for (int64_t i = lane + 32 * kAhead; i < n4; i += 32) {
 #pragma unroll
     for (int s = 0; s < kMaxParallelSlots; ++s)
       if (valid[s]) part[s] += Elem<T>::dot(__ldcs(rows[s] + i), __ldg(acts[s] + i));
@@ -180,15 +210,29 @@ cudaError_t launch(const MoeDecodeParams& p, cudaStream_t stream) {
   // (38.3-39.2 us): it took DRAM bandwidth from the gate/up reads.
   const bool pdl = current_device_cc_major() >= 9;
   const dim3 block(kWarpsPerBlock * 32);
-  cudaError_t err = launch_k(gate_up_act_kernel<T>, dim3(unsigned((I + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N * K)),
-                             block, 0, stream, pdl, static_cast<const T*>(p.x), p.expert, static_cast<const T*>(p.gate_up),
-                             static_cast<T*>(p.act), K, E, H, I, vec_gu);
+  const int rows = p.shape.gate_up_rows_per_warp;
+  const dim3 grid_gu(unsigned((I + kWarpsPerBlock * rows - 1) / (kWarpsPerBlock * rows)), unsigned(N * K));
+  const auto gate_up = rows == 4 ? gate_up_act_kernel<T, 4> : rows == 2 ? gate_up_act_kernel<T, 2> : gate_up_act_kernel<T, 1>;
+  cudaError_t err = launch_k(gate_up, grid_gu, block, 0, stream, pdl, static_cast<const T*>(p.x), p.expert,
+                             static_cast<const T*>(p.gate_up), static_cast<T*>(p.act), K, E, H, I, vec_gu);
   if (err != cudaSuccess) return err;
+  if (vec_dn && K <= kMaxParallelSlots) {
+    const int64_t loads_per_lane = (I / per_vec + 31) / 32;
+    const int ahead = p.shape.down_loads_ahead ? int(std::min<int64_t>(loads_per_lane, kMaxLoadsAhead)) : 1;
+    const int warps = p.shape.down_warps_per_block;
+    using Kernel = void (*)(const T*, const int64_t*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);
+    // [warps == 8][ahead - 1]
+    const Kernel kernels[2][kMaxLoadsAhead] = {
+        {down_combine_parallel_slots_kernel<T, 4, 1>, down_combine_parallel_slots_kernel<T, 4, 2>,
+         down_combine_parallel_slots_kernel<T, 4, 3>, down_combine_parallel_slots_kernel<T, 4, 4>},
+        {down_combine_parallel_slots_kernel<T, 8, 1>, down_combine_parallel_slots_kernel<T, 8, 2>,
+         down_combine_parallel_slots_kernel<T, 8, 3>, down_combine_parallel_slots_kernel<T, 8, 4>}};
+    const dim3 grid(unsigned((H + warps - 1) / warps), unsigned(N));
+    return launch_k(kernels[warps == 8][ahead - 1], grid, dim3(warps * 32), 0, stream, pdl, static_cast<const T*>(p.act),
+                    p.expert, static_cast<const T*>(p.weight), static_cast<const T*>(p.down), static_cast<T*>(p.out), K,
+                    E, H, I);
+  }
   const dim3 grid_dn(unsigned((H + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N));
-  if (vec_dn && K <= kMaxParallelSlots)
-    return launch_k(down_combine_parallel_slots_kernel<T>, grid_dn, block, 0, stream, pdl,
-                    static_cast<const T*>(p.act), p.expert, static_cast<const T*>(p.weight), static_cast<const T*>(p.down),
-                    static_cast<T*>(p.out), K, E, H, I);
   return launch_k(down_combine_kernel<T>, grid_dn, block, 0, stream, pdl, static_cast<const T*>(p.act), p.expert,
                   static_cast<const T*>(p.weight), static_cast<const T*>(p.down), static_cast<T*>(p.out), K, E, H, I,
                   vec_dn);

@@ -15,6 +15,9 @@ const char* check_moe_decode_params(const MoeDecodeParams& p, bool cuda) {
   if (cuda && !p.act) return "moe decode: the CUDA kernels need the act workspace [tokens, top_k, intermediate]";
   if (cuda && p.tokens * p.top_k > 65535) return "moe decode: tokens x top_k above 65535 (one grid row per slot)";
   if (cuda && p.dtype != DType::F32 && p.dtype != DType::BF16) return "moe decode: dtype must be float32 or bfloat16";
+  const int rows = p.shape.gate_up_rows_per_warp, warps = p.shape.down_warps_per_block;
+  if (rows != 1 && rows != 2 && rows != 4) return "moe decode: gate_up_rows_per_warp must be 1, 2 or 4";
+  if (warps != 4 && warps != 8) return "moe decode: down_warps_per_block must be 4 or 8";
   return "";
 }
 

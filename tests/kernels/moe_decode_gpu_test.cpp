@@ -62,4 +62,49 @@ TEST(MoeDecodeCuda, WithinTwiceNaiveBf16AndFloat32Exact) {
   }
 }
 
+// Every launch shape computes the same sums in the same order: the same bits as the default shape, in bf16 and float32,
+// on shapes with row tails for 2 and 4 rows per warp and 4 or 8 warps per block, rows longer than the loads ahead
+// cover (I 1544), and the scalar path.
+TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE decode kernels are tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(23);
+  for (const Case c : {Case{1, 8, 128, 2048, 768}, Case{2, 8, 16, 2056, 1544}, Case{3, 5, 9, 264, 1000},
+                       Case{5, 2, 4, 268, 40}, Case{2, 3, 7, 100, 37}}) {
+    for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
+      const auto o = torch::TensorOptions().device(dev).dtype(dt);
+      auto x = torch::randn({c.N, c.H}, o);
+      auto expert = torch::empty({c.N, c.K}, torch::kInt64);
+      for (int64_t n = 0; n < c.N; ++n) expert[n] = torch::randperm(c.E, torch::kInt64).narrow(0, 0, c.K);
+      expert = expert.to(dev);
+      auto weight = torch::softmax(torch::randn({c.N, c.K}, o.dtype(torch::kFloat32)), -1).to(dt);
+      auto gate_up = torch::randn({c.E, 2 * c.I, c.H}, o) / std::sqrt(double(c.H));
+      auto down = torch::randn({c.E, c.H, c.I}, o) / std::sqrt(double(c.I));
+      const auto plain = rtp::ops::moe_decode(x, expert, weight, gate_up, down);
+      for (const int rows : {1, 2, 4})
+        for (const int warps : {4, 8})
+          for (const bool ahead : {false, true}) {
+            const auto got = rtp::ops::moe_decode(x, expert, weight, gate_up, down, {rows, warps, ahead});
+            EXPECT_TRUE(torch::equal(got, plain)) << c.N << " tokens, H " << c.H << ", I " << c.I << ", " << dt << ": "
+                                                  << rows << " rows per warp, " << warps << " warps, ahead " << ahead
+                                                  << ": max difference " << (got - plain).abs().max().item<double>();
+          }
+    }
+  }
+}
+
+TEST(MoeDecodeCuda, ABadLaunchShapeIsAnErrorNamingIt) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE decode kernels are tested on the GPU machine";
+  const auto o = torch::TensorOptions().device(torch::kCUDA, 0).dtype(torch::kBFloat16);
+  auto x = torch::randn({1, 64}, o), gate_up = torch::randn({4, 32, 64}, o), down = torch::randn({4, 64, 16}, o);
+  auto expert = torch::tensor({{0, 2}}, torch::kInt64).to(x.device());
+  auto weight = torch::full({1, 2}, 0.5, o);
+  try {
+    rtp::ops::moe_decode(x, expert, weight, gate_up, down, {3, 8, false});
+    FAIL() << "3 rows per warp was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("gate_up_rows_per_warp must be 1, 2 or 4"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace

@@ -55,7 +55,11 @@ TEST(MoeGrouped, GradientsEqualTheDefinitionsOnBothGemmPaths) {
 TEST(MoeGrouped, DecodeBlockGradientsEqualTheDefinitions) {
   const auto c = make_moe_case(5, 4, 9, 64, 48, 16);
   const auto probe = torch::randn({5, 64});
-  const auto got = rtp::testing::moe_gradients(c, probe, torch::kFloat32, rtp::ops::moe_decode);
+  const auto decode = [](const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
+                         const torch::Tensor& gate_up, const torch::Tensor& down) {
+    return rtp::ops::moe_decode(x, expert, weight, gate_up, down);
+  };
+  const auto got = rtp::testing::moe_gradients(c, probe, torch::kFloat32, decode);
   const auto ref = rtp::testing::moe_gradients(c, probe, torch::kFloat64, rtp::testing::moe_definition_differentiable);
   for (size_t i = 0; i < ref.size(); ++i) {
     ASSERT_TRUE(got[i].defined()) << "input " << i << ": no gradient reached it";

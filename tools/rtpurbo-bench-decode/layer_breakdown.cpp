@@ -366,6 +366,22 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
           const auto& [ids, rw] = routes[i++ % routes.size()];
           ops::moe_decode(flat, ids, rw, gu, dn);
         });
+    // The other launch shapes of the two passes (the same result bit for bit; moe_decode_gpu_test).
+    for (const int rows : {1, 2, 4})
+      for (const int warps : {8, 4})
+        for (const bool ahead : {false, true}) {
+          const kernels::MoeDecodeLaunchShape shape{rows, warps, ahead};
+          const kernels::MoeDecodeLaunchShape plain{};
+          if (rows == plain.gate_up_rows_per_warp && warps == plain.down_warps_per_block && ahead == plain.down_loads_ahead)
+            continue;
+          add("(compare)",
+              "experts, " + std::to_string(rows) + " gate/up rows per warp, down " + std::to_string(warps) +
+                  " warps per block" + (ahead ? ", loads ahead" : ""),
+              c.num_experts_per_tok * expert_bytes, [&, shape] {
+                const auto& [ids, rw] = routes[i++ % routes.size()];
+                ops::moe_decode(flat, ids, rw, gu, dn, shape);
+              });
+        }
   }
   // Once per token.
   const auto& head = c.tie_word_embeddings ? w["model.embed_tokens.weight"] : w["lm_head.weight"];

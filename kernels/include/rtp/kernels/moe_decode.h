@@ -21,6 +21,16 @@
 
 namespace rtp::kernels {
 
+// How the two passes are cut into warps and blocks. Every choice computes the same sums in the same order, so the
+// result is the same bit for bit; only the speed differs (`rtpurbo-bench-decode --breakdown` times them).
+struct MoeDecodeLaunchShape {
+  int gate_up_rows_per_warp = 1;  // 1, 2 or 4 intermediate rows (each a gate and an up row) per warp
+  int down_warps_per_block = 8;   // 4 or 8 hidden rows per block of the down pass
+  // The down pass requests every weight vector of its rows before it waits for the gate/up pass (the vector path with
+  // K <= 8 and I <= 1024 bf16 / 512 float32 elements; else only the first vectors, as without it).
+  bool down_loads_ahead = false;
+};
+
 struct MoeDecodeParams {
   const void* x = nullptr;        // [N, H]
   const int64_t* expert = nullptr;  // [N, K], each in [0, E)
@@ -31,9 +41,10 @@ struct MoeDecodeParams {
   void* act = nullptr;            // workspace [N, K, I] in `dtype` (CUDA only)
   int64_t tokens = 0, top_k = 0, experts = 0, hidden = 0, intermediate = 0;
   DType dtype = DType::F32;
+  MoeDecodeLaunchShape shape;
 };
 
-// Empty when usable, else what is wrong.
+// Empty when usable, else what is wrong (a launch shape out of its range included).
 const char* check_moe_decode_params(const MoeDecodeParams& p, bool cuda);
 void moe_decode_cpu(const MoeDecodeParams& p);  // F32 only
 

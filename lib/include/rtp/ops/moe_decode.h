@@ -3,6 +3,8 @@
 // device, without the host learning how many tokens each expert got, so that a decode step can be a CUDA graph.
 #include <torch/types.h>
 
+#include "rtp/kernels/moe_decode.h"  // MoeDecodeLaunchShape
+
 namespace rtp::ops {
 
 // The most tokens for which the model takes this path on a GPU; above it the grouped per-expert path (each expert's
@@ -15,8 +17,10 @@ bool moe_decode_supported(torch::Device device, torch::ScalarType dtype);
 
 // x [N, H]; expert int64 [N, K]; weight [N, K] (converted to x's dtype); gate_up [E, 2I, H]; down [E, H, I].
 // Returns [N, H] in x's dtype. CPU: the float32 reference (double arithmetic). Where a gradient must flow through
-// any input (the kernels have no backward), moe_grouped's differentiable ops instead.
+// any input (the kernels have no backward), moe_grouped's differentiable ops instead. `shape`: how the CUDA kernels
+// are cut into warps (the same result for every shape).
 torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
-                         const torch::Tensor& gate_up, const torch::Tensor& down);
+                         const torch::Tensor& gate_up, const torch::Tensor& down,
+                         const kernels::MoeDecodeLaunchShape& shape = {});
 
 }  // namespace rtp::ops

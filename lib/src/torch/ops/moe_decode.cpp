@@ -22,7 +22,7 @@ bool moe_decode_supported(torch::Device device, torch::ScalarType dtype) {
 }
 
 torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
-                         const torch::Tensor& gate_up, const torch::Tensor& down) {
+                         const torch::Tensor& gate_up, const torch::Tensor& down, const k::MoeDecodeLaunchShape& shape) {
   RTP_CHECK(moe_decode_supported(x.device(), x.scalar_type()), "moe_decode: x must be float32 (CPU) or bfloat16/float32 (CUDA build on a GPU), ",
             "found ", x.scalar_type(), " on ", x.device());
   RTP_CHECK(x.dim() == 2 && expert.dim() == 2 && expert.size(0) == x.size(0) && expert.scalar_type() == torch::kInt64,
@@ -52,6 +52,7 @@ torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, co
   p.out = out.data_ptr();
   p.tokens = N, p.top_k = K, p.experts = E, p.hidden = H, p.intermediate = I;
   p.dtype = dt == torch::kBFloat16 ? k::DType::BF16 : k::DType::F32;
+  p.shape = shape;
   torch::Tensor act;
   if (x.is_cuda()) {
     act = torch::empty({N, K, I}, x.options());
