@@ -31,25 +31,7 @@ build() {  # source dir, build dir, targets...
   echo "$b: build exit $? $(grep -m3 -E 'error' $b.build.log)"
 }
 for n in "${names[@]}"; do build /tmp/$n /tmp/$n-b $BIN & done
-# PREBUILT: an archive (.tar.zst) of the working tree's binaries built on the CPU machine (sm_90a code is in its
-# build; carried under .carry/): taken where every one of them starts here, else the tree is built as usual. Their
-# fixture paths are compiled in as /work/main, linked to this checkout where it is absent.
-prebuilt_ok() {
-  [ -n "${PREBUILT:-}" ] && [ -f "$PREBUILT" ] || return 1
-  mkdir -p build-gpu/pre && zstd -dc "$PREBUILT" | tar -x -C build-gpu/pre || return 1
-  local torch_lib; torch_lib=$(python3 -c 'import torch,os;print(os.path.join(os.path.dirname(torch.__file__),"lib"))')
-  export LD_LIBRARY_PATH="$torch_lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-  [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; } || return 1
-  local f; for f in build-gpu/pre/*; do
-    if ldd "$f" | grep -q "not found"; then echo "prebuilt $f: $(ldd "$f" | grep "not found" | head -3 | tr '\n' ' ')"; return 1; fi
-  done
-  mkdir -p build-gpu/bin build-gpu/tests
-  for f in $BIN ${BENCH:+rtpurbo-bench}; do [ -x build-gpu/pre/$f ] && ln -sf "$PWD/build-gpu/pre/$f" build-gpu/bin/$f || return 1; done
-  for f in $TESTS; do [ -x build-gpu/pre/$f ] && ln -sf "$PWD/build-gpu/pre/$f" build-gpu/tests/$f || return 1; done
-  build-gpu/bin/$BIN --help > /dev/null 2>&1 || { echo "prebuilt $BIN does not start"; return 1; }
-  echo "prebuilt binaries taken"
-}
-if prebuilt_ok; then :; else build . build-gpu $BIN ${BENCH:+rtpurbo-bench} $TESTS & fi
+build . build-gpu $BIN ${BENCH:+rtpurbo-bench} $TESTS &
 wait; echo "built after $(( $(date +%s) - start )) s"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 order=("${names[@]}" work work)
