@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <cxxopts.hpp>
 #include <iostream>
@@ -63,6 +64,21 @@ std::string card_name(const torch::Device& d) {
   return "cpu";
 }
 
+// "rows,warps,ahead", e.g. "2,4,1"; the kernels check the ranges (ops::moe_decode names the field).
+rtp::kernels::MoeDecodeLaunchShape parse_moe_launch_shape(const std::string& text) {
+  rtp::kernels::MoeDecodeLaunchShape shape;
+  int ahead = -1;
+  char tail = 0;
+  if (std::sscanf(text.c_str(), "%d,%d,%d%c", &shape.gate_up_rows_per_warp, &shape.down_warps_per_block, &ahead, &tail) != 3 ||
+      (ahead != 0 && ahead != 1) || (shape.gate_up_rows_per_warp != 1 && shape.gate_up_rows_per_warp != 2 &&
+                                     shape.gate_up_rows_per_warp != 4) ||
+      (shape.down_warps_per_block != 4 && shape.down_warps_per_block != 8))
+    throw rtp::tools::UsageError("--moe-launch-shape: expected ROWS,WARPS,AHEAD with ROWS 1, 2 or 4, WARPS 4 or 8 and "
+                                 "AHEAD 0 or 1, found '" + text + "'");
+  shape.down_loads_ahead = ahead == 1;
+  return shape;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,6 +124,8 @@ int main(int argc, char** argv) {
       ("chunk-attention", "a dense prompt chunk after the first: split-cudnn (its queries over the earlier keys and over "
                           "its own by cuDNN, merged; the model's default on Hopper) or flash (FlashAttention-2, one call)",
        cxxopts::value<std::string>()->default_value("split-cudnn"))
+      ("moe-launch-shape", "the MoE decode kernels' launch shape: gate/up rows per warp (1, 2, 4), down warps per block "
+                           "(4, 8), down loads ahead (0, 1)", cxxopts::value<std::string>()->default_value("1,8,0"))
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
@@ -202,6 +220,8 @@ int main(int argc, char** argv) {
       throw rtp::tools::UsageError("--chunk-attention: expected split-cudnn or flash, found '" + chunk_attention + "'");
     model.set_chunk_attention(chunk_attention == "flash" ? rtp::model::ChunkAttention::Flash
                                                          : rtp::model::ChunkAttention::SplitCudnn);
+    const auto moe_shape = parse_moe_launch_shape(args["moe-launch-shape"].as<std::string>());
+    model.set_moe_launch_shape(moe_shape);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();
     // Bytes of weights one token reads: every tensor, but of an MoE layer's experts only the top-k of them.
@@ -241,7 +261,8 @@ int main(int argc, char** argv) {
               {"gemv_max_ratio", gemv_max_ratio}, {"gemv_layout", gemv_layout}, {"fused_projection_norms", epilogues.add_norm},
               {"fused_norm_max_m", epilogues.add_norm_max_m},
               {"fused_qk_norm_rope", epilogues.qk_norm_rope}, {"fused_moe_routing", epilogues.moe_routing},
-              {"lm_head_gemv", lm_head_gemv}, {"chunk_attention", chunk_attention}};
+              {"lm_head_gemv", lm_head_gemv}, {"chunk_attention", chunk_attention},
+              {"moe_launch_shape", args["moe-launch-shape"].as<std::string>()}};
     json rows = json::array();
     std::printf("%s, %s, %lld layers, %.2f B parameters, %.2f GB of weights read per token, copy bandwidth %.0f GB/s\n",
                 card.c_str(), config_name.c_str(), static_cast<long long>(c.num_hidden_layers), parameter_count / 1e9,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "rtp/kernels/gemv_layout.h"
+#include "rtp/kernels/moe_decode.h"
 #include "rtp/model/attention_seam.h"
 #include "rtp/model/kv_cache.h"
 #include "rtp/model/model_config.h"
@@ -84,6 +85,9 @@ class Qwen3Model {
   bool forward_reads_no_host_values(int64_t tokens) const;
   // false: MoE layers always take the grouped path (for comparisons: rtpurbo-bench-decode's "grouped" rows).
   void set_moe_experts_by_id(bool on);
+  // How the experts-by-id kernels of a decode step are cut into warps (the same result for every shape; default
+  // MoeDecodeLaunchShape{}); rtpurbo-bench-decode --moe-launch-shape.
+  void set_moe_launch_shape(const kernels::MoeDecodeLaunchShape& shape);
   // Decode projections (a few tokens on a GPU) take the GEMV kernel where the output is at most `ratio` times the
   // reduction (ops::gemv_preferred; default ops::kDecodeGemvMaxRatio), cuBLAS elsewhere; for comparisons:
   // rtpurbo-bench-decode --gemv-max-ratio.

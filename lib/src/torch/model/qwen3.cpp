@@ -203,7 +203,7 @@ class Qwen3ModelImpl {
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
-    if (moe_on_device(flat.size(0))) return ops::moe_decode(flat, top_i, top_w, gate_up, down).reshape(shape);
+    if (moe_on_device(flat.size(0))) return ops::moe_decode(flat, top_i, top_w, gate_up, down, moe_shape).reshape(shape);
     return ops::moe_grouped(flat, top_i, top_w, gate_up, down).reshape(shape);
   }
 
@@ -213,6 +213,7 @@ class Qwen3ModelImpl {
            ops::moe_decode_supported(device(), dtype());
   }
   bool moe_by_id = true;
+  kernels::MoeDecodeLaunchShape moe_shape;
   Qwen3Model::GemvEpilogues epilogues;  // which work of a decode step joins a GEMV launch (gemv.h's epilogues)
   mutable Qwen3Model::GemvEpilogueLaunches epilogue_launches;
   int64_t gemv_max_ratio = ops::kDecodeGemvMaxRatio;  // the decode projections' GEMV where m <= ratio * k
@@ -418,6 +419,7 @@ ResidualStream Qwen3Model::finish_layer(int64_t layer, ResidualStream x, const t
 torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_logits(std::move(x)); }
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
+void Qwen3Model::set_moe_launch_shape(const kernels::MoeDecodeLaunchShape& shape) { impl_->moe_shape = shape; }
 void Qwen3Model::set_gemv_layout(kernels::GemvLayout layout) { impl_->gemv_layout = layout; }
 void Qwen3Model::set_lm_head_gemv(bool on) { impl_->lm_head_gemv = on; }
 
