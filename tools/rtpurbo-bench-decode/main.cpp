@@ -64,6 +64,11 @@ std::string card_name(const torch::Device& d) {
   return "cpu";
 }
 
+std::string moe_launch_shape_text(const rtp::kernels::MoeDecodeLaunchShape& s) {
+  return std::to_string(s.gate_up_rows_per_warp) + "," + std::to_string(s.down_warps_per_block) + "," +
+         (s.down_loads_ahead ? "1" : "0");
+}
+
 // "rows,warps,ahead", e.g. "2,4,1"; the kernels check the ranges (ops::moe_decode names the field).
 rtp::kernels::MoeDecodeLaunchShape parse_moe_launch_shape(const std::string& text) {
   rtp::kernels::MoeDecodeLaunchShape shape;
@@ -125,7 +130,7 @@ int main(int argc, char** argv) {
                           "its own by cuDNN, merged; the model's default on Hopper) or flash (FlashAttention-2, one call)",
        cxxopts::value<std::string>()->default_value("split-cudnn"))
       ("moe-launch-shape", "the MoE decode kernels' launch shape: gate/up rows per warp (1, 2, 4), down warps per block "
-                           "(4, 8), down loads ahead (0, 1)", cxxopts::value<std::string>()->default_value("1,8,0"))
+                           "(4, 8), down loads ahead (0, 1)", cxxopts::value<std::string>()->default_value(moe_launch_shape_text({})))
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
