@@ -156,6 +156,18 @@ TEST(MoeDecodeRef, RejectsBadParameters) {
                          torch::randn({3, 8, 4}));
   });
   EXPECT_NE(err.find("down must be [E, H, I] = [3, 8, 3]"), std::string::npos) << err;
+  // A launch shape out of range is an error on every device (the CPU reference ignores the shape, but a caller's
+  // typo should not wait for a GPU to surface).
+  const auto moe = [&](const rtp::kernels::MoeDecodeLaunchShape& shape) {
+    return rtp::testing::error_of([&] {
+      rtp::ops::moe_decode(x, torch::zeros({2, 2}, torch::kInt64), torch::ones({2, 2}), torch::randn({3, 6, 8}),
+                           torch::randn({3, 8, 3}), shape);
+    });
+  };
+  EXPECT_EQ(moe({}), "<no error: the call succeeded>");
+  EXPECT_EQ(moe({4, 4, true}), "<no error: the call succeeded>");
+  EXPECT_NE(moe({3, 8, false}).find("gate_up_rows_per_warp must be 1, 2 or 4"), std::string::npos) << moe({3, 8, false});
+  EXPECT_NE(moe({1, 16, false}).find("down_warps_per_block must be 4 or 8"), std::string::npos) << moe({1, 16, false});
 }
 
 }  // namespace
