@@ -58,8 +58,11 @@ __device__ __forceinline__ float warp_dot(const T* __restrict__ row, const T* __
 
 // kRows consecutive intermediate rows per warp (MoeDecodeLaunchShape::gate_up_rows_per_warp): fewer, longer warps,
 // with kRows times the loads in flight each. Every row's sums run over i in the same order for any kRows.
+// One bf16 row per warp is held to 5 blocks per SM (48 registers, no spills; 56 unbounded, which fits 4): the
+// kernel before the launch shapes took 46, and its 768 blocks of Qwen3-30B-A3B's 8 slots then span 1.16 waves of
+// 132 SMs instead of 1.45. Elsewhere no bound (0): any bound made ptxas take all it allowed, and spill (sm_90a).
 template <typename T, int kRows>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, kRows == 1 && sizeof(T) == 2 ? 5 : 0)
     gate_up_act_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert, const T* __restrict__ gate_up,
                        T* __restrict__ act, int64_t K, int64_t E, int64_t H, int64_t I, bool vec) {
   // The router's expert ids first (this kernel is launched by programmatic launch too), then the down pass may
@@ -80,7 +83,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     const uint4* u4[kRows];
 #pragma unroll
     for (int j = 0; j < kRows; ++j) {
-      const int64_t r = r0 + j < I ? r0 + j : r0;
+      const int64_t r = kRows == 1 || r0 + j < I ? r0 + j : r0;
       g4[j] = reinterpret_cast<const uint4*>(ge + r * H);
       u4[j] = reinterpret_cast<const uint4*>(ge + (I + r) * H);
     }
@@ -102,7 +105,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   } else {
 #pragma unroll
     for (int j = 0; j < kRows; ++j) {
-      const int64_t r = r0 + j < I ? r0 + j : r0;
+      const int64_t r = kRows == 1 || r0 + j < I ? r0 + j : r0;
       g[j] = warp_dot(ge + r * H, xr, H, vec);
       u[j] = warp_dot(ge + (I + r) * H, xr, H, vec);
     }
@@ -110,7 +113,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if ((threadIdx.x & 31) == 0) {
 #pragma unroll
     for (int j = 0; j < kRows; ++j) {
-      if (r0 + j >= I) break;
+      if (kRows > 1 && r0 + j >= I) break;
       const float gj = Elem<T>::round(g[j]), uj = Elem<T>::round(u[j]);
       const float silu = Elem<T>::round(gj / (1.f + expf(-gj)));
       act[slot * I + r0 + j] = Elem<T>::from_float(silu * uj);
