@@ -6,6 +6,13 @@
 
 namespace rtp::kernels {
 
+const char* check_moe_decode_launch_shape(const MoeDecodeLaunchShape& shape) {
+  const int rows = shape.gate_up_rows_per_warp, warps = shape.down_warps_per_block;
+  if (rows != 1 && rows != 2 && rows != 4) return "moe decode: gate_up_rows_per_warp must be 1, 2 or 4";
+  if (warps != 4 && warps != 8) return "moe decode: down_warps_per_block must be 4 or 8";
+  return "";
+}
+
 const char* check_moe_decode_params(const MoeDecodeParams& p, bool cuda) {
   if (!p.x || !p.expert || !p.weight || !p.gate_up || !p.down || !p.out) return "moe decode: a tensor pointer is null";
   if (p.tokens <= 0 || p.top_k <= 0 || p.experts <= 0 || p.hidden <= 0 || p.intermediate <= 0)
@@ -15,10 +22,7 @@ const char* check_moe_decode_params(const MoeDecodeParams& p, bool cuda) {
   if (cuda && !p.act) return "moe decode: the CUDA kernels need the act workspace [tokens, top_k, intermediate]";
   if (cuda && p.tokens * p.top_k > 65535) return "moe decode: tokens x top_k above 65535 (one grid row per slot)";
   if (cuda && p.dtype != DType::F32 && p.dtype != DType::BF16) return "moe decode: dtype must be float32 or bfloat16";
-  const int rows = p.shape.gate_up_rows_per_warp, warps = p.shape.down_warps_per_block;
-  if (rows != 1 && rows != 2 && rows != 4) return "moe decode: gate_up_rows_per_warp must be 1, 2 or 4";
-  if (warps != 4 && warps != 8) return "moe decode: down_warps_per_block must be 4 or 8";
-  return "";
+  return check_moe_decode_launch_shape(p.shape);
 }
 
 void moe_decode_cpu(const MoeDecodeParams& p) {

@@ -33,24 +33,23 @@ __device__ __forceinline__ void route_token_in_warp(Logit logit, int E, int K, b
   const float inv = 1.f / total;
 #pragma unroll
   for (int s = 0; s < kSlots; ++s) v[s] = s * 32 + lane < E ? v[s] * inv : -1.f;  // taken or padding: below any p
-  // Top-k: each round the warp's largest probability, ties to the lower expert id; its owner marks it taken.
+  // Top-k: each round the warp's largest probability, ties to the lower expert id; its owner marks it taken. A
+  // probability p >= 0 orders as its float bits do, so a round is two warp reductions on integers (redux.sync, sm_80):
+  // the largest key (the bits + 1; 0 for taken and padding), then the lowest expert id holding it. Five shuffle rounds
+  // of value and id pairs did the same in a chain twice as long.
   float kept_p = 0.f;  // lane s < K keeps slot s's probability
   int kept_e = 0;
   float sum = 0.f;
   for (int k = 0; k < K; ++k) {
-    float best = -1.f;
-    int best_e = 0x7fffffff;
+    unsigned key = 0u, key_e = 0xffffffffu;
 #pragma unroll
-    for (int s = 0; s < kSlots; ++s) {
-      const int e = s * 32 + lane;
-      if (v[s] > best || (v[s] == best && e < best_e)) best = v[s], best_e = e;
+    for (int s = 0; s < kSlots; ++s) {  // slots in ascending expert order: a strict > keeps the lower id on ties
+      const unsigned ks = v[s] >= 0.f ? __float_as_uint(v[s]) + 1u : 0u;
+      if (ks > key) key = ks, key_e = unsigned(s * 32 + lane);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oe = __shfl_xor_sync(0xffffffffu, best_e, o);
-      if (ob > best || (ob == best && oe < best_e)) best = ob, best_e = oe;
-    }
+    const unsigned best_key = __reduce_max_sync(0xffffffffu, key);
+    const int best_e = int(__reduce_min_sync(0xffffffffu, key == best_key ? key_e : 0xffffffffu));
+    const float best = __uint_as_float(best_key - 1u);
     if ((best_e & 31) == lane) {
 #pragma unroll
       for (int s = 0; s < kSlots; ++s)

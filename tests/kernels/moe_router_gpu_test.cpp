@@ -36,6 +36,30 @@ TEST(MoeRouterCuda, Float32EqualsTheReference) {
   }
 }
 
+// bf16 logits tie often (256 values per octave); the kernel must break ties as the reference does, to the lower
+// expert id, in every round. The reference routes the same logits as float32 (exact), so the ids must be equal.
+TEST(MoeRouterCuda, Bf16TiesGoToTheLowerExpertIdAsInTheReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the router kernel is tested on the GPU machine";
+  torch::manual_seed(44);
+  for (const auto& [N, E, K] : std::vector<std::array<int64_t, 3>>{{300, 128, 8}, {64, 60, 4}, {16, 512, 32}}) {
+    // Coarse logits (multiples of 1/4 in [-2, 2]): many exact ties inside every token's top-k.
+    const auto logits = (torch::randint(-8, 9, {N, E}) / 4.0).to(torch::kBFloat16);
+    const auto l32 = logits.to(torch::kFloat32).contiguous();
+    rtp::kernels::MoeRouterParams p;
+    auto e_ref = torch::empty({N, K}, torch::kInt64);
+    auto w_ref = torch::empty({N, K});
+    p.logits = l32.data_ptr<float>(), p.expert = e_ref.data_ptr<int64_t>(), p.weight = w_ref.data_ptr<float>();
+    p.tokens = N, p.experts = E, p.top_k = K, p.norm_topk_prob = true;
+    rtp::kernels::moe_router_cpu(p);
+    auto [e, w] = rtp::ops::moe_route(logits.to(kCuda), K, true);
+    EXPECT_TRUE(torch::equal(e.cpu(), e_ref)) << N << " x " << E << " top " << K;
+    // bf16 weights: one rounding of the float32 reference (the kernel sums in float32, the reference in double).
+    EXPECT_TRUE((w.cpu().to(torch::kFloat32) - w_ref).abs().le(w_ref.abs() / 128 + 1e-6).all().item<bool>());
+    auto [e32, w32] = rtp::ops::moe_route(l32.to(kCuda), K, true);
+    EXPECT_TRUE(torch::equal(e32.cpu(), e_ref)) << "float32, " << N << " x " << E << " top " << K;
+  }
+}
+
 TEST(MoeRouterCuda, Bf16GivesAValidTopKWithinTwiceEagerError) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the router kernel is tested on the GPU machine";
   torch::manual_seed(43);

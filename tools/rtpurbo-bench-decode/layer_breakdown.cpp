@@ -361,18 +361,20 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     const auto& dn = w[m + "experts.down_proj"];
     const int64_t expert_bytes = (bytes_of(gu) + bytes_of(dn)) / c.num_experts;
     size_t i = 0;
+    // The step's own launch shape (the model's: --moe-launch-shape) as the op; the others beside it as comparisons.
+    const kernels::MoeDecodeLaunchShape in_step = model.moe_launch_shape();
     add("MoE", "experts (" + std::to_string(c.num_experts_per_tok) + " of " + std::to_string(c.num_experts) + ")",
         c.num_experts_per_tok * expert_bytes, [&] {
           const auto& [ids, rw] = routes[i++ % routes.size()];
-          ops::moe_decode(flat, ids, rw, gu, dn);
+          ops::moe_decode(flat, ids, rw, gu, dn, in_step);
         });
     // The other launch shapes of the two passes (the same result bit for bit; moe_decode_gpu_test).
     for (const int rows : {1, 2, 4})
       for (const int warps : {8, 4})
         for (const bool ahead : {false, true}) {
           const kernels::MoeDecodeLaunchShape shape{rows, warps, ahead};
-          const kernels::MoeDecodeLaunchShape plain{};
-          if (rows == plain.gate_up_rows_per_warp && warps == plain.down_warps_per_block && ahead == plain.down_loads_ahead)
+          if (rows == in_step.gate_up_rows_per_warp && warps == in_step.down_warps_per_block &&
+              ahead == in_step.down_loads_ahead)
             continue;
           add("(compare)",
               "experts, " + std::to_string(rows) + " gate/up rows per warp, down " + std::to_string(warps) +

@@ -69,18 +69,18 @@ std::string moe_launch_shape_text(const rtp::kernels::MoeDecodeLaunchShape& s) {
          (s.down_loads_ahead ? "1" : "0");
 }
 
-// "rows,warps,ahead", e.g. "2,4,1"; the kernels check the ranges (ops::moe_decode names the field).
+// "rows,warps,ahead", e.g. "2,4,1"; the ranges are the kernels' own (check_moe_decode_launch_shape).
 rtp::kernels::MoeDecodeLaunchShape parse_moe_launch_shape(const std::string& text) {
   rtp::kernels::MoeDecodeLaunchShape shape;
   int ahead = -1;
   char tail = 0;
   if (std::sscanf(text.c_str(), "%d,%d,%d%c", &shape.gate_up_rows_per_warp, &shape.down_warps_per_block, &ahead, &tail) != 3 ||
-      (ahead != 0 && ahead != 1) || (shape.gate_up_rows_per_warp != 1 && shape.gate_up_rows_per_warp != 2 &&
-                                     shape.gate_up_rows_per_warp != 4) ||
-      (shape.down_warps_per_block != 4 && shape.down_warps_per_block != 8))
-    throw rtp::tools::UsageError("--moe-launch-shape: expected ROWS,WARPS,AHEAD with ROWS 1, 2 or 4, WARPS 4 or 8 and "
-                                 "AHEAD 0 or 1, found '" + text + "'");
+      (ahead != 0 && ahead != 1))
+    throw rtp::tools::UsageError("--moe-launch-shape: expected ROWS,WARPS,AHEAD (three integers, AHEAD 0 or 1), found '" +
+                                 text + "'");
   shape.down_loads_ahead = ahead == 1;
+  if (const char* why = rtp::kernels::check_moe_decode_launch_shape(shape); *why)
+    throw rtp::tools::UsageError(std::string("--moe-launch-shape '") + text + "': " + why);
   return shape;
 }
 

@@ -31,6 +31,9 @@ struct MoeDecodeLaunchShape {
   bool down_loads_ahead = false;
 };
 
+// Empty when every field is in its range, else which field is not and what it may be.
+const char* check_moe_decode_launch_shape(const MoeDecodeLaunchShape& shape);
+
 struct MoeDecodeParams {
   const void* x = nullptr;        // [N, H]
   const int64_t* expert = nullptr;  // [N, K], each in [0, E)

@@ -88,6 +88,7 @@ class Qwen3Model {
   // How the experts-by-id kernels of a decode step are cut into warps (the same result for every shape; default
   // MoeDecodeLaunchShape{}); rtpurbo-bench-decode --moe-launch-shape.
   void set_moe_launch_shape(const kernels::MoeDecodeLaunchShape& shape);
+  const kernels::MoeDecodeLaunchShape& moe_launch_shape() const;
   // Decode projections (a few tokens on a GPU) take the GEMV kernel where the output is at most `ratio` times the
   // reduction (ops::gemv_preferred; default ops::kDecodeGemvMaxRatio), cuBLAS elsewhere; for comparisons:
   // rtpurbo-bench-decode --gemv-max-ratio.

@@ -420,6 +420,7 @@ torch::Tensor Qwen3Model::lm_logits(ResidualStream x) const { return impl_->lm_l
 
 void Qwen3Model::set_moe_experts_by_id(bool on) { impl_->moe_by_id = on; }
 void Qwen3Model::set_moe_launch_shape(const kernels::MoeDecodeLaunchShape& shape) { impl_->moe_shape = shape; }
+const kernels::MoeDecodeLaunchShape& Qwen3Model::moe_launch_shape() const { return impl_->moe_shape; }
 void Qwen3Model::set_gemv_layout(kernels::GemvLayout layout) { impl_->gemv_layout = layout; }
 void Qwen3Model::set_lm_head_gemv(bool on) { impl_->lm_head_gemv = on; }
 
