@@ -5,6 +5,8 @@
 # run records its tree's commit (the working tree's: $RTP_COMMIT, else HEAD+worktree). BENCH: rtpurbo-bench arguments
 # for the working tree, run last (empty: skip). BIN=rtpurbo-bench makes RUNS rtpurbo-bench argument lists instead (each
 # run's JSON in its own directory). Everything it writes under $OUT ends in $OUT/step-regress.tgz.
+# DEADLINE (seconds from the start, default 540): what would run past it is skipped, so the archive is written before
+# the device call's limit.
 # Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/step_regress.sh
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
@@ -14,6 +16,8 @@ RUNS=${RUNS:-"--config data/configs/qwen3-30b-a3b --lengths 4096,32768 --tokens 
 CM="-G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=ON"
 BIN=${BIN:-rtpurbo-bench-decode}
 start=$(date +%s)
+DEADLINE=${DEADLINE:-540}
+left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
 names=()
 declare -A commit=([work]=${RTP_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null)+worktree"})
 for t in $TREES; do
@@ -43,18 +47,21 @@ for r in "${runs[@]}"; do
     k=$((k + 1))
     b=/tmp/$w-b/bin/$BIN; [ $w = work ] && b=build-gpu/bin/$BIN
     o="$OUT/steps-$k-$w.json"; [ $BIN = rtpurbo-bench ] && o="$OUT/bench-$k-$w"
-    RTP_COMMIT=${commit[$w]} $b $r --out "$o" > "$OUT/steps-$k-$w.log" 2>&1
+    [ $(left) -gt 30 ] || { echo "=== $w: $r skipped (time)"; continue; }
+    RTP_COMMIT=${commit[$w]} timeout $(left) $b $r --out "$o" > "$OUT/steps-$k-$w.log" 2>&1
     echo "=== $w: $r (exit $?)"
     grep -E "^ +[0-9]+ +(dense|sparse) |^ +[0-9]+ +decode step|^       L |^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+x" "$OUT/steps-$k-$w.log"
   done
 done
 for t in $TESTS; do
-  { echo "== $t"; timeout 300 build-gpu/tests/$t 2>&1; echo "$t: exit $?"; } > /tmp/$t.log
+  [ $(left) -gt 20 ] || { echo "$t: skipped (time)"; continue; }
+  t_s=$(left); [ $t_s -lt 300 ] || t_s=300
+  { echo "== $t"; timeout $t_s build-gpu/tests/$t 2>&1; echo "$t: exit $?"; } > /tmp/$t.log
   cat /tmp/$t.log >> "$OUT/tests.log"
   echo "$t: $(tail -1 /tmp/$t.log | sed 's/.*: //') $(grep -E '^\[  (PASSED|FAILED)|SKIPPED \]' /tmp/$t.log | tr '\n' ' ')"
 done
 if [ -n "${BENCH:-}" ]; then
-  RTP_COMMIT=${commit[work]} timeout 300 build-gpu/bin/rtpurbo-bench --out "$OUT" $BENCH > "$OUT/bench.log" 2>&1
+  [ $(left) -gt 30 ] && RTP_COMMIT=${commit[work]} timeout $(left) build-gpu/bin/rtpurbo-bench --out "$OUT" $BENCH > "$OUT/bench.log" 2>&1
   echo "rtpurbo-bench: exit $?"; grep -A12 "^card" "$OUT/bench.log"
 fi
 echo "done after $(( $(date +%s) - start )) s"
