@@ -6,7 +6,7 @@
 # for the working tree, run last (empty: skip). BIN=rtpurbo-bench makes RUNS rtpurbo-bench argument lists instead (each
 # run's JSON in its own directory). Everything it writes under $OUT ends in $OUT/step-regress.tgz.
 # DEADLINE (seconds from the start, default 540): what would run past it is skipped, so the archive is written before
-# the device call's limit.
+# the device call's limit. TESTS_FIRST=1: the tests before the runs.
 # Usage there: source .devdeps/prelude.sh; RTP_COMMIT=<commit> OUT=$OUT bash scripts/device/step_regress.sh
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
@@ -40,6 +40,16 @@ wait; echo "built after $(( $(date +%s) - start )) s"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 order=("${names[@]}" work work)
 for (( i=${#names[@]}-1; i>=0; i-- )); do order+=("${names[$i]}"); done
+run_tests() {
+  for t in $TESTS; do
+    [ $(left) -gt 20 ] || { echo "$t: skipped (time)"; continue; }
+    t_s=$(left); [ $t_s -lt 300 ] || t_s=300
+    { echo "== $t"; timeout $t_s build-gpu/tests/$t 2>&1; echo "$t: exit $?"; } > /tmp/$t.log
+    cat /tmp/$t.log >> "$OUT/tests.log"
+    echo "$t: $(tail -1 /tmp/$t.log | sed 's/.*: //') $(grep -E '^\[  (PASSED|FAILED)|SKIPPED \]' /tmp/$t.log | tr '\n' ' ')"
+  done
+}
+[ -z "${TESTS_FIRST:-}" ] || run_tests
 IFS=';' read -ra runs <<< "$RUNS"
 k=0
 for r in "${runs[@]}"; do
@@ -53,13 +63,7 @@ for r in "${runs[@]}"; do
     grep -E "^ +[0-9]+ +(dense|sparse) |^ +[0-9]+ +decode step|^       L |^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+x" "$OUT/steps-$k-$w.log"
   done
 done
-for t in $TESTS; do
-  [ $(left) -gt 20 ] || { echo "$t: skipped (time)"; continue; }
-  t_s=$(left); [ $t_s -lt 300 ] || t_s=300
-  { echo "== $t"; timeout $t_s build-gpu/tests/$t 2>&1; echo "$t: exit $?"; } > /tmp/$t.log
-  cat /tmp/$t.log >> "$OUT/tests.log"
-  echo "$t: $(tail -1 /tmp/$t.log | sed 's/.*: //') $(grep -E '^\[  (PASSED|FAILED)|SKIPPED \]' /tmp/$t.log | tr '\n' ' ')"
-done
+[ -n "${TESTS_FIRST:-}" ] || run_tests
 if [ -n "${BENCH:-}" ]; then
   [ $(left) -gt 30 ] && RTP_COMMIT=${commit[work]} timeout $(left) build-gpu/bin/rtpurbo-bench --out "$OUT" $BENCH > "$OUT/bench.log" 2>&1
   echo "rtpurbo-bench: exit $?"; grep -A12 "^card" "$OUT/bench.log"
