@@ -291,4 +291,78 @@ TEST(RulerEval, EndToEndOnATinyModelWithTheQwen3Vocabulary) {
   rtp::remove_tree(dir);
 }
 
+// An evaluation stopped after any sample and resumed gives the uninterrupted run's results (timings aside): the
+// same rows, predictions, scores, accuracies and cache bytes, and the same prompts dumped. Stopped mid-row and at a
+// row's end; an unfinished evaluation is not overwritten without --resume, and --resume refuses other settings and a
+// finished evaluation.
+TEST(RulerEval, StoppedAndResumedEqualsTheUninterruptedRun) {
+  if (!std::ifstream(kTokenizer).good()) GTEST_SKIP() << "Qwen3 tokenizer.json not found at " << kTokenizer;
+  const std::string dir = std::string(RTP_BINARY_DIR) + "/tmp-ruler-resume-" + std::to_string(::getpid());
+  make_tiny_converted(dir, true);
+  rtp::eval::RulerEvalOptions o;
+  o.model_dir = dir + "/conv";
+  o.tokenizer = kTokenizer;
+  o.tasks = {"niah_single_1", "vt"};
+  o.lengths = {512};
+  o.samples = 3;
+  o.prefill_chunk = 256;
+  o.out_dir = dir + "/whole";
+  o.dump_prompts = dir + "/whole.jsonl";
+  rtp::RunContext ctx;
+  testing::internal::CaptureStderr();
+  rtp::eval::run_ruler_eval(o, ctx);
+  const auto whole = rtp::read_json_file(o.out_dir + "/ruler.json");
+
+  o.out_dir = dir + "/parts";
+  o.dump_prompts = dir + "/parts.jsonl";
+  o.stop_after_samples = 2;  // stops inside the first row
+  rtp::eval::run_ruler_eval(o, ctx);
+  auto doc = rtp::read_json_file(o.out_dir + "/ruler.json");
+  EXPECT_FALSE(doc["finished"].get<bool>());
+  EXPECT_EQ(doc["results"].size(), 0u);
+  EXPECT_EQ(doc["in_progress"]["per_sample"].size(), 2u);
+  EXPECT_FALSE(rtp::file_exists(o.dump_prompts)) << "a stopped run wrote a partial prompt dump";
+  // Not overwritten by a fresh start.
+  std::string e = rtp::testing::error_of([&] { rtp::eval::run_ruler_eval(o, ctx); });
+  EXPECT_NE(e.find("holds an evaluation that did not finish (0 (task, length) rows done, 2 samples of niah_single_1 @512)"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("pass --resume to continue it"), std::string::npos) << e;
+  // Other settings are refused, each named with both values.
+  o.resume = true;
+  o.samples = 4;
+  o.prefill_chunk = 128;
+  e = rtp::testing::error_of([&] { rtp::eval::run_ruler_eval(o, ctx); });
+  EXPECT_NE(e.find("samples: was 3, now 4"), std::string::npos) << e;
+  EXPECT_NE(e.find("prefill_chunk: was 256, now 128"), std::string::npos) << e;
+  o.samples = 3;
+  o.prefill_chunk = 256;
+  o.stop_after_samples = 1;  // the first row's last sample, then stops at the second row's start
+  rtp::eval::run_ruler_eval(o, ctx);
+  doc = rtp::read_json_file(o.out_dir + "/ruler.json");
+  EXPECT_FALSE(doc["finished"].get<bool>());
+  EXPECT_EQ(doc["results"].size(), 1u);
+  EXPECT_FALSE(doc.contains("in_progress"));
+  o.stop_after_samples = 0;
+  rtp::eval::run_ruler_eval(o, ctx);
+  const std::string progress = testing::internal::GetCapturedStderr();
+  EXPECT_NE(progress.find("resuming"), std::string::npos) << progress;
+  const auto parts = rtp::read_json_file(o.out_dir + "/ruler.json");
+  EXPECT_TRUE(parts["finished"].get<bool>());
+  EXPECT_FALSE(parts.contains("in_progress"));
+  ASSERT_EQ(parts["results"].size(), whole["results"].size());
+  for (size_t r = 0; r < whole["results"].size(); ++r) {
+    const auto& a = whole["results"][r];
+    const auto& b = parts["results"][r];
+    for (const char* key : {"task", "length", "dense_accuracy", "sparse_accuracy", "dense_generated_tokens",
+                            "sparse_generated_tokens", "dense_kv_bytes", "sparse_kv_bytes", "sparse_kv_bytes_per_layer",
+                            "sparse_attended_fraction_per_layer", "per_sample"})
+      EXPECT_EQ(a[key], b[key]) << "row " << r << ", " << key;
+  }
+  EXPECT_EQ(rtp::read_text_file(dir + "/parts.jsonl"), rtp::read_text_file(dir + "/whole.jsonl"));
+  // A finished evaluation is not resumed; without --resume it is replaced.
+  e = rtp::testing::error_of([&] { rtp::eval::run_ruler_eval(o, ctx); });
+  EXPECT_NE(e.find("holds a finished evaluation: nothing to continue"), std::string::npos) << e;
+  rtp::remove_tree(dir);
+}
+
 }  // namespace

@@ -61,6 +61,10 @@ int main(int argc, char** argv) {
       ("prefill-chunk", "ruler: prefill prompts in chunks of N tokens, dense and sparse (sparse: a multiple of the "
        "block size; 0: one forward)", cxxopts::value<std::string>()->default_value("4096"))
       ("no-cuda-graphs", "ruler: decode eagerly instead of replaying CUDA graphs of each layer (slower; for comparison)")
+      ("resume", "ruler: continue the unfinished evaluation in --out-dir (ruler.json is written after every sample; "
+       "the settings must be the same)")
+      ("stop-after", "ruler: stop after N samples evaluated by this run, leaving ruler.json for --resume (0: no limit)",
+       cxxopts::value<std::string>()->default_value("0"))
       ("h,help", "print this help");
     // clang-format on
     auto args = rtp::tools::parse_strict(opts, argc, argv);
@@ -76,6 +80,7 @@ int main(int argc, char** argv) {
     const int64_t batch_size = rtp::tools::integer_arg(args, "batch-size", at_least(1));
     const double token_recall_top_p = rtp::tools::number_arg(args, "token-recall-top-p", range(0, 1));
     const int64_t prefill_chunk = rtp::tools::integer_arg(args, "prefill-chunk", at_least(0));
+    const int64_t stop_after = rtp::tools::integer_arg(args, "stop-after", at_least(0));
     rtp::RunContext ctx;
     ctx.seed = static_cast<uint64_t>(rtp::tools::integer_arg(args, "seed", at_least(0)));
     ctx.device = rtp::tools::device_arg(args["device"].as<std::string>());
@@ -130,6 +135,8 @@ int main(int argc, char** argv) {
       if (args.count("dump-prompts")) o.dump_prompts = args["dump-prompts"].as<std::string>();
       o.prefill_chunk = prefill_chunk;
       o.cuda_graphs = args.count("no-cuda-graphs") == 0;
+      o.resume = args.count("resume") > 0;
+      o.stop_after_samples = stop_after;
       if (args.count("out-dir")) o.out_dir = args["out-dir"].as<std::string>();
       if (!o.model_dir.empty()) {
         rtp::require_directory(o.model_dir, "--model");

@@ -22,6 +22,14 @@ struct RulerEvalOptions {
   int64_t prefill_chunk = 4096;
   // Decode steps through CUDA graphs on a GPU (rtp/model/decode_stepper.h); false: eager, for comparison.
   bool cuda_graphs = true;
+  // Continue the unfinished evaluation in out_dir (its ruler.json, written after every sample): the samples it holds
+  // are kept, the rest run. Its settings (model, tokenizer, tasks, lengths, samples, seed, models, prefill chunk,
+  // device type, dtype, essay) must be these; the prompts are a function of them, so the result is the uninterrupted
+  // run's (timings aside).
+  bool resume = false;
+  // Stop after this many samples evaluated by this invocation (0: no limit), leaving ruler.json unfinished for
+  // --resume: evaluations split over time-limited jobs.
+  int64_t stop_after_samples = 0;
 };
 
 // "ruler:niah_single_1,ruler:vt" -> {"niah_single_1", "vt"}; unknown names are errors listing the valid ones.

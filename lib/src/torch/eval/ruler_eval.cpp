@@ -132,6 +132,68 @@ Generated generate_sparse(sparse::ConvertedModel& cm, SparseDecoder& d, const to
   return g;
 }
 
+// What makes two evaluations the same one: what the prompts are made of (tokenizer, tasks, lengths, samples, seed,
+// essay) and what answers them (model, which models, prefill chunk, device type, dtype). Paths absolute, so that the
+// same file named from another directory matches. Not here: what changes no answer (CUDA graphs or eager, where the
+// prompts are dumped, --stop-after).
+json ruler_settings(const RulerEvalOptions& o, const std::string& tokenizer, const RunContext& ctx) {
+  const auto absolute = [](const std::string& p) { return p.empty() ? p : fs::weakly_canonical(fs::absolute(p)).string(); };
+  return {{"model", absolute(o.model_dir)}, {"tokenizer", absolute(tokenizer)}, {"tasks", o.tasks},
+          {"lengths", o.lengths},           {"samples", o.samples},             {"seed", ctx.seed},
+          {"dense", o.dense},               {"sparse", o.sparse},               {"prefill_chunk", o.prefill_chunk},
+          {"device", ctx.device.is_cuda() ? "cuda" : "cpu"}, {"dtype", dtype_name(ctx.dtype)},
+          {"essay", absolute(o.essay_file)}};
+}
+
+// What an unfinished ruler.json holds: the (task, length) rows done and the row under way (null if none).
+struct RulerProgress {
+  json rows = json::array();
+  json in_progress;
+};
+
+std::string describe_progress(const json& doc) {
+  std::string d = std::to_string(doc.value("results", json::array()).size()) + " (task, length) rows done";
+  if (doc.contains("in_progress") && doc["in_progress"].is_object())
+    d += ", " + std::to_string(doc["in_progress"].value("per_sample", json::array()).size()) + " samples of " +
+         doc["in_progress"].value("task", std::string("?")) + " @" + std::to_string(doc["in_progress"].value("length", int64_t{0}));
+  return d;
+}
+
+// Without --resume: an unfinished evaluation in the way is an error that says what to do (a finished one is replaced,
+// so that rerunning a command works). With --resume: the file must hold an unfinished evaluation of these settings.
+RulerProgress load_progress(const std::string& path, const json& settings, bool resume) {
+  const bool exists = file_exists(path);
+  if (!resume) {
+    if (exists) {
+      const json doc = read_json_file(path);
+      RTP_CHECK(doc.value("finished", true), "'", path, "' holds an evaluation that did not finish (",
+                describe_progress(doc), "): pass --resume to continue it, or choose another --out-dir (or remove '",
+                path, "')");
+    }
+    return {};
+  }
+  RTP_CHECK(exists, "--resume: '", path, "' does not exist: there is no evaluation to continue in this --out-dir (run ",
+            "without --resume to start one)");
+  const json doc = read_json_file(path);
+  RTP_CHECK(!doc.value("finished", false), "--resume: '", path, "' holds a finished evaluation: nothing to continue ",
+            "(run without --resume to evaluate again)");
+  RTP_CHECK(doc.contains("settings") && doc["settings"].is_object(), "--resume: '", path, "' was written without its ",
+            "settings (by an older rtpurbo-eval) and cannot be continued: run without --resume in another --out-dir, ",
+            "or remove it");
+  std::string differ;
+  for (const auto& [key, now] : settings.items()) {
+    const json was = doc["settings"].contains(key) ? doc["settings"][key] : json();
+    if (was != now) differ += "\n  " + key + ": was " + was.dump() + ", now " + now.dump();
+  }
+  RTP_CHECK(differ.empty(), "--resume: '", path, "' is another evaluation; these settings differ:", differ,
+            "\nrun with the settings it was started with, or without --resume in another --out-dir");
+  RulerProgress p;
+  p.rows = doc.value("results", json::array());
+  if (doc.contains("in_progress")) p.in_progress = doc["in_progress"];
+  std::cerr << "resuming '" << path << "': " << describe_progress(doc) << "\n";
+  return p;
+}
+
 }  // namespace
 
 void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
@@ -170,6 +232,13 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
     }
   }
 
+  // Whether there is an evaluation to continue (or one in the way), before the model loads.
+  RTP_CHECK(!o.model_dir.empty() || !o.resume, "--resume continues an evaluation and needs --model (the prompts alone ",
+            "are written in one go)");
+  const std::string results_path = (fs::path(o.out_dir) / "ruler.json").string();
+  const json settings = ruler_settings(o, tok_path, ctx);
+  RulerProgress prior = o.model_dir.empty() ? RulerProgress{} : load_progress(results_path, settings, o.resume);
+
   std::unique_ptr<sparse::ConvertedModel> cm;
   if (!o.model_dir.empty()) {
     RTP_CHECK(sparse::is_converted_model_dir(o.model_dir) || !o.sparse, "'", o.model_dir, "' is not a converted model ",
@@ -197,31 +266,56 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   // Generation ends at the checkpoint's end-of-sequence tokens, as transformers' generate() does.
   const std::vector<int64_t> stop_ids = cm ? model::load_stop_token_ids(o.model_dir) : std::vector<int64_t>{};
   std::string dump;
-  json results = json::array();
+  json results = prior.rows;
+  const size_t rows_done = results.size();
   DenseDecoder dense_decoder;
   SparseDecoder sparse_decoder;
-  const std::string results_path = (fs::path(o.out_dir) / "ruler.json").string();
-  // ruler.json after every (task, length), so that a run stopped later keeps what it measured ("finished": false).
-  auto write_results = [&](bool finished) {
+  // ruler.json after every sample, so that a run stopped later keeps what it measured ("finished": false, the row under
+  // way as "in_progress") and --resume continues from there.
+  auto write_results = [&](bool finished, const json* in_progress) {
     make_directories(o.out_dir);
-    const json doc = {{"model", o.model_dir},  {"seed", ctx.seed},          {"samples", o.samples},
-                      {"finished", finished},  {"stop_token_ids", stop_ids},
-                      {"cuda_graphs", o.cuda_graphs && ctx.device.is_cuda()}, {"results", results}};
+    json doc = {{"model", o.model_dir},  {"seed", ctx.seed},          {"samples", o.samples},
+                {"finished", finished},  {"stop_token_ids", stop_ids},
+                {"cuda_graphs", o.cuda_graphs && ctx.device.is_cuda()}, {"settings", settings}, {"results", results}};
+    if (in_progress) doc["in_progress"] = *in_progress;
     write_json_atomic(results_path, doc);
     return doc;
   };
+  int64_t evaluated = 0;  // samples this invocation evaluated (--stop-after)
+  bool stopped = false;
+  size_t row_index = 0;
   for (const auto& task : o.tasks)
     for (int64_t len : o.lengths) {
+      if (stopped) break;
+      // A row the resumed file holds: kept as it is; its prompts are still made when they are to be dumped.
+      const bool row_done = row_index++ < rows_done;
+      if (row_done && o.dump_prompts.empty()) continue;
       ro.max_seq_length = len;
       json row = {{"task", task}, {"length", len}};
       double dense_sum = 0, sparse_sum = 0;
+      int64_t first = 0;  // the first sample to evaluate
+      if (!row_done && prior.in_progress.is_object() && prior.in_progress.value("task", std::string()) == task &&
+          prior.in_progress.value("length", int64_t{-1}) == len) {
+        row = prior.in_progress;
+        for (const auto& out : row.value("per_sample", json::array())) {
+          dense_sum += out.value("dense_score", 0.0);
+          sparse_sum += out.value("sparse_score", 0.0);
+          ++first;
+        }
+        prior.in_progress = json();
+      }
       for (int64_t i = 0; i < o.samples; ++i) {
         auto s = text::ruler::generate_sample(task, tok, ro, i);
-        std::cerr << "ruler " << task << " @" << len << ": sample " << i + 1 << "/" << o.samples
-                  << (cm ? "" : "\n");
         if (!o.dump_prompts.empty())
           dump += json({{"task", task}, {"length", len}, {"index", i}, {"input", s.prompt}, {"outputs", s.answers},
                         {"tokens_to_generate", s.tokens_to_generate}}).dump() + "\n";
+        if (cm && (row_done || i < first)) continue;  // its answers are in the resumed ruler.json
+        if (cm && o.stop_after_samples > 0 && evaluated == o.stop_after_samples) {
+          stopped = true;
+          break;
+        }
+        std::cerr << "ruler " << task << " @" << len << ": sample " << i + 1 << "/" << o.samples
+                  << (cm ? "" : "\n");
         if (!cm) continue;
         try {
           // What each model answered, next to the references: the row's scores are the means of these.
@@ -266,7 +360,10 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
           throw;
         }
         std::cerr << std::endl;
+        ++evaluated;
+        write_results(false, &row);
       }
+      if (stopped || row_done) continue;
       // Decode time per generated token (the first token comes from the prefill's logits; every other is one step).
       for (const char* mode : {"dense", "sparse"}) {
         const std::string tk = std::string(mode) + "_generated_tokens", dk = std::string(mode) + "_decode_s";
@@ -276,11 +373,17 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
       if (cm && o.dense) row["dense_accuracy"] = dense_sum / o.samples;
       if (cm && o.sparse) row["sparse_accuracy"] = sparse_sum / o.samples;
       results.push_back(row);
-      if (cm) write_results(false);
+      if (cm) write_results(false, nullptr);
     }
+  if (stopped) {
+    std::cerr << "stopped after " << evaluated << " samples (--stop-after); '" << results_path << "' holds "
+              << describe_progress(read_json_file(results_path)) << ": continue with the same command and --resume"
+              << (o.dump_prompts.empty() ? "" : " (the run that finishes writes --dump-prompts)") << "\n";
+    return;
+  }
   if (cm) {
     const std::string& path = results_path;
-    const json doc = write_results(true);
+    const json doc = write_results(true, nullptr);
     const std::string report = (fs::path(o.out_dir) / "report.html").string();
     write_file_atomic(report, render_ruler_report_html(doc, path));
     std::cout << "task               length   dense   sparse\n";
