@@ -21,6 +21,16 @@ torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, c
 // bytes, 16-byte aligned weights, float32 / bf16 / fp16); otherwise one GEMM pair per expert that has tokens.
 bool moe_grouped_gemm_supported(const torch::Tensor& x, const torch::Tensor& gate_up, const torch::Tensor& down);
 
+// The block's first step: the slots grouped by expert (kernels/moe_group.h, a stable sort of the ids). expert int64
+// [N, K], each in [0, experts). row_token int64 [N K]: the token whose activations row r takes (rows in expert order,
+// a token's slots in slot order within an expert); ends int32 [experts]: rows with an expert <= e (the grouped GEMM's
+// offsets); slot_row int64 [N K]: the row of slot (n, k). On a GPU three kernels (a stable sort beyond 1024 experts); on the
+// CPU the reference, which names an id out of range.
+struct MoeSlotGroups {
+  torch::Tensor row_token, ends, slot_row;
+};
+MoeSlotGroups moe_group_slots(const torch::Tensor& expert, int64_t experts);
+
 // The last step of the block: rows [N K, H] hold the expert outputs in expert order, slot_row int64 [N K] the row of
 // slot (n, k) (the sort's inverse permutation), weight [N K] the routing weights in (token, slot) order. Returns
 // [N, H] in rows' dtype: sum over k of weight[n K + k] * rows[slot_row[n K + k]], in float32, one rounding. On a GPU

@@ -7,6 +7,7 @@
 #include "device_launch.h"
 #include "rtp/core/error.h"
 #include "rtp/kernels/moe_combine.h"
+#include "rtp/kernels/moe_group.h"
 #include "rtp/ops/swiglu.h"
 
 namespace rtp::ops {
@@ -48,17 +49,15 @@ torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, c
   RTP_CHECK(expert.scalar_type() == torch::kInt64, "moe_grouped: expert ids must be int64, found ", expert.scalar_type());
   const int64_t N = x.size(0), K = expert.size(1), H = x.size(1), E = gate_up.size(0), I = down.size(2);
   if (N == 0) return torch::zeros_like(x);
-  // Slots sorted by expert (stable: a token's slots keep their order within an expert), and where each expert's run
-  // ends: offsets[e] = slots with an expert <= e, found on the device.
-  const auto sorted = torch::sort(expert.reshape(-1), /*stable=*/true, 0, /*descending=*/false);
-  const auto& experts = std::get<0>(sorted);
-  const auto& order = std::get<1>(sorted);
-  const auto ends = torch::searchsorted(experts, torch::arange(E, experts.options()), /*out_int32=*/true, /*right=*/true);
+  // Slots grouped by expert (stable: a token's slots keep their order within an expert), and where each expert's run
+  // ends, found on the device.
+  const MoeSlotGroups groups = moe_group_slots(expert, E);
+  const auto& ends = groups.ends;
   torch::Tensor y;  // [N K, H], slots in expert order
   {
     // Each temporary released as soon as the next step has it: a 32K-token forward of Qwen3-30B-A3B holds a few of
     // these [N K, 2I or H] tensors (about 1 GB each) at a time.
-    auto xs = x.index_select(0, torch::div(order, K, "floor"));
+    auto xs = x.index_select(0, groups.row_token);
     if (moe_grouped_gemm_supported(x, gate_up, down)) {
       auto gu = at::_grouped_mm(xs, gate_up.transpose(1, 2), ends);
       xs = torch::Tensor();
@@ -77,10 +76,52 @@ torch::Tensor moe_grouped(const torch::Tensor& x, const torch::Tensor& expert, c
     }
   }
   // Back to (token, slot) order, weighted in float32 and each token's K products summed, one rounding: one pass over
-  // the rows on a GPU (moe_combine's kernel) instead of a scale, an unsorting copy and a sum. slot_row is the sort's
-  // inverse permutation.
-  const auto slot_row = torch::empty_like(order).index_copy_(0, order, torch::arange(N * K, order.options()));
-  return moe_combine(y, slot_row, weight.reshape(-1), K);
+  // the rows on a GPU (moe_combine's kernel) instead of a scale, an unsorting copy and a sum.
+  return moe_combine(y, groups.slot_row, weight.reshape(-1), K);
+}
+
+MoeSlotGroups moe_group_slots(const torch::Tensor& expert, int64_t experts) {
+  RTP_CHECK(expert.dim() == 2 && expert.scalar_type() == torch::kInt64, "moe_group_slots: expected int64 expert ids ",
+            "[N, K], found ", expert.scalar_type(), " ", expert.sizes());
+  RTP_CHECK(experts > 0, "moe_group_slots: experts must be positive, found ", experts);
+  const auto ids = expert.contiguous();
+  const auto i64 = ids.options();
+  MoeSlotGroups g{torch::empty({ids.numel()}, i64), torch::empty({experts}, i64.dtype(torch::kInt32)),
+                  torch::empty({ids.numel()}, i64)};
+  if (ids.numel() == 0) {
+    g.ends.zero_();
+    return g;
+  }
+  kernels::MoeGroupParams p;
+  p.expert = ids.data_ptr<int64_t>();
+  p.slots = ids.numel(), p.slots_per_token = ids.size(1), p.experts = experts;
+  p.row_token = g.row_token.data_ptr<int64_t>(), p.slot_row = g.slot_row.data_ptr<int64_t>();
+  p.ends = g.ends.data_ptr<int32_t>();
+  if (ids.is_cuda() && experts > kernels::kMoeGroupMaxExperts) {
+    // More experts than the kernels' shared memory holds: a stable sort and a search, as before the kernels.
+    const auto [sorted, order] = torch::sort(ids.reshape(-1), /*stable=*/true, 0, /*descending=*/false);
+    g.ends = torch::searchsorted(sorted, torch::arange(experts, sorted.options()), /*out_int32=*/true, /*right=*/true);
+    g.row_token = torch::div(order, ids.size(1), "floor");
+    g.slot_row = torch::empty_like(order).index_copy_(0, order, torch::arange(ids.numel(), order.options()));
+    return g;
+  }
+  if (ids.is_cuda()) {
+#ifdef RTPURBO_WITH_CUDA
+    const auto workspace = torch::empty({static_cast<int64_t>(kernels::moe_group_workspace_bytes(p.slots, experts))},
+                                        i64.dtype(torch::kUInt8));
+    p.workspace = workspace.data_ptr();
+    const DeviceLaunch launch(ids.device());
+    const cudaError_t e = kernels::moe_group_cuda(p, launch.stream());
+    RTP_CHECK(e == cudaSuccess, "moe_group_slots: CUDA kernels failed: ", cudaGetErrorString(e), " (",
+              kernels::check_moe_group_params(p, true), ")");
+    return g;
+#else
+    RTP_THROW("moe_group_slots: a CUDA tensor in a build without CUDA");
+#endif
+  }
+  const char* why = kernels::moe_group_cpu(p);
+  RTP_CHECK(!*why, why, " (", experts, " experts, ids ", ids.sizes(), ")");
+  return g;
 }
 
 torch::Tensor moe_combine(const torch::Tensor& rows, const torch::Tensor& slot_row, const torch::Tensor& weight,
