@@ -224,28 +224,36 @@ constexpr int kBlockWarps = kThreads / 32;
 constexpr int kWarpRowsPerBlock = 4;
 static_assert(kWarpSlots % kBlockWarps == 0, "a lane's slots cover norm_row's warps evenly");
 
-// kPartner: 0 without RoPE, else dim / 64, the slots between element i and its partner i + dim / 2 (a compile-time
-// count keeps v in registers; a run-time one put it in local memory).
-template <typename T, int kPartner>
-__device__ __forceinline__ void warp_norm_row(const RmsNormParams& p, int64_t row) {
+// A row's elements into the lane's slots (lane l: elements l + 32k), apart from the rest so that a warp with two rows
+// has both rows' loads in flight before either is used.
+template <typename T, int kSlots>
+__device__ __forceinline__ void load_warp_row(const RmsNormParams& p, int64_t row, float (&v)[kSlots]) {
   using N = Num<T>;
   const int lane = threadIdx.x % 32;
   const int64_t D = p.dim;
   const int64_t stride = p.x_token_stride ? p.x_token_stride : p.heads * D;
   const T* x = static_cast<const T*>(p.x) + (row / p.heads) * stride + (row % p.heads) * D;
-  const T* w = static_cast<const T*>(p.weight);
-  T* out = static_cast<T*>(p.out) + row * D;
-  float v[kWarpSlots];
 #pragma unroll
-  for (int k = 0; k < kWarpSlots; ++k) {
+  for (int k = 0; k < kSlots; ++k) {
     const int64_t i = lane + 32 * k;
     v[k] = i < D ? N::get(x[i]) : 0.f;
   }
+}
+
+// The rest of a row from its loaded slots. kPartner: 0 without RoPE, else dim / 64, the slots between element i and its
+// partner i + dim / 2 (a compile-time count keeps v in registers; a run-time one put it in local memory).
+template <typename T, int kPartner, int kSlots>
+__device__ __forceinline__ void finish_warp_row(const RmsNormParams& p, int64_t row, float (&v)[kSlots]) {
+  using N = Num<T>;
+  const int lane = threadIdx.x % 32;
+  const int64_t D = p.dim;
+  const T* w = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out) + row * D;
   if (p.residual) {
     const T* res = static_cast<const T*>(p.residual) + row * D;
     T* sum = static_cast<T*>(p.sum_out) + row * D;
 #pragma unroll
-    for (int k = 0; k < kWarpSlots; ++k) {
+    for (int k = 0; k < kSlots; ++k) {
       const int64_t i = lane + 32 * k;
       if (i < D) {
         v[k] = N::round(v[k] + N::get(res[i]));
@@ -258,7 +266,7 @@ __device__ __forceinline__ void warp_norm_row(const RmsNormParams& p, int64_t ro
   for (int b = 0; b < kBlockWarps; ++b) {
     partial[b] = 0.f;
 #pragma unroll
-    for (int k = b; k < kWarpSlots; k += kBlockWarps) partial[b] += v[k] * v[k];
+    for (int k = b; k < kSlots; k += kBlockWarps) partial[b] += v[k] * v[k];
   }
   float total = 0.f;
 #pragma unroll
@@ -266,12 +274,12 @@ __device__ __forceinline__ void warp_norm_row(const RmsNormParams& p, int64_t ro
   const float r = rsqrtf(total * (1.f / static_cast<float>(D)) + p.eps);
   if constexpr (kPartner == 0) {
 #pragma unroll
-    for (int k = 0; k < kWarpSlots; ++k) {
+    for (int k = 0; k < kSlots; ++k) {
       const int64_t i = lane + 32 * k;
       if (i < D) out[i] = N::put(N::get(w[i]) * N::round(v[k] * r));
     }
   } else {
-    static_assert(2 * kPartner <= kWarpSlots, "a row and its partners fit the lane's slots");
+    static_assert(2 * kPartner <= kSlots, "a row and its partners fit the lane's slots");
     const int64_t half = D / 2, t = (row / p.heads) % p.seq_len;
     const float* c = p.cos + t * D;
     const float* s = p.sin + t * D;
@@ -282,15 +290,39 @@ __device__ __forceinline__ void warp_norm_row(const RmsNormParams& p, int64_t ro
   }
 }
 
-// Rows [0, a.rows) are a's, the next b.rows b's (b.rows 0 for one norm), kWarpRowsPerBlock per block.
-template <typename T, int kPartner>
+// Rows [0, a.rows) are a's, the next b.rows b's (b.rows 0 for one norm), kRows consecutive rows per warp and
+// kWarpRowsPerBlock warps per block. Two rows per warp for a prefill chunk's heads: with one, a warp's 256 bytes of a
+// bf16 row in flight (64 warps an SM) fall short of what the memory's latency needs (30B-A3B's q/k norm + RoPE of a
+// 32K prefill: 26 ms, some 37% of copy bandwidth, H100 trace). Each row's arithmetic is the one-row kernel's.
+// Registers (sm_90a, bf16, head_dim 128 with RoPE): 40 for two rows (48 warps an SM, 96 rows in flight) against 32
+// for one (64 warps, 64 rows); a bound to 32 spills.
+template <typename T, int kPartner, int kRows>
 __global__ void __launch_bounds__(kWarpRowsPerBlock * 32) rms_norm_warp_rows_kernel(const RmsNormParams a,
                                                                                    const RmsNormParams b) {
   pdl_wait_then_trigger();
-  const int64_t row = int64_t(blockIdx.x) * kWarpRowsPerBlock + threadIdx.x / 32;
-  if (row < a.rows) warp_norm_row<T, kPartner>(a, row);
-  else if (row < a.rows + b.rows) warp_norm_row<T, kPartner>(b, row - a.rows);
+  const int64_t first = (int64_t(blockIdx.x) * kWarpRowsPerBlock + threadIdx.x / 32) * kRows;
+  const int64_t total = a.rows + b.rows;
+  // Selected by branches, not a reference to a or b: taking a kernel parameter's address copies it to local memory.
+  // A lane's slots: the row's elements l + 32k, k < D / 32, D known at compile time with RoPE (64 kPartner).
+  constexpr int kSlots = kPartner ? 2 * kPartner : kWarpSlots;
+  float v[kRows][kSlots];
+#pragma unroll
+  for (int j = 0; j < kRows; ++j) {
+    const int64_t row = first + j;
+    if (row < a.rows) load_warp_row<T, kSlots>(a, row, v[j]);
+    else if (row < total) load_warp_row<T, kSlots>(b, row - a.rows, v[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < kRows; ++j) {
+    const int64_t row = first + j;
+    if (row < a.rows) finish_warp_row<T, kPartner, kSlots>(a, row, v[j]);
+    else if (row < total) finish_warp_row<T, kPartner, kSlots>(b, row - a.rows, v[j]);
+  }
 }
+
+// From this many rows (a prefill chunk's heads; a decode step has tens) two rows per warp: half the warps, twice the
+// loads in flight in each.
+constexpr int64_t kTwoRowsPerWarpMin = 4096;
 
 // Rows of at most kWarpRowMaxDim elements; with RoPE, each element's partner (i + dim / 2) in the same lane.
 bool warp_rows_apply(const RmsNormParams& p) {
@@ -299,13 +331,19 @@ bool warp_rows_apply(const RmsNormParams& p) {
 
 template <typename T>
 cudaError_t launch_warp_rows(const RmsNormParams& a, const RmsNormParams& b, cudaStream_t stream) {
-  const unsigned blocks = unsigned((a.rows + b.rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock);
-  const auto kernel = !a.cos ? rms_norm_warp_rows_kernel<T, 0>
-                      : a.dim == 64  ? rms_norm_warp_rows_kernel<T, 1>
-                      : a.dim == 128 ? rms_norm_warp_rows_kernel<T, 2>
-                      : a.dim == 192 ? rms_norm_warp_rows_kernel<T, 3>
-                                     : rms_norm_warp_rows_kernel<T, 4>;
-  return launch_k(kernel, dim3(blocks), dim3(kWarpRowsPerBlock * 32), 0, stream, programmatic_launch_available(), a, b);
+  const int64_t rows = a.rows + b.rows;
+  const int per_warp = rows >= kTwoRowsPerWarpMin ? 2 : 1;
+  const unsigned blocks = unsigned((rows + kWarpRowsPerBlock * per_warp - 1) / (kWarpRowsPerBlock * per_warp));
+  using Kernel = void (*)(const RmsNormParams, const RmsNormParams);
+  // [rows per warp - 1][partner slots: 0 without RoPE, else dim / 64]
+  const Kernel kernels[2][5] = {
+      {rms_norm_warp_rows_kernel<T, 0, 1>, rms_norm_warp_rows_kernel<T, 1, 1>, rms_norm_warp_rows_kernel<T, 2, 1>,
+       rms_norm_warp_rows_kernel<T, 3, 1>, rms_norm_warp_rows_kernel<T, 4, 1>},
+      {rms_norm_warp_rows_kernel<T, 0, 2>, rms_norm_warp_rows_kernel<T, 1, 2>, rms_norm_warp_rows_kernel<T, 2, 2>,
+       rms_norm_warp_rows_kernel<T, 3, 2>, rms_norm_warp_rows_kernel<T, 4, 2>}};
+  const int partner = !a.cos ? 0 : int(a.dim / 64);
+  return launch_k(kernels[per_warp - 1][partner], dim3(blocks), dim3(kWarpRowsPerBlock * 32), 0, stream,
+                  programmatic_launch_available(), a, b);
 }
 
 template <typename T>

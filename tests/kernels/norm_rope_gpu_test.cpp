@@ -121,4 +121,40 @@ TEST(NormRopeCuda, AddNormAndPairedQkMatchTheSeparateKernels) {
   }
 }
 
+// A prefill chunk's q/k heads (from kTwoRowsPerWarpMin rows: two rows per warp) give the bits of the same rows in
+// calls too small for that (one row per warp): an odd row count (the last warp's second row past the end) and an odd
+// q row count (a warp holding q's last row and k's first), q and k read in place from a fused projection, float32
+// and bf16, head_dim 128 and 64.
+TEST(NormRopeCuda, TwoRowsPerWarpGiveTheOneRowBits) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the fused norm kernels are tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(12);
+  for (const int64_t D : {128, 64}) {
+    rtp::model::ModelConfig c;
+    c.head_dim = D;
+    c.rope_theta = 1e6;
+    const int64_t T = 1001, Hq = 15, Hkv = 4, piece = 100;  // 19,019 rows in all; 1,900 per piece of 100 tokens
+    const auto tables = rtp::model::rope_tables(c, 5, T, dev);
+    for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+      auto qkv = torch::randn({1, T, (Hq + 2 * Hkv) * D}, torch::TensorOptions(dtype).device(dev)) * 3;
+      auto q = qkv.narrow(-1, 0, Hq * D).view({1, T, Hq, D}), k = qkv.narrow(-1, Hq * D, Hkv * D).view({1, T, Hkv, D});
+      auto qw = (torch::rand({D}) + 0.5).to(dev, dtype), kw = (torch::rand({D}) + 0.5).to(dev, dtype);
+      const auto [qn, qr, kn, kr] = rtp::ops::rms_norm_rope_qk(q, qw, k, kw, tables.cos, tables.sin, 1e-6);
+      bool same = true;
+      for (int64_t t0 = 0; t0 < T; t0 += piece) {
+        const int64_t n = std::min(piece, T - t0);
+        const auto [pqn, pqr, pkn, pkr] =
+            rtp::ops::rms_norm_rope_qk(q.narrow(1, t0, n), qw, k.narrow(1, t0, n), kw, tables.cos.narrow(0, t0, n),
+                                       tables.sin.narrow(0, t0, n), 1e-6);
+        same = same && torch::equal(qn.narrow(1, t0, n), pqn) && torch::equal(qr.narrow(1, t0, n), pqr) &&
+               torch::equal(kn.narrow(1, t0, n), pkn) && torch::equal(kr.narrow(1, t0, n), pkr);
+      }
+      EXPECT_TRUE(same) << "head_dim " << D << ", " << dtype;
+      // And the one-norm launch (q alone: 15,015 rows, odd) the same bits as the paired one.
+      const auto [qn1, qr1] = rtp::ops::rms_norm_rope(q, qw, tables.cos, tables.sin, 1e-6);
+      EXPECT_TRUE(torch::equal(qn1, qn) && torch::equal(qr1, qr)) << "head_dim " << D << ", " << dtype;
+    }
+  }
+}
+
 }  // namespace
