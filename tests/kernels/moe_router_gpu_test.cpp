@@ -15,18 +15,25 @@ namespace {
 
 const torch::Device kCuda(torch::kCUDA, 0);
 
+// The CPU reference's (expert ids, weights) for float32 logits [N, E].
+std::pair<torch::Tensor, torch::Tensor> route_on_cpu(const torch::Tensor& logits, int64_t K, bool norm) {
+  const auto l = logits.contiguous();
+  auto e_ref = torch::empty({l.size(0), K}, torch::kInt64);
+  auto w_ref = torch::empty({l.size(0), K});
+  rtp::kernels::MoeRouterParams p;
+  p.logits = l.data_ptr<float>(), p.expert = e_ref.data_ptr<int64_t>(), p.weight = w_ref.data_ptr<float>();
+  p.tokens = l.size(0), p.experts = l.size(1), p.top_k = K, p.norm_topk_prob = norm;
+  rtp::kernels::moe_router_cpu(p);
+  return {e_ref, w_ref};
+}
+
 TEST(MoeRouterCuda, Float32EqualsTheReference) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the router kernel is tested on the GPU machine";
   torch::manual_seed(42);
   for (const auto& [N, E, K] : std::vector<std::array<int64_t, 3>>{{1, 128, 8}, {37, 128, 8}, {3, 60, 4}, {2, 512, 32}, {4, 33, 1}}) {
     for (const bool norm : {true, false}) {
       auto logits = torch::randn({N, E}) * 2;
-      rtp::kernels::MoeRouterParams p;
-      auto e_ref = torch::empty({N, K}, torch::kInt64);
-      auto w_ref = torch::empty({N, K});
-      p.logits = logits.data_ptr<float>(), p.expert = e_ref.data_ptr<int64_t>(), p.weight = w_ref.data_ptr<float>();
-      p.tokens = N, p.experts = E, p.top_k = K, p.norm_topk_prob = norm;
-      rtp::kernels::moe_router_cpu(p);
+      const auto [e_ref, w_ref] = route_on_cpu(logits, K, norm);
       const auto gl = logits.to(kCuda);
       ASSERT_TRUE(rtp::ops::fused_moe_route_supported(gl, K));
       auto [e, w] = rtp::ops::moe_route(gl, K, norm);
@@ -45,12 +52,7 @@ TEST(MoeRouterCuda, Bf16TiesGoToTheLowerExpertIdAsInTheReference) {
     // Coarse logits (multiples of 1/4 in [-2, 2]): many exact ties inside every token's top-k.
     const auto logits = (torch::randint(-8, 9, {N, E}) / 4.0).to(torch::kBFloat16);
     const auto l32 = logits.to(torch::kFloat32).contiguous();
-    rtp::kernels::MoeRouterParams p;
-    auto e_ref = torch::empty({N, K}, torch::kInt64);
-    auto w_ref = torch::empty({N, K});
-    p.logits = l32.data_ptr<float>(), p.expert = e_ref.data_ptr<int64_t>(), p.weight = w_ref.data_ptr<float>();
-    p.tokens = N, p.experts = E, p.top_k = K, p.norm_topk_prob = true;
-    rtp::kernels::moe_router_cpu(p);
+    const auto [e_ref, w_ref] = route_on_cpu(l32, K, true);
     auto [e, w] = rtp::ops::moe_route(logits.to(kCuda), K, true);
     EXPECT_TRUE(torch::equal(e.cpu(), e_ref)) << N << " x " << E << " top " << K;
     // bf16 weights: one rounding of the float32 reference (the kernel sums in float32, the reference in double).
