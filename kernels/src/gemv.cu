@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda_common.cuh"
+#include "last_block_add_norm.cuh"
 #include "moe_router_warp.cuh"
 #include "rtp/kernels/gemv.h"
 
@@ -20,63 +21,12 @@ constexpr int kWarpsPerRow = 4;
 constexpr int kRowsPerBlock = 2;
 constexpr int kThreads = 32 * kWarpsPerRow * kRowsPerBlock;
 
-// The epilogue, run by the last block: per row, sum = round(out + residual), then RMSNorm of sum as the residual form
-// of rms_norm (norm_rope.cu), each thread's elements summed in the same order. out is read through L2 (__ldcg): other
-// blocks wrote it. Loads go in batches of kNormPer per thread, all issued before the first use: this block runs alone
-// at the end of the launch, and a loop of dependent load-use rounds (16 at 4096 wide) was the latency of the whole
-// epilogue (Qwen3-8B, H200: 23.6 us fused against 12.1 + 4.1 apart). kNormPer 8 keeps the fused kernel's registers
-// near the plain one's (a 2048-wide row in one batch, its sums kept in registers for the norm).
-constexpr int kNormPer = 8;
-constexpr int64_t kNormBatch = int64_t(kNormPer) * kThreads;
-
+// The add + RMSNorm epilogue: last_block_add_norm.cuh, with this kernel's block of kThreads.
 template <typename T>
-__device__ __forceinline__ void add_rms_norm_rows(const GemvCore& p) {
-  const T* out = static_cast<const T*>(p.out);
-  const T* res = static_cast<const T*>(p.residual);
-  const T* w = static_cast<const T*>(p.norm_weight);
-  T* sum = static_cast<T*>(p.sum_out);
-  T* normed = static_cast<T*>(p.normed_out);
-  const auto round = [](float v) { return to_float(from_float<T>(v)); };
-  for (int64_t n = 0; n < p.rows; ++n) {
-    const int64_t row = n * p.m;
-    float ss = 0.f;
-    float v[kNormPer];
-    for (int64_t base = 0; base < p.m; base += kNormBatch) {
-      float o[kNormPer], r[kNormPer];
-#pragma unroll
-      for (int j = 0; j < kNormPer; ++j) {
-        const int64_t i = base + threadIdx.x + j * kThreads;
-        o[j] = i < p.m ? to_float(__ldcg(out + row + i)) : 0.f;
-        r[j] = i < p.m ? to_float(res[row + i]) : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < kNormPer; ++j) {
-        const int64_t i = base + threadIdx.x + j * kThreads;
-        v[j] = round(o[j] + r[j]);
-        if (i < p.m) {
-          sum[row + i] = from_float<T>(v[j]);
-          ss += v[j] * v[j];
-        }
-      }
-    }
-    const float rs = rsqrtf(block_total(ss) * (1.f / static_cast<float>(p.m)) + p.eps);
-    for (int64_t base = 0; base < p.m; base += kNormBatch) {
-      float wv[kNormPer];
-#pragma unroll
-      for (int j = 0; j < kNormPer; ++j) {
-        const int64_t i = base + threadIdx.x + j * kThreads;
-        wv[j] = i < p.m ? to_float(w[i]) : 0.f;
-        // Wider rows than one batch: each thread re-reads only the sums it wrote.
-        if (p.m > kNormBatch) v[j] = i < p.m ? to_float(sum[row + i]) : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < kNormPer; ++j) {
-        const int64_t i = base + threadIdx.x + j * kThreads;
-        if (i < p.m) normed[row + i] = from_float<T>(wv[j] * round(v[j] * rs));
-      }
-    }
-    __syncthreads();  // block_total's buffer, before the next row
-  }
+__device__ __forceinline__ void add_rms_norm_of_out(const GemvCore& p) {
+  add_rms_norm_rows<T, kThreads>(AddNormRows<T>{static_cast<const T*>(p.out), static_cast<const T*>(p.residual),
+                                                static_cast<const T*>(p.norm_weight), static_cast<T*>(p.sum_out),
+                                                static_cast<T*>(p.normed_out), p.rows, p.m, p.eps});
 }
 
 // q/k norm + RoPE of head g (a q head, then the k heads) for every row, as norm_rope.cu's norm_row computes it, so the
@@ -174,29 +124,6 @@ __device__ __forceinline__ void store_out(const GemvCore& p, int64_t i, float s)
   else static_cast<T*>(p.out)[i] = v;
 }
 
-// atomicAdd with acquire-release order at device scope (PTX atom.acq_rel.gpu): the release publishes what the block
-// wrote before its barrier (cumulative through it), the acquire lets the last block see every other block's writes.
-__device__ __forceinline__ uint32_t atomic_add_acq_rel(uint32_t* p, uint32_t v) {
-  uint32_t old;
-  asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
-  return old;
-}
-
-// The last-block pattern: once all its threads have written (the barrier), the block counts itself with one
-// acquire-release atomic; the block that completes the count (of `blocks`) sees every counted block's outputs, and
-// resets it for the next launch (nothing else touches it before this kernel ends). One atomic per block where a fence
-// in every thread and a relaxed atomic did the same: the fences were a per-block cost of the epilogue.
-__device__ __forceinline__ bool last_to_finish(uint32_t* count, uint32_t blocks) {
-  __shared__ bool last;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomic_add_acq_rel(count, 1u) == blocks - 1;
-    if (last) *count = 0u;
-  }
-  __syncthreads();
-  return last;
-}
-
 // The kernels' epilogue parameter: nothing for none and the add + RMSNorm (in GemvCore), the epilogue's own struct
 // for the others.
 struct NoEpilogueArgs {};
@@ -221,7 +148,7 @@ template <typename T, int kEpi>
 __device__ __forceinline__ void finish_block(const GemvCore& p, const EpilogueArgs<kEpi>& e, int64_t first_row,
                                              int rows_per_block) {
   if constexpr (kEpi == kAddNorm) {
-    if (last_to_finish(p.done, gridDim.x)) add_rms_norm_rows<T>(p);
+    if (last_to_finish(p.done, gridDim.x)) add_rms_norm_of_out<T>(p);
   } else if constexpr (kEpi == kHeadNormRope) {
     const int64_t g = first_row / e.head_dim;  // the block's rows lie in one head (head_dim % rows_per_block == 0)
     if (g >= e.q_heads + e.k_heads) return;    // v

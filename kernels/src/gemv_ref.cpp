@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "add_norm_ref.h"
 #include "rtp/kernels/moe_router.h"
 
 namespace rtp::kernels {
@@ -92,19 +93,9 @@ void gemv_cpu(const GemvParams& p) {
     moe_router_cpu(rp);
   }
   if (!p.has_add_norm()) return;
-  const auto* res = static_cast<const float*>(p.residual);
-  const auto* nw = static_cast<const float*>(p.norm_weight);
-  auto* sum = static_cast<float*>(p.sum_out);
-  auto* normed = static_cast<float*>(p.normed_out);
-  for (int64_t n = 0; n < p.rows; ++n) {
-    double ss = 0;
-    for (int64_t m = 0; m < p.m; ++m) {
-      sum[n * p.m + m] = out[n * p.m + m] + res[n * p.m + m];
-      ss += static_cast<double>(sum[n * p.m + m]) * sum[n * p.m + m];
-    }
-    const double r = 1.0 / std::sqrt(ss / static_cast<double>(p.m) + p.eps);
-    for (int64_t m = 0; m < p.m; ++m) normed[n * p.m + m] = static_cast<float>(nw[m] * (sum[n * p.m + m] * r));
-  }
+  ref_detail::add_rms_norm_rows_cpu(out, static_cast<const float*>(p.residual), static_cast<const float*>(p.norm_weight),
+                                    static_cast<float*>(p.sum_out), static_cast<float*>(p.normed_out), p.rows, p.m,
+                                    p.eps);
 }
 
 }  // namespace rtp::kernels

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "cuda_common.cuh"
+#include "last_block_add_norm.cuh"
 #include "rtp/kernels/moe_decode.h"
 
 namespace rtp::kernels {
@@ -121,23 +122,33 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kRows == 1 && sizeof(T) =
   }
 }
 
-template <typename T>
+// The add + RMSNorm epilogue of the launch (MoeDecodeParams::has_add_norm), by its last block: every thread of
+// every block calls it once its rows are written. pdl_wait before: the residual comes from earlier kernels.
+template <typename T, int kThreads>
+__device__ __forceinline__ void finish_block(const AddNormRows<T>& epi, uint32_t* done) {
+  pdl_wait();
+  if (last_to_finish(done, gridDim.x * gridDim.y)) add_rms_norm_rows<T, kThreads>(epi);
+}
+
+template <typename T, bool kAddNorm>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     down_combine_kernel(const T* __restrict__ act, const int64_t* __restrict__ expert, const T* __restrict__ weight,
                         const T* __restrict__ down, T* __restrict__ out, int64_t K, int64_t E, int64_t H, int64_t I,
-                        bool vec) {
+                        bool vec, AddNormRows<T> epi, uint32_t* done) {
   const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   const int64_t n = blockIdx.y;
   pdl_wait();  // act comes from gate_up_act_kernel
-  if (h >= H) return;
-  float acc = 0.f;
-  for (int64_t s = 0; s < K; ++s) {
-    const int64_t slot = n * K + s, e = expert[slot];
-    if (e < 0 || e >= E) continue;
-    const float y = Elem<T>::round(warp_dot(down + (e * H + h) * I, act + slot * I, I, vec));
-    acc += Elem<T>::round(Elem<T>::to_float(weight[slot]) * y);
+  if (h < H) {
+    float acc = 0.f;
+    for (int64_t s = 0; s < K; ++s) {
+      const int64_t slot = n * K + s, e = expert[slot];
+      if (e < 0 || e >= E) continue;
+      const float y = Elem<T>::round(warp_dot(down + (e * H + h) * I, act + slot * I, I, vec));
+      acc += Elem<T>::round(Elem<T>::to_float(weight[slot]) * y);
+    }
+    if ((threadIdx.x & 31) == 0) out[n * H + h] = Elem<T>::from_float(acc);
   }
-  if ((threadIdx.x & 31) == 0) out[n * H + h] = Elem<T>::from_float(acc);
+  if constexpr (kAddNorm) finish_block<T, kWarpsPerBlock * 32>(epi, done);
 }
 
 // down_combine with the K slots' dot products in flight together (K <= kMaxParallelSlots, vector path): one slot at
@@ -148,14 +159,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 constexpr int kMaxParallelSlots = 8;
 constexpr int kMaxLoadsAhead = 4;
 
-template <typename T, int kWarps, int kAhead>
-__global__ void __launch_bounds__(kWarps * 32)
-    down_combine_parallel_slots_kernel(const T* __restrict__ act, const int64_t* __restrict__ expert,
-                                       const T* __restrict__ weight, const T* __restrict__ down, T* __restrict__ out,
-                                       int64_t K, int64_t E, int64_t H, int64_t I) {
-  const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int64_t n = blockIdx.y;
-  if (h >= H) return;
+// Hidden row h of token n: the K slots' dots, weighted and summed, by one warp.
+template <typename T, int kAhead>
+__device__ __forceinline__ void down_rows(const T* __restrict__ act, const int64_t* __restrict__ expert,
+                                          const T* __restrict__ weight, const T* __restrict__ down, T* __restrict__ out,
+                                          int64_t K, int64_t E, int64_t H, int64_t I, int64_t h, int64_t n) {
   const int lane = threadIdx.x & 31;
   const int64_t n4 = I / Elem<T>::kPerVec;
   const uint4* rows[kMaxParallelSlots];
@@ -199,7 +207,56 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (lane == 0) out[n * H + h] = Elem<T>::from_float(acc);
 }
 
+// With the epilogue (even an empty one after the count), ptxas took 143-149 registers where the plain kernel takes 125
+// (bf16, 8 warps, 3 loads ahead): one block per SM instead of two, and Qwen3-30B-A3B's 256 down blocks in two waves.
+// Bounded to the plain kernel's 2 blocks of 8 warps (4 of 4) where that kernel fits them (24 bytes spilled); not where
+// it does not (4 loads ahead: 166).
+template <int kWarps, int kAhead, bool kAddNorm>
+constexpr int down_min_blocks() {
+  return kAddNorm && kAhead <= 3 ? 16 / kWarps : 0;
+}
+
+template <typename T, int kWarps, int kAhead, bool kAddNorm>
+__global__ void __launch_bounds__(kWarps * 32, down_min_blocks<kWarps, kAhead, kAddNorm>())
+    down_combine_parallel_slots_kernel(const T* __restrict__ act, const int64_t* __restrict__ expert,
+                                       const T* __restrict__ weight, const T* __restrict__ down, T* __restrict__ out,
+                                       int64_t K, int64_t E, int64_t H, int64_t I,
+                                       AddNormRows<T> epi, uint32_t* done) {
+  const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t n = blockIdx.y;
+  if (h < H) down_rows<T, kAhead>(act, expert, weight, down, out, K, E, H, I, h, n);
+  if constexpr (kAddNorm) finish_block<T, kWarps * 32>(epi, done);
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T, bool kAddNorm>
+cudaError_t launch_down(const MoeDecodeParams& p, const AddNormRows<T>& epi, bool vec, bool pdl, cudaStream_t stream) {
+  const int64_t N = p.tokens, K = p.top_k, E = p.experts, H = p.hidden, I = p.intermediate;
+  const auto* act = static_cast<const T*>(p.act);
+  const auto* weight = static_cast<const T*>(p.weight);
+  const auto* down = static_cast<const T*>(p.down);
+  auto* out = static_cast<T*>(p.out);
+  if (vec && K <= kMaxParallelSlots) {
+    const int64_t loads_per_lane = (I / Elem<T>::kPerVec + 31) / 32;
+    const int ahead = p.shape.down_loads_ahead ? int(std::min<int64_t>(loads_per_lane, kMaxLoadsAhead)) : 1;
+    const int warps = p.shape.down_warps_per_block;
+    using Kernel = void (*)(const T*, const int64_t*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,
+                            AddNormRows<T>, uint32_t*);
+    // [warps == 8][ahead - 1]
+    const Kernel kernels[2][kMaxLoadsAhead] = {
+        {down_combine_parallel_slots_kernel<T, 4, 1, kAddNorm>, down_combine_parallel_slots_kernel<T, 4, 2, kAddNorm>,
+         down_combine_parallel_slots_kernel<T, 4, 3, kAddNorm>, down_combine_parallel_slots_kernel<T, 4, 4, kAddNorm>},
+        {down_combine_parallel_slots_kernel<T, 8, 1, kAddNorm>, down_combine_parallel_slots_kernel<T, 8, 2, kAddNorm>,
+         down_combine_parallel_slots_kernel<T, 8, 3, kAddNorm>, down_combine_parallel_slots_kernel<T, 8, 4, kAddNorm>}};
+    const dim3 grid(unsigned((H + warps - 1) / warps), unsigned(N));
+    return launch_k(kernels[warps == 8][ahead - 1], grid, dim3(warps * 32), 0, stream, pdl, act, p.expert, weight, down,
+                    out, K, E, H, I, epi, p.done);
+  }
+  const dim3 grid(unsigned((H + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N));
+  return launch_k(down_combine_kernel<T, kAddNorm>, grid, dim3(kWarpsPerBlock * 32), 0, stream, pdl, act, p.expert,
+                  weight, down, out, K, E, H, I, vec, epi, p.done);
+}
 
 template <typename T>
 cudaError_t launch(const MoeDecodeParams& p, cudaStream_t stream) {
@@ -219,26 +276,11 @@ cudaError_t launch(const MoeDecodeParams& p, cudaStream_t stream) {
   cudaError_t err = launch_k(gate_up, grid_gu, block, 0, stream, pdl, static_cast<const T*>(p.x), p.expert,
                              static_cast<const T*>(p.gate_up), static_cast<T*>(p.act), K, E, H, I, vec_gu);
   if (err != cudaSuccess) return err;
-  if (vec_dn && K <= kMaxParallelSlots) {
-    const int64_t loads_per_lane = (I / per_vec + 31) / 32;
-    const int ahead = p.shape.down_loads_ahead ? int(std::min<int64_t>(loads_per_lane, kMaxLoadsAhead)) : 1;
-    const int warps = p.shape.down_warps_per_block;
-    using Kernel = void (*)(const T*, const int64_t*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);
-    // [warps == 8][ahead - 1]
-    const Kernel kernels[2][kMaxLoadsAhead] = {
-        {down_combine_parallel_slots_kernel<T, 4, 1>, down_combine_parallel_slots_kernel<T, 4, 2>,
-         down_combine_parallel_slots_kernel<T, 4, 3>, down_combine_parallel_slots_kernel<T, 4, 4>},
-        {down_combine_parallel_slots_kernel<T, 8, 1>, down_combine_parallel_slots_kernel<T, 8, 2>,
-         down_combine_parallel_slots_kernel<T, 8, 3>, down_combine_parallel_slots_kernel<T, 8, 4>}};
-    const dim3 grid(unsigned((H + warps - 1) / warps), unsigned(N));
-    return launch_k(kernels[warps == 8][ahead - 1], grid, dim3(warps * 32), 0, stream, pdl, static_cast<const T*>(p.act),
-                    p.expert, static_cast<const T*>(p.weight), static_cast<const T*>(p.down), static_cast<T*>(p.out), K,
-                    E, H, I);
-  }
-  const dim3 grid_dn(unsigned((H + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(N));
-  return launch_k(down_combine_kernel<T>, grid_dn, block, 0, stream, pdl, static_cast<const T*>(p.act), p.expert,
-                  static_cast<const T*>(p.weight), static_cast<const T*>(p.down), static_cast<T*>(p.out), K, E, H, I,
-                  vec_dn);
+  const AddNormRows<T> epi{static_cast<const T*>(p.out), static_cast<const T*>(p.residual),
+                           static_cast<const T*>(p.norm_weight), static_cast<T*>(p.sum_out),
+                           static_cast<T*>(p.normed_out), N, H, p.eps};
+  if (p.has_add_norm()) return launch_down<T, true>(p, epi, vec_dn, pdl, stream);
+  return launch_down<T, false>(p, epi, vec_dn, pdl, stream);
 }
 
 }  // namespace

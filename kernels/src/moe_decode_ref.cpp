@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "add_norm_ref.h"
 #include "rtp/kernels/moe_decode.h"
 
 namespace rtp::kernels {
@@ -22,6 +23,8 @@ const char* check_moe_decode_params(const MoeDecodeParams& p, bool cuda) {
   if (cuda && !p.act) return "moe decode: the CUDA kernels need the act workspace [tokens, top_k, intermediate]";
   if (cuda && p.tokens * p.top_k > 65535) return "moe decode: tokens x top_k above 65535 (one grid row per slot)";
   if (cuda && p.dtype != DType::F32 && p.dtype != DType::BF16) return "moe decode: dtype must be float32 or bfloat16";
+  if (p.has_add_norm() && !(p.residual && p.norm_weight && p.sum_out && p.normed_out && p.done))
+    return "moe decode: the add + RMSNorm epilogue needs residual, norm_weight, sum_out, normed_out and done, all of them";
   return check_moe_decode_launch_shape(p.shape);
 }
 
@@ -58,6 +61,10 @@ void moe_decode_cpu(const MoeDecodeParams& p) {
     }
     for (int64_t h = 0; h < H; ++h) out[n * H + h] = static_cast<float>(acc[static_cast<size_t>(h)]);
   }
+  if (p.has_add_norm())
+    ref_detail::add_rms_norm_rows_cpu(out, static_cast<const float*>(p.residual),
+                                      static_cast<const float*>(p.norm_weight), static_cast<float*>(p.sum_out),
+                                      static_cast<float*>(p.normed_out), p.tokens, H, p.eps);
 }
 
 }  // namespace rtp::kernels

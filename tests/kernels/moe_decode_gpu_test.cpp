@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "rtp/ops/moe_decode.h"
+#include "rtp/ops/rms_norm.h"
 
 namespace {
 
@@ -94,3 +95,58 @@ TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
 }
 
 }  // namespace
+
+// The residual add + RMSNorm in the down pass's launch (moe_decode_add_rms_norm, the last block) against the unfused
+// path (moe_decode, then add_rms_norm): the sum the same bits (the same products, one rounding of the add); the normed
+// row the same bits where the epilogue reduces as the norm kernel does (2048 wide, 8 warps of the down pass: 256
+// threads of 8 elements in both), elsewhere within twice the unfused path's error against float64. Every launch shape,
+// the scalar down pass (I odd), 1-5 tokens, bf16 and float32; the count back at 0 after each launch, twice in a row.
+TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE decode kernels are tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(29);
+  const double eps = 1e-6;
+  auto done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
+  const rtp::kernels::MoeDecodeLaunchShape shapes[] = {{1, 8, false}, {2, 8, true}, {2, 4, true}, {4, 4, false}};
+  for (const Case c : {Case{1, 8, 128, 2048, 768}, Case{2, 8, 16, 2048, 1544}, Case{3, 5, 9, 264, 1000},
+                       Case{5, 2, 4, 4100, 40}, Case{2, 3, 7, 100, 37}}) {
+    for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
+      const auto o = torch::TensorOptions().device(dev).dtype(dt);
+      auto x = torch::randn({c.N, c.H}, o);
+      auto expert = torch::empty({c.N, c.K}, torch::kInt64);
+      for (int64_t n = 0; n < c.N; ++n) expert[n] = torch::randperm(c.E, torch::kInt64).narrow(0, 0, c.K);
+      expert = expert.to(dev);
+      auto weight = torch::softmax(torch::randn({c.N, c.K}, o.dtype(torch::kFloat32)), -1).to(dt);
+      auto gate_up = (torch::randn({c.E, 2 * c.I, c.H}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.H))).to(dt);
+      auto down = (torch::randn({c.E, c.H, c.I}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.I))).to(dt);
+      auto residual = torch::randn({c.N, c.H}, o);
+      auto nw = (torch::rand({c.H}, o.dtype(torch::kFloat32)) + 0.5).to(dt);
+      ASSERT_TRUE(rtp::ops::moe_decode_add_rms_norm_supported(x, residual, nw, done));
+      for (const auto& shape : shapes) {
+        const std::string what = std::to_string(c.N) + " x " + std::to_string(c.H) + ", I " + std::to_string(c.I) +
+                                 (dt == torch::kBFloat16 ? " bf16" : " f32") + ", shape " +
+                                 std::to_string(shape.gate_up_rows_per_warp) + "," +
+                                 std::to_string(shape.down_warps_per_block) + "," +
+                                 std::to_string(int(shape.down_loads_ahead));
+        auto moe = rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape);
+        auto [usum, unormed] = rtp::ops::add_rms_norm(residual, moe, nw, eps);
+        auto s64 = moe.to(torch::kFloat64) + residual.to(torch::kFloat64);
+        auto n64 = nw.to(torch::kFloat64) * s64 * torch::rsqrt(s64.pow(2).mean(-1, true) + eps);
+        const auto err = [](const torch::Tensor& a, const torch::Tensor& r) {
+          return (a.to(torch::kFloat64) - r).abs().max().item<double>();
+        };
+        for (int rep = 0; rep < 2; ++rep) {
+          auto [sum, normed] =
+              rtp::ops::moe_decode_add_rms_norm(x, expert, weight, gate_up, down, residual, nw, eps, done, shape);
+          EXPECT_EQ(done.item<int32_t>(), 0) << what << ": the count must be back at 0";
+          EXPECT_TRUE(torch::equal(sum, usum)) << what;
+          EXPECT_LE(err(normed, n64), 2 * err(unormed, n64) + 1e-6) << what;
+          const bool same_layout = c.H == 2048 && shape.down_warps_per_block == 8;
+          if (same_layout) EXPECT_TRUE(torch::equal(normed, unormed)) << what;
+          if (rep == 0 && dt == torch::kBFloat16 && shape.gate_up_rows_per_warp == 2 && shape.down_warps_per_block == 8)
+            std::cout << what << ": normed max |err| " << err(normed, n64) << " (unfused " << err(unormed, n64) << ")\n";
+        }
+      }
+    }
+  }
+}

@@ -170,4 +170,41 @@ TEST(MoeDecodeRef, RejectsBadParameters) {
   EXPECT_NE(moe({1, 16, false}).find("down_warps_per_block must be 4 or 8"), std::string::npos) << moe({1, 16, false});
 }
 
+// The reference's add + RMSNorm epilogue (moe_decode.h): sum the float32 add of the block's output and the residual,
+// normed against the norm computed here in float64; the epilogue's operands all or none; the fused op is GPU-only and
+// says so on the CPU.
+TEST(MoeDecodeRef, AddRmsNormEpilogueMatchesTorch) {
+  torch::manual_seed(5);
+  const int64_t N = 3, K = 2, E = 5, H = 37, I = 19;
+  auto x = torch::randn({N, H});
+  auto expert = torch::randint(0, E, {N, K}, torch::kInt64);
+  auto weight = torch::rand({N, K});
+  auto gate_up = torch::randn({E, 2 * I, H}) / std::sqrt(double(H));
+  auto down = torch::randn({E, H, I}) / std::sqrt(double(I));
+  auto residual = torch::randn({N, H}), nw = torch::rand({H}) + 0.5;
+  auto out = torch::empty({N, H}), sum = torch::empty({N, H}), normed = torch::empty({N, H});
+  uint32_t done = 0;
+  rtp::kernels::MoeDecodeParams p;
+  p.x = x.data_ptr(), p.expert = expert.data_ptr<int64_t>(), p.weight = weight.data_ptr();
+  p.gate_up = gate_up.data_ptr(), p.down = down.data_ptr(), p.out = out.data_ptr();
+  p.tokens = N, p.top_k = K, p.experts = E, p.hidden = H, p.intermediate = I;
+  p.residual = residual.data_ptr(), p.norm_weight = nw.data_ptr(), p.sum_out = sum.data_ptr();
+  p.normed_out = normed.data_ptr(), p.eps = 1e-6f;
+  EXPECT_NE(std::string(rtp::kernels::check_moe_decode_params(p, false)).find("all of them"), std::string::npos);
+  p.done = &done;
+  ASSERT_STREQ(rtp::kernels::check_moe_decode_params(p, false), "");
+  rtp::kernels::moe_decode_cpu(p);
+  EXPECT_TRUE(torch::equal(out, rtp::ops::moe_decode(x, expert, weight, gate_up, down)));
+  EXPECT_TRUE(torch::equal(sum, out + residual));
+  auto s64 = sum.to(torch::kFloat64);
+  auto n64 = nw.to(torch::kFloat64) * s64 / torch::sqrt(s64.pow(2).mean(-1, true) + 1e-6);
+  EXPECT_LE((normed.to(torch::kFloat64) - n64).abs().max().item<double>(), 1e-6 * (1 + n64.abs().max().item<double>()));
+  auto counter = torch::zeros({1}, torch::kInt32);
+  EXPECT_FALSE(rtp::ops::moe_decode_add_rms_norm_supported(x, residual, nw, counter));
+  const auto err = rtp::testing::error_of([&] {
+    rtp::ops::moe_decode_add_rms_norm(x, expert, weight, gate_up, down, residual, nw, 1e-6, counter);
+  });
+  EXPECT_NE(err.find("expected x [N, H] on a GPU"), std::string::npos) << err;
+}
+
 }  // namespace

@@ -382,6 +382,50 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
   }
 }
 
+// The residual add + RMSNorm after an MoE block in the experts' down pass launch (Qwen3Model::GemvEpilogues::
+// moe_add_norm, the default) against the same decode steps with it as a kernel of its own. Hidden 2048 and the default
+// launch shape (8 down warps): the epilogue reduces as the norm kernel does, so bf16 logits are the same to the bit
+// (float32 within 1e-5 of their scale: contractions may differ). Graph replay and eager steps, batch 2, a dense layer
+// among the MoE ones (its norm stays the GEMV's); every MoE layer of the eager steps took the fused launch.
+TEST(DecodeStepperCuda, MoeNormEpilogueDecodesLikeTheSeparateKernel) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE epilogue is tested on the GPU machine";
+  auto c = small_config(3, 8, 2, 128);
+  c.hidden_size = 2048;
+  c.num_experts = 16, c.num_experts_per_tok = 4, c.moe_intermediate_size = 128, c.norm_topk_prob = true;
+  c.mlp_only_layers = {1};
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    rtp::model::Qwen3Model model(c, kCuda, dtype);
+    model.init_random(21, 0.05);
+    torch::manual_seed(22);
+    const int64_t B = 2, P = 9, steps = 10;
+    auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
+    torch::NoGradGuard no_grad;
+    TwinCaches twin(model, ids.narrow(1, 0, P));
+    auto &fused_o = twin.a, &plain_o = twin.b;
+    rtp::model::Qwen3Model::GemvEpilogues with, without;
+    without.moe_add_norm = false;
+    const auto before = model.gemv_epilogue_launches();
+    rtp::model::DecodeStepper fused_stepper(model), plain_stepper(model);
+    double worst = 0, scale = 0;
+    for (int64_t t = P; t < P + steps; ++t) {
+      const bool graphs = t % 2 == 0;
+      model.set_gemv_epilogues(with);
+      auto a = (graphs ? fused_stepper.step(ids.narrow(1, t, 1), fused_o) : model.forward(ids.narrow(1, t, 1), fused_o)).clone();
+      model.set_gemv_epilogues(without);
+      auto b = (graphs ? plain_stepper.step(ids.narrow(1, t, 1), plain_o) : model.forward(ids.narrow(1, t, 1), plain_o)).clone();
+      worst = std::max(worst, max_diff(a, b));
+      scale = std::max(scale, b.abs().max().item<double>());
+    }
+    const auto after = model.gemv_epilogue_launches();
+    model.set_gemv_epilogues({});
+    std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " MoE norm epilogue vs separate kernel: max |logit "
+              << "diff| " << worst << " of |logits| up to " << scale << "\n";
+    if (dtype == torch::kBFloat16) EXPECT_EQ(worst, 0.0);
+    else EXPECT_LE(worst, 1e-5 * scale);
+    EXPECT_GE(after.moe_add_norm - before.moe_add_norm, steps / 2 * (c.num_hidden_layers - 1));
+  }
+}
+
 // The LM head on the GEMV with float32 logits (the default) against cuBLAS and the cast: the same hidden state, sums in
 // another order, so bf16 logits within a rounding step of each other (float32 within 1e-5 of their scale) and the
 // same greedy tokens; graph replay and eager steps, a vocabulary wide enough for the whole-rows layout.

@@ -122,7 +122,10 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
 
   // Attention half.
   auto x = torch::randn({1, 1, H}, opt), d = torch::randn({1, 1, H}, opt);
-  add("attention", "residual add + input RMSNorm", 4 * H * e + H * e,
+  // After an MoE layer the model's step runs this add + norm in the experts' down pass launch (Qwen3Model::
+  // gemv_epilogues().moe_add_norm): the "experts + residual add + RMSNorm" row below.
+  const bool moe_norm_fused = c.layer_is_moe(0) && model.gemv_epilogues().moe_add_norm;
+  add(moe_norm_fused ? "(compare)" : "attention", "residual add + input RMSNorm", 4 * H * e + H * e,
       [&] { ops::add_rms_norm(x, d, w[pre + "input_layernorm.weight"], eps); });
   // For comparison, not part of the step: the same norm without the add.
   add("(compare)", "input RMSNorm without the residual add", 3 * H * e,
@@ -363,11 +366,23 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     size_t i = 0;
     // The step's own launch shape (the model's: --moe-launch-shape) as the op; the others beside it as comparisons.
     const kernels::MoeDecodeLaunchShape in_step = model.moe_launch_shape();
-    add("MoE", "experts (" + std::to_string(c.num_experts_per_tok) + " of " + std::to_string(c.num_experts) + ")",
+    add(moe_norm_fused ? "(compare)" : "MoE",
+        "experts (" + std::to_string(c.num_experts_per_tok) + " of " + std::to_string(c.num_experts) + ")",
         c.num_experts_per_tok * expert_bytes, [&] {
           const auto& [ids, rw] = routes[i++ % routes.size()];
           ops::moe_decode(flat, ids, rw, gu, dn, in_step);
         });
+    {
+      // The next layer's residual add + input RMSNorm in the down pass's launch (its last block).
+      const auto residual = torch::randn({1, H}, opt);
+      const auto done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
+      add(moe_norm_fused ? "MoE" : "(compare)", "experts + residual add + next input RMSNorm (one launch)",
+          c.num_experts_per_tok * expert_bytes + 5 * H * e, [&, residual, done] {
+            const auto& [ids, rw] = routes[i++ % routes.size()];
+            ops::moe_decode_add_rms_norm(flat, ids, rw, gu, dn, residual, w[pre + "input_layernorm.weight"], eps, done,
+                                         in_step);
+          });
+    }
     // The other launch shapes of the two passes (the same result bit for bit; moe_decode_gpu_test).
     for (const int rows : {1, 2, 4})
       for (const int warps : {8, 4})

@@ -23,12 +23,14 @@ namespace rtp::kernels {
 
 // How the two passes are cut into warps and blocks. Every choice computes the same sums in the same order, so the
 // result is the same bit for bit; only the speed differs (`rtpurbo-bench-decode --breakdown` times them).
+// The defaults (2,8,1) are the fastest whole decode step of Qwen3-30B-A3B on an H100 (2026-12-07, 3.92 against 4.05 ms
+// a token for 1,8,0 at 4K keys; bench/results/moe-launch-shapes-h100-20261207/).
 struct MoeDecodeLaunchShape {
-  int gate_up_rows_per_warp = 1;  // 1, 2 or 4 intermediate rows (each a gate and an up row) per warp
+  int gate_up_rows_per_warp = 2;  // 1, 2 or 4 intermediate rows (each a gate and an up row) per warp
   int down_warps_per_block = 8;   // 4 or 8 hidden rows per block of the down pass
   // The down pass requests every weight vector of its rows before it waits for the gate/up pass (the vector path with
   // K <= 8 and I <= 1024 bf16 / 512 float32 elements; else only the first vectors, as without it).
-  bool down_loads_ahead = false;
+  bool down_loads_ahead = true;
 };
 
 // Empty when every field is in its range, else which field is not and what it may be.
@@ -45,6 +47,17 @@ struct MoeDecodeParams {
   int64_t tokens = 0, top_k = 0, experts = 0, hidden = 0, intermediate = 0;
   DType dtype = DType::F32;
   MoeDecodeLaunchShape shape;
+  // Optional epilogue, all five set or none: the residual add and RMSNorm that follow the MoE block in a decoder layer
+  // (the next layer's input norm, or the final norm), by the down pass's last block as the GEMV's (gemv.h): per token
+  // sum = round(out + residual), normed = norm_weight * round(sum * rsqrt(mean(sum^2) + eps)). A kernel boundary less
+  // per MoE layer; launches that share a `done` must not overlap (one stream).
+  const void* residual = nullptr;     // [N, H]
+  const void* norm_weight = nullptr;  // [H]
+  void* sum_out = nullptr;            // [N, H]
+  void* normed_out = nullptr;         // [N, H]
+  uint32_t* done = nullptr;           // one count, 0 at the launch and again after it
+  float eps = 0.f;
+  bool has_add_norm() const { return residual || norm_weight || sum_out || normed_out || done; }
 };
 
 // Empty when usable, else what is wrong (a launch shape out of its range included).

@@ -42,6 +42,12 @@ struct ResidualStream {
   // A projection not run yet: pending is pending_x pending_w^T. A decode step on a GPU defers its o and down
   // projections so that the residual add + RMSNorm after each runs in the same launch (ops::linear_decode_add_rms_norm).
   torch::Tensor pending_x = {}, pending_w = {};
+  // An MoE block not run yet: pending is ops::moe_decode of these. A decode step on a GPU defers it so that the next
+  // residual add + RMSNorm runs in its down pass's launch (ops::moe_decode_add_rms_norm).
+  struct PendingExperts {
+    torch::Tensor x, expert, weight, gate_up, down;  // x [N, H], the rest as moe_decode takes them
+  };
+  PendingExperts pending_experts = {};
   torch::Tensor resolved() const;  // base plus whatever is pending
 };
 
@@ -118,12 +124,15 @@ class Qwen3Model {
     bool qk_norm_rope = true;
     // The MoE routing after the router projection (ops::linear_decode_moe_route); --separate-routing.
     bool moe_routing = true;
+    // The residual add + RMSNorm after an MoE block, in its down pass's launch (ops::moe_decode_add_rms_norm; not a
+    // GEMV, the same epilogue); --separate-moe-norm.
+    bool moe_add_norm = true;
   };
   void set_gemv_epilogues(const GemvEpilogues& on);
   const GemvEpilogues& gemv_epilogues() const;
   // How many times each fused launch ran (tests).
   struct GemvEpilogueLaunches {
-    int64_t add_norm = 0, qk_norm_rope = 0, moe_routing = 0;
+    int64_t add_norm = 0, qk_norm_rope = 0, moe_routing = 0, moe_add_norm = 0;
   };
   GemvEpilogueLaunches gemv_epilogue_launches() const;
 

@@ -3,6 +3,8 @@
 // device, without the host learning how many tokens each expert got, so that a decode step can be a CUDA graph.
 #include <torch/types.h>
 
+#include <utility>
+
 #include "rtp/kernels/moe_decode.h"  // MoeDecodeLaunchShape
 
 namespace rtp::ops {
@@ -22,5 +24,22 @@ bool moe_decode_supported(torch::Device device, torch::ScalarType dtype);
 torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
                          const torch::Tensor& gate_up, const torch::Tensor& down,
                          const kernels::MoeDecodeLaunchShape& shape = {});
+
+// Whether moe_decode_add_rms_norm runs: moe_decode on a GPU, residual of x's shape, dtype and device and norm_weight
+// [H] (both contiguous), done an int32 count on that device, no gradient wanted through x, residual or norm_weight.
+bool moe_decode_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& residual,
+                                       const torch::Tensor& norm_weight, const torch::Tensor& done);
+
+// moe_decode with the residual add and RMSNorm after it in the down pass's launch (its last block, moe_decode.h):
+// returns (sum, normed), sum = residual + the block's output, normed = RMSNorm(sum) * norm_weight, each [N, H] in
+// x's dtype, as add_rms_norm(residual, moe_decode(...), norm_weight, eps) gives them. `done`: the count of finished
+// blocks, 0 between launches (launches that share it must not overlap).
+std::pair<torch::Tensor, torch::Tensor> moe_decode_add_rms_norm(const torch::Tensor& x, const torch::Tensor& expert,
+                                                                const torch::Tensor& weight,
+                                                                const torch::Tensor& gate_up, const torch::Tensor& down,
+                                                                const torch::Tensor& residual,
+                                                                const torch::Tensor& norm_weight, double eps,
+                                                                const torch::Tensor& done,
+                                                                const kernels::MoeDecodeLaunchShape& shape = {});
 
 }  // namespace rtp::ops

@@ -119,6 +119,17 @@ class Qwen3ModelImpl {
 
   // The norm of x.base + x.pending, leaving the sum in x.base: on a GPU one kernel for the add and the norm.
   torch::Tensor add_norm(ResidualStream& x, const torch::Tensor& weight) const {
+    if (auto& e = x.pending_experts; e.x.defined()) {
+      if (ops::moe_decode_add_rms_norm_supported(e.x, x.base, weight, gemv_done)) {
+        torch::Tensor normed;
+        std::tie(x.base, normed) = ops::moe_decode_add_rms_norm(e.x, e.expert, e.weight, e.gate_up, e.down, x.base,
+                                                                weight, cfg.rms_norm_eps, gemv_done, moe_shape);
+        e = {};
+        ++epilogue_launches.moe_add_norm;
+        return normed;
+      }
+      settle(x);
+    }
     if (x.pending_w.defined()) {
       if (ops::gemv_add_rms_norm_supported(x.pending_x, x.pending_w, x.base, weight, gemv_done)) {
         torch::Tensor normed;
@@ -144,10 +155,15 @@ class Qwen3ModelImpl {
     return rms_norm(x.base, weight);
   }
 
-  // A deferred projection computed into x.pending.
+  // A deferred projection or MoE block computed into x.pending.
   void settle(ResidualStream& x) const {
-    if (!x.pending_w.defined()) return;
-    RTP_CHECK(!x.pending.defined(), "internal: a residual stream with both a pending add and a deferred projection");
+    if (!x.pending_w.defined() && !x.pending_experts.x.defined()) return;
+    RTP_CHECK(!x.pending.defined(), "internal: a residual stream with both a pending add and deferred work");
+    if (auto& e = x.pending_experts; e.x.defined()) {
+      x.pending = ops::moe_decode(e.x, e.expert, e.weight, e.gate_up, e.down, moe_shape).reshape(x.base.sizes());
+      e = {};
+      return;
+    }
     x.pending = ops::linear_decode(x.pending_x, x.pending_w, gemv_layout);
     x.pending_x = x.pending_w = torch::Tensor();
   }
@@ -185,7 +201,9 @@ class Qwen3ModelImpl {
     return ops::swiglu(gate, up);
   }
 
-  torch::Tensor moe_mlp(const torch::Tensor& x, const std::string& pre) const {
+  // The MoE block of input x into res.pending, or deferred (res.pending_experts) where the next add + RMSNorm can run
+  // in its down pass's launch.
+  void moe_into(ResidualStream& res, const torch::Tensor& x, const std::string& pre) const {
     const auto shape = x.sizes().vec();
     auto flat = x.reshape({-1, cfg.hidden_size});
     const auto& router = p(pre + "gate.weight");
@@ -203,8 +221,15 @@ class Qwen3ModelImpl {
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
-    if (moe_on_device(flat.size(0))) return ops::moe_decode(flat, top_i, top_w, gate_up, down, moe_shape).reshape(shape);
-    return ops::moe_grouped(flat, top_i, top_w, gate_up, down).reshape(shape);
+    // add_norm runs it (or settle, where the fused launch does not take the norm's operands).
+    const bool grad = torch::GradMode::is_enabled() &&
+                      (flat.requires_grad() || top_w.requires_grad() || gate_up.requires_grad() || down.requires_grad());
+    if (epilogues.moe_add_norm && moe_on_device(flat.size(0)) && !grad)
+      res.pending_experts = {flat, top_i, top_w, gate_up, down};
+    else if (moe_on_device(flat.size(0)))
+      res.pending = ops::moe_decode(flat, top_i, top_w, gate_up, down, moe_shape).reshape(shape);
+    else
+      res.pending = ops::moe_grouped(flat, top_i, top_w, gate_up, down).reshape(shape);
   }
 
   // A few tokens on a GPU: the experts are read by id on the device (no expert counts on the host).
@@ -285,6 +310,7 @@ class Qwen3ModelImpl {
       const auto last_row = [T](torch::Tensor& t) {
         if (t.defined()) t = t.narrow(1, T - 1, 1);
       };
+      if (x.pending_experts.x.defined()) settle(x);  // per flat token: run it before the rows are cut
       last_row(x.base), last_row(x.pending), last_row(x.pending_x);
     }
     return lm_logits(std::move(x));
@@ -344,7 +370,7 @@ class Qwen3ModelImpl {
   }
 
   ResidualStream finish_layer(int64_t i, ResidualStream x, const torch::Tensor& attention) const {
-    RTP_CHECK(!x.pending.defined() && !x.pending_w.defined(),
+    RTP_CHECK(!x.pending.defined() && !x.pending_w.defined() && !x.pending_experts.x.defined(),
               "internal: finish_layer on a residual stream with a pending add");
     const int64_t B = x.base.size(0), T = x.base.size(1);
     const std::string pre = "model.layers." + std::to_string(i) + ".";
@@ -352,7 +378,7 @@ class Qwen3ModelImpl {
     if (cfg.attention_bias) x.pending = linear(a, pre + "self_attn.o_proj", true);
     else project_into(x, a, p(pre + "self_attn.o_proj.weight"));
     auto h = add_norm(x, p(pre + "post_attention_layernorm.weight"));
-    if (cfg.layer_is_moe(i)) x.pending = moe_mlp(h, pre + "mlp.");
+    if (cfg.layer_is_moe(i)) moe_into(x, h, pre + "mlp.");
     else project_into(x, dense_mlp_activation(i, h, pre + "mlp."), p(pre + "mlp.down_proj.weight"));
     return x;
   }
@@ -406,6 +432,8 @@ torch::Tensor Qwen3Model::embed(const torch::Tensor& ids_on_device) const {
 }
 
 torch::Tensor ResidualStream::resolved() const {
+  if (const auto& e = pending_experts; e.x.defined())
+    return base + ops::moe_decode(e.x, e.expert, e.weight, e.gate_up, e.down).reshape(base.sizes());
   if (pending_w.defined()) return base + ops::linear_decode(pending_x, pending_w);
   return pending.defined() ? base + pending : base;
 }

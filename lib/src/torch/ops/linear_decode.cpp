@@ -10,6 +10,7 @@
 #include "rtp/kernels/gemv.h"
 #include "rtp/kernels/moe_router.h"
 #include "device_launch.h"
+#include "launch_counter.h"
 #include "row_layout.h"
 
 #ifdef RTPURBO_WITH_CUDA
@@ -31,12 +32,6 @@ bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight) {
 }
 
 namespace {
-
-// A launch's count (or counts) of finished blocks: int32 on x's device, at least n of them.
-bool is_counter(const torch::Tensor& done, const torch::Tensor& x, int64_t n) {
-  return done.defined() && done.device() == x.device() && done.scalar_type() == torch::kInt32 && done.numel() >= n &&
-         done.is_contiguous();
-}
 
 // The parameters of x W^T into a new tensor `out` (shapes checked by gemv_supported).
 k::GemvParams gemv_params(const torch::Tensor& x, const torch::Tensor& weight, torch::Tensor& out) {
@@ -101,7 +96,7 @@ bool gemv_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& we
     return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous();
   };
   return same(residual) && residual.dim() >= 1 && residual.size(-1) == m && residual.numel() == rows * m &&
-         same(norm_weight) && norm_weight.dim() == 1 && norm_weight.size(0) == m && is_counter(done, x, 1);
+         same(norm_weight) && norm_weight.dim() == 1 && norm_weight.size(0) == m && detail::is_launch_counter(done, x, 1);
 }
 
 std::pair<torch::Tensor, torch::Tensor> linear_decode_add_rms_norm(const torch::Tensor& x, const torch::Tensor& weight,
@@ -142,7 +137,7 @@ bool gemv_qk_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& we
   };
   return D > 0 && D % k::kGemvEpilogueHeadDimMultiple == 0 && D <= k::kGemvEpilogueMaxHeadDim && same(q_weight) &&
          same(k_weight) && weight.size(0) == (q_heads + 2 * k_heads) * D && table(cos) && table(sin) &&
-         is_counter(done, x, q_heads + k_heads);
+         detail::is_launch_counter(done, x, q_heads + k_heads);
 }
 
 ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
@@ -180,7 +175,7 @@ ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Ten
 bool gemv_moe_route_supported(const torch::Tensor& x, const torch::Tensor& weight, int64_t top_k,
                               const torch::Tensor& done) {
   return gemv_supported(x, weight) && weight.size(0) <= k::kMoeRouterMaxExperts && top_k >= 1 &&
-         top_k <= std::min<int64_t>(weight.size(0), k::kMoeRouterMaxTopK) && is_counter(done, x, 1);
+         top_k <= std::min<int64_t>(weight.size(0), k::kMoeRouterMaxTopK) && detail::is_launch_counter(done, x, 1);
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> linear_decode_moe_route(
