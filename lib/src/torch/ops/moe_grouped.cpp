@@ -86,6 +86,15 @@ MoeSlotGroups moe_group_slots(const torch::Tensor& expert, int64_t experts) {
   RTP_CHECK(experts > 0, "moe_group_slots: experts must be positive, found ", experts);
   const auto ids = expert.contiguous();
   const auto i64 = ids.options();
+  if (ids.is_cuda() && experts > kernels::kMoeGroupMaxExperts) {
+    // More experts than the kernels' shared memory holds: a stable sort and a search, as before the kernels.
+    MoeSlotGroups g;
+    const auto [sorted, order] = torch::sort(ids.reshape(-1), /*stable=*/true, 0, /*descending=*/false);
+    g.ends = torch::searchsorted(sorted, torch::arange(experts, sorted.options()), /*out_int32=*/true, /*right=*/true);
+    g.row_token = torch::div(order, ids.size(1), "floor");
+    g.slot_row = torch::empty_like(order).index_copy_(0, order, torch::arange(ids.numel(), order.options()));
+    return g;
+  }
   MoeSlotGroups g{torch::empty({ids.numel()}, i64), torch::empty({experts}, i64.dtype(torch::kInt32)),
                   torch::empty({ids.numel()}, i64)};
   if (ids.numel() == 0) {
@@ -97,14 +106,6 @@ MoeSlotGroups moe_group_slots(const torch::Tensor& expert, int64_t experts) {
   p.slots = ids.numel(), p.slots_per_token = ids.size(1), p.experts = experts;
   p.row_token = g.row_token.data_ptr<int64_t>(), p.slot_row = g.slot_row.data_ptr<int64_t>();
   p.ends = g.ends.data_ptr<int32_t>();
-  if (ids.is_cuda() && experts > kernels::kMoeGroupMaxExperts) {
-    // More experts than the kernels' shared memory holds: a stable sort and a search, as before the kernels.
-    const auto [sorted, order] = torch::sort(ids.reshape(-1), /*stable=*/true, 0, /*descending=*/false);
-    g.ends = torch::searchsorted(sorted, torch::arange(experts, sorted.options()), /*out_int32=*/true, /*right=*/true);
-    g.row_token = torch::div(order, ids.size(1), "floor");
-    g.slot_row = torch::empty_like(order).index_copy_(0, order, torch::arange(ids.numel(), order.options()));
-    return g;
-  }
   if (ids.is_cuda()) {
 #ifdef RTPURBO_WITH_CUDA
     const auto workspace = torch::empty({static_cast<int64_t>(kernels::moe_group_workspace_bytes(p.slots, experts))},
