@@ -32,6 +32,23 @@ struct Case {
   int64_t N, K, E, H, I;
 };
 
+// Random operands of a case on the GPU in dtype `dt`: K distinct experts per token, softmax routing weights.
+struct Operands {
+  torch::Tensor x, expert, weight, gate_up, down;
+};
+Operands random_operands(const Case& c, torch::ScalarType dt, const torch::Device& dev) {
+  const auto o = torch::TensorOptions().device(dev).dtype(dt);
+  Operands r;
+  r.x = torch::randn({c.N, c.H}, o);
+  r.expert = torch::empty({c.N, c.K}, torch::kInt64);
+  for (int64_t n = 0; n < c.N; ++n) r.expert[n] = torch::randperm(c.E, torch::kInt64).narrow(0, 0, c.K);
+  r.expert = r.expert.to(dev);
+  r.weight = torch::softmax(torch::randn({c.N, c.K}, o.dtype(torch::kFloat32)), -1).to(dt);
+  r.gate_up = (torch::randn({c.E, 2 * c.I, c.H}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.H))).to(dt);
+  r.down = (torch::randn({c.E, c.H, c.I}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.I))).to(dt);
+  return r;
+}
+
 TEST(MoeDecodeCuda, WithinTwiceNaiveBf16AndFloat32Exact) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE decode kernels are tested on the GPU machine";
   const torch::Device dev(torch::kCUDA, 0);
@@ -73,14 +90,7 @@ TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
   for (const Case c : {Case{1, 8, 128, 2048, 768}, Case{2, 8, 16, 2056, 1544}, Case{3, 5, 9, 264, 1000},
                        Case{5, 2, 4, 268, 40}, Case{2, 3, 7, 100, 37}}) {
     for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
-      const auto o = torch::TensorOptions().device(dev).dtype(dt);
-      auto x = torch::randn({c.N, c.H}, o);
-      auto expert = torch::empty({c.N, c.K}, torch::kInt64);
-      for (int64_t n = 0; n < c.N; ++n) expert[n] = torch::randperm(c.E, torch::kInt64).narrow(0, 0, c.K);
-      expert = expert.to(dev);
-      auto weight = torch::softmax(torch::randn({c.N, c.K}, o.dtype(torch::kFloat32)), -1).to(dt);
-      auto gate_up = torch::randn({c.E, 2 * c.I, c.H}, o) / std::sqrt(double(c.H));
-      auto down = torch::randn({c.E, c.H, c.I}, o) / std::sqrt(double(c.I));
+      const auto [x, expert, weight, gate_up, down] = random_operands(c, dt, dev);
       const auto plain = rtp::ops::moe_decode(x, expert, weight, gate_up, down);
       for (const int rows : {1, 2, 4})
         for (const int warps : {4, 8})
@@ -93,8 +103,6 @@ TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
     }
   }
 }
-
-}  // namespace
 
 // The residual add + RMSNorm in the down pass's launch (moe_decode_add_rms_norm, the last block) against the unfused
 // path (moe_decode, then add_rms_norm): the sum the same bits (the same products, one rounding of the add); the normed
@@ -112,13 +120,7 @@ TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
                        Case{5, 2, 4, 4100, 40}, Case{2, 3, 7, 100, 37}}) {
     for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
       const auto o = torch::TensorOptions().device(dev).dtype(dt);
-      auto x = torch::randn({c.N, c.H}, o);
-      auto expert = torch::empty({c.N, c.K}, torch::kInt64);
-      for (int64_t n = 0; n < c.N; ++n) expert[n] = torch::randperm(c.E, torch::kInt64).narrow(0, 0, c.K);
-      expert = expert.to(dev);
-      auto weight = torch::softmax(torch::randn({c.N, c.K}, o.dtype(torch::kFloat32)), -1).to(dt);
-      auto gate_up = (torch::randn({c.E, 2 * c.I, c.H}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.H))).to(dt);
-      auto down = (torch::randn({c.E, c.H, c.I}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.I))).to(dt);
+      const auto [x, expert, weight, gate_up, down] = random_operands(c, dt, dev);
       auto residual = torch::randn({c.N, c.H}, o);
       auto nw = (torch::rand({c.H}, o.dtype(torch::kFloat32)) + 0.5).to(dt);
       ASSERT_TRUE(rtp::ops::moe_decode_add_rms_norm_supported(x, residual, nw, done));
@@ -150,3 +152,5 @@ TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
     }
   }
 }
+
+}  // namespace

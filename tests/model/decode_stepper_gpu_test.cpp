@@ -79,6 +79,33 @@ struct TwinCaches {
   TwinCaches& operator=(const TwinCaches&) = delete;
 };
 
+// The prompt ids[:, :P] in two caches, then `steps` tokens decoded through each, the model's epilogues `with` for
+// the first and `without` for the second, alternating graph replay (even positions) and eager forwards: the largest
+// |logit difference| and the largest |logit| of the second.
+struct TwinDecodeDiff {
+  double worst = 0, scale = 0;
+};
+TwinDecodeDiff decode_with_and_without(rtp::model::Qwen3Model& model, const torch::Tensor& ids, int64_t P,
+                                       int64_t steps, const rtp::model::Qwen3Model::GemvEpilogues& with,
+                                       const rtp::model::Qwen3Model::GemvEpilogues& without) {
+  torch::NoGradGuard no_grad;
+  TwinCaches twin(model, ids.narrow(1, 0, P));
+  rtp::model::DecodeStepper with_stepper(model), without_stepper(model);
+  TwinDecodeDiff d;
+  for (int64_t t = P; t < P + steps; ++t) {
+    const bool graphs = t % 2 == 0;
+    const auto token = ids.narrow(1, t, 1);
+    model.set_gemv_epilogues(with);
+    auto a = (graphs ? with_stepper.step(token, twin.a) : model.forward(token, twin.a)).clone();
+    model.set_gemv_epilogues(without);
+    auto b = (graphs ? without_stepper.step(token, twin.b) : model.forward(token, twin.b)).clone();
+    d.worst = std::max(d.worst, max_diff(a, b));
+    d.scale = std::max(d.scale, b.abs().max().item<double>());
+  }
+  model.set_gemv_epilogues({});
+  return d;
+}
+
 class DecodeStepperCuda : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DecodeStepperCuda, GraphReplayEqualsForward) {
@@ -352,26 +379,12 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
     torch::manual_seed(14);
     const int64_t B = 2, P = 9, steps = 10;
     auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
-    torch::NoGradGuard no_grad;
-    TwinCaches twin(model, ids.narrow(1, 0, P));
-    auto &fused_o = twin.a, &plain_o = twin.b;
     rtp::model::Qwen3Model::GemvEpilogues with, without;
     with.qk_norm_rope = with.moe_routing = true;  // the defaults
     without.qk_norm_rope = without.moe_routing = false;
     const auto before = model.gemv_epilogue_launches();
-    rtp::model::DecodeStepper fused_stepper(model), plain_stepper(model);
-    double worst = 0, scale = 0;
-    for (int64_t t = P; t < P + steps; ++t) {
-      const bool graphs = t % 2 == 0;  // alternate graph replay and eager forwards
-      model.set_gemv_epilogues(with);
-      auto a = (graphs ? fused_stepper.step(ids.narrow(1, t, 1), fused_o) : model.forward(ids.narrow(1, t, 1), fused_o)).clone();
-      model.set_gemv_epilogues(without);
-      auto b = (graphs ? plain_stepper.step(ids.narrow(1, t, 1), plain_o) : model.forward(ids.narrow(1, t, 1), plain_o)).clone();
-      worst = std::max(worst, max_diff(a, b));
-      scale = std::max(scale, b.abs().max().item<double>());
-    }
+    const auto [worst, scale] = decode_with_and_without(model, ids, P, steps, with, without);
     const auto after = model.gemv_epilogue_launches();
-    model.set_gemv_epilogues({});
     std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " q/k norm and routing epilogues vs separate kernels: "
               << "max |logit diff| " << worst << " of |logits| up to " << scale << "\n";
     if (dtype == torch::kBFloat16) EXPECT_EQ(worst, 0.0);
@@ -399,25 +412,11 @@ TEST(DecodeStepperCuda, MoeNormEpilogueDecodesLikeTheSeparateKernel) {
     torch::manual_seed(22);
     const int64_t B = 2, P = 9, steps = 10;
     auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
-    torch::NoGradGuard no_grad;
-    TwinCaches twin(model, ids.narrow(1, 0, P));
-    auto &fused_o = twin.a, &plain_o = twin.b;
     rtp::model::Qwen3Model::GemvEpilogues with, without;
     without.moe_add_norm = false;
     const auto before = model.gemv_epilogue_launches();
-    rtp::model::DecodeStepper fused_stepper(model), plain_stepper(model);
-    double worst = 0, scale = 0;
-    for (int64_t t = P; t < P + steps; ++t) {
-      const bool graphs = t % 2 == 0;
-      model.set_gemv_epilogues(with);
-      auto a = (graphs ? fused_stepper.step(ids.narrow(1, t, 1), fused_o) : model.forward(ids.narrow(1, t, 1), fused_o)).clone();
-      model.set_gemv_epilogues(without);
-      auto b = (graphs ? plain_stepper.step(ids.narrow(1, t, 1), plain_o) : model.forward(ids.narrow(1, t, 1), plain_o)).clone();
-      worst = std::max(worst, max_diff(a, b));
-      scale = std::max(scale, b.abs().max().item<double>());
-    }
+    const auto [worst, scale] = decode_with_and_without(model, ids, P, steps, with, without);
     const auto after = model.gemv_epilogue_launches();
-    model.set_gemv_epilogues({});
     std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << " MoE norm epilogue vs separate kernel: max |logit "
               << "diff| " << worst << " of |logits| up to " << scale << "\n";
     if (dtype == torch::kBFloat16) EXPECT_EQ(worst, 0.0);
