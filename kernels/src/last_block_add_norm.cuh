@@ -99,46 +99,4 @@ __device__ __forceinline__ void add_rms_norm_rows(const AddNormRows<T>& p) {
   }
 }
 
-// The same norm where the launch's blocks wrote the sums themselves (each its rows' round(out + residual), with the
-// values in registers): the last block reads sum (through L2) and the weight in one batch per thread and writes normed.
-// One dependent load round less at the end of the launch than add_rms_norm_rows; the same per-thread order, so the
-// same bits.
-template <typename T, int kThreads, int kNormPer = 8>
-__device__ __forceinline__ void rms_norm_rows_of_sums(const AddNormRows<T>& p) {
-  constexpr int64_t kBatch = int64_t(kNormPer) * kThreads;
-  const auto round = [](float v) { return to_float(from_float<T>(v)); };
-  for (int64_t n = 0; n < p.rows; ++n) {
-    const int64_t row = n * p.m;
-    float ss = 0.f;
-    float v[kNormPer], wv[kNormPer];
-    for (int64_t base = 0; base < p.m; base += kBatch) {
-#pragma unroll
-      for (int j = 0; j < kNormPer; ++j) {
-        const int64_t i = base + threadIdx.x + j * kThreads;
-        v[j] = i < p.m ? to_float(__ldcg(p.sum + row + i)) : 0.f;
-        if (p.m <= kBatch) wv[j] = i < p.m ? to_float(p.weight[i]) : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < kNormPer; ++j) ss += v[j] * v[j];
-    }
-    const float rs = rsqrtf(block_total(ss) * (1.f / static_cast<float>(p.m)) + p.eps);
-    for (int64_t base = 0; base < p.m; base += kBatch) {
-      if (p.m > kBatch) {  // wider rows than one batch: the sums and weights again
-#pragma unroll
-        for (int j = 0; j < kNormPer; ++j) {
-          const int64_t i = base + threadIdx.x + j * kThreads;
-          v[j] = i < p.m ? to_float(__ldcg(p.sum + row + i)) : 0.f;
-          wv[j] = i < p.m ? to_float(p.weight[i]) : 0.f;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kNormPer; ++j) {
-        const int64_t i = base + threadIdx.x + j * kThreads;
-        if (i < p.m) p.normed[row + i] = from_float<T>(wv[j] * round(v[j] * rs));
-      }
-    }
-    __syncthreads();  // block_total's buffer, before the next row
-  }
-}
-
 }  // namespace rtp::kernels::cuda_detail

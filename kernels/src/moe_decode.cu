@@ -122,28 +122,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kRows == 1 && sizeof(T) =
   }
 }
 
-// The add + RMSNorm epilogue of the launch (MoeDecodeParams::has_add_norm): each warp writes its row's sum
-// round(out + residual) instead of out (store_row), and the last block norms the rows; every thread of every block
-// calls finish_block once its rows are written. pdl_wait before: the residual comes from earlier kernels.
-// Lane 0's store of hidden row h of token n: out, or with the epilogue the sum with the residual (requested before
-// the row's dot products: `res`).
-template <typename T, bool kAddNorm>
-__device__ __forceinline__ void store_row(T* __restrict__ out, const AddNormRows<T>& epi, int64_t i, float acc,
-                                         float res) {
-  if constexpr (kAddNorm) epi.sum[i] = Elem<T>::from_float(Elem<T>::round(acc) + res);
-  else out[i] = Elem<T>::from_float(acc);
-}
-
-template <typename T, bool kAddNorm>
-__device__ __forceinline__ float residual_of(const AddNormRows<T>& epi, int64_t i) {
-  if constexpr (kAddNorm) return Elem<T>::to_float(epi.residual[i]);
-  return 0.f;
-}
-
+// The add + RMSNorm epilogue of the launch (MoeDecodeParams::has_add_norm), by its last block: every thread of
+// every block calls it once its rows are written. pdl_wait before: the residual comes from earlier kernels.
 template <typename T, int kThreads>
 __device__ __forceinline__ void finish_block(const AddNormRows<T>& epi, uint32_t* done) {
   pdl_wait();
-  if (last_to_finish(done, gridDim.x * gridDim.y)) rms_norm_rows_of_sums<T, kThreads>(epi);
+  if (last_to_finish(done, gridDim.x * gridDim.y)) add_rms_norm_rows<T, kThreads>(epi);
 }
 
 template <typename T, bool kAddNorm>
@@ -155,7 +139,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t n = blockIdx.y;
   pdl_wait();  // act comes from gate_up_act_kernel
   if (h < H) {
-    const float res = residual_of<T, kAddNorm>(epi, n * H + h);
     float acc = 0.f;
     for (int64_t s = 0; s < K; ++s) {
       const int64_t slot = n * K + s, e = expert[slot];
@@ -163,7 +146,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       const float y = Elem<T>::round(warp_dot(down + (e * H + h) * I, act + slot * I, I, vec));
       acc += Elem<T>::round(Elem<T>::to_float(weight[slot]) * y);
     }
-    if ((threadIdx.x & 31) == 0) store_row<T, kAddNorm>(out, epi, n * H + h, acc, res);
+    if ((threadIdx.x & 31) == 0) out[n * H + h] = Elem<T>::from_float(acc);
   }
   if constexpr (kAddNorm) finish_block<T, kWarpsPerBlock * 32>(epi, done);
 }
@@ -177,11 +160,10 @@ constexpr int kMaxParallelSlots = 8;
 constexpr int kMaxLoadsAhead = 4;
 
 // Hidden row h of token n: the K slots' dots, weighted and summed, by one warp.
-template <typename T, int kAhead, bool kAddNorm>
+template <typename T, int kAhead>
 __device__ __forceinline__ void down_rows(const T* __restrict__ act, const int64_t* __restrict__ expert,
                                           const T* __restrict__ weight, const T* __restrict__ down, T* __restrict__ out,
-                                          int64_t K, int64_t E, int64_t H, int64_t I, int64_t h, int64_t n,
-                                          const AddNormRows<T>& epi) {
+                                          int64_t K, int64_t E, int64_t H, int64_t I, int64_t h, int64_t n) {
   const int lane = threadIdx.x & 31;
   const int64_t n4 = I / Elem<T>::kPerVec;
   const uint4* rows[kMaxParallelSlots];
@@ -203,7 +185,6 @@ __device__ __forceinline__ void down_rows(const T* __restrict__ act, const int64
     for (int s = 0; s < kMaxParallelSlots; ++s)
       ahead[a][s] = valid[s] && lane + 32 * a < n4 ? __ldcs(rows[s] + lane + 32 * a) : make_uint4(0, 0, 0, 0);
   pdl_wait();  // act comes from gate_up_act_kernel
-  const float res = lane == 0 ? residual_of<T, kAddNorm>(epi, n * H + h) : 0.f;
 #pragma unroll
   for (int a = 0; a < kAhead; ++a) {
     if (lane + 32 * a < n4) {
@@ -223,7 +204,7 @@ __device__ __forceinline__ void down_rows(const T* __restrict__ act, const int64
     const float y = Elem<T>::round(warp_sum(part[s]));
     if (valid[s]) acc += Elem<T>::round(Elem<T>::to_float(weight[n * K + s]) * y);
   }
-  if (lane == 0) store_row<T, kAddNorm>(out, epi, n * H + h, acc, res);
+  if (lane == 0) out[n * H + h] = Elem<T>::from_float(acc);
 }
 
 // With the epilogue (even an empty one after the count), ptxas took 143-149 registers where the plain kernel takes 125
@@ -243,7 +224,7 @@ __global__ void __launch_bounds__(kWarps * 32, down_min_blocks<kWarps, kAhead, k
                                        AddNormRows<T> epi, uint32_t* done) {
   const int64_t h = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t n = blockIdx.y;
-  if (h < H) down_rows<T, kAhead, kAddNorm>(act, expert, weight, down, out, K, E, H, I, h, n, epi);
+  if (h < H) down_rows<T, kAhead>(act, expert, weight, down, out, K, E, H, I, h, n);
   if constexpr (kAddNorm) finish_block<T, kWarps * 32>(epi, done);
 }
 

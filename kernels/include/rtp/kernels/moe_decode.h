@@ -49,9 +49,8 @@ struct MoeDecodeParams {
   MoeDecodeLaunchShape shape;
   // Optional epilogue, all five set or none: the residual add and RMSNorm that follow the MoE block in a decoder layer
   // (the next layer's input norm, or the final norm), by the down pass's last block as the GEMV's (gemv.h): per token
-  // sum = round(out + residual), normed = norm_weight * round(sum * rsqrt(mean(sum^2) + eps)); out itself is not
-  // written then (on the GPU; the CPU reference writes it). A kernel boundary less per MoE layer; launches that share
-  // a `done` must not overlap (one stream).
+  // sum = round(out + residual), normed = norm_weight * round(sum * rsqrt(mean(sum^2) + eps)). A kernel boundary less
+  // per MoE layer; launches that share a `done` must not overlap (one stream).
   const void* residual = nullptr;     // [N, H]
   const void* norm_weight = nullptr;  // [H]
   void* sum_out = nullptr;            // [N, H]
