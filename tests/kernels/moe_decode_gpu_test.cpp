@@ -123,7 +123,7 @@ TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
       const auto [x, expert, weight, gate_up, down] = random_operands(c, dt, dev);
       auto residual = torch::randn({c.N, c.H}, o);
       auto nw = (torch::rand({c.H}, o.dtype(torch::kFloat32)) + 0.5).to(dt);
-      ASSERT_TRUE(rtp::ops::moe_decode_add_rms_norm_supported(x, residual, nw, done));
+      ASSERT_TRUE(rtp::ops::moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, nw, done));
       for (const auto& shape : shapes) {
         const std::string what = std::to_string(c.N) + " x " + std::to_string(c.H) + ", I " + std::to_string(c.I) +
                                  (dt == torch::kBFloat16 ? " bf16" : " f32") + ", shape " +

@@ -200,7 +200,7 @@ TEST(MoeDecodeRef, AddRmsNormEpilogueMatchesTorch) {
   auto n64 = nw.to(torch::kFloat64) * s64 / torch::sqrt(s64.pow(2).mean(-1, true) + 1e-6);
   EXPECT_LE((normed.to(torch::kFloat64) - n64).abs().max().item<double>(), 1e-6 * (1 + n64.abs().max().item<double>()));
   auto counter = torch::zeros({1}, torch::kInt32);
-  EXPECT_FALSE(rtp::ops::moe_decode_add_rms_norm_supported(x, residual, nw, counter));
+  EXPECT_FALSE(rtp::ops::moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, nw, counter));
   const auto err = rtp::testing::error_of([&] {
     rtp::ops::moe_decode_add_rms_norm(x, expert, weight, gate_up, down, residual, nw, 1e-6, counter);
   });

@@ -26,9 +26,12 @@ torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, co
                          const kernels::MoeDecodeLaunchShape& shape = {});
 
 // Whether moe_decode_add_rms_norm runs: moe_decode on a GPU, residual of x's shape, dtype and device and norm_weight
-// [H] (both contiguous), done an int32 count on that device, no gradient wanted through x, residual or norm_weight.
-bool moe_decode_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& residual,
-                                       const torch::Tensor& norm_weight, const torch::Tensor& done);
+// [H] (both contiguous), done an int32 count on that device, no gradient wanted through any operand (the kernels have
+// no backward).
+bool moe_decode_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight,
+                                       const torch::Tensor& gate_up, const torch::Tensor& down,
+                                       const torch::Tensor& residual, const torch::Tensor& norm_weight,
+                                       const torch::Tensor& done);
 
 // moe_decode with the residual add and RMSNorm after it in the down pass's launch (its last block, moe_decode.h):
 // returns (sum, normed), sum = residual + the block's output, normed = RMSNorm(sum) * norm_weight, each [N, H] in

@@ -120,7 +120,7 @@ class Qwen3ModelImpl {
   // The norm of x.base + x.pending, leaving the sum in x.base: on a GPU one kernel for the add and the norm.
   torch::Tensor add_norm(ResidualStream& x, const torch::Tensor& weight) const {
     if (auto& e = x.pending_experts; e.x.defined()) {
-      if (ops::moe_decode_add_rms_norm_supported(e.x, x.base, weight, gemv_done)) {
+      if (ops::moe_decode_add_rms_norm_supported(e.x, e.weight, e.gate_up, e.down, x.base, weight, gemv_done)) {
         torch::Tensor normed;
         std::tie(x.base, normed) = ops::moe_decode_add_rms_norm(e.x, e.expert, e.weight, e.gate_up, e.down, x.base,
                                                                 weight, cfg.rms_norm_eps, gemv_done, moe_shape);
@@ -221,10 +221,9 @@ class Qwen3ModelImpl {
 
     const auto& gate_up = p(pre + "experts.gate_up_proj");  // [E, 2I, H]
     const auto& down = p(pre + "experts.down_proj");        // [E, H, I]
-    // add_norm runs it (or settle, where the fused launch does not take the norm's operands).
-    const bool grad = torch::GradMode::is_enabled() &&
-                      (flat.requires_grad() || top_w.requires_grad() || gate_up.requires_grad() || down.requires_grad());
-    if (epilogues.moe_add_norm && moe_on_device(flat.size(0)) && !grad)
+    // add_norm runs it, or settle where the fused launch does not take the operands (a gradient wanted: then
+    // moe_decode's differentiable fallback).
+    if (epilogues.moe_add_norm && moe_on_device(flat.size(0)))
       res.pending_experts = {flat, top_i, top_w, gate_up, down};
     else if (moe_on_device(flat.size(0)))
       res.pending = ops::moe_decode(flat, top_i, top_w, gate_up, down, moe_shape).reshape(shape);
