@@ -11,6 +11,8 @@ const char* check_moe_decode_launch_shape(const MoeDecodeLaunchShape& shape) {
   const int rows = shape.gate_up_rows_per_warp, warps = shape.down_warps_per_block;
   if (rows != 1 && rows != 2 && rows != 4) return "moe decode: gate_up_rows_per_warp must be 1, 2 or 4";
   if (warps != 4 && warps != 8) return "moe decode: down_warps_per_block must be 4 or 8";
+  if (shape.one_launch && (warps != 8 || rows == 4))
+    return "moe decode: one_launch takes 8 down warps per block and 1 or 2 gate/up rows per warp";
   return "";
 }
 
@@ -25,6 +27,9 @@ const char* check_moe_decode_params(const MoeDecodeParams& p, bool cuda) {
   if (cuda && p.dtype != DType::F32 && p.dtype != DType::BF16) return "moe decode: dtype must be float32 or bfloat16";
   if (p.has_add_norm() && !(p.residual && p.norm_weight && p.sum_out && p.normed_out && p.done))
     return "moe decode: the add + RMSNorm epilogue needs residual, norm_weight, sum_out, normed_out and done, all of them";
+  if (cuda && p.shape.one_launch && !p.done) return "moe decode: one_launch needs three counts in done";
+  if (!p.has_add_norm() && !p.shape.one_launch && p.done)
+    return "moe decode: done is set without the add + RMSNorm epilogue or one_launch (what would it count?)";
   return check_moe_decode_launch_shape(p.shape);
 }
 

@@ -100,6 +100,19 @@ TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
                                                   << rows << " rows per warp, " << warps << " warps, ahead " << ahead
                                                   << ": max difference " << (got - plain).abs().max().item<double>();
           }
+      // Both passes in one launch: counts given (back at 0 after each launch, twice in a row) and made per call.
+      auto counts = torch::zeros({3}, torch::TensorOptions(torch::kInt32).device(dev));
+      for (const int rows : {1, 2})
+        for (const bool ahead : {false, true})
+          for (int rep = 0; rep < 3; ++rep) {
+            const rtp::kernels::MoeDecodeLaunchShape shape{rows, 8, ahead, true};
+            const auto got = rep < 2 ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape, counts)
+                                     : rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape);
+            EXPECT_TRUE(torch::equal(got, plain)) << c.N << " tokens, H " << c.H << ", I " << c.I << ", " << dt << ": "
+                                                  << rows << " rows per warp, one launch, ahead " << ahead
+                                                  << ": max difference " << (got - plain).abs().max().item<double>();
+            EXPECT_EQ(counts.abs().sum().item<int64_t>(), 0) << "one launch: the counts must be back at 0";
+          }
     }
   }
 }
@@ -107,15 +120,17 @@ TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
 // The residual add + RMSNorm in the down pass's launch (moe_decode_add_rms_norm, the last block) against the unfused
 // path (moe_decode, then add_rms_norm): the sum the same bits (the same products, one rounding of the add); the normed
 // row the same bits where the epilogue reduces as the norm kernel does (2048 wide, 8 warps of the down pass: 256
-// threads of 8 elements in both), elsewhere within twice the unfused path's error against float64. Every launch shape,
+// threads of 8 elements in both), elsewhere within twice the unfused path's error against float64. Every launch shape
+// (both passes in one launch too),
 // the scalar down pass (I odd), 1-5 tokens, bf16 and float32; the count back at 0 after each launch, twice in a row.
 TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE decode kernels are tested on the GPU machine";
   const torch::Device dev(torch::kCUDA, 0);
   torch::manual_seed(29);
   const double eps = 1e-6;
-  auto done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
-  const rtp::kernels::MoeDecodeLaunchShape shapes[] = {{1, 8, false}, {2, 8, true}, {2, 4, true}, {4, 4, false}};
+  auto done = torch::zeros({3}, torch::TensorOptions(torch::kInt32).device(dev));
+  const rtp::kernels::MoeDecodeLaunchShape shapes[] = {{1, 8, false}, {2, 8, true},        {2, 4, true},
+                                                       {4, 4, false}, {2, 8, true, true}, {1, 8, false, true}};
   for (const Case c : {Case{1, 8, 128, 2048, 768}, Case{2, 8, 16, 2048, 1544}, Case{3, 5, 9, 264, 1000},
                        Case{5, 2, 4, 4100, 40}, Case{2, 3, 7, 100, 37}}) {
     for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
@@ -124,12 +139,15 @@ TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
       auto residual = torch::randn({c.N, c.H}, o);
       auto nw = (torch::rand({c.H}, o.dtype(torch::kFloat32)) + 0.5).to(dt);
       ASSERT_TRUE(rtp::ops::moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, nw, done));
+      ASSERT_FALSE(rtp::ops::moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, nw, done.narrow(0, 0, 1),
+                                                               {2, 8, true, true}))
+          << "one launch takes three counts";
       for (const auto& shape : shapes) {
         const std::string what = std::to_string(c.N) + " x " + std::to_string(c.H) + ", I " + std::to_string(c.I) +
                                  (dt == torch::kBFloat16 ? " bf16" : " f32") + ", shape " +
                                  std::to_string(shape.gate_up_rows_per_warp) + "," +
                                  std::to_string(shape.down_warps_per_block) + "," +
-                                 std::to_string(int(shape.down_loads_ahead));
+                                 std::to_string(int(shape.down_loads_ahead)) + (shape.one_launch ? ", one launch" : "");
         auto moe = rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape);
         auto [usum, unormed] = rtp::ops::add_rms_norm(residual, moe, nw, eps);
         auto s64 = moe.to(torch::kFloat64) + residual.to(torch::kFloat64);
@@ -140,7 +158,7 @@ TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
         for (int rep = 0; rep < 2; ++rep) {
           auto [sum, normed] =
               rtp::ops::moe_decode_add_rms_norm(x, expert, weight, gate_up, down, residual, nw, eps, done, shape);
-          EXPECT_EQ(done.item<int32_t>(), 0) << what << ": the count must be back at 0";
+          EXPECT_EQ(done.abs().sum().item<int64_t>(), 0) << what << ": the counts must be back at 0";
           EXPECT_TRUE(torch::equal(sum, usum)) << what;
           EXPECT_LE(err(normed, n64), 2 * err(unormed, n64) + 1e-6) << what;
           const bool same_layout = c.H == 2048 && shape.down_warps_per_block == 8;

@@ -168,6 +168,19 @@ TEST(MoeDecodeRef, RejectsBadParameters) {
   EXPECT_EQ(moe({4, 4, true}), "<no error: the call succeeded>");
   EXPECT_NE(moe({3, 8, false}).find("gate_up_rows_per_warp must be 1, 2 or 4"), std::string::npos) << moe({3, 8, false});
   EXPECT_NE(moe({1, 16, false}).find("down_warps_per_block must be 4 or 8"), std::string::npos) << moe({1, 16, false});
+  // One launch for both passes: 8 down warps and 1 or 2 rows; the CPU reference ignores it, a GPU needs the counts.
+  EXPECT_EQ(moe({2, 8, true, true}), "<no error: the call succeeded>");
+  EXPECT_NE(moe({2, 4, true, true}).find("one_launch takes 8 down warps"), std::string::npos) << moe({2, 4, true, true});
+  EXPECT_NE(moe({4, 8, true, true}).find("1 or 2 gate/up rows"), std::string::npos) << moe({4, 8, true, true});
+  p.dtype = rtp::kernels::DType::F32;
+  p.act = &f;
+  p.shape.one_launch = true;
+  EXPECT_NE(std::string(rtp::kernels::check_moe_decode_params(p, true)).find("three counts"), std::string::npos);
+  uint32_t counts[3] = {};
+  p.done = counts;
+  EXPECT_STREQ(rtp::kernels::check_moe_decode_params(p, true), "");
+  p.shape.one_launch = false;
+  EXPECT_NE(std::string(rtp::kernels::check_moe_decode_params(p, true)).find("what would it count"), std::string::npos);
 }
 
 // The reference's add + RMSNorm epilogue (moe_decode.h): sum the float32 add of the block's output and the residual,

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -85,23 +86,31 @@ struct TwinCaches {
 struct TwinDecodeDiff {
   double worst = 0, scale = 0;
 };
-TwinDecodeDiff decode_with_and_without(rtp::model::Qwen3Model& model, const torch::Tensor& ids, int64_t P,
-                                       int64_t steps, const rtp::model::Qwen3Model::GemvEpilogues& with,
-                                       const rtp::model::Qwen3Model::GemvEpilogues& without) {
+// The same, with the model set up by set_a before each of a's steps and by set_b before b's.
+TwinDecodeDiff decode_twins(rtp::model::Qwen3Model& model, const torch::Tensor& ids, int64_t P, int64_t steps,
+                            const std::function<void()>& set_a, const std::function<void()>& set_b) {
   torch::NoGradGuard no_grad;
   TwinCaches twin(model, ids.narrow(1, 0, P));
-  rtp::model::DecodeStepper with_stepper(model), without_stepper(model);
+  rtp::model::DecodeStepper a_stepper(model), b_stepper(model);
   TwinDecodeDiff d;
   for (int64_t t = P; t < P + steps; ++t) {
     const bool graphs = t % 2 == 0;
     const auto token = ids.narrow(1, t, 1);
-    model.set_gemv_epilogues(with);
-    auto a = (graphs ? with_stepper.step(token, twin.a) : model.forward(token, twin.a)).clone();
-    model.set_gemv_epilogues(without);
-    auto b = (graphs ? without_stepper.step(token, twin.b) : model.forward(token, twin.b)).clone();
+    set_a();
+    auto a = (graphs ? a_stepper.step(token, twin.a) : model.forward(token, twin.a)).clone();
+    set_b();
+    auto b = (graphs ? b_stepper.step(token, twin.b) : model.forward(token, twin.b)).clone();
     d.worst = std::max(d.worst, max_diff(a, b));
     d.scale = std::max(d.scale, b.abs().max().item<double>());
   }
+  return d;
+}
+
+TwinDecodeDiff decode_with_and_without(rtp::model::Qwen3Model& model, const torch::Tensor& ids, int64_t P,
+                                       int64_t steps, const rtp::model::Qwen3Model::GemvEpilogues& with,
+                                       const rtp::model::Qwen3Model::GemvEpilogues& without) {
+  const auto d = decode_twins(
+      model, ids, P, steps, [&] { model.set_gemv_epilogues(with); }, [&] { model.set_gemv_epilogues(without); });
   model.set_gemv_epilogues({});
   return d;
 }
@@ -423,6 +432,37 @@ TEST(DecodeStepperCuda, MoeNormEpilogueDecodesLikeTheSeparateKernel) {
     else EXPECT_LE(worst, 1e-5 * scale);
     EXPECT_GE(after.moe_add_norm - before.moe_add_norm, steps / 2 * (c.num_hidden_layers - 1));
   }
+}
+
+// The MoE block's two passes in one persistent launch (MoeDecodeLaunchShape::one_launch) against two launches: the
+// same sums in the same order, so bf16 logits the same to the bit (float32 within 1e-5 of their scale), with the norm
+// epilogue in the launch and without it (moe_decode with the model's counts), graph-replayed and eager steps.
+TEST(DecodeStepperCuda, MoeOneLaunchDecodesLikeTwoLaunches) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE one launch is tested on the GPU machine";
+  auto c = small_config(3, 8, 2, 128);
+  c.hidden_size = 2048;
+  c.num_experts = 16, c.num_experts_per_tok = 4, c.moe_intermediate_size = 136, c.norm_topk_prob = true;
+  c.mlp_only_layers = {1};
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32})
+    for (const bool norm_in_launch : {true, false}) {
+      rtp::model::Qwen3Model model(c, kCuda, dtype);
+      model.init_random(31, 0.05);
+      torch::manual_seed(32);
+      const int64_t B = 2, P = 9, steps = 10;
+      auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
+      rtp::model::Qwen3Model::GemvEpilogues epilogues;
+      epilogues.moe_add_norm = norm_in_launch;
+      model.set_gemv_epilogues(epilogues);
+      rtp::kernels::MoeDecodeLaunchShape one, two;
+      one.one_launch = true;
+      const auto [worst, scale] = decode_twins(
+          model, ids, P, steps, [&] { model.set_moe_launch_shape(one); }, [&] { model.set_moe_launch_shape(two); });
+      std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << (norm_in_launch ? ", norm in the launch" : "")
+                << ": MoE passes in one launch vs two: max |logit diff| " << worst << " of |logits| up to " << scale
+                << "\n";
+      if (dtype == torch::kBFloat16) EXPECT_EQ(worst, 0.0);
+      else EXPECT_LE(worst, 1e-5 * scale);
+    }
 }
 
 // The LM head on the GEMV with float32 logits (the default) against cuBLAS and the cast: the same hidden state, sums in

@@ -366,22 +366,36 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     size_t i = 0;
     // The step's own launch shape (the model's: --moe-launch-shape) as the op; the others beside it as comparisons.
     const kernels::MoeDecodeLaunchShape in_step = model.moe_launch_shape();
-    add(moe_norm_fused ? "(compare)" : "MoE",
-        "experts (" + std::to_string(c.num_experts_per_tok) + " of " + std::to_string(c.num_experts) + ")",
-        c.num_experts_per_tok * expert_bytes, [&] {
-          const auto& [ids, rw] = routes[i++ % routes.size()];
-          ops::moe_decode(flat, ids, rw, gu, dn, in_step);
-        });
-    {
-      // The next layer's residual add + input RMSNorm in the down pass's launch (its last block).
-      const auto residual = torch::randn({1, H}, opt);
-      const auto done = torch::zeros({1}, torch::TensorOptions(torch::kInt32).device(dev));
-      add(moe_norm_fused ? "MoE" : "(compare)", "experts + residual add + next input RMSNorm (one launch)",
-          c.num_experts_per_tok * expert_bytes + 5 * H * e, [&, residual, done] {
+    // Counts for one_launch (and the epilogue), as the model's.
+    const auto counts = torch::zeros({3}, torch::TensorOptions(torch::kInt32).device(dev));
+    const std::string experts_name =
+        "experts (" + std::to_string(c.num_experts_per_tok) + " of " + std::to_string(c.num_experts) + ")";
+    add(moe_norm_fused ? "(compare)" : "MoE", experts_name, c.num_experts_per_tok * expert_bytes, [&] {
+      const auto& [ids, rw] = routes[i++ % routes.size()];
+      ops::moe_decode(flat, ids, rw, gu, dn, in_step, counts);
+    });
+    // The residual add + input RMSNorm of the next layer in the down pass's launch (its last block); with the passes
+    // in one launch and in two, the step's first.
+    const auto residual = torch::randn({1, H}, opt);
+    auto other = in_step;
+    other.one_launch = !in_step.one_launch;
+    const bool other_valid = !*kernels::check_moe_decode_launch_shape(other);
+    for (const bool is_step : {true, false}) {
+      if (!is_step && !other_valid) continue;
+      const auto shape = is_step ? in_step : other;
+      const std::string passes = shape.one_launch ? "passes in one launch" : "passes in two launches";
+      add(moe_norm_fused && is_step ? "MoE" : "(compare)",
+          "experts + residual add + next input RMSNorm, " + passes, c.num_experts_per_tok * expert_bytes + 5 * H * e,
+          [&, residual, shape] {
             const auto& [ids, rw] = routes[i++ % routes.size()];
-            ops::moe_decode_add_rms_norm(flat, ids, rw, gu, dn, residual, w[pre + "input_layernorm.weight"], eps, done,
-                                         in_step);
+            ops::moe_decode_add_rms_norm(flat, ids, rw, gu, dn, residual, w[pre + "input_layernorm.weight"], eps,
+                                         counts, shape);
           });
+      if (!is_step)
+        add("(compare)", experts_name + ", " + passes, c.num_experts_per_tok * expert_bytes, [&, shape] {
+          const auto& [ids, rw] = routes[i++ % routes.size()];
+          ops::moe_decode(flat, ids, rw, gu, dn, shape, counts);
+        });
     }
     // The other launch shapes of the two passes (the same result bit for bit; moe_decode_gpu_test).
     for (const int rows : {1, 2, 4})
@@ -389,7 +403,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
         for (const bool ahead : {false, true}) {
           const kernels::MoeDecodeLaunchShape shape{rows, warps, ahead};
           if (rows == in_step.gate_up_rows_per_warp && warps == in_step.down_warps_per_block &&
-              ahead == in_step.down_loads_ahead)
+              ahead == in_step.down_loads_ahead && !in_step.one_launch)
             continue;
           add("(compare)",
               "experts, " + std::to_string(rows) + " gate/up rows per warp, down " + std::to_string(warps) +

@@ -66,19 +66,22 @@ std::string card_name(const torch::Device& d) {
 
 std::string moe_launch_shape_text(const rtp::kernels::MoeDecodeLaunchShape& s) {
   return std::to_string(s.gate_up_rows_per_warp) + "," + std::to_string(s.down_warps_per_block) + "," +
-         (s.down_loads_ahead ? "1" : "0");
+         (s.down_loads_ahead ? "1" : "0") + (s.one_launch ? ",1" : "");
 }
 
-// "rows,warps,ahead", e.g. "2,4,1"; the ranges are the kernels' own (check_moe_decode_launch_shape).
+// "rows,warps,ahead[,one]", e.g. "2,4,1" or "2,8,1,1"; the ranges are the kernels' own
+// (check_moe_decode_launch_shape).
 rtp::kernels::MoeDecodeLaunchShape parse_moe_launch_shape(const std::string& text) {
   rtp::kernels::MoeDecodeLaunchShape shape;
-  int ahead = -1;
+  int ahead = -1, one = 0;
   char tail = 0;
-  if (std::sscanf(text.c_str(), "%d,%d,%d%c", &shape.gate_up_rows_per_warp, &shape.down_warps_per_block, &ahead, &tail) != 3 ||
-      (ahead != 0 && ahead != 1))
-    throw rtp::tools::UsageError("--moe-launch-shape: expected ROWS,WARPS,AHEAD (three integers, AHEAD 0 or 1), found '" +
-                                 text + "'");
+  const int got = std::sscanf(text.c_str(), "%d,%d,%d,%d%c", &shape.gate_up_rows_per_warp, &shape.down_warps_per_block,
+                              &ahead, &one, &tail);
+  if ((got != 3 && got != 4) || (ahead != 0 && ahead != 1) || (one != 0 && one != 1))
+    throw rtp::tools::UsageError("--moe-launch-shape: expected ROWS,WARPS,AHEAD[,ONE] (integers, AHEAD and ONE 0 or 1), "
+                                 "found '" + text + "'");
   shape.down_loads_ahead = ahead == 1;
+  shape.one_launch = one == 1;
   if (const char* why = rtp::kernels::check_moe_decode_launch_shape(shape); *why)
     throw rtp::tools::UsageError(std::string("--moe-launch-shape '") + text + "': " + why);
   return shape;
@@ -132,7 +135,8 @@ int main(int argc, char** argv) {
                           "its own by cuDNN, merged; the model's default on Hopper) or flash (FlashAttention-2, one call)",
        cxxopts::value<std::string>()->default_value("split-cudnn"))
       ("moe-launch-shape", "the MoE decode kernels' launch shape: gate/up rows per warp (1, 2, 4), down warps per block "
-                           "(4, 8), down loads ahead (0, 1)", cxxopts::value<std::string>()->default_value(moe_launch_shape_text({})))
+                           "(4, 8), down loads ahead (0, 1), optionally both passes in one launch (0, 1; needs 8 down "
+                           "warps, 1 or 2 rows)", cxxopts::value<std::string>()->default_value(moe_launch_shape_text({})))
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())

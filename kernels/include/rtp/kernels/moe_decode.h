@@ -31,6 +31,12 @@ struct MoeDecodeLaunchShape {
   // The down pass requests every weight vector of its rows before it waits for the gate/up pass (the vector path with
   // K <= 8 and I <= 1024 bf16 / 512 float32 elements; else only the first vectors, as without it).
   bool down_loads_ahead = true;
+  // Both passes in one persistent launch: its blocks (as many as fit on the GPU at once) take gate/up work items, then
+  // down items, from a count in `done` (MoeDecodeParams), so the down rows' weights are requested while the last
+  // gate/up items finish, with no launch boundary between the passes; a down item waits for every gate/up item.
+  // Needs 8 down warps per block, 1 or 2 gate/up rows per warp and three counts in `done`; where the vector paths
+  // do not apply (see launch) the two launches run instead, with the same result.
+  bool one_launch = false;
 };
 
 // Empty when every field is in its range, else which field is not and what it may be.
@@ -55,9 +61,11 @@ struct MoeDecodeParams {
   const void* norm_weight = nullptr;  // [H]
   void* sum_out = nullptr;            // [N, H]
   void* normed_out = nullptr;         // [N, H]
-  uint32_t* done = nullptr;           // one count, 0 at the launch and again after it
+  // Counts, 0 at the launch and again after it: one for the epilogue, three with shape.one_launch (the first of them
+  // the epilogue's). Set without the epilogue only for one_launch.
+  uint32_t* done = nullptr;
   float eps = 0.f;
-  bool has_add_norm() const { return residual || norm_weight || sum_out || normed_out || done; }
+  bool has_add_norm() const { return residual || norm_weight || sum_out || normed_out; }
 };
 
 // Empty when usable, else what is wrong (a launch shape out of its range included).

@@ -20,23 +20,24 @@ bool moe_decode_supported(torch::Device device, torch::ScalarType dtype);
 // x [N, H]; expert int64 [N, K]; weight [N, K] (converted to x's dtype); gate_up [E, 2I, H]; down [E, H, I].
 // Returns [N, H] in x's dtype. CPU: the float32 reference (double arithmetic). Where a gradient must flow through
 // any input (the kernels have no backward), moe_grouped's differentiable ops instead. `shape`: how the CUDA kernels
-// are cut into warps (the same result for every shape).
+// are cut into warps (the same result for every shape). `counts`: with shape.one_launch on a GPU, three int32 counts
+// on x's device, 0 between launches (launches that share them must not overlap); undefined: made (zeroed) per call.
 torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
                          const torch::Tensor& gate_up, const torch::Tensor& down,
-                         const kernels::MoeDecodeLaunchShape& shape = {});
+                         const kernels::MoeDecodeLaunchShape& shape = {}, const torch::Tensor& counts = {});
 
 // Whether moe_decode_add_rms_norm runs: moe_decode on a GPU, residual of x's shape, dtype and device and norm_weight
-// [H] (both contiguous), done an int32 count on that device, no gradient wanted through any operand (the kernels have
-// no backward).
+// [H] (both contiguous), done an int32 count on that device (three with shape.one_launch), no gradient wanted
+// through any operand (the kernels have no backward).
 bool moe_decode_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight,
                                        const torch::Tensor& gate_up, const torch::Tensor& down,
                                        const torch::Tensor& residual, const torch::Tensor& norm_weight,
-                                       const torch::Tensor& done);
+                                       const torch::Tensor& done, const kernels::MoeDecodeLaunchShape& shape = {});
 
 // moe_decode with the residual add and RMSNorm after it in the down pass's launch (its last block, moe_decode.h):
 // returns (sum, normed), sum = residual + the block's output, normed = RMSNorm(sum) * norm_weight, each [N, H] in
 // x's dtype, as add_rms_norm(residual, moe_decode(...), norm_weight, eps) gives them. `done`: the count of finished
-// blocks, 0 between launches (launches that share it must not overlap).
+// blocks (three counts with shape.one_launch), 0 between launches (launches that share it must not overlap).
 std::pair<torch::Tensor, torch::Tensor> moe_decode_add_rms_norm(const torch::Tensor& x, const torch::Tensor& expert,
                                                                 const torch::Tensor& weight,
                                                                 const torch::Tensor& gate_up, const torch::Tensor& down,

@@ -120,7 +120,8 @@ class Qwen3ModelImpl {
   // The norm of x.base + x.pending, leaving the sum in x.base: on a GPU one kernel for the add and the norm.
   torch::Tensor add_norm(ResidualStream& x, const torch::Tensor& weight) const {
     if (auto& e = x.pending_experts; e.x.defined()) {
-      if (ops::moe_decode_add_rms_norm_supported(e.x, e.weight, e.gate_up, e.down, x.base, weight, gemv_done)) {
+      if (ops::moe_decode_add_rms_norm_supported(e.x, e.weight, e.gate_up, e.down, x.base, weight, gemv_done,
+                                                 moe_shape)) {
         torch::Tensor normed;
         std::tie(x.base, normed) = ops::moe_decode_add_rms_norm(e.x, e.expert, e.weight, e.gate_up, e.down, x.base,
                                                                 weight, cfg.rms_norm_eps, gemv_done, moe_shape);
@@ -155,12 +156,17 @@ class Qwen3ModelImpl {
     return rms_norm(x.base, weight);
   }
 
+  // The counts of the MoE kernels' one launch (MoeDecodeLaunchShape::one_launch): the epilogues' where there are three
+  // of them, else none (moe_decode makes its own).
+  torch::Tensor moe_counts() const { return gemv_done.defined() && gemv_done.numel() >= 3 ? gemv_done : torch::Tensor(); }
+
   // A deferred projection or MoE block computed into x.pending.
   void settle(ResidualStream& x) const {
     if (!x.pending_w.defined() && !x.pending_experts.x.defined()) return;
     RTP_CHECK(!x.pending.defined(), "internal: a residual stream with both a pending add and deferred work");
     if (auto& e = x.pending_experts; e.x.defined()) {
-      x.pending = ops::moe_decode(e.x, e.expert, e.weight, e.gate_up, e.down, moe_shape).reshape(x.base.sizes());
+      x.pending =
+          ops::moe_decode(e.x, e.expert, e.weight, e.gate_up, e.down, moe_shape, moe_counts()).reshape(x.base.sizes());
       e = {};
       return;
     }
@@ -226,7 +232,7 @@ class Qwen3ModelImpl {
     if (epilogues.moe_add_norm && moe_on_device(flat.size(0)))
       res.pending_experts = {flat, top_i, top_w, gate_up, down};
     else if (moe_on_device(flat.size(0)))
-      res.pending = ops::moe_decode(flat, top_i, top_w, gate_up, down, moe_shape).reshape(shape);
+      res.pending = ops::moe_decode(flat, top_i, top_w, gate_up, down, moe_shape, moe_counts()).reshape(shape);
     else
       res.pending = ops::moe_grouped(flat, top_i, top_w, gate_up, down).reshape(shape);
   }

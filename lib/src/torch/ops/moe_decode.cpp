@@ -90,25 +90,34 @@ void check_inputs(const char* op, const torch::Tensor& x, const torch::Tensor& e
 }  // namespace
 
 torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
-                         const torch::Tensor& gate_up, const torch::Tensor& down, const k::MoeDecodeLaunchShape& shape) {
+                         const torch::Tensor& gate_up, const torch::Tensor& down, const k::MoeDecodeLaunchShape& shape,
+                         const torch::Tensor& counts) {
   check_inputs("moe_decode", x, expert, weight);
   // Its kernels have no backward: a forward that trains through the block takes the grouped block's ops.
   if (detail::backward_needed(x, weight, gate_up, down)) return moe_grouped(x, expert, weight, gate_up, down);
   auto out = torch::empty_like(x, torch::MemoryFormat::Contiguous);
-  run(moe_decode_launch(x, expert, weight, gate_up, down, out, shape).p, x);
+  auto l = moe_decode_launch(x, expert, weight, gate_up, down, out, shape);
+  if (shape.one_launch && x.is_cuda()) {
+    RTP_CHECK(!counts.defined() || detail::is_launch_counter(counts, x, 3),
+              "moe_decode: one_launch's counts must be int32, contiguous, at least 3 of them, on ", x.device(),
+              "; found ", counts.sizes(), " ", counts.scalar_type(), " on ", counts.device());
+    l.keep.push_back(counts.defined() ? counts : torch::zeros({3}, x.options().dtype(torch::kInt32)));
+    l.p.done = static_cast<uint32_t*>(l.keep.back().data_ptr());
+  }
+  run(l.p, x);
   return out;
 }
 
 bool moe_decode_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight,
                                        const torch::Tensor& gate_up, const torch::Tensor& down,
                                        const torch::Tensor& residual, const torch::Tensor& norm_weight,
-                                       const torch::Tensor& done) {
+                                       const torch::Tensor& done, const k::MoeDecodeLaunchShape& shape) {
   const auto same = [&](const torch::Tensor& t) {
     return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous();
   };
   return x.defined() && x.is_cuda() && x.dim() == 2 && moe_decode_supported(x.device(), x.scalar_type()) &&
          same(residual) && residual.numel() == x.numel() && residual.size(-1) == x.size(1) && same(norm_weight) &&
-         norm_weight.dim() == 1 && norm_weight.size(0) == x.size(1) && detail::is_launch_counter(done, x, 1) &&
+         norm_weight.dim() == 1 && norm_weight.size(0) == x.size(1) && detail::is_launch_counter(done, x, shape.one_launch ? 3 : 1) &&
          !detail::backward_needed(x, weight, gate_up, down, residual, norm_weight);
 }
 
@@ -122,9 +131,10 @@ std::pair<torch::Tensor, torch::Tensor> moe_decode_add_rms_norm(const torch::Ten
   check_inputs("moe_decode_add_rms_norm", x, expert, weight);
   RTP_CHECK(!detail::backward_needed(x, weight, gate_up, down, residual, norm_weight),
             "moe_decode_add_rms_norm: the fused kernels have no backward; with gradients take moe_decode and add_rms_norm");
-  RTP_CHECK(moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, norm_weight, done),
+  RTP_CHECK(moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, norm_weight, done, shape),
             "moe_decode_add_rms_norm: expected x [N, H] on a GPU, residual of x's shape and norm_weight [H] (contiguous, "
-            "x's dtype and device), done int32 on that device; found x ", x.sizes(), " ", x.scalar_type(), " on ",
+            "x's dtype and device), done int32 on that device (three counts with one_launch); found x ", x.sizes(), " ",
+            x.scalar_type(), " on ",
             x.device(), ", residual ", residual.sizes(), ", norm_weight ", norm_weight.sizes(), ", done ", done.sizes(),
             " ", done.scalar_type());
   auto out = torch::empty_like(x, torch::MemoryFormat::Contiguous);
