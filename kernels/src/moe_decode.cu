@@ -348,9 +348,9 @@ int resident_blocks(Kernel kernel, int threads, size_t smem) {
   return blocks;
 }
 
-// The smem argument of resident_blocks is the largest the one-launch kernel takes (48 KB, the default limit), so the
-// count kept holds for every call.
-constexpr size_t kMaxStagedAct = 48 * 1024;
+// The smem argument of resident_blocks is the largest the one-launch kernel takes, so the count kept holds for every
+// call: 32 KB, under the 48 KB a block may have without opting in with its static shared memory beside it.
+constexpr size_t kMaxStagedAct = 32 * 1024;
 
 template <typename T>
 cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, int ahead, cudaStream_t stream) {
