@@ -269,9 +269,10 @@ __device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {
   return v;
 }
 
-// Bounded to 2 blocks of 8 warps per SM, as the fused down kernel: the down items' loads ahead are its registers.
+// Bounded to 2 blocks of 8 warps per SM, as the fused down kernel, where the down items' loads ahead (more than one
+// vector a lane) are its registers; to 3 with one vector ahead (80 registers; more warps for the gate/up items).
 template <typename T, int kRows, int kAhead>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, 2)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
     experts_one_launch_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert,
                               const T* __restrict__ weight, const T* __restrict__ gate_up, const T* __restrict__ down,
                               T* __restrict__ act, T* __restrict__ out, int64_t N, int64_t K, int64_t E, int64_t H,
