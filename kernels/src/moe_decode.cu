@@ -250,13 +250,15 @@ __global__ void __launch_bounds__(kWarps * 32, down_min_blocks<kWarps, kAhead, k
 }
 
 // Both passes in one launch (MoeDecodeLaunchShape::one_launch). Work items in order: the gate/up pass's (slot-major,
-// kRows x 8 intermediate rows each), then the down pass's (8 hidden rows of one token each). A block takes its first
-// item by its index and every further one from a count, so an item is handed out only after every item before it:
-// a down item, which waits for all gate/up items, waits only for items that running blocks hold (no deadlock for any
-// grid). Its weight rows are requested before it waits, and the token's act rows are then staged in shared memory
+// kRows x 8 intermediate rows each), then the down pass's (8 hidden rows of one token each). A block takes every item,
+// its first too, from a count, so an item is handed out only after every item before it, each to a running block: a
+// down item, which waits for all gate/up items, waits only for blocks that run (no deadlock for any grid, and none
+// where other kernels hold SMs; a block's first item by its index could be a gate/up item of a block that never gets
+// an SM while the others wait: that hung with a grid larger than the SMs held).
+// Each block asks for its next item as it starts an item, so the count's latency hides behind the item. Its weight rows are requested before it waits, and the token's act rows are then staged in shared memory
 // once per block (read through L2: other blocks wrote them during this launch).
 // Counts in `done`: [0] blocks finished (the last block resets the others and runs the epilogue), [1] items handed
-// out past the grid's first, [2] gate/up items finished.
+// out, [2] gate/up items finished.
 constexpr int kFinished = 0, kHandedOut = 1, kGateUpFinished = 2;
 
 // The gate/up item's act rows, published after the block's barrier (cumulative through it, as last_to_finish).
@@ -305,8 +307,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
       return reinterpret_cast<const T*>(staged_act);
     };
   };
-  for (uint32_t item = blockIdx.x; item < items;) {
-    if (threadIdx.x == 0) next_item = gridDim.x + atomicAdd(counts + kHandedOut, 1u);
+  if (threadIdx.x == 0) next_item = atomicAdd(counts + kHandedOut, 1u);
+  __syncthreads();
+  uint32_t item = next_item;
+  __syncthreads();  // every thread has read next_item before thread 0 writes the next
+  while (item < items) {
+    if (threadIdx.x == 0) next_item = atomicAdd(counts + kHandedOut, 1u);
     const bool is_gate_up = item < gate_up_items;
     if (is_gate_up) {
       const uint32_t slot = item / gate_up_per_slot;
@@ -330,12 +336,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
   }
 }
 
-// Blocks of `kernel` resident on the current device at once (its SMs times blocks per SM), kept per device: a
-// hardware and compiled-kernel fact (0 in the table: not asked yet). 0 if it cannot be read.
+// Blocks of `kernel` resident on the current device at once (its SMs times blocks per SM), kept in blocks_of[device]
+// (the kernel's own table: a hardware and compiled-kernel fact; 0: not asked yet). 0 if it cannot be read.
+constexpr int kDevices = 64;
 template <typename Kernel>
-int resident_blocks(Kernel kernel, int threads, size_t smem) {
-  constexpr int kDevices = 64;
-  static std::atomic<int> blocks_of[kDevices];
+int resident_blocks(Kernel kernel, int threads, size_t smem, std::atomic<int> (&blocks_of)[kDevices]) {
   int dev = 0, sms = 0, per_sm = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return 0;
   const bool kept = dev >= 0 && dev < kDevices;
@@ -367,7 +372,8 @@ cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, int 
   const int rows = p.shape.gate_up_rows_per_warp;
   const Kernel kernel = kernels[rows == 2][ahead - 1];
   const int threads = kWarpsPerBlock * 32;
-  const int resident = resident_blocks(kernel, threads, kMaxStagedAct);
+  static std::atomic<int> resident_of[2][kMaxLoadsAhead][kDevices];  // per kernel, as `kernels`
+  const int resident = resident_blocks(kernel, threads, kMaxStagedAct, resident_of[rows == 2][ahead - 1]);
   if (resident <= 0) return cudaErrorInvalidConfiguration;
   const int64_t gate_up_items = N * K * ((I + kWarpsPerBlock * rows - 1) / (kWarpsPerBlock * rows));
   const unsigned grid = unsigned(std::min<int64_t>(gate_up_items, resident));
