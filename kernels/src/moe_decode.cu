@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
     experts_one_launch_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert,
                               const T* __restrict__ weight, const T* __restrict__ gate_up, const T* __restrict__ down,
                               T* __restrict__ act, T* __restrict__ out, int64_t N, int64_t K, int64_t E, int64_t H,
-                              int64_t I, AddNormRows<T> epi, uint32_t* counts, bool first_by_index) {
+                              int64_t I, AddNormRows<T> epi, uint32_t* counts) {
   extern __shared__ uint4 staged_act[];  // [K, I] of one token
   __shared__ uint32_t next_item;
   pdl_wait_then_trigger();  // x and the router's ids and weights come from the kernels before
@@ -307,18 +307,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
       return reinterpret_cast<const T*>(staged_act);
     };
   };
-  // first_by_index: a cooperative launch (every block resident), so a block's first item by its index is safe and
-  // the count's first burst of requests is gone.
-  uint32_t item = blockIdx.x;
-  const uint32_t first_counted = first_by_index ? gridDim.x : 0u;
-  if (!first_by_index) {
-    if (threadIdx.x == 0) next_item = atomicAdd(counts + kHandedOut, 1u);
-    __syncthreads();
-    item = next_item;
-    __syncthreads();  // every thread has read next_item before thread 0 writes the next
-  }
+  if (threadIdx.x == 0) next_item = atomicAdd(counts + kHandedOut, 1u);
+  __syncthreads();
+  uint32_t item = next_item;
+  __syncthreads();  // every thread has read next_item before thread 0 writes the next
   while (item < items) {
-    if (threadIdx.x == 0) next_item = first_counted + atomicAdd(counts + kHandedOut, 1u);
+    if (threadIdx.x == 0) next_item = atomicAdd(counts + kHandedOut, 1u);
     const bool is_gate_up = item < gate_up_items;
     if (is_gate_up) {
       const uint32_t slot = item / gate_up_per_slot;
@@ -368,7 +362,7 @@ template <typename T>
 cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, int ahead, cudaStream_t stream) {
   const int64_t N = p.tokens, K = p.top_k, E = p.experts, H = p.hidden, I = p.intermediate;
   using Kernel = void (*)(const T*, const int64_t*, const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t,
-                          int64_t, int64_t, AddNormRows<T>, uint32_t*, bool);
+                          int64_t, int64_t, AddNormRows<T>, uint32_t*);
   // [rows == 2][ahead - 1]
   const Kernel kernels[2][kMaxLoadsAhead] = {
       {experts_one_launch_kernel<T, 1, 1>, experts_one_launch_kernel<T, 1, 2>, experts_one_launch_kernel<T, 1, 3>,
@@ -384,33 +378,10 @@ cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, int 
   const int64_t gate_up_items = N * K * ((I + kWarpsPerBlock * rows - 1) / (kWarpsPerBlock * rows));
   const unsigned grid = unsigned(std::min<int64_t>(gate_up_items, resident));
   const size_t smem = size_t(K * I) * sizeof(T);
-  const bool pdl = current_device_cc_major() >= 9;
-  // Experiment: cooperative (all blocks resident or the launch fails) beside programmatic launch; where that is
-  // refused, the launch with every item from the count.
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 2 : 1;
-  const auto* x = static_cast<const T*>(p.x);
-  const auto* w = static_cast<const T*>(p.weight);
-  const auto* gu = static_cast<const T*>(p.gate_up);
-  const auto* dn = static_cast<const T*>(p.down);
-  auto* act = static_cast<T*>(p.act);
-  auto* out = static_cast<T*>(p.out);
-  if (cudaLaunchKernelEx(&cfg, kernel, x, p.expert, w, gu, dn, act, out, N, K, E, H, I, epi, p.done, true) ==
-      cudaSuccess)
-    return cudaSuccess;
-  (void)cudaGetLastError();
-  return launch_k(kernel, dim3(grid), dim3(threads), smem, stream, pdl, x, p.expert, w, gu, dn, act, out, N, K, E, H,
-                  I, epi, p.done, false);
+  return launch_k(kernel, dim3(grid), dim3(threads), smem, stream, current_device_cc_major() >= 9,
+                  static_cast<const T*>(p.x), p.expert, static_cast<const T*>(p.weight),
+                  static_cast<const T*>(p.gate_up), static_cast<const T*>(p.down), static_cast<T*>(p.act),
+                  static_cast<T*>(p.out), N, K, E, H, I, epi, p.done);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
