@@ -373,15 +373,21 @@ TEST(DecodeStepperCuda, ProjectionNormEpilogueDecodesLikeTheSeparateKernels) {
   }
 }
 
+// Three layers, the middle one a dense MLP among the MoE ones, 4 of 16 experts of `intermediate` rows.
+rtp::model::ModelConfig small_moe_config(int64_t intermediate) {
+  auto c = small_config(3, 8, 2, 128);
+  c.num_experts = 16, c.num_experts_per_tok = 4, c.moe_intermediate_size = intermediate, c.norm_topk_prob = true;
+  c.mlp_only_layers = {1};
+  return c;
+}
+
 // The q/k norm + RoPE in the q/k/v projection's launch and the MoE routing in the router's (Qwen3Model::GemvEpilogues)
 // against the same decode steps with them as kernels of their own: both epilogues compute as those kernels do, so in
 // bf16 the logits are the same to the bit (float32 within 1e-5 of their scale: contractions may differ); every layer
 // of every step took the fused launches. Graph replay (DecodeStepper) and eager forwards, dense and MoE layers.
 TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV epilogues are tested on the GPU machine";
-  auto c = small_config(3, 8, 2, 128);
-  c.num_experts = 16, c.num_experts_per_tok = 4, c.moe_intermediate_size = 128, c.norm_topk_prob = true;
-  c.mlp_only_layers = {1};  // one dense MLP layer among the MoE ones
+  const auto c = small_moe_config(128);
   for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
     rtp::model::Qwen3Model model(c, kCuda, dtype);
     model.init_random(11, 0.05);
@@ -404,16 +410,6 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
   }
 }
 
-// Three layers, the middle one dense, hidden 2048 (the MoE norm epilogue reduces as the norm kernel does there), 4 of
-// 16 experts of `intermediate` rows.
-rtp::model::ModelConfig small_moe_config(int64_t intermediate) {
-  auto c = small_config(3, 8, 2, 128);
-  c.hidden_size = 2048;
-  c.num_experts = 16, c.num_experts_per_tok = 4, c.moe_intermediate_size = intermediate, c.norm_topk_prob = true;
-  c.mlp_only_layers = {1};
-  return c;
-}
-
 // The residual add + RMSNorm after an MoE block in the experts' down pass launch (Qwen3Model::GemvEpilogues::
 // moe_add_norm, the default) against the same decode steps with it as a kernel of its own. Hidden 2048 and the default
 // launch shape (8 down warps): the epilogue reduces as the norm kernel does, so bf16 logits are the same to the bit
@@ -421,7 +417,8 @@ rtp::model::ModelConfig small_moe_config(int64_t intermediate) {
 // among the MoE ones (its norm stays the GEMV's); every MoE layer of the eager steps took the fused launch.
 TEST(DecodeStepperCuda, MoeNormEpilogueDecodesLikeTheSeparateKernel) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE epilogue is tested on the GPU machine";
-  const auto c = small_moe_config(128);
+  auto c = small_moe_config(128);
+  c.hidden_size = 2048;  // the MoE norm epilogue reduces as the norm kernel does at 2048
   for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
     rtp::model::Qwen3Model model(c, kCuda, dtype);
     model.init_random(21, 0.05);
@@ -446,7 +443,8 @@ TEST(DecodeStepperCuda, MoeNormEpilogueDecodesLikeTheSeparateKernel) {
 // epilogue in the launch and without it (moe_decode with the model's counts), graph-replayed and eager steps.
 TEST(DecodeStepperCuda, MoeOneLaunchDecodesLikeTwoLaunches) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the MoE one launch is tested on the GPU machine";
-  const auto c = small_moe_config(136);
+  auto c = small_moe_config(136);
+  c.hidden_size = 2048;  // the MoE norm epilogue reduces as the norm kernel does at 2048
   for (const auto dtype : {torch::kBFloat16, torch::kFloat32})
     for (const bool norm_in_launch : {true, false}) {
       rtp::model::Qwen3Model model(c, kCuda, dtype);
