@@ -250,15 +250,18 @@ __global__ void __launch_bounds__(kWarps * 32, down_min_blocks<kWarps, kAhead, k
 }
 
 // Both passes in one launch (MoeDecodeLaunchShape::one_launch). Work items in order: the gate/up pass's (slot-major,
-// kRows x 8 intermediate rows each), then the down pass's (8 hidden rows of one token each). A block takes every item,
-// its first too, from a count, so an item is handed out only after every item before it, each to a running block: a
-// down item, which waits for all gate/up items, waits only for blocks that run (no deadlock for any grid, and none
-// where other kernels hold SMs; a block's first item by its index could be a gate/up item of a block that never gets
-// an SM while the others wait: that hung with a grid larger than the SMs held).
-// Each block asks for its next item as it starts an item, so the count's latency hides behind the item. Its weight rows are requested before it waits, and the token's act rows are then staged in shared memory
-// once per block (read through L2: other blocks wrote them during this launch).
+// kRows x 8 intermediate rows each), then the down pass's (8 hidden rows of one token each); a down item waits until
+// every gate/up item has finished. That is safe only where every block of the grid runs at once: a block waiting in a
+// down item must never hold an SM that the block owning an unfinished gate/up item is waiting for. A cooperative
+// launch guarantees it (or refuses the launch), and then a block's first item is its index (first_by_index) and its
+// next ones come from a count. Where the cooperative launch is refused, every item, the first too, comes from the
+// count: an item is then handed out only after every item before it, each to a running block, which is safe for any
+// grid, but 384 blocks asking one address at once cost Qwen3-30B-A3B 3.7 us a layer on an H100 (docs/decode.md).
+// Each block asks for its next item as it starts an item, so the count's latency hides behind the item. Its weight
+// rows are requested before it waits, and the token's act rows are then staged in shared memory once per block (read
+// through L2: other blocks wrote them during this launch).
 // Counts in `done`: [0] blocks finished (the last block resets the others and runs the epilogue), [1] items handed
-// out, [2] gate/up items finished.
+// out (beyond the grid's first items where those go by index), [2] gate/up items finished.
 constexpr int kFinished = 0, kHandedOut = 1, kGateUpFinished = 2;
 
 // The gate/up item's act rows, published after the block's barrier (cumulative through it, as last_to_finish).
@@ -271,14 +274,15 @@ __device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {
   return v;
 }
 
-// Bounded to 2 blocks of 8 warps per SM, as the fused down kernel, where the down items' loads ahead (more than one
-// vector a lane) are its registers; to 3 with one vector ahead (80 registers; more warps for the gate/up items).
-template <typename T, int kRows, int kAhead>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
+// A down item requests one weight vector a lane ahead of its wait: bounded to 3 blocks of 8 warps per SM (80
+// registers), the gate/up items then have 24 warps an SM. With the rows' every vector ahead (2 blocks per SM, 128
+// registers) the step was 3-4% slower (H100, docs/decode.md "Both MoE passes in one launch").
+template <typename T, int kRows>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, 3)
     experts_one_launch_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert,
                               const T* __restrict__ weight, const T* __restrict__ gate_up, const T* __restrict__ down,
                               T* __restrict__ act, T* __restrict__ out, int64_t N, int64_t K, int64_t E, int64_t H,
-                              int64_t I, AddNormRows<T> epi, uint32_t* counts) {
+                              int64_t I, AddNormRows<T> epi, uint32_t* counts, bool first_by_index) {
   extern __shared__ uint4 staged_act[];  // [K, I] of one token
   __shared__ uint32_t next_item;
   pdl_wait_then_trigger();  // x and the router's ids and weights come from the kernels before
@@ -307,12 +311,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
       return reinterpret_cast<const T*>(staged_act);
     };
   };
-  if (threadIdx.x == 0) next_item = atomicAdd(counts + kHandedOut, 1u);
-  __syncthreads();
-  uint32_t item = next_item;
-  __syncthreads();  // every thread has read next_item before thread 0 writes the next
-  while (item < items) {
+  const uint32_t first_counted = first_by_index ? gridDim.x : 0u;  // items below it go by block index
+  uint32_t item = blockIdx.x;
+  if (!first_by_index) {
     if (threadIdx.x == 0) next_item = atomicAdd(counts + kHandedOut, 1u);
+    __syncthreads();
+    item = next_item;
+    __syncthreads();  // every thread has read next_item before thread 0 writes the next
+  }
+  while (item < items) {
+    if (threadIdx.x == 0) next_item = first_counted + atomicAdd(counts + kHandedOut, 1u);
     const bool is_gate_up = item < gate_up_items;
     if (is_gate_up) {
       const uint32_t slot = item / gate_up_per_slot;
@@ -321,7 +329,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kAhead == 1 ? 3 : 2)
     } else {
       const uint32_t d = item - gate_up_items;
       const int64_t n = d / down_per_token, h = int64_t(d % down_per_token) * kWarpsPerBlock + warp;
-      down_rows<T, kAhead, true>(expert, weight, down, out, K, E, H, I, h < H ? h : H - 1, n, h < H,
+      down_rows<T, 1, true>(expert, weight, down, out, K, E, H, I, h < H ? h : H - 1, n, h < H,
                                  wait_for_act(n));
     }
     __syncthreads();  // next_item written; the item's outputs written by every warp
@@ -358,30 +366,65 @@ int resident_blocks(Kernel kernel, int threads, size_t smem, std::atomic<int> (&
 // call: 32 KB, under the 48 KB a block may have without opting in with its static shared memory beside it.
 constexpr size_t kMaxStagedAct = 32 * 1024;
 
+// Whether the current device takes cooperative launches: kept per device as resident_blocks' counts (0: not asked,
+// 1: yes, 2: no). Set to no after a refused launch too (under MPS with fewer SMs than the device has, say), so that a
+// refusal is met once, not on every call.
+std::atomic<int> cooperative_of[kDevices];
+bool cooperative_launch_available(int dev) {
+  const bool kept = dev >= 0 && dev < kDevices;
+  int state = kept ? cooperative_of[dev].load(std::memory_order_relaxed) : 0;
+  if (state == 0) {
+    int yes = 0;
+    state = cudaDeviceGetAttribute(&yes, cudaDevAttrCooperativeLaunch, dev) == cudaSuccess && yes ? 1 : 2;
+    if (kept) cooperative_of[dev].store(state, std::memory_order_relaxed);
+  }
+  return state == 1;
+}
+
 template <typename T>
-cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, int ahead, cudaStream_t stream) {
+cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, cudaStream_t stream) {
   const int64_t N = p.tokens, K = p.top_k, E = p.experts, H = p.hidden, I = p.intermediate;
-  using Kernel = void (*)(const T*, const int64_t*, const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t,
-                          int64_t, int64_t, AddNormRows<T>, uint32_t*);
-  // [rows == 2][ahead - 1]
-  const Kernel kernels[2][kMaxLoadsAhead] = {
-      {experts_one_launch_kernel<T, 1, 1>, experts_one_launch_kernel<T, 1, 2>, experts_one_launch_kernel<T, 1, 3>,
-       experts_one_launch_kernel<T, 1, 4>},
-      {experts_one_launch_kernel<T, 2, 1>, experts_one_launch_kernel<T, 2, 2>, experts_one_launch_kernel<T, 2, 3>,
-       experts_one_launch_kernel<T, 2, 4>}};
   const int rows = p.shape.gate_up_rows_per_warp;
-  const Kernel kernel = kernels[rows == 2][ahead - 1];
+  const auto kernel = rows == 2 ? experts_one_launch_kernel<T, 2> : experts_one_launch_kernel<T, 1>;
   const int threads = kWarpsPerBlock * 32;
-  static std::atomic<int> resident_of[2][kMaxLoadsAhead][kDevices];  // per kernel, as `kernels`
-  const int resident = resident_blocks(kernel, threads, kMaxStagedAct, resident_of[rows == 2][ahead - 1]);
+  static std::atomic<int> resident_of[2][kDevices];  // per kernel: [rows == 2]
+  const int resident = resident_blocks(kernel, threads, kMaxStagedAct, resident_of[rows == 2]);
   if (resident <= 0) return cudaErrorInvalidConfiguration;
   const int64_t gate_up_items = N * K * ((I + kWarpsPerBlock * rows - 1) / (kWarpsPerBlock * rows));
   const unsigned grid = unsigned(std::min<int64_t>(gate_up_items, resident));
   const size_t smem = size_t(K * I) * sizeof(T);
-  return launch_k(kernel, dim3(grid), dim3(threads), smem, stream, current_device_cc_major() >= 9,
-                  static_cast<const T*>(p.x), p.expert, static_cast<const T*>(p.weight),
-                  static_cast<const T*>(p.gate_up), static_cast<const T*>(p.down), static_cast<T*>(p.act),
-                  static_cast<T*>(p.out), N, K, E, H, I, epi, p.done);
+  const bool pdl = current_device_cc_major() >= 9;
+  const auto* x = static_cast<const T*>(p.x);
+  const auto* w = static_cast<const T*>(p.weight);
+  const auto* gu = static_cast<const T*>(p.gate_up);
+  const auto* dn = static_cast<const T*>(p.down);
+  auto* act = static_cast<T*>(p.act);
+  auto* out = static_cast<T*>(p.out);
+  int dev = -1;
+  if (!p.one_launch_by_count && cudaGetDevice(&dev) == cudaSuccess && cooperative_launch_available(dev)) {
+    // Cooperative beside programmatic launch: the two combine, in CUDA graphs too (H100, driver 580).
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 2 : 1;
+    if (cudaLaunchKernelEx(&cfg, kernel, x, p.expert, w, gu, dn, act, out, N, K, E, H, I, epi, p.done, true) ==
+        cudaSuccess)
+      return cudaSuccess;
+    // A refusal is not a sticky error; the count form runs instead, from now on on this device. (Refused while a graph
+    // is captured, the capture may be invalidated and fail with an error at its end; the next capture is fine.)
+    (void)cudaGetLastError();
+    if (dev < kDevices) cooperative_of[dev].store(2, std::memory_order_relaxed);
+  }
+  return launch_k(kernel, dim3(grid), dim3(threads), smem, stream, pdl, x, p.expert, w, gu, dn, act, out, N, K, E, H,
+                  I, epi, p.done, false);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -431,9 +474,7 @@ cudaError_t launch(const MoeDecodeParams& p, cudaStream_t stream) {
   // One launch for both passes where the vector paths apply and a token's act rows fit the shared memory (8 of
   // Qwen3-30B-A3B's 768-row experts: 12 KB in bf16); elsewhere the two launches, with the same result.
   if (p.shape.one_launch && vec_gu && vec_dn && K <= kMaxParallelSlots && size_t(K * I) * sizeof(T) <= kMaxStagedAct) {
-    const int64_t loads_per_lane = (I / per_vec + 31) / 32;
-    const int ahead = p.shape.down_loads_ahead ? int(std::min<int64_t>(loads_per_lane, kMaxLoadsAhead)) : 1;
-    return launch_one<T>(p, epi, ahead, stream);
+    return launch_one<T>(p, epi, stream);
   }
   const dim3 block(kWarpsPerBlock * 32);
   const int rows = p.shape.gate_up_rows_per_warp;

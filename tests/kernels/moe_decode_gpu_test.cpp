@@ -7,8 +7,13 @@
 
 #include <iostream>
 
+#include "rtp/kernels/build_info.h"
 #include "rtp/ops/moe_decode.h"
 #include "rtp/ops/rms_norm.h"
+
+#ifdef RTPURBO_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace {
 
@@ -47,6 +52,31 @@ Operands random_operands(const Case& c, torch::ScalarType dt, const torch::Devic
   r.gate_up = (torch::randn({c.E, 2 * c.I, c.H}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.H))).to(dt);
   r.down = (torch::randn({c.E, c.H, c.I}, o.dtype(torch::kFloat32)) / std::sqrt(double(c.I))).to(dt);
   return r;
+}
+
+// The one launch in the form it takes where the cooperative launch is refused (every item from the count), which
+// ops::moe_decode reaches only on such a device: the kernel entry point called directly, as ops would.
+torch::Tensor one_launch_by_count(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
+                                  const torch::Tensor& gate_up, const torch::Tensor& down, int rows,
+                                  const torch::Tensor& counts) {
+  auto out = torch::empty_like(x);
+#ifdef RTPURBO_WITH_CUDA
+  const int64_t N = x.size(0), K = expert.size(1), E = gate_up.size(0), H = x.size(1), I = down.size(2);
+  auto act = torch::empty({N, K, I}, x.options());
+  rtp::kernels::MoeDecodeParams p;
+  p.x = x.data_ptr(), p.expert = expert.data_ptr<int64_t>(), p.weight = weight.data_ptr();
+  p.gate_up = gate_up.data_ptr(), p.down = down.data_ptr(), p.out = out.data_ptr(), p.act = act.data_ptr();
+  p.tokens = N, p.top_k = K, p.experts = E, p.hidden = H, p.intermediate = I;
+  p.dtype = x.scalar_type() == torch::kBFloat16 ? rtp::kernels::DType::BF16 : rtp::kernels::DType::F32;
+  p.shape = {rows, 8, false, true};
+  p.done = static_cast<uint32_t*>(counts.data_ptr());
+  p.one_launch_by_count = true;
+  EXPECT_STREQ(rtp::kernels::check_moe_decode_params(p, true), "");
+  EXPECT_EQ(rtp::kernels::moe_decode_cuda(p, c10::cuda::getCurrentCUDAStream().stream()), cudaSuccess);
+#else
+  ADD_FAILURE() << "a build without CUDA has no MoE decode kernels";
+#endif
+  return out;
 }
 
 TEST(MoeDecodeCuda, WithinTwiceNaiveBf16AndFloat32Exact) {
@@ -91,28 +121,32 @@ TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
                        Case{5, 2, 4, 268, 40}, Case{2, 3, 7, 100, 37}}) {
     for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
       const auto [x, expert, weight, gate_up, down] = random_operands(c, dt, dev);
-      const auto plain = rtp::ops::moe_decode(x, expert, weight, gate_up, down);
+      // Two launches, one gate/up row per warp, no loads ahead: the kernels as they were before the launch shapes.
+      const auto plain = rtp::ops::moe_decode(x, expert, weight, gate_up, down, {1, 8, false, false});
       for (const int rows : {1, 2, 4})
         for (const int warps : {4, 8})
           for (const bool ahead : {false, true}) {
-            const auto got = rtp::ops::moe_decode(x, expert, weight, gate_up, down, {rows, warps, ahead});
+            const auto got = rtp::ops::moe_decode(x, expert, weight, gate_up, down, {rows, warps, ahead, false});
             EXPECT_TRUE(torch::equal(got, plain)) << c.N << " tokens, H " << c.H << ", I " << c.I << ", " << dt << ": "
                                                   << rows << " rows per warp, " << warps << " warps, ahead " << ahead
                                                   << ": max difference " << (got - plain).abs().max().item<double>();
           }
-      // Both passes in one launch: counts given (back at 0 after each launch, twice in a row) and made per call.
+      // Both passes in one launch (the default shape): cooperative with counts given (back at 0 after each launch,
+      // twice in a row) and made per call, then every item from the count (the form where the cooperative launch is
+      // refused).
       auto counts = torch::zeros({3}, torch::TensorOptions(torch::kInt32).device(dev));
       for (const int rows : {1, 2})
-        for (const bool ahead : {false, true})
-          for (int rep = 0; rep < 3; ++rep) {
-            const rtp::kernels::MoeDecodeLaunchShape shape{rows, 8, ahead, true};
-            const auto got = rep < 2 ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape, counts)
-                                     : rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape);
-            EXPECT_TRUE(torch::equal(got, plain)) << c.N << " tokens, H " << c.H << ", I " << c.I << ", " << dt << ": "
-                                                  << rows << " rows per warp, one launch, ahead " << ahead
-                                                  << ": max difference " << (got - plain).abs().max().item<double>();
-            EXPECT_EQ(counts.abs().sum().item<int64_t>(), 0) << "one launch: the counts must be back at 0";
-          }
+        for (int rep = 0; rep < 5; ++rep) {
+          const rtp::kernels::MoeDecodeLaunchShape shape{rows, 8, true, true};
+          const auto got = rep < 2   ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape, counts)
+                           : rep < 3 ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape)
+                                     : one_launch_by_count(x, expert, weight, gate_up, down, rows, counts);
+          const char* form = rep < 3 ? "cooperative" : "every item from the count";
+          EXPECT_TRUE(torch::equal(got, plain)) << c.N << " tokens, H " << c.H << ", I " << c.I << ", " << dt << ": "
+                                                << rows << " rows per warp, one launch, " << form
+                                                << ": max difference " << (got - plain).abs().max().item<double>();
+          EXPECT_EQ(counts.abs().sum().item<int64_t>(), 0) << form << ": the counts must be back at 0";
+        }
     }
   }
 }
@@ -129,8 +163,8 @@ TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
   torch::manual_seed(29);
   const double eps = 1e-6;
   auto done = torch::zeros({3}, torch::TensorOptions(torch::kInt32).device(dev));
-  const rtp::kernels::MoeDecodeLaunchShape shapes[] = {{1, 8, false}, {2, 8, true},        {2, 4, true},
-                                                       {4, 4, false}, {2, 8, true, true}, {1, 8, false, true}};
+  const rtp::kernels::MoeDecodeLaunchShape shapes[] = {{1, 8, false, false}, {2, 8, true, false}, {2, 4, true, false},
+                                                       {4, 4, false, false}, {2, 8, true, true},  {1, 8, false, true}};
   for (const Case c : {Case{1, 8, 128, 2048, 768}, Case{2, 8, 16, 2048, 1544}, Case{3, 5, 9, 264, 1000},
                        Case{5, 2, 4, 4100, 40}, Case{2, 3, 7, 100, 37}}) {
     for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
@@ -139,9 +173,16 @@ TEST(MoeDecodeCuda, AddRmsNormEpilogueMatchesTheUnfusedPath) {
       auto residual = torch::randn({c.N, c.H}, o);
       auto nw = (torch::rand({c.H}, o.dtype(torch::kFloat32)) + 0.5).to(dt);
       ASSERT_TRUE(rtp::ops::moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, nw, done));
-      ASSERT_FALSE(rtp::ops::moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, nw, done.narrow(0, 0, 1),
-                                                               {2, 8, true, true}))
-          << "one launch takes three counts";
+      // One count: the two launches where the shape asks for one (which takes three), with the same result.
+      ASSERT_TRUE(rtp::ops::moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, nw, done.narrow(0, 0, 1)));
+      {
+        const auto [one_count_sum, one_count_normed] = rtp::ops::moe_decode_add_rms_norm(
+            x, expert, weight, gate_up, down, residual, nw, eps, done.narrow(0, 0, 1), {2, 8, true, true});
+        const auto [three_sum, three_normed] = rtp::ops::moe_decode_add_rms_norm(
+            x, expert, weight, gate_up, down, residual, nw, eps, done, {2, 8, true, false});
+        EXPECT_TRUE(torch::equal(one_count_sum, three_sum) && torch::equal(one_count_normed, three_normed));
+        EXPECT_EQ(done.abs().sum().item<int64_t>(), 0);
+      }
       for (const auto& shape : shapes) {
         const std::string what = std::to_string(c.N) + " x " + std::to_string(c.H) + ", I " + std::to_string(c.I) +
                                  (dt == torch::kBFloat16 ? " bf16" : " f32") + ", shape " +

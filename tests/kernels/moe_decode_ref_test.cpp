@@ -165,7 +165,7 @@ TEST(MoeDecodeRef, RejectsBadParameters) {
     });
   };
   EXPECT_EQ(moe({}), "<no error: the call succeeded>");
-  EXPECT_EQ(moe({4, 4, true}), "<no error: the call succeeded>");
+  EXPECT_EQ(moe({4, 4, true, false}), "<no error: the call succeeded>");
   EXPECT_NE(moe({3, 8, false}).find("gate_up_rows_per_warp must be 1, 2 or 4"), std::string::npos) << moe({3, 8, false});
   EXPECT_NE(moe({1, 16, false}).find("down_warps_per_block must be 4 or 8"), std::string::npos) << moe({1, 16, false});
   // One launch for both passes: 8 down warps and 1 or 2 rows; the CPU reference ignores it, a GPU needs the counts.

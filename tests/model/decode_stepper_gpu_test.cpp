@@ -455,8 +455,9 @@ TEST(DecodeStepperCuda, MoeOneLaunchDecodesLikeTwoLaunches) {
       rtp::model::Qwen3Model::GemvEpilogues epilogues;
       epilogues.moe_add_norm = norm_in_launch;
       model.set_gemv_epilogues(epilogues);
-      rtp::kernels::MoeDecodeLaunchShape one, two;
-      one.one_launch = true;
+      rtp::kernels::MoeDecodeLaunchShape one, two;  // the default is one launch
+      two.one_launch = false;
+      ASSERT_TRUE(one.one_launch);
       const auto [worst, scale] = decode_twins(
           model, ids, P, steps, [&] { model.set_moe_launch_shape(one); }, [&] { model.set_moe_launch_shape(two); });
       std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << (norm_in_launch ? ", norm in the launch" : "")

@@ -401,7 +401,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     for (const int rows : {1, 2, 4})
       for (const int warps : {8, 4})
         for (const bool ahead : {false, true}) {
-          const kernels::MoeDecodeLaunchShape shape{rows, warps, ahead};
+          const kernels::MoeDecodeLaunchShape shape{rows, warps, ahead, false};
           if (rows == in_step.gate_up_rows_per_warp && warps == in_step.down_warps_per_block &&
               ahead == in_step.down_loads_ahead && !in_step.one_launch)
             continue;

@@ -23,21 +23,24 @@ namespace rtp::kernels {
 
 // How the two passes are cut into warps and blocks. Every choice computes the same sums in the same order, so the
 // result is the same bit for bit; only the speed differs (`rtpurbo-bench-decode --breakdown` times them).
-// The defaults (2,8,1) are the fastest whole decode step of Qwen3-30B-A3B on an H100 (2026-12-07, 3.92 against 4.05 ms
-// a token for 1,8,0 at 4K keys; bench/results/moe-launch-shapes-h100-20261207/).
+// The defaults (2,8,1, one launch) are the fastest whole decode step of Qwen3-30B-A3B on an H100 (2026-12-07: 3.71-3.73
+// against 3.76-3.80 ms a token for two launches, 2,8,1, at 4K keys; 3.92 for 1,8,0;
+// bench/results/moe-launch-shapes-h100-20261207/, bench/results/moe-one-launch-h100-20261207/). Brace-initialise all
+// four fields: a shorter list leaves one_launch on.
 struct MoeDecodeLaunchShape {
   int gate_up_rows_per_warp = 2;  // 1, 2 or 4 intermediate rows (each a gate and an up row) per warp
   int down_warps_per_block = 8;   // 4 or 8 hidden rows per block of the down pass
-  // The down pass requests every weight vector of its rows before it waits for the gate/up pass (the vector path with
-  // K <= 8 and I <= 1024 bf16 / 512 float32 elements; else only the first vectors, as without it).
+  // The two-launch down pass requests every weight vector of its rows before it waits for the gate/up pass (the vector
+  // path with K <= 8 and I <= 1024 bf16 / 512 float32 elements; else only the first vectors, as without it). The one
+  // launch always requests one vector a lane ahead.
   bool down_loads_ahead = true;
-  // Both passes in one persistent launch: its blocks (as many as fit on the GPU at once) take gate/up work items, then
-  // down items, from a count in `done` (MoeDecodeParams), so the down rows' weights are requested while the last
-  // gate/up items finish, with no launch boundary between the passes; a down item waits for every gate/up item.
-  // Needs 8 down warps per block, 1 or 2 gate/up rows per warp and three counts in `done`; where the vector paths
-  // do not apply (see launch) the two launches run instead, with the same result. Off: on an H100 it is slower than
-  // two launches (Qwen3-30B-A3B 3.97 against 3.79 ms a token at 4K; docs/decode.md "Both MoE passes in one launch").
-  bool one_launch = false;
+  // Both passes in one persistent cooperative launch: its blocks (as many as fit on the GPU at once) take gate/up work
+  // items, then down items, so the down rows' weights are requested while the last gate/up items finish, with no
+  // launch boundary between the passes; a down item waits for every gate/up item. Needs 8 down warps per block, 1 or
+  // 2 gate/up rows per warp and three counts in `done`; where the vector paths do not apply (see launch) the two
+  // launches run instead, with the same result. On an H100 the step is 1.0-1.6% faster than with two launches
+  // (Qwen3-30B-A3B at 4K and 32K, dense and sparse; docs/decode.md "Both MoE passes in one launch").
+  bool one_launch = true;
 };
 
 // Empty when every field is in its range, else which field is not and what it may be.
@@ -66,6 +69,8 @@ struct MoeDecodeParams {
   // the epilogue's). Set without the epilogue only for one_launch.
   uint32_t* done = nullptr;
   float eps = 0.f;
+  // Tests: the one launch in the form taken where the cooperative launch is refused (every work item from a count).
+  bool one_launch_by_count = false;
   bool has_add_norm() const { return residual || norm_weight || sum_out || normed_out; }
 };
 

@@ -27,17 +27,18 @@ torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, co
                          const kernels::MoeDecodeLaunchShape& shape = {}, const torch::Tensor& counts = {});
 
 // Whether moe_decode_add_rms_norm runs: moe_decode on a GPU, residual of x's shape, dtype and device and norm_weight
-// [H] (both contiguous), done an int32 count on that device (three with shape.one_launch), no gradient wanted
-// through any operand (the kernels have no backward).
+// [H] (both contiguous), done int32 counts on that device, no gradient wanted through any operand (the kernels have
+// no backward).
 bool moe_decode_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight,
                                        const torch::Tensor& gate_up, const torch::Tensor& down,
                                        const torch::Tensor& residual, const torch::Tensor& norm_weight,
-                                       const torch::Tensor& done, const kernels::MoeDecodeLaunchShape& shape = {});
+                                       const torch::Tensor& done);
 
 // moe_decode with the residual add and RMSNorm after it in the down pass's launch (its last block, moe_decode.h):
 // returns (sum, normed), sum = residual + the block's output, normed = RMSNorm(sum) * norm_weight, each [N, H] in
 // x's dtype, as add_rms_norm(residual, moe_decode(...), norm_weight, eps) gives them. `done`: the count of finished
-// blocks (three counts with shape.one_launch), 0 between launches (launches that share it must not overlap).
+// blocks, 0 between launches (launches that share it must not overlap); shape.one_launch needs three counts there
+// (with one, the two launches run, with the same result).
 std::pair<torch::Tensor, torch::Tensor> moe_decode_add_rms_norm(const torch::Tensor& x, const torch::Tensor& expert,
                                                                 const torch::Tensor& weight,
                                                                 const torch::Tensor& gate_up, const torch::Tensor& down,

@@ -120,8 +120,7 @@ class Qwen3ModelImpl {
   // The norm of x.base + x.pending, leaving the sum in x.base: on a GPU one kernel for the add and the norm.
   torch::Tensor add_norm(ResidualStream& x, const torch::Tensor& weight) const {
     if (auto& e = x.pending_experts; e.x.defined()) {
-      if (ops::moe_decode_add_rms_norm_supported(e.x, e.weight, e.gate_up, e.down, x.base, weight, gemv_done,
-                                                 moe_shape)) {
+      if (ops::moe_decode_add_rms_norm_supported(e.x, e.weight, e.gate_up, e.down, x.base, weight, gemv_done)) {
         torch::Tensor normed;
         std::tie(x.base, normed) = ops::moe_decode_add_rms_norm(e.x, e.expert, e.weight, e.gate_up, e.down, x.base,
                                                                 weight, cfg.rms_norm_eps, gemv_done, moe_shape);

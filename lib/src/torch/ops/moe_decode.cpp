@@ -111,13 +111,13 @@ torch::Tensor moe_decode(const torch::Tensor& x, const torch::Tensor& expert, co
 bool moe_decode_add_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& weight,
                                        const torch::Tensor& gate_up, const torch::Tensor& down,
                                        const torch::Tensor& residual, const torch::Tensor& norm_weight,
-                                       const torch::Tensor& done, const k::MoeDecodeLaunchShape& shape) {
+                                       const torch::Tensor& done) {
   const auto same = [&](const torch::Tensor& t) {
     return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous();
   };
   return x.defined() && x.is_cuda() && x.dim() == 2 && moe_decode_supported(x.device(), x.scalar_type()) &&
          same(residual) && residual.numel() == x.numel() && residual.size(-1) == x.size(1) && same(norm_weight) &&
-         norm_weight.dim() == 1 && norm_weight.size(0) == x.size(1) && detail::is_launch_counter(done, x, shape.one_launch ? 3 : 1) &&
+         norm_weight.dim() == 1 && norm_weight.size(0) == x.size(1) && detail::is_launch_counter(done, x, 1) &&
          !detail::backward_needed(x, weight, gate_up, down, residual, norm_weight);
 }
 
@@ -131,15 +131,18 @@ std::pair<torch::Tensor, torch::Tensor> moe_decode_add_rms_norm(const torch::Ten
   check_inputs("moe_decode_add_rms_norm", x, expert, weight);
   RTP_CHECK(!detail::backward_needed(x, weight, gate_up, down, residual, norm_weight),
             "moe_decode_add_rms_norm: the fused kernels have no backward; with gradients take moe_decode and add_rms_norm");
-  RTP_CHECK(moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, norm_weight, done, shape),
+  RTP_CHECK(moe_decode_add_rms_norm_supported(x, weight, gate_up, down, residual, norm_weight, done),
             "moe_decode_add_rms_norm: expected x [N, H] on a GPU, residual of x's shape and norm_weight [H] (contiguous, "
-            "x's dtype and device), done int32 on that device (three counts with one_launch); found x ", x.sizes(), " ",
+            "x's dtype and device), done int32 on that device; found x ", x.sizes(), " ",
             x.scalar_type(), " on ",
             x.device(), ", residual ", residual.sizes(), ", norm_weight ", norm_weight.sizes(), ", done ", done.sizes(),
             " ", done.scalar_type());
   auto out = torch::empty_like(x, torch::MemoryFormat::Contiguous);
   auto sum = torch::empty_like(residual), normed = torch::empty_like(residual);
-  auto l = moe_decode_launch(x, expert, weight, gate_up, down, out, shape);
+  // One launch takes three counts; with fewer, the two launches (the same result).
+  auto two_where_one_count = shape;
+  if (done.numel() < 3) two_where_one_count.one_launch = false;
+  auto l = moe_decode_launch(x, expert, weight, gate_up, down, out, two_where_one_count);
   l.p.residual = residual.data_ptr();
   l.p.norm_weight = norm_weight.data_ptr();
   l.p.sum_out = sum.data_ptr();
