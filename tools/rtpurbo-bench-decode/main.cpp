@@ -135,8 +135,8 @@ int main(int argc, char** argv) {
                           "its own by cuDNN, merged; the model's default on Hopper) or flash (FlashAttention-2, one call)",
        cxxopts::value<std::string>()->default_value("split-cudnn"))
       ("moe-launch-shape", "the MoE decode kernels' launch shape: gate/up rows per warp (1, 2, 4), down warps per block "
-                           "(4, 8), down loads ahead (0, 1), optionally both passes in one launch (0, 1; needs 8 down "
-                           "warps, 1 or 2 rows)", cxxopts::value<std::string>()->default_value(moe_launch_shape_text({})))
+                           "(4, 8), down loads ahead (0, 1; the two-launch down pass's), optionally both passes in one "
+                           "launch (0, 1; 0 where left out; needs 8 down warps, 1 or 2 rows)", cxxopts::value<std::string>()->default_value(moe_launch_shape_text({})))
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())
