@@ -7,7 +7,7 @@
 set -uo pipefail
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
 CONFIG=${CONFIG:-qwen3-30b-a3b}; LENGTH=${LENGTH:-4096}
-KERNELS=${KERNELS:-"experts_one_launch|gemv|attend_|combine_kernel"}; COUNT=${COUNT:-12}
+KERNELS=${KERNELS:-"(^|::)(experts_one_launch_kernel|gemv_kernel|gemv_whole_rows_kernel|attend_v2_kernel|attend_mma_kernel|combine_kernel)(<|$)"}; COUNT=${COUNT:-12}
 start=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTORCH_CUDA_ARCH_LIST=9.0a -DRTPURBO_BUILD_TESTS=OFF \
   > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
