@@ -55,10 +55,19 @@ __device__ __forceinline__ HeadOperands load_head_operands(const GemvHeadNormRop
   return o;
 }
 
+// The cache slot of the token store (GemvHeadNormRope::stores_token), -1 where there is none or it lies outside the
+// cache.
+__device__ __forceinline__ int64_t token_slot(const GemvHeadNormRope& h) {
+  if (!h.position) return -1;  // no token store (check_gemv_params: the caches and position all or none)
+  const int64_t slot = *h.position;
+  return slot >= 0 && slot < h.capacity ? slot : -1;
+}
+
 template <typename T>
 __device__ __forceinline__ void norm_rope_head(const GemvCore& p, const GemvHeadNormRope& h, int64_t g,
                                                const HeadOperands& o) {
   const bool is_q = g < h.q_heads;
+  const int64_t slot = is_q ? -1 : token_slot(h);
   const int64_t head = is_q ? g : g - h.q_heads, heads = is_q ? h.q_heads : h.k_heads;
   const int D = int(h.head_dim), half = D / 2;
   const auto round = [](float v) { return to_float(from_float<T>(v)); };
@@ -89,6 +98,8 @@ __device__ __forceinline__ void norm_rope_head(const GemvCore& p, const GemvHead
     __syncthreads();
     const int64_t t = n % h.seq_len;
     T* roped = static_cast<T*>(is_q ? h.q_roped : h.k_roped) + at;
+    // The token store: k's roped row into the cache too (seq_len 1: row n is sequence n).
+    T* cached = !is_q && slot >= 0 ? static_cast<T*>(h.k_cache) + ((n * heads + head) * h.capacity + slot) * D : nullptr;
 #pragma unroll
     for (int j = 0; j < kHeadSlots; ++j) {
       const int i = threadIdx.x + j * blockDim.x;
@@ -96,10 +107,25 @@ __device__ __forceinline__ void norm_rope_head(const GemvCore& p, const GemvHead
         const float c = t == 0 ? o.c[j] : round(h.cos[t * D + i]), s = t == 0 ? o.s[j] : round(h.sin[t * D + i]);
         const float v = normed_row[i];
         const float rotated = i < half ? round(-normed_row[i + half] * s) : round(normed_row[i - half] * s);
-        roped[i] = from_float<T>(round(v * c) + rotated);
+        const T r = from_float<T>(round(v * c) + rotated);
+        roped[i] = r;
+        if (cached) cached[i] = r;
       }
     }
     __syncthreads();  // xs, normed_row and block_total's buffer, before the next row
+  }
+}
+
+// The token store's v rows of KV head `head` (out's columns after the q and k heads) into the cache, every row.
+template <typename T>
+__device__ __forceinline__ void store_v_head(const GemvCore& p, const GemvHeadNormRope& h, int64_t head) {
+  const int64_t slot = token_slot(h);
+  if (slot < 0) return;
+  const int64_t D = h.head_dim;
+  for (int64_t n = 0; n < p.rows; ++n) {
+    const T* v = static_cast<const T*>(p.out) + n * p.m + (h.q_heads + h.k_heads + head) * D;
+    T* cached = static_cast<T*>(h.v_cache) + ((n * h.k_heads + head) * h.capacity + slot) * D;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) cached[i] = __ldcg(v + i);
   }
 }
 
@@ -151,7 +177,12 @@ __device__ __forceinline__ void finish_block(const GemvCore& p, const EpilogueAr
     if (last_to_finish(p.done, gridDim.x)) add_rms_norm_of_out<T>(p);
   } else if constexpr (kEpi == kHeadNormRope) {
     const int64_t g = first_row / e.head_dim;  // the block's rows lie in one head (head_dim % rows_per_block == 0)
-    if (g >= e.q_heads + e.k_heads) return;    // v
+    if (g >= e.q_heads + e.k_heads) {          // v: with the token store, its head's last block stores it
+      if (e.position && g < e.q_heads + 2 * e.k_heads &&
+          last_to_finish(e.done + g, uint32_t(e.head_dim / rows_per_block)))
+        store_v_head<T>(p, e, g - e.q_heads - e.k_heads);
+      return;
+    }
     const HeadOperands o = load_head_operands<T>(e, g);
     if (last_to_finish(e.done + g, uint32_t(e.head_dim / rows_per_block))) norm_rope_head<T>(p, e, g, o);
   } else if constexpr (kEpi == kMoeRoute) {

@@ -31,6 +31,14 @@ const char* check_gemv_params(const GemvParams& p, bool cuda) {
       return "gemv: head norm + RoPE: (q_heads + k_heads) x head_dim must not exceed m";
     if (p.rows % h.seq_len != 0) return "gemv: head norm + RoPE: rows must be a multiple of seq_len";
     if (!(h.eps >= 0.f)) return "gemv: the head norm's eps must be >= 0";
+    if (h.stores_token()) {
+      if (!h.k_cache || !h.v_cache || !h.position)
+        return "gemv: the token store needs k_cache, v_cache and position, all of them";
+      if (h.seq_len != 1 || h.capacity <= 0)
+        return "gemv: the token store takes one token per sequence (seq_len 1) and a positive capacity";
+      if ((h.q_heads + 2 * h.k_heads) * h.head_dim > p.m)
+        return "gemv: the token store: (q_heads + 2 k_heads) x head_dim (q, k and v) must not exceed m";
+    }
     // A block's rows belong to one head: 2 rows per block (split) or 16 (whole rows); half a head per thread pair.
     if (cuda && (h.head_dim % kGemvEpilogueHeadDimMultiple != 0 || h.head_dim > kGemvEpilogueMaxHeadDim))
       return "gemv: the CUDA head norm + RoPE epilogue takes head_dim a multiple of 16, at most 512";
@@ -84,6 +92,18 @@ void gemv_cpu(const GemvParams& p) {
           roped[i] = static_cast<float>(v * c[t * D + i] + (i < half ? -partner : partner) * sn[t * D + i]);
         }
       }
+    const int64_t slot = h.stores_token() ? *h.position : -1;
+    if (slot >= 0 && slot < h.capacity)
+      for (int64_t n = 0; n < p.rows; ++n)
+        for (int64_t head = 0; head < h.k_heads; ++head) {
+          const int64_t at = ((n * h.k_heads + head) * h.capacity + slot) * D;
+          const float* k = static_cast<const float*>(h.k_roped) + (n * h.k_heads + head) * D;
+          const float* v = out + n * p.m + (h.q_heads + h.k_heads + head) * D;
+          for (int64_t i = 0; i < D; ++i) {
+            static_cast<float*>(h.k_cache)[at + i] = k[i];
+            static_cast<float*>(h.v_cache)[at + i] = v[i];
+          }
+        }
   }
   if (const auto& r = p.moe_route; r.active()) {
     MoeRouterParams rp;

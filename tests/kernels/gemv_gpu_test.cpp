@@ -10,6 +10,7 @@
 #include <iostream>
 #include <string>
 
+#include "rtp/ops/kv_token_store.h"
 #include "rtp/ops/linear_decode.h"
 #include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
@@ -193,6 +194,74 @@ TEST(GemvCuda, HeadNormRopeEpilogueMatchesTheUnfusedPath) {
         if (layout == GemvLayout::Auto && dt == torch::kBFloat16)
           std::cout << what << ": q roped max |err| " << diff(got.q_roped, qr64) << " (unfused " << diff(qr, qr64) << ")\n";
       }
+    }
+  }
+}
+
+// The token store in the q/k/v projection's launch (QkvTokenStore: each k and v head's last block writes the token's
+// roped k and its v rows at the slot) against the launch without it followed by kv_token_store: the same projection
+// and the same cache bytes, every other slot untouched; a slot past the capacity or negative writes nothing. Qwen3
+// head counts, head_dim 128 and 64, 1-4 sequences, both layouts, bf16 and float32; the counts (q, k and v heads)
+// back at 0 after each launch.
+TEST(GemvCuda, HeadNormRopeEpilogueStoresTheTokenAsKvTokenStore) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV kernel is tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(68);
+  const double eps = 1e-6;
+  using rtp::kernels::GemvLayout;
+  struct Case { int64_t batch, q_heads, k_heads, D, k, capacity; };
+  for (const Case& c : {Case{1, 16, 8, 128, 1024, 37}, Case{1, 32, 4, 128, 2048, 4100}, Case{4, 8, 2, 64, 1000, 5},
+                        Case{3, 4, 1, 16, 77, 2}}) {
+    const int64_t m = (c.q_heads + 2 * c.k_heads) * c.D;
+    auto counts = torch::zeros({c.q_heads + 2 * c.k_heads}, torch::TensorOptions(torch::kInt32).device(dev));
+    auto angle = torch::rand({1, c.D / 2}) * 100;
+    auto cos = torch::cat({angle.cos(), angle.cos()}, -1).to(dev), sin = torch::cat({angle.sin(), angle.sin()}, -1).to(dev);
+    for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
+      const auto o = torch::TensorOptions(dt).device(dev);
+      auto x = torch::randn({c.batch, 1, c.k}).to(o);
+      auto w = (torch::randn({m, c.k}) / std::sqrt(static_cast<double>(c.k))).to(o);
+      auto qw = (torch::rand({c.D}) + 0.5).to(o), kw = (torch::rand({c.D}) + 0.5).to(o);
+      const auto cache0 = torch::randn({c.batch, c.k_heads, c.capacity, c.D}).to(o);
+      for (const int64_t slot : {int64_t{0}, c.capacity - 1, c.capacity / 2, c.capacity, int64_t{-3}})
+        for (const GemvLayout layout : {GemvLayout::SplitRows, GemvLayout::WholeRows}) {
+          const std::string what = std::to_string(c.batch) + " sequences, " + std::to_string(c.q_heads) + "/" +
+                                   std::to_string(c.k_heads) + " heads of " + std::to_string(c.D) + ", slot " +
+                                   std::to_string(slot) + " of " + std::to_string(c.capacity) +
+                                   (dt == torch::kBFloat16 ? " bf16" : " f32") + " layout " +
+                                   std::to_string(static_cast<int>(layout));
+          auto position = torch::full({1}, slot, torch::TensorOptions(torch::kInt64).device(dev));
+          rtp::ops::QkvTokenStore store{cache0.clone(), cache0.clone() * 2, position};
+          ASSERT_TRUE(rtp::ops::gemv_qk_norm_rope_supported(x, w, qw, kw, cos, sin, c.q_heads, c.k_heads, counts, store))
+              << what;
+          auto fused = rtp::ops::linear_decode_qk_norm_rope(x, w, qw, kw, cos, sin, c.q_heads, c.k_heads, eps, counts,
+                                                            layout, store);
+          EXPECT_EQ(counts.abs().sum().item<int64_t>(), 0) << what << ": the counts must be back at 0";
+          auto plain = rtp::ops::linear_decode_qk_norm_rope(x, w, qw, kw, cos, sin, c.q_heads, c.k_heads, eps, counts,
+                                                            layout);
+          ASSERT_TRUE(torch::equal(fused.qkv, plain.qkv) && torch::equal(fused.k_roped, plain.k_roped)) << what;
+          auto k_want = cache0.clone(), v_want = cache0.clone() * 2;
+          auto k_rows = plain.k_roped.transpose(1, 2);  // [B, Hkv, 1, D]
+          auto v_rows = plain.qkv.narrow(-1, (c.q_heads + c.k_heads) * c.D, c.k_heads * c.D)
+                            .view({c.batch, 1, c.k_heads, c.D})
+                            .transpose(1, 2);
+          rtp::ops::kv_token_store(k_want, v_want, k_rows, v_rows, position);
+          EXPECT_TRUE(torch::equal(store.k_cache, k_want)) << what;
+          EXPECT_TRUE(torch::equal(store.v_cache, v_want)) << what;
+          if (slot < 0 || slot >= c.capacity)
+            EXPECT_TRUE(torch::equal(store.k_cache, cache0) && torch::equal(store.v_cache, cache0 * 2)) << what;
+        }
+      // What the store refuses: two tokens per sequence, a cache of another batch, too few counts.
+      auto position = torch::zeros({1}, torch::TensorOptions(torch::kInt64).device(dev));
+      rtp::ops::QkvTokenStore store{cache0.clone(), cache0.clone(), position};
+      auto x2 = torch::randn({c.batch, 2, c.k}).to(o);
+      auto cos2 = cos.repeat({2, 1}), sin2 = sin.repeat({2, 1});
+      EXPECT_FALSE(rtp::ops::gemv_qk_norm_rope_supported(x2, w, qw, kw, cos2, sin2, c.q_heads, c.k_heads, counts, store));
+      rtp::ops::QkvTokenStore other_batch{torch::zeros({c.batch + 1, c.k_heads, 4, c.D}, o),
+                                          torch::zeros({c.batch + 1, c.k_heads, 4, c.D}, o), position};
+      EXPECT_FALSE(
+          rtp::ops::gemv_qk_norm_rope_supported(x, w, qw, kw, cos, sin, c.q_heads, c.k_heads, counts, other_batch));
+      EXPECT_FALSE(rtp::ops::gemv_qk_norm_rope_supported(x, w, qw, kw, cos, sin, c.q_heads, c.k_heads,
+                                                         counts.narrow(0, 0, c.q_heads + c.k_heads), store));
     }
   }
 }

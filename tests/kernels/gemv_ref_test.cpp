@@ -124,6 +124,46 @@ TEST(GemvRef, HeadEpilogueNormsAndRotatesQAndK) {
   }
 }
 
+// The token store in the head epilogue's launch: the roped k rows and out's v rows of every sequence written at the
+// slot of a dense cache [rows, k_heads, capacity, D], as kv_token_store (a plain copy) writes them; every other slot
+// untouched; a slot outside [0, capacity) writes nothing.
+TEST(GemvRef, HeadEpilogueStoresTheTokenInTheCache) {
+  torch::manual_seed(66);
+  const int64_t rows = 3, q_heads = 4, k_heads = 2, D = 8, k = 24, capacity = 7;
+  const int64_t m = (q_heads + 2 * k_heads) * D;
+  auto x = torch::randn({rows, k}), w = torch::randn({m, k}) / 4;
+  auto qw = torch::rand({D}) + 0.5, kw = torch::rand({D}) + 0.5;
+  auto cos = torch::rand({1, D}), sin = torch::rand({1, D});
+  for (const int64_t slot : {int64_t{0}, int64_t{4}, capacity - 1, capacity, int64_t{-1}}) {
+    auto out = torch::empty({rows, m});
+    auto qn = torch::empty({rows, q_heads, D}), qr = torch::empty_like(qn);
+    auto kn = torch::empty({rows, k_heads, D}), kr = torch::empty_like(kn);
+    auto k_cache = torch::randn({rows, k_heads, capacity, D}), v_cache = torch::randn({rows, k_heads, capacity, D});
+    const auto k_before = k_cache.clone(), v_before = v_cache.clone();
+    std::vector<uint32_t> done(static_cast<size_t>(q_heads + 2 * k_heads), 0u);
+    rtp::kernels::GemvParams p;
+    p.x = x.data_ptr<float>(), p.weight = w.data_ptr<float>(), p.out = out.data_ptr<float>();
+    p.rows = rows, p.m = m, p.k = k, p.x_row_stride = k;
+    auto& h = p.head_norm_rope;
+    h.q_weight = qw.data_ptr<float>(), h.k_weight = kw.data_ptr<float>();
+    h.cos = cos.data_ptr<float>(), h.sin = sin.data_ptr<float>();
+    h.q_normed = qn.data_ptr<float>(), h.q_roped = qr.data_ptr<float>();
+    h.k_normed = kn.data_ptr<float>(), h.k_roped = kr.data_ptr<float>();
+    h.done = done.data(), h.q_heads = q_heads, h.k_heads = k_heads, h.head_dim = D, h.seq_len = 1, h.eps = 1e-6f;
+    h.k_cache = k_cache.data_ptr<float>(), h.v_cache = v_cache.data_ptr<float>(), h.position = &slot;
+    h.capacity = capacity;
+    ASSERT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+    rtp::kernels::gemv_cpu(p);
+    auto k_want = k_before.clone(), v_want = v_before.clone();
+    if (slot >= 0 && slot < capacity) {
+      k_want.select(2, slot).copy_(kr);
+      v_want.select(2, slot).copy_(out.narrow(1, (q_heads + k_heads) * D, k_heads * D).view({rows, k_heads, D}));
+    }
+    EXPECT_TRUE(torch::equal(k_cache, k_want)) << "slot " << slot;
+    EXPECT_TRUE(torch::equal(v_cache, v_want)) << "slot " << slot;
+  }
+}
+
 // The routing epilogue against a float64 softmax and a stable sort of the probabilities (ties to the lower expert).
 TEST(GemvRef, RoutingEpilogueTakesTheTopKOfTheLogitsSoftmax) {
   torch::manual_seed(66);
@@ -212,6 +252,23 @@ TEST(GemvRef, RejectsBadParameters) {
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("even"), std::string::npos);
   h.head_dim = 4;  // (1 + 1) x 4 > m = 6
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("exceed m"), std::string::npos);
+  // The token store: caches and position all or none, one token per sequence, q, k and v heads within m.
+  h.head_dim = 2;
+  const int64_t slot = 0;
+  h.k_cache = buf;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("k_cache, v_cache and position"),
+            std::string::npos);
+  h.v_cache = buf, h.position = &slot, h.capacity = 4;
+  EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");  // (1 + 2 x 1) x 2 = m
+  h.seq_len = 2;
+  p.rows = 2;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("seq_len 1"), std::string::npos);
+  h.seq_len = 1;
+  h.capacity = 0;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("positive capacity"), std::string::npos);
+  h.capacity = 4;
+  h.q_heads = 2;  // (2 + 1) x 2 = m: q and k fit, v does not
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("q, k and v"), std::string::npos);
 }
 
 // Auto: whole rows per warp from 4096 rows on (warps enough in flight) where the reduction is no longer than the

@@ -410,6 +410,35 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
   }
 }
 
+// A dense cache's token store in the q/k/v projection's launch (Qwen3Model::GemvEpilogues::kv_store: the k and v rows
+// written at the step's slot by the heads' last blocks) against the cache's own store kernel: the same bytes in the
+// cache, so the same logits to the bit, bf16 and float32. One sequence (the whole step one graph, the attention inside)
+// and two (a graph per layer, the attention between); graph replay and eager steps (the eager forward stores as
+// before); the graphed steps' captures took the fused store in every layer.
+TEST(DecodeStepperCuda, KvStoreInTheProjectionDecodesLikeTheStoreKernel) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV epilogues are tested on the GPU machine";
+  const auto c = small_config(3, 8, 4, 128);
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32})
+    for (const int64_t B : {1, 2}) {
+      rtp::model::Qwen3Model model(c, kCuda, dtype);
+      model.init_random(17, 0.05);
+      torch::manual_seed(18);
+      const int64_t P = 13, steps = 10;
+      auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
+      rtp::model::Qwen3Model::GemvEpilogues with, without;
+      with.kv_store = true;
+      without.kv_store = false;
+      const auto before = model.gemv_epilogue_launches();
+      const auto [worst, scale] = decode_with_and_without(model, ids, P, steps, with, without);
+      const auto after = model.gemv_epilogue_launches();
+      std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << ", " << B
+                << " sequences: the token store in the projection vs its own kernel: max |logit diff| " << worst
+                << " of |logits| up to " << scale << "\n";
+      EXPECT_EQ(worst, 0.0);
+      EXPECT_GE(after.kv_store - before.kv_store, c.num_hidden_layers);
+    }
+}
+
 // The residual add + RMSNorm after an MoE block in the experts' down pass launch (Qwen3Model::GemvEpilogues::
 // moe_add_norm, the default) against the same decode steps with it as a kernel of its own. Hidden 2048 and the default
 // launch shape (8 down warps): the epilogue reduces as the norm kernel does, so bf16 logits are the same to the bit

@@ -136,7 +136,7 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   const auto rope = model::rope_tables(c, kv_len, 1, dev);
   // The model's step runs the q/k norms and RoPE in the q/k/v projection's launch where it can (Qwen3Model::
   // gemv_epilogues); the separate form is for comparison then.
-  const auto counts = torch::zeros({Hq + Hkv}, torch::TensorOptions(torch::kInt32).device(dev));
+  const auto counts = torch::zeros({Hq + 2 * Hkv}, torch::TensorOptions(torch::kInt32).device(dev));
   const bool qk_fusable = ops::gemv_preferred(wqkv) &&
                           ops::gemv_qk_norm_rope_supported(h, wqkv, w[a + "q_norm.weight"], w[a + "k_norm.weight"],
                                                            rope.cos, rope.sin, Hq, Hkv, counts);
@@ -144,7 +144,8 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   if (qk_fusable) {
     const auto ws = clones(wqkv, copies_for(bytes_of(wqkv), l2, reps));
     size_t i = 0;
-    add(qk_fused ? "attention" : "(compare)", "q/k/v projection + q/k RMSNorm + RoPE (one launch)",
+    add(qk_fused && !model.gemv_epilogues().kv_store ? "attention" : "(compare)",
+        "q/k/v projection + q/k RMSNorm + RoPE (one launch)",
         bytes_of(wqkv) + (wqkv.size(0) + wqkv.size(1)) * e + 4 * (Hq + Hkv) * D * e, [&, ws] {
           ops::linear_decode_qk_norm_rope(h, ws[i++ % ws.size()], w[a + "q_norm.weight"], w[a + "k_norm.weight"],
                                           rope.cos, rope.sin, Hq, Hkv, eps, counts);
@@ -162,7 +163,21 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   auto kbuf = torch::randn({1, Hkv, cap, D}, opt), vbuf = torch::randn({1, Hkv, cap, D}, opt);
   auto pos = torch::full({1}, kv_len - 1, torch::TensorOptions(torch::kInt64).device(dev));
   auto k1 = torch::randn({1, Hkv, 1, D}, opt), v1 = torch::randn({1, Hkv, 1, D}, opt);
-  add("attention", "dense: token store (1 kernel)", 4 * Hkv * D * e, [&] { ops::kv_token_store(kbuf, vbuf, k1, v1, pos); });
+  const bool store_fused = qk_fused && model.gemv_epilogues().kv_store;
+  add(store_fused ? "(compare)" : "attention", "dense: token store (1 kernel)", 4 * Hkv * D * e,
+      [&] { ops::kv_token_store(kbuf, vbuf, k1, v1, pos); });
+  if (qk_fusable) {
+    // The token store in the q/k/v projection's launch (GemvEpilogues::kv_store): in the step where on, it replaces
+    // both rows above (its time minus the fused projection's row is what the store costs there).
+    const auto ws = clones(wqkv, copies_for(bytes_of(wqkv), l2, reps));
+    size_t i = 0;
+    const ops::QkvTokenStore store{kbuf, vbuf, pos};
+    add(store_fused ? "attention" : "(compare)", "q/k/v projection + q/k RMSNorm + RoPE + token store (one launch)",
+        bytes_of(wqkv) + (wqkv.size(0) + wqkv.size(1)) * e + 6 * (Hq + Hkv) * D * e, [&, ws, store] {
+          ops::linear_decode_qk_norm_rope(h, ws[i++ % ws.size()], w[a + "q_norm.weight"], w[a + "k_norm.weight"],
+                                          rope.cos, rope.sin, Hq, Hkv, eps, counts, kernels::GemvLayout::Auto, store);
+        });
+  }
   {
     const int n = copies_for(2 * bytes_of(kbuf), l2, reps);
     std::vector<model::LayerAttentionInputs> ins;

@@ -38,10 +38,20 @@ struct GemvHeadNormRope {
   void* q_roped = nullptr;
   void* k_normed = nullptr;  // [rows, k_heads, head_dim] contiguous, each
   void* k_roped = nullptr;
-  uint32_t* done = nullptr;  // [q_heads + k_heads], 0 at the launch and again after it
+  uint32_t* done = nullptr;  // [q_heads + k_heads] (+ k_heads with the token store), 0 at the launch and after it
   int64_t q_heads = 0, k_heads = 0, head_dim = 0, seq_len = 1;
   float eps = 0.f;
+  // Optional, all three or none: a decode step's token store (kv_token_store.h) in this launch. Each row is one
+  // sequence's token (seq_len 1); its roped k rows and its v rows (out's columns after the k heads) are also written to
+  // k_cache / v_cache [rows, k_heads, capacity, head_dim] (contiguous) at the slot *position (device memory; host for
+  // the CPU reference; outside [0, capacity) nothing is written), by each k and v head's last block. The v heads count
+  // in done then too.
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  const int64_t* position = nullptr;
+  int64_t capacity = 0;
   bool active() const { return done != nullptr; }
+  bool stores_token() const { return k_cache || v_cache || position; }
 };
 
 // The MoE router's softmax and top-k (moe_router.h) of the logits this launch writes to out ([rows, experts], the

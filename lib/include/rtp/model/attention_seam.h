@@ -14,6 +14,16 @@ struct LayerAttentionInputs {
   // [B, Hq, T, D], [B, Hkv, T, D], [B, Hkv, T, D]: what attention uses.
   torch::Tensor q, k, v;
   double scale = 1.0;
+  // A decode step's token already written into the cache by the projection's launch (TokenSlot): the cache's
+  // store_token is not to run for it.
+  bool token_stored = false;
+};
+
+// Where a decode step's projection may store the token itself (ops::QkvTokenStore): a dense cache's k and v buffers of
+// the layer [B, Hkv, capacity, D] and the slot (int64 [1] on the device). Undefined: the cache stores it.
+struct TokenSlot {
+  torch::Tensor k_cache, v_cache, position;
+  bool defined() const { return k_cache.defined(); }
 };
 
 class AttentionSeam {

@@ -43,6 +43,7 @@ class KVCache : public StepAttention {
   // any append: the buffers' shapes are not known yet).
   std::shared_ptr<const void> begin_step(int64_t position) override;
   void store_token(const LayerAttentionInputs& in, const torch::Tensor& position) override;
+  TokenSlot token_slot(int64_t layer, const torch::Tensor& position) const override;
   void attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) override;
   bool attends_on_device(int64_t query_heads) const override;
   void attend_token_on_device(const LayerAttentionInputs& in, const torch::Tensor& position, torch::Tensor& out) override;

@@ -81,7 +81,10 @@ class Qwen3Model {
   torch::Tensor embed(const torch::Tensor& ids_on_device) const;  // [B, T] -> [B, T, hidden]
   // Input norm, q/k/v projections, q_norm/k_norm and RoPE of layer `layer` for hidden states x [B, T, hidden]; the
   // norm resolves x's pending add (x.base becomes the sum).
-  LayerAttentionInputs attention_inputs(int64_t layer, ResidualStream& x, const RopeTables& rope) const;
+  // slot (a decode step): where the q/k/v projection's launch may store the token into the cache itself
+  // (GemvEpilogues::kv_store); the result's token_stored says whether it did.
+  LayerAttentionInputs attention_inputs(int64_t layer, ResidualStream& x, const RopeTables& rope,
+                                        const TokenSlot& slot = {}) const;
   // x + o_proj(attention [B, Hq, T, D]), then the post-attention norm and the MLP, whose output is left pending.
   ResidualStream finish_layer(int64_t layer, ResidualStream x, const torch::Tensor& attention) const;
   torch::Tensor lm_logits(ResidualStream x) const;  // final norm and LM head, float32 [B, T, V]
@@ -122,6 +125,10 @@ class Qwen3Model {
     // 8B (H100; at 6cb9e54, every launch carrying all epilogues' parameters, it was 0.5-2% slower);
     // rtpurbo-bench-decode --separate-qk-norm.
     bool qk_norm_rope = true;
+    // With qk_norm_rope, a dense cache's token store (k and v rows into the cache at the step's slot) in the same
+    // launch (ops::QkvTokenStore), a kernel less per layer; rtpurbo-bench-decode --fused-kv-store. Off: not yet
+    // measured on a GPU.
+    bool kv_store = false;
     // The MoE routing after the router projection (ops::linear_decode_moe_route); --separate-routing.
     bool moe_routing = true;
     // The residual add + RMSNorm after an MoE block, in its down pass's launch (ops::moe_decode_add_rms_norm; not a
@@ -132,7 +139,7 @@ class Qwen3Model {
   const GemvEpilogues& gemv_epilogues() const;
   // How many times each fused launch ran (tests).
   struct GemvEpilogueLaunches {
-    int64_t add_norm = 0, qk_norm_rope = 0, moe_routing = 0, moe_add_norm = 0;
+    int64_t add_norm = 0, qk_norm_rope = 0, moe_routing = 0, moe_add_norm = 0, kv_store = 0;
   };
   GemvEpilogueLaunches gemv_epilogue_launches() const;
 

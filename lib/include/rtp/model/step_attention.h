@@ -32,6 +32,14 @@ class StepAttention {
   // the host; what it allocates must stay referenced until the next call for the layer (a graph replays into it).
   virtual void store_token(const LayerAttentionInputs& in, const torch::Tensor& position) = 0;
 
+  // Where the layer's q/k/v projection may write the token itself, in its own launch, instead of store_token (the
+  // model does where it can and says so in LayerAttentionInputs::token_stored): a cache whose store is a plain copy
+  // of k and v rows into buffers that stay where they are. Asked after begin_step; undefined by default.
+  virtual TokenSlot token_slot(int64_t layer, const torch::Tensor& position) const {
+    (void)layer, (void)position;
+    return {};
+  }
+
   // Eager, after store_token for the same layer: the token's attention over everything stored so far (position + 1
   // tokens), written to `out` [B, Hq, 1, D] (the model's dtype, contiguous).
   virtual void attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) = 0;

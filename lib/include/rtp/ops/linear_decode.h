@@ -58,18 +58,29 @@ std::pair<torch::Tensor, torch::Tensor> linear_decode_add_rms_norm(const torch::
 // epilogue): x [B, T, k], weight [(q_heads + 2 k_heads) head_dim, k] ([q | k | v] rows), q_weight and k_weight
 // [head_dim], cos and sin float32 [T, head_dim]. Returns the projection [B, T, m] (v is its last rows) and q and k
 // normed and roped, [B, T, heads, head_dim] each, as rms_norm_rope_qk (rms_norm.h) of the projection's q and k would.
-// done: int32 on x's device with at least q_heads + k_heads elements, all 0, left 0.
+// done: int32 on x's device with at least q_heads + k_heads elements (q_heads + 2 k_heads with a token store), all 0,
+// left 0.
 struct ProjectedQkv {
   torch::Tensor qkv, q_normed, q_roped, k_normed, k_roped;
 };
+// Optional: the token's roped k and its v also written into a dense KV cache in the same launch, as kv_token_store
+// (kv_token_store.h) would write them after it: k_cache and v_cache [B, k_heads, capacity, head_dim] contiguous, x's
+// dtype and device; position int64 [1] on x's device (the slot, read there; outside [0, capacity) nothing is
+// written). One token per sequence (T 1). All three tensors or none.
+struct QkvTokenStore {
+  torch::Tensor k_cache, v_cache, position;
+  bool requested() const { return k_cache.defined() || v_cache.defined() || position.defined(); }
+};
 bool gemv_qk_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& q_weight,
                                  const torch::Tensor& k_weight, const torch::Tensor& cos, const torch::Tensor& sin,
-                                 int64_t q_heads, int64_t k_heads, const torch::Tensor& done);
+                                 int64_t q_heads, int64_t k_heads, const torch::Tensor& done,
+                                 const QkvTokenStore& store = {});
 ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
                                         const torch::Tensor& q_weight, const torch::Tensor& k_weight,
                                         const torch::Tensor& cos, const torch::Tensor& sin, int64_t q_heads,
                                         int64_t k_heads, double eps, const torch::Tensor& done,
-                                        kernels::GemvLayout layout = kernels::GemvLayout::Auto);
+                                        kernels::GemvLayout layout = kernels::GemvLayout::Auto,
+                                        const QkvTokenStore& store = {});
 
 // A decode step's MoE router projection with the routing (moe_router.h) in the same launch: x [N, H] (N at most 4),
 // weight [E, H]. Returns (logits [N, E], expert int64 [N, top_k], routing weight [N, top_k] in x's dtype), as

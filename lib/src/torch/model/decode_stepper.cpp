@@ -45,8 +45,8 @@ void DecodeStepper::run_segment(int64_t s) {
     hidden_[s] = model_.finish_layer(s - 1, hidden_[s - 1], attention_);
   }
   if (s < layers_) {
-    inputs_[s] = model_.attention_inputs(s, hidden_[s], rope_);
-    if (store_) store_->store_token(inputs_[s], position_);
+    inputs_[s] = model_.attention_inputs(s, hidden_[s], rope_, store_ ? store_->token_slot(s, position_) : TokenSlot{});
+    if (store_ && !inputs_[s].token_stored) store_->store_token(inputs_[s], position_);
     if (device_attention_) store_->attend_token_on_device(inputs_[s], position_, attention_);
   } else {
     logits_ = model_.lm_logits(hidden_[s]);

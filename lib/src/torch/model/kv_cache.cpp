@@ -67,6 +67,12 @@ void KVCache::store_token(const LayerAttentionInputs& in, const torch::Tensor& p
   v_[in.layer].index_copy_(2, position, in.v);
 }
 
+TokenSlot KVCache::token_slot(int64_t layer, const torch::Tensor& position) const {
+  // On a GPU the k and v buffers (made contiguous by grow) take the row copy of store_token in the projection's launch.
+  if (layer < 0 || layer >= num_layers() || !k_[layer].defined() || !k_[layer].is_cuda()) return {};
+  return {k_[layer], v_[layer], position};
+}
+
 void KVCache::attend_token(const LayerAttentionInputs& in, int64_t position, torch::Tensor& out) {
   filled_[in.layer] = position + 1;
   LayerAttentionInputs full = in;

@@ -55,8 +55,9 @@ class Qwen3ModelImpl {
   // again after to(), which gives every parameter storage of its own.
   void fuse_projections() {
     torch::NoGradGuard no_grad;
-    // One count per q and k head (the q/k norm epilogue), the first also the other epilogues'.
-    gemv_done = torch::zeros({cfg.num_attention_heads + cfg.num_key_value_heads},
+    // One count per q, k and v head (the q/k norm epilogue; v with its token store), the first also the other
+    // epilogues'.
+    gemv_done = torch::zeros({cfg.num_attention_heads + 2 * cfg.num_key_value_heads},
                              torch::TensorOptions(torch::kInt32).device(device()));
     const int64_t L = cfg.num_hidden_layers;
     qkv_weight.assign(L, SharedRows());
@@ -320,7 +321,8 @@ class Qwen3ModelImpl {
     return lm_logits(std::move(x));
   }
 
-  LayerAttentionInputs attention_inputs(int64_t i, ResidualStream& x, const RopeTables& rope) const {
+  LayerAttentionInputs attention_inputs(int64_t i, ResidualStream& x, const RopeTables& rope,
+                                        const TokenSlot& slot = {}) const {
     const int64_t B = x.base.size(0), T = x.base.size(1);
     const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads, D = cfg.head_dim;
     const std::string pre = "model.layers." + std::to_string(i) + ".";
@@ -335,10 +337,19 @@ class Qwen3ModelImpl {
     if (epilogues.qk_norm_rope && !cfg.attention_bias && shares_rows(qkv_weight[i]) &&
         ops::gemv_preferred(qkv_weight[i].joined, gemv_max_ratio) &&
         ops::gemv_qk_norm_rope_supported(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv, gemv_done)) {
-      // A decode step on a GPU: the q/k norms and RoPE in the projection's launch, by each head's last block.
+      // A decode step on a GPU: the q/k norms and RoPE in the projection's launch, by each head's last block; with a
+      // slot, the token's k and v into the cache there too.
+      ops::QkvTokenStore store;
+      if (epilogues.kv_store && slot.defined()) {
+        store = {slot.k_cache, slot.v_cache, slot.position};
+        if (!ops::gemv_qk_norm_rope_supported(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv, gemv_done,
+                                              store))
+          store = {};
+      }
       auto r = ops::linear_decode_qk_norm_rope(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv,
-                                               cfg.rms_norm_eps, gemv_done, gemv_layout);
+                                               cfg.rms_norm_eps, gemv_done, gemv_layout, store);
       ++epilogue_launches.qk_norm_rope;
+      if (store.requested()) in.token_stored = true, ++epilogue_launches.kv_store;
       in.q_pre_rope = r.q_normed.transpose(1, 2), in.q = r.q_roped.transpose(1, 2);
       in.k_pre_rope = r.k_normed.transpose(1, 2), in.k = r.k_roped.transpose(1, 2);
       in.v = r.qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
@@ -442,8 +453,9 @@ torch::Tensor ResidualStream::resolved() const {
   return pending.defined() ? base + pending : base;
 }
 
-LayerAttentionInputs Qwen3Model::attention_inputs(int64_t layer, ResidualStream& x, const RopeTables& rope) const {
-  return impl_->attention_inputs(layer, x, rope);
+LayerAttentionInputs Qwen3Model::attention_inputs(int64_t layer, ResidualStream& x, const RopeTables& rope,
+                                                  const TokenSlot& slot) const {
+  return impl_->attention_inputs(layer, x, rope, slot);
 }
 ResidualStream Qwen3Model::finish_layer(int64_t layer, ResidualStream x, const torch::Tensor& attention) const {
   return impl_->finish_layer(layer, std::move(x), attention);

@@ -124,8 +124,21 @@ std::pair<torch::Tensor, torch::Tensor> linear_decode_add_rms_norm(const torch::
 
 bool gemv_qk_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& q_weight,
                                  const torch::Tensor& k_weight, const torch::Tensor& cos, const torch::Tensor& sin,
-                                 int64_t q_heads, int64_t k_heads, const torch::Tensor& done) {
+                                 int64_t q_heads, int64_t k_heads, const torch::Tensor& done,
+                                 const QkvTokenStore& store) {
   if (!gemv_supported(x, weight) || x.dim() != 3 || q_heads <= 0 || k_heads <= 0) return false;
+  if (store.requested()) {
+    const auto& kc = store.k_cache;
+    const auto cache = [&](const torch::Tensor& c) {
+      return c.defined() && c.device() == x.device() && c.scalar_type() == x.scalar_type() && c.is_contiguous() &&
+             c.dim() == 4 && c.size(0) == x.size(0) && c.size(1) == k_heads && c.size(2) > 0 &&
+             c.size(3) == q_weight.numel() && c.sizes() == kc.sizes();
+    };
+    const auto& pos = store.position;
+    if (!cache(kc) || !cache(store.v_cache) || x.size(1) != 1 || !pos.defined() || pos.device() != x.device() ||
+        pos.scalar_type() != torch::kInt64 || pos.numel() != 1 || !detail::is_launch_counter(done, x, q_heads + 2 * k_heads))
+      return false;
+  }
   const int64_t D = q_weight.defined() ? q_weight.numel() : 0, T = x.size(1);
   const auto same = [&](const torch::Tensor& t) {
     return t.defined() && t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous() &&
@@ -143,7 +156,8 @@ bool gemv_qk_norm_rope_supported(const torch::Tensor& x, const torch::Tensor& we
 ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Tensor& weight,
                                         const torch::Tensor& q_weight, const torch::Tensor& k_weight,
                                         const torch::Tensor& cos, const torch::Tensor& sin, int64_t q_heads,
-                                        int64_t k_heads, double eps, const torch::Tensor& done, k::GemvLayout layout) {
+                                        int64_t k_heads, double eps, const torch::Tensor& done, k::GemvLayout layout,
+                                        const QkvTokenStore& store) {
   RTP_CHECK(gemv_qk_norm_rope_supported(x, weight, q_weight, k_weight, cos, sin, q_heads, k_heads, done),
             "linear_decode_qk_norm_rope: expected x [B, T, k] of at most ", k::kGemvMaxRows,
             " rows on a GPU, weight [(q_heads + 2 k_heads) head_dim, k], q/k norm weights [head_dim] (a multiple of ",
@@ -152,6 +166,14 @@ ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Ten
             "found x ", x.sizes(), " ", x.scalar_type(), " on ", x.device(), ", weight ", weight.sizes(), ", q_weight ",
             q_weight.sizes(), ", k_weight ", k_weight.sizes(), ", cos ", cos.sizes(), ", sin ", sin.sizes(),
             ", heads ", q_heads, "/", k_heads, ", done ", done.sizes(), " ", done.scalar_type());
+  RTP_CHECK(!store.requested() || gemv_qk_norm_rope_supported(x, weight, q_weight, k_weight, cos, sin, q_heads,
+                                                              k_heads, done, store),
+            "linear_decode_qk_norm_rope: the token store takes one token per sequence (x [B, 1, k]), k_cache and "
+            "v_cache [B, k_heads, capacity, head_dim] contiguous in x's dtype and device, position int64 [1] there, "
+            "done of at least q_heads + 2 k_heads elements; found x ", x.sizes(), ", k_cache ",
+            store.k_cache.defined() ? store.k_cache.sizes() : torch::IntArrayRef{}, ", v_cache ",
+            store.v_cache.defined() ? store.v_cache.sizes() : torch::IntArrayRef{}, ", position ",
+            store.position.defined() ? store.position.sizes() : torch::IntArrayRef{}, ", done ", done.sizes());
   ProjectedQkv r;
   auto p = gemv_params(x, weight, r.qkv);
   p.layout = layout;
@@ -168,6 +190,11 @@ ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Ten
   h.done = static_cast<uint32_t*>(done.data_ptr());
   h.q_heads = q_heads, h.k_heads = k_heads, h.head_dim = D, h.seq_len = T;
   h.eps = static_cast<float>(eps);
+  if (store.requested()) {
+    h.k_cache = store.k_cache.data_ptr(), h.v_cache = store.v_cache.data_ptr();
+    h.position = store.position.data_ptr<int64_t>();
+    h.capacity = store.k_cache.size(2);
+  }
   run_gemv(p, x.device(), "linear_decode_qk_norm_rope");
   return r;
 }
