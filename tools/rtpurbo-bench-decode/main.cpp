@@ -125,8 +125,8 @@ int main(int argc, char** argv) {
                            cxxopts::value<std::string>()->default_value(std::to_string(rtp::ops::kFusedAddNormMaxM)))
       ("separate-qk-norm", "the q/k RMSNorm + RoPE as a kernel of its own, not in the q/k/v projection's launch (the "
                            "GEMV's head epilogue)")
-      ("fused-kv-store", "a dense cache's token store (k and v rows into the cache) in the q/k/v projection's launch, "
-                         "not a kernel of its own (with the fused q/k norm; off by default until measured)")
+      ("separate-kv-store", "a dense cache's token store (k and v rows into the cache) as a kernel of its own, not in "
+                            "the q/k/v projection's launch (with the fused q/k norm)")
       ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
       ("separate-moe-norm", "the residual add + RMSNorm after an MoE block as a kernel of its own, not in the experts' "
                             "down pass launch")
@@ -224,7 +224,7 @@ int main(int argc, char** argv) {
     epilogues.add_norm = args.count("separate-norms") == 0;
     epilogues.add_norm_max_m = rtp::tools::integer_arg(args, "fused-norm-max-m", at_least(1));
     epilogues.qk_norm_rope = args.count("separate-qk-norm") == 0;
-    epilogues.kv_store = args.count("fused-kv-store") > 0;
+    epilogues.kv_store = args.count("separate-kv-store") == 0;
     epilogues.moe_routing = args.count("separate-routing") == 0;
     epilogues.moe_add_norm = args.count("separate-moe-norm") == 0;
     model.set_gemv_epilogues(epilogues);
