@@ -180,39 +180,59 @@ __device__ __forceinline__ void pdl_wait_then_trigger() {
   pdl_trigger();
 }
 
-// The compute capability's major number of the current device, 0 if it cannot be read: the launchers take
-// programmatic launch from 9 on (the launch attribute needs Hopper or later). Every launch of the decode step's kernels
-// asks, so the answer is kept per device (a hardware fact; 0 in the table: not read yet).
-inline int current_device_cc_major() {
-  constexpr int kDevices = 64;
-  static std::atomic<int> major_of[kDevices];
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  const bool kept = dev >= 0 && dev < kDevices;
-  if (kept && (major = major_of[dev].load(std::memory_order_relaxed)) > 0) return major;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
-  if (kept) major_of[dev].store(major, std::memory_order_relaxed);
-  return major;
+// Per-device facts the launchers ask on every launch, kept in a table per fact (a device index past it is asked
+// every time).
+constexpr int kCachedDevices = 64;
+
+// Attribute kAttr of the current device, `unreadable` if it cannot be read. The table holds value + 1 (0: not read
+// yet), so that an attribute whose value is 0 is kept too.
+template <cudaDeviceAttr kAttr>
+inline int current_device_attribute(int unreadable) {
+  static std::atomic<int> value_of[kCachedDevices];
+  int dev = 0, value = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return unreadable;
+  const bool kept = dev >= 0 && dev < kCachedDevices;
+  if (kept && (value = value_of[dev].load(std::memory_order_relaxed)) > 0) return value - 1;
+  if (cudaDeviceGetAttribute(&value, kAttr, dev) != cudaSuccess) return unreadable;
+  if (kept) value_of[dev].store(value + 1, std::memory_order_relaxed);
+  return value;
 }
+
+// The compute capability's major number of the current device, 0 if it cannot be read: the launchers take
+// programmatic launch from 9 on (the launch attribute needs Hopper or later).
+inline int current_device_cc_major() { return current_device_attribute<cudaDevAttrComputeCapabilityMajor>(0); }
 inline bool programmatic_launch_available() { return current_device_cc_major() >= 9; }
 
 // Launches kern; pdl: with programmatic stream serialization (see pdl_trigger). A kernel launched so must wait
 // (pdl_wait) before it reads anything the kernels before it write; the first kernel of a call waits before anything
-// else (pdl_wait_then_trigger).
+// else (pdl_wait_then_trigger). cooperative: every block of the grid resident at once, or the launch is refused
+// (cudaLaunchAttributeCooperative; it combines with programmatic launch, in CUDA graphs too: H100, driver 580).
 template <typename... KArgs, typename... Args>
-cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
-                     Args... args) {
+cudaError_t launch_with(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                        bool cooperative, Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cooperative) {
+    attr[n].id = cudaLaunchAttributeCooperative;
+    attr[n++].val.cooperative = 1;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...);
+}
+template <typename... KArgs, typename... Args>
+cudaError_t launch_k(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     Args... args) {
+  return launch_with(kern, grid, block, smem, stream, pdl, false, args...);
 }
 
 }  // namespace rtp::kernels::cuda_detail

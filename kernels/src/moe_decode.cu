@@ -346,12 +346,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3)
 
 // Blocks of `kernel` resident on the current device at once (its SMs times blocks per SM), kept in blocks_of[device]
 // (the kernel's own table: a hardware and compiled-kernel fact; 0: not asked yet). 0 if it cannot be read.
-constexpr int kDevices = 64;
 template <typename Kernel>
-int resident_blocks(Kernel kernel, int threads, size_t smem, std::atomic<int> (&blocks_of)[kDevices]) {
+int resident_blocks(Kernel kernel, int threads, size_t smem, std::atomic<int> (&blocks_of)[kCachedDevices]) {
   int dev = 0, sms = 0, per_sm = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  const bool kept = dev >= 0 && dev < kDevices;
+  const bool kept = dev >= 0 && dev < kCachedDevices;
   int blocks = kept ? blocks_of[dev].load(std::memory_order_relaxed) : 0;
   if (blocks > 0) return blocks;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
@@ -366,19 +365,18 @@ int resident_blocks(Kernel kernel, int threads, size_t smem, std::atomic<int> (&
 // call: 32 KB, under the 48 KB a block may have without opting in with its static shared memory beside it.
 constexpr size_t kMaxStagedAct = 32 * 1024;
 
-// Whether the current device takes cooperative launches: kept per device as resident_blocks' counts (0: not asked,
-// 1: yes, 2: no). Set to no after a refused launch too (under MPS with fewer SMs than the device has, say), so that a
-// refusal is met once, not on every call.
-std::atomic<int> cooperative_of[kDevices];
-bool cooperative_launch_available(int dev) {
-  const bool kept = dev >= 0 && dev < kDevices;
-  int state = kept ? cooperative_of[dev].load(std::memory_order_relaxed) : 0;
-  if (state == 0) {
-    int yes = 0;
-    state = cudaDeviceGetAttribute(&yes, cudaDevAttrCooperativeLaunch, dev) == cudaSuccess && yes ? 1 : 2;
-    if (kept) cooperative_of[dev].store(state, std::memory_order_relaxed);
-  }
-  return state == 1;
+// Devices where a cooperative launch was refused although the device takes them (under MPS with fewer SMs than the
+// device has, say): the count form from then on, so that a refusal is met once, not on every call.
+std::atomic<bool> cooperative_refused_on[kCachedDevices];
+bool cooperative_launch_worth_trying() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || current_device_attribute<cudaDevAttrCooperativeLaunch>(0) == 0) return false;
+  return dev >= kCachedDevices || !cooperative_refused_on[dev].load(std::memory_order_relaxed);
+}
+void remember_cooperative_refusal() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < kCachedDevices)
+    cooperative_refused_on[dev].store(true, std::memory_order_relaxed);
 }
 
 template <typename T>
@@ -387,44 +385,28 @@ cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, cuda
   const int rows = p.shape.gate_up_rows_per_warp;
   const auto kernel = rows == 2 ? experts_one_launch_kernel<T, 2> : experts_one_launch_kernel<T, 1>;
   const int threads = kWarpsPerBlock * 32;
-  static std::atomic<int> resident_of[2][kDevices];  // per kernel: [rows == 2]
+  static std::atomic<int> resident_of[2][kCachedDevices];  // per kernel: [rows == 2]
   const int resident = resident_blocks(kernel, threads, kMaxStagedAct, resident_of[rows == 2]);
   if (resident <= 0) return cudaErrorInvalidConfiguration;
   const int64_t gate_up_items = N * K * ((I + kWarpsPerBlock * rows - 1) / (kWarpsPerBlock * rows));
-  const unsigned grid = unsigned(std::min<int64_t>(gate_up_items, resident));
+  const dim3 grid(unsigned(std::min<int64_t>(gate_up_items, resident)));
   const size_t smem = size_t(K * I) * sizeof(T);
   const bool pdl = current_device_cc_major() >= 9;
-  const auto* x = static_cast<const T*>(p.x);
-  const auto* w = static_cast<const T*>(p.weight);
-  const auto* gu = static_cast<const T*>(p.gate_up);
-  const auto* dn = static_cast<const T*>(p.down);
-  auto* act = static_cast<T*>(p.act);
-  auto* out = static_cast<T*>(p.out);
-  int dev = -1;
-  if (!p.one_launch_by_count && cudaGetDevice(&dev) == cudaSuccess && cooperative_launch_available(dev)) {
-    // Cooperative beside programmatic launch: the two combine, in CUDA graphs too (H100, driver 580).
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 2 : 1;
-    if (cudaLaunchKernelEx(&cfg, kernel, x, p.expert, w, gu, dn, act, out, N, K, E, H, I, epi, p.done, true) ==
-        cudaSuccess)
-      return cudaSuccess;
+  const auto launch = [&](bool cooperative) {
+    // cooperative: every block resident, so the first items go by block index (first_by_index).
+    return launch_with(kernel, grid, dim3(threads), smem, stream, pdl, cooperative, static_cast<const T*>(p.x),
+                       p.expert, static_cast<const T*>(p.weight), static_cast<const T*>(p.gate_up),
+                       static_cast<const T*>(p.down), static_cast<T*>(p.act), static_cast<T*>(p.out), N, K, E, H, I,
+                       epi, p.done, cooperative);
+  };
+  if (!p.one_launch_by_count && cooperative_launch_worth_trying()) {
+    if (launch(true) == cudaSuccess) return cudaSuccess;
     // A refusal is not a sticky error; the count form runs instead, from now on on this device. (Refused while a graph
     // is captured, the capture may be invalidated and fail with an error at its end; the next capture is fine.)
     (void)cudaGetLastError();
-    if (dev < kDevices) cooperative_of[dev].store(2, std::memory_order_relaxed);
+    remember_cooperative_refusal();
   }
-  return launch_k(kernel, dim3(grid), dim3(threads), smem, stream, pdl, x, p.expert, w, gu, dn, act, out, N, K, E, H,
-                  I, epi, p.done, false);
+  return launch(false);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -334,18 +334,17 @@ class Qwen3ModelImpl {
     LayerAttentionInputs in;
     in.layer = i;
     in.scale = 1.0 / std::sqrt(static_cast<double>(D));
+    // A decode step on a GPU: the q/k norms and RoPE in the projection's launch, by each head's last block; with a
+    // slot, the token's k and v into the cache there too (where the store is supported, so is the launch without it).
+    const auto fusable = [&](const ops::QkvTokenStore& store) {
+      return ops::gemv_qk_norm_rope_supported(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv, gemv_done,
+                                              store);
+    };
+    ops::QkvTokenStore store;
+    if (epilogues.kv_store && slot.defined()) store = {slot.k_cache, slot.v_cache, slot.position};
     if (epilogues.qk_norm_rope && !cfg.attention_bias && shares_rows(qkv_weight[i]) &&
         ops::gemv_preferred(qkv_weight[i].joined, gemv_max_ratio) &&
-        ops::gemv_qk_norm_rope_supported(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv, gemv_done)) {
-      // A decode step on a GPU: the q/k norms and RoPE in the projection's launch, by each head's last block; with a
-      // slot, the token's k and v into the cache there too.
-      ops::QkvTokenStore store;
-      if (epilogues.kv_store && slot.defined()) {
-        store = {slot.k_cache, slot.v_cache, slot.position};
-        if (!ops::gemv_qk_norm_rope_supported(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv, gemv_done,
-                                              store))
-          store = {};
-      }
+        ((store.requested() && fusable(store)) || (store = {}, fusable(store)))) {
       auto r = ops::linear_decode_qk_norm_rope(h, qkv_weight[i].joined, qw, kw, rope.cos, rope.sin, Hq, Hkv,
                                                cfg.rms_norm_eps, gemv_done, gemv_layout, store);
       ++epilogue_launches.qk_norm_rope;
