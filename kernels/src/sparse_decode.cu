@@ -53,7 +53,6 @@ struct DecodeArgs {
   unsigned long long* timeline;  // DecodeTuning::timeline
   bool bstar_in_attend;  // the attend's retrieval blocks find b* from the histogram (hist_kernel does not)
   bool attend_first;     // no retrieval head: the attend is the call's first kernel and waits for the caller's
-  bool early_kv;         // attend_first and SparseDecodeParams::caches_final_but_new_token (mma attend only)
   int shared_carveout;   // DecodeTuning::shared_carveout
   int8_t ret_kvh[kMaxKvHeads];  // KV head of retrieval slot r
 };
@@ -945,57 +944,32 @@ __device__ __forceinline__ int compact_kept(const uint16_t (&mb)[CAND], int bsta
 // S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers (rows are quads of lanes), O += P V (P
 // re-packed from the S accumulators, V by ldmatrix.trans). Scores are in log2 units (sl2 = scale * log2 e).
 // Called by every thread of a kMmaThreads block; st carries over between calls.
-// Requests tile t (keys t*TK .. t*TK + TK-1 of the n, rows past n zero-filled) into stage `stage` of kvs, except the
-// key `held` (-1: none), whose slot is left for load_kv_row. Called by every thread of a kMmaThreads block.
-template <int D>
-__device__ __forceinline__ void load_kv_tile(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0,
-                                             const uint16_t* list, int n, int t, int stage, __nv_bfloat16* kvs,
-                                             int held = -1) {
-  constexpr int NT = kMmaThreads, TK = kMmaTile, CPR = D / 8;
-  const int tid = threadIdx.x;
-  __nv_bfloat16* Ks = kvs + stage * 2 * TK * D;
-  __nv_bfloat16* Vs = Ks + TK * D;
-#pragma unroll
-  for (int it = 0; it < TK * CPR / NT; ++it) {
-    const int c = tid + it * NT, r = c / CPR, cc = c % CPR, i = t * TK + r;
-    if (i == held) continue;
-    const bool valid = i < n;
-    const int64_t row = valid ? k0 + (list ? int(list[i]) : i) : 0;
-    const int off = swz<D>(r, cc);
-    cp_async16(smem_u32(Ks + off), K + row * D + cc * 8, valid ? 16 : 0);
-    cp_async16(smem_u32(Vs + off), V + row * D + cc * 8, valid ? 16 : 0);
-  }
-}
-
-// Requests contiguous key i (< n) into its slot of tile i / TK, stage (i / TK) & 1: the row load_kv_tile held back.
-template <int D>
-__device__ __forceinline__ void load_kv_row(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0, int i,
-                                            __nv_bfloat16* kvs) {
-  constexpr int TK = kMmaTile, CPR = D / 8;
-  const int cc = threadIdx.x;
-  if (cc >= CPR) return;
-  __nv_bfloat16* Ks = kvs + ((i / TK) & 1) * 2 * TK * D;
-  __nv_bfloat16* Vs = Ks + TK * D;
-  const int off = swz<D>(i % TK, cc);
-  cp_async16(smem_u32(Ks + off), K + (k0 + i) * D + cc * 8, 16);
-  cp_async16(smem_u32(Vs + off), V + (k0 + i) * D + cc * 8, 16);
-}
-
-// preloaded: the first tiles already requested and committed by the caller (at most kMmaStages, each in stage t).
 template <int D>
 __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0,
                                             const uint16_t* list, int n, const uint32_t (&qa)[D / 16][4], float sl2,
-                                            __nv_bfloat16* kvs, MmaAttendState<D>& st, int preloaded = 0) {
-  constexpr int TK = kMmaTile, KS = D / 16, NO = D / 8;
+                                            __nv_bfloat16* kvs, MmaAttendState<D>& st) {
+  constexpr int NT = kMmaThreads, TK = kMmaTile, CPR = D / 8, KS = D / 16, NO = D / 8;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int ntiles = (n + TK - 1) / TK;
-  if (ntiles > 0 && preloaded == 0) load_kv_tile<D>(K, V, k0, list, n, 0, 0, kvs);
+  auto load_tile = [&](int t, int stage) {
+    __nv_bfloat16* Ks = kvs + stage * 2 * TK * D;
+    __nv_bfloat16* Vs = Ks + TK * D;
+#pragma unroll
+    for (int it = 0; it < TK * CPR / NT; ++it) {
+      const int c = tid + it * NT, r = c / CPR, cc = c % CPR, i = t * TK + r;
+      const bool valid = i < n;
+      const int64_t row = valid ? k0 + (list ? int(list[i]) : i) : 0;
+      const int off = swz<D>(r, cc);
+      cp_async16(smem_u32(Ks + off), K + row * D + cc * 8, valid ? 16 : 0);
+      cp_async16(smem_u32(Vs + off), V + row * D + cc * 8, valid ? 16 : 0);
+    }
+  };
+  if (ntiles > 0) load_tile(0, 0);
   cp_async_commit();
   const int q4 = lane & 3;
   const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: lane supplies row rr of matrix mi
   for (int t = 0; t < ntiles; ++t) {
-    // wait<1> below leaves only the newest group in flight: a preloaded tile's group is older than it.
-    if (t + 1 < ntiles && t + 1 >= preloaded) load_kv_tile<D>(K, V, k0, list, n, t + 1, (t + 1) & 1, kvs);
+    if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     mma_threads_sync();
@@ -1143,12 +1117,9 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   const int kvh = blockIdx.y, split = blockIdx.x;
   const int kind = a.kind[kvh];
   const bool ret = kind == int(HeadKind::RETRIEVAL);
-  // The call's first kernel (no retrieval head) waits for the caller's K/V, as stats does; with early_kv only for
-  // the new token's row and q (below). The length is read before: the caller wrote it before the kernel ahead.
-  if (a.attend_first && !a.early_kv) pdl_wait();
+  if (a.attend_first) pdl_wait();  // the call's first kernel (no retrieval head): the caller's K/V first, as stats
   pdl_trigger();  // first, as in the index passes
-  const int64_t L = kv_length(a);
-  const HeadSplit hs = head_split_of(a, kvh, L);
+  const HeadSplit hs = head_split_of(a, kvh, kv_length(a));
   if (split >= hs.nsplit) return;
   const int phase = ret ? kPhaseAttendRetrieval : kPhaseAttendOther;
   probe_start(a.timeline, phase);
@@ -1185,26 +1156,12 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
     probe_point(a.timeline, kPhaseAttendCompacted);
     if (selected_count && tid == 0) atomicAdd(&selected_count[rs], n);
   }
-  int preloaded = 0;
-  if (a.early_kv) {
-    // Every row but the new token's is final before the kernel ahead started (caches_final_but_new_token): the first
-    // tiles are requested now, while that kernel still runs, the new row after the wait.
-    const int64_t t = L - 1;
-    const int64_t newest = kind == int(HeadKind::STREAMING) && t >= a.sink ? a.sink + (t - a.sink) % a.window : t;
-    const int held = newest >= k0 && newest < k1 ? int(newest - k0) : -1;
-    preloaded = min((n + kMmaTile - 1) / kMmaTile, kMmaStages);
-    for (int i = 0; i < preloaded; ++i) load_kv_tile<D>(K, V, k0, nullptr, n, i, i, kvs, held);
-    cp_async_commit();
-    pdl_wait();
-    if (held >= 0 && held < preloaded * kMmaTile) load_kv_row<D>(K, V, k0, held, kvs);
-    cp_async_commit();
-  }
   uint32_t qa[D / 16][4];
   load_q_fragments<D>(q + int64_t(kvh) * G * D, G, qa);
   MmaAttendState<D> st;
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
-  attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st, preloaded);
+  attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
   if (ret) probe_point(a.timeline, kPhaseAttendTilesDone);
   // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
   // anything they touch, and the partials they write were last read by the previous call's combine, which
@@ -1361,7 +1318,6 @@ DecodePlan plan_decode(const SparseDecodeParams& p) {
   const int Hq = p.num_q_heads;
   plan.R = R;
   a.attend_first = R == 0;
-  a.early_kv = a.attend_first && !plan.v2 && p.caches_final_but_new_token;
   const IndexSplit is = p.position ? max_index_split(p.kv_len, a.splits) : index_split(p.kv_len, a.splits);
   plan.stat_blocks = is.nstats;
   plan.hist_blocks = is.nhist;

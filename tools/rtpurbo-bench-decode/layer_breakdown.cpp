@@ -210,19 +210,12 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
         di.kv_len = cap;
         di.position = pos;
         di.out = torch::empty({Hq, D}, opt);
-        // As in the step, where the token store runs just before; here the kernel before is the previous call's
-        // combine, which writes no cache row either.
-        di.caches_final_but_new_token = true;
         dis.push_back(di);
       }
       const std::vector<kernels::HeadKind> dense_kinds(static_cast<size_t>(Hkv), kernels::HeadKind::DENSE);
       size_t j = 0;
       add("attention", "dense: decode kernel over " + std::to_string(kv_len) + " keys (length on the device)",
           2 * Hkv * kv_len * D * e, [&] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, ops::SparseConfig{}); });
-      auto dis_late = dis;
-      for (auto& di : dis_late) di.caches_final_but_new_token = false;
-      add("(compare)", "dense: decode kernel, every K/V load after the wait", 2 * Hkv * kv_len * D * e,
-          [&] { ops::sparse_decode(dis_late[j++ % dis_late.size()], dense_kinds, ops::SparseConfig{}); });
       // Other splits for comparison (DecodeTuning::dense_keys_per_block).
       for (const int keys : {64, 128, 256, 512, 1024}) {
         ops::SparseConfig tuned;
@@ -310,7 +303,6 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
         auto r = di;
         r.q = di.q.narrow(0, G, (Hkv - 1) * G), r.out = di.out.narrow(0, G, (Hkv - 1) * G);
         r.k_full = r.v_full = r.index_q = r.index_k = torch::Tensor();
-        r.caches_final_but_new_token = true;  // a layer without a retrieval head, as in the step
         ring_only.push_back(r);
       }
       add("(compare)", "sparse: the " + std::to_string(Hkv - 1) + " ring heads alone", (Hkv - 1) * std::min(kv_len, ring) * 2 * D * e,

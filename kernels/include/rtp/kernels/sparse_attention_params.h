@@ -278,13 +278,6 @@ struct SparseDecodeParams {
   float top_p = 0.9f;
   int64_t keep_first = 64, keep_last = 64;
   int32_t* selected_count = nullptr;  // optional [Hkv_ret]: how many tokens each retrieval head attended
-  // CUDA: the caller's promise that of the caches the kernel launched just before this call wrote only the new token's
-  // rows (row t of k_full/v_full, ring slot sink + (t - sink) % window of k_ring/v_ring: a token store, alone or in the
-  // q/k/v projection's launch), every other row being final before that kernel started. A call without a retrieval
-  // head then requests the other rows of each attend block's first tiles before its programmatic-launch wait for that
-  // kernel, and the new token's rows after it, so the cache reads overlap the projection's end. Wrong where the kernel
-  // before wrote other rows (e.g. a copy into the caches): leave it false there.
-  bool caches_final_but_new_token = false;
   // CUDA: optional device scratch of at least sparse_decode_workspace_bytes(params) bytes; null: the call
   // allocates and frees its own (stream-ordered, slower per token).
   void* workspace = nullptr;

@@ -52,9 +52,8 @@ class StepAttention {
     (void)query_heads;
     return false;
   }
-  // Captured with the layer (or run eagerly in the same place) right after store_token (or the projection that stored
-  // the token): attend_token's result, the position read from `position` (int64 [1] on the model's device); reads no
-  // value on the host. The caches may rely on the kernel just before having written no row but the new token's. Once every layer has run,
+  // Captured with the layer (or run eagerly in the same place) after store_token: attend_token's result, the position
+  // read from `position` (int64 [1] on the model's device); reads no value on the host. Once every layer has run,
   // end_step(position) does the host's bookkeeping.
   virtual void attend_token_on_device(const LayerAttentionInputs& in, const torch::Tensor& position, torch::Tensor& out);
   virtual void end_step(int64_t position) { (void)position; }

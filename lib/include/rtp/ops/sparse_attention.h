@@ -71,10 +71,6 @@ struct DecodeInputs {
   // others are left as they are). Callers that decode every token keep both, instead of two allocations per layer and
   // step.
   torch::Tensor out, selected;
-  // The caller's promise that the kernel launched just before this call wrote only the new token's rows of the caches
-  // (kernels::SparseDecodeParams::caches_final_but_new_token): a decode step right after its token store. It holds only
-  // for the caches as given; a cache the call has to copy (not contiguous, another dtype) drops it.
-  bool caches_final_but_new_token = false;
 };
 // Returns o [Hq, D] (`out` when given). selected_count: the tokens each retrieval head attended.
 // Whether the CUDA decode kernels take caches of this dtype and shape as they are (bf16, head_dim 64 or 128, up to 64

@@ -96,7 +96,6 @@ void KVCache::attend_token_on_device(const LayerAttentionInputs& in, const torch
   d.kv_len = k.size(2);  // the grid serves every length up to the capacity; the kernels read t from `position`
   d.position = position;
   d.out = out[0].select(1, 0);
-  d.caches_final_but_new_token = true;  // the step's token store (its own kernel or the projection's) ran just before
   if (dense_kinds_.size() != static_cast<size_t>(k.size(1)))
     dense_kinds_.assign(static_cast<size_t>(k.size(1)), kernels::HeadKind::DENSE);
   ops::sparse_decode(d, dense_kinds_, ops::SparseConfig{});

@@ -337,12 +337,6 @@ torch::Tensor sparse_decode(const DecodeInputs& in, const std::vector<k::HeadKin
   p.keep_last = cfg.keep_last;
   p.tuning = cfg.decode_tuning;
   p.selected_count = sel.data_ptr<int32_t>();
-  // A copy made above is written by a kernel of its own, whole, just before the call.
-  const auto same = [](const torch::Tensor& given, const torch::Tensor& used) {
-    return !given.defined() || given.data_ptr() == used.data_ptr();
-  };
-  p.caches_final_but_new_token = in.caches_final_but_new_token && same(in.k_full, kf) && same(in.v_full, vf) &&
-                                 same(in.k_ring, kr) && same(in.v_ring, vr);
   const char* err = k::check_sparse_decode_params(p, cuda);
   RTP_CHECK(!*err, "sparse_decode: ", err);
   if (cuda) {

@@ -216,7 +216,6 @@ void SparseCache::attend_token_on_device(const model::LayerAttentionInputs& in, 
   auto d = decode_inputs(in, out);
   d.kv_len = capacity_;  // the grids serve every length up to the capacity; the kernels read t from `position`
   d.position = position;
-  d.caches_final_but_new_token = true;  // the step's token store ran just before
   ops::sparse_decode(d, kinds_[in.layer], to_ops_config(settings_));
 }
 
