@@ -57,6 +57,12 @@ template <typename T, int kThreads, int kNormPer = 8>
 __device__ __forceinline__ void add_rms_norm_rows(const AddNormRows<T>& p) {
   constexpr int64_t kBatch = int64_t(kNormPer) * kThreads;
   const auto round = [](float v) { return to_float(from_float<T>(v)); };
+  // The norm weights are used only after the block total, but they come from DRAM (a step streams gigabytes past L2
+  // before a layer's norm comes round again): their lines are requested into L1 now, so their latency overlaps the
+  // loads of out and residual (L2) instead of following them. A prefetch holds no registers (keeping w in registers
+  // across the total spilled in the MoE one launch).
+  for (int64_t line = threadIdx.x; line * 128 < p.m * int64_t(sizeof(T)); line += kThreads)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(reinterpret_cast<const char*>(p.weight) + line * 128));
   for (int64_t n = 0; n < p.rows; ++n) {
     const int64_t row = n * p.m;
     float ss = 0.f;
