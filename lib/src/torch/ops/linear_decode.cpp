@@ -158,22 +158,24 @@ ProjectedQkv linear_decode_qk_norm_rope(const torch::Tensor& x, const torch::Ten
                                         const torch::Tensor& cos, const torch::Tensor& sin, int64_t q_heads,
                                         int64_t k_heads, double eps, const torch::Tensor& done, k::GemvLayout layout,
                                         const QkvTokenStore& store) {
-  RTP_CHECK(gemv_qk_norm_rope_supported(x, weight, q_weight, k_weight, cos, sin, q_heads, k_heads, done),
-            "linear_decode_qk_norm_rope: expected x [B, T, k] of at most ", k::kGemvMaxRows,
-            " rows on a GPU, weight [(q_heads + 2 k_heads) head_dim, k], q/k norm weights [head_dim] (a multiple of ",
-            k::kGemvEpilogueHeadDimMultiple, ", at most ", k::kGemvEpilogueMaxHeadDim,
-            ") of x's dtype, cos and sin float32 [T, head_dim], done int32 of at least q_heads + k_heads elements; "
-            "found x ", x.sizes(), " ", x.scalar_type(), " on ", x.device(), ", weight ", weight.sizes(), ", q_weight ",
-            q_weight.sizes(), ", k_weight ", k_weight.sizes(), ", cos ", cos.sizes(), ", sin ", sin.sizes(),
-            ", heads ", q_heads, "/", k_heads, ", done ", done.sizes(), " ", done.scalar_type());
-  RTP_CHECK(!store.requested() || gemv_qk_norm_rope_supported(x, weight, q_weight, k_weight, cos, sin, q_heads,
-                                                              k_heads, done, store),
-            "linear_decode_qk_norm_rope: the token store takes one token per sequence (x [B, 1, k]), k_cache and "
-            "v_cache [B, k_heads, capacity, head_dim] contiguous in x's dtype and device, position int64 [1] there, "
-            "done of at least q_heads + 2 k_heads elements; found x ", x.sizes(), ", k_cache ",
-            store.k_cache.defined() ? store.k_cache.sizes() : torch::IntArrayRef{}, ", v_cache ",
-            store.v_cache.defined() ? store.v_cache.sizes() : torch::IntArrayRef{}, ", position ",
-            store.position.defined() ? store.position.sizes() : torch::IntArrayRef{}, ", done ", done.sizes());
+  // One check on the way that launches (with the store it covers the launch without it); the two below only say
+  // which part was refused.
+  if (!gemv_qk_norm_rope_supported(x, weight, q_weight, k_weight, cos, sin, q_heads, k_heads, done, store)) {
+    RTP_CHECK(gemv_qk_norm_rope_supported(x, weight, q_weight, k_weight, cos, sin, q_heads, k_heads, done),
+              "linear_decode_qk_norm_rope: expected x [B, T, k] of at most ", k::kGemvMaxRows,
+              " rows on a GPU, weight [(q_heads + 2 k_heads) head_dim, k], q/k norm weights [head_dim] (a multiple of ",
+              k::kGemvEpilogueHeadDimMultiple, ", at most ", k::kGemvEpilogueMaxHeadDim,
+              ") of x's dtype, cos and sin float32 [T, head_dim], done int32 of at least q_heads + k_heads elements; "
+              "found x ", x.sizes(), " ", x.scalar_type(), " on ", x.device(), ", weight ", weight.sizes(), ", q_weight ",
+              q_weight.sizes(), ", k_weight ", k_weight.sizes(), ", cos ", cos.sizes(), ", sin ", sin.sizes(),
+              ", heads ", q_heads, "/", k_heads, ", done ", done.sizes(), " ", done.scalar_type());
+    RTP_THROW("linear_decode_qk_norm_rope: the token store takes one token per sequence (x [B, 1, k]), k_cache and "
+              "v_cache [B, k_heads, capacity, head_dim] contiguous in x's dtype and device, position int64 [1] there, "
+              "done of at least q_heads + 2 k_heads elements; found x ", x.sizes(), ", k_cache ",
+              store.k_cache.defined() ? store.k_cache.sizes() : torch::IntArrayRef{}, ", v_cache ",
+              store.v_cache.defined() ? store.v_cache.sizes() : torch::IntArrayRef{}, ", position ",
+              store.position.defined() ? store.position.sizes() : torch::IntArrayRef{}, ", done ", done.sizes());
+  }
   ProjectedQkv r;
   auto p = gemv_params(x, weight, r.qkv);
   p.layout = layout;
