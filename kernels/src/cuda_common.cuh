@@ -170,15 +170,6 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// Requests `bytes` (a multiple of 16, from a 16-byte aligned address) into L2 with one bulk-copy instruction, no
-// registers held and nothing to wait for: for weights a block will read after a wait it cannot shorten. Before sm_90
-// (no bulk copies) it does nothing; the loads then simply come from DRAM.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 // The first thing a kernel of the decode step does when it is launched by programmatic launch and reads or writes
 // nothing before it but constant weights: wait for the kernel before it, then let the next one launch. Triggering only
 // after the wait keeps the chain's invariant for kernels that load before their own wait (the MoE down pass reads the

@@ -282,29 +282,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3)
     experts_one_launch_kernel(const T* __restrict__ x, const int64_t* __restrict__ expert,
                               const T* __restrict__ weight, const T* __restrict__ gate_up, const T* __restrict__ down,
                               T* __restrict__ act, T* __restrict__ out, int64_t N, int64_t K, int64_t E, int64_t H,
-                              int64_t I, AddNormRows<T> epi, uint32_t* counts, bool first_by_index,
-                              int down_l2_prefetch) {
+                              int64_t I, AddNormRows<T> epi, uint32_t* counts, bool first_by_index) {
   extern __shared__ uint4 staged_act[];  // [K, I] of one token
   __shared__ uint32_t next_item;
   pdl_wait_then_trigger();  // x and the router's ids and weights come from the kernels before
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const uint32_t gate_up_per_slot = uint32_t((I + kWarpsPerBlock * kRows - 1) / (kWarpsPerBlock * kRows));
   const uint32_t gate_up_items = uint32_t(N * K) * gate_up_per_slot;
   const uint32_t down_per_token = uint32_t((H + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const uint32_t items = gate_up_items + uint32_t(N) * down_per_token;
-  // Warp 0: down item d's weight rows into L2, lane s the rows of slot s (contiguous: the item's hidden rows of one
-  // expert). The vector path's alignment (I * sizeof(T) a multiple of 16, down 16-byte aligned) is the bulk
-  // prefetch's.
-  const auto prefetch_down_item = [&](uint32_t it) {
-    if (it < gate_up_items || it >= items) return;
-    const uint32_t d = it - gate_up_items;
-    const int64_t n = d / down_per_token, h0 = int64_t(d % down_per_token) * kWarpsPerBlock;
-    const int64_t rows = H - h0 < kWarpsPerBlock ? H - h0 : kWarpsPerBlock;
-    if (lane < K) {
-      const int64_t e = expert[n * K + lane];
-      if (e >= 0 && e < E) prefetch_l2_bulk(down + (e * H + h0) * I, uint32_t(rows * I * int64_t(sizeof(T))));
-    }
-  };
   bool gate_up_seen = false;  // the same in every thread of the block
   int64_t staged_token = -1;
   const auto wait_for_act = [&](int64_t n) {
@@ -333,14 +319,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, 3)
     item = next_item;
     __syncthreads();  // every thread has read next_item before thread 0 writes the next
   }
-  if (down_l2_prefetch == kDownPrefetchAtHandout && warp == 0) prefetch_down_item(item);
   while (item < items) {
-    if (warp == 0) {
-      uint32_t next = 0;
-      if (lane == 0) next_item = next = first_counted + atomicAdd(counts + kHandedOut, 1u);
-      if (down_l2_prefetch == kDownPrefetchAtHandout) prefetch_down_item(__shfl_sync(0xffffffffu, next, 0));
-      else if (down_l2_prefetch == kDownPrefetchAtStart) prefetch_down_item(item);
-    }
+    if (threadIdx.x == 0) next_item = first_counted + atomicAdd(counts + kHandedOut, 1u);
     const bool is_gate_up = item < gate_up_items;
     if (is_gate_up) {
       const uint32_t slot = item / gate_up_per_slot;
@@ -417,7 +397,7 @@ cudaError_t launch_one(const MoeDecodeParams& p, const AddNormRows<T>& epi, cuda
     return launch_with(kernel, grid, dim3(threads), smem, stream, pdl, cooperative, static_cast<const T*>(p.x),
                        p.expert, static_cast<const T*>(p.weight), static_cast<const T*>(p.gate_up),
                        static_cast<const T*>(p.down), static_cast<T*>(p.act), static_cast<T*>(p.out), N, K, E, H, I,
-                       epi, p.done, cooperative, p.shape.down_l2_prefetch);
+                       epi, p.done, cooperative);
   };
   if (!p.one_launch_by_count && cooperative_launch_worth_trying()) {
     if (launch(true) == cudaSuccess) return cudaSuccess;

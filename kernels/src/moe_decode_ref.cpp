@@ -13,8 +13,6 @@ const char* check_moe_decode_launch_shape(const MoeDecodeLaunchShape& shape) {
   if (warps != 4 && warps != 8) return "moe decode: down_warps_per_block must be 4 or 8";
   if (shape.one_launch && (warps != 8 || rows == 4))
     return "moe decode: one_launch takes 8 down warps per block and 1 or 2 gate/up rows per warp";
-  if (shape.down_l2_prefetch < kDownPrefetchNone || shape.down_l2_prefetch > kDownPrefetchAtHandout)
-    return "moe decode: down_l2_prefetch must be 0 (none), 1 (at the item's start) or 2 (when handed out)";
   return "";
 }
 

@@ -58,7 +58,7 @@ Operands random_operands(const Case& c, torch::ScalarType dt, const torch::Devic
 // ops::moe_decode reaches only on such a device: the kernel entry point called directly, as ops would.
 torch::Tensor one_launch_by_count(const torch::Tensor& x, const torch::Tensor& expert, const torch::Tensor& weight,
                                   const torch::Tensor& gate_up, const torch::Tensor& down, int rows,
-                                  const torch::Tensor& counts, int prefetch) {
+                                  const torch::Tensor& counts) {
   auto out = torch::empty_like(x);
 #ifdef RTPURBO_WITH_CUDA
   const int64_t N = x.size(0), K = expert.size(1), E = gate_up.size(0), H = x.size(1), I = down.size(2);
@@ -68,7 +68,7 @@ torch::Tensor one_launch_by_count(const torch::Tensor& x, const torch::Tensor& e
   p.gate_up = gate_up.data_ptr(), p.down = down.data_ptr(), p.out = out.data_ptr(), p.act = act.data_ptr();
   p.tokens = N, p.top_k = K, p.experts = E, p.hidden = H, p.intermediate = I;
   p.dtype = x.scalar_type() == torch::kBFloat16 ? rtp::kernels::DType::BF16 : rtp::kernels::DType::F32;
-  p.shape = {rows, 8, false, true, prefetch};
+  p.shape = {rows, 8, false, true};
   p.done = static_cast<uint32_t*>(counts.data_ptr());
   p.one_launch_by_count = true;
   EXPECT_STREQ(rtp::kernels::check_moe_decode_params(p, true), "");
@@ -133,23 +133,20 @@ TEST(MoeDecodeCuda, EveryLaunchShapeGivesTheSameBits) {
           }
       // Both passes in one launch (the default shape): cooperative with counts given (back at 0 after each launch,
       // twice in a row) and made per call, then every item from the count (the form where the cooperative launch is
-      // refused); each with every L2 prefetch of the down items (a request with no result of its own).
+      // refused).
       auto counts = torch::zeros({3}, torch::TensorOptions(torch::kInt32).device(dev));
       for (const int rows : {1, 2})
-        for (const int prefetch : {rtp::kernels::kDownPrefetchNone, rtp::kernels::kDownPrefetchAtStart,
-                                   rtp::kernels::kDownPrefetchAtHandout})
-          for (int rep = 0; rep < 5; ++rep) {
-            const rtp::kernels::MoeDecodeLaunchShape shape{rows, 8, true, true, prefetch};
-            const auto got = rep < 2   ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape, counts)
-                             : rep < 3 ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape)
-                                       : one_launch_by_count(x, expert, weight, gate_up, down, rows, counts, prefetch);
-            const char* form = rep < 3 ? "cooperative" : "every item from the count";
-            EXPECT_TRUE(torch::equal(got, plain)) << c.N << " tokens, H " << c.H << ", I " << c.I << ", " << dt << ": "
-                                                  << rows << " rows per warp, one launch, prefetch " << prefetch << ", "
-                                                  << form << ": max difference "
-                                                  << (got - plain).abs().max().item<double>();
-            EXPECT_EQ(counts.abs().sum().item<int64_t>(), 0) << form << ": the counts must be back at 0";
-          }
+        for (int rep = 0; rep < 5; ++rep) {
+          const rtp::kernels::MoeDecodeLaunchShape shape{rows, 8, true, true};
+          const auto got = rep < 2   ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape, counts)
+                           : rep < 3 ? rtp::ops::moe_decode(x, expert, weight, gate_up, down, shape)
+                                     : one_launch_by_count(x, expert, weight, gate_up, down, rows, counts);
+          const char* form = rep < 3 ? "cooperative" : "every item from the count";
+          EXPECT_TRUE(torch::equal(got, plain)) << c.N << " tokens, H " << c.H << ", I " << c.I << ", " << dt << ": "
+                                                << rows << " rows per warp, one launch, " << form
+                                                << ": max difference " << (got - plain).abs().max().item<double>();
+          EXPECT_EQ(counts.abs().sum().item<int64_t>(), 0) << form << ": the counts must be back at 0";
+        }
     }
   }
 }

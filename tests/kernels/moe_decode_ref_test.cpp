@@ -172,9 +172,6 @@ TEST(MoeDecodeRef, RejectsBadParameters) {
   EXPECT_EQ(moe({2, 8, true, true}), "<no error: the call succeeded>");
   EXPECT_NE(moe({2, 4, true, true}).find("one_launch takes 8 down warps"), std::string::npos) << moe({2, 4, true, true});
   EXPECT_NE(moe({4, 8, true, true}).find("1 or 2 gate/up rows"), std::string::npos) << moe({4, 8, true, true});
-  EXPECT_EQ(moe({2, 8, true, true, rtp::kernels::kDownPrefetchAtHandout}), "<no error: the call succeeded>");
-  EXPECT_NE(moe({2, 8, true, true, 3}).find("down_l2_prefetch must be 0"), std::string::npos) << moe({2, 8, true, true, 3});
-  EXPECT_NE(moe({2, 8, true, true, -1}).find("down_l2_prefetch must be 0"), std::string::npos);
   p.dtype = rtp::kernels::DType::F32;
   p.act = &f;
   p.shape.one_launch = true;

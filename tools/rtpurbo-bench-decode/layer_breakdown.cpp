@@ -412,23 +412,6 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
           ops::moe_decode(flat, ids, rw, gu, dn, shape, counts);
         });
     }
-    // The one launch's other L2 prefetches of its down items, with the epilogue as in the step.
-    if (in_step.one_launch)
-      for (const int prefetch : {kernels::kDownPrefetchNone, kernels::kDownPrefetchAtStart, kernels::kDownPrefetchAtHandout}) {
-        if (prefetch == in_step.down_l2_prefetch) continue;
-        auto shape = in_step;
-        shape.down_l2_prefetch = prefetch;
-        add("(compare)",
-            "experts + residual add + next input RMSNorm, one launch, down rows into L2 " +
-                std::string(prefetch == kernels::kDownPrefetchNone    ? "never"
-                            : prefetch == kernels::kDownPrefetchAtStart ? "at the item's start"
-                                                                        : "when handed out"),
-            c.num_experts_per_tok * expert_bytes + 5 * H * e, [&, residual, shape] {
-              const auto& [ids, rw] = routes[i++ % routes.size()];
-              ops::moe_decode_add_rms_norm(flat, ids, rw, gu, dn, residual, w[pre + "input_layernorm.weight"], eps,
-                                           counts, shape);
-            });
-      }
     // The other launch shapes of the two passes (the same result bit for bit; moe_decode_gpu_test).
     for (const int rows : {1, 2, 4})
       for (const int warps : {8, 4})

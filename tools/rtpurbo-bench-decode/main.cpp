@@ -66,20 +66,20 @@ std::string card_name(const torch::Device& d) {
 
 std::string moe_launch_shape_text(const rtp::kernels::MoeDecodeLaunchShape& s) {
   return std::to_string(s.gate_up_rows_per_warp) + "," + std::to_string(s.down_warps_per_block) + "," +
-         (s.down_loads_ahead ? "1" : "0") + (s.one_launch ? ",1," + std::to_string(s.down_l2_prefetch) : "");
+         (s.down_loads_ahead ? "1" : "0") + (s.one_launch ? ",1" : "");
 }
 
-// "rows,warps,ahead[,one[,prefetch]]", e.g. "2,4,1", "2,8,1,1" or "2,8,1,1,0"; the ranges are the kernels' own
-// (check_moe_decode_launch_shape). The prefetch is the struct's default where left out.
+// "rows,warps,ahead[,one]", e.g. "2,4,1" or "2,8,1,1"; the ranges are the kernels' own
+// (check_moe_decode_launch_shape).
 rtp::kernels::MoeDecodeLaunchShape parse_moe_launch_shape(const std::string& text) {
   rtp::kernels::MoeDecodeLaunchShape shape;
   int ahead = -1, one = 0;
   char tail = 0;
-  const int got = std::sscanf(text.c_str(), "%d,%d,%d,%d,%d%c", &shape.gate_up_rows_per_warp,
-                              &shape.down_warps_per_block, &ahead, &one, &shape.down_l2_prefetch, &tail);
-  if ((got < 3 || got > 5) || (ahead != 0 && ahead != 1) || (one != 0 && one != 1))
-    throw rtp::tools::UsageError("--moe-launch-shape: expected ROWS,WARPS,AHEAD[,ONE[,PREFETCH]] (integers, AHEAD and "
-                                 "ONE 0 or 1, PREFETCH 0, 1 or 2), found '" + text + "'");
+  const int got = std::sscanf(text.c_str(), "%d,%d,%d,%d%c", &shape.gate_up_rows_per_warp, &shape.down_warps_per_block,
+                              &ahead, &one, &tail);
+  if ((got != 3 && got != 4) || (ahead != 0 && ahead != 1) || (one != 0 && one != 1))
+    throw rtp::tools::UsageError("--moe-launch-shape: expected ROWS,WARPS,AHEAD[,ONE] (integers, AHEAD and ONE 0 or 1), "
+                                 "found '" + text + "'");
   shape.down_loads_ahead = ahead == 1;
   shape.one_launch = one == 1;
   if (const char* why = rtp::kernels::check_moe_decode_launch_shape(shape); *why)
@@ -138,8 +138,7 @@ int main(int argc, char** argv) {
        cxxopts::value<std::string>()->default_value("split-cudnn"))
       ("moe-launch-shape", "the MoE decode kernels' launch shape: gate/up rows per warp (1, 2, 4), down warps per block "
                            "(4, 8), down loads ahead (0, 1; the two-launch down pass's), optionally both passes in one "
-                           "launch (0, 1; 0 where left out; needs 8 down warps, 1 or 2 rows) and the one launch's L2 "
-                           "prefetch of its down items (0 none, 1 at the item's start, 2 when handed out)", cxxopts::value<std::string>()->default_value(moe_launch_shape_text({})))
+                           "launch (0, 1; 0 where left out; needs 8 down warps, 1 or 2 rows)", cxxopts::value<std::string>()->default_value(moe_launch_shape_text({})))
       ("cublas-lm-head", "the LM head by cuBLAS and a cast to float32, not the GEMV with float32 logits (the model's "
                          "default)")
       ("out", "JSON output (default: bench/results/decode-steps-<card>-<config>.json)", cxxopts::value<std::string>())

@@ -21,16 +21,12 @@
 
 namespace rtp::kernels {
 
-// MoeDecodeLaunchShape::down_l2_prefetch.
-constexpr int kDownPrefetchNone = 0, kDownPrefetchAtStart = 1, kDownPrefetchAtHandout = 2;
-
 // How the two passes are cut into warps and blocks. Every choice computes the same sums in the same order, so the
 // result is the same bit for bit; only the speed differs (`rtpurbo-bench-decode --breakdown` times them).
 // The defaults (2,8,1, one launch) are the fastest whole decode step of Qwen3-30B-A3B on an H100 (2026-12-07: 3.71-3.73
 // against 3.76-3.80 ms a token for two launches, 2,8,1, at 4K keys; 3.92 for 1,8,0;
 // bench/results/moe-launch-shapes-h100-20261207/, bench/results/moe-one-launch-h100-20261207/). Brace-initialise all
-// four first fields: a shorter list leaves one_launch on.
-
+// four fields: a shorter list leaves one_launch on.
 struct MoeDecodeLaunchShape {
   int gate_up_rows_per_warp = 2;  // 1, 2 or 4 intermediate rows (each a gate and an up row) per warp
   int down_warps_per_block = 8;   // 4 or 8 hidden rows per block of the down pass
@@ -45,11 +41,6 @@ struct MoeDecodeLaunchShape {
   // launches run instead, with the same result. On an H100 the step is 1.0-1.6% faster than with two launches
   // (Qwen3-30B-A3B at 4K and 32K, dense and sparse; docs/decode.md "Both MoE passes in one launch").
   bool one_launch = true;
-  // The one launch's down items: each slot's weight rows of the item (8 hidden rows, contiguous) requested into L2 by
-  // one bulk prefetch, so that they stream in while the block waits for the last gate/up items instead of after.
-  // kDownPrefetchNone; kDownPrefetchAtStart: when the block starts the item (before its wait); kDownPrefetchAtHandout:
-  // as soon as the item is handed out, while the block's current item (a gate/up item, mostly) still runs.
-  int down_l2_prefetch = kDownPrefetchAtStart;
 };
 
 // Empty when every field is in its range, else which field is not and what it may be.
