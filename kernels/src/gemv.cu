@@ -140,7 +140,7 @@ __device__ __forceinline__ void route_rows(const GemvCore& p, const GemvMoeRoute
                                  route.expert + n * K, static_cast<T*>(route.weight) + n * K);
 }
 
-enum Epilogue : int { kNoEpilogue, kAddNorm, kHeadNormRope, kMoeRoute };
+enum Epilogue : int { kNoEpilogue, kAddNorm, kHeadNormRope, kMoeRoute, kSwiGlu };
 
 // out[i] = s rounded to T, stored as T or (out_float32, no epilogue) as float32.
 template <typename T, int kEpi>
@@ -266,18 +266,34 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvCore p, const 
 }
 
 // WholeRows: each warp takes kRowsPerWarp whole rows, so every x vector it loads serves all of them and its sums are
-// final after one warp reduction. Eight warps per block as above.
+// final after one warp reduction. Eight warps per block as above. With SwiGLU a warp's two rows are gate row i and up
+// row m / 2 + i (i its index in the grid), so the activation is the warp's own; each row's sum is the same as in
+// the plain layout (its lanes' order does not depend on the other row), so the bits are a plain gate/up launch's.
 constexpr int kRowsPerWarp = 2;
 constexpr int kWholeRowsPerBlock = kRowsPerWarp * kThreads / 32;
+static_assert(kRowsPerWarp == 2, "SwiGLU pairs a warp's two rows");
+
+// silu(g) * u with g and u the projection's values in the element type, as swiglu.cu: silu rounded, then the product.
+template <typename T>
+__device__ __forceinline__ T swiglu_of(float g_sum, float u_sum) {
+  const float g = to_float(from_float<T>(g_sum)), u = to_float(from_float<T>(u_sum));
+  return from_float<T>(to_float(from_float<T>(g / (1.f + expf(-g)))) * u);
+}
 
 template <typename T, int kRows, bool kVec, int kEpi>
 __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvCore p, const EpilogueArgs<kEpi> e) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t m0 = (int64_t(blockIdx.x) * (kThreads / 32) + warp) * kRowsPerWarp;
+  const int64_t warp_index = int64_t(blockIdx.x) * (kThreads / 32) + warp;
+  const int64_t m0 = warp_index * kRowsPerWarp;
+  const int64_t half = p.m / 2;  // SwiGLU: the gate rows, then the up rows
   const T* x = static_cast<const T*>(p.x);
+  int64_t row[kRowsPerWarp];
   bool valid[kRowsPerWarp];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) valid[r] = m0 + r < p.m;
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    row[r] = kEpi == kSwiGlu ? r * half + warp_index : m0 + r;
+    valid[r] = kEpi == kSwiGlu ? warp_index < half : m0 + r < p.m;
+  }
   float acc[kRowsPerWarp][kRows];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
@@ -289,7 +305,7 @@ __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvCor
     const uint4* w16[kRowsPerWarp];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r)
-      w16[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.weight) + (valid[r] ? m0 + r : 0) * p.k);
+      w16[r] = reinterpret_cast<const uint4*>(static_cast<const T*>(p.weight) + (valid[r] ? row[r] : 0) * p.k);
     // As in the split layout: the first weight vectors of every row are requested before the wait for x; a 1024-wide
     // row is 4 vectors per lane, all of it.
     constexpr int kPre = 4;
@@ -330,7 +346,7 @@ __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvCor
     for (int64_t i = lane; i < p.k; i += 32) {
       float wv[kRowsPerWarp];
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) wv[r] = valid[r] ? to_float(w[(m0 + r) * p.k + i]) : 0.f;
+      for (int r = 0; r < kRowsPerWarp; ++r) wv[r] = valid[r] ? to_float(w[row[r] * p.k + i]) : 0.f;
 #pragma unroll
       for (int n = 0; n < kRows; ++n) {
         const float xv = to_float(x[n * p.x_row_stride + i]);
@@ -339,13 +355,23 @@ __global__ void __launch_bounds__(kThreads) gemv_whole_rows_kernel(const GemvCor
       }
     }
   }
+  float sum[kRowsPerWarp][kRows];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
+    for (int n = 0; n < kRows; ++n) sum[r][n] = warp_sum(acc[r][n]);
+  if (lane == 0) {
+#pragma unroll
     for (int n = 0; n < kRows; ++n) {
-      const float v = warp_sum(acc[r][n]);
-      if (lane == 0 && valid[r]) store_out<T, kEpi>(p, n * p.m + m0 + r, v);
+      if constexpr (kEpi == kSwiGlu) {
+        if (valid[0]) static_cast<T*>(p.out)[n * half + warp_index] = swiglu_of<T>(sum[0][n], sum[1][n]);
+      } else {
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r)
+          if (valid[r]) store_out<T, kEpi>(p, n * p.m + row[r], sum[r][n]);
+      }
     }
+  }
   static_assert(kEpi != kAddNorm, "the add + RMSNorm epilogue runs with the split layout");
   finish_block<T, kEpi>(p, e, int64_t(blockIdx.x) * kWholeRowsPerBlock, kWholeRowsPerBlock);
 }
@@ -362,15 +388,20 @@ cudaError_t launch_epilogue(const GemvParams& p, bool vec, cudaStream_t stream) 
   const GemvCore& core = p;
   const EpilogueArgs<kEpi> e = epilogue_args<kEpi>(p);
   if constexpr (kEpi != kAddNorm) {
-    if (resolved_layout(p) == GemvLayout::WholeRows) {
+    // SwiGLU: WholeRows always (check_gemv_params); its m / 2 warps are the plain layout's m / 2 rows' worth of blocks.
+    if (kEpi == kSwiGlu || resolved_layout(p) == GemvLayout::WholeRows) {
       const unsigned blocks = unsigned((p.m + kWholeRowsPerBlock - 1) / kWholeRowsPerBlock);
       return launch_k(vec ? gemv_whole_rows_kernel<T, kRows, true, kEpi> : gemv_whole_rows_kernel<T, kRows, false, kEpi>,
                       dim3(blocks), dim3(kThreads), 0, stream, programmatic_launch_available(), core, e);
     }
   }
-  const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
-  return launch_k(vec ? gemv_kernel<T, kRows, true, kEpi> : gemv_kernel<T, kRows, false, kEpi>, dim3(blocks),
-                  dim3(kThreads), 0, stream, programmatic_launch_available(), core, e);
+  if constexpr (kEpi == kSwiGlu) {
+    return cudaErrorInvalidValue;  // not reached: SwiGLU took the branch above
+  } else {
+    const unsigned blocks = unsigned((p.m + kRowsPerBlock - 1) / kRowsPerBlock);
+    return launch_k(vec ? gemv_kernel<T, kRows, true, kEpi> : gemv_kernel<T, kRows, false, kEpi>, dim3(blocks),
+                    dim3(kThreads), 0, stream, programmatic_launch_available(), core, e);
+  }
 }
 
 template <typename T, int kRows>
@@ -378,6 +409,7 @@ cudaError_t launch_rows(const GemvParams& p, bool vec, cudaStream_t stream) {
   if (p.has_add_norm()) return launch_epilogue<T, kRows, kAddNorm>(p, vec, stream);
   if (p.head_norm_rope.active()) return launch_epilogue<T, kRows, kHeadNormRope>(p, vec, stream);
   if (p.moe_route.active()) return launch_epilogue<T, kRows, kMoeRoute>(p, vec, stream);
+  if (p.swiglu) return launch_epilogue<T, kRows, kSwiGlu>(p, vec, stream);
   return launch_epilogue<T, kRows, kNoEpilogue>(p, vec, stream);
 }
 

@@ -18,10 +18,13 @@ const char* check_gemv_params(const GemvParams& p, bool cuda) {
   if (p.has_add_norm() && !(p.eps >= 0.f)) return "gemv: the epilogue's eps must be >= 0";
   if (p.has_add_norm() && p.layout == GemvLayout::WholeRows)
     return "gemv: the add + RMSNorm epilogue runs with the SplitRows layout (or Auto), not WholeRows";
-  if (p.out_float32 && (p.has_add_norm() || p.head_norm_rope.active() || p.moe_route.active()))
+  if (p.out_float32 && (p.has_add_norm() || p.head_norm_rope.active() || p.moe_route.active() || p.swiglu))
     return "gemv: a float32 output (out_float32) takes no epilogue: the epilogues read out in the element type";
-  if (int(p.has_add_norm()) + int(p.head_norm_rope.active()) + int(p.moe_route.active()) > 1)
-    return "gemv: at most one epilogue per launch (add + RMSNorm, head norm + RoPE, MoE routing)";
+  if (int(p.has_add_norm()) + int(p.head_norm_rope.active()) + int(p.moe_route.active()) + int(p.swiglu) > 1)
+    return "gemv: at most one epilogue per launch (add + RMSNorm, head norm + RoPE, MoE routing, SwiGLU)";
+  if (p.swiglu && p.m % 2 != 0) return "gemv: SwiGLU needs m even (the gate rows, then as many up rows)";
+  if (p.swiglu && p.layout == GemvLayout::SplitRows)
+    return "gemv: SwiGLU runs with the WholeRows layout (or Auto), not SplitRows";
   if (const auto& h = p.head_norm_rope; h.active()) {
     if (!h.q_weight || !h.k_weight || !h.cos || !h.sin || !h.q_normed || !h.q_roped || !h.k_normed || !h.k_roped)
       return "gemv: the head norm + RoPE epilogue needs q/k norm weights, cos, sin and the four outputs, all of them";
@@ -54,6 +57,7 @@ const char* check_gemv_params(const GemvParams& p, bool cuda) {
 
 GemvLayout resolved_layout(const GemvParams& p) {
   if (p.layout != GemvLayout::Auto) return p.layout;
+  if (p.swiglu) return GemvLayout::WholeRows;
   return p.m >= kGemvWholeRowsMinM && p.k <= p.m && !p.has_add_norm() ? GemvLayout::WholeRows : GemvLayout::SplitRows;
 }
 
@@ -62,12 +66,22 @@ void gemv_cpu(const GemvParams& p) {
   const auto* x = static_cast<const float*>(p.x);
   const auto* w = static_cast<const float*>(p.weight);
   auto* out = static_cast<float*>(p.out);
+  const auto dot = [&](int64_t n, int64_t m) {
+    double s = 0;
+    for (int64_t k = 0; k < p.k; ++k) s += static_cast<double>(x[n * p.x_row_stride + k]) * w[m * p.k + k];
+    return s;
+  };
+  if (p.swiglu) {
+    const int64_t half = p.m / 2;
+    for (int64_t n = 0; n < p.rows; ++n)
+      for (int64_t m = 0; m < half; ++m) {
+        const double g = dot(n, m), u = dot(n, half + m);
+        out[n * half + m] = static_cast<float>(g / (1.0 + std::exp(-g)) * u);
+      }
+    return;
+  }
   for (int64_t n = 0; n < p.rows; ++n)
-    for (int64_t m = 0; m < p.m; ++m) {
-      double s = 0;
-      for (int64_t k = 0; k < p.k; ++k) s += static_cast<double>(x[n * p.x_row_stride + k]) * w[m * p.k + k];
-      out[n * p.m + m] = static_cast<float>(s);
-    }
+    for (int64_t m = 0; m < p.m; ++m) out[n * p.m + m] = static_cast<float>(dot(n, m));
   if (const auto& h = p.head_norm_rope; h.active()) {
     const auto* c = h.cos;
     const auto* sn = h.sin;

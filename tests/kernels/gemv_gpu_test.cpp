@@ -2,18 +2,20 @@
 // most twice that of at::linear in bf16 (cuBLAS, which it replaces for a decode step's projections), float32 within
 // 1e-5 relative; Qwen3 projection shapes, odd sizes (the scalar path), 1-4 rows, rows strided inside a wider
 // tensor, both warp layouts; five rows fall back to at::linear. The epilogues (add + RMSNorm, q/k norm + RoPE per head,
-// MoE routing) against float64 and the unfused path.
+// MoE routing, SwiGLU) against float64 and the unfused path.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "rtp/ops/kv_token_store.h"
 #include "rtp/ops/linear_decode.h"
 #include "rtp/ops/moe_router.h"
 #include "rtp/ops/rms_norm.h"
+#include "rtp/ops/swiglu.h"
 
 namespace {
 
@@ -303,6 +305,50 @@ TEST(GemvCuda, MoeRouteEpilogueMatchesTheRouterKernel) {
       }
     }
   }
+}
+
+// SwiGLU in the gate/up launch (linear_decode_swiglu): the same bits as the whole-rows GEMV of the joined weight and
+// then swiglu (each row's sum does not depend on the row beside it in its warp), and within twice that path's bf16
+// error of float64 silu(g) * u (float32: 1e-5 relative); Qwen3-0.6B's and -8B's gate/up, odd I ending inside a block,
+// odd k (the scalar path), rows strided inside a wider tensor, 1-4 rows.
+TEST(GemvCuda, SwiGluEpilogueMatchesTheUnfusedPath) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV kernel is tested on the GPU machine";
+  const torch::Device dev(torch::kCUDA, 0);
+  torch::manual_seed(69);
+  struct Case { int64_t rows, I, k; };
+  for (const Case& c : {Case{1, 3072, 1024}, Case{2, 12288, 4096}, Case{4, 3077, 1000}, Case{3, 37, 77},
+                        Case{1, 1, 8}}) {
+    for (const auto dt : {torch::kBFloat16, torch::kFloat32}) {
+      const std::string what = std::to_string(c.rows) + " x I " + std::to_string(c.I) + " x k " + std::to_string(c.k) +
+                               (dt == torch::kBFloat16 ? " bf16" : " f32");
+      auto wide = torch::randn({c.rows, c.k + 8}).to(dev, dt);
+      auto x = wide.narrow(1, 8, c.k);
+      auto w = (torch::randn({2 * c.I, c.k}) / std::sqrt(static_cast<double>(c.k))).to(dev, dt);
+      ASSERT_TRUE(rtp::ops::gemv_swiglu_supported(x, w)) << what;
+      auto got = rtp::ops::linear_decode_swiglu(x, w);
+      ASSERT_EQ(got.sizes(), (std::vector<int64_t>{c.rows, c.I})) << what;
+      auto gu = rtp::ops::linear_decode(x, w, rtp::kernels::GemvLayout::WholeRows);
+      auto unfused = rtp::ops::swiglu(gu.narrow(-1, 0, c.I), gu.narrow(-1, c.I, c.I));
+      EXPECT_TRUE(torch::equal(got, unfused))
+          << what << ": max difference " << (got.to(torch::kFloat64) - unfused.to(torch::kFloat64)).abs().max().item<double>();
+      auto ref64 = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+      auto g = ref64.narrow(-1, 0, c.I), u = ref64.narrow(-1, c.I, c.I);
+      auto ref = g * torch::sigmoid(g) * u;
+      const double e = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
+      if (dt == torch::kBFloat16) {
+        // The naive bf16 path: cuBLAS's projection, then torch's silu and product in bf16.
+        auto lin = at::linear(x, w);
+        auto naive = torch::silu(lin.narrow(-1, 0, c.I)) * lin.narrow(-1, c.I, c.I);
+        const double ne = (naive.to(torch::kFloat64) - ref).abs().max().item<double>();
+        EXPECT_LE(e, 2 * ne + 1e-6) << what << " (naive bf16 " << ne << ")";
+      } else {
+        EXPECT_LE(e / (ref.abs().max().item<double>() + 1e-3), 1e-5) << what;
+      }
+    }
+  }
+  // An odd number of weight rows (no gate/up halves): not taken.
+  auto x = torch::randn({1, 64}, torch::TensorOptions(torch::kBFloat16).device(dev));
+  EXPECT_FALSE(rtp::ops::gemv_swiglu_supported(x, torch::randn({33, 64}, x.options())));
 }
 
 }  // namespace

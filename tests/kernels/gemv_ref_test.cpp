@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <string>
 #include <vector>
@@ -33,6 +34,31 @@ TEST(GemvRef, MatchesTheMatrixProductOnStridedRows) {
   auto x = torch::randn({1, 1, 16}), w = torch::randn({8, 16});
   EXPECT_FALSE(rtp::ops::gemv_supported(x, w));
   EXPECT_TRUE(torch::equal(rtp::ops::linear_decode(x, w), at::linear(x, w)));
+}
+
+// SwiGLU (the weight's gate rows, then its up rows) against silu(g) * u of the float64 product, strided rows, odd I.
+TEST(GemvRef, SwiGluTakesTheGateAndUpHalves) {
+  torch::manual_seed(64);
+  for (const auto& [rows, I, k] : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {2, 37, 129}, {4, 64, 40}}) {
+    auto wide = torch::randn({rows, k + 3});
+    auto x = wide.narrow(1, 2, k);
+    auto w = torch::randn({2 * I, k}) / 4;
+    auto out = torch::full({rows, I}, std::nanf(""));
+    rtp::kernels::GemvParams p;
+    p.x = x.data_ptr<float>(), p.weight = w.data_ptr<float>(), p.out = out.data_ptr<float>();
+    p.rows = rows, p.m = 2 * I, p.k = k, p.x_row_stride = k + 3;
+    p.swiglu = true;
+    ASSERT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+    EXPECT_EQ(rtp::kernels::resolved_layout(p), rtp::kernels::GemvLayout::WholeRows);
+    rtp::kernels::gemv_cpu(p);
+    auto gu = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+    auto g = gu.narrow(1, 0, I), u = gu.narrow(1, I, I);
+    auto ref = g / (1 + torch::exp(-g)) * u;
+    EXPECT_LE((out.to(torch::kFloat64) - ref).abs().max().item<double>(), 1e-5 * (1 + ref.abs().max().item<double>()))
+        << rows << " x " << I << " x " << k;
+  }
+  // On the CPU the op is not taken (the model keeps its unfused path there).
+  EXPECT_FALSE(rtp::ops::gemv_swiglu_supported(torch::randn({1, 16}), torch::randn({8, 16})));
 }
 
 // The model's choice of the GEMV over cuBLAS per weight [m, k]: m <= ratio * k, ratio 8 by default.
@@ -229,6 +255,19 @@ TEST(GemvRef, RejectsBadParameters) {
   p.moe_route.top_k = 3;  // more than the m = 2 experts
   EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("top_k"), std::string::npos);
   p.moe_route = {};
+  // SwiGLU: m even, the whole-rows layout, no other epilogue.
+  p.swiglu = true;
+  p.m = 3;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("m even"), std::string::npos);
+  p.m = 2, p.layout = rtp::kernels::GemvLayout::SplitRows;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("WholeRows"), std::string::npos);
+  p.layout = rtp::kernels::GemvLayout::Auto;
+  EXPECT_STREQ(rtp::kernels::check_gemv_params(p, false), "");
+  p.moe_route.done = counts, p.moe_route.expert = reinterpret_cast<int64_t*>(&f), p.moe_route.weight = &f;
+  p.moe_route.top_k = 1;
+  EXPECT_NE(std::string(rtp::kernels::check_gemv_params(p, false)).find("at most one epilogue"), std::string::npos);
+  p.moe_route = {};
+  p.swiglu = false;
   // A float32 output carries no epilogue (they read out in the element type).
   p.out_float32 = true;
   p.moe_route.done = counts, p.moe_route.expert = reinterpret_cast<int64_t*>(&f), p.moe_route.weight = &f;

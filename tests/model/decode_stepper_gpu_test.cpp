@@ -410,6 +410,34 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
   }
 }
 
+// SwiGLU in a dense MLP's gate/up projection launch (Qwen3Model::GemvEpilogues::swiglu) against the projection and the
+// SwiGLU kernel: with the gate/up on the whole-rows GEMV in both (2 x 2048 rows, as Auto picks it) the same sums and
+// the same rounding, so the same logits to the bit in bf16 (float32 within 1e-5 of their scale: contractions may
+// differ); one sequence (the whole step one graph) and two (a graph per layer); every layer took the fused launch.
+TEST(DecodeStepperCuda, SwiGluEpilogueDecodesLikeTheSeparateKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV epilogues are tested on the GPU machine";
+  auto c = small_config(3, 8, 4, 128);
+  c.intermediate_size = 2048;
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32})
+    for (const int64_t B : {1, 2}) {
+      rtp::model::Qwen3Model model(c, kCuda, dtype);
+      model.init_random(12, 0.05);
+      torch::manual_seed(15);
+      const int64_t P = 9, steps = 10;
+      auto ids = torch::randint(0, c.vocab_size, {B, P + steps}, torch::kInt64).to(kCuda);
+      rtp::model::Qwen3Model::GemvEpilogues with, without;
+      without.swiglu = false;
+      const auto before = model.gemv_epilogue_launches();
+      const auto [worst, scale] = decode_with_and_without(model, ids, P, steps, with, without);
+      const auto after = model.gemv_epilogue_launches();
+      std::cout << (dtype == torch::kBFloat16 ? "bf16" : "fp32") << ", " << B << " sequences: SwiGLU epilogue vs "
+                << "separate kernels: max |logit diff| " << worst << " of |logits| up to " << scale << "\n";
+      if (dtype == torch::kBFloat16) EXPECT_EQ(worst, 0.0);
+      else EXPECT_LE(worst, 1e-5 * scale);
+      EXPECT_GE(after.swiglu - before.swiglu, steps / 2 * c.num_hidden_layers);
+    }
+}
+
 // A dense cache's token store in the q/k/v projection's launch (Qwen3Model::GemvEpilogues::kv_store: the k and v rows
 // written at the step's slot by the heads' last blocks) against the cache's own store kernel: the same bytes in the
 // cache, so the same logits to the bit, bf16 and float32. One sequence (the whole step one graph, the attention inside)

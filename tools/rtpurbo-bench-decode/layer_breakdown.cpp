@@ -337,7 +337,15 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
   if (!c.layer_is_moe(0)) {
     auto wgu = torch::cat({w[m + "gate_proj.weight"], w[m + "up_proj.weight"]}, 0);
     const int64_t In = c.intermediate_size;
-    add_linear("dense MLP", "gate/up projection", h, wgu);
+    // SwiGLU in the gate/up projection's launch where the model runs it so (Qwen3Model::gemv_epilogues().swiglu).
+    const bool swiglu_fused = model.gemv_epilogues().swiglu && ops::gemv_preferred(wgu) && ops::gemv_swiglu_supported(h, wgu);
+    {
+      const auto ws = clones(wgu, copies_for(bytes_of(wgu), l2, reps));
+      size_t i = 0;
+      add(swiglu_fused ? "dense MLP" : "(compare)", "gate/up projection + SwiGLU (one launch)",
+          bytes_of(wgu) + (wgu.size(1) + In) * e, [&, ws] { ops::linear_decode_swiglu(h, ws[i++ % ws.size()]); });
+    }
+    add_linear(swiglu_fused ? "(compare)" : "dense MLP", "gate/up projection", h, wgu);
     add_gemv("gate/up projection on the GEMV, whole rows per warp", h, wgu, kernels::GemvLayout::WholeRows);
     add_gemv("gate/up projection on the GEMV, split rows", h, wgu, kernels::GemvLayout::SplitRows);
     {
@@ -347,7 +355,8 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
           [&, ws] { at::linear(h, ws[i++ % ws.size()]); });
     }
     auto gu = torch::randn({1, 1, 2 * In}, opt);
-    add("dense MLP", "SwiGLU", 3 * In * e, [&] { ops::swiglu(gu.narrow(-1, 0, In), gu.narrow(-1, In, In)); });
+    add(swiglu_fused ? "(compare)" : "dense MLP", "SwiGLU", 3 * In * e,
+        [&] { ops::swiglu(gu.narrow(-1, 0, In), gu.narrow(-1, In, In)); });
     auto act = torch::randn({1, 1, In}, opt);
     add_linear("dense MLP", "down projection", act, w[m + "down_proj.weight"]);
     add_gemv("down projection on the GEMV, split rows", act, w[m + "down_proj.weight"], kernels::GemvLayout::SplitRows);

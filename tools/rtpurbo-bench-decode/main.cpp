@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
       ("separate-kv-store", "a dense cache's token store (k and v rows into the cache) as a kernel of its own, not in "
                             "the q/k/v projection's launch (with the fused q/k norm)")
       ("separate-routing", "the MoE routing (softmax, top-k) as a kernel of its own, not in the router projection's launch")
+      ("separate-swiglu", "a dense MLP's SwiGLU as a kernel of its own, not in the gate/up projection's launch")
       ("separate-moe-norm", "the residual add + RMSNorm after an MoE block as a kernel of its own, not in the experts' "
                             "down pass launch")
       ("trace-prefill", "write a Kineto (Chrome JSON) trace of the first length's dense and sparse prefill to PREFIX-dense.json "
@@ -227,6 +228,7 @@ int main(int argc, char** argv) {
     epilogues.kv_store = args.count("separate-kv-store") == 0;
     epilogues.moe_routing = args.count("separate-routing") == 0;
     epilogues.moe_add_norm = args.count("separate-moe-norm") == 0;
+    epilogues.swiglu = args.count("separate-swiglu") == 0;
     model.set_gemv_epilogues(epilogues);
     const bool lm_head_gemv = args.count("cublas-lm-head") == 0;
     model.set_lm_head_gemv(lm_head_gemv);
@@ -277,6 +279,7 @@ int main(int argc, char** argv) {
               {"fused_norm_max_m", epilogues.add_norm_max_m},
               {"fused_qk_norm_rope", epilogues.qk_norm_rope}, {"fused_moe_routing", epilogues.moe_routing},
               {"fused_moe_add_norm", epilogues.moe_add_norm}, {"fused_kv_store", epilogues.kv_store},
+              {"fused_swiglu", epilogues.swiglu},
               {"lm_head_gemv", lm_head_gemv}, {"chunk_attention", chunk_attention},
               {"moe_launch_shape", args["moe-launch-shape"].as<std::string>()}};
     json rows = json::array();

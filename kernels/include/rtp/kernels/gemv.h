@@ -7,7 +7,7 @@
 // reductions (the gate/up), a warp per two whole rows instead (gemv_layout.h).
 // Three optional epilogues run by the blocks that finish last, each a kernel boundary less in a decode step: the residual
 // add + RMSNorm after an o or down projection, q/k RMSNorm + RoPE per head after the q/k/v projection, the MoE
-// routing after the router projection.
+// routing after the router projection; and SwiGLU after a dense MLP's gate/up projection, in every warp.
 // CPU reference: float32, double sums (the epilogues' too).
 #include <cstdint>
 
@@ -77,6 +77,11 @@ struct GemvCore {
   // out is float32, each sum rounded to the element type first: the LM head's logits as at::linear(...).float() gives
   // them, without the cast kernel (and cuBLAS: 199 against 210 us per token on Qwen3-30B-A3B, H100). No epilogue.
   bool out_float32 = false;
+  // SwiGLU in the launch (no count: each warp holds a gate row and its up row): weight's rows are [gate (m / 2) | up
+  // (m / 2)] and out is [rows, m / 2] = round(silu(g) rounded) * u, g and u each sum rounded to the element type, as
+  // swiglu (swiglu.h) of the projection's two halves gives it; the dense MLP's gate/up projection and its activation
+  // in one launch. The WholeRows layout (Auto or WholeRows); m even; no other epilogue.
+  bool swiglu = false;
   // Optional epilogue, all five set or none: the residual add and RMSNorm that follow the o projection in a decoder
   // layer, in the same launch. Once every block has written its outputs, the last one to finish (counted in *done,
   // which must be 0 at the launch and is 0 again after it) computes per row sum = round(out + residual) and normed =

@@ -135,12 +135,15 @@ class Qwen3Model {
     // The residual add + RMSNorm after an MoE block, in its down pass's launch (ops::moe_decode_add_rms_norm; not a
     // GEMV, the same epilogue); --separate-moe-norm.
     bool moe_add_norm = true;
+    // A dense MLP's SwiGLU in its gate/up projection's launch (ops::linear_decode_swiglu), a kernel less per dense
+    // layer; --separate-swiglu.
+    bool swiglu = true;
   };
   void set_gemv_epilogues(const GemvEpilogues& on);
   const GemvEpilogues& gemv_epilogues() const;
   // How many times each fused launch ran (tests).
   struct GemvEpilogueLaunches {
-    int64_t add_norm = 0, qk_norm_rope = 0, moe_routing = 0, moe_add_norm = 0, kv_store = 0;
+    int64_t add_norm = 0, qk_norm_rope = 0, moe_routing = 0, moe_add_norm = 0, kv_store = 0, swiglu = 0;
   };
   GemvEpilogueLaunches gemv_epilogue_launches() const;
 

@@ -25,6 +25,13 @@ torch::Tensor linear_decode(const torch::Tensor& x, const torch::Tensor& weight,
 torch::Tensor linear_decode_logits(const torch::Tensor& x, const torch::Tensor& weight,
                                    kernels::GemvLayout layout = kernels::GemvLayout::Auto);
 
+// A decode step's dense MLP activation: x [..., k] and the joined gate/up weight [2I, k] (gate rows, then up rows) ->
+// silu(x G^T) * (x U^T) [..., I], as swiglu(linear_decode(x, weight) halves) gives it, bit for bit with the
+// whole-rows GEMV, in one launch (gemv.h's SwiGLU: each warp a gate row and its up row). Supported where
+// gemv_supported and the weight has an even number of rows.
+bool gemv_swiglu_supported(const torch::Tensor& x, const torch::Tensor& weight);
+torch::Tensor linear_decode_swiglu(const torch::Tensor& x, const torch::Tensor& weight);
+
 // The ratio the decode step uses: every projection of a Qwen3 layer (m/k at most 6: the fused gate/up) on the GEMV, the
 // LM head (m/k 37-148) with cuBLAS. The gate/up lost 3-5% of the step on the split-rows GEMV (H100, ratio 4 then);
 // on the whole-rows layout it gains (H200: Qwen3-0.6B 4-5% per token, Qwen3-8B 1.5%; docs/decode.md, "The GEMV's

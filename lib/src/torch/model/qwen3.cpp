@@ -196,6 +196,11 @@ class Qwen3ModelImpl {
   // The dense MLP up to its down projection: SwiGLU of the gate and up projections.
   torch::Tensor dense_mlp_activation(int64_t i, const torch::Tensor& x, const std::string& pre) const {
     torch::Tensor gate, up;
+    if (shares_rows(gate_up_weight[i]) && epilogues.swiglu && ops::gemv_preferred(gate_up_weight[i].joined, gemv_max_ratio) &&
+        ops::gemv_swiglu_supported(x, gate_up_weight[i].joined)) {
+      ++epilogue_launches.swiglu;
+      return ops::linear_decode_swiglu(x, gate_up_weight[i].joined);
+    }
     if (shares_rows(gate_up_weight[i])) {
       auto gu = ops::project(x, gate_up_weight[i].joined, gemv_max_ratio, gemv_layout);
       const int64_t I = cfg.intermediate_size;

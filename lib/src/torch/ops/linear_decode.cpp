@@ -33,10 +33,12 @@ bool gemv_supported(const torch::Tensor& x, const torch::Tensor& weight) {
 
 namespace {
 
-// The parameters of x W^T into a new tensor `out` (shapes checked by gemv_supported).
-k::GemvParams gemv_params(const torch::Tensor& x, const torch::Tensor& weight, torch::Tensor& out) {
+// The parameters of x W^T into a new tensor `out` of out_cols columns (weight's rows where -1; shapes checked by
+// gemv_supported).
+k::GemvParams gemv_params(const torch::Tensor& x, const torch::Tensor& weight, torch::Tensor& out,
+                          int64_t out_cols = -1) {
   auto shape = x.sizes().vec();
-  shape.back() = weight.size(0);
+  shape.back() = out_cols < 0 ? weight.size(0) : out_cols;
   out = torch::empty(shape, x.options());
   k::GemvParams p;
   p.x = x.data_ptr();
@@ -85,6 +87,23 @@ torch::Tensor linear_decode_logits(const torch::Tensor& x, const torch::Tensor& 
   }
   p.layout = layout;
   run_gemv(p, x.device(), "linear_decode_logits");
+  return out;
+}
+
+bool gemv_swiglu_supported(const torch::Tensor& x, const torch::Tensor& weight) {
+  return gemv_supported(x, weight) && weight.size(0) % 2 == 0;
+}
+
+torch::Tensor linear_decode_swiglu(const torch::Tensor& x, const torch::Tensor& weight) {
+  RTP_CHECK(gemv_swiglu_supported(x, weight),
+            "linear_decode_swiglu: expected x [..., k] of at most ", k::kGemvMaxRows,
+            " rows on a GPU (no gradient) and weight [2I, k] contiguous, of x's dtype (bf16 or float32) and device; found "
+            "x ", x.sizes(), " ", x.scalar_type(), " on ", x.device(), ", weight ", weight.sizes(), " ",
+            weight.scalar_type(), " on ", weight.device());
+  torch::Tensor out;
+  k::GemvParams p = gemv_params(x, weight, out, weight.size(0) / 2);
+  p.swiglu = true;
+  run_gemv(p, x.device(), "linear_decode_swiglu");
   return out;
 }
 
