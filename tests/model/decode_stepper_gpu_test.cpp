@@ -411,13 +411,14 @@ TEST(DecodeStepperCuda, QkNormAndRoutingEpiloguesDecodeLikeTheSeparateKernels) {
 }
 
 // SwiGLU in a dense MLP's gate/up projection launch (Qwen3Model::GemvEpilogues::swiglu) against the projection and the
-// SwiGLU kernel: with the gate/up on the whole-rows GEMV in both (2 x 2048 rows, as Auto picks it) the same sums and
-// the same rounding, so the same logits to the bit in bf16 (float32 within 1e-5 of their scale: contractions may
-// differ); one sequence (the whole step one graph) and two (a graph per layer); every layer took the fused launch.
+// SwiGLU kernel: with the gate/up on the whole-rows GEMV in both (2 x 2048 rows of 512, as Auto picks it; at most 8
+// outputs per input, so the GEMV and not cuBLAS) the same sums and the same rounding, so the same logits to the bit in
+// bf16 (float32 within 1e-5 of their scale: contractions may differ); one sequence (the whole step one graph) and two
+// (a graph per layer); every layer took the fused launch.
 TEST(DecodeStepperCuda, SwiGluEpilogueDecodesLikeTheSeparateKernels) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device: the GEMV epilogues are tested on the GPU machine";
   auto c = small_config(3, 8, 4, 128);
-  c.intermediate_size = 2048;
+  c.hidden_size = 512, c.intermediate_size = 2048;
   for (const auto dtype : {torch::kBFloat16, torch::kFloat32})
     for (const int64_t B : {1, 2}) {
       rtp::model::Qwen3Model model(c, kCuda, dtype);
