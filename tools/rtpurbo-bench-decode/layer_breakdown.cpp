@@ -338,7 +338,8 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
     auto wgu = torch::cat({w[m + "gate_proj.weight"], w[m + "up_proj.weight"]}, 0);
     const int64_t In = c.intermediate_size;
     // SwiGLU in the gate/up projection's launch where the model runs it so (Qwen3Model::gemv_epilogues().swiglu).
-    const bool swiglu_fused = model.gemv_epilogues().swiglu && ops::gemv_preferred(wgu) && ops::gemv_swiglu_supported(h, wgu);
+    const bool swiglu_fused =
+        model.gemv_epilogues().swiglu && ops::gemv_preferred(wgu) && ops::gemv_swiglu_supported(h, wgu);
     {
       const auto ws = clones(wgu, copies_for(bytes_of(wgu), l2, reps));
       size_t i = 0;

@@ -196,13 +196,14 @@ class Qwen3ModelImpl {
   // The dense MLP up to its down projection: SwiGLU of the gate and up projections.
   torch::Tensor dense_mlp_activation(int64_t i, const torch::Tensor& x, const std::string& pre) const {
     torch::Tensor gate, up;
-    if (shares_rows(gate_up_weight[i]) && epilogues.swiglu && ops::gemv_preferred(gate_up_weight[i].joined, gemv_max_ratio) &&
-        ops::gemv_swiglu_supported(x, gate_up_weight[i].joined)) {
-      ++epilogue_launches.swiglu;
-      return ops::linear_decode_swiglu(x, gate_up_weight[i].joined);
-    }
     if (shares_rows(gate_up_weight[i])) {
-      auto gu = ops::project(x, gate_up_weight[i].joined, gemv_max_ratio, gemv_layout);
+      const auto& joined = gate_up_weight[i].joined;
+      // A decode step on a GPU: SwiGLU in the projection's launch.
+      if (epilogues.swiglu && ops::gemv_preferred(joined, gemv_max_ratio) && ops::gemv_swiglu_supported(x, joined)) {
+        ++epilogue_launches.swiglu;
+        return ops::linear_decode_swiglu(x, joined);
+      }
+      auto gu = ops::project(x, joined, gemv_max_ratio, gemv_layout);
       const int64_t I = cfg.intermediate_size;
       gate = gu.narrow(-1, 0, I), up = gu.narrow(-1, I, I);
     } else {
