@@ -31,6 +31,10 @@ echo "== 4/5 export"
 "$BIN/rtpurbo-export" --model "$MODEL" --heads "$OUT/heads.h5" --indexer "$OUT/indexer/indexer.safetensors" \
   --out "$OUT/converted"
 echo "== 5/5 evaluate"
+# An evaluation this script left unfinished (interrupted) continues where it stopped.
+RESUME=()
+[[ -f "$OUT/eval/eval.progress.json" ]] && RESUME=(--resume)
 "$BIN/rtpurbo-eval" --task toy --model "$OUT/converted" --samples "$SAMPLES" --lengths 768,1024 \
-  --random-heads-indexer "$OUT/indexer-random/indexer.safetensors" --out-dir "$OUT/eval" --device "$DEVICE"
+  --random-heads-indexer "$OUT/indexer-random/indexer.safetensors" --out-dir "$OUT/eval" --device "$DEVICE" \
+  "${RESUME[@]}"
 echo "default run: $(( $(date +%s) - start )) s; eval.json and report.html in $OUT/eval"

@@ -338,8 +338,19 @@ TEST(ToyEval, ShippedModelAllStreamingMatchesTheDefinition) {
   EXPECT_DOUBLE_EQ(j["sparse"]["kv_bytes"].get<double>(), (s.sink + s.window) * per_token);
 }
 
-TEST(ToyEval, WritesEvalJsonAndReport) {
-  // A tiny random model with the toy vocabulary, a short toy task, and an export with a random indexer.
+// A tiny random model with the toy vocabulary and a short toy task, exported with one retrieval KV head and a random
+// indexer, and an indexer checkpoint for a random head map of the same count (the random-heads baseline).
+struct TinyConverted {
+  rtp::model::ModelConfig c;
+  rtp::model::Qwen3Model m;
+  std::string base, out, rck;
+  HeadMap heads, rnd;
+  rtp::sparse::SparseSettings s;
+  rtp::sparse::RtpurboManifest prov;
+  rtp::sparse::Indexer ix, rix;
+};
+
+rtp::model::ModelConfig tiny_config() {
   rtp::model::ModelConfig c;
   c.vocab_size = 64;
   c.hidden_size = 32;
@@ -349,34 +360,46 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
   c.num_key_value_heads = 2;
   c.head_dim = 16;
   c.max_position_embeddings = 1024;
-  rtp::model::Qwen3Model m(c);
-  m.init_random(5);
-  const std::string base = scratch("base"), out = scratch("conv"), eval_dir = scratch("eval");
-  rtp::model::save_qwen3(m, base);
+  return c;
+}
+
+TinyConverted make_tiny_converted(const std::string& tag) {
+  TinyConverted t{tiny_config(), rtp::model::Qwen3Model(tiny_config())};
+  t.m.init_random(5);
+  t.base = scratch(tag + "-base"), t.out = scratch(tag + "-conv");
+  rtp::model::save_qwen3(t.m, t.base);
   json task = {{"toy_num_filler", "24"}, {"toy_num_keys", "12"}, {"toy_num_values", "12"}, {"toy_needles", "4"},
                {"toy_queries", "2"},     {"toy_spans", "1"},     {"toy_span_len", "8"},    {"seq_len", "96"}};
-  rtp::write_json_atomic(base + "/rtpurbo_toy_task.json", {{"format", "rtpurbo-toy-task"}, {"train_config", task}});
-  HeadMap heads = HeadMap::all_streaming(2, 2, 2);
-  heads.retrieval[1][0] = 1;
-  rtp::sparse::SparseSettings s;
-  s.sink = 2;
-  s.window = 16;
-  s.block_size = 64;  // the selection kernels take 64 or 128
-  s.indexer_dim = 16;
-  s.top_p = 0.7;  // drops the optional block of one of the two sequences at 192 (for both head maps)
-  rtp::sparse::RtpurboManifest prov;
-  prov.heads_source = base + "/heads.h5";
-  rtp::write_file_atomic(base + "/heads.svg", "<?xml version=\"1.0\"?><svg id=\"identify-heads-picture\"></svg>");
-  const rtp::sparse::Indexer ix = random_indexer(heads, 16, 16, 1);
-  rtp::sparse::export_converted({base, out, false}, prov, heads, s, ix);
-  EXPECT_TRUE(fs::exists(out + "/rtpurbo_toy_task.json"));  // carried along for evaluation
+  rtp::write_json_atomic(t.base + "/rtpurbo_toy_task.json", {{"format", "rtpurbo-toy-task"}, {"train_config", task}});
+  t.heads = HeadMap::all_streaming(2, 2, 2);
+  t.heads.retrieval[1][0] = 1;
+  t.s.sink = 2;
+  t.s.window = 16;
+  t.s.block_size = 64;  // the selection kernels take 64 or 128
+  t.s.indexer_dim = 16;
+  t.s.top_p = 0.7;  // drops the optional block of one of the two sequences at 192 (for both head maps)
+  t.prov.heads_source = t.base + "/heads.h5";
+  rtp::write_file_atomic(t.base + "/heads.svg", "<?xml version=\"1.0\"?><svg id=\"identify-heads-picture\"></svg>");
+  t.ix = random_indexer(t.heads, 16, 16, 1);
+  rtp::sparse::export_converted({t.base, t.out, false}, t.prov, t.heads, t.s, t.ix);
+  t.rnd = rtp::eval::random_head_map(t.heads, 1);  // layer 0 KV head 0 (seed 3 drew the identified head)
+  t.rck = scratch(tag + "-random") + ".safetensors";
+  t.rix = random_indexer(t.rnd, 16, 16, 2);
+  rtp::sparse::save_indexer_checkpoint(t.rck, t.rix, t.s);
+  return t;
+}
 
-  // random-heads baseline indexer
-  const HeadMap rnd = rtp::eval::random_head_map(heads, 1);  // layer 0 KV head 0 (seed 3 drew the identified head)
+TEST(ToyEval, WritesEvalJsonAndReport) {
+  TinyConverted t = make_tiny_converted("tiny");
+  const rtp::model::ModelConfig& c = t.c;
+  rtp::model::Qwen3Model& m = t.m;
+  const std::string &base = t.base, &out = t.out, &rck = t.rck, eval_dir = scratch("eval");
+  const HeadMap &heads = t.heads, &rnd = t.rnd;
+  const rtp::sparse::SparseSettings& s = t.s;
+  const rtp::sparse::RtpurboManifest& prov = t.prov;
+  const rtp::sparse::Indexer &ix = t.ix, &rix = t.rix;
+  EXPECT_TRUE(fs::exists(out + "/rtpurbo_toy_task.json"));  // carried along for evaluation
   ASSERT_NE(rnd.retrieval, heads.retrieval);
-  const std::string rck = scratch("random") + ".safetensors";
-  const rtp::sparse::Indexer rix = random_indexer(rnd, 16, 16, 2);
-  rtp::sparse::save_indexer_checkpoint(rck, rix, s);
 
   rtp::RunContext ctx;
   rtp::eval::ToyEvalOptions o;
@@ -555,6 +578,62 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
               std::string::npos)
         << e.what();
   }
+}
+
+// A toy evaluation stopped after some passes and resumed (twice) writes the uninterrupted run's eval.json exactly; the
+// resumed runs keep the passes the progress file holds; an unfinished evaluation in the way, another evaluation's
+// progress, or nothing to resume are errors that say what to do.
+TEST(ToyEval, ResumedEvaluationEqualsTheUninterruptedOne) {
+  TinyConverted t = make_tiny_converted("resume");
+  rtp::RunContext ctx;
+  rtp::eval::ToyEvalOptions o;
+  o.model_dir = t.out;
+  o.samples = 2;
+  o.lengths = {128, 192};
+  o.random_heads_indexer = t.rck;
+  o.quiet = true;
+  o.out_dir = scratch("resume-whole");
+  rtp::eval::run_toy_eval(o, ctx);
+  const json whole = rtp::read_json_file(o.out_dir + "/eval.json");
+  EXPECT_FALSE(fs::exists(o.out_dir + "/eval.progress.json"));  // finished: removed
+
+  o.out_dir = scratch("resume-parts");
+  const std::string progress = o.out_dir + "/eval.progress.json";
+  auto passes_done = [&] { return rtp::read_json_file(progress)["passes"].size(); };
+  auto expect_error = [&](const rtp::eval::ToyEvalOptions& opts, const std::string& says, const std::string& what) {
+    try {
+      rtp::eval::run_toy_eval(opts, ctx);
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const rtp::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  o.resume = true;
+  expect_error(o, "there is no toy evaluation to continue", "--resume without a progress file");
+  o.resume = false;
+  o.stop_after_passes = 2;
+  const auto first = rtp::eval::run_toy_eval(o, ctx);
+  EXPECT_FALSE(first.finished);
+  EXPECT_FALSE(fs::exists(o.out_dir + "/eval.json"));
+  ASSERT_TRUE(fs::exists(progress));
+  EXPECT_EQ(passes_done(), 2u);  // dense and sparse at 128
+
+  expect_error(o, "pass --resume to continue it", "a fresh run over an unfinished one");
+  o.resume = true;
+  rtp::eval::ToyEvalOptions other = o;
+  other.samples = 3;
+  expect_error(other, "samples: was 2, now 3", "resuming with other settings");
+
+  o.stop_after_passes = 3;  // random heads at 128, dense and sparse at 192
+  EXPECT_FALSE(rtp::eval::run_toy_eval(o, ctx).finished);
+  EXPECT_EQ(passes_done(), 5u);
+  o.stop_after_passes = 0;  // random heads at 192, the token-level recall
+  const auto last = rtp::eval::run_toy_eval(o, ctx);
+  EXPECT_TRUE(last.finished);
+  EXPECT_FALSE(fs::exists(progress));
+  const json resumed = rtp::read_json_file(o.out_dir + "/eval.json");
+  EXPECT_EQ(resumed, whole) << "resumed:\n" << resumed.dump(1) << "\nuninterrupted:\n" << whole.dump(1);
+  expect_error(o, "there is no toy evaluation to continue", "--resume after it finished");
 }
 
 }  // namespace

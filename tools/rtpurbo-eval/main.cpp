@@ -61,9 +61,10 @@ int main(int argc, char** argv) {
       ("prefill-chunk", "ruler: prefill prompts in chunks of N tokens, dense and sparse (sparse: a multiple of the "
        "block size; 0: one forward)", cxxopts::value<std::string>()->default_value("4096"))
       ("no-cuda-graphs", "ruler: decode eagerly instead of replaying CUDA graphs of each layer (slower; for comparison)")
-      ("resume", "ruler: continue the unfinished evaluation in --out-dir (ruler.json is written after every sample; "
-       "the settings must be the same)")
-      ("stop-after", "ruler: stop after N samples evaluated by this run, leaving ruler.json for --resume (0: no limit)",
+      ("resume", "toy and ruler: continue the unfinished evaluation in --out-dir (toy: eval.progress.json, written "
+       "after every pass; ruler: ruler.json, written after every sample; the settings must be the same)")
+      ("stop-after", "toy: stop after N passes run by this invocation (a pass: dense, sparse or random heads at one "
+       "length); ruler: after N samples; the rest is left for --resume (0: no limit)",
        cxxopts::value<std::string>()->default_value("0"))
       ("h,help", "print this help");
     // clang-format on
@@ -115,6 +116,8 @@ int main(int argc, char** argv) {
       o.batch_size = batch_size;
       o.measure_recall = args.count("no-recall") == 0;
       o.token_recall_top_p = token_recall_top_p;
+      o.resume = args.count("resume") > 0;
+      o.stop_after_passes = stop_after;
       rtp::require_directory(o.model_dir, "--model");
       if (!o.random_heads_indexer.empty()) rtp::require_input_file(o.random_heads_indexer, "--random-heads-indexer");
       rtp::require_creatable_directory(o.out_dir, "--out-dir");

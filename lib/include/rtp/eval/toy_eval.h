@@ -14,7 +14,9 @@
 // KV cache bytes of the sparse layout (retrieval KV heads keep T tokens of K and V plus T x indexer_dim index
 // keys; streaming KV heads min(T, sink + window) tokens) against dense (every KV head T tokens).
 //
-// Outputs in out_dir: eval.json and report.html (rtp/eval/report.h).
+// Outputs in out_dir: eval.json and report.html (rtp/eval/report.h). While it runs, eval.progress.json holds every
+// pass done so far (a pass: the dense, sparse or random-heads model at one length, or the token-level recall), written
+// after each; it is removed when eval.json is written. ToyEvalOptions::resume continues from it.
 // eval.json: {"task": "toy", "model", "dtype", "samples", "seed", "lengths": [...],
 //   "dense":  {"accuracy", "token_accuracy", "by_length": [{"length", "accuracy", "token_accuracy"}], "kv_bytes"},
 //   "sparse": {"accuracy", "token_accuracy", "attention_fraction", "indexer_recall", "kv_bytes",
@@ -45,6 +47,13 @@ struct ToyEvalOptions {
   bool measure_recall = true;      // indexer_recall needs the true attention (slower)
   double token_recall_top_p = 0.9;  // > 0: also the indexer's token-level recall at this top-p (without pooling)
   bool quiet = false;              // no progress / table on stdout / stderr
+  // Continue the unfinished evaluation in out_dir (its eval.progress.json): the passes it holds are kept, the rest run.
+  // Its settings (model, lengths, samples, seed, batch size, recall options, random-heads indexer, device type,
+  // dtype) must be these; the samples are a function of them, so eval.json is the uninterrupted run's. Without it an
+  // unfinished evaluation in out_dir is an error that says what to do.
+  bool resume = false;
+  // Stop after this many passes computed by this invocation (0: no limit), leaving eval.progress.json for resume.
+  int64_t stop_after_passes = 0;
 };
 
 struct ToyEvalLength {
@@ -62,6 +71,7 @@ struct ToyEvalResult {
   double token_recall = -1;  // -1: not measured
   double sparse_kv_bytes = 0, dense_kv_bytes = 0;  // at the longest length
   std::string eval_json_path, report_path;
+  bool finished = true;  // false: stopped by stop_after_passes; eval.json not written, eval.progress.json holds the passes
 };
 
 ToyEvalResult run_toy_eval(const ToyEvalOptions& options, const RunContext& ctx);

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <functional>
+#include <optional>
 #include <random>
 
 #include "rtp/core/error.h"
@@ -84,6 +86,7 @@ std::string find_heads_svg(const std::string& heads_source, const std::string& m
   return "";
 }
 
+// One pass's outcome: accuracy counts and, for the sparse passes, the attention statistics.
 struct RunStats {
   data::ToyAccuracy acc;
   sparse::SparseStats stats;
@@ -154,6 +157,87 @@ json density_json(const sparse::SparseStats& s) {
   return rows;
 }
 
+// What eval.json is made of for one pass (RunStats), as counts and double sums: a JSON round trip keeps every bit
+// (nlohmann writes doubles in their shortest exact form), so a resumed evaluation's eval.json is the uninterrupted one's.
+json run_stats_to_json(const RunStats& r) {
+  return {{"queries", r.acc.queries},
+          {"correct", r.acc.correct},
+          {"answer_tokens", r.acc.answer_tokens},
+          {"correct_tokens", r.acc.correct_tokens},
+          {"attended_pairs", r.stats.attended_pairs},
+          {"causal_pairs", r.stats.causal_pairs},
+          {"true_mass_kept", r.stats.true_mass_kept},
+          {"true_mass_queries", r.stats.true_mass_queries},
+          {"head_attended", r.stats.head_attended},
+          {"head_causal", r.stats.head_causal}};
+}
+
+RunStats run_stats_from_json(const json& j, const std::string& path, const std::string& key) {
+  try {
+    RunStats r;
+    r.acc.queries = j.at("queries").get<int64_t>();
+    r.acc.correct = j.at("correct").get<int64_t>();
+    r.acc.answer_tokens = j.at("answer_tokens").get<int64_t>();
+    r.acc.correct_tokens = j.at("correct_tokens").get<int64_t>();
+    r.stats.attended_pairs = j.at("attended_pairs").get<double>();
+    r.stats.causal_pairs = j.at("causal_pairs").get<double>();
+    r.stats.true_mass_kept = j.at("true_mass_kept").get<double>();
+    r.stats.true_mass_queries = j.at("true_mass_queries").get<double>();
+    r.stats.head_attended = j.at("head_attended").get<std::vector<std::vector<double>>>();
+    r.stats.head_causal = j.at("head_causal").get<std::vector<std::vector<double>>>();
+    return r;
+  } catch (const json::exception& e) {
+    RTP_THROW("'", path, "': pass '", key, "' is not a toy-eval pass record (", e.what(),
+              "): remove the file and run without --resume");
+  }
+}
+
+// What a resumed evaluation must share with the one it continues: everything the samples and the numbers depend on.
+json toy_settings(const ToyEvalOptions& o, const RunContext& ctx) {
+  const auto absolute = [](const std::string& p) { return p.empty() ? p : fs::weakly_canonical(fs::absolute(p)).string(); };
+  return {{"model", absolute(o.model_dir)},
+          {"lengths", o.lengths},
+          {"samples", o.samples},
+          {"seed", ctx.seed},
+          {"batch_size", o.batch_size},
+          {"measure_recall", o.measure_recall},
+          {"token_recall_top_p", o.token_recall_top_p},
+          {"random_heads_indexer", absolute(o.random_heads_indexer)},
+          {"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
+          {"dtype", dtype_name(ctx.dtype)}};
+}
+
+constexpr const char* kProgressFormat = "rtpurbo-toy-eval-progress";
+
+// The passes an unfinished evaluation in out_dir holds (an empty object when starting afresh). Without resume an
+// unfinished evaluation in the way is an error that says what to do; with it, the file must be one of these settings.
+json load_toy_progress(const std::string& path, const json& settings, bool resume) {
+  const bool exists = file_exists(path);
+  if (!resume) {
+    if (exists) {
+      const json doc = read_json_file(path);
+      RTP_THROW("'", path, "' holds a toy evaluation that did not finish (", doc.value("passes", json::object()).size(),
+                " passes done): pass --resume to continue it, or choose another --out-dir (or remove '", path, "')");
+    }
+    return json::object();
+  }
+  RTP_CHECK(exists, "--resume: '", path, "' does not exist: there is no toy evaluation to continue in this --out-dir ",
+            "(run without --resume to start one)");
+  const json doc = read_json_file(path);
+  RTP_CHECK(doc.is_object() && doc.value("format", std::string()) == kProgressFormat && doc.contains("settings") &&
+                doc["settings"].is_object() && doc.contains("passes") && doc["passes"].is_object(),
+            "--resume: '", path, "' is not a toy evaluation's progress file (expected {\"format\": \"", kProgressFormat,
+            "\", \"settings\": {...}, \"passes\": {...}}): remove it, or choose another --out-dir");
+  std::string differ;
+  for (const auto& [key, now] : settings.items()) {
+    const json was = doc["settings"].contains(key) ? doc["settings"][key] : json();
+    if (was != now) differ += "\n  " + key + ": was " + was.dump() + ", now " + now.dump();
+  }
+  RTP_CHECK(differ.empty(), "--resume: '", path, "' is another evaluation; these settings differ:", differ,
+            "\nrun with the settings it was started with, or without --resume in another --out-dir");
+  return doc["passes"];
+}
+
 }  // namespace
 
 sparse::HeadMap random_head_map(const sparse::HeadMap& like, uint64_t seed) {
@@ -193,6 +277,11 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   auto log = [&](const std::string& s) {
     if (!o.quiet) std::cerr << s << "\n";
   };
+  // Whether there is an evaluation to continue (or one in the way), before the model loads.
+  const std::string progress_path = o.out_dir + "/eval.progress.json";
+  const json settings = toy_settings(o, ctx);
+  json passes = load_toy_progress(progress_path, settings, o.resume);
+  if (o.resume) log(str_cat("resuming '", progress_path, "': ", passes.size(), " passes done"));
   sparse::ConvertedModel cm = sparse::load_converted(o.model_dir, ctx.device, ctx.dtype);
   const auto& cfg = cm.model.config();
   const sparse::Indexer* indexer = cm.indexer.heads().num_layers > 0 ? &cm.indexer : nullptr;
@@ -230,6 +319,36 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   if (random_ck) random_settings.indexer_dim = random_ck->indexer.dim();
 
   const int64_t elem_bytes = static_cast<int64_t>(c10::elementSize(ctx.dtype));
+  // Each pass is taken from the progress file when a resumed evaluation holds it, else run and recorded there.
+  int64_t computed = 0;  // passes run by this invocation (stop_after_passes)
+  bool stopped = false;
+  auto write_progress = [&] {
+    make_directories(o.out_dir);
+    write_json_atomic(progress_path, {{"format", kProgressFormat}, {"settings", settings}, {"passes", passes}});
+  };
+  // A pass's record as JSON; nullopt once stop_after_passes passes have run.
+  auto pass_record = [&](const std::string& key, const std::string& what,
+                         const std::function<json()>& run) -> std::optional<json> {
+    if (passes.contains(key)) {
+      log(str_cat("toy eval: ", what, ": from ", progress_path));
+      return passes[key];
+    }
+    if (o.stop_after_passes > 0 && computed == o.stop_after_passes) {
+      stopped = true;
+      return std::nullopt;
+    }
+    log(str_cat("toy eval: ", what));
+    passes[key] = run();
+    ++computed;
+    write_progress();
+    return passes[key];
+  };
+  auto pass = [&](const std::string& key, const std::string& what,
+                  const std::function<RunStats()>& run) -> std::optional<RunStats> {
+    const auto record = pass_record(key, what, [&] { return run_stats_to_json(run()); });
+    if (!record) return std::nullopt;
+    return run_stats_from_json(*record, progress_path, key);
+  };
   ToyEvalResult res;
   json dense_by = json::array(), sparse_by = json::array(), random_by = json::array();
   data::ToyAccuracy dense_all, sparse_all, random_all;
@@ -237,10 +356,25 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   sparse::SparseStats last_stats;
   for (int64_t T : lengths) {
     const auto samples = task.generate_many(T, ctx.seed, train::kEvalStream, 0, o.samples);
-    log(str_cat("toy eval: length ", T, ", ", o.samples, " samples: dense"));
-    const data::ToyAccuracy dense = data::toy_accuracy(cm.model, samples, {}, o.batch_size);
-    log(str_cat("toy eval: length ", T, ": sparse"));
-    RunStats sp = run_sparse(cm.model, samples, cm.heads, cm.settings, indexer, o.measure_recall, o.batch_size);
+    const std::string at = str_cat("@", T);
+    const auto dense_run = pass("dense" + at, str_cat("length ", T, ", ", o.samples, " samples: dense"), [&] {
+      return RunStats{data::toy_accuracy(cm.model, samples, {}, o.batch_size), {}};
+    });
+    if (!dense_run) break;
+    const data::ToyAccuracy& dense = dense_run->acc;
+    const auto sparse_run = pass("sparse" + at, str_cat("length ", T, ": sparse"), [&] {
+      return run_sparse(cm.model, samples, cm.heads, cm.settings, indexer, o.measure_recall, o.batch_size);
+    });
+    if (!sparse_run) break;
+    const RunStats& sp = *sparse_run;
+    std::optional<RunStats> random_run;
+    if (random_ck) {
+      random_run = pass("random" + at, str_cat("length ", T, ": random heads"), [&] {
+        return run_sparse(cm.model, samples, random_ck->heads, random_settings, &random_ck->indexer, o.measure_recall,
+                          o.batch_size);
+      });
+      if (!random_run) break;
+    }
     ToyEvalLength L;
     L.length = T;
     L.dense_accuracy = dense.accuracy();
@@ -274,10 +408,8 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
                          {"indexer_recall", o.measure_recall ? json(L.indexer_recall) : json(nullptr)},
                          {"kv_bytes", kv.sparse},
                          {"dense_kv_bytes", kv.dense}});
-    if (random_ck) {
-      log(str_cat("toy eval: length ", T, ": random heads"));
-      RunStats rs = run_sparse(cm.model, samples, random_ck->heads, random_settings, &random_ck->indexer,
-                               o.measure_recall, o.batch_size);
+    if (random_run) {
+      const RunStats& rs = *random_run;
       L.random_accuracy = rs.acc.accuracy();
       L.random_attention_fraction = rs.stats.attention_fraction();
       L.random_recall = rs.stats.recall();
@@ -299,12 +431,27 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   res.random_accuracy = random_ck ? random_all.accuracy() : -1;
   res.attention_fraction = caus > 0 ? att / caus : 0;
   res.indexer_recall = nq > 0 ? kept / nq : 0;
-  if (indexer && o.measure_recall && o.token_recall_top_p > 0) {
+  if (!stopped && indexer && o.measure_recall && o.token_recall_top_p > 0) {
     const int64_t T = lengths.back();
-    log(str_cat("toy eval: length ", T, ": token-level indexer recall at top-p ", o.token_recall_top_p));
-    const auto samples = task.generate_many(T, ctx.seed, train::kEvalStream, 0, std::min<int64_t>(o.samples, 16));
-    res.token_recall = indexer_token_recall(cm.model, samples, *indexer, cm.settings, o.token_recall_top_p,
-                                            cm.settings.block_size);
+    const std::string key = str_cat("token_recall@", T);
+    const auto token = pass_record(
+        key, str_cat("length ", T, ": token-level indexer recall at top-p ", o.token_recall_top_p), [&] {
+          const auto samples = task.generate_many(T, ctx.seed, train::kEvalStream, 0, std::min<int64_t>(o.samples, 16));
+          return json{{"token_recall", indexer_token_recall(cm.model, samples, *indexer, cm.settings,
+                                                            o.token_recall_top_p, cm.settings.block_size)}};
+        });
+    if (token) {
+      RTP_CHECK(token->contains("token_recall") && (*token)["token_recall"].is_number(), "'", progress_path,
+                "': pass '", key, "' has no number 'token_recall': remove the file and run without --resume");
+      res.token_recall = (*token)["token_recall"].get<double>();
+    }
+  }
+  if (stopped) {
+    res.finished = false;
+    if (!o.quiet)
+      std::cerr << "stopped after " << computed << " passes (--stop-after); '" << progress_path << "' holds "
+                << passes.size() << " passes: continue with the same command and --resume\n";
+    return res;
   }
   res.sparse_kv_bytes = res.by_length.back().sparse_kv_bytes;
   res.dense_kv_bytes = res.by_length.back().dense_kv_bytes;
@@ -367,6 +514,9 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   make_directories(o.out_dir);
   res.eval_json_path = o.out_dir + "/eval.json";
   write_json_atomic(res.eval_json_path, j);
+  std::error_code ec;
+  fs::remove(progress_path, ec);  // finished: nothing left to resume
+  if (ec) log(str_cat("warning: could not remove '", progress_path, "' (", ec.message(), "): remove it before the next run"));
 
   ReportData rd;
   rd.title = "RTPurbo toy evaluation";
