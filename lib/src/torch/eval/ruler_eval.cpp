@@ -11,6 +11,7 @@
 
 #include "rtp/core/error.h"
 #include "rtp/core/file_io.h"
+#include "rtp/eval/resume_settings.h"
 #include "rtp/eval/ruler_report.h"
 #include "rtp/model/decode_stepper.h"
 #include "rtp/model/model_config.h"
@@ -137,7 +138,7 @@ Generated generate_sparse(sparse::ConvertedModel& cm, SparseDecoder& d, const to
 // same file named from another directory matches. Not here: what changes no answer (CUDA graphs or eager, where the
 // prompts are dumped, --stop-after).
 json ruler_settings(const RulerEvalOptions& o, const std::string& tokenizer, const RunContext& ctx) {
-  const auto absolute = [](const std::string& p) { return p.empty() ? p : fs::weakly_canonical(fs::absolute(p)).string(); };
+  const auto absolute = absolute_setting_path;
   return {{"model", absolute(o.model_dir)}, {"tokenizer", absolute(tokenizer)}, {"tasks", o.tasks},
           {"lengths", o.lengths},           {"samples", o.samples},             {"seed", ctx.seed},
           {"dense", o.dense},               {"sparse", o.sparse},               {"prefill_chunk", o.prefill_chunk},
@@ -180,13 +181,7 @@ RulerProgress load_progress(const std::string& path, const json& settings, bool 
   RTP_CHECK(doc.contains("settings") && doc["settings"].is_object(), "--resume: '", path, "' was written without its ",
             "settings (by an older rtpurbo-eval) and cannot be continued: run without --resume in another --out-dir, ",
             "or remove it");
-  std::string differ;
-  for (const auto& [key, now] : settings.items()) {
-    const json was = doc["settings"].contains(key) ? doc["settings"][key] : json();
-    if (was != now) differ += "\n  " + key + ": was " + was.dump() + ", now " + now.dump();
-  }
-  RTP_CHECK(differ.empty(), "--resume: '", path, "' is another evaluation; these settings differ:", differ,
-            "\nrun with the settings it was started with, or without --resume in another --out-dir");
+  require_same_settings(path, doc["settings"], settings);
   RulerProgress p;
   p.rows = doc.value("results", json::array());
   if (doc.contains("in_progress")) p.in_progress = doc["in_progress"];

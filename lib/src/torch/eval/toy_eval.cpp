@@ -15,6 +15,7 @@
 #include "rtp/core/file_io.h"
 #include "rtp/data/toy_task.h"
 #include "rtp/eval/html.h"
+#include "rtp/eval/resume_settings.h"
 #include "rtp/eval/report.h"
 #include "rtp/model/model_config.h"
 #include "rtp/sparse/converted_model.h"
@@ -194,7 +195,7 @@ RunStats run_stats_from_json(const json& j, const std::string& path, const std::
 
 // What a resumed evaluation must share with the one it continues: everything the samples and the numbers depend on.
 json toy_settings(const ToyEvalOptions& o, const RunContext& ctx) {
-  const auto absolute = [](const std::string& p) { return p.empty() ? p : fs::weakly_canonical(fs::absolute(p)).string(); };
+  const auto absolute = absolute_setting_path;
   return {{"model", absolute(o.model_dir)},
           {"lengths", o.lengths},
           {"samples", o.samples},
@@ -228,13 +229,7 @@ json load_toy_progress(const std::string& path, const json& settings, bool resum
                 doc["settings"].is_object() && doc.contains("passes") && doc["passes"].is_object(),
             "--resume: '", path, "' is not a toy evaluation's progress file (expected {\"format\": \"", kProgressFormat,
             "\", \"settings\": {...}, \"passes\": {...}}): remove it, or choose another --out-dir");
-  std::string differ;
-  for (const auto& [key, now] : settings.items()) {
-    const json was = doc["settings"].contains(key) ? doc["settings"][key] : json();
-    if (was != now) differ += "\n  " + key + ": was " + was.dump() + ", now " + now.dump();
-  }
-  RTP_CHECK(differ.empty(), "--resume: '", path, "' is another evaluation; these settings differ:", differ,
-            "\nrun with the settings it was started with, or without --resume in another --out-dir");
+  require_same_settings(path, doc["settings"], settings);
   return doc["passes"];
 }
 
