@@ -4,9 +4,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <functional>
 #include <optional>
 #include <random>
 
