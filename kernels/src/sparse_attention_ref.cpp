@@ -151,6 +151,8 @@ const char* check_sparse_decode_params(const SparseDecodeParams& p, bool cuda) {
     return "tuning.index_rows_per_thread must be 0 (default), 1 or 2";
   if (tu.index_tokens_per_block != 0 && (tu.index_tokens_per_block < 256 || tu.index_tokens_per_block > 65536))
     return "tuning.index_tokens_per_block must be 0 (default) or in [256, 65536]";
+  if (tu.attend_tile_stages != 0 && tu.attend_tile_stages != 2 && tu.attend_tile_stages != 3)
+    return "tuning.attend_tile_stages must be 0 (default), 2 or 3";
   if (tu.shared_carveout < -1 || tu.shared_carveout > 100)
     return "tuning.shared_carveout must be -1 (the driver's choice) or a percentage in [0, 100]";
   if (tu.hist_tokens_per_block != 0 && (tu.hist_tokens_per_block < 256 || tu.hist_tokens_per_block > 65536))

@@ -33,7 +33,7 @@ constexpr int kMaxG = 16;
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaTile = kMmaWarps * 16;
-constexpr int kMmaStages = 2;
+constexpr int kMmaStages = 2;  // tile stages of the default attend (DecodeTuning::attend_tile_stages: 2 or 3)
 constexpr int kRetChunkMax = kRetrievalChunkMax;  // candidates per retrieval block (the compacted list lives in shared memory)
 constexpr uint16_t kForced = 0xFFFF;
 
@@ -940,11 +940,11 @@ __device__ __forceinline__ int compact_kept(const uint16_t (&mb)[CAND], int bsta
 }
 
 // Attends the G query heads (qa) to n key rows, row i = k0 + (list ? list[i] : i), in 64-key tiles with the next
-// tile's cp.async in flight during this tile's math (kvs: the two tile stages). Per warp 16 keys of a tile:
+// S - 1 tiles' cp.async in flight during this tile's math (kvs: the S tile stages). Per warp 16 keys of a tile:
 // S = Q K^T (mma m16n8k16, K by ldmatrix), online softmax in registers (rows are quads of lanes), O += P V (P
 // re-packed from the S accumulators, V by ldmatrix.trans). Scores are in log2 units (sl2 = scale * log2 e).
 // Called by every thread of a kMmaThreads block; st carries over between calls.
-template <int D>
+template <int D, int S>
 __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_bfloat16* V, int64_t k0,
                                             const uint16_t* list, int n, const uint32_t (&qa)[D / 16][4], float sl2,
                                             __nv_bfloat16* kvs, MmaAttendState<D>& st) {
@@ -964,16 +964,20 @@ __device__ __forceinline__ void attend_rows(const __nv_bfloat16* K, const __nv_b
       cp_async16(smem_u32(Vs + off), V + row * D + cc * 8, valid ? 16 : 0);
     }
   };
-  if (ntiles > 0) load_tile(0, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int t = 0; t < S - 1; ++t) {
+    if (t < ntiles) load_tile(t, t);
+    cp_async_commit();
+  }
   const int q4 = lane & 3;
   const int mi = lane >> 3, rr = lane & 7;  // ldmatrix: lane supplies row rr of matrix mi
   for (int t = 0; t < ntiles; ++t) {
-    if (t + 1 < ntiles) load_tile(t + 1, (t + 1) & 1);
+    const int ahead = t + S - 1;
+    if (ahead < ntiles) load_tile(ahead, ahead % S);
     cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<S - 1>();
     mma_threads_sync();
-    const __nv_bfloat16* Ks = kvs + (t & 1) * 2 * TK * D;
+    const __nv_bfloat16* Ks = kvs + (t % S) * 2 * TK * D;
     const __nv_bfloat16* Vs = Ks + TK * D;
     const int kb = warp * 16, nv = n - t * TK - kb;  // this warp's first tile row, its valid keys
     if (nv > 0) {
@@ -1094,22 +1098,23 @@ __device__ __forceinline__ void write_partial(MmaAttendState<D>& st, float* red,
   }
 }
 
-// Shared memory of the mma attend kernel: two stages of K and V tiles, then the compacted candidate list.
-constexpr size_t mma_smem_bytes(int D) { return size_t(kMmaStages) * 2 * kMmaTile * D * 2 + kRetChunkMax * 2; }
+// Shared memory of the mma attend kernel: S stages of K and V tiles, then the compacted candidate list.
+constexpr size_t mma_smem_bytes(int D, int S) { return size_t(S) * 2 * kMmaTile * D * 2 + kRetChunkMax * 2; }
 
-// grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D).
+// grid (max_split, Hkv); block kMmaThreads; dynamic shared memory mma_smem_bytes(D, S); S tile stages (three blocks of
+// two stages fit an SM's shared memory, two of three).
 // Each thread block takes a chunk of candidate keys of one KV head for all G query heads and attends it
 // (attend_rows). Retrieval chunks first wait for hist_kernel, test their bins against b* and compact the kept
 // offsets once, before any K/V load; streaming and dense chunks are contiguous rows.
-template <int D>
-__global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
+template <int D, int S>
+__global__ void __launch_bounds__(kMmaThreads, S == 2 ? 3 : 2) attend_mma_kernel(
     const __grid_constant__ DecodeArgs a, const __nv_bfloat16* q, const __nv_bfloat16* kf, const __nv_bfloat16* vf,
     const __nv_bfloat16* kr, const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar_in,
     const float* hist, const float* forced_mass, float* part_acc, float2* part_ml, int32_t* selected_count) {
   constexpr int CAND = kRetChunkMax / kMmaThreads;  // candidates per thread in the select step
   extern __shared__ __align__(128) unsigned char smem[];
   __nv_bfloat16* kvs = reinterpret_cast<__nv_bfloat16*>(smem);  // [stage][K, V][TK][D], swizzled rows
-  uint16_t* list = reinterpret_cast<uint16_t*>(smem + kMmaStages * 2 * kMmaTile * D * 2);  // [kRetChunkMax]
+  uint16_t* list = reinterpret_cast<uint16_t*>(smem + S * 2 * kMmaTile * D * 2);  // [kRetChunkMax]
   __shared__ int warp_cnt[kMmaWarps];
   __shared__ int s_bstar;
   __shared__ float2 wml[kMmaWarps][16];
@@ -1161,7 +1166,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3) attend_mma_kernel(
   MmaAttendState<D> st;
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
-  attend_rows<D>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
+  attend_rows<D, S>(K, V, k0, ret ? list : nullptr, n, qa, a.scale * 1.4426950408889634f, kvs, st);
   if (ret) probe_point(a.timeline, kPhaseAttendTilesDone);
   // Streaming and dense blocks never wait for the previous kernel (hist_kernel): it neither reads nor writes
   // anything they touch, and the partials they write were last read by the previous call's combine, which
@@ -1353,7 +1358,7 @@ cudaError_t apply_carveout(const void* kern, int percent) {
   return e;
 }
 
-template <int D>
+template <int D, int S>
 cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const DecodeArgs& a, const __nv_bfloat16* q,
                               const __nv_bfloat16* kf, const __nv_bfloat16* vf, const __nv_bfloat16* kr,
                               const __nv_bfloat16* vr, const uint16_t* bins, const int32_t* bstar,
@@ -1365,13 +1370,14 @@ cudaError_t launch_attend_mma(dim3 grid, cudaStream_t stream, bool pdl, const De
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;
   if (dev >= kMaxDevices || !done[dev]) {
-    e = cudaFuncSetAttribute(attend_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(mma_smem_bytes(D)));
+    e = cudaFuncSetAttribute(attend_mma_kernel<D, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(mma_smem_bytes(D, S)));
     if (e != cudaSuccess) return e;
     if (dev < kMaxDevices) done[dev] = true;
   }
-  e = apply_carveout(reinterpret_cast<const void*>(attend_mma_kernel<D>), a.shared_carveout);
+  e = apply_carveout(reinterpret_cast<const void*>(attend_mma_kernel<D, S>), a.shared_carveout);
   if (e != cudaSuccess) return e;
-  return launch_k(attend_mma_kernel<D>, grid, dim3(kMmaThreads), mma_smem_bytes(D), stream, pdl, a, q, kf, vf, kr, vr,
+  return launch_k(attend_mma_kernel<D, S>, grid, dim3(kMmaThreads), mma_smem_bytes(D, S), stream, pdl, a, q, kf, vf, kr, vr,
                   bins, bstar, hist, forced, part_acc, part_ml, selected_count);
 }
 
@@ -1468,7 +1474,10 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       e = cudaGetLastError();
     } else {
       const dim3 g(a.max_split, p.num_kv_heads);
-      e = (p.head_dim == 128 ? launch_attend_mma<128> : launch_attend_mma<64>)(
+      const bool three = p.tuning.attend_tile_stages == 3;
+      auto launch_attend = p.head_dim == 128 ? (three ? launch_attend_mma<128, 3> : launch_attend_mma<128, kMmaStages>)
+                                             : (three ? launch_attend_mma<64, 3> : launch_attend_mma<64, kMmaStages>);
+      e = launch_attend(
           g, stream, pdl, a, qb, kf, vf, kr, vr, bins, bstar, hist, forced, part_acc, part_ml,
           p.selected_count);
     }

@@ -566,6 +566,33 @@ TEST(SparseAttentionGpu, DecodeLongCacheMatchesReference) {
   }
 }
 
+// Three K/V tile stages (DecodeTuning::attend_tile_stages) change when the tiles are requested, not what is summed in
+// which order: the same bits as two stages, for attend blocks of one tile (fewer than the tiles requested ahead), of
+// many with a partial last one (1024-key dense blocks at 33K), dense, streaming and retrieval heads, D 128 and 64; and
+// the output within the reference's bounds.
+TEST(SparseAttentionGpu, DecodeThreeTileStagesEqualTwo) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  torch::manual_seed(8);
+  const int64_t G = 8, Hkv = 4, Hq = Hkv * G, sink = 4, window = 2500;
+  const std::vector<HeadKind> kinds = {HeadKind::DENSE, HeadKind::STREAMING, HeadKind::RETRIEVAL, HeadKind::STREAMING};
+  for (int64_t D : {128, 64})
+    for (int64_t L : {int64_t{61}, int64_t{5000 + 17}, int64_t{33000 + 7}}) {
+      const std::string label = "D=" + std::to_string(D) + " L=" + std::to_string(L);
+      const DecodeInputs in = random_decode_inputs(Hq, G, D, L + 50, sink + window, 1, 2.0, L);
+      SparseConfig c;
+      c.sink = sink;
+      c.window = window;
+      c.top_p = 0.9f;
+      const DecodeRun two = decode_cpu_and_gpu(in, kinds, c);
+      c.decode_tuning.attend_tile_stages = 3;
+      const DecodeRun three = decode_cpu_and_gpu(in, kinds, c);
+      expect_decode_close(three, c.top_p, L, "three tile stages, " + label);
+      EXPECT_TRUE(torch::equal(three.selected_gpu, two.selected_gpu)) << label;
+      EXPECT_TRUE(torch::equal(three.out, two.out))
+          << label << ": max |three - two| " << (three.out - two.out).abs().max().item<float>();
+    }
+}
+
 // The model's shape: G = 8 query heads per KV head (16 too), a window longer than one attend chunk, a KV length
 // that is no multiple of the tiles, and more than one retrieval block (split-K with partial last chunks).
 TEST(SparseAttentionGpu, DecodeMatchesReferenceWideGroups) {

@@ -742,6 +742,26 @@ int32_t decode_one_retrieval_head(int L, uint32_t seed, float index_scale, float
   return cnt;
 }
 
+// The launch choices are checked with the rest of the parameters: the attend takes 2 or 3 K/V tile stages (0: the
+// default), anything else is refused by name.
+TEST(SparseDecodeCpu, AttendTileStagesAreChecked) {
+  const int Hq = 4, D = 16, L = 32;
+  std::vector<float> q(size_t(Hq) * D), o(size_t(Hq) * D), k(size_t(L) * D), v(size_t(L) * D);
+  const HeadKind kinds[1] = {HeadKind::DENSE};
+  SparseDecodeParams p;
+  p.q = q.data(), p.o = o.data(), p.k_full = k.data(), p.v_full = v.data(), p.cap_full = L;
+  p.num_q_heads = Hq, p.num_kv_heads = 1, p.head_dim = D, p.kv_len = L, p.head_kind = kinds;
+  for (int stages : {0, 2, 3}) {
+    p.tuning.attend_tile_stages = stages;
+    EXPECT_STREQ(check_sparse_decode_params(p, false), "") << stages;
+  }
+  for (int stages : {-1, 1, 4}) {
+    p.tuning.attend_tile_stages = stages;
+    EXPECT_STREQ(check_sparse_decode_params(p, false), "tuning.attend_tile_stages must be 0 (default), 2 or 3")
+        << stages;
+  }
+}
+
 TEST(SparseDecodeCpu, RetrievalSelectionCoversTopP) {
   const int L = 700, G = 4;
   std::vector<float> iq, ik;

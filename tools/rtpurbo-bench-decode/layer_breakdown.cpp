@@ -216,12 +216,22 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
       size_t j = 0;
       add("attention", "dense: decode kernel over " + std::to_string(kv_len) + " keys (length on the device)",
           2 * Hkv * kv_len * D * e, [&] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, ops::SparseConfig{}); });
-      // Other splits for comparison (DecodeTuning::dense_keys_per_block).
+      // Other splits for comparison (DecodeTuning::dense_keys_per_block), and three K/V tile stages per block
+      // (DecodeTuning::attend_tile_stages) at the default split and at 1024 keys.
       for (const int keys : {64, 128, 256, 512, 1024}) {
         ops::SparseConfig tuned;
         tuned.decode_tuning.dense_keys_per_block = keys;
         add("(compare)", "dense: decode kernel, " + std::to_string(keys) + " keys per block", 2 * Hkv * kv_len * D * e,
             [&, tuned] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, tuned); });
+      }
+      for (const int keys : {0, 1024}) {
+        ops::SparseConfig tuned;
+        tuned.decode_tuning.dense_keys_per_block = keys;
+        tuned.decode_tuning.attend_tile_stages = 3;
+        add("(compare)",
+            "dense: decode kernel, 3 tile stages, " + (keys ? std::to_string(keys) : std::string("default")) +
+                " keys per block",
+            2 * Hkv * kv_len * D * e, [&, tuned] { ops::sparse_decode(dis[j++ % dis.size()], dense_kinds, tuned); });
       }
     }
   }
@@ -293,6 +303,12 @@ std::vector<OpTiming> time_layer_ops(const model::Qwen3Model& model, int64_t kv_
       tuned.decode_tuning.index_tokens_per_block = toks;
       add("(compare)",
           "sparse: decode, " + split_name(cands) + " candidates / " + split_name(toks) + " index tokens per block", moved,
+          [&, tuned] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, tuned); });
+    }
+    {
+      auto tuned = cfg;
+      tuned.decode_tuning.attend_tile_stages = 3;
+      add("(compare)", "sparse: decode, 3 tile stages", moved,
           [&, tuned] { ops::sparse_decode(dis_dev[i++ % dis_dev.size()], kinds, tuned); });
     }
     // The streaming heads alone (the retrieval head's passes and attention out of the call).
