@@ -33,7 +33,7 @@ constexpr int kMaxG = 16;
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaTile = kMmaWarps * 16;
-constexpr int kMmaStages = 2;  // tile stages of the default attend (DecodeTuning::attend_tile_stages: 2 or 3)
+constexpr int kMmaStages = 2;  // tile stages of a dense-only call's attend (DecodeTuning::attend_tile_stages)
 constexpr int kRetChunkMax = kRetrievalChunkMax;  // candidates per retrieval block (the compacted list lives in shared memory)
 constexpr uint16_t kForced = 0xFFFF;
 
@@ -1474,7 +1474,11 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       e = cudaGetLastError();
     } else {
       const dim3 g(a.max_split, p.num_kv_heads);
-      const bool three = p.tuning.attend_tile_stages == 3;
+      // Three stages where the call has a retrieval head: its attend op was 1-2% faster so on an H100 (30B-A3B and
+      // 0.6B shapes, 4K and 32K; docs/decode.md "Three K/V tile stages"); a dense-only call keeps two (0.6B at 32K was
+      // 1.4% slower with three).
+      const int stages = p.tuning.attend_tile_stages ? p.tuning.attend_tile_stages : (R > 0 ? 3 : kMmaStages);
+      const bool three = stages == 3;
       auto launch_attend = p.head_dim == 128 ? (three ? launch_attend_mma<128, 3> : launch_attend_mma<128, kMmaStages>)
                                              : (three ? launch_attend_mma<64, 3> : launch_attend_mma<64, kMmaStages>);
       e = launch_attend(

@@ -583,6 +583,7 @@ TEST(SparseAttentionGpu, DecodeThreeTileStagesEqualTwo) {
       c.sink = sink;
       c.window = window;
       c.top_p = 0.9f;
+      c.decode_tuning.attend_tile_stages = 2;
       const DecodeRun two = decode_cpu_and_gpu(in, kinds, c);
       c.decode_tuning.attend_tile_stages = 3;
       const DecodeRun three = decode_cpu_and_gpu(in, kinds, c);
