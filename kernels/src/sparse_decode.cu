@@ -33,7 +33,7 @@ constexpr int kMaxG = 16;
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaTile = kMmaWarps * 16;
-constexpr int kMmaStages = 2;  // tile stages of a dense-only call's attend (DecodeTuning::attend_tile_stages)
+constexpr int kMmaStages = 2;  // tile stages of the default attend (DecodeTuning::attend_tile_stages: 2 or 3)
 constexpr int kRetChunkMax = kRetrievalChunkMax;  // candidates per retrieval block (the compacted list lives in shared memory)
 constexpr uint16_t kForced = 0xFFFF;
 
@@ -636,7 +636,7 @@ __global__ void __launch_bounds__(kHistThreads, 5) hist_mma_kernel(
   finish_hist(sh, fsum, r, hist, forced_mass, done, bstar_out, top_p, cut_here, is.nhist, tl);
 }
 
-// The attend before attend_mma_kernel (RTP_DECODE_ATTEND=v2 selects it): CUDA-core math, one tile at a time.
+// The attend before attend_mma_kernel (DecodeTuning::v2_attend selects it): CUDA-core math, one tile at a time.
 // grid (max_split, Hkv); block kAttnThreads. Each thread block takes a range of candidate keys of one KV head for
 // all G query heads of its group and walks it in tiles of TK keys:
 //   select  candidates are tested 128 at a time (retrieval: bin <= b* or forced; others: all) and the chosen rows
@@ -1474,10 +1474,9 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       e = cudaGetLastError();
     } else {
       const dim3 g(a.max_split, p.num_kv_heads);
-      // Three stages where the call has a retrieval head: its attend op was 1-2% faster so on an H100 (30B-A3B and
-      // 0.6B shapes, 4K and 32K; docs/decode.md "Three K/V tile stages"); a dense-only call keeps two (0.6B at 32K was
-      // 1.4% slower with three).
-      const int stages = p.tuning.attend_tile_stages ? p.tuning.attend_tile_stages : (R > 0 ? 3 : kMmaStages);
+      // Two stages by default: three made a call with a retrieval head 1-2% faster alone on an H100 and a dense-only
+      // 0.6B call at 32K 1.4% slower (docs/decode.md "Three K/V tile stages"); the whole step is not yet measured.
+      const int stages = p.tuning.attend_tile_stages ? p.tuning.attend_tile_stages : kMmaStages;
       const bool three = stages == 3;
       auto launch_attend = p.head_dim == 128 ? (three ? launch_attend_mma<128, 3> : launch_attend_mma<128, kMmaStages>)
                                              : (three ? launch_attend_mma<64, 3> : launch_attend_mma<64, kMmaStages>);

@@ -226,8 +226,8 @@ struct DecodeTuning {
   // is idle, so with the driver's choice (small shared memory for the stats kernel) the hist and attend blocks,
   // which need more, could not start on an SM until its stats blocks had drained (docs/status.md).
   int shared_carveout = 100;
-  // K/V tile stages of the mma attend: 2 (three blocks per SM) or 3 (two tiles in flight during each tile's math, two
-  // blocks per SM); 0: 3 where the call has a retrieval head, else 2.
+  // K/V tile stages of the mma attend: 0 or 2 (the default; three blocks per SM) or 3 (two tiles in flight during each
+  // tile's math, two blocks per SM).
   int attend_tile_stages = 0;
   // bf16 index: the stats and hist passes compute the index scores with mma.sync (16 tokens x 8 heads per
   // instruction) instead of 16 FMAs per (token, head); false: the CUDA-core kernels (the only ones for fp32 index).
