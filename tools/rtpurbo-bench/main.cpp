@@ -252,6 +252,8 @@ int main(int argc, char** argv) {
        cxxopts::value<std::string>()->default_value("0"))
       ("decode-carveout", "decode: preferred shared-memory carveout of the decode kernels in percent (-1: the driver's choice)",
        cxxopts::value<std::string>()->default_value("100"))
+      ("decode-tile-stages", "decode: K/V tile stages of the attend kernel: 0 (the default, 2), 2 or 3",
+       cxxopts::value<std::string>()->default_value("0"))
       ("decode-index-fma", "decode: index scores of the stats/hist passes on the CUDA cores (not mma)",
        cxxopts::value<bool>()->default_value("false"))
       ("decode-step-layers", "decode: also time a step of this many layers (own caches each) in one graph, in [0, 64] (0: skip)",
@@ -291,6 +293,8 @@ int main(int argc, char** argv) {
     const int index_tokens = int_arg("decode-index-tokens", range(0, 1 << 24));
     const int hist_tokens = int_arg("decode-hist-tokens", range(0, 1 << 24));
     const int carveout = int_arg("decode-carveout", range(-1, 100));
+    const int tile_stages = int_arg("decode-tile-stages", range(0, 3));
+    if (tile_stages == 1) throw tools::UsageError("--decode-tile-stages 1: expected 0 (the default), 2 or 3");
     const int step_layers = int_arg("decode-step-layers", range(0, 64));
     const std::string pk_name = tools::choice_arg(args, "prefill-kernel", {"auto", "wgmma_ws", "wgmma", "mma_sync"});
     {
@@ -489,6 +493,7 @@ int main(int argc, char** argv) {
     tuning.index_tokens_per_block = index_tokens;
     tuning.hist_tokens_per_block = hist_tokens;
     tuning.shared_carveout = carveout;
+    tuning.attend_tile_stages = tile_stages;
     tuning.index_tensor_cores = !args["decode-index-fma"].as<bool>();
     tuning.bstar_in_attend = !args["decode-bstar-in-hist"].as<bool>();
     // The rest of a Qwen3-30B-A3B layer around the attention (projections, norms, router, 8 experts): the same for
