@@ -1476,8 +1476,7 @@ cudaError_t sparse_decode_cuda(const SparseDecodeParams& p, cudaStream_t stream)
       const dim3 g(a.max_split, p.num_kv_heads);
       // Two stages by default: three made a call with a retrieval head 1-2% faster alone on an H100 and a dense-only
       // 0.6B call at 32K 1.4% slower (docs/decode.md "Three K/V tile stages"); the whole step is not yet measured.
-      const int stages = p.tuning.attend_tile_stages ? p.tuning.attend_tile_stages : kMmaStages;
-      const bool three = stages == 3;
+      const bool three = p.tuning.attend_tile_stages == 3;
       auto launch_attend = p.head_dim == 128 ? (three ? launch_attend_mma<128, 3> : launch_attend_mma<128, kMmaStages>)
                                              : (three ? launch_attend_mma<64, 3> : launch_attend_mma<64, kMmaStages>);
       e = launch_attend(

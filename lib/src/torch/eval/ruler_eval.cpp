@@ -138,12 +138,18 @@ Generated generate_sparse(sparse::ConvertedModel& cm, SparseDecoder& d, const to
 // same file named from another directory matches. Not here: what changes no answer (CUDA graphs or eager, where the
 // prompts are dumped, --stop-after).
 json ruler_settings(const RulerEvalOptions& o, const std::string& tokenizer, const RunContext& ctx) {
-  const auto absolute = absolute_setting_path;
-  return {{"model", absolute(o.model_dir)}, {"tokenizer", absolute(tokenizer)}, {"tasks", o.tasks},
-          {"lengths", o.lengths},           {"samples", o.samples},             {"seed", ctx.seed},
-          {"dense", o.dense},               {"sparse", o.sparse},               {"prefill_chunk", o.prefill_chunk},
-          {"device", ctx.device.is_cuda() ? "cuda" : "cpu"}, {"dtype", dtype_name(ctx.dtype)},
-          {"essay", absolute(o.essay_file)}};
+  return {{"model", absolute_setting_path(o.model_dir)},
+          {"tokenizer", absolute_setting_path(tokenizer)},
+          {"tasks", o.tasks},
+          {"lengths", o.lengths},
+          {"samples", o.samples},
+          {"seed", ctx.seed},
+          {"dense", o.dense},
+          {"sparse", o.sparse},
+          {"prefill_chunk", o.prefill_chunk},
+          {"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
+          {"dtype", dtype_name(ctx.dtype)},
+          {"essay", absolute_setting_path(o.essay_file)}};
 }
 
 // What an unfinished ruler.json holds: the (task, length) rows done and the row under way (null if none).

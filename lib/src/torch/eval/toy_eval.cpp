@@ -195,15 +195,14 @@ RunStats run_stats_from_json(const json& j, const std::string& path, const std::
 
 // What a resumed evaluation must share with the one it continues: everything the samples and the numbers depend on.
 json toy_settings(const ToyEvalOptions& o, const RunContext& ctx) {
-  const auto absolute = absolute_setting_path;
-  return {{"model", absolute(o.model_dir)},
+  return {{"model", absolute_setting_path(o.model_dir)},
           {"lengths", o.lengths},
           {"samples", o.samples},
           {"seed", ctx.seed},
           {"batch_size", o.batch_size},
           {"measure_recall", o.measure_recall},
           {"token_recall_top_p", o.token_recall_top_p},
-          {"random_heads_indexer", absolute(o.random_heads_indexer)},
+          {"random_heads_indexer", absolute_setting_path(o.random_heads_indexer)},
           {"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
           {"dtype", dtype_name(ctx.dtype)}};
 }
@@ -340,6 +339,8 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   };
   auto pass = [&](const std::string& key, const std::string& what,
                   const std::function<RunStats()>& run) -> std::optional<RunStats> {
+    // A pass just run is read back from its record too: a resumed evaluation and an uninterrupted one take the
+    // same numbers through the same path.
     const auto record = pass_record(key, what, [&] { return run_stats_to_json(run()); });
     if (!record) return std::nullopt;
     return run_stats_from_json(*record, progress_path, key);
