@@ -115,4 +115,25 @@ TEST(ToolArgs, ChoicesRequiredFlagsAndLibraryParsedValues) {
             0u);
 }
 
+// An option read by some modes only: given to another mode it is refused, naming who reads it; a default does not
+// count as given, and an option no entry lists is read by every mode.
+TEST(ToolArgs, OptionsOfOtherModes) {
+  const std::vector<rtp::tools::ModeOption> table{{"top-p", {"a"}, ""},
+                                                  {"steps", {"a", "b", "c"}, ""},
+                                                  {"name", {"b", "c"}, "mode a names nothing"}};
+  auto o = make_options();
+  auto r = parse(o, {"--name", "x"});
+  EXPECT_NO_THROW(rtp::tools::reject_options_of_other_modes(r, "mode", "b", table));
+  EXPECT_NO_THROW(rtp::tools::reject_options_of_other_modes(r, "mode", "d", {{"steps", {"a"}, ""}}));
+  EXPECT_EQ(usage_error([&] { rtp::tools::reject_options_of_other_modes(r, "mode", "a", table); }),
+            "--name is not read by --mode a, only by --mode b and c; mode a names nothing");
+  auto o2 = make_options();
+  auto r2 = parse(o2, {"--steps", "3", "--top-p", "0.5"});
+  EXPECT_NO_THROW(rtp::tools::reject_options_of_other_modes(r2, "mode", "a", table));
+  EXPECT_EQ(usage_error([&] { rtp::tools::reject_options_of_other_modes(r2, "mode", "c", table); }),
+            "--top-p is not read by --mode c, only by --mode a");
+  EXPECT_EQ(usage_error([&] { rtp::tools::reject_options_of_other_modes(r2, "mode", "d", table); }),
+            "--top-p is not read by --mode d, only by --mode a");
+}
+
 }  // namespace

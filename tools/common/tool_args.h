@@ -159,4 +159,27 @@ auto flag_value(const std::string& name, const std::string& text, F&& parse) -> 
   }
 }
 
+// An option that only some modes of a tool read (rtpurbo-eval's --task logits / toy / ruler): `modes` lists them,
+// `hint` (may be empty) says what the other modes take instead.
+struct ModeOption {
+  std::string name;
+  std::vector<std::string> modes;
+  std::string hint;
+};
+
+// Throws UsageError for the first option given on the command line that `mode` does not read: ignoring it would
+// leave the user looking for output that was never written (`--task toy --out F` writes to --out-dir). Options not
+// listed are read by every mode; defaults do not count as given.
+inline void reject_options_of_other_modes(const cxxopts::ParseResult& r, const std::string& mode_flag,
+                                          const std::string& mode, const std::vector<ModeOption>& options) {
+  for (const auto& o : options) {
+    if (!r.count(o.name) || std::find(o.modes.begin(), o.modes.end(), mode) != o.modes.end()) continue;
+    std::string readers;
+    for (size_t i = 0; i < o.modes.size(); ++i)
+      readers += (i == 0 ? "" : i + 1 == o.modes.size() ? " and " : ", ") + o.modes[i];
+    throw UsageError(rtp::str_cat("--", o.name, " is not read by --", mode_flag, " ", mode, ", only by --", mode_flag,
+                                  " ", readers, o.hint.empty() ? "" : "; " + o.hint));
+  }
+}
+
 }  // namespace rtp::tools

@@ -1,6 +1,8 @@
 // rtpurbo-eval: evaluate a model (dense or converted) on a task.
 #include <cxxopts.hpp>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "main_guard.h"
 #include "tool_args.h"
@@ -89,6 +91,31 @@ int main(int argc, char** argv) {
     const std::string task = args["task"].as<std::string>();
     if (task != "logits" && task != "toy" && task != "ruler")
       throw rtp::tools::UsageError("unknown --task '" + task + "': expected one of logits, toy, ruler");
+    // Which task reads which option (--model, --device, --dtype and --seed: all of them), as in the help above.
+    const std::vector<std::string> logits{"logits"}, toy{"toy"}, ruler{"ruler"}, toy_ruler{"toy", "ruler"};
+    rtp::tools::reject_options_of_other_modes(
+        args, "task", task,
+        {{"input", logits, ""},
+         {"out", logits, "toy and ruler write eval.json / ruler.json and report.html into --out-dir"},
+         {"out-dir", toy_ruler, "logits writes one file, given by --out"},
+         {"samples", toy_ruler, ""},
+         {"lengths", toy_ruler, "logits reads the lengths from --input"},
+         {"seq-len", toy, "ruler takes --lengths"},
+         {"random-heads-indexer", toy, ""},
+         {"batch-size", toy, ""},
+         {"no-recall", toy, ""},
+         {"token-recall-top-p", toy, ""},
+         {"tasks", ruler, ""},
+         {"tokenizer", ruler, ""},
+         {"essay", ruler, ""},
+         {"dense", ruler, ""},
+         {"sparse", ruler, ""},
+         {"both", ruler, ""},
+         {"dump-prompts", ruler, ""},
+         {"prefill-chunk", ruler, ""},
+         {"no-cuda-graphs", ruler, ""},
+         {"resume", toy_ruler, ""},
+         {"stop-after", toy_ruler, ""}});
     auto need = [&](const char* key) {
       if (!args.count(key)) throw rtp::tools::UsageError(std::string("--task ") + task + " needs --" + key);
       return args[key].as<std::string>();

@@ -212,6 +212,10 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   }
   std::string tok_path = o.tokenizer.empty() ? o.model_dir : o.tokenizer;
   RTP_CHECK(!tok_path.empty(), "ruler eval needs --tokenizer DIR (or --model DIR holding tokenizer.json)");
+  // A model without a tokenizer is most often a token-id model such as the shipped toy, which has its own task.
+  RTP_CHECK(!o.tokenizer.empty() || file_exists(o.model_dir + "/tokenizer.json"), "model directory '", o.model_dir,
+            "' has no tokenizer.json, and RULER prompts are text: give the model's tokenizer with --tokenizer DIR (a ",
+            "token-id model such as the shipped toy is evaluated with --task toy)");
   auto tok = text::Tokenizer::from_file(tok_path);
   text::ruler::RulerOptions ro;
   ro.seed = ctx.seed;
