@@ -83,6 +83,28 @@ TEST_F(TokenizeCli, StrayArgumentsAreErrors) {
   EXPECT_NE(r.err.find("did you mean 'input'"), std::string::npos) << r.err;
 }
 
+// --no-special (encoding) and --skip-special (decoding) are refused in the other direction, where they would be
+// ignored; nothing is written.
+TEST_F(TokenizeCli, SpecialTokenFlagsOfTheOtherDirectionAreErrors) {
+  rtp::write_file_atomic(path("in.jsonl"), "{\"text\": \"abc\"}\n");
+  ToolRun r = run("--input " + path("in.jsonl") + " --output " + path("out.jsonl") + " --skip-special");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("--skip-special is read with --decode only; when encoding, --no-special treats special tokens "
+                       "as plain text"),
+            std::string::npos)
+      << r.err;
+  r = run("--decode --input " + path("in.jsonl") + " --output " + path("out.jsonl") + " --no-special");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("--no-special is read when encoding only; with --decode, --skip-special drops special tokens "
+                       "from the text"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(path("out.jsonl")));
+  // Each in its own direction still runs.
+  r = run("--input " + path("in.jsonl") + " --output " + path("out.jsonl") + " --no-special");
+  EXPECT_EQ(r.rc, 0) << r.err;
+}
+
 // The input and the output are checked before any record is read: a directory given as --input read as an empty
 // stream ("error reading 'd' after line 0"), and an existing directory as --output failed only at the final rename.
 TEST_F(TokenizeCli, InputAndOutputAreCheckedFirst) {

@@ -89,6 +89,13 @@ int main(int argc, char** argv) {
     const bool decode_mode = args["decode"].as<bool>();
     const bool allow_special = !args["no-special"].as<bool>();
     const bool skip_special = args["skip-special"].as<bool>();
+    // Each of the two is read by one direction only; ignored in the other, it would look as if it had been applied.
+    if (decode_mode && args.count("no-special"))
+      throw rtp::tools::UsageError("--no-special is read when encoding only; with --decode, --skip-special drops "
+                                   "special tokens from the text");
+    if (!decode_mode && args.count("skip-special"))
+      throw rtp::tools::UsageError("--skip-special is read with --decode only; when encoding, --no-special treats "
+                                   "special tokens as plain text");
     const std::string input = args["input"].as<std::string>();
     const std::string output = args["output"].as<std::string>();
     const bool to_stdout = output == "-";
