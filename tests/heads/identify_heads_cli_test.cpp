@@ -40,6 +40,8 @@ TEST_F(IdentifyHeadsCli, FlagsAreCheckedBeforeCalibrationAndNamed) {
       {"--sink -1", "--sink '-1' is not valid"},
       {"--chunk-rows 0", "--chunk-rows '0' is not valid"},
       {"--kv-budget 1G --budget-context 0", "--budget-context '0' is not valid"},
+      {"--budget-context 4096", "--budget-context is read with --kv-budget only"},
+      {"--retrieval-fraction 0.5 --budget-context 4096", "--budget-context is read with --kv-budget only"},
       {"extra.h5", "unexpected argument 'extra.h5'"},
       // Choices and the library-parsed values are command-line mistakes too (they exited 1, after the model loaded).
       {"--calibration bogus", "--calibration 'bogus' is not valid: expected toy or text"},

@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
       ("kv-budget", "instead: BYTES the retrieval KV heads' full caches may use, with an optional unit K, M, G, T "
        "(e.g. 2G, 512MiB); not a fraction (the recipe key kv_budget is the fraction of the dense KV cache)",
        cxxopts::value<std::string>())
-      ("budget-context", "tokens per retrieval head the budget accounts for (default: max_position_embeddings)",
+      ("budget-context", "with --kv-budget: tokens per retrieval head the budget accounts for (default: max_position_embeddings)",
        cxxopts::value<std::string>())
       ("per-query-head", "select query heads instead of KV heads (studies; the implied KV heads are reported)")
       ("aggregation", "query heads -> KV head: max or mean", cxxopts::value<std::string>()->default_value("max"))
@@ -150,6 +150,11 @@ int main(int argc, char** argv) {
     if (out_path.empty()) throw ta::UsageError("--out is required (or heads_file in the recipe)");
     if (flag_fraction && args.count("kv-budget"))
       throw ta::UsageError("--retrieval-fraction and --kv-budget exclude each other");
+    // A fraction of heads (flag or recipe, kv_budget included) selects the same heads whatever the context: ignored
+    // there, the flag would look as if it had sized the selection.
+    if (flag_budget_context && !args.count("kv-budget"))
+      throw ta::UsageError("--budget-context is read with --kv-budget only (the tokens each retrieval head's cache "
+                           "holds in the byte budget); a fraction of the KV heads does not depend on it");
     // A fraction of 0 would still select one head (the rule keeps at least one): refuse it, as the flag does.
     RTP_CHECK(flag_fraction || args.count("kv-budget") || budget_fraction > 0 || fraction > 0,
               "retrieval_fraction 0 in the recipe selects no head (give retrieval_fraction > 0, or kv_budget)");
