@@ -39,6 +39,11 @@ TEST_F(EvalCli, AnOptionTheTaskDoesNotReadIsAUsageError) {
       {logits + " --out-dir " + out_dir(),
        "--out-dir is not read by --task logits, only by --task toy and ruler; logits writes one file, given by --out"},
       {logits + " --resume", "--resume is not read by --task logits, only by --task toy and ruler"},
+      // read by the task, but not with what else was given
+      {toy + " --no-recall --token-recall-top-p 0.5",
+       "--token-recall-top-p is not read with --no-recall, which skips both recalls"},
+      {ruler + " --essay " + RTP_SOURCE_DIR "/README.md",
+       "--essay is read by the essay-haystack tasks only (ruler:niah_single_2, "},
   };
   for (const auto& [args, message] : cases) {
     expect_usage_error(run_tool(args), message, args);
@@ -48,7 +53,8 @@ TEST_F(EvalCli, AnOptionTheTaskDoesNotReadIsAUsageError) {
   }
 }
 
-// The check passes what the task reads, defaults included: the RULER prompts are written.
+// The checks pass what the task reads, defaults included: the RULER prompts are written, with the essay's text as
+// the haystack of an essay task.
 TEST_F(EvalCli, OptionsTheTaskReadsPass) {
   const auto r = run_tool("--task ruler --tasks ruler:niah_single_1 --lengths 512 --samples 2 --seed 7 --tokenizer " +
                           kTokenizer + " --dump-prompts " + dir_ + "/prompts.jsonl");
@@ -57,6 +63,12 @@ TEST_F(EvalCli, OptionsTheTaskReadsPass) {
   size_t lines = 0;
   for (char c : prompts) lines += c == '\n';
   EXPECT_EQ(lines, 2u) << prompts.substr(0, 400);
+  // --essay with an essay-haystack task among others
+  const auto e = run_tool("--task ruler --tasks ruler:vt,ruler:niah_single_2 --lengths 512 --samples 1 --tokenizer " +
+                          kTokenizer + " --essay " + RTP_SOURCE_DIR "/README.md --dump-prompts " + dir_ +
+                          "/essay.jsonl");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_NE(rtp::read_text_file(dir_ + "/essay.jsonl").find("RTPurbo toolkit"), std::string::npos);
 }
 
 TEST_F(EvalCli, RulerOnAModelWithoutATokenizerNamesTheWayOut) {

@@ -1,4 +1,5 @@
 // rtpurbo-eval: evaluate a model (dense or converted) on a task.
+#include <algorithm>
 #include <cxxopts.hpp>
 #include <iostream>
 #include <string>
@@ -11,6 +12,7 @@
 #include "rtp/eval/logits_task.h"
 #include "rtp/eval/ruler_eval.h"
 #include "rtp/eval/toy_eval.h"
+#include "rtp/text/ruler.h"
 #include "rtp/torch/run_context.h"
 
 namespace {
@@ -142,6 +144,8 @@ int main(int argc, char** argv) {
       if (args.count("random-heads-indexer")) o.random_heads_indexer = args["random-heads-indexer"].as<std::string>();
       o.batch_size = batch_size;
       o.measure_recall = args.count("no-recall") == 0;
+      if (!o.measure_recall && args.count("token-recall-top-p"))
+        throw rtp::tools::UsageError("--token-recall-top-p is not read with --no-recall, which skips both recalls");
       o.token_recall_top_p = token_recall_top_p;
       o.resume = args.count("resume") > 0;
       o.stop_after_passes = stop_after;
@@ -159,6 +163,14 @@ int main(int argc, char** argv) {
       o.lengths = distinct_lengths(need("lengths"));
       o.samples = samples;
       if (args.count("essay")) {
+        // Only the essay-haystack tasks read it: with none of them the run would not be the one the user asked for.
+        if (std::none_of(o.tasks.begin(), o.tasks.end(), rtp::text::ruler::task_needs_essay)) {
+          std::string essay_tasks;
+          for (const auto& t : rtp::text::ruler::task_names())
+            if (rtp::text::ruler::task_needs_essay(t)) essay_tasks += (essay_tasks.empty() ? "ruler:" : ", ruler:") + t;
+          throw rtp::tools::UsageError("--essay is read by the essay-haystack tasks only (" + essay_tasks +
+                                       "), and --tasks has none of them");
+        }
         o.essay_file = args["essay"].as<std::string>();
         rtp::require_input_file(o.essay_file, "--essay", "a plain-text file");
       }

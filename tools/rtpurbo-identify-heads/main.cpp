@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
       ("kv-budget", "instead: BYTES the retrieval KV heads' full caches may use, with an optional unit K, M, G, T "
        "(e.g. 2G, 512MiB); not a fraction (the recipe key kv_budget is the fraction of the dense KV cache)",
        cxxopts::value<std::string>())
-      ("budget-context", "with --kv-budget: tokens per retrieval head the budget accounts for (default: max_position_embeddings)",
+      ("budget-context", "with --kv-budget: tokens per retrieval head the budget accounts for (default: "
+       "max_position_embeddings)",
        cxxopts::value<std::string>())
       ("per-query-head", "select query heads instead of KV heads (studies; the implied KV heads are reported)")
       ("aggregation", "query heads -> KV head: max or mean", cxxopts::value<std::string>()->default_value("max"))
