@@ -190,6 +190,62 @@ TEST(Recipe, DumpConfigRoundTrips) {
   EXPECT_FALSE(d == a);
 }
 
+// A key the configured run does not read is listed (rtpurbo-train warns), keyed on stage, data and model_dir as the
+// stages' code reads them; at its default it is not listed.
+TEST(Recipe, UnreadSettingsAreTheKeysTheRunDoesNotRead) {
+  using V = std::vector<std::string>;
+  TrainConfig pre;  // the default: pretrain a fresh toy model on toy data
+  EXPECT_EQ(unread_settings(pre), V{});
+  pre.top_p = 0.5;
+  pre.window = 64;
+  pre.kv_budget = 0.2;
+  pre.hidden_size = 128;   // read: a fresh toy model
+  pre.toy_needles = 8;     // read: toy data
+  pre.autocast = "bfloat16";
+  EXPECT_EQ(unread_settings(pre), (V{"top_p", "window", "kv_budget"}));
+  pre.model_dir = "m";     // continues a checkpoint: the toy architecture and init_std are not read
+  pre.init_std = 0.05;
+  EXPECT_EQ(unread_settings(pre), (V{"hidden_size", "init_std", "top_p", "window", "kv_budget"}));
+
+  TrainConfig idx;
+  idx.stage = "indexer";
+  idx.model_dir = "m";
+  idx.heads_file = "h.h5";
+  idx.retrieval_fraction = 0.3;  // the profile decides
+  idx.autocast = "bfloat16";
+  idx.eval_every = 5;
+  idx.curriculum_start_len = 512;
+  idx.toy_needles = 8;           // read: data toy
+  idx.vocab_size = 300;          // read: the toy task's ids
+  idx.num_hidden_layers = 2;     // the model's own config decides
+  idx.top_p = 0.8;
+  EXPECT_EQ(unread_settings(idx),
+            (V{"autocast", "eval_every", "num_hidden_layers", "curriculum_start_len", "retrieval_fraction"}));
+  idx.heads_file = "";
+  idx.heads_random = true;       // now retrieval_fraction sizes the draw
+  EXPECT_EQ(unread_settings(idx), (V{"autocast", "eval_every", "num_hidden_layers", "curriculum_start_len"}));
+  idx.data = "files";
+  idx.data_files = "a.txt";
+  idx.data_separator = "";
+  EXPECT_EQ(unread_settings(idx), (V{"autocast", "eval_every", "vocab_size", "num_hidden_layers",
+                                     "curriculum_start_len", "toy_needles"}));
+  idx.model_init = "random";
+  idx.init_std = 0.01;           // read: random weights are drawn with it
+  EXPECT_EQ(unread_settings(idx).size(), 6u);
+}
+
+// A random-heads baseline without a profile is sized by retrieval_fraction; a kv_budget there would have been
+// ignored in silence, changing the baseline's head count.
+TEST(Recipe, KvBudgetCannotSizeARandomHeadsBaseline) {
+  const std::string e = load_error(temp_recipe("rand_budget.yaml", "stage: indexer\nmodel_dir: m\nheads_random: true\n"
+                                                                   "kv_budget: 0.3\n"));
+  EXPECT_TRUE(contains(e, "kv_budget (0.3) is read by rtpurbo-identify-heads only") &&
+              contains(e, "retrieval_fraction (0.15)") && contains(e, "rand_budget.yaml")) << e;
+  EXPECT_EQ(load_error("", {{"stage", "indexer"}, {"model_dir", "m"}, {"heads_random", "true"}}), "");
+  EXPECT_EQ(load_error("", {{"stage", "indexer"}, {"model_dir", "m"}, {"heads_file", "h.h5"}, {"heads_random", "true"},
+                            {"kv_budget", "0.3"}}), "");
+}
+
 TEST(Recipe, EveryRecipeInTheRepositoryLoadsAndValidates) {
   const fs::path dir = fs::path(RTP_SOURCE_DIR) / "recipes";
   ASSERT_TRUE(fs::is_directory(dir)) << dir;
@@ -202,6 +258,8 @@ TEST(Recipe, EveryRecipeInTheRepositoryLoadsAndValidates) {
       const TrainConfig c = load_train_config(e.path().string());
       // The dump of every recipe reloads to the same config.
       EXPECT_TRUE(load_train_config(temp_recipe("again.yaml", dump_config(c))) == c);
+      // and sets nothing its run would not read (each would print rtpurbo-train's warning)
+      EXPECT_EQ(unread_settings(c), std::vector<std::string>{});
     });
     ++n;
   }

@@ -69,3 +69,15 @@ TEST_F(TrainCli, DumpDataPathIsCheckedBeforeTheBatchesAreMade) {
 }
 
 }  // namespace
+
+// A setting the run does not read is named in a warning, on --dump-config too; a shipped recipe run as it is
+// prints none.
+TEST_F(TrainCli, SettingsTheStageDoesNotReadAreNamed) {
+  const auto r = run("--dump-config --autocast bfloat16 --eval-every 5");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: stage 'indexer' with data 'toy' does not read these settings, which differ from "
+                       "their defaults: autocast=bfloat16, eval_every=5"), std::string::npos) << r.err;
+  const auto plain = run("--dump-config");
+  EXPECT_EQ(plain.rc, 0) << plain.err;
+  EXPECT_EQ(plain.err.find("warning"), std::string::npos) << plain.err;
+}

@@ -88,6 +88,14 @@ int run(int argc, char** argv) {
   }
   const std::string recipe = result.count("recipe") ? result["recipe"].as<std::string>() : "";
   const rtp::train::TrainConfig cfg = rtp::train::load_train_config(recipe, overrides);
+  if (const auto unread = rtp::train::unread_settings(cfg); !unread.empty()) {
+    std::string list;
+    for (const auto& k : unread) list += (list.empty() ? "" : ", ") + k + "=" + reg.find(k)->get(cfg);
+    std::cerr << "rtpurbo-train: warning: stage '" << cfg.stage << "' with data '" << cfg.data
+              << "' does not read these settings, which differ from their defaults: " << list
+              << " (they change nothing in this run; rtpurbo-identify-heads reads kv_budget and retrieval_fraction "
+                 "from the same recipe)\n";
+  }
   if (result.count("dump-config")) {
     std::cout << rtp::train::dump_config(cfg);
     return 0;

@@ -147,6 +147,13 @@ TrainConfig load_train_config(const std::string& recipe_path,
 // rtp::Error naming the keys involved and `origin`.
 void validate(const TrainConfig& c, const std::string& origin);
 
+// Keys whose value differs from the default but which the configured run does not read: a key of the other stage,
+// the toy task's keys with data 'files', the toy architecture when model_dir is given, retrieval_fraction with a
+// heads_file, kv_budget (rtpurbo-identify-heads reads it; the trainer takes its heads from heads_file). Not an
+// error: one recipe may serve both stages and rtpurbo-identify-heads. rtpurbo-train prints them as a warning, so
+// that a setting that changes nothing does not pass for one that does.
+std::vector<std::string> unread_settings(const TrainConfig& c);
+
 // The merged config as YAML (with help comments), loadable as a recipe.
 std::string dump_config(const TrainConfig& c, bool with_help = true);
 bool operator==(const TrainConfig& a, const TrainConfig& b);

@@ -1,6 +1,7 @@
 #include "rtp/train/recipe.h"
 
 #include <cctype>
+#include <set>
 
 #include "rtp/core/error.h"
 #include "rtp/data/toy_task.h"
@@ -77,6 +78,11 @@ void validate(const TrainConfig& c, const std::string& origin) {
   }
   if (c.stage == "indexer")
     RTP_CHECK(!c.model_dir.empty(), w, "stage 'indexer' needs model_dir (the model whose indexer is trained)");
+  // The one unread key that would silently change an experiment: a random-heads baseline sized by kv_budget.
+  if (c.stage == "indexer" && c.heads_random && c.heads_file.empty())
+    RTP_CHECK(c.kv_budget == 0, w, "heads_random without heads_file draws retrieval_fraction (", c.retrieval_fraction,
+              ") of the KV heads; kv_budget (", c.kv_budget, ") is read by rtpurbo-identify-heads only: set "
+              "retrieval_fraction, or give heads_file to draw as many heads as that profile selects");
   RTP_CHECK(c.micro_batch == 0 || c.stage == "indexer", w, "micro_batch is read by stage 'indexer' only (stage '",
             c.stage, "' runs its whole batch at once): remove it or set it to 0");
   if (c.model_init == "random")
@@ -85,6 +91,47 @@ void validate(const TrainConfig& c, const std::string& origin) {
   RTP_CHECK((c.query_sub_blocks & (c.query_sub_blocks - 1)) == 0 && c.query_sub_blocks <= c.block_size, w,
             "query_sub_blocks (", c.query_sub_blocks, ") must be a power of two <= block_size (", c.block_size,
             "): equal sub-blocks tile a query block");
+}
+
+namespace {
+
+// Which stage reads which key, from the stages' code (stages.cpp, indexer_stage.cpp, indexer_heads.cpp, toy_data.cpp);
+// keys not named here are read by every stage.
+bool run_reads(const TrainConfig& c, const std::string& key) {
+  static const std::set<std::string> pretrain_only = {
+      "autocast", "sdpa_backend", "eval_every", "save_dtype", "answer_loss_weight", "curriculum_start_len",
+      "curriculum_steps"};
+  static const std::set<std::string> indexer_only = {
+      "dist_timeout_s", "model_init", "micro_batch", "indexer_dim", "indexer_position", "top_p", "sink", "window",
+      "block_size", "query_sub_blocks", "sub_block_aggregate", "heads_file", "heads_random", "kl_query_samples",
+      "kl_chunk"};
+  static const std::set<std::string> toy_architecture = {
+      "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+      "head_dim", "rope_theta", "max_position_embeddings", "tie_word_embeddings"};
+  const bool pretrain = c.stage == "pretrain";
+  const bool toy_data = c.data == "toy";
+  // Pretraining from model_dir continues that checkpoint; without it a fresh model of the toy architecture is built.
+  const bool fresh_toy_model = pretrain && c.model_dir.empty();
+  if (pretrain_only.count(key)) return pretrain;
+  if (indexer_only.count(key)) return !pretrain;
+  if (toy_architecture.count(key)) return fresh_toy_model;
+  if (key == "vocab_size") return toy_data || fresh_toy_model;  // the toy task's token ids live in it
+  if (key.rfind("toy_", 0) == 0) return toy_data;
+  if (key == "data_files" || key == "data_separator") return !toy_data;
+  if (key == "init_std") return fresh_toy_model || (!pretrain && c.model_init == "random");
+  // Without a heads_file, heads_random draws retrieval_fraction of the KV heads; with one, the file decides.
+  if (key == "retrieval_fraction") return !pretrain && c.heads_random && c.heads_file.empty();
+  if (key == "kv_budget") return false;
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::string> unread_settings(const TrainConfig& c) {
+  std::vector<std::string> unread;
+  for (const auto& f : train_config_registry().fields())
+    if (f.get(c) != f.default_text && !run_reads(c, f.name)) unread.push_back(f.name);
+  return unread;
 }
 
 std::string dump_config(const TrainConfig& c, bool with_help) {
