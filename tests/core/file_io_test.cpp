@@ -2,6 +2,7 @@
 #include "rtp/core/file_io.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -85,6 +86,39 @@ TEST_F(FileIo, RequireDirectoryTellsAFileFromAMissingPath) {
   const std::string e2 = error_of([&] { rtp::require_directory(dir_ + "/missing", "model directory", "(hint)"); });
   EXPECT_TRUE(has(e2, "model directory '" + dir_ + "/missing' does not exist (hint)")) << e2;
   EXPECT_EQ(error_of([&] { rtp::require_directory(dir_, "model directory"); }), "<no error: the call succeeded>");
+}
+
+// What a killed export or checkpoint save left (named with its dead pid) goes; a live process's, another name's, and
+// names that only look similar stay.
+TEST_F(FileIo, StaleTemporariesOfDeadProcessesAreRemoved) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);  // reaped: its pid names no process now
+  const std::string dead = std::to_string(child), mine = std::to_string(::getpid());
+  const std::string parent = std::to_string(::getppid());  // alive: it runs this test
+  auto make_dir = [&](const std::string& name) {
+    fs::create_directories(dir_ + "/" + name + "/inner");
+    rtp::write_file_atomic(dir_ + "/" + name + "/inner/w.bin", "weights");
+  };
+  make_dir("conv.tmp." + dead);                       // a killed export
+  rtp::write_file_atomic(dir_ + "/step-00000003.tmp." + dead + ".9f3a", "x");  // a killed checkpoint save
+  make_dir("conv.tmp." + mine);                       // this process's own
+  make_dir("conv.tmp." + parent);                     // a live process's
+  make_dir("conv.tmp.12ab");                          // not a pid
+  make_dir("conv.tmp." + dead + "x");                 // not a pid either
+  make_dir("conv");                                   // the output itself
+  make_dir("other.tmp." + dead);                      // another prefix
+  EXPECT_EQ(rtp::remove_stale_temporaries(dir_, "conv"), 1);
+  EXPECT_FALSE(fs::exists(dir_ + "/conv.tmp." + dead));
+  for (const std::string kept : {"conv.tmp." + mine, "conv.tmp." + parent, std::string("conv.tmp.12ab"),
+                                 "conv.tmp." + dead + "x", std::string("conv"), "other.tmp." + dead,
+                                 "step-00000003.tmp." + dead + ".9f3a"})
+    EXPECT_TRUE(fs::exists(dir_ + "/" + kept)) << kept;
+  EXPECT_EQ(rtp::remove_stale_temporaries(dir_, "step-"), 1);
+  EXPECT_FALSE(fs::exists(dir_ + "/step-00000003.tmp." + dead + ".9f3a"));
+  EXPECT_EQ(rtp::remove_stale_temporaries(dir_ + "/missing", "conv"), 0);
 }
 
 }  // namespace

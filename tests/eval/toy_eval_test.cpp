@@ -77,7 +77,8 @@ rtp::data::ToyTask toy_task_of(const std::string& dir, int64_t vocab_size) {
   return rtp::data::ToyTask(rtp::train::toy_task_config(tc));
 }
 
-// The sparse forward by its definition (sparse/sparse_definition.h), for whole sequences. Counts what the eval
+// The sparse forward by its definition (sparse/sparse_definition.h), for whole sequences, with the indexer before or
+// after RoPE as the settings say. Counts what the eval
 // reports: attended and causal pairs per (layer, KV head) summed over query heads, and the true attention mass
 // (causal softmax over every key) that retrieval query heads keep on their visible keys, per query. Records how far
 // every top-p decision lies from flipping, so that a comparison with the float32 eval can be required to be well
@@ -90,7 +91,6 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
     EXPECT_EQ(st.sub_block_aggregate, "mean");
     EXPECT_EQ(st.local_blocks, 1);
     EXPECT_EQ(st.dense_below, 0);
-    EXPECT_FALSE(st.post_rope_indexer);
     EXPECT_EQ(ix.dim(), st.indexer_dim);
     for (int64_t l = 0; l < heads.num_layers; ++l) {
       const bool has = !heads.retrieval_heads(l).empty();
@@ -134,7 +134,8 @@ class DefinitionSeam : public rtp::model::AttentionSeam {
     for (int64_t g = 0; g < Hkv; ++g) {
       const bool ret = heads_.is_retrieval(l, g);
       const rtp::testing::VisibilityMask vis =
-          ret ? retrieval_visibility(l, r++, g, G, T, D, qp.accessor<double, 3>(), kp.accessor<double, 3>())
+          ret ? retrieval_visibility(l, r++, g, G, T, D, (st_.post_rope_indexer ? q : qp).accessor<double, 3>(),
+                                     (st_.post_rope_indexer ? k : kp).accessor<double, 3>())
               : rtp::testing::streaming_visibility(T, st_);
       for (int64_t i = 0; i < T; ++i)
         for (int64_t j = 0; j <= i; ++j) attended[l][g] += vis[i][j] ? G : 0;
@@ -508,6 +509,35 @@ TEST(ToyEval, WritesEvalJsonAndReport) {
   EXPECT_NE(html.find("identify-heads-picture"), std::string::npos);  // the SVG next to heads.h5
   EXPECT_NE(html.find("random heads"), std::string::npos);
 
+  // A random-heads indexer trained after RoPE runs after RoPE, whatever position the model under test uses: the
+  // baseline takes the model's selection settings and its own indexer's position.
+  {
+    rtp::sparse::SparseSettings post = s;
+    post.post_rope_indexer = true;
+    const std::string rck_post = scratch("random-post") + ".safetensors", eval_post = scratch("eval-post");
+    rtp::sparse::save_indexer_checkpoint(rck_post, rix, post);
+    rtp::eval::ToyEvalOptions op = o;
+    op.random_heads_indexer = rck_post;
+    op.out_dir = eval_post;
+    op.lengths = {512};  // 8 key blocks: room for the two positions to select differently
+    rtp::eval::run_toy_eval(op, ctx);
+    const json jp = rtp::read_json_file(eval_post + "/eval.json");
+    const auto samples = toy.generate_many(512, ctx.seed, rtp::train::kEvalStream, 0, o.samples);
+    DefinitionSeam rs_post(rnd, post, rix), rs_pre(rnd, s, rix);
+    const auto random_post = argmax_accuracy(m, samples, value_len, &rs_post, &gap);
+    argmax_accuracy(m, samples, value_len, &rs_pre, &gap);
+    const json& rj = jp["random_heads"]["by_length"][0];
+    expect_accuracy(rj, random_post, "post-RoPE random heads");
+    EXPECT_NEAR(rj["indexer_recall"].get<double>(), rs_post.mass_kept / rs_post.mass_terms, 1e-6);
+    EXPECT_NEAR(rj["attention_fraction"].get<double>(), rs_post.sum(rs_post.attended) / rs_post.sum(rs_post.causal),
+                1e-12);
+    EXPECT_GT(rs_post.margin, 1e-4);  // well posed against the float32 eval
+    // and the two positions select differently here, so the check above tells them apart
+    std::cout << "random heads at 512: recall post-RoPE " << rs_post.mass_kept / rs_post.mass_terms << ", pre-RoPE "
+              << rs_pre.mass_kept / rs_pre.mass_terms << ", margin " << rs_post.margin << "\n";
+    EXPECT_GT(std::abs(rs_post.mass_kept / rs_post.mass_terms - rs_pre.mass_kept / rs_pre.mass_terms), 1e-4);
+  }
+
   // without the random-heads indexer: omitted, and the JSON says so
   o.random_heads_indexer.clear();
   rtp::eval::run_toy_eval(o, ctx);
@@ -623,6 +653,18 @@ TEST(ToyEval, ResumedEvaluationEqualsTheUninterruptedOne) {
   rtp::eval::ToyEvalOptions other = o;
   other.samples = 3;
   expect_error(other, "samples: was 2, now 3", "resuming with other settings");
+  // The model re-exported in place with other settings is another model under the same path ...
+  rtp::sparse::SparseSettings s2 = t.s;
+  s2.top_p = 0.5;
+  rtp::sparse::export_converted({t.base, t.out, false}, t.prov, t.heads, s2, t.ix);
+  expect_error(o, "model_contents: was", "resuming over a model re-exported with other settings");
+  // ... and so is another random-heads indexer written over the file the passes used ...
+  rtp::sparse::export_converted({t.base, t.out, false}, t.prov, t.heads, t.s, t.ix);
+  const std::string saved_rck = rtp::read_text_file(t.rck);
+  rtp::sparse::save_indexer_checkpoint(t.rck, t.rix, s2);
+  expect_error(o, "random_heads_indexer_contents: was", "resuming with another random-heads indexer in the file");
+  rtp::write_file_atomic(t.rck, saved_rck);
+  // ... while exporting it again as it was gives the same model: the resume below continues.
 
   o.stop_after_passes = 3;  // random heads at 128, dense and sparse at 192
   EXPECT_FALSE(rtp::eval::run_toy_eval(o, ctx).finished);

@@ -51,6 +51,8 @@ TEST_F(ExportCli, CommandLineMistakesAreUsageErrors) {
       // against the block size the --heads checkpoint carries (128) and its query sub-blocks (128)
       {"--query-sub-blocks 256", "--query-sub-blocks 256 exceeds the block size 128 (from --heads " + ck_ + ")"},
       {"--block-size 64", "--block-size 64 is below the query sub-blocks 128 (from --heads " + ck_ + ")"},
+      // a model whose retrieval heads would select no block at all (the evaluation refused it, after the export)
+      {"--local-blocks 0", "--local-blocks '0' is not valid: expected an integer >= 1"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = run("--heads " + ck_ + " " + flags);
@@ -82,6 +84,23 @@ TEST_F(ExportCli, HeadsThatIsNoHeadMapFileSaysWhatItIs) {
   EXPECT_EQ(r.rc, 1) << r.err;
   EXPECT_NE(r.err.find("--heads '" + dir_ + "/missing.h5' does not exist"), std::string::npos) << r.err;
   EXPECT_FALSE(rtp::directory_exists(out()));
+}
+
+// --indexer given a training run's out_dir names the checkpoint in it; any other directory is said to be one.
+TEST_F(ExportCli, IndexerThatIsADirectorySaysWhatToPass) {
+  const std::string run_dir = dir_ + "/indexer-run";
+  rtp::make_directories(run_dir);
+  auto r = run("--heads " + ck_ + " --indexer " + run_dir);
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--indexer '" + run_dir + "' is a directory, expected an indexer checkpoint"), std::string::npos)
+      << r.err;
+  rtp::write_file_atomic(run_dir + "/indexer.safetensors", rtp::read_text_file(ck_));
+  r = run("--heads " + ck_ + " --indexer " + run_dir);
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("its indexer checkpoint is '" + run_dir + "/indexer.safetensors': pass that file"),
+            std::string::npos) << r.err;
+  EXPECT_FALSE(rtp::directory_exists(out()));
+  EXPECT_EQ(run("--heads " + ck_ + " --indexer " + run_dir + "/indexer.safetensors").rc, 0);
 }
 
 }  // namespace

@@ -241,6 +241,36 @@ TEST(Export, ReplacesAnEarlierExportButNeverForeignDirectories) {
   EXPECT_FALSE(fs::exists(foreign + ".tmp." + std::to_string(::getpid())));
 }
 
+// An export never writes over the files its links resolve to: its base, however spelled ("dir/", "dir/.", a symlink),
+// nor the directory a converted base's weights live in. A model converted from a converted one links to the weights
+// themselves, not to a chain of links.
+TEST(Export, NeverReplacesWhatItLinksTo) {
+  const std::string base = rtp::testing::model_fixture_dir("qwen3-tiny");
+  auto ix = random_indexer(tiny_heads(), 8, 9);
+  const std::string first = scratch("conv-first");
+  rtp::sparse::export_converted({base, first, true}, tiny_heads(), tiny_settings(), ix);  // real files
+  const std::string link = scratch("conv-first-link");
+  fs::create_directory_symlink(first, link);
+  for (const std::string& spelling : {first + "/", first + "/.", first + "//", link}) {
+    const std::string msg = error_of(
+        [&] { rtp::sparse::export_converted({first, spelling, false}, tiny_heads(), tiny_settings(), ix); });
+    EXPECT_NE(msg.find("is the base model directory itself"), std::string::npos) << spelling << ": " << msg;
+  }
+  const std::string second = scratch("conv-second");
+  rtp::sparse::export_converted({first, second, false}, tiny_heads(), tiny_settings(), ix);
+  const std::string shard = "model-00001-of-00007.safetensors";
+  EXPECT_EQ(fs::read_symlink(second + "/" + shard), fs::canonical(first + "/" + shard));
+  // `first` is an earlier export, which export would replace; but `second` links into it.
+  const std::string msg =
+      error_of([&] { rtp::sparse::export_converted({second, first, false}, tiny_heads(), tiny_settings(), ix); });
+  EXPECT_NE(msg.find("would replace '" + fs::canonical(first).string() + "/"), std::string::npos) << msg;
+  EXPECT_TRUE(fs::is_regular_file(first + "/" + shard) && !fs::is_symlink(first + "/" + shard));
+  auto ref = rtp::model::load_qwen3(base, torch::kCPU, torch::kFloat32);
+  auto cm = rtp::sparse::load_converted(second, torch::kCPU, torch::kFloat32);
+  auto ids = torch::randint(0, 256, {1, 7}, torch::kInt64);
+  EXPECT_TRUE(torch::equal(dense_logits(ref, ids), dense_logits(cm.model, ids)));
+}
+
 TEST(Export, MismatchedHeadsAndIndexerAreErrors) {
   const std::string base = rtp::testing::model_fixture_dir("qwen3-tiny");
   const std::string out = scratch("conv-bad");

@@ -150,6 +150,64 @@ TEST_F(DistributedIndexer, LogRerunAndResumeRules) {
   EXPECT_NE(read(kDir + "/rules5.log").find("holds a finished run"), std::string::npos) << read(kDir + "/rules5.log");
 }
 
+// The last step is checkpointed whatever save_every: a finished run extended with --resume --steps M continues from
+// its last step. Lines a killed run logged after its checkpoint (and a torn last line) are dropped on resume, so that
+// each step is logged once.
+TEST_F(DistributedIndexer, AFinishedRunExtendsAndAResumedLogHoldsEachStepOnce) {
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir extend --save_every 0 > extend1.log 2>&1"), 0)
+      << read(kDir + "/extend1.log");
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir extend --save_every 0 --resume --steps 6 "
+               "> extend2.log 2>&1"), 0)
+      << read(kDir + "/extend2.log");
+  const std::string e2 = read(kDir + "/extend2.log");
+  EXPECT_NE(e2.find("step-00000004 at step 4"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("steps changed from 4 (checkpoint) to 6"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("indexer step 6/6"), std::string::npos) << e2;
+  EXPECT_EQ(e2.find("indexer step 4/6"), std::string::npos) << "step 4 was trained again: " << e2;
+
+  auto logged_steps = [](const std::string& log) {
+    std::vector<int64_t> steps;
+    std::istringstream in(log);
+    for (std::string line; std::getline(in, line);) steps.push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
+    return steps;
+  };
+  EXPECT_EQ(logged_steps(read(kDir + "/extend/log.jsonl")), (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+
+  // A run stopped at step 2 whose process went on to log step 3 and half of step 4 before it was killed.
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir killed --stop_at_step 2 > killed1.log 2>&1"), 0)
+      << read(kDir + "/killed1.log");
+  std::ofstream(kDir + "/killed/log.jsonl", std::ios::app) << "{\"step\":3,\"kl\":1.0}\n{\"step\":4,\"k";
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir killed --resume > killed2.log 2>&1"), 0)
+      << read(kDir + "/killed2.log");
+  EXPECT_NE(read(kDir + "/killed2.log").find("2 line(s) after step 2"), std::string::npos) << read(kDir + "/killed2.log");
+  const std::string log = read(kDir + "/killed/log.jsonl");
+  EXPECT_EQ(logged_steps(log), (std::vector<int64_t>{1, 2, 3, 4})) << log;
+  EXPECT_EQ(log.find("\"kl\":1.0}"), std::string::npos) << "the killed run's step 3 is still there: " << log;
+}
+
+// A checkpoint names the retrieval heads it trained: resuming with a profile regenerated under the same path (other
+// heads) is refused as that, not as a missing parameter or, with as many heads per layer, not at all.
+TEST_F(DistributedIndexer, ResumeWithAnotherHeadMapIsRefused) {
+  ASSERT_EQ(sh("cp heads.h5 heads-mutable.h5"), 0);
+  ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --heads_file heads-mutable.h5 --out_dir reheads "
+               "--stop_at_step 2 > reheads1.log 2>&1"), 0)
+      << read(kDir + "/reheads1.log");
+  ASSERT_EQ(sh(kBin + "rtpurbo-identify-heads --model " + kModel + " --out heads-mutable.h5 --calibration toy "
+               "--seq-len 128 --num-sequences 2 --window 32 --retrieval-fraction 0.67 > reheads-id.log 2>&1"), 0)
+      << read(kDir + "/reheads-id.log");
+  EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --heads_file heads-mutable.h5 --out_dir reheads --resume "
+               "> reheads2.log 2>&1"), 0);
+  const std::string e = read(kDir + "/reheads2.log");
+  EXPECT_NE(e.find("it trained the indexer of retrieval heads [\""), std::string::npos) << e;
+  EXPECT_NE(e.find("heads_file 'heads-mutable.h5' selects"), std::string::npos) << e;
+  EXPECT_EQ(e.find("lacks parameter"), std::string::npos) << e;
+  // Put back, it resumes.
+  ASSERT_EQ(sh("cp heads.h5 heads-mutable.h5"), 0);
+  EXPECT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --heads_file heads-mutable.h5 --out_dir reheads --resume "
+               "> reheads3.log 2>&1"), 0)
+      << read(kDir + "/reheads3.log");
+}
+
 TEST_F(DistributedIndexer, MicroBatchesAccumulateToTheWholeBatchGradient) {
   ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir whole > whole.log 2>&1"), 0)
       << read(kDir + "/whole.log");

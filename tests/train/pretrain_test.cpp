@@ -77,6 +77,26 @@ TEST(Pretrain, ResumeReproducesTheUninterruptedRun) {
   }
 }
 
+// stop_at_step checkpoints whatever save_every ("0: only at the last step or stop_at_step"), so that --resume
+// continues, and the finished run's last step is a checkpoint to extend from.
+TEST(Pretrain, StopAndFinishCheckpointWithoutSaveEvery) {
+  TrainConfig c = tiny("nosave", {{"steps", "3"}, {"save_every", "0"}, {"warmup_steps", "1"}, {"stop_at_step", "2"},
+                                  {"eval_every", "0"}});
+  ASSERT_EQ(run(c).losses.size(), 2u);
+  ASSERT_TRUE(latest_checkpoint(c.out_dir).has_value());
+  c.stop_at_step = 0;
+  c.resume = true;
+  const TrainResult rest = run(c);
+  EXPECT_EQ(rest.first_step, 2);
+  EXPECT_EQ(rest.losses.size(), 1u);
+  ASSERT_TRUE(latest_checkpoint(c.out_dir).has_value());
+  EXPECT_NE(latest_checkpoint(c.out_dir)->find("step-00000003"), std::string::npos) << *latest_checkpoint(c.out_dir);
+  c.steps = 4;
+  const TrainResult more = run(c);
+  EXPECT_EQ(more.first_step, 3);
+  EXPECT_EQ(more.losses.size(), 1u);
+}
+
 TEST(Pretrain, ShortRunReducesTheLoss) {
   at::set_num_threads(2);
   const TrainConfig c = tiny("learn", {{"steps", "40"}, {"save_every", "0"}, {"eval_every", "0"}, {"lr", "1e-2"},

@@ -138,7 +138,8 @@ int main(int argc, char** argv) {
     const auto window = rtp::tools::optional_integer_arg(args, "window", at_least(1));
     const auto sink = rtp::tools::optional_integer_arg(args, "sink", at_least(0));
     const auto block_size = rtp::tools::optional_integer_arg(args, "block-size", rtp::config::one_of({"64", "128"}));
-    const auto local_blocks = rtp::tools::optional_integer_arg(args, "local-blocks", at_least(0));
+    // The diagonal block holds each query's own and nearest keys: without it a query could select no key at all.
+    const auto local_blocks = rtp::tools::optional_integer_arg(args, "local-blocks", at_least(1));
     const auto dense_below = rtp::tools::optional_integer_arg(args, "dense-below", at_least(0));
     const auto query_sub_blocks = rtp::tools::optional_integer_arg(args, "query-sub-blocks", at_least(1));
     if (query_sub_blocks && (*query_sub_blocks & (*query_sub_blocks - 1)) != 0)
@@ -160,6 +161,13 @@ int main(int argc, char** argv) {
     std::string indexer_path;
     if (args.count("indexer")) {
       indexer_path = args["indexer"].as<std::string>();
+      // A training run's out_dir for its indexer file is the likely slip: name the file it holds.
+      const std::string inside = indexer_path + "/indexer.safetensors";
+      if (rtp::directory_exists(indexer_path) && rtp::file_exists(inside))
+        RTP_THROW("--indexer '", indexer_path, "' is a directory; its indexer checkpoint is '", inside,
+                  "': pass that file");
+      rtp::require_input_file(indexer_path, "--indexer",
+                              "an indexer checkpoint (indexer.safetensors in rtpurbo-train's out_dir)");
       auto ck = rtp::sparse::load_indexer_checkpoint(indexer_path);
       settings = ck.settings;
       settings_from = "--indexer " + indexer_path;
@@ -182,8 +190,10 @@ int main(int argc, char** argv) {
     RTP_CHECK(settings.sub_block_aggregate == "mean" || settings.sub_block_aggregate == "max",
               "--sub-block-aggregate must be mean or max, found ", settings.sub_block_aggregate);
     RTP_CHECK(settings.top_p > 0 && settings.top_p <= 1, "--top-p must be in (0, 1], found ", settings.top_p);
-    RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.dense_below >= 0 && settings.local_blocks >= 0,
-              "--window must be >= 1, --sink, --local-blocks and --dense-below >= 0");
+    RTP_CHECK(settings.window >= 1 && settings.sink >= 0 && settings.dense_below >= 0 && settings.local_blocks >= 1,
+              "--window and --local-blocks must be >= 1, --sink and --dense-below >= 0 (settings from ", settings_from,
+              ": window ", settings.window, ", local_blocks ", settings.local_blocks, ", sink ", settings.sink,
+              ", dense_below ", settings.dense_below, ")");
     RTP_CHECK(rtp::kernels::block_size_supported(settings.block_size), "the block size ", settings.block_size,
               " (from ", settings_from, ") is not one the kernels tile: give --block-size 64 or 128");
     // A flag against the block size another source set is still the command line's mistake.

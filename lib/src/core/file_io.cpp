@@ -1,10 +1,12 @@
 #include "rtp/core/file_io.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <vector>
 
 #include "rtp/core/error.h"
 
@@ -41,6 +44,28 @@ std::string temporary_path_for(const std::string& path) {
   std::ostringstream ss;
   ss << path << ".tmp." << ::getpid() << "." << std::hex << rd();
   return ss.str();
+}
+
+int remove_stale_temporaries(const std::string& dir, const std::string& prefix) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return 0;
+  std::vector<std::string> stale;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const size_t mark = name.find(".tmp.", prefix.size());
+    if (mark == std::string::npos) continue;
+    size_t end_digits = mark + 5;
+    while (end_digits < name.size() && std::isdigit(static_cast<unsigned char>(name[end_digits]))) ++end_digits;
+    if (end_digits == mark + 5 || end_digits - mark - 5 > 9) continue;
+    if (end_digits != name.size() && name[end_digits] != '.') continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name.substr(mark + 5, end_digits - mark - 5)));
+    if (pid == ::getpid() || pid <= 0) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge (EPERM: alive)
+    stale.push_back(it->path().string());
+  }
+  for (const auto& p : stale) remove_tree(p);
+  return static_cast<int>(stale.size());
 }
 
 void commit_temporary(const std::string& tmp, const std::string& path) {

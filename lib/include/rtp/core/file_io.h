@@ -35,6 +35,12 @@ void require_input_file(const std::string& path, const std::string& what, const 
 // followed by `hint` when given.
 void require_directory(const std::string& path, const std::string& what, const std::string& hint = "");
 
+// Removes the entries of `dir` named `<prefix>[...].tmp.<pid>` or `<prefix>[...].tmp.<pid>.<suffix>` whose process no
+// longer runs on this host: what a write interrupted by a signal (Ctrl-C, a job's time limit) left behind, which no
+// later run would otherwise remove (each names its temporaries with its own pid). Returns how many were removed.
+// Processes are judged on this host only: do not point two hosts' jobs at one output directory.
+int remove_stale_temporaries(const std::string& dir, const std::string& prefix);
+
 bool file_exists(const std::string& path);
 bool directory_exists(const std::string& path);
 void make_directories(const std::string& path);

@@ -4,11 +4,14 @@
 //       model.safetensors      parameters under their Hugging Face names, in the training dtype (exact)
 //       optimizer.safetensors  AdamW moments: "<param>.exp_avg", "<param>.exp_avg_sq"
 //       state.json             {"format": "rtpurbo-train-checkpoint", "version": 1, "step", "data_cursor",
-//                               "seed", "adam_steps": {param: n}, "config": {field: text}, "config_yaml"}
+//                               "seed", "adam_steps": {param: n}, "config": {field: text}, "config_yaml",
+//                               "run_state" (optional)}
 //   <out_dir>/checkpoints/latest   "step-00000300"
 // A checkpoint directory is written under a temporary name and renamed into place, and `latest` is replaced
 // atomically after that, so a crash leaves the previous checkpoint intact and `latest` pointing at a whole one.
 #include <torch/optim/adamw.h>
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <optional>
@@ -28,6 +31,9 @@ struct CheckpointState {
   int64_t data_cursor = 0;  // training samples consumed (index into the training stream)
   uint64_t seed = 0;
   TrainConfig config;       // the config of the run that wrote it
+  // What the stage trained beyond the config (the indexer stage: its retrieval heads, which the config names only by
+  // heads_file). null when none; written as "run_state" in state.json.
+  nlohmann::json run_state;
 };
 
 using NamedParams = std::vector<std::pair<std::string, torch::Tensor>>;
@@ -39,6 +45,10 @@ std::string save_checkpoint(const std::string& out_dir, const NamedParams& param
 
 // The directory `latest` points to, if any.
 std::optional<std::string> latest_checkpoint(const std::string& out_dir);
+
+// The "run_state" of the checkpoint in `dir` (null if it has none), read before its tensors are: a stage checks it
+// first, so that a mismatch is named as what it is rather than as a missing or mis-shaped parameter.
+nlohmann::json checkpoint_run_state(const std::string& dir);
 
 // Copies parameters (same names and shapes required) and AdamW state from `dir` into `params`/`optimizer`;
 // returns the state. Errors name the checkpoint and what is missing or mismatched.
@@ -62,5 +72,10 @@ void check_resume_config(const std::string& dir, const TrainConfig& stored, cons
 // checkpoints, out_dir holds a finished run, which a rerun replaces: its checkpoints are removed first (a note
 // says so), so that rerunning the same command keeps working.
 void check_fresh_start(const std::string& out_dir, const std::string& final_artifact);
+
+// The run's log.jsonl at the start of a run: emptied at step 0; on resume from step `step`, cut back to the lines
+// of steps <= `step` (a run stopped by a signal logged steps after its last checkpoint, which the resumed run
+// logs again), so that each step appears once. A torn last line is dropped. Nothing else in the file changes.
+void start_step_log(const std::string& log_path, int64_t step);
 
 }  // namespace rtp::train

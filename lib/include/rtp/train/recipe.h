@@ -37,7 +37,7 @@ using rtp::config::range;
   X("run", int64_t, stop_at_step, 0, at_least(0),                                                                  \
     "0: run to steps; else checkpoint and stop once this step is reached (time-limited jobs; --resume continues)")   \
   X("run", int64_t, log_every, 10, at_least(1), "progress line to stderr every N steps")                            \
-  X("run", int64_t, save_every, 500, at_least(0), "checkpoint every N steps (0: only the final model)")              \
+  X("run", int64_t, save_every, 500, at_least(0), "checkpoint every N steps (0: only at the last step or stop_at_step)")\
   X("run", int64_t, eval_every, 250, at_least(0), "toy exact-match accuracy every N steps (0: only at the end)")     \
   X("run", int64_t, eval_samples, 64, at_least(1), "held-out toy sequences per evaluation")                         \
   X("run", int64_t, keep_checkpoints, 2, at_least(1), "how many of the newest checkpoints to keep")                  \

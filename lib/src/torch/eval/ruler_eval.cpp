@@ -135,11 +135,14 @@ Generated generate_sparse(sparse::ConvertedModel& cm, SparseDecoder& d, const to
 
 // What makes two evaluations the same one: what the prompts are made of (tokenizer, tasks, lengths, samples, seed,
 // essay) and what answers them (model, which models, prefill chunk, device type, dtype). Paths absolute, so that the
-// same file named from another directory matches. Not here: what changes no answer (CUDA graphs or eager, where the
+// same file named from another directory matches; beside each, a fingerprint of what it holds (a model re-exported in
+// place is another model). Not here: what changes no answer (CUDA graphs or eager, where the
 // prompts are dumped, --stop-after).
 json ruler_settings(const RulerEvalOptions& o, const std::string& tokenizer, const RunContext& ctx) {
   return {{"model", absolute_setting_path(o.model_dir)},
+          {"model_contents", contents_fingerprint(o.model_dir)},
           {"tokenizer", absolute_setting_path(tokenizer)},
+          {"tokenizer_contents", contents_fingerprint(tokenizer)},
           {"tasks", o.tasks},
           {"lengths", o.lengths},
           {"samples", o.samples},
@@ -149,7 +152,8 @@ json ruler_settings(const RulerEvalOptions& o, const std::string& tokenizer, con
           {"prefill_chunk", o.prefill_chunk},
           {"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
           {"dtype", dtype_name(ctx.dtype)},
-          {"essay", absolute_setting_path(o.essay_file)}};
+          {"essay", absolute_setting_path(o.essay_file)},
+          {"essay_contents", contents_fingerprint(o.essay_file)}};
 }
 
 // What an unfinished ruler.json holds: the (task, length) rows done and the row under way (null if none).

@@ -196,6 +196,7 @@ RunStats run_stats_from_json(const json& j, const std::string& path, const std::
 // What a resumed evaluation must share with the one it continues: everything the samples and the numbers depend on.
 json toy_settings(const ToyEvalOptions& o, const RunContext& ctx) {
   return {{"model", absolute_setting_path(o.model_dir)},
+          {"model_contents", contents_fingerprint(o.model_dir)},
           {"lengths", o.lengths},
           {"samples", o.samples},
           {"seed", ctx.seed},
@@ -203,6 +204,7 @@ json toy_settings(const ToyEvalOptions& o, const RunContext& ctx) {
           {"measure_recall", o.measure_recall},
           {"token_recall_top_p", o.token_recall_top_p},
           {"random_heads_indexer", absolute_setting_path(o.random_heads_indexer)},
+          {"random_heads_indexer_contents", contents_fingerprint(o.random_heads_indexer)},
           {"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
           {"dtype", dtype_name(ctx.dtype)}};
 }
@@ -309,8 +311,12 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
         "random_heads omitted: no --random-heads-indexer given (train an indexer on random_head_map() heads with "
         "the same budget and pass its checkpoint)";
   }
+  // The model's selection settings (the same budget), the baseline indexer's own shape and position.
   sparse::SparseSettings random_settings = cm.settings;
-  if (random_ck) random_settings.indexer_dim = random_ck->indexer.dim();
+  if (random_ck) {
+    random_settings.indexer_dim = random_ck->indexer.dim();
+    random_settings.post_rope_indexer = random_ck->settings.post_rope_indexer;
+  }
 
   const int64_t elem_bytes = static_cast<int64_t>(c10::elementSize(ctx.dtype));
   // Each pass is taken from the progress file when a resumed evaluation holds it, else run and recorded there.

@@ -202,30 +202,43 @@ void export_converted(const ExportOptions& o, const RtpurboManifest& provenance,
     RTP_CHECK(indexer.dim() == settings.indexer_dim, "settings.indexer_dim ", settings.indexer_dim,
               " disagrees with the indexer's dim ", indexer.dim());
   }
-  {
-    fs::path out_abs = fs::absolute(o.out_dir);
-    RTP_CHECK(out_abs.lexically_normal() != fs::path(base).lexically_normal(), "--out '", o.out_dir,
-              "' is the base model directory itself");
-  }
-
   std::string out = o.out_dir;
   while (out.size() > 1 && out.back() == '/') out.pop_back();
+  // Resolved, not spelled: "base/", "base/." or a symlink to base would otherwise pass, and the replaced directory's
+  // weight links would point at themselves.
+  const fs::path out_real = fs::weakly_canonical(fs::absolute(out));
+  RTP_CHECK(out_real != fs::path(base), "--out '", o.out_dir, "' is the base model directory itself ('", base,
+            "'): write the converted model to another directory");
+  bool has_index = false;
+  const std::vector<std::string> weights = weight_files(base, &has_index);
+  std::vector<std::string> linked = weights;  // weights and tokenizer: linked (or copied), never rewritten
+  for (const auto& f : weights)
+    RTP_CHECK(file_exists(base + "/" + f), "'", base, "': weight file '", f, "' does not exist");
+  for (const char* f : kTokenizerFiles)
+    if (file_exists(base + "/" + f)) linked.emplace_back(f);
+  for (const auto& f : linked) {
+    // A converted model's files are links to its base: exporting one over the directory they resolve into would
+    // delete the files the new links point at.
+    const fs::path target = real_path(base + "/" + f);
+    const auto rel = target.lexically_relative(out_real);
+    RTP_CHECK(rel.empty() || *rel.begin() == "..", "--out '", o.out_dir, "' would replace '", target.string(),
+              "', a file of the base model '", o.model_dir, "': write the converted model to another directory");
+  }
   const std::string tmp = str_cat(out, ".tmp.", ::getpid());
+  // An export interrupted by a signal leaves its directory (copied weights included) under its own pid.
+  remove_stale_temporaries(fs::path(out).parent_path().empty() ? "." : fs::path(out).parent_path().string(),
+                           fs::path(out).filename().string());
   remove_tree(tmp);
   make_directories(tmp);
   try {
-    bool has_index = false;
-    for (const auto& f : weight_files(base, &has_index)) {
-      const std::string src = base + "/" + f;
-      RTP_CHECK(file_exists(src), "'", base, "': weight file '", f, "' does not exist");
-      link_or_copy(src, tmp + "/" + f, o.copy_weights);
-    }
+    // Links go to the resolved file, so that a model converted from a converted model does not hang on a chain.
+    for (const auto& f : linked) link_or_copy(real_path(base + "/" + f), tmp + "/" + f, o.copy_weights);
     if (!has_index) {
       // Name the base shards in an index, so that indexer.safetensors is never mistaken for a weight shard
       // (loaders that scan every *.safetensors would otherwise pick it up).
       json wm = json::object();
       uint64_t total = 0;
-      for (const auto& name : weight_files(base, &has_index)) {
+      for (const auto& name : weights) {
         const io::SafetensorsFile f(base + "/" + name);
         for (const auto& t : f.tensors()) {
           wm[t.name] = name;
@@ -234,8 +247,6 @@ void export_converted(const ExportOptions& o, const RtpurboManifest& provenance,
       }
       write_json_atomic(tmp + "/" + kIndexName, {{"metadata", {{"total_size", total}}}, {"weight_map", wm}});
     }
-    for (const char* f : kTokenizerFiles)
-      if (file_exists(base + "/" + f)) link_or_copy(base + "/" + f, tmp + "/" + f, o.copy_weights);
     for (const char* f : kCopiedFiles)
       if (file_exists(base + "/" + f)) link_or_copy(base + "/" + f, tmp + "/" + f, true);
 

@@ -107,6 +107,7 @@ std::string save_checkpoint(const std::string& out_dir, const NamedParams& param
                             const CheckpointState& state, int64_t keep) {
   const std::string root = out_dir + "/checkpoints";
   make_directories(root);
+  remove_stale_temporaries(root, "step-");  // checkpoints of an interrupted save (a killed run)
   const std::string final_dir = root + "/" + step_name(state.step);
   const std::string tmp_dir = temporary_path_for(final_dir);
   make_directories(tmp_dir);
@@ -133,6 +134,7 @@ std::string save_checkpoint(const std::string& out_dir, const NamedParams& param
                       {"step", state.step},              {"data_cursor", state.data_cursor},
                       {"seed", state.seed},              {"adam_steps", adam_steps},
                       {"config", cfg},                   {"config_yaml", reg.to_yaml(state.config, false)}};
+  if (!state.run_state.is_null()) j["run_state"] = state.run_state;
   write_json_atomic(tmp_dir + "/state.json", j);
 
   remove_directory_tree(final_dir);
@@ -159,6 +161,11 @@ std::optional<std::string> latest_checkpoint(const std::string& out_dir) {
   return dir;
 }
 
+nlohmann::json checkpoint_run_state(const std::string& dir) {
+  const nlohmann::json j = read_json_file(dir + "/state.json");
+  return j.is_object() && j.contains("run_state") ? j["run_state"] : nlohmann::json();
+}
+
 CheckpointState load_checkpoint(const std::string& dir, const NamedParams& params, torch::optim::AdamW& optimizer) {
   const nlohmann::json j = read_json_file(dir + "/state.json");
   RTP_CHECK(j.value("format", "") == kCheckpointFormat, "'", dir, "/state.json': expected format '",
@@ -169,6 +176,7 @@ CheckpointState load_checkpoint(const std::string& dir, const NamedParams& param
   state.step = j.at("step").get<int64_t>();
   state.data_cursor = j.at("data_cursor").get<int64_t>();
   state.seed = j.at("seed").get<uint64_t>();
+  if (j.contains("run_state")) state.run_state = j["run_state"];
   const auto& reg = train_config_registry();
   for (const auto& [k, v] : j.at("config").items()) {
     // Fields added after the checkpoint was written keep their defaults; unknown ones (removed) are ignored.
@@ -200,6 +208,34 @@ CheckpointState load_checkpoint(const std::string& dir, const NamedParams& param
     st[p.unsafeGetTensorImpl()] = std::move(s);
   }
   return state;
+}
+
+void start_step_log(const std::string& log_path, int64_t step) {
+  if (step == 0 || !file_exists(log_path)) {
+    write_file_atomic(log_path, "");
+    return;
+  }
+  const std::string text = read_text_file(log_path);
+  std::string kept;
+  size_t dropped = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t end = text.find('\n', pos);
+    const bool complete = end != std::string::npos;
+    if (!complete) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.empty()) continue;
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const bool keep = complete && j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+                      j["step"].get<int64_t>() <= step;
+    if (keep) kept += line + "\n";
+    else ++dropped;
+  }
+  if (dropped > 0) {
+    write_file_atomic(log_path, kept);
+    std::fprintf(stderr, "note: %s: %zu line(s) after step %lld (logged after the checkpoint) removed; the resumed "
+                 "run logs those steps again\n", log_path.c_str(), dropped, static_cast<long long>(step));
+  }
 }
 
 }  // namespace rtp::train

@@ -229,6 +229,15 @@ class SequenceSource {
   std::unique_ptr<text::TextCorpus> corpus_;
 };
 
+// The retrieval KV heads as "layer.head" names, for a checkpoint's run_state and the messages that compare two.
+nlohmann::json retrieval_head_names(const sparse::HeadMap& heads) {
+  nlohmann::json names = nlohmann::json::array();
+  for (int64_t l = 0; l < heads.num_layers; ++l)
+    for (int64_t g = 0; g < heads.num_kv_heads; ++g)
+      if (heads.is_retrieval(l, g)) names.push_back(str_cat(l, ".", g));
+  return names;
+}
+
 std::string fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), f, v);
@@ -338,6 +347,14 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   int64_t step = 0, cursor = 0;
   if (cfg.resume) {
     if (auto dir = latest_checkpoint(cfg.out_dir)) {
+      // Before the tensors: another head map with as many heads per layer would load without a shape error.
+      const nlohmann::json was = checkpoint_run_state(*dir);
+      if (was.contains("retrieval_heads"))
+        RTP_CHECK(was["retrieval_heads"] == retrieval_head_names(heads), "--resume from '", *dir,
+                  "': it trained the indexer of retrieval heads ", was["retrieval_heads"].dump(), ", but this run's ",
+                  cfg.heads_random ? "random draw" : str_cat("heads_file '", cfg.heads_file, "'"), " selects ",
+                  retrieval_head_names(heads).dump(), " (was the profile regenerated?): resume with the head map it "
+                  "was trained for, or start a new run in another out_dir");
       auto st = load_checkpoint(*dir, params, optimizer);
       check_resume_config(*dir, st.config, cfg);
       step = st.step;
@@ -354,10 +371,19 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
   if (lead) {
     // Created only now: a run that fails while loading or initialising leaves no empty out_dir behind.
     make_directories(cfg.out_dir);
-    if (step == 0) write_file_atomic(log_path, "");
+    start_step_log(log_path, step);
     log.open(log_path, std::ios::app);
     RTP_CHECK(log.good(), "cannot open '", log_path, "' for appending");
   }
+  const auto checkpoint_state = [&](int64_t at_step) {
+    CheckpointState st;
+    st.step = at_step;
+    st.data_cursor = cursor;
+    st.seed = static_cast<uint64_t>(cfg.seed);
+    st.config = cfg;
+    st.run_state = {{"retrieval_heads", retrieval_head_names(heads)}};
+    return st;
+  };
   auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_since = 0, steps_since = 0;
   const int64_t stop = cfg.stop_at_step > 0 ? std::min(cfg.stop_at_step, cfg.steps) : cfg.steps;
@@ -424,24 +450,17 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
       tokens_since = 0;
       steps_since = 0;
     }
-    if (lead && cfg.save_every > 0 && (step + 1) % cfg.save_every == 0 && step + 1 < cfg.steps) {
-      CheckpointState st;
-      st.step = step + 1;
-      st.data_cursor = cursor;
-      st.seed = static_cast<uint64_t>(cfg.seed);
-      st.config = cfg;
-      std::cerr << "indexer: checkpoint " << save_checkpoint(cfg.out_dir, params, optimizer, st, cfg.keep_checkpoints)
+    // The last step's checkpoint too, whatever save_every: a finished run can be extended (--resume --steps M).
+    // A stop (stop_at_step) saves below.
+    if (lead && ((cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) || step + 1 == cfg.steps)) {
+      std::cerr << "indexer: checkpoint " << save_checkpoint(cfg.out_dir, params, optimizer, checkpoint_state(step + 1),
+                                                                cfg.keep_checkpoints)
                 << "\n";
     }
   }
   if (step < cfg.steps) {
     if (!lead) return;
-    CheckpointState st;
-    st.step = step;
-    st.data_cursor = cursor;
-    st.seed = static_cast<uint64_t>(cfg.seed);
-    st.config = cfg;
-    auto dir = save_checkpoint(cfg.out_dir, params, optimizer, st, cfg.keep_checkpoints);
+    auto dir = save_checkpoint(cfg.out_dir, params, optimizer, checkpoint_state(step), cfg.keep_checkpoints);
     std::cerr << "indexer: stopped at step " << step << " (stop_at_step); resume with --resume: " << dir << "\n";
     return;
   }

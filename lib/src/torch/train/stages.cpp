@@ -128,7 +128,7 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
       std::cerr << "--resume: no checkpoint in '" << cfg.out_dir << "/checkpoints', starting from step 0\n";
     }
   }
-  if (step == 0) write_file_atomic(log_path, "");
+  start_step_log(log_path, step);
   std::ofstream log(log_path, std::ios::app);
   result.first_step = step;
 
@@ -227,7 +227,9 @@ TrainResult run_pretrain_stage(const TrainConfig& cfg, RunContext& ctx) {
       tokens_since = 0;
     }
     const bool stopping = cfg.stop_at_step > 0 && done >= cfg.stop_at_step && done < cfg.steps;
-    if (cfg.save_every > 0 && (done % cfg.save_every == 0 || done == cfg.steps || stopping)) checkpoint(done);
+    // The last step's checkpoint too, whatever save_every: a finished run can be extended (--resume --steps M),
+    // and a stopped one continued.
+    if ((cfg.save_every > 0 && done % cfg.save_every == 0) || done == cfg.steps || stopping) checkpoint(done);
   }
   result.steps_done = step;
   if (step < cfg.steps) {
