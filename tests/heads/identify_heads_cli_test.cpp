@@ -89,6 +89,38 @@ TEST_F(IdentifyHeadsCli, PathsAreCheckedBeforeAnythingIsWritten) {
   EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
 }
 
+// The picture written over the profile left exit status 0 and no profile: --svg equal to --out, spelled either way,
+// and an --out ending in .svg (whose default picture is itself) are refused; an empty path is refused up front.
+TEST_F(IdentifyHeadsCli, ThePictureNeverOverwritesTheProfile) {
+  const std::string out = dir_ + "/p.h5";
+  auto r = run_tool("--model " + kModel + " --out " + out + " --svg " + dir_ + "/./p.h5 --calibration toy --seq-len 64 "
+                    "--num-sequences 1");
+  expect_usage_error(r, "--svg '" + dir_ + "/./p.h5' is the --out file: give the profile a .h5 name, or --svg another "
+                     "path", "--svg = --out");
+  r = run_tool("--model " + kModel + " --out " + dir_ + "/p.svg --calibration toy --seq-len 64 --num-sequences 1");
+  expect_usage_error(r, "is the --out file (the default picture of an --out ending in .svg)", "--out p.svg");
+  r = run("--svg ''");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--svg is empty: expected a file path"), std::string::npos) << r.err;
+  EXPECT_FALSE(rtp::file_exists(out));
+  EXPECT_FALSE(rtp::file_exists(dir_ + "/p.svg"));
+}
+
+// Calibration text that is not UTF-8 is named by file and offset; a --sink that leaves no long-range key (every
+// score would be 0, exit 0) is refused.
+TEST_F(IdentifyHeadsCli, BadTextAndAnEmptyLongRangeAreNamed) {
+  rtp::write_file_atomic(dir_ + "/bad.txt", std::string("caf\xC3\xA9 ok \xFF tail"));
+  auto r = run_args("--calibration text --tokenizer " RTP_SOURCE_DIR "/data/fixtures/tokenizer/qwen3 --text " + dir_ +
+                    "/bad.txt");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--text '" + dir_ + "/bad.txt': invalid UTF-8 at byte offset 9 (byte 0xFF)"), std::string::npos)
+      << r.err;
+  r = run("--sink 60 --window 8");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--sink 60 + --window 8 must be shorter than --seq-len 64"), std::string::npos) << r.err;
+  EXPECT_FALSE(rtp::file_exists(dir_ + "/h.h5"));
+}
+
 // What the library scores for the calibration of run(): one toy sequence of 64 tokens from the default seed 1234 with
 // the default span clamp(64 / 8, 8, 256) = 8, on the tiny model in float32 on the CPU (the tool's defaults).
 rtp::heads::HeadScores library_scores(int64_t window, int64_t sink) {

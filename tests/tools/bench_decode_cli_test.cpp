@@ -36,6 +36,15 @@ TEST_F(BenchDecodeCli, CommandLineMistakesAreUsageErrors) {
       {"--dtype int8", "--dtype 'int8': unknown dtype 'int8'"},
       {"--breakdown", "--breakdown times CUDA graphs: it needs --device cuda"},
       {"--gemv-max-ratio 0", "--gemv-max-ratio '0' is not valid: expected an integer >= 1"},
+      // values checked before the model is built; CUDA kernels' knobs refused on a CPU (they changed nothing there
+      // and went into the JSON as if applied)
+      {"--gemv-layout foo", "--gemv-layout: expected auto, split or whole, found 'foo'"},
+      {"--moe-launch-shape 3,3,3", "--moe-launch-shape: expected ROWS,WARPS,AHEAD[,ONE]"},
+      {"--gemv-layout split", "--gemv-layout sets a CUDA kernel's choice: it needs --device cuda"},
+      {"--cublas-lm-head", "--cublas-lm-head sets a CUDA kernel's choice: it needs --device cuda"},
+      {"--separate-norms", "--separate-norms sets a CUDA kernel's choice: it needs --device cuda"},
+      {"--chunk-attention flash", "--chunk-attention sets a CUDA kernel's choice: it needs --device cuda"},
+      {"--moe-launch-shape 1,4,0", "--moe-launch-shape sets a CUDA kernel's choice: it needs --device cuda"},
   };
   for (const auto& [flags, message] : cases) {
     const auto r = run(tiny(std::string("--lengths 128 ") + flags));

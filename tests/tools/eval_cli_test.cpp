@@ -44,6 +44,15 @@ TEST_F(EvalCli, AnOptionTheTaskDoesNotReadIsAUsageError) {
        "--token-recall-top-p is not read with --no-recall, which skips both recalls"},
       {ruler + " --essay " + RTP_SOURCE_DIR "/README.md",
        "--essay is read by the essay-haystack tasks only (ruler:niah_single_2, "},
+      // prompts only (no --model): what runs a model is not read
+      {ruler + " --stop-after 1", "--stop-after is read when a model is evaluated; without --model, --task ruler only "
+                                  "writes the prompts to --dump-prompts"},
+      {ruler + " --out-dir " + out_dir(), "--out-dir is read when a model is evaluated"},
+      {ruler + " --dense", "--dense is read when a model is evaluated"},
+      {ruler + " --prefill-chunk 64", "--prefill-chunk is read when a model is evaluated"},
+      {ruler + " --dtype bfloat16", "--dtype is read when a model is evaluated"},
+      {"--task ruler --tasks ruler:niah_single_1 --lengths 512 --tokenizer " + kTokenizer,
+       "--task ruler needs --model (to evaluate) or --dump-prompts (to write the prompts)"},
   };
   for (const auto& [args, message] : cases) {
     expect_usage_error(run_tool(args), message, args);
@@ -69,6 +78,23 @@ TEST_F(EvalCli, OptionsTheTaskReadsPass) {
                           "/essay.jsonl");
   ASSERT_EQ(e.rc, 0) << e.err;
   EXPECT_NE(rtp::read_text_file(dir_ + "/essay.jsonl").find("RTPurbo toolkit"), std::string::npos);
+}
+
+// An essay with no words said "needs an essay haystack: give a plain-text file" although one was given; one that is
+// not UTF-8 was named as "text to encode" at an offset in the prompt.
+TEST_F(EvalCli, AnEssayThatCannotBeAHaystackIsNamed) {
+  const std::string ruler = "--task ruler --tasks ruler:niah_single_2 --lengths 512 --samples 1 --tokenizer " +
+                            kTokenizer + " --dump-prompts " + dir_ + "/prompts.jsonl --essay ";
+  rtp::write_file_atomic(dir_ + "/blank.txt", " \n\t\n");
+  auto r = run_tool(ruler + dir_ + "/blank.txt");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--essay '" + dir_ + "/blank.txt' holds no words"), std::string::npos) << r.err;
+  rtp::write_file_atomic(dir_ + "/bad.txt", std::string("an essay \xC0\xAF here"));
+  r = run_tool(ruler + dir_ + "/bad.txt");
+  EXPECT_EQ(r.rc, 1) << r.err;
+  EXPECT_NE(r.err.find("--essay '" + dir_ + "/bad.txt': invalid UTF-8 at byte offset 9 (byte 0xC0)"),
+            std::string::npos) << r.err;
+  EXPECT_FALSE(rtp::file_exists(dir_ + "/prompts.jsonl"));
 }
 
 TEST_F(EvalCli, RulerOnAModelWithoutATokenizerNamesTheWayOut) {

@@ -211,16 +211,10 @@ int main(int argc, char** argv) {
     const std::string trace_prefix = args.count("trace-prefill") ? args["trace-prefill"].as<std::string>() : "";
     if (!trace_prefix.empty()) rtp::require_output_directory_for(trace_prefix + "-dense.json", "--trace-prefill");
 
-    torch::NoGradGuard no_grad;
-    std::cerr << "building " << config_name << " with random weights on " << device << "\n";
-    auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
-    model.set_gemv_max_ratio(gemv_max_ratio);
+    // Every knob's value before the model is built (seconds to minutes for a large config).
     const std::string gemv_layout = args["gemv-layout"].as<std::string>();
     if (gemv_layout != "auto" && gemv_layout != "split" && gemv_layout != "whole")
       throw rtp::tools::UsageError("--gemv-layout: expected auto, split or whole, found '" + gemv_layout + "'");
-    model.set_gemv_layout(gemv_layout == "split"   ? rtp::kernels::GemvLayout::SplitRows
-                          : gemv_layout == "whole" ? rtp::kernels::GemvLayout::WholeRows
-                                                   : rtp::kernels::GemvLayout::Auto);
     rtp::model::Qwen3Model::GemvEpilogues epilogues;
     epilogues.add_norm = args.count("separate-norms") == 0;
     epilogues.add_norm_max_m = rtp::tools::integer_arg(args, "fused-norm-max-m", at_least(1));
@@ -229,15 +223,33 @@ int main(int argc, char** argv) {
     epilogues.moe_routing = args.count("separate-routing") == 0;
     epilogues.moe_add_norm = args.count("separate-moe-norm") == 0;
     epilogues.swiglu = args.count("separate-swiglu") == 0;
-    model.set_gemv_epilogues(epilogues);
     const bool lm_head_gemv = args.count("cublas-lm-head") == 0;
-    model.set_lm_head_gemv(lm_head_gemv);
     const auto chunk_attention = args["chunk-attention"].as<std::string>();
     if (chunk_attention != "split-cudnn" && chunk_attention != "flash")
       throw rtp::tools::UsageError("--chunk-attention: expected split-cudnn or flash, found '" + chunk_attention + "'");
+    const auto moe_shape = parse_moe_launch_shape(args["moe-launch-shape"].as<std::string>());
+    // The GEMV, its epilogues, the MoE decode kernels and the prompt-chunk attention choice are CUDA kernels: on a CPU
+    // (or, for the MoE shape, in a dense model) a knob of theirs would be recorded in the JSON without changing a thing.
+    for (const char* knob : {"gemv-max-ratio", "gemv-layout", "separate-norms", "fused-norm-max-m", "separate-qk-norm",
+                             "separate-kv-store", "separate-routing", "separate-swiglu", "separate-moe-norm",
+                             "cublas-lm-head", "chunk-attention", "moe-launch-shape"})
+      if (args.count(knob) && !device.is_cuda())
+        throw rtp::tools::UsageError(std::string("--") + knob + " sets a CUDA kernel's choice: it needs --device cuda");
+    if (args.count("moe-launch-shape") && !model_config.is_moe())
+      throw rtp::tools::UsageError("--moe-launch-shape sets the MoE decode kernels, and " + config_dir +
+                                   " is a dense model");
+
+    torch::NoGradGuard no_grad;
+    std::cerr << "building " << config_name << " with random weights on " << device << "\n";
+    auto model = rtp::model::random_qwen3(config_dir, device, dtype, seed);
+    model.set_gemv_max_ratio(gemv_max_ratio);
+    model.set_gemv_layout(gemv_layout == "split"   ? rtp::kernels::GemvLayout::SplitRows
+                          : gemv_layout == "whole" ? rtp::kernels::GemvLayout::WholeRows
+                                                   : rtp::kernels::GemvLayout::Auto);
+    model.set_gemv_epilogues(epilogues);
+    model.set_lm_head_gemv(lm_head_gemv);
     model.set_chunk_attention(chunk_attention == "flash" ? rtp::model::ChunkAttention::Flash
                                                          : rtp::model::ChunkAttention::SplitCudnn);
-    const auto moe_shape = parse_moe_launch_shape(args["moe-launch-shape"].as<std::string>());
     model.set_moe_launch_shape(moe_shape);
     const auto stop_ids = rtp::model::load_stop_token_ids(config_dir);
     const auto& c = model.config();

@@ -85,12 +85,18 @@ int main(int argc, char** argv) {
         } catch (const nlohmann::json::exception& e) {
           RTP_THROW("--corpus '", args["corpus"].as<std::string>(), "' line ", n, ": not valid JSON (", e.what(), ")");
         }
-        if (j.contains("text") && j["text"].is_string()) unique.push_back(j["text"].get<std::string>());
+        // A record without a text would be left out of the measured bytes unseen.
+        RTP_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(), "--corpus '",
+                  args["corpus"].as<std::string>(), "' line ", n, ": expected {\"text\": \"...\"}, found ",
+                  j.dump().substr(0, 80));
+        unique.push_back(j["text"].get<std::string>());
       }
     }
     RTP_CHECK(!unique.empty(), "the corpus holds no {\"text\": ...} records");
     std::size_t unique_bytes = 0;
     for (const auto& s : unique) unique_bytes += s.size();
+    // The main pass repeats the texts until target-mb bytes: with no bytes it would never get there.
+    RTP_CHECK(unique_bytes > 0, "the corpus's texts are all empty: nothing to measure (give texts with characters)");
 
     // Cold pass: every distinct text once, on a fresh tokenizer (empty word cache).
     t0 = std::chrono::steady_clock::now();

@@ -190,7 +190,15 @@ int main(int argc, char** argv) {
       o.dense = d || !sp || args.count("both");
       o.sparse = sp || !d || args.count("both");
       if (o.model_dir.empty() && o.dump_prompts.empty())
-        throw rtp::Error("--task ruler needs --model (to evaluate) or --dump-prompts (to write the prompts)");
+        throw rtp::tools::UsageError("--task ruler needs --model (to evaluate) or --dump-prompts (to write the prompts)");
+      if (o.model_dir.empty()) {
+        // Prompts only: what runs a model would be ignored.
+        for (const char* flag : {"out-dir", "stop-after", "resume", "dense", "sparse", "both", "prefill-chunk", "dtype",
+                                 "device", "no-cuda-graphs"})
+          if (args.count(flag))
+            throw rtp::tools::UsageError(std::string("--") + flag + " is read when a model is evaluated; without "
+                                         "--model, --task ruler only writes the prompts to --dump-prompts");
+      }
       rtp::eval::run_ruler_eval(o, ctx);
       return 0;
     }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cxxopts.hpp>
+#include <filesystem>
 #include <iostream>
 
 #include "main_guard.h"
@@ -18,6 +19,7 @@
 #include "rtp/model/model_config.h"
 #include "rtp/model/qwen3.h"
 #include "rtp/text/tokenizer.h"
+#include "rtp/text/utf8.h"
 #include "rtp/torch/run_context.h"
 #include "rtp/train/recipe.h"
 
@@ -162,6 +164,13 @@ int main(int argc, char** argv) {
     rtp::require_directory(model_dir, "--model", "(expected a Hugging Face checkpoint directory)");
     if (args.count("text")) rtp::require_input_file(args["text"].as<std::string>(), "--text", "a UTF-8 text file");
     const std::string svg = args.count("svg") ? args["svg"].as<std::string>() : svg_path_for(out_path);
+    // The picture written over the profile would leave an exit status of 0 and no profile.
+    if (!out_path.empty() && !svg.empty() &&
+        std::filesystem::weakly_canonical(std::filesystem::absolute(svg)) ==
+            std::filesystem::weakly_canonical(std::filesystem::absolute(out_path)))
+      throw ta::UsageError("--svg '" + svg + "' is the --out file" +
+                           (args.count("svg") ? "" : " (the default picture of an --out ending in .svg)") +
+                           std::string(": give the profile a .h5 name, or --svg another path"));
     // Like the other tools' output directories: create what is missing (HDF5 would only say it cannot create the
     // file), and find out now whether the files can be written there.
     for (const auto& [f, flag] : {std::pair<std::string, const char*>{out_path, "--out"}, {svg, "--svg"}}) {
@@ -195,6 +204,7 @@ int main(int argc, char** argv) {
       text_source = args.count("text") ? args["text"].as<std::string>() : "builtin";
       const std::string text = args.count("text") ? rtp::read_text_file(text_source)
                                                    : rtp::heads::builtin_calibration_text();
+      rtp::text::utf8_check(text, "--text '" + text_source + "'");  // the file and the offset in it
       spec.text_tokens = tok.encode(text, /*allow_special=*/false);
       RTP_CHECK(!spec.text_tokens.empty(), "calibration text '", text_source, "' has no tokens");
       for (auto t : spec.text_tokens)

@@ -130,6 +130,7 @@ std::string cannot_create_reason(const std::string& path) {
 }  // namespace
 
 void require_output_directory_for(const std::string& path, const std::string& what) {
+  RTP_CHECK(!path.empty(), what, " is empty: expected a file path");
   const std::string why = missing_parent_reason(path);
   RTP_CHECK(why.empty(), what, " '", path, "': ", why);
   RTP_CHECK(!fs::is_directory(path), what, " '", path, "' is a directory, expected a file name");

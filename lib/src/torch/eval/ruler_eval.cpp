@@ -18,6 +18,7 @@
 #include "rtp/sparse/converted_model.h"
 #include "rtp/sparse/sparse_cache.h"
 #include "rtp/text/ruler.h"
+#include "rtp/text/utf8.h"
 
 namespace rtp::eval {
 
@@ -223,7 +224,13 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   auto tok = text::Tokenizer::from_file(tok_path);
   text::ruler::RulerOptions ro;
   ro.seed = ctx.seed;
-  if (!o.essay_file.empty()) ro.essay_text = read_text_file(o.essay_file);
+  if (!o.essay_file.empty()) {
+    ro.essay_text = read_text_file(o.essay_file);
+    // Named here by file and offset in it; inside a prompt the offset would be the prompt's.
+    text::utf8_check(ro.essay_text, "--essay '" + o.essay_file + "'");
+    RTP_CHECK(ro.essay_text.find_first_not_of(" \t\n\r\f\v") != std::string::npos, "--essay '", o.essay_file,
+              "' holds no words: the essay haystack is made of its words (give a plain-text file with some)");
+  }
   // Checked before any model work: an essay task later in the list failed only after the tasks before it had run.
   for (const auto& task : o.tasks)
     RTP_CHECK(!text::ruler::task_needs_essay(task) || !o.essay_file.empty(), "RULER task '", task,
@@ -281,8 +288,13 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   SparseDecoder sparse_decoder;
   // ruler.json after every sample, so that a run stopped later keeps what it measured ("finished": false, the row under
   // way as "in_progress") and --resume continues from there.
+  const std::string report_path = (fs::path(o.out_dir) / "report.html").string();
+  bool replaced = false;
   auto write_results = [&](bool finished, const json* in_progress) {
     make_directories(o.out_dir);
+    // The report beside the ruler.json this run replaces shows that evaluation, not this one: gone with it.
+    if (!replaced) remove_tree(report_path);
+    replaced = true;
     json doc = {{"model", o.model_dir},  {"seed", ctx.seed},          {"samples", o.samples},
                 {"finished", finished},  {"stop_token_ids", stop_ids},
                 {"cuda_graphs", o.cuda_graphs && ctx.device.is_cuda()}, {"settings", settings}, {"results", results}};
@@ -393,14 +405,13 @@ void run_ruler_eval(const RulerEvalOptions& o, const RunContext& ctx) {
   if (cm) {
     const std::string& path = results_path;
     const json doc = write_results(true, nullptr);
-    const std::string report = (fs::path(o.out_dir) / "report.html").string();
-    write_file_atomic(report, render_ruler_report_html(doc, path));
+    write_file_atomic(report_path, render_ruler_report_html(doc, path));
     std::cout << "task               length   dense   sparse\n";
     for (const auto& r : results)
       std::printf("%-18s %6lld  %6s  %6s\n", r["task"].get<std::string>().c_str(), static_cast<long long>(r["length"].get<int64_t>()),
                   r.contains("dense_accuracy") ? std::to_string(r["dense_accuracy"].get<double>()).substr(0, 5).c_str() : "-",
                   r.contains("sparse_accuracy") ? std::to_string(r["sparse_accuracy"].get<double>()).substr(0, 5).c_str() : "-");
-    std::cout << "results: " << path << "\nreport: " << report << "\n";
+    std::cout << "results: " << path << "\nreport: " << report_path << "\n";
   }
   // After the results: a dump that cannot be written loses no measurement.
   if (!o.dump_prompts.empty()) {

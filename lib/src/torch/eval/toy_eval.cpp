@@ -322,8 +322,13 @@ ToyEvalResult run_toy_eval(const ToyEvalOptions& o, const RunContext& ctx) {
   // Each pass is taken from the progress file when a resumed evaluation holds it, else run and recorded there.
   int64_t computed = 0;  // passes run by this invocation (stop_after_passes)
   bool stopped = false;
+  bool replaced = false;
   auto write_progress = [&] {
     make_directories(o.out_dir);
+    // An earlier evaluation's results beside this one's progress would pass for this one's.
+    if (!replaced)
+      for (const char* f : {"eval.json", "report.html"}) remove_tree(o.out_dir + "/" + f);
+    replaced = true;
     write_json_atomic(progress_path, {{"format", kProgressFormat}, {"settings", settings}, {"passes", passes}});
   };
   // A pass's record as JSON; nullopt once stop_after_passes passes have run.

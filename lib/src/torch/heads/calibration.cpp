@@ -89,6 +89,9 @@ HeadScores score_model_heads(model::Qwen3Model& model, const std::vector<Calibra
     RTP_CHECK(static_cast<int64_t>(s.ids.size()) == T, "calibration sequences must have equal length");
   RTP_CHECK(options.window < T, "--window ", options.window, " must be shorter than --seq-len ", T,
             " (long-range mass needs queries past the window)");
+  RTP_CHECK(options.sink + options.window < T, "--sink ", options.sink, " + --window ", options.window,
+            " must be shorter than --seq-len ", T, ": long-range keys are past the window and not sinks, and there ",
+            "would be none (every long-range score 0)");
   HeadScoreAccumulator acc(cfg.num_hidden_layers, cfg.num_attention_heads);
   torch::NoGradGuard no_grad;
   const int64_t n = static_cast<int64_t>(sequences.size());
