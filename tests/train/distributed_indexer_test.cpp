@@ -280,6 +280,12 @@ TEST_F(DistributedIndexer, TrainsOnUserDocuments) {
   EXPECT_NE(log.find("held-out block selection"), std::string::npos) << log;
   ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-part --stop_at_step 2" + files +
                " > files-part1.log 2>&1"), 0) << read(kDir + "/files-part1.log");
+  // eval_samples sets how many sequences are held out before the training ones: another count is refused on resume.
+  EXPECT_NE(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-part --resume --eval_samples 1" + files +
+               " > files-part-held.log 2>&1"), 0);
+  EXPECT_NE(read(kDir + "/files-part-held.log").find("eval_samples 1 (checkpoint 2) holds out 1 of the documents' "
+                                                      "sequences, not 2"), std::string::npos)
+      << read(kDir + "/files-part-held.log");
   ASSERT_EQ(sh(kBin + "rtpurbo-train --recipe recipe.yaml --out_dir files-part --resume" + files +
                " > files-part2.log 2>&1"), 0) << read(kDir + "/files-part2.log");
   EXPECT_EQ(max_diff("files-full", "files-part"), 0.0);

@@ -357,6 +357,15 @@ void run_indexer_stage(const TrainConfig& cfg, RunContext& ctx) {
                   "was trained for, or start a new run in another out_dir");
       auto st = load_checkpoint(*dir, params, optimizer);
       check_resume_config(*dir, st.config, cfg);
+      // eval_samples is tolerated (evaluation), except where it sets how many documents are held out before the
+      // training sequences: another count would continue on other sequences.
+      const auto held_of = [](const TrainConfig& c) {
+        return c.data != "files" || c.seq_len > kHeldOutCheckMaxLen ? int64_t{0} : std::min<int64_t>(c.eval_samples, 8);
+      };
+      RTP_CHECK(held_of(st.config) == held_of(cfg), "--resume from '", *dir, "': eval_samples ", cfg.eval_samples,
+                " (checkpoint ", st.config.eval_samples, ") holds out ", held_of(cfg), " of the documents' sequences, "
+                "not ", held_of(st.config), ": training would continue on other sequences (resume with eval_samples ",
+                st.config.eval_samples, ")");
       step = st.step;
       cursor = st.data_cursor;
       if (lead) std::cerr << "indexer: resumed from " << *dir << " at step " << step << "\n";
