@@ -31,10 +31,18 @@ echo "== 4/5 export"
 "$BIN/rtpurbo-export" --model "$MODEL" --heads "$OUT/heads.h5" --indexer "$OUT/indexer/indexer.safetensors" \
   --out "$OUT/converted"
 echo "== 5/5 evaluate"
-# An evaluation this script left unfinished (interrupted) continues where it stopped.
-RESUME=()
-[[ -f "$OUT/eval/eval.progress.json" ]] && RESUME=(--resume)
-"$BIN/rtpurbo-eval" --task toy --model "$OUT/converted" --samples "$SAMPLES" --lengths 768,1024 \
-  --random-heads-indexer "$OUT/indexer-random/indexer.safetensors" --out-dir "$OUT/eval" --device "$DEVICE" \
-  "${RESUME[@]}"
+EVAL=("$BIN/rtpurbo-eval" --task toy --model "$OUT/converted" --samples "$SAMPLES" --lengths 768,1024
+  --random-heads-indexer "$OUT/indexer-random/indexer.safetensors" --out-dir "$OUT/eval" --device "$DEVICE")
+if [[ -f "$OUT/eval/eval.progress.json" ]]; then
+  # An evaluation this script left unfinished (interrupted) continues where it stopped, if the steps above re-made the
+  # same model (on a CPU they do; GPU training need not be bit-reproducible): else it starts afresh.
+  if ! "${EVAL[@]}" --resume 2>&1 | tee "$OUT/eval.resume.log"; then
+    grep -q "these settings differ" "$OUT/eval.resume.log" || exit 1
+    echo "run-default.sh: the unfinished evaluation in $OUT/eval measured another model; evaluating afresh"
+    rm -f "$OUT/eval/eval.progress.json"
+    "${EVAL[@]}"
+  fi
+else
+  "${EVAL[@]}"
+fi
 echo "default run: $(( $(date +%s) - start )) s; eval.json and report.html in $OUT/eval"
